@@ -1,0 +1,54 @@
+"""gradfit: learning as parameter estimation.
+
+Give it input/output pairs and a model (a formula, a built-in curve, a Python function or a
+torch module); it estimates the parameters with autograd and an optimizer, watches a
+validation split, and returns a result that reports, plots and saves itself.
+
+>>> import gradfit as gf
+>>> r = gf.fit("w*x + b", x=[0.0, 1.0, 2.0], y=[1.0, 3.0, 5.0], optimizer="adam", lr=0.1, epochs=2000)
+>>> round(r.params["w"], 2)
+2.0
+
+Heavy modules (torch, sympy, matplotlib) load on first use, so ``import gradfit`` and the
+``gradfit`` command start instantly.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from .errors import ConfigError, DataError, FitError, FormulaError, GradfitError, ModelError, PersistError
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (loaded on first access, PEP 562)
+_LAZY = {
+    "fit": "gradfit.fitting",
+    "gradient": "gradfit.fitting",
+    "loss_value": "gradfit.fitting",
+    "load": "gradfit.persist",
+    "FitResult": "gradfit.result",
+    "Callback": "gradfit.train.callbacks",
+    "Loss": "gradfit.losses",
+    "FormulaModel": "gradfit.models.formula",
+    "FunctionModel": "gradfit.models.function",
+    "builtin_model": "gradfit.models.builtin",
+    "parse_formula": "gradfit.formula.parse",
+    "read_table": "gradfit.data.io",
+    "thermometer": "gradfit.examples",
+}
+
+__all__ = sorted([*_LAZY, "GradfitError", "FormulaError", "DataError", "ModelError", "ConfigError", "FitError",
+                  "PersistError", "__version__"])
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gradfit' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

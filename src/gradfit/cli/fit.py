@@ -1,0 +1,86 @@
+"""``gradfit fit DATA MODEL``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import fit_kwargs
+
+
+def load_model_and_data(model_text: str, data_path: str, x_cols: str | None, y_col: str | None):
+    """Read the data file and work out (model spec, x, y, data) for gradfit.fit."""
+    from ..data.io import read_table
+    from ..errors import ConfigError
+    from ..models import is_builtin_name
+
+    columns = read_table(data_path)
+    if is_builtin_name(model_text):
+        names = list(columns)
+        xs = x_cols.split(",") if x_cols else [c for c in names if c != (y_col or names[-1])][: None if model_text.strip().lower() == "mlp" else 1]
+        y = y_col or names[-1]
+        if not xs:
+            raise ConfigError(f"{data_path}: needs an input column and a target column (--x COL --y COL)")
+        return model_text, (xs[0] if len(xs) == 1 and model_text.strip().lower() != "mlp" else xs), y, columns
+    if "~" not in model_text and y_col is None:
+        raise ConfigError("write the formula as 'response ~ expression' (e.g. 't_c ~ w*t_u + b') or pass --y COL")
+    return model_text, None, y_col, columns
+
+
+def run_fit(args, stdout, stderr) -> int:
+    import gradfit as gf
+
+    model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col)
+    kwargs = fit_kwargs(args)
+    if args.json:
+        kwargs["progress"] = False
+    result = gf.fit(model, x=x, y=y, data=columns, **kwargs)
+    if args.out:
+        target = columns[y] if isinstance(y, str) else _response_column(result, columns)
+        write_outputs(result, Path(args.out), columns, target)
+    if args.json:
+        doc = result.to_dict()
+        if args.out:
+            doc["out"] = str(args.out)
+        print(json.dumps(doc), file=stdout)
+    else:
+        print(result.report(), file=stdout)
+        if args.out:
+            print(f"wrote {args.out}/model.json, history.csv, fit.png, loss.png", file=stdout)
+    if result.status == "diverged":
+        print(f"gradfit fit: {result.message}", file=stderr)
+        return 3
+    return 0
+
+
+def write_outputs(result, out: Path, columns: dict, target) -> None:
+    import numpy as np
+
+    from ..data.io import write_csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out / "model.json")
+    train = result.history["train_loss"]
+    val = result.history["val_loss"] or [float("nan")] * len(train)
+    write_csv(out / "history.csv", {"epoch": np.arange(1, len(train) + 1), "train_loss": np.asarray(train),
+                                    "val_loss": np.asarray(val)})
+    result.plot_loss(out / "loss.png")
+    inputs = {n: columns[n] for n in result.model.input_names if n in columns}
+    if len(inputs) == len(result.model.input_names) and target is not None:
+        ok = np.isfinite(target)
+        for v in inputs.values():
+            ok &= np.isfinite(v).reshape(len(v), -1).all(axis=1)
+        result.plot_fit(out / "fit.png", {k: v[ok] for k, v in inputs.items()}, target[ok])
+
+
+def _response_column(result, columns):
+    import numpy as np
+    import torch
+
+    model = result.model
+    names = model.response_names
+    if not all(n in columns for n in names):
+        return None
+    with torch.no_grad():
+        v = model.response({n: torch.as_tensor(columns[n], dtype=torch.float64) for n in names})
+    return np.asarray(v, dtype=float)

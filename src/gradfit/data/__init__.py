@@ -1,0 +1,1 @@
+"""Data in: files and arrays -> validated named columns, splits."""

@@ -1,0 +1,184 @@
+"""User data (arrays, tensors, dicts, DataFrames) -> validated named float arrays.
+
+This is the one place that decides which names are inputs, where y comes from, and what
+happens to NaN/inf (``nan_policy``: "raise" names the rows; "omit" drops them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .io import closest_name, columns_from_frame
+
+__all__ = ["Arrays", "prepare_arrays", "as_float_array"]
+
+
+@dataclass
+class Arrays:
+    """Validated data: named inputs, target, optional weights (numpy, float64)."""
+
+    inputs: dict[str, np.ndarray]
+    y: np.ndarray
+    weights: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+    def take(self, idx: np.ndarray) -> "Arrays":
+        return Arrays({k: v[idx] for k, v in self.inputs.items()}, self.y[idx],
+                      None if self.weights is None else self.weights[idx], list(self.notes))
+
+
+def as_float_array(value, what: str) -> np.ndarray:
+    """Anything array-like (lists, numpy, torch tensors, pandas) -> float64 numpy array."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise DataError(f"{what} must be numeric, got {type(value).__name__}") from None
+    if arr.dtype == object:
+        raise DataError(f"{what} must be numeric")
+    return arr
+
+
+def _columns(data) -> dict[str, np.ndarray]:
+    if hasattr(data, "columns") and hasattr(data, "__getitem__") and not isinstance(data, Mapping):
+        return columns_from_frame(data)
+    if isinstance(data, Mapping):
+        return {str(k): as_float_array(v, f"column {k!r}") for k, v in data.items()}
+    raise DataError(f"data must be a pandas DataFrame or a dict of columns, got {type(data).__name__}")
+
+
+def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy: str = "raise"):
+    """Resolve inputs and target for ``model``; returns (model bound to its inputs, Arrays)."""
+    from ..models.formula import FormulaModel
+    from ..models.neural import MLPSpec
+
+    if nan_policy not in ("raise", "omit"):
+        raise ConfigError(f"nan_policy must be 'raise' or 'omit', got {nan_policy!r}")
+    columns: dict[str, np.ndarray] = {}
+    if data is not None:
+        columns = _columns(data)
+        if not columns:
+            raise DataError("data has no columns")
+    inputs, y_arr = _inputs_and_target(model, x, y, columns)
+    if isinstance(model, FormulaModel):
+        model = model.bind(inputs)
+        missing = [n for n in model.input_names if n not in inputs]
+        if missing:
+            raise DataError(f"no data for input {missing[0]!r}{closest_name(missing[0], inputs)}")
+        inputs = {n: inputs[n] for n in model.input_names}
+    elif not isinstance(model, MLPSpec) and getattr(model, "scalar_params", True) and len(inputs) == 1:
+        inputs = {model.input_names[0]: next(iter(inputs.values()))}
+    w = None if weights is None else as_float_array(weights, "weights")
+    arrays = _validate(Arrays(inputs, y_arr, w), nan_policy)
+    return model, arrays
+
+
+def _inputs_and_target(model, x, y, columns):
+    from ..models.formula import FormulaModel
+
+    if columns:
+        y_arr = _target_from_columns(model, y, columns)
+        if x is None:
+            inputs = {k: v for k, v in columns.items()}
+            if isinstance(model, FormulaModel):
+                used = model.parsed.rhs.names()
+                inputs = {k: v for k, v in inputs.items() if k in used}
+            else:
+                exclude = {y} if isinstance(y, str) else set()
+                inputs = {k: v for k, v in inputs.items() if k not in exclude}
+        else:
+            names = [x] if isinstance(x, str) else list(x)
+            for n in names:
+                if n not in columns:
+                    raise DataError(f"no column {n!r} in data{closest_name(n, columns)}")
+            inputs = {n: columns[n] for n in names}
+        return inputs, y_arr
+    if x is None:
+        raise DataError("no input data: pass x=... (array or dict of named inputs) or data=...")
+    if y is None:
+        if isinstance(model, FormulaModel) and model.parsed.response is not None and isinstance(x, Mapping):
+            return _named_inputs(x), _target_from_columns(model, None, _named_inputs(x))
+        raise DataError("no target: pass y=... or data= with a 'response ~ expression' formula")
+    inputs = _named_inputs(x) if isinstance(x, Mapping) else {"x": as_float_array(x, "x")}
+    if isinstance(model, FormulaModel) and not isinstance(x, Mapping):
+        inputs = {_single_input_name(model): inputs["x"]}
+    return inputs, as_float_array(y, "y")
+
+
+def _named_inputs(x: Mapping) -> dict[str, np.ndarray]:
+    return {str(k): as_float_array(v, f"input {k!r}") for k, v in x.items()}
+
+
+def _single_input_name(model) -> str:
+    """With x given as a bare array, the formula's input is 'x' (or its one non-parameter)."""
+    if model.bound:
+        return model.input_names[0] if model.input_names else "x"
+    names = model.parsed.rhs.names()
+    if "x" in names:
+        return "x"
+    raise DataError(
+        f"formula {model.text!r} has no name 'x'; pass x as a dict naming the input, e.g. x={{'t': values}}"
+    )
+
+
+def _target_from_columns(model, y, columns) -> np.ndarray:
+    from ..models.formula import FormulaModel
+
+    if isinstance(y, str):
+        if y not in columns:
+            raise DataError(f"no column {y!r} in data{closest_name(y, columns)}")
+        return columns[y]
+    if y is not None:
+        return as_float_array(y, "y")
+    if not isinstance(model, FormulaModel) or model.parsed.response is None:
+        raise DataError("which column is y? write the formula as 'response ~ expression' or pass y='column'")
+    for n in model.response_names:
+        if n not in columns:
+            raise DataError(f"response uses {n!r}, which is not a column{closest_name(n, columns)}")
+    import torch
+
+    cols = {n: torch.as_tensor(columns[n], dtype=torch.float64) for n in model.response_names}
+    with torch.no_grad():
+        value = model.response(cols)
+    return np.asarray(torch.as_tensor(value, dtype=torch.float64).numpy(), dtype=float)
+
+
+def _validate(a: Arrays, nan_policy: str) -> Arrays:
+    n = len(a.y) if a.y.ndim else 0
+    if a.y.ndim == 0 or n == 0:
+        raise DataError("y is empty; at least one data point is needed")
+    if a.y.ndim > 2:
+        raise DataError(f"y must be 1-D (or 2-D for multi-output networks), got shape {a.y.shape}")
+    for name, v in a.inputs.items():
+        if v.ndim == 0 or len(v) != n:
+            raise DataError(f"input {name!r} has {v.size if v.ndim == 0 else len(v)} values but y has {n}")
+    if a.weights is not None and (a.weights.shape != (n,)):
+        raise DataError(f"weights must have one value per point ({n}), got shape {a.weights.shape}")
+    bad = ~np.isfinite(a.y).reshape(n, -1).all(axis=1)
+    for v in a.inputs.values():
+        bad |= ~np.isfinite(v).reshape(n, -1).all(axis=1)
+    if a.weights is not None:
+        bad |= ~np.isfinite(a.weights)
+    if bad.any():
+        rows = np.nonzero(bad)[0]
+        if nan_policy == "raise":
+            shown = ", ".join(str(r + 1) for r in rows[:8]) + (" ..." if len(rows) > 8 else "")
+            raise DataError(f"NaN or inf in {len(rows)} data row(s): {shown} (1-based); "
+                            "clean them or use nan_policy='omit' (--nan-policy omit) to drop them")
+        keep = ~bad
+        a = a.take(np.nonzero(keep)[0])
+        a.notes.append(f"dropped {len(rows)} row(s) with NaN or inf")
+        if a.n == 0:
+            raise DataError("every row has NaN or inf; nothing left to fit")
+    if a.weights is not None and (a.weights < 0).any():
+        raise DataError("weights must be non-negative")
+    return a

@@ -1,0 +1,55 @@
+"""Typed exceptions. Every error gradfit raises on purpose derives from GradfitError.
+
+Messages say what went wrong *and what to do*, because the CLI prints them as the
+single line a user sees (exit code 2).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GradfitError",
+    "FormulaError",
+    "DataError",
+    "ModelError",
+    "ConfigError",
+    "FitError",
+    "PersistError",
+]
+
+
+class GradfitError(Exception):
+    """Base class of all gradfit errors."""
+
+
+class FormulaError(GradfitError, ValueError):
+    """A formula was rejected. ``position`` is the 0-based character offset, ``token`` the culprit."""
+
+    def __init__(self, message: str, *, token: str | None = None, position: int | None = None):
+        self.token = token
+        self.position = position
+        where = ""
+        if token is not None and position is not None:
+            where = f" (at {token!r}, position {position})"
+        elif position is not None:
+            where = f" (at position {position})"
+        super().__init__(f"{message}{where}")
+
+
+class DataError(GradfitError, ValueError):
+    """Input data is missing, malformed or inconsistent with the model."""
+
+
+class ModelError(GradfitError, ValueError):
+    """A model specification (built-in name, callable, module, saved file) is unusable."""
+
+
+class ConfigError(GradfitError, ValueError):
+    """An option has an invalid value (unknown optimizer, negative learning rate, ...)."""
+
+
+class FitError(GradfitError, RuntimeError):
+    """A fit could not be carried out at all (as opposed to a fit that ran and diverged)."""
+
+
+class PersistError(GradfitError, OSError):
+    """A saved file is missing, truncated, tampered with or of an unknown format version."""

@@ -1,0 +1,298 @@
+"""``fit`` and ``gradient``: the public entry points that wire data -> model -> loss ->
+optimizer -> loop -> result. Everything numerical lives in the modules they call."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from .errors import ConfigError, DataError, ModelError
+
+__all__ = ["fit", "gradient", "loss_value", "resolve_dtype", "resolve_device"]
+
+_GRADIENTS = ("autograd", "analytic")
+
+
+def resolve_dtype(dtype):
+    import torch
+
+    table = {"float32": torch.float32, "float64": torch.float64, "double": torch.float64, "float": torch.float32}
+    if isinstance(dtype, torch.dtype) and dtype in (torch.float32, torch.float64):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in table:
+        return table[dtype.lower()]
+    raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+
+
+def resolve_device(device):
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' was requested but no CUDA GPU is available; use device='auto' or 'cpu'")
+    return dev
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="mse", optimizer: str = "adam",
+        lr: float = 1e-2, epochs: int = 1000, batch_size: int | None = None, normalize: bool = False,
+        val_fraction: float = 0.0, seed: int = 0, gradient: str = "autograd", dtype="float32", device="auto",
+        log_every: int = 0, progress: bool | None = None, weights=None, optimizer_options: Mapping | None = None,
+        tol: float | None = None, callbacks: Sequence = (), nan_policy: str = "raise",
+        hidden: Sequence[int] = (64,), activation: str = "tanh"):
+    """Estimate a model's parameters from input/output pairs by gradient-based training.
+
+    Parameters
+    ----------
+    model : formula ("t_c ~ w*t_u + b" or "w*x + b"), built-in name ("gaussian", "poly:3",
+        "mlp"), a callable ``f(x, **params)`` written with torch operations, or a
+        ``torch.nn.Module``.
+    x, y : inputs (array, tensor, or dict of named inputs) and targets. With ``data`` (a
+        DataFrame or dict of columns) use a "response ~ expression" formula instead.
+    init : starting values by name; missing ones come from the model's guess (1.0 for
+        formulas, data-driven for built-in curves).
+    normalize : precondition the optimizer (see :mod:`gradfit.data.scaling`); reported
+        parameters keep the formula's meaning and units.
+    gradient : "autograd" or "analytic" (symbolic derivatives, formula models only).
+
+    Returns
+    -------
+    FitResult
+
+    Examples
+    --------
+    >>> import gradfit as gf
+    >>> r = gf.fit("w*x + b", x=[0.0, 1.0, 2.0], y=[1.0, 3.0, 5.0], optimizer="sgd", lr=0.1, epochs=500)
+    >>> round(r.params["w"], 3), round(r.params["b"], 3)
+    (2.0, 1.0)
+    """
+    from .data.dataset import prepare_arrays
+    from .data.split import train_val_indices
+    from .losses import resolve_loss
+    from .models import resolve_model
+
+    epochs = _check_int("epochs", epochs, 1)
+    if batch_size is not None:
+        batch_size = _check_int("batch_size", batch_size, 1)
+    if gradient not in _GRADIENTS:
+        raise ConfigError(f"gradient must be one of {', '.join(_GRADIENTS)}, got {gradient!r}")
+    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
+        raise ConfigError(f"tol must be a positive number, got {tol!r}")
+    loss_fn = resolve_loss(loss)
+    torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
+    spec = resolve_model(model, hidden=hidden, activation=activation)
+    bound, arrays = prepare_arrays(spec, x, y, data=data, weights=weights, nan_policy=nan_policy)
+    train_idx, val_idx = train_val_indices(arrays.n, float(val_fraction), seed)
+    train_arr = arrays.take(train_idx)
+    val_arr = arrays.take(val_idx) if len(val_idx) else None
+
+    from .train.objective import TensorData
+
+    train = TensorData.from_arrays(train_arr, torch_dtype, dev)
+    val = TensorData.from_arrays(val_arr, torch_dtype, dev) if val_arr is not None else None
+    if getattr(bound, "scalar_params", True) and not _is_module_spec(bound):
+        objective, bound = _scalar_objective(bound, train_arr, train, val, loss_fn, init, normalize, gradient,
+                                             torch_dtype, dev)
+    else:
+        if gradient == "analytic":
+            raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
+        objective, bound = _module_objective(bound, train_arr, train, val, loss_fn, normalize, seed, torch_dtype, dev)
+    return _train(objective, bound, optimizer, lr, optimizer_options, epochs, batch_size, seed, tol,
+                  log_every, progress, callbacks,
+                  settings={"optimizer": str(optimizer).lower(), "lr": lr, "loss": loss_fn.name, "epochs": epochs,
+                            "batch_size": batch_size, "normalize": bool(normalize), "val_fraction": val_fraction,
+                            "seed": seed, "gradient": gradient, "dtype": str(torch_dtype).replace("torch.", ""),
+                            "device": str(dev), **({"optimizer_options": dict(optimizer_options)}
+                                                   if optimizer_options else {})},
+                  notes=tuple(arrays.notes), n_train=train.n, n_val=0 if val is None else val.n)
+
+
+def _is_module_spec(model) -> bool:
+    from .models.neural import MLPSpec
+
+    return isinstance(model, MLPSpec)
+
+
+def _initial_vector(model, train_arr, init, dtype, dev):
+    import torch
+
+    from .data.io import closest_name
+
+    values = model.guess(train_arr.inputs, train_arr.y)
+    for name, v in (init or {}).items():
+        if name not in model.param_names:
+            raise ConfigError(f"init names unknown parameter {name!r}{closest_name(name, model.param_names)}; "
+                              f"parameters are {', '.join(model.param_names)}")
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise ConfigError(f"init value for {name!r} must be a finite number, got {v!r}")
+        values[name] = float(v)
+    return torch.tensor([values[n] for n in model.param_names], dtype=dtype, device=dev)
+
+
+def _scalar_objective(model, train_arr, train, val, loss_fn, init, normalize, gradient, dtype, dev):
+    import torch
+
+    from .data.scaling import jacobian, whitening
+    from .train.objective import ScalarObjective
+
+    if not model.param_names:
+        raise ModelError("the model has no parameters to fit; every name in the formula is a data column")
+    if train.n < len(model.param_names):
+        raise DataError(f"{train.n} training points cannot determine {len(model.param_names)} parameters "
+                        f"({', '.join(model.param_names)}); add data or fix parameters")
+    if gradient == "analytic" and model.expression is None:
+        raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
+    p0 = _initial_vector(model, train_arr, init, dtype, dev)
+    precondition = None
+    if normalize:
+        inputs64 = {k: v.to(torch.float64) for k, v in train.inputs.items()}
+        precondition = whitening(jacobian(model, inputs64, p0.to(torch.float64))).to(dtype)
+    return ScalarObjective(model, train, val, loss_fn, p0, precondition=precondition, gradient=gradient), model
+
+
+def _module_objective(spec, train_arr, train, val, loss_fn, normalize, seed, dtype, dev):
+    import torch
+
+    from .models.neural import MLPSpec, ModuleModel, build_mlp
+    from .train.objective import ModuleObjective
+
+    x_train = next(iter(train.inputs.values())) if len(train.inputs) == 1 else torch.stack(
+        list(train.inputs.values()), dim=-1)
+    in_features = 1 if x_train.dim() == 1 else x_train.shape[-1]
+    out_features = 1 if train.y.dim() == 1 else train.y.shape[-1]
+    if isinstance(spec, MLPSpec):
+        module = build_mlp(in_features, out_features, spec.hidden, spec.activation, seed)
+        model = ModuleModel(module, mlp=spec, in_features=in_features, out_features=out_features,
+                            input_names=tuple(train.inputs))
+    else:
+        model = spec
+        model.in_features, model.out_features = in_features, out_features
+        model.input_names = tuple(train.inputs)
+    model.to(dev, dtype)
+    scale = 1.0
+    if normalize:
+        model.standardize(x_train, train.y)
+        with torch.no_grad():
+            baseline = loss_fn(torch.zeros_like(train.y) + model.y_mean, train.y, train.weights)
+        scale = float(baseline) if float(baseline) > 0 else 1.0
+    return ModuleObjective(model, train, val, loss_fn, loss_scale=scale), model
+
+
+def _train(objective, model, optimizer, lr, optimizer_options, epochs, batch_size, seed, tol, log_every,
+           progress, callbacks, *, settings, notes, n_train, n_val):
+    import torch
+
+    from .optim.registry import make_optimizer
+    from .result import FitResult
+    from .train.callbacks import LogCallback, ProgressCallback, wants_progress
+    from .train.loop import LoopConfig, run_loop
+
+    opt = make_optimizer(optimizer, objective.leaves, lr, optimizer_options)
+    cbs = list(callbacks)
+    if log_every:
+        cbs.append(LogCallback(_check_int("log_every", log_every, 0)))
+    if wants_progress(progress):
+        cbs.append(ProgressCallback())
+    torch.manual_seed(seed)  # anything stochastic inside torch.optim or the module
+    outcome = run_loop(objective, opt, LoopConfig(epochs=epochs, batch_size=batch_size, seed=seed, tol=tol), cbs)
+    final_loss = objective.evaluate(objective.train)
+    if not math.isfinite(final_loss) and outcome.status != "diverged":
+        outcome.status, outcome.message = "diverged", "the loss at the final parameters is not finite"
+    val_loss = objective.evaluate(objective.val) if objective.val is not None else None
+    return FitResult(params=objective.param_values(), loss=final_loss, val_loss=val_loss, status=outcome.status,
+                     epochs_run=outcome.epochs_run, history=outcome.history, model=model, message=outcome.message,
+                     settings=settings, n_train=n_train, n_val=n_val, notes=notes)
+
+
+def _scalar_problem(model, x, y, data, params, loss, weights, torch_dtype):
+    """Shared set-up of gradient() and loss_value(): bound model, tensors, parameter vector."""
+    import torch
+
+    from .data.dataset import prepare_arrays
+    from .losses import resolve_loss
+    from .models import resolve_model
+    from .train.objective import TensorData
+
+    loss_fn = resolve_loss(loss)
+    bound, arrays = prepare_arrays(resolve_model(model), x, y, data=data, weights=weights)
+    if not getattr(bound, "scalar_params", False) or _is_module_spec(bound):
+        raise ModelError("this function takes models with named scalar parameters (formulas, built-ins, functions)")
+    missing = [n for n in bound.param_names if n not in params]
+    if missing:
+        raise ConfigError(f"params is missing {', '.join(missing)}")
+    data_t = TensorData.from_arrays(arrays, torch_dtype, torch.device("cpu"))
+    p = torch.tensor([float(params[n]) for n in bound.param_names], dtype=torch_dtype)
+    return bound, data_t, loss_fn, p
+
+
+def loss_value(model, x=None, y=None, *, params: Mapping, data=None, loss="mse", dtype="float32",
+               weights=None) -> float:
+    """The loss of ``model`` at ``params`` (one forward pass, no training).
+
+    >>> import gradfit as gf
+    >>> gf.loss_value("w*x + b", x=[1.0, 2.0], y=[0.0, 0.0], params={"w": 1.0, "b": 0.0})
+    2.5
+    """
+    from .train.objective import ScalarObjective
+
+    bound, data_t, loss_fn, p = _scalar_problem(model, x, y, data, params, loss, weights, resolve_dtype(dtype))
+    return ScalarObjective(bound, data_t, None, loss_fn, p).evaluate(data_t)
+
+
+def gradient(model, x=None, y=None, *, params: Mapping, data=None, loss="mse", method: str = "autograd",
+             dtype="float32", weights=None) -> dict[str, float]:
+    """Gradient of the loss with respect to each parameter at ``params``.
+
+    method: "autograd", "analytic" (symbolic derivatives of a formula) or "finite"
+    (central differences in float64, for checking).
+
+    >>> import gradfit as gf
+    >>> g = gf.gradient("w*x + b", x=[1.0, 2.0], y=[0.0, 0.0], params={"w": 1.0, "b": 0.0})
+    >>> g["w"], g["b"]
+    (5.0, 3.0)
+    """
+    import torch
+
+    from .train.objective import ScalarObjective
+
+    if method not in ("autograd", "analytic", "finite"):
+        raise ConfigError(f"method must be 'autograd', 'analytic' or 'finite', got {method!r}")
+    torch_dtype = torch.float64 if method == "finite" else resolve_dtype(dtype)
+    bound, data_t, loss_fn, p = _scalar_problem(model, x, y, data, params, loss, weights, torch_dtype)
+    if method == "finite":
+        return _finite_difference(bound, data_t, loss_fn, p)
+    obj = ScalarObjective(bound, data_t, None, loss_fn, p, gradient=method)
+    if method == "analytic":
+        if bound.expression is None:
+            raise ConfigError("analytic gradients need a formula model")
+        obj._analytic_grad(data_t)
+    else:
+        obj.objective(data_t).backward()
+    return dict(zip(bound.param_names, obj.theta.grad.double().tolist()))
+
+
+def _finite_difference(model, data, loss_fn, p) -> dict[str, float]:
+    import torch
+
+    out = {}
+    with torch.no_grad():
+        for i, name in enumerate(model.param_names):
+            h = 1e-6 * max(1.0, abs(float(p[i])))
+            up, down = p.clone(), p.clone()
+            up[i] += h
+            down[i] -= h
+            f_up = loss_fn(model.forward(data.inputs, dict(zip(model.param_names, up.unbind()))), data.y, data.weights)
+            f_dn = loss_fn(model.forward(data.inputs, dict(zip(model.param_names, down.unbind()))), data.y, data.weights)
+            out[name] = float((f_up - f_dn) / (2 * h))
+    return out
+

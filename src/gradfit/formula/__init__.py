@@ -1,0 +1,1 @@
+"""Formula language: parse (text -> tree), compile (tree -> torch), symbolic (tree <-> sympy)."""

@@ -1,0 +1,153 @@
+"""Expression tree <-> sympy, for exact derivatives and structure (linearity).
+
+sympy expressions are *built* from our parsed tree with sympy constructors; text is never
+handed to sympy (``sympy.parse_expr`` calls eval). Derivatives come back as our own trees so
+the same compiler evaluates them with torch.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from .tree import BinOp, Call, Const, Neg, Node, Num, Var
+
+# Small integers stay exact (x**2 differentiates to 2*x); anything else becomes a Float so
+# sympy never does big exact arithmetic on user constants.
+_EXACT_INT_LIMIT = 1000
+
+
+def to_sympy(node: Node, symbols: dict | None = None):
+    """Build the sympy expression of ``node``. ``symbols`` caches name -> real Symbol."""
+    import sympy as sp
+
+    symbols = {} if symbols is None else symbols
+
+    def sym(name: str):
+        if name not in symbols:
+            symbols[name] = sp.Symbol(name, real=True)
+        return symbols[name]
+
+    def build(n: Node):
+        if isinstance(n, Num):
+            v = n.value
+            if float(v).is_integer() and abs(v) <= _EXACT_INT_LIMIT:
+                return sp.Integer(int(v))
+            return sp.Float(v)
+        if isinstance(n, Const):
+            return sp.pi if n.name == "pi" else sp.E
+        if isinstance(n, Var):
+            return sym(n.name)
+        if isinstance(n, Neg):
+            return -build(n.arg)
+        if isinstance(n, BinOp):
+            a, b = build(n.left), build(n.right)
+            return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b,
+                    "/": lambda: a / b, "**": lambda: a**b}[n.op]()
+        if isinstance(n, Call):
+            args = [build(a) for a in n.args]
+            return _SYMPY_FUNCS[n.func](sp)(*args)
+        raise TypeError(f"not a formula node: {n!r}")
+
+    return build(node)
+
+
+_SYMPY_FUNCS = {
+    "exp": lambda sp: sp.exp, "log": lambda sp: sp.log, "log10": lambda sp: (lambda u: sp.log(u) / sp.log(10)),
+    "sqrt": lambda sp: sp.sqrt, "abs": lambda sp: sp.Abs, "sin": lambda sp: sp.sin, "cos": lambda sp: sp.cos,
+    "tan": lambda sp: sp.tan, "arcsin": lambda sp: sp.asin, "arccos": lambda sp: sp.acos,
+    "arctan": lambda sp: sp.atan, "sinh": lambda sp: sp.sinh, "cosh": lambda sp: sp.cosh,
+    "tanh": lambda sp: sp.tanh, "sigmoid": lambda sp: (lambda u: 1 / (1 + sp.exp(-u))),
+    "erf": lambda sp: sp.erf, "minimum": lambda sp: sp.Min, "maximum": lambda sp: sp.Max,
+    "sign": lambda sp: sp.sign, "heaviside": lambda sp: (lambda u: sp.Heaviside(u, sp.Rational(1, 2))),
+}
+
+
+def from_sympy(expr) -> Node:
+    """Convert a sympy expression (as produced by :func:`to_sympy` and ``diff``) to a tree."""
+    import sympy as sp
+
+    if expr.is_Symbol:
+        return Var(expr.name)
+    if expr is sp.pi:
+        return Const("pi")
+    if expr is sp.E:
+        return Const("e")
+    if expr.is_Number:
+        return Num(float(expr))
+    if expr.is_Add:
+        return _fold_binop("+", [from_sympy(a) for a in expr.args])
+    if expr.is_Mul:
+        return _fold_binop("*", [from_sympy(a) for a in expr.args])
+    if expr.is_Pow:
+        base, exponent = expr.args
+        if exponent == sp.Rational(1, 2):
+            return Call("sqrt", (from_sympy(base),))
+        if exponent == -1:
+            return BinOp("/", Num(1.0), from_sympy(base))
+        return BinOp("**", from_sympy(base), from_sympy(exponent))
+    if isinstance(expr, sp.exp):
+        return Call("exp", (from_sympy(expr.args[0]),))
+    if isinstance(expr, (sp.Min, sp.Max)):
+        return _fold_minmax("minimum" if isinstance(expr, sp.Min) else "maximum", [from_sympy(a) for a in expr.args])
+    if isinstance(expr, sp.Heaviside):
+        return Call("heaviside", (from_sympy(expr.args[0]),))
+    name = _FROM_SYMPY.get(type(expr).__name__)
+    if name is not None:
+        return Call(name, (from_sympy(expr.args[0]),))
+    raise TypeError(f"gradfit cannot evaluate sympy expression {expr}")
+
+
+_FROM_SYMPY = {
+    "log": "log", "Abs": "abs", "sin": "sin", "cos": "cos", "tan": "tan", "asin": "arcsin",
+    "acos": "arccos", "atan": "arctan", "sinh": "sinh", "cosh": "cosh", "tanh": "tanh",
+    "erf": "erf", "sign": "sign",
+}
+
+
+def _fold_binop(op: str, items: list[Node]) -> Node:
+    out = items[0]
+    for item in items[1:]:
+        out = BinOp(op, out, item)
+    return out
+
+
+def _fold_minmax(func: str, items: list[Node]) -> Node:
+    out = items[0]
+    for item in items[1:]:
+        out = Call(func, (out, item))
+    return out
+
+
+def derivatives(node: Node, wrt: tuple[str, ...]) -> dict[str, Node]:
+    """Exact partial derivatives of ``node`` with respect to each name in ``wrt``."""
+    return dict(zip(wrt, _derivatives_cached(node, tuple(wrt))))
+
+
+@lru_cache(maxsize=256)
+def _derivatives_cached(node: Node, wrt: tuple[str, ...]) -> tuple[Node, ...]:
+    import sympy as sp
+
+    symbols: dict = {}
+    expr = to_sympy(node, symbols)
+    out = []
+    for name in wrt:
+        s = symbols.get(name) or sp.Symbol(name, real=True)
+        out.append(from_sympy(sp.diff(expr, s)))
+    return tuple(out)
+
+
+def is_linear_in(node: Node, params: tuple[str, ...]) -> bool:
+    """True when ``node`` is affine in ``params`` (every second derivative vanishes) and
+    no parameter appears inside a non-polynomial function."""
+    import sympy as sp
+
+    symbols: dict = {}
+    expr = to_sympy(node, symbols)
+    syms = [symbols[p] for p in params if p in symbols]
+    if not syms:
+        return True
+    try:
+        poly = sp.Poly(sp.expand(expr), *syms)
+    except sp.PolynomialError:
+        return False
+    return poly.total_degree() <= 1

@@ -1,0 +1,114 @@
+"""Losses: pure functions of (prediction, target, weights) -> scalar tensor.
+
+Each built-in loss also has its derivative with respect to the prediction, so formula models
+can be trained with fully analytic gradients (symbolic model partials x this derivative)
+without building an autograd graph. With weights, losses are weighted means:
+``sum(w * l(r)) / sum(w)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import ConfigError
+
+__all__ = ["Loss", "resolve_loss", "LOSSES"]
+
+HUBER_DELTA = 1.0
+
+
+def _reduce(elementwise, weights):
+    if weights is None:
+        return elementwise.mean()
+    return (elementwise * weights).sum() / weights.sum()
+
+
+def _scale(residual, weights):
+    """d(mean)/d(element): 1/n without weights, w/sum(w) with them."""
+    if weights is None:
+        return 1.0 / residual.numel()
+    return weights / weights.sum()
+
+
+def mse(pred, target, weights=None):
+    """Mean squared error; written as the worked example writes it, so float32 results match."""
+    return _reduce((pred - target) ** 2, weights)
+
+
+def _mse_grad(pred, target, weights=None):
+    return 2.0 * (pred - target) * _scale(pred, weights)
+
+
+def mae(pred, target, weights=None):
+    """Mean absolute error."""
+    return _reduce((pred - target).abs(), weights)
+
+
+def _mae_grad(pred, target, weights=None):
+    return (pred - target).sign() * _scale(pred, weights)
+
+
+def huber(pred, target, weights=None):
+    """Huber loss with delta = 1: quadratic for |r| <= 1, linear beyond."""
+    r = (pred - target).abs()
+    quadratic = r.clamp(max=HUBER_DELTA)
+    return _reduce(0.5 * quadratic**2 + HUBER_DELTA * (r - quadratic), weights)
+
+
+def _huber_grad(pred, target, weights=None):
+    return (pred - target).clamp(-HUBER_DELTA, HUBER_DELTA) * _scale(pred, weights)
+
+
+def log_cosh(pred, target, weights=None):
+    """log(cosh(r)), computed without overflow as |r| + softplus(-2|r|) - log 2."""
+    import torch
+
+    r = (pred - target).abs()
+    return _reduce(r + torch.nn.functional.softplus(-2.0 * r) - math.log(2.0), weights)
+
+
+def _log_cosh_grad(pred, target, weights=None):
+    return (pred - target).tanh() * _scale(pred, weights)
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A loss by name: ``value(pred, target, weights)`` and, when known, ``grad_pred``."""
+
+    name: str
+    value: Callable
+    grad_pred: Callable | None = None
+    least_squares: bool = False
+
+    def __call__(self, pred, target, weights=None):
+        return self.value(pred, target, weights)
+
+
+LOSSES = {
+    "mse": Loss("mse", mse, _mse_grad, least_squares=True),
+    "mae": Loss("mae", mae, _mae_grad),
+    "huber": Loss("huber", huber, _huber_grad),
+    "log_cosh": Loss("log_cosh", log_cosh, _log_cosh_grad),
+}
+
+
+def resolve_loss(spec) -> Loss:
+    """A loss name ('mse', 'mae', 'huber', 'log_cosh'), a :class:`Loss`, or a callable
+    ``f(pred, target) -> scalar`` (weights are then not supported)."""
+    if isinstance(spec, Loss):
+        return spec
+    if isinstance(spec, str):
+        key = spec.lower().replace("-", "_")
+        if key not in LOSSES:
+            raise ConfigError(f"unknown loss {spec!r}; choose one of {', '.join(LOSSES)} or pass a callable")
+        return LOSSES[key]
+    if callable(spec):
+        def value(pred, target, weights=None, _f=spec):
+            if weights is not None:
+                raise ConfigError("a custom loss callable cannot take weights; fold them into the callable")
+            return _f(pred, target)
+
+        return Loss(getattr(spec, "__name__", "custom"), value, None)
+    raise ConfigError(f"loss must be a name or a callable, got {type(spec).__name__}")

@@ -1,0 +1,132 @@
+"""Models written as formula text: ``"t_c ~ w*t_u + b"``."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from ..errors import DataError, FormulaError
+from ..formula.compile import compile_tree
+from ..formula.parse import ParsedFormula, parse_formula
+from ..formula.tree import Node, Var, to_text
+from .base import Model
+
+__all__ = ["FormulaModel"]
+
+
+def _names_in_order(node: Node) -> list[str]:
+    """Free names in order of first appearance in the text (w before b in 'w*x + b')."""
+    seen: dict[str, int] = {}
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, Var):
+            seen[n.name] = min(seen.get(n.name, n.pos), n.pos)
+        for child in getattr(n, "args", ()) or ():
+            stack.append(child)
+        for attr in ("arg", "left", "right"):
+            child = getattr(n, attr, None)
+            if child is not None:
+                stack.append(child)
+    return sorted(seen, key=lambda k: (seen[k], k))
+
+
+class FormulaModel(Model):
+    """A model given by a formula. Names that are inputs are fixed by :meth:`bind`; every
+    other free name is a parameter.
+
+    >>> m = FormulaModel("t_c ~ w*t_u + b").bind(["t_u", "t_c"])
+    >>> m.param_names, m.input_names
+    (('w', 'b'), ('t_u',))
+    """
+
+    kind = "formula"
+
+    def __init__(self, formula: str | ParsedFormula, inputs: Iterable[str] | None = None, *, name: str | None = None):
+        self.parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
+        self.text = self.parsed.text
+        self.name = name
+        self.expression = self.parsed.rhs
+        self._ordered = _names_in_order(self.parsed.rhs)
+        self._bound = inputs is not None
+        self._set_inputs(set(inputs or ()))
+        self._compiled = compile_tree(self.parsed.rhs)
+        self._compiled_response = compile_tree(self.parsed.response) if self.parsed.response is not None else None
+        self._partials = None
+
+    def _set_inputs(self, inputs: set[str]) -> None:
+        self.input_names = tuple(n for n in self._ordered if n in inputs)
+        self.param_names = tuple(n for n in self._ordered if n not in inputs)
+
+    @property
+    def bound(self) -> bool:
+        return self._bound
+
+    @property
+    def response_text(self) -> str | None:
+        r = self.parsed.response
+        if r is None:
+            return None
+        return r.name if isinstance(r, Var) else to_text(r)
+
+    @property
+    def response_names(self) -> set[str]:
+        return self.parsed.response.names() if self.parsed.response is not None else set()
+
+    def bind(self, available: Iterable[str]) -> "FormulaModel":
+        """Return a copy whose inputs are the formula names found in ``available`` (data
+        columns or named inputs)."""
+        available = set(available)
+        model = FormulaModel(self.parsed, inputs=[n for n in self._ordered if n in available], name=self.name)
+        if not model.input_names and self._ordered:
+            raise FormulaError(
+                f"formula {self.text!r} uses none of the data's names ({', '.join(sorted(available)) or 'none'}); "
+                "name the input x or pass x as a dict {name: values}"
+            )
+        return model
+
+    def forward(self, inputs: Mapping, params: Mapping):
+        import torch
+
+        env = dict(params)
+        env.update(inputs)
+        out = self._compiled(env)
+        if not isinstance(out, torch.Tensor) or out.dim() == 0:
+            # A formula that ignores its inputs still predicts one value per point.
+            ref = next(iter(inputs.values()))
+            out = torch.as_tensor(out, dtype=ref.dtype, device=ref.device).expand(ref.shape[-1:] if ref.dim() else ())
+        return out
+
+    def response(self, columns: Mapping):
+        """Evaluate the response expression (e.g. log(y)) on data columns (tensors)."""
+        if self._compiled_response is None:
+            raise DataError("the formula has no response; write 'y ~ expression' or pass y")
+        return self._compiled_response(columns)
+
+    def partials(self, inputs: Mapping, params: Mapping) -> list:
+        """Analytic d(prediction)/d(parameter) for each parameter, broadcast to the data."""
+        import torch
+
+        if self._partials is None:
+            from ..formula.symbolic import derivatives
+
+            trees = derivatives(self.parsed.rhs, self.param_names)
+            self._partials = [compile_tree(trees[p]) for p in self.param_names]
+        env = dict(params)
+        env.update(inputs)
+        ref = next(iter(inputs.values()))
+        out = []
+        for fn in self._partials:
+            v = fn(env)
+            if not isinstance(v, torch.Tensor) or v.shape != ref.shape:
+                v = torch.as_tensor(v, dtype=ref.dtype, device=ref.device).expand(ref.shape)
+            out.append(v)
+        return out
+
+    def spec(self) -> dict:
+        spec = {"kind": "formula", "formula": self.text, "inputs": list(self.input_names)}
+        if self.name:
+            spec["name"] = self.name
+        return spec
+
+    def describe(self) -> str:
+        return self.name or self.text

@@ -1,0 +1,1 @@
+"""Optimizers: torch.optim by name (and, later, Levenberg-Marquardt and linear solves)."""

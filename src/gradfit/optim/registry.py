@@ -1,0 +1,48 @@
+"""torch.optim optimizers by name, with their own options."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from ..errors import ConfigError
+
+__all__ = ["make_optimizer", "optimizer_names"]
+
+# Every torch.optim optimizer except SparseAdam (sparse gradients only).
+_NAMES = {
+    "sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad",
+    "adadelta": "Adadelta", "adamax": "Adamax", "nadam": "NAdam", "radam": "RAdam", "asgd": "ASGD",
+    "rprop": "Rprop", "lbfgs": "LBFGS",
+}
+
+
+def optimizer_names() -> tuple[str, ...]:
+    return tuple(_NAMES)
+
+
+def make_optimizer(name: str, leaves: Iterable, lr: float, options: dict | None = None):
+    """Build ``torch.optim.<Name>(leaves, lr=lr, **options)``; bad values become ConfigError.
+
+    >>> import torch
+    >>> p = torch.zeros(2, requires_grad=True)
+    >>> type(make_optimizer("sgd", [p], 0.1, {"momentum": 0.9})).__name__
+    'SGD'
+    """
+    import torch
+
+    key = str(name).lower()
+    if key not in _NAMES:
+        raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(_NAMES)}")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
+    cls = getattr(torch.optim, _NAMES[key])
+    opts = dict(options or {})
+    if key == "lbfgs":
+        # Strong-Wolfe line search makes L-BFGS robust at lr=1, torch's default lr for it.
+        opts.setdefault("line_search_fn", "strong_wolfe")
+    try:
+        return cls(list(leaves), lr=lr, **opts)
+    except TypeError as exc:
+        raise ConfigError(f"bad option for optimizer {name!r}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"optimizer {name!r}: {exc}") from None

@@ -1,0 +1,105 @@
+"""Matplotlib figures (Agg backend, no display): fit with residuals, and loss curves."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+__all__ = ["plot_fit", "plot_loss", "plot_histories"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> None:
+    from .persist import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_fit(result, path, x, y) -> None:
+    """Data and fitted curve (single input) or predicted vs observed (several inputs),
+    with residuals underneath."""
+    from .errors import DataError
+
+    plt = _pyplot()
+    if x is None or y is None:
+        raise DataError("plot_fit needs the data: plot_fit(path, x, y)")
+    y = np.asarray(y, dtype=float)
+    pred = result.predict(x)
+    resid = y - pred.reshape(y.shape)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=False,
+                                      gridspec_kw={"height_ratios": [3, 1.2]})
+    names = result.model.input_names
+    single = (not isinstance(x, dict) or len(x) == 1) and np.ndim(next(iter(x.values())) if isinstance(x, dict) else x) == 1
+    if single and y.ndim == 1:
+        xv = np.asarray(next(iter(x.values())) if isinstance(x, dict) else x, dtype=float)
+        grid = np.linspace(xv.min(), xv.max(), 400)
+        curve = result.predict({names[0]: grid} if len(names) == 1 else grid)
+        top.plot(xv, y, "o", ms=4, label="data")
+        top.plot(grid, curve, "-", lw=2, label="fit")
+        top.set_xlabel(names[0])
+        bottom.axhline(0, color="grey", lw=1)
+        bottom.plot(xv, resid, "o", ms=3)
+        bottom.set_xlabel(names[0])
+    else:
+        top.plot(y.ravel(), pred.ravel(), "o", ms=3, label="points")
+        lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
+        top.plot([lo, hi], [lo, hi], "-", color="grey", label="ideal")
+        top.set_xlabel("observed")
+        top.set_ylabel("predicted")
+        bottom.axhline(0, color="grey", lw=1)
+        bottom.plot(pred.ravel(), resid.ravel(), "o", ms=3)
+        bottom.set_xlabel("predicted")
+    top.set_title(result.model.describe(), fontsize=10)
+    top.legend()
+    bottom.set_ylabel("residual")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_loss(result, path) -> None:
+    """Training and validation loss per epoch (log scale when all losses are positive)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    train = np.asarray(result.history.get("train_loss", []), dtype=float)
+    val = np.asarray(result.history.get("val_loss", []) or [], dtype=float)
+    epochs = np.arange(1, len(train) + 1)
+    ax.plot(epochs, train, label="train")
+    if len(val):
+        ax.plot(np.arange(1, len(val) + 1), val, label="validation")
+    both = np.concatenate([train, val]) if len(val) else train
+    if len(both) and np.all(both[np.isfinite(both)] > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"loss ({result.settings.get('loss', 'loss')})")
+    ax.legend()
+    ax.set_title(f"{result.model.describe()}: {result.status}", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_histories(path, curves: dict, title: str = "training loss") -> None:
+    """Several loss curves (label -> per-epoch values) on one log-scale plot."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, values in curves.items():
+        v = np.asarray(values, dtype=float)
+        ax.plot(np.arange(1, len(v) + 1), v, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,119 @@
+"""FitResult: what a fit returns. Immutable; it predicts, reports, plots and saves itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FitResult"]
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The outcome of :func:`gradfit.fit`.
+
+    Attributes
+    ----------
+    params : dict name -> float, in the user's units (empty for neural networks; their
+        weights live in ``model.module``).
+    loss : training loss at the final parameters; ``val_loss`` likewise on the validation
+        split (None without one).
+    status : "converged" | "max_epochs" | "diverged" | "stopped".
+    history : {"train_loss": [...], "val_loss": [...]}, one entry per epoch run.
+    """
+
+    params: dict
+    loss: float
+    val_loss: float | None
+    status: str
+    epochs_run: int
+    history: dict
+    model: Any = field(repr=False)
+    message: str = ""
+    settings: dict = field(default_factory=dict, repr=False)
+    n_train: int = 0
+    n_val: int = 0
+    notes: tuple = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "diverged"
+
+    # -- prediction ---------------------------------------------------------------------
+    def predict(self, x=None, *, data=None):
+        """Predictions (numpy) for new inputs: an array, a dict of named inputs, or data=."""
+        import torch
+
+        from .data.dataset import as_float_array
+
+        inputs = self._inputs_for(x, data)
+        model = self.model
+        if model.scalar_params:
+            tensors = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in inputs.items()}
+            params = {k: torch.tensor(v, dtype=torch.float64) for k, v in self.params.items()}
+            with torch.no_grad():
+                out = model.forward(tensors, params)
+            return as_float_array(out, "prediction").reshape(-1) if np.ndim(out) else np.full(
+                len(next(iter(inputs.values()))), float(out))
+        ref = next(iter(model.module.parameters()))
+        tensors = {k: torch.as_tensor(v, dtype=ref.dtype, device=ref.device) for k, v in inputs.items()}
+        with torch.no_grad():
+            out = model.forward(tensors)
+        return out.detach().cpu().double().numpy()
+
+    def _inputs_for(self, x, data) -> dict:
+        from .data.dataset import as_float_array
+        from .data.io import closest_name, columns_from_frame
+        from .errors import DataError
+
+        names = self.model.input_names
+        if data is not None:
+            cols = columns_from_frame(data) if hasattr(data, "columns") else {
+                str(k): as_float_array(v, str(k)) for k, v in data.items()}
+            x = {}
+            for n in names:
+                if n not in cols:
+                    raise DataError(f"no column {n!r} for input {n!r}{closest_name(n, cols)}")
+                x[n] = cols[n]
+            return x
+        if x is None:
+            raise DataError("predict needs x=... or data=...")
+        if isinstance(x, dict):
+            missing = [n for n in names if n not in x]
+            if missing:
+                raise DataError(f"missing input {missing[0]!r}{closest_name(missing[0], x)}")
+            return {n: as_float_array(x[n], n) for n in names}
+        return {names[0]: as_float_array(x, "x")}
+
+    # -- reporting ----------------------------------------------------------------------
+    def report(self) -> str:
+        """A short text report: model, status, losses and parameters."""
+        from .report import text_report
+
+        return text_report(self)
+
+    def to_dict(self) -> dict:
+        """The JSON summary the CLI prints with --json."""
+        return {"params": dict(self.params), "loss": self.loss, "val_loss": self.val_loss,
+                "status": self.status, "epochs_run": self.epochs_run, "message": self.message}
+
+    # -- persistence and plots ----------------------------------------------------------
+    def save(self, path) -> None:
+        """Write a JSON model file (plus ``.safetensors`` weights beside it for networks)."""
+        from .persist import save_result
+
+        save_result(self, path)
+
+    def plot_fit(self, path, x=None, y=None):
+        """PNG of data, fitted curve and residuals (pass the data to show)."""
+        from .plot import plot_fit
+
+        return plot_fit(self, path, x, y)
+
+    def plot_loss(self, path):
+        """PNG of training (and validation) loss per epoch."""
+        from .plot import plot_loss
+
+        return plot_loss(self, path)

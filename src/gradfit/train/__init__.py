@@ -1,0 +1,1 @@
+"""Training: the objective the optimizer sees, the epoch loop and its callbacks."""

@@ -1,0 +1,120 @@
+"""The epoch loop: steps, shuffled minibatches, validation, divergence, callbacks.
+
+Minibatches are slices of one seeded on-device permutation per epoch (``x[perm[i:j]]``),
+not a per-sample DataLoader: one gather per batch instead of thousands of Python calls.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["LoopConfig", "LoopOutcome", "run_loop", "DIVERGED_HINT"]
+
+DIVERGED_HINT = ("the loss became inf/nan; lower the learning rate (e.g. 10x smaller) "
+                 "or normalize the inputs (normalize=True, --normalize)")
+#: consecutive epochs of relative change below ``tol`` that count as converged
+CONVERGED_WINDOW = 10
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    epochs: int
+    batch_size: int | None = None
+    seed: int = 0
+    tol: float | None = None
+
+
+@dataclass
+class LoopOutcome:
+    status: str  # "max_epochs" | "converged" | "diverged" | "stopped"
+    epochs_run: int
+    history: dict = field(default_factory=lambda: {"train_loss": [], "val_loss": []})
+    message: str = ""
+
+
+def run_loop(objective, optimizer, config: LoopConfig, callbacks=()) -> LoopOutcome:
+    """Train ``objective`` with ``optimizer`` for up to ``config.epochs`` epochs.
+
+    Each epoch records the training loss (full batch: at the parameters before the step, as
+    the classic loop prints it; minibatch: the size-weighted mean of the batch losses) and,
+    with validation data, the validation loss after the epoch's updates. A non-finite loss
+    stops training and restores the last parameters whose loss was finite.
+    """
+    import torch
+
+    train = objective.train
+    n = train.n
+    minibatch = config.batch_size is not None and config.batch_size < n
+    is_lbfgs = isinstance(optimizer, torch.optim.LBFGS)
+    device = train.y.device
+    generator = torch.Generator(device=device).manual_seed(config.seed) if minibatch else None
+    out = LoopOutcome(status="max_epochs", epochs_run=0)
+    history_train, history_val = out.history["train_loss"], out.history["val_loss"]
+    for cb in callbacks:
+        cb.on_train_begin(config.epochs)
+    calm = 0
+    for epoch in range(1, config.epochs + 1):
+        objective.remember()
+        if minibatch:
+            value = _minibatch_epoch(objective, optimizer, train, config.batch_size, generator, is_lbfgs)
+        elif is_lbfgs:
+            value = objective.unscale(optimizer.step(objective.closure(optimizer)).detach())
+        else:
+            value = objective.step(optimizer, train)
+        train_loss = float(value)
+        if not math.isfinite(train_loss):
+            objective.restore_good()
+            out.status, out.message = "diverged", f"diverged at epoch {epoch}: {DIVERGED_HINT}"
+            out.epochs_run = epoch - 1
+            break
+        objective.accept()
+        history_train.append(train_loss)
+        val_loss = objective.evaluate(objective.val) if objective.val is not None else None
+        if val_loss is not None:
+            history_val.append(val_loss)
+        out.epochs_run = epoch
+        logs = {"train_loss": train_loss, "val_loss": val_loss}
+        stop = False
+        for cb in callbacks:
+            stop = bool(cb.on_epoch_end(epoch, logs)) or stop
+        if stop:
+            out.status, out.message = "stopped", f"stopped by a callback at epoch {epoch}"
+            break
+        if config.tol is not None and len(history_train) > 1:
+            prev = history_train[-2]
+            calm = calm + 1 if abs(prev - train_loss) <= config.tol * max(abs(train_loss), 1e-300) else 0
+            if calm >= CONVERGED_WINDOW:
+                out.status = "converged"
+                out.message = f"relative loss change below tol={config.tol:g} for {CONVERGED_WINDOW} epochs"
+                break
+    for cb in callbacks:
+        cb.on_train_end(out.status, out.epochs_run)
+    return out
+
+
+def _minibatch_epoch(objective, optimizer, train, batch_size, generator, is_lbfgs):
+    import torch
+
+    n = train.n
+    perm = torch.randperm(n, generator=generator, device=train.y.device)
+    total = torch.zeros((), dtype=train.y.dtype, device=train.y.device)
+    for start in range(0, n, batch_size):
+        idx = perm[start : start + batch_size]
+        batch = train.take(idx)
+        if is_lbfgs:
+            value = objective.unscale(optimizer.step(_batch_closure(objective, optimizer, batch)).detach())
+        else:
+            value = objective.step(optimizer, batch)
+        total += value * idx.shape[0]
+    return total / n
+
+
+def _batch_closure(objective, optimizer, batch):
+    def closure():
+        optimizer.zero_grad()
+        value = objective.objective(batch)
+        value.backward()
+        return value
+
+    return closure

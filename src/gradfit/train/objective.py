@@ -1,0 +1,191 @@
+"""What the training loop minimises: model + data + loss, seen through the optimizer's leaves.
+
+Two kinds:
+
+* :class:`ScalarObjective` — models with named scalar parameters (formulas, built-ins,
+  functions). One flat leaf vector ``theta``; with normalization the model's parameters are
+  ``p = p0 + A @ theta`` (an affine change of coordinates, so reported parameters always mean
+  what the formula says). Gradients by autograd or, for formulas, analytically.
+* :class:`ModuleObjective` — torch modules; the leaves are the module's own parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["TensorData", "ScalarObjective", "ModuleObjective"]
+
+
+@dataclass
+class TensorData:
+    """Named input tensors, target and optional weights on the fit's device and dtype."""
+
+    inputs: dict
+    y: object
+    weights: object = None
+
+    @property
+    def n(self) -> int:
+        return self.y.shape[0]
+
+    def take(self, idx) -> "TensorData":
+        return TensorData({k: v[idx] for k, v in self.inputs.items()}, self.y[idx],
+                          None if self.weights is None else self.weights[idx])
+
+    @staticmethod
+    def from_arrays(arrays, dtype, device) -> "TensorData":
+        import torch
+
+        def t(a):
+            return torch.as_tensor(a, dtype=dtype, device=device)
+
+        return TensorData({k: t(v) for k, v in arrays.inputs.items()}, t(arrays.y),
+                          None if arrays.weights is None else t(arrays.weights))
+
+
+class _Objective:
+    train: TensorData
+    val: TensorData | None
+    leaves: list
+
+    def _loss_value(self, data: TensorData, params):
+        return self.loss(self.model.forward(data.inputs, params), data.y, data.weights)
+
+    def evaluate(self, data: TensorData) -> float:
+        """Loss on ``data`` at the current parameters, without building a graph."""
+        import torch
+
+        with torch.no_grad():
+            return float(self._loss_value(data, self.current_params()))
+
+    def unscale(self, value):
+        """Objective value -> loss in user units (they differ only for scaled module losses)."""
+        return value * getattr(self, "loss_scale", 1.0)
+
+    def closure(self, optimizer):
+        """The closure L-BFGS needs: recompute loss and gradients."""
+
+        def closure():
+            optimizer.zero_grad()
+            value = self.objective(self.train)
+            value.backward()
+            return value
+
+        return closure
+
+
+class ScalarObjective(_Objective):
+    def __init__(self, model, train: TensorData, val: TensorData | None, loss, init, *,
+                 precondition=None, gradient: str = "autograd"):
+        import torch
+
+        self.model, self.train, self.val, self.loss = model, train, val, loss
+        self.names = tuple(model.param_names)
+        self.p0 = init.detach().clone()
+        self.A = precondition
+        start = torch.zeros_like(self.p0) if precondition is not None else self.p0.clone()
+        self.theta = start.requires_grad_(True)
+        self.leaves = [self.theta]
+        self.gradient = gradient
+        self._good = self.theta.detach().clone()
+        self._pending = self.theta.detach().clone()
+
+    def vector(self, theta=None):
+        theta = self.theta if theta is None else theta
+        return theta if self.A is None else self.p0 + self.A @ theta
+
+    def current_params(self):
+        return dict(zip(self.names, self.vector().unbind()))
+
+    def param_values(self) -> dict[str, float]:
+        return dict(zip(self.names, self.vector().detach().double().tolist()))
+
+    def objective(self, data: TensorData):
+        return self._loss_value(data, self.current_params())
+
+    def step(self, optimizer, data: TensorData):
+        """One optimizer step on ``data``; returns the loss before the step (detached)."""
+        if self.gradient == "analytic":
+            value = self._analytic_grad(data)
+        else:
+            value = self.objective(data)
+            optimizer.zero_grad()
+            value.backward()
+        optimizer.step()
+        return value.detach()
+
+    def _analytic_grad(self, data: TensorData):
+        import torch
+
+        with torch.no_grad():
+            params = self.current_params()
+            pred = self.model.forward(data.inputs, params)
+            if self.loss.grad_pred is not None:
+                value = self.loss(pred, data.y, data.weights)
+                dloss = self.loss.grad_pred(pred, data.y, data.weights)
+            else:
+                with torch.enable_grad():
+                    leaf = pred.detach().requires_grad_(True)
+                    value = self.loss(leaf, data.y, data.weights)
+                    (dloss,) = torch.autograd.grad(value, leaf)
+            partials = torch.stack(self.model.partials(data.inputs, params))
+            grad = partials @ dloss if dloss.dim() else partials.sum(-1) * dloss
+            self.theta.grad = grad if self.A is None else self.A.T @ grad
+        return value
+
+    def remember(self) -> None:
+        """Copy the parameters at the start of an epoch; :meth:`accept` keeps them as good."""
+        self._pending.copy_(self.theta.detach())
+
+    def accept(self) -> None:
+        """The epoch's loss was finite: the parameters it started from are good."""
+        self._good, self._pending = self._pending, self._good
+
+    def restore_good(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.theta.copy_(self._good)
+
+
+class ModuleObjective(_Objective):
+    """Train a ModuleModel. With ``loss_scale`` the optimizer sees loss/loss_scale, which
+    makes step sizes independent of the target's units; reported losses stay in user units."""
+
+    def __init__(self, model, train: TensorData, val: TensorData | None, loss, *, loss_scale: float = 1.0):
+        self.model, self.train, self.val, self.loss = model, train, val, loss
+        self.loss_scale = float(loss_scale)
+        self.leaves = [p for p in model.module.parameters() if p.requires_grad]
+        self._good = [p.detach().clone() for p in self.leaves]
+        self._pending = [p.detach().clone() for p in self.leaves]
+
+    def current_params(self):
+        return None  # the module uses its own parameters
+
+    def param_values(self) -> dict[str, float]:
+        return {}
+
+    def objective(self, data: TensorData):
+        value = self._loss_value(data, None)
+        return value if self.loss_scale == 1.0 else value / self.loss_scale
+
+    def step(self, optimizer, data: TensorData):
+        value = self._loss_value(data, None)
+        optimizer.zero_grad()
+        (value if self.loss_scale == 1.0 else value / self.loss_scale).backward()
+        optimizer.step()
+        return value.detach()
+
+    def remember(self) -> None:
+        for g, p in zip(self._pending, self.leaves):
+            g.copy_(p.detach())
+
+    def accept(self) -> None:
+        self._good, self._pending = self._pending, self._good
+
+    def restore_good(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for p, g in zip(self.leaves, self._good):
+                p.copy_(g)
