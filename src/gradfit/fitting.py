@@ -197,7 +197,8 @@ def _train(objective, model, optimizer, lr, optimizer_options, epochs, batch_siz
     from .train.callbacks import LogCallback, ProgressCallback, wants_progress
     from .train.loop import LoopConfig, run_loop
 
-    opt = make_optimizer(optimizer, objective.leaves, lr, optimizer_options)
+    opt = make_optimizer(optimizer, objective.leaves, lr, optimizer_options,
+                         prefer_fused=not model.scalar_params)
     cbs = list(callbacks)
     if log_every:
         cbs.append(LogCallback(_check_int("log_every", log_every, 0)))
@@ -205,7 +206,13 @@ def _train(objective, model, optimizer, lr, optimizer_options, epochs, batch_siz
         cbs.append(ProgressCallback())
     torch.manual_seed(seed)  # anything stochastic inside torch.optim or the module
     outcome = run_loop(objective, opt, LoopConfig(epochs=epochs, batch_size=batch_size, seed=seed, tol=tol), cbs)
-    final_loss = objective.evaluate(objective.train)
+    minibatch = batch_size is not None and batch_size < objective.train.n
+    if minibatch and outcome.history["train_loss"] and outcome.status != "diverged":
+        # As Keras reports it: the mean batch loss of the last epoch. A full extra pass over a
+        # large training set would cost a third of an epoch.
+        final_loss = outcome.history["train_loss"][-1]
+    else:
+        final_loss = objective.evaluate(objective.train)
     if not math.isfinite(final_loss) and outcome.status != "diverged":
         outcome.status, outcome.message = "diverged", "the loss at the final parameters is not finite"
     val_loss = objective.evaluate(objective.val) if objective.val is not None else None

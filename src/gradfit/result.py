@@ -18,8 +18,9 @@ class FitResult:
     ----------
     params : dict name -> float, in the user's units (empty for neural networks; their
         weights live in ``model.module``).
-    loss : training loss at the final parameters; ``val_loss`` likewise on the validation
-        split (None without one).
+    loss : training loss at the final parameters (full-batch training) or, with minibatches,
+        the mean batch loss of the last epoch as Keras reports it; ``val_loss`` is the loss on
+        the validation split at the final parameters (None without one).
     status : "converged" | "max_epochs" | "diverged" | "stopped".
     history : {"train_loss": [...], "val_loss": [...]}, one entry per epoch run.
     """

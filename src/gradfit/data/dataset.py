@@ -70,6 +70,8 @@ def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy
             raise DataError("data has no columns")
     inputs, y_arr = _inputs_and_target(model, x, y, columns)
     if isinstance(model, FormulaModel):
+        if columns and x is None:
+            _check_column_typos(model, columns, y)
         model = model.bind(inputs)
         missing = [n for n in model.input_names if n not in inputs]
         if missing:
@@ -112,6 +114,18 @@ def _inputs_and_target(model, x, y, columns):
     if isinstance(model, FormulaModel) and not isinstance(x, Mapping):
         inputs = {_single_input_name(model): inputs["x"]}
     return inputs, as_float_array(y, "y")
+
+
+def _check_column_typos(model, columns, y) -> None:
+    """A formula that uses no column at all almost always has a misspelled column name."""
+    used = model.parsed.rhs.names() & set(columns)
+    if used:
+        return
+    for name in sorted(model.parsed.rhs.names()):
+        hint = closest_name(name, columns)
+        if hint:
+            raise DataError(f"no column {name!r} in data{hint}; the formula uses no data column")
+    raise DataError(f"the formula uses none of the data's columns ({', '.join(columns)})")
 
 
 def _named_inputs(x: Mapping) -> dict[str, np.ndarray]:

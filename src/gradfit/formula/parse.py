@@ -175,6 +175,8 @@ def _convert_call(node: ast.Call, text: str, offset: int, pos: int) -> tuple[Nod
     if not isinstance(node.func, ast.Name):
         raise _reject(node.func, text, offset, "only the listed functions can be called")
     name = node.func.id
+    if "__" in name:
+        raise _reject(node.func, text, offset, "names containing '__' are not allowed")
     if name not in FUNCTIONS:
         allowed = ", ".join(sorted(FUNCTIONS))
         raise _reject(node.func, text, offset, f"unknown function {name!r}; allowed: {allowed}")

@@ -52,6 +52,7 @@ class FormulaModel(Model):
         self._compiled = compile_tree(self.parsed.rhs)
         self._compiled_response = compile_tree(self.parsed.response) if self.parsed.response is not None else None
         self._partials = None
+        self._partials_constant = False
 
     def _set_inputs(self, inputs: set[str]) -> None:
         self.input_names = tuple(n for n in self._ordered if n in inputs)
@@ -102,15 +103,27 @@ class FormulaModel(Model):
             raise DataError("the formula has no response; write 'y ~ expression' or pass y")
         return self._compiled_response(columns)
 
+    def _compile_partials(self) -> None:
+        from ..formula.symbolic import derivatives
+
+        trees = derivatives(self.parsed.rhs, self.param_names)
+        self._partials = [compile_tree(trees[p]) for p in self.param_names]
+        params = set(self.param_names)
+        self._partials_constant = not any(trees[p].names() & params for p in self.param_names)
+
+    @property
+    def linear_in_params(self) -> bool:
+        """True when no partial derivative depends on a parameter (the Jacobian is constant)."""
+        if self._partials is None:
+            self._compile_partials()
+        return self._partials_constant
+
     def partials(self, inputs: Mapping, params: Mapping) -> list:
         """Analytic d(prediction)/d(parameter) for each parameter, broadcast to the data."""
         import torch
 
         if self._partials is None:
-            from ..formula.symbolic import derivatives
-
-            trees = derivatives(self.parsed.rhs, self.param_names)
-            self._partials = [compile_tree(trees[p]) for p in self.param_names]
+            self._compile_partials()
         env = dict(params)
         env.update(inputs)
         ref = next(iter(inputs.values()))

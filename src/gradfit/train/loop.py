@@ -62,7 +62,7 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=()) -> LoopOutc
             value = objective.unscale(optimizer.step(objective.closure(optimizer)).detach())
         else:
             value = objective.step(optimizer, train)
-        train_loss = float(value)
+        train_loss = value.item()
         if not math.isfinite(train_loss):
             objective.restore_good()
             out.status, out.message = "diverged", f"diverged at epoch {epoch}: {DIVERGED_HINT}"
@@ -106,7 +106,7 @@ def _minibatch_epoch(objective, optimizer, train, batch_size, generator, is_lbfg
             value = objective.unscale(optimizer.step(_batch_closure(objective, optimizer, batch)).detach())
         else:
             value = objective.step(optimizer, batch)
-        total += value * idx.shape[0]
+        total += value.detach() * idx.shape[0]
     return total / n
 
 

@@ -87,8 +87,10 @@ class ScalarObjective(_Objective):
         self.theta = start.requires_grad_(True)
         self.leaves = [self.theta]
         self.gradient = gradient
-        self._good = self.theta.detach().clone()
-        self._pending = self.theta.detach().clone()
+        self._jt_cache = None
+        self._theta_view = self.theta.detach()  # shares storage: follows in-place updates
+        self._good = self._theta_view.clone()
+        self._pending = self._theta_view.clone()
 
     def vector(self, theta=None):
         theta = self.theta if theta is None else theta
@@ -104,38 +106,58 @@ class ScalarObjective(_Objective):
         return self._loss_value(data, self.current_params())
 
     def step(self, optimizer, data: TensorData):
-        """One optimizer step on ``data``; returns the loss before the step (detached)."""
+        """One optimizer step on ``data``; returns the loss before the step."""
+        import torch
+
         if self.gradient == "analytic":
             value = self._analytic_grad(data)
         else:
             value = self.objective(data)
-            optimizer.zero_grad()
-            value.backward()
+            # autograd.grad skips the AccumulateGrad bookkeeping of backward() + zero_grad()
+            (self.theta.grad,) = torch.autograd.grad(value, self.theta)
         optimizer.step()
-        return value.detach()
+        return value
 
     def _analytic_grad(self, data: TensorData):
+        """Loss and its gradient without autograd: symbolic model partials times the loss's
+        derivative with respect to the prediction. Sets ``theta.grad``."""
         import torch
 
         with torch.no_grad():
             params = self.current_params()
             pred = self.model.forward(data.inputs, params)
-            if self.loss.grad_pred is not None:
-                value = self.loss(pred, data.y, data.weights)
-                dloss = self.loss.grad_pred(pred, data.y, data.weights)
+            loss = self.loss
+            factor = 1.0
+            if loss.value_and_grad is not None and pred.dim() == 1:
+                value, dloss, factor = loss.value_and_grad(pred, data.y, data.weights)
+            elif loss.grad_pred is not None:
+                value, dloss = loss(pred, data.y, data.weights), loss.grad_pred(pred, data.y, data.weights)
             else:
                 with torch.enable_grad():
                     leaf = pred.detach().requires_grad_(True)
-                    value = self.loss(leaf, data.y, data.weights)
+                    value = loss(leaf, data.y, data.weights)
                     (dloss,) = torch.autograd.grad(value, leaf)
-            partials = torch.stack(self.model.partials(data.inputs, params))
-            grad = partials @ dloss if dloss.dim() else partials.sum(-1) * dloss
+            grad = torch.mv(self._jacobian_t(data, params), dloss)
+            if factor != 1.0:
+                grad.mul_(factor)
             self.theta.grad = grad if self.A is None else self.A.T @ grad
         return value
 
+    def _jacobian_t(self, data: TensorData, params):
+        """(P, n) partials; cached for the training set when they do not depend on the
+        parameters (models linear in their parameters), since then they never change."""
+        import torch
+
+        if data is self.train and self._jt_cache is not None:
+            return self._jt_cache
+        jt = torch.stack(self.model.partials(data.inputs, params))
+        if data is self.train and self.model.linear_in_params:
+            self._jt_cache = jt
+        return jt
+
     def remember(self) -> None:
         """Copy the parameters at the start of an epoch; :meth:`accept` keeps them as good."""
-        self._pending.copy_(self.theta.detach())
+        self._pending.copy_(self._theta_view)
 
     def accept(self) -> None:
         """The epoch's loss was finite: the parameters it started from are good."""
@@ -174,7 +196,7 @@ class ModuleObjective(_Objective):
         optimizer.zero_grad()
         (value if self.loss_scale == 1.0 else value / self.loss_scale).backward()
         optimizer.step()
-        return value.detach()
+        return value
 
     def remember(self) -> None:
         for g, p in zip(self._pending, self.leaves):

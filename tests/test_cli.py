@@ -1,0 +1,122 @@
+"""The gradfit command, run as a user runs it (subprocess), with its exit codes."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+import gradfit as gf
+
+
+def run(*args, cwd=None):
+    proc = subprocess.run([sys.executable, "-m", "gradfit", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_help_is_light():
+    code = ("import sys; from gradfit.cli.main import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'numpy', 'sympy', 'matplotlib', 'rich') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+    assert out == "[]"
+    rc, stdout, _ = run("--help")
+    assert rc == 0 and "demo" in stdout and "gradcheck" in stdout
+
+
+def test_fit_json_matches_api(thermo_csv):
+    rc, out, err = run("fit", thermo_csv, "t_c ~ w*t_u + b", "--init", "w=1,b=0", "--optimizer", "adam",
+                       "--lr", "0.1", "--epochs", "2000", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["params"]["w"] == pytest.approx(0.5367, abs=5e-5)
+    assert doc["params"]["b"] == pytest.approx(-17.3021, abs=5e-5)
+    assert doc["status"] == "max_epochs" and doc["epochs_run"] == 2000 and doc["val_loss"] is None
+
+
+def test_fit_out_writes_model_history_and_plots(thermo_csv, tmp_path):
+    out = tmp_path / "run"
+    rc, stdout, err = run("fit", thermo_csv, "t_c ~ w*t_u + b", "--optimizer", "sgd", "--epochs", "300",
+                          "--normalize", "--val-fraction", "0.2", "--out", out)
+    assert rc == 0, err
+    assert "w " in stdout and "status" in stdout
+    for name in ("model.json", "history.csv", "fit.png", "loss.png"):
+        assert (out / name).stat().st_size > 0, name
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert len(rows) == 300 and set(rows[0]) == {"epoch", "train_loss", "val_loss"}
+    assert gf.load(out / "model.json").settings["normalize"] is True
+
+
+def test_diverged_fit_exits_3(thermo_csv):
+    rc, out, err = run("fit", thermo_csv, "t_c ~ w*t_u + b", "--init", "w=1,b=0", "--optimizer", "sgd",
+                       "--epochs", "5000", "--json")
+    assert rc == 3
+    assert json.loads(out)["status"] == "diverged"
+    assert "lower the learning rate" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("fit", "{csv}", "t_c ~ w*t_u + __import__('os')"), "names containing '__'"),
+    (("fit", "{missing}", "t_c ~ w*t_u + b"), "no such file"),
+    (("fit", "{csv}", "t_c ~ w*t_v + b"), "did you mean 't_u'"),
+    (("fit", "{csv}", "t_c ~ w*t_u + b", "--optimizer", "nope"), "unknown optimizer"),
+    (("fit", "{csv}", "t_c ~ w*t_u + b", "--init", "w=abc"), "--init"),
+    (("predict", "{csv}", "{csv}"), "not a gradfit model"),
+    (("gradcheck", "t_c ~ w*t_u + b", "{csv}", "--at", "w=1"), "missing b"),
+    (("gradcheck", "w*t_u + b", "{csv}", "--at", "w=1,b=0"), "response ~ expression"),
+])
+def test_bad_input_exits_2_with_one_line(thermo_csv, tmp_path, args, needle):
+    args = [a.format(csv=thermo_csv, missing=tmp_path / "missing.csv") for a in args]
+    rc, out, err = run(*args)
+    assert rc == 2, (rc, err)
+    assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_argparse_usage_error_exits_2():
+    rc, _, err = run("fit")
+    assert rc == 2 and "usage" in err
+
+
+def test_predict_csv(thermo_csv, tmp_path):
+    run("fit", thermo_csv, "t_c ~ w*t_u + b", "--optimizer", "adam", "--lr", "0.1", "--epochs", "500",
+        "--out", tmp_path / "m")
+    rc, out, err = run("predict", tmp_path / "m" / "model.json", thermo_csv, "-o", tmp_path / "pred.csv")
+    assert rc == 0, err
+    rows = list(csv.DictReader((tmp_path / "pred.csv").open()))
+    model = gf.load(tmp_path / "m" / "model.json")
+    assert len(rows) == 11 and set(rows[0]) == {"t_u", "prediction"}
+    p = model.params
+    assert float(rows[0]["prediction"]) == pytest.approx(p["w"] * float(rows[0]["t_u"]) + p["b"], rel=1e-9)
+    rc, out, _ = run("predict", tmp_path / "m" / "model.json", thermo_csv)
+    assert rc == 0 and out.splitlines()[0] == "t_u,prediction" and len(out.splitlines()) == 12
+
+
+def test_gradcheck(thermo_csv):
+    rc, out, err = run("gradcheck", "t_c ~ w*t_u + b", thermo_csv, "--at", "w=1,b=0")
+    assert rc == 0, err
+    assert "4517.2969" in out and "82.6" in out and "OK" in out
+
+
+def test_builtin_model_from_cli(tmp_path):
+    import numpy as np
+
+    x = np.linspace(0, 10, 40)
+    y = 3 * np.exp(-0.4 * x) + 1
+    path = tmp_path / "decay.csv"
+    path.write_text("time,signal\n" + "".join(f"{a},{b}\n" for a, b in zip(x, y)))
+    rc, out, err = run("fit", path, "exp_decay", "--optimizer", "lbfgs", "--lr", "1", "--epochs", "50",
+                       "--dtype", "float64", "--json")
+    assert rc == 0, err
+    p = json.loads(out)["params"]
+    assert p["a"] == pytest.approx(3, rel=1e-3) and p["k"] == pytest.approx(0.4, rel=1e-3)
+
+
+def test_demo(tmp_path):
+    rc, out, err = run("demo", "--out", tmp_path / "demo")
+    assert rc == 0, err
+    assert "4517.2969" in out and "diverged" in out and "5.3671" in out and "-17.3012" in out
+    assert "0.5367" in out and "-17.3021" in out
+    for name in ("fit.png", "loss.png", "sgd_vs_adam.png"):
+        assert (tmp_path / "demo" / name).read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,53 @@
+"""Reading data files: every failure is a DataError that names file, row or column."""
+
+import numpy as np
+import pytest
+
+from gradfit import DataError
+from gradfit.data.io import read_table
+
+
+def _write(tmp_path, name, content):
+    p = tmp_path / name
+    p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return p
+
+
+def test_reads_csv_tsv_and_semicolons(tmp_path):
+    for sep in (",", "\t", ";"):
+        cols = read_table(_write(tmp_path, "d.csv", f"x{sep}y\n1{sep}2\n3{sep} 4\n"))
+        np.testing.assert_array_equal(cols["x"], [1, 3])
+        np.testing.assert_array_equal(cols["y"], [2, 4])
+
+
+def test_empty_cells_and_nan_become_nan(tmp_path):
+    cols = read_table(_write(tmp_path, "d.csv", "x,y\n1,\nnan,2\n"))
+    assert np.isnan(cols["y"][0]) and np.isnan(cols["x"][1])
+
+
+def test_npz(tmp_path):
+    p = tmp_path / "d.npz"
+    np.savez(p, x=np.arange(3.0), y=np.ones(3))
+    assert set(read_table(p)) == {"x", "y"}
+
+
+@pytest.mark.parametrize("name,content,match", [
+    ("e.csv", "", "empty"),
+    ("h.csv", "x,y\n", "no data rows"),
+    ("u.csv", b"x,y\n1,\xff\n", "line 2 is not valid UTF-8"),
+    ("b.csv", b"\x00\x01\x02binary", "binary"),
+    ("r.csv", "x,y\n1,2\n3\n", "row 3 has 1 fields"),
+    ("n.csv", "x,y\n1,abc\n", "row 2 column 'y'"),
+    ("d.csv", "x,x\n1,2\n", "duplicate column name 'x'"),
+    ("nh.csv", "1,2\n3,4\n", "first row must name the columns"),
+])
+def test_bad_files(tmp_path, name, content, match):
+    with pytest.raises(DataError, match=match):
+        read_table(_write(tmp_path, name, content))
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_table(tmp_path / "nope.csv")
+    with pytest.raises(DataError, match="is a directory"):
+        read_table(tmp_path)

@@ -1,0 +1,16 @@
+"""The examples in docstrings run and print what they say."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["gradfit", "gradfit.fitting", "gradfit.formula.parse", "gradfit.formula.compile",
+           "gradfit.models.formula", "gradfit.models.function", "gradfit.optim.registry", "gradfit.data.split",
+           "gradfit.examples"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

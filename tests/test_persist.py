@@ -1,0 +1,82 @@
+"""Saving and loading: JSON + safetensors, atomic, refuses damaged or foreign files."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import gradfit as gf
+from gradfit import PersistError
+from gradfit.persist import atomic_write_text
+
+
+@pytest.fixture
+def saved(tmp_path, thermo):
+    r = gf.fit("t_c ~ w*t_u + b", data=thermo, optimizer="adam", lr=0.1, epochs=200, progress=False)
+    path = tmp_path / "model.json"
+    r.save(path)
+    return r, path
+
+
+def test_roundtrip_identical_predictions(saved, thermo):
+    r, path = saved
+    again = gf.load(path)
+    assert again.params == r.params and again.status == r.status and again.history == r.history
+    np.testing.assert_array_equal(again.predict({"t_u": thermo["t_u"]}), r.predict({"t_u": thermo["t_u"]}))
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "gradfit.model" and doc["model"]["formula"] == "t_c ~ w*t_u + b"
+
+
+def test_builtin_roundtrip(tmp_path):
+    x = np.linspace(0, 10, 50)
+    r = gf.fit("gaussian", x=x, y=3 * np.exp(-((x - 4) ** 2) / 2) + 1, optimizer="lbfgs", lr=1, epochs=30,
+               progress=False)
+    r.save(tmp_path / "g.json")
+    np.testing.assert_array_equal(gf.load(tmp_path / "g.json").predict(x), r.predict(x))
+
+
+def test_truncated_tampered_foreign_and_newer_files(saved, tmp_path):
+    _, path = saved
+    text = path.read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text(text[: len(text) // 2])
+    with pytest.raises(PersistError, match="truncated"):
+        gf.load(bad)
+    doc = json.loads(text)
+    doc["params"]["w"] = 123.0
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(PersistError, match="checksum"):
+        gf.load(bad)
+    bad.write_text("[1, 2, 3]")
+    with pytest.raises(PersistError, match="not a gradfit model"):
+        gf.load(bad)
+    doc = json.loads(text)
+    doc["format_version"] = 99
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(PersistError, match="newer gradfit"):
+        gf.load(bad)
+    bad.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(PersistError):
+        gf.load(bad)
+    with pytest.raises(PersistError, match="no such"):
+        gf.load(tmp_path / "missing.json")
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    x = np.random.default_rng(0).uniform(size=(50, 2))
+    r = gf.fit("mlp", x=x, y=x.sum(1), hidden=(4,), epochs=2, progress=False)
+    r.save(tmp_path / "m.json")
+    blob = bytearray((tmp_path / "m.safetensors").read_bytes())
+    blob[-1] ^= 0xFF
+    (tmp_path / "m.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(PersistError, match="checksum"):
+        gf.load(tmp_path / "m.json")
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "f.txt"
+    atomic_write_text(target, "old")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert os.listdir(tmp_path) == ["f.txt"]
