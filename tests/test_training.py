@@ -36,7 +36,7 @@ def test_bad_optimizer_settings():
     with pytest.raises(ConfigError, match="learning rate"):
         gf.fit("a*x + b", x=X, y=Y, lr=-1, epochs=1)
     with pytest.raises(ConfigError, match="bad option"):
-        gf.fit("a*x + b", x=X, y=Y, optimizer_options={"bogus": 1}, epochs=1)
+        gf.fit("a*x + b", x=X, y=Y, optimizer="adam", optimizer_options={"bogus": 1}, epochs=1)
     with pytest.raises(ConfigError, match="epochs"):
         gf.fit("a*x + b", x=X, y=Y, epochs=0)
     with pytest.raises(ConfigError, match="unknown parameter 'c'"):
@@ -118,12 +118,12 @@ def test_callback_sees_every_epoch_and_can_stop():
             return epoch == 7
 
     cb = Stop()
-    r = gf.fit("a*x + b", x=X, y=Y, epochs=100, callbacks=[cb], progress=False)
+    r = gf.fit("a*x + b", x=X, y=Y, optimizer="adam", epochs=100, callbacks=[cb], progress=False)
     assert r.status == "stopped" and r.epochs_run == 7 and [e for e, _ in cb.seen] == list(range(1, 8))
 
 
 def test_log_every_writes_lines(capsys):
-    gf.fit("a*x + b", x=X, y=Y, epochs=10, log_every=5, val_fraction=0.2, progress=False)
+    gf.fit("a*x + b", x=X, y=Y, optimizer="adam", epochs=10, log_every=5, val_fraction=0.2, progress=False)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and err[0].startswith("epoch 5  train ") and "  val " in err[0]
 

@@ -1,16 +1,23 @@
-"""``fit`` and ``gradient``: the public entry points that wire data -> model -> loss ->
-optimizer -> loop -> result. Everything numerical lives in the modules they call."""
+"""``fit``, ``gradient`` and ``loss_value``: the public entry points that wire
+data -> model -> loss -> optimizer -> loop -> result. The numerical work lives in the
+modules they call: train/ for first-order training, lsq.py for least squares."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Mapping, Sequence
 
 from .errors import ConfigError, DataError, ModelError
 
-__all__ = ["fit", "gradient", "loss_value", "resolve_dtype", "resolve_device"]
+__all__ = ["fit", "gradient", "loss_value", "resolve_dtype", "resolve_device", "choose_method", "GradfitWarning"]
 
 _GRADIENTS = ("autograd", "analytic")
+_DIRECT = ("lm", "linear")
+
+
+class GradfitWarning(UserWarning):
+    """Warnings about a fit's result (rank deficiency, parameters at bounds, ...)."""
 
 
 def resolve_dtype(dtype):
@@ -44,13 +51,48 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
-def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="mse", optimizer: str = "adam",
+def choose_method(optimizer: str, model, loss_fn, batch_size, space) -> tuple[str, str]:
+    """Which optimizer runs, and why. "auto": a direct linear solve or Levenberg-Marquardt for
+    least-squares problems that fit in memory, a first-order optimizer (adam) otherwise."""
+    from .lsq import linear_reason
+
+    name = str(optimizer).lower()
+    scalar = getattr(model, "scalar_params", False)
+    if name in _DIRECT:
+        if not scalar:
+            raise ConfigError(f"optimizer={name!r} needs a model with named scalar parameters, not a network")
+        if not loss_fn.least_squares:
+            raise ConfigError(f"optimizer={name!r} minimises squared errors; loss={loss_fn.name!r} is not least squares")
+        if batch_size is not None:
+            raise ConfigError(f"optimizer={name!r} uses all the data at once; drop batch_size")
+        if name == "linear":
+            why = linear_reason(model, space)
+            if why is not None:
+                raise ConfigError(f"optimizer='linear' needs a model linear in its parameters ({why}); use 'lm'")
+        return name, "requested"
+    if name != "auto":
+        return name, "requested"
+    if not scalar:
+        return "adam", "neural network: first-order optimizer"
+    if batch_size is not None:
+        return "adam", "minibatches requested: first-order optimizer"
+    if not loss_fn.least_squares:
+        return "adam", f"loss {loss_fn.name!r} is not least squares: first-order optimizer"
+    why = linear_reason(model, space)
+    if why is None and not space.has_bounds:
+        return "linear", "linear in its parameters: solved directly (QR)"
+    return "lm", f"nonlinear least squares ({why or 'bounds'}): Levenberg-Marquardt"
+
+
+def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="mse", optimizer: str = "auto",
         lr: float = 1e-2, epochs: int = 1000, batch_size: int | None = None, normalize: bool = False,
         val_fraction: float = 0.0, seed: int = 0, gradient: str = "autograd", dtype="float32", device="auto",
-        log_every: int = 0, progress: bool | None = None, weights=None, optimizer_options: Mapping | None = None,
-        tol: float | None = None, callbacks: Sequence = (), nan_policy: str = "raise",
-        hidden: Sequence[int] = (64,), activation: str = "tanh"):
-    """Estimate a model's parameters from input/output pairs by gradient-based training.
+        log_every: int = 0, progress: bool | None = None, weights=None, sigma=None, absolute_sigma: bool = False,
+        bounds: Mapping | None = None, fixed: Sequence[str] = (), tie: Mapping[str, str] | None = None,
+        max_iter: int | None = None, optimizer_options: Mapping | None = None, tol: float | None = None,
+        callbacks: Sequence = (), nan_policy: str = "raise", hidden: Sequence[int] = (64,),
+        activation: str = "tanh"):
+    """Estimate a model's parameters from input/output pairs.
 
     Parameters
     ----------
@@ -61,6 +103,11 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         DataFrame or dict of columns) use a "response ~ expression" formula instead.
     init : starting values by name; missing ones come from the model's guess (1.0 for
         formulas, data-driven for built-in curves).
+    optimizer : "auto" (default: direct solve or Levenberg-Marquardt for least squares,
+        adam otherwise), "lm", "linear", or any torch.optim name ("sgd", "adam", "lbfgs", ...).
+    bounds, fixed, tie : ``{"w": (0, None)}``, ``["b"]``, ``{"c": "2*a"}``.
+    sigma, absolute_sigma : per-point standard deviations (weights 1/sigma^2); with
+        absolute_sigma the covariance is not rescaled by the reduced chi-square.
     normalize : precondition the optimizer (see :mod:`gradfit.data.scaling`); reported
         parameters keep the formula's meaning and units.
     gradient : "autograd" or "analytic" (symbolic derivatives, formula models only).
@@ -72,22 +119,28 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     Examples
     --------
     >>> import gradfit as gf
-    >>> r = gf.fit("w*x + b", x=[0.0, 1.0, 2.0], y=[1.0, 3.0, 5.0], optimizer="sgd", lr=0.1, epochs=500)
-    >>> round(r.params["w"], 3), round(r.params["b"], 3)
-    (2.0, 1.0)
+    >>> r = gf.fit("w*x + b", x=[0.0, 1.0, 2.0], y=[1.0, 3.0, 5.2])
+    >>> r.method, round(r.params["w"], 3), round(r.stderr["w"], 3)
+    ('linear', 2.1, 0.058)
     """
     from .data.dataset import prepare_arrays
     from .data.split import train_val_indices
     from .losses import resolve_loss
     from .models import resolve_model
+    from .train.objective import TensorData
 
     epochs = _check_int("epochs", epochs, 1)
     if batch_size is not None:
         batch_size = _check_int("batch_size", batch_size, 1)
+    if max_iter is not None:
+        max_iter = _check_int("max_iter", max_iter, 1)
     if gradient not in _GRADIENTS:
         raise ConfigError(f"gradient must be one of {', '.join(_GRADIENTS)}, got {gradient!r}")
     if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
         raise ConfigError(f"tol must be a positive number, got {tol!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
+    weights = _weights_from_sigma(weights, sigma)
     loss_fn = resolve_loss(loss)
     torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
     spec = resolve_model(model, hidden=hidden, activation=activation)
@@ -95,26 +148,60 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     train_idx, val_idx = train_val_indices(arrays.n, float(val_fraction), seed)
     train_arr = arrays.take(train_idx)
     val_arr = arrays.take(val_idx) if len(val_idx) else None
-
-    from .train.objective import TensorData
-
     train = TensorData.from_arrays(train_arr, torch_dtype, dev)
     val = TensorData.from_arrays(val_arr, torch_dtype, dev) if val_arr is not None else None
-    if getattr(bound, "scalar_params", True) and not _is_module_spec(bound):
-        objective, bound = _scalar_objective(bound, train_arr, train, val, loss_fn, init, normalize, gradient,
-                                             torch_dtype, dev)
-    else:
+    settings = {"optimizer": str(optimizer).lower(), "lr": lr, "loss": loss_fn.name, "epochs": epochs,
+                "batch_size": batch_size, "normalize": bool(normalize), "val_fraction": val_fraction, "seed": seed,
+                "gradient": gradient, "dtype": str(torch_dtype).replace("torch.", ""), "device": str(dev),
+                "absolute_sigma": bool(absolute_sigma), "weighted": weights is not None}
+    if optimizer_options:
+        settings["optimizer_options"] = dict(optimizer_options)
+    common = dict(notes=tuple(arrays.notes), n_train=train.n, n_val=0 if val is None else val.n)
+    scalar = getattr(bound, "scalar_params", True) and not _is_module_spec(bound)
+    if not scalar:
         if gradient == "analytic":
             raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
-        objective, bound = _module_objective(bound, train_arr, train, val, loss_fn, normalize, seed, torch_dtype, dev)
-    return _train(objective, bound, optimizer, lr, optimizer_options, epochs, batch_size, seed, tol,
-                  log_every, progress, callbacks,
-                  settings={"optimizer": str(optimizer).lower(), "lr": lr, "loss": loss_fn.name, "epochs": epochs,
-                            "batch_size": batch_size, "normalize": bool(normalize), "val_fraction": val_fraction,
-                            "seed": seed, "gradient": gradient, "dtype": str(torch_dtype).replace("torch.", ""),
-                            "device": str(dev), **({"optimizer_options": dict(optimizer_options)}
-                                                   if optimizer_options else {})},
-                  notes=tuple(arrays.notes), n_train=train.n, n_val=0 if val is None else val.n)
+        if bounds or fixed or tie:
+            raise ConfigError("bounds, fixed and tie apply to named scalar parameters, not to networks")
+        method, reason = choose_method(optimizer, bound, loss_fn, batch_size, None)
+        objective, bound = _module_objective(bound, train, val, loss_fn, normalize, seed, torch_dtype, dev)
+        settings.update(method=method, method_reason=reason)
+        return _train(objective, bound, method, lr, optimizer_options, epochs, batch_size, seed, tol, log_every,
+                      progress, callbacks, settings=settings, **common)
+    if gradient == "analytic" and bound.expression is None:
+        raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
+    space = _parameter_space(bound, train_arr, train.n, init, bounds, fixed, tie)
+    method, reason = choose_method(optimizer, bound, loss_fn, batch_size, space)
+    settings.update(method=method, method_reason=reason, **space.describe())
+    if method in _DIRECT:
+        from .fit_lsq import least_squares_fit
+
+        return least_squares_fit(bound, space, train, val, loss_fn, method, settings=settings,
+                                 max_iter=max_iter or 2000, tol=tol, absolute_sigma=absolute_sigma,
+                                 log_every=log_every, progress=progress, callbacks=callbacks, **common)
+    objective = _scalar_objective(bound, space, train, val, loss_fn, normalize, gradient, torch_dtype, dev)
+    result = _train(objective, bound, method, lr, optimizer_options, epochs, batch_size, seed, tol, log_every,
+                    progress, callbacks, settings=settings, **common)
+    if loss_fn.least_squares and result.status != "diverged":
+        from .fit_lsq import with_uncertainty
+
+        result = with_uncertainty(result, bound, space, train, absolute_sigma)
+    return result
+
+
+def _weights_from_sigma(weights, sigma):
+    if sigma is None:
+        return weights
+    if weights is not None:
+        raise ConfigError("pass either sigma or weights, not both (weights = 1/sigma**2)")
+    from .data.dataset import as_float_array
+
+    s = as_float_array(sigma, "sigma")
+    if s.ndim != 1:
+        raise DataError(f"sigma must be one value per point, got shape {s.shape}")
+    if (s <= 0).any() or not (s == s).all():
+        raise DataError("sigma must be positive for every point")
+    return 1.0 / s**2
 
 
 def _is_module_spec(model) -> bool:
@@ -123,11 +210,12 @@ def _is_module_spec(model) -> bool:
     return isinstance(model, MLPSpec)
 
 
-def _initial_vector(model, train_arr, init, dtype, dev):
-    import torch
-
+def _parameter_space(model, train_arr, n_train, init, bounds, fixed, tie):
     from .data.io import closest_name
+    from .models.parameters import ParameterSpace
 
+    if not model.param_names:
+        raise ModelError("the model has no parameters to fit; every name in the formula is a data column")
     values = model.guess(train_arr.inputs, train_arr.y)
     for name, v in (init or {}).items():
         if name not in model.param_names:
@@ -136,31 +224,31 @@ def _initial_vector(model, train_arr, init, dtype, dev):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             raise ConfigError(f"init value for {name!r} must be a finite number, got {v!r}")
         values[name] = float(v)
-    return torch.tensor([values[n] for n in model.param_names], dtype=dtype, device=dev)
+    if isinstance(fixed, str):
+        fixed = [fixed]
+    space = ParameterSpace(model.param_names, values, bounds=bounds, fixed=list(fixed or ()), tie=tie)
+    if n_train < len(space.free):
+        raise DataError(f"{n_train} training points cannot determine {len(space.free)} parameters "
+                        f"({', '.join(space.free)}); add data or fix parameters")
+    return space
 
 
-def _scalar_objective(model, train_arr, train, val, loss_fn, init, normalize, gradient, dtype, dev):
+def _scalar_objective(model, space, train, val, loss_fn, normalize, gradient, dtype, dev):
     import torch
 
     from .data.scaling import jacobian, whitening
     from .train.objective import ScalarObjective
 
-    if not model.param_names:
-        raise ModelError("the model has no parameters to fit; every name in the formula is a data column")
-    if train.n < len(model.param_names):
-        raise DataError(f"{train.n} training points cannot determine {len(model.param_names)} parameters "
-                        f"({', '.join(model.param_names)}); add data or fix parameters")
-    if gradient == "analytic" and model.expression is None:
-        raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
-    p0 = _initial_vector(model, train_arr, init, dtype, dev)
     precondition = None
     if normalize:
         inputs64 = {k: v.to(torch.float64) for k, v in train.inputs.items()}
-        precondition = whitening(jacobian(model, inputs64, p0.to(torch.float64))).to(dtype)
-    return ScalarObjective(model, train, val, loss_fn, p0, precondition=precondition, gradient=gradient), model
+        z0 = space.internal_start(torch.float64, dev)
+        precondition = whitening(jacobian(model, inputs64, z0, space)).to(dtype)
+    return ScalarObjective(model, train, val, loss_fn, space, dtype=dtype, device=dev, precondition=precondition,
+                           gradient=gradient)
 
 
-def _module_objective(spec, train_arr, train, val, loss_fn, normalize, seed, dtype, dev):
+def _module_objective(spec, train, val, loss_fn, normalize, seed, dtype, dev):
     import torch
 
     from .models.neural import MLPSpec, ModuleModel, build_mlp
@@ -222,12 +310,13 @@ def _train(objective, model, optimizer, lr, optimizer_options, epochs, batch_siz
 
 
 def _scalar_problem(model, x, y, data, params, loss, weights, torch_dtype):
-    """Shared set-up of gradient() and loss_value(): bound model, tensors, parameter vector."""
+    """Shared set-up of gradient() and loss_value(): bound model, tensors, parameter space."""
     import torch
 
     from .data.dataset import prepare_arrays
     from .losses import resolve_loss
     from .models import resolve_model
+    from .models.parameters import ParameterSpace
     from .train.objective import TensorData
 
     loss_fn = resolve_loss(loss)
@@ -238,8 +327,8 @@ def _scalar_problem(model, x, y, data, params, loss, weights, torch_dtype):
     if missing:
         raise ConfigError(f"params is missing {', '.join(missing)}")
     data_t = TensorData.from_arrays(arrays, torch_dtype, torch.device("cpu"))
-    p = torch.tensor([float(params[n]) for n in bound.param_names], dtype=torch_dtype)
-    return bound, data_t, loss_fn, p
+    space = ParameterSpace(bound.param_names, {n: float(params[n]) for n in bound.param_names})
+    return bound, data_t, loss_fn, space
 
 
 def loss_value(model, x=None, y=None, *, params: Mapping, data=None, loss="mse", dtype="float32",
@@ -250,10 +339,14 @@ def loss_value(model, x=None, y=None, *, params: Mapping, data=None, loss="mse",
     >>> gf.loss_value("w*x + b", x=[1.0, 2.0], y=[0.0, 0.0], params={"w": 1.0, "b": 0.0})
     2.5
     """
+    import torch
+
     from .train.objective import ScalarObjective
 
-    bound, data_t, loss_fn, p = _scalar_problem(model, x, y, data, params, loss, weights, resolve_dtype(dtype))
-    return ScalarObjective(bound, data_t, None, loss_fn, p).evaluate(data_t)
+    torch_dtype = resolve_dtype(dtype)
+    bound, data_t, loss_fn, space = _scalar_problem(model, x, y, data, params, loss, weights, torch_dtype)
+    return ScalarObjective(bound, data_t, None, loss_fn, space, dtype=torch_dtype,
+                           device=torch.device("cpu")).evaluate(data_t)
 
 
 def gradient(model, x=None, y=None, *, params: Mapping, data=None, loss="mse", method: str = "autograd",
@@ -275,10 +368,12 @@ def gradient(model, x=None, y=None, *, params: Mapping, data=None, loss="mse", m
     if method not in ("autograd", "analytic", "finite"):
         raise ConfigError(f"method must be 'autograd', 'analytic' or 'finite', got {method!r}")
     torch_dtype = torch.float64 if method == "finite" else resolve_dtype(dtype)
-    bound, data_t, loss_fn, p = _scalar_problem(model, x, y, data, params, loss, weights, torch_dtype)
+    bound, data_t, loss_fn, space = _scalar_problem(model, x, y, data, params, loss, weights, torch_dtype)
+    p = torch.tensor([float(params[n]) for n in bound.param_names], dtype=torch_dtype)
     if method == "finite":
         return _finite_difference(bound, data_t, loss_fn, p)
-    obj = ScalarObjective(bound, data_t, None, loss_fn, p, gradient=method)
+    obj = ScalarObjective(bound, data_t, None, loss_fn, space, dtype=torch_dtype, device=torch.device("cpu"),
+                          gradient=method)
     if method == "analytic":
         if bound.expression is None:
             raise ConfigError("analytic gradients need a formula model")
@@ -303,3 +398,11 @@ def _finite_difference(model, data, loss_fn, p) -> dict[str, float]:
             out[name] = float((f_up - f_dn) / (2 * h))
     return out
 
+
+def warn_degenerate(groups) -> str:
+    """The warning text for parameters the data cannot separate; also issues the warning."""
+    names = "; ".join(", ".join(g) for g in groups)
+    text = (f"the data cannot determine parameters {names} separately (the Jacobian is rank-deficient: "
+            "they appear only in combination, or not at all); fix one of them or reparametrize")
+    warnings.warn(text, GradfitWarning, stacklevel=3)
+    return text

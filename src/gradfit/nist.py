@@ -99,8 +99,9 @@ def read_strd(path) -> StrdProblem:
         if m and linear:
             names.append(m.group(1))
             certified[m.group(1)], sd[m.group(1)] = float(m.group(2)), float(m.group(3))
-    rsd_line = next((ln for ln in lines if "Residual Standard Deviation" in ln or
-                     ("Standard Deviation" in ln and ln.strip().startswith("Standard"))), "")
+    # "Residual Standard Deviation: v" (nonlinear) or "Residual" / "Standard Deviation v" (linear)
+    rsd_line = next((ln for i, ln in enumerate(lines) if "Residual Standard Deviation" in ln or
+                     (ln.strip().startswith("Standard Deviation") and "Residual" in lines[i - 1])), "")
     rsd = re.findall(_NUMBER, rsd_line.split("Deviation")[-1]) if rsd_line else []
     data_at = [i for i, ln in enumerate(lines) if ln.strip().startswith("Data:")][-1]
     header = lines[data_at].split(":", 1)[1].split()

@@ -37,10 +37,54 @@ class FitResult:
     n_train: int = 0
     n_val: int = 0
     notes: tuple = ()
+    #: standard errors by name (least-squares losses); 0 for fixed parameters
+    stderr: dict | None = None
+    #: covariance and correlation of the free parameters, in the order of ``free``
+    covariance: Any = field(default=None, repr=False)
+    correlation: Any = field(default=None, repr=False)
+    free: tuple = ()
+    #: n, dof, chisqr, redchi, rss, rmse, r2, aic, bic
+    stats: dict | None = None
+    _problem: Any = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.status != "diverged"
+
+    @property
+    def method(self) -> str:
+        """The optimizer that ran ("linear", "lm", "adam", ...); ``method_reason`` says why."""
+        return self.settings.get("method", self.settings.get("optimizer", ""))
+
+    @property
+    def method_reason(self) -> str:
+        return self.settings.get("method_reason", "")
+
+    def ci(self, level: float = 0.95, method: str = "normal") -> dict:
+        """Confidence intervals {name: (low, high)} for the free parameters.
+
+        method="normal": value ± z·stderr. method="profile": profile likelihood, refitting
+        the other parameters with each one held at trial values until chi-square rises by
+        z²·(reduced chi-square) (z² alone with absolute sigma); needs the fit's data, so it
+        is unavailable on a loaded result.
+        """
+        from .errors import ConfigError, FitError
+        from .stats import normal_interval
+
+        if not 0.0 < level < 1.0:
+            raise ConfigError(f"level must be between 0 and 1, got {level}")
+        if self.stderr is None:
+            raise FitError("no standard errors: uncertainties need a least-squares loss and a scalar-parameter model")
+        if method == "normal":
+            return {n: normal_interval(self.params[n], self.stderr[n], level) for n in self.free}
+        if method != "profile":
+            raise ConfigError(f"method must be 'normal' or 'profile', got {method!r}")
+        if self._problem is None:
+            raise FitError("profile intervals need the fit's data; call ci() on the result of fit(), not load()")
+        from .lsq import profile_intervals
+
+        problem, absolute = self._problem
+        return profile_intervals(problem, self.params, self.stderr, self.stats, level, absolute, self.free)
 
     # -- prediction ---------------------------------------------------------------------
     def predict(self, x=None, *, data=None):
@@ -97,8 +141,13 @@ class FitResult:
 
     def to_dict(self) -> dict:
         """The JSON summary the CLI prints with --json."""
-        return {"params": dict(self.params), "loss": self.loss, "val_loss": self.val_loss,
-                "status": self.status, "epochs_run": self.epochs_run, "message": self.message}
+        out = {"params": dict(self.params), "loss": self.loss, "val_loss": self.val_loss,
+               "status": self.status, "epochs_run": self.epochs_run, "message": self.message,
+               "method": self.method, "method_reason": self.method_reason}
+        if self.stderr is not None:
+            out["stderr"] = dict(self.stderr)
+            out["statistics"] = dict(self.stats)
+        return out
 
     # -- persistence and plots ----------------------------------------------------------
     def save(self, path) -> None:

@@ -60,17 +60,19 @@ def covariance(jac: np.ndarray, scale: float, *, rank_tol: float = RANK_TOL) -> 
     return Covariance(cov, rank, tuple(degenerate))
 
 
-def fit_statistics(residuals: np.ndarray, y: np.ndarray, weights: np.ndarray | None, n_params: int) -> dict:
+def fit_statistics(residuals: np.ndarray, y: np.ndarray, weights: np.ndarray | None, n_params: int,
+                   chisqr: float | None = None) -> dict:
     """n, dof, chi-square, reduced chi-square, RSS, RMSE, R², AIC, BIC.
 
     ``residuals`` are unweighted (prediction - y); chi-square uses the weights (1/sigma²),
     RSS does not. AIC/BIC follow lmfit: n*log(chi2/n) + 2k and n*log(chi2/n) + log(n)*k.
+    ``chisqr`` overrides the float64 sum (e.g. one computed in extended precision).
     """
     r = np.asarray(residuals, dtype=float)
     y = np.asarray(y, dtype=float)
     n = r.size
     w = np.ones_like(r) if weights is None else np.asarray(weights, dtype=float)
-    chi2 = float(np.sum(w * r * r))
+    chi2 = float(np.sum(w * r * r)) if chisqr is None else float(chisqr)
     rss = float(np.sum(r * r))
     dof = n - n_params
     ybar = np.sum(w * y) / np.sum(w)

@@ -24,24 +24,23 @@ MAX_JACOBIAN_ROWS = 4096
 EIGEN_FLOOR = 1e-10
 
 
-def jacobian(model, inputs: dict, p0):
-    """d(prediction)/d(parameter), shape (n, P), at parameter vector ``p0`` (float64)."""
+def jacobian(model, inputs: dict, z0, space):
+    """d(prediction)/d(free parameter, internal coordinates), shape (n, F), at ``z0``."""
     import torch
 
     n = next(iter(inputs.values())).shape[0]
     if n > MAX_JACOBIAN_ROWS:
-        idx = torch.linspace(0, n - 1, MAX_JACOBIAN_ROWS, device=p0.device).round().long()
+        idx = torch.linspace(0, n - 1, MAX_JACOBIAN_ROWS, device=z0.device).round().long()
         inputs = {k: v[idx] for k, v in inputs.items()}
-    names = model.param_names
-    if model.expression is not None:
+    if model.expression is not None and space.is_plain:
         with torch.no_grad():
-            cols = model.partials(inputs, dict(zip(names, p0.unbind())))
+            cols = model.partials(inputs, dict(zip(model.param_names, z0.unbind())))
             return torch.stack(cols, dim=1)
 
-    def predict(p):
-        return model.forward(inputs, dict(zip(names, p.unbind())))
+    def predict(z):
+        return model.forward(inputs, space.as_dict(z))
 
-    return torch.func.jacfwd(predict)(p0)
+    return torch.func.jacfwd(predict)(z0)
 
 
 def whitening(jac):

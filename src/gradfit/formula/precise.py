@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .tree import BinOp, Call, Const, Neg, Node, Num, Var
 
-__all__ = ["residual_sum_of_squares_mp"]
+__all__ = ["residuals_mp"]
 
 
 def _functions(mp):
@@ -49,28 +49,27 @@ def _evaluate(node: Node, env: dict, mp, funcs):
     raise TypeError(f"not a formula node: {node!r}")
 
 
-def residual_sum_of_squares_mp(rhs: Node, inputs: dict, y, weights, params: dict, dps: int = 40) -> float:
-    """sum(w * (f(x_i; params) - y_i)^2) with every operation in ``dps``-digit arithmetic.
+def residuals_mp(rhs: Node, inputs: dict, y, weights, params: dict, dps: int = 40):
+    """Weighted residuals ``sqrt(w_i) * (f(x_i; params) - y_i)`` with every operation in
+    ``dps``-digit arithmetic, rounded to float64 at the end (numpy array).
 
     The data and parameters are taken as the exact binary values they hold; only the
     arithmetic is extended.
     """
     import mpmath
+    import numpy as np
 
-    ctx = mpmath.mp.clone() if hasattr(mpmath.mp, "clone") else mpmath.mp
-    old = ctx.dps
+    ctx = mpmath.MPContext()
     ctx.dps = dps
-    try:
-        funcs = _functions(ctx)
-        env = {k: ctx.mpf(float(v)) for k, v in params.items()}
-        total = ctx.mpf(0)
-        names = list(inputs)
-        for i in range(len(y)):
-            for n in names:
-                env[n] = ctx.mpf(float(inputs[n][i]))
-            r = _evaluate(rhs, env, ctx, funcs) - ctx.mpf(float(y[i]))
-            w = ctx.mpf(1) if weights is None else ctx.mpf(float(weights[i]))
-            total += w * r * r
-        return float(total)
-    finally:
-        ctx.dps = old
+    funcs = _functions(ctx)
+    env = {k: ctx.mpf(float(v)) for k, v in params.items()}
+    names = list(inputs)
+    out = np.empty(len(y))
+    for i in range(len(y)):
+        for n in names:
+            env[n] = ctx.mpf(float(inputs[n][i]))
+        r = _evaluate(rhs, env, ctx, funcs) - ctx.mpf(float(y[i]))
+        if weights is not None:
+            r *= ctx.sqrt(ctx.mpf(float(weights[i])))
+        out[i] = float(r)
+    return out

@@ -94,14 +94,15 @@ class ParameterSpace:
         u = [_to_internal(self.values[n], self.lower[n], self.upper[n]) for n in self.free]
         return torch.tensor(u, dtype=dtype, device=device)
 
-    def full(self, u):
-        """Every parameter as a (P,) tensor, differentiable in ``u`` (free, internal)."""
+    def full(self, u, *, internal: bool = True):
+        """Every parameter as a (P,) tensor, differentiable in ``u``: the free parameters in
+        internal coordinates (or, with ``internal=False``, their values themselves)."""
         import torch
 
         values: dict = {}
         parts = u.unbind(-1) if u.dim() else (u,)
         for name, ui in zip(self.free, parts):
-            values[name] = _from_internal(ui, self.lower[name], self.upper[name])
+            values[name] = _from_internal(ui, self.lower[name], self.upper[name]) if internal else ui
         ref = u
         for name in self.fixed:
             values[name] = torch.full(u.shape[:-1], self.values[name], dtype=ref.dtype, device=ref.device)
@@ -111,8 +112,15 @@ class ParameterSpace:
                                                                              device=ref.device)
         return torch.stack([values[n] for n in self.names], dim=-1)
 
-    def as_dict(self, u) -> dict:
-        return dict(zip(self.names, self.full(u).unbind(-1)))
+    def as_dict(self, u, *, internal: bool = True) -> dict:
+        return dict(zip(self.names, self.full(u, internal=internal).unbind(-1)))
+
+    def internal_of(self, values: Mapping[str, float], dtype, device):
+        """Internal coordinates of the free parameters at ``values``."""
+        import torch
+
+        u = [_to_internal(float(values[n]), self.lower[n], self.upper[n]) for n in self.free]
+        return torch.tensor(u, dtype=dtype, device=device)
 
     def describe(self) -> dict:
         out: dict = {}

@@ -39,7 +39,7 @@ def solve_linear_least_squares(design: np.ndarray, target: np.ndarray, weights: 
     q, r = np.linalg.qr(a, mode="complete")
     r1 = r[:p]
     diag = np.abs(np.diag(r1))
-    if p > n or diag.min(initial=0.0) <= RANK_TOL * max(diag.max(initial=0.0), 1e-300):
+    if p > n or p == 0 or diag.min() <= RANK_TOL * max(diag.max(), 1e-300):
         # Rank-deficient: the minimum-norm solution (the caller reports which parameters
         # the data cannot separate, from the covariance's null space).
         return np.linalg.lstsq(a, t, rcond=RANK_TOL)[0] / d

@@ -216,8 +216,9 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable | None = N
                     d = torch.maximum(d, torch.linalg.vector_norm(jac, dim=0))
                 xnorm = float(torch.linalg.vector_norm(d * x))
                 history.append(0.5 * fnorm**2)
-                if callback is not None:
-                    callback(it, history[-1])
+                if callback is not None and callback(it, history[-1]):
+                    status, message = "stopped", f"stopped by a callback at iteration {it}"
+                    break
             if abs(actred) <= ftol and prered <= ftol and 0.5 * ratio <= 1.0:
                 status, message = "converged", "relative cost reduction below ftol"
             elif delta <= xtol * xnorm:
@@ -226,7 +227,7 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable | None = N
                 status, message = "converged", "no further reduction possible at working precision"
             if status == "converged" or accepted:
                 break
-        if status == "converged":
+        if status in ("converged", "stopped"):
             break
     if status == "converged" and fnorm > options.residual_floor:
         measure = scaled_gradient(jac, r)
@@ -259,7 +260,7 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable | N
     best_name = ""
     total_res = total_jac = 0
     for i, (scaling, factor) in enumerate(plan):
-        if i >= 2 and best is not None and best.status == "converged":
+        if best is not None and (best.status == "stopped" or (i >= 2 and best.status == "converged")):
             break
         out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback,
                                   options=replace(options, scaling=scaling, factor=factor))

@@ -34,9 +34,10 @@ def format_loss(v: float | None) -> str:
 class LogCallback(Callback):
     """Writes 'epoch 500  train 2.93  val 3.10' every ``every`` epochs (and the last one)."""
 
-    def __init__(self, every: int, stream: TextIO | None = None):
+    def __init__(self, every: int, stream: TextIO | None = None, unit: str = "epoch"):
         self.every = int(every)
         self.stream = stream
+        self.unit = unit
         self._total = 0
 
     def on_train_begin(self, total_epochs: int) -> None:
@@ -44,7 +45,7 @@ class LogCallback(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         if self.every > 0 and (epoch % self.every == 0 or epoch == self._total):
-            line = f"epoch {epoch}  train {format_loss(logs['train_loss'])}"
+            line = f"{self.unit} {epoch}  train {format_loss(logs['train_loss'])}"
             if logs.get("val_loss") is not None:
                 line += f"  val {format_loss(logs['val_loss'])}"
             print(line, file=self.stream or sys.stderr, flush=True)

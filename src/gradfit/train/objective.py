@@ -75,15 +75,20 @@ class _Objective:
 
 
 class ScalarObjective(_Objective):
-    def __init__(self, model, train: TensorData, val: TensorData | None, loss, init, *,
+    """Models with named scalar parameters. The leaf ``theta`` holds the free parameters in
+    the space's internal coordinates (``z = z0 + A @ theta`` when preconditioned)."""
+
+    def __init__(self, model, train: TensorData, val: TensorData | None, loss, space, *, dtype, device,
                  precondition=None, gradient: str = "autograd"):
         import torch
 
         self.model, self.train, self.val, self.loss = model, train, val, loss
+        self.space = space
         self.names = tuple(model.param_names)
-        self.p0 = init.detach().clone()
+        self.z0 = space.internal_start(dtype, device)
         self.A = precondition
-        start = torch.zeros_like(self.p0) if precondition is not None else self.p0.clone()
+        self.plain = space.is_plain and tuple(space.free) == self.names
+        start = torch.zeros_like(self.z0) if precondition is not None else self.z0.clone()
         self.theta = start.requires_grad_(True)
         self.leaves = [self.theta]
         self.gradient = gradient
@@ -92,15 +97,21 @@ class ScalarObjective(_Objective):
         self._good = self._theta_view.clone()
         self._pending = self._theta_view.clone()
 
-    def vector(self, theta=None):
+    def internal(self, theta=None):
         theta = self.theta if theta is None else theta
-        return theta if self.A is None else self.p0 + self.A @ theta
+        return theta if self.A is None else self.z0 + self.A @ theta
 
     def current_params(self):
-        return dict(zip(self.names, self.vector().unbind()))
+        z = self.internal()
+        if self.plain:
+            return dict(zip(self.names, z.unbind()))
+        return self.space.as_dict(z)
 
     def param_values(self) -> dict[str, float]:
-        return dict(zip(self.names, self.vector().detach().double().tolist()))
+        import torch
+
+        with torch.no_grad():
+            return {k: float(v) for k, v in self.current_params().items()}
 
     def objective(self, data: TensorData):
         return self._loss_value(data, self.current_params())
@@ -140,7 +151,13 @@ class ScalarObjective(_Objective):
             grad = torch.mv(self._jacobian_t(data, params), dloss)
             if factor != 1.0:
                 grad.mul_(factor)
+        if self.plain:
             self.theta.grad = grad if self.A is None else self.A.T @ grad
+        else:  # chain rule through bounds transforms, fixed and tied parameters
+            with torch.enable_grad():
+                leaf = self.theta.detach().requires_grad_(True)
+                full = self.space.full(self.internal(leaf))
+                (self.theta.grad,) = torch.autograd.grad(full, leaf, grad)
         return value
 
     def _jacobian_t(self, data: TensorData, params):
