@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
+from .lsq import LeastSquaresProblem, mean_squared_error, refine_residuals, solve, uncertainty
+from .result import FitResult
+from .train.callbacks import LogCallback, ProgressCallback, wants_progress
+
 __all__ = ["least_squares_fit", "with_uncertainty"]
 
 
-def least_squares_fit(model, space, train, val, loss_fn, method, *, settings, max_iter, tol, absolute_sigma,
-                      log_every, progress, callbacks, notes, n_train, n_val):
-    import torch
-
-    from .lsq import LeastSquaresProblem, refine_residuals, solve
-    from .result import FitResult
-    from .train.callbacks import LogCallback, ProgressCallback, wants_progress
-
-    problem = LeastSquaresProblem(model, space, train.inputs, train.y, train.weights)
+def least_squares_fit(model, space, train_arr, val_arr, method, *, dtype, device, settings, max_iter, tol,
+                      absolute_sigma, log_every, progress, callbacks, notes, n_train, n_val):
+    problem = LeastSquaresProblem.from_arrays(model, space, train_arr, dtype, device)
     cbs = list(callbacks)
     if log_every:
         cbs.append(LogCallback(int(log_every), unit="iteration"))
@@ -33,46 +33,43 @@ def least_squares_fit(model, space, train, val, loss_fn, method, *, settings, ma
 
     outcome = solve(problem, method, max_iter=max_iter, tol=tol, callback=on_iteration if cbs else None)
     values = outcome.values
-    if method == "lm" and train.y.dtype == torch.float64 and outcome.status == "converged":
+    if method == "lm" and settings.get("dtype") == "float64" and outcome.status == "converged":
         values = refine_residuals(problem, values)
     for cb in cbs:
         cb.on_train_end(outcome.status, outcome.iterations)
-    result = FitResult(params=values, loss=_loss_at(problem, loss_fn, train, values),
-                       val_loss=_loss_at(problem, loss_fn, val, values) if val is not None else None,
-                       status=outcome.status, epochs_run=outcome.iterations,
-                       history={"train_loss": outcome.history, "val_loss": []}, model=model,
-                       message=outcome.message, settings={**settings, "strategy": outcome.strategy},
-                       n_train=n_train, n_val=n_val, notes=notes)
-    return with_uncertainty(result, model, space, train, absolute_sigma)
+    val_loss = None
+    if val_arr is not None:
+        val_loss = mean_squared_error(model, val_arr.inputs, val_arr.y, val_arr.weights, values)
+    result = FitResult(params=values, loss=float("nan"), val_loss=val_loss, status=outcome.status,
+                       epochs_run=outcome.iterations, history={"train_loss": outcome.history, "val_loss": []},
+                       model=model, message=outcome.message, settings={**settings, "strategy": outcome.strategy},
+                       n_train=n_train, n_val=n_val, notes=notes, _problem=(problem, absolute_sigma))
+    return with_uncertainty(result, problem, absolute_sigma, set_loss=True, factor=outcome.factor)
 
 
-def _loss_at(problem, loss_fn, data, values) -> float:
-    import torch
-
-    params = {k: torch.tensor(v, dtype=data.y.dtype, device=data.y.device) for k, v in values.items()}
-    with torch.no_grad():
-        return float(loss_fn(problem.model.forward(data.inputs, params), data.y, data.weights))
-
-
-def with_uncertainty(result, model, space, train, absolute_sigma: bool):
+def with_uncertainty(result, problem: LeastSquaresProblem, absolute_sigma: bool, *, set_loss: bool = False,
+                     factor: tuple | None = None):
     """A copy of ``result`` with covariance, standard errors, correlations, statistics, and
-    status "singular" (plus a warning naming the parameters) for rank-deficient problems."""
+    status "singular" (plus a warning naming the parameters) for rank-deficient problems.
+    With ``set_loss`` the training loss is taken from the statistics (chi2 / sum of weights)."""
     from .fitting import warn_degenerate
-    from .lsq import LeastSquaresProblem, uncertainty
 
-    problem = LeastSquaresProblem(model, space, train.inputs, train.y, train.weights)
-    unc = uncertainty(problem, result.params, absolute_sigma=absolute_sigma)
+    unc = uncertainty(problem, result.params, absolute_sigma=absolute_sigma, factor=factor)
     status, message = result.status, result.message
     if unc.degenerate:
         text = warn_degenerate(unc.degenerate)
         if status in ("converged", "max_epochs", "max_iterations"):
             status = "singular"
         message = f"{message}; {text}" if message else text
-    at_bound = space.at_bound(result.params)
     notes = result.notes
+    at_bound = problem.space.at_bound(result.params)
     if at_bound:
         notes = notes + (f"parameter(s) {', '.join(at_bound)} at a bound: their standard errors assume the "
                          "bound is not active",)
-    return dataclasses.replace(result, status=status, message=message, stderr=unc.stderr,
-                               covariance=unc.covariance, correlation=unc.correlation, free=unc.free,
-                               stats=unc.stats, notes=notes, _problem=(problem, absolute_sigma))
+    changes = dict(status=status, message=message, stderr=unc.stderr, covariance=unc.covariance,
+                   correlation=unc.correlation, free=unc.free, stats=unc.stats, notes=notes,
+                   _problem=(problem, absolute_sigma))
+    if set_loss:
+        w = problem.numpy()[2]
+        changes["loss"] = unc.stats["chisqr"] / (float(np.sum(w)) if w is not None else unc.stats["n"])
+    return dataclasses.replace(result, **changes)

@@ -8,7 +8,22 @@ import math
 import warnings
 from typing import Mapping, Sequence
 
+from .data.dataset import as_float_array, prepare_arrays
+from .data.scaling import jacobian, whitening
+from .fit_lsq import least_squares_fit, with_uncertainty
+from .data.io import closest_name
+from .data.split import train_val_indices
 from .errors import ConfigError, DataError, ModelError
+from .losses import resolve_loss
+from .lsq import LeastSquaresProblem, linear_reason
+from .models import resolve_model
+from .models.neural import MLPSpec, ModuleModel, build_mlp
+from .models.parameters import ParameterSpace
+from .optim.registry import make_optimizer
+from .result import FitResult
+from .train.callbacks import LogCallback, ProgressCallback, wants_progress
+from .train.loop import LoopConfig, run_loop
+from .train.objective import ModuleObjective, ScalarObjective, TensorData
 
 __all__ = ["fit", "gradient", "loss_value", "resolve_dtype", "resolve_device", "choose_method", "GradfitWarning"]
 
@@ -54,7 +69,6 @@ def _check_int(name: str, value, minimum: int) -> int:
 def choose_method(optimizer: str, model, loss_fn, batch_size, space) -> tuple[str, str]:
     """Which optimizer runs, and why. "auto": a direct linear solve or Levenberg-Marquardt for
     least-squares problems that fit in memory, a first-order optimizer (adam) otherwise."""
-    from .lsq import linear_reason
 
     name = str(optimizer).lower()
     scalar = getattr(model, "scalar_params", False)
@@ -123,12 +137,6 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     >>> r.method, round(r.params["w"], 3), round(r.stderr["w"], 3)
     ('linear', 2.1, 0.058)
     """
-    from .data.dataset import prepare_arrays
-    from .data.split import train_val_indices
-    from .losses import resolve_loss
-    from .models import resolve_model
-    from .train.objective import TensorData
-
     epochs = _check_int("epochs", epochs, 1)
     if batch_size is not None:
         batch_size = _check_int("batch_size", batch_size, 1)
@@ -146,17 +154,15 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     spec = resolve_model(model, hidden=hidden, activation=activation)
     bound, arrays = prepare_arrays(spec, x, y, data=data, weights=weights, nan_policy=nan_policy)
     train_idx, val_idx = train_val_indices(arrays.n, float(val_fraction), seed)
-    train_arr = arrays.take(train_idx)
+    train_arr = arrays.take(train_idx) if len(val_idx) else arrays
     val_arr = arrays.take(val_idx) if len(val_idx) else None
-    train = TensorData.from_arrays(train_arr, torch_dtype, dev)
-    val = TensorData.from_arrays(val_arr, torch_dtype, dev) if val_arr is not None else None
     settings = {"optimizer": str(optimizer).lower(), "lr": lr, "loss": loss_fn.name, "epochs": epochs,
                 "batch_size": batch_size, "normalize": bool(normalize), "val_fraction": val_fraction, "seed": seed,
                 "gradient": gradient, "dtype": str(torch_dtype).replace("torch.", ""), "device": str(dev),
                 "absolute_sigma": bool(absolute_sigma), "weighted": weights is not None}
     if optimizer_options:
         settings["optimizer_options"] = dict(optimizer_options)
-    common = dict(notes=tuple(arrays.notes), n_train=train.n, n_val=0 if val is None else val.n)
+    common = dict(notes=tuple(arrays.notes), n_train=train_arr.n, n_val=0 if val_arr is None else val_arr.n)
     scalar = getattr(bound, "scalar_params", True) and not _is_module_spec(bound)
     if not scalar:
         if gradient == "analytic":
@@ -164,29 +170,35 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         if bounds or fixed or tie:
             raise ConfigError("bounds, fixed and tie apply to named scalar parameters, not to networks")
         method, reason = choose_method(optimizer, bound, loss_fn, batch_size, None)
+        train, val = _tensors(train_arr, val_arr, torch_dtype, dev)
         objective, bound = _module_objective(bound, train, val, loss_fn, normalize, seed, torch_dtype, dev)
         settings.update(method=method, method_reason=reason)
         return _train(objective, bound, method, lr, optimizer_options, epochs, batch_size, seed, tol, log_every,
                       progress, callbacks, settings=settings, **common)
     if gradient == "analytic" and bound.expression is None:
         raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
-    space = _parameter_space(bound, train_arr, train.n, init, bounds, fixed, tie)
+    space = _parameter_space(bound, train_arr, train_arr.n, init, bounds, fixed, tie)
     method, reason = choose_method(optimizer, bound, loss_fn, batch_size, space)
     settings.update(method=method, method_reason=reason, **space.describe())
     if method in _DIRECT:
-        from .fit_lsq import least_squares_fit
-
-        return least_squares_fit(bound, space, train, val, loss_fn, method, settings=settings,
-                                 max_iter=max_iter or 2000, tol=tol, absolute_sigma=absolute_sigma,
-                                 log_every=log_every, progress=progress, callbacks=callbacks, **common)
+        return least_squares_fit(bound, space, train_arr, val_arr, method, dtype=torch_dtype, device=dev,
+                                 settings=settings, max_iter=max_iter or 2000, tol=tol,
+                                 absolute_sigma=absolute_sigma, log_every=log_every, progress=progress,
+                                 callbacks=callbacks, **common)
+    train, val = _tensors(train_arr, val_arr, torch_dtype, dev)
     objective = _scalar_objective(bound, space, train, val, loss_fn, normalize, gradient, torch_dtype, dev)
     result = _train(objective, bound, method, lr, optimizer_options, epochs, batch_size, seed, tol, log_every,
                     progress, callbacks, settings=settings, **common)
     if loss_fn.least_squares and result.status != "diverged":
-        from .fit_lsq import with_uncertainty
-
-        result = with_uncertainty(result, bound, space, train, absolute_sigma)
+        problem = LeastSquaresProblem.from_arrays(bound, space, train_arr, torch_dtype, dev)
+        result = with_uncertainty(result, problem, absolute_sigma)
     return result
+
+
+def _tensors(train_arr, val_arr, dtype, dev):
+    train = TensorData.from_arrays(train_arr, dtype, dev)
+    val = TensorData.from_arrays(val_arr, dtype, dev) if val_arr is not None else None
+    return train, val
 
 
 def _weights_from_sigma(weights, sigma):
@@ -194,7 +206,6 @@ def _weights_from_sigma(weights, sigma):
         return weights
     if weights is not None:
         raise ConfigError("pass either sigma or weights, not both (weights = 1/sigma**2)")
-    from .data.dataset import as_float_array
 
     s = as_float_array(sigma, "sigma")
     if s.ndim != 1:
@@ -205,14 +216,10 @@ def _weights_from_sigma(weights, sigma):
 
 
 def _is_module_spec(model) -> bool:
-    from .models.neural import MLPSpec
-
     return isinstance(model, MLPSpec)
 
 
 def _parameter_space(model, train_arr, n_train, init, bounds, fixed, tie):
-    from .data.io import closest_name
-    from .models.parameters import ParameterSpace
 
     if not model.param_names:
         raise ModelError("the model has no parameters to fit; every name in the formula is a data column")
@@ -236,9 +243,6 @@ def _parameter_space(model, train_arr, n_train, init, bounds, fixed, tie):
 def _scalar_objective(model, space, train, val, loss_fn, normalize, gradient, dtype, dev):
     import torch
 
-    from .data.scaling import jacobian, whitening
-    from .train.objective import ScalarObjective
-
     precondition = None
     if normalize:
         inputs64 = {k: v.to(torch.float64) for k, v in train.inputs.items()}
@@ -250,9 +254,6 @@ def _scalar_objective(model, space, train, val, loss_fn, normalize, gradient, dt
 
 def _module_objective(spec, train, val, loss_fn, normalize, seed, dtype, dev):
     import torch
-
-    from .models.neural import MLPSpec, ModuleModel, build_mlp
-    from .train.objective import ModuleObjective
 
     x_train = next(iter(train.inputs.values())) if len(train.inputs) == 1 else torch.stack(
         list(train.inputs.values()), dim=-1)
@@ -279,11 +280,6 @@ def _module_objective(spec, train, val, loss_fn, normalize, seed, dtype, dev):
 def _train(objective, model, optimizer, lr, optimizer_options, epochs, batch_size, seed, tol, log_every,
            progress, callbacks, *, settings, notes, n_train, n_val):
     import torch
-
-    from .optim.registry import make_optimizer
-    from .result import FitResult
-    from .train.callbacks import LogCallback, ProgressCallback, wants_progress
-    from .train.loop import LoopConfig, run_loop
 
     opt = make_optimizer(optimizer, objective.leaves, lr, optimizer_options,
                          prefer_fused=not model.scalar_params)
@@ -313,12 +309,6 @@ def _scalar_problem(model, x, y, data, params, loss, weights, torch_dtype):
     """Shared set-up of gradient() and loss_value(): bound model, tensors, parameter space."""
     import torch
 
-    from .data.dataset import prepare_arrays
-    from .losses import resolve_loss
-    from .models import resolve_model
-    from .models.parameters import ParameterSpace
-    from .train.objective import TensorData
-
     loss_fn = resolve_loss(loss)
     bound, arrays = prepare_arrays(resolve_model(model), x, y, data=data, weights=weights)
     if not getattr(bound, "scalar_params", False) or _is_module_spec(bound):
@@ -341,8 +331,6 @@ def loss_value(model, x=None, y=None, *, params: Mapping, data=None, loss="mse",
     """
     import torch
 
-    from .train.objective import ScalarObjective
-
     torch_dtype = resolve_dtype(dtype)
     bound, data_t, loss_fn, space = _scalar_problem(model, x, y, data, params, loss, weights, torch_dtype)
     return ScalarObjective(bound, data_t, None, loss_fn, space, dtype=torch_dtype,
@@ -362,8 +350,6 @@ def gradient(model, x=None, y=None, *, params: Mapping, data=None, loss="mse", m
     (5.0, 3.0)
     """
     import torch
-
-    from .train.objective import ScalarObjective
 
     if method not in ("autograd", "analytic", "finite"):
         raise ConfigError(f"method must be 'autograd', 'analytic' or 'finite', got {method!r}")

@@ -27,6 +27,8 @@ class LSQOutcome:
     iterations: int
     history: list = field(default_factory=list)  # mean loss (chi2 / sum w) per iteration
     strategy: str = ""
+    #: (R, d) of the scaled weighted design matrix, from a full-rank linear solve
+    factor: tuple | None = None
 
 
 @dataclass
@@ -40,11 +42,59 @@ class Uncertainty:
 
 
 class LeastSquaresProblem:
-    def __init__(self, model, space, inputs: dict, y, weights=None):
+    """A least-squares problem over float64 numpy data; torch tensors (in the fit's dtype and
+    device, for Levenberg-Marquardt and autograd) are made on first use."""
+
+    def __init__(self, model, space, inputs: dict, y: np.ndarray, weights: np.ndarray | None = None, *,
+                 dtype=None, device=None):
         self.model, self.space = model, space
-        self.inputs, self.y, self.weights = inputs, y, weights
-        self.sqrt_w = None if weights is None else weights.sqrt()
-        self.n = y.shape[0]
+        self._numpy = (inputs, y, weights)
+        self.n = len(y)
+        self.dtype, self.device = dtype, device
+        self._tensors = None
+
+    @classmethod
+    def from_arrays(cls, model, space, arrays, dtype=None, device=None) -> "LeastSquaresProblem":
+        return cls(model, space, arrays.inputs, arrays.y, arrays.weights, dtype=dtype, device=device)
+
+    def numpy(self) -> tuple[dict, np.ndarray, np.ndarray | None]:
+        """(inputs, y, weights) as float64 numpy arrays."""
+        return self._numpy
+
+    def _tensor_data(self):
+        if self._tensors is None:
+            import torch
+
+            dtype = self.dtype or torch.float64
+            inputs, y, w = self._numpy
+
+            def t(a):
+                return torch.as_tensor(a, dtype=dtype, device=self.device)
+
+            self._tensors = ({k: t(v) for k, v in inputs.items()}, t(y), None if w is None else t(w))
+        return self._tensors
+
+    @property
+    def inputs(self):
+        return self._tensor_data()[0]
+
+    @property
+    def y(self):
+        return self._tensor_data()[1]
+
+    @property
+    def weights(self):
+        return self._tensor_data()[2]
+
+    @property
+    def sqrt_w(self):
+        w = self.weights
+        return None if w is None else w.sqrt()
+
+    @property
+    def numpy_ready(self) -> bool:
+        """A formula model without ties: predictions and Jacobians can be done in numpy."""
+        return getattr(self.model, "expression", None) is not None and not self.space.ties
 
     # -- residuals ------------------------------------------------------------------------
     def predict(self, params: dict):
@@ -52,18 +102,23 @@ class LeastSquaresProblem:
 
     def residual(self, u):
         """Weighted residuals as a function of the free parameters in internal coordinates."""
-        r = self.predict(self.space.as_dict(u)) - self.y
-        return r if self.sqrt_w is None else r * self.sqrt_w
+        return self._weighted(self.predict(self.space.as_dict(u)) - self.y)
 
     def residual_of_free_values(self, v):
         """Weighted residuals as a function of the free parameters' values (no transforms)."""
-        r = self.predict(self.space.as_dict(v, internal=False)) - self.y
-        return r if self.sqrt_w is None else r * self.sqrt_w
+        return self._weighted(self.predict(self.space.as_dict(v, internal=False)) - self.y)
+
+    def _weighted(self, r):
+        if self._numpy[2] is None:
+            return r
+        if getattr(self, "_sqrt_w", None) is None:
+            self._sqrt_w = self.weights.sqrt()
+        return r * self._sqrt_w
 
     def mean_loss(self, cost: float) -> float:
         """0.5*||r||^2 -> the weighted mean squared error the rest of gradfit reports."""
-        total = float(self.sqrt_w.square().sum()) if self.sqrt_w is not None else float(self.n)
-        return 2.0 * cost / total
+        w = self._numpy[2]
+        return 2.0 * cost / (float(w.sum()) if w is not None else float(self.n))
 
     def is_linear(self) -> bool:
         return linear_reason(self.model, self.space) is None
@@ -89,40 +144,44 @@ def solve(problem: LeastSquaresProblem, method: str, *, max_iter: int = 2000, to
 
 
 def _solve_linear(problem: LeastSquaresProblem) -> LSQOutcome:
-    import torch
-
     from .optim.linear import solve_linear_least_squares
 
     space, model = problem.space, problem.model
-    zeros = {n: torch.zeros((), dtype=torch.float64) for n in space.names}
-    for n in space.fixed:
-        zeros[n] = torch.tensor(space.values[n], dtype=torch.float64)
-    inputs = {k: v.to(torch.float64) for k, v in problem.inputs.items()}
-    with torch.no_grad():
-        partials = model.partials(inputs, zeros)
-        offset = model.forward(inputs, {n: (zeros[n] if n in space.fixed else torch.zeros((), dtype=torch.float64))
-                                        for n in space.names})
-    # fixed parameters stay in the offset; the free ones are the unknowns
+    inputs, y, w = problem.numpy()
+    # The offset is the prediction with every free parameter at 0 (fixed ones at their value);
+    # the design matrix holds the (constant) partial derivatives of the free parameters.
+    at_zero = {n: (space.values[n] if n in space.fixed else 0.0) for n in space.names}
+    partials = model.partials_numpy(inputs, at_zero)
+    offset = model.forward_numpy(inputs, at_zero)
     index = {n: i for i, n in enumerate(space.names)}
-    design = torch.stack([partials[index[n]] for n in space.free], dim=1).numpy()
-    target = (problem.y.to(torch.float64) - offset).numpy()
-    w = None if problem.weights is None else problem.weights.to(torch.float64).numpy()
-    coef = solve_linear_least_squares(design, target, w)
+    design = np.column_stack([partials[index[n]] for n in space.free])
+    factor: list = []
+    coef = solve_linear_least_squares(design, y - offset, w, factor_out=factor)
     values = dict(space.values)
     values.update(zip(space.free, (float(c) for c in coef)))
-    outcome = LSQOutcome(values, "converged", "solved directly (linear least squares)", 1, strategy="QR")
-    cost = _cost_at(problem, values)
-    outcome.history = [problem.mean_loss(cost)]
+    resid = design @ coef + offset - y
+    chi2 = float(np.sum(resid * resid if w is None else w * resid * resid))
+    outcome = LSQOutcome(values, "converged", "solved directly (linear least squares)", 1, strategy="QR",
+                         factor=tuple(factor) if factor else None)
+    outcome.history = [chi2 / (float(np.sum(w)) if w is not None else problem.n)]
     return outcome
 
 
-def _cost_at(problem, values: dict) -> float:
+def mean_squared_error(model, inputs: dict, y: np.ndarray, w: np.ndarray | None, values: dict) -> float:
+    """Weighted mean squared error in float64 (numpy for formulas, torch otherwise)."""
+    pred = _predict_numpy(model, inputs, values)
+    r = pred - y
+    return float(np.sum(r * r) / len(r) if w is None else np.sum(w * r * r) / np.sum(w))
+
+
+def _predict_numpy(model, inputs: dict, values: dict) -> np.ndarray:
+    if getattr(model, "expression", None) is not None:
+        return model.forward_numpy(inputs, values)
     import torch
 
-    v = torch.tensor([values[n] for n in problem.space.free], dtype=problem.y.dtype, device=problem.y.device)
+    t_in = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in inputs.items()}
     with torch.no_grad():
-        r = problem.residual_of_free_values(v)
-    return 0.5 * float(r @ r)
+        return model.forward(t_in, {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}).numpy()
 
 
 def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None, callback) -> LSQOutcome:
@@ -132,7 +191,8 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
 
     dtype, device = problem.y.dtype, problem.y.device
     u0 = problem.space.internal_start(dtype, device)
-    y_norm = float(torch.linalg.vector_norm(problem.y if problem.sqrt_w is None else problem.y * problem.sqrt_w))
+    _, y_np, w_np = problem.numpy()
+    y_norm = float(np.linalg.norm(y_np if w_np is None else y_np * np.sqrt(w_np)))
     floor = 1e4 * torch.finfo(dtype).eps * y_norm
     options = LMOptions(max_iter=max_iter, residual_floor=floor,
                         **({"ftol": tol, "xtol": tol} if tol is not None else {}))
@@ -151,63 +211,77 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
                       [problem.mean_loss(c) for c in out.history], strategy)
 
 
-def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: bool = False) -> Uncertainty:
-    """Covariance, standard errors, correlations and fit statistics at ``values``."""
-    import torch
-    from torch.func import jacfwd
-
-    from .stats import covariance, fit_statistics
+def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: bool = False,
+                factor: tuple | None = None) -> Uncertainty:
+    """Covariance, standard errors, correlations and fit statistics at ``values``.
+    ``factor`` = (R, d) from a linear solve saves refactorizing the Jacobian."""
+    from .stats import covariance, covariance_from_r, fit_statistics
 
     space = problem.space
-    v = torch.tensor([values[n] for n in space.free], dtype=torch.float64)
-    inputs64 = {k: t.to(torch.float64) for k, t in problem.inputs.items()}
-    y64 = problem.y.to(torch.float64)
-    sqrt_w = None if problem.sqrt_w is None else problem.sqrt_w.to(torch.float64)
-    sub = LeastSquaresProblem(problem.model, space, inputs64, y64, None if sqrt_w is None else sqrt_w.square())
-    with torch.no_grad():
-        pred = sub.predict(space.as_dict(v, internal=False))
-    jac = jacfwd(sub.residual_of_free_values)(v).detach().cpu().numpy()
-    resid = (pred - y64).detach().cpu().numpy()
-    w = None if sqrt_w is None else sqrt_w.square().cpu().numpy()
-    chi2 = _precise_chi2(problem, values, float(np.sum((w if w is not None else 1.0) * resid * resid)), y64, w)
-    stats = fit_statistics(resid, y64.cpu().numpy(), w, len(space.free), chisqr=chi2)
+    inputs, y, w = problem.numpy()
+    resid = _predict_numpy(problem.model, inputs, values) - y
+    chi2 = _precise_chi2(problem, values, float(np.sum(resid * resid if w is None else w * resid * resid)), y, w)
+    stats = fit_statistics(resid, y, w, len(space.free), chisqr=chi2)
     dof = stats["dof"]
     scale = 1.0 if absolute_sigma else (chi2 / dof if dof > 0 else math.nan)
-    cov = covariance(jac, scale)
-    stderr = {n: float(math.sqrt(cov.matrix[i, i])) if cov.matrix[i, i] >= 0 else math.nan
-              for i, n in enumerate(space.free)}
+    if factor is not None:
+        cov = covariance_from_r(factor[0], factor[1], scale)
+    else:
+        jac = _free_jacobian(problem, values)
+        if w is not None:
+            jac = jac * np.sqrt(w)[:, None]
+        cov = covariance(jac, scale)
+    diag = np.diag(cov.matrix)
+    stderr = {n: float(math.sqrt(diag[i])) if diag[i] >= 0 else math.nan for i, n in enumerate(space.free)}
     with np.errstate(invalid="ignore", divide="ignore"):
-        sd = np.sqrt(np.diag(cov.matrix))
+        sd = np.sqrt(diag)
         corr = cov.matrix / np.outer(sd, sd)
     for n in space.fixed:
         stderr[n] = 0.0
     if space.ties:
-        stderr.update(_tied_stderr(space, v, cov.matrix))
+        stderr.update(_tied_stderr(space, values, cov.matrix))
     degenerate = tuple(tuple(space.free[i] for i in group) for group in cov.degenerate)
     return Uncertainty({n: stderr[n] for n in space.names}, cov.matrix, corr, space.free, stats, degenerate)
 
 
-def _precise_chi2(problem, values, chi2: float, y64, w) -> float:
+def _free_jacobian(problem: LeastSquaresProblem, values: dict) -> np.ndarray:
+    """d prediction / d free parameter (values, not internal coordinates), float64, (n, F)."""
+    space = problem.space
+    if problem.numpy_ready:
+        inputs, _, _ = problem.numpy()
+        partials = problem.model.partials_numpy(inputs, values)
+        index = {n: i for i, n in enumerate(space.names)}
+        return np.column_stack([partials[index[n]] for n in space.free])
+    import torch
+    from torch.func import jacfwd
+
+    inputs64 = {k: torch.as_tensor(a, dtype=torch.float64) for k, a in problem.numpy()[0].items()}
+    v = torch.tensor([values[n] for n in space.free], dtype=torch.float64)
+    return jacfwd(lambda z: problem.model.forward(inputs64, space.as_dict(z, internal=False)))(v).detach().cpu().numpy()
+
+
+def _precise_chi2(problem, values, chi2: float, y: np.ndarray, w) -> float:
     """Recompute chi-square in 40-digit arithmetic when float64 rounding dominates it
     (residuals within ~5 orders of magnitude of the data's rounding level)."""
     expr = getattr(problem.model, "expression", None)
     if expr is None or problem.n > 20_000:
         return chi2
-    y2 = y64.detach().cpu().numpy() ** 2
-    scale = float(np.sum(y2 if w is None else w * y2))
+    scale = float(np.sum(y * y if w is None else w * y * y))
     if chi2 > 1e-20 * scale:
         return chi2
     from .formula.precise import residuals_mp
 
-    inputs = {k: t.detach().cpu().double().numpy() for k, t in problem.inputs.items()}
-    r = residuals_mp(expr, inputs, y64.cpu().numpy(), w, values)
+    inputs, _, _ = problem.numpy()
+    r = residuals_mp(expr, inputs, y, w, values)
     return float(r @ r)
 
 
-def _tied_stderr(space, v, cov: np.ndarray) -> dict:
+def _tied_stderr(space, values: dict, cov: np.ndarray) -> dict:
     """Propagate the free parameters' covariance to tied ones: var = g^T C g."""
+    import torch
     from torch.func import jacfwd
 
+    v = torch.tensor([values[n] for n in space.free], dtype=torch.float64)
     jac = jacfwd(lambda z: space.full(z, internal=False))(v).detach().cpu().numpy()  # (P, F)
     out = {}
     for t in space.ties:
@@ -229,9 +303,7 @@ def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3)
     if expr is None or problem.n > 20_000 or problem.space.has_bounds or problem.space.ties:
         return values
     space = problem.space
-    inputs = {k: t.detach().cpu().double().numpy() for k, t in problem.inputs.items()}
-    y = problem.y.detach().cpu().double().numpy()
-    w = None if problem.weights is None else problem.weights.detach().cpu().double().numpy()
+    inputs, y, w = problem.numpy()
     current = dict(values)
     r = residuals_mp(expr, inputs, y, w, current)
     for _ in range(steps):
@@ -300,7 +372,8 @@ def profile_intervals(problem: LeastSquaresProblem, values: dict, stderr: dict, 
                   if n != name and (math.isfinite(space.lower[n]) or math.isfinite(space.upper[n]))}
         sub_space = ParameterSpace(space.names, start, bounds=bounds, fixed=[*space.fixed, name],
                                    tie={t.name: t.text for t in space.ties})
-        sub = LeastSquaresProblem(problem.model, sub_space, problem.inputs, problem.y, problem.weights)
+        sub = LeastSquaresProblem(problem.model, sub_space, *problem.numpy(), dtype=problem.dtype,
+                                  device=problem.device)
         method = "linear" if sub.is_linear() and not sub_space.has_bounds else "lm"
         out = solve(sub, method)
         return 2.0 * _cost_at(sub, out.values)

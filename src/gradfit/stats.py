@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Covariance", "covariance", "fit_statistics", "normal_interval", "RANK_TOL"]
+__all__ = ["Covariance", "covariance", "covariance_from_r", "fit_statistics", "normal_interval", "RANK_TOL"]
 
 #: singular values of the scaled Jacobian below RANK_TOL * largest count as zero
 RANK_TOL = 1e-10
@@ -28,6 +28,13 @@ class Covariance:
     degenerate: tuple[tuple[int, ...], ...]
 
 
+def covariance_from_r(r: np.ndarray, d: np.ndarray, scale: float) -> Covariance:
+    """``scale * (J^T J)^-1`` from the QR factor R of the column-scaled Jacobian ``J D^-1``
+    (full rank): ``D^-1 R^-1 R^-T D^-1``."""
+    rinv = np.linalg.solve(r, np.eye(r.shape[0]))
+    return Covariance((rinv @ rinv.T) / np.outer(d, d) * scale, r.shape[0], ())
+
+
 def covariance(jac: np.ndarray, scale: float, *, rank_tol: float = RANK_TOL) -> Covariance:
     """``scale * (J^T J)^-1`` via the SVD of the column-scaled Jacobian.
 
@@ -38,26 +45,27 @@ def covariance(jac: np.ndarray, scale: float, *, rank_tol: float = RANK_TOL) -> 
     """
     jac = np.asarray(jac, dtype=float)
     p = jac.shape[1]
-    norms = np.linalg.norm(jac, axis=0)
+    norms = np.sqrt(np.einsum("ij,ij->j", jac, jac))
     d = np.where(norms > 0, norms, 1.0)
     _, s, vt = np.linalg.svd(jac / d, full_matrices=False)
-    keep = s > rank_tol * (s[0] if s.size and s[0] > 0 else 1.0)
-    keep &= s > 0
+    top = s[0] if s.size and s[0] > 0 else 1.0
+    keep = s > rank_tol * top
     rank = int(keep.sum())
+    if rank == p:
+        scaled = vt.T / s
+        return Covariance((scaled @ scaled.T) / np.outer(d, d) * scale, rank, ())
     inv = np.where(keep, 1.0 / np.where(keep, s, 1.0) ** 2, 0.0)
     cov = (vt.T * inv) @ vt / np.outer(d, d) * scale
-    degenerate = []
-    if rank < p:
-        null = vt[~keep]  # rows spanning the null space (in scaled coordinates)
-        weight = np.sqrt((null**2).sum(axis=0))
-        involved = tuple(int(i) for i in np.nonzero(weight > 1e-3)[0])
-        zero_cols = tuple(int(i) for i in np.nonzero(norms == 0)[0])
-        degenerate = [involved or zero_cols]
-        mask = np.zeros(p, dtype=bool)
-        mask[list(involved or zero_cols)] = True
-        cov[mask, :] = np.nan
-        cov[:, mask] = np.nan
-    return Covariance(cov, rank, tuple(degenerate))
+    null = vt[~keep]  # rows spanning the null space (in scaled coordinates)
+    weight = np.sqrt((null**2).sum(axis=0))
+    involved = tuple(int(i) for i in np.nonzero(weight > 1e-3)[0])
+    zero_cols = tuple(int(i) for i in np.nonzero(norms == 0)[0])
+    group = involved or zero_cols
+    mask = np.zeros(p, dtype=bool)
+    mask[list(group)] = True
+    cov[mask, :] = np.nan
+    cov[:, mask] = np.nan
+    return Covariance(cov, rank, (group,))
 
 
 def fit_statistics(residuals: np.ndarray, y: np.ndarray, weights: np.ndarray | None, n_params: int,
@@ -71,14 +79,18 @@ def fit_statistics(residuals: np.ndarray, y: np.ndarray, weights: np.ndarray | N
     r = np.asarray(residuals, dtype=float)
     y = np.asarray(y, dtype=float)
     n = r.size
-    w = np.ones_like(r) if weights is None else np.asarray(weights, dtype=float)
-    chi2 = float(np.sum(w * r * r)) if chisqr is None else float(chisqr)
-    rss = float(np.sum(r * r))
+    rss = float(r @ r)
+    if weights is None:
+        chi2 = rss if chisqr is None else float(chisqr)
+        dev = y - y.mean()
+        tss = float(dev @ dev)
+    else:
+        w = np.asarray(weights, dtype=float)
+        chi2 = float(w @ (r * r)) if chisqr is None else float(chisqr)
+        dev = y - float(w @ y) / float(w.sum())
+        tss = float(w @ (dev * dev))
     dof = n - n_params
-    ybar = np.sum(w * y) / np.sum(w)
-    tss = float(np.sum(w * (y - ybar) ** 2))
-    with np.errstate(divide="ignore"):
-        loglike_term = n * math.log(chi2 / n) if chi2 > 0 else -math.inf
+    loglike_term = n * math.log(chi2 / n) if chi2 > 0 else -math.inf
     return {
         "n": n, "dof": dof, "chisqr": chi2, "redchi": chi2 / dof if dof > 0 else math.nan,
         "rss": rss, "rmse": math.sqrt(rss / n), "r2": 1.0 - chi2 / tss if tss > 0 else math.nan,

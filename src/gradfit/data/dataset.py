@@ -158,12 +158,8 @@ def _target_from_columns(model, y, columns) -> np.ndarray:
     for n in model.response_names:
         if n not in columns:
             raise DataError(f"response uses {n!r}, which is not a column{closest_name(n, columns)}")
-    import torch
-
-    cols = {n: torch.as_tensor(columns[n], dtype=torch.float64) for n in model.response_names}
-    with torch.no_grad():
-        value = model.response(cols)
-    return np.asarray(torch.as_tensor(value, dtype=torch.float64).numpy(), dtype=float)
+    value = model.response_numpy({n: columns[n] for n in model.response_names})
+    return np.broadcast_to(np.asarray(value, dtype=float), next(iter(columns.values())).shape).copy()
 
 
 def _validate(a: Arrays, nan_policy: str) -> Arrays:

@@ -10,6 +10,7 @@ function evaluates one fit (parameters are 0-d tensors) or a whole batch of fits
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Callable, Mapping, Union
 
 from .tree import CONSTANTS, BinOp, Call, Const, Neg, Node, Num, Var
@@ -18,7 +19,29 @@ Value = Union[float, "torch.Tensor"]  # noqa: F821 - torch is imported lazily
 Compiled = Callable[[Mapping[str, "torch.Tensor"]], Value]  # noqa: F821
 
 
-def compile_tree(node: Node) -> Compiled:
+#: functions the numpy backend cannot evaluate (numpy has no erf)
+_NOT_IN_NUMPY = {"erf"}
+
+
+@lru_cache(maxsize=1024)
+def numpy_supported(node: Node) -> bool:
+    """True when every function in ``node`` has a numpy counterpart."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, Call):
+            if n.func in _NOT_IN_NUMPY:
+                return False
+            stack.extend(n.args)
+        elif isinstance(n, Neg):
+            stack.append(n.arg)
+        elif isinstance(n, BinOp):
+            stack.extend((n.left, n.right))
+    return True
+
+
+@lru_cache(maxsize=1024)
+def compile_tree(node: Node, backend: str = "torch") -> Compiled:
     """Compile ``node`` to ``f(env) -> tensor or float``; ``env`` maps every free name to a value.
 
     >>> import torch
@@ -27,14 +50,14 @@ def compile_tree(node: Node) -> Compiled:
     >>> f({"w": torch.tensor(2.0), "x": torch.tensor([1.0, 2.0]), "b": torch.tensor(1.0)})
     tensor([3., 5.])
     """
-    kind, payload = _compile(node)
+    kind, payload = _compile(node, backend)
     if kind == "const":
         value = payload
         return lambda env: value
     return payload
 
 
-def _compile(node: Node) -> tuple[str, object]:
+def _compile(node: Node, backend: str = "torch") -> tuple[str, object]:
     if isinstance(node, Num):
         return "const", float(node.value)
     if isinstance(node, Const):
@@ -43,14 +66,14 @@ def _compile(node: Node) -> tuple[str, object]:
         name = node.name
         return "fn", lambda env: env[name]
     if isinstance(node, Neg):
-        kind, arg = _compile(node.arg)
+        kind, arg = _compile(node.arg, backend)
         if kind == "const":
             return "const", -arg
         return "fn", lambda env: -arg(env)
     if isinstance(node, BinOp):
-        return _compile_binop(node)
+        return _compile_binop(node, backend)
     if isinstance(node, Call):
-        return _compile_call(node)
+        return _compile_call(node, backend)
     raise TypeError(f"not a formula node: {node!r}")
 
 
@@ -73,10 +96,10 @@ def _apply_binop(op: str, a: Value, b: Value) -> Value:
     return a ** b
 
 
-def _compile_binop(node: BinOp) -> tuple[str, object]:
+def _compile_binop(node: BinOp, backend: str) -> tuple[str, object]:
     op = node.op
-    lk, left = _compile(node.left)
-    rk, right = _compile(node.right)
+    lk, left = _compile(node.left, backend)
+    rk, right = _compile(node.right, backend)
     if lk == "const" and rk == "const":
         return "const", _apply_binop(op, left, right)
     if lk == "const":
@@ -119,6 +142,19 @@ def _square(v):
     return v * v
 
 
+def _numpy_function(name: str):
+    import numpy as np
+
+    table = {
+        "exp": np.exp, "log": np.log, "log10": np.log10, "sqrt": np.sqrt, "abs": np.abs,
+        "sin": np.sin, "cos": np.cos, "tan": np.tan, "arcsin": np.arcsin, "arccos": np.arccos,
+        "arctan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
+        "sigmoid": lambda u: 1.0 / (1.0 + np.exp(-u)), "sign": np.sign,
+        "heaviside": lambda u: (np.sign(u) + 1.0) * 0.5,
+    }
+    return table[name]
+
+
 def _torch_function(name: str):
     import torch
 
@@ -142,25 +178,30 @@ def _math_function(name: str, args: list[float]) -> float:
     return _eval_function(name, args)
 
 
-def _compile_call(node: Call) -> tuple[str, object]:
-    compiled = [_compile(a) for a in node.args]
+def _compile_call(node: Call, backend: str) -> tuple[str, object]:
+    compiled = [_compile(a, backend) for a in node.args]
     if all(k == "const" for k, _ in compiled):
         return "const", _math_function(node.func, [v for _, v in compiled])
     if node.func in ("minimum", "maximum"):
-        return _compile_minmax(node.func, compiled)
-    fn = _torch_function(node.func)
+        return _compile_minmax(node.func, compiled, backend)
+    fn = _torch_function(node.func) if backend == "torch" else _numpy_function(node.func)
     arg = compiled[0][1]
     return "fn", lambda env: fn(arg(env))
 
 
-def _compile_minmax(func: str, compiled: list[tuple[str, object]]) -> tuple[str, object]:
-    import torch
+def _compile_minmax(func: str, compiled: list[tuple[str, object]], backend: str) -> tuple[str, object]:
+    if backend == "torch":
+        import torch
 
+        clamp, two = torch.clamp, (torch.minimum if func == "minimum" else torch.maximum)
+    else:
+        import numpy as np
+
+        clamp, two = np.clip, (np.minimum if func == "minimum" else np.maximum)
     (ak, a), (bk, b) = compiled
     if ak == "const" or bk == "const":
         c, f = (a, b) if ak == "const" else (b, a)
         if func == "minimum":
-            return "fn", lambda env: torch.clamp(f(env), max=c)
-        return "fn", lambda env: torch.clamp(f(env), min=c)
-    op = torch.minimum if func == "minimum" else torch.maximum
-    return "fn", lambda env: op(a(env), b(env))
+            return "fn", lambda env: clamp(f(env), None, c)
+        return "fn", lambda env: clamp(f(env), c, None)
+    return "fn", lambda env: two(a(env), b(env))

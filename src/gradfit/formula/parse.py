@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ..errors import FormulaError
 from .tree import ALIASES, BINARY_OPS, CONSTANTS, FUNCTIONS, BinOp, Call, Const, Neg, Node, Num, Var
@@ -49,6 +50,12 @@ def parse_formula(text: object) -> ParsedFormula:
     """
     if not isinstance(text, str):
         raise FormulaError(f"a formula must be a string, got {type(text).__name__}")
+    return _parse_formula_cached(text)
+
+
+@lru_cache(maxsize=512)
+def _parse_formula_cached(text: str) -> ParsedFormula:
+    # Trees are immutable, so one parse serves every fit of the same formula.
     _check_characters(text)
     if text.count("~") > 1:
         raise FormulaError("a formula has at most one '~'", token="~", position=text.index("~", text.index("~") + 1))

@@ -25,15 +25,32 @@ BINARY_OPS = ("+", "-", "*", "/", "**")
 
 
 class Node:
-    """Base class of expression nodes."""
+    """Base class of expression nodes.
+
+    Nodes are hashed often (compiled functions and derivatives are cached by tree), so each
+    node computes its hash once, from its children's cached hashes.
+    """
 
     pos: int
 
-    def names(self) -> set[str]:
-        """Free variable names (parameters and inputs) in this subtree."""
-        out: set[str] = set()
-        _collect_names(self, out)
-        return out
+    def __post_init__(self):
+        object.__setattr__(self, "_hash", hash((type(self).__name__,) + self._key()))
+
+    def __hash__(self):
+        return self._hash
+
+    def _key(self) -> tuple:
+        raise NotImplementedError
+
+    def names(self) -> frozenset[str]:
+        """Free variable names (parameters and inputs) in this subtree (computed once)."""
+        cached = self.__dict__.get("_names")
+        if cached is None:
+            out: set[str] = set()
+            _collect_names(self, out)
+            cached = frozenset(out)
+            object.__setattr__(self, "_names", cached)
+        return cached
 
 
 @dataclass(frozen=True)
@@ -41,11 +58,21 @@ class Num(Node):
     value: float
     pos: int = field(default=-1, compare=False)
 
+    def _key(self):
+        return (self.value,)
+
+    __hash__ = Node.__hash__
+
 
 @dataclass(frozen=True)
 class Var(Node):
     name: str
     pos: int = field(default=-1, compare=False)
+
+    def _key(self):
+        return (self.name,)
+
+    __hash__ = Node.__hash__
 
 
 @dataclass(frozen=True)
@@ -55,11 +82,21 @@ class Const(Node):
     name: str
     pos: int = field(default=-1, compare=False)
 
+    def _key(self):
+        return (self.name,)
+
+    __hash__ = Node.__hash__
+
 
 @dataclass(frozen=True)
 class Neg(Node):
     arg: Node
     pos: int = field(default=-1, compare=False)
+
+    def _key(self):
+        return (self.arg._hash,)
+
+    __hash__ = Node.__hash__
 
 
 @dataclass(frozen=True)
@@ -69,12 +106,22 @@ class BinOp(Node):
     right: Node
     pos: int = field(default=-1, compare=False)
 
+    def _key(self):
+        return (self.op, self.left._hash, self.right._hash)
+
+    __hash__ = Node.__hash__
+
 
 @dataclass(frozen=True)
 class Call(Node):
     func: str
     args: tuple[Node, ...]
     pos: int = field(default=-1, compare=False)
+
+    def _key(self):
+        return (self.func,) + tuple(a._hash for a in self.args)
+
+    __hash__ = Node.__hash__
 
 
 def _collect_names(node: Node, out: set[str]) -> None:

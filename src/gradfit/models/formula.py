@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Iterable, Mapping
 
 from ..errors import DataError, FormulaError
@@ -13,7 +14,8 @@ from .base import Model
 __all__ = ["FormulaModel"]
 
 
-def _names_in_order(node: Node) -> list[str]:
+@lru_cache(maxsize=512)
+def _names_in_order(node: Node) -> tuple[str, ...]:
     """Free names in order of first appearance in the text (w before b in 'w*x + b')."""
     seen: dict[str, int] = {}
     stack = [node]
@@ -27,7 +29,7 @@ def _names_in_order(node: Node) -> list[str]:
             child = getattr(n, attr, None)
             if child is not None:
                 stack.append(child)
-    return sorted(seen, key=lambda k: (seen[k], k))
+    return tuple(sorted(seen, key=lambda k: (seen[k], k)))
 
 
 class FormulaModel(Model):
@@ -52,6 +54,7 @@ class FormulaModel(Model):
         self._compiled = compile_tree(self.parsed.rhs)
         self._compiled_response = compile_tree(self.parsed.response) if self.parsed.response is not None else None
         self._partials = None
+        self._np_partials = None
         self._partials_constant = False
 
     def _set_inputs(self, inputs: set[str]) -> None:
@@ -97,17 +100,84 @@ class FormulaModel(Model):
             out = torch.as_tensor(out, dtype=ref.dtype, device=ref.device).expand(ref.shape[-1:] if ref.dim() else ())
         return out
 
+    def forward_numpy(self, inputs: Mapping, params: Mapping):
+        """The prediction with numpy (float64) instead of torch: no tensor overhead, for
+        direct solves and statistics. Falls back to torch for functions numpy lacks (erf)."""
+        import numpy as np
+
+        from ..formula.compile import numpy_supported
+
+        ref = next(iter(inputs.values()))
+        if not numpy_supported(self.parsed.rhs):
+            return self._torch_to_numpy(self.forward, inputs, params)
+        env = dict(params)
+        env.update(inputs)
+        out = compile_tree(self.parsed.rhs, "numpy")(env)
+        if isinstance(out, np.ndarray) and out.shape == ref.shape[:1]:
+            return out
+        return np.broadcast_to(np.asarray(out, dtype=float), ref.shape[:1]).copy()
+
+    def partials_numpy(self, inputs: Mapping, params: Mapping) -> list:
+        """:meth:`partials` with numpy (float64), each broadcast to the data's length."""
+        import numpy as np
+
+        from ..formula.compile import numpy_supported
+
+        if self._partials is None:
+            self._compile_partials()
+        if not all(numpy_supported(t) for t in self._partial_trees):
+            return self._torch_to_numpy(self.partials, inputs, params)
+        env = dict(params)
+        env.update(inputs)
+        n = next(iter(inputs.values())).shape[0]
+        out = []
+        for fn in self._numpy_partials():
+            v = fn(env)
+            out.append(v if isinstance(v, np.ndarray) and v.shape == (n,) else np.full(n, float(v)))
+        return out
+
+    def _numpy_partials(self):
+        if self._np_partials is None:
+            self._np_partials = [compile_tree(t, "numpy") for t in self._partial_trees]
+        return self._np_partials
+
+    @staticmethod
+    def _torch_to_numpy(fn, inputs, params):
+        import torch
+
+        t_in = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in inputs.items()}
+        t_par = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in params.items()}
+        with torch.no_grad():
+            out = fn(t_in, t_par)
+        if isinstance(out, list):
+            return [o.numpy() for o in out]
+        return out.numpy()
+
     def response(self, columns: Mapping):
         """Evaluate the response expression (e.g. log(y)) on data columns (tensors)."""
         if self._compiled_response is None:
             raise DataError("the formula has no response; write 'y ~ expression' or pass y")
         return self._compiled_response(columns)
 
+    def response_numpy(self, columns: Mapping):
+        """The response from numpy columns (a plain column name costs nothing)."""
+        import numpy as np
+
+        r = self.parsed.response
+        if isinstance(r, Var):
+            return columns[r.name]
+        from ..formula.compile import numpy_supported
+
+        if numpy_supported(r):
+            return np.asarray(compile_tree(r, "numpy")(columns), dtype=float)
+        return self._torch_to_numpy(lambda c, _p: self.response(c), columns, {})
+
     def _compile_partials(self) -> None:
         from ..formula.symbolic import derivatives
 
         trees = derivatives(self.parsed.rhs, self.param_names)
-        self._partials = [compile_tree(trees[p]) for p in self.param_names]
+        self._partial_trees = [trees[p] for p in self.param_names]
+        self._partials = [compile_tree(t) for t in self._partial_trees]
         params = set(self.param_names)
         self._partials_constant = not any(trees[p].names() & params for p in self.param_names)
 
