@@ -11,7 +11,7 @@ from .lsq import LeastSquaresProblem, mean_squared_error, refine_residuals, solv
 from .result import FitResult
 from .train.callbacks import LogCallback, ProgressCallback, wants_progress
 
-__all__ = ["least_squares_fit", "with_uncertainty"]
+__all__ = ["least_squares_fit", "with_uncertainty", "uncertainty_fields"]
 
 
 def least_squares_fit(model, space, train_arr, val_arr, method, *, dtype, device, settings, max_iter, tol,
@@ -40,29 +40,36 @@ def least_squares_fit(model, space, train_arr, val_arr, method, *, dtype, device
     val_loss = None
     if val_arr is not None:
         val_loss = mean_squared_error(model, val_arr.inputs, val_arr.y, val_arr.weights, values)
-    result = FitResult(params=values, loss=float("nan"), val_loss=val_loss, status=outcome.status,
-                       epochs_run=outcome.iterations, history={"train_loss": outcome.history, "val_loss": []},
-                       model=model, message=outcome.message, settings={**settings, "strategy": outcome.strategy},
-                       n_train=n_train, n_val=n_val, notes=notes, _problem=(problem, absolute_sigma))
-    return with_uncertainty(result, problem, absolute_sigma, set_loss=True, factor=outcome.factor)
+    fields = dict(params=values, loss=float("nan"), val_loss=val_loss, status=outcome.status,
+                  epochs_run=outcome.iterations, history={"train_loss": outcome.history, "val_loss": []},
+                  model=model, message=outcome.message, settings={**settings, "strategy": outcome.strategy},
+                  n_train=n_train, n_val=n_val, notes=notes)
+    fields.update(uncertainty_fields(fields, problem, absolute_sigma, set_loss=True, factor=outcome.factor))
+    return FitResult(**fields)
 
 
-def with_uncertainty(result, problem: LeastSquaresProblem, absolute_sigma: bool, *, set_loss: bool = False,
-                     factor: tuple | None = None):
-    """A copy of ``result`` with covariance, standard errors, correlations, statistics, and
-    status "singular" (plus a warning naming the parameters) for rank-deficient problems.
-    With ``set_loss`` the training loss is taken from the statistics (chi2 / sum of weights)."""
+def with_uncertainty(result, problem: LeastSquaresProblem, absolute_sigma: bool):
+    """A copy of ``result`` with covariance, standard errors, correlations and statistics."""
+    fields = {"params": result.params, "status": result.status, "message": result.message, "notes": result.notes}
+    return dataclasses.replace(result, **uncertainty_fields(fields, problem, absolute_sigma))
+
+
+def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigma: bool, *,
+                       set_loss: bool = False, factor: tuple | None = None) -> dict:
+    """FitResult fields for covariance, standard errors, correlations, statistics, and status
+    "singular" (plus a warning naming the parameters) for rank-deficient problems. With
+    ``set_loss`` the training loss is taken from the statistics (chi2 / sum of weights)."""
     from .fitting import warn_degenerate
 
-    unc = uncertainty(problem, result.params, absolute_sigma=absolute_sigma, factor=factor)
-    status, message = result.status, result.message
+    unc = uncertainty(problem, fields["params"], absolute_sigma=absolute_sigma, factor=factor)
+    status, message = fields["status"], fields["message"]
     if unc.degenerate:
         text = warn_degenerate(unc.degenerate)
         if status in ("converged", "max_epochs", "max_iterations"):
             status = "singular"
         message = f"{message}; {text}" if message else text
-    notes = result.notes
-    at_bound = problem.space.at_bound(result.params)
+    notes = fields["notes"]
+    at_bound = problem.space.at_bound(fields["params"])
     if at_bound:
         notes = notes + (f"parameter(s) {', '.join(at_bound)} at a bound: their standard errors assume the "
                          "bound is not active",)
@@ -72,4 +79,4 @@ def with_uncertainty(result, problem: LeastSquaresProblem, absolute_sigma: bool,
     if set_loss:
         w = problem.numpy()[2]
         changes["loss"] = unc.stats["chisqr"] / (float(np.sum(w)) if w is not None else unc.stats["n"])
-    return dataclasses.replace(result, **changes)
+    return changes

@@ -18,7 +18,7 @@ from .losses import resolve_loss
 from .lsq import LeastSquaresProblem, linear_reason
 from .models import resolve_model
 from .models.neural import MLPSpec, ModuleModel, build_mlp
-from .models.parameters import ParameterSpace
+from .models.parameters import ParameterSpace, feasible_start
 from .optim.registry import make_optimizer
 from .result import FitResult
 from .train.callbacks import LogCallback, ProgressCallback, wants_progress
@@ -179,7 +179,7 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
     space = _parameter_space(bound, train_arr, train_arr.n, init, bounds, fixed, tie)
     method, reason = choose_method(optimizer, bound, loss_fn, batch_size, space)
-    settings.update(method=method, method_reason=reason, **space.describe())
+    settings.update(method=method, method_reason=reason, init=dict(space.values), **space.describe())
     if method in _DIRECT:
         return least_squares_fit(bound, space, train_arr, val_arr, method, dtype=torch_dtype, device=dev,
                                  settings=settings, max_iter=max_iter or 2000, tol=tol,
@@ -223,7 +223,8 @@ def _parameter_space(model, train_arr, n_train, init, bounds, fixed, tie):
 
     if not model.param_names:
         raise ModelError("the model has no parameters to fit; every name in the formula is a data column")
-    values = model.guess(train_arr.inputs, train_arr.y)
+    values = feasible_start(model.guess(train_arr.inputs, train_arr.y),
+                            {k: v for k, v in (bounds or {}).items() if k in model.param_names})
     for name, v in (init or {}).items():
         if name not in model.param_names:
             raise ConfigError(f"init names unknown parameter {name!r}{closest_name(name, model.param_names)}; "

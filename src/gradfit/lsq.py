@@ -27,7 +27,7 @@ class LSQOutcome:
     iterations: int
     history: list = field(default_factory=list)  # mean loss (chi2 / sum w) per iteration
     strategy: str = ""
-    #: (R, d) of the scaled weighted design matrix, from a full-rank linear solve
+    #: (s, vt, d): thin SVD of the scaled weighted design matrix, from a linear solve
     factor: tuple | None = None
 
 
@@ -167,6 +167,13 @@ def _solve_linear(problem: LeastSquaresProblem) -> LSQOutcome:
     return outcome
 
 
+def chi_square(problem: LeastSquaresProblem, values: dict) -> float:
+    """sum(w * (prediction - y)^2) at ``values``, in float64."""
+    inputs, y, w = problem.numpy()
+    r = _predict_numpy(problem.model, inputs, values) - y
+    return float(r @ r if w is None else w @ (r * r))
+
+
 def mean_squared_error(model, inputs: dict, y: np.ndarray, w: np.ndarray | None, values: dict) -> float:
     """Weighted mean squared error in float64 (numpy for formulas, torch otherwise)."""
     pred = _predict_numpy(model, inputs, values)
@@ -203,7 +210,9 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
     if callback is not None:
         def lm_cb(it, cost):
             callback(it, problem.mean_loss(cost))
-    out, strategy = robust_levenberg_marquardt(problem.residual, u0, options=options, callback=lm_cb)
+    at_bound = problem.space.bound_mask if problem.space.has_bounds else None
+    out, strategy = robust_levenberg_marquardt(problem.residual, u0, options=options, callback=lm_cb,
+                                               at_bound=at_bound)
     with torch.no_grad():
         full = problem.space.full(out.x)
     values = dict(zip(problem.space.names, full.double().tolist()))
@@ -214,8 +223,8 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
 def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: bool = False,
                 factor: tuple | None = None) -> Uncertainty:
     """Covariance, standard errors, correlations and fit statistics at ``values``.
-    ``factor`` = (R, d) from a linear solve saves refactorizing the Jacobian."""
-    from .stats import covariance, covariance_from_r, fit_statistics
+    ``factor`` = (s, vt, d) from a linear solve saves refactorizing the Jacobian."""
+    from .stats import RANK_TOL, covariance, covariance_from_svd, fit_statistics
 
     space = problem.space
     inputs, y, w = problem.numpy()
@@ -224,24 +233,29 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
     stats = fit_statistics(resid, y, w, len(space.free), chisqr=chi2)
     dof = stats["dof"]
     scale = 1.0 if absolute_sigma else (chi2 / dof if dof > 0 else math.nan)
-    if factor is not None:
-        cov = covariance_from_r(factor[0], factor[1], scale)
+    if factor is not None and factor[0].size and factor[0][-1] > RANK_TOL * factor[0][0]:
+        cov = covariance_from_svd(*factor, scale)
     else:
         jac = _free_jacobian(problem, values)
         if w is not None:
             jac = jac * np.sqrt(w)[:, None]
         cov = covariance(jac, scale)
-    diag = np.diag(cov.matrix)
-    stderr = {n: float(math.sqrt(diag[i])) if diag[i] >= 0 else math.nan for i, n in enumerate(space.free)}
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sd = np.sqrt(diag)
-        corr = cov.matrix / np.outer(sd, sd)
+    diag = np.diag(cov.matrix).tolist()
+    sd = [math.sqrt(v) if v >= 0 else math.nan for v in diag]  # NaN for degenerate parameters
+    stderr = dict(zip(space.free, sd))
+    sd_arr = np.array(sd)
+    corr = cov.matrix / np.outer(sd_arr, sd_arr) if all(v > 0 for v in sd) else _safe_correlation(cov.matrix, sd_arr)
     for n in space.fixed:
         stderr[n] = 0.0
     if space.ties:
         stderr.update(_tied_stderr(space, values, cov.matrix))
     degenerate = tuple(tuple(space.free[i] for i in group) for group in cov.degenerate)
     return Uncertainty({n: stderr[n] for n in space.names}, cov.matrix, corr, space.free, stats, degenerate)
+
+
+def _safe_correlation(cov: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cov / np.outer(sd, sd)
 
 
 def _free_jacobian(problem: LeastSquaresProblem, values: dict) -> np.ndarray:
@@ -376,6 +390,6 @@ def profile_intervals(problem: LeastSquaresProblem, values: dict, stderr: dict, 
                                   device=problem.device)
         method = "linear" if sub.is_linear() and not sub_space.has_bounds else "lm"
         out = solve(sub, method)
-        return 2.0 * _cost_at(sub, out.values)
+        return chi_square(sub, out.values)
 
     return {n: profile_interval(refit, n, values[n], stderr[n], stats["chisqr"], delta) for n in names}

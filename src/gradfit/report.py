@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["text_report"]
+import math
+
+__all__ = ["text_report", "STRONG_CORRELATION"]
+
+#: correlations at least this strong are listed in the report
+STRONG_CORRELATION = 0.5
 
 
 def _num(v) -> str:
@@ -14,17 +19,77 @@ def _num(v) -> str:
 def text_report(result) -> str:
     s = result.settings
     lines = [f"model      {result.model.describe()}"]
-    how = ", ".join(f"{k}={s[k]}" for k in ("optimizer", "lr", "loss") if k in s)
-    lines.append(f"status     {result.status} after {result.epochs_run} epochs ({how})")
+    method = result.method
+    if method in ("linear", "lm"):
+        lines.append(f"method     {method} ({result.method_reason})")
+        lines.append(f"status     {result.status} after {result.epochs_run} iteration(s)")
+    else:
+        how = ", ".join(f"{k}={s[k]}" for k in ("lr", "loss") if k in s)
+        lines.append(f"method     {method} ({how})" + (f": {result.method_reason}" if result.method_reason
+                                                          and result.method_reason != "requested" else ""))
+        lines.append(f"status     {result.status} after {result.epochs_run} epochs")
     if result.message:
         lines.append(f"           {result.message}")
     lines.append(f"data       {result.n_train} train" + (f", {result.n_val} validation" if result.n_val else ""))
-    lines.append(f"loss       train {_num(result.loss)}" + (f"  val {_num(result.val_loss)}" if result.val_loss is not None else ""))
+    lines.append(f"loss       train {_num(result.loss)}" + (f"  val {_num(result.val_loss)}"
+                                                             if result.val_loss is not None else ""))
     for note in result.notes:
         lines.append(f"note       {note}")
+    if result.stats:
+        st = result.stats
+        lines.append("statistics")
+        lines.append(f"  points {st['n']}, free parameters {st['n'] - st['dof']}, degrees of freedom {st['dof']}")
+        lines.append(f"  chi-square {_num(st['chisqr'])}, reduced chi-square {_num(st['redchi'])}, "
+                     f"RSS {_num(st['rss'])}, RMSE {_num(st['rmse'])}")
+        lines.append(f"  R-squared {_num(st['r2'])}, AIC {_num(st['aic'])}, BIC {_num(st['bic'])}")
     if result.params:
-        width = max(len(k) for k in result.params)
-        lines.append("parameters")
-        for k, v in result.params.items():
-            lines.append(f"  {k:<{width}}  {v:.6g}")
+        lines.extend(_parameter_lines(result))
+    lines.extend(_correlation_lines(result))
     return "\n".join(lines)
+
+
+def _parameter_lines(result) -> list[str]:
+    s = result.settings
+    init = s.get("init") or {}
+    fixed = set(s.get("fixed") or ())
+    tie = s.get("tie") or {}
+    bounds = s.get("bounds") or {}
+    width = max(len(k) for k in result.params)
+    out = ["parameters"]
+    for k, v in result.params.items():
+        line = f"  {k:<{width}}  {v: .8g}"
+        err = (result.stderr or {}).get(k)
+        if k in fixed:
+            line += "  (fixed)"
+        elif err is not None and math.isfinite(err):
+            pct = f" ({abs(err / v) * 100:.2f}%)" if v != 0 else ""
+            line += f" +/- {err:.6g}{pct}"
+        elif err is not None:
+            line += " +/- undetermined"
+        extras = []
+        if k in tie:
+            extras.append(f"= {tie[k]}")
+        if k in bounds:
+            lo, hi = bounds[k]
+            extras.append(f"bounds [{lo:g}, {hi:g}]")
+        if k in init and k not in fixed and k not in tie:
+            extras.append(f"init {init[k]:g}")
+        if extras:
+            line += "  (" + ", ".join(extras) + ")"
+        out.append(line)
+    return out
+
+
+def _correlation_lines(result) -> list[str]:
+    corr = result.correlation
+    if corr is None or len(result.free) < 2:
+        return []
+    pairs = []
+    for i in range(len(result.free)):
+        for j in range(i + 1, len(result.free)):
+            c = corr[i][j]
+            if math.isfinite(c) and abs(c) >= STRONG_CORRELATION:
+                pairs.append((abs(c), f"  C({result.free[i]}, {result.free[j]}) = {c:+.4f}"))
+    if not pairs:
+        return []
+    return [f"correlations (|C| >= {STRONG_CORRELATION})"] + [line for _, line in sorted(pairs, reverse=True)]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Covariance", "covariance", "covariance_from_r", "fit_statistics", "normal_interval", "RANK_TOL"]
+__all__ = ["Covariance", "covariance", "covariance_from_svd", "fit_statistics", "normal_interval", "RANK_TOL"]
 
 #: singular values of the scaled Jacobian below RANK_TOL * largest count as zero
 RANK_TOL = 1e-10
@@ -28,11 +28,10 @@ class Covariance:
     degenerate: tuple[tuple[int, ...], ...]
 
 
-def covariance_from_r(r: np.ndarray, d: np.ndarray, scale: float) -> Covariance:
-    """``scale * (J^T J)^-1`` from the QR factor R of the column-scaled Jacobian ``J D^-1``
-    (full rank): ``D^-1 R^-1 R^-T D^-1``."""
-    rinv = np.linalg.solve(r, np.eye(r.shape[0]))
-    return Covariance((rinv @ rinv.T) / np.outer(d, d) * scale, r.shape[0], ())
+def covariance_from_svd(s: np.ndarray, vt: np.ndarray, d: np.ndarray, scale: float) -> Covariance:
+    """``scale * (J^T J)^-1`` from the thin SVD ``J D^-1 = U S V^T`` (full rank)."""
+    scaled = vt.T / s
+    return Covariance((scaled @ scaled.T) / np.outer(d, d) * scale, len(s), ())
 
 
 def covariance(jac: np.ndarray, scale: float, *, rank_tol: float = RANK_TOL) -> Covariance:

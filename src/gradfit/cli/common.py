@@ -6,7 +6,7 @@ import math
 
 from ..errors import ConfigError
 
-__all__ = ["parse_assignments", "parse_value", "fit_kwargs", "print_table"]
+__all__ = ["parse_assignments", "parse_bounds", "parse_value", "fit_kwargs", "print_table"]
 
 
 def parse_value(text: str):
@@ -45,6 +45,24 @@ def parse_assignments(text: str | None, option: str) -> dict[str, float]:
     return out
 
 
+def parse_bounds(items) -> dict:
+    """['w=0:', 'b=-5:5'] -> {'w': (0.0, None), 'b': (-5.0, 5.0)}."""
+    out = {}
+    for item in items:
+        for part in item.split(","):
+            if not part.strip():
+                continue
+            name, sep, rng = part.partition("=")
+            lo, colon, hi = rng.partition(":")
+            if not sep or not colon or not name.strip():
+                raise ConfigError(f"--bounds expects NAME=LO:HI like w=0: or b=-5:5, got {part.strip()!r}")
+            try:
+                out[name.strip()] = (float(lo) if lo.strip() else None, float(hi) if hi.strip() else None)
+            except ValueError:
+                raise ConfigError(f"--bounds {part.strip()!r}: limits must be numbers") from None
+    return out
+
+
 def fit_kwargs(args) -> dict:
     """The keyword arguments of gradfit.fit from parsed CLI options."""
     options = {}
@@ -61,7 +79,25 @@ def fit_kwargs(args) -> dict:
         hidden = tuple(int(h) for h in str(args.hidden).split(",") if h.strip())
     except ValueError:
         raise ConfigError(f"--hidden expects sizes like 64,64, got {args.hidden!r}") from None
-    return dict(init=parse_assignments(args.init, "--init") or None, loss=args.loss, optimizer=args.optimizer,
+    init = parse_assignments(args.init, "--init")
+    fixed = []
+    for item in args.fix:
+        for part in item.split(","):
+            name, sep, value = part.partition("=")
+            if not name.strip():
+                continue
+            fixed.append(name.strip())
+            if sep:
+                init.update(parse_assignments(part, "--fix"))
+    tie = {}
+    for item in args.tie:
+        name, sep, expr = item.partition("=")
+        if not sep or not name.strip() or not expr.strip():
+            raise ConfigError(f"--tie expects NAME=EXPRESSION like c=2*a, got {item!r}")
+        tie[name.strip()] = expr.strip()
+    return dict(init=init or None, loss=args.loss, optimizer=args.optimizer,
+                bounds=parse_bounds(args.bounds) or None, fixed=fixed, tie=tie or None, max_iter=args.max_iter,
+                absolute_sigma=args.absolute_sigma,
                 lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, normalize=args.normalize,
                 val_fraction=args.val_fraction, seed=args.seed, gradient=args.gradient, dtype=args.dtype,
                 device=args.device, log_every=args.log_every, progress=False if args.no_progress else None,

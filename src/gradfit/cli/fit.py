@@ -34,7 +34,20 @@ def run_fit(args, stdout, stderr) -> int:
     kwargs = fit_kwargs(args)
     if args.json:
         kwargs["progress"] = False
-    result = gf.fit(model, x=x, y=y, data=columns, **kwargs)
+    if args.sigma:
+        from ..data.io import closest_name
+        from ..errors import DataError
+
+        if args.sigma not in columns:
+            raise DataError(f"{args.data}: no column {args.sigma!r} for --sigma{closest_name(args.sigma, columns)}")
+        kwargs["sigma"] = columns[args.sigma]
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", gf.GradfitWarning)
+        result = gf.fit(model, x=x, y=y, data=columns, **kwargs)
+    for w in caught:
+        print(f"gradfit fit: warning: {w.message}", file=stderr)
     if args.out:
         target = columns[y] if isinstance(y, str) else _response_column(result, columns)
         write_outputs(result, Path(args.out), columns, target)

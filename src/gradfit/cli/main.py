@@ -25,7 +25,9 @@ class ExitStatus(IntEnum):
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--init", metavar="NAME=V,...", help="starting values, e.g. w=1,b=0")
-    g.add_argument("--optimizer", default="adam", help="sgd, adam, adamw, rmsprop, adagrad, lbfgs, ... (default adam)")
+    g.add_argument("--optimizer", default="auto",
+                   help="auto (default: direct solve or Levenberg-Marquardt for least squares, adam otherwise), "
+                        "lm, linear, sgd, adam, adamw, rmsprop, adagrad, lbfgs, ...")
     g.add_argument("--lr", type=float, default=1e-2, help="learning rate (default 0.01)")
     g.add_argument("--epochs", type=int, default=1000, help="epochs (default 1000)")
     g.add_argument("--batch-size", type=int, default=None, help="minibatch size (default: full batch)")
@@ -41,10 +43,21 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     g.add_argument("--device", default="auto", help="auto, cpu or cuda")
     g.add_argument("--tol", type=float, default=None, help="stop when the relative loss change stays below this")
+    g.add_argument("--max-iter", type=int, default=None, help="Levenberg-Marquardt iterations (default 2000)")
     g.add_argument("--log-every", type=int, default=0, metavar="N", help="print the losses every N epochs")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--nan-policy", default="raise", choices=["raise", "omit"],
                    help="rows with NaN/inf: raise an error (default) or omit them")
+    ls = p.add_argument_group("parameters and weights")
+    ls.add_argument("--bounds", action="append", default=[], metavar="NAME=LO:HI",
+                    help="bounds, e.g. --bounds w=0: --bounds b=-5:5 (empty side: no limit)")
+    ls.add_argument("--fix", action="append", default=[], metavar="NAME[=VALUE]",
+                    help="hold a parameter fixed (at VALUE or its init); repeatable or comma-separated")
+    ls.add_argument("--tie", action="append", default=[], metavar="NAME=EXPR",
+                    help="tie a parameter to others, e.g. --tie 'c=2*a'")
+    ls.add_argument("--sigma", metavar="COL", help="column of per-point standard deviations (weights 1/sigma^2)")
+    ls.add_argument("--absolute-sigma", action="store_true",
+                    help="sigma is absolute: do not rescale the covariance by the reduced chi-square")
     m = p.add_argument_group("model")
     m.add_argument("--x", dest="x_cols", metavar="COL[,COL]", help="input column(s) for built-in models and mlp")
     m.add_argument("--y", dest="y_col", metavar="COL", help="target column for built-in models and mlp")

@@ -12,6 +12,8 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..models.formula import FormulaModel
+from ..models.neural import MLPSpec
 from .io import closest_name, columns_from_frame
 
 __all__ = ["Arrays", "prepare_arrays", "as_float_array"]
@@ -58,9 +60,6 @@ def _columns(data) -> dict[str, np.ndarray]:
 
 def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy: str = "raise"):
     """Resolve inputs and target for ``model``; returns (model bound to its inputs, Arrays)."""
-    from ..models.formula import FormulaModel
-    from ..models.neural import MLPSpec
-
     if nan_policy not in ("raise", "omit"):
         raise ConfigError(f"nan_policy must be 'raise' or 'omit', got {nan_policy!r}")
     columns: dict[str, np.ndarray] = {}
@@ -85,8 +84,6 @@ def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy
 
 
 def _inputs_and_target(model, x, y, columns):
-    from ..models.formula import FormulaModel
-
     if columns:
         y_arr = _target_from_columns(model, y, columns)
         if x is None:
@@ -145,8 +142,6 @@ def _single_input_name(model) -> str:
 
 
 def _target_from_columns(model, y, columns) -> np.ndarray:
-    from ..models.formula import FormulaModel
-
     if isinstance(y, str):
         if y not in columns:
             raise DataError(f"no column {y!r} in data{closest_name(y, columns)}")

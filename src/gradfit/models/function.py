@@ -24,10 +24,11 @@ class FunctionModel(Model):
 
     kind = "function"
 
-    def __init__(self, func: Callable, param_names: tuple[str, ...] | None = None):
+    def __init__(self, func: Callable, param_names: tuple[str, ...] | None = None, *, positional: bool = False):
         if not callable(func):
             raise ModelError(f"model must be callable, got {type(func).__name__}")
         self.func = func
+        self.positional = positional
         try:
             sig = inspect.signature(func)
         except (TypeError, ValueError):
@@ -53,6 +54,8 @@ class FunctionModel(Model):
 
     def forward(self, inputs: Mapping, params: Mapping):
         x = next(iter(inputs.values())) if len(inputs) == 1 else inputs
+        if self.positional:
+            return self.func(x, *(params[n] for n in self.param_names))
         return self.func(x, **params)
 
     def guess(self, inputs, y) -> dict[str, float]:

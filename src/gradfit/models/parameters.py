@@ -19,7 +19,27 @@ from typing import Mapping, Sequence
 
 from ..errors import ConfigError, FormulaError
 
-__all__ = ["ParameterSpace"]
+__all__ = ["ParameterSpace", "feasible_start"]
+
+
+def feasible_start(values: Mapping[str, float], bounds: Mapping | None) -> dict:
+    """Move default starting values strictly inside their bounds, as scipy does: to the
+    midpoint of two-sided bounds, or one unit inside a one-sided bound."""
+    out = dict(values)
+    for n, pair in (bounds or {}).items():
+        if n not in out:
+            continue
+        lo, hi = _pair(n, pair)
+        v = out[n]
+        if lo < v < hi:
+            continue
+        if math.isfinite(lo) and math.isfinite(hi):
+            out[n] = 0.5 * (lo + hi)
+        elif math.isfinite(lo):
+            out[n] = lo + 1.0
+        else:
+            out[n] = hi - 1.0
+    return out
 
 
 @dataclass(frozen=True)
@@ -85,6 +105,20 @@ class ParameterSpace:
                 if math.isfinite(b) and abs(values[n] - b) <= rtol * max(1.0, abs(b)):
                     out.append(n)
         return out
+
+    def bound_mask(self, u, rtol: float = 1e-6):
+        """Boolean tensor over the free parameters: True where the value (from internal ``u``)
+        rests on one of its bounds, within ``rtol`` of the bounds' span or scale."""
+        import torch
+
+        full = self.full(u.detach())
+        index = {n: i for i, n in enumerate(self.names)}
+        mask = []
+        for n in self.free:
+            v, lo, hi = float(full[index[n]]), self.lower[n], self.upper[n]
+            span = (hi - lo) if math.isfinite(lo) and math.isfinite(hi) else max(1.0, abs(v))
+            mask.append(any(math.isfinite(b) and abs(v - b) <= rtol * span for b in (lo, hi)))
+        return torch.tensor(mask, dtype=torch.bool, device=u.device)
 
     # -- coordinates ----------------------------------------------------------------------
     def internal_start(self, dtype, device):

@@ -1,7 +1,8 @@
 """Direct least squares for models linear in their parameters: one factorization, exact.
 
-``min_b || W^(1/2) (X b - t) ||`` is solved by Householder QR of the column-scaled,
-weighted design matrix in float64, followed by Björck's iterative refinement of the
+``min_b || W^(1/2) (X b - t) ||`` is solved through the thin SVD of the column-scaled,
+weighted design matrix in float64 (rank deficiency shows directly in the singular values),
+followed, when the columns are nearly dependent, by Björck's iterative refinement of the
 augmented system ``[I A; A^T 0][r; b] = [t; 0]`` with residuals accumulated in extended
 precision (numpy longdouble, 80-bit on x86-64). The refinement is what takes the NIST
 polynomial problems Filip and Wampler5 (condition numbers ~1e15 after scaling) from 5-6 to
@@ -15,8 +16,9 @@ import numpy as np
 __all__ = ["solve_linear_least_squares"]
 
 REFINEMENT_STEPS = 4
+#: singular values below RANK_TOL * largest count as zero (rank deficiency)
 RANK_TOL = 1e-13
-#: min/max of |diag(R)| above which refinement is skipped
+#: smallest/largest singular value above which refinement is skipped
 WELL_CONDITIONED = 1e-2
 
 
@@ -24,9 +26,9 @@ def solve_linear_least_squares(design: np.ndarray, target: np.ndarray, weights: 
                                refine: int = REFINEMENT_STEPS, factor_out: list | None = None) -> np.ndarray:
     """Coefficients b minimising sum(w * (design @ b - target)^2).
 
-    With ``factor_out`` (a list), the triangular factor R and column scales d of the weighted
-    design matrix are appended to it, so the caller can form ``(X^T W X)^-1`` without
-    another factorization.
+    With ``factor_out`` (a list), the thin SVD of the column-scaled weighted design matrix
+    ``X D^-1 = U S V^T`` is appended to it as (s, vt, d), so the caller can form
+    ``(X^T W X)^-1 = D^-1 V S^-2 V^T D^-1`` without another factorization.
 
     >>> X = np.column_stack([np.ones(4), np.arange(4.0)])
     >>> np.round(solve_linear_least_squares(X, 1.0 + 2.0 * np.arange(4.0)), 12)
@@ -41,40 +43,31 @@ def solve_linear_least_squares(design: np.ndarray, target: np.ndarray, weights: 
     norms = np.sqrt(np.einsum("ij,ij->j", x, x))
     d = np.where(norms > 0, norms, 1.0)
     a = x / d
-    n, p = a.shape
-    if p > n or p == 0:
-        return np.linalg.lstsq(a, t, rcond=RANK_TOL)[0] / d
-    q, r1 = np.linalg.qr(a)  # reduced: q is (n, p), never (n, n)
-    diag = np.abs(np.diag(r1))
-    if diag.min() <= RANK_TOL * max(diag.max(), 1e-300):
-        # Rank-deficient: the minimum-norm solution (the caller reports which parameters
-        # the data cannot separate, from the covariance's null space).
-        return np.linalg.lstsq(a, t, rcond=RANK_TOL)[0] / d
-    coef = _solve_upper(r1, q.T @ t)
+    u, s, vt = np.linalg.svd(a, full_matrices=False)
     if factor_out is not None:
-        factor_out.extend((r1, d))
-    if diag.min() > WELL_CONDITIONED * diag.max():
-        # Columns already far from dependent: the QR solution is accurate to ~cond^2 * eps,
-        # well past 10 digits, and refinement would only cost time.
+        factor_out.extend((s, vt, d))
+    keep = s > RANK_TOL * s[0] if s.size and s[0] > 0 else np.zeros(s.shape, dtype=bool)
+    if not keep.all():
+        # Rank-deficient: the minimum-norm solution over the directions the data determine
+        # (the caller reports which parameters the data cannot separate).
+        inv = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
+        return (vt.T @ (inv * (u.T @ t))) / d
+    coef = vt.T @ ((u.T @ t) / s)
+    if s[-1] > WELL_CONDITIONED * s[0]:
+        # Columns far from dependent: the solution is accurate to ~cond^2 * eps, well past
+        # 10 digits, and refinement would only cost time.
         return coef / d
+    # Björck's refinement of [I A; A^T 0][r; b] = [t; 0] with A = U S V^T: the correction
+    # (dr, db) for residuals (f, g) is db = V S^-1 (U^T f - h), dr = U h + f - U U^T f,
+    # where h = S^-1 V^T g. Residuals are accumulated in extended precision.
     resid = t - a @ coef
     ext = np.longdouble
     a_ext, t_ext = a.astype(ext), t.astype(ext)
     for _ in range(refine):
         f = (t_ext - resid.astype(ext) - a_ext @ coef.astype(ext)).astype(float)
         g = (-(a_ext.T @ resid.astype(ext))).astype(float)
-        h = _solve_lower(r1.T, g)
-        q1f = q.T @ f
-        coef = coef + _solve_upper(r1, q1f - h)
-        # Q [h; Q2^T f] = Q1 h + (I - Q1 Q1^T) f, so the reduced factor suffices
-        resid = resid + q @ (h - q1f) + f
+        h = (vt @ g) / s
+        uf = u.T @ f
+        coef = coef + vt.T @ ((uf - h) / s)
+        resid = resid + u @ (h - uf) + f
     return coef / d
-
-
-def _solve_upper(r, b):
-    # LU of an upper-triangular matrix pivots nothing: this is back substitution.
-    return np.linalg.solve(r, b)
-
-
-def _solve_lower(lt, b):
-    return np.linalg.solve(lt, b)

@@ -64,9 +64,10 @@ class LMOutcome:
     n_jacobian: int = 0
 
 
-def scaled_gradient(jac, r) -> float:
+def scaled_gradient(jac, r, exempt=None) -> float:
     """max_j |J_j . r| / (||J_j|| ||r||): the cosine between the residual and each Jacobian
-    column (MINPACK's gtol measure); 0 at a stationary point, scale-free."""
+    column (MINPACK's gtol measure); 0 at a stationary point, scale-free. Columns flagged in
+    ``exempt`` (parameters resting on a bound) are left out."""
     import torch
 
     rn = torch.linalg.vector_norm(r)
@@ -74,6 +75,8 @@ def scaled_gradient(jac, r) -> float:
         return 0.0
     cn = torch.linalg.vector_norm(jac, dim=0)
     ok = cn > 0
+    if exempt is not None:
+        ok = ok & ~exempt
     if not bool(ok.any()):
         return 0.0
     g = (jac.T @ r).abs()
@@ -133,8 +136,12 @@ class _Subproblem:
 
 
 def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable | None = None,
-                        options: LMOptions = LMOptions(), callback: Callable | None = None) -> LMOutcome:
+                        options: LMOptions = LMOptions(), callback: Callable | None = None,
+                        at_bound: Callable | None = None) -> LMOutcome:
     """Minimise ``0.5*||residual(x)||^2`` from ``x0`` (1-D tensor). See the module docstring.
+
+    ``at_bound(x)`` returns a boolean mask of coordinates resting on a bound (in transformed
+    coordinates their gradient vanishes only in the limit); the stationarity tests skip them.
 
     >>> import torch
     >>> t = torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)
@@ -174,7 +181,8 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable | None = N
     it = 0
     while it < options.max_iter:
         it += 1
-        if fnorm <= options.residual_floor or scaled_gradient(jac, r) <= gtol:
+        exempt = at_bound(x) if at_bound is not None else None
+        if fnorm <= options.residual_floor or scaled_gradient(jac, r, exempt) <= gtol:
             status, message = "converged", ("residuals at working precision" if fnorm <= options.residual_floor
                                             else "scaled gradient below gtol")
             break
@@ -230,7 +238,7 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable | None = N
         if status in ("converged", "stopped"):
             break
     if status == "converged" and fnorm > options.residual_floor:
-        measure = scaled_gradient(jac, r)
+        measure = scaled_gradient(jac, r, at_bound(x) if at_bound is not None else None)
         if measure > options.stationary:
             status = "stalled"
             message = (f"stopped at a point that is not stationary (scaled gradient {measure:.2e} > "
@@ -244,7 +252,7 @@ STRATEGIES = (("jacobian", 100.0), ("none", 100.0), ("jacobian", 1.0), ("none", 
 
 def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable | None = None,
                                options: LMOptions = LMOptions(), callback: Callable | None = None,
-                               restarts: bool = True) -> tuple[LMOutcome, str]:
+                               restarts: bool = True, at_bound: Callable | None = None) -> tuple[LMOutcome, str]:
     """Levenberg-Marquardt from ``x0`` with a small portfolio of strategies.
 
     MINPACK's choices (Jacobian scaling, initial trust region 100*||D x0||) and unscaled steps
@@ -262,7 +270,7 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable | N
     for i, (scaling, factor) in enumerate(plan):
         if best is not None and (best.status == "stopped" or (i >= 2 and best.status == "converged")):
             break
-        out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback,
+        out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback, at_bound=at_bound,
                                   options=replace(options, scaling=scaling, factor=factor))
         total_res += out.n_residual
         total_jac += out.n_jacobian
