@@ -16,7 +16,11 @@ __all__ = ["least_squares_fit", "with_uncertainty", "uncertainty_fields"]
 
 def least_squares_fit(model, space, train_arr, val_arr, method, *, dtype, device, settings, max_iter, tol,
                       absolute_sigma, log_every, progress, callbacks, notes, n_train, n_val):
-    problem = LeastSquaresProblem.from_arrays(model, space, train_arr, dtype, device)
+    import torch
+
+    # Least squares always computes in float64 on the CPU: the dense algebra of one fit is
+    # small, and precision is the point (dtype/device apply to first-order training).
+    problem = LeastSquaresProblem.from_arrays(model, space, train_arr, torch.float64, torch.device("cpu"))
     cbs = list(callbacks)
     if log_every:
         cbs.append(LogCallback(int(log_every), unit="iteration"))
@@ -33,7 +37,7 @@ def least_squares_fit(model, space, train_arr, val_arr, method, *, dtype, device
 
     outcome = solve(problem, method, max_iter=max_iter, tol=tol, callback=on_iteration if cbs else None)
     values = outcome.values
-    if method == "lm" and settings.get("dtype") == "float64" and outcome.status == "converged":
+    if method == "lm" and outcome.status == "converged":
         values = refine_residuals(problem, values)
     for cb in cbs:
         cb.on_train_end(outcome.status, outcome.iterations)

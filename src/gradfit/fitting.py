@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import lru_cache
 from typing import Mapping, Sequence
 
 from .data.dataset import as_float_array, prepare_arrays
@@ -46,11 +47,18 @@ def resolve_dtype(dtype):
     raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
 
 
+@lru_cache(maxsize=1)
+def _auto_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def resolve_device(device):
     import torch
 
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return _auto_device()
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):

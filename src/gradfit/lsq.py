@@ -108,6 +108,46 @@ class LeastSquaresProblem:
         """Weighted residuals as a function of the free parameters' values (no transforms)."""
         return self._weighted(self.predict(self.space.as_dict(v, internal=False)) - self.y)
 
+    def lm_functions(self):
+        """(residual, jacobian) of the weighted residuals as float64 numpy functions of the free
+        parameters' internal coordinates. Formula models are evaluated in numpy with their
+        symbolic partials; other models (and tied parameters) in torch, with the Jacobian
+        from torch.func.jacfwd."""
+        space = self.space
+        inputs, y, w = self._numpy
+        sw = None if w is None else np.sqrt(w)
+        if self.numpy_ready:
+            model = self.model
+            index = [space.names.index(n) for n in space.free]
+
+            def residual(u):
+                with np.errstate(all="ignore"):  # trial steps may overflow; LM rejects them
+                    r = model.forward_numpy(inputs, space.values_from_internal(u)) - y
+                return r if sw is None else r * sw
+
+            def jacobian(u):
+                with np.errstate(all="ignore"):
+                    partials = model.partials_numpy(inputs, space.values_from_internal(u))
+                jac = np.column_stack([partials[i] for i in index])
+                if space.has_bounds:
+                    jac = jac * np.asarray(space.internal_derivative_values(u))
+                return jac if sw is None else jac * sw[:, None]
+
+            return residual, jacobian
+        import torch
+        from torch.func import jacfwd
+
+        def residual(u):
+            with torch.no_grad():
+                return self.residual(torch.as_tensor(u, dtype=self.y.dtype)).detach().cpu().numpy()
+
+        jac_fn = jacfwd(self.residual)
+
+        def jacobian(u):
+            return jac_fn(torch.as_tensor(u, dtype=self.y.dtype)).detach().cpu().numpy()
+
+        return residual, jacobian
+
     def _weighted(self, r):
         if self._numpy[2] is None:
             return r
@@ -192,30 +232,29 @@ def _predict_numpy(model, inputs: dict, values: dict) -> np.ndarray:
 
 
 def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None, callback) -> LSQOutcome:
-    import torch
-
     from .optim.lm import LMOptions, robust_levenberg_marquardt
 
-    dtype, device = problem.y.dtype, problem.y.device
-    u0 = problem.space.internal_start(dtype, device)
-    _, y_np, w_np = problem.numpy()
-    y_norm = float(np.linalg.norm(y_np if w_np is None else y_np * np.sqrt(w_np)))
-    floor = 1e4 * torch.finfo(dtype).eps * y_norm
-    options = LMOptions(max_iter=max_iter, residual_floor=floor,
+    _, y, w = problem.numpy()
+    y_norm = float(np.linalg.norm(y if w is None else y * np.sqrt(w)))
+    options = LMOptions(max_iter=max_iter, residual_floor=1e4 * np.finfo(np.float64).eps * y_norm,
                         **({"ftol": tol, "xtol": tol} if tol is not None else {}))
-    if dtype == torch.float32:
-        options = LMOptions(max_iter=max_iter, residual_floor=floor, stationary=1e-3,
-                            **({"ftol": tol, "xtol": tol} if tol is not None else {}))
     lm_cb = None
     if callback is not None:
         def lm_cb(it, cost):
-            callback(it, problem.mean_loss(cost))
+            return callback(it, problem.mean_loss(cost))
+    residual, jacobian = problem.lm_functions()
     at_bound = problem.space.bound_mask if problem.space.has_bounds else None
-    out, strategy = robust_levenberg_marquardt(problem.residual, u0, options=options, callback=lm_cb,
-                                               at_bound=at_bound)
-    with torch.no_grad():
-        full = problem.space.full(out.x)
-    values = dict(zip(problem.space.names, full.double().tolist()))
+    u0 = np.array(problem.space.internal_start_values(), dtype=np.float64)
+    out, strategy = robust_levenberg_marquardt(residual, u0, jacobian=jacobian, options=options,
+                                               callback=lm_cb, at_bound=at_bound)
+    if problem.space.ties:
+        import torch
+
+        with torch.no_grad():
+            full = problem.space.full(torch.as_tensor(out.x, dtype=torch.float64))
+        values = dict(zip(problem.space.names, full.tolist()))
+    else:
+        values = problem.space.values_from_internal(out.x)
     return LSQOutcome(values, out.status, out.message, out.iterations,
                       [problem.mean_loss(c) for c in out.history], strategy)
 
@@ -308,9 +347,6 @@ def _tied_stderr(space, values: dict, cov: np.ndarray) -> dict:
 def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3) -> dict:
     """Gauss-Newton refinement with residuals in 40-digit arithmetic (mixed-precision
     iterative refinement). Only worth it when the residuals sit near float64 rounding."""
-    import torch
-    from torch.func import jacfwd
-
     from .formula.precise import residuals_mp
 
     expr = getattr(problem.model, "expression", None)
@@ -318,12 +354,14 @@ def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3)
         return values
     space = problem.space
     inputs, y, w = problem.numpy()
+    if chi_square(problem, values) > 1e-20 * float(y @ y if w is None else w @ (y * y)):
+        return values  # residuals well above float64 rounding: nothing to gain
     current = dict(values)
     r = residuals_mp(expr, inputs, y, w, current)
+    _, jacobian = problem.lm_functions()
     for _ in range(steps):
-        v = torch.tensor([current[n] for n in space.free], dtype=torch.float64)
-        jac = jacfwd(problem.residual_of_free_values)(v.to(problem.y.dtype)).to(torch.float64)
-        step = torch.linalg.lstsq(jac, -torch.from_numpy(r).unsqueeze(1), driver="gelsd").solution.squeeze(1)
+        v = np.array([current[n] for n in space.free])
+        step = np.linalg.lstsq(jacobian(v), -r, rcond=None)[0]
         trial = dict(current)
         trial.update(zip(space.free, (v + step).tolist()))
         r_new = residuals_mp(expr, inputs, y, w, trial)

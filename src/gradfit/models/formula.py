@@ -32,6 +32,13 @@ def _names_in_order(node: Node) -> tuple[str, ...]:
     return tuple(sorted(seen, key=lambda k: (seen[k], k)))
 
 
+@lru_cache(maxsize=256)
+def _bound(parsed: ParsedFormula, inputs: tuple[str, ...], name: str | None) -> "FormulaModel":
+    # A bound model only caches derived, immutable things (compiled partials), so one
+    # instance per (formula, inputs) serves every fit.
+    return FormulaModel(parsed, inputs=inputs, name=name)
+
+
 class FormulaModel(Model):
     """A model given by a formula. Names that are inputs are fixed by :meth:`bind`; every
     other free name is a parameter.
@@ -80,7 +87,7 @@ class FormulaModel(Model):
         """Return a copy whose inputs are the formula names found in ``available`` (data
         columns or named inputs)."""
         available = set(available)
-        model = FormulaModel(self.parsed, inputs=[n for n in self._ordered if n in available], name=self.name)
+        model = _bound(self.parsed, tuple(n for n in self._ordered if n in available), self.name)
         if not model.input_names and self._ordered:
             raise FormulaError(
                 f"formula {self.text!r} uses none of the data's names ({', '.join(sorted(available)) or 'none'}); "

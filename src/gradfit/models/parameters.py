@@ -106,19 +106,43 @@ class ParameterSpace:
                     out.append(n)
         return out
 
-    def bound_mask(self, u, rtol: float = 1e-6):
-        """Boolean tensor over the free parameters: True where the value (from internal ``u``)
+    def bound_mask(self, u, rtol: float = 1e-6) -> list[bool]:
+        """Per free parameter: True where its value (from internal ``u``, a sequence of floats)
         rests on one of its bounds, within ``rtol`` of the bounds' span or scale."""
-        import torch
-
-        full = self.full(u.detach())
-        index = {n: i for i, n in enumerate(self.names)}
         mask = []
-        for n in self.free:
-            v, lo, hi = float(full[index[n]]), self.lower[n], self.upper[n]
+        for n, ui in zip(self.free, [float(v) for v in u]):
+            lo, hi = self.lower[n], self.upper[n]
+            v = _from_internal_float(ui, lo, hi)
             span = (hi - lo) if math.isfinite(lo) and math.isfinite(hi) else max(1.0, abs(v))
             mask.append(any(math.isfinite(b) and abs(v - b) <= rtol * span for b in (lo, hi)))
-        return torch.tensor(mask, dtype=torch.bool, device=u.device)
+        return mask
+
+    # -- float (numpy) coordinates, for the least-squares kernels -----------------------------
+    def internal_start_values(self) -> list[float]:
+        return [_to_internal(self.values[n], self.lower[n], self.upper[n]) for n in self.free]
+
+    def values_from_internal(self, u) -> dict:
+        """Every parameter as a float from internal free coordinates (no ties: see
+        :meth:`full` for those)."""
+        out = dict(self.values)
+        for n, ui in zip(self.free, [float(v) for v in u]):
+            out[n] = _from_internal_float(ui, self.lower[n], self.upper[n])
+        return out
+
+    def internal_derivative_values(self, u) -> list[float]:
+        """d p_free / d u as floats."""
+        out = []
+        for n, ui in zip(self.free, [float(v) for v in u]):
+            lo, hi = self.lower[n], self.upper[n]
+            if math.isfinite(lo) and math.isfinite(hi):
+                out.append((hi - lo) / 2.0 * math.cos(ui))
+            elif math.isfinite(lo):
+                out.append(ui / math.sqrt(ui * ui + 1.0))
+            elif math.isfinite(hi):
+                out.append(-ui / math.sqrt(ui * ui + 1.0))
+            else:
+                out.append(1.0)
+        return out
 
     # -- coordinates ----------------------------------------------------------------------
     def internal_start(self, dtype, device):
@@ -193,6 +217,16 @@ def _to_internal(v: float, lo: float, hi: float) -> float:
     if math.isfinite(hi):
         return math.sqrt((hi - v + 1.0) ** 2 - 1.0)
     return v
+
+
+def _from_internal_float(u: float, lo: float, hi: float) -> float:
+    if math.isfinite(lo) and math.isfinite(hi):
+        return lo + (hi - lo) * (math.sin(u) + 1.0) / 2.0
+    if math.isfinite(lo):
+        return lo - 1.0 + math.sqrt(u * u + 1.0)
+    if math.isfinite(hi):
+        return hi + 1.0 - math.sqrt(u * u + 1.0)
+    return u
 
 
 def _from_internal(u, lo: float, hi: float):

@@ -1,4 +1,4 @@
-"""Levenberg-Marquardt for least squares, on torch tensors.
+"""Levenberg-Marquardt for least squares.
 
 Minimises ``0.5 * ||r(x)||^2`` for a residual closure ``r``, in the trust-region form of
 Moré (1978), the algorithm of MINPACK's lmder: each iteration finds the damping ``lam`` for
@@ -6,11 +6,12 @@ which the scaled step ``||D dx||`` fills the trust region ``Delta``, where
 ``dx = -(J^T J + lam D^2)^(-1) J^T r``; ``Delta`` grows or shrinks with the ratio of actual to
 predicted reduction. The damped system is solved through the SVD of ``J D^-1`` (no normal
 equations, so no squared condition number), which also makes the search for ``lam`` a scalar
-root-finding problem costing O(P) per trial. ``D`` is Moré's scaling, the running maximum of
-the Jacobian's column norms, or the identity (``scaling="none"``).
+Newton iteration costing O(P) per trial. ``D`` is Moré's scaling, the running maximum of the
+Jacobian's column norms, or the identity (``scaling="none"``).
 
-The Jacobian comes from ``torch.func.jacfwd`` or a caller-supplied function (exact either
-way: no finite differences).
+The kernel works on float64 numpy arrays: a single fit's dense algebra is tiny, and torch's
+per-operation overhead on CPU would dominate it. The caller supplies the residual and its
+exact Jacobian (gradfit evaluates formulas in numpy and torch models with torch.func).
 
 Stopping is honest: "converged" needs a relative cost reduction below ftol (actual and
 predicted), a trust region below xtol, or a scaled gradient below gtol, and the final point
@@ -24,14 +25,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 __all__ = ["LMOptions", "LMOutcome", "levenberg_marquardt", "scaled_gradient", "default_tolerances"]
 
 
-def default_tolerances(dtype) -> tuple[float, float, float]:
+def default_tolerances(dtype=np.float64) -> tuple[float, float, float]:
     """(ftol, xtol, gtol) for a dtype: a little above its rounding level."""
-    import torch
-
-    eps = torch.finfo(dtype).eps
+    eps = float(np.finfo(dtype).eps)
     return (10 * eps, 100 * eps, 10 * eps)
 
 
@@ -64,116 +65,118 @@ class LMOutcome:
     n_jacobian: int = 0
 
 
-def scaled_gradient(jac, r, exempt=None) -> float:
+def scaled_gradient(jac: np.ndarray, r: np.ndarray, exempt=None) -> float:
     """max_j |J_j . r| / (||J_j|| ||r||): the cosine between the residual and each Jacobian
     column (MINPACK's gtol measure); 0 at a stationary point, scale-free. Columns flagged in
     ``exempt`` (parameters resting on a bound) are left out."""
-    import torch
-
-    rn = torch.linalg.vector_norm(r)
-    if rn == 0:
+    rn = float(np.linalg.norm(r))
+    if rn == 0.0:
         return 0.0
-    cn = torch.linalg.vector_norm(jac, dim=0)
+    cn = np.sqrt(np.einsum("ij,ij->j", jac, jac))
     ok = cn > 0
     if exempt is not None:
-        ok = ok & ~exempt
-    if not bool(ok.any()):
+        ok &= ~np.asarray(exempt, dtype=bool)
+    if not ok.any():
         return 0.0
-    g = (jac.T @ r).abs()
+    g = np.abs(jac.T @ r)
     return float((g[ok] / (cn[ok] * rn)).max())
 
 
 class _Subproblem:
-    """The trust-region subproblem at one point, solved through the SVD of J D^-1."""
+    """The trust-region subproblem at one point, solved through the SVD of J D^-1.
 
-    def __init__(self, jac, r, d):
-        import torch
+    Only the SVD touches the (n, P) Jacobian; everything after it works on P numbers in
+    numpy, so the search for the damping costs microseconds.
+    """
 
-        u, s, vt = torch.linalg.svd(jac / d, full_matrices=False)
-        self.s, self.vt, self.d = s, vt, d
+    def __init__(self, jac: np.ndarray, r: np.ndarray, d: np.ndarray):
+        u, s, vt = np.linalg.svd(jac / d, full_matrices=False)
+        self.s, self.vt = s, vt
         self.c = u.T @ r  # r's coordinates in the range of J
-        self.rank_cut = s[0] * max(jac.shape) * torch.finfo(s.dtype).eps if s.numel() else 0.0
+        self.rank_cut = s[0] * max(jac.shape) * np.finfo(np.float64).eps if s.size else 0.0
 
-    def step(self, lam: float):
-        """The scaled step z = D dx for damping lam (lam = 0: Gauss-Newton, pseudo-inverse)."""
-        import torch
-
+    def coefficients(self, lam: float):
         s = self.s
         if lam == 0.0:
-            inv = torch.where(s > self.rank_cut, 1.0 / torch.where(s > 0, s, torch.ones_like(s)),
-                              torch.zeros_like(s))
-        else:
-            inv = s / (s * s + lam)
-        return -(self.vt.T @ (inv * self.c))
+            safe = np.where(s > self.rank_cut, s, 1.0)
+            return np.where(s > self.rank_cut, 1.0 / safe, 0.0)
+        return s / (s * s + lam)
+
+    def step(self, lam: float) -> np.ndarray:
+        """The scaled step z = D dx for damping lam (lam = 0: Gauss-Newton, pseudo-inverse)."""
+        return -(self.vt.T @ (self.coefficients(lam) * self.c))
 
     def norm(self, lam: float) -> float:
-        import torch
-
-        return float(torch.linalg.vector_norm(self.step(lam)))
+        return float(np.linalg.norm(self.coefficients(lam) * self.c))
 
     def damping_for(self, delta: float, lam_hint: float) -> float:
-        """The lam >= 0 with ||step(lam)|| within 10% of delta (0 if the GN step fits)."""
+        """The lam >= 0 with ||step(lam)|| within 10% of delta (0 if the GN step fits).
+
+        Newton's method on 1/||z(lam)|| - 1/delta (nearly linear in lam, Hebden/Moré),
+        safeguarded by a bracket that shrinks every iteration.
+        """
         if self.norm(0.0) <= 1.1 * delta:
             return 0.0
-        # ||step(lam)|| decreases monotonically in lam: bracket, then bisect in log space.
-        lo, hi = 0.0, max(lam_hint, 1e-12 * float(self.s[0]) ** 2 + 1e-300)
-        while self.norm(hi) > delta:
-            lo, hi = hi, hi * 10.0
-            if hi > 1e300:
-                return hi
-        for _ in range(100):
-            mid = math.sqrt(lo * hi) if lo > 0 else hi / 10.0
-            n = self.norm(mid)
-            if 0.9 * delta <= n <= 1.1 * delta:
-                return mid
-            if n > delta:
-                lo = mid
+        s2, c2 = self.s * self.s, self.c * self.c
+        lo, hi = 0.0, math.inf
+        lam = max(lam_hint, 1e-12 * float(s2[0]) if s2.size else 1e-12)
+        for _ in range(60):
+            q = s2 + lam
+            norm2 = float(np.sum(s2 * c2 / (q * q)))
+            norm = math.sqrt(norm2)
+            if 0.9 * delta <= norm <= 1.1 * delta:
+                return lam
+            if norm > delta:
+                lo = lam
             else:
-                hi = mid
-            if lo > 0 and hi / lo < 1.0 + 1e-12:
-                break
-        return hi
+                hi = lam
+            dnorm2 = -2.0 * float(np.sum(s2 * c2 / (q * q * q)))  # d ||z||^2 / d lam
+            # Newton step for phi(lam) = 1/||z|| - 1/delta: phi' = -dnorm2 / (2 ||z||^3)
+            phi = 1.0 / norm - 1.0 / delta if norm > 0 else -1.0 / delta
+            dphi = -dnorm2 / (2.0 * norm2 * norm) if norm > 0 else 0.0
+            new = lam - phi / dphi if dphi > 0 else math.nan
+            if not (lo < new < hi) or not math.isfinite(new):
+                new = math.sqrt(lo * hi) if (lo > 0 and math.isfinite(hi)) else (lam * 10.0 if hi == math.inf
+                                                                                  else 0.5 * (lo + hi))
+            lam = new
+            if lam > 1e300:
+                return lam
+        return lam
 
 
-def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable | None = None,
-                        options: LMOptions = LMOptions(), callback: Callable | None = None,
-                        at_bound: Callable | None = None) -> LMOutcome:
-    """Minimise ``0.5*||residual(x)||^2`` from ``x0`` (1-D tensor). See the module docstring.
+def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMOptions(),
+                        callback: Callable | None = None, at_bound: Callable | None = None) -> LMOutcome:
+    """Minimise ``0.5*||residual(x)||^2`` from ``x0``. See the module docstring.
 
-    ``at_bound(x)`` returns a boolean mask of coordinates resting on a bound (in transformed
-    coordinates their gradient vanishes only in the limit); the stationarity tests skip them.
+    ``residual(x)`` returns the (n,) residuals and ``jacobian(x)`` their (n, P) Jacobian, as
+    float64 numpy arrays. ``at_bound(x)`` returns a boolean mask of coordinates resting on a
+    bound (in transformed coordinates their gradient vanishes only in the limit); the
+    stationarity tests skip them. A callback ``callback(iteration, cost)`` returning True stops.
 
-    >>> import torch
-    >>> t = torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)
-    >>> out = levenberg_marquardt(lambda p: p[0] * torch.exp(-p[1] * t) - 2 * torch.exp(-0.5 * t),
-    ...                           torch.tensor([1.0, 1.0], dtype=torch.float64))
+    >>> t = np.array([0.0, 1.0, 2.0, 3.0])
+    >>> res = lambda p: p[0] * np.exp(-p[1] * t) - 2 * np.exp(-0.5 * t)
+    >>> jac = lambda p: np.column_stack([np.exp(-p[1] * t), -p[0] * t * np.exp(-p[1] * t)])
+    >>> out = levenberg_marquardt(res, np.array([1.0, 1.0]), jacobian=jac)
     >>> out.status, [round(v, 6) for v in out.x.tolist()]
     ('converged', [2.0, 0.5])
     """
-    import torch
-    from torch.func import jacfwd
-
-    ftol_d, xtol_d, gtol_d = default_tolerances(x0.dtype)
+    ftol_d, xtol_d, gtol_d = default_tolerances()
     ftol = options.ftol if options.ftol is not None else ftol_d
     xtol = options.xtol if options.xtol is not None else xtol_d
     gtol = options.gtol if options.gtol is not None else gtol_d
-    jac_fn = jacobian or jacfwd(residual)
-    tiny = torch.finfo(x0.dtype).tiny
-
-    x = x0.detach().clone()
-    with torch.no_grad():
-        r = residual(x)
-    if not bool(torch.isfinite(r).all()):
+    x = np.array(x0, dtype=np.float64)
+    r = np.asarray(residual(x), dtype=np.float64)
+    if not np.isfinite(r).all():
         return LMOutcome(x, math.inf, "stalled", 0, "the residuals are not finite at the starting point", [], 1, 0)
-    fnorm = float(torch.linalg.vector_norm(r))
-    jac = jac_fn(x)
+    fnorm = float(np.linalg.norm(r))
+    jac = np.asarray(jacobian(x), dtype=np.float64)
     n_res, n_jac = 1, 1
     if options.scaling == "none":
-        d = torch.ones_like(x)
+        d = np.ones_like(x)
     else:
-        d = torch.linalg.vector_norm(jac, dim=0)
-        d = torch.where(d > 0, d, torch.ones_like(d))
-    xnorm = float(torch.linalg.vector_norm(d * x))
+        d = np.sqrt(np.einsum("ij,ij->j", jac, jac))
+        d = np.where(d > 0, d, 1.0)
+    xnorm = float(np.linalg.norm(d * x))
     delta = options.factor * xnorm if xnorm > 0 else options.factor
     lam = 0.0
     history = [0.5 * fnorm**2]
@@ -191,17 +194,15 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable | None = N
             lam = sub.damping_for(delta, lam)
             z = sub.step(lam)
             dx = z / d
-            pnorm = float(torch.linalg.vector_norm(z))
+            pnorm = float(np.linalg.norm(z))
             if it == 1:
                 delta = min(delta, pnorm)
             x_new = x + dx
-            with torch.no_grad():
-                r_new = residual(x_new)
+            r_new = np.asarray(residual(x_new), dtype=np.float64)
             n_res += 1
-            fnorm1 = float(torch.linalg.vector_norm(r_new)) if bool(torch.isfinite(r_new).all()) else math.inf
+            fnorm1 = float(np.linalg.norm(r_new)) if np.isfinite(r_new).all() else math.inf
             actred = 1.0 - (fnorm1 / fnorm) ** 2 if 0.1 * fnorm1 < fnorm else -1.0
-            jdx = jac @ dx
-            t1 = float(torch.linalg.vector_norm(jdx)) / fnorm
+            t1 = float(np.linalg.norm(jac @ dx)) / fnorm
             t2 = math.sqrt(lam) * pnorm / fnorm
             prered = t1**2 + 2.0 * t2**2
             dirder = -(t1**2 + t2**2)
@@ -218,11 +219,11 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable | None = N
             accepted = ratio >= 1e-4
             if accepted:
                 x, r, fnorm = x_new, r_new, fnorm1
-                jac = jac_fn(x)
+                jac = np.asarray(jacobian(x), dtype=np.float64)
                 n_jac += 1
                 if options.scaling != "none":
-                    d = torch.maximum(d, torch.linalg.vector_norm(jac, dim=0))
-                xnorm = float(torch.linalg.vector_norm(d * x))
+                    d = np.maximum(d, np.sqrt(np.einsum("ij,ij->j", jac, jac)))
+                xnorm = float(np.linalg.norm(d * x))
                 history.append(0.5 * fnorm**2)
                 if callback is not None and callback(it, history[-1]):
                     status, message = "stopped", f"stopped by a callback at iteration {it}"
@@ -250,16 +251,16 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable | None = N
 STRATEGIES = (("jacobian", 100.0), ("none", 100.0), ("jacobian", 1.0), ("none", 1.0))
 
 
-def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable | None = None,
+def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
                                options: LMOptions = LMOptions(), callback: Callable | None = None,
                                restarts: bool = True, at_bound: Callable | None = None) -> tuple[LMOutcome, str]:
     """Levenberg-Marquardt from ``x0`` with a small portfolio of strategies.
 
-    MINPACK's choices (Jacobian scaling, initial trust region 100*||D x0||) and unscaled steps
-    each fail on some hard starts that the other solves (NIST BoxBOD and MGH09 from their first
-    start; MGH10 needs a cautious initial trust region). The first two always run and the
-    lower cost wins; the cautious ones run only if neither converged. Returns the outcome and
-    the strategy that produced it, e.g. "scaling=jacobian, factor=100".
+    MINPACK's choices (Jacobian scaling, initial trust region 100*||D x0||) come first; when
+    they end without converging (NIST BoxBOD from its first start stalls on a plateau), unscaled
+    steps and then cautious initial trust regions (MGH10's first start) are tried in turn. The
+    first converged run wins; if none converges, the lowest cost. Returns the outcome and the
+    strategy that produced it, e.g. "scaling=jacobian, factor=100".
     """
     from dataclasses import replace
 
@@ -268,7 +269,7 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable | N
     best_name = ""
     total_res = total_jac = 0
     for i, (scaling, factor) in enumerate(plan):
-        if best is not None and (best.status == "stopped" or (i >= 2 and best.status == "converged")):
+        if best is not None and best.status in ("stopped", "converged"):
             break
         out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback, at_bound=at_bound,
                                   options=replace(options, scaling=scaling, factor=factor))
