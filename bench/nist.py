@@ -94,12 +94,41 @@ def run_lmfit(problem, start):
     return digits(vals, problem), sd_digits(sds, problem), bool(out.success)
 
 
+def linear_table(paths, markdown: bool) -> None:
+    """Linear problems: gradfit (direct solve through the formula) vs numpy.linalg.lstsq on the
+    same design matrix (SVD, the usual tool)."""
+    print()
+    rows = []
+    for path in paths:
+        p = read_strd(path)
+        if not p.linear:
+            continue
+        r = gf.fit(p.formula, data=p.columns, dtype="float64")
+        model = FormulaModel(p.formula).bind(p.columns)
+        inputs = {n: p.columns[n] for n in model.input_names}
+        design = np.column_stack(model.partials_numpy(inputs, {n: 0.0 for n in model.param_names}))
+        y = model.response_numpy(p.columns)
+        coef = np.linalg.lstsq(design, y, rcond=None)[0]
+        rows.append([p.name, f"{digits([r.params[n] for n in p.param_names], p):.1f}",
+                     f"{sd_digits([r.stderr[n] for n in p.param_names], p):.1f}", f"{digits(coef, p):.1f}"])
+    header = ["problem", "gradfit params", "gradfit sd", "numpy lstsq params"]
+    if markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+    else:
+        for row in [header, *rows]:
+            print("  ".join(c.ljust(18) for c in row))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--nist", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "nist_strd"))
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = ap.parse_args()
-    problems = [read_strd(p) for p in sorted(Path(args.nist).glob("*.dat"))]
+    paths = sorted(Path(args.nist).glob("*.dat"))
+    problems = [read_strd(p) for p in paths]
     problems = [p for p in problems if not p.linear]
     tools = {"gradfit": run_gradfit, "scipy": run_scipy, "lmfit": run_lmfit}
     rows = []
@@ -130,6 +159,7 @@ def main():
     for t, v in totals.items():
         print(f"{t:8s} >=4 digits: start1 {v['ge4'][0]}/27, start2 {v['ge4'][1]}/27;  >=6 digits: start1 "
               f"{v['ge6'][0]}/27, start2 {v['ge6'][1]}/27;  silent misses {v['silent']};  time {v['time']:.1f} s")
+    linear_table(paths, args.markdown)
 
 
 if __name__ == "__main__":

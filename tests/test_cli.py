@@ -120,3 +120,56 @@ def test_demo(tmp_path):
     assert "0.5367" in out and "-17.3021" in out
     for name in ("fit.png", "loss.png", "sgd_vs_adam.png"):
         assert (tmp_path / "demo" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture
+def decay_csv(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    x = np.linspace(0, 10, 40)
+    y = 3 * np.exp(-0.4 * x) + 1 + 0.02 * rng.standard_normal(40)
+    path = tmp_path / "decay.csv"
+    path.write_text("x,y,s\n" + "".join(f"{a},{b},0.02\n" for a, b in zip(x, y)))
+    return path
+
+
+def test_fit_least_squares_json_has_uncertainties(decay_csv):
+    rc, out, err = run("fit", decay_csv, "y ~ a*exp(-k*x) + c", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["method"] == "lm" and doc["status"] == "converged"
+    assert set(doc["stderr"]) == {"a", "k", "c"} and doc["stderr"]["k"] > 0
+    assert {"chisqr", "redchi", "r2", "aic", "bic", "rmse", "dof", "n"} <= set(doc["statistics"])
+    assert doc["params"]["k"] == pytest.approx(0.4, abs=0.01)
+
+
+def test_fit_bounds_fix_tie_sigma(decay_csv):
+    rc, out, err = run("fit", decay_csv, "y ~ a*exp(-k*x) + c", "--bounds", "k=0:0.3", "--fix", "c=1",
+                       "--sigma", "s", "--absolute-sigma", "--json")
+    assert rc == 0, err
+    p = json.loads(out)["params"]
+    assert p["k"] == pytest.approx(0.3, abs=1e-7) and p["c"] == 1.0
+    rc, out, err = run("fit", decay_csv, "y ~ a*exp(-k*x) + c", "--tie", "c=a/3", "--json")
+    p = json.loads(out)["params"]
+    assert rc == 0 and p["c"] == pytest.approx(p["a"] / 3)
+
+
+def test_report_and_singular_warning(decay_csv):
+    rc, out, err = run("fit", decay_csv, "y ~ a*b*exp(-k*x) + c")
+    assert rc == 0
+    assert "singular" in out and "undetermined" in out
+    assert "warning" in err and "a, b" in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--bounds", "k=2:1"), "greater than max"),
+    (("--bounds", "k=zero:1"), "must be numbers"),
+    (("--tie", "c=a", "--tie", "a=c"), "cycle"),
+    (("--tie", "c=q*2"), "unknown parameter 'q'"),
+    (("--init", "k=5", "--bounds", "k=0:1"), "outside its bounds"),
+    (("--sigma", "sd"), "did you mean 's'"),
+])
+def test_least_squares_bad_options_exit_2(decay_csv, args, needle):
+    rc, _, err = run("fit", decay_csv, "y ~ a*exp(-k*x) + c", *args)
+    assert rc == 2 and needle in err and "Traceback" not in err
