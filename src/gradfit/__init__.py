@@ -27,6 +27,8 @@ _LAZY = {
     "gradient": "gradfit.fitting",
     "loss_value": "gradfit.fitting",
     "curve_fit": "gradfit.scipy_compat",
+    "fit_many": "gradfit.batch",
+    "BatchResult": "gradfit.batch_result",
     "GradfitWarning": "gradfit.fitting",
     "read_strd": "gradfit.nist",
     "load": "gradfit.persist",

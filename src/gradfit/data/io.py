@@ -171,7 +171,11 @@ def write_csv(path, columns: dict[str, np.ndarray]) -> None:
 
 
 def _fmt(v) -> str:
-    if isinstance(v, (str, bytes)):
-        return v if isinstance(v, str) else v.decode()
+    if isinstance(v, (str, bytes, np.str_)):
+        return str(v) if not isinstance(v, bytes) else v.decode()
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
     v = float(v)
     return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))

@@ -151,3 +151,25 @@ def is_linear_in(node: Node, params: tuple[str, ...]) -> bool:
     except sp.PolynomialError:
         return False
     return poly.total_degree() <= 1
+
+
+def value_and_partials_program(node: Node, wrt: tuple[str, ...]):
+    """The model and its partial derivatives as one straight-line program with common
+    subexpressions computed once (sympy.cse): returns (assignments, outputs) where
+    assignments is a list of (temporary name, tree) evaluated in order and outputs are the
+    trees of [value, d/d wrt[0], ...] over inputs, parameters and temporaries."""
+    return _program_cached(node, tuple(wrt))
+
+
+@lru_cache(maxsize=256)
+def _program_cached(node: Node, wrt: tuple[str, ...]):
+    import sympy as sp
+
+    symbols: dict = {}
+    expr = to_sympy(node, symbols)
+    exprs = [expr] + [sp.diff(expr, symbols.get(n) or sp.Symbol(n, real=True)) for n in wrt]
+    # temporaries are named so they can never clash with user names (the parser refuses "__")
+    temps = (sp.Symbol(f"__t{i}", real=True) for i in range(10**6))
+    replacements, reduced = sp.cse(exprs, symbols=temps)
+    assignments = tuple((str(sym), from_sympy(sub)) for sym, sub in replacements)
+    return assignments, tuple(from_sympy(e) for e in reduced)

@@ -62,6 +62,7 @@ class FormulaModel(Model):
         self._compiled_response = compile_tree(self.parsed.response) if self.parsed.response is not None else None
         self._partials = None
         self._np_partials = None
+        self._program = None
         self._partials_constant = False
 
     def _set_inputs(self, inputs: set[str]) -> None:
@@ -123,6 +124,27 @@ class FormulaModel(Model):
         if isinstance(out, np.ndarray) and out.shape == ref.shape[:1]:
             return out
         return np.broadcast_to(np.asarray(out, dtype=float), ref.shape[:1]).copy()
+
+    def value_and_partials(self):
+        """A function env -> (value, [d value / d p for each parameter]) that computes common
+        subexpressions once (for fit_many, where every operation runs over millions of
+        points). Entries may be Python floats where a derivative is constant."""
+        if self._program is None:
+            from ..formula.symbolic import value_and_partials_program
+
+            assignments, outputs = value_and_partials_program(self.parsed.rhs, self.param_names)
+            steps = tuple((name, compile_tree(tree)) for name, tree in assignments)
+            outs = tuple(compile_tree(tree) for tree in outputs)
+
+            def program(env):
+                env = dict(env)
+                for name, fn in steps:
+                    env[name] = fn(env)
+                values = [fn(env) for fn in outs]
+                return values[0], values[1:]
+
+            self._program = program
+        return self._program
 
     def partials_numpy(self, inputs: Mapping, params: Mapping) -> list:
         """:meth:`partials` with numpy (float64), each broadcast to the data's length."""

@@ -82,3 +82,22 @@ def wants_progress(progress) -> bool:
     if progress is None:
         return sys.stderr.isatty()
     return bool(progress)
+
+
+class ChunkProgress:
+    """A rich progress bar over fits (fit_many), advanced chunk by chunk."""
+
+    def __init__(self, total: int, description: str = "fitting"):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._task, n)
+
+    def close(self) -> None:
+        self._progress.stop()

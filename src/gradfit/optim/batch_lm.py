@@ -1,0 +1,182 @@
+"""Batched Levenberg-Marquardt: one iteration for every fit of a batch at once.
+
+Each fit b has parameters theta[b] (P,), data y[b] (M,) with weights w[b] (0 masks a point).
+An iteration is one pass over the data and a tiny P x P solve per fit, all as tensor math
+over the batch (no Python loop over fits), in the scheme Gpufit uses:
+
+1. at the trial parameters, evaluate residuals r, the Jacobian J (B, M, P), chi-square, and
+   the normal equations A = J^T W J, g = J^T W r;
+2. a fit accepts the trial if its chi-square did not rise (keeping A, g from step 1) and divides its
+   damping by 10, otherwise multiplies the damping by 10 and keeps its last accepted point;
+3. an accepted step converges the fit when |delta chi2| < tol * max(1, chi2);
+4. the next trial solves (A + lam * diag(A)) d = -g by an unrolled Cholesky, then projects
+   onto the box bounds.
+
+Fits that converged (or failed) are frozen: their parameters no longer change, so one fit's
+trouble never disturbs another. Everything is written with broadcasting torch ops, so the
+same function runs eagerly or under torch.compile (shapes fixed per chunk).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["BatchState", "STATUS", "initial_state", "lm_iteration", "damped_solve", "standard_errors"]
+
+#: status codes of BatchResult.status
+STATUS = {0: "converged", 1: "max_iterations", 2: "singular", 3: "too_few_points", 4: "not_finite"}
+RUNNING = -1
+#: initial damping: 0.1 converged more fits (99.98% vs 99.94% at Gpufit's 1e-3) in fewer
+#: iterations on the Gaussian benchmark workload
+LAMBDA0 = 0.1
+
+
+@dataclass
+class BatchState:
+    theta: object  # (B, P) accepted parameters
+    trial: object  # (B, P) parameters evaluated next
+    lam: object  # (B,)
+    chi2: object  # (B,) chi-square at theta (inf before the first evaluation)
+    a: object  # (B, P, P) normal matrix at theta
+    g: object  # (B, P) gradient J^T W r at theta
+    status: object  # (B,) int: RUNNING or a code of STATUS
+    iterations: object  # (B,) int
+
+
+def initial_state(theta0, status0):
+    """Start: the first evaluation (at theta0) is always accepted."""
+    import torch
+
+    b, p = theta0.shape
+    return BatchState(theta=theta0.clone(), trial=theta0.clone(),
+                      lam=torch.full((b,), LAMBDA0, dtype=theta0.dtype, device=theta0.device),
+                      chi2=torch.full((b,), float("inf"), dtype=theta0.dtype, device=theta0.device),
+                      a=torch.zeros(b, p, p, dtype=theta0.dtype, device=theta0.device),
+                      g=torch.zeros(b, p, dtype=theta0.dtype, device=theta0.device),
+                      status=status0.clone(), iterations=torch.zeros(b, dtype=torch.int32, device=theta0.device))
+
+
+def lm_iteration(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol: float):
+    """One batched LM iteration (see the module docstring). ``residual_and_jacobian(theta)``
+    returns (f - y) (B, M) and the Jacobian as a list of P tensors (B, M) at ``theta``;
+    ``free`` (P,) is 1.0 for parameters that vary and 0.0 for fixed ones.
+
+    The normal equations are sums over points and the P x P solve is an unrolled Cholesky,
+    all elementwise over the batch, so torch.compile fuses an iteration into a few loops.
+    """
+    import torch
+
+    r, jac = residual_and_jacobian(state.trial)
+    used = w > 0
+    r = torch.where(used, r, torch.zeros_like(r))
+    jac = [torch.where(used, j, torch.zeros_like(j)) for j in jac]
+    p = len(jac)
+    wr = w * r
+    chi2 = (wr * r).sum(-1)
+    wj = [w * j for j in jac]
+    low = {(i, k): (wj[i] * jac[k]).sum(-1) for i in range(p) for k in range(i + 1)}  # A is symmetric
+    a = torch.stack([torch.stack([low[max(i, k), min(i, k)] for k in range(p)], dim=-1) for i in range(p)], dim=-2)
+    g = torch.stack([(wj[i] * r).sum(-1) for i in range(p)], dim=-1)
+
+    running = state.status == RUNNING
+    finite = torch.isfinite(chi2) & torch.isfinite(a).flatten(1).all(-1) & torch.isfinite(g).all(-1)
+    # "<=": at the optimum, rounding makes every further step cost the same or a hair more;
+    # a step that does not raise chi-square is taken (and then converges the fit)
+    accept = running & finite & (chi2 <= state.chi2)
+    first = torch.isinf(state.chi2)
+    delta = (state.chi2 - chi2).abs()
+    converged = accept & ~first & (delta < tol * torch.clamp(chi2, min=1.0))
+
+    acc1 = accept.unsqueeze(-1)
+    theta = torch.where(acc1, state.trial, state.theta)
+    a_new = torch.where(acc1.unsqueeze(-1), a, state.a)
+    g_new = torch.where(acc1, g, state.g)
+    chi2_new = torch.where(accept, chi2, state.chi2)
+    lam = torch.where(accept, state.lam * 0.1, state.lam * 10.0)
+    lam = torch.where(running, lam, state.lam)
+    status = torch.where(converged, torch.zeros_like(state.status), state.status)
+    # a fit whose first evaluation is already not finite cannot start
+    status = torch.where(running & first & ~finite, torch.full_like(status, 4), status)
+    # damping so large that no step can be taken: the fit is stuck where it is
+    status = torch.where((status == RUNNING) & (lam > 1e15), torch.full_like(status, 2), status)
+
+    step, ok = damped_solve(a_new, g_new, lam, free)
+    status = torch.where((status == RUNNING) & ~ok, torch.full_like(status, 2), status)
+    still = (status == RUNNING).unsqueeze(-1)
+    trial = torch.where(still, torch.minimum(torch.maximum(theta + step, lower), upper), theta)
+    iterations = state.iterations + running.to(state.iterations.dtype)
+    return BatchState(theta, trial, lam, chi2_new, a_new, g_new, status, iterations)
+
+
+def damped_solve(a, g, lam, free):
+    """Solve (A + lam diag(A)) d = -g for every fit by an unrolled Cholesky factorization
+    (elementwise over the batch), with fixed parameters held (d = 0). Returns (d, ok)."""
+    import torch
+
+    p = a.shape[-1]
+    free_l = [float(v) for v in free]  # a tuple of 0.0/1.0 (a compile-time constant)
+    m = [[None] * p for _ in range(p)]
+    for i in range(p):
+        for k in range(i + 1):
+            if free_l[i] and free_l[k]:
+                v = a[:, i, k] * (1.0 + lam) if i == k else a[:, i, k]
+            else:
+                v = torch.ones_like(lam) if i == k else torch.zeros_like(lam)
+            m[i][k] = v
+    rhs = [-g[:, i] if free_l[i] else torch.zeros_like(lam) for i in range(p)]
+    low = [[None] * p for _ in range(p)]
+    ok = torch.ones_like(lam, dtype=torch.bool)
+    for j in range(p):
+        s = m[j][j]
+        for k in range(j):
+            s = s - low[j][k] * low[j][k]
+        ok = ok & (s > 0)
+        d = torch.sqrt(torch.clamp(s, min=1e-300 if s.dtype == torch.float64 else 1e-30))
+        low[j][j] = d
+        for i in range(j + 1, p):
+            t = m[i][j]
+            for k in range(j):
+                t = t - low[i][k] * low[j][k]
+            low[i][j] = t / d
+    z = [None] * p
+    for i in range(p):
+        t = rhs[i]
+        for k in range(i):
+            t = t - low[i][k] * z[k]
+        z[i] = t / low[i][i]
+    x = [None] * p
+    for i in reversed(range(p)):
+        t = z[i]
+        for k in range(i + 1, p):
+            t = t - low[k][i] * x[k]
+        x[i] = t / low[i][i]
+    step = torch.stack(x, dim=-1)
+    ok = ok & torch.isfinite(step).all(-1)
+    return torch.where(ok.unsqueeze(-1), step, torch.zeros_like(step)), ok
+
+
+def standard_errors(a, chi2, n_points, free):
+    """sqrt(diag(A^-1) * chi2 / dof) per fit (NaN where A is singular or dof < 1); fixed
+    parameters get 0. Elementwise over the batch, like the solver (a batched LAPACK inverse
+    of 4x4 matrices costs more than the whole fit)."""
+    import torch
+
+    p = a.shape[-1]
+    zero_lam = torch.zeros_like(chi2)
+    diag = []
+    ok = torch.ones_like(chi2, dtype=torch.bool)
+    for j in range(p):
+        if not free[j]:
+            diag.append(torch.zeros_like(chi2))
+            continue
+        unit = torch.zeros(a.shape[:-1], dtype=a.dtype, device=a.device)
+        unit[:, j] = -1.0  # damped_solve solves A d = -g
+        col, good = damped_solve(a, unit, zero_lam, free)
+        diag.append(col[:, j])
+        ok = ok & good
+    var_unit = torch.stack(diag, dim=-1)
+    dof = n_points - float(sum(free))
+    scale = chi2 / dof
+    se = torch.sqrt(torch.clamp(var_unit * scale.unsqueeze(-1), min=0.0))
+    bad = ~ok | (dof < 1) | ~torch.isfinite(scale)
+    return torch.where(bad.unsqueeze(-1), torch.full_like(se, float("nan")), se)

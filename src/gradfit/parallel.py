@@ -1,0 +1,72 @@
+"""Scale-out for fit_many under torchrun: each rank fits a contiguous block of the batch and
+the blocks are gathered (every rank ends with the whole result; rank 0 is the one to use).
+
+Nothing happens outside torchrun: a single process gets the whole batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["world", "shard_range", "gather_result"]
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size), initializing the default process group under torchrun."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def shard_range(n: int) -> tuple[int, int]:
+    """This rank's block [start, stop) of n fits (contiguous, sizes differ by at most one)."""
+    rank, size = world()
+    base, extra = divmod(n, size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def gather_result(local, n_total: int):
+    """Concatenate every rank's BatchResult in rank order (identity in one process).
+
+    Arrays travel as tensors through all_gather (padded to the longest block); nothing is
+    pickled."""
+    rank, size = world()
+    if size == 1:
+        return local
+    import torch
+    import torch.distributed as dist
+
+    arrays = local.numeric_arrays()
+    n_local = len(local)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(size)]
+    dist.all_gather(counts, torch.tensor([n_local], dtype=torch.int64, device=device))
+    counts = [int(c.item()) for c in counts]
+    longest = max(counts)
+    merged = {}
+    for key, value in arrays.items():
+        t = torch.as_tensor(np.ascontiguousarray(value), device=device)
+        padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=device)
+        padded[:n_local] = t
+        pieces = [torch.empty_like(padded) for _ in range(size)]
+        dist.all_gather(pieces, padded)
+        merged[key] = np.concatenate([p[:c].cpu().numpy() for p, c in zip(pieces, counts)])
+    result = local.with_arrays(merged)
+    result.timings["world_size"] = size
+    if len(result) != n_total:
+        raise RuntimeError(f"gathered {len(result)} fits, expected {n_total}")
+    return result
