@@ -173,3 +173,53 @@ def test_report_and_singular_warning(decay_csv):
 def test_least_squares_bad_options_exit_2(decay_csv, args, needle):
     rc, _, err = run("fit", decay_csv, "y ~ a*exp(-k*x) + c", *args)
     assert rc == 2 and needle in err and "Traceback" not in err
+
+
+@pytest.fixture
+def batch_files(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(2)
+    x = np.arange(32.0)
+    t = np.column_stack([rng.uniform(200, 1000, 40), 15.5 + rng.uniform(-4, 4, 40), rng.uniform(2, 4, 40),
+                         rng.uniform(10, 100, 40)])
+    y = rng.poisson(t[:, :1] * np.exp(-(x - t[:, 1:2]) ** 2 / (2 * t[:, 2:3] ** 2)) + t[:, 3:4]).astype(float)
+    np.save(tmp_path / "y.npy", y)
+    wide = tmp_path / "wide.csv"
+    wide.write_text(",".join([f"y_{i}" for i in range(32)] + ["a", "c", "w", "o"]) + "\n" + "".join(
+        ",".join(map(str, [*y[i], *(t[i] * 1.1)])) + "\n" for i in range(40)))
+    long = tmp_path / "long.csv"
+    long.write_text("fit,x,y\n" + "".join(f"{i},{x[j]},{y[i, j]}\n" for i in range(40) for j in range(20 + i % 12)))
+    return tmp_path, t
+
+
+def test_fit_many_cli_formats(batch_files):
+    import numpy as np
+    import pandas as pd
+
+    d, truth = batch_files
+    rc, out, err = run("fit-many", d / "y.npy", "gaussian", "--init", "guess", "--out", d / "r.parquet", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["fits"] == 40 and doc["converged_fraction"] >= 0.95
+    table = pd.read_parquet(d / "r.parquet")
+    assert np.median(np.abs(table["mu"] - truth[:, 1])) < 0.1
+    rc, out, err = run("fit-many", d / "wide.csv", "a*exp(-(x-c)**2/(2*w**2)) + o", "--out", d / "r.csv")
+    assert rc == 0 and "40 converged" in out, (out, err)
+    rows = list(csv.DictReader((d / "r.csv").open()))
+    assert len(rows) == 40 and {"a", "a_stderr", "status", "chi2"} <= set(rows[0])
+    rc, out, err = run("fit-many", d / "long.csv", "gaussian", "--id-column", "fit", "--x", "x", "--y", "y",
+                       "--init", "guess", "--json")
+    assert rc == 0, err and json.loads(out)["fits"] == 40
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("{d}/wide.csv", "a*x + b"), "no starting value for b"),
+    (("{d}/y.npy", "gaussian", "--x-values", "0:10", "--init", "guess"), "gives 10 values"),
+    (("{d}/long.csv", "gaussian", "--id-column", "fid", "--x", "x", "--y", "y"), "did you mean 'fit'"),
+    (("{d}/missing.npy", "gaussian"), "no such file"),
+])
+def test_fit_many_cli_errors(batch_files, args, needle):
+    d, _ = batch_files
+    rc, _, err = run("fit-many", *[a.format(d=d) for a in args])
+    assert rc == 2 and needle in err and "Traceback" not in err

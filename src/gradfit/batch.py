@@ -111,7 +111,10 @@ def fit_many(model, x, y, *, init=None, bounds: Mapping | None = None, fixed=Non
 def _as_2d(a, what: str) -> np.ndarray:
     from .data.dataset import as_float_array
 
-    arr = as_float_array(a, what)
+    if isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64):
+        arr = a  # no float64 copy of a large float32 batch
+    else:
+        arr = as_float_array(a, what)
     if arr.ndim == 1:
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -149,6 +152,8 @@ def _weights(weights, sigma, mask, y: np.ndarray) -> np.ndarray:
 
     if weights is not None and sigma is not None:
         raise ConfigError("pass either sigma or weights, not both (weights = 1/sigma**2)")
+    if weights is None and sigma is None and mask is None:
+        return np.isfinite(y).astype(np.float32)  # the common case, kept cheap: 1, or 0 for NaN
     w = np.ones_like(y)
     if sigma is not None:
         s = np.broadcast_to(as_float_array(sigma, "sigma"), y.shape) if np.ndim(sigma) else None
@@ -298,9 +303,7 @@ def _run(model, names, inputs, y, w, theta0, lower, upper, free, tol, max_iter, 
         state, first_iter_s = _iterate(make_step, tensors, max_iter)
         if fresh:
             warmup += first_iter_s
-        from .optim.batch_lm import standard_errors
-
-        se = standard_errors(state.a, state.chi2, tensors["n_used"], tensors["free"])
+        se = _standard_errors(use_compile)(state.a, state.chi2, tensors["n_used"], tensors["free"])
         k = hi - lo
         params[sl] = state.theta[:k].double().cpu().numpy()
         stderr[sl] = se[:k].double().cpu().numpy()
@@ -327,6 +330,19 @@ def _run(model, names, inputs, y, w, theta0, lower, upper, free, tol, max_iter, 
         status_names=dict(STATUS))
 
 
+def _standard_errors(use_compile: bool):
+    from .optim.batch_lm import standard_errors
+
+    if not use_compile:
+        return standard_errors
+    fn = _COMPILED.get("standard_errors")
+    if fn is None:
+        import torch
+
+        fn = _COMPILED["standard_errors"] = torch.compile(standard_errors, dynamic=True)
+    return fn
+
+
 def _describe(model) -> str:
     return model.describe()
 
@@ -351,7 +367,9 @@ def _chunk_tensors(inputs, y, w, theta0, lower, upper, n_used, free, pad, dtype,
             a = np.concatenate([a, np.repeat(a[:1], pad, axis=0)], axis=0)
         return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=dev)
 
-    out = {"y": t(np.nan_to_num(y)), "w": t(w), "theta0": t(theta0), "lower": t(lower), "upper": t(upper),
+    y_t = t(y)
+    y_t = torch.where(torch.isfinite(y_t), y_t, torch.zeros_like(y_t))  # NaN points have weight 0
+    out = {"y": y_t, "w": t(w), "theta0": t(theta0), "lower": t(lower), "upper": t(upper),
            "n_used": t(n_used.astype(float)), "free": tuple(float(v) for v in free),
            "status0": torch.as_tensor(np.concatenate([np.where(n_used < free.sum(), 3, -1),
                                                       np.full(pad, 3)]).astype(np.int64), device=dev)}
@@ -492,16 +510,13 @@ def _fields(state) -> tuple:
 
 
 def _write_back(full, rows, state):
-    from .optim.batch_lm import BatchState
-
+    """Copy the compacted fits' state into the full-batch state (in place: the full state's
+    tensors belong to this run alone)."""
     if rows is None:
         return state
-    out = []
     for f, s in zip(_fields(full), _fields(state)):
-        f = f.clone()
         f[rows] = s
-        out.append(f)
-    return BatchState(*out)
+    return full
 
 
 def _take(tensors: dict, keep) -> dict:

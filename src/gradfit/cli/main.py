@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("data", help="data file with the model's input columns")
     pred.add_argument("-o", "--output", metavar="OUT.csv", help="write here instead of stdout")
 
+    from .fit_many import add_parser as add_fit_many
+
+    add_fit_many(sub)
+
     gc = sub.add_parser("gradcheck", help="compare autograd, analytic and finite-difference gradients")
     gc.add_argument("model", help="formula, e.g. 'w*x + b' or 't_c ~ w*t_u + b'")
     gc.add_argument("data", help="data file")
@@ -123,6 +127,8 @@ def main(argv=None, stdout=None, stderr=None) -> int:
             from .fit import run_fit as run
         elif args.command == "predict":
             from .predict import run_predict as run
+        elif args.command == "fit-many":
+            from .fit_many import run_fit_many as run
         else:
             from .gradcheck import run_gradcheck as run
         return int(run(args, stdout, stderr))
