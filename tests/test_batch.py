@@ -190,3 +190,14 @@ def test_compiled_path_matches_eager():
     assert compiled.timings["compiled"]
     np.testing.assert_allclose(compiled.params["a"], eager.params["a"], rtol=1e-4)
     assert (compiled.status == eager.status).mean() > 0.99
+
+
+def test_chunking_gives_identical_results():
+    x, y, truth, init = _gauss_data(50)
+    whole = gf.fit_many("gaussian", x, y, init=init, dtype="float64")
+    chunked = gf.fit_many("gaussian", x, y, init=init, dtype="float64", chunk_size=7)
+    assert chunked.timings["chunk_size"] == 7
+    for k in whole.param_names:
+        np.testing.assert_array_equal(whole.params[k], chunked.params[k])
+        np.testing.assert_array_equal(whole.stderr[k], chunked.stderr[k])
+    np.testing.assert_array_equal(whole.status, chunked.status)

@@ -6,6 +6,7 @@ Nothing happens outside torchrun: a single process gets the whole batch.
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import numpy as np
@@ -28,7 +29,20 @@ def world() -> tuple[int, int]:
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
+        # The group is ours: tear it down at exit, after every rank got there, or gloo's
+        # threads abort the process ("terminate called without an active exception").
+        atexit.register(_shutdown)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def shard_range(n: int) -> tuple[int, int]:
