@@ -28,6 +28,8 @@ _LAZY = {
     "loss_value": "gradfit.fitting",
     "curve_fit": "gradfit.scipy_compat",
     "fit_many": "gradfit.batch",
+    "tune": "gradfit.tuning",
+    "lr_find": "gradfit.tuning",
     "BatchResult": "gradfit.batch_result",
     "GradfitWarning": "gradfit.fitting",
     "read_strd": "gradfit.nist",

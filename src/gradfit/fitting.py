@@ -4,6 +4,7 @@ modules they call: train/ for first-order training, lsq.py for least squares."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from functools import lru_cache
@@ -74,7 +75,7 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
-def choose_method(optimizer: str, model, loss_fn, batch_size, space) -> tuple[str, str]:
+def choose_method(optimizer: str, model, loss_fn, batch_size, space, training: str | None = None) -> tuple[str, str]:
     """Which optimizer runs, and why. "auto": a direct linear solve or Levenberg-Marquardt for
     least-squares problems that fit in memory, a first-order optimizer (adam) otherwise."""
 
@@ -87,6 +88,9 @@ def choose_method(optimizer: str, model, loss_fn, batch_size, space) -> tuple[st
             raise ConfigError(f"optimizer={name!r} minimises squared errors; loss={loss_fn.name!r} is not least squares")
         if batch_size is not None:
             raise ConfigError(f"optimizer={name!r} uses all the data at once; drop batch_size")
+        if training is not None:
+            raise ConfigError(f"optimizer={name!r} solves plain least squares; {training} needs a first-order "
+                              "optimizer (e.g. 'adam')")
         if name == "linear":
             why = linear_reason(model, space)
             if why is not None:
@@ -98,6 +102,8 @@ def choose_method(optimizer: str, model, loss_fn, batch_size, space) -> tuple[st
         return "adam", "neural network: first-order optimizer"
     if batch_size is not None:
         return "adam", "minibatches requested: first-order optimizer"
+    if training is not None:
+        return "adam", f"{training} requested: first-order optimizer"
     if not loss_fn.least_squares:
         return "adam", f"loss {loss_fn.name!r} is not least squares: first-order optimizer"
     why = linear_reason(model, space)
@@ -113,7 +119,8 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         bounds: Mapping | None = None, fixed: Sequence[str] = (), tie: Mapping[str, str] | None = None,
         max_iter: int | None = None, optimizer_options: Mapping | None = None, tol: float | None = None,
         callbacks: Sequence = (), nan_policy: str = "raise", hidden: Sequence[int] = (64,),
-        activation: str = "tanh"):
+        activation: str = "tanh", penalty: Mapping | None = None, input_noise: float = 0.0,
+        early_stopping=None, schedule=None, cv: int | None = None, cv_groups=None, cv_split: str = "random"):
     """Estimate a model's parameters from input/output pairs.
 
     Parameters
@@ -133,6 +140,15 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     normalize : precondition the optimizer (see :mod:`gradfit.data.scaling`); reported
         parameters keep the formula's meaning and units.
     gradient : "autograd" or "analytic" (symbolic derivatives, formula models only).
+    penalty : {"l2": 1e-3} or {"l2": {"w": 1e-3}, "l1": 1e-4} added to the training loss.
+    input_noise : Gaussian noise on training inputs, relative to each input's std, fresh
+        every epoch.
+    early_stopping : patience (int) or {"patience": 20, "min_delta": 0.0}; needs validation;
+        restores the best epoch (status "stopped_early", ``best_epoch``).
+    schedule : learning-rate schedule: "step", "exponential", "cosine", "plateau" or
+        {"name": ..., options}.
+    cv, cv_groups, cv_split : k-fold cross-validation on top of the fit ("random", "grouped"
+        with cv_groups labels, or "time" for forward chaining); results in ``result.cv``.
 
     Returns
     -------
@@ -161,46 +177,121 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
     spec = resolve_model(model, hidden=hidden, activation=activation)
     bound, arrays = prepare_arrays(spec, x, y, data=data, weights=weights, nan_policy=nan_policy)
+    opts = dict(init=init, loss_fn=loss_fn, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size,
+                normalize=normalize, seed=seed, gradient=gradient, dtype=torch_dtype, device=dev,
+                log_every=log_every, progress=progress, absolute_sigma=absolute_sigma, bounds=bounds, fixed=fixed,
+                tie=tie, max_iter=max_iter, optimizer_options=optimizer_options, tol=tol, callbacks=callbacks,
+                penalty=penalty, input_noise=input_noise, early_stopping=_early_stopping(early_stopping),
+                schedule=schedule, weighted=weights is not None, val_fraction=val_fraction)
     train_idx, val_idx = train_val_indices(arrays.n, float(val_fraction), seed)
+    if opts["early_stopping"] is not None and not len(val_idx):
+        raise ConfigError("early_stopping watches the validation loss: set val_fraction (e.g. 0.2)")
     train_arr = arrays.take(train_idx) if len(val_idx) else arrays
     val_arr = arrays.take(val_idx) if len(val_idx) else None
-    settings = {"optimizer": str(optimizer).lower(), "lr": lr, "loss": loss_fn.name, "epochs": epochs,
-                "batch_size": batch_size, "normalize": bool(normalize), "val_fraction": val_fraction, "seed": seed,
-                "gradient": gradient, "dtype": str(torch_dtype).replace("torch.", ""), "device": str(dev),
-                "absolute_sigma": bool(absolute_sigma), "weighted": weights is not None}
-    if optimizer_options:
-        settings["optimizer_options"] = dict(optimizer_options)
-    common = dict(notes=tuple(arrays.notes), n_train=train_arr.n, n_val=0 if val_arr is None else val_arr.n)
+    result = _fit_split(bound, train_arr, val_arr, tuple(arrays.notes), opts)
+    if cv is not None:
+        result = dataclasses.replace(result, cv=_cross_validate(bound, arrays, cv, cv_groups, cv_split, opts))
+    return result
+
+
+def _early_stopping(spec):
+    if spec is None or spec is False:
+        return None
+    if isinstance(spec, bool) or isinstance(spec, int):
+        patience, min_delta = (20 if spec is True else spec), 0.0
+    elif isinstance(spec, Mapping):
+        unknown = set(spec) - {"patience", "min_delta"}
+        if unknown:
+            raise ConfigError(f"early_stopping takes patience and min_delta, not {', '.join(sorted(unknown))}")
+        patience, min_delta = spec.get("patience", 20), spec.get("min_delta", 0.0)
+    else:
+        raise ConfigError(f"early_stopping must be a patience (int) or a dict, got {spec!r}")
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise ConfigError(f"early_stopping patience must be an integer >= 1, got {patience!r}")
+    if not isinstance(min_delta, (int, float)) or min_delta < 0:
+        raise ConfigError(f"early_stopping min_delta must be >= 0, got {min_delta!r}")
+    return int(patience), float(min_delta)
+
+
+def _cross_validate(bound, arrays, k, groups, split, opts) -> dict:
+    """Fit each fold (training on the rest) and summarize validation losses and parameters."""
+    import numpy as np
+
+    from .data.split import kfold_indices
+
+    if split not in ("random", "grouped", "time"):
+        raise ConfigError(f"cv_split must be 'random', 'grouped' or 'time', got {split!r}")
+    if split == "grouped" and groups is None:
+        raise ConfigError("cv_split='grouped' needs cv_groups (one group label per row)")
+    folds = kfold_indices(arrays.n, k, opts["seed"], groups=groups if split == "grouped" else None,
+                          time_ordered=split == "time")
+    fold_opts = dict(opts, progress=False, log_every=0, callbacks=(), warn_overfitting=False)
+    losses, params = [], []
+    for tr, va in folds:
+        r = _fit_split(bound, arrays.take(tr), arrays.take(va), (), fold_opts)
+        losses.append(float(r.val_loss))
+        params.append(dict(r.params))
+    out = {"val_loss": losses, "mean": float(np.mean(losses)), "std": float(np.std(losses, ddof=1)),
+           "params": params, "split": split, "folds": len(folds)}
+    if params and params[0]:
+        out["params_mean"] = {n: float(np.mean([p[n] for p in params])) for n in params[0]}
+        out["params_std"] = {n: float(np.std([p[n] for p in params], ddof=1)) for n in params[0]}
+    return out
+
+
+def _fit_split(bound, train_arr, val_arr, notes, o):
+    """One fit on a given train/validation split (the body of fit, shared with cross-validation)."""
+    loss_fn, torch_dtype, dev = o["loss_fn"], o["dtype"], o["device"]
+    settings = {"optimizer": str(o["optimizer"]).lower(), "lr": o["lr"], "loss": loss_fn.name, "epochs": o["epochs"],
+                "batch_size": o["batch_size"], "normalize": bool(o["normalize"]), "val_fraction": o["val_fraction"],
+                "seed": o["seed"], "gradient": o["gradient"], "dtype": str(torch_dtype).replace("torch.", ""),
+                "device": str(dev), "absolute_sigma": bool(o["absolute_sigma"]), "weighted": o["weighted"]}
+    for key in ("optimizer_options", "penalty", "schedule"):
+        if o[key]:
+            settings[key] = o[key] if not isinstance(o[key], Mapping) else dict(o[key])
+    if o["input_noise"]:
+        settings["input_noise"] = o["input_noise"]
+    if o["early_stopping"]:
+        settings["early_stopping"] = {"patience": o["early_stopping"][0], "min_delta": o["early_stopping"][1]}
+    common = dict(notes=notes, n_train=train_arr.n, n_val=0 if val_arr is None else val_arr.n)
+    training = _training_extras(o)
     scalar = getattr(bound, "scalar_params", True) and not _is_module_spec(bound)
     if not scalar:
-        if gradient == "analytic":
+        if o["gradient"] == "analytic":
             raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
-        if bounds or fixed or tie:
+        if o["bounds"] or o["fixed"] or o["tie"]:
             raise ConfigError("bounds, fixed and tie apply to named scalar parameters, not to networks")
-        method, reason = choose_method(optimizer, bound, loss_fn, batch_size, None)
+        method, reason = choose_method(o["optimizer"], bound, loss_fn, o["batch_size"], None, training)
         train, val = _tensors(train_arr, val_arr, torch_dtype, dev)
-        objective, bound = _module_objective(bound, train, val, loss_fn, normalize, seed, torch_dtype, dev)
+        objective, bound = _module_objective(bound, train, val, loss_fn, o["normalize"], o["seed"], torch_dtype, dev)
         settings.update(method=method, method_reason=reason)
-        return _train(objective, bound, method, lr, optimizer_options, epochs, batch_size, seed, tol, log_every,
-                      progress, callbacks, settings=settings, **common)
-    if gradient == "analytic" and bound.expression is None:
+        return _train(objective, bound, method, o, settings=settings, **common)
+    if o["gradient"] == "analytic" and bound.expression is None:
         raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
-    space = _parameter_space(bound, train_arr, train_arr.n, init, bounds, fixed, tie)
-    method, reason = choose_method(optimizer, bound, loss_fn, batch_size, space)
+    space = _parameter_space(bound, train_arr, train_arr.n, o["init"], o["bounds"], o["fixed"], o["tie"])
+    method, reason = choose_method(o["optimizer"], bound, loss_fn, o["batch_size"], space, training)
     settings.update(method=method, method_reason=reason, init=dict(space.values), **space.describe())
     if method in _DIRECT:
         return least_squares_fit(bound, space, train_arr, val_arr, method, dtype=torch_dtype, device=dev,
-                                 settings=settings, max_iter=max_iter or 2000, tol=tol,
-                                 absolute_sigma=absolute_sigma, log_every=log_every, progress=progress,
-                                 callbacks=callbacks, **common)
+                                 settings=settings, max_iter=o["max_iter"] or 2000, tol=o["tol"],
+                                 absolute_sigma=o["absolute_sigma"], log_every=o["log_every"],
+                                 progress=o["progress"], callbacks=o["callbacks"], **common)
     train, val = _tensors(train_arr, val_arr, torch_dtype, dev)
-    objective = _scalar_objective(bound, space, train, val, loss_fn, normalize, gradient, torch_dtype, dev)
-    result = _train(objective, bound, method, lr, optimizer_options, epochs, batch_size, seed, tol, log_every,
-                    progress, callbacks, settings=settings, **common)
+    objective = _scalar_objective(bound, space, train, val, loss_fn, o["normalize"], o["gradient"], torch_dtype, dev)
+    result = _train(objective, bound, method, o, settings=settings, **common)
     if loss_fn.least_squares and result.status != "diverged":
         problem = LeastSquaresProblem.from_arrays(bound, space, train_arr, torch_dtype, dev)
-        result = with_uncertainty(result, problem, absolute_sigma)
+        result = with_uncertainty(result, problem, o["absolute_sigma"])
     return result
+
+
+def _training_extras(o) -> str | None:
+    """Why a least-squares solver cannot be used (regularized training), or None."""
+    for key, why in (("penalty", "a penalty"), ("input_noise", "input noise"),
+                     ("early_stopping", "early stopping"), ("schedule", "a learning-rate schedule")):
+        if o[key]:
+            return why
+    return None
 
 
 def _tensors(train_arr, val_arr, dtype, dev):
@@ -286,21 +377,31 @@ def _module_objective(spec, train, val, loss_fn, normalize, seed, dtype, dev):
     return ModuleObjective(model, train, val, loss_fn, loss_scale=scale), model
 
 
-def _train(objective, model, optimizer, lr, optimizer_options, epochs, batch_size, seed, tol, log_every,
-           progress, callbacks, *, settings, notes, n_train, n_val):
+def _train(objective, model, optimizer, o, *, settings, notes, n_train, n_val):
     import torch
 
-    opt = make_optimizer(optimizer, objective.leaves, lr, optimizer_options,
+    from .train.loop import overfitting_signal
+    from .train.regularize import InputNoise, make_schedule, parse_penalty
+
+    names = model.param_names if model.scalar_params else tuple(n for n, _ in model.module.named_parameters())
+    penalty = parse_penalty(o["penalty"], names)
+    noise = InputNoise.for_data(o["input_noise"], objective.train.inputs) if o["input_noise"] else None
+    objective.regularize(penalty, noise, o["seed"])
+    opt = make_optimizer(optimizer, objective.leaves, o["lr"], o["optimizer_options"],
                          prefer_fused=not model.scalar_params)
-    cbs = list(callbacks)
-    if log_every:
-        cbs.append(LogCallback(_check_int("log_every", log_every, 0)))
-    if wants_progress(progress):
+    scheduler = make_schedule(o["schedule"], opt, o["epochs"])
+    cbs = list(o["callbacks"])
+    if o["log_every"]:
+        cbs.append(LogCallback(_check_int("log_every", o["log_every"], 0)))
+    if wants_progress(o["progress"]):
         cbs.append(ProgressCallback())
-    torch.manual_seed(seed)  # anything stochastic inside torch.optim or the module
-    outcome = run_loop(objective, opt, LoopConfig(epochs=epochs, batch_size=batch_size, seed=seed, tol=tol), cbs)
-    minibatch = batch_size is not None and batch_size < objective.train.n
-    if minibatch and outcome.history["train_loss"] and outcome.status != "diverged":
+    torch.manual_seed(o["seed"])  # anything stochastic inside torch.optim or the module
+    config = LoopConfig(epochs=o["epochs"], batch_size=o["batch_size"], seed=o["seed"], tol=o["tol"],
+                        early_stopping=o["early_stopping"])
+    outcome = run_loop(objective, opt, config, cbs, scheduler=scheduler)
+    minibatch = o["batch_size"] is not None and o["batch_size"] < objective.train.n
+    restored = outcome.best_epoch is not None
+    if minibatch and outcome.history["train_loss"] and outcome.status != "diverged" and not restored:
         # As Keras reports it: the mean batch loss of the last epoch. A full extra pass over a
         # large training set would cost a third of an epoch.
         final_loss = outcome.history["train_loss"][-1]
@@ -309,9 +410,13 @@ def _train(objective, model, optimizer, lr, optimizer_options, epochs, batch_siz
     if not math.isfinite(final_loss) and outcome.status != "diverged":
         outcome.status, outcome.message = "diverged", "the loss at the final parameters is not finite"
     val_loss = objective.evaluate(objective.val) if objective.val is not None else None
+    warning = overfitting_signal(outcome.history["train_loss"], outcome.history["val_loss"])
+    if warning and outcome.status != "stopped_early" and o.get("warn_overfitting", True):
+        warnings.warn(warning, GradfitWarning, stacklevel=3)
+        notes = notes + (warning,)
     return FitResult(params=objective.param_values(), loss=final_loss, val_loss=val_loss, status=outcome.status,
                      epochs_run=outcome.epochs_run, history=outcome.history, model=model, message=outcome.message,
-                     settings=settings, n_train=n_train, n_val=n_val, notes=notes)
+                     settings=settings, n_train=n_train, n_val=n_val, notes=notes, best_epoch=outcome.best_epoch)
 
 
 def _scalar_problem(model, x, y, data, params, loss, weights, torch_dtype):

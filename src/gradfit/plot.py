@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-__all__ = ["plot_fit", "plot_loss", "plot_histories"]
+__all__ = ["plot_fit", "plot_loss", "plot_histories", "plot_lr_finder", "plot_tuning"]
 
 
 def _pyplot():
@@ -103,3 +103,57 @@ def plot_histories(path, curves: dict, title: str = "training loss") -> None:
     ax.legend()
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_lr_finder(result, path) -> None:
+    """Loss against learning rate (log x axis), with the suggested rate marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(result.lrs, result.losses)
+    ax.axvline(result.suggestion, color="grey", ls="--", label=f"suggested lr {result.suggestion:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_tuning(study, folder) -> list:
+    """Optimization history and parameter importances of an Optuna study, as PNGs."""
+    from pathlib import Path
+
+    import optuna
+
+    plt = _pyplot()
+    folder = Path(folder)
+    written = []
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not trials:
+        return written
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    values = [t.value for t in trials]
+    ax.plot([t.number for t in trials], values, "o", ms=4, label="trial")
+    ax.plot([t.number for t in trials], np.minimum.accumulate(values), "-", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("objective")
+    if all(v > 0 for v in values):
+        ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, folder / "history.png")
+    written.append(folder / "history.png")
+    if len(trials) >= 2 and trials[0].params:
+        try:
+            importances = optuna.importance.get_param_importances(study)
+        except (RuntimeError, ValueError, ZeroDivisionError):
+            importances = {}
+        if importances:
+            fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.5 * len(importances)))
+            names = list(importances)[::-1]
+            ax.barh(names, [importances[n] for n in names])
+            ax.set_xlabel("importance (fANOVA)")
+            fig.tight_layout()
+            _save(fig, folder / "importance.png")
+            written.append(folder / "importance.png")
+    return written

@@ -21,7 +21,8 @@ class FitResult:
     loss : training loss at the final parameters (full-batch training) or, with minibatches,
         the mean batch loss of the last epoch as Keras reports it; ``val_loss`` is the loss on
         the validation split at the final parameters (None without one).
-    status : "converged" | "max_epochs" | "diverged" | "stopped".
+    status : "converged" | "max_epochs" | "max_iterations" | "stalled" | "singular" |
+        "diverged" | "stopped" | "stopped_early".
     history : {"train_loss": [...], "val_loss": [...]}, one entry per epoch run.
     """
 
@@ -45,6 +46,10 @@ class FitResult:
     free: tuple = ()
     #: n, dof, chisqr, redchi, rss, rmse, r2, aic, bic
     stats: dict | None = None
+    #: early stopping: the epoch whose parameters were restored
+    best_epoch: int | None = None
+    #: cross-validation: {"val_loss": [...], "mean", "std", "params": [...], ...}
+    cv: dict | None = None
     _problem: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -147,6 +152,10 @@ class FitResult:
         if self.stderr is not None:
             out["stderr"] = dict(self.stderr)
             out["statistics"] = dict(self.stats)
+        if self.best_epoch is not None:
+            out["best_epoch"] = self.best_epoch
+        if self.cv is not None:
+            out["cv"] = {k: v for k, v in self.cv.items() if k != "params"}
         return out
 
     # -- persistence and plots ----------------------------------------------------------

@@ -95,7 +95,26 @@ def fit_kwargs(args) -> dict:
         if not sep or not name.strip() or not expr.strip():
             raise ConfigError(f"--tie expects NAME=EXPRESSION like c=2*a, got {item!r}")
         tie[name.strip()] = expr.strip()
-    return dict(init=init or None, loss=args.loss, optimizer=args.optimizer,
+    penalty: dict = {}
+    for item in args.penalty:
+        key, sep, value = item.partition("=")
+        kind, colon, name = key.partition(":")
+        if not sep or kind.strip() not in ("l1", "l2"):
+            raise ConfigError(f"--penalty expects l2=C or l2:NAME=C (l1 likewise), got {item!r}")
+        try:
+            coef = float(value)
+        except ValueError:
+            raise ConfigError(f"--penalty {item!r}: the coefficient must be a number") from None
+        if colon:
+            penalty.setdefault(kind.strip(), {})
+            if not isinstance(penalty[kind.strip()], dict):
+                raise ConfigError(f"--penalty {kind}: give either one coefficient for all or per-parameter ones")
+            penalty[kind.strip()][name.strip()] = coef
+        else:
+            penalty[kind.strip()] = coef
+    extras = dict(penalty=penalty or None, input_noise=args.input_noise, early_stopping=args.early_stopping,
+                  schedule=args.schedule, cv=args.cv)
+    return dict(**extras, init=init or None, loss=args.loss, optimizer=args.optimizer,
                 bounds=parse_bounds(args.bounds) or None, fixed=fixed, tie=tie or None, max_iter=args.max_iter,
                 absolute_sigma=args.absolute_sigma,
                 lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, normalize=args.normalize,

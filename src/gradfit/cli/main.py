@@ -48,6 +48,15 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--nan-policy", default="raise", choices=["raise", "omit"],
                    help="rows with NaN/inf: raise an error (default) or omit them")
+    gen = p.add_argument_group("generalization")
+    gen.add_argument("--penalty", action="append", default=[], metavar="l2=C | l2:NAME=C",
+                     help="l1/l2 penalty on all parameters (l2=1e-3) or one (l2:w=1e-3); repeatable")
+    gen.add_argument("--input-noise", type=float, default=0.0, metavar="SIGMA",
+                     help="noise on training inputs, relative to each input's std")
+    gen.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
+                     help="stop when validation loss has not improved for PATIENCE epochs (needs --val-fraction)")
+    gen.add_argument("--schedule", default=None, help="learning-rate schedule: step, exponential, cosine, plateau")
+    gen.add_argument("--cv", type=int, default=None, metavar="K", help="also run K-fold cross-validation")
     ls = p.add_argument_group("parameters and weights")
     ls.add_argument("--bounds", action="append", default=[], metavar="NAME=LO:HI",
                     help="bounds, e.g. --bounds w=0: --bounds b=-5:5 (empty side: no limit)")
@@ -91,6 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("data", help="data file with the model's input columns")
     pred.add_argument("-o", "--output", metavar="OUT.csv", help="write here instead of stdout")
 
+    tu = sub.add_parser("tune", help="search learning rate, optimizer, epochs, penalties ... with Optuna")
+    tu.add_argument("data", help="data file")
+    tu.add_argument("model", help="formula 'y ~ ...', built-in name or mlp")
+    tu.add_argument("--space", action="append", default=[], metavar="NAME=SPEC",
+                    help="lr=log:1e-4:1e-1, epochs=int:100:5000, momentum=float:0:0.99, optimizer=sgd,adam, "
+                         "penalty.l2=log:1e-6:1e-1 (repeatable)")
+    tu.add_argument("--trials", type=int, default=50, help="trials to add to the study (default 50)")
+    tu.add_argument("--workers", type=int, default=1, help="parallel worker processes sharing the study")
+    tu.add_argument("--storage", help="Optuna storage: a journal file path or URL such as postgresql://...; "
+                                      "default DIR/study.journal")
+    tu.add_argument("--study", help="study name (default gradfit); an existing study is resumed")
+    tu.add_argument("--out", metavar="DIR", help="trials.csv, best.json and plots (default ./gradfit-tune)")
+    tu.add_argument("--json", action="store_true", help="print a JSON summary")
+    tu.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    tu.add_argument("--max-total", type=int, default=None, help=argparse.SUPPRESS)
+    _add_fit_options(tu)
+
     from .fit_many import add_parser as add_fit_many
 
     add_fit_many(sub)
@@ -129,6 +155,8 @@ def main(argv=None, stdout=None, stderr=None) -> int:
             from .predict import run_predict as run
         elif args.command == "fit-many":
             from .fit_many import run_fit_many as run
+        elif args.command == "tune":
+            from .tune import run_tune as run
         else:
             from .gradcheck import run_gradcheck as run
         return int(run(args, stdout, stderr))

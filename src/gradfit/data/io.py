@@ -171,6 +171,8 @@ def write_csv(path, columns: dict[str, np.ndarray]) -> None:
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return ""
     if isinstance(v, (str, bytes, np.str_)):
         return str(v) if not isinstance(v, bytes) else v.decode()
     if isinstance(v, (bool, np.bool_)):

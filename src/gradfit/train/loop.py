@@ -23,23 +23,29 @@ class LoopConfig:
     batch_size: int | None = None
     seed: int = 0
     tol: float | None = None
+    #: (patience, min_delta) for early stopping on validation loss, or None
+    early_stopping: tuple | None = None
 
 
 @dataclass
 class LoopOutcome:
-    status: str  # "max_epochs" | "converged" | "diverged" | "stopped"
+    status: str  # "max_epochs" | "converged" | "diverged" | "stopped" | "stopped_early"
     epochs_run: int
     history: dict = field(default_factory=lambda: {"train_loss": [], "val_loss": []})
     message: str = ""
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
 
 
-def run_loop(objective, optimizer, config: LoopConfig, callbacks=()) -> LoopOutcome:
+def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=None) -> LoopOutcome:
     """Train ``objective`` with ``optimizer`` for up to ``config.epochs`` epochs.
 
     Each epoch records the training loss (full batch: at the parameters before the step, as
     the classic loop prints it; minibatch: the size-weighted mean of the batch losses) and,
     with validation data, the validation loss after the epoch's updates. A non-finite loss
-    stops training and restores the last parameters whose loss was finite.
+    stops training and restores the last parameters whose loss was finite. With early
+    stopping, training stops once the validation loss has not improved by min_delta for
+    ``patience`` epochs, and the best epoch's parameters are restored.
     """
     import torch
 
@@ -54,6 +60,11 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=()) -> LoopOutc
     for cb in callbacks:
         cb.on_train_begin(config.epochs)
     calm = 0
+    if objective.penalty is not None:
+        out.history["penalty"] = []
+    if scheduler is not None:
+        out.history["lr"] = []
+    best, best_state, since_best = math.inf, None, 0
     for epoch in range(1, config.epochs + 1):
         objective.remember()
         if minibatch:
@@ -73,7 +84,26 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=()) -> LoopOutc
         val_loss = objective.evaluate(objective.val) if objective.val is not None else None
         if val_loss is not None:
             history_val.append(val_loss)
+        if objective.penalty is not None:
+            out.history["penalty"].append(objective.penalty_now())
+        if scheduler is not None:
+            out.history["lr"].append(float(optimizer.param_groups[0]["lr"]))
+            _step_schedule(scheduler, val_loss if val_loss is not None else train_loss)
         out.epochs_run = epoch
+        if config.early_stopping is not None and val_loss is not None:
+            patience, min_delta = config.early_stopping
+            if val_loss < best - min_delta:
+                best, since_best, out.best_epoch = val_loss, 0, epoch
+                best_state = objective.snapshot()
+            else:
+                since_best += 1
+                if since_best >= patience:
+                    objective.restore(best_state)
+                    out.status = "stopped_early"
+                    out.message = (f"validation loss did not improve for {patience} epochs; restored epoch "
+                                   f"{out.best_epoch} (val {best:.6g})")
+                    out.best_val_loss = best
+                    break
         logs = {"train_loss": train_loss, "val_loss": val_loss}
         stop = False
         for cb in callbacks:
@@ -88,33 +118,36 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=()) -> LoopOutc
                 out.status = "converged"
                 out.message = f"relative loss change below tol={config.tol:g} for {CONVERGED_WINDOW} epochs"
                 break
+    if config.early_stopping is not None and best_state is not None and out.status not in ("stopped_early", "diverged"):
+        # ran out of epochs (or stopped otherwise): still hand back the best epoch
+        objective.restore(best_state)
+        out.best_val_loss = best
     for cb in callbacks:
         cb.on_train_end(out.status, out.epochs_run)
     return out
 
 
-def _minibatch_epoch(objective, optimizer, train, batch_size, generator, is_lbfgs):
+def _step_schedule(scheduler, metric: float) -> None:
     import torch
 
-    n = train.n
-    perm = torch.randperm(n, generator=generator, device=train.y.device)
-    total = torch.zeros((), dtype=train.y.dtype, device=train.y.device)
-    for start in range(0, n, batch_size):
-        idx = perm[start : start + batch_size]
-        batch = train.take(idx)
-        if is_lbfgs:
-            value = objective.unscale(optimizer.step(_batch_closure(objective, optimizer, batch)).detach())
-        else:
-            value = objective.step(optimizer, batch)
-        total += value.detach() * idx.shape[0]
-    return total / n
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(metric)
+    else:
+        scheduler.step()
 
 
-def _batch_closure(objective, optimizer, batch):
-    def closure():
-        optimizer.zero_grad()
-        value = objective.objective(batch)
-        value.backward()
-        return value
-
-    return closure
+def overfitting_signal(train: list, val: list, rise: float = 0.05, min_stretch: int = 20) -> str | None:
+    """A message when the validation loss has risen for a sustained stretch (at least
+    ``min_stretch`` epochs and a tenth of the run) by more than ``rise`` above its minimum,
+    while the training loss kept falling."""
+    if len(val) < 2 * min_stretch or len(train) != len(val):
+        return None
+    best = min(range(len(val)), key=val.__getitem__)
+    stretch = len(val) - 1 - best
+    if stretch < max(min_stretch, len(val) // 10):
+        return None
+    if val[-1] > val[best] * (1.0 + rise) and train[-1] < train[best]:
+        return (f"validation loss rose {100 * (val[-1] / val[best] - 1):.0f}% over the {stretch} epochs since its "
+                f"minimum (epoch {best + 1}) while training loss fell: the model is overfitting; use "
+                "early_stopping, a penalty, input_noise or more data")
+    return None

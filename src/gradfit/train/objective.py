@@ -47,6 +47,48 @@ class _Objective:
     train: TensorData
     val: TensorData | None
     leaves: list
+    #: regularization (train/regularize.py); None keeps the hot path untouched
+    penalty = None
+    noise = None
+    noise_generator = None
+
+    def regularize(self, penalty=None, noise=None, seed: int = 0) -> None:
+        import torch
+
+        self.penalty = penalty if penalty is not None and penalty.active else None
+        self.noise = noise if noise is not None and noise.sigma > 0 else None
+        if self.noise is not None:
+            self.noise_generator = torch.Generator(device=self.train.y.device).manual_seed(seed + 1)
+
+    def augment(self, data: TensorData) -> TensorData:
+        """Training data with fresh input noise (unchanged without input_noise)."""
+        if self.noise is None:
+            return data
+        from .regularize import add_input_noise
+
+        return TensorData(add_input_noise(self.noise, data.inputs, self.noise_generator), data.y, data.weights)
+
+    def penalty_term(self):
+        from .regularize import penalty_value
+
+        return penalty_value(self.penalty, self.named_params())
+
+    def snapshot(self):
+        """A copy of the trainable values (for early stopping's best epoch)."""
+        return [t.detach().clone() for t in self.leaves]
+
+    def restore(self, snap) -> None:
+        import torch
+
+        with torch.no_grad():
+            for t, v in zip(self.leaves, snap):
+                t.copy_(v)
+
+    def penalty_now(self) -> float:
+        import torch
+
+        with torch.no_grad():
+            return float(self.penalty_term())
 
     def _loss_value(self, data: TensorData, params):
         return self.loss(self.model.forward(data.inputs, params), data.y, data.weights)
@@ -114,18 +156,27 @@ class ScalarObjective(_Objective):
             return {k: float(v) for k, v in self.current_params().items()}
 
     def objective(self, data: TensorData):
-        return self._loss_value(data, self.current_params())
+        value = self._loss_value(data, self.current_params())
+        return value if self.penalty is None else value + self.penalty_term()
+
+    def named_params(self):
+        return self.current_params()
 
     def step(self, optimizer, data: TensorData):
         """One optimizer step on ``data``; returns the loss before the step."""
         import torch
 
+        data = self.augment(data)
         if self.gradient == "analytic":
             value = self._analytic_grad(data)
+            if self.penalty is not None:
+                (extra,) = torch.autograd.grad(self.penalty_term(), self.theta)
+                self.theta.grad = self.theta.grad + extra
         else:
-            value = self.objective(data)
+            value = self._loss_value(data, self.current_params())
+            total = value if self.penalty is None else value + self.penalty_term()
             # autograd.grad skips the AccumulateGrad bookkeeping of backward() + zero_grad()
-            (self.theta.grad,) = torch.autograd.grad(value, self.theta)
+            (self.theta.grad,) = torch.autograd.grad(total, self.theta)
         optimizer.step()
         return value
 
@@ -204,14 +255,20 @@ class ModuleObjective(_Objective):
     def param_values(self) -> dict[str, float]:
         return {}
 
+    def named_params(self):
+        return dict(self.model.module.named_parameters())
+
     def objective(self, data: TensorData):
         value = self._loss_value(data, None)
+        if self.penalty is not None:
+            value = value + self.penalty_term()
         return value if self.loss_scale == 1.0 else value / self.loss_scale
 
     def step(self, optimizer, data: TensorData):
-        value = self._loss_value(data, None)
+        value = self._loss_value(self.augment(data), None)
+        total = value if self.penalty is None else value + self.penalty_term()
         optimizer.zero_grad()
-        (value if self.loss_scale == 1.0 else value / self.loss_scale).backward()
+        (total if self.loss_scale == 1.0 else total / self.loss_scale).backward()
         optimizer.step()
         return value
 
