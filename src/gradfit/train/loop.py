@@ -151,3 +151,30 @@ def overfitting_signal(train: list, val: list, rise: float = 0.05, min_stretch: 
                 f"minimum (epoch {best + 1}) while training loss fell: the model is overfitting; use "
                 "early_stopping, a penalty, input_noise or more data")
     return None
+
+
+def _minibatch_epoch(objective, optimizer, train, batch_size, generator, is_lbfgs):
+    import torch
+
+    n = train.n
+    perm = torch.randperm(n, generator=generator, device=train.y.device)
+    total = torch.zeros((), dtype=train.y.dtype, device=train.y.device)
+    for start in range(0, n, batch_size):
+        idx = perm[start : start + batch_size]
+        batch = train.take(idx)
+        if is_lbfgs:
+            value = objective.unscale(optimizer.step(_batch_closure(objective, optimizer, batch)).detach())
+        else:
+            value = objective.step(optimizer, batch)
+        total += value.detach() * idx.shape[0]
+    return total / n
+
+
+def _batch_closure(objective, optimizer, batch):
+    def closure():
+        optimizer.zero_grad()
+        value = objective.objective(batch)
+        value.backward()
+        return value
+
+    return closure
