@@ -40,7 +40,7 @@ class Node:
         return self._hash
 
     def _key(self) -> tuple:
-        raise NotImplementedError
+        return ()  # each node type lists the fields that identify it
 
     def names(self) -> frozenset[str]:
         """Free variable names (parameters and inputs) in this subtree (computed once)."""

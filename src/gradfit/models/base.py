@@ -8,12 +8,13 @@ transforms (jacfwd, vmap) without copies.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Mapping
 
 __all__ = ["Model"]
 
 
-class Model:
+class Model(ABC):
     """Base class. Subclasses set ``param_names`` and ``input_names`` and implement ``forward``.
 
     ``scalar_params`` is True for models whose parameters are named scalars (formulas,
@@ -27,8 +28,9 @@ class Model:
     #: for formula models: the symbolic right-hand side (enables analytic gradients)
     expression = None
 
-    def forward(self, inputs: Mapping, params: Mapping):  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, inputs: Mapping, params: Mapping):
+        """Predictions for named inputs (tensors) at named parameters (tensors)."""
 
     def guess(self, inputs: Mapping, y) -> dict[str, float]:
         """Initial parameter values from the data (numpy arrays). Default: 1.0 each, as

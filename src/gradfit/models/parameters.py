@@ -219,26 +219,21 @@ def _to_internal(v: float, lo: float, hi: float) -> float:
     return v
 
 
+def _from_internal(u, lo: float, hi: float, lib=None):
+    """Internal coordinate -> parameter value; ``lib`` is math (floats) or torch (tensors)."""
+    if lib is None:
+        import torch as lib
+    if math.isfinite(lo) and math.isfinite(hi):
+        return lo + (hi - lo) * (lib.sin(u) + 1.0) / 2.0
+    if math.isfinite(lo):
+        return lo - 1.0 + lib.sqrt(u * u + 1.0)
+    if math.isfinite(hi):
+        return hi + 1.0 - lib.sqrt(u * u + 1.0)
+    return u
+
+
 def _from_internal_float(u: float, lo: float, hi: float) -> float:
-    if math.isfinite(lo) and math.isfinite(hi):
-        return lo + (hi - lo) * (math.sin(u) + 1.0) / 2.0
-    if math.isfinite(lo):
-        return lo - 1.0 + math.sqrt(u * u + 1.0)
-    if math.isfinite(hi):
-        return hi + 1.0 - math.sqrt(u * u + 1.0)
-    return u
-
-
-def _from_internal(u, lo: float, hi: float):
-    import torch
-
-    if math.isfinite(lo) and math.isfinite(hi):
-        return lo + (hi - lo) * (torch.sin(u) + 1.0) / 2.0
-    if math.isfinite(lo):
-        return lo - 1.0 + torch.sqrt(u * u + 1.0)
-    if math.isfinite(hi):
-        return hi + 1.0 - torch.sqrt(u * u + 1.0)
-    return u
+    return _from_internal(u, lo, hi, math)
 
 
 def _compile_ties(tie: Mapping[str, str], known: set, check) -> tuple[_Tie, ...]:
