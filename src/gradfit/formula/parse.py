@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import math
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -77,7 +78,10 @@ def parse_expression(text: str, *, offset: int = 0, what: str = "formula") -> No
         raise FormulaError(f"the {what} is empty; write an expression such as 'a*x + b'", position=offset)
     _check_nesting(stripped, offset)
     try:
-        tree = ast.parse(stripped, mode="eval")
+        with warnings.catch_warnings():
+            # string literals with odd escapes make the tokenizer warn; they are refused below
+            warnings.simplefilter("ignore")
+            tree = ast.parse(stripped, mode="eval")
     except SyntaxError as exc:
         col = max((exc.offset or 1) - 1, 0)
         token = stripped[col : col + 1] or stripped[-1:]
