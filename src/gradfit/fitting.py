@@ -120,7 +120,8 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         max_iter: int | None = None, optimizer_options: Mapping | None = None, tol: float | None = None,
         callbacks: Sequence = (), nan_policy: str = "raise", hidden: Sequence[int] = (64,),
         activation: str = "tanh", penalty: Mapping | None = None, input_noise: float = 0.0,
-        early_stopping=None, schedule=None, cv: int | None = None, cv_groups=None, cv_split: str = "random"):
+        early_stopping=None, schedule=None, cv: int | None = None, cv_groups=None, cv_split: str = "random",
+        checkpoint=None, resume: bool = False):
     """Estimate a model's parameters from input/output pairs.
 
     Parameters
@@ -149,6 +150,9 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         {"name": ..., options}.
     cv, cv_groups, cv_split : k-fold cross-validation on top of the fit ("random", "grouped"
         with cv_groups labels, or "time" for forward chaining); results in ``result.cv``.
+    checkpoint, resume : a :class:`gradfit.train.checkpoint.Checkpointer` (or a folder) that
+        saves the complete training state as it runs; with resume=True training continues from
+        the checkpoint in that folder, bit-for-bit on CPU with the same seed.
 
     Returns
     -------
@@ -177,12 +181,16 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
     spec = resolve_model(model, hidden=hidden, activation=activation)
     bound, arrays = prepare_arrays(spec, x, y, data=data, weights=weights, nan_policy=nan_policy)
+    _check_range(arrays, torch_dtype)
+    if normalize:
+        _check_not_constant(arrays)
     opts = dict(init=init, loss_fn=loss_fn, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size,
                 normalize=normalize, seed=seed, gradient=gradient, dtype=torch_dtype, device=dev,
                 log_every=log_every, progress=progress, absolute_sigma=absolute_sigma, bounds=bounds, fixed=fixed,
                 tie=tie, max_iter=max_iter, optimizer_options=optimizer_options, tol=tol, callbacks=callbacks,
                 penalty=penalty, input_noise=input_noise, early_stopping=_early_stopping(early_stopping),
-                schedule=schedule, weighted=weights is not None, val_fraction=val_fraction)
+                schedule=schedule, weighted=weights is not None, val_fraction=val_fraction,
+                checkpoint=_checkpointer(checkpoint), resume=bool(resume))
     train_idx, val_idx = train_val_indices(arrays.n, float(val_fraction), seed)
     if opts["early_stopping"] is not None and not len(val_idx):
         raise ConfigError("early_stopping watches the validation loss: set val_fraction (e.g. 0.2)")
@@ -192,6 +200,42 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     if cv is not None:
         result = dataclasses.replace(result, cv=_cross_validate(bound, arrays, cv, cv_groups, cv_split, opts))
     return result
+
+
+def _checkpointer(spec):
+    if spec is None:
+        return None
+    from .train.checkpoint import Checkpointer
+
+    return spec if isinstance(spec, Checkpointer) else Checkpointer(spec)
+
+
+def _check_range(arrays, dtype) -> None:
+    """float32 holds magnitudes up to 3.4e38: refuse data that would turn into inf."""
+    import numpy as np
+    import torch
+
+    if dtype != torch.float32:
+        return
+    limit = float(torch.finfo(torch.float32).max)
+    for name, v in [*arrays.inputs.items(), ("y", arrays.y)]:
+        big = np.abs(v) > limit
+        if big.any():
+            row = int(np.nonzero(big.reshape(len(v), -1).any(axis=1))[0][0]) + 1
+            raise DataError(f"{name!r} has values beyond float32's range (e.g. row {row}: "
+                            f"{float(v.reshape(len(v), -1)[row - 1].max()):.3g}); use dtype='float64' (--dtype float64)")
+
+
+def _check_not_constant(arrays) -> None:
+    import numpy as np
+
+    for name, v in arrays.inputs.items():
+        cols = v.reshape(len(v), -1)
+        flat = np.ptp(cols, axis=0) == 0 if len(v) > 1 else np.ones(cols.shape[1], dtype=bool)
+        if flat.any():
+            which = f" (column {int(np.nonzero(flat)[0][0])})" if cols.shape[1] > 1 else ""
+            raise DataError(f"input {name!r}{which} is constant ({cols[0, np.nonzero(flat)[0][0]]:g} everywhere): it "
+                            "carries no information and cannot be normalized; drop it or fit without normalize")
 
 
 def _early_stopping(spec):
@@ -398,7 +442,20 @@ def _train(objective, model, optimizer, o, *, settings, notes, n_train, n_val):
     torch.manual_seed(o["seed"])  # anything stochastic inside torch.optim or the module
     config = LoopConfig(epochs=o["epochs"], batch_size=o["batch_size"], seed=o["seed"], tol=o["tol"],
                         early_stopping=o["early_stopping"])
-    outcome = run_loop(objective, opt, config, cbs, scheduler=scheduler)
+    checkpointer = o.get("checkpoint")
+    resume_state = None
+    fingerprint = json_fingerprint(model, settings)
+    if checkpointer is not None and o.get("resume"):
+        from .train.checkpoint import load_checkpoint
+
+        resume_state = load_checkpoint(checkpointer.folder)
+        if resume_state[1].get("fingerprint") != fingerprint:
+            raise ConfigError(f"{checkpointer.folder}: the checkpoint belongs to a different fit (model, data size "
+                              "or options differ); resume with the same command, or start afresh without --resume")
+    if checkpointer is not None:
+        checkpointer.fingerprint = fingerprint
+    outcome = run_loop(objective, opt, config, cbs, scheduler=scheduler, checkpointer=checkpointer,
+                       resume=resume_state)
     minibatch = o["batch_size"] is not None and o["batch_size"] < objective.train.n
     restored = outcome.best_epoch is not None
     if minibatch and outcome.history["train_loss"] and outcome.status != "diverged" and not restored:
@@ -417,6 +474,16 @@ def _train(objective, model, optimizer, o, *, settings, notes, n_train, n_val):
     return FitResult(params=objective.param_values(), loss=final_loss, val_loss=val_loss, status=outcome.status,
                      epochs_run=outcome.epochs_run, history=outcome.history, model=model, message=outcome.message,
                      settings=settings, n_train=n_train, n_val=n_val, notes=notes, best_epoch=outcome.best_epoch)
+
+
+def json_fingerprint(model, settings: dict) -> str:
+    """What identifies a training run for resuming: the model and every option but the
+    number of epochs (a resumed run may train longer)."""
+    import hashlib
+    import json
+
+    doc = {"model": model.describe(), "settings": {k: v for k, v in settings.items() if k != "epochs"}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _scalar_problem(model, x, y, data, params, loss, weights, torch_dtype):

@@ -43,9 +43,28 @@ def run_fit(args, stdout, stderr) -> int:
         kwargs["sigma"] = columns[args.sigma]
     import warnings
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", gf.GradfitWarning)
-        result = gf.fit(model, x=x, y=y, data=columns, **kwargs)
+    from ..errors import ConfigError
+    from ..train.checkpoint import Checkpointer, Interrupted
+
+    checkpointer = None
+    if args.out:
+        checkpointer = Checkpointer(args.out, every_epochs=args.checkpoint_every,
+                                    every_seconds=args.checkpoint_seconds or None)
+        kwargs.update(checkpoint=checkpointer, resume=args.resume)
+    elif args.resume:
+        raise ConfigError("--resume needs --out DIR, the folder holding the checkpoint")
+    try:
+        with warnings.catch_warnings(record=True) as caught, _stop_signals(checkpointer):
+            warnings.simplefilter("always", gf.GradfitWarning)
+            result = gf.fit(model, x=x, y=y, data=columns, **kwargs)
+    except Interrupted as stop:
+        import shlex
+        import sys
+
+        again = " ".join(shlex.quote(a) for a in ["gradfit", *sys.argv[1:]] if a != "--resume")
+        print(f"gradfit fit: interrupted after epoch {stop.epoch}; checkpoint saved in {args.out}; "
+              f"resume with: {again} --resume", file=stderr)
+        return 128 + stop.signum
     for w in caught:
         print(f"gradfit fit: warning: {w.message}", file=stderr)
     if args.out:
@@ -97,3 +116,31 @@ def _response_column(result, columns):
     with torch.no_grad():
         v = model.response({n: torch.as_tensor(columns[n], dtype=torch.float64) for n in names})
     return np.asarray(v, dtype=float)
+
+
+class _stop_signals:
+    """While training, SIGINT and SIGTERM ask the loop to checkpoint and stop (instead of
+    killing it mid-epoch). Without a checkpointer the default behaviour stays."""
+
+    def __init__(self, checkpointer):
+        self.checkpointer = checkpointer
+        self._saved = {}
+
+    def __enter__(self):
+        import signal
+
+        if self.checkpointer is None:
+            return self
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.checkpointer.signal = signum
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self._saved.items():
+            signal.signal(sig, old)
+        return False

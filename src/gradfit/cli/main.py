@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("model", help="formula 'y ~ a*x + b', a built-in name (gaussian, poly:3, ...) or mlp")
     fit.add_argument("--out", metavar="DIR", help="write model.json, history.csv, fit.png, loss.png")
     fit.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    fit.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                     help="with --out: save a checkpoint every N epochs (and every --checkpoint-seconds, and on "
+                          "Ctrl-C/SIGTERM)")
+    fit.add_argument("--checkpoint-seconds", type=float, default=60.0, metavar="S",
+                     help="with --out: save a checkpoint every S seconds (default 60; 0 turns it off)")
+    fit.add_argument("--resume", action="store_true", help="continue the interrupted run whose checkpoint is in --out")
     _add_fit_options(fit)
 
     pred = sub.add_parser("predict", help="predict with a saved model")

@@ -54,7 +54,14 @@ def _columns(data) -> dict[str, np.ndarray]:
     if hasattr(data, "columns") and hasattr(data, "__getitem__") and not isinstance(data, Mapping):
         return columns_from_frame(data)
     if isinstance(data, Mapping):
-        return {str(k): as_float_array(v, f"column {k!r}") for k, v in data.items()}
+        cols = {str(k): as_float_array(v, f"column {k!r}") for k, v in data.items()}
+        lengths = {k: (len(v) if v.ndim else 0) for k, v in cols.items()}
+        if len(set(lengths.values())) > 1:
+            first = next(iter(lengths))
+            odd = next(k for k, n in lengths.items() if n != lengths[first])
+            raise DataError(f"column {odd!r} has {lengths[odd]} values but column {first!r} has {lengths[first]}; "
+                            "every column needs one value per row")
+        return cols
     raise DataError(f"data must be a pandas DataFrame or a dict of columns, got {type(data).__name__}")
 
 
@@ -79,6 +86,9 @@ def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy
     elif not isinstance(model, MLPSpec) and getattr(model, "scalar_params", True) and len(inputs) == 1:
         inputs = {model.input_names[0]: next(iter(inputs.values()))}
     w = None if weights is None else as_float_array(weights, "weights")
+    if not isinstance(model, MLPSpec) and getattr(model, "scalar_params", True) and np.ndim(y_arr) != 1:
+        raise DataError(f"y must have one value per point (1-D), got shape {np.shape(y_arr)}; "
+                        "for many independent fits use fit_many")
     arrays = _validate(Arrays(inputs, y_arr, w), nan_policy)
     return model, arrays
 

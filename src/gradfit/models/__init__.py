@@ -34,6 +34,13 @@ def resolve_model(spec, *, hidden=(64,), activation="tanh"):
             return MLPSpec(hidden=tuple(hidden), activation=activation)
         if key.startswith("poly:") or key in BUILTIN_NAMES:
             return builtin_model(key)
+        if key.isidentifier():
+            import difflib
+
+            close = difflib.get_close_matches(key, [*BUILTIN_NAMES[:-1], "mlp"], n=1, cutoff=0.75)
+            if close:
+                raise ModelError(f"{spec!r} is not a built-in model (did you mean {close[0]!r}?) and, as a formula, "
+                                 "has no input")
         return FormulaModel(spec)
     from .neural import MLPSpec
 

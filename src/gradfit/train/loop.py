@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .checkpoint import Interrupted
+
 __all__ = ["LoopConfig", "LoopOutcome", "run_loop", "DIVERGED_HINT"]
 
 DIVERGED_HINT = ("the loss became inf/nan; lower the learning rate (e.g. 10x smaller) "
@@ -37,7 +39,8 @@ class LoopOutcome:
     best_val_loss: float | None = None
 
 
-def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=None) -> LoopOutcome:
+def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=None, checkpointer=None,
+             resume: tuple | None = None) -> LoopOutcome:
     """Train ``objective`` with ``optimizer`` for up to ``config.epochs`` epochs.
 
     Each epoch records the training loss (full batch: at the parameters before the step, as
@@ -46,6 +49,10 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     stops training and restores the last parameters whose loss was finite. With early
     stopping, training stops once the validation loss has not improved by min_delta for
     ``patience`` epochs, and the best epoch's parameters are restored.
+
+    With a ``checkpointer`` (train/checkpoint.py), the complete state is saved when it is due
+    and when a stop signal arrives (then :class:`Interrupted` is raised); ``resume`` =
+    (tensors, meta) from a checkpoint continues exactly where it left off.
     """
     import torch
 
@@ -65,7 +72,14 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     if scheduler is not None:
         out.history["lr"] = []
     best, best_state, since_best = math.inf, None, 0
-    for epoch in range(1, config.epochs + 1):
+    first_epoch = 1
+    if resume is not None:
+        counters = restore_state(resume, objective, optimizer, scheduler, generator, out)
+        first_epoch = counters["epoch"] + 1
+        calm, best, since_best = counters["calm"], counters["best"], counters["since_best"]
+        best_state = counters["best_state"]
+        history_train, history_val = out.history["train_loss"], out.history["val_loss"]
+    for epoch in range(first_epoch, config.epochs + 1):
         objective.remember()
         if minibatch:
             value = _minibatch_epoch(objective, optimizer, train, config.batch_size, generator, is_lbfgs)
@@ -104,6 +118,11 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
                                    f"{out.best_epoch} (val {best:.6g})")
                     out.best_val_loss = best
                     break
+        if checkpointer is not None and (checkpointer.due(epoch) or checkpointer.signal is not None):
+            counters = {"epoch": epoch, "calm": calm, "best": best, "since_best": since_best}
+            checkpointer.save(*capture_state(objective, optimizer, scheduler, generator, out, counters, best_state))
+            if checkpointer.signal is not None:
+                raise Interrupted(checkpointer.signal, epoch)
         logs = {"train_loss": train_loss, "val_loss": val_loss}
         stop = False
         for cb in callbacks:
@@ -125,6 +144,70 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     for cb in callbacks:
         cb.on_train_end(out.status, out.epochs_run)
     return out
+
+
+def capture_state(objective, optimizer, scheduler, generator, out, counters: dict, best_state) -> tuple[dict, dict]:
+    """Everything the loop needs to continue bit-for-bit: (tensors, JSON-able metadata)."""
+    import torch
+
+    tensors = {f"leaf.{i}": t for i, t in enumerate(objective.leaves)}
+    for i, t in enumerate(objective.divergence_state()):
+        tensors[f"good.{i}"] = t
+    opt = optimizer.state_dict()
+    opt_meta = {"param_groups": opt["param_groups"], "state": {}}
+    for pid, st in opt["state"].items():
+        opt_meta["state"][str(pid)] = {}
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"opt.{pid}.{k}"] = v
+            else:
+                opt_meta["state"][str(pid)][k] = v
+    tensors["rng.torch"] = torch.get_rng_state()
+    if generator is not None:
+        tensors["rng.batch"] = generator.get_state()
+    if getattr(objective, "noise_generator", None) is not None:
+        tensors["rng.noise"] = objective.noise_generator.get_state()
+    if best_state is not None:
+        for i, t in enumerate(best_state):
+            tensors[f"best.{i}"] = t
+    meta = {"counters": counters, "history": out.history, "best_epoch": out.best_epoch, "optimizer": opt_meta,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None}
+    return tensors, meta
+
+
+def restore_state(resume: tuple, objective, optimizer, scheduler, generator, out) -> dict:
+    """Load a captured state into freshly built objects (the inverse of capture_state)."""
+    import torch
+
+    tensors, meta = resume
+    with torch.no_grad():
+        for i, t in enumerate(objective.leaves):
+            t.copy_(tensors[f"leaf.{i}"])
+    good = [tensors[k] for k in sorted((k for k in tensors if k.startswith("good.")), key=lambda k: int(k[5:]))]
+    objective.load_divergence_state(good)
+    opt_meta = meta["optimizer"]
+    state = {}
+    for pid, st in opt_meta["state"].items():
+        entry = dict(st)
+        for k in tensors:
+            if k.startswith(f"opt.{pid}."):
+                entry[k[len(f"opt.{pid}."):]] = tensors[k]
+        state[int(pid)] = entry
+    optimizer.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    if generator is not None and "rng.batch" in tensors:
+        generator.set_state(tensors["rng.batch"])
+    if getattr(objective, "noise_generator", None) is not None and "rng.noise" in tensors:
+        objective.noise_generator.set_state(tensors["rng.noise"])
+    if scheduler is not None and meta.get("scheduler") is not None:
+        scheduler.load_state_dict(meta["scheduler"])
+    out.history = {k: list(v) for k, v in meta["history"].items()}
+    out.best_epoch = meta.get("best_epoch")
+    out.epochs_run = meta["counters"]["epoch"]
+    best_keys = sorted((k for k in tensors if k.startswith("best.")), key=lambda k: int(k[5:]))
+    counters = dict(meta["counters"])
+    counters["best_state"] = [tensors[k] for k in best_keys] if best_keys else None
+    return counters
 
 
 def _step_schedule(scheduler, metric: float) -> None:

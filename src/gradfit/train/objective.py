@@ -73,6 +73,20 @@ class _Objective:
 
         return penalty_value(self.penalty, self.named_params())
 
+    def divergence_state(self) -> list:
+        """The parameters divergence would fall back to (the start of the current epoch)."""
+        good = self._good
+        return list(good) if isinstance(good, list) else [good]
+
+    def load_divergence_state(self, tensors: list) -> None:
+        if not tensors:
+            return
+        if isinstance(self._good, list):
+            for g, t in zip(self._good, tensors):
+                g.copy_(t)
+        else:
+            self._good.copy_(tensors[0])
+
     def snapshot(self):
         """A copy of the trainable values (for early stopping's best epoch)."""
         return [t.detach().clone() for t in self.leaves]
