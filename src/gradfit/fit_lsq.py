@@ -48,7 +48,8 @@ def least_squares_fit(model, space, train_arr, val_arr, method, *, dtype, device
                   epochs_run=outcome.iterations, history={"train_loss": outcome.history, "val_loss": []},
                   model=model, message=outcome.message, settings={**settings, "strategy": outcome.strategy},
                   n_train=n_train, n_val=n_val, notes=notes)
-    fields.update(uncertainty_fields(fields, problem, absolute_sigma, set_loss=True, factor=outcome.factor))
+    fields.update(uncertainty_fields(fields, problem, absolute_sigma, set_loss=True, factor=outcome.factor,
+                                     residuals=outcome.residuals if values is outcome.values else None))
     return FitResult(**fields)
 
 
@@ -59,13 +60,13 @@ def with_uncertainty(result, problem: LeastSquaresProblem, absolute_sigma: bool)
 
 
 def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigma: bool, *,
-                       set_loss: bool = False, factor: tuple | None = None) -> dict:
+                       set_loss: bool = False, factor: tuple | None = None, residuals=None) -> dict:
     """FitResult fields for covariance, standard errors, correlations, statistics, and status
     "singular" (plus a warning naming the parameters) for rank-deficient problems. With
     ``set_loss`` the training loss is taken from the statistics (chi2 / sum of weights)."""
     from .fitting import warn_degenerate
 
-    unc = uncertainty(problem, fields["params"], absolute_sigma=absolute_sigma, factor=factor)
+    unc = uncertainty(problem, fields["params"], absolute_sigma=absolute_sigma, factor=factor, residuals=residuals)
     status, message = fields["status"], fields["message"]
     if unc.degenerate:
         text = warn_degenerate(unc.degenerate)

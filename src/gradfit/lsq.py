@@ -29,6 +29,8 @@ class LSQOutcome:
     strategy: str = ""
     #: (s, vt, d): thin SVD of the scaled weighted design matrix, from a linear solve
     factor: tuple | None = None
+    #: unweighted residuals (prediction - y) at the solution, when the solver has them
+    residuals: np.ndarray | None = None
 
 
 @dataclass
@@ -201,8 +203,8 @@ def _solve_linear(problem: LeastSquaresProblem) -> LSQOutcome:
     values.update(zip(space.free, (float(c) for c in coef)))
     resid = design @ coef + offset - y
     chi2 = float(np.sum(resid * resid if w is None else w * resid * resid))
-    outcome = LSQOutcome(values, "converged", "solved directly (linear least squares)", 1, strategy="QR",
-                         factor=tuple(factor) if factor else None)
+    outcome = LSQOutcome(values, "converged", "solved directly (linear least squares)", 1, strategy="SVD",
+                         factor=tuple(factor) if factor else None, residuals=resid)
     outcome.history = [chi2 / (float(np.sum(w)) if w is not None else problem.n)]
     return outcome
 
@@ -260,15 +262,15 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
 
 
 def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: bool = False,
-                factor: tuple | None = None) -> Uncertainty:
+                factor: tuple | None = None, residuals: np.ndarray | None = None) -> Uncertainty:
     """Covariance, standard errors, correlations and fit statistics at ``values``.
     ``factor`` = (s, vt, d) from a linear solve saves refactorizing the Jacobian."""
     from .stats import RANK_TOL, covariance, covariance_from_svd, fit_statistics
 
     space = problem.space
     inputs, y, w = problem.numpy()
-    resid = _predict_numpy(problem.model, inputs, values) - y
-    chi2 = _precise_chi2(problem, values, float(np.sum(resid * resid if w is None else w * resid * resid)), y, w)
+    resid = residuals if residuals is not None else _predict_numpy(problem.model, inputs, values) - y
+    chi2 = _precise_chi2(problem, values, float(resid @ resid if w is None else w @ (resid * resid)), y, w)
     stats = fit_statistics(resid, y, w, len(space.free), chisqr=chi2)
     dof = stats["dof"]
     scale = 1.0 if absolute_sigma else (chi2 / dof if dof > 0 else math.nan)
@@ -319,7 +321,7 @@ def _precise_chi2(problem, values, chi2: float, y: np.ndarray, w) -> float:
     expr = getattr(problem.model, "expression", None)
     if expr is None or problem.n > 20_000:
         return chi2
-    scale = float(np.sum(y * y if w is None else w * y * y))
+    scale = float(y @ y if w is None else w @ (y * y))
     if chi2 > 1e-20 * scale:
         return chi2
     from .formula.precise import residuals_mp

@@ -81,7 +81,7 @@ def fit_statistics(residuals: np.ndarray, y: np.ndarray, weights: np.ndarray | N
     rss = float(r @ r)
     if weights is None:
         chi2 = rss if chisqr is None else float(chisqr)
-        dev = y - y.mean()
+        dev = y - float(y.sum()) / n
         tss = float(dev @ dev)
     else:
         w = np.asarray(weights, dtype=float)
