@@ -106,14 +106,14 @@ def main():
         rate = n / steady
         conv = float(r.converged.mean())
         err = median_rel_error(est, truth)
-        rows.append([f"gradfit fused, compiled", f"{n:,}", f"{first:.1f}", f"{steady:.3f}", f"{rate:,.0f}",
+        rows.append(["gradfit fused, compiled", f"{n:,}", f"{first:.1f}", f"{steady:.3f}", f"{rate:,.0f}",
                      f"{conv:.4%}", " ".join(f"{e:.4f}" for e in err)])
         rec = {"path": "fused", "n": n, "warmup_s": first - steady, "fit_s": steady, "fits_per_s": rate,
                "converged": conv, "median_rel_error": err}
         records.append(rec)
         if args.general:
             rg, estg, firstg, steadyg = run_gradfit(torch_gaussian, x, y, init, args.device, True)
-            rows.append([f"gradfit general (torch callable)", f"{n:,}", f"{firstg:.1f}", f"{steadyg:.3f}",
+            rows.append(["gradfit general (torch callable)", f"{n:,}", f"{firstg:.1f}", f"{steadyg:.3f}",
                          f"{n / steadyg:,.0f}", f"{rg.converged.mean():.4%}",
                          " ".join(f"{e:.4f}" for e in median_rel_error(estg, truth))])
             records.append({"path": "general", "n": n, "fit_s": steadyg, "fits_per_s": n / steadyg,
@@ -124,7 +124,7 @@ def main():
     est_s, ok_s, t_s = run_scipy(x, y[:k], init[:k], k)
     rate_s = k / t_s
     _, est_g, _, _ = run_gradfit(FORMULA, x, y[:k], init[:k], args.device, False)
-    rows.append([f"scipy curve_fit loop (anchor)", f"{k:,}", "-", f"{t_s:.2f}", f"{rate_s:,.0f}", f"{ok_s.mean():.4%}",
+    rows.append(["scipy curve_fit loop (anchor)", f"{k:,}", "-", f"{t_s:.2f}", f"{rate_s:,.0f}", f"{ok_s.mean():.4%}",
                  " ".join(f"{e:.4f}" for e in median_rel_error(est_s, truth[:k]))])
     rows.append([f"gradfit on the same {k:,} fits", f"{k:,}", "-", "-", "-", "-",
                  " ".join(f"{e:.4f}" for e in median_rel_error(est_g, truth[:k]))])

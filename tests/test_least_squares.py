@@ -2,7 +2,6 @@
 parameters, weights, uncertainties and statistics, checked against scipy and closed forms."""
 
 import math
-import warnings
 
 import numpy as np
 import pytest

@@ -62,7 +62,6 @@ def fit_many(model, x, y, *, init=None, bounds: Mapping | None = None, fixed=Non
     >>> np.round(r.params["a"], 4).tolist(), r.converged.tolist()
     ([2.0, -1.0], [True, True])
     """
-    import torch
 
     from .fitting import resolve_device, resolve_dtype
     from .models import resolve_model
@@ -382,7 +381,6 @@ def _chunk_tensors(inputs, y, w, theta0, lower, upper, n_used, free, pad, dtype,
 
 def _residual_and_jacobian(model, names, fused, inputs, y):
     """(theta (B, P)) -> (f - y (B, M), J (B, M, P))."""
-    import torch
 
     if fused:
         program = model.value_and_partials()  # built here, outside any torch.compile trace

@@ -108,7 +108,7 @@ def choose_method(optimizer: str, model, loss_fn, batch_size, space, training: s
         return "adam", f"loss {loss_fn.name!r} is not least squares: first-order optimizer"
     why = linear_reason(model, space)
     if why is None and not space.has_bounds:
-        return "linear", "linear in its parameters: solved directly (QR)"
+        return "linear", "linear in its parameters: solved directly (SVD)"
     return "lm", f"nonlinear least squares ({why or 'bounds'}): Levenberg-Marquardt"
 
 

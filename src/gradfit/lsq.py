@@ -89,11 +89,6 @@ class LeastSquaresProblem:
         return self._tensor_data()[2]
 
     @property
-    def sqrt_w(self):
-        w = self.weights
-        return None if w is None else w.sqrt()
-
-    @property
     def numpy_ready(self) -> bool:
         """A formula model without ties: predictions and Jacobians can be done in numpy."""
         return getattr(self.model, "expression", None) is not None and not self.space.ties
@@ -105,10 +100,6 @@ class LeastSquaresProblem:
     def residual(self, u):
         """Weighted residuals as a function of the free parameters in internal coordinates."""
         return self._weighted(self.predict(self.space.as_dict(u)) - self.y)
-
-    def residual_of_free_values(self, v):
-        """Weighted residuals as a function of the free parameters' values (no transforms)."""
-        return self._weighted(self.predict(self.space.as_dict(v, internal=False)) - self.y)
 
     def lm_functions(self):
         """(residual, jacobian) of the weighted residuals as float64 numpy functions of the free

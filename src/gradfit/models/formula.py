@@ -8,7 +8,7 @@ from typing import Iterable, Mapping
 from ..errors import DataError, FormulaError
 from ..formula.compile import compile_tree
 from ..formula.parse import ParsedFormula, parse_formula
-from ..formula.tree import Node, Var, to_text
+from ..formula.tree import Node, Var
 from .base import Model
 
 __all__ = ["FormulaModel"]
@@ -72,13 +72,6 @@ class FormulaModel(Model):
     @property
     def bound(self) -> bool:
         return self._bound
-
-    @property
-    def response_text(self) -> str | None:
-        r = self.parsed.response
-        if r is None:
-            return None
-        return r.name if isinstance(r, Var) else to_text(r)
 
     @property
     def response_names(self) -> set[str]:

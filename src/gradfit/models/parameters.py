@@ -173,13 +173,6 @@ class ParameterSpace:
     def as_dict(self, u, *, internal: bool = True) -> dict:
         return dict(zip(self.names, self.full(u, internal=internal).unbind(-1)))
 
-    def internal_of(self, values: Mapping[str, float], dtype, device):
-        """Internal coordinates of the free parameters at ``values``."""
-        import torch
-
-        u = [_to_internal(float(values[n]), self.lower[n], self.upper[n]) for n in self.free]
-        return torch.tensor(u, dtype=dtype, device=device)
-
     def describe(self) -> dict:
         out: dict = {}
         bounds = {n: [self.lower[n], self.upper[n]] for n in self.names
