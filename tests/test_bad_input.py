@@ -98,12 +98,15 @@ def test_bad_formula_names_token_and_position(tmp_path):
     assert code == 2 and "'open'" in err and "position 14" in err
 
 
-@pytest.mark.parametrize("damage,needle", [
+DAMAGE_CASES = [
     (lambda t: t[: len(t) // 2], "truncated"),
     (lambda t: t.replace('"w": ', '"w": 9'), "checksum"),
     (lambda t: "not json at all", "not valid JSON"),
     (lambda t: json.dumps({**json.loads(t), "format_version": 7}), "newer gradfit"),
-])
+]
+
+
+@pytest.mark.parametrize("damage,needle", DAMAGE_CASES)
 def test_damaged_model_files(tmp_path, damage, needle):
     path = saved_model(tmp_path)
     path.write_text(damage(path.read_text()))
@@ -121,7 +124,7 @@ def test_predict_with_missing_input_column(tmp_path):
     assert code == 2 and "t_u" in err
 
 
-@pytest.mark.parametrize("call,err_type,needle", [
+API_CASES = [
     (lambda: gf.fit(F, data={"t_u": [1.0, 2.0, 3.0], "t_c": [1.0, 2.0]}), DataError, "has 2 values but column 't_u' has 3"),
     (lambda: gf.fit("a*x + b", x=[1.0, 2.0, 3.0], y=[[1.0, 2.0]] * 3), DataError, "shape"),
     (lambda: gf.fit_many("a*x + b", np.arange(4.0), np.ones((2, 5)), init=np.ones((2, 2))), DataError, "input 'x'"),
@@ -132,7 +135,10 @@ def test_predict_with_missing_input_column(tmp_path):
     (lambda: gf.fit(42, x=[1.0], y=[1.0]), GradfitError, "model must be"),
     (lambda: gf.fit("gausian", x=[1.0], y=[1.0]), GradfitError, "did you mean .gaussian."),
     (lambda: gf.load("/nonexistent/model.json"), PersistError, "no such"),
-])
+]
+
+
+@pytest.mark.parametrize("call,err_type,needle", API_CASES)
 def test_api_bad_input(call, err_type, needle):
     with pytest.raises(err_type, match=needle):
         call()
@@ -145,4 +151,5 @@ def test_nan_policy_omit_reports_how_many(tmp_path):
 
 
 def test_matrix_size():
-    assert len(FILE_CASES) + len(OPTION_CASES) + 4 + 2 + 9 >= 30
+    # the issue asks for at least 30 bad-input cases; count the ones parametrized above
+    assert len(FILE_CASES) + len(OPTION_CASES) + len(DAMAGE_CASES) + len(API_CASES) >= 30

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from .errors import ConfigError, DataError, FitError, FormulaError, GradfitError, ModelError, PersistError
+from .errors import (ConfigError, DataError, FitError, FormulaError, GradfitError, GradfitWarning, ModelError,
+                     PersistError)
 
 __version__ = "0.1.0"
 
@@ -31,7 +32,6 @@ _LAZY = {
     "tune": "gradfit.tuning",
     "lr_find": "gradfit.tuning",
     "BatchResult": "gradfit.batch_result",
-    "GradfitWarning": "gradfit.fitting",
     "read_strd": "gradfit.nist",
     "load": "gradfit.persist",
     "FitResult": "gradfit.result",
@@ -46,7 +46,7 @@ _LAZY = {
 }
 
 __all__ = sorted([*_LAZY, "GradfitError", "FormulaError", "DataError", "ModelError", "ConfigError", "FitError",
-                  "PersistError", "__version__"])
+                  "PersistError", "GradfitWarning", "__version__"])
 
 
 def __getattr__(name: str):

@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "FitError",
     "PersistError",
+    "GradfitWarning",
 ]
 
 
@@ -53,3 +54,7 @@ class FitError(GradfitError, RuntimeError):
 
 class PersistError(GradfitError, OSError):
     """A saved file is missing, truncated, tampered with or of an unknown format version."""
+
+
+class GradfitWarning(UserWarning):
+    """Warnings about a fit's result (rank deficiency, overfitting, parameters at bounds)."""

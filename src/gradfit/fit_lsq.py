@@ -4,14 +4,16 @@ uncertainties and statistics, and build the FitResult."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 
+from .errors import GradfitWarning
 from .lsq import LeastSquaresProblem, mean_squared_error, refine_residuals, solve, uncertainty
 from .result import FitResult
 from .train.callbacks import LogCallback, ProgressCallback, wants_progress
 
-__all__ = ["least_squares_fit", "with_uncertainty", "uncertainty_fields"]
+__all__ = ["least_squares_fit", "with_uncertainty", "uncertainty_fields", "warn_degenerate"]
 
 
 def least_squares_fit(model, space, train_arr, val_arr, method, *, dtype, device, settings, max_iter, tol,
@@ -64,8 +66,6 @@ def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigm
     """FitResult fields for covariance, standard errors, correlations, statistics, and status
     "singular" (plus a warning naming the parameters) for rank-deficient problems. With
     ``set_loss`` the training loss is taken from the statistics (chi2 / sum of weights)."""
-    from .fitting import warn_degenerate
-
     unc = uncertainty(problem, fields["params"], absolute_sigma=absolute_sigma, factor=factor, residuals=residuals)
     status, message = fields["status"], fields["message"]
     if unc.degenerate:
@@ -85,3 +85,12 @@ def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigm
         w = problem.numpy()[2]
         changes["loss"] = unc.stats["chisqr"] / (float(np.sum(w)) if w is not None else unc.stats["n"])
     return changes
+
+
+def warn_degenerate(groups) -> str:
+    """The warning text for parameters the data cannot separate; also issues the warning."""
+    names = "; ".join(", ".join(g) for g in groups)
+    text = (f"the data cannot determine parameters {names} separately (the Jacobian is rank-deficient: "
+            "they appear only in combination, or not at all); fix one of them or reparametrize")
+    warnings.warn(text, GradfitWarning, stacklevel=4)
+    return text

@@ -15,7 +15,7 @@ from .data.scaling import jacobian, whitening
 from .fit_lsq import least_squares_fit, with_uncertainty
 from .data.io import closest_name
 from .data.split import train_val_indices
-from .errors import ConfigError, DataError, ModelError
+from .errors import ConfigError, DataError, GradfitWarning, ModelError
 from .losses import resolve_loss
 from .lsq import LeastSquaresProblem, linear_reason
 from .models import resolve_model
@@ -31,10 +31,6 @@ __all__ = ["fit", "gradient", "loss_value", "resolve_dtype", "resolve_device", "
 
 _GRADIENTS = ("autograd", "analytic")
 _DIRECT = ("lm", "linear")
-
-
-class GradfitWarning(UserWarning):
-    """Warnings about a fit's result (rank deficiency, parameters at bounds, ...)."""
 
 
 def resolve_dtype(dtype):
@@ -564,12 +560,3 @@ def _finite_difference(model, data, loss_fn, p) -> dict[str, float]:
             f_dn = loss_fn(model.forward(data.inputs, dict(zip(model.param_names, down.unbind()))), data.y, data.weights)
             out[name] = float((f_up - f_dn) / (2 * h))
     return out
-
-
-def warn_degenerate(groups) -> str:
-    """The warning text for parameters the data cannot separate; also issues the warning."""
-    names = "; ".join(", ".join(g) for g in groups)
-    text = (f"the data cannot determine parameters {names} separately (the Jacobian is rank-deficient: "
-            "they appear only in combination, or not at all); fix one of them or reparametrize")
-    warnings.warn(text, GradfitWarning, stacklevel=3)
-    return text

@@ -34,8 +34,6 @@ def parse_space_args(items) -> dict:
 
 
 def run_tune(args, stdout, stderr) -> int:
-    import gradfit as gf
-
     from ..tuning import open_study, tune, write_outputs
     from .fit import load_model_and_data
 
@@ -68,13 +66,12 @@ def run_tune(args, stdout, stderr) -> int:
         study = open_study(args.study, storage, args.seed)
         write_outputs(study, out)
         return _report(study, out, stdout, args.json)
-    result = tune(model, x, y, data=columns, space=space, trials=args.trials, storage=storage, study=args.study,
+    tune(model, x, y, data=columns, space=space, trials=args.trials, storage=storage, study=args.study,
                   seed=args.seed, max_total=args.max_total, **kwargs)
     study = open_study(args.study, storage, args.seed)
     if not args.worker:
         write_outputs(study, out)
         return _report(study, out, stdout, args.json)
-    del result, gf
     return 0
 
 
