@@ -26,6 +26,18 @@ def median_of(fn, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(fns, repeats: int = 200) -> list[float]:
+    """Median seconds per call of each function, calling them in turn (a, b, a, b, ...) so
+    that the machine's load drifts over all of them alike."""
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - t0)
+    return [statistics.median(b) for b in times]
+
+
 def table(title: str, header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))

@@ -4,7 +4,9 @@
   scipy.optimize.curve_fit vs the worked example's 5000-epoch SGD loop (hand-written);
 * a nonlinear exponential decay (1,000 points): gradfit.fit vs curve_fit.
 
-    python bench/least_squares.py [--repeats 200]
+    python bench/least_squares.py [--repeats 1000]
+
+gradfit and curve_fit are called in turn (interleaved) and each time is a median.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 import gradfit as gf
-from _common import median_of, table
+from _common import interleaved_medians, median_of, table
 from scipy.optimize import curve_fit
 
 
@@ -34,14 +36,14 @@ def sgd_loop():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=1000)
     args = ap.parse_args()
     d = gf.thermometer()
     x, y = np.array(d["t_u"]), np.array(d["t_c"])
     r = gf.fit("t_c ~ w*t_u + b", data=d)  # warm-up (imports, caches)
     popt, _ = curve_fit(lambda x, w, b: w * x + b, x, y)
-    t_gf = median_of(lambda: gf.fit("t_c ~ w*t_u + b", data=d), args.repeats)
-    t_cf = median_of(lambda: curve_fit(lambda x, w, b: w * x + b, x, y), args.repeats)
+    t_gf, t_cf = interleaved_medians([lambda: gf.fit("t_c ~ w*t_u + b", data=d),
+                                      lambda: curve_fit(lambda x, w, b: w * x + b, x, y)], args.repeats)
     t_sgd = median_of(sgd_loop, 3)
     rows = [
         ["scipy curve_fit (anchor)", f"{t_cf * 1e6:.0f}", "1.00", f"w={popt[0]:.6f} b={popt[1]:.4f}"],
@@ -57,8 +59,8 @@ def main():
     ys = 3.0 * np.exp(-0.4 * xs) + 1.0 + 0.05 * rng.standard_normal(1000)
     gf.fit("a*exp(-k*x) + c", x=xs, y=ys, dtype="float64")
     reps = max(5, args.repeats // 10)
-    t_gf2 = median_of(lambda: gf.fit("a*exp(-k*x) + c", x=xs, y=ys, dtype="float64"), reps)
-    t_cf2 = median_of(lambda: curve_fit(lambda x, a, k, c: a * np.exp(-k * x) + c, xs, ys), reps)
+    t_gf2, t_cf2 = interleaved_medians([lambda: gf.fit("a*exp(-k*x) + c", x=xs, y=ys, dtype="float64"),
+                                        lambda: curve_fit(lambda x, a, k, c: a * np.exp(-k * x) + c, xs, ys)], reps)
     r2 = gf.fit("a*exp(-k*x) + c", x=xs, y=ys, dtype="float64")
     p2, _ = curve_fit(lambda x, a, k, c: a * np.exp(-k * x) + c, xs, ys)
     rows = [["scipy curve_fit (anchor)", f"{t_cf2 * 1e3:.2f}", "1.00", np.array2string(p2, precision=6)],

@@ -51,3 +51,23 @@ def test_missing_file_and_directory(tmp_path):
         read_table(tmp_path / "nope.csv")
     with pytest.raises(DataError, match="is a directory"):
         read_table(tmp_path)
+
+
+def test_validation_fast_path_and_row_names():
+    """Sums of squares prove finite, float32-safe data in one pass; when they cannot (NaN,
+    inf, or merely large values), the row-by-row check names rows or lets the data pass."""
+    import math
+
+    from gradfit.data.dataset import prepare_arrays
+    from gradfit.models import resolve_model
+
+    model = resolve_model("w*x + b")
+    _, ok = prepare_arrays(model, [1.0, 2.0, 3.0], [2.0, 4.0, 6.0])
+    assert ok.float32_safe
+    big = [3e38] * 11  # each value fits float32 but the sum of squares overflows the test
+    _, large = prepare_arrays(model, big, list(range(11)))
+    assert not large.float32_safe and large.n == 11
+    with pytest.raises(DataError, match=r"NaN or inf in 2 data row\(s\): 2, 4"):
+        prepare_arrays(model, [1.0, math.nan, 3.0, 4.0], [1.0, 2.0, 3.0, math.inf])
+    _, kept = prepare_arrays(model, [1.0, math.nan, 3.0, 4.0], [1.0, 2.0, 3.0, 5.0], nan_policy="omit")
+    assert kept.n == 3 and kept.notes == ["dropped 1 row(s) with NaN or inf"]

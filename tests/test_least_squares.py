@@ -65,6 +65,33 @@ def test_linear_solve_is_exact_and_matches_lm():
     assert lin.epochs_run == 1
 
 
+def test_linear_solve_with_parameter_free_terms_and_fixed_parameters():
+    # "w*x + x**2" has a term without parameters (an offset the solve must subtract);
+    # "c0 + c1*x + c2*x**2" with c0 fixed has an offset from the fixed parameter.
+    from gradfit.models import resolve_model
+
+    assert resolve_model("w*x + b").bind(["x"]).vanishes_at_zero
+    assert not resolve_model("w*x + x**2").bind(["x"]).vanishes_at_zero
+    r = gf.fit("w*x + x**2", x=X, y=Y, dtype="float64")
+    assert r.method == "linear"
+    w_ref = float(np.linalg.lstsq(X[:, None], Y - X**2, rcond=None)[0][0])
+    assert r.params["w"] == pytest.approx(w_ref, rel=1e-12)
+    f = gf.fit("c0 + c1*x + c2*x**2", x=X, y=Y, fixed=["c0"], init={"c0": 0.5}, dtype="float64")
+    assert f.method == "linear" and f.params["c0"] == 0.5 and f.stderr["c0"] == 0.0
+    ref = np.linalg.lstsq(np.column_stack([X, X**2]), Y - 0.5, rcond=None)[0]
+    np.testing.assert_allclose([f.params["c1"], f.params["c2"]], ref, rtol=1e-10)
+    assert f.stats["chisqr"] == pytest.approx(float(np.sum((0.5 + ref[0] * X + ref[1] * X**2 - Y) ** 2)), rel=1e-12)
+
+
+def test_default_parameter_space_is_shared_without_leaking_settings():
+    a = gf.fit("w*x + b", x=X, y=Y, init={"w": 5.0}, optimizer="lm")
+    b = gf.fit("w*x + b", x=X, y=Y)
+    c = gf.fit("w*x + b", x=X, y=Y)
+    assert a.settings["init"] == {"w": 5.0, "b": 1.0}
+    assert b.settings["init"] == c.settings["init"] == {"w": 1.0, "b": 1.0}
+    assert b.params == c.params and b.stderr == c.stderr
+
+
 def test_statistics_closed_forms():
     r = gf.fit("a*x + b", x=X, y=Y, dtype="float64")
     resid = r.predict(X) - Y

@@ -18,26 +18,27 @@ __all__ = ["least_squares_fit", "with_uncertainty", "uncertainty_fields", "warn_
 
 def least_squares_fit(model, space, train_arr, val_arr, method, *, dtype, device, settings, max_iter, tol,
                       absolute_sigma, log_every, progress, callbacks, notes, n_train, n_val):
-    import torch
-
     # Least squares always computes in float64 on the CPU: the dense algebra of one fit is
-    # small, and precision is the point (dtype/device apply to first-order training).
-    problem = LeastSquaresProblem.from_arrays(model, space, train_arr, torch.float64, torch.device("cpu"))
+    # small, and precision is the point (dtype/device apply to first-order training). The
+    # problem's torch tensors (float64 by default) are made only if a solver needs them.
+    problem = LeastSquaresProblem.from_arrays(model, space, train_arr, None, "cpu")
     cbs = list(callbacks)
     if log_every:
         cbs.append(LogCallback(int(log_every), unit="iteration"))
     if method == "lm" and wants_progress(progress):
         cbs.append(ProgressCallback("least squares"))
-    for cb in cbs:
-        cb.on_train_begin(max_iter)
-
-    def on_iteration(it, mean_loss):
-        stop = False
+    on_iteration = None
+    if cbs:
         for cb in cbs:
-            stop = bool(cb.on_epoch_end(it, {"train_loss": mean_loss, "val_loss": None})) or stop
-        return stop
+            cb.on_train_begin(max_iter)
 
-    outcome = solve(problem, method, max_iter=max_iter, tol=tol, callback=on_iteration if cbs else None)
+        def on_iteration(it, mean_loss):
+            stop = False
+            for cb in cbs:
+                stop = bool(cb.on_epoch_end(it, {"train_loss": mean_loss, "val_loss": None})) or stop
+            return stop
+
+    outcome = solve(problem, method, max_iter=max_iter, tol=tol, callback=on_iteration)
     values = outcome.values
     if method == "lm" and outcome.status == "converged":
         values = refine_residuals(problem, values)
@@ -74,7 +75,7 @@ def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigm
             status = "singular"
         message = f"{message}; {text}" if message else text
     notes = fields["notes"]
-    at_bound = problem.space.at_bound(fields["params"])
+    at_bound = problem.space.at_bound(fields["params"]) if problem.space.has_bounds else ()
     if at_bound:
         notes = notes + (f"parameter(s) {', '.join(at_bound)} at a bound: their standard errors assume the "
                          "bound is not active",)

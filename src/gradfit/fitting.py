@@ -18,7 +18,7 @@ from .data.split import train_val_indices
 from .errors import ConfigError, DataError, GradfitWarning, ModelError
 from .losses import resolve_loss
 from .lsq import LeastSquaresProblem, linear_reason
-from .models import resolve_model
+from .models import FormulaModel, resolve_model
 from .models.neural import MLPSpec, ModuleModel, build_mlp
 from .models.parameters import ParameterSpace, feasible_start
 from .optim.registry import make_optimizer
@@ -187,11 +187,12 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
                 penalty=penalty, input_noise=input_noise, early_stopping=_early_stopping(early_stopping),
                 schedule=schedule, weighted=weights is not None, val_fraction=val_fraction,
                 checkpoint=_checkpointer(checkpoint), resume=bool(resume))
-    train_idx, val_idx = train_val_indices(arrays.n, float(val_fraction), seed)
-    if opts["early_stopping"] is not None and not len(val_idx):
+    train_arr, val_arr = arrays, None
+    if val_fraction != 0:
+        train_idx, val_idx = train_val_indices(arrays.n, float(val_fraction), seed)
+        train_arr, val_arr = arrays.take(train_idx), arrays.take(val_idx)
+    if opts["early_stopping"] is not None and val_arr is None:
         raise ConfigError("early_stopping watches the validation loss: set val_fraction (e.g. 0.2)")
-    train_arr = arrays.take(train_idx) if len(val_idx) else arrays
-    val_arr = arrays.take(val_idx) if len(val_idx) else None
     result = _fit_split(bound, train_arr, val_arr, tuple(arrays.notes), opts)
     if cv is not None:
         result = dataclasses.replace(result, cv=_cross_validate(bound, arrays, cv, cv_groups, cv_split, opts))
@@ -211,7 +212,7 @@ def _check_range(arrays, dtype) -> None:
     import numpy as np
     import torch
 
-    if dtype != torch.float32:
+    if dtype != torch.float32 or arrays.float32_safe:
         return
     limit = float(torch.finfo(torch.float32).max)
     for name, v in [*arrays.inputs.items(), ("y", arrays.y)]:
@@ -358,10 +359,27 @@ def _is_module_spec(model) -> bool:
     return isinstance(model, MLPSpec)
 
 
-def _parameter_space(model, train_arr, n_train, init, bounds, fixed, tie):
+@lru_cache(maxsize=256)
+def _default_formula_space(model) -> ParameterSpace:
+    """The parameter space of a formula fit without init, bounds, fixed or ties: it depends
+    only on the (cached, immutable) bound model, so it is built once per formula and inputs."""
+    return ParameterSpace(model.param_names, model.guess(None, None))
 
+
+def _parameter_space(model, train_arr, n_train, init, bounds, fixed, tie):
     if not model.param_names:
         raise ModelError("the model has no parameters to fit; every name in the formula is a data column")
+    if not (init or bounds or fixed or tie) and type(model) is FormulaModel:
+        space = _default_formula_space(model)
+    else:
+        space = _configured_space(model, train_arr, init, bounds, fixed, tie)
+    if n_train < len(space.free):
+        raise DataError(f"{n_train} training points cannot determine {len(space.free)} parameters "
+                        f"({', '.join(space.free)}); add data or fix parameters")
+    return space
+
+
+def _configured_space(model, train_arr, init, bounds, fixed, tie) -> ParameterSpace:
     values = feasible_start(model.guess(train_arr.inputs, train_arr.y),
                             {k: v for k, v in (bounds or {}).items() if k in model.param_names})
     for name, v in (init or {}).items():
@@ -373,11 +391,7 @@ def _parameter_space(model, train_arr, n_train, init, bounds, fixed, tie):
         values[name] = float(v)
     if isinstance(fixed, str):
         fixed = [fixed]
-    space = ParameterSpace(model.param_names, values, bounds=bounds, fixed=list(fixed or ()), tie=tie)
-    if n_train < len(space.free):
-        raise DataError(f"{n_train} training points cannot determine {len(space.free)} parameters "
-                        f"({', '.join(space.free)}); add data or fix parameters")
-    return space
+    return ParameterSpace(model.param_names, values, bounds=bounds, fixed=list(fixed or ()), tie=tie)
 
 
 def _scalar_objective(model, space, train, val, loss_fn, normalize, gradient, dtype, dev):

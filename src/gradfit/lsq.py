@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import FitError
+from .optim.linear import solve_linear_least_squares
+from .stats import RANK_TOL, covariance, covariance_from_svd, fit_statistics
 
 __all__ = ["LeastSquaresProblem", "LSQOutcome", "Uncertainty", "solve", "uncertainty", "linear_reason",
            "profile_interval", "profile_intervals"]
@@ -110,8 +112,7 @@ class LeastSquaresProblem:
         inputs, y, w = self._numpy
         sw = None if w is None else np.sqrt(w)
         if self.numpy_ready:
-            model = self.model
-            index = [space.names.index(n) for n in space.free]
+            model, free = self.model, space.free
 
             def residual(u):
                 with np.errstate(all="ignore"):  # trial steps may overflow; LM rejects them
@@ -120,8 +121,7 @@ class LeastSquaresProblem:
 
             def jacobian(u):
                 with np.errstate(all="ignore"):
-                    partials = model.partials_numpy(inputs, space.values_from_internal(u))
-                jac = np.column_stack([partials[i] for i in index])
+                    jac = model.jacobian_numpy(inputs, space.values_from_internal(u), free)
                 if space.has_bounds:
                     jac = jac * np.asarray(space.internal_derivative_values(u))
                 return jac if sw is None else jac * sw[:, None]
@@ -177,23 +177,19 @@ def solve(problem: LeastSquaresProblem, method: str, *, max_iter: int = 2000, to
 
 
 def _solve_linear(problem: LeastSquaresProblem) -> LSQOutcome:
-    from .optim.linear import solve_linear_least_squares
-
     space, model = problem.space, problem.model
     inputs, y, w = problem.numpy()
     # The offset is the prediction with every free parameter at 0 (fixed ones at their value);
     # the design matrix holds the (constant) partial derivatives of the free parameters.
     at_zero = {n: (space.values[n] if n in space.fixed else 0.0) for n in space.names}
-    partials = model.partials_numpy(inputs, at_zero)
-    offset = model.forward_numpy(inputs, at_zero)
-    index = {n: i for i, n in enumerate(space.names)}
-    design = np.column_stack([partials[index[n]] for n in space.free])
+    design = model.jacobian_numpy(inputs, at_zero, space.free)
+    offset = None if not space.fixed and model.vanishes_at_zero else model.forward_numpy(inputs, at_zero)
     factor: list = []
-    coef = solve_linear_least_squares(design, y - offset, w, factor_out=factor)
+    coef = solve_linear_least_squares(design, y if offset is None else y - offset, w, factor_out=factor)
     values = dict(space.values)
-    values.update(zip(space.free, (float(c) for c in coef)))
-    resid = design @ coef + offset - y
-    chi2 = float(np.sum(resid * resid if w is None else w * resid * resid))
+    values.update(zip(space.free, coef.tolist()))
+    resid = design @ coef - y if offset is None else design @ coef + offset - y
+    chi2 = float(resid @ resid if w is None else w @ (resid * resid))
     outcome = LSQOutcome(values, "converged", "solved directly (linear least squares)", 1, strategy="SVD",
                          factor=tuple(factor) if factor else None, residuals=resid)
     outcome.history = [chi2 / (float(np.sum(w)) if w is not None else problem.n)]
@@ -256,8 +252,6 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
                 factor: tuple | None = None, residuals: np.ndarray | None = None) -> Uncertainty:
     """Covariance, standard errors, correlations and fit statistics at ``values``.
     ``factor`` = (s, vt, d) from a linear solve saves refactorizing the Jacobian."""
-    from .stats import RANK_TOL, covariance, covariance_from_svd, fit_statistics
-
     space = problem.space
     inputs, y, w = problem.numpy()
     resid = residuals if residuals is not None else _predict_numpy(problem.model, inputs, values) - y
@@ -272,11 +266,14 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
         if w is not None:
             jac = jac * np.sqrt(w)[:, None]
         cov = covariance(jac, scale)
-    diag = np.diag(cov.matrix).tolist()
+    diag = cov.matrix.diagonal().tolist()
     sd = [math.sqrt(v) if v >= 0 else math.nan for v in diag]  # NaN for degenerate parameters
     stderr = dict(zip(space.free, sd))
     sd_arr = np.array(sd)
-    corr = cov.matrix / np.outer(sd_arr, sd_arr) if all(v > 0 for v in sd) else _safe_correlation(cov.matrix, sd_arr)
+    if all(v > 0 for v in sd):
+        corr = cov.matrix / sd_arr[:, None] / sd_arr
+    else:
+        corr = _safe_correlation(cov.matrix, sd_arr)
     for n in space.fixed:
         stderr[n] = 0.0
     if space.ties:
@@ -294,10 +291,7 @@ def _free_jacobian(problem: LeastSquaresProblem, values: dict) -> np.ndarray:
     """d prediction / d free parameter (values, not internal coordinates), float64, (n, F)."""
     space = problem.space
     if problem.numpy_ready:
-        inputs, _, _ = problem.numpy()
-        partials = problem.model.partials_numpy(inputs, values)
-        index = {n: i for i, n in enumerate(space.names)}
-        return np.column_stack([partials[index[n]] for n in space.free])
+        return problem.model.jacobian_numpy(problem.numpy()[0], values, space.free)
     import torch
     from torch.func import jacfwd
 

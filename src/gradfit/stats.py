@@ -30,8 +30,8 @@ class Covariance:
 
 def covariance_from_svd(s: np.ndarray, vt: np.ndarray, d: np.ndarray, scale: float) -> Covariance:
     """``scale * (J^T J)^-1`` from the thin SVD ``J D^-1 = U S V^T`` (full rank)."""
-    scaled = vt.T / s
-    return Covariance((scaled @ scaled.T) / np.outer(d, d) * scale, len(s), ())
+    root = vt.T / (d[:, None] * s)  # D^-1 V S^-1, so (J^T J)^-1 = root @ root.T
+    return Covariance((root @ root.T) * scale, len(s), ())
 
 
 def covariance(jac: np.ndarray, scale: float, *, rank_tol: float = RANK_TOL) -> Covariance:

@@ -153,6 +153,21 @@ def is_linear_in(node: Node, params: tuple[str, ...]) -> bool:
     return poly.total_degree() <= 1
 
 
+@lru_cache(maxsize=256)
+def vanishes_at_zero(node: Node, params: tuple[str, ...]) -> bool:
+    """True when ``node`` is identically 0 with every name in ``params`` set to 0 (the
+    model ``w*x + b`` has no term free of parameters; ``w*x + x**2`` has one)."""
+    import sympy as sp
+
+    symbols: dict = {}
+    expr = to_sympy(node, symbols)
+    try:
+        at_zero = expr.subs({symbols[p]: 0 for p in params if p in symbols})
+        return bool(sp.expand(at_zero) == 0)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return False
+
+
 def value_and_partials_program(node: Node, wrt: tuple[str, ...]):
     """The model and its partial derivatives as one straight-line program with common
     subexpressions computed once (sympy.cse): returns (assignments, outputs) where

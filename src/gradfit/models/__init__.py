@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ..errors import ModelError
 from .base import Model
 from .builtin import BUILTIN_NAMES, BuiltinModel, builtin_model
@@ -15,6 +17,13 @@ __all__ = ["Model", "FormulaModel", "BuiltinModel", "FunctionModel", "builtin_mo
 def is_builtin_name(text: str) -> bool:
     key = text.strip().lower()
     return key == "mlp" or key.startswith("poly:") or key in BUILTIN_NAMES
+
+
+@lru_cache(maxsize=256)
+def _formula_model(text: str) -> FormulaModel:
+    # Unbound formula models are immutable apart from lazily compiled derivatives, so one
+    # instance per text serves every fit (parsing and compiling once).
+    return FormulaModel(text)
 
 
 def resolve_model(spec, *, hidden=(64,), activation="tanh"):
@@ -41,7 +50,7 @@ def resolve_model(spec, *, hidden=(64,), activation="tanh"):
             if close:
                 raise ModelError(f"{spec!r} is not a built-in model (did you mean {close[0]!r}?) and, as a formula, "
                                  "has no input")
-        return FormulaModel(spec)
+        return _formula_model(spec)
     from .neural import MLPSpec
 
     if isinstance(spec, MLPSpec):

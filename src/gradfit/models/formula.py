@@ -60,22 +60,26 @@ class FormulaModel(Model):
         self._set_inputs(set(inputs or ()))
         self._compiled = compile_tree(self.parsed.rhs)
         self._compiled_response = compile_tree(self.parsed.response) if self.parsed.response is not None else None
+        self._response_names = frozenset(self.parsed.response.names() if self.parsed.response is not None else ())
         self._partials = None
         self._np_partials = None
+        self._np_forward = None
+        self._vanishes_at_zero = None
         self._program = None
         self._partials_constant = False
 
     def _set_inputs(self, inputs: set[str]) -> None:
         self.input_names = tuple(n for n in self._ordered if n in inputs)
         self.param_names = tuple(n for n in self._ordered if n not in inputs)
+        self._param_index = {n: i for i, n in enumerate(self.param_names)}
 
     @property
     def bound(self) -> bool:
         return self._bound
 
     @property
-    def response_names(self) -> set[str]:
-        return self.parsed.response.names() if self.parsed.response is not None else set()
+    def response_names(self) -> frozenset[str]:
+        return self._response_names
 
     def bind(self, available: Iterable[str]) -> "FormulaModel":
         """Return a copy whose inputs are the formula names found in ``available`` (data
@@ -106,17 +110,19 @@ class FormulaModel(Model):
         direct solves and statistics. Falls back to torch for functions numpy lacks (erf)."""
         import numpy as np
 
-        from ..formula.compile import numpy_supported
+        if self._np_forward is None:
+            from ..formula.compile import numpy_supported
 
-        ref = next(iter(inputs.values()))
-        if not numpy_supported(self.parsed.rhs):
+            self._np_forward = compile_tree(self.parsed.rhs, "numpy") if numpy_supported(self.parsed.rhs) else False
+        if self._np_forward is False:
             return self._torch_to_numpy(self.forward, inputs, params)
         env = dict(params)
         env.update(inputs)
-        out = compile_tree(self.parsed.rhs, "numpy")(env)
-        if isinstance(out, np.ndarray) and out.shape == ref.shape[:1]:
+        out = self._np_forward(env)
+        n = len(next(iter(inputs.values())))
+        if isinstance(out, np.ndarray) and out.shape == (n,):
             return out
-        return np.broadcast_to(np.asarray(out, dtype=float), ref.shape[:1]).copy()
+        return np.broadcast_to(np.asarray(out, dtype=float), (n,)).copy()
 
     def value_and_partials(self):
         """A function env -> (value, [d value / d p for each parameter]) that computes common
@@ -139,28 +145,36 @@ class FormulaModel(Model):
             self._program = program
         return self._program
 
-    def partials_numpy(self, inputs: Mapping, params: Mapping) -> list:
-        """:meth:`partials` with numpy (float64), each broadcast to the data's length."""
+    def jacobian_numpy(self, inputs: Mapping, params: Mapping, names) -> "np.ndarray":
+        """(n, len(names)) float64 matrix of d prediction / d parameter, for the parameters
+        ``names`` in that order (symbolic partials evaluated with numpy; torch for functions
+        numpy lacks)."""
         import numpy as np
 
-        from ..formula.compile import numpy_supported
-
-        if self._partials is None:
-            self._compile_partials()
-        if not all(numpy_supported(t) for t in self._partial_trees):
-            return self._torch_to_numpy(self.partials, inputs, params)
+        fns = self._numpy_partials()
+        n = len(next(iter(inputs.values())))
+        out = np.empty((n, len(names)))
+        if fns is False:
+            partials = self._torch_to_numpy(self.partials, inputs, params)
+            for j, name in enumerate(names):
+                out[:, j] = partials[self._param_index[name]]
+            return out
         env = dict(params)
         env.update(inputs)
-        n = next(iter(inputs.values())).shape[0]
-        out = []
-        for fn in self._numpy_partials():
-            v = fn(env)
-            out.append(v if isinstance(v, np.ndarray) and v.shape == (n,) else np.full(n, float(v)))
+        for j, name in enumerate(names):
+            out[:, j] = fns[self._param_index[name]](env)  # constants broadcast down the column
         return out
 
     def _numpy_partials(self):
+        """Compiled numpy partials in parameter order, or False where numpy lacks a function."""
         if self._np_partials is None:
-            self._np_partials = [compile_tree(t, "numpy") for t in self._partial_trees]
+            from ..formula.compile import numpy_supported
+
+            if self._partials is None:
+                self._compile_partials()
+            trees = self._partial_trees
+            self._np_partials = ([compile_tree(t, "numpy") for t in trees]
+                                 if all(numpy_supported(t) for t in trees) else False)
         return self._np_partials
 
     @staticmethod
@@ -202,6 +216,16 @@ class FormulaModel(Model):
         self._partials = [compile_tree(t) for t in self._partial_trees]
         params = set(self.param_names)
         self._partials_constant = not any(trees[p].names() & params for p in self.param_names)
+
+    @property
+    def vanishes_at_zero(self) -> bool:
+        """True when the prediction is identically 0 with every parameter at 0 (no term
+        free of parameters), so a linear solve needs no offset."""
+        if self._vanishes_at_zero is None:
+            from ..formula.symbolic import vanishes_at_zero
+
+            self._vanishes_at_zero = vanishes_at_zero(self.parsed.rhs, self.param_names)
+        return self._vanishes_at_zero
 
     @property
     def linear_in_params(self) -> bool:

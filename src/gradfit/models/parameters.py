@@ -55,13 +55,13 @@ class ParameterSpace:
 
     def __init__(self, names: Sequence[str], values: Mapping[str, float], *, bounds: Mapping | None = None,
                  fixed: Sequence[str] = (), tie: Mapping[str, str] | None = None):
-        from ..data.io import closest_name
-
         self.names = tuple(names)
         known = set(self.names)
 
         def check(name, what):
             if name not in known:
+                from ..data.io import closest_name
+
                 raise ConfigError(f"{what} names unknown parameter {name!r}{closest_name(name, known)}; "
                                   f"parameters are {', '.join(self.names)}")
 
@@ -71,15 +71,16 @@ class ParameterSpace:
             check(name, "bounds")
             lo, hi = _pair(name, pair)
             self.lower[name], self.upper[name] = lo, hi
-        self.fixed = tuple(n for n in self.names if n in set(fixed))
+        fixed_set = set(fixed)
+        self.fixed = tuple(n for n in self.names if n in fixed_set)
         for name in fixed:
             check(name, "fixed")
-        self.ties = _compile_ties(tie or {}, known, check)
+        self.ties = _compile_ties(tie, known, check) if tie else ()
         tied = {t.name for t in self.ties}
-        for name in tied & set(self.fixed):
+        for name in tied & fixed_set:
             raise ConfigError(f"parameter {name!r} is both fixed and tied; choose one")
         self.values = {n: float(values[n]) for n in self.names}
-        self.free = tuple(n for n in self.names if n not in tied and n not in set(self.fixed))
+        self.free = tuple(n for n in self.names if n not in tied and n not in fixed_set)
         for n in self.free:
             v, lo, hi = self.values[n], self.lower[n], self.upper[n]
             if not lo <= v <= hi:
@@ -87,11 +88,10 @@ class ParameterSpace:
                                   "change the init or the bounds")
         if not self.free:
             raise ConfigError("every parameter is fixed or tied; nothing left to fit")
+        #: some free parameter has a finite bound (optimizers then work in internal coordinates)
+        self.has_bounds = any(math.isfinite(self.lower[n]) or math.isfinite(self.upper[n]) for n in self.free)
 
     # -- properties -----------------------------------------------------------------------
-    @property
-    def has_bounds(self) -> bool:
-        return any(math.isfinite(self.lower[n]) or math.isfinite(self.upper[n]) for n in self.free)
 
     @property
     def is_plain(self) -> bool:
