@@ -255,8 +255,9 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
     space = problem.space
     inputs, y, w = problem.numpy()
     resid = residuals if residuals is not None else _predict_numpy(problem.model, inputs, values) - y
-    chi2 = _precise_chi2(problem, values, float(resid @ resid if w is None else w @ (resid * resid)), y, w)
-    stats = fit_statistics(resid, y, w, len(space.free), chisqr=chi2)
+    rss = float(resid @ resid)
+    chi2 = _precise_chi2(problem, values, rss if w is None else float(w @ (resid * resid)), y, w)
+    stats = fit_statistics(resid, y, w, len(space.free), chisqr=chi2, rss=rss)
     dof = stats["dof"]
     scale = 1.0 if absolute_sigma else (chi2 / dof if dof > 0 else math.nan)
     if factor is not None and factor[0].size and factor[0][-1] > RANK_TOL * factor[0][0]:

@@ -68,20 +68,21 @@ def covariance(jac: np.ndarray, scale: float, *, rank_tol: float = RANK_TOL) -> 
 
 
 def fit_statistics(residuals: np.ndarray, y: np.ndarray, weights: np.ndarray | None, n_params: int,
-                   chisqr: float | None = None) -> dict:
+                   chisqr: float | None = None, rss: float | None = None) -> dict:
     """n, dof, chi-square, reduced chi-square, RSS, RMSE, R², AIC, BIC.
 
     ``residuals`` are unweighted (prediction - y); chi-square uses the weights (1/sigma²),
     RSS does not. AIC/BIC follow lmfit: n*log(chi2/n) + 2k and n*log(chi2/n) + log(n)*k.
-    ``chisqr`` overrides the float64 sum (e.g. one computed in extended precision).
+    ``chisqr`` overrides the float64 sum (e.g. one computed in extended precision); ``rss``
+    passes a sum of squared residuals the caller already has.
     """
     r = np.asarray(residuals, dtype=float)
     y = np.asarray(y, dtype=float)
     n = r.size
-    rss = float(r @ r)
+    rss = float(r @ r) if rss is None else rss
     if weights is None:
         chi2 = rss if chisqr is None else float(chisqr)
-        dev = y - float(y.sum()) / n
+        dev = y - float(np.add.reduce(y)) / n
         tss = float(dev @ dev)
     else:
         w = np.asarray(weights, dtype=float)

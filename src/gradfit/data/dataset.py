@@ -171,7 +171,7 @@ def _target_from_columns(model, y, columns) -> np.ndarray:
     value = model.response_numpy({n: columns[n] for n in model.response_names})
     shape = next(iter(columns.values())).shape
     if isinstance(value, np.ndarray) and value.shape == shape and value.dtype == np.float64:
-        return value.copy()
+        return value  # read-only from here on, like the input columns
     return np.broadcast_to(np.asarray(value, dtype=float), shape).copy()
 
 

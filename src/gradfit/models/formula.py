@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from ..errors import DataError, FormulaError
 from ..formula.compile import compile_tree
 from ..formula.parse import ParsedFormula, parse_formula
 from ..formula.tree import Node, Var
 from .base import Model
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["FormulaModel"]
 

@@ -174,7 +174,11 @@ class ParameterSpace:
         return dict(zip(self.names, self.full(u, internal=internal).unbind(-1)))
 
     def describe(self) -> dict:
+        """Bounds, fixed and tied parameters as JSON-able settings ({} for a plain space)."""
         out: dict = {}
+        if not (self.fixed or self.ties or any(math.isfinite(v) for v in (*self.lower.values(),
+                                                                           *self.upper.values()))):
+            return out
         bounds = {n: [self.lower[n], self.upper[n]] for n in self.names
                   if math.isfinite(self.lower[n]) or math.isfinite(self.upper[n])}
         if bounds:
