@@ -92,6 +92,37 @@ def test_default_parameter_space_is_shared_without_leaking_settings():
     assert b.params == c.params and b.stderr == c.stderr
 
 
+def test_lm_subproblem_from_gram_matches_svd_and_falls_back_when_ill_conditioned():
+    from gradfit.optim.lm import _Subproblem
+
+    rng = np.random.default_rng(3)
+    jac = np.asfortranarray(rng.standard_normal((200, 3)))
+    r = rng.standard_normal(200)
+    d = np.array([1.0, 2.0, 0.5])
+
+    def reference(j):
+        u, s, vt = np.linalg.svd(j / d, full_matrices=False)
+        return s, [-(vt.T @ (s / (s * s + lam) * (u.T @ r))) for lam in (1e-3, 0.1, 10.0)]
+
+    nearly_dependent = np.column_stack([jac[:, 0], jac[:, 1], jac[:, 0] + 1e-6 * rng.standard_normal(200)])
+    for j, rtol in ((jac, 1e-10), (nearly_dependent, 1e-8)):  # cond ~ 1e6: the SVD path
+        sub = _Subproblem(j, r, d)
+        s, steps = reference(j)
+        np.testing.assert_allclose(sub.s, s, rtol=rtol)
+        for lam, step in zip((1e-3, 0.1, 10.0), steps):
+            np.testing.assert_allclose(sub.step(lam), step, rtol=rtol, atol=1e-12 * np.abs(step).max())
+
+
+def test_formula_jacobian_shares_subexpressions_and_is_exact():
+    from gradfit.models import resolve_model
+
+    m = resolve_model("a*exp(-k*x) + c").bind(["x"])
+    jac = m.jacobian_numpy({"x": X}, {"a": 3.0, "k": 0.4, "c": 1.0}, ("k", "a", "c"))
+    e = np.exp(-0.4 * X)
+    np.testing.assert_allclose(jac, np.column_stack([-3.0 * X * e, e, np.ones_like(X)]), rtol=1e-15)
+    assert jac.flags["F_CONTIGUOUS"]
+
+
 def test_statistics_closed_forms():
     r = gf.fit("a*x + b", x=X, y=Y, dtype="float64")
     resid = r.predict(X) - Y

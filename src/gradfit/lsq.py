@@ -114,14 +114,14 @@ class LeastSquaresProblem:
         if self.numpy_ready:
             model, free = self.model, space.free
 
+            # No np.errstate here: callers run these under errstate(all="ignore") once (trial
+            # steps may overflow; LM rejects them).
             def residual(u):
-                with np.errstate(all="ignore"):  # trial steps may overflow; LM rejects them
-                    r = model.forward_numpy(inputs, space.values_from_internal(u)) - y
+                r = model.forward_numpy(inputs, space.values_from_internal(u)) - y
                 return r if sw is None else r * sw
 
             def jacobian(u):
-                with np.errstate(all="ignore"):
-                    jac = model.jacobian_numpy(inputs, space.values_from_internal(u), free)
+                jac = model.jacobian_numpy(inputs, space.values_from_internal(u), free)
                 if space.has_bounds:
                     jac = jac * np.asarray(space.internal_derivative_values(u))
                 return jac if sw is None else jac * sw[:, None]
@@ -234,8 +234,9 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
     residual, jacobian = problem.lm_functions()
     at_bound = problem.space.bound_mask if problem.space.has_bounds else None
     u0 = np.array(problem.space.internal_start_values(), dtype=np.float64)
-    out, strategy = robust_levenberg_marquardt(residual, u0, jacobian=jacobian, options=options,
-                                               callback=lm_cb, at_bound=at_bound)
+    with np.errstate(all="ignore"):  # trial steps may overflow; LM rejects them
+        out, strategy = robust_levenberg_marquardt(residual, u0, jacobian=jacobian, options=options,
+                                                   callback=lm_cb, at_bound=at_bound)
     if problem.space.ties:
         import torch
 
@@ -349,7 +350,9 @@ def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3)
     _, jacobian = problem.lm_functions()
     for _ in range(steps):
         v = np.array([current[n] for n in space.free])
-        step = np.linalg.lstsq(jacobian(v), -r, rcond=None)[0]
+        with np.errstate(all="ignore"):
+            jac = jacobian(v)
+        step = np.linalg.lstsq(jac, -r, rcond=None)[0]
         trial = dict(current)
         trial.update(zip(space.free, (v + step).tolist()))
         r_new = residuals_mp(expr, inputs, y, w, trial)

@@ -176,13 +176,21 @@ def value_and_partials_program(node: Node, wrt: tuple[str, ...]):
     return _program_cached(node, tuple(wrt))
 
 
-@lru_cache(maxsize=256)
-def _program_cached(node: Node, wrt: tuple[str, ...]):
+def partials_program(node: Node, wrt: tuple[str, ...]):
+    """Like :func:`value_and_partials_program` for the partial derivatives alone (what a
+    Jacobian needs): outputs are the trees of [d/d wrt[0], ...]."""
+    return _program_cached(node, tuple(wrt), with_value=False)
+
+
+@lru_cache(maxsize=512)
+def _program_cached(node: Node, wrt: tuple[str, ...], with_value: bool = True):
     import sympy as sp
 
     symbols: dict = {}
     expr = to_sympy(node, symbols)
-    exprs = [expr] + [sp.diff(expr, symbols.get(n) or sp.Symbol(n, real=True)) for n in wrt]
+    exprs = [sp.diff(expr, symbols.get(n) or sp.Symbol(n, real=True)) for n in wrt]
+    if with_value:
+        exprs.insert(0, expr)
     # temporaries are named so they can never clash with user names (the parser refuses "__")
     temps = (sp.Symbol(f"__t{i}", real=True) for i in range(10**6))
     replacements, reduced = sp.cse(exprs, symbols=temps)

@@ -125,7 +125,11 @@ class ParameterSpace:
         """Every parameter as a float from internal free coordinates (no ties: see
         :meth:`full` for those)."""
         out = dict(self.values)
-        for n, ui in zip(self.free, [float(v) for v in u]):
+        values = u.tolist() if hasattr(u, "tolist") else [float(v) for v in u]
+        if not self.has_bounds:
+            out.update(zip(self.free, values))
+            return out
+        for n, ui in zip(self.free, values):
             out[n] = _from_internal_float(ui, self.lower[n], self.upper[n])
         return out
 

@@ -65,49 +65,79 @@ class LMOutcome:
     n_jacobian: int = 0
 
 
-def scaled_gradient(jac: np.ndarray, r: np.ndarray, exempt=None) -> float:
+def scaled_gradient(jac: np.ndarray, r: np.ndarray, exempt=None, *, col_norms: np.ndarray | None = None,
+                    r_norm: float | None = None) -> float:
     """max_j |J_j . r| / (||J_j|| ||r||): the cosine between the residual and each Jacobian
     column (MINPACK's gtol measure); 0 at a stationary point, scale-free. Columns flagged in
-    ``exempt`` (parameters resting on a bound) are left out."""
-    rn = float(np.linalg.norm(r))
+    ``exempt`` (parameters resting on a bound) are left out. ``col_norms`` and ``r_norm``
+    pass norms the caller already has."""
+    rn = float(np.linalg.norm(r)) if r_norm is None else r_norm
     if rn == 0.0:
         return 0.0
-    cn = np.sqrt(np.einsum("ij,ij->j", jac, jac))
-    ok = cn > 0
-    if exempt is not None:
-        ok &= ~np.asarray(exempt, dtype=bool)
-    if not ok.any():
-        return 0.0
-    g = np.abs(jac.T @ r)
-    return float((g[ok] / (cn[ok] * rn)).max())
+    cn = (np.sqrt(np.einsum("ij,ij->j", jac, jac)) if col_norms is None else col_norms).tolist()
+    g = (jac.T @ r).tolist()
+    skip = [False] * len(cn) if exempt is None else [bool(e) for e in exempt]
+    cosines = [abs(gj) / (cj * rn) for gj, cj, sj in zip(g, cn, skip) if cj > 0 and not sj]
+    if any(c != c for c in cosines):
+        return math.nan  # a NaN in the Jacobian: never stationary
+    return max(cosines) if cosines else 0.0
+
+
+#: smallest/largest eigenvalue of the scaled Gram matrix above which the subproblem is solved
+#: from it (cond(J D^-1) < 1e5: steps accurate to ~eps * cond^2 < 1e-6, ample for an
+#: iteration that only needs descent); below it, the SVD of J D^-1 itself
+GRAM_CONDITION = 1e-10
 
 
 class _Subproblem:
-    """The trust-region subproblem at one point, solved through the SVD of J D^-1.
+    """The trust-region subproblem at one point: the singular values s, right singular
+    vectors V and coordinates c = U^T r of ``A = J D^-1``.
 
-    Only the SVD touches the (n, P) Jacobian; everything after it works on P numbers in
-    numpy, so the search for the damping costs microseconds.
+    They come from the eigendecomposition of the P x P matrix ``A^T A`` when A is well
+    conditioned (one pass over the n x P data instead of a factorization of it: several
+    times cheaper for long data), and from the SVD of A otherwise, so that ill-conditioned
+    problems never see a squared condition number. The search for the damping then works on
+    P Python floats (cheaper than numpy calls for the handful of parameters a fit has).
     """
 
     def __init__(self, jac: np.ndarray, r: np.ndarray, d: np.ndarray):
-        u, s, vt = np.linalg.svd(jac / d, full_matrices=False)
-        self.s, self.vt = s, vt
-        self.c = u.T @ r  # r's coordinates in the range of J
-        self.rank_cut = s[0] * max(jac.shape) * np.finfo(np.float64).eps if s.size else 0.0
+        a = jac / d
+        eig = v = None
+        if a.shape[0] >= 4 * a.shape[1]:  # long data: the Gram matrix is much smaller than A
+            try:
+                eig, v = np.linalg.eigh(a.T @ a)
+            except np.linalg.LinAlgError:  # non-finite entries: the SVD below reports them
+                eig = None
+        if eig is not None and eig[0] > GRAM_CONDITION * eig[-1] and math.isfinite(eig[-1]):
+            s = np.sqrt(eig[::-1])
+            vt = v[:, ::-1].T
+            c = (vt @ (a.T @ r)) / s  # U^T r with U = A V S^-1
+        else:
+            u, s, vt = np.linalg.svd(a, full_matrices=False)
+            c = u.T @ r
+        self.vt = vt
+        self.c = c  # r's coordinates in the range of J
+        self.s = s.tolist()
+        self.c_list = self.c.tolist()
+        self.rank_cut = self.s[0] * max(jac.shape) * _EPS if self.s else 0.0
+        # the Gauss-Newton step (lam = 0) uses the pseudo-inverse: directions with singular
+        # values at rounding level are dropped
+        self.gn_coef = [1.0 / sv if sv > self.rank_cut else 0.0 for sv in self.s]
+        self.gn_norm = math.sqrt(sum((k * c) ** 2 for k, c in zip(self.gn_coef, self.c_list)))
 
-    def coefficients(self, lam: float):
-        s = self.s
+    def coefficients(self, lam: float) -> list[float]:
         if lam == 0.0:
-            safe = np.where(s > self.rank_cut, s, 1.0)
-            return np.where(s > self.rank_cut, 1.0 / safe, 0.0)
-        return s / (s * s + lam)
+            return self.gn_coef
+        return [sv / (sv * sv + lam) for sv in self.s]
 
     def step(self, lam: float) -> np.ndarray:
         """The scaled step z = D dx for damping lam (lam = 0: Gauss-Newton, pseudo-inverse)."""
-        return -(self.vt.T @ (self.coefficients(lam) * self.c))
+        return -(self.vt.T @ (np.array(self.coefficients(lam)) * self.c))
 
     def norm(self, lam: float) -> float:
-        return float(np.linalg.norm(self.coefficients(lam) * self.c))
+        if lam == 0.0:
+            return self.gn_norm
+        return math.sqrt(sum((k * c) ** 2 for k, c in zip(self.coefficients(lam), self.c_list)))
 
     def damping_for(self, delta: float, lam_hint: float) -> float:
         """The lam >= 0 with ||step(lam)|| within 10% of delta (0 if the GN step fits).
@@ -115,14 +145,15 @@ class _Subproblem:
         Newton's method on 1/||z(lam)|| - 1/delta (nearly linear in lam, Hebden/Moré),
         safeguarded by a bracket that shrinks every iteration.
         """
-        if self.norm(0.0) <= 1.1 * delta:
+        if self.gn_norm <= 1.1 * delta:
             return 0.0
-        s2, c2 = self.s * self.s, self.c * self.c
+        s2 = [sv * sv for sv in self.s]
+        s2c2 = [a * c * c for a, c in zip(s2, self.c_list)]
         lo, hi = 0.0, math.inf
-        lam = max(lam_hint, 1e-12 * float(s2[0]) if s2.size else 1e-12)
+        lam = max(lam_hint, 1e-12 * s2[0] if s2 else 1e-12)
         for _ in range(60):
-            q = s2 + lam
-            norm2 = float(np.sum(s2 * c2 / (q * q)))
+            q = [a + lam for a in s2]
+            norm2 = sum(b / (qi * qi) for b, qi in zip(s2c2, q))
             norm = math.sqrt(norm2)
             if 0.9 * delta <= norm <= 1.1 * delta:
                 return lam
@@ -130,7 +161,7 @@ class _Subproblem:
                 lo = lam
             else:
                 hi = lam
-            dnorm2 = -2.0 * float(np.sum(s2 * c2 / (q * q * q)))  # d ||z||^2 / d lam
+            dnorm2 = -2.0 * sum(b / (qi * qi * qi) for b, qi in zip(s2c2, q))  # d ||z||^2 / d lam
             # Newton step for phi(lam) = 1/||z|| - 1/delta: phi' = -dnorm2 / (2 ||z||^3)
             phi = 1.0 / norm - 1.0 / delta if norm > 0 else -1.0 / delta
             dphi = -dnorm2 / (2.0 * norm2 * norm) if norm > 0 else 0.0
@@ -142,6 +173,9 @@ class _Subproblem:
             if lam > 1e300:
                 return lam
         return lam
+
+
+_EPS = float(np.finfo(np.float64).eps)
 
 
 def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMOptions(),
@@ -170,12 +204,12 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: 
         return LMOutcome(x, math.inf, "stalled", 0, "the residuals are not finite at the starting point", [], 1, 0)
     fnorm = float(np.linalg.norm(r))
     jac = np.asarray(jacobian(x), dtype=np.float64)
+    col_norms = np.sqrt(np.einsum("ij,ij->j", jac, jac))
     n_res, n_jac = 1, 1
     if options.scaling == "none":
         d = np.ones_like(x)
     else:
-        d = np.sqrt(np.einsum("ij,ij->j", jac, jac))
-        d = np.where(d > 0, d, 1.0)
+        d = np.where(col_norms > 0, col_norms, 1.0)
     xnorm = float(np.linalg.norm(d * x))
     delta = options.factor * xnorm if xnorm > 0 else options.factor
     lam = 0.0
@@ -185,7 +219,8 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: 
     while it < options.max_iter:
         it += 1
         exempt = at_bound(x) if at_bound is not None else None
-        if fnorm <= options.residual_floor or scaled_gradient(jac, r, exempt) <= gtol:
+        if fnorm <= options.residual_floor or scaled_gradient(jac, r, exempt, col_norms=col_norms,
+                                                              r_norm=fnorm) <= gtol:
             status, message = "converged", ("residuals at working precision" if fnorm <= options.residual_floor
                                             else "scaled gradient below gtol")
             break
@@ -220,9 +255,10 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: 
             if accepted:
                 x, r, fnorm = x_new, r_new, fnorm1
                 jac = np.asarray(jacobian(x), dtype=np.float64)
+                col_norms = np.sqrt(np.einsum("ij,ij->j", jac, jac))
                 n_jac += 1
                 if options.scaling != "none":
-                    d = np.maximum(d, np.sqrt(np.einsum("ij,ij->j", jac, jac)))
+                    d = np.maximum(d, col_norms)
                 xnorm = float(np.linalg.norm(d * x))
                 history.append(0.5 * fnorm**2)
                 if callback is not None and callback(it, history[-1]):
@@ -239,7 +275,8 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: 
         if status in ("converged", "stopped"):
             break
     if status == "converged" and fnorm > options.residual_floor:
-        measure = scaled_gradient(jac, r, at_bound(x) if at_bound is not None else None)
+        measure = scaled_gradient(jac, r, at_bound(x) if at_bound is not None else None, col_norms=col_norms,
+                                  r_norm=fnorm)
         if measure > options.stationary:
             status = "stalled"
             message = (f"stopped at a point that is not stationary (scaled gradient {measure:.2e} > "
