@@ -71,7 +71,7 @@ def scaled_gradient(jac: np.ndarray, r: np.ndarray, exempt=None, *, col_norms: n
     column (MINPACK's gtol measure); 0 at a stationary point, scale-free. Columns flagged in
     ``exempt`` (parameters resting on a bound) are left out. ``col_norms`` and ``r_norm``
     pass norms the caller already has."""
-    rn = float(np.linalg.norm(r)) if r_norm is None else r_norm
+    rn = _norm(r) if r_norm is None else r_norm
     if rn == 0.0:
         return 0.0
     cn = (np.sqrt(np.einsum("ij,ij->j", jac, jac)) if col_norms is None else col_norms).tolist()
@@ -178,6 +178,12 @@ class _Subproblem:
 _EPS = float(np.finfo(np.float64).eps)
 
 
+def _norm(v: np.ndarray) -> float:
+    """Euclidean norm of a vector, as numpy.linalg.norm computes it (sqrt of the dot
+    product) without its Python overhead."""
+    return math.sqrt(float(v @ v))
+
+
 def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMOptions(),
                         callback: Callable | None = None, at_bound: Callable | None = None) -> LMOutcome:
     """Minimise ``0.5*||residual(x)||^2`` from ``x0``. See the module docstring.
@@ -202,7 +208,7 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: 
     r = np.asarray(residual(x), dtype=np.float64)
     if not np.isfinite(r).all():
         return LMOutcome(x, math.inf, "stalled", 0, "the residuals are not finite at the starting point", [], 1, 0)
-    fnorm = float(np.linalg.norm(r))
+    fnorm = _norm(r)
     jac = np.asarray(jacobian(x), dtype=np.float64)
     col_norms = np.sqrt(np.einsum("ij,ij->j", jac, jac))
     n_res, n_jac = 1, 1
@@ -210,7 +216,7 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: 
         d = np.ones_like(x)
     else:
         d = np.where(col_norms > 0, col_norms, 1.0)
-    xnorm = float(np.linalg.norm(d * x))
+    xnorm = _norm(d * x)
     delta = options.factor * xnorm if xnorm > 0 else options.factor
     lam = 0.0
     history = [0.5 * fnorm**2]
@@ -229,15 +235,17 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: 
             lam = sub.damping_for(delta, lam)
             z = sub.step(lam)
             dx = z / d
-            pnorm = float(np.linalg.norm(z))
+            pnorm = _norm(z)
             if it == 1:
                 delta = min(delta, pnorm)
             x_new = x + dx
             r_new = np.asarray(residual(x_new), dtype=np.float64)
             n_res += 1
-            fnorm1 = float(np.linalg.norm(r_new)) if np.isfinite(r_new).all() else math.inf
+            fnorm1 = _norm(r_new)  # NaN and inf propagate into the norm
+            if not math.isfinite(fnorm1):
+                fnorm1 = math.inf
             actred = 1.0 - (fnorm1 / fnorm) ** 2 if 0.1 * fnorm1 < fnorm else -1.0
-            t1 = float(np.linalg.norm(jac @ dx)) / fnorm
+            t1 = _norm(jac @ dx) / fnorm
             t2 = math.sqrt(lam) * pnorm / fnorm
             prered = t1**2 + 2.0 * t2**2
             dirder = -(t1**2 + t2**2)
@@ -259,7 +267,7 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: 
                 n_jac += 1
                 if options.scaling != "none":
                     d = np.maximum(d, col_norms)
-                xnorm = float(np.linalg.norm(d * x))
+                xnorm = _norm(d * x)
                 history.append(0.5 * fnorm**2)
                 if callback is not None and callback(it, history[-1]):
                     status, message = "stopped", f"stopped by a callback at iteration {it}"
