@@ -4,9 +4,10 @@ Minimises ``0.5 * ||r(x)||^2`` for a residual closure ``r``, in the trust-region
 Moré (1978), the algorithm of MINPACK's lmder: each iteration finds the damping ``lam`` for
 which the scaled step ``||D dx||`` fills the trust region ``Delta``, where
 ``dx = -(J^T J + lam D^2)^(-1) J^T r``; ``Delta`` grows or shrinks with the ratio of actual to
-predicted reduction. The damped system is solved through the SVD of ``J D^-1`` (no normal
-equations, so no squared condition number), which also makes the search for ``lam`` a scalar
-Newton iteration costing O(P) per trial. ``D`` is Moré's scaling, the running maximum of the
+predicted reduction. The damped system is solved through the singular system of ``J D^-1``
+(its SVD; for long, well-conditioned data the eigendecomposition of the small Gram matrix,
+see :class:`_Subproblem`), which also makes the search for ``lam`` a scalar Newton iteration
+costing O(P) per trial. ``D`` is Moré's scaling, the running maximum of the
 Jacobian's column norms, or the identity (``scaling="none"``).
 
 The kernel works on float64 numpy arrays: a single fit's dense algebra is tiny, and torch's
