@@ -7,7 +7,8 @@ import pytest
 
 MODULES = ["gradfit", "gradfit.fitting", "gradfit.formula.parse", "gradfit.formula.compile",
            "gradfit.models.formula", "gradfit.models.function", "gradfit.optim.registry", "gradfit.data.split",
-           "gradfit.examples"]
+           "gradfit.examples", "gradfit.batch", "gradfit.optim.linear", "gradfit.optim.lm", "gradfit.scipy_compat",
+           "gradfit.stats", "gradfit.tuning"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -16,29 +16,25 @@ from .train.callbacks import LogCallback, ProgressCallback, wants_progress
 __all__ = ["least_squares_fit", "with_uncertainty", "uncertainty_fields", "warn_degenerate"]
 
 
-def least_squares_fit(model, space, train_arr, val_arr, method, *, dtype, device, settings, max_iter, tol,
+def least_squares_fit(model, space, train_arr, val_arr, method, *, settings, max_iter, tol,
                       absolute_sigma, log_every, progress, callbacks, notes, n_train, n_val):
-    # Least squares always computes in float64 on the CPU: the dense algebra of one fit is
-    # small, and precision is the point (dtype/device apply to first-order training). The
-    # problem's torch tensors (float64 by default) are made only if a solver needs them.
-    problem = LeastSquaresProblem.from_arrays(model, space, train_arr, None, "cpu")
+    # dtype/device apply to first-order training; least squares is float64 on the CPU.
+    problem = LeastSquaresProblem.from_arrays(model, space, train_arr)
     cbs = list(callbacks)
     if log_every:
         cbs.append(LogCallback(int(log_every), unit="iteration"))
     if method == "lm" and wants_progress(progress):
         cbs.append(ProgressCallback("least squares"))
-    on_iteration = None
-    if cbs:
+    for cb in cbs:
+        cb.on_train_begin(max_iter)
+
+    def on_iteration(it, mean_loss):
+        stop = False
         for cb in cbs:
-            cb.on_train_begin(max_iter)
+            stop = bool(cb.on_epoch_end(it, {"train_loss": mean_loss, "val_loss": None})) or stop
+        return stop
 
-        def on_iteration(it, mean_loss):
-            stop = False
-            for cb in cbs:
-                stop = bool(cb.on_epoch_end(it, {"train_loss": mean_loss, "val_loss": None})) or stop
-            return stop
-
-    outcome = solve(problem, method, max_iter=max_iter, tol=tol, callback=on_iteration)
+    outcome = solve(problem, method, max_iter=max_iter, tol=tol, callback=on_iteration if cbs else None)
     values = outcome.values
     if method == "lm" and outcome.status == "converged":
         values = refine_residuals(problem, values)

@@ -313,15 +313,14 @@ def _fit_split(bound, train_arr, val_arr, notes, o):
     method, reason = choose_method(o["optimizer"], bound, loss_fn, o["batch_size"], space, training)
     settings.update(method=method, method_reason=reason, init=dict(space.values), **space.describe())
     if method in _DIRECT:
-        return least_squares_fit(bound, space, train_arr, val_arr, method, dtype=torch_dtype, device=dev,
-                                 settings=settings, max_iter=o["max_iter"] or 2000, tol=o["tol"],
-                                 absolute_sigma=o["absolute_sigma"], log_every=o["log_every"],
-                                 progress=o["progress"], callbacks=o["callbacks"], **common)
+        return least_squares_fit(bound, space, train_arr, val_arr, method, settings=settings,
+                                 max_iter=o["max_iter"] or 2000, tol=o["tol"], absolute_sigma=o["absolute_sigma"],
+                                 log_every=o["log_every"], progress=o["progress"], callbacks=o["callbacks"], **common)
     train, val = _tensors(train_arr, val_arr, torch_dtype, dev)
     objective = _scalar_objective(bound, space, train, val, loss_fn, o["normalize"], o["gradient"], torch_dtype, dev)
     result = _train(objective, bound, method, o, settings=settings, **common)
     if loss_fn.least_squares and result.status != "diverged":
-        problem = LeastSquaresProblem.from_arrays(bound, space, train_arr, torch_dtype, dev)
+        problem = LeastSquaresProblem.from_arrays(bound, space, train_arr)
         result = with_uncertainty(result, problem, o["absolute_sigma"])
     return result
 

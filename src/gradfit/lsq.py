@@ -46,20 +46,19 @@ class Uncertainty:
 
 
 class LeastSquaresProblem:
-    """A least-squares problem over float64 numpy data; torch tensors (in the fit's dtype and
-    device, for Levenberg-Marquardt and autograd) are made on first use."""
+    """A least-squares problem over float64 numpy data. Least squares always computes in
+    float64 on the CPU (a single fit's dense algebra is small, and precision is the point);
+    float64 CPU tensors, for models evaluated with torch, are made on first use."""
 
-    def __init__(self, model, space, inputs: dict, y: np.ndarray, weights: np.ndarray | None = None, *,
-                 dtype=None, device=None):
+    def __init__(self, model, space, inputs: dict, y: np.ndarray, weights: np.ndarray | None = None):
         self.model, self.space = model, space
         self._numpy = (inputs, y, weights)
         self.n = len(y)
-        self.dtype, self.device = dtype, device
         self._tensors = None
 
     @classmethod
-    def from_arrays(cls, model, space, arrays, dtype=None, device=None) -> "LeastSquaresProblem":
-        return cls(model, space, arrays.inputs, arrays.y, arrays.weights, dtype=dtype, device=device)
+    def from_arrays(cls, model, space, arrays) -> "LeastSquaresProblem":
+        return cls(model, space, arrays.inputs, arrays.y, arrays.weights)
 
     def numpy(self) -> tuple[dict, np.ndarray, np.ndarray | None]:
         """(inputs, y, weights) as float64 numpy arrays."""
@@ -69,11 +68,10 @@ class LeastSquaresProblem:
         if self._tensors is None:
             import torch
 
-            dtype = self.dtype or torch.float64
             inputs, y, w = self._numpy
 
             def t(a):
-                return torch.as_tensor(a, dtype=dtype, device=self.device)
+                return torch.as_tensor(a, dtype=torch.float64)
 
             self._tensors = ({k: t(v) for k, v in inputs.items()}, t(y), None if w is None else t(w))
         return self._tensors
@@ -184,14 +182,13 @@ def _solve_linear(problem: LeastSquaresProblem) -> LSQOutcome:
     at_zero = {n: (space.values[n] if n in space.fixed else 0.0) for n in space.names}
     design = model.jacobian_numpy(inputs, at_zero, space.free)
     offset = None if not space.fixed and model.vanishes_at_zero else model.forward_numpy(inputs, at_zero)
-    factor: list = []
-    coef = solve_linear_least_squares(design, y if offset is None else y - offset, w, factor_out=factor)
+    coef, factor = solve_linear_least_squares(design, y if offset is None else y - offset, w)
     values = dict(space.values)
     values.update(zip(space.free, coef.tolist()))
     resid = design @ coef - y if offset is None else design @ coef + offset - y
     chi2 = float(resid @ resid if w is None else w @ (resid * resid))
     outcome = LSQOutcome(values, "converged", "solved directly (linear least squares)", 1, strategy="SVD",
-                         factor=tuple(factor) if factor else None, residuals=resid)
+                         factor=factor, residuals=resid)
     outcome.history = [chi2 / (float(np.sum(w)) if w is not None else problem.n)]
     return outcome
 
@@ -415,8 +412,7 @@ def profile_intervals(problem: LeastSquaresProblem, values: dict, stderr: dict, 
                   if n != name and (math.isfinite(space.lower[n]) or math.isfinite(space.upper[n]))}
         sub_space = ParameterSpace(space.names, start, bounds=bounds, fixed=[*space.fixed, name],
                                    tie={t.name: t.text for t in space.ties})
-        sub = LeastSquaresProblem(problem.model, sub_space, *problem.numpy(), dtype=problem.dtype,
-                                  device=problem.device)
+        sub = LeastSquaresProblem(problem.model, sub_space, *problem.numpy())
         method = "linear" if sub.is_linear() and not sub_space.has_bounds else "lm"
         out = solve(sub, method)
         return chi_square(sub, out.values)

@@ -51,8 +51,7 @@ def covariance(jac: np.ndarray, scale: float, *, rank_tol: float = RANK_TOL) -> 
     keep = s > rank_tol * top
     rank = int(keep.sum())
     if rank == p:
-        scaled = vt.T / s
-        return Covariance((scaled @ scaled.T) / np.outer(d, d) * scale, rank, ())
+        return covariance_from_svd(s, vt, d, scale)
     inv = np.where(keep, 1.0 / np.where(keep, s, 1.0) ** 2, 0.0)
     cov = (vt.T * inv) @ vt / np.outer(d, d) * scale
     null = vt[~keep]  # rows spanning the null space (in scaled coordinates)

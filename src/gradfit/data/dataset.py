@@ -55,18 +55,17 @@ def as_float_array(value, what: str) -> np.ndarray:
 
 
 def _columns(data) -> dict[str, np.ndarray]:
-    if not isinstance(data, dict) and hasattr(data, "columns") and hasattr(data, "__getitem__") and not isinstance(
-            data, Mapping):
-        return columns_from_frame(data)
-    if isinstance(data, (dict, Mapping)):
+    if isinstance(data, Mapping):
         cols = {str(k): as_float_array(v, f"column {k!r}") for k, v in data.items()}
-        if len({len(v) if v.ndim else 0 for v in cols.values()}) > 1:
-            lengths = {k: (len(v) if v.ndim else 0) for k, v in cols.items()}
+        lengths = {k: (len(v) if v.ndim else 0) for k, v in cols.items()}
+        if len(set(lengths.values())) > 1:
             first = next(iter(lengths))
             odd = next(k for k, n in lengths.items() if n != lengths[first])
             raise DataError(f"column {odd!r} has {lengths[odd]} values but column {first!r} has {lengths[first]}; "
                             "every column needs one value per row")
         return cols
+    if hasattr(data, "columns") and hasattr(data, "__getitem__"):
+        return columns_from_frame(data)
     raise DataError(f"data must be a pandas DataFrame or a dict of columns, got {type(data).__name__}")
 
 
@@ -92,7 +91,7 @@ def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy
         inputs = {model.input_names[0]: next(iter(inputs.values()))}
     w = None if weights is None else as_float_array(weights, "weights")
     if y_arr.ndim != 1 and not isinstance(model, MLPSpec) and getattr(model, "scalar_params", True):
-        raise DataError(f"y must have one value per point (1-D), got shape {np.shape(y_arr)}; "
+        raise DataError(f"y must have one value per point (1-D), got shape {y_arr.shape}; "
                         "for many independent fits use fit_many")
     arrays = _validate(Arrays(inputs, y_arr, w), nan_policy)
     return model, arrays

@@ -13,7 +13,7 @@ import math
 from functools import lru_cache
 from typing import Callable, Mapping, Union
 
-from .tree import CONSTANTS, BinOp, Call, Const, Neg, Node, Num, Var
+from .tree import CONSTANTS, BinOp, Call, Const, Neg, Node, Num, Var, walk
 
 Value = Union[float, "torch.Tensor"]  # noqa: F821 - torch is imported lazily
 Compiled = Callable[[Mapping[str, "torch.Tensor"]], Value]  # noqa: F821
@@ -26,18 +26,7 @@ _NOT_IN_NUMPY = {"erf"}
 @lru_cache(maxsize=1024)
 def numpy_supported(node: Node) -> bool:
     """True when every function in ``node`` has a numpy counterpart."""
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, Call):
-            if n.func in _NOT_IN_NUMPY:
-                return False
-            stack.extend(n.args)
-        elif isinstance(n, Neg):
-            stack.append(n.arg)
-        elif isinstance(n, BinOp):
-            stack.extend((n.left, n.right))
-    return True
+    return not any(isinstance(n, Call) and n.func in _NOT_IN_NUMPY for n in walk(node))
 
 
 @lru_cache(maxsize=1024)

@@ -136,23 +136,6 @@ def _derivatives_cached(node: Node, wrt: tuple[str, ...]) -> tuple[Node, ...]:
     return tuple(out)
 
 
-def is_linear_in(node: Node, params: tuple[str, ...]) -> bool:
-    """True when ``node`` is affine in ``params`` (every second derivative vanishes) and
-    no parameter appears inside a non-polynomial function."""
-    import sympy as sp
-
-    symbols: dict = {}
-    expr = to_sympy(node, symbols)
-    syms = [symbols[p] for p in params if p in symbols]
-    if not syms:
-        return True
-    try:
-        poly = sp.Poly(sp.expand(expr), *syms)
-    except sp.PolynomialError:
-        return False
-    return poly.total_degree() <= 1
-
-
 @lru_cache(maxsize=256)
 def vanishes_at_zero(node: Node, params: tuple[str, ...]) -> bool:
     """True when ``node`` is identically 0 with every name in ``params`` set to 0 (the

@@ -124,19 +124,23 @@ class Call(Node):
     __hash__ = Node.__hash__
 
 
-def _collect_names(node: Node, out: set[str]) -> None:
-    # Iterative on purpose: trees can be deep (the parser allows up to its depth limit).
+def walk(node: Node):
+    """Every node of the tree (depth first). Iterative on purpose: trees can be deep (the
+    parser allows up to its depth limit)."""
     stack = [node]
     while stack:
         n = stack.pop()
-        if isinstance(n, Var):
-            out.add(n.name)
-        elif isinstance(n, Neg):
+        yield n
+        if isinstance(n, Neg):
             stack.append(n.arg)
         elif isinstance(n, BinOp):
             stack.extend((n.left, n.right))
         elif isinstance(n, Call):
             stack.extend(n.args)
+
+
+def _collect_names(node: Node, out: set[str]) -> None:
+    out.update(n.name for n in walk(node) if isinstance(n, Var))
 
 
 def to_text(node: Node) -> str:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 from ..errors import DataError, FormulaError
 from ..formula.compile import compile_tree
 from ..formula.parse import ParsedFormula, parse_formula
-from ..formula.tree import Node, Var
+from ..formula.tree import Node, Var, walk
 from .base import Model
 
 if TYPE_CHECKING:
@@ -21,18 +21,25 @@ __all__ = ["FormulaModel"]
 def _names_in_order(node: Node) -> tuple[str, ...]:
     """Free names in order of first appearance in the text (w before b in 'w*x + b')."""
     seen: dict[str, int] = {}
-    stack = [node]
-    while stack:
-        n = stack.pop()
+    for n in walk(node):
         if isinstance(n, Var):
             seen[n.name] = min(seen.get(n.name, n.pos), n.pos)
-        for child in getattr(n, "args", ()) or ():
-            stack.append(child)
-        for attr in ("arg", "left", "right"):
-            child = getattr(n, attr, None)
-            if child is not None:
-                stack.append(child)
     return tuple(sorted(seen, key=lambda k: (seen[k], k)))
+
+
+def _straight_line(assignments, outputs, backend: str):
+    """Compile a program from :mod:`gradfit.formula.symbolic` (temporaries assigned in order,
+    then the outputs) to a function env -> [output values]."""
+    steps = tuple((name, compile_tree(tree, backend)) for name, tree in assignments)
+    outs = tuple(compile_tree(tree, backend) for tree in outputs)
+
+    def run(env):
+        env = dict(env)
+        for name, fn in steps:
+            env[name] = fn(env)
+        return [fn(env) for fn in outs]
+
+    return run
 
 
 @lru_cache(maxsize=256)
@@ -134,15 +141,10 @@ class FormulaModel(Model):
         if self._program is None:
             from ..formula.symbolic import value_and_partials_program
 
-            assignments, outputs = value_and_partials_program(self.parsed.rhs, self.param_names)
-            steps = tuple((name, compile_tree(tree)) for name, tree in assignments)
-            outs = tuple(compile_tree(tree) for tree in outputs)
+            run = _straight_line(*value_and_partials_program(self.parsed.rhs, self.param_names), "torch")
 
             def program(env):
-                env = dict(env)
-                for name, fn in steps:
-                    env[name] = fn(env)
-                values = [fn(env) for fn in outs]
+                values = run(env)
                 return values[0], values[1:]
 
             self._program = program
@@ -171,25 +173,15 @@ class FormulaModel(Model):
         return out.T
 
     def _numpy_partials(self):
-        """A function env -> [d prediction / d p for each parameter] in numpy (it adds the
-        program's temporaries to ``env``), or False where numpy lacks a function."""
+        """A function env -> [d prediction / d p for each parameter] in numpy, or False where
+        numpy lacks a function."""
         if self._np_partials is None:
             from ..formula.compile import numpy_supported
             from ..formula.symbolic import partials_program
 
             assignments, outputs = partials_program(self.parsed.rhs, self.param_names)
-            if all(numpy_supported(t) for t in (*(t for _, t in assignments), *outputs)):
-                steps = tuple((name, compile_tree(t, "numpy")) for name, t in assignments)
-                outs = tuple(compile_tree(t, "numpy") for t in outputs)
-
-                def partials(env):
-                    for name, fn in steps:
-                        env[name] = fn(env)
-                    return [fn(env) for fn in outs]
-
-                self._np_partials = partials
-            else:
-                self._np_partials = False
+            supported = all(numpy_supported(t) for t in (*(t for _, t in assignments), *outputs))
+            self._np_partials = _straight_line(assignments, outputs, "numpy") if supported else False
         return self._np_partials
 
     @staticmethod

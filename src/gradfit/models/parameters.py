@@ -153,8 +153,7 @@ class ParameterSpace:
         """Free parameters' starting values in internal (unbounded) coordinates."""
         import torch
 
-        u = [_to_internal(self.values[n], self.lower[n], self.upper[n]) for n in self.free]
-        return torch.tensor(u, dtype=dtype, device=device)
+        return torch.tensor(self.internal_start_values(), dtype=dtype, device=device)
 
     def full(self, u, *, internal: bool = True):
         """Every parameter as a (P,) tensor, differentiable in ``u``: the free parameters in
@@ -180,9 +179,6 @@ class ParameterSpace:
     def describe(self) -> dict:
         """Bounds, fixed and tied parameters as JSON-able settings ({} for a plain space)."""
         out: dict = {}
-        if not (self.fixed or self.ties or any(math.isfinite(v) for v in (*self.lower.values(),
-                                                                           *self.upper.values()))):
-            return out
         bounds = {n: [self.lower[n], self.upper[n]] for n in self.names
                   if math.isfinite(self.lower[n]) or math.isfinite(self.upper[n])}
         if bounds:

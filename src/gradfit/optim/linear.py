@@ -23,19 +23,19 @@ WELL_CONDITIONED = 1e-2
 
 
 def solve_linear_least_squares(design: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None,
-                               refine: int = REFINEMENT_STEPS, factor_out: list | None = None) -> np.ndarray:
-    """Coefficients b minimising sum(w * (design @ b - target)^2).
+                               refine: int = REFINEMENT_STEPS) -> tuple[np.ndarray, tuple]:
+    """Coefficients b minimising sum(w * (design @ b - target)^2), and the factorization.
 
-    With ``factor_out`` (a list), the thin SVD of the column-scaled weighted design matrix
-    ``X D^-1 = U S V^T`` is appended to it as (s, vt, d), so the caller can form
+    The second value is the thin SVD of the column-scaled weighted design matrix
+    ``X D^-1 = U S V^T`` as (s, vt, d), from which the caller forms
     ``(X^T W X)^-1 = D^-1 V S^-2 V^T D^-1`` without another factorization.
 
     >>> X = np.column_stack([np.ones(4), np.arange(4.0)])
-    >>> np.round(solve_linear_least_squares(X, 1.0 + 2.0 * np.arange(4.0)), 12)
+    >>> np.round(solve_linear_least_squares(X, 1.0 + 2.0 * np.arange(4.0))[0], 12)
     array([1., 2.])
     """
-    x = design if isinstance(design, np.ndarray) and design.dtype == np.float64 else np.asarray(design, dtype=float)
-    t = target if isinstance(target, np.ndarray) and target.dtype == np.float64 else np.asarray(target, dtype=float)
+    x = np.asarray(design, dtype=float)
+    t = np.asarray(target, dtype=float)
     if weights is not None:
         sw = np.sqrt(np.asarray(weights, dtype=float))
         x = x * sw[:, None]
@@ -46,20 +46,19 @@ def solve_linear_least_squares(design: np.ndarray, target: np.ndarray, weights: 
     d = norms if all(norms.tolist()) else np.where(norms > 0, norms, 1.0)
     a = x / d
     u, s, vt = np.linalg.svd(a, full_matrices=False)
-    if factor_out is not None:
-        factor_out.extend((s, vt, d))
+    factor = (s, vt, d)
     s_max, s_min = (float(s[0]), float(s[-1])) if s.size else (0.0, 0.0)
     if not s_min > RANK_TOL * s_max:  # singular values come sorted, largest first
         # Rank-deficient: the minimum-norm solution over the directions the data determine
         # (the caller reports which parameters the data cannot separate).
         keep = s > RANK_TOL * s[0] if s.size and s[0] > 0 else np.zeros(s.shape, dtype=bool)
         inv = np.where(keep, 1.0 / np.where(keep, s, 1.0), 0.0)
-        return (vt.T @ (inv * (u.T @ t))) / d
+        return (vt.T @ (inv * (u.T @ t))) / d, factor
     coef = vt.T @ ((u.T @ t) / s)
     if s_min > WELL_CONDITIONED * s_max:
         # Columns far from dependent: the solution is accurate to ~cond^2 * eps, well past
         # 10 digits, and refinement would only cost time.
-        return coef / d
+        return coef / d, factor
     # Björck's refinement of [I A; A^T 0][r; b] = [t; 0] with A = U S V^T: the correction
     # (dr, db) for residuals (f, g) is db = V S^-1 (U^T f - h), dr = U h + f - U U^T f,
     # where h = S^-1 V^T g. Residuals are accumulated in extended precision.
@@ -73,4 +72,4 @@ def solve_linear_least_squares(design: np.ndarray, target: np.ndarray, weights: 
         uf = u.T @ f
         coef = coef + vt.T @ ((uf - h) / s)
         resid = resid + u @ (h - uf) + f
-    return coef / d
+    return coef / d, factor

@@ -75,7 +75,7 @@ def scaled_gradient(jac: np.ndarray, r: np.ndarray, exempt=None, *, col_norms: n
     rn = _norm(r) if r_norm is None else r_norm
     if rn == 0.0:
         return 0.0
-    cn = (np.sqrt(np.einsum("ij,ij->j", jac, jac)) if col_norms is None else col_norms).tolist()
+    cn = (_column_norms(jac) if col_norms is None else col_norms).tolist()
     g = (jac.T @ r).tolist()
     skip = [False] * len(cn) if exempt is None else [bool(e) for e in exempt]
     cosines = [abs(gj) / (cj * rn) for gj, cj, sj in zip(g, cn, skip) if cj > 0 and not sj]
@@ -179,6 +179,10 @@ class _Subproblem:
 _EPS = float(np.finfo(np.float64).eps)
 
 
+def _column_norms(jac: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.einsum("ij,ij->j", jac, jac))
+
+
 def _norm(v: np.ndarray) -> float:
     """Euclidean norm of a vector, as numpy.linalg.norm computes it (sqrt of the dot
     product) without its Python overhead."""
@@ -211,7 +215,7 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: 
         return LMOutcome(x, math.inf, "stalled", 0, "the residuals are not finite at the starting point", [], 1, 0)
     fnorm = _norm(r)
     jac = np.asarray(jacobian(x), dtype=np.float64)
-    col_norms = np.sqrt(np.einsum("ij,ij->j", jac, jac))
+    col_norms = _column_norms(jac)
     n_res, n_jac = 1, 1
     if options.scaling == "none":
         d = np.ones_like(x)
@@ -264,7 +268,7 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: 
             if accepted:
                 x, r, fnorm = x_new, r_new, fnorm1
                 jac = np.asarray(jacobian(x), dtype=np.float64)
-                col_norms = np.sqrt(np.einsum("ij,ij->j", jac, jac))
+                col_norms = _column_norms(jac)
                 n_jac += 1
                 if options.scaling != "none":
                     d = np.maximum(d, col_norms)
