@@ -93,7 +93,7 @@ def main():
     args = ap.parse_args()
     import torch
 
-    from gradfit.fitting import resolve_device
+    from gradfit.fitting.fit import resolve_device
 
     dev = resolve_device(args.device)
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([10_000, 1_000_000] if dev.type == "cuda"

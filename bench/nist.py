@@ -20,7 +20,7 @@ import numpy as np
 import gradfit as gf
 from gradfit.formula.compile import compile_tree
 from gradfit.models.formula import FormulaModel
-from gradfit.nist import lre, read_strd
+from gradfit.data.nist import lre, read_strd
 
 
 def numpy_model(problem):

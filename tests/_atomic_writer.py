@@ -2,7 +2,7 @@
 
 import sys
 
-from gradfit.persist import atomic_write_text
+from gradfit._files import atomic_write_text
 
 path = sys.argv[1]
 versions = ["A" * 2_000_000 + "\n", "B" * 3_000_000 + "\n"]

@@ -14,7 +14,7 @@ def main(out: str) -> None:
                              rng.uniform(10, 100, 101)])
     y = rng.poisson(truth[:, :1] * np.exp(-(x - truth[:, 1:2]) ** 2 / (2 * truth[:, 2:3] ** 2)) + truth[:, 3:4])
     r = gf.fit_many("gaussian", x, y.astype(float), init=truth * 1.1, dtype="float64")
-    from gradfit.parallel import world
+    from gradfit.fitting.parallel import world
 
     rank, size = world()
     if rank == 0:

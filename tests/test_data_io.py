@@ -58,7 +58,7 @@ def test_validation_fast_path_and_row_names():
     inf, or merely large values), the row-by-row check names rows or lets the data pass."""
     import math
 
-    from gradfit.data.dataset import prepare_arrays
+    from gradfit.data.arrays import prepare_arrays
     from gradfit.models import resolve_model
 
     model = resolve_model("w*x + b")

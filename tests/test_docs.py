@@ -5,9 +5,9 @@ import importlib
 
 import pytest
 
-MODULES = ["gradfit", "gradfit.fitting", "gradfit.formula.parse", "gradfit.formula.compile",
+MODULES = ["gradfit", "gradfit.fitting.fit", "gradfit.formula.parse", "gradfit.formula.compile",
            "gradfit.models.formula", "gradfit.models.function", "gradfit.optim.registry", "gradfit.data.split",
-           "gradfit.examples", "gradfit.batch", "gradfit.optim.linear", "gradfit.optim.lm", "gradfit.scipy_compat",
+           "gradfit.data.examples", "gradfit.fitting.many", "gradfit.optim.linear", "gradfit.optim.lm", "gradfit.fitting.scipy_compat",
            "gradfit.stats", "gradfit.tuning"]
 
 

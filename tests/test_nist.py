@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import gradfit as gf
-from gradfit.nist import lre, read_strd
+from gradfit.data.nist import lre, read_strd
 
 NIST = Path(__file__).resolve().parents[1].parent / "shared" / "nist_strd"
 FILES = sorted(NIST.glob("*.dat")) if NIST.is_dir() else []

@@ -8,7 +8,7 @@ import pytest
 
 import gradfit as gf
 from gradfit import PersistError
-from gradfit.persist import atomic_write_text
+from gradfit._files import atomic_write_text
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ single line a user sees (exit code 2).
 
 from __future__ import annotations
 
+import difflib
+
 __all__ = [
     "GradfitError",
     "FormulaError",
@@ -15,6 +17,7 @@ __all__ = [
     "FitError",
     "PersistError",
     "GradfitWarning",
+    "did_you_mean",
 ]
 
 
@@ -58,3 +61,9 @@ class PersistError(GradfitError, OSError):
 
 class GradfitWarning(UserWarning):
     """Warnings about a fit's result (rank deficiency, overfitting, parameters at bounds)."""
+
+
+def did_you_mean(name: str, choices) -> str:
+    """' (did you mean 'x'?)' or '': the hint every unknown-name message ends with."""
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""

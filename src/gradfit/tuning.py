@@ -157,8 +157,8 @@ def tune(model, x=None, y=None, *, data=None, space: Mapping, trials: int = 50, 
     """
     import optuna
 
-    from .fitting import fit
-    from .train.callbacks import Callback
+    from .fitting.fit import fit
+    from .callbacks import Callback
 
     if metric not in ("val_loss", "loss"):
         raise ConfigError(f"metric must be 'val_loss' or 'loss', got {metric!r}")
@@ -228,8 +228,8 @@ def write_outputs(study, folder) -> list:
     import numpy as np
 
     from .data.io import write_csv
-    from .persist import atomic_write_text
-    from .plot import plot_tuning
+    from ._files import atomic_write_text
+    from .results.plot import plot_tuning
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -256,7 +256,7 @@ class LRFinderResult:
     suggestion: float
 
     def plot(self, path) -> None:
-        from .plot import plot_lr_finder
+        from .results.plot import plot_lr_finder
 
         plot_lr_finder(self, path)
 
@@ -275,8 +275,8 @@ def lr_find(model, x=None, y=None, *, data=None, start_lr: float = 1e-6, end_lr:
     """
     import numpy as np
 
-    from .fitting import fit
-    from .train.callbacks import Callback
+    from .fitting.fit import fit
+    from .callbacks import Callback
 
     if not 0 < start_lr < end_lr:
         raise ConfigError("need 0 < start_lr < end_lr")

@@ -19,7 +19,7 @@ def run_demo(args, stdout, stderr) -> int:
 
     import gradfit as gf
 
-    from ..plot import plot_histories
+    from ..results.plot import plot_histories
 
     out = Path(args.out or "gradfit-demo")
     data = gf.thermometer()

@@ -35,11 +35,11 @@ def run_fit(args, stdout, stderr) -> int:
     if args.json:
         kwargs["progress"] = False
     if args.sigma:
-        from ..data.io import closest_name
+        from ..errors import did_you_mean
         from ..errors import DataError
 
         if args.sigma not in columns:
-            raise DataError(f"{args.data}: no column {args.sigma!r} for --sigma{closest_name(args.sigma, columns)}")
+            raise DataError(f"{args.data}: no column {args.sigma!r} for --sigma{did_you_mean(args.sigma, columns)}")
         kwargs["sigma"] = columns[args.sigma]
     import warnings
 

@@ -115,13 +115,13 @@ def load_batch(args):
 def _long_format(columns: dict, args, path):
     import numpy as np
 
-    from ..data.io import closest_name
+    from ..errors import did_you_mean
 
     for flag, col in (("--id-column", args.id_column), ("--x", args.x_col), ("--y", args.y_col)):
         if not col:
             raise ConfigError(f"long format needs --id-column, --x and --y (missing {flag})")
         if col not in columns:
-            raise DataError(f"{path}: no column {col!r} for {flag}{closest_name(col, columns)}")
+            raise DataError(f"{path}: no column {col!r} for {flag}{did_you_mean(col, columns)}")
     ids, xs, ys = columns[args.id_column], columns[args.x_col], columns[args.y_col]
     keys, inverse = np.unique(ids, return_inverse=True)
     counts = np.bincount(inverse)

@@ -7,7 +7,6 @@ CSV/TSV are read with the standard library so each bad cell can be reported prec
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import math
 import os
@@ -17,15 +16,9 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["read_table", "closest_name", "write_csv"]
+__all__ = ["read_table", "write_csv"]
 
 _MAX_REPORTED = 5
-
-
-def closest_name(name: str, choices) -> str:
-    """' (did you mean 'x'?)' or '' — used in every unknown-column message."""
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def read_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -157,7 +150,7 @@ def _all_numeric(cells: list[str]) -> bool:
 
 def write_csv(path, columns: dict[str, np.ndarray]) -> None:
     """Write named columns as CSV, atomically."""
-    from ..persist import atomic_write_text
+    from .._files import atomic_write_text
 
     names = list(columns)
     n = len(next(iter(columns.values()))) if columns else 0

@@ -60,9 +60,9 @@ class ParameterSpace:
 
         def check(name, what):
             if name not in known:
-                from ..data.io import closest_name
+                from ..errors import did_you_mean
 
-                raise ConfigError(f"{what} names unknown parameter {name!r}{closest_name(name, known)}; "
+                raise ConfigError(f"{what} names unknown parameter {name!r}{did_you_mean(name, known)}; "
                                   f"parameters are {', '.join(self.names)}")
 
         self.lower = {n: -math.inf for n in self.names}

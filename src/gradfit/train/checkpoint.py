@@ -51,7 +51,7 @@ def _json_restore(v):
 def save_checkpoint(folder, tensors: dict, meta: dict) -> None:
     from safetensors.torch import save as st_save
 
-    from ..persist import atomic_write_bytes, atomic_write_text
+    from .._files import atomic_write_bytes, atomic_write_text
 
     folder = Path(folder)
     blob = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})

@@ -34,7 +34,7 @@ class Penalty:
 
 def parse_penalty(spec, names) -> Penalty | None:
     """{"l2": 1e-3} or {"l2": {"w": 1e-3}, "l1": 1e-4} -> Penalty; unknown names are errors."""
-    from ..data.io import closest_name
+    from ..errors import did_you_mean
 
     if spec is None or spec == {}:
         return None
@@ -47,7 +47,7 @@ def parse_penalty(spec, names) -> Penalty | None:
         if isinstance(value, Mapping):
             for n, c in value.items():
                 if n not in names:
-                    raise ConfigError(f"penalty {kind} names unknown parameter {n!r}{closest_name(n, names)}")
+                    raise ConfigError(f"penalty {kind} names unknown parameter {n!r}{did_you_mean(n, names)}")
                 _check_coef(kind, c)
             out[kind] = {str(n): float(c) for n, c in value.items()}
         else:

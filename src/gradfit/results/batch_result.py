@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["BatchResult"]
 
@@ -106,7 +106,7 @@ class BatchResult:
 
     def save(self, path) -> None:
         """Write .npz (arrays; no pickles) or .parquet (a table), atomically; .csv also works."""
-        from .persist import atomic_write_bytes
+        from .._files import atomic_write_bytes
 
         path = Path(path)
         suffix = path.suffix.lower()
@@ -121,7 +121,7 @@ class BatchResult:
             self.to_pandas().to_parquet(buf, index=False)
             atomic_write_bytes(path, buf.getvalue())
         elif suffix == ".csv":
-            from .data.io import write_csv
+            from ..data.io import write_csv
 
             write_csv(path, self.columns())
         else:

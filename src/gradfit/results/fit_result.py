@@ -73,8 +73,8 @@ class FitResult:
         z²·(reduced chi-square) (z² alone with absolute sigma); needs the fit's data, so it
         is unavailable on a loaded result.
         """
-        from .errors import ConfigError, FitError
-        from .stats import normal_interval
+        from ..errors import ConfigError, FitError
+        from ..stats import normal_interval
 
         if not 0.0 < level < 1.0:
             raise ConfigError(f"level must be between 0 and 1, got {level}")
@@ -86,7 +86,7 @@ class FitResult:
             raise ConfigError(f"method must be 'normal' or 'profile', got {method!r}")
         if self._problem is None:
             raise FitError("profile intervals need the fit's data; call ci() on the result of fit(), not load()")
-        from .lsq import profile_intervals
+        from ..lsq.profile import profile_intervals
 
         problem, absolute = self._problem
         return profile_intervals(problem, self.params, self.stderr, self.stats, level, absolute, self.free)
@@ -96,7 +96,7 @@ class FitResult:
         """Predictions (numpy) for new inputs: an array, a dict of named inputs, or data=."""
         import torch
 
-        from .data.dataset import as_float_array
+        from ..data.arrays import as_float_array
 
         inputs = self._inputs_for(x, data)
         model = self.model
@@ -114,9 +114,10 @@ class FitResult:
         return out.detach().cpu().double().numpy()
 
     def _inputs_for(self, x, data) -> dict:
-        from .data.dataset import as_float_array
-        from .data.io import closest_name, columns_from_frame
-        from .errors import DataError
+        from ..data.arrays import as_float_array
+        from ..errors import did_you_mean
+        from ..data.io import columns_from_frame
+        from ..errors import DataError
 
         names = self.model.input_names
         if data is not None:
@@ -125,7 +126,7 @@ class FitResult:
             x = {}
             for n in names:
                 if n not in cols:
-                    raise DataError(f"no column {n!r} for input {n!r}{closest_name(n, cols)}")
+                    raise DataError(f"no column {n!r} for input {n!r}{did_you_mean(n, cols)}")
                 x[n] = cols[n]
             return x
         if x is None:
@@ -133,7 +134,7 @@ class FitResult:
         if isinstance(x, dict):
             missing = [n for n in names if n not in x]
             if missing:
-                raise DataError(f"missing input {missing[0]!r}{closest_name(missing[0], x)}")
+                raise DataError(f"missing input {missing[0]!r}{did_you_mean(missing[0], x)}")
             return {n: as_float_array(x[n], n) for n in names}
         return {names[0]: as_float_array(x, "x")}
 

@@ -15,8 +15,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .data.io import closest_name
-from .errors import ConfigError, DataError, ModelError
+from ..errors import did_you_mean
+from ..errors import ConfigError, DataError, ModelError
 
 __all__ = ["fit_many", "COMPILE_THRESHOLD"]
 
@@ -63,9 +63,9 @@ def fit_many(model, x, y, *, init=None, bounds: Mapping | None = None, fixed=Non
     ([2.0, -1.0], [True, True])
     """
 
-    from .fitting import resolve_device, resolve_dtype
-    from .models import resolve_model
-    from .models.formula import FormulaModel
+    from .fit import resolve_device, resolve_dtype
+    from ..models import resolve_model
+    from ..models.formula import FormulaModel
 
     if loss != "mse" or method != "lm":
         raise ConfigError("fit_many does least squares with Levenberg-Marquardt: use loss='mse', method='lm'")
@@ -90,7 +90,7 @@ def fit_many(model, x, y, *, init=None, bounds: Mapping | None = None, fixed=Non
     fixed_names = [fixed] if isinstance(fixed, str) else list(fixed or ())
     for n in fixed_names:
         if n not in names:
-            raise ConfigError(f"fixed names unknown parameter {n!r}{closest_name(n, names)}")
+            raise ConfigError(f"fixed names unknown parameter {n!r}{did_you_mean(n, names)}")
     free = np.array([0.0 if n in fixed_names else 1.0 for n in names])
     theta0 = np.clip(theta0, lower, upper)
 
@@ -108,7 +108,7 @@ def fit_many(model, x, y, *, init=None, bounds: Mapping | None = None, fixed=Non
 
 # -- inputs -------------------------------------------------------------------------------
 def _as_2d(a, what: str) -> np.ndarray:
-    from .data.dataset import as_float_array
+    from ..data.arrays import as_float_array
 
     if isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64):
         arr = a  # no float64 copy of a large float32 batch
@@ -122,8 +122,8 @@ def _as_2d(a, what: str) -> np.ndarray:
 
 
 def _inputs(model, x, n_fits: int, n_points: int) -> dict:
-    from .data.dataset import as_float_array
-    from .models.formula import FormulaModel
+    from ..data.arrays import as_float_array
+    from ..models.formula import FormulaModel
 
     if isinstance(x, Mapping):
         raw = {str(k): as_float_array(v, f"input {k!r}") for k, v in x.items()}
@@ -147,7 +147,7 @@ def _inputs(model, x, n_fits: int, n_points: int) -> dict:
 
 
 def _weights(weights, sigma, mask, y: np.ndarray) -> np.ndarray:
-    from .data.dataset import as_float_array
+    from ..data.arrays import as_float_array
 
     if weights is not None and sigma is not None:
         raise ConfigError("pass either sigma or weights, not both (weights = 1/sigma**2)")
@@ -182,7 +182,7 @@ def _initial(model, init, inputs: dict, y: np.ndarray, w: np.ndarray) -> np.ndar
     if isinstance(init, str):
         if init != "guess":
             raise ConfigError(f"init must be an array, a dict or 'guess', got {init!r}")
-        from .models.batch_guess import batch_guess
+        from ..models.batch_guess import batch_guess
 
         return batch_guess(model, inputs, y, w)
     if init is None:
@@ -194,7 +194,7 @@ def _initial(model, init, inputs: dict, y: np.ndarray, w: np.ndarray) -> np.ndar
             raise ConfigError(f"init is missing {', '.join(missing)} (parameters: {', '.join(names)})")
         unknown = [k for k in init if k not in names]
         if unknown:
-            raise ConfigError(f"init names unknown parameter {unknown[0]!r}{closest_name(unknown[0], names)}")
+            raise ConfigError(f"init names unknown parameter {unknown[0]!r}{did_you_mean(unknown[0], names)}")
         cols = []
         for n in names:
             v = np.asarray(init[n], dtype=float)
@@ -222,7 +222,7 @@ def _bounds(bounds, names, n_fits: int) -> tuple[np.ndarray, np.ndarray]:
     upper = np.full((n_fits, len(names)), np.inf)
     for name, pair in (bounds or {}).items():
         if name not in names:
-            raise ConfigError(f"bounds names unknown parameter {name!r}{closest_name(name, names)}")
+            raise ConfigError(f"bounds names unknown parameter {name!r}{did_you_mean(name, names)}")
         try:
             lo, hi = pair
         except (TypeError, ValueError):
@@ -268,8 +268,8 @@ def _run(model, names, inputs, y, w, theta0, lower, upper, free, tol, max_iter, 
          compile_opt, progress, span):
     import torch
 
-    from .batch_result import BatchResult
-    from .optim.batch_lm import STATUS
+    from ..results.batch_result import BatchResult
+    from ..optim.batch_lm import STATUS
 
     n_fits, n_points = y.shape
     p = len(names)
@@ -330,7 +330,7 @@ def _run(model, names, inputs, y, w, theta0, lower, upper, free, tol, max_iter, 
 
 
 def _standard_errors(use_compile: bool):
-    from .optim.batch_lm import standard_errors
+    from ..optim.batch_lm import standard_errors
 
     if not use_compile:
         return standard_errors
@@ -431,7 +431,7 @@ def _stepper(model, names, fused, use_compile, tensors, tol):
     """The per-iteration function for this chunk: BatchState -> BatchState. Compiled functions
     take a flat tuple of tensors and are cached per model and shape in the process (and by
     inductor on disk)."""
-    from .optim.batch_lm import BatchState, lm_iteration
+    from ..optim.batch_lm import BatchState, lm_iteration
 
     inputs, y, w = tensors["inputs"], tensors["y"], tensors["w"]
     lower, upper, free = tensors["lower"], tensors["upper"], tensors["free"]
@@ -476,7 +476,7 @@ def _iterate(make_step, tensors, max_iter: int):
     finished fits stop costing work. Returns (final state for all fits, first-call seconds)."""
     import torch
 
-    from .optim.batch_lm import RUNNING, BatchState, initial_state
+    from ..optim.batch_lm import RUNNING, BatchState, initial_state
 
     state = initial_state(tensors["theta0"], tensors["status0"])
     full = state
@@ -531,7 +531,7 @@ def _progress(progress, n_fits: int):
     show = sys.stderr.isatty() if progress is None else bool(progress)
     if not show or n_fits < 100_000:
         return None
-    from .train.callbacks import ChunkProgress
+    from ..callbacks import ChunkProgress
 
     return ChunkProgress(n_fits)
 

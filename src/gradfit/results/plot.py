@@ -19,7 +19,7 @@ def _pyplot():
 
 
 def _save(fig, path) -> None:
-    from .persist import atomic_write_bytes
+    from .._files import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -30,7 +30,7 @@ def _save(fig, path) -> None:
 def plot_fit(result, path, x, y) -> None:
     """Data and fitted curve (single input) or predicted vs observed (several inputs),
     with residuals underneath."""
-    from .errors import DataError
+    from ..errors import DataError
 
     plt = _pyplot()
     if x is None or y is None:

@@ -14,7 +14,8 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from ..models.formula import FormulaModel
 from ..models.neural import MLPSpec
-from .io import closest_name, columns_from_frame
+from ..errors import did_you_mean
+from .io import columns_from_frame
 
 __all__ = ["Arrays", "prepare_arrays", "as_float_array"]
 
@@ -85,7 +86,7 @@ def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy
         model = model.bind(inputs)
         missing = [n for n in model.input_names if n not in inputs]
         if missing:
-            raise DataError(f"no data for input {missing[0]!r}{closest_name(missing[0], inputs)}")
+            raise DataError(f"no data for input {missing[0]!r}{did_you_mean(missing[0], inputs)}")
         inputs = {n: inputs[n] for n in model.input_names}
     elif not isinstance(model, MLPSpec) and getattr(model, "scalar_params", True) and len(inputs) == 1:
         inputs = {model.input_names[0]: next(iter(inputs.values()))}
@@ -112,7 +113,7 @@ def _inputs_and_target(model, x, y, columns):
             names = [x] if isinstance(x, str) else list(x)
             for n in names:
                 if n not in columns:
-                    raise DataError(f"no column {n!r} in data{closest_name(n, columns)}")
+                    raise DataError(f"no column {n!r} in data{did_you_mean(n, columns)}")
             inputs = {n: columns[n] for n in names}
         return inputs, y_arr
     if x is None:
@@ -133,7 +134,7 @@ def _check_column_typos(model, columns, y) -> None:
     if used:
         return
     for name in sorted(model.parsed.rhs.names()):
-        hint = closest_name(name, columns)
+        hint = did_you_mean(name, columns)
         if hint:
             raise DataError(f"no column {name!r} in data{hint}; the formula uses no data column")
     raise DataError(f"the formula uses none of the data's columns ({', '.join(columns)})")
@@ -158,7 +159,7 @@ def _single_input_name(model) -> str:
 def _target_from_columns(model, y, columns) -> np.ndarray:
     if isinstance(y, str):
         if y not in columns:
-            raise DataError(f"no column {y!r} in data{closest_name(y, columns)}")
+            raise DataError(f"no column {y!r} in data{did_you_mean(y, columns)}")
         return columns[y]
     if y is not None:
         return as_float_array(y, "y")
@@ -166,7 +167,7 @@ def _target_from_columns(model, y, columns) -> np.ndarray:
         raise DataError("which column is y? write the formula as 'response ~ expression' or pass y='column'")
     for n in model.response_names:
         if n not in columns:
-            raise DataError(f"response uses {n!r}, which is not a column{closest_name(n, columns)}")
+            raise DataError(f"response uses {n!r}, which is not a column{did_you_mean(n, columns)}")
     value = model.response_numpy({n: columns[n] for n in model.response_names})
     shape = next(iter(columns.values())).shape
     if isinstance(value, np.ndarray) and value.shape == shape and value.dtype == np.float64:

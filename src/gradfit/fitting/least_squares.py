@@ -8,10 +8,12 @@ import warnings
 
 import numpy as np
 
-from .errors import GradfitWarning
-from .lsq import LeastSquaresProblem, mean_squared_error, refine_residuals, solve, uncertainty
-from .result import FitResult
-from .train.callbacks import LogCallback, ProgressCallback, wants_progress
+from ..errors import GradfitWarning
+from ..lsq.problem import LeastSquaresProblem, mean_squared_error
+from ..lsq.solve import refine_residuals, solve
+from ..lsq.uncertainty import uncertainty
+from ..results.fit_result import FitResult
+from ..callbacks import LogCallback, ProgressCallback, wants_progress
 
 __all__ = ["least_squares_fit", "with_uncertainty", "uncertainty_fields", "warn_degenerate"]
 

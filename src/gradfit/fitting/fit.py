@@ -10,22 +10,22 @@ import warnings
 from functools import lru_cache
 from typing import Mapping, Sequence
 
-from .data.dataset import as_float_array, prepare_arrays
-from .data.scaling import jacobian, whitening
-from .fit_lsq import least_squares_fit, with_uncertainty
-from .data.io import closest_name
-from .data.split import train_val_indices
-from .errors import ConfigError, DataError, GradfitWarning, ModelError
-from .losses import resolve_loss
-from .lsq import LeastSquaresProblem, linear_reason
-from .models import FormulaModel, resolve_model
-from .models.neural import MLPSpec, ModuleModel, build_mlp
-from .models.parameters import ParameterSpace, feasible_start
-from .optim.registry import make_optimizer
-from .result import FitResult
-from .train.callbacks import LogCallback, ProgressCallback, wants_progress
-from .train.loop import LoopConfig, run_loop
-from .train.objective import ModuleObjective, ScalarObjective, TensorData
+from ..data.arrays import as_float_array, prepare_arrays
+from ..optim.precondition import jacobian, whitening
+from .least_squares import least_squares_fit, with_uncertainty
+from ..errors import did_you_mean
+from ..data.split import train_val_indices
+from ..errors import ConfigError, DataError, GradfitWarning, ModelError
+from ..losses import resolve_loss
+from ..lsq.problem import LeastSquaresProblem, linear_reason
+from ..models import FormulaModel, resolve_model
+from ..models.neural import MLPSpec, ModuleModel, build_mlp
+from ..models.parameters import ParameterSpace, feasible_start
+from ..optim.registry import make_optimizer
+from ..results.fit_result import FitResult
+from ..callbacks import LogCallback, ProgressCallback, wants_progress
+from ..train.loop import LoopConfig, run_loop
+from ..train.objective import ModuleObjective, ScalarObjective, TensorData
 
 __all__ = ["fit", "gradient", "loss_value", "resolve_dtype", "resolve_device", "choose_method", "GradfitWarning"]
 
@@ -134,7 +134,7 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     bounds, fixed, tie : ``{"w": (0, None)}``, ``["b"]``, ``{"c": "2*a"}``.
     sigma, absolute_sigma : per-point standard deviations (weights 1/sigma^2); with
         absolute_sigma the covariance is not rescaled by the reduced chi-square.
-    normalize : precondition the optimizer (see :mod:`gradfit.data.scaling`); reported
+    normalize : precondition the optimizer (see :mod:`gradfit.optim.precondition`); reported
         parameters keep the formula's meaning and units.
     gradient : "autograd" or "analytic" (symbolic derivatives, formula models only).
     penalty : {"l2": 1e-3} or {"l2": {"w": 1e-3}, "l1": 1e-4} added to the training loss.
@@ -202,7 +202,7 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
 def _checkpointer(spec):
     if spec is None:
         return None
-    from .train.checkpoint import Checkpointer
+    from ..train.checkpoint import Checkpointer
 
     return spec if isinstance(spec, Checkpointer) else Checkpointer(spec)
 
@@ -258,7 +258,7 @@ def _cross_validate(bound, arrays, k, groups, split, opts) -> dict:
     """Fit each fold (training on the rest) and summarize validation losses and parameters."""
     import numpy as np
 
-    from .data.split import kfold_indices
+    from ..data.split import kfold_indices
 
     if split not in ("random", "grouped", "time"):
         raise ConfigError(f"cv_split must be 'random', 'grouped' or 'time', got {split!r}")
@@ -383,7 +383,7 @@ def _configured_space(model, train_arr, init, bounds, fixed, tie) -> ParameterSp
                             {k: v for k, v in (bounds or {}).items() if k in model.param_names})
     for name, v in (init or {}).items():
         if name not in model.param_names:
-            raise ConfigError(f"init names unknown parameter {name!r}{closest_name(name, model.param_names)}; "
+            raise ConfigError(f"init names unknown parameter {name!r}{did_you_mean(name, model.param_names)}; "
                               f"parameters are {', '.join(model.param_names)}")
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
             raise ConfigError(f"init value for {name!r} must be a finite number, got {v!r}")
@@ -433,8 +433,8 @@ def _module_objective(spec, train, val, loss_fn, normalize, seed, dtype, dev):
 def _train(objective, model, optimizer, o, *, settings, notes, n_train, n_val):
     import torch
 
-    from .train.loop import overfitting_signal
-    from .train.regularize import InputNoise, make_schedule, parse_penalty
+    from ..train.loop import overfitting_signal
+    from ..train.regularize import InputNoise, make_schedule, parse_penalty
 
     names = model.param_names if model.scalar_params else tuple(n for n, _ in model.module.named_parameters())
     penalty = parse_penalty(o["penalty"], names)
@@ -455,7 +455,7 @@ def _train(objective, model, optimizer, o, *, settings, notes, n_train, n_val):
     resume_state = None
     fingerprint = json_fingerprint(model, settings)
     if checkpointer is not None and o.get("resume"):
-        from .train.checkpoint import load_checkpoint
+        from ..train.checkpoint import load_checkpoint
 
         resume_state = load_checkpoint(checkpointer.folder)
         if resume_state[1].get("fingerprint") != fingerprint:

@@ -14,9 +14,9 @@ import warnings
 
 import numpy as np
 
-from .errors import ConfigError
-from .models.function import FunctionModel
-from .models.parameters import feasible_start
+from ..errors import ConfigError
+from ..models.function import FunctionModel
+from ..models.parameters import feasible_start
 
 __all__ = ["curve_fit"]
 
@@ -63,7 +63,7 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_
     >>> np.round(popt, 6)
     array([2.5, 1.3])
     """
-    from .fitting import fit
+    from .fit import fit
 
     if method not in (None, "lm", "trf", "dogbox"):
         raise ConfigError(f"method must be None, 'lm', 'trf' or 'dogbox', got {method!r}")

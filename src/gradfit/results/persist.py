@@ -1,62 +1,21 @@
-"""Files gradfit writes: JSON and safetensors only, always atomically.
-
-Atomic means: write a temporary file in the same folder, fsync it, then ``os.replace`` it
-over the target, so a reader (or a crash) only ever sees the old or the new complete file.
-Nothing is ever pickled or unpickled.
-"""
+"""Saving and loading FitResult files: JSON (+ safetensors weights for networks), written
+atomically through gradfit._files. Nothing is ever pickled or unpickled."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
-from .errors import ModelError, PersistError
+from ..errors import ModelError, PersistError
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "save_result", "load", "FORMAT", "FORMAT_VERSION"]
+from .._files import atomic_write_bytes, atomic_write_text
+
+__all__ = ["save_result", "load", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "gradfit.model"
 FORMAT_VERSION = 1
-
-
-def atomic_write_bytes(path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that the file is either old-and-complete or new-and-complete."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _json_safe(v):
@@ -78,7 +37,7 @@ def save_result(result, path) -> None:
     """Save a FitResult as JSON; a network's weights go to ``<stem>.safetensors`` beside it."""
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     path = Path(path)
     doc = {
@@ -147,7 +106,7 @@ def load(path, *, module=None, function=None):
     be rebuilt from a file (that would mean running stored code): pass ``module=`` (an
     instance of the same architecture) or ``function=``.
     """
-    from .result import FitResult
+    from .fit_result import FitResult
 
     path = Path(path)
     doc = _read_doc(path)
@@ -178,9 +137,9 @@ def load(path, *, module=None, function=None):
 
 
 def _rebuild_model(spec: dict, doc: dict, path: Path, module, function):
-    from .models import builtin_model
-    from .models.formula import FormulaModel
-    from .models.function import FunctionModel
+    from ..models import builtin_model
+    from ..models.formula import FormulaModel
+    from ..models.function import FunctionModel
 
     kind = spec["kind"]
     if kind == "formula":
@@ -200,7 +159,7 @@ def _rebuild_model(spec: dict, doc: dict, path: Path, module, function):
 def _rebuild_module(spec: dict, doc: dict, path: Path, module):
     import torch
 
-    from .models.neural import MLPSpec, ModuleModel, build_mlp
+    from ..models.neural import MLPSpec, ModuleModel, build_mlp
 
     weights = doc.get("weights")
     if not isinstance(weights, dict) or "file" not in weights:

@@ -1,0 +1,157 @@
+"""The least-squares problem of one fit: a scalar-parameter model, its
+:class:`~gradfit.models.parameters.ParameterSpace` and the (training) data.
+
+Residuals are weighted, ``sqrt(w) * (f - y)`` with ``w = 1/sigma^2`` or the user's weights,
+so chi-square is ``sum(r^2)``. Least squares always computes in float64 on the CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ['LeastSquaresProblem', 'linear_reason', 'chi_square', 'mean_squared_error', 'predict_numpy']
+
+
+class LeastSquaresProblem:
+    """A least-squares problem over float64 numpy data. Least squares always computes in
+    float64 on the CPU (a single fit's dense algebra is small, and precision is the point);
+    float64 CPU tensors, for models evaluated with torch, are made on first use."""
+
+    def __init__(self, model, space, inputs: dict, y: np.ndarray, weights: np.ndarray | None = None):
+        self.model, self.space = model, space
+        self._numpy = (inputs, y, weights)
+        self.n = len(y)
+        self._tensors = None
+
+    @classmethod
+    def from_arrays(cls, model, space, arrays) -> "LeastSquaresProblem":
+        return cls(model, space, arrays.inputs, arrays.y, arrays.weights)
+
+    def numpy(self) -> tuple[dict, np.ndarray, np.ndarray | None]:
+        """(inputs, y, weights) as float64 numpy arrays."""
+        return self._numpy
+
+    def _tensor_data(self):
+        if self._tensors is None:
+            import torch
+
+            inputs, y, w = self._numpy
+
+            def t(a):
+                return torch.as_tensor(a, dtype=torch.float64)
+
+            self._tensors = ({k: t(v) for k, v in inputs.items()}, t(y), None if w is None else t(w))
+        return self._tensors
+
+    @property
+    def inputs(self):
+        return self._tensor_data()[0]
+
+    @property
+    def y(self):
+        return self._tensor_data()[1]
+
+    @property
+    def weights(self):
+        return self._tensor_data()[2]
+
+    @property
+    def numpy_ready(self) -> bool:
+        """A formula model without ties: predictions and Jacobians can be done in numpy."""
+        return getattr(self.model, "expression", None) is not None and not self.space.ties
+
+    # -- residuals ------------------------------------------------------------------------
+    def predict(self, params: dict):
+        return self.model.forward(self.inputs, params)
+
+    def residual(self, u):
+        """Weighted residuals as a function of the free parameters in internal coordinates."""
+        return self._weighted(self.predict(self.space.as_dict(u)) - self.y)
+
+    def lm_functions(self):
+        """(residual, jacobian) of the weighted residuals as float64 numpy functions of the free
+        parameters' internal coordinates. Formula models are evaluated in numpy with their
+        symbolic partials; other models (and tied parameters) in torch, with the Jacobian
+        from torch.func.jacfwd."""
+        space = self.space
+        inputs, y, w = self._numpy
+        sw = None if w is None else np.sqrt(w)
+        if self.numpy_ready:
+            model, free = self.model, space.free
+
+            # No np.errstate here: callers run these under errstate(all="ignore") once (trial
+            # steps may overflow; LM rejects them).
+            def residual(u):
+                r = model.forward_numpy(inputs, space.values_from_internal(u)) - y
+                return r if sw is None else r * sw
+
+            def jacobian(u):
+                jac = model.jacobian_numpy(inputs, space.values_from_internal(u), free)
+                if space.has_bounds:
+                    jac = jac * np.asarray(space.internal_derivative_values(u))
+                return jac if sw is None else jac * sw[:, None]
+
+            return residual, jacobian
+        import torch
+        from torch.func import jacfwd
+
+        def residual(u):
+            with torch.no_grad():
+                return self.residual(torch.as_tensor(u, dtype=self.y.dtype)).detach().cpu().numpy()
+
+        jac_fn = jacfwd(self.residual)
+
+        def jacobian(u):
+            return jac_fn(torch.as_tensor(u, dtype=self.y.dtype)).detach().cpu().numpy()
+
+        return residual, jacobian
+
+    def _weighted(self, r):
+        if self._numpy[2] is None:
+            return r
+        if getattr(self, "_sqrt_w", None) is None:
+            self._sqrt_w = self.weights.sqrt()
+        return r * self._sqrt_w
+
+    def mean_loss(self, cost: float) -> float:
+        """0.5*||r||^2 -> the weighted mean squared error the rest of gradfit reports."""
+        w = self._numpy[2]
+        return 2.0 * cost / (float(w.sum()) if w is not None else float(self.n))
+
+    def is_linear(self) -> bool:
+        return linear_reason(self.model, self.space) is None
+
+
+def linear_reason(model, space) -> str | None:
+    """None when the model can be solved directly as linear least squares, else why not."""
+    if getattr(model, "expression", None) is None:
+        return "the model is not a formula"
+    if space.ties:
+        return "tied parameters"
+    if not model.linear_in_params:
+        return "the model is nonlinear in its parameters"
+    return None
+
+
+def chi_square(problem: LeastSquaresProblem, values: dict) -> float:
+    """sum(w * (prediction - y)^2) at ``values``, in float64."""
+    inputs, y, w = problem.numpy()
+    r = predict_numpy(problem.model, inputs, values) - y
+    return float(r @ r if w is None else w @ (r * r))
+
+
+def mean_squared_error(model, inputs: dict, y: np.ndarray, w: np.ndarray | None, values: dict) -> float:
+    """Weighted mean squared error in float64 (numpy for formulas, torch otherwise)."""
+    pred = predict_numpy(model, inputs, values)
+    r = pred - y
+    return float(np.sum(r * r) / len(r) if w is None else np.sum(w * r * r) / np.sum(w))
+
+
+def predict_numpy(model, inputs: dict, values: dict) -> np.ndarray:
+    if getattr(model, "expression", None) is not None:
+        return model.forward_numpy(inputs, values)
+    import torch
+
+    t_in = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in inputs.items()}
+    with torch.no_grad():
+        return model.forward(t_in, {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}).numpy()

@@ -1,0 +1,112 @@
+"""Solvers for one least-squares problem: the direct linear solve (SVD) and
+Levenberg-Marquardt (optim/lm.py), plus mixed-precision refinement of a converged solution."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..optim.linear import solve_linear_least_squares
+from .problem import LeastSquaresProblem, chi_square
+
+__all__ = ['LSQOutcome', 'solve', 'refine_residuals']
+
+
+@dataclass
+class LSQOutcome:
+    values: dict  # every parameter, float
+    status: str  # converged | max_iterations | stalled
+    message: str
+    iterations: int
+    history: list = field(default_factory=list)  # mean loss (chi2 / sum w) per iteration
+    strategy: str = ""
+    #: (s, vt, d): thin SVD of the scaled weighted design matrix, from a linear solve
+    factor: tuple | None = None
+    #: unweighted residuals (prediction - y) at the solution, when the solver has them
+    residuals: np.ndarray | None = None
+
+
+def solve(problem: LeastSquaresProblem, method: str, *, max_iter: int = 2000, tol: float | None = None,
+          callback=None) -> LSQOutcome:
+    """Solve by "linear" (direct) or "lm"; returns parameter values and an honest status."""
+    if method == "linear":
+        return _solve_linear(problem)
+    return _solve_lm(problem, max_iter=max_iter, tol=tol, callback=callback)
+
+
+def _solve_linear(problem: LeastSquaresProblem) -> LSQOutcome:
+    space, model = problem.space, problem.model
+    inputs, y, w = problem.numpy()
+    # The offset is the prediction with every free parameter at 0 (fixed ones at their value);
+    # the design matrix holds the (constant) partial derivatives of the free parameters.
+    at_zero = {n: (space.values[n] if n in space.fixed else 0.0) for n in space.names}
+    design = model.jacobian_numpy(inputs, at_zero, space.free)
+    offset = None if not space.fixed and model.vanishes_at_zero else model.forward_numpy(inputs, at_zero)
+    coef, factor = solve_linear_least_squares(design, y if offset is None else y - offset, w)
+    values = dict(space.values)
+    values.update(zip(space.free, coef.tolist()))
+    resid = design @ coef - y if offset is None else design @ coef + offset - y
+    chi2 = float(resid @ resid if w is None else w @ (resid * resid))
+    outcome = LSQOutcome(values, "converged", "solved directly (linear least squares)", 1, strategy="SVD",
+                         factor=factor, residuals=resid)
+    outcome.history = [chi2 / (float(np.sum(w)) if w is not None else problem.n)]
+    return outcome
+
+
+def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None, callback) -> LSQOutcome:
+    from ..optim.lm import LMOptions, robust_levenberg_marquardt
+
+    _, y, w = problem.numpy()
+    y_norm = float(np.linalg.norm(y if w is None else y * np.sqrt(w)))
+    options = LMOptions(max_iter=max_iter, residual_floor=1e4 * np.finfo(np.float64).eps * y_norm,
+                        **({"ftol": tol, "xtol": tol} if tol is not None else {}))
+    lm_cb = None
+    if callback is not None:
+        def lm_cb(it, cost):
+            return callback(it, problem.mean_loss(cost))
+    residual, jacobian = problem.lm_functions()
+    at_bound = problem.space.bound_mask if problem.space.has_bounds else None
+    u0 = np.array(problem.space.internal_start_values(), dtype=np.float64)
+    with np.errstate(all="ignore"):  # trial steps may overflow; LM rejects them
+        out, strategy = robust_levenberg_marquardt(residual, u0, jacobian=jacobian, options=options,
+                                                   callback=lm_cb, at_bound=at_bound)
+    if problem.space.ties:
+        import torch
+
+        with torch.no_grad():
+            full = problem.space.full(torch.as_tensor(out.x, dtype=torch.float64))
+        values = dict(zip(problem.space.names, full.tolist()))
+    else:
+        values = problem.space.values_from_internal(out.x)
+    return LSQOutcome(values, out.status, out.message, out.iterations,
+                      [problem.mean_loss(c) for c in out.history], strategy)
+
+
+def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3) -> dict:
+    """Gauss-Newton refinement with residuals in 40-digit arithmetic (mixed-precision
+    iterative refinement). Only worth it when the residuals sit near float64 rounding."""
+    from ..formula.precise import residuals_mp
+
+    expr = getattr(problem.model, "expression", None)
+    if expr is None or problem.n > 20_000 or problem.space.has_bounds or problem.space.ties:
+        return values
+    space = problem.space
+    inputs, y, w = problem.numpy()
+    if chi_square(problem, values) > 1e-20 * float(y @ y if w is None else w @ (y * y)):
+        return values  # residuals well above float64 rounding: nothing to gain
+    current = dict(values)
+    r = residuals_mp(expr, inputs, y, w, current)
+    _, jacobian = problem.lm_functions()
+    for _ in range(steps):
+        v = np.array([current[n] for n in space.free])
+        with np.errstate(all="ignore"):
+            jac = jacobian(v)
+        step = np.linalg.lstsq(jac, -r, rcond=None)[0]
+        trial = dict(current)
+        trial.update(zip(space.free, (v + step).tolist()))
+        r_new = residuals_mp(expr, inputs, y, w, trial)
+        if float(r_new @ r_new) >= float(r @ r):
+            break
+        current, r = trial, r_new
+    return current

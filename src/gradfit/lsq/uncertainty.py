@@ -1,0 +1,108 @@
+"""Uncertainties at a least-squares solution: covariance, standard errors, correlations
+(tied parameters by propagation) and goodness-of-fit statistics (stats.py)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..stats import RANK_TOL, covariance, covariance_from_svd, fit_statistics
+from .problem import LeastSquaresProblem, predict_numpy
+
+__all__ = ['Uncertainty', 'uncertainty']
+
+
+@dataclass
+class Uncertainty:
+    stderr: dict
+    covariance: np.ndarray  # over the free parameters, in their order
+    correlation: np.ndarray
+    free: tuple
+    stats: dict
+    degenerate: tuple  # tuples of parameter names the data cannot separate
+
+
+def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: bool = False,
+                factor: tuple | None = None, residuals: np.ndarray | None = None) -> Uncertainty:
+    """Covariance, standard errors, correlations and fit statistics at ``values``.
+    ``factor`` = (s, vt, d) from a linear solve saves refactorizing the Jacobian."""
+    space = problem.space
+    inputs, y, w = problem.numpy()
+    resid = residuals if residuals is not None else predict_numpy(problem.model, inputs, values) - y
+    rss = float(resid @ resid)
+    chi2 = _precise_chi2(problem, values, rss if w is None else float(w @ (resid * resid)), y, w)
+    stats = fit_statistics(resid, y, w, len(space.free), chisqr=chi2, rss=rss)
+    dof = stats["dof"]
+    scale = 1.0 if absolute_sigma else (chi2 / dof if dof > 0 else math.nan)
+    if factor is not None and factor[0].size and factor[0][-1] > RANK_TOL * factor[0][0]:
+        cov = covariance_from_svd(*factor, scale)
+    else:
+        jac = _free_jacobian(problem, values)
+        if w is not None:
+            jac = jac * np.sqrt(w)[:, None]
+        cov = covariance(jac, scale)
+    diag = cov.matrix.diagonal().tolist()
+    sd = [math.sqrt(v) if v >= 0 else math.nan for v in diag]  # NaN for degenerate parameters
+    stderr = dict(zip(space.free, sd))
+    sd_arr = np.array(sd)
+    if all(v > 0 for v in sd):
+        corr = cov.matrix / sd_arr[:, None] / sd_arr
+    else:
+        corr = _safe_correlation(cov.matrix, sd_arr)
+    for n in space.fixed:
+        stderr[n] = 0.0
+    if space.ties:
+        stderr.update(_tied_stderr(space, values, cov.matrix))
+    degenerate = tuple(tuple(space.free[i] for i in group) for group in cov.degenerate)
+    return Uncertainty({n: stderr[n] for n in space.names}, cov.matrix, corr, space.free, stats, degenerate)
+
+
+def _safe_correlation(cov: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cov / np.outer(sd, sd)
+
+
+def _free_jacobian(problem: LeastSquaresProblem, values: dict) -> np.ndarray:
+    """d prediction / d free parameter (values, not internal coordinates), float64, (n, F)."""
+    space = problem.space
+    if problem.numpy_ready:
+        return problem.model.jacobian_numpy(problem.numpy()[0], values, space.free)
+    import torch
+    from torch.func import jacfwd
+
+    inputs64 = {k: torch.as_tensor(a, dtype=torch.float64) for k, a in problem.numpy()[0].items()}
+    v = torch.tensor([values[n] for n in space.free], dtype=torch.float64)
+    return jacfwd(lambda z: problem.model.forward(inputs64, space.as_dict(z, internal=False)))(v).detach().cpu().numpy()
+
+
+def _precise_chi2(problem, values, chi2: float, y: np.ndarray, w) -> float:
+    """Recompute chi-square in 40-digit arithmetic when float64 rounding dominates it
+    (residuals within ~5 orders of magnitude of the data's rounding level)."""
+    expr = getattr(problem.model, "expression", None)
+    if expr is None or problem.n > 20_000:
+        return chi2
+    scale = float(y @ y if w is None else w @ (y * y))
+    if chi2 > 1e-20 * scale:
+        return chi2
+    from ..formula.precise import residuals_mp
+
+    inputs, _, _ = problem.numpy()
+    r = residuals_mp(expr, inputs, y, w, values)
+    return float(r @ r)
+
+
+def _tied_stderr(space, values: dict, cov: np.ndarray) -> dict:
+    """Propagate the free parameters' covariance to tied ones: var = g^T C g."""
+    import torch
+    from torch.func import jacfwd
+
+    v = torch.tensor([values[n] for n in space.free], dtype=torch.float64)
+    jac = jacfwd(lambda z: space.full(z, internal=False))(v).detach().cpu().numpy()  # (P, F)
+    out = {}
+    for t in space.ties:
+        g = jac[space.names.index(t.name)]
+        var = float(g @ cov @ g)
+        out[t.name] = math.sqrt(var) if var >= 0 else math.nan
+    return out

@@ -1,0 +1,1 @@
+"""Results: FitResult and BatchResult, with their reports, plots and files."""
