@@ -25,8 +25,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it (loaded on first access, PEP 562)
 _LAZY = {
     "fit": "gradfit.fitting.fit",
-    "gradient": "gradfit.fitting.fit",
-    "loss_value": "gradfit.fitting.fit",
+    "gradient": "gradfit.fitting.gradient",
+    "loss_value": "gradfit.fitting.gradient",
     "curve_fit": "gradfit.fitting.scipy_compat",
     "fit_many": "gradfit.fitting.many",
     "tune": "gradfit.tuning",

@@ -1,33 +1,27 @@
-"""``fit``, ``gradient`` and ``loss_value``: the public entry points that wire
-data -> model -> loss -> optimizer -> loop -> result. The numerical work lives in the
-modules they call: train/ for first-order training, lsq.py for least squares."""
+"""``fit``: the public entry point that wires data -> model -> loss -> optimizer -> loop ->
+result. The numerical work lives in the modules it calls: first_order.py (train/) for
+torch.optim training, least_squares.py (lsq/) for least squares."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from functools import lru_cache
 from typing import Mapping, Sequence
 
 from ..data.arrays import as_float_array, prepare_arrays
-from ..optim.precondition import jacobian, whitening
-from .least_squares import least_squares_fit, with_uncertainty
-from ..errors import did_you_mean
 from ..data.split import train_val_indices
-from ..errors import ConfigError, DataError, GradfitWarning, ModelError
+from ..errors import ConfigError, DataError, ModelError, did_you_mean
 from ..losses import resolve_loss
 from ..lsq.problem import LeastSquaresProblem, linear_reason
 from ..models import FormulaModel, resolve_model
-from ..models.neural import MLPSpec, ModuleModel, build_mlp
+from ..models.neural import MLPSpec
 from ..models.parameters import ParameterSpace, feasible_start
-from ..optim.registry import make_optimizer
-from ..results.fit_result import FitResult
-from ..callbacks import LogCallback, ProgressCallback, wants_progress
-from ..train.loop import LoopConfig, run_loop
-from ..train.objective import ModuleObjective, ScalarObjective, TensorData
+from .crossval import cross_validate
+from .first_order import module_objective, scalar_objective, tensors, train_first_order
+from .least_squares import least_squares_fit, with_uncertainty
 
-__all__ = ["fit", "gradient", "loss_value", "resolve_dtype", "resolve_device", "choose_method", "GradfitWarning"]
+__all__ = ["fit", "resolve_dtype", "resolve_device", "choose_method"]
 
 _GRADIENTS = ("autograd", "analytic")
 _DIRECT = ("lm", "linear")
@@ -195,7 +189,7 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         raise ConfigError("early_stopping watches the validation loss: set val_fraction (e.g. 0.2)")
     result = _fit_split(bound, train_arr, val_arr, tuple(arrays.notes), opts)
     if cv is not None:
-        result = dataclasses.replace(result, cv=_cross_validate(bound, arrays, cv, cv_groups, cv_split, opts))
+        result = dataclasses.replace(result, cv=cross_validate(bound, arrays, cv, cv_groups, cv_split, opts, _fit_split))
     return result
 
 
@@ -254,32 +248,6 @@ def _early_stopping(spec):
     return int(patience), float(min_delta)
 
 
-def _cross_validate(bound, arrays, k, groups, split, opts) -> dict:
-    """Fit each fold (training on the rest) and summarize validation losses and parameters."""
-    import numpy as np
-
-    from ..data.split import kfold_indices
-
-    if split not in ("random", "grouped", "time"):
-        raise ConfigError(f"cv_split must be 'random', 'grouped' or 'time', got {split!r}")
-    if split == "grouped" and groups is None:
-        raise ConfigError("cv_split='grouped' needs cv_groups (one group label per row)")
-    folds = kfold_indices(arrays.n, k, opts["seed"], groups=groups if split == "grouped" else None,
-                          time_ordered=split == "time")
-    fold_opts = dict(opts, progress=False, log_every=0, callbacks=(), warn_overfitting=False)
-    losses, params = [], []
-    for tr, va in folds:
-        r = _fit_split(bound, arrays.take(tr), arrays.take(va), (), fold_opts)
-        losses.append(float(r.val_loss))
-        params.append(dict(r.params))
-    out = {"val_loss": losses, "mean": float(np.mean(losses)), "std": float(np.std(losses, ddof=1)),
-           "params": params, "split": split, "folds": len(folds)}
-    if params and params[0]:
-        out["params_mean"] = {n: float(np.mean([p[n] for p in params])) for n in params[0]}
-        out["params_std"] = {n: float(np.std([p[n] for p in params], ddof=1)) for n in params[0]}
-    return out
-
-
 def _fit_split(bound, train_arr, val_arr, notes, o):
     """One fit on a given train/validation split (the body of fit, shared with cross-validation)."""
     loss_fn, torch_dtype, dev = o["loss_fn"], o["dtype"], o["device"]
@@ -303,10 +271,10 @@ def _fit_split(bound, train_arr, val_arr, notes, o):
         if o["bounds"] or o["fixed"] or o["tie"]:
             raise ConfigError("bounds, fixed and tie apply to named scalar parameters, not to networks")
         method, reason = choose_method(o["optimizer"], bound, loss_fn, o["batch_size"], None, training)
-        train, val = _tensors(train_arr, val_arr, torch_dtype, dev)
-        objective, bound = _module_objective(bound, train, val, loss_fn, o["normalize"], o["seed"], torch_dtype, dev)
+        train, val = tensors(train_arr, val_arr, torch_dtype, dev)
+        objective, bound = module_objective(bound, train, val, loss_fn, o["normalize"], o["seed"], torch_dtype, dev)
         settings.update(method=method, method_reason=reason)
-        return _train(objective, bound, method, o, settings=settings, **common)
+        return train_first_order(objective, bound, method, o, settings=settings, **common)
     if o["gradient"] == "analytic" and bound.expression is None:
         raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
     space = _parameter_space(bound, train_arr, train_arr.n, o["init"], o["bounds"], o["fixed"], o["tie"])
@@ -316,9 +284,9 @@ def _fit_split(bound, train_arr, val_arr, notes, o):
         return least_squares_fit(bound, space, train_arr, val_arr, method, settings=settings,
                                  max_iter=o["max_iter"] or 2000, tol=o["tol"], absolute_sigma=o["absolute_sigma"],
                                  log_every=o["log_every"], progress=o["progress"], callbacks=o["callbacks"], **common)
-    train, val = _tensors(train_arr, val_arr, torch_dtype, dev)
-    objective = _scalar_objective(bound, space, train, val, loss_fn, o["normalize"], o["gradient"], torch_dtype, dev)
-    result = _train(objective, bound, method, o, settings=settings, **common)
+    train, val = tensors(train_arr, val_arr, torch_dtype, dev)
+    objective = scalar_objective(bound, space, train, val, loss_fn, o["normalize"], o["gradient"], torch_dtype, dev)
+    result = train_first_order(objective, bound, method, o, settings=settings, **common)
     if loss_fn.least_squares and result.status != "diverged":
         problem = LeastSquaresProblem.from_arrays(bound, space, train_arr)
         result = with_uncertainty(result, problem, o["absolute_sigma"])
@@ -332,12 +300,6 @@ def _training_extras(o) -> str | None:
         if o[key]:
             return why
     return None
-
-
-def _tensors(train_arr, val_arr, dtype, dev):
-    train = TensorData.from_arrays(train_arr, dtype, dev)
-    val = TensorData.from_arrays(val_arr, dtype, dev) if val_arr is not None else None
-    return train, val
 
 
 def _weights_from_sigma(weights, sigma):
@@ -391,185 +353,3 @@ def _configured_space(model, train_arr, init, bounds, fixed, tie) -> ParameterSp
     if isinstance(fixed, str):
         fixed = [fixed]
     return ParameterSpace(model.param_names, values, bounds=bounds, fixed=list(fixed or ()), tie=tie)
-
-
-def _scalar_objective(model, space, train, val, loss_fn, normalize, gradient, dtype, dev):
-    import torch
-
-    precondition = None
-    if normalize:
-        inputs64 = {k: v.to(torch.float64) for k, v in train.inputs.items()}
-        z0 = space.internal_start(torch.float64, dev)
-        precondition = whitening(jacobian(model, inputs64, z0, space)).to(dtype)
-    return ScalarObjective(model, train, val, loss_fn, space, dtype=dtype, device=dev, precondition=precondition,
-                           gradient=gradient)
-
-
-def _module_objective(spec, train, val, loss_fn, normalize, seed, dtype, dev):
-    import torch
-
-    x_train = next(iter(train.inputs.values())) if len(train.inputs) == 1 else torch.stack(
-        list(train.inputs.values()), dim=-1)
-    in_features = 1 if x_train.dim() == 1 else x_train.shape[-1]
-    out_features = 1 if train.y.dim() == 1 else train.y.shape[-1]
-    if isinstance(spec, MLPSpec):
-        module = build_mlp(in_features, out_features, spec.hidden, spec.activation, seed)
-        model = ModuleModel(module, mlp=spec, in_features=in_features, out_features=out_features,
-                            input_names=tuple(train.inputs))
-    else:
-        model = spec
-        model.in_features, model.out_features = in_features, out_features
-        model.input_names = tuple(train.inputs)
-    model.to(dev, dtype)
-    scale = 1.0
-    if normalize:
-        model.standardize(x_train, train.y)
-        with torch.no_grad():
-            baseline = loss_fn(torch.zeros_like(train.y) + model.y_mean, train.y, train.weights)
-        scale = float(baseline) if float(baseline) > 0 else 1.0
-    return ModuleObjective(model, train, val, loss_fn, loss_scale=scale), model
-
-
-def _train(objective, model, optimizer, o, *, settings, notes, n_train, n_val):
-    import torch
-
-    from ..train.loop import overfitting_signal
-    from ..train.regularize import InputNoise, make_schedule, parse_penalty
-
-    names = model.param_names if model.scalar_params else tuple(n for n, _ in model.module.named_parameters())
-    penalty = parse_penalty(o["penalty"], names)
-    noise = InputNoise.for_data(o["input_noise"], objective.train.inputs) if o["input_noise"] else None
-    objective.regularize(penalty, noise, o["seed"])
-    opt = make_optimizer(optimizer, objective.leaves, o["lr"], o["optimizer_options"],
-                         prefer_fused=not model.scalar_params)
-    scheduler = make_schedule(o["schedule"], opt, o["epochs"])
-    cbs = list(o["callbacks"])
-    if o["log_every"]:
-        cbs.append(LogCallback(_check_int("log_every", o["log_every"], 0)))
-    if wants_progress(o["progress"]):
-        cbs.append(ProgressCallback())
-    torch.manual_seed(o["seed"])  # anything stochastic inside torch.optim or the module
-    config = LoopConfig(epochs=o["epochs"], batch_size=o["batch_size"], seed=o["seed"], tol=o["tol"],
-                        early_stopping=o["early_stopping"])
-    checkpointer = o.get("checkpoint")
-    resume_state = None
-    fingerprint = json_fingerprint(model, settings)
-    if checkpointer is not None and o.get("resume"):
-        from ..train.checkpoint import load_checkpoint
-
-        resume_state = load_checkpoint(checkpointer.folder)
-        if resume_state[1].get("fingerprint") != fingerprint:
-            raise ConfigError(f"{checkpointer.folder}: the checkpoint belongs to a different fit (model, data size "
-                              "or options differ); resume with the same command, or start afresh without --resume")
-    if checkpointer is not None:
-        checkpointer.fingerprint = fingerprint
-    outcome = run_loop(objective, opt, config, cbs, scheduler=scheduler, checkpointer=checkpointer,
-                       resume=resume_state)
-    minibatch = o["batch_size"] is not None and o["batch_size"] < objective.train.n
-    restored = outcome.best_epoch is not None
-    if minibatch and outcome.history["train_loss"] and outcome.status != "diverged" and not restored:
-        # As Keras reports it: the mean batch loss of the last epoch. A full extra pass over a
-        # large training set would cost a third of an epoch.
-        final_loss = outcome.history["train_loss"][-1]
-    else:
-        final_loss = objective.evaluate(objective.train)
-    if not math.isfinite(final_loss) and outcome.status != "diverged":
-        outcome.status, outcome.message = "diverged", "the loss at the final parameters is not finite"
-    val_loss = objective.evaluate(objective.val) if objective.val is not None else None
-    warning = overfitting_signal(outcome.history["train_loss"], outcome.history["val_loss"])
-    if warning and outcome.status != "stopped_early" and o.get("warn_overfitting", True):
-        warnings.warn(warning, GradfitWarning, stacklevel=3)
-        notes = notes + (warning,)
-    return FitResult(params=objective.param_values(), loss=final_loss, val_loss=val_loss, status=outcome.status,
-                     epochs_run=outcome.epochs_run, history=outcome.history, model=model, message=outcome.message,
-                     settings=settings, n_train=n_train, n_val=n_val, notes=notes, best_epoch=outcome.best_epoch)
-
-
-def json_fingerprint(model, settings: dict) -> str:
-    """What identifies a training run for resuming: the model and every option but the
-    number of epochs (a resumed run may train longer)."""
-    import hashlib
-    import json
-
-    doc = {"model": model.describe(), "settings": {k: v for k, v in settings.items() if k != "epochs"}}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _scalar_problem(model, x, y, data, params, loss, weights, torch_dtype):
-    """Shared set-up of gradient() and loss_value(): bound model, tensors, parameter space."""
-    import torch
-
-    loss_fn = resolve_loss(loss)
-    bound, arrays = prepare_arrays(resolve_model(model), x, y, data=data, weights=weights)
-    if not getattr(bound, "scalar_params", False) or _is_module_spec(bound):
-        raise ModelError("this function takes models with named scalar parameters (formulas, built-ins, functions)")
-    missing = [n for n in bound.param_names if n not in params]
-    if missing:
-        raise ConfigError(f"params is missing {', '.join(missing)}")
-    data_t = TensorData.from_arrays(arrays, torch_dtype, torch.device("cpu"))
-    space = ParameterSpace(bound.param_names, {n: float(params[n]) for n in bound.param_names})
-    return bound, data_t, loss_fn, space
-
-
-def loss_value(model, x=None, y=None, *, params: Mapping, data=None, loss="mse", dtype="float32",
-               weights=None) -> float:
-    """The loss of ``model`` at ``params`` (one forward pass, no training).
-
-    >>> import gradfit as gf
-    >>> gf.loss_value("w*x + b", x=[1.0, 2.0], y=[0.0, 0.0], params={"w": 1.0, "b": 0.0})
-    2.5
-    """
-    import torch
-
-    torch_dtype = resolve_dtype(dtype)
-    bound, data_t, loss_fn, space = _scalar_problem(model, x, y, data, params, loss, weights, torch_dtype)
-    return ScalarObjective(bound, data_t, None, loss_fn, space, dtype=torch_dtype,
-                           device=torch.device("cpu")).evaluate(data_t)
-
-
-def gradient(model, x=None, y=None, *, params: Mapping, data=None, loss="mse", method: str = "autograd",
-             dtype="float32", weights=None) -> dict[str, float]:
-    """Gradient of the loss with respect to each parameter at ``params``.
-
-    method: "autograd", "analytic" (symbolic derivatives of a formula) or "finite"
-    (central differences in float64, for checking).
-
-    >>> import gradfit as gf
-    >>> g = gf.gradient("w*x + b", x=[1.0, 2.0], y=[0.0, 0.0], params={"w": 1.0, "b": 0.0})
-    >>> g["w"], g["b"]
-    (5.0, 3.0)
-    """
-    import torch
-
-    if method not in ("autograd", "analytic", "finite"):
-        raise ConfigError(f"method must be 'autograd', 'analytic' or 'finite', got {method!r}")
-    torch_dtype = torch.float64 if method == "finite" else resolve_dtype(dtype)
-    bound, data_t, loss_fn, space = _scalar_problem(model, x, y, data, params, loss, weights, torch_dtype)
-    p = torch.tensor([float(params[n]) for n in bound.param_names], dtype=torch_dtype)
-    if method == "finite":
-        return _finite_difference(bound, data_t, loss_fn, p)
-    obj = ScalarObjective(bound, data_t, None, loss_fn, space, dtype=torch_dtype, device=torch.device("cpu"),
-                          gradient=method)
-    if method == "analytic":
-        if bound.expression is None:
-            raise ConfigError("analytic gradients need a formula model")
-        obj._analytic_grad(data_t)
-    else:
-        obj.objective(data_t).backward()
-    return dict(zip(bound.param_names, obj.theta.grad.double().tolist()))
-
-
-def _finite_difference(model, data, loss_fn, p) -> dict[str, float]:
-    import torch
-
-    out = {}
-    with torch.no_grad():
-        for i, name in enumerate(model.param_names):
-            h = 1e-6 * max(1.0, abs(float(p[i])))
-            up, down = p.clone(), p.clone()
-            up[i] += h
-            down[i] -= h
-            f_up = loss_fn(model.forward(data.inputs, dict(zip(model.param_names, up.unbind()))), data.y, data.weights)
-            f_dn = loss_fn(model.forward(data.inputs, dict(zip(model.param_names, down.unbind()))), data.y, data.weights)
-            out[name] = float((f_up - f_dn) / (2 * h))
-    return out

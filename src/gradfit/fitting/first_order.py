@@ -1,0 +1,126 @@
+"""First-order training (torch.optim) for one fit: build the objective for a formula,
+function or network, wire the loop's callbacks, and turn the loop's outcome into a FitResult."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+from ..callbacks import LogCallback, ProgressCallback, wants_progress
+from ..errors import ConfigError, GradfitWarning
+from ..models.neural import MLPSpec, ModuleModel, build_mlp
+from ..optim.precondition import jacobian, whitening
+from ..optim.registry import make_optimizer
+from ..results.fit_result import FitResult
+from ..train.loop import LoopConfig, run_loop
+from ..train.objective import ModuleObjective, ScalarObjective, TensorData
+
+__all__ = ['train_first_order', 'scalar_objective', 'module_objective', 'tensors', 'json_fingerprint']
+
+
+def tensors(train_arr, val_arr, dtype, dev):
+    train = TensorData.from_arrays(train_arr, dtype, dev)
+    val = TensorData.from_arrays(val_arr, dtype, dev) if val_arr is not None else None
+    return train, val
+
+
+def scalar_objective(model, space, train, val, loss_fn, normalize, gradient, dtype, dev):
+    import torch
+
+    precondition = None
+    if normalize:
+        inputs64 = {k: v.to(torch.float64) for k, v in train.inputs.items()}
+        z0 = space.internal_start(torch.float64, dev)
+        precondition = whitening(jacobian(model, inputs64, z0, space)).to(dtype)
+    return ScalarObjective(model, train, val, loss_fn, space, dtype=dtype, device=dev, precondition=precondition,
+                           gradient=gradient)
+
+
+def module_objective(spec, train, val, loss_fn, normalize, seed, dtype, dev):
+    import torch
+
+    x_train = next(iter(train.inputs.values())) if len(train.inputs) == 1 else torch.stack(
+        list(train.inputs.values()), dim=-1)
+    in_features = 1 if x_train.dim() == 1 else x_train.shape[-1]
+    out_features = 1 if train.y.dim() == 1 else train.y.shape[-1]
+    if isinstance(spec, MLPSpec):
+        module = build_mlp(in_features, out_features, spec.hidden, spec.activation, seed)
+        model = ModuleModel(module, mlp=spec, in_features=in_features, out_features=out_features,
+                            input_names=tuple(train.inputs))
+    else:
+        model = spec
+        model.in_features, model.out_features = in_features, out_features
+        model.input_names = tuple(train.inputs)
+    model.to(dev, dtype)
+    scale = 1.0
+    if normalize:
+        model.standardize(x_train, train.y)
+        with torch.no_grad():
+            baseline = loss_fn(torch.zeros_like(train.y) + model.y_mean, train.y, train.weights)
+        scale = float(baseline) if float(baseline) > 0 else 1.0
+    return ModuleObjective(model, train, val, loss_fn, loss_scale=scale), model
+
+
+def train_first_order(objective, model, optimizer, o, *, settings, notes, n_train, n_val):
+    import torch
+
+    from ..train.loop import overfitting_signal
+    from ..train.regularize import InputNoise, make_schedule, parse_penalty
+
+    names = model.param_names if model.scalar_params else tuple(n for n, _ in model.module.named_parameters())
+    penalty = parse_penalty(o["penalty"], names)
+    noise = InputNoise.for_data(o["input_noise"], objective.train.inputs) if o["input_noise"] else None
+    objective.regularize(penalty, noise, o["seed"])
+    opt = make_optimizer(optimizer, objective.leaves, o["lr"], o["optimizer_options"],
+                         prefer_fused=not model.scalar_params)
+    scheduler = make_schedule(o["schedule"], opt, o["epochs"])
+    cbs = list(o["callbacks"])
+    if o["log_every"]:
+        cbs.append(LogCallback(int(o["log_every"])))
+    if wants_progress(o["progress"]):
+        cbs.append(ProgressCallback())
+    torch.manual_seed(o["seed"])  # anything stochastic inside torch.optim or the module
+    config = LoopConfig(epochs=o["epochs"], batch_size=o["batch_size"], seed=o["seed"], tol=o["tol"],
+                        early_stopping=o["early_stopping"])
+    checkpointer = o.get("checkpoint")
+    resume_state = None
+    fingerprint = json_fingerprint(model, settings)
+    if checkpointer is not None and o.get("resume"):
+        from ..train.checkpoint import load_checkpoint
+
+        resume_state = load_checkpoint(checkpointer.folder)
+        if resume_state[1].get("fingerprint") != fingerprint:
+            raise ConfigError(f"{checkpointer.folder}: the checkpoint belongs to a different fit (model, data size "
+                              "or options differ); resume with the same command, or start afresh without --resume")
+    if checkpointer is not None:
+        checkpointer.fingerprint = fingerprint
+    outcome = run_loop(objective, opt, config, cbs, scheduler=scheduler, checkpointer=checkpointer,
+                       resume=resume_state)
+    minibatch = o["batch_size"] is not None and o["batch_size"] < objective.train.n
+    restored = outcome.best_epoch is not None
+    if minibatch and outcome.history["train_loss"] and outcome.status != "diverged" and not restored:
+        # As Keras reports it: the mean batch loss of the last epoch. A full extra pass over a
+        # large training set would cost a third of an epoch.
+        final_loss = outcome.history["train_loss"][-1]
+    else:
+        final_loss = objective.evaluate(objective.train)
+    if not math.isfinite(final_loss) and outcome.status != "diverged":
+        outcome.status, outcome.message = "diverged", "the loss at the final parameters is not finite"
+    val_loss = objective.evaluate(objective.val) if objective.val is not None else None
+    warning = overfitting_signal(outcome.history["train_loss"], outcome.history["val_loss"])
+    if warning and outcome.status != "stopped_early" and o.get("warn_overfitting", True):
+        warnings.warn(warning, GradfitWarning, stacklevel=3)
+        notes = notes + (warning,)
+    return FitResult(params=objective.param_values(), loss=final_loss, val_loss=val_loss, status=outcome.status,
+                     epochs_run=outcome.epochs_run, history=outcome.history, model=model, message=outcome.message,
+                     settings=settings, n_train=n_train, n_val=n_val, notes=notes, best_epoch=outcome.best_epoch)
+
+
+def json_fingerprint(model, settings: dict) -> str:
+    """What identifies a training run for resuming: the model and every option but the
+    number of epochs (a resumed run may train longer)."""
+    import hashlib
+    import json
+
+    doc = {"model": model.describe(), "settings": {k: v for k, v in settings.items() if k != "epochs"}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
