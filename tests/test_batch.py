@@ -1,5 +1,7 @@
 """fit_many: batched least squares against scipy, masks, bounds, failures, persistence."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -201,3 +203,100 @@ def test_chunking_gives_identical_results():
         np.testing.assert_array_equal(whole.params[k], chunked.params[k])
         np.testing.assert_array_equal(whole.stderr[k], chunked.stderr[k])
     np.testing.assert_array_equal(whole.status, chunked.status)
+
+
+def test_statistics_match_one_fit():
+    x, y, truth, init = _gauss_data(3)
+    r = gf.fit_many("gaussian", x, y, init=init, dtype="float64", tol=1e-12, max_iter=200)
+    assert set(r.stats) == {"n", "dof", "chisqr", "redchi", "aic", "bic"}
+    np.testing.assert_array_equal(r.chi2, r.stats["chisqr"])
+    with pytest.raises(AttributeError):
+        r.chi2 = r.chi2  # read-only alias
+    for i in range(3):
+        one = gf.fit("gaussian", x, y[i], init=dict(zip(r.param_names, init[i])), optimizer="lm", dtype="float64")
+        for key in r.stats:
+            np.testing.assert_allclose(r.stats[key][i], one.stats[key], rtol=1e-6, err_msg=key)
+        for n in r.param_names:
+            np.testing.assert_allclose(r.stderr[n][i], one.stderr[n], rtol=1e-4)
+
+
+def test_save_load_round_trip_every_field(tmp_path):
+    x, y, truth, init = _gauss_data(6)
+    y[2, 5:] = np.nan
+    r = gf.fit_many("gaussian", x, y, init=init, fixed=["c"], dtype="float64")
+    r = dataclasses.replace(r, ids=np.array(["w1", "w2", "w3", "w4", "w5", "w6"]))
+    r.save(tmp_path / "r.npz")
+    back = gf.BatchResult.load(tmp_path / "r.npz")
+    assert back.param_names == r.param_names and back.model_text == r.model_text
+    assert back.timings == r.timings
+    np.testing.assert_array_equal(back.ids, r.ids)
+    for k in r.param_names:
+        np.testing.assert_array_equal(back.params[k], r.params[k])
+        np.testing.assert_array_equal(back.stderr[k], r.stderr[k])
+    assert set(back.stats) == set(r.stats)
+    for k in r.stats:
+        np.testing.assert_array_equal(back.stats[k], r.stats[k])
+        assert back.stats[k].dtype == r.stats[k].dtype
+    for k in ("status", "iterations"):
+        np.testing.assert_array_equal(getattr(back, k), getattr(r, k))
+        assert getattr(back, k).dtype == getattr(r, k).dtype
+    assert back.report() == r.report()
+    with pytest.raises(gf.PersistError):
+        gf.BatchResult.load(tmp_path / "missing.npz")
+
+
+def test_report_mirrors_fit_report():
+    x, y, truth, init = _gauss_data(20)
+    y[0] = np.nan
+    text = gf.fit_many("gaussian", x, y, init=init, dtype="float64").report()
+    assert text.splitlines()[0].startswith("model")
+    assert "19 converged" in text and "1 too_few_points" in text
+    assert "chi-square" in text and "AIC" in text
+    assert "mu" in text and "median" in text and "stderr median" in text
+
+
+def test_parameter_rules_shared_with_fit():
+    x, y, truth, init = _gauss_data(4, noise=False)
+    bad = [({"bounds": {"mu": (3.0, 3.0)}}, "min equals max"), ({"bounds": {"mu": (np.nan, 3.0)}}, "NaN"),
+           ({"bounds": {"mu": (5.0, 1.0)}}, "greater than max"), ({"fixed": ["mue"]}, "did you mean 'mu'"),
+           ({"bounds": {"mu": (0.0, 1.0)}}, "outside its bounds")]
+    names = ("a", "mu", "sigma", "c")
+    for kwargs, needle in bad:
+        with pytest.raises(ConfigError, match=needle) as many:
+            gf.fit_many("gaussian", x, y, init=init, dtype="float64", **kwargs)
+        with pytest.raises(ConfigError, match=needle) as one:
+            gf.fit("gaussian", x, y[0], init=dict(zip(names, init[0])), optimizer="lm", **kwargs)
+        if needle != "outside its bounds":  # the batch also names the fit
+            assert str(many.value) == str(one.value)
+    with pytest.raises(ConfigError, match="tie"):
+        gf.fit_many("gaussian", x, y, init=init, tie={"c": "2*a"})
+    with pytest.raises(DataError, match="sigma must be positive"):
+        gf.fit_many("gaussian", x, y, init=init, sigma=np.zeros(32))
+
+
+def test_guesses_move_inside_bounds():
+    x, y, truth, init = _gauss_data(5, noise=False)
+    r = gf.fit_many("gaussian", x, y, init="guess", bounds={"sigma": (5.0, 9.0)}, dtype="float64")
+    assert np.all((r.params["sigma"] >= 5.0) & (r.params["sigma"] <= 9.0))
+
+
+def test_nan_inputs_mask_points():
+    x, y, truth, init = _gauss_data(3, noise=False)
+    xs = np.tile(x, (3, 1))
+    xs[1, :4] = np.nan
+    r = gf.fit_many("gaussian", xs, y, init=init, dtype="float64")
+    assert r.n_points.tolist() == [32, 28, 32] and r.converged.all()
+
+
+def test_long_table_with_ids():
+    pytest.importorskip("gradfit.data.tables", reason="data/tables.py (long_to_batch) is not written yet")
+    pd = pytest.importorskip("pandas")
+    x, y, truth, init = _gauss_data(3, noise=False)
+    rows = [(well, xv, yv) for well, row in zip(["B2", "A1", "C3"], y) for xv, yv in zip(x[:30], row[:30])]
+    df = pd.DataFrame(rows, columns=["well", "dose", "signal"])
+    r = gf.fit_many("gaussian", data=df, id="well", x="dose", y="signal", init="guess", dtype="float64",
+                    max_iter=100)
+    assert len(r) == 3 and sorted(r.ids.tolist()) == ["A1", "B2", "C3"]
+    for i, well in enumerate(r.ids):
+        j = ["B2", "A1", "C3"].index(well)
+        np.testing.assert_allclose(r.params["mu"][i], truth[j, 1], rtol=1e-6)

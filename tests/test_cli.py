@@ -45,7 +45,19 @@ def test_fit_out_writes_model_history_and_plots(thermo_csv, tmp_path):
         assert (out / name).stat().st_size > 0, name
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert len(rows) == 300 and set(rows[0]) == {"epoch", "train_loss", "val_loss"}
-    assert gf.load(out / "model.json").settings["normalize"] is True
+    assert _setting(gf.load(out / "model.json").settings, "normalize") is True
+
+
+def _setting(settings: dict, key: str):
+    """A value from FitResult.settings, wherever the typed options nest it."""
+    if key in settings:
+        return settings[key]
+    for value in settings.values():
+        if isinstance(value, dict):
+            found = _setting(value, key)
+            if found is not None:
+                return found
+    return None
 
 
 def test_diverged_fit_exits_3(thermo_csv):
@@ -223,3 +235,132 @@ def test_fit_many_cli_errors(batch_files, args, needle):
     d, _ = batch_files
     rc, _, err = run("fit-many", *[a.format(d=d) for a in args])
     assert rc == 2 and needle in err and "Traceback" not in err
+
+
+# In-process runs: main(argv, stdout, stderr) returns an ExitStatus and writes only to the
+# streams it is given (capsys proves nothing reaches the process's own).
+
+def cli(*argv):
+    import io
+
+    from gradfit.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main([str(a) for a in argv], stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_main_returns_exit_status_and_uses_only_the_given_streams(capsys, thermo_csv):
+    from gradfit.cli.main import ExitStatus
+
+    code, out, err = cli("--help")
+    assert code is ExitStatus.OK and "usage: gradfit" in out and err == ""
+    code, out, err = cli("fit")
+    assert code is ExitStatus.USAGE and "usage: gradfit fit" in err and "required" in err and out == ""
+    code, out, err = cli("fit", thermo_csv, "t_c ~ w*t_u + b", "--optimizer", "adam", "--lr", "0.1",
+                         "--epochs", "10", "--log-every", "5", "--val-fraction", "0.2")
+    assert code is ExitStatus.OK and "status" in out
+    assert [ln.split()[:2] for ln in err.splitlines()] == [["epoch", "5"], ["epoch", "10"]]
+    code, out, err = cli("fit", thermo_csv, "t_c ~ w*t_u + b", "--init", "w=1,b=0", "--optimizer", "sgd",
+                         "--epochs", "5000", "--json")
+    assert code is ExitStatus.FIT_FAILED and "lower the learning rate" in err
+    code, _, err = cli("fit", thermo_csv, "t_c ~ w*t_u + b", "--fix", "=1")
+    assert code is ExitStatus.USAGE and "--fix expects NAME or NAME=VALUE" in err
+    assert capsys.readouterr() == ("", "")
+
+
+def test_exit_status_of_a_fit():
+    from gradfit.cli.common import ExitStatus, exit_status
+    from gradfit.status import Status
+
+    assert exit_status(Status.DIVERGED) is ExitStatus.FIT_FAILED
+    assert {exit_status(s) for s in Status if s is not Status.DIVERGED} == {ExitStatus.OK}
+    assert ExitStatus.from_signal(2) is ExitStatus.INTERRUPTED and ExitStatus.from_signal(15) == 143
+
+
+def test_shared_options_have_one_definition():
+    """fit, fit-many and tune parse --init, --fix, --bounds, --tol, --max-iter, --dtype, --device,
+    --x, --y, --out, --json and --no-progress with the same definition and help."""
+    from gradfit.cli.options import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    shared = ["--init", "--fix", "--bounds", "--tol", "--max-iter", "--dtype", "--device", "--x", "--y", "--out",
+              "--json", "--no-progress"]
+
+    def action(cmd, flag):
+        return next(a for a in sub[cmd]._actions if flag in a.option_strings)
+
+    for flag in shared:
+        defs = {(a.dest, a.nargs, a.type, repr(a.default), str(a.choices), type(a).__name__)
+                for a in (action(c, flag) for c in ("fit", "fit-many", "tune"))}
+        assert len(defs) == 1, (flag, defs)
+    assert action("fit", "--fix").metavar == action("fit-many", "--fix").metavar == "NAME[=VALUE]"
+    for cmd, default in (("fit", "2000"), ("fit-many", "25")):
+        help_text = action(cmd, "--max-iter").help
+        assert help_text.startswith("solver iterations per fit (default: " + default), help_text
+    args = [sub[c].parse_args(["d", "m", "--fix", "a=1,b", "--init", "guess", "--max-iter", "7"])
+            for c in ("fit", "fit-many", "tune")]
+    assert {(a.fix[0], a.init, a.max_iter) for a in args} == {("a=1,b", "guess", 7)}
+
+
+def test_option_value_parsers():
+    from gradfit import ConfigError
+    from gradfit.cli.common import parse_bounds, parse_fixed, parse_init
+
+    assert parse_fixed(["a", "c=1,d"]) == (["a", "c", "d"], {"c": 1.0})
+    assert parse_init(" Guess ") == "guess" and parse_init("w=1, b=-2") == {"w": 1.0, "b": -2.0}
+    assert parse_init(None) == {}
+    assert parse_bounds(["w=0:", "b=-5:5"]) == {"w": (0.0, None), "b": (-5.0, 5.0)}
+    with pytest.raises(ConfigError, match="--fix: value for 'c' is not a number"):
+        parse_fixed(["c=x"])
+
+
+def test_fit_many_fix_value_long_table_init_columns_and_ids(tmp_path):
+    """--fix NAME=VALUE means in fit-many what it means in fit; a long table's per-fit columns
+    give per-fit starting values."""
+    import numpy as np
+
+    x = np.linspace(0, 4, 9)
+    rows = []
+    for k, (a, b) in enumerate([(2.0, 1.0), (-1.0, 3.0), (0.5, -2.0)]):
+        n = 9 - 2 * k  # ragged: 9, 7, 5 points
+        rows += [f"{10 + k},{xi},{a * xi + b},{a + 0.1}\n" for xi in x[:n]]
+    path = tmp_path / "long.csv"
+    path.write_text("fit,t,v,a\n" + "".join(rows))
+    out = tmp_path / "r.csv"
+    code, stdout, err = cli("fit-many", path, "a*x + b", "--id-column", "fit", "--x", "t", "--y", "v",
+                            "--init", "b=0", "--dtype", "float64", "--out", out)
+    assert code == 0, err
+    table = list(csv.DictReader(out.open()))
+    assert [float(r["id"]) for r in table] == [10, 11, 12] and [int(r["n_points"]) for r in table] == [9, 7, 5]
+    np.testing.assert_allclose([float(r["a"]) for r in table], [2.0, -1.0, 0.5], atol=1e-5)
+    np.testing.assert_allclose([float(r["b"]) for r in table], [1.0, 3.0, -2.0], atol=1e-5)
+    code, _, err = cli("fit-many", path, "a*x + b", "--id-column", "fit", "--x", "t", "--y", "v",
+                       "--fix", "b=0.25", "--dtype", "float64", "--out", out)
+    assert code == 0, err
+    assert {float(r["b"]) for r in csv.DictReader(out.open())} == {0.25}
+    path.write_text("fit,t,v,a\n1,0,1,2\n1,1,2,3\n")
+    code, _, err = cli("fit-many", path, "a*x + b", "--id-column", "fit", "--x", "t", "--y", "v", "--init", "b=0")
+    assert code == 2 and "column 'a' has different values within fit 1.0" in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--x", "t", "--y", "v"), "add --id-column COL"),
+    (("--id-column", "fit", "--x", "t"), "needs --id-column, --x and --y"),
+    (("--id-column", "fit", "--x", "t,u", "--y", "v"), "give one --x column"),
+    (("--id-column", "fit", "--x", "t", "--y", "v", "--init", "guess", "--fix", "b=1"), "not --init guess"),
+    (("--id-column", "fit", "--x", "tt", "--y", "v"), "the x column 'tt' is not in the table (did you mean 't'?)"),
+])
+def test_fit_many_layout_errors(tmp_path, args, needle):
+    path = tmp_path / "long.csv"
+    path.write_text("fit,t,v\n1,0,1\n1,1,2\n2,0,3\n2,1,5\n")
+    code, _, err = cli("fit-many", path, "a*x + b", *args)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_predict_to_stdout_in_process(thermo_csv, tmp_path):
+    cli("fit", thermo_csv, "t_c ~ w*t_u + b", "--out", tmp_path / "m")
+    code, out, err = cli("predict", tmp_path / "m" / "model.json", thermo_csv)
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "t_u,prediction" and len(lines) == 12, err
+    assert lines[1].split(",")[0] == "35.7"

@@ -141,14 +141,14 @@ def test_statistics_closed_forms():
 def test_confidence_intervals_normal_and_profile():
     r = gf.fit("a*x + b", x=X, y=Y, dtype="float64")
     normal = r.ci(0.95)
-    profile = r.ci(0.95, method="profile")
+    profile = r.ci(0.95, method="profile", x=X, y=Y)
     for k in "ab":
         lo, hi = normal[k]
         assert (hi - lo) / 2 == pytest.approx(1.959964 * r.stderr[k], rel=1e-6)
         # for a linear model the profile interval equals the normal one
         assert profile[k][0] == pytest.approx(lo, rel=1e-6) and profile[k][1] == pytest.approx(hi, rel=1e-6)
     nl = gf.fit("a*exp(-k*x) + c", x=X, y=Y, dtype="float64")
-    prof = nl.ci(0.95, method="profile")["k"]
+    prof = nl.ci(0.95, method="profile", x=X, y=Y)["k"]
     assert prof[0] < nl.params["k"] < prof[1]
 
 

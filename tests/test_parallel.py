@@ -28,5 +28,5 @@ def test_two_processes_match_one(tmp_path):
     assert "world=2 fits=101" in p2.stdout
     with np.load(one, allow_pickle=False) as a, np.load(two, allow_pickle=False) as b:
         assert set(a.files) == set(b.files)
-        for key in a.files:
+        for key in set(a.files) - {"timings"}:  # seconds and world size differ by design
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)

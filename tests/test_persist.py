@@ -80,3 +80,32 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write_text(target, "new")
     assert target.read_text() == "new"
     assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_format_1_files_still_load(tmp_path):
+    """Format 1 stored fewer fields and NaN as null; its files load with the defaults for the rest."""
+    from gradfit.results.persist import _checksum
+
+    doc = {"format": "gradfit.model", "format_version": 1, "gradfit_version": "0.1", "torch_version": "2.0",
+           "model": {"kind": "formula", "formula": "a*x + b", "inputs": ["x"]},
+           "params": {"a": 2.0, "b": None}, "loss": 0.5, "val_loss": None, "status": "converged", "epochs_run": 3,
+           "message": "", "settings": {"optimizer": "lm"}, "n_train": 3, "n_val": 0, "notes": [],
+           "history": {"train_loss": [1.0, 0.5], "val_loss": []}}
+    doc["checksum"] = _checksum(doc)
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    r = gf.load(tmp_path / "old.json")
+    assert r.status == "converged" and r.params["a"] == 2.0 and np.isnan(r.params["b"])
+    assert r.val_loss is None and r.stderr is None and r.free == () and r.history["train_loss"] == [1.0, 0.5]
+
+
+def test_malformed_entry_is_named(saved, tmp_path):
+    from gradfit.results.persist import _checksum
+
+    _, path = saved
+    doc = json.loads(path.read_text())
+    doc["status"] = "finished"
+    doc["checksum"] = _checksum(doc)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(PersistError, match="'status' entry is malformed.*unknown status 'finished'"):
+        gf.load(bad)

@@ -27,7 +27,7 @@ def test_sgd_momentum_and_nesterov_options():
     nest = gf.fit("a*x + b", x=X, y=Y, optimizer="sgd", lr=1e-2, epochs=50, progress=False,
                   optimizer_options={"momentum": 0.9, "nesterov": True})
     assert nest.loss < plain.loss
-    assert nest.settings["optimizer_options"] == {"momentum": 0.9, "nesterov": True}
+    assert nest.settings["options"]["training"]["optimizer_options"] == {"momentum": 0.9, "nesterov": True}
 
 
 def test_bad_optimizer_settings():

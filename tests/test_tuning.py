@@ -38,6 +38,30 @@ def test_space_validation():
         gf.tune("a*x + b", x=X, y=Y, space={"lr": [0.1]}, trials=1, metric="r2")
 
 
+def test_bad_fit_options_and_search_names_fail_before_any_trial():
+    with pytest.raises(ConfigError, match=r"space 'lrr': 'lrr' is not a fit option \(did you mean 'lr'\?\)"):
+        gf.tune("a*x + b", x=X, y=Y, space={"lrr": ("log", 1e-3, 1e-1)}, trials=1)
+    with pytest.raises(ConfigError, match=r"epochs must be an integer >= 1, got 0"):
+        gf.tune("a*x + b", x=X, y=Y, space={"lr": ("log", 1e-3, 1e-1)}, trials=1, epochs=0)
+
+
+def test_dead_worker_trials_are_failed_through_the_public_api():
+    import socket
+
+    from gradfit.tuning import fail_dead_trials, open_study
+
+    study = open_study(None, None, seed=0)
+    trial = study.ask()
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial.set_user_attr("pid", int(done.stdout))
+    trial.set_user_attr("host", socket.gethostname())
+    alive = study.ask()
+    alive.set_user_attr("pid", os.getpid())
+    alive.set_user_attr("host", socket.gethostname())
+    assert fail_dead_trials(study) == 1
+    assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]
+
+
 def test_pruning_saves_epochs_at_equal_best_value():
     space = {"lr": ("log", 1e-5, 1.0), "optimizer": ["sgd", "adam", "adagrad"]}
     kw = dict(x=X, y=Y, space=space, trials=24, epochs=150, val_fraction=0.25, seed=3, hidden=(16,), normalize=True)

@@ -20,7 +20,7 @@ from importlib import import_module
 from .errors import (ConfigError, DataError, FitError, FormulaError, GradfitError, GradfitWarning, ModelError,
                      PersistError)
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> module that defines it (loaded on first access, PEP 562)
 _LAZY = {
@@ -33,7 +33,7 @@ _LAZY = {
     "lr_find": "gradfit.tuning",
     "BatchResult": "gradfit.results.batch_result",
     "read_strd": "gradfit.data.nist",
-    "load": "gradfit.results.persist",
+    "load": "gradfit.results.fit_result",
     "FitResult": "gradfit.results.fit_result",
     "Callback": "gradfit.callbacks",
     "Loss": "gradfit.losses",

@@ -2,6 +2,21 @@
 
 The loop never prints; log lines and progress bars are callbacks, and so is anything a
 user wants to watch or stop on (return True from ``on_epoch_end`` to stop).
+
+A callback has two kinds of hooks:
+
+- the *simple hooks*, which users override: ``on_train_begin(total_epochs)``,
+  ``on_epoch_end(epoch, logs)`` (return True to stop; the fit's status is then ``stopped``)
+  and ``on_train_end(status, epochs_run)``. Least-squares fits call them once per iteration.
+- the *loop hooks* ``before_fit``, ``before_epoch``, ``after_epoch`` and ``after_fit``, called
+  by the training loop (``gradfit.train.loop.run_loop``) with its state ``loop``. By default
+  they forward to the simple hooks. Callbacks that act on the loop itself (early stopping,
+  checkpoints, the convergence test, the divergence guard in ``gradfit.train.callbacks``)
+  override them: they read ``loop.epoch``, ``loop.logs``, ``loop.history`` and
+  ``loop.objective``, and end training with ``loop.stop(status, message)``.
+
+A callback whose state must survive a checkpoint defines ``state_dict()`` and
+``load_state_dict(state)`` (values: JSON-able numbers and lists, tensors or lists of tensors).
 """
 
 from __future__ import annotations
@@ -9,11 +24,13 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-__all__ = ["Callback", "LogCallback", "ProgressCallback", "format_loss"]
+__all__ = ["Callback", "LogCallback", "ProgressBar", "ProgressCallback", "ChunkProgress", "format_loss",
+           "wants_progress"]
 
 
 class Callback:
-    """Override any of these. ``logs`` holds 'train_loss' and 'val_loss' (None without validation)."""
+    """Override any of the simple hooks. ``logs`` holds 'train_loss' and 'val_loss' (None
+    without validation)."""
 
     def on_train_begin(self, total_epochs: int) -> None:
         pass
@@ -24,6 +41,21 @@ class Callback:
     def on_train_end(self, status: str, epochs_run: int) -> None:
         pass
 
+    # Loop hooks: what the training loop calls; by default the simple hooks above.
+
+    def before_fit(self, loop) -> None:
+        self.on_train_begin(loop.total_epochs)
+
+    def before_epoch(self, loop) -> None:
+        pass
+
+    def after_epoch(self, loop) -> None:
+        if self.on_epoch_end(loop.epoch, loop.logs):
+            loop.stop("stopped", f"stopped by a callback at epoch {loop.epoch}")
+
+    def after_fit(self, loop) -> None:
+        self.on_train_end(loop.status, loop.epochs_run)
+
 
 def format_loss(v: float | None) -> str:
     if v is None:
@@ -32,7 +64,8 @@ def format_loss(v: float | None) -> str:
 
 
 class LogCallback(Callback):
-    """Writes 'epoch 500  train 2.93  val 3.10' every ``every`` epochs (and the last one)."""
+    """Writes 'epoch 500  train 2.93  val 3.10' every ``every`` epochs (and the last one) to
+    ``stream`` (stderr when None)."""
 
     def __init__(self, every: int, stream: TextIO | None = None, unit: str = "epoch"):
         self.every = int(every)
@@ -51,30 +84,60 @@ class LogCallback(Callback):
             print(line, file=self.stream or sys.stderr, flush=True)
 
 
-class ProgressCallback(Callback):
-    """A rich progress bar on stderr; refreshes a few times a second, not every epoch."""
+class ProgressBar:
+    """A transient rich progress bar over ``total`` steps (epochs, iterations or fits) on
+    ``stream`` (stderr when None); it redraws a few times a second, not at every step.
 
-    def __init__(self, description: str = "fitting"):
-        self.description = description
-        self._progress = None
-        self._task = None
+    ``show_loss`` adds a 'loss' column that :meth:`update` fills in.
+    """
 
-    def on_train_begin(self, total_epochs: int) -> None:
+    def __init__(self, total: int, description: str = "fitting", stream: TextIO | None = None,
+                 show_loss: bool = False):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
-                                  console=Console(stderr=True), transient=True, refresh_per_second=8)
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+        if show_loss:
+            columns.append(TextColumn("loss {task.fields[loss]}"))
+        # Console(stderr=True) looks sys.stderr up at each write, so captured streams work too
+        console = Console(file=stream) if stream is not None else Console(stderr=True)
+        self._progress = Progress(*columns, TimeRemainingColumn(), console=console, transient=True,
+                                  refresh_per_second=8)
         self._progress.start()
-        self._task = self._progress.add_task(self.description, total=total_epochs, loss="-")
+        self._task = self._progress.add_task(description, total=total, loss="-")
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._task, n)
+
+    def update(self, completed: int, loss: float | None = None) -> None:
+        self._progress.update(self._task, completed=completed, loss=format_loss(loss))
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+#: fit_many's bar over fits, advanced chunk by chunk: ``ChunkProgress(total).advance(n)``, ``.close()``
+ChunkProgress = ProgressBar
+
+
+class ProgressCallback(Callback):
+    """A progress bar over epochs (or iterations) with the current training loss."""
+
+    def __init__(self, description: str = "fitting", stream: TextIO | None = None):
+        self.description = description
+        self.stream = stream
+        self._bar = None
+
+    def on_train_begin(self, total_epochs: int) -> None:
+        self._bar = ProgressBar(total_epochs, self.description, self.stream, show_loss=True)
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
-        self._progress.update(self._task, completed=epoch, loss=format_loss(logs["train_loss"]))
+        self._bar.update(epoch, logs["train_loss"])
 
     def on_train_end(self, status: str, epochs_run: int) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def wants_progress(progress) -> bool:
@@ -82,22 +145,3 @@ def wants_progress(progress) -> bool:
     if progress is None:
         return sys.stderr.isatty()
     return bool(progress)
-
-
-class ChunkProgress:
-    """A rich progress bar over fits (fit_many), advanced chunk by chunk."""
-
-    def __init__(self, total: int, description: str = "fitting"):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-        self._progress.start()
-        self._task = self._progress.add_task(description, total=total)
-
-    def advance(self, n: int) -> None:
-        self._progress.advance(self._task, n)
-
-    def close(self) -> None:
-        self._progress.stop()

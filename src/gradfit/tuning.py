@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 __all__ = ["tune", "TuneResult", "parse_space", "open_study", "lr_find", "LRFinderResult"]
 
@@ -73,8 +73,8 @@ def _suggest(trial, space: dict) -> dict:
     return values
 
 
-def _fit_options(base: Mapping, values: Mapping) -> dict:
-    """Trial values into fit keyword arguments; dotted names nest ("penalty.l2" -> penalty={"l2": v})."""
+def _fit_keywords(base: Mapping, values: Mapping) -> dict:
+    """Trial values into gradfit.fit keyword arguments; dotted names nest ("penalty.l2" -> penalty={"l2": v})."""
     opts = dict(base)
     for name, v in values.items():
         if "." in name:
@@ -85,6 +85,19 @@ def _fit_options(base: Mapping, values: Mapping) -> dict:
         else:
             opts[name] = v
     return opts
+
+
+def _check_keywords(base: Mapping, space: Mapping) -> None:
+    """Refuse bad fit options and unknown search names before any trial runs (a trial that
+    fails on them would only be counted as failed)."""
+    from .fitting.keywords import FIT_KEYWORDS, options_from_keywords
+
+    options_from_keywords(**{k: v for k, v in base.items() if k in FIT_KEYWORDS})
+    searchable = (*FIT_KEYWORDS, "init")
+    for name in space:
+        outer = name.split(".", 1)[0]
+        if outer not in searchable:
+            raise ConfigError(f"space {name!r}: {outer!r} is not a fit option{did_you_mean(outer, searchable)}")
 
 
 # -- studies ------------------------------------------------------------------------------------
@@ -118,7 +131,8 @@ def fail_dead_trials(study) -> int:
         pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
         if pid is None or where != host or _alive(int(pid)):
             continue
-        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        # another worker starting at the same time may have failed it already
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         n += 1
     return n
 
@@ -168,6 +182,7 @@ def tune(model, x=None, y=None, *, data=None, space: Mapping, trials: int = 50, 
     base = dict(fit_options, progress=False)
     if metric == "val_loss":
         base.setdefault("val_fraction", 0.2)
+    _check_keywords(base, parsed)
     st = open_study(study, storage, seed, prune=prune)
     fail_dead_trials(st)
     done = len([t for t in st.get_trials(deepcopy=False) if t.state.is_finished()])
@@ -193,12 +208,12 @@ def tune(model, x=None, y=None, *, data=None, space: Mapping, trials: int = 50, 
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("host", socket.gethostname())
         values = _suggest(trial, parsed)
-        opts = _fit_options(base, values)
+        keywords = _fit_keywords(base, values)
         pruning = Pruning(trial)
-        opts["callbacks"] = [*opts.get("callbacks", ()), pruning]
+        callbacks = [*keywords.pop("callbacks", ()), pruning]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a trial's overfitting is what the search is for
-            r = fit(model, x, y, data=data, **opts)
+            r = fit(model, x, y, data=data, callbacks=callbacks, **keywords)
         trial.set_user_attr("epochs", r.epochs_run)
         if pruning.pruned:
             raise optuna.TrialPruned()
@@ -215,7 +230,7 @@ def tune(model, x=None, y=None, *, data=None, space: Mapping, trials: int = 50, 
     if not complete:
         raise ConfigError("no trial completed; widen the space or check the fit options")
     best = st.best_trial
-    best_fit = fit(model, x, y, data=data, **_fit_options(base, best.params))
+    best_fit = fit(model, x, y, data=data, **_fit_keywords(base, best.params))
     return TuneResult(dict(best.params), float(best.value), best_fit, _trial_rows(st), st.study_name,
                       storage if isinstance(storage, str) else None)
 

@@ -1,12 +1,50 @@
-"""Helpers shared by the CLI commands: option parsing and table output."""
+"""What the CLI commands share: exit statuses, parsing of option values, output helpers.
+
+Every option value is parsed here, once, so a flag has one syntax in every command (the
+flags themselves are defined in :mod:`gradfit.cli.options`). Errors are ConfigError messages
+that name the flag and show the expected form.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from enum import IntEnum
 
 from ..errors import ConfigError
 
-__all__ = ["parse_assignments", "parse_bounds", "parse_value", "fit_kwargs", "print_table"]
+__all__ = ["ExitStatus", "exit_status", "parse_value", "parse_assignments", "parse_init", "parse_fixed",
+           "parse_bounds", "parse_ties", "parse_penalty", "parse_hidden", "fit_kwargs", "library_output",
+           "print_table"]
+
+
+class ExitStatus(IntEnum):
+    """The exit status of every ``gradfit`` command."""
+
+    OK = 0
+    ERROR = 1  # an unexpected internal error (a bug): traceback shown
+    USAGE = 2  # bad usage or input: one line on stderr says what to change
+    FIT_FAILED = 3  # the computation ran but failed: a diverged fit, no complete tune trial, a gradient mismatch
+    INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2, as shells report it
+    TERMINATED = 143  # SIGTERM: 128 + 15
+
+    @classmethod
+    def from_signal(cls, signum: int) -> "ExitStatus":
+        """The status of a run stopped by SIGINT or SIGTERM."""
+        import signal
+
+        return cls.TERMINATED if signum == signal.SIGTERM else cls.INTERRUPTED
+
+
+def exit_status(status) -> ExitStatus:
+    """The exit status of one fit: only a diverged fit fails the command.
+
+    Fits that stop at the iteration limit or end singular still produced a result the
+    report explains, so scripts get OK and read the status from the output.
+    """
+    from ..status import Status
+
+    return ExitStatus.FIT_FAILED if status == Status.DIVERGED else ExitStatus.OK
 
 
 def parse_value(text: str):
@@ -45,8 +83,33 @@ def parse_assignments(text: str | None, option: str) -> dict[str, float]:
     return out
 
 
+def parse_init(text: str | None):
+    """--init: 'w=1,b=0' -> {'w': 1.0, 'b': 0.0}; 'guess' -> 'guess'; nothing -> {}."""
+    if text is not None and text.strip().lower() == "guess":
+        return "guess"
+    return parse_assignments(text, "--init")
+
+
+def parse_fixed(items) -> tuple[list[str], dict[str, float]]:
+    """--fix: ['a', 'c=1,d'] -> (['a', 'c', 'd'], {'c': 1.0}): the names held fixed, and the
+    values given for some of them (the others stay at their starting values)."""
+    names: list[str] = []
+    values: dict[str, float] = {}
+    for item in items:
+        for part in item.split(","):
+            name, sep, _ = part.partition("=")
+            if not name.strip():
+                if sep:
+                    raise ConfigError(f"--fix expects NAME or NAME=VALUE, got {part.strip()!r}")
+                continue
+            names.append(name.strip())
+            if sep:
+                values.update(parse_assignments(part, "--fix"))
+    return names, values
+
+
 def parse_bounds(items) -> dict:
-    """['w=0:', 'b=-5:5'] -> {'w': (0.0, None), 'b': (-5.0, 5.0)}."""
+    """--bounds: ['w=0:', 'b=-5:5'] -> {'w': (0.0, None), 'b': (-5.0, 5.0)}."""
     out = {}
     for item in items:
         for part in item.split(","):
@@ -63,8 +126,49 @@ def parse_bounds(items) -> dict:
     return out
 
 
-def fit_kwargs(args) -> dict:
-    """The keyword arguments of gradfit.fit from parsed CLI options."""
+def parse_ties(items) -> dict[str, str]:
+    """--tie: ['c=2*a'] -> {'c': '2*a'}."""
+    tie = {}
+    for item in items:
+        name, sep, expr = item.partition("=")
+        if not sep or not name.strip() or not expr.strip():
+            raise ConfigError(f"--tie expects NAME=EXPRESSION like c=2*a, got {item!r}")
+        tie[name.strip()] = expr.strip()
+    return tie
+
+
+def parse_penalty(items) -> dict:
+    """--penalty: ['l2=1e-3', 'l1:w=1e-4'] -> {'l2': 0.001, 'l1': {'w': 0.0001}}."""
+    penalty: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        kind, colon, name = key.partition(":")
+        kind = kind.strip()
+        if not sep or kind not in ("l1", "l2"):
+            raise ConfigError(f"--penalty expects l2=C or l2:NAME=C (l1 likewise), got {item!r}")
+        try:
+            coef = float(value)
+        except ValueError:
+            raise ConfigError(f"--penalty {item!r}: the coefficient must be a number") from None
+        if not colon:
+            penalty[kind] = coef
+            continue
+        per_name = penalty.setdefault(kind, {})
+        if not isinstance(per_name, dict):
+            raise ConfigError(f"--penalty {kind}: give either one coefficient for all or per-parameter ones")
+        per_name[name.strip()] = coef
+    return penalty
+
+
+def parse_hidden(text) -> tuple[int, ...]:
+    """--hidden: '64,64' -> (64, 64)."""
+    try:
+        return tuple(int(h) for h in str(text).split(",") if h.strip())
+    except ValueError:
+        raise ConfigError(f"--hidden expects sizes like 64,64, got {text!r}") from None
+
+
+def _optimizer_options(args) -> dict:
     options = {}
     for item in args.opt:
         key, sep, value = item.partition("=")
@@ -75,53 +179,45 @@ def fit_kwargs(args) -> dict:
         options["momentum"] = args.momentum
     if args.nesterov:
         options["nesterov"] = True
-    try:
-        hidden = tuple(int(h) for h in str(args.hidden).split(",") if h.strip())
-    except ValueError:
-        raise ConfigError(f"--hidden expects sizes like 64,64, got {args.hidden!r}") from None
-    init = parse_assignments(args.init, "--init")
-    fixed = []
-    for item in args.fix:
-        for part in item.split(","):
-            name, sep, value = part.partition("=")
-            if not name.strip():
-                continue
-            fixed.append(name.strip())
-            if sep:
-                init.update(parse_assignments(part, "--fix"))
-    tie = {}
-    for item in args.tie:
-        name, sep, expr = item.partition("=")
-        if not sep or not name.strip() or not expr.strip():
-            raise ConfigError(f"--tie expects NAME=EXPRESSION like c=2*a, got {item!r}")
-        tie[name.strip()] = expr.strip()
-    penalty: dict = {}
-    for item in args.penalty:
-        key, sep, value = item.partition("=")
-        kind, colon, name = key.partition(":")
-        if not sep or kind.strip() not in ("l1", "l2"):
-            raise ConfigError(f"--penalty expects l2=C or l2:NAME=C (l1 likewise), got {item!r}")
-        try:
-            coef = float(value)
-        except ValueError:
-            raise ConfigError(f"--penalty {item!r}: the coefficient must be a number") from None
-        if colon:
-            penalty.setdefault(kind.strip(), {})
-            if not isinstance(penalty[kind.strip()], dict):
-                raise ConfigError(f"--penalty {kind}: give either one coefficient for all or per-parameter ones")
-            penalty[kind.strip()][name.strip()] = coef
-        else:
-            penalty[kind.strip()] = coef
-    extras = dict(penalty=penalty or None, input_noise=args.input_noise, early_stopping=args.early_stopping,
-                  schedule=args.schedule, cv=args.cv)
-    return dict(**extras, init=init or None, loss=args.loss, optimizer=args.optimizer,
-                bounds=parse_bounds(args.bounds) or None, fixed=fixed, tie=tie or None, max_iter=args.max_iter,
-                absolute_sigma=args.absolute_sigma,
-                lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, normalize=args.normalize,
-                val_fraction=args.val_fraction, seed=args.seed, gradient=args.gradient, dtype=args.dtype,
-                device=args.device, log_every=args.log_every, progress=False if args.no_progress else None,
-                optimizer_options=options or None, tol=args.tol, nan_policy=args.nan_policy,
-                hidden=hidden, activation=args.activation)
+    return options
+
+
+def fit_kwargs(args) -> dict:
+    """The keyword arguments of gradfit.fit from the options of ``fit`` and ``tune``."""
+    init = parse_init(args.init)
+    fixed, fixed_values = parse_fixed(args.fix)
+    # fit guesses every name it is not given, so 'guess' is an empty dict of starting values
+    init = {**({} if init == "guess" else init), **fixed_values}
+    return dict(init=init or None, bounds=parse_bounds(args.bounds) or None, fixed=fixed,
+                tie=parse_ties(args.tie) or None, absolute_sigma=args.absolute_sigma,
+                tol=args.tol, max_iter=args.max_iter, dtype=args.dtype, device=args.device,
+                optimizer=args.optimizer, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+                loss=args.loss, optimizer_options=_optimizer_options(args) or None, normalize=args.normalize,
+                val_fraction=args.val_fraction, seed=args.seed, gradient=args.gradient, log_every=args.log_every,
+                nan_policy=args.nan_policy, penalty=parse_penalty(args.penalty) or None,
+                input_noise=args.input_noise, early_stopping=args.early_stopping, schedule=args.schedule,
+                cv=args.cv, hidden=parse_hidden(args.hidden), activation=args.activation,
+                progress=False if args.no_progress or args.json else None)
+
+
+@contextlib.contextmanager
+def library_output(command: str, stderr):
+    """Around an API call: what the library writes to stderr (log lines, progress bars, and
+    whether to draw them at all, which depends on stderr being a terminal) goes to the
+    injected ``stderr``, and warnings become one 'gradfit COMMAND: warning: ...' line each.
+
+    The library's writers look ``sys.stderr`` up when they write, so redirecting it for the
+    call reaches all of them without threading a stream through every API function.
+    """
+    import warnings
+
+    from ..errors import GradfitWarning
+
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(stderr):
+        warnings.simplefilter("always", GradfitWarning)
+        yield
+    for w in caught:
+        print(f"gradfit {command}: warning: {w.message}", file=stderr)
 
 
 def print_table(stream, title: str | None, columns: list[str], rows: list[list[str]]) -> None:
@@ -132,8 +228,7 @@ def print_table(stream, title: str | None, columns: list[str], rows: list[list[s
     console = Console(file=stream, highlight=False, soft_wrap=True)
     if not console.is_terminal:
         console.width = 160  # files and pipes: never wrap cells
-    table = Table(title=title, title_justify="left", box=None if not console.is_terminal else None,
-                  show_edge=False, pad_edge=False)
+    table = Table(title=title, title_justify="left", box=None, show_edge=False, pad_edge=False)
     for i, c in enumerate(columns):
         table.add_column(c, justify="left" if i == 0 else "right")
     for r in rows:

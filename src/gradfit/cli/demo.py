@@ -8,20 +8,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import print_table
+from .common import ExitStatus, library_output, print_table
 
 FORMULA = "t_c ~ w*t_u + b"
 START = {"w": 1.0, "b": 0.0}
 
 
-def run_demo(args, stdout, stderr) -> int:
+def run_demo(args, stdout, stderr) -> ExitStatus:
+    with library_output("demo", stderr):
+        _walk_through(Path(args.out or "gradfit-demo"), stdout)
+    return ExitStatus.OK
+
+
+def _walk_through(out: Path, stdout) -> None:
     import numpy as np
 
     import gradfit as gf
 
     from ..results.plot import plot_histories
 
-    out = Path(args.out or "gradfit-demo")
     data = gf.thermometer()
     say = lambda text="": print(text, file=stdout)  # noqa: E731
 
@@ -81,4 +86,3 @@ def run_demo(args, stdout, stderr) -> int:
                    title="training loss: SGD vs Adam")
     say(f"plots: {out / 'fit.png'} (fit and residuals), {out / 'loss.png'} (train/validation),")
     say(f"       {out / 'sgd_vs_adam.png'} (optimizers compared)")
-    return 0

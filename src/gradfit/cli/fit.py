@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import fit_kwargs
+from .common import ExitStatus, exit_status, fit_kwargs, library_output
 
 
 def load_model_and_data(model_text: str, data_path: str, x_cols: str | None, y_col: str | None):
@@ -17,35 +17,32 @@ def load_model_and_data(model_text: str, data_path: str, x_cols: str | None, y_c
     columns = read_table(data_path)
     if is_builtin_name(model_text):
         names = list(columns)
-        xs = x_cols.split(",") if x_cols else [c for c in names if c != (y_col or names[-1])][: None if model_text.strip().lower() == "mlp" else 1]
         y = y_col or names[-1]
+        mlp = model_text.strip().lower() == "mlp"
+        # default inputs: every other column for mlp, the first other column for a curve
+        xs = x_cols.split(",") if x_cols else [c for c in names if c != y][: None if mlp else 1]
         if not xs:
             raise ConfigError(f"{data_path}: needs an input column and a target column (--x COL --y COL)")
-        return model_text, (xs[0] if len(xs) == 1 and model_text.strip().lower() != "mlp" else xs), y, columns
+        return model_text, (xs[0] if len(xs) == 1 and not mlp else xs), y, columns
     if "~" not in model_text and y_col is None:
         raise ConfigError("write the formula as 'response ~ expression' (e.g. 't_c ~ w*t_u + b') or pass --y COL")
     return model_text, None, y_col, columns
 
 
-def run_fit(args, stdout, stderr) -> int:
+def run_fit(args, stdout, stderr) -> ExitStatus:
     import gradfit as gf
-
-    model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col)
-    kwargs = fit_kwargs(args)
-    if args.json:
-        kwargs["progress"] = False
-    if args.sigma:
-        from ..errors import did_you_mean
-        from ..errors import DataError
-
-        if args.sigma not in columns:
-            raise DataError(f"{args.data}: no column {args.sigma!r} for --sigma{did_you_mean(args.sigma, columns)}")
-        kwargs["sigma"] = columns[args.sigma]
-    import warnings
 
     from ..errors import ConfigError
     from ..train.checkpoint import Checkpointer, Interrupted
 
+    model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col)
+    kwargs = fit_kwargs(args)
+    if args.sigma:
+        from ..errors import DataError, did_you_mean
+
+        if args.sigma not in columns:
+            raise DataError(f"{args.data}: no column {args.sigma!r} for --sigma{did_you_mean(args.sigma, columns)}")
+        kwargs["sigma"] = columns[args.sigma]
     checkpointer = None
     if args.out:
         checkpointer = Checkpointer(args.out, every_epochs=args.checkpoint_every,
@@ -54,19 +51,15 @@ def run_fit(args, stdout, stderr) -> int:
     elif args.resume:
         raise ConfigError("--resume needs --out DIR, the folder holding the checkpoint")
     try:
-        with warnings.catch_warnings(record=True) as caught, _stop_signals(checkpointer):
-            warnings.simplefilter("always", gf.GradfitWarning)
+        with library_output("fit", stderr), _stop_signals(checkpointer):
             result = gf.fit(model, x=x, y=y, data=columns, **kwargs)
     except Interrupted as stop:
         import shlex
-        import sys
 
-        again = " ".join(shlex.quote(a) for a in ["gradfit", *sys.argv[1:]] if a != "--resume")
+        again = " ".join(shlex.quote(a) for a in ["gradfit", *args.argv] if a != "--resume")
         print(f"gradfit fit: interrupted after epoch {stop.epoch}; checkpoint saved in {args.out}; "
               f"resume with: {again} --resume", file=stderr)
-        return 128 + stop.signum
-    for w in caught:
-        print(f"gradfit fit: warning: {w.message}", file=stderr)
+        return ExitStatus.from_signal(stop.signum)
     if args.out:
         target = columns[y] if isinstance(y, str) else _response_column(result, columns)
         write_outputs(result, Path(args.out), columns, target)
@@ -79,10 +72,10 @@ def run_fit(args, stdout, stderr) -> int:
         print(result.report(), file=stdout)
         if args.out:
             print(f"wrote {args.out}/model.json, history.csv, fit.png, loss.png", file=stdout)
-    if result.status == "diverged":
+    status = exit_status(result.status)
+    if status != ExitStatus.OK:
         print(f"gradfit fit: {result.message}", file=stderr)
-        return 3
-    return 0
+    return status
 
 
 def write_outputs(result, out: Path, columns: dict, target) -> None:

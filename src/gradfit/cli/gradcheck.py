@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from .common import parse_assignments, print_table
+from .common import ExitStatus, library_output, parse_assignments, print_table
 from .fit import load_model_and_data
 
-#: relative disagreement above which gradcheck fails (exit 3): loose enough for float32
+#: relative disagreement above which gradcheck fails (exit FIT_FAILED, 3): loose enough for float32
 #: round-off, tight enough to catch a wrong derivative
 TOLERANCE = {"float32": 1e-3, "float64": 1e-6}
 
 
-def run_gradcheck(args, stdout, stderr) -> int:
+def run_gradcheck(args, stdout, stderr) -> ExitStatus:
     import gradfit as gf
 
     at = parse_assignments(args.at, "--at")
     model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col)
     common = dict(x=x, y=y, data=columns, params=at, loss=args.loss)
-    auto = gf.gradient(model, method="autograd", dtype=args.dtype, **common)
-    analytic = gf.gradient(model, method="analytic", dtype=args.dtype, **common)
-    finite = gf.gradient(model, method="finite", **common)
+    with library_output("gradcheck", stderr):
+        auto = gf.gradient(model, method="autograd", dtype=args.dtype, **common)
+        analytic = gf.gradient(model, method="analytic", dtype=args.dtype, **common)
+        finite = gf.gradient(model, method="finite", **common)
     worst = 0.0
     rows = []
     for name in auto:
@@ -31,4 +32,4 @@ def run_gradcheck(args, stdout, stderr) -> int:
     ok = worst <= TOLERANCE[args.dtype]
     print(f"{'OK' if ok else 'MISMATCH'}: largest relative difference {worst:.1e} "
           f"(tolerance {TOLERANCE[args.dtype]:.0e})", file=stdout)
-    return 0 if ok else 3
+    return ExitStatus.OK if ok else ExitStatus.FIT_FAILED

@@ -1,38 +1,26 @@
-"""``gradfit predict MODEL.json DATA``."""
+"""``gradfit predict MODEL.json DATA``: the model's inputs and its predictions, as CSV."""
 
 from __future__ import annotations
 
-import sys
+from .common import ExitStatus
 
 
-def run_predict(args, stdout, stderr) -> int:
-    import numpy as np
-
+def run_predict(args, stdout, stderr) -> ExitStatus:
     import gradfit as gf
 
-    from ..data.io import read_table, write_csv
+    from ..data.io import csv_text, read_table, write_csv
 
     result = gf.load(args.model)
     columns = read_table(args.data)
     pred = result.predict(data=columns)
-    names = list(result.model.input_names)
-    out = {n: columns[n] for n in names}
+    out = {n: columns[n] for n in result.model.input_names}
     if pred.ndim == 1:
         out["prediction"] = pred
     else:
         out.update({f"prediction_{j}": pred[:, j] for j in range(pred.shape[1])})
-    if args.output:
-        write_csv(args.output, out)
-        print(f"wrote {len(pred)} predictions to {args.output}", file=stdout)
-        return 0
-    import io
-
-    from ..data import io as dio
-
-    buf = io.StringIO()
-    keys = list(out)
-    buf.write(",".join(keys) + "\n")
-    for i in range(len(pred)):
-        buf.write(",".join(dio._fmt(np.asarray(out[k])[i]) for k in keys) + "\n")
-    (stdout or sys.stdout).write(buf.getvalue())
-    return 0
+    if args.out:
+        write_csv(args.out, out)
+        print(f"wrote {len(pred)} predictions to {args.out}", file=stdout)
+    else:
+        stdout.write(csv_text(out))
+    return ExitStatus.OK

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import fit_kwargs, parse_value
+from .common import ExitStatus, fit_kwargs, library_output, parse_value
 
 
 def parse_space_args(items) -> dict:
@@ -33,7 +33,7 @@ def parse_space_args(items) -> dict:
     return space
 
 
-def run_tune(args, stdout, stderr) -> int:
+def run_tune(args, stdout, stderr) -> ExitStatus:
     from ..tuning import open_study, tune, write_outputs
     from .fit import load_model_and_data
 
@@ -55,8 +55,7 @@ def run_tune(args, stdout, stderr) -> int:
         for i, n in enumerate(shares):
             if n == 0:
                 continue
-            argv = [a for a in sys.argv[1:]]
-            cmd = [sys.executable, "-m", "gradfit", *_worker_argv(argv, n, storage), "--max-total", str(target),
+            cmd = [sys.executable, "-m", "gradfit", *_worker_argv(args.argv, n, storage), "--max-total", str(target),
                    "--seed", str(args.seed + 1000 * (i + 1))]  # each worker's sampler explores differently
             procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                           env=dict(os.environ)))
@@ -66,19 +65,20 @@ def run_tune(args, stdout, stderr) -> int:
         study = open_study(args.study, storage, args.seed)
         write_outputs(study, out)
         return _report(study, out, stdout, args.json)
-    tune(model, x, y, data=columns, space=space, trials=args.trials, storage=storage, study=args.study,
-                  seed=args.seed, max_total=args.max_total, **kwargs)
+    with library_output("tune", stderr):
+        tune(model, x, y, data=columns, space=space, trials=args.trials, storage=storage, study=args.study,
+             seed=args.seed, max_total=args.max_total, **kwargs)
     study = open_study(args.study, storage, args.seed)
-    if not args.worker:
-        write_outputs(study, out)
-        return _report(study, out, stdout, args.json)
-    return 0
+    if args.worker:
+        return ExitStatus.OK
+    write_outputs(study, out)
+    return _report(study, out, stdout, args.json)
 
 
 def _worker_argv(argv: list, n: int, storage: str) -> list:
     """The same command for one worker: its share of trials, one process, the shared storage."""
     out, skip = [], False
-    for i, a in enumerate(argv):
+    for a in argv:
         if skip:
             skip = False
             continue
@@ -91,7 +91,8 @@ def _worker_argv(argv: list, n: int, storage: str) -> list:
     return [*out, "--trials", str(n), "--workers", "1", "--storage", storage, "--worker"]
 
 
-def _report(study, out: Path, stdout, as_json: bool) -> int:
+def _report(study, out: Path, stdout, as_json: bool) -> ExitStatus:
+    """Print the study's summary; FIT_FAILED when no trial completed."""
     trials = study.get_trials(deepcopy=False)
     counts: dict = {}
     for t in trials:
@@ -103,13 +104,13 @@ def _report(study, out: Path, stdout, as_json: bool) -> int:
     if as_json:
         print(json.dumps(doc), file=stdout)
     else:
-        print(f"study {study.study_name}: {len(trials)} trials ({', '.join(f'{v} {k.lower()}' for k, v in counts.items())})",
-              file=stdout)
+        states = ", ".join(f"{v} {k.lower()}" for k, v in counts.items())
+        print(f"study {study.study_name}: {len(trials)} trials ({states})", file=stdout)
         if complete:
-            print(f"best value {study.best_value:.6g} with " +
-                  ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in study.best_params.items()),
-                  file=stdout)
+            best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in study.best_params.items())
+            print(f"best value {study.best_value:.6g} with {best}", file=stdout)
         files = [p.name for p in (out / "trials.csv", out / "best.json", out / "history.png", out / "importance.png")
                  if p.exists()]
         print(f"wrote {', '.join(files)} in {out}", file=stdout)
-    return 0 if complete else 3
+    return ExitStatus.OK if complete else ExitStatus.FIT_FAILED

@@ -1,7 +1,14 @@
 """User data (arrays, tensors, dicts, DataFrames) -> validated named float arrays.
 
 This is the one place that decides which names are inputs, where y comes from, and what
-happens to NaN/inf (``nan_policy``: "raise" names the rows; "omit" drops them).
+happens to NaN/inf (``nan_policy``: "raise" names the rows; "omit" drops them), how sigma
+becomes weights, and which values float32 cannot hold. One fit (:func:`prepare_arrays`)
+and a batch of fits (:func:`batch_weights`, with the batch as the leading dimension) share
+the functions and their messages: :func:`weights_from_sigma` and :func:`check_float32_range`.
+In a batch, a NaN or inf in y (or in a per-point input) masks that point of that fit only.
+
+Models are duck-typed here (data/ sits beside models/, not above it): a formula model is one
+with ``parsed`` and ``bind``; ``scalar_params`` tells named-scalar models from networks.
 """
 
 from __future__ import annotations
@@ -11,13 +18,24 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from ..models.formula import FormulaModel
-from ..models.neural import MLPSpec
-from ..errors import did_you_mean
+from ..errors import ConfigError, DataError, did_you_mean
 from .io import columns_from_frame
 
-__all__ = ["Arrays", "prepare_arrays", "as_float_array"]
+__all__ = ["Arrays", "prepare_arrays", "as_float_array", "as_batch", "weights_from_sigma", "check_float32_range",
+           "batch_weights", "FLOAT32_MAX"]
+
+#: the largest magnitude float32 holds
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _is_formula(model) -> bool:
+    return hasattr(model, "parsed") and hasattr(model, "bind")
+
+
+def _scalar_params(model) -> bool:
+    """Named scalar parameters (formulas, built-ins, functions); False for networks and
+    network specs, which have no ``scalar_params`` of their own."""
+    return bool(getattr(model, "scalar_params", False))
 
 
 @dataclass
@@ -80,7 +98,7 @@ def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy
         if not columns:
             raise DataError("data has no columns")
     inputs, y_arr = _inputs_and_target(model, x, y, columns)
-    if isinstance(model, FormulaModel):
+    if _is_formula(model):
         if columns and x is None:
             _check_column_typos(model, columns, y)
         model = model.bind(inputs)
@@ -88,10 +106,10 @@ def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy
         if missing:
             raise DataError(f"no data for input {missing[0]!r}{did_you_mean(missing[0], inputs)}")
         inputs = {n: inputs[n] for n in model.input_names}
-    elif not isinstance(model, MLPSpec) and getattr(model, "scalar_params", True) and len(inputs) == 1:
+    elif _scalar_params(model) and len(inputs) == 1:
         inputs = {model.input_names[0]: next(iter(inputs.values()))}
     w = None if weights is None else as_float_array(weights, "weights")
-    if y_arr.ndim != 1 and not isinstance(model, MLPSpec) and getattr(model, "scalar_params", True):
+    if y_arr.ndim != 1 and _scalar_params(model):
         raise DataError(f"y must have one value per point (1-D), got shape {y_arr.shape}; "
                         "for many independent fits use fit_many")
     arrays = _validate(Arrays(inputs, y_arr, w), nan_policy)
@@ -103,7 +121,7 @@ def _inputs_and_target(model, x, y, columns):
         y_arr = _target_from_columns(model, y, columns)
         if x is None:
             inputs = {k: v for k, v in columns.items()}
-            if isinstance(model, FormulaModel):
+            if _is_formula(model):
                 used = model.parsed.rhs.names()
                 inputs = {k: v for k, v in inputs.items() if k in used}
             else:
@@ -119,11 +137,11 @@ def _inputs_and_target(model, x, y, columns):
     if x is None:
         raise DataError("no input data: pass x=... (array or dict of named inputs) or data=...")
     if y is None:
-        if isinstance(model, FormulaModel) and model.parsed.response is not None and isinstance(x, Mapping):
+        if _is_formula(model) and model.parsed.response is not None and isinstance(x, Mapping):
             return _named_inputs(x), _target_from_columns(model, None, _named_inputs(x))
         raise DataError("no target: pass y=... or data= with a 'response ~ expression' formula")
     inputs = _named_inputs(x) if isinstance(x, Mapping) else {"x": as_float_array(x, "x")}
-    if isinstance(model, FormulaModel) and not isinstance(x, Mapping):
+    if _is_formula(model) and not isinstance(x, Mapping):
         inputs = {_single_input_name(model): inputs["x"]}
     return inputs, as_float_array(y, "y")
 
@@ -163,7 +181,7 @@ def _target_from_columns(model, y, columns) -> np.ndarray:
         return columns[y]
     if y is not None:
         return as_float_array(y, "y")
-    if not isinstance(model, FormulaModel) or model.parsed.response is None:
+    if not _is_formula(model) or model.parsed.response is None:
         raise DataError("which column is y? write the formula as 'response ~ expression' or pass y='column'")
     for n in model.response_names:
         if n not in columns:
@@ -226,3 +244,109 @@ def _validate(a: Arrays, nan_policy: str) -> Arrays:
     if a.weights is not None and (a.weights < 0).any():
         raise DataError("weights must be non-negative")
     return a
+
+
+
+# -- shared by one fit and a batch ----------------------------------------------------------
+def weights_from_sigma(weights, sigma, *, shape: tuple | None = None):
+    """Weights 1/sigma^2 from ``sigma`` (or ``weights`` unchanged when sigma is None).
+
+    One fit: sigma is one value per point (M,). A batch (``shape`` = (B, M)): sigma is (M,)
+    or (B, M) and is broadcast to ``shape``. Raises ConfigError when both are given and
+    DataError for a wrong shape or a sigma that is not positive (or NaN) at some point.
+    """
+    if sigma is None:
+        return weights
+    if weights is not None:
+        raise ConfigError("pass either sigma or weights, not both (weights = 1/sigma**2)")
+    s = as_float_array(sigma, "sigma")
+    if shape is None:
+        if s.ndim != 1:
+            raise DataError(f"sigma must be one value per point, got shape {s.shape}")
+    else:
+        s = _broadcast(s, shape, "sigma")
+    if (s <= 0).any() or not (s == s).all():
+        raise DataError("sigma must be positive for every point")
+    return 1.0 / s**2
+
+
+def check_float32_range(arrays: Mapping[str, np.ndarray], *, batch: bool = False) -> None:
+    """DataError for a finite value beyond float32's range (3.4e38) in any named array, which
+    a float32 fit would turn into inf. One fit names the row (1-based); a batch (arrays with
+    fits as the leading dimension) names the fit and point (0-based). inf and NaN are left to
+    the NaN policy.
+    """
+    for name, v in arrays.items():
+        if v.dtype == np.float32 or v.size == 0:
+            continue  # a float32 array holds nothing beyond the range but inf
+        with np.errstate(invalid="ignore"):
+            big = np.abs(v) > FLOAT32_MAX
+        if not big.any():
+            continue
+        big &= np.isfinite(v)
+        if not big.any():
+            continue
+        if batch and v.ndim == 2:
+            b, m = (int(i[0]) for i in np.nonzero(big))
+            where, value = f"fit {b}, point {m}", float(v[b, m])
+        else:
+            rows = big.reshape(len(v), -1)
+            row = int(np.nonzero(rows.any(axis=1))[0][0])
+            where, value = f"row {row + 1}", float(np.abs(v.reshape(len(v), -1)[row]).max())
+        raise DataError(f"{name!r} has values beyond float32's range (e.g. {where}: {value:.3g}); "
+                        "use dtype='float64' (--dtype float64)")
+
+
+def as_batch(a, what: str) -> np.ndarray:
+    """(B, M) float array of a batch (a 1-D array is one fit); float32 stays float32 (no copy
+    of a large batch). DataError for other shapes."""
+    if isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64):
+        arr = a
+    else:
+        arr = as_float_array(a, what)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise DataError(f"{what} must have shape (fits, points), got {arr.shape}")
+    return arr
+
+
+def _broadcast(a: np.ndarray, shape: tuple, what: str) -> np.ndarray:
+    try:
+        return np.broadcast_to(a, shape)
+    except ValueError:
+        raise DataError(f"{what} must have shape ({shape[1]},) or {shape}, got {a.shape}") from None
+
+
+def batch_weights(y: np.ndarray, *, weights=None, sigma=None, mask=None, inputs: Mapping | None = None
+                  ) -> np.ndarray:
+    """Per-point weights (B, M) of a batch ``y`` (B, M): 1/sigma^2 or ``weights`` (both (M,) or
+    (B, M)), 0 where ``mask`` (B, M) is False and where y or a per-point input ((M,) or (B, M)
+    in ``inputs``) is NaN or inf: such a point leaves its own fit only.
+
+    Raises ConfigError (sigma and weights both given) and DataError (shapes, sigma not
+    positive, negative weights), with the messages one fit gets.
+    """
+    w = weights_from_sigma(weights, sigma, shape=y.shape)
+    bad_inputs = None
+    for v in (inputs or {}).values():
+        if v.shape[-1:] == y.shape[-1:] and not np.isfinite(v).all():
+            bad = ~np.isfinite(v)
+            bad_inputs = bad if bad_inputs is None else (bad_inputs | bad)
+    if w is None and mask is None and bad_inputs is None:
+        return np.isfinite(y).astype(np.float32)  # the common case, kept cheap: 1, or 0 for NaN
+    if w is None:
+        w = np.ones(y.shape)
+    elif sigma is None:
+        w = np.array(_broadcast(as_float_array(w, "weights"), y.shape, "weights"))
+        if (w < 0).any():
+            raise DataError("weights must be non-negative")
+    if mask is not None:
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != y.shape:
+            raise DataError(f"mask must have y's shape {y.shape}, got {m.shape}")
+        w = np.where(m, w, 0.0)
+    ok = np.isfinite(y) & np.isfinite(w)
+    if bad_inputs is not None:
+        ok &= ~bad_inputs
+    return np.ascontiguousarray(np.where(ok, w, 0.0))

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["read_table", "write_csv"]
+__all__ = ["read_table", "write_csv", "csv_text", "format_number"]
 
 _MAX_REPORTED = 5
 
@@ -63,6 +63,8 @@ def _read_parquet(p: Path) -> dict[str, np.ndarray]:
 
 
 def columns_from_frame(frame, source: str = "data") -> dict[str, np.ndarray]:
+    """A pandas DataFrame -> float64 columns by name (str); DataError for a duplicate name or a
+    non-numeric column, prefixed with ``source``."""
     names = [str(c) for c in frame.columns]
     _check_duplicates(names, source)
     out = {}
@@ -149,21 +151,48 @@ def _all_numeric(cells: list[str]) -> bool:
 
 
 def write_csv(path, columns: dict[str, np.ndarray]) -> None:
-    """Write named columns as CSV, atomically."""
+    """Write named columns as CSV (see :func:`csv_text`), atomically: readers see the old file
+    or the complete new one, never a partial one."""
     from .._files import atomic_write_text
 
+    atomic_write_text(path, csv_text(columns))
+
+
+def csv_text(columns: dict[str, np.ndarray]) -> str:
+    """Named columns of equal length -> CSV text: a header row, then one row per entry.
+
+    Cells are written by :func:`format_number`, so floats read back exactly.
+
+    Examples
+    --------
+    >>> print(csv_text({"x": [1, 2], "y": [0.1, float("nan")]}), end="")
+    x,y
+    1,0.1
+    2,nan
+    """
     names = list(columns)
-    n = len(next(iter(columns.values()))) if columns else 0
+    cols = [np.asarray(columns[k]) for k in names]
+    n = len(cols[0]) if cols else 0
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(names)
-    cols = [np.asarray(columns[k]) for k in names]
     for i in range(n):
-        w.writerow([_fmt(c[i]) for c in cols])
-    atomic_write_text(path, buf.getvalue())
+        w.writerow([format_number(c[i]) for c in cols])
+    return buf.getvalue()
 
 
-def _fmt(v) -> str:
+def format_number(v) -> str:
+    """One CSV cell: the shortest text that reads back to the same value.
+
+    Floats use ``repr`` (round-trips exactly); non-finite floats are ``nan``, ``inf``, ``-inf``
+    (what :func:`read_table` reads); integers have no decimal point; booleans are
+    ``true``/``false``; strings pass through and None is an empty cell.
+
+    Examples
+    --------
+    >>> [format_number(v) for v in (0.1, 3, float("-inf"), True, None, "a")]
+    ['0.1', '3', '-inf', 'true', '', 'a']
+    """
     if v is None:
         return ""
     if isinstance(v, (str, bytes, np.str_)):

@@ -12,6 +12,7 @@ from ..models.neural import MLPSpec, ModuleModel, build_mlp
 from ..optim.precondition import jacobian, whitening
 from ..optim.registry import make_optimizer
 from ..results.fit_result import FitResult
+from ..status import Status
 from ..train.loop import LoopConfig, run_loop
 from ..train.objective import ModuleObjective, ScalarObjective, TensorData
 
@@ -61,31 +62,36 @@ def module_objective(spec, train, val, loss_fn, normalize, seed, dtype, dev):
     return ModuleObjective(model, train, val, loss_fn, loss_scale=scale), model
 
 
-def train_first_order(objective, model, optimizer, o, *, settings, notes, n_train, n_val):
+def train_first_order(objective, model, optimizer, options, setup, *, settings, notes, n_train, n_val):
+    """Train ``objective`` with ``optimizer`` (a torch.optim name) under ``options``
+    (:class:`~gradfit.options.FitOptions`) and build the FitResult. ``setup`` carries the live
+    callbacks and Checkpointer (:class:`~gradfit.fitting.fit.FitSetup`)."""
     import torch
 
     from ..train.loop import overfitting_signal
     from ..train.regularize import InputNoise, make_schedule, parse_penalty
 
+    training, reg = options.training, options.regularization
     names = model.param_names if model.scalar_params else tuple(n for n, _ in model.module.named_parameters())
-    penalty = parse_penalty(o["penalty"], names)
-    noise = InputNoise.for_data(o["input_noise"], objective.train.inputs) if o["input_noise"] else None
-    objective.regularize(penalty, noise, o["seed"])
-    opt = make_optimizer(optimizer, objective.leaves, o["lr"], o["optimizer_options"],
+    penalty = parse_penalty(reg.penalty, names)
+    noise = InputNoise.for_data(reg.input_noise, objective.train.inputs) if reg.input_noise else None
+    objective.regularize(penalty, noise, training.seed)
+    opt = make_optimizer(optimizer, objective.leaves, training.lr, training.optimizer_options,
                          prefer_fused=not model.scalar_params)
-    scheduler = make_schedule(o["schedule"], opt, o["epochs"])
-    cbs = list(o["callbacks"])
-    if o["log_every"]:
-        cbs.append(LogCallback(int(o["log_every"])))
-    if wants_progress(o["progress"]):
+    scheduler = make_schedule(reg.schedule, opt, training.epochs)
+    cbs = list(setup.callbacks)
+    if training.log_every:
+        cbs.append(LogCallback(training.log_every))
+    if wants_progress(training.progress):
         cbs.append(ProgressCallback())
-    torch.manual_seed(o["seed"])  # anything stochastic inside torch.optim or the module
-    config = LoopConfig(epochs=o["epochs"], batch_size=o["batch_size"], seed=o["seed"], tol=o["tol"],
-                        early_stopping=o["early_stopping"])
-    checkpointer = o.get("checkpoint")
+    torch.manual_seed(training.seed)  # anything stochastic inside torch.optim or the module
+    stopping = reg.early_stopping
+    config = LoopConfig(epochs=training.epochs, batch_size=training.batch_size, seed=training.seed, tol=training.tol,
+                        early_stopping=None if stopping is None else (stopping.patience, stopping.min_delta))
+    checkpointer = setup.checkpointer
     resume_state = None
     fingerprint = json_fingerprint(model, settings)
-    if checkpointer is not None and o.get("resume"):
+    if checkpointer is not None and options.checkpoint is not None and options.checkpoint.resume:
         from ..train.checkpoint import load_checkpoint
 
         resume_state = load_checkpoint(checkpointer.folder)
@@ -96,7 +102,7 @@ def train_first_order(objective, model, optimizer, o, *, settings, notes, n_trai
         checkpointer.fingerprint = fingerprint
     outcome = run_loop(objective, opt, config, cbs, scheduler=scheduler, checkpointer=checkpointer,
                        resume=resume_state)
-    minibatch = o["batch_size"] is not None and o["batch_size"] < objective.train.n
+    minibatch = training.batch_size is not None and training.batch_size < objective.train.n
     restored = outcome.best_epoch is not None
     if minibatch and outcome.history["train_loss"] and outcome.status != "diverged" and not restored:
         # As Keras reports it: the mean batch loss of the last epoch. A full extra pass over a
@@ -105,10 +111,10 @@ def train_first_order(objective, model, optimizer, o, *, settings, notes, n_trai
     else:
         final_loss = objective.evaluate(objective.train)
     if not math.isfinite(final_loss) and outcome.status != "diverged":
-        outcome.status, outcome.message = "diverged", "the loss at the final parameters is not finite"
+        outcome.status, outcome.message = Status.DIVERGED, "the loss at the final parameters is not finite"
     val_loss = objective.evaluate(objective.val) if objective.val is not None else None
     warning = overfitting_signal(outcome.history["train_loss"], outcome.history["val_loss"])
-    if warning and outcome.status != "stopped_early" and o.get("warn_overfitting", True):
+    if warning and outcome.status != "stopped_early" and training.warn_overfitting:
         warnings.warn(warning, GradfitWarning, stacklevel=3)
         notes = notes + (warning,)
     return FitResult(params=objective.param_values(), loss=final_loss, val_loss=val_loss, status=outcome.status,
@@ -117,10 +123,12 @@ def train_first_order(objective, model, optimizer, o, *, settings, notes, n_trai
 
 
 def json_fingerprint(model, settings: dict) -> str:
-    """What identifies a training run for resuming: the model and every option but the
-    number of epochs (a resumed run may train longer)."""
+    """What identifies a training run for resuming: the model and every setting but those a
+    resumed run may change (more epochs, progress display, logging, the checkpoint schedule)."""
     import hashlib
     import json
 
-    doc = {"model": model.describe(), "settings": {k: v for k, v in settings.items() if k != "epochs"}}
+    options = dict(settings["options"], checkpoint=None)
+    options["training"] = {k: v for k, v in options["training"].items() if k not in ("epochs", "progress", "log_every")}
+    doc = {"model": model.describe(), "settings": {**settings, "options": options}}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()

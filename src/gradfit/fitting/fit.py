@@ -5,37 +5,34 @@ torch.optim training, least_squares.py (lsq/) for least squares."""
 from __future__ import annotations
 
 import dataclasses
-import math
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from ..data.arrays import as_float_array, prepare_arrays
+from ..data.arrays import prepare_arrays
 from ..data.split import train_val_indices
-from ..errors import ConfigError, DataError, ModelError, did_you_mean
+from ..errors import ConfigError, DataError, ModelError
 from ..losses import resolve_loss
 from ..lsq.problem import LeastSquaresProblem, linear_reason
 from ..models import FormulaModel, resolve_model
 from ..models.neural import MLPSpec
-from ..models.parameters import ParameterSpace, feasible_start
+from ..models.parameters import ParameterSpace
+from ..options import FitOptions, device_name, dtype_name
 from .crossval import cross_validate
 from .first_order import module_objective, scalar_objective, tensors, train_first_order
+from .keywords import FIT_KEYWORDS, options_from_keywords
 from .least_squares import least_squares_fit, with_uncertainty
 
-__all__ = ["fit", "resolve_dtype", "resolve_device", "choose_method"]
+__all__ = ["fit", "resolve_dtype", "resolve_device", "choose_method", "FitSetup"]
 
-_GRADIENTS = ("autograd", "analytic")
 _DIRECT = ("lm", "linear")
 
 
 def resolve_dtype(dtype):
+    """The torch dtype of "float32"/"float64" (or their aliases, or a torch dtype); ConfigError otherwise."""
     import torch
 
-    table = {"float32": torch.float32, "float64": torch.float64, "double": torch.float64, "float": torch.float32}
-    if isinstance(dtype, torch.dtype) and dtype in (torch.float32, torch.float64):
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in table:
-        return table[dtype.lower()]
-    raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return getattr(torch, dtype_name(dtype))
 
 
 @lru_cache(maxsize=1)
@@ -46,12 +43,15 @@ def _auto_device():
 
 
 def resolve_device(device):
+    """The torch device of "auto" (CUDA when available), "cpu", "cuda", ...; ConfigError when
+    the device is malformed or CUDA was asked for but is missing."""
     import torch
 
-    if device in (None, "auto"):
+    name = device_name(device)
+    if name == "auto":
         return _auto_device()
     try:
-        dev = torch.device(device)
+        dev = torch.device(name)
     except (RuntimeError, TypeError):
         raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -59,10 +59,26 @@ def resolve_device(device):
     return dev
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class FitSetup:
+    """What one fit needs besides its :class:`~gradfit.options.FitOptions`: the resolved loss,
+    dtype and device, the parameter settings (init, bounds, fixed, tie), whether the data are
+    weighted, and live hooks that are not option data (callbacks, a Checkpointer)."""
+
+    loss_fn: Any
+    dtype: Any
+    device: Any
+    init: Mapping | None = None
+    bounds: Mapping | None = None
+    fixed: Sequence[str] = ()
+    tie: Mapping | None = None
+    weighted: bool = False
+    callbacks: tuple = ()
+    checkpointer: Any = None
+
+    def for_fold(self) -> "FitSetup":
+        """Cross-validation folds run without the caller's callbacks and checkpoints."""
+        return dataclasses.replace(self, callbacks=(), checkpointer=None)
 
 
 def choose_method(optimizer: str, model, loss_fn, batch_size, space, training: str | None = None) -> tuple[str, str]:
@@ -111,7 +127,7 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         callbacks: Sequence = (), nan_policy: str = "raise", hidden: Sequence[int] = (64,),
         activation: str = "tanh", penalty: Mapping | None = None, input_noise: float = 0.0,
         early_stopping=None, schedule=None, cv: int | None = None, cv_groups=None, cv_split: str = "random",
-        checkpoint=None, resume: bool = False):
+        checkpoint=None, resume: bool = False, options: FitOptions | None = None):
     """Estimate a model's parameters from input/output pairs.
 
     Parameters
@@ -143,10 +159,26 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     checkpoint, resume : a :class:`gradfit.train.checkpoint.Checkpointer` (or a folder) that
         saves the complete training state as it runs; with resume=True training continues from
         the checkpoint in that folder, bit-for-bit on CPU with the same seed.
+    options : a :class:`gradfit.options.FitOptions` holding every option at once, for callers
+        that build, store or reuse them (``FitOptions.from_dict(result.settings["options"])``
+        replays a fit). It replaces the option keywords (loss ... resume above: the names in
+        :data:`gradfit.fitting.keywords.FIT_KEYWORDS`); giving one of them a value other than its default
+        as well is a ConfigError. Data and parameter keywords (x, y, data, init, weights, sigma,
+        bounds, fixed, tie, callbacks, cv_groups) combine with it as usual.
 
     Returns
     -------
     FitResult
+        ``settings`` holds ``options`` (:meth:`FitOptions.to_dict`) and what ran: method,
+        method_reason, loss, dtype, device, weighted, init, bounds/fixed/tie and (least squares)
+        strategy.
+
+    Raises
+    ------
+    ConfigError
+        for a bad option value (named in the message), or options= combined with option keywords.
+    DataError, ModelError
+        for unusable data or models.
 
     Examples
     --------
@@ -155,66 +187,75 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     >>> r.method, round(r.params["w"], 3), round(r.stderr["w"], 3)
     ('linear', 2.1, 0.058)
     """
-    epochs = _check_int("epochs", epochs, 1)
-    if batch_size is not None:
-        batch_size = _check_int("batch_size", batch_size, 1)
-    if max_iter is not None:
-        max_iter = _check_int("max_iter", max_iter, 1)
-    if gradient not in _GRADIENTS:
-        raise ConfigError(f"gradient must be one of {', '.join(_GRADIENTS)}, got {gradient!r}")
-    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
-        raise ConfigError(f"tol must be a positive number, got {tol!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
+    keywords = dict(loss=loss, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, normalize=normalize,
+                    val_fraction=val_fraction, seed=seed, gradient=gradient, dtype=dtype, device=device,
+                    log_every=log_every, progress=progress, absolute_sigma=absolute_sigma, max_iter=max_iter,
+                    optimizer_options=optimizer_options, tol=tol, nan_policy=nan_policy, hidden=hidden,
+                    activation=activation, penalty=penalty, input_noise=input_noise, early_stopping=early_stopping,
+                    schedule=schedule, cv=cv, cv_split=cv_split, checkpoint=checkpoint, resume=resume)
+    if options is None:
+        options = options_from_keywords(**keywords)
+    else:
+        _refuse_keywords_with(options, keywords)
+    training = options.training
     weights = _weights_from_sigma(weights, sigma)
-    loss_fn = resolve_loss(loss)
-    torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
-    spec = resolve_model(model, hidden=hidden, activation=activation)
-    bound, arrays = prepare_arrays(spec, x, y, data=data, weights=weights, nan_policy=nan_policy)
+    loss_fn = resolve_loss(options.loss)
+    torch_dtype, dev = resolve_dtype(training.dtype), resolve_device(training.device)
+    spec = resolve_model(model, hidden=options.hidden, activation=options.activation)
+    bound, arrays = prepare_arrays(spec, x, y, data=data, weights=weights, nan_policy=options.nan_policy)
     _check_range(arrays, torch_dtype)
-    if normalize:
+    if training.normalize:
         _check_not_constant(arrays)
-    opts = dict(init=init, loss_fn=loss_fn, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size,
-                normalize=normalize, seed=seed, gradient=gradient, dtype=torch_dtype, device=dev,
-                log_every=log_every, progress=progress, absolute_sigma=absolute_sigma, bounds=bounds, fixed=fixed,
-                tie=tie, max_iter=max_iter, optimizer_options=optimizer_options, tol=tol, callbacks=callbacks,
-                penalty=penalty, input_noise=input_noise, early_stopping=_early_stopping(early_stopping),
-                schedule=schedule, weighted=weights is not None, val_fraction=val_fraction,
-                checkpoint=_checkpointer(checkpoint), resume=bool(resume))
+    setup = FitSetup(loss_fn, torch_dtype, dev, init=init, bounds=bounds, fixed=fixed, tie=tie,
+                     weighted=weights is not None, callbacks=tuple(callbacks),
+                     checkpointer=_checkpointer(checkpoint, options.checkpoint))
     train_arr, val_arr = arrays, None
-    if val_fraction != 0:
-        train_idx, val_idx = train_val_indices(arrays.n, float(val_fraction), seed)
+    if training.val_fraction:
+        train_idx, val_idx = train_val_indices(arrays.n, training.val_fraction, training.seed)
         train_arr, val_arr = arrays.take(train_idx), arrays.take(val_idx)
-    if opts["early_stopping"] is not None and val_arr is None:
-        raise ConfigError("early_stopping watches the validation loss: set val_fraction (e.g. 0.2)")
-    result = _fit_split(bound, train_arr, val_arr, tuple(arrays.notes), opts)
-    if cv is not None:
-        result = dataclasses.replace(result, cv=cross_validate(bound, arrays, cv, cv_groups, cv_split, opts, _fit_split))
+    result = _fit_split(bound, train_arr, val_arr, tuple(arrays.notes), options, setup)
+    if options.cv is not None:
+        result = dataclasses.replace(result, cv=cross_validate(bound, arrays, cv_groups, options, setup, _fit_split))
     return result
 
 
-def _checkpointer(spec):
-    if spec is None:
+def _refuse_keywords_with(options, keywords: dict) -> None:
+    if not isinstance(options, FitOptions):
+        raise ConfigError(f"options must be a FitOptions (gradfit.options), got {options!r}")
+    given = [k for k, v in keywords.items() if not _same(v, FIT_KEYWORDS[k])]
+    if given:
+        raise ConfigError(f"options= already holds every option; drop {', '.join(given)} (or leave options= out "
+                          "and pass keywords only)")
+
+
+def _same(value, default) -> bool:
+    try:
+        return value is default or bool(value == default)
+    except (TypeError, ValueError):  # e.g. an array compared elementwise
+        return False
+
+
+def _checkpointer(keyword, options):
+    """The live Checkpointer: the one passed as ``checkpoint=`` (a signal handler may hold it),
+    or a new one built from the checkpoint options."""
+    if options is None:
         return None
     from ..train.checkpoint import Checkpointer
 
-    return spec if isinstance(spec, Checkpointer) else Checkpointer(spec)
+    if isinstance(keyword, Checkpointer):
+        return keyword
+    return Checkpointer(options.folder, every_epochs=options.every_epochs, every_seconds=options.every_seconds)
 
 
 def _check_range(arrays, dtype) -> None:
     """float32 holds magnitudes up to 3.4e38: refuse data that would turn into inf."""
-    import numpy as np
     import torch
+
+    from ..data.arrays import check_float32_range
 
     if dtype != torch.float32 or arrays.float32_safe:
         return
-    limit = float(torch.finfo(torch.float32).max)
-    for name, v in [*arrays.inputs.items(), ("y", arrays.y)]:
-        big = np.abs(v) > limit
-        if big.any():
-            row = int(np.nonzero(big.reshape(len(v), -1).any(axis=1))[0][0]) + 1
-            raise DataError(f"{name!r} has values beyond float32's range (e.g. row {row}: "
-                            f"{float(v.reshape(len(v), -1)[row - 1].max()):.3g}); use dtype='float64' (--dtype float64)")
+    check_float32_range({**arrays.inputs, "y": arrays.y})
 
 
 def _check_not_constant(arrays) -> None:
@@ -229,91 +270,49 @@ def _check_not_constant(arrays) -> None:
                             "carries no information and cannot be normalized; drop it or fit without normalize")
 
 
-def _early_stopping(spec):
-    if spec is None or spec is False:
-        return None
-    if isinstance(spec, bool) or isinstance(spec, int):
-        patience, min_delta = (20 if spec is True else spec), 0.0
-    elif isinstance(spec, Mapping):
-        unknown = set(spec) - {"patience", "min_delta"}
-        if unknown:
-            raise ConfigError(f"early_stopping takes patience and min_delta, not {', '.join(sorted(unknown))}")
-        patience, min_delta = spec.get("patience", 20), spec.get("min_delta", 0.0)
-    else:
-        raise ConfigError(f"early_stopping must be a patience (int) or a dict, got {spec!r}")
-    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-        raise ConfigError(f"early_stopping patience must be an integer >= 1, got {patience!r}")
-    if not isinstance(min_delta, (int, float)) or min_delta < 0:
-        raise ConfigError(f"early_stopping min_delta must be >= 0, got {min_delta!r}")
-    return int(patience), float(min_delta)
-
-
-def _fit_split(bound, train_arr, val_arr, notes, o):
+def _fit_split(bound, train_arr, val_arr, notes, options: FitOptions, setup: FitSetup):
     """One fit on a given train/validation split (the body of fit, shared with cross-validation)."""
-    loss_fn, torch_dtype, dev = o["loss_fn"], o["dtype"], o["device"]
-    settings = {"optimizer": str(o["optimizer"]).lower(), "lr": o["lr"], "loss": loss_fn.name, "epochs": o["epochs"],
-                "batch_size": o["batch_size"], "normalize": bool(o["normalize"]), "val_fraction": o["val_fraction"],
-                "seed": o["seed"], "gradient": o["gradient"], "dtype": str(torch_dtype).replace("torch.", ""),
-                "device": str(dev), "absolute_sigma": bool(o["absolute_sigma"]), "weighted": o["weighted"]}
-    for key in ("optimizer_options", "penalty", "schedule"):
-        if o[key]:
-            settings[key] = o[key] if not isinstance(o[key], Mapping) else dict(o[key])
-    if o["input_noise"]:
-        settings["input_noise"] = o["input_noise"]
-    if o["early_stopping"]:
-        settings["early_stopping"] = {"patience": o["early_stopping"][0], "min_delta": o["early_stopping"][1]}
+    training, loss_fn = options.training, setup.loss_fn
+    settings = {"options": options.to_dict(), "loss": loss_fn.name, "dtype": str(setup.dtype).removeprefix("torch."),
+                "device": str(setup.device), "weighted": setup.weighted}
     common = dict(notes=notes, n_train=train_arr.n, n_val=0 if val_arr is None else val_arr.n)
-    training = _training_extras(o)
+    regularized = options.regularization.in_use
     scalar = getattr(bound, "scalar_params", True) and not _is_module_spec(bound)
     if not scalar:
-        if o["gradient"] == "analytic":
+        if training.gradient == "analytic":
             raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
-        if o["bounds"] or o["fixed"] or o["tie"]:
+        if setup.bounds or setup.fixed or setup.tie:
             raise ConfigError("bounds, fixed and tie apply to named scalar parameters, not to networks")
-        method, reason = choose_method(o["optimizer"], bound, loss_fn, o["batch_size"], None, training)
-        train, val = tensors(train_arr, val_arr, torch_dtype, dev)
-        objective, bound = module_objective(bound, train, val, loss_fn, o["normalize"], o["seed"], torch_dtype, dev)
+        method, reason = choose_method(training.optimizer, bound, loss_fn, training.batch_size, None, regularized)
+        train, val = tensors(train_arr, val_arr, setup.dtype, setup.device)
+        objective, bound = module_objective(bound, train, val, loss_fn, training.normalize, training.seed,
+                                            setup.dtype, setup.device)
         settings.update(method=method, method_reason=reason)
-        return train_first_order(objective, bound, method, o, settings=settings, **common)
-    if o["gradient"] == "analytic" and bound.expression is None:
+        return train_first_order(objective, bound, method, options, setup, settings=settings, **common)
+    if training.gradient == "analytic" and bound.expression is None:
         raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
-    space = _parameter_space(bound, train_arr, train_arr.n, o["init"], o["bounds"], o["fixed"], o["tie"])
-    method, reason = choose_method(o["optimizer"], bound, loss_fn, o["batch_size"], space, training)
+    space = _parameter_space(bound, train_arr, train_arr.n, setup.init, setup.bounds, setup.fixed, setup.tie)
+    method, reason = choose_method(training.optimizer, bound, loss_fn, training.batch_size, space, regularized)
     settings.update(method=method, method_reason=reason, init=dict(space.values), **space.describe())
     if method in _DIRECT:
-        return least_squares_fit(bound, space, train_arr, val_arr, method, settings=settings,
-                                 max_iter=o["max_iter"] or 2000, tol=o["tol"], absolute_sigma=o["absolute_sigma"],
-                                 log_every=o["log_every"], progress=o["progress"], callbacks=o["callbacks"], **common)
-    train, val = tensors(train_arr, val_arr, torch_dtype, dev)
-    objective = scalar_objective(bound, space, train, val, loss_fn, o["normalize"], o["gradient"], torch_dtype, dev)
-    result = train_first_order(objective, bound, method, o, settings=settings, **common)
+        # least squares runs in float64 on the CPU whatever dtype and device ask for training
+        settings.update(dtype="float64", device="cpu")
+        return least_squares_fit(bound, space, train_arr, val_arr, method, options, settings=settings,
+                                 callbacks=setup.callbacks, **common)
+    train, val = tensors(train_arr, val_arr, setup.dtype, setup.device)
+    objective = scalar_objective(bound, space, train, val, loss_fn, training.normalize, training.gradient,
+                                 setup.dtype, setup.device)
+    result = train_first_order(objective, bound, method, options, setup, settings=settings, **common)
     if loss_fn.least_squares and result.status != "diverged":
         problem = LeastSquaresProblem.from_arrays(bound, space, train_arr)
-        result = with_uncertainty(result, problem, o["absolute_sigma"])
+        result = with_uncertainty(result, problem, options.least_squares.absolute_sigma)
     return result
 
 
-def _training_extras(o) -> str | None:
-    """Why a least-squares solver cannot be used (regularized training), or None."""
-    for key, why in (("penalty", "a penalty"), ("input_noise", "input noise"),
-                     ("early_stopping", "early stopping"), ("schedule", "a learning-rate schedule")):
-        if o[key]:
-            return why
-    return None
-
-
 def _weights_from_sigma(weights, sigma):
-    if sigma is None:
-        return weights
-    if weights is not None:
-        raise ConfigError("pass either sigma or weights, not both (weights = 1/sigma**2)")
+    from ..data.arrays import weights_from_sigma
 
-    s = as_float_array(sigma, "sigma")
-    if s.ndim != 1:
-        raise DataError(f"sigma must be one value per point, got shape {s.shape}")
-    if (s <= 0).any() or not (s == s).all():
-        raise DataError("sigma must be positive for every point")
-    return 1.0 / s**2
+    return weights_from_sigma(weights, sigma)
 
 
 def _is_module_spec(model) -> bool:
@@ -341,15 +340,10 @@ def _parameter_space(model, train_arr, n_train, init, bounds, fixed, tie):
 
 
 def _configured_space(model, train_arr, init, bounds, fixed, tie) -> ParameterSpace:
-    values = feasible_start(model.guess(train_arr.inputs, train_arr.y),
-                            {k: v for k, v in (bounds or {}).items() if k in model.param_names})
-    for name, v in (init or {}).items():
-        if name not in model.param_names:
-            raise ConfigError(f"init names unknown parameter {name!r}{did_you_mean(name, model.param_names)}; "
-                              f"parameters are {', '.join(model.param_names)}")
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise ConfigError(f"init value for {name!r} must be a finite number, got {v!r}")
-        values[name] = float(v)
+    from ..models.parameters import ParameterSpec
+
     if isinstance(fixed, str):
         fixed = [fixed]
+    spec = ParameterSpec.create(model.param_names, init=init, bounds=bounds, fixed=fixed, tie=tie)
+    values = spec.start(model.guess(train_arr.inputs, train_arr.y))
     return ParameterSpace(model.param_names, values, bounds=bounds, fixed=list(fixed or ()), tie=tie)

@@ -73,7 +73,7 @@ def gradient(model, x=None, y=None, *, params: Mapping, data=None, loss="mse", m
     if method == "analytic":
         if bound.expression is None:
             raise ConfigError("analytic gradients need a formula model")
-        obj._analytic_grad(data_t)
+        obj.analytic_gradient(data_t)
     else:
         obj.objective(data_t).backward()
     return dict(zip(bound.param_names, obj.theta.grad.double().tolist()))

@@ -18,14 +18,18 @@ from ..callbacks import LogCallback, ProgressCallback, wants_progress
 __all__ = ["least_squares_fit", "with_uncertainty", "uncertainty_fields", "warn_degenerate"]
 
 
-def least_squares_fit(model, space, train_arr, val_arr, method, *, settings, max_iter, tol,
-                      absolute_sigma, log_every, progress, callbacks, notes, n_train, n_val):
-    # dtype/device apply to first-order training; least squares is float64 on the CPU.
+def least_squares_fit(model, space, train_arr, val_arr, method, options, *, settings, callbacks, notes, n_train,
+                      n_val):
+    """Solve by ``method`` ("linear" or "lm") under ``options`` (:class:`~gradfit.options.FitOptions`:
+    its least_squares group, and the training group's log_every and progress) and build the
+    FitResult. dtype/device apply to first-order training; least squares is float64 on the CPU."""
+    lsq, training = options.least_squares, options.training
+    max_iter = lsq.max_iter
     problem = LeastSquaresProblem.from_arrays(model, space, train_arr)
     cbs = list(callbacks)
-    if log_every:
-        cbs.append(LogCallback(int(log_every), unit="iteration"))
-    if method == "lm" and wants_progress(progress):
+    if training.log_every:
+        cbs.append(LogCallback(training.log_every, unit="iteration"))
+    if method == "lm" and wants_progress(training.progress):
         cbs.append(ProgressCallback("least squares"))
     for cb in cbs:
         cb.on_train_begin(max_iter)
@@ -36,7 +40,7 @@ def least_squares_fit(model, space, train_arr, val_arr, method, *, settings, max
             stop = bool(cb.on_epoch_end(it, {"train_loss": mean_loss, "val_loss": None})) or stop
         return stop
 
-    outcome = solve(problem, method, max_iter=max_iter, tol=tol, callback=on_iteration if cbs else None)
+    outcome = solve(problem, method, max_iter=max_iter, tol=lsq.tol, callback=on_iteration if cbs else None)
     values = outcome.values
     if method == "lm" and outcome.status == "converged":
         values = refine_residuals(problem, values)
@@ -49,7 +53,7 @@ def least_squares_fit(model, space, train_arr, val_arr, method, *, settings, max
                   epochs_run=outcome.iterations, history={"train_loss": outcome.history, "val_loss": []},
                   model=model, message=outcome.message, settings={**settings, "strategy": outcome.strategy},
                   n_train=n_train, n_val=n_val, notes=notes)
-    fields.update(uncertainty_fields(fields, problem, absolute_sigma, set_loss=True, factor=outcome.factor,
+    fields.update(uncertainty_fields(fields, problem, lsq.absolute_sigma, set_loss=True, factor=outcome.factor,
                                      residuals=outcome.residuals if values is outcome.values else None))
     return FitResult(**fields)
 
@@ -78,8 +82,7 @@ def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigm
         notes = notes + (f"parameter(s) {', '.join(at_bound)} at a bound: their standard errors assume the "
                          "bound is not active",)
     changes = dict(status=status, message=message, stderr=unc.stderr, covariance=unc.covariance,
-                   correlation=unc.correlation, free=unc.free, stats=unc.stats, notes=notes,
-                   _problem=(problem, absolute_sigma))
+                   correlation=unc.correlation, free=unc.free, stats=unc.stats, notes=notes)
     if set_loss:
         w = problem.numpy()[2]
         changes["loss"] = unc.stats["chisqr"] / (float(np.sum(w)) if w is not None else unc.stats["n"])

@@ -81,11 +81,11 @@ def curve_fit(f, xdata, ydata, p0=None, sigma=None, absolute_sigma=False, check_
     else:
         init = FunctionModel(f).guess({}, None) if not _variadic(f) else {n: 1.0 for n in names}
         init = feasible_start({n: init.get(n, 1.0) for n in names}, _bounds(bounds, names))
-    options = {"dtype": "float64", **kw}
+    keywords = {"dtype": "float64", **kw}
     if nan_policy in ("omit", "raise"):
-        options["nan_policy"] = nan_policy
+        keywords["nan_policy"] = nan_policy
     r = fit(model, x=x, y=ydata, init=init, sigma=sigma, absolute_sigma=absolute_sigma, bounds=_bounds(bounds, names),
-            optimizer="lm", progress=False, **options)
+            optimizer="lm", progress=False, **keywords)
     popt = np.array([r.params[n] for n in names])
     pcov = np.array(r.covariance, dtype=float)
     if not np.isfinite(pcov).all():

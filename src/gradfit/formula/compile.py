@@ -1,7 +1,8 @@
-"""Expression tree -> a torch function of a name->tensor mapping.
+"""Expression tree -> a torch (or numpy) function of a name->value mapping.
 
-The compiled function is a tree of small closures that call torch operations; there is no
-code generation and no eval. Because it only uses broadcasting torch ops, the same
+The compiled function is a tree of small closures that call torch (or numpy) operations,
+taken from the one function table in :mod:`gradfit.formula.functions`; there is no code
+generation and no eval. Constant subtrees are folded at compile time. Because it only uses broadcasting torch ops, the same
 function evaluates one fit (parameters are 0-d tensors) or a whole batch of fits
 (parameters shaped (B, 1) against inputs shaped (M,) or (B, M)), and it can be traced by
 ``torch.compile`` and ``torch.func``.
@@ -13,20 +14,17 @@ import math
 from functools import lru_cache
 from typing import Callable, Mapping, Union
 
+from .functions import FUNCTIONS, fold, numpy_supported_function
 from .tree import CONSTANTS, BinOp, Call, Const, Neg, Node, Num, Var, walk
 
 Value = Union[float, "torch.Tensor"]  # noqa: F821 - torch is imported lazily
 Compiled = Callable[[Mapping[str, "torch.Tensor"]], Value]  # noqa: F821
 
 
-#: functions the numpy backend cannot evaluate (numpy has no erf)
-_NOT_IN_NUMPY = {"erf"}
-
-
 @lru_cache(maxsize=1024)
 def numpy_supported(node: Node) -> bool:
     """True when every function in ``node`` has a numpy counterpart."""
-    return not any(isinstance(n, Call) and n.func in _NOT_IN_NUMPY for n in walk(node))
+    return all(numpy_supported_function(n.func) for n in walk(node) if isinstance(n, Call))
 
 
 @lru_cache(maxsize=1024)
@@ -131,66 +129,46 @@ def _square(v):
     return v * v
 
 
-def _numpy_function(name: str):
+def _backend_function(name: str, backend: str):
+    """The function ``name`` in ``backend`` ("torch" or "numpy"), from the one table."""
+    if backend == "torch":
+        import torch
+
+        return FUNCTIONS[name].torch(torch)
     import numpy as np
 
-    table = {
-        "exp": np.exp, "log": np.log, "log10": np.log10, "sqrt": np.sqrt, "abs": np.abs,
-        "sin": np.sin, "cos": np.cos, "tan": np.tan, "arcsin": np.arcsin, "arccos": np.arccos,
-        "arctan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
-        "sigmoid": lambda u: 1.0 / (1.0 + np.exp(-u)), "sign": np.sign,
-        "heaviside": lambda u: (np.sign(u) + 1.0) * 0.5,
-    }
-    return table[name]
-
-
-def _torch_function(name: str):
-    import torch
-
-    table = {
-        "exp": torch.exp, "log": torch.log, "log10": torch.log10, "sqrt": torch.sqrt, "abs": torch.abs,
-        "sin": torch.sin, "cos": torch.cos, "tan": torch.tan, "arcsin": torch.asin, "arccos": torch.acos,
-        "arctan": torch.atan, "sinh": torch.sinh, "cosh": torch.cosh, "tanh": torch.tanh,
-        "sigmoid": torch.sigmoid, "erf": torch.special.erf, "sign": torch.sign,
-        "heaviside": lambda u: (torch.sign(u) + 1.0) * 0.5,
-    }
-    return table[name]
-
-
-def _math_function(name: str, args: list[float]) -> float:
-    from .parse import _eval_function
-
-    if name == "sign":
-        return float((args[0] > 0) - (args[0] < 0))
-    if name == "heaviside":
-        return 0.5 * (float((args[0] > 0) - (args[0] < 0)) + 1.0)
-    return _eval_function(name, args)
+    return FUNCTIONS[name].numpy(np)
 
 
 def _compile_call(node: Call, backend: str) -> tuple[str, object]:
     compiled = [_compile(a, backend) for a in node.args]
     if all(k == "const" for k, _ in compiled):
-        return "const", _math_function(node.func, [v for _, v in compiled])
-    if node.func in ("minimum", "maximum"):
-        return _compile_minmax(node.func, compiled, backend)
-    fn = _torch_function(node.func) if backend == "torch" else _numpy_function(node.func)
+        return "const", fold(node.func, [v for _, v in compiled])
+    fn = _backend_function(node.func, backend)
+    if len(compiled) == 2:
+        return _compile_binary_call(FUNCTIONS[node.func].clamp, fn, compiled, backend)
     arg = compiled[0][1]
     return "fn", lambda env: fn(arg(env))
 
 
-def _compile_minmax(func: str, compiled: list[tuple[str, object]], backend: str) -> tuple[str, object]:
-    if backend == "torch":
-        import torch
-
-        clamp, two = torch.clamp, (torch.minimum if func == "minimum" else torch.maximum)
-    else:
-        import numpy as np
-
-        clamp, two = np.clip, (np.minimum if func == "minimum" else np.maximum)
+def _compile_binary_call(clamp: str | None, fn, compiled: list[tuple[str, object]], backend: str):
     (ak, a), (bk, b) = compiled
-    if ak == "const" or bk == "const":
+    if clamp is not None and (ak == "const" or bk == "const"):
+        # a constant bound: one clamp instead of broadcasting the constant to the data
+        if backend == "torch":
+            import torch
+
+            clip = torch.clamp
+        else:
+            import numpy as np
+
+            clip = np.clip
         c, f = (a, b) if ak == "const" else (b, a)
-        if func == "minimum":
-            return "fn", lambda env: clamp(f(env), None, c)
-        return "fn", lambda env: clamp(f(env), c, None)
-    return "fn", lambda env: two(a(env), b(env))
+        if clamp == "upper":
+            return "fn", lambda env: clip(f(env), None, c)
+        return "fn", lambda env: clip(f(env), c, None)
+    if ak == "const":
+        return "fn", lambda env: fn(a, b(env))
+    if bk == "const":
+        return "fn", lambda env: fn(a(env), b)
+    return "fn", lambda env: fn(a(env), b(env))

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..errors import FormulaError
-from .tree import ALIASES, BINARY_OPS, CONSTANTS, FUNCTIONS, BinOp, Call, Const, Neg, Node, Num, Var
+from .functions import USER_FUNCTIONS, canonical_name, fold
+from .tree import BINARY_OPS, CONSTANTS, BinOp, Call, Const, Neg, Node, Num, Var
 
 MAX_LENGTH = 10_000
 MAX_DEPTH = 200
@@ -163,7 +164,7 @@ def _convert(node: ast.AST, text: str, offset: int) -> tuple[Node, float | None]
         op = _BINOPS[type(node.op)]
         left, lv = _convert(node.left, text, offset)
         right, rv = _convert(node.right, text, offset)
-        return BinOp(op, left, right, pos), _fold(op, lv, rv, node, text, offset)
+        return BinOp(op, left, right, pos), _fold_binop(op, lv, rv, node, text, offset)
     if isinstance(node, ast.Call):
         return _convert_call(node, text, offset, pos)
     hint = _HINTS.get(type(getattr(node, "op", None)), _HINTS.get(type(node)))
@@ -175,7 +176,7 @@ def _convert_name(node: ast.Name, text: str, offset: int, pos: int) -> tuple[Nod
     name = node.id
     if "__" in name:
         raise _reject(node, text, offset, "names containing '__' are not allowed")
-    if name in FUNCTIONS:
+    if name in USER_FUNCTIONS:
         raise _reject(node, text, offset, f"{name} is a function; call it as {name}(...)")
     if name in CONSTANTS:
         return Const(name, pos), CONSTANTS[name]
@@ -188,27 +189,28 @@ def _convert_call(node: ast.Call, text: str, offset: int, pos: int) -> tuple[Nod
     name = node.func.id
     if "__" in name:
         raise _reject(node.func, text, offset, "names containing '__' are not allowed")
-    if name not in FUNCTIONS:
-        allowed = ", ".join(sorted(FUNCTIONS))
+    if name not in USER_FUNCTIONS:
+        allowed = ", ".join(sorted(USER_FUNCTIONS))
         raise _reject(node.func, text, offset, f"unknown function {name!r}; allowed: {allowed}")
     if node.keywords:
         raise _reject(node.keywords[0].value, text, offset, f"{name}() takes no keyword arguments")
     for arg in node.args:
         if isinstance(arg, ast.Starred):
             raise _reject(arg, text, offset, "starred arguments are not allowed")
-    if len(node.args) != FUNCTIONS[name]:
-        raise _reject(node, text, offset, f"{name}() takes {FUNCTIONS[name]} argument(s), got {len(node.args)}")
+    arity = USER_FUNCTIONS[name]
+    if len(node.args) != arity:
+        raise _reject(node, text, offset, f"{name}() takes {arity} argument(s), got {len(node.args)}")
     converted = [_convert(a, text, offset) for a in node.args]
-    canonical = ALIASES.get(name, name)
+    canonical = canonical_name(name)
     args = tuple(c[0] for c in converted)
     values = [c[1] for c in converted]
     value = None
     if all(v is not None for v in values):
-        value = _finite(_eval_function(canonical, values), node, text, offset)
+        value = _finite(fold(canonical, values), node, text, offset)
     return Call(canonical, args, pos), value
 
 
-def _fold(op: str, a: float | None, b: float | None, node: ast.AST, text: str, offset: int) -> float | None:
+def _fold_binop(op: str, a: float | None, b: float | None, node: ast.AST, text: str, offset: int) -> float | None:
     if a is None or b is None:
         return None
     try:
@@ -233,22 +235,6 @@ def _finite(v: float, node: ast.AST, text: str, offset: int) -> float:
     if math.isinf(v):
         raise _reject(node, text, offset, "constant expression overflows")
     return v
-
-
-def _eval_function(name: str, args: list[float]) -> float:
-    funcs = {
-        "exp": math.exp, "log": math.log, "log10": math.log10, "sqrt": math.sqrt, "abs": abs,
-        "sin": math.sin, "cos": math.cos, "tan": math.tan, "arcsin": math.asin, "arccos": math.acos,
-        "arctan": math.atan, "sinh": math.sinh, "cosh": math.cosh, "tanh": math.tanh,
-        "sigmoid": lambda v: 1.0 / (1.0 + math.exp(-v)) if v > -700 else 0.0, "erf": math.erf,
-        "minimum": min, "maximum": max,
-    }
-    try:
-        return float(funcs[name](*args))
-    except OverflowError:
-        return math.inf
-    except ValueError:
-        return math.nan
 
 
 __all__ = ["ParsedFormula", "parse_formula", "parse_expression", "BINARY_OPS"]

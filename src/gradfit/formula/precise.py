@@ -8,19 +8,14 @@ Recomputing the residuals at the fitted parameters in 40-digit arithmetic restor
 
 from __future__ import annotations
 
+from .functions import FUNCTIONS
 from .tree import BinOp, Call, Const, Neg, Node, Num, Var
 
 __all__ = ["residuals_mp"]
 
 
 def _functions(mp):
-    return {
-        "exp": mp.exp, "log": mp.log, "log10": lambda u: mp.log(u, 10), "sqrt": mp.sqrt, "abs": abs,
-        "sin": mp.sin, "cos": mp.cos, "tan": mp.tan, "arcsin": mp.asin, "arccos": mp.acos, "arctan": mp.atan,
-        "sinh": mp.sinh, "cosh": mp.cosh, "tanh": mp.tanh, "sigmoid": lambda u: 1 / (1 + mp.exp(-u)),
-        "erf": mp.erf, "minimum": min, "maximum": max, "sign": mp.sign,
-        "heaviside": lambda u: (mp.sign(u) + 1) / 2,
-    }
+    return {name: f.mpmath(mp) for name, f in FUNCTIONS.items()}
 
 
 def _evaluate(node: Node, env: dict, mp, funcs):

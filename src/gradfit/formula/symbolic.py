@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from .functions import FROM_SYMPY, FUNCTIONS
 from .tree import BinOp, Call, Const, Neg, Node, Num, Var
 
 # Small integers stay exact (x**2 differentiates to 2*x); anything else becomes a Float so
@@ -45,21 +46,10 @@ def to_sympy(node: Node, symbols: dict | None = None):
                     "/": lambda: a / b, "**": lambda: a**b}[n.op]()
         if isinstance(n, Call):
             args = [build(a) for a in n.args]
-            return _SYMPY_FUNCS[n.func](sp)(*args)
+            return FUNCTIONS[n.func].sympy(sp)(*args)
         raise TypeError(f"not a formula node: {n!r}")
 
     return build(node)
-
-
-_SYMPY_FUNCS = {
-    "exp": lambda sp: sp.exp, "log": lambda sp: sp.log, "log10": lambda sp: (lambda u: sp.log(u) / sp.log(10)),
-    "sqrt": lambda sp: sp.sqrt, "abs": lambda sp: sp.Abs, "sin": lambda sp: sp.sin, "cos": lambda sp: sp.cos,
-    "tan": lambda sp: sp.tan, "arcsin": lambda sp: sp.asin, "arccos": lambda sp: sp.acos,
-    "arctan": lambda sp: sp.atan, "sinh": lambda sp: sp.sinh, "cosh": lambda sp: sp.cosh,
-    "tanh": lambda sp: sp.tanh, "sigmoid": lambda sp: (lambda u: 1 / (1 + sp.exp(-u))),
-    "erf": lambda sp: sp.erf, "minimum": lambda sp: sp.Min, "maximum": lambda sp: sp.Max,
-    "sign": lambda sp: sp.sign, "heaviside": lambda sp: (lambda u: sp.Heaviside(u, sp.Rational(1, 2))),
-}
 
 
 def from_sympy(expr) -> Node:
@@ -85,23 +75,14 @@ def from_sympy(expr) -> Node:
         if exponent == -1:
             return BinOp("/", Num(1.0), from_sympy(base))
         return BinOp("**", from_sympy(base), from_sympy(exponent))
-    if isinstance(expr, sp.exp):
-        return Call("exp", (from_sympy(expr.args[0]),))
-    if isinstance(expr, (sp.Min, sp.Max)):
-        return _fold_minmax("minimum" if isinstance(expr, sp.Min) else "maximum", [from_sympy(a) for a in expr.args])
-    if isinstance(expr, sp.Heaviside):
-        return Call("heaviside", (from_sympy(expr.args[0]),))
-    name = _FROM_SYMPY.get(type(expr).__name__)
+    name = FROM_SYMPY.get(type(expr).__name__)
     if name is not None:
-        return Call(name, (from_sympy(expr.args[0]),))
+        if FUNCTIONS[name].arity == 1:
+            # Heaviside carries its value at 0 as a second argument: the tree's is fixed at 1/2
+            return Call(name, (from_sympy(expr.args[0]),))
+        # sympy's Min and Max take any number of arguments: nest them pairwise
+        return _fold_calls(name, [from_sympy(a) for a in expr.args])
     raise TypeError(f"gradfit cannot evaluate sympy expression {expr}")
-
-
-_FROM_SYMPY = {
-    "log": "log", "Abs": "abs", "sin": "sin", "cos": "cos", "tan": "tan", "asin": "arcsin",
-    "acos": "arccos", "atan": "arctan", "sinh": "sinh", "cosh": "cosh", "tanh": "tanh",
-    "erf": "erf", "sign": "sign",
-}
 
 
 def _fold_binop(op: str, items: list[Node]) -> Node:
@@ -111,7 +92,7 @@ def _fold_binop(op: str, items: list[Node]) -> Node:
     return out
 
 
-def _fold_minmax(func: str, items: list[Node]) -> Node:
+def _fold_calls(func: str, items: list[Node]) -> Node:
     out = items[0]
     for item in items[1:]:
         out = Call(func, (out, item))

@@ -2,24 +2,15 @@
 
 Nodes are frozen dataclasses: the parser builds them, the compiler turns them into torch
 calls and the symbolic module into sympy expressions. ``pos`` is the character offset in
-the user's text (-1 for nodes made by gradfit itself, e.g. symbolic derivatives).
+the user's text (-1 for nodes made by gradfit itself, e.g. symbolic derivatives). The
+functions a :class:`Call` may name, with their form in every backend, are the one table in
+:mod:`gradfit.formula.functions`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
-# name -> number of arguments. The user-facing whitelist; the compiler and the symbolic
-# module implement exactly these (plus the internal ones below).
-FUNCTIONS: dict[str, int] = {
-    "exp": 1, "log": 1, "log10": 1, "sqrt": 1, "abs": 1,
-    "sin": 1, "cos": 1, "tan": 1, "arcsin": 1, "arccos": 1, "arctan": 1, "atan": 1,
-    "sinh": 1, "cosh": 1, "tanh": 1, "sigmoid": 1, "erf": 1,
-    "minimum": 2, "maximum": 2,
-}
-# Only produced by symbolic differentiation (d|u| = sign(u) du, dmax = heaviside ...).
-INTERNAL_FUNCTIONS: dict[str, int] = {"sign": 1, "heaviside": 1}
-ALIASES = {"atan": "arctan"}
 CONSTANTS: dict[str, float] = {"pi": 3.141592653589793, "e": 2.718281828459045}
 BINARY_OPS = ("+", "-", "*", "/", "**")
 
@@ -32,15 +23,15 @@ class Node:
     """
 
     pos: int
+    #: the fields that identify a node (all but ``pos``), set by :func:`_node`
+    _key_fields: tuple[str, ...] = ()
 
     def __post_init__(self):
-        object.__setattr__(self, "_hash", hash((type(self).__name__,) + self._key()))
+        key = tuple(_hashed(getattr(self, f)) for f in self._key_fields)
+        object.__setattr__(self, "_hash", hash((type(self).__name__,) + key))
 
     def __hash__(self):
         return self._hash
-
-    def _key(self) -> tuple:
-        return ()  # each node type lists the fields that identify it
 
     def names(self) -> frozenset[str]:
         """Free variable names (parameters and inputs) in this subtree (computed once)."""
@@ -53,75 +44,67 @@ class Node:
         return cached
 
 
-@dataclass(frozen=True)
+def _hashed(value):
+    """A field's contribution to a node's hash: children by their cached hash."""
+    if isinstance(value, Node):
+        return value._hash
+    if isinstance(value, tuple):
+        return tuple(_hashed(v) for v in value)
+    return value
+
+
+def _node(cls):
+    """A frozen dataclass node that keeps :class:`Node`'s cached hash (a frozen dataclass
+    would otherwise hash every field, recursively, on every lookup)."""
+    cls = dataclass(frozen=True)(cls)
+    cls._key_fields = tuple(f.name for f in fields(cls) if f.compare)
+    cls.__hash__ = Node.__hash__
+    return cls
+
+
+def _pos():
+    return field(default=-1, compare=False)
+
+
+@_node
 class Num(Node):
     value: float
-    pos: int = field(default=-1, compare=False)
-
-    def _key(self):
-        return (self.value,)
-
-    __hash__ = Node.__hash__
+    pos: int = _pos()
 
 
-@dataclass(frozen=True)
+@_node
 class Var(Node):
     name: str
-    pos: int = field(default=-1, compare=False)
-
-    def _key(self):
-        return (self.name,)
-
-    __hash__ = Node.__hash__
+    pos: int = _pos()
 
 
-@dataclass(frozen=True)
+@_node
 class Const(Node):
     """A named constant (pi, e): kept by name so it prints and differentiates exactly."""
 
     name: str
-    pos: int = field(default=-1, compare=False)
-
-    def _key(self):
-        return (self.name,)
-
-    __hash__ = Node.__hash__
+    pos: int = _pos()
 
 
-@dataclass(frozen=True)
+@_node
 class Neg(Node):
     arg: Node
-    pos: int = field(default=-1, compare=False)
-
-    def _key(self):
-        return (self.arg._hash,)
-
-    __hash__ = Node.__hash__
+    pos: int = _pos()
 
 
-@dataclass(frozen=True)
+@_node
 class BinOp(Node):
     op: str
     left: Node
     right: Node
-    pos: int = field(default=-1, compare=False)
-
-    def _key(self):
-        return (self.op, self.left._hash, self.right._hash)
-
-    __hash__ = Node.__hash__
+    pos: int = _pos()
 
 
-@dataclass(frozen=True)
+@_node
 class Call(Node):
     func: str
     args: tuple[Node, ...]
-    pos: int = field(default=-1, compare=False)
-
-    def _key(self):
-        return (self.func,) + tuple(a._hash for a in self.args)
-
-    __hash__ = Node.__hash__
+    pos: int = _pos()
 
 
 def walk(node: Node):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..models.jacobian import free_jacobian, free_values, strategy
+
 __all__ = ['LeastSquaresProblem', 'linear_reason', 'chi_square', 'mean_squared_error', 'predict_numpy']
 
 
@@ -57,8 +59,10 @@ class LeastSquaresProblem:
 
     @property
     def numpy_ready(self) -> bool:
-        """A formula model without ties: predictions and Jacobians can be done in numpy."""
-        return getattr(self.model, "expression", None) is not None and not self.space.ties
+        """Residuals are evaluated in numpy: a formula model without ties, or a model that
+        only evaluates in numpy."""
+        kind = strategy(self.model)
+        return kind == "finite" or (kind == "symbolic" and not self.space.ties)
 
     # -- residuals ------------------------------------------------------------------------
     def predict(self, params: dict):
@@ -70,39 +74,40 @@ class LeastSquaresProblem:
 
     def lm_functions(self):
         """(residual, jacobian) of the weighted residuals as float64 numpy functions of the free
-        parameters' internal coordinates. Formula models are evaluated in numpy with their
-        symbolic partials; other models (and tied parameters) in torch, with the Jacobian
-        from torch.func.jacfwd."""
+        parameters' internal coordinates. Formula models are evaluated in numpy; other models
+        (and tied parameters) in torch. The Jacobian comes from
+        :func:`gradfit.models.jacobian.free_jacobian` (symbolic partials, torch.func.jacfwd or
+        finite differences, by the kind of model)."""
         space = self.space
         inputs, y, w = self._numpy
         sw = None if w is None else np.sqrt(w)
+        prediction_jacobian = free_jacobian(self.model, space, inputs)
+        if sw is None:
+            jacobian = prediction_jacobian
+        else:
+            def jacobian(u):
+                return prediction_jacobian(u) * sw[:, None]
+
         if self.numpy_ready:
-            model, free = self.model, space.free
+            model = self.model
+            if space.ties:  # a numpy-only model: the ties are evaluated in torch
+                def values_of(u):
+                    return free_values(space, u)
+            else:
+                values_of = space.values_from_internal
 
             # No np.errstate here: callers run these under errstate(all="ignore") once (trial
             # steps may overflow; LM rejects them).
             def residual(u):
-                r = model.forward_numpy(inputs, space.values_from_internal(u)) - y
+                r = model.forward_numpy(inputs, values_of(u)) - y
                 return r if sw is None else r * sw
-
-            def jacobian(u):
-                jac = model.jacobian_numpy(inputs, space.values_from_internal(u), free)
-                if space.has_bounds:
-                    jac = jac * np.asarray(space.internal_derivative_values(u))
-                return jac if sw is None else jac * sw[:, None]
 
             return residual, jacobian
         import torch
-        from torch.func import jacfwd
 
         def residual(u):
             with torch.no_grad():
                 return self.residual(torch.as_tensor(u, dtype=self.y.dtype)).detach().cpu().numpy()
-
-        jac_fn = jacfwd(self.residual)
-
-        def jacobian(u):
-            return jac_fn(torch.as_tensor(u, dtype=self.y.dtype)).detach().cpu().numpy()
 
         return residual, jacobian
 
@@ -148,7 +153,8 @@ def mean_squared_error(model, inputs: dict, y: np.ndarray, w: np.ndarray | None,
 
 
 def predict_numpy(model, inputs: dict, values: dict) -> np.ndarray:
-    if getattr(model, "expression", None) is not None:
+    """The (n,) float64 prediction at ``values`` (numpy where the model offers it, else torch)."""
+    if strategy(model) != "jacfwd":
         return model.forward_numpy(inputs, values)
     import torch
 

@@ -1,15 +1,25 @@
 """Profile-likelihood confidence intervals: refit with one parameter held at trial values
-until chi-square rises by the level's threshold."""
+until chi-square rises by the level's threshold.
+
+A result does not keep its training data, so :func:`rebuild_problem` makes the least-squares
+problem again from the model, the fit's settings (bounds, fixed, ties, validation split)
+and the data the caller passes; it checks that the data is the fit's own.
+"""
 
 from __future__ import annotations
 
 import math
 
-from ..errors import FitError
+import numpy as np
+
+from ..errors import ConfigError, DataError, FitError
 from .problem import LeastSquaresProblem, chi_square
 from .solve import solve
 
-__all__ = ['profile_interval', 'profile_intervals']
+__all__ = ['profile_interval', 'profile_intervals', 'rebuild_problem']
+
+#: relative difference in chi-square above which passed data is not the fit's data
+_SAME_DATA_RTOL = 1e-6
 
 
 def profile_interval(refit, name: str, value: float, stderr: float, chi2_min: float, delta: float,
@@ -71,3 +81,81 @@ def profile_intervals(problem: LeastSquaresProblem, values: dict, stderr: dict, 
         return chi_square(sub, out.values)
 
     return {n: profile_interval(refit, n, values[n], stderr[n], stats["chisqr"], delta) for n in names}
+
+
+def rebuild_problem(model, values: dict, settings: dict, stats: dict, *, x=None, y=None, data=None, sigma=None,
+                    weights=None) -> LeastSquaresProblem:
+    """The least-squares problem of a finished fit, from its model, parameter ``values``,
+    ``settings`` (bounds, fixed, tie and weighted, and in ``settings["options"]`` the NaN
+    policy and validation split) and statistics, and the data it was fitted to.
+
+    Parameters
+    ----------
+    model : the fitted scalar-parameter model (bound to its inputs).
+    values : {name: value} at the solution; the starting point of every refit.
+    x, y, data, sigma, weights : the data as passed to :func:`gradfit.fit`; the validation
+        split recorded in ``settings`` is drawn again, so pass all of it.
+
+    Returns
+    -------
+    LeastSquaresProblem over the training points, in float64.
+
+    Raises
+    ------
+    ConfigError
+        No data was passed, or sigma/weights were passed for an unweighted fit or left out
+        for a weighted one.
+    DataError
+        The data does not have the fit's inputs, its number of points, or its chi-square
+        at ``values`` (it is not the data the fit was made with).
+    """
+    from ..data.arrays import prepare_arrays
+    from ..data.split import train_val_indices
+    from ..models.parameters import ParameterSpace
+    from ..options import FitOptions
+
+    if x is None and data is None:
+        raise ConfigError("profile intervals refit the model, so they need the fit's data: pass it, e.g. "
+                          "r.ci(0.95, method='profile', x=x, y=y) or data=df, with sigma= or weights= if the "
+                          "fit had them")
+    w = _weights(sigma, weights)
+    if "weighted" in settings and bool(settings["weighted"]) != (w is not None):
+        raise ConfigError("the fit was weighted: pass the same sigma= or weights=" if settings["weighted"] else
+                          "the fit was not weighted: drop sigma= / weights=")
+    options = FitOptions.from_dict(settings.get("options") or {})
+    _, arrays = prepare_arrays(model, x, y, data=data, weights=w, nan_policy=options.nan_policy)
+    missing = [n for n in model.input_names if n not in arrays.inputs]
+    if missing:
+        raise DataError(f"the data has no input {missing[0]!r}; the fit's inputs are {', '.join(model.input_names)}")
+    if options.training.val_fraction:
+        arrays = arrays.take(train_val_indices(arrays.n, options.training.val_fraction, options.training.seed)[0])
+    space = ParameterSpace(model.param_names, values, bounds=settings.get("bounds"),
+                           fixed=settings.get("fixed") or (), tie=settings.get("tie"))
+    problem = LeastSquaresProblem(model, space, {n: arrays.inputs[n] for n in model.input_names}, arrays.y,
+                                  arrays.weights)
+    if problem.n != stats["n"]:
+        raise DataError(f"the data has {problem.n} training points but the fit used {stats['n']}; "
+                        "pass the data the fit was made with")
+    _check_same_data(problem, values, stats["chisqr"])
+    return problem
+
+
+def _weights(sigma, weights):
+    if sigma is None:
+        return weights
+    if weights is not None:
+        raise ConfigError("pass either sigma or weights, not both (weights = 1/sigma**2)")
+    s = np.asarray(sigma, dtype=float)
+    if s.ndim != 1 or (s <= 0).any() or not np.isfinite(s).all():
+        raise DataError("sigma must be one positive value per point")
+    return 1.0 / s**2
+
+
+def _check_same_data(problem: LeastSquaresProblem, values: dict, chisqr: float) -> None:
+    here = chi_square(problem, values)
+    _, y, w = problem.numpy()
+    # chi-square at rounding level (exact fits) is compared on the data's own scale
+    scale = max(abs(chisqr), 1e-12 * float(y @ y if w is None else w @ (y * y)))
+    if not abs(here - chisqr) <= _SAME_DATA_RTOL * scale:
+        raise DataError(f"this data gives chi-square {here:.6g} at the fitted parameters, but the fit had "
+                        f"{chisqr:.6g}; pass the data (and sigma/weights) the fit was made with")

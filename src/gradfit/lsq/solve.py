@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..models.jacobian import jacobian
 from ..optim.linear import solve_linear_least_squares
 from .problem import LeastSquaresProblem, chi_square
 
@@ -41,7 +42,7 @@ def _solve_linear(problem: LeastSquaresProblem) -> LSQOutcome:
     # The offset is the prediction with every free parameter at 0 (fixed ones at their value);
     # the design matrix holds the (constant) partial derivatives of the free parameters.
     at_zero = {n: (space.values[n] if n in space.fixed else 0.0) for n in space.names}
-    design = model.jacobian_numpy(inputs, at_zero, space.free)
+    design = jacobian(model, inputs, at_zero, space.free)
     offset = None if not space.fixed and model.vanishes_at_zero else model.forward_numpy(inputs, at_zero)
     coef, factor = solve_linear_least_squares(design, y if offset is None else y - offset, w)
     values = dict(space.values)
@@ -79,8 +80,12 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
         values = dict(zip(problem.space.names, full.tolist()))
     else:
         values = problem.space.values_from_internal(out.x)
+    # Unweighted residuals evaluated in numpy at these very values are exactly what the
+    # statistics would recompute: hand them on.
+    reuse = w is None and problem.numpy_ready and not problem.space.ties
     return LSQOutcome(values, out.status, out.message, out.iterations,
-                      [problem.mean_loss(c) for c in out.history], strategy)
+                      [problem.mean_loss(c) for c in out.history], strategy,
+                      residuals=out.residuals if reuse else None)
 
 
 def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3) -> dict:

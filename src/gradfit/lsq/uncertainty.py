@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..models.jacobian import free_jacobian
 from ..stats import RANK_TOL, covariance, covariance_from_svd, fit_statistics
 from .problem import LeastSquaresProblem, predict_numpy
 
@@ -67,14 +68,8 @@ def _safe_correlation(cov: np.ndarray, sd: np.ndarray) -> np.ndarray:
 def _free_jacobian(problem: LeastSquaresProblem, values: dict) -> np.ndarray:
     """d prediction / d free parameter (values, not internal coordinates), float64, (n, F)."""
     space = problem.space
-    if problem.numpy_ready:
-        return problem.model.jacobian_numpy(problem.numpy()[0], values, space.free)
-    import torch
-    from torch.func import jacfwd
-
-    inputs64 = {k: torch.as_tensor(a, dtype=torch.float64) for k, a in problem.numpy()[0].items()}
-    v = torch.tensor([values[n] for n in space.free], dtype=torch.float64)
-    return jacfwd(lambda z: problem.model.forward(inputs64, space.as_dict(z, internal=False)))(v).detach().cpu().numpy()
+    z = np.array([values[n] for n in space.free], dtype=np.float64)
+    return free_jacobian(problem.model, space, problem.numpy()[0], internal=False)(z)
 
 
 def _precise_chi2(problem, values, chi2: float, y: np.ndarray, w) -> float:

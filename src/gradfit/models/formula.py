@@ -6,10 +6,11 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 from ..errors import DataError, FormulaError
-from ..formula.compile import compile_tree
+from ..formula.compile import compile_tree, numpy_supported
 from ..formula.parse import ParsedFormula, parse_formula
 from ..formula.tree import Node, Var, walk
 from .base import Model
+from .jacobian import formula_program, jacobian, partials, partials_are_constant, torch_to_numpy
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,21 +26,6 @@ def _names_in_order(node: Node) -> tuple[str, ...]:
         if isinstance(n, Var):
             seen[n.name] = min(seen.get(n.name, n.pos), n.pos)
     return tuple(sorted(seen, key=lambda k: (seen[k], k)))
-
-
-def _straight_line(assignments, outputs, backend: str):
-    """Compile a program from :mod:`gradfit.formula.symbolic` (temporaries assigned in order,
-    then the outputs) to a function env -> [output values]."""
-    steps = tuple((name, compile_tree(tree, backend)) for name, tree in assignments)
-    outs = tuple(compile_tree(tree, backend) for tree in outputs)
-
-    def run(env):
-        env = dict(env)
-        for name, fn in steps:
-            env[name] = fn(env)
-        return [fn(env) for fn in outs]
-
-    return run
 
 
 @lru_cache(maxsize=256)
@@ -71,12 +57,9 @@ class FormulaModel(Model):
         self._compiled = compile_tree(self.parsed.rhs)
         self._compiled_response = compile_tree(self.parsed.response) if self.parsed.response is not None else None
         self._response_names = frozenset(self.parsed.response.names() if self.parsed.response is not None else ())
-        self._partials = None
-        self._np_partials = None
         self._np_forward = None
         self._vanishes_at_zero = None
         self._program = None
-        self._partials_constant = False
 
     def _set_inputs(self, inputs: set[str]) -> None:
         self.input_names = tuple(n for n in self._ordered if n in inputs)
@@ -121,11 +104,9 @@ class FormulaModel(Model):
         import numpy as np
 
         if self._np_forward is None:
-            from ..formula.compile import numpy_supported
-
             self._np_forward = compile_tree(self.parsed.rhs, "numpy") if numpy_supported(self.parsed.rhs) else False
         if self._np_forward is False:
-            return self._torch_to_numpy(self.forward, inputs, params)
+            return torch_to_numpy(self.forward, inputs, params)
         env = dict(params)
         env.update(inputs)
         out = self._np_forward(env)
@@ -135,13 +116,13 @@ class FormulaModel(Model):
         return np.broadcast_to(np.asarray(out, dtype=float), (n,)).copy()
 
     def value_and_partials(self):
-        """A function env -> (value, [d value / d p for each parameter]) that computes common
-        subexpressions once (for fit_many, where every operation runs over millions of
-        points). Entries may be Python floats where a derivative is constant."""
+        """A function env -> (value, [d value / d p for each parameter]) in torch that
+        computes common subexpressions once (for fit_many, where every operation runs over
+        millions of points). Entries may be Python floats where a derivative is constant.
+        Built once per model (see :func:`gradfit.models.jacobian.formula_program`), so that
+        calls inside a torch.compile trace only read an attribute."""
         if self._program is None:
-            from ..formula.symbolic import value_and_partials_program
-
-            run = _straight_line(*value_and_partials_program(self.parsed.rhs, self.param_names), "torch")
+            run = formula_program(self.parsed.rhs, self.param_names, "torch", with_value=True)
 
             def program(env):
                 values = run(env)
@@ -151,50 +132,9 @@ class FormulaModel(Model):
         return self._program
 
     def jacobian_numpy(self, inputs: Mapping, params: Mapping, names) -> "np.ndarray":
-        """(n, len(names)) float64 matrix of d prediction / d parameter, for the parameters
-        ``names`` in that order (symbolic partials, common subexpressions computed once,
-        evaluated with numpy; torch for functions numpy lacks).
-
-        The matrix is Fortran-ordered (each column contiguous): LAPACK factors it without a
-        copy, and column norms, scaling and products with it run at full memory speed."""
-        import numpy as np
-
-        partials_of = self._numpy_partials()
-        n = len(next(iter(inputs.values())))
-        if partials_of is False:
-            partials = self._torch_to_numpy(self.partials, inputs, params)
-        else:
-            env = dict(params)
-            env.update(inputs)
-            partials = partials_of(env)
-        out = np.empty((len(names), n))
-        for j, name in enumerate(names):
-            out[j] = partials[self._param_index[name]]  # constants broadcast along the row
-        return out.T
-
-    def _numpy_partials(self):
-        """A function env -> [d prediction / d p for each parameter] in numpy, or False where
-        numpy lacks a function."""
-        if self._np_partials is None:
-            from ..formula.compile import numpy_supported
-            from ..formula.symbolic import partials_program
-
-            assignments, outputs = partials_program(self.parsed.rhs, self.param_names)
-            supported = all(numpy_supported(t) for t in (*(t for _, t in assignments), *outputs))
-            self._np_partials = _straight_line(assignments, outputs, "numpy") if supported else False
-        return self._np_partials
-
-    @staticmethod
-    def _torch_to_numpy(fn, inputs, params):
-        import torch
-
-        t_in = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in inputs.items()}
-        t_par = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in params.items()}
-        with torch.no_grad():
-            out = fn(t_in, t_par)
-        if isinstance(out, list):
-            return [o.numpy() for o in out]
-        return out.numpy()
+        """(n, len(names)) float64 Fortran-ordered matrix of d prediction / d parameter for
+        the parameters ``names`` in that order: :func:`gradfit.models.jacobian.jacobian`."""
+        return jacobian(self, inputs, params, names)
 
     def response(self, columns: Mapping):
         """Evaluate the response expression (e.g. log(y)) on data columns (tensors)."""
@@ -209,20 +149,9 @@ class FormulaModel(Model):
         r = self.parsed.response
         if isinstance(r, Var):
             return columns[r.name]
-        from ..formula.compile import numpy_supported
-
         if numpy_supported(r):
             return np.asarray(compile_tree(r, "numpy")(columns), dtype=float)
-        return self._torch_to_numpy(lambda c, _p: self.response(c), columns, {})
-
-    def _compile_partials(self) -> None:
-        from ..formula.symbolic import derivatives
-
-        trees = derivatives(self.parsed.rhs, self.param_names)
-        self._partial_trees = [trees[p] for p in self.param_names]
-        self._partials = [compile_tree(t) for t in self._partial_trees]
-        params = set(self.param_names)
-        self._partials_constant = not any(trees[p].names() & params for p in self.param_names)
+        return torch_to_numpy(lambda c, _p: self.response(c), columns, {})
 
     @property
     def vanishes_at_zero(self) -> bool:
@@ -237,26 +166,12 @@ class FormulaModel(Model):
     @property
     def linear_in_params(self) -> bool:
         """True when no partial derivative depends on a parameter (the Jacobian is constant)."""
-        if self._partials is None:
-            self._compile_partials()
-        return self._partials_constant
+        return partials_are_constant(self.parsed.rhs, self.param_names)
 
     def partials(self, inputs: Mapping, params: Mapping) -> list:
-        """Analytic d(prediction)/d(parameter) for each parameter, broadcast to the data."""
-        import torch
-
-        if self._partials is None:
-            self._compile_partials()
-        env = dict(params)
-        env.update(inputs)
-        ref = next(iter(inputs.values()))
-        out = []
-        for fn in self._partials:
-            v = fn(env)
-            if not isinstance(v, torch.Tensor) or v.shape != ref.shape:
-                v = torch.as_tensor(v, dtype=ref.dtype, device=ref.device).expand(ref.shape)
-            out.append(v)
-        return out
+        """Analytic d(prediction)/d(parameter) for each parameter, torch tensors broadcast to
+        the data: :func:`gradfit.models.jacobian.partials`."""
+        return partials(self, inputs, params)
 
     def spec(self) -> dict:
         spec = {"kind": "formula", "formula": self.text, "inputs": list(self.input_names)}

@@ -1,5 +1,17 @@
 """Named parameters with bounds, fixed values and ties, mapped to a free vector for optimizers.
 
+:class:`ParameterSpec` holds what the user said about the parameters (init, bounds, fixed,
+ties) and validates it by one set of rules for ``fit`` and ``fit_many`` (where every value may
+also be one number per fit, a (B,) array):
+
+* names must be parameters of the model (a typo gets a "did you mean" hint);
+* bounds are pairs (min, max) with None for no limit; NaN, min > max and min == max are
+  refused (to hold a parameter, fix it);
+* starting values must be finite numbers;
+* **the one rule for starting values outside their bounds**: a value the user gave must lie
+  within its bounds (ends included), or a ConfigError names it; a value the model guessed is
+  moved strictly inside (:func:`feasible_start`), as scipy does.
+
 Optimizers see only the free parameters, in *internal* coordinates that have no bounds:
 
 * two-sided bounds: ``p = lo + (hi - lo) * (sin(u) + 1) / 2``
@@ -14,32 +26,164 @@ function of the free vector, so autograd and ``torch.func.jacfwd`` see the whole
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from ..errors import ConfigError, FormulaError
+import numpy as np
 
-__all__ = ["ParameterSpace", "feasible_start"]
+from ..errors import ConfigError, DataError, FormulaError
+
+__all__ = ["ParameterSpace", "ParameterSpec", "feasible_start"]
 
 
-def feasible_start(values: Mapping[str, float], bounds: Mapping | None) -> dict:
-    """Move default starting values strictly inside their bounds, as scipy does: to the
-    midpoint of two-sided bounds, or one unit inside a one-sided bound."""
+def feasible_start(values: Mapping, bounds: Mapping | None) -> dict:
+    """Move guessed starting values strictly inside their bounds, as scipy does: to the
+    midpoint of two-sided bounds, or one unit inside a one-sided bound. Values and bounds
+    are numbers or (B,) arrays (one per fit), elementwise."""
     out = dict(values)
     for n, pair in (bounds or {}).items():
         if n not in out:
             continue
-        lo, hi = _pair(n, pair)
-        v = out[n]
-        if lo < v < hi:
+        lo, hi = _pair(n, pair, per_fit=True)
+        if np.ndim(out[n]) == 0 and np.ndim(lo) == 0 and np.ndim(hi) == 0:
+            out[n] = _inside(float(out[n]), lo, hi)
             continue
-        if math.isfinite(lo) and math.isfinite(hi):
-            out[n] = 0.5 * (lo + hi)
-        elif math.isfinite(lo):
-            out[n] = lo + 1.0
-        else:
-            out[n] = hi - 1.0
+        v, lo, hi = np.broadcast_arrays(np.asarray(out[n], dtype=float), lo, hi)
+        moved = np.where(np.isfinite(lo) & np.isfinite(hi), 0.5 * (lo + hi), np.where(np.isfinite(lo), lo + 1.0,
+                                                                                      hi - 1.0))
+        out[n] = np.where((lo < v) & (v < hi), v, moved)
     return out
+
+
+def _inside(v: float, lo: float, hi: float) -> float:
+    if lo < v < hi:
+        return v
+    if math.isfinite(lo) and math.isfinite(hi):
+        return 0.5 * (lo + hi)
+    return lo + 1.0 if math.isfinite(lo) else hi - 1.0
+
+
+def check_names(what: str, given, names: Sequence[str]) -> None:
+    """ConfigError for the first name in ``given`` that is not a parameter (with a hint)."""
+    for name in given:
+        if name not in names:
+            from ..errors import did_you_mean
+
+            raise ConfigError(f"{what} names unknown parameter {name!r}{did_you_mean(name, names)}; "
+                              f"parameters are {', '.join(names)}")
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """What the user said about the parameters, validated (see the module docstring).
+
+    ``init`` holds the starting values given (not guesses), ``lower``/``upper`` every
+    parameter's bounds (-inf/inf for none); values are floats, or (B,) float arrays when the
+    spec was built with ``n_fits`` (fit_many). Raises ConfigError (unknown names, bad bounds,
+    non-finite or out-of-bounds init, every parameter fixed) or DataError (per-fit arrays of
+    the wrong length).
+
+    >>> spec = ParameterSpec.create(("a", "b"), init={"a": 2.0}, bounds={"b": (0, None)}, fixed=["a"])
+    >>> spec.start({"a": 1.0, "b": -3.0}), spec.free
+    ({'a': 2.0, 'b': 1.0}, ('b',))
+    """
+
+    names: tuple[str, ...]
+    init: Mapping
+    lower: Mapping
+    upper: Mapping
+    fixed: tuple[str, ...] = ()
+    tie: Mapping = field(default_factory=dict)
+    n_fits: int | None = None
+    #: the ties, parsed and ordered so that each comes after those it uses
+    compiled_ties: tuple = ()
+
+    @classmethod
+    def create(cls, names: Sequence[str], *, init: Mapping | None = None, bounds: Mapping | None = None,
+               fixed: Sequence[str] | str | None = (), tie: Mapping | None = None,
+               n_fits: int | None = None) -> "ParameterSpec":
+        names = tuple(names)
+        per_fit = n_fits is not None
+        fixed = [fixed] if isinstance(fixed, str) else list(fixed or ())
+        check_names("init", init or {}, names)
+        check_names("bounds", bounds or {}, names)
+        check_names("fixed", fixed, names)
+        check_names("tie", tie or {}, names)
+        lower = {n: -math.inf for n in names}
+        upper = {n: math.inf for n in names}
+        for name, pair in (bounds or {}).items():
+            lower[name], upper[name] = _pair(name, pair, per_fit=per_fit, n_fits=n_fits)
+        values = {name: _init_value(name, v, n_fits) for name, v in (init or {}).items()}
+        tied = set(tie or ())
+        for name in tied & set(fixed):
+            raise ConfigError(f"parameter {name!r} is both fixed and tied; choose one")
+        # ties before the count of free parameters: a cycle is the error to report
+        compiled = _compile_ties(tie, names) if tie else ()
+        spec = cls(names, values, lower, upper, tuple(n for n in names if n in set(fixed)), dict(tie or {}), n_fits,
+                   compiled)
+        if not spec.free:
+            raise ConfigError("every parameter is fixed or tied; nothing left to fit")
+        spec.check_within_bounds(values)
+        return spec
+
+    @property
+    def free(self) -> tuple[str, ...]:
+        return tuple(n for n in self.names if n not in self.fixed and n not in self.tie)
+
+    def bounds(self) -> dict:
+        """name -> (min, max) for the parameters with a finite bound."""
+        return {n: (self.lower[n], self.upper[n]) for n in self.names
+                if np.any(np.isfinite(self.lower[n])) or np.any(np.isfinite(self.upper[n]))}
+
+    def check_within_bounds(self, values: Mapping) -> None:
+        """ConfigError for the first free value outside its bounds (ends included)."""
+        for n in self.free:
+            if n not in values:
+                continue
+            v, lo, hi = values[n], self.lower[n], self.upper[n]
+            if self.n_fits is None and lo <= v <= hi:
+                continue
+            inside = (lo <= v) & (v <= hi)
+            if np.all(inside):
+                continue
+            where = ""
+            if np.ndim(inside):
+                b = int(np.nonzero(~np.broadcast_to(inside, np.shape(inside)))[0][0])
+                v, lo, hi = (float(np.broadcast_to(a, np.shape(inside))[b]) for a in (v, lo, hi))
+                where = f" (fit {b})"
+            raise ConfigError(f"initial value {n}={float(v):g}{where} is outside its bounds [{float(lo):g}, "
+                              f"{float(hi):g}]; change the init or the bounds")
+
+    def start(self, guess: Mapping) -> dict:
+        """Starting values: the given init, and for the other parameters the ``guess`` moved
+        inside the bounds. ConfigError if a parameter has neither."""
+        missing = [n for n in self.names if n not in self.init and n not in guess]
+        if missing:
+            raise ConfigError(f"init is missing {', '.join(missing)} (parameters: {', '.join(self.names)})")
+        guessed = feasible_start({n: guess[n] for n in self.names if n not in self.init}, self.bounds())
+        return {n: self.init[n] if n in self.init else guessed[n] for n in self.names}
+
+    def bound_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper), each (B, P) for a per-fit spec or (P,) otherwise."""
+        shape = (self.n_fits,) if self.n_fits is not None else ()
+        lower = np.stack([np.broadcast_to(np.asarray(self.lower[n], dtype=float), shape) for n in self.names], -1)
+        upper = np.stack([np.broadcast_to(np.asarray(self.upper[n], dtype=float), shape) for n in self.names], -1)
+        return lower, upper
+
+
+def _init_value(name: str, value, n_fits: int | None):
+    if n_fits is None or np.ndim(value) == 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+            raise ConfigError(f"init value for {name!r} must be a finite number, got {value!r}")
+        return float(value)
+    arr = np.asarray(value, dtype=float)
+    if arr.shape != (n_fits,):
+        raise DataError(f"init for {name!r} must be a number or have one value per fit ({n_fits}), "
+                        f"got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        b = int(np.nonzero(~np.isfinite(arr))[0][0])
+        raise ConfigError(f"init value for {name!r} must be a finite number, got {arr[b]!r} (fit {b})")
+    return arr
 
 
 @dataclass(frozen=True)
@@ -47,7 +191,6 @@ class _Tie:
     name: str
     text: str
     compiled: object
-    depends: tuple[str, ...]
 
 
 class ParameterSpace:
@@ -55,39 +198,14 @@ class ParameterSpace:
 
     def __init__(self, names: Sequence[str], values: Mapping[str, float], *, bounds: Mapping | None = None,
                  fixed: Sequence[str] = (), tie: Mapping[str, str] | None = None):
-        self.names = tuple(names)
-        known = set(self.names)
-
-        def check(name, what):
-            if name not in known:
-                from ..errors import did_you_mean
-
-                raise ConfigError(f"{what} names unknown parameter {name!r}{did_you_mean(name, known)}; "
-                                  f"parameters are {', '.join(self.names)}")
-
-        self.lower = {n: -math.inf for n in self.names}
-        self.upper = {n: math.inf for n in self.names}
-        for name, pair in (bounds or {}).items():
-            check(name, "bounds")
-            lo, hi = _pair(name, pair)
-            self.lower[name], self.upper[name] = lo, hi
-        fixed_set = set(fixed)
-        self.fixed = tuple(n for n in self.names if n in fixed_set)
-        for name in fixed:
-            check(name, "fixed")
-        self.ties = _compile_ties(tie, known, check) if tie else ()
-        tied = {t.name for t in self.ties}
-        for name in tied & fixed_set:
-            raise ConfigError(f"parameter {name!r} is both fixed and tied; choose one")
+        spec = ParameterSpec.create(names, bounds=bounds, fixed=fixed, tie=tie)
+        self.ties = spec.compiled_ties
+        self.names = spec.names
+        self.lower, self.upper = dict(spec.lower), dict(spec.upper)
+        self.fixed = spec.fixed
         self.values = {n: float(values[n]) for n in self.names}
-        self.free = tuple(n for n in self.names if n not in tied and n not in fixed_set)
-        for n in self.free:
-            v, lo, hi = self.values[n], self.lower[n], self.upper[n]
-            if not lo <= v <= hi:
-                raise ConfigError(f"initial value {n}={v:g} is outside its bounds [{lo:g}, {hi:g}]; "
-                                  "change the init or the bounds")
-        if not self.free:
-            raise ConfigError("every parameter is fixed or tied; nothing left to fit")
+        self.free = spec.free
+        spec.check_within_bounds(self.values)
         #: some free parameter has a finite bound (optimizers then work in internal coordinates)
         self.has_bounds = any(math.isfinite(self.lower[n]) or math.isfinite(self.upper[n]) for n in self.free)
 
@@ -190,20 +308,52 @@ class ParameterSpace:
         return out
 
 
-def _pair(name: str, pair) -> tuple[float, float]:
+def _pair(name: str, pair, *, per_fit: bool = False, n_fits: int | None = None):
+    """(min, max) as floats, or with ``per_fit`` each a float or a (B,) array; None is no limit."""
+    if isinstance(pair, (str, bytes)):
+        pair = None
     try:
         lo, hi = pair
     except (TypeError, ValueError):
         raise ConfigError(f"bounds for {name!r} must be a pair (min, max); use None for no limit") from None
-    lo = -math.inf if lo is None else float(lo)
-    hi = math.inf if hi is None else float(hi)
-    if math.isnan(lo) or math.isnan(hi):
+    lo = _bound_value(name, lo, -math.inf, per_fit, n_fits)
+    hi = _bound_value(name, hi, math.inf, per_fit, n_fits)
+    if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
         raise ConfigError(f"bounds for {name!r} must not be NaN")
-    if lo > hi:
-        raise ConfigError(f"bounds for {name!r}: min {lo:g} is greater than max {hi:g}")
-    if lo == hi:
-        raise ConfigError(f"bounds for {name!r}: min equals max ({lo:g}); fix the parameter instead")
+    if np.any(lo > hi):
+        b = _first(lo > hi)
+        raise ConfigError(f"bounds for {name!r}: min {_at(lo, b):g} is greater than max {_at(hi, b):g}{_fit(b)}")
+    if np.any(lo == hi):
+        b = _first(lo == hi)
+        raise ConfigError(f"bounds for {name!r}: min equals max ({_at(lo, b):g}){_fit(b)}; fix the parameter instead")
     return lo, hi
+
+
+def _bound_value(name: str, v, default: float, per_fit: bool, n_fits: int | None):
+    if v is None:
+        return default
+    if per_fit and np.ndim(v):
+        arr = np.asarray(v, dtype=float)
+        if n_fits is not None and arr.shape != (n_fits,):
+            raise DataError(f"bounds for {name!r} must be numbers or have one value per fit ({n_fits}), "
+                            f"got shape {arr.shape}")
+        return arr
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"bounds for {name!r} must be numbers or None, got {v!r}") from None
+
+
+def _first(mask) -> int | None:
+    return int(np.nonzero(np.atleast_1d(mask))[0][0]) if np.ndim(mask) else None
+
+
+def _at(v, b: int | None) -> float:
+    return float(v) if np.ndim(v) == 0 or b is None else float(v[b])
+
+
+def _fit(b: int | None) -> str:
+    return "" if b is None else f" (fit {b})"
 
 
 def _to_internal(v: float, lo: float, hi: float) -> float:
@@ -233,21 +383,19 @@ def _from_internal_float(u: float, lo: float, hi: float) -> float:
     return _from_internal(u, lo, hi, math)
 
 
-def _compile_ties(tie: Mapping[str, str], known: set, check) -> tuple[_Tie, ...]:
+def _compile_ties(tie: Mapping[str, str], names: tuple[str, ...]) -> tuple[_Tie, ...]:
     from ..formula.compile import compile_tree
     from ..formula.parse import parse_expression
 
+    check_names("tie", tie, names)
     parsed = {}
     for name, text in tie.items():
-        check(name, "tie")
         try:
             node = parse_expression(str(text), what=f"tie for {name}")
         except FormulaError as exc:
             raise ConfigError(f"tie {name}={text!r}: {exc}") from None
         deps = node.names()
-        for d in sorted(deps):
-            if d not in known:
-                check(d, f"tie {name}={text!r}")
+        check_names(f"tie {name}={text!r}", sorted(deps), names)
         if name in deps:
             raise ConfigError(f"tie {name}={text!r} refers to itself")
         parsed[name] = (str(text), node, tuple(sorted(deps)))
@@ -267,4 +415,4 @@ def _compile_ties(tie: Mapping[str, str], known: set, check) -> tuple[_Tie, ...]
 
     for n in parsed:
         visit(n, [])
-    return tuple(_Tie(n, parsed[n][0], compile_tree(parsed[n][1]), parsed[n][2]) for n in order)
+    return tuple(_Tie(n, parsed[n][0], compile_tree(parsed[n][1])) for n in order)

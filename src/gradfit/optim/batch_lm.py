@@ -1,5 +1,10 @@
 """Batched Levenberg-Marquardt: one iteration for every fit of a batch at once.
 
+Shaped like an optax transformation: :func:`init` builds the explicit :class:`BatchState`
+from the starting parameters, and :func:`step` maps a state to the next one (pure functions
+of tensors; the caller owns the loop, so it can compact, checkpoint or stop between steps).
+``initial_state`` and ``lm_iteration`` are the same functions under their earlier names.
+
 Each fit b has parameters theta[b] (P,), data y[b] (M,) with weights w[b] (0 masks a point).
 An iteration is one pass over the data and a tiny P x P solve per fit, all as tensor math
 over the batch (no Python loop over fits), in the scheme Gpufit uses:
@@ -14,21 +19,36 @@ over the batch (no Python loop over fits), in the scheme Gpufit uses:
 
 Fits that converged (or failed) are frozen: their parameters no longer change, so one fit's
 trouble never disturbs another. Everything is written with broadcasting torch ops, so the
-same function runs eagerly or under torch.compile (shapes fixed per chunk).
+same function runs eagerly or under torch.compile.
+
+Statuses are :class:`gradfit.status.Status` codes (``Status.code``): a first evaluation that is
+not finite ends the fit as not_finite; a damping so large that no step can lower chi-square
+ends it as stalled; a normal matrix whose damped Cholesky fails (a zero column: a parameter
+the model does not depend on) ends it as singular. The caller checks converged fits for
+finiteness and rank (lsq/batched.py), as :func:`gradfit.fit` does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["BatchState", "STATUS", "initial_state", "lm_iteration", "damped_solve", "standard_errors"]
+from ..status import Status
 
-#: status codes of BatchResult.status
-STATUS = {0: "converged", 1: "max_iterations", 2: "singular", 3: "too_few_points", 4: "not_finite"}
+__all__ = ["BatchState", "STATUS", "RUNNING", "init", "step", "initial_state", "lm_iteration", "damped_solve",
+           "inverse_diagonal", "standard_errors"]
+
+#: status code -> name, for every status (BatchResult.status holds these codes)
+STATUS = {s.code: s.value for s in Status}
 RUNNING = -1
+CONVERGED = Status.CONVERGED.code
+STALLED = Status.STALLED.code
+SINGULAR = Status.SINGULAR.code
+NOT_FINITE = Status.NOT_FINITE.code
 #: initial damping: 0.1 converged more fits (99.98% vs 99.94% at Gpufit's 1e-3) in fewer
 #: iterations on the Gaussian benchmark workload
 LAMBDA0 = 0.1
+#: damping beyond which no step can lower chi-square any more (the fit is stalled)
+LAMBDA_MAX = 1e15
 
 
 @dataclass
@@ -39,12 +59,14 @@ class BatchState:
     chi2: object  # (B,) chi-square at theta (inf before the first evaluation)
     a: object  # (B, P, P) normal matrix at theta
     g: object  # (B, P) gradient J^T W r at theta
-    status: object  # (B,) int: RUNNING or a code of STATUS
+    status: object  # (B,) int: RUNNING or a Status code
     iterations: object  # (B,) int
 
 
-def initial_state(theta0, status0):
-    """Start: the first evaluation (at theta0) is always accepted."""
+def init(theta0, status0) -> BatchState:
+    """The state before the first step: parameters ``theta0`` (B, P), statuses ``status0`` (B,)
+    (RUNNING, or a final code for fits that cannot start). The first evaluation is always
+    accepted."""
     import torch
 
     b, p = theta0.shape
@@ -56,7 +78,7 @@ def initial_state(theta0, status0):
                       status=status0.clone(), iterations=torch.zeros(b, dtype=torch.int32, device=theta0.device))
 
 
-def lm_iteration(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol: float):
+def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol: float) -> BatchState:
     """One batched LM iteration (see the module docstring). ``residual_and_jacobian(theta)``
     returns (f - y) (B, M) and the Jacobian as a list of P tensors (B, M) at ``theta``;
     ``free`` (P,) is 1.0 for parameters that vary and 0.0 for fixed ones.
@@ -94,16 +116,16 @@ def lm_iteration(residual_and_jacobian, state: BatchState, y, w, lower, upper, f
     chi2_new = torch.where(accept, chi2, state.chi2)
     lam = torch.where(accept, state.lam * 0.1, state.lam * 10.0)
     lam = torch.where(running, lam, state.lam)
-    status = torch.where(converged, torch.zeros_like(state.status), state.status)
+    status = torch.where(converged, torch.full_like(state.status, CONVERGED), state.status)
     # a fit whose first evaluation is already not finite cannot start
-    status = torch.where(running & first & ~finite, torch.full_like(status, 4), status)
+    status = torch.where(running & first & ~finite, torch.full_like(status, NOT_FINITE), status)
     # damping so large that no step can be taken: the fit is stuck where it is
-    status = torch.where((status == RUNNING) & (lam > 1e15), torch.full_like(status, 2), status)
+    status = torch.where((status == RUNNING) & (lam > LAMBDA_MAX), torch.full_like(status, STALLED), status)
 
-    step, ok = damped_solve(a_new, g_new, lam, free)
-    status = torch.where((status == RUNNING) & ~ok, torch.full_like(status, 2), status)
+    delta_theta, ok = damped_solve(a_new, g_new, lam, free)
+    status = torch.where((status == RUNNING) & ~ok, torch.full_like(status, SINGULAR), status)
     still = (status == RUNNING).unsqueeze(-1)
-    trial = torch.where(still, torch.minimum(torch.maximum(theta + step, lower), upper), theta)
+    trial = torch.where(still, torch.minimum(torch.maximum(theta + delta_theta, lower), upper), theta)
     iterations = state.iterations + running.to(state.iterations.dtype)
     return BatchState(theta, trial, lam, chi2_new, a_new, g_new, status, iterations)
 
@@ -155,28 +177,41 @@ def damped_solve(a, g, lam, free):
     return torch.where(ok.unsqueeze(-1), step, torch.zeros_like(step)), ok
 
 
-def standard_errors(a, chi2, n_points, free):
-    """sqrt(diag(A^-1) * chi2 / dof) per fit (NaN where A is singular or dof < 1); fixed
-    parameters get 0. Elementwise over the batch, like the solver (a batched LAPACK inverse
-    of 4x4 matrices costs more than the whole fit)."""
+def inverse_diagonal(a, free):
+    """diag(A^-1) (B, P) over the free parameters (0 for fixed ones) and ok (B,) (False where
+    the Cholesky factorization fails). Elementwise over the batch, like the solver (a batched
+    LAPACK inverse of 4x4 matrices costs more than the whole fit)."""
     import torch
 
     p = a.shape[-1]
-    zero_lam = torch.zeros_like(chi2)
+    zero_lam = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
     diag = []
-    ok = torch.ones_like(chi2, dtype=torch.bool)
+    ok = torch.ones_like(zero_lam, dtype=torch.bool)
     for j in range(p):
         if not free[j]:
-            diag.append(torch.zeros_like(chi2))
+            diag.append(torch.zeros_like(zero_lam))
             continue
         unit = torch.zeros(a.shape[:-1], dtype=a.dtype, device=a.device)
         unit[:, j] = -1.0  # damped_solve solves A d = -g
         col, good = damped_solve(a, unit, zero_lam, free)
         diag.append(col[:, j])
         ok = ok & good
-    var_unit = torch.stack(diag, dim=-1)
+    return torch.stack(diag, dim=-1), ok
+
+
+def standard_errors(a, chi2, n_points, free, inverse=None):
+    """sqrt(diag(A^-1) * chi2 / dof) per fit (NaN where A is singular or dof < 1); fixed
+    parameters get 0. ``inverse``: the (diag, ok) of :func:`inverse_diagonal` if already at hand."""
+    import torch
+
+    var_unit, ok = inverse_diagonal(a, free) if inverse is None else inverse
     dof = n_points - float(sum(free))
     scale = chi2 / dof
     se = torch.sqrt(torch.clamp(var_unit * scale.unsqueeze(-1), min=0.0))
     bad = ~ok | (dof < 1) | ~torch.isfinite(scale)
     return torch.where(bad.unsqueeze(-1), torch.full_like(se, float("nan")), se)
+
+
+#: the earlier names of :func:`init` and :func:`step`
+initial_state = init
+lm_iteration = step

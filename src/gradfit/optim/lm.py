@@ -12,7 +12,14 @@ Jacobian's column norms, or the identity (``scaling="none"``).
 
 The kernel works on float64 numpy arrays: a single fit's dense algebra is tiny, and torch's
 per-operation overhead on CPU would dominate it. The caller supplies the residual and its
-exact Jacobian (gradfit evaluates formulas in numpy and torch models with torch.func).
+Jacobian (:mod:`gradfit.models.jacobian` builds it: exact for formulas and torch models,
+finite differences for models that only evaluate in numpy).
+
+The run is shaped like an optax transformation: :func:`init` builds an explicit
+:class:`LMState` at the starting point and :func:`step` maps a state to the next (one
+iteration); :func:`levenberg_marquardt` is init + step until the state has a status, and
+:func:`robust_levenberg_marquardt` restarts it with other strategies when it fails.
+:mod:`gradfit.optim.batch_lm` has the same shape for a batch of fits.
 
 Stopping is honest: "converged" needs a relative cost reduction below ftol (actual and
 predicted), a trust region below xtol, or a scaled gradient below gtol, and the final point
@@ -23,12 +30,15 @@ caller adds "singular" from the Jacobian's rank at the solution.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
-__all__ = ["LMOptions", "LMOutcome", "levenberg_marquardt", "scaled_gradient", "default_tolerances"]
+from ..status import Status
+
+__all__ = ["LMOptions", "LMState", "LMOutcome", "init", "step", "outcome", "levenberg_marquardt",
+           "robust_levenberg_marquardt", "scaled_gradient", "default_tolerances"]
 
 
 def default_tolerances(dtype=np.float64) -> tuple[float, float, float]:
@@ -58,12 +68,14 @@ class LMOptions:
 class LMOutcome:
     x: object
     cost: float  # 0.5 * ||r||^2
-    status: str  # converged | max_iterations | stalled
+    status: Status  # converged | max_iterations | stalled | stopped
     iterations: int
     message: str
     history: list = field(default_factory=list)  # cost after each accepted iteration
     n_residual: int = 0
     n_jacobian: int = 0
+    #: the residuals (n,) at ``x``
+    residuals: np.ndarray | None = None
 
 
 def scaled_gradient(jac: np.ndarray, r: np.ndarray, exempt=None, *, col_norms: np.ndarray | None = None,
@@ -189,112 +201,205 @@ def _norm(v: np.ndarray) -> float:
     return math.sqrt(float(v @ v))
 
 
+@dataclass(slots=True)
+class LMState:
+    """Everything one Levenberg-Marquardt run carries from one iteration to the next.
+
+    :func:`init` builds it at the starting point and :func:`step` maps it to the next one,
+    so a caller (a callback, a checkpoint, a future feature) can stand between iterations.
+    Arrays are float64 numpy: ``x`` (P,), ``residuals`` (n,), ``jacobian`` (n, P) at ``x``.
+    """
+
+    x: np.ndarray
+    residuals: np.ndarray
+    jacobian: np.ndarray | None
+    #: column norms of ``jacobian`` (P,)
+    col_norms: np.ndarray | None
+    #: Moré's scaling D (P,): the running maximum of the column norms, or ones
+    scale: np.ndarray | None
+    fnorm: float  # ||residuals||
+    xnorm: float  # ||D x||
+    radius: float  # trust region Delta
+    damping: float  # lam of the last trust-region step
+    iteration: int = 0
+    n_residual: int = 1
+    n_jacobian: int = 1
+    #: cost 0.5 * ||r||^2 at the start and after each accepted step
+    history: list = field(default_factory=list)
+    #: None while running, then a :class:`~gradfit.status.Status`
+    status: Status | None = None
+    message: str = ""
+    #: whether the last step moved ``x``
+    accepted: bool = False
+
+    @property
+    def cost(self) -> float:
+        return 0.5 * self.fnorm**2
+
+
+_DEFAULT_TOLERANCES = default_tolerances()
+
+
+def _tolerances(options: LMOptions) -> tuple[float, float, float]:
+    ftol_d, xtol_d, gtol_d = _DEFAULT_TOLERANCES
+    return (options.ftol if options.ftol is not None else ftol_d,
+            options.xtol if options.xtol is not None else xtol_d,
+            options.gtol if options.gtol is not None else gtol_d)
+
+
+def init(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMOptions()) -> LMState:
+    """The state at ``x0``: residuals, Jacobian, scaling and the initial trust region
+    ``options.factor * ||D x0||``. Residuals that are not finite end the run at once
+    (status stalled)."""
+    x = np.array(x0, dtype=np.float64)
+    r = np.asarray(residual(x), dtype=np.float64)
+    if not np.isfinite(r).all():
+        return LMState(x, r, None, None, None, math.inf, math.nan, 0.0, 0.0, n_jacobian=0, status=Status.STALLED,
+                       message="the residuals are not finite at the starting point")
+    fnorm = _norm(r)
+    jac = np.asarray(jacobian(x), dtype=np.float64)
+    col_norms = _column_norms(jac)
+    d = np.ones_like(x) if options.scaling == "none" else np.where(col_norms > 0, col_norms, 1.0)
+    xnorm = _norm(d * x)
+    delta = options.factor * xnorm if xnorm > 0 else options.factor
+    return LMState(x, r, jac, col_norms, d, fnorm, xnorm, delta, 0.0, history=[0.5 * fnorm**2])
+
+
+def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMOptions = LMOptions(),
+         at_bound: Callable | None = None) -> LMState:
+    """One iteration: the gradient test, then trust-region trials until one is accepted or
+    a convergence test passes. Returns a new state (``state`` is not modified; the history
+    list is shared). A finished state is returned unchanged.
+
+    ``at_bound(x)`` returns a boolean mask of coordinates resting on a bound; the
+    stationarity tests skip them. A converged state has passed the final stationarity test
+    (else its status is stalled).
+    """
+    if state.status is not None:
+        return state
+    if state.iteration >= options.max_iter:
+        return _with_status(_copy(state), Status.MAX_ITERATIONS, f"stopped after max_iter={options.max_iter} iterations")
+    ftol, xtol, gtol = _tolerances(options)
+    x, r, fnorm, jac, col_norms, d = state.x, state.residuals, state.fnorm, state.jacobian, state.col_norms, state.scale
+    xnorm, delta, lam = state.xnorm, state.radius, state.damping
+    n_res, n_jac = state.n_residual, state.n_jacobian
+    it = state.iteration + 1
+    exempt = at_bound(x) if at_bound is not None else None
+    if fnorm <= options.residual_floor or scaled_gradient(jac, r, exempt, col_norms=col_norms,
+                                                          r_norm=fnorm) <= gtol:
+        message = ("residuals at working precision" if fnorm <= options.residual_floor
+                   else "scaled gradient below gtol")
+        new = _copy(state)
+        new.iteration = it
+        return _finished(new, Status.CONVERGED, message, options, at_bound)
+    sub = _Subproblem(jac, r, d)
+    status = None
+    message = ""
+    while True:  # shrink the trust region until a step is accepted
+        lam = sub.damping_for(delta, lam)
+        z = sub.step(lam)
+        dx = z / d
+        pnorm = _norm(z)
+        if it == 1:
+            delta = min(delta, pnorm)
+        x_new = x + dx
+        r_new = np.asarray(residual(x_new), dtype=np.float64)
+        n_res += 1
+        fnorm1 = _norm(r_new)  # NaN and inf propagate into the norm
+        if not math.isfinite(fnorm1):
+            fnorm1 = math.inf
+        actred = 1.0 - (fnorm1 / fnorm) ** 2 if 0.1 * fnorm1 < fnorm else -1.0
+        t1 = _norm(jac @ dx) / fnorm
+        t2 = math.sqrt(lam) * pnorm / fnorm
+        prered = t1**2 + 2.0 * t2**2
+        dirder = -(t1**2 + t2**2)
+        ratio = actred / prered if prered != 0 else 0.0
+        if ratio <= 0.25:
+            temp = 0.5 if actred >= 0 else 0.5 * dirder / (dirder + 0.5 * actred)
+            if 0.1 * fnorm1 >= fnorm or temp < 0.1:
+                temp = 0.1
+            delta = temp * min(delta, pnorm / 0.1)
+            lam = lam / temp
+        elif lam == 0.0 or ratio >= 0.75:
+            delta = pnorm / 0.5
+            lam = 0.5 * lam
+        accepted = ratio >= 1e-4
+        if accepted:
+            x, r, fnorm = x_new, r_new, fnorm1
+            jac = np.asarray(jacobian(x), dtype=np.float64)
+            col_norms = _column_norms(jac)
+            n_jac += 1
+            if options.scaling != "none":
+                d = np.maximum(d, col_norms)
+            xnorm = _norm(d * x)
+            state.history.append(0.5 * fnorm**2)
+        if abs(actred) <= ftol and prered <= ftol and 0.5 * ratio <= 1.0:
+            status, message = Status.CONVERGED, "relative cost reduction below ftol"
+        elif delta <= xtol * xnorm:
+            status, message = Status.CONVERGED, "relative step below xtol"
+        elif delta <= 1e-300 or (lam > 0 and not math.isfinite(lam)):
+            status, message = Status.CONVERGED, "no further reduction possible at working precision"
+        if status is not None or accepted:
+            break
+    new = LMState(x, r, jac, col_norms, d, fnorm, xnorm, delta, lam, it, n_res, n_jac, state.history,
+                  accepted=accepted)
+    return new if status is None else _finished(new, status, message, options, at_bound)
+
+
+def _copy(state: LMState) -> LMState:
+    """A shallow copy that has not accepted a step (dataclasses.replace is several times slower)."""
+    return LMState(state.x, state.residuals, state.jacobian, state.col_norms, state.scale, state.fnorm, state.xnorm,
+                   state.radius, state.damping, state.iteration, state.n_residual, state.n_jacobian, state.history)
+
+
+def _with_status(state: LMState, status: Status, message: str) -> LMState:
+    state.status, state.message = status, message
+    return state
+
+
+def _finished(state: LMState, status: Status, message: str, options: LMOptions, at_bound) -> LMState:
+    """Set the final status of a state ``step`` made; "converged" must pass the
+    stationarity test at the end point."""
+    if status == Status.CONVERGED and state.fnorm > options.residual_floor:
+        measure = scaled_gradient(state.jacobian, state.residuals, at_bound(state.x) if at_bound is not None else None,
+                                  col_norms=state.col_norms, r_norm=state.fnorm)
+        if measure > options.stationary:
+            status = Status.STALLED
+            message = (f"stopped at a point that is not stationary (scaled gradient {measure:.2e} > "
+                       f"{options.stationary:.0e}); try another starting point")
+    return _with_status(state, status, message)
+
+
 def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMOptions(),
                         callback: Callable | None = None, at_bound: Callable | None = None) -> LMOutcome:
-    """Minimise ``0.5*||residual(x)||^2`` from ``x0``. See the module docstring.
+    """Minimise ``0.5*||residual(x)||^2`` from ``x0``: :func:`init`, then :func:`step` until
+    the state has a status. See the module docstring.
 
     ``residual(x)`` returns the (n,) residuals and ``jacobian(x)`` their (n, P) Jacobian, as
     float64 numpy arrays. ``at_bound(x)`` returns a boolean mask of coordinates resting on a
     bound (in transformed coordinates their gradient vanishes only in the limit); the
-    stationarity tests skip them. A callback ``callback(iteration, cost)`` returning True stops.
+    stationarity tests skip them. A callback ``callback(iteration, cost)``, called after each
+    accepted step, returning True stops the run (status stopped).
 
     >>> t = np.array([0.0, 1.0, 2.0, 3.0])
     >>> res = lambda p: p[0] * np.exp(-p[1] * t) - 2 * np.exp(-0.5 * t)
     >>> jac = lambda p: np.column_stack([np.exp(-p[1] * t), -p[0] * t * np.exp(-p[1] * t)])
     >>> out = levenberg_marquardt(res, np.array([1.0, 1.0]), jacobian=jac)
-    >>> out.status, [round(v, 6) for v in out.x.tolist()]
+    >>> str(out.status), [round(v, 6) for v in out.x.tolist()]
     ('converged', [2.0, 0.5])
     """
-    ftol_d, xtol_d, gtol_d = default_tolerances()
-    ftol = options.ftol if options.ftol is not None else ftol_d
-    xtol = options.xtol if options.xtol is not None else xtol_d
-    gtol = options.gtol if options.gtol is not None else gtol_d
-    x = np.array(x0, dtype=np.float64)
-    r = np.asarray(residual(x), dtype=np.float64)
-    if not np.isfinite(r).all():
-        return LMOutcome(x, math.inf, "stalled", 0, "the residuals are not finite at the starting point", [], 1, 0)
-    fnorm = _norm(r)
-    jac = np.asarray(jacobian(x), dtype=np.float64)
-    col_norms = _column_norms(jac)
-    n_res, n_jac = 1, 1
-    if options.scaling == "none":
-        d = np.ones_like(x)
-    else:
-        d = np.where(col_norms > 0, col_norms, 1.0)
-    xnorm = _norm(d * x)
-    delta = options.factor * xnorm if xnorm > 0 else options.factor
-    lam = 0.0
-    history = [0.5 * fnorm**2]
-    status, message = "max_iterations", f"stopped after max_iter={options.max_iter} iterations"
-    it = 0
-    while it < options.max_iter:
-        it += 1
-        exempt = at_bound(x) if at_bound is not None else None
-        if fnorm <= options.residual_floor or scaled_gradient(jac, r, exempt, col_norms=col_norms,
-                                                              r_norm=fnorm) <= gtol:
-            status, message = "converged", ("residuals at working precision" if fnorm <= options.residual_floor
-                                            else "scaled gradient below gtol")
-            break
-        sub = _Subproblem(jac, r, d)
-        while True:  # inner loop: shrink the trust region until a step is accepted
-            lam = sub.damping_for(delta, lam)
-            z = sub.step(lam)
-            dx = z / d
-            pnorm = _norm(z)
-            if it == 1:
-                delta = min(delta, pnorm)
-            x_new = x + dx
-            r_new = np.asarray(residual(x_new), dtype=np.float64)
-            n_res += 1
-            fnorm1 = _norm(r_new)  # NaN and inf propagate into the norm
-            if not math.isfinite(fnorm1):
-                fnorm1 = math.inf
-            actred = 1.0 - (fnorm1 / fnorm) ** 2 if 0.1 * fnorm1 < fnorm else -1.0
-            t1 = _norm(jac @ dx) / fnorm
-            t2 = math.sqrt(lam) * pnorm / fnorm
-            prered = t1**2 + 2.0 * t2**2
-            dirder = -(t1**2 + t2**2)
-            ratio = actred / prered if prered != 0 else 0.0
-            if ratio <= 0.25:
-                temp = 0.5 if actred >= 0 else 0.5 * dirder / (dirder + 0.5 * actred)
-                if 0.1 * fnorm1 >= fnorm or temp < 0.1:
-                    temp = 0.1
-                delta = temp * min(delta, pnorm / 0.1)
-                lam = lam / temp
-            elif lam == 0.0 or ratio >= 0.75:
-                delta = pnorm / 0.5
-                lam = 0.5 * lam
-            accepted = ratio >= 1e-4
-            if accepted:
-                x, r, fnorm = x_new, r_new, fnorm1
-                jac = np.asarray(jacobian(x), dtype=np.float64)
-                col_norms = _column_norms(jac)
-                n_jac += 1
-                if options.scaling != "none":
-                    d = np.maximum(d, col_norms)
-                xnorm = _norm(d * x)
-                history.append(0.5 * fnorm**2)
-                if callback is not None and callback(it, history[-1]):
-                    status, message = "stopped", f"stopped by a callback at iteration {it}"
-                    break
-            if abs(actred) <= ftol and prered <= ftol and 0.5 * ratio <= 1.0:
-                status, message = "converged", "relative cost reduction below ftol"
-            elif delta <= xtol * xnorm:
-                status, message = "converged", "relative step below xtol"
-            elif delta <= 1e-300 or (lam > 0 and not math.isfinite(lam)):
-                status, message = "converged", "no further reduction possible at working precision"
-            if status == "converged" or accepted:
-                break
-        if status in ("converged", "stopped"):
-            break
-    if status == "converged" and fnorm > options.residual_floor:
-        measure = scaled_gradient(jac, r, at_bound(x) if at_bound is not None else None, col_norms=col_norms,
-                                  r_norm=fnorm)
-        if measure > options.stationary:
-            status = "stalled"
-            message = (f"stopped at a point that is not stationary (scaled gradient {measure:.2e} > "
-                       f"{options.stationary:.0e}); try another starting point")
-    return LMOutcome(x, 0.5 * fnorm**2, status, it, message, history, n_res, n_jac)
+    state = init(residual, x0, jacobian=jacobian, options=options)
+    while state.status is None:
+        state = step(residual, state, jacobian=jacobian, options=options, at_bound=at_bound)
+        if callback is not None and state.accepted and callback(state.iteration, state.history[-1]):
+            state = _with_status(_copy(state), Status.STOPPED, f"stopped by a callback at iteration {state.iteration}")
+    return outcome(state)
+
+
+def outcome(state: LMState) -> LMOutcome:
+    """The result of a finished run."""
+    return LMOutcome(state.x, state.cost, state.status, state.iteration, state.message, state.history,
+                     state.n_residual, state.n_jacobian, state.residuals)
 
 
 #: (scaling, factor) tried in turn by :func:`robust_levenberg_marquardt`
@@ -312,14 +417,12 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
     first converged run wins; if none converges, the lowest cost. Returns the outcome and the
     strategy that produced it, e.g. "scaling=jacobian, factor=100".
     """
-    from dataclasses import replace
-
     plan = STRATEGIES if restarts else STRATEGIES[:1]
     best: LMOutcome | None = None
     best_name = ""
     total_res = total_jac = 0
-    for i, (scaling, factor) in enumerate(plan):
-        if best is not None and best.status in ("stopped", "converged"):
+    for scaling, factor in plan:
+        if best is not None and best.status in (Status.STOPPED, Status.CONVERGED):
             break
         out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback, at_bound=at_bound,
                                   options=replace(options, scaling=scaling, factor=factor))
@@ -333,6 +436,6 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
 
 def _better(a: LMOutcome, b: LMOutcome) -> bool:
     """Converged beats not converged; then the lower cost wins."""
-    if (a.status == "converged") != (b.status == "converged"):
-        return a.status == "converged"
+    if (a.status == Status.CONVERGED) != (b.status == Status.CONVERGED):
+        return a.status == Status.CONVERGED
     return a.cost < b.cost

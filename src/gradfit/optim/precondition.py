@@ -25,22 +25,18 @@ EIGEN_FLOOR = 1e-10
 
 
 def jacobian(model, inputs: dict, z0, space):
-    """d(prediction)/d(free parameter, internal coordinates), shape (n, F), at ``z0``."""
+    """d(prediction)/d(free parameter, internal coordinates), shape (n, F), at ``z0``, from
+    an evenly spaced subset of at most :data:`MAX_JACOBIAN_ROWS` points
+    (:func:`gradfit.models.jacobian.free_jacobian`, torch backend)."""
     import torch
+
+    from ..models.jacobian import free_jacobian
 
     n = next(iter(inputs.values())).shape[0]
     if n > MAX_JACOBIAN_ROWS:
         idx = torch.linspace(0, n - 1, MAX_JACOBIAN_ROWS, device=z0.device).round().long()
         inputs = {k: v[idx] for k, v in inputs.items()}
-    if model.expression is not None and space.is_plain:
-        with torch.no_grad():
-            cols = model.partials(inputs, dict(zip(model.param_names, z0.unbind())))
-            return torch.stack(cols, dim=1)
-
-    def predict(z):
-        return model.forward(inputs, space.as_dict(z))
-
-    return torch.func.jacfwd(predict)(z0)
+    return free_jacobian(model, space, inputs, backend="torch")(z0)
 
 
 def whitening(jac):

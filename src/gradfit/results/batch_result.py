@@ -1,64 +1,98 @@
-"""BatchResult: what fit_many returns. Arrays of one value per fit; saves to .npz or Parquet."""
+"""BatchResult: what fit_many returns. Arrays of one value per fit; reports itself and saves to
+.npz (every field, loadable with :meth:`BatchResult.load`), Parquet or CSV (tables)."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PersistError
+from ..status import Status
 
-__all__ = ["BatchResult"]
+__all__ = ["BatchResult", "STATUS_NAMES"]
+
+#: status code -> name (BatchResult.status holds the codes of gradfit.status.Status)
+STATUS_NAMES = {s.code: s.value for s in Status}
+#: the keys of BatchResult.stats (the residual-free keys of FitResult.stats)
+STAT_KEYS = ("n", "dof", "chisqr", "redchi", "aic", "bic")
+#: version of the .npz document written by :meth:`BatchResult.save`
+_FORMAT = 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchResult:
     """Per-fit results of :func:`gradfit.fit_many`.
 
     Attributes
     ----------
+    param_names : tuple of the P parameter names.
     params, stderr : dict name -> (B,) arrays (stderr NaN where undetermined, 0 if fixed).
-    chi2, redchi : (B,) chi-square and chi-square per degree of freedom.
-    n_points : (B,) points used (not masked, not NaN).
-    status : (B,) int codes; ``status_names`` maps them (0 converged, 1 max_iterations,
-        2 singular, 3 too_few_points, 4 not_finite). ``converged`` is ``status == 0``.
+    stats : dict of (B,) arrays with FitResult.stats' key names: n (points used), dof,
+        chisqr, redchi, aic, bic (gradfit.stats.batch_statistics).
+    status : (B,) int8 :class:`~gradfit.status.Status` codes (``Status.from_code``);
+        ``status_text`` gives the names and ``converged`` is ``status == 0``.
     iterations : (B,) iterations each fit ran.
+    model_text : the model's description.
     timings : warm-up (compilation) and fitting time, fits per second, path, device.
+    ids : None, or (B,) the original ids of the fits (long tables: ``fit_many(data=, id=)``).
+
+    ``chi2``, ``redchi`` and ``n_points`` are read-only aliases of ``stats`` entries.
     """
 
     param_names: tuple
     params: dict
     stderr: dict
-    chi2: np.ndarray
-    redchi: np.ndarray
-    n_points: np.ndarray
+    stats: dict
     status: np.ndarray
     iterations: np.ndarray
     model_text: str = ""
     timings: dict = field(default_factory=dict)
-    status_names: dict = field(default_factory=dict)
+    ids: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.chi2)
+        return len(self.status)
+
+    # -- aliases and views -----------------------------------------------------------------------
+    @property
+    def chi2(self) -> np.ndarray:
+        return self.stats["chisqr"]
+
+    @property
+    def redchi(self) -> np.ndarray:
+        return self.stats["redchi"]
+
+    @property
+    def n_points(self) -> np.ndarray:
+        return self.stats["n"]
+
+    @property
+    def status_names(self) -> dict:
+        return dict(STATUS_NAMES)
 
     @property
     def converged(self) -> np.ndarray:
-        return self.status == 0
+        return self.status == Status.CONVERGED.code
 
     @property
     def status_text(self) -> np.ndarray:
-        return np.array([self.status_names.get(int(s), str(int(s))) for s in self.status])
+        return np.array([STATUS_NAMES.get(int(s), str(int(s))) for s in self.status])
 
+    def status_counts(self) -> dict:
+        """status name -> number of fits, most common first."""
+        codes, counts = np.unique(self.status, return_counts=True)
+        pairs = sorted(zip(counts.tolist(), codes.tolist()), key=lambda t: (-t[0], t[1]))
+        return {STATUS_NAMES.get(c, str(c)): n for n, c in pairs}
+
+    # -- text --------------------------------------------------------------------------------------
     def summary(self) -> str:
-        n = len(self)
-        counts = {self.status_names.get(int(k), str(k)): int(v)
-                  for k, v in zip(*np.unique(self.status, return_counts=True))}
+        """Model, status counts, speed and each parameter's median over the converged fits."""
         t = self.timings
-        lines = [f"model      {self.model_text}",
-                 f"fits       {n}: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+        lines = [f"model      {self.model_text}", self._fits_line(),
                  f"speed      {t.get('fits_per_s', float('nan')):,.0f} fits/s on {t.get('device', '?')} "
                  f"({t.get('path', '?')} path{', compiled' if t.get('compiled') else ''}; "
                  f"warm-up {t.get('warmup_s', 0.0):.2f} s, fitting {t.get('fit_s', 0.0):.3f} s)"]
@@ -70,17 +104,44 @@ class BatchResult:
                              f"{np.percentile(v, 97.5):.4g})")
         return "\n".join(lines)
 
-    # -- tables and files -------------------------------------------------------------------
+    def report(self) -> str:
+        """A text report mirroring FitResult.report(): model, status counts, statistics, and
+        per parameter the median, spread (2.5%..97.5%) and median standard error, over the
+        converged fits."""
+        ok = self.converged
+        lines = [f"model      {self.model_text}", self._fits_line()]
+        if ok.any():
+            st = {k: v[ok] for k, v in self.stats.items()}
+            lines.append("statistics (median over converged fits)")
+            lines.append(f"  points {_med(st['n'])}, free parameters {_med(st['n'] - st['dof'])}, "
+                         f"degrees of freedom {_med(st['dof'])}")
+            lines.append(f"  chi-square {_med(st['chisqr'])}, reduced chi-square {_med(st['redchi'])}")
+            lines.append(f"  AIC {_med(st['aic'])}, BIC {_med(st['bic'])}")
+            width = max(len(n) for n in self.param_names)
+            lines.append("parameters (converged fits)")
+            for name in self.param_names:
+                v, se = self.params[name][ok], self.stderr[name][ok]
+                lines.append(f"  {name:<{width}}  median {np.median(v):.6g}  spread {np.percentile(v, 2.5):.4g} .. "
+                             f"{np.percentile(v, 97.5):.4g}  stderr median {_med(se)}")
+        return "\n".join(lines)
+
+    def _fits_line(self) -> str:
+        return f"fits       {len(self)}: " + ", ".join(f"{v} {k}" for k, v in self.status_counts().items())
+
+    # -- tables ------------------------------------------------------------------------------------
     def columns(self) -> dict:
-        """One column per quantity: fit, <param>, <param>_stderr, chi2, redchi, n_points,
-        iterations, status, converged."""
+        """One column per quantity: fit, id (if any), <param>, <param>_stderr, chi2, redchi,
+        n_points, dof, aic, bic, iterations, status, converged."""
         out = {"fit": np.arange(len(self))}
+        if self.ids is not None:
+            out["id"] = self.ids
         for n in self.param_names:
             out[n] = self.params[n]
         for n in self.param_names:
             out[f"{n}_stderr"] = self.stderr[n]
-        out.update(chi2=self.chi2, redchi=self.redchi, n_points=self.n_points, iterations=self.iterations,
-                   status=self.status_text, converged=self.converged)
+        st = self.stats
+        out.update(chi2=st["chisqr"], redchi=st["redchi"], n_points=st["n"], dof=st["dof"], aic=st["aic"],
+                   bic=st["bic"], iterations=self.iterations, status=self.status_text, converged=self.converged)
         return out
 
     def to_pandas(self):
@@ -89,32 +150,36 @@ class BatchResult:
 
         return pd.DataFrame(self.columns())
 
+    # -- the arrays, for gathering across processes ---------------------------------------------------
     def numeric_arrays(self) -> dict:
-        out = {"chi2": self.chi2, "redchi": self.redchi, "n_points": self.n_points, "status": self.status,
-               "iterations": self.iterations}
+        """Every per-fit numeric array under a flat key (param:<name>, stderr:<name>,
+        stats:<key>, status, iterations)."""
+        out = {"status": self.status, "iterations": self.iterations}
+        out.update({f"stats:{k}": v for k, v in self.stats.items()})
         for n in self.param_names:
             out[f"param:{n}"] = self.params[n]
             out[f"stderr:{n}"] = self.stderr[n]
         return out
 
     def with_arrays(self, arrays: dict) -> "BatchResult":
+        """A copy with the arrays of :meth:`numeric_arrays` replaced."""
         return dataclasses.replace(
             self, params={n: arrays[f"param:{n}"] for n in self.param_names},
-            stderr={n: arrays[f"stderr:{n}"] for n in self.param_names}, chi2=arrays["chi2"],
-            redchi=arrays["redchi"], n_points=arrays["n_points"], status=arrays["status"],
-            iterations=arrays["iterations"], timings=dict(self.timings))
+            stderr={n: arrays[f"stderr:{n}"] for n in self.param_names},
+            stats={k[len("stats:"):]: v for k, v in arrays.items() if k.startswith("stats:")},
+            status=arrays["status"], iterations=arrays["iterations"], timings=dict(self.timings))
 
+    # -- files -------------------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write .npz (arrays; no pickles) or .parquet (a table), atomically; .csv also works."""
+        """Write .npz (every field, no pickles; read back with :meth:`load`), .parquet or .csv
+        (the table of :meth:`columns`), atomically."""
         from .._files import atomic_write_bytes
 
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix == ".npz":
             buf = io.BytesIO()
-            arrays = {k.replace(":", "__"): np.asarray(v) for k, v in self.numeric_arrays().items()}
-            arrays["param_names"] = np.array(self.param_names, dtype=str)
-            np.savez(buf, **arrays)
+            np.savez(buf, **self._document())
             atomic_write_bytes(path, buf.getvalue())
         elif suffix == ".parquet":
             buf = io.BytesIO()
@@ -126,3 +191,60 @@ class BatchResult:
             write_csv(path, self.columns())
         else:
             raise ConfigError(f"save to .npz, .parquet or .csv, not {suffix or 'a file without extension'}")
+
+    def _document(self) -> dict:
+        """The .npz document: one array per field (text fields as 0-d string arrays)."""
+        doc = {k.replace(":", "__"): np.asarray(v) for k, v in self.numeric_arrays().items()}
+        doc["format"] = np.asarray(_FORMAT)
+        doc["param_names"] = np.array(self.param_names, dtype=str)
+        doc["model_text"] = np.asarray(self.model_text, dtype=str)
+        doc["timings"] = np.asarray(json.dumps(self.timings), dtype=str)
+        if self.ids is not None:
+            ids = np.asarray(self.ids)
+            doc["ids"] = ids.astype(str) if ids.dtype == object else ids
+        return doc
+
+    @classmethod
+    def load(cls, path) -> "BatchResult":
+        """Read a BatchResult saved as .npz (also the files of earlier versions, which had
+        chi2, redchi and n_points but no stats, ids or timings).
+
+        Raises PersistError for a missing or unreadable file.
+        """
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise PersistError(f"cannot read fit_many results from {path}: {exc}") from None
+        names = tuple(str(n) for n in arrays.get("param_names", ()))
+        flat = {k.replace("__", ":"): v for k, v in arrays.items()}
+        if "stats:chisqr" not in flat and "chi2" in flat:  # format 1: chi2, redchi, n_points
+            flat.update(_stats_of_format1(flat, len(names)))
+        missing = [k for k in ("status", "iterations", *(f"param:{n}" for n in names)) if k not in flat]
+        if missing or not names:
+            raise PersistError(f"{path} is not a fit_many result file (missing {', '.join(missing) or 'param_names'})")
+        base = cls(param_names=names, params={}, stderr={}, stats={}, status=flat["status"],
+                   iterations=flat["iterations"], model_text=str(arrays.get("model_text", "")),
+                   timings=json.loads(str(arrays["timings"])) if "timings" in arrays else {},
+                   ids=arrays.get("ids"))
+        return base.with_arrays({k: v for k, v in flat.items() if k.startswith(("param:", "stderr:", "stats:",
+                                                                                   "status", "iterations"))})
+
+
+def _stats_of_format1(flat: dict, n_params: int) -> dict:
+    """stats from a format-1 file; the free-parameter count comes from chi2 / redchi."""
+    from ..stats import batch_statistics
+
+    chi2, redchi, n = flat["chi2"], flat["redchi"], flat["n_points"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n_free = n - chi2 / redchi
+    n_free = n_free[np.isfinite(n_free)]
+    k = int(np.rint(n_free[0])) if n_free.size else n_params
+    return {f"stats:{key}": v for key, v in batch_statistics(chi2, n, k).items()}
+
+
+def _med(v) -> str:
+    v = np.asarray(v, dtype=float)
+    v = v[np.isfinite(v)]
+    return f"{np.median(v):.6g}" if v.size else "-"

@@ -1,16 +1,31 @@
-"""FitResult: what a fit returns. Immutable; it predicts, reports, plots and saves itself."""
+"""FitResult: what a fit returns. Immutable; it predicts, reports, plots and saves itself.
+
+Its file document is declared once, in ``_DOCUMENT`` (field name -> codec, see
+:mod:`gradfit.results.document`): every field but the model is stored there and loads back
+exactly; the model is stored as its ``spec()`` (plus weights for networks).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FitResult"]
+from ..errors import ModelError, PersistError
+from ..options import FitOptions
+from ..status import Status
+from .document import (ARRAY, INT, NAMES, NUMBER, NUMBERS, SERIES, STATUS, TEXT, TREE, decode_fields,
+                       encode_fields, model_from_spec, optional)
+from .persist import read_document, write_document
+
+__all__ = ["FitResult", "load"]
+
+#: parameters shown by repr() before it abbreviates
+_REPR_PARAMS = 6
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class FitResult:
     """The outcome of :func:`gradfit.fit`.
 
@@ -21,28 +36,34 @@ class FitResult:
     loss : training loss at the final parameters (full-batch training) or, with minibatches,
         the mean batch loss of the last epoch as Keras reports it; ``val_loss`` is the loss on
         the validation split at the final parameters (None without one).
-    status : "converged" | "max_epochs" | "max_iterations" | "stalled" | "singular" |
-        "diverged" | "stopped" | "stopped_early".
-    history : {"train_loss": [...], "val_loss": [...]}, one entry per epoch run.
+    status : a :class:`~gradfit.status.Status` ("converged", "max_epochs", "max_iterations",
+        "stalled", "singular", "diverged", "stopped", "stopped_early", ...); strings are
+        converted on construction.
+    history : {"train_loss": [...], "val_loss": [...]} (plus "penalty", "lr" when training
+        recorded them), one entry per epoch or iteration run.
+    settings : the options of the fit as JSON values (bounds as [low, high] floats, inf allowed).
+
+    The result holds no training data and no solver state; :meth:`ci` with
+    ``method="profile"`` takes the data as arguments.
     """
 
     params: dict
     loss: float
     val_loss: float | None
-    status: str
+    status: Status
     epochs_run: int
     history: dict
-    model: Any = field(repr=False)
+    model: Any
     message: str = ""
-    settings: dict = field(default_factory=dict, repr=False)
+    settings: dict = field(default_factory=dict)
     n_train: int = 0
     n_val: int = 0
     notes: tuple = ()
     #: standard errors by name (least-squares losses); 0 for fixed parameters
     stderr: dict | None = None
     #: covariance and correlation of the free parameters, in the order of ``free``
-    covariance: Any = field(default=None, repr=False)
-    correlation: Any = field(default=None, repr=False)
+    covariance: Any = None
+    correlation: Any = None
     free: tuple = ()
     #: n, dof, chisqr, redchi, rss, rmse, r2, aic, bic
     stats: dict | None = None
@@ -50,11 +71,20 @@ class FitResult:
     best_epoch: int | None = None
     #: cross-validation: {"val_loss": [...], "mean", "std", "params": [...], ...}
     cv: dict | None = None
-    _problem: Any = field(default=None, repr=False, compare=False)
 
-    @property
-    def ok(self) -> bool:
-        return self.status != "diverged"
+    def __post_init__(self):
+        if not isinstance(self.status, Status):
+            object.__setattr__(self, "status", Status(self.status))
+
+    def __repr__(self) -> str:
+        if self.params:
+            shown = list(self.params.items())[:_REPR_PARAMS]
+            params = ", ".join(f"{k}={v:.6g}" for k, v in shown)
+            params = "{" + params + (", ..." if len(self.params) > _REPR_PARAMS else "") + "}"
+        else:
+            params = f"<{sum(p.numel() for p in self.model.module.parameters())} network weights>"
+        return (f"FitResult(model={self.model.describe()!r}, status={self.status.value}, loss={self.loss:.6g}, "
+                f"params={params})")
 
     @property
     def method(self) -> str:
@@ -65,13 +95,38 @@ class FitResult:
     def method_reason(self) -> str:
         return self.settings.get("method_reason", "")
 
-    def ci(self, level: float = 0.95, method: str = "normal") -> dict:
+    def ci(self, level: float = 0.95, method: str = "normal", *, x=None, y=None, data=None, sigma=None,
+           weights=None) -> dict:
         """Confidence intervals {name: (low, high)} for the free parameters.
 
-        method="normal": value ± z·stderr. method="profile": profile likelihood, refitting
-        the other parameters with each one held at trial values until chi-square rises by
-        z²·(reduced chi-square) (z² alone with absolute sigma); needs the fit's data, so it
-        is unavailable on a loaded result.
+        Parameters
+        ----------
+        level : confidence level, between 0 and 1.
+        method : "normal": value +/- z*stderr (no data needed). "profile": profile
+            likelihood, refitting the other parameters with each one held at trial values until
+            chi-square rises by z^2 * (reduced chi-square) (z^2 alone with absolute sigma).
+        x, y, data, sigma, weights : for method="profile" only: the data the fit was made with,
+            passed as to :func:`gradfit.fit` (a result keeps no data, so this works the same on
+            a fresh and on a loaded result). The problem is rebuilt from the model and the
+            settings (bounds, fixed, tie, absolute_sigma, validation split).
+
+        Raises
+        ------
+        ConfigError
+            Bad level or method, or method="profile" without the data.
+        DataError
+            The data passed is not the data of this fit.
+        FitError
+            No standard errors (not a least-squares fit), or a profile that never reaches the level.
+
+        Examples
+        --------
+        >>> import gradfit as gf
+        >>> x, y = [0.0, 1.0, 2.0, 3.0], [1.0, 3.1, 4.9, 7.2]
+        >>> r = gf.fit("a*x + b", x=x, y=y)
+        >>> lo, hi = r.ci(0.95, method="profile", x=x, y=y)["a"]
+        >>> bool(lo < r.params["a"] < hi)
+        True
         """
         from ..errors import ConfigError, FitError
         from ..stats import normal_interval
@@ -84,11 +139,11 @@ class FitResult:
             return {n: normal_interval(self.params[n], self.stderr[n], level) for n in self.free}
         if method != "profile":
             raise ConfigError(f"method must be 'normal' or 'profile', got {method!r}")
-        if self._problem is None:
-            raise FitError("profile intervals need the fit's data; call ci() on the result of fit(), not load()")
-        from ..lsq.profile import profile_intervals
+        from ..lsq.profile import profile_intervals, rebuild_problem
 
-        problem, absolute = self._problem
+        problem = rebuild_problem(self.model, self.params, self.settings, self.stats, x=x, y=y, data=data,
+                                  sigma=sigma, weights=weights)
+        absolute = FitOptions.from_dict(self.settings.get("options") or {}).least_squares.absolute_sigma
         return profile_intervals(problem, self.params, self.stderr, self.stats, level, absolute, self.free)
 
     # -- prediction ---------------------------------------------------------------------
@@ -160,11 +215,37 @@ class FitResult:
         return out
 
     # -- persistence and plots ----------------------------------------------------------
-    def save(self, path) -> None:
-        """Write a JSON model file (plus ``.safetensors`` weights beside it for networks)."""
-        from .persist import save_result
+    def to_document(self) -> dict:
+        """The file document: the model's spec and every field in ``_DOCUMENT``, as JSON values."""
+        return {"model": TREE.encode(self.model.spec()), **encode_fields(self, _DOCUMENT)}
 
-        save_result(self, path)
+    @classmethod
+    def from_document(cls, doc: dict, *, weights: dict | None = None, module=None, function=None) -> "FitResult":
+        """The result a document describes; ``weights`` is the network's state dict (see
+        :func:`gradfit.results.document.model_from_spec` for ``module`` and ``function``).
+
+        Raises
+        ------
+        PersistError
+            An entry is missing or malformed, or the parameters do not match the model.
+        ModelError
+            The model is a custom module or function that was not passed.
+        """
+        model = model_from_spec(TREE.decode(doc.get("model")), weights, module=module, function=function)
+        values = decode_fields(doc, _DOCUMENT)
+        missing = [name for name in _REQUIRED if name not in values]
+        if missing:
+            raise PersistError(f"the {missing[0]!r} entry is missing")
+        params = values["params"]
+        if model.scalar_params and set(params) != set(model.param_names):
+            raise PersistError(f"parameters {sorted(params)} do not match the model's {list(model.param_names)}")
+        return cls(model=model, **values)
+
+    def save(self, path) -> None:
+        """Write a JSON model file (plus ``.safetensors`` weights beside it for networks),
+        atomically; :func:`gradfit.load` reads it back with every field unchanged."""
+        weights = None if self.model.scalar_params else self.model.module.state_dict()
+        write_document(path, self.to_document(), weights)
 
     def plot_fit(self, path, x=None, y=None):
         """PNG of data, fitted curve and residuals (pass the data to show)."""
@@ -177,3 +258,45 @@ class FitResult:
         from .plot import plot_loss
 
         return plot_loss(self, path)
+
+
+#: the file document of a FitResult: every field except ``model``, and how it is stored
+_DOCUMENT = {
+    "params": NUMBERS, "loss": NUMBER, "val_loss": optional(NUMBER), "status": STATUS, "epochs_run": INT,
+    "history": SERIES, "message": TEXT, "settings": TREE, "n_train": INT, "n_val": INT, "notes": NAMES,
+    "stderr": optional(NUMBERS), "covariance": optional(ARRAY), "correlation": optional(ARRAY), "free": NAMES,
+    "stats": optional(NUMBERS), "best_epoch": optional(INT), "cv": optional(TREE),
+}
+_REQUIRED = tuple(f.name for f in fields(FitResult)
+                  if f.name in _DOCUMENT and f.default is MISSING and f.default_factory is MISSING)
+
+
+def load(path, *, module=None, function=None) -> FitResult:
+    """Load a FitResult saved with :meth:`FitResult.save`.
+
+    Formula and built-in models are rebuilt from their text; MLPs from their description
+    and safetensors weights. Custom ``torch.nn.Module`` and Python-function models cannot
+    be rebuilt from a file (that would mean running stored code): pass ``module=`` (an
+    instance of the same architecture) or ``function=``.
+
+    Raises
+    ------
+    PersistError
+        Missing, damaged, foreign or newer-format file, or malformed entries.
+    ModelError
+        The model is a custom module or function and it was not passed.
+
+    Examples
+    --------
+    >>> import gradfit as gf, tempfile, os
+    >>> r = gf.fit("a*x + b", x=[0.0, 1.0, 2.0], y=[1.0, 3.0, 5.2])
+    >>> path = os.path.join(tempfile.mkdtemp(), "fit.json")
+    >>> r.save(path)
+    >>> gf.load(path).report() == r.report()
+    True
+    """
+    doc, weights = read_document(path)
+    try:
+        return FitResult.from_document(doc, weights=weights, module=module, function=function)
+    except (PersistError, ModelError) as exc:
+        raise type(exc)(f"{path}: {exc}") from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from ..options import FitOptions
+
 __all__ = ["text_report", "STRONG_CORRELATION"]
 
 #: correlations at least this strong are listed in the report
@@ -24,7 +26,8 @@ def text_report(result) -> str:
         lines.append(f"method     {method} ({result.method_reason})")
         lines.append(f"status     {result.status} after {result.epochs_run} iteration(s)")
     else:
-        how = ", ".join(f"{k}={s[k]}" for k in ("lr", "loss") if k in s)
+        lr = FitOptions.from_dict(s["options"]).training.lr if "options" in s else s.get("lr")
+        how = ", ".join(f"{k}={v}" for k, v in (("lr", lr), ("loss", s.get("loss"))) if v is not None)
         lines.append(f"method     {method} ({how})" + (f": {result.method_reason}" if result.method_reason
                                                           and result.method_reason != "requested" else ""))
         lines.append(f"status     {result.status} after {result.epochs_run} epochs")

@@ -1,9 +1,13 @@
 """Checkpoints of a training run: everything needed to continue bit-for-bit.
 
 A checkpoint is two files in the run's folder, each written atomically: ``checkpoint.safetensors``
-(parameters, optimizer tensors, random-generator states, early-stopping snapshot) and
-``checkpoint.json`` (epoch, history, optimizer settings, loop counters, and the SHA-256 of the
-tensor file). No pickle anywhere.
+(parameters, optimizer tensors, random-generator states, callbacks' tensors such as the
+early-stopping snapshot) and ``checkpoint.json`` (epoch, history, optimizer settings, the other
+callback state, and the SHA-256 of the tensor file). No pickle anywhere.
+
+:class:`Checkpointer` is the training loop's checkpoint callback; :func:`capture_state` and
+:func:`restore_state` turn a loop's state (train/loop.py ``LoopState``) into (tensors, meta)
+and back. Each callback's own state travels through its ``state_dict()``/``load_state_dict()``.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ import json
 import math
 from pathlib import Path
 
+from ..callbacks import Callback
 from ..errors import PersistError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "Interrupted", "Checkpointer", "CHECKPOINT_VERSION"]
+__all__ = ["save_checkpoint", "load_checkpoint", "capture_state", "restore_state", "Interrupted", "Checkpointer",
+           "CHECKPOINT_VERSION"]
 
-CHECKPOINT_VERSION = 1
+#: 2: callback state under "callbacks" (version 1 kept loop counters and the scheduler apart)
+CHECKPOINT_VERSION = 2
 
 
 class Interrupted(Exception):
@@ -76,15 +83,23 @@ def load_checkpoint(folder) -> tuple[dict, dict]:
         raise PersistError(f"{meta_path}: not a gradfit checkpoint")
     if meta.get("version", 0) > CHECKPOINT_VERSION:
         raise PersistError(f"{meta_path}: written by a newer gradfit; upgrade to resume")
+    if meta.get("version", 0) < CHECKPOINT_VERSION:
+        raise PersistError(f"{meta_path}: written by an older gradfit (checkpoint version {meta.get('version')}); "
+                           "start afresh without --resume")
     blob = blob_path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
         raise PersistError(f"{blob_path}: checksum mismatch; the checkpoint is damaged")
     return st_load(blob), _json_restore(meta)
 
 
-class Checkpointer:
-    """Decides when to save (every ``every_epochs`` epochs or ``every_seconds`` seconds) and
-    carries a stop signal set by a handler (``signal`` is its number, or None)."""
+class Checkpointer(Callback):
+    """The checkpoint callback: saves the run's complete state every ``every_epochs`` epochs or
+    ``every_seconds`` seconds, and at once when a stop signal arrives (a handler sets ``signal``
+    to its number), after which it raises :class:`Interrupted`.
+
+    ``fingerprint`` (set by the caller) identifies the fit, so that resuming refuses another one.
+    The loop runs it after every other callback, so a checkpoint holds their state after the epoch.
+    """
 
     def __init__(self, folder, every_epochs: int | None = None, every_seconds: float | None = 60.0):
         import time
@@ -93,8 +108,8 @@ class Checkpointer:
         self.every_epochs = every_epochs
         self.every_seconds = every_seconds
         self.signal: int | None = None
+        self.fingerprint: str | None = None
         self._last = time.monotonic()
-        self.saved_epoch: int | None = None
 
     def due(self, epoch: int) -> bool:
         import time
@@ -107,6 +122,128 @@ class Checkpointer:
         import time
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(self.folder, tensors, {**meta, "fingerprint": getattr(self, "fingerprint", None)})
+        save_checkpoint(self.folder, tensors, {**meta, "fingerprint": self.fingerprint})
         self._last = time.monotonic()
-        self.saved_epoch = meta["counters"]["epoch"]
+
+    def after_epoch(self, loop) -> None:
+        if self.signal is None and not self.due(loop.epoch):
+            return
+        self.save(*capture_state(loop))
+        if self.signal is not None:
+            raise Interrupted(self.signal, loop.epoch)
+
+
+def capture_state(loop) -> tuple[dict, dict]:
+    """Everything a loop needs to continue bit-for-bit: (tensors, JSON-able metadata).
+
+    ``loop`` is train/loop.py's ``LoopState``: its objective's parameters and divergence copies,
+    the optimizer, the random generators, the history and each callback's ``state_dict()``.
+    """
+    import torch
+
+    objective = loop.objective
+    tensors = {f"leaf.{i}": t for i, t in enumerate(objective.leaves)}
+    for i, t in enumerate(objective.divergence_state()):
+        tensors[f"good.{i}"] = t
+    opt = loop.optimizer.state_dict()
+    opt_meta = {"param_groups": opt["param_groups"], "state": {}}
+    for pid, st in opt["state"].items():
+        opt_meta["state"][str(pid)] = {}
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"opt.{pid}.{k}"] = v
+            else:
+                opt_meta["state"][str(pid)][k] = v
+    tensors["rng.torch"] = torch.get_rng_state()
+    if loop.generator is not None:
+        tensors["rng.batch"] = loop.generator.get_state()
+    if getattr(objective, "noise_generator", None) is not None:
+        tensors["rng.noise"] = objective.noise_generator.get_state()
+    callbacks = {}
+    for key, cb in _stateful(loop.callbacks):
+        callbacks[key] = _encode(cb.state_dict(), f"cb.{key}", tensors)
+    meta = {"counters": {"epoch": loop.epoch}, "history": loop.history, "best_epoch": loop.best_epoch,
+            "optimizer": opt_meta, "callbacks": callbacks}
+    return tensors, meta
+
+
+def restore_state(resume: tuple, loop) -> None:
+    """Load a captured state into a fresh loop and its callbacks (the inverse of capture_state)."""
+    import torch
+
+    tensors, meta = resume
+    objective = loop.objective
+    with torch.no_grad():
+        for i, t in enumerate(objective.leaves):
+            t.copy_(tensors[f"leaf.{i}"])
+    objective.load_divergence_state(_numbered(tensors, "good"))
+    opt_meta = meta["optimizer"]
+    state = {}
+    for pid, st in opt_meta["state"].items():
+        entry = dict(st)
+        prefix = f"opt.{pid}."
+        entry.update({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        state[int(pid)] = entry
+    loop.optimizer.load_state_dict({"state": state, "param_groups": opt_meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    if loop.generator is not None and "rng.batch" in tensors:
+        loop.generator.set_state(tensors["rng.batch"])
+    if getattr(objective, "noise_generator", None) is not None and "rng.noise" in tensors:
+        objective.noise_generator.set_state(tensors["rng.noise"])
+    loop.history = {k: list(v) for k, v in meta["history"].items()}
+    loop.best_epoch = meta.get("best_epoch")
+    loop.epoch = loop.epochs_run = meta["counters"]["epoch"]
+    saved = meta.get("callbacks", {})
+    for key, cb in _stateful(loop.callbacks):
+        if key in saved:
+            cb.load_state_dict(_decode(saved[key], f"cb.{key}", tensors))
+
+
+def _stateful(callbacks):
+    """(key, callback) for each callback with a state_dict; the key is its class name, numbered
+    from the second of a kind on."""
+    seen: dict = {}
+    for cb in callbacks:
+        if not hasattr(cb, "state_dict"):
+            continue
+        name = type(cb).__name__
+        seen[name] = seen.get(name, 0) + 1
+        yield (name if seen[name] == 1 else f"{name}#{seen[name]}"), cb
+
+
+def _encode(state: dict, prefix: str, tensors: dict) -> dict:
+    """A callback's state_dict -> its JSON part; tensors (and lists of them) go to ``tensors``."""
+    import torch
+
+    out = {}
+    for name, v in state.items():
+        if isinstance(v, torch.Tensor):
+            tensors[f"{prefix}.{name}"] = v
+            out[name] = {"__tensor__": True}
+        elif isinstance(v, (list, tuple)) and v and all(isinstance(t, torch.Tensor) for t in v):
+            for i, t in enumerate(v):
+                tensors[f"{prefix}.{name}.{i}"] = t
+            out[name] = {"__tensors__": len(v)}
+        else:
+            out[name] = v
+    return out
+
+
+def _decode(doc: dict, prefix: str, tensors: dict) -> dict:
+    out = {}
+    for name, v in doc.items():
+        if isinstance(v, dict) and set(v) == {"__tensor__"}:
+            out[name] = tensors[f"{prefix}.{name}"]
+        elif isinstance(v, dict) and set(v) == {"__tensors__"}:
+            out[name] = [tensors[f"{prefix}.{name}.{i}"] for i in range(v["__tensors__"])]
+        else:
+            out[name] = v
+    return out
+
+
+def _numbered(tensors: dict, prefix: str) -> list:
+    """[tensors[f"{prefix}.0"], tensors[f"{prefix}.1"], ...] for as many as there are."""
+    out = []
+    while f"{prefix}.{len(out)}" in tensors:
+        out.append(tensors[f"{prefix}.{len(out)}"])
+    return out

@@ -182,7 +182,7 @@ class ScalarObjective(_Objective):
 
         data = self.augment(data)
         if self.gradient == "analytic":
-            value = self._analytic_grad(data)
+            value = self.analytic_gradient(data)
             if self.penalty is not None:
                 (extra,) = torch.autograd.grad(self.penalty_term(), self.theta)
                 self.theta.grad = self.theta.grad + extra
@@ -194,9 +194,27 @@ class ScalarObjective(_Objective):
         optimizer.step()
         return value
 
-    def _analytic_grad(self, data: TensorData):
-        """Loss and its gradient without autograd: symbolic model partials times the loss's
-        derivative with respect to the prediction. Sets ``theta.grad``."""
+    def analytic_gradient(self, data: TensorData):
+        """The loss on ``data`` at the current parameters, and its gradient without autograd
+        through the model: the formula's symbolic partials
+        (:func:`gradfit.models.jacobian.partials`) times the loss's derivative with respect to
+        the prediction, then through the preconditioner, bounds, fixed and tied parameters.
+
+        Sets ``theta.grad`` (shape (F,), the optimizer's leaf) and returns the loss (0-d
+        tensor), without the regularization penalty. Needs a formula model.
+
+        >>> import torch
+        >>> from gradfit.losses import resolve_loss
+        >>> from gradfit.models import resolve_model
+        >>> from gradfit.models.parameters import ParameterSpace
+        >>> m = resolve_model("w*x + b").bind(["x"])
+        >>> data = TensorData({"x": torch.tensor([1.0, 2.0])}, torch.tensor([0.0, 0.0]))
+        >>> space = ParameterSpace(m.param_names, {"w": 1.0, "b": 0.0})
+        >>> obj = ScalarObjective(m, data, None, resolve_loss("mse"), space, dtype=torch.float32,
+        ...                       device=torch.device("cpu"), gradient="analytic")
+        >>> float(obj.analytic_gradient(data)), obj.theta.grad.tolist()
+        (2.5, [5.0, 3.0])
+        """
         import torch
 
         with torch.no_grad():
@@ -230,9 +248,11 @@ class ScalarObjective(_Objective):
         parameters (models linear in their parameters), since then they never change."""
         import torch
 
+        from ..models.jacobian import partials
+
         if data is self.train and self._jt_cache is not None:
             return self._jt_cache
-        jt = torch.stack(self.model.partials(data.inputs, params))
+        jt = torch.stack(partials(self.model, data.inputs, params))
         if data is self.train and self.model.linear_in_params:
             self._jt_cache = jt
         return jt

@@ -1,0 +1,433 @@
+"""The batched least-squares engine behind fit_many: chunks, compile cache, the LM loop.
+
+Data flow: validated numpy arrays (fits as the leading dimension) -> chunks sized to a
+memory budget -> tensors per chunk -> ``batch_lm.init`` / ``batch_lm.step`` until every fit
+of the chunk has finished (compacting the batch to its running fits as they finish) ->
+standard errors and the end-point checks -> a :class:`BatchedSolution` of numpy arrays.
+
+Formulas and built-ins take the fused path (their symbolic partials evaluated with
+broadcasting, every fit at once); any torch callable takes the general path
+(torch.func.vmap over jacfwd). Large batches run torch.compile'd step functions, cached per
+model (formula text, or the callable itself) and shape in this process.
+
+The end-point checks make "converged" mean what it means for :func:`gradfit.fit`: a
+converged (or max_iterations) fit whose parameters or chi-square are not finite becomes
+not_finite, and one whose Jacobian is rank-deficient by the test of
+:func:`gradfit.stats.covariance` (singular values of the column-scaled, weighted Jacobian
+below ``RANK_TOL`` times the largest) becomes singular. The test runs in float64 on the
+Jacobian at the end point, but only for fits that the working-precision normal matrix
+cannot already prove well conditioned (see :func:`_finish`), so a healthy batch pays almost
+nothing for it; those fits also get their standard errors from the float64 Jacobian, as in
+:func:`gradfit.fit`.
+
+This module returns plain arrays; fitting/many.py turns them into a BatchResult.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..status import Status
+from ..stats import RANK_TOL, batch_inverse_diagonal
+
+__all__ = ["BatchedSolution", "solve_batched", "COMPILE_THRESHOLD", "COMPACT_FRACTION", "COMPACT_MIN"]
+
+#: batches at least this large are torch.compile'd when compile="auto" (compiling costs
+#: seconds; below this the eager path finishes first)
+COMPILE_THRESHOLD = {"cpu": 2_000_000, "cuda": 200_000}
+#: compact the batch to its still-running fits when they are at most this fraction of it
+COMPACT_FRACTION = 0.5
+#: ... and the batch is at least this large (below, compaction costs more than it saves)
+COMPACT_MIN = 1024
+#: how far above its rounding level a normal matrix's conditioning must stay for the
+#: working-precision screen to vouch for full rank (the inverse then has a few digits)
+_SCREEN_SAFETY = 1e3
+#: compiled step functions, keyed by model and shape (one per process: compiling costs seconds)
+_COMPILED: dict = {}
+
+
+@dataclass
+class BatchedSolution:
+    """What the engine found, one row per fit (all numpy).
+
+    params, stderr : (B, P) float64 (stderr NaN where undetermined, 0 for fixed parameters).
+    chisqr : (B,) float64 chi-square at ``params`` (inf for fits that never ran).
+    n_used : (B,) int64 points with a positive weight.
+    status : (B,) int8 :class:`~gradfit.status.Status` codes.
+    iterations : (B,) int32.
+    timings : warm-up and fitting seconds, fits/s, path, compiled, device, chunk size.
+    """
+
+    params: np.ndarray
+    stderr: np.ndarray
+    chisqr: np.ndarray
+    n_used: np.ndarray
+    status: np.ndarray
+    iterations: np.ndarray
+    timings: dict = field(default_factory=dict)
+
+
+def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray, lower: np.ndarray,
+                  upper: np.ndarray, free: np.ndarray, *, tol: float, max_iter: int, dtype, device,
+                  chunk_size: int | None = None, compile="auto", progress=None) -> BatchedSolution:
+    """Fit ``model`` to every row of ``y`` by batched Levenberg-Marquardt.
+
+    Parameters
+    ----------
+    model : a bound model with named scalar parameters ``names`` (P of them).
+    inputs : name -> (M,) shared or (B, M) per-fit input arrays.
+    y, w : (B, M) data and weights (0 masks a point; y may be NaN there).
+    theta0, lower, upper : (B, P) start and box bounds (-inf/inf for none).
+    free : (P,) 1.0 for parameters that vary, 0.0 for fixed ones.
+    tol, max_iter : convergence tolerance on the relative chi-square change, iteration cap.
+    dtype, device : torch dtype and device of the working tensors.
+    chunk_size : fits per chunk (default: from the device's free memory).
+    compile : "auto" (compile batches of at least COMPILE_THRESHOLD fits), True or False.
+    progress : show a bar over fits (None: when stderr is a terminal and the batch is large).
+
+    Raises
+    ------
+    ConfigError for a bad chunk_size or compile option.
+    """
+    import torch
+
+    n_fits, n_points = y.shape
+    p = len(names)
+    itemsize = torch.finfo(dtype).bits // 8
+    chunk = _chunk_size(max(n_fits, 1), n_points, p, itemsize, device, chunk_size)
+    fused = getattr(model, "expression", None) is not None
+    use_compile = _want_compile(compile, n_fits, device)
+    params = np.empty((n_fits, p))
+    stderr = np.empty((n_fits, p))
+    chisqr = np.empty(n_fits)
+    status = np.empty(n_fits, dtype=np.int8)
+    iterations = np.empty(n_fits, dtype=np.int32)
+    n_used = (w > 0).sum(axis=1)
+    free_t = tuple(float(v) for v in free)
+    floor = max(RANK_TOL**2, _SCREEN_SAFETY * float(torch.finfo(dtype).eps))
+    warmup = 0.0
+    bar = _progress(progress, n_fits)
+    t_fit = time.perf_counter()
+    for lo in range(0, n_fits, chunk):
+        sl = slice(lo, min(lo + chunk, n_fits))
+        tensors = _chunk_tensors(inputs, y[sl], w[sl], theta0[sl], lower[sl], upper[sl], n_used[sl], free_t,
+                                 dtype, device)
+        fresh = use_compile and _compile_key(model, names, fused, tensors, tol) not in _COMPILED
+
+        def make_step(t):
+            return _stepper(model, names, fused, use_compile, t, tol)
+
+        state, first_iter_s = _iterate(make_step, tensors, max_iter)
+        if fresh:
+            warmup += first_iter_s
+        se, full_rank = _finisher(use_compile)(state.a, state.chi2, tensors["n_used"], free_t, floor)
+        params[sl] = state.theta.double().cpu().numpy()
+        stderr[sl] = se.double().cpu().numpy()
+        chisqr[sl] = state.chi2.double().cpu().numpy()
+        st = state.status.cpu().numpy()
+        status[sl] = np.where(st < 0, Status.MAX_ITERATIONS.code, st)
+        iterations[sl] = state.iterations.cpu().numpy()
+        _check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status,
+                          full_rank.cpu().numpy(), free, device)
+        if bar is not None:
+            bar.advance(sl.stop - sl.start)
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - t_fit
+    timings = {"warmup_s": warmup, "fit_s": elapsed - warmup, "fits": n_fits,
+               "fits_per_s": n_fits / max(elapsed - warmup, 1e-12), "path": "fused" if fused else "general",
+               "compiled": use_compile, "device": str(device), "chunk_size": chunk}
+    return BatchedSolution(params, stderr, chisqr, n_used, status, iterations, timings)
+
+
+# -- chunks and memory ------------------------------------------------------------------------
+def _memory_budget(dev) -> int:
+    import torch
+
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free * 0.5)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(int(line.split()[1]) * 1024 * 0.25)
+    except OSError:
+        pass
+    return 2 << 30
+
+
+def _chunk_size(n_fits: int, n_points: int, n_params: int, itemsize: int, dev, chunk_size) -> int:
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise ConfigError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        return min(int(chunk_size), n_fits)
+    # working set per fit: y, w, residuals, predictions and the Jacobian (P columns), with
+    # room for temporaries
+    per_fit = (n_params + 6) * n_points * itemsize * 3 + (n_params * n_params + 4 * n_params) * itemsize * 4
+    return max(1, min(n_fits, _memory_budget(dev) // per_fit, 4_000_000))
+
+
+def _want_compile(option, n_fits: int, dev) -> bool:
+    if option in (True, "yes", "true"):
+        return True
+    if option in (False, "no", "false", None):
+        return False
+    if option != "auto":
+        raise ConfigError(f"compile must be 'auto', True or False, got {option!r}")
+    return n_fits >= COMPILE_THRESHOLD.get(dev.type, COMPILE_THRESHOLD["cpu"])
+
+
+def _chunk_tensors(inputs, y, w, theta0, lower, upper, n_used, free, dtype, dev) -> dict:
+    import torch
+
+    def t(a):
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=dev)
+
+    y_t = t(y)
+    y_t = torch.where(torch.isfinite(y_t), y_t, torch.zeros_like(y_t))  # NaN points have weight 0
+    status0 = np.where(n_used < sum(free), Status.TOO_FEW_POINTS.code, -1).astype(np.int64)
+    return {"y": y_t, "w": t(w), "theta0": t(theta0), "lower": t(lower), "upper": t(upper),
+            "n_used": t(n_used.astype(float)), "free": free, "status0": torch.as_tensor(status0, device=dev),
+            "inputs": {k: t(v) for k, v in inputs.items()}}
+
+
+def _take(tensors: dict, keep) -> dict:
+    out = dict(tensors)
+    for k in ("y", "w", "lower", "upper", "theta0", "status0", "n_used"):
+        out[k] = tensors[k][keep]
+    out["inputs"] = {k: (v[keep] if v.dim() == 2 else v) for k, v in tensors["inputs"].items()}
+    return out
+
+
+def _progress(progress, n_fits: int):
+    import sys
+
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    if not show or n_fits < 100_000:
+        return None
+    from ..callbacks import ChunkProgress
+
+    return ChunkProgress(n_fits)
+
+
+# -- the residual, the Jacobian and the step ------------------------------------------------------
+def _residual_and_jacobian(model, names, fused, inputs, y):
+    """(theta (B, P)) -> (f - y (B, M), J as a list of P tensors (B, M))."""
+    if fused:
+        program = model.value_and_partials()  # built here, outside any torch.compile trace
+
+        def fn(theta):
+            params = {n: theta[:, j:j + 1] for j, n in enumerate(names)}
+            f, partials = program({**params, **inputs})
+            f = _full(f, y)
+            return f - y, [_full(p, y) for p in partials]
+
+        return fn
+    from torch.func import jacfwd, vmap
+
+    keys = list(inputs)
+
+    def single(theta, *xs):
+        return model.forward(dict(zip(keys, xs)), dict(zip(names, theta.unbind())))
+
+    in_dims = (0, *[(0 if inputs[k].dim() == 2 else None) for k in keys])
+    value = vmap(single, in_dims=in_dims)
+    jac = vmap(jacfwd(single), in_dims=in_dims)
+
+    def fn(theta):
+        xs = [inputs[k] for k in keys]
+        return value(theta, *xs) - y, list(jac(theta, *xs).unbind(-1))
+
+    return fn
+
+
+def _full(v, like):
+    """A value of the formula as a (B, M) tensor (constants and (B, 1) columns broadcast)."""
+    import torch
+
+    if not isinstance(v, torch.Tensor):
+        return torch.full_like(like, float(v))
+    return v if v.shape == like.shape else v.expand_as(like)
+
+
+def _model_key(model):
+    """What identifies the model's code: a formula's text, or the Python callable itself (two
+    functions may share a name; a closure's captured values are part of its code)."""
+    func = getattr(model, "func", None)
+    if func is not None:
+        return ("function", func)
+    return ("formula", getattr(model, "text", None) or model.describe())
+
+
+def _compile_key(model, names, fused, tensors, tol) -> tuple:
+    y, inputs = tensors["y"], tensors["inputs"]
+    # the batch size is dynamic: one compiled function serves every chunk and compaction
+    return (_model_key(model), tuple(names), fused, y.shape[1], str(y.dtype), str(y.device),
+            tuple((k, v.dim()) for k, v in inputs.items()), tol, tensors["free"])
+
+
+def _stepper(model, names, fused, use_compile, tensors, tol):
+    """The per-iteration function for this chunk: BatchState -> BatchState. Compiled functions
+    take a flat tuple of tensors and are cached per model and shape in the process (and by
+    inductor on disk)."""
+    from ..optim.batch_lm import BatchState, step
+
+    inputs, y, w = tensors["inputs"], tensors["y"], tensors["w"]
+    lower, upper, free = tensors["lower"], tensors["upper"], tensors["free"]
+    if not use_compile:
+        rj = _residual_and_jacobian(model, names, fused, inputs, y)
+        return lambda state: step(rj, state, y, w, lower, upper, free, tol)
+    import torch
+
+    key = _compile_key(model, names, fused, tensors, tol)
+    compiled = _COMPILED.get(key)
+    keys = list(inputs)
+    if compiled is None:
+        if fused:
+            model.value_and_partials()
+
+        def flat(theta, trial, lam, chi2, a, g, status, iterations, y, w, lower, upper, *xs):
+            fn = _residual_and_jacobian(model, names, fused, dict(zip(keys, xs)), y)
+            st = step(fn, BatchState(theta, trial, lam, chi2, a, g, status, iterations), y, w, lower, upper, free, tol)
+            return _fields(st)
+
+        compiled = torch.compile(flat, dynamic=True)
+        _COMPILED[key] = compiled
+    xs = [inputs[k] for k in keys]
+
+    def run(state):
+        return BatchState(*compiled(*_fields(state), y, w, lower, upper, *xs))
+
+    return run
+
+
+# -- the loop -----------------------------------------------------------------------------------
+def _iterate(make_step, tensors, max_iter: int):
+    """Run up to max_iter iterations. Finished fits are frozen by the kernel; once half of
+    the batch has finished, the running ones are gathered into a smaller batch so that
+    finished fits stop costing work. Returns (final state for all fits, first-call seconds)."""
+    import torch
+
+    from ..optim.batch_lm import RUNNING, BatchState, init
+
+    state = init(tensors["theta0"], tensors["status0"])
+    full = state
+    rows = None  # indices (into the chunk) of the fits in `state`; None = all of them
+    step = make_step(tensors)
+    first = 0.0
+    for it in range(max_iter):
+        t0 = time.perf_counter()
+        state = step(state)
+        if it == 0:
+            first = time.perf_counter() - t0
+        running = state.status == RUNNING
+        n_running = int(running.sum())
+        if n_running == 0:
+            break
+        size = running.shape[0]
+        if it + 1 < max_iter and size >= COMPACT_MIN and n_running <= COMPACT_FRACTION * size:
+            full = _write_back(full, rows, state)
+            keep = torch.nonzero(running).squeeze(-1)
+            rows = keep if rows is None else rows[keep]
+            state = BatchState(*(t[keep] for t in _fields(state)))
+            tensors = _take(tensors, keep)
+            step = make_step(tensors)
+    return _write_back(full, rows, state), first
+
+
+def _fields(state) -> tuple:
+    return (state.theta, state.trial, state.lam, state.chi2, state.a, state.g, state.status, state.iterations)
+
+
+def _write_back(full, rows, state):
+    """Copy the compacted fits' state into the full-batch state (in place: the full state's
+    tensors belong to this run alone)."""
+    if rows is None:
+        return state
+    for f, s in zip(_fields(full), _fields(state)):
+        f[rows] = s
+    return full
+
+
+# -- standard errors and the end-point checks ----------------------------------------------------
+def _finish(a, chi2, n_used, free, floor: float):
+    """Standard errors (B, P) and, per fit, whether the working-precision normal matrix
+    proves the Jacobian full rank.
+
+    With M = D^-1 A D^-1 over the F free parameters (unit diagonal), lambda_max(M) <= trace(M)
+    = F and lambda_min(M) >= 1 / trace(M^-1), and diag(M^-1) = diag(A^-1) * diag(A). So
+    F * trace(M^-1) < 1 / floor proves lambda_min / lambda_max > floor >= RANK_TOL**2 (the
+    rank test on singular values, squared), while the floor, far above the rounding level,
+    keeps the computed inverse accurate enough for the bound to hold.
+    """
+    import torch
+
+    from ..optim.batch_lm import inverse_diagonal, standard_errors
+
+    var_unit, ok = inverse_diagonal(a, free)
+    se = standard_errors(a, chi2, n_used, free, (var_unit, ok))
+    n_free = float(sum(free))
+    diag = torch.diagonal(a, dim1=-2, dim2=-1)
+    trace_inv = (var_unit * diag).sum(-1)
+    full_rank = ok & torch.isfinite(trace_inv) & (n_free * trace_inv < 1.0 / floor)
+    return se, full_rank
+
+
+def _finisher(use_compile: bool):
+    if not use_compile:
+        return _finish
+    fn = _COMPILED.get("finish")
+    if fn is None:
+        import torch
+
+        fn = _COMPILED["finish"] = torch.compile(_finish, dynamic=True)
+    return fn
+
+
+def _check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, full_rank, free,
+                      device) -> None:
+    """Finish this chunk's converged and max_iterations fits, in place: not_finite where the
+    parameters or chi-square are not finite; where ``full_rank`` could not vouch for the
+    Jacobian, the float64 Jacobian at the end point decides: singular if rank-deficient,
+    otherwise its standard errors replace the working-precision ones."""
+    st = status[sl]
+    ended = (st == Status.CONVERGED.code) | (st == Status.MAX_ITERATIONS.code)
+    finite = np.isfinite(params[sl]).all(axis=1) & np.isfinite(chisqr[sl])
+    st[ended & ~finite] = Status.NOT_FINITE.code
+    suspect = np.nonzero(ended & finite & ~full_rank)[0]
+    if suspect.size:
+        rows = sl.start + suspect
+        deficient, var_unit = _inverse_diagonal_at(model, names, fused, inputs, y, w, rows, params[rows], free,
+                                                   device)
+        st[suspect[deficient]] = Status.SINGULAR.code
+        cols = np.nonzero(free)[0]
+        dof = (w[rows] > 0).sum(axis=1) - len(cols)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.where(dof > 0, chisqr[rows] / dof, np.nan)
+            stderr[rows[:, None], cols[None, :]] = np.sqrt(var_unit * scale[:, None])
+    status[sl] = st
+
+
+def _inverse_diagonal_at(model, names, fused, inputs, y, w, rows, theta, free, device):
+    """The rank test and diag((J^T W J)^-1) of :func:`gradfit.stats.covariance`, on the
+    weighted float64 Jacobian of the free parameters at ``theta`` (k, P), for the fits
+    ``rows``: ((k,) bool, (k, F))."""
+    import torch
+
+    def t(a):
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=device)
+
+    sub_inputs = {k: t(v[rows] if v.ndim == 2 else v) for k, v in inputs.items()}
+    y_rows = np.where(w[rows] > 0, y[rows], 0.0)
+    fn = _residual_and_jacobian(model, names, fused, sub_inputs, t(y_rows))
+    with torch.no_grad():
+        _, jac = fn(t(theta))
+    cols = [j for j, f in enumerate(free) if f]
+    jac = torch.stack([jac[j] for j in cols], dim=-1).cpu().numpy()  # (k, M, F)
+    weighted = jac * np.sqrt(np.asarray(w[rows], dtype=float))[:, :, None]
+    return batch_inverse_diagonal(np.where(np.isfinite(weighted), weighted, 0.0))
