@@ -87,6 +87,30 @@ def test_torch_callable_general_path_matches_fused():
     np.testing.assert_array_equal(general.status, fused.status)
 
 
+@pytest.mark.parametrize("path", ["fused", "general"])
+def test_engine_uses_the_one_batch_jacobian_builder(monkeypatch, path):
+    """fit_many's residuals and Jacobians come from models/jacobian.py, not a private copy."""
+    from gradfit.lsq import batched
+    from gradfit.models import jacobian
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["fused"])
+        return jacobian.batch_residual_and_jacobian(*args, **kwargs)
+
+    monkeypatch.setattr(batched, "batch_residual_and_jacobian", spy)
+    x, y, truth, init = _gauss_data(20)
+    model = "a*exp(-(x-c)**2/(2*w**2)) + o"
+    if path == "general":
+        def model(xx, a, c, w, o):
+            return a * torch.exp(-(xx - c) ** 2 / (2 * w**2)) + o
+    r = gf.fit_many(model, x, y, init=init, dtype="float64", compile=False)
+    assert r.timings["path"] == path
+    assert calls and set(calls) == {path == "fused"}
+    assert r.converged.mean() > 0.9
+
+
 def test_ragged_data_by_nan_padding_and_masks():
     x, y, truth, init = _gauss_data(50, noise=True)
     lengths = RNG.integers(20, 33, 50)

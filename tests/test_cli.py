@@ -60,6 +60,17 @@ def _setting(settings: dict, key: str):
     return None
 
 
+@pytest.mark.parametrize("extra", [[], ["--optimizer", "lm", "--json"]])
+def test_model_not_finite_at_start_exits_3_with_one_line(tmp_path, extra):
+    data = tmp_path / "neg.csv"
+    data.write_text("x,y\n-1,0\n1,1\n2,2\n3,3\n")
+    rc, out, err = run("fit", data, "y ~ a*log(x) + b", *extra)
+    assert rc == 3
+    assert err.count("\n") == 1 and err.startswith("gradfit fit: the model is not finite")
+    assert "row(s): 1 (1-based)" in err and "Traceback" not in err and "Warning" not in err
+    assert "not_finite" in out
+
+
 def test_diverged_fit_exits_3(thermo_csv):
     rc, out, err = run("fit", thermo_csv, "t_c ~ w*t_u + b", "--init", "w=1,b=0", "--optimizer", "sgd",
                        "--epochs", "5000", "--json")
@@ -273,8 +284,9 @@ def test_exit_status_of_a_fit():
     from gradfit.cli.common import ExitStatus, exit_status
     from gradfit.status import Status
 
-    assert exit_status(Status.DIVERGED) is ExitStatus.FIT_FAILED
-    assert {exit_status(s) for s in Status if s is not Status.DIVERGED} == {ExitStatus.OK}
+    failed = {Status.DIVERGED, Status.NOT_FINITE}
+    assert {exit_status(s) for s in failed} == {ExitStatus.FIT_FAILED}
+    assert {exit_status(s) for s in Status if s not in failed} == {ExitStatus.OK}
     assert ExitStatus.from_signal(2) is ExitStatus.INTERRUPTED and ExitStatus.from_signal(15) == 143
 
 

@@ -87,6 +87,21 @@ def test_schedules(schedule, check):
         gf.fit("a*x + b", x=X, y=Y, optimizer="sgd", epochs=2, schedule="zigzag")
 
 
+def test_one_list_of_schedule_names_and_each_one_builds():
+    import torch
+
+    from gradfit.options import SCHEDULE_NAMES
+    from gradfit.train import regularize
+
+    assert not hasattr(regularize, "SCHEDULES")  # the list lives in options.py alone
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    for name in SCHEDULE_NAMES:
+        assert isinstance(regularize.make_schedule(name, opt, 10), (torch.optim.lr_scheduler.LRScheduler,
+                                                                   torch.optim.lr_scheduler.ReduceLROnPlateau))
+    with pytest.raises(ConfigError, match="choose one of " + ", ".join(SCHEDULE_NAMES)):
+        regularize.make_schedule("zigzag", opt, 10)
+
+
 def test_cross_validation_reproducible_and_split_kinds():
     kw = dict(x=X, y=Y, optimizer="adam", lr=0.05, epochs=100, progress=False)
     a = gf.fit("a*x + b", cv=5, **kw)

@@ -196,4 +196,4 @@ def test_lm_max_iterations_and_callback_stop():
     out = lm.levenberg_marquardt(res, x0, jacobian=jac, callback=lambda it, cost: seen.append(it) or it >= 3)
     assert out.status == "stopped" and seen == [1, 2, 3] and out.iterations == 3
     bad = lm.init(lambda p: np.full(3, np.nan), x0, jacobian=jac)
-    assert bad.status == "stalled" and bad.history == []
+    assert bad.status == "not_finite" and bad.history == [] and "3 of 3 data row(s): 1, 2, 3" in bad.message

@@ -1,6 +1,7 @@
 """Saving and loading: JSON + safetensors, atomic, refuses damaged or foreign files."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -109,3 +110,20 @@ def test_malformed_entry_is_named(saved, tmp_path):
     bad.write_text(json.dumps(doc))
     with pytest.raises(PersistError, match="'status' entry is malformed.*unknown status 'finished'"):
         gf.load(bad)
+
+
+def test_format_1_bounds_written_as_strings_load_as_numbers(tmp_path):
+    """Format 1 saved infinite bounds as "inf" strings; a loaded bounded fit must still report."""
+    from gradfit.results.persist import _checksum
+
+    doc = {"format": "gradfit.model", "format_version": 1, "gradfit_version": "0.1", "torch_version": "2.0",
+           "model": {"kind": "formula", "formula": "a*exp(-k*x)", "inputs": ["x"]},
+           "params": {"a": 2.0, "k": 1.5}, "loss": 0.5, "val_loss": None, "status": "converged", "epochs_run": 3,
+           "message": "", "settings": {"optimizer": "lm", "method": "lm", "bounds": {"k": [0.0, "inf"]},
+                                       "init": {"a": 1.0, "k": 1.0}},
+           "n_train": 3, "n_val": 0, "notes": [], "history": {"train_loss": [1.0, 0.5], "val_loss": []}}
+    doc["checksum"] = _checksum(doc)
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    r = gf.load(tmp_path / "old.json")
+    assert r.settings["bounds"]["k"] == [0.0, math.inf]
+    assert "bounds [0, inf]" in r.report()

@@ -69,12 +69,70 @@ def test_non_finite_start_value_refused_alike(init):
     assert str(one.value) == str(many.value)
 
 
-@pytest.mark.xfail(reason="gf.fit: optim/lm.py reports 'stalled' and lsq/uncertainty.py fails on the NaN "
-                          "chi-square of a start where the model is not finite (kernels helper)", strict=False)
 def test_model_not_finite_at_start():
     init = {"a": 1.0, "c": 100.0}
     assert _many_status("a*log(x - c)", X, np.log(X + 1), init, "float64")[0] == "not_finite"
     assert _fit_status("a*log(x - c)", X, np.log(X + 1), init) == "not_finite"
+
+
+X4 = np.array([-1.0, 1.0, 2.0, 3.0])
+X_OVERFLOW = np.linspace(0.0, 3.0, 13)
+NOT_FINITE_CASES = {
+    # log of a negative x: NaN in row 1 whatever the parameters
+    "log of a negative input": ("a*log(x) + b", X4, np.array([0.0, 1.0, 2.0, 3.0]), {"a": 1.0, "b": 1.0}, "1"),
+    # finite at x = 0 and 0.25 and 0.5, inf from x = 0.75 (row 4) on
+    "overflow": ("exp(exp(exp(exp(a*x))))", X_OVERFLOW, np.ones(13), {"a": 1.0}, "4, 5, 6, 7, 8, 9, 10, 11 ..."),
+}
+
+
+@pytest.mark.parametrize("case", list(NOT_FINITE_CASES))
+@pytest.mark.parametrize("optimizer", ["lm", "auto"])
+def test_model_not_finite_at_start_names_rows_on_every_path(case, optimizer):
+    formula, x, y, init, rows = NOT_FINITE_CASES[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy warnings, no tracebacks: a status and a message
+        r = gf.fit(formula, x, y, init=init, optimizer=optimizer, dtype="float64")
+    assert r.status == Status.NOT_FINITE
+    assert f"data row(s): {rows} (1-based)" in r.message and "nothing was fitted" in r.message
+    assert r.params == init and all(np.isnan(r.stderr[n]) for n in init)
+    assert np.isnan(r.loss) and np.isnan(r.stats["chisqr"]) and np.isnan(r.stats["aic"])
+    assert "not_finite" in r.report()
+    for dtype in ("float64", "float32"):
+        status, many = _many_status(formula, x, y[None, :], init, dtype)
+        assert status == r.status
+        assert all(many.params[n][0] == init[n] for n in init)
+
+
+def test_lm_kernel_reports_a_start_that_is_not_finite():
+    from gradfit.optim.lm import levenberg_marquardt, robust_levenberg_marquardt
+
+    calls = []
+
+    def residual(p):
+        calls.append(1)
+        return np.array([1.0, np.nan, np.inf, 2.0]) * p[0]
+
+    out = levenberg_marquardt(residual, np.array([1.0]), jacobian=lambda p: np.ones((4, 1)))
+    assert out.status == Status.NOT_FINITE and out.iterations == 0
+    assert "2 of 4 data row(s): 2, 3 (1-based)" in out.message
+    calls.clear()
+    out, _ = robust_levenberg_marquardt(residual, np.array([1.0]), jacobian=lambda p: np.ones((4, 1)))
+    assert out.status == Status.NOT_FINITE and len(calls) == 1  # the same start for every strategy
+
+
+def test_extended_precision_skips_values_that_are_not_finite():
+    from gradfit.formula.precise import residuals_mp
+    from gradfit.lsq.problem import LeastSquaresProblem
+    from gradfit.lsq.uncertainty import _precise_chi2
+    from gradfit.models import resolve_model
+    from gradfit.models.parameters import ParameterSpace
+
+    model = resolve_model("a*log(x) + b").bind(["x"])
+    r = residuals_mp(model.expression, {"x": X4}, np.zeros(4), None, {"a": 1.0, "b": 0.0})
+    assert np.isnan(r[0]) and np.allclose(r[1:], np.log(X4[1:]))  # log(-1) is complex in mpmath
+    space = ParameterSpace(model.param_names, {"a": 1.0, "b": 0.0})
+    problem = LeastSquaresProblem(model, space, {"x": X4}, np.zeros(4))
+    assert np.isnan(_precise_chi2(problem, {"a": 1.0, "b": 0.0}, float("nan"), np.zeros(4), None))
 
 
 def test_float32_overflow_refused_alike():

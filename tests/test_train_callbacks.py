@@ -113,6 +113,24 @@ def test_divergence_guard_alone_on_a_fake_loop():
     assert loop.stopped[0] is Status.DIVERGED and loop.epochs_run == 3
 
 
+def test_callback_stop_request_hands_the_loop_a_status():
+    class Loop:
+        epoch, epochs_run, logs = 3, 3, {"train_loss": 1.0, "val_loss": None}
+        stopped = None
+
+        def stop(self, status, message):
+            self.stopped = (status, message)
+
+    class StopNow(Callback):
+        def on_epoch_end(self, epoch, logs):
+            return True
+
+    loop = Loop()
+    StopNow().after_epoch(loop)
+    assert loop.stopped == (Status.STOPPED, "stopped by a callback at epoch 3")
+    assert type(loop.stopped[0]) is Status
+
+
 def test_user_callback_returning_true_stops():
     class StopAt(Callback):
         def __init__(self):

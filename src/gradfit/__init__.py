@@ -43,6 +43,15 @@ _LAZY = {
     "parse_formula": "gradfit.formula.parse",
     "read_table": "gradfit.data.io",
     "thermometer": "gradfit.data.examples",
+    "Status": "gradfit.status",
+    "FitOptions": "gradfit.options",
+    "TrainingOptions": "gradfit.options",
+    "LeastSquaresOptions": "gradfit.options",
+    "RegularizationOptions": "gradfit.options",
+    "EarlyStoppingOptions": "gradfit.options",
+    "CheckpointOptions": "gradfit.options",
+    "CrossValidationOptions": "gradfit.options",
+    "long_to_batch": "gradfit.data.tables",
 }
 
 __all__ = sorted([*_LAZY, "GradfitError", "FormulaError", "DataError", "ModelError", "ConfigError", "FitError",

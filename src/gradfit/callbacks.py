@@ -24,6 +24,8 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
+from .status import Status
+
 __all__ = ["Callback", "LogCallback", "ProgressBar", "ProgressCallback", "ChunkProgress", "format_loss",
            "wants_progress"]
 
@@ -51,7 +53,7 @@ class Callback:
 
     def after_epoch(self, loop) -> None:
         if self.on_epoch_end(loop.epoch, loop.logs):
-            loop.stop("stopped", f"stopped by a callback at epoch {loop.epoch}")
+            loop.stop(Status.STOPPED, f"stopped by a callback at epoch {loop.epoch}")
 
     def after_fit(self, loop) -> None:
         self.on_train_end(loop.status, loop.epochs_run)

@@ -130,11 +130,16 @@ class _Options:
     def to_dict(self) -> dict:
         """The options as JSON-able data (nested groups as nested dicts, tuples as lists); a new
         dict on every call."""
+        return _copy(self.document())
+
+    def document(self) -> dict:
+        """The same data as :meth:`to_dict`, built once and shared: read-only by contract (results
+        keep it as their settings; copy it with :meth:`to_dict` before changing anything)."""
         doc = self.__dict__.get("_doc")
-        if doc is None:  # options are immutable: build the document once
+        if doc is None:
             doc = self._document()
             object.__setattr__(self, "_doc", doc)
-        return _copy(doc)
+        return doc
 
     def _document(self) -> dict:
         out = {}

@@ -127,7 +127,10 @@ def fit_statistics(residuals: np.ndarray, y: np.ndarray, weights: np.ndarray | N
         dev = y - float(w @ y) / float(w.sum())
         tss = float(w @ (dev * dev))
     dof = n - n_params
-    loglike_term = n * math.log(chi2 / n) if chi2 > 0 else -math.inf
+    if chi2 > 0:
+        loglike_term = n * math.log(chi2 / n)
+    else:  # a perfect fit; NaN (the model not finite) stays NaN
+        loglike_term = -math.inf if chi2 == 0 else math.nan
     return {
         "n": n, "dof": dof, "chisqr": chi2, "redchi": chi2 / dof if dof > 0 else math.nan,
         "rss": rss, "rmse": math.sqrt(rss / n), "r2": 1.0 - chi2 / tss if tss > 0 else math.nan,

@@ -24,7 +24,9 @@ class ExitStatus(IntEnum):
     OK = 0
     ERROR = 1  # an unexpected internal error (a bug): traceback shown
     USAGE = 2  # bad usage or input: one line on stderr says what to change
-    FIT_FAILED = 3  # the computation ran but failed: a diverged fit, no complete tune trial, a gradient mismatch
+    # the computation ran but failed: a diverged fit, a model not finite at the start, no complete tune
+    # trial, a gradient mismatch
+    FIT_FAILED = 3
     INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2, as shells report it
     TERMINATED = 143  # SIGTERM: 128 + 15
 
@@ -37,14 +39,15 @@ class ExitStatus(IntEnum):
 
 
 def exit_status(status) -> ExitStatus:
-    """The exit status of one fit: only a diverged fit fails the command.
+    """The exit status of one fit: a diverged fit, or one where the model is not finite at
+    the start (nothing was fitted), fails the command.
 
     Fits that stop at the iteration limit or end singular still produced a result the
     report explains, so scripts get OK and read the status from the output.
     """
     from ..status import Status
 
-    return ExitStatus.FIT_FAILED if status == Status.DIVERGED else ExitStatus.OK
+    return ExitStatus.FIT_FAILED if status in (Status.DIVERGED, Status.NOT_FINITE) else ExitStatus.OK
 
 
 def parse_value(text: str):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
-from ..data.arrays import prepare_arrays
+from ..data.arrays import check_float32_range, prepare_arrays, weights_from_sigma
 from ..data.split import train_val_indices
 from ..errors import ConfigError, DataError, ModelError
 from ..losses import resolve_loss
@@ -194,11 +194,11 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
                     activation=activation, penalty=penalty, input_noise=input_noise, early_stopping=early_stopping,
                     schedule=schedule, cv=cv, cv_split=cv_split, checkpoint=checkpoint, resume=resume)
     if options is None:
-        options = options_from_keywords(**keywords)
+        options = _default_options() if _all_defaults(keywords) else options_from_keywords(**keywords)
     else:
         _refuse_keywords_with(options, keywords)
     training = options.training
-    weights = _weights_from_sigma(weights, sigma)
+    weights = weights_from_sigma(weights, sigma)
     loss_fn = resolve_loss(options.loss)
     torch_dtype, dev = resolve_dtype(training.dtype), resolve_device(training.device)
     spec = resolve_model(model, hidden=options.hidden, activation=options.activation)
@@ -217,6 +217,18 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     if options.cv is not None:
         result = dataclasses.replace(result, cv=cross_validate(bound, arrays, cv_groups, options, setup, _fit_split))
     return result
+
+
+def _all_defaults(keywords: dict) -> bool:
+    """Every option keyword left out (the very default objects of fit's signature): the common
+    call, answered without building a cache key."""
+    defaults = fit.__kwdefaults__
+    return all(v is defaults[k] for k, v in keywords.items())
+
+
+@lru_cache(maxsize=1)
+def _default_options() -> FitOptions:
+    return options_from_keywords()
 
 
 def _refuse_keywords_with(options, keywords: dict) -> None:
@@ -249,11 +261,7 @@ def _checkpointer(keyword, options):
 
 def _check_range(arrays, dtype) -> None:
     """float32 holds magnitudes up to 3.4e38: refuse data that would turn into inf."""
-    import torch
-
-    from ..data.arrays import check_float32_range
-
-    if dtype != torch.float32 or arrays.float32_safe:
+    if arrays.float32_safe or str(dtype) != "torch.float32":
         return
     check_float32_range({**arrays.inputs, "y": arrays.y})
 
@@ -273,7 +281,7 @@ def _check_not_constant(arrays) -> None:
 def _fit_split(bound, train_arr, val_arr, notes, options: FitOptions, setup: FitSetup):
     """One fit on a given train/validation split (the body of fit, shared with cross-validation)."""
     training, loss_fn = options.training, setup.loss_fn
-    settings = {"options": options.to_dict(), "loss": loss_fn.name, "dtype": str(setup.dtype).removeprefix("torch."),
+    settings = {"options": options.document(), "loss": loss_fn.name, "dtype": str(setup.dtype).removeprefix("torch."),
                 "device": str(setup.device), "weighted": setup.weighted}
     common = dict(notes=notes, n_train=train_arr.n, n_val=0 if val_arr is None else val_arr.n)
     regularized = options.regularization.in_use
@@ -307,12 +315,6 @@ def _fit_split(bound, train_arr, val_arr, notes, options: FitOptions, setup: Fit
         problem = LeastSquaresProblem.from_arrays(bound, space, train_arr)
         result = with_uncertainty(result, problem, options.least_squares.absolute_sigma)
     return result
-
-
-def _weights_from_sigma(weights, sigma):
-    from ..data.arrays import weights_from_sigma
-
-    return weights_from_sigma(weights, sigma)
 
 
 def _is_module_spec(model) -> bool:

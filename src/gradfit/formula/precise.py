@@ -46,7 +46,8 @@ def _evaluate(node: Node, env: dict, mp, funcs):
 
 def residuals_mp(rhs: Node, inputs: dict, y, weights, params: dict, dps: int = 40):
     """Weighted residuals ``sqrt(w_i) * (f(x_i; params) - y_i)`` with every operation in
-    ``dps``-digit arithmetic, rounded to float64 at the end (numpy array).
+    ``dps``-digit arithmetic, rounded to float64 at the end (numpy array). Points where the
+    model is not a finite real number give NaN.
 
     The data and parameters are taken as the exact binary values they hold; only the
     arithmetic is extended.
@@ -66,5 +67,7 @@ def residuals_mp(rhs: Node, inputs: dict, y, weights, params: dict, dps: int = 4
         r = _evaluate(rhs, env, ctx, funcs) - ctx.mpf(float(y[i]))
         if weights is not None:
             r *= ctx.sqrt(ctx.mpf(float(weights[i])))
-        out[i] = float(r)
+        # a complex value (log or sqrt of a negative number) or inf/NaN: the model is not
+        # finite there, as in float64
+        out[i] = float(r) if isinstance(r, ctx.mpf) and ctx.isfinite(r) else np.nan
     return out

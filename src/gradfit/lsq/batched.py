@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
+from ..models.jacobian import batch_residual_and_jacobian
 from ..status import Status
 from ..stats import RANK_TOL, batch_inverse_diagonal
 
@@ -216,45 +217,6 @@ def _progress(progress, n_fits: int):
 
 
 # -- the residual, the Jacobian and the step ------------------------------------------------------
-def _residual_and_jacobian(model, names, fused, inputs, y):
-    """(theta (B, P)) -> (f - y (B, M), J as a list of P tensors (B, M))."""
-    if fused:
-        program = model.value_and_partials()  # built here, outside any torch.compile trace
-
-        def fn(theta):
-            params = {n: theta[:, j:j + 1] for j, n in enumerate(names)}
-            f, partials = program({**params, **inputs})
-            f = _full(f, y)
-            return f - y, [_full(p, y) for p in partials]
-
-        return fn
-    from torch.func import jacfwd, vmap
-
-    keys = list(inputs)
-
-    def single(theta, *xs):
-        return model.forward(dict(zip(keys, xs)), dict(zip(names, theta.unbind())))
-
-    in_dims = (0, *[(0 if inputs[k].dim() == 2 else None) for k in keys])
-    value = vmap(single, in_dims=in_dims)
-    jac = vmap(jacfwd(single), in_dims=in_dims)
-
-    def fn(theta):
-        xs = [inputs[k] for k in keys]
-        return value(theta, *xs) - y, list(jac(theta, *xs).unbind(-1))
-
-    return fn
-
-
-def _full(v, like):
-    """A value of the formula as a (B, M) tensor (constants and (B, 1) columns broadcast)."""
-    import torch
-
-    if not isinstance(v, torch.Tensor):
-        return torch.full_like(like, float(v))
-    return v if v.shape == like.shape else v.expand_as(like)
-
-
 def _model_key(model):
     """What identifies the model's code: a formula's text, or the Python callable itself (two
     functions may share a name; a closure's captured values are part of its code)."""
@@ -280,7 +242,7 @@ def _stepper(model, names, fused, use_compile, tensors, tol):
     inputs, y, w = tensors["inputs"], tensors["y"], tensors["w"]
     lower, upper, free = tensors["lower"], tensors["upper"], tensors["free"]
     if not use_compile:
-        rj = _residual_and_jacobian(model, names, fused, inputs, y)
+        rj = batch_residual_and_jacobian(model, names, inputs, y, fused=fused)
         return lambda state: step(rj, state, y, w, lower, upper, free, tol)
     import torch
 
@@ -292,7 +254,7 @@ def _stepper(model, names, fused, use_compile, tensors, tol):
             model.value_and_partials()
 
         def flat(theta, trial, lam, chi2, a, g, status, iterations, y, w, lower, upper, *xs):
-            fn = _residual_and_jacobian(model, names, fused, dict(zip(keys, xs)), y)
+            fn = batch_residual_and_jacobian(model, names, dict(zip(keys, xs)), y, fused=fused)
             st = step(fn, BatchState(theta, trial, lam, chi2, a, g, status, iterations), y, w, lower, upper, free, tol)
             return _fields(st)
 
@@ -424,7 +386,7 @@ def _inverse_diagonal_at(model, names, fused, inputs, y, w, rows, theta, free, d
 
     sub_inputs = {k: t(v[rows] if v.ndim == 2 else v) for k, v in inputs.items()}
     y_rows = np.where(w[rows] > 0, y[rows], 0.0)
-    fn = _residual_and_jacobian(model, names, fused, sub_inputs, t(y_rows))
+    fn = batch_residual_and_jacobian(model, names, sub_inputs, t(y_rows), fused=fused)
     with torch.no_grad():
         _, jac = fn(t(theta))
     cols = [j for j, f in enumerate(free) if f]

@@ -3,11 +3,13 @@ Levenberg-Marquardt (optim/lm.py), plus mixed-precision refinement of a converge
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..models.jacobian import jacobian
+from ..status import Status
 from ..optim.linear import solve_linear_least_squares
 from .problem import LeastSquaresProblem, chi_square
 
@@ -17,7 +19,7 @@ __all__ = ['LSQOutcome', 'solve', 'refine_residuals']
 @dataclass
 class LSQOutcome:
     values: dict  # every parameter, float
-    status: str  # converged | max_iterations | stalled
+    status: str  # converged | max_iterations | stalled | not_finite
     message: str
     iterations: int
     history: list = field(default_factory=list)  # mean loss (chi2 / sum w) per iteration
@@ -42,17 +44,29 @@ def _solve_linear(problem: LeastSquaresProblem) -> LSQOutcome:
     # The offset is the prediction with every free parameter at 0 (fixed ones at their value);
     # the design matrix holds the (constant) partial derivatives of the free parameters.
     at_zero = {n: (space.values[n] if n in space.fixed else 0.0) for n in space.names}
-    design = jacobian(model, inputs, at_zero, space.free)
-    offset = None if not space.fixed and model.vanishes_at_zero else model.forward_numpy(inputs, at_zero)
+    with np.errstate(all="ignore"):  # a term not finite at some point is reported below
+        design = jacobian(model, inputs, at_zero, space.free)
+        offset = None if not space.fixed and model.vanishes_at_zero else model.forward_numpy(inputs, at_zero)
+    if not (np.isfinite(design).all() and (offset is None or np.isfinite(offset).all())):
+        return _not_finite_linear(space, design, offset)
     coef, factor = solve_linear_least_squares(design, y if offset is None else y - offset, w)
     values = dict(space.values)
     values.update(zip(space.free, coef.tolist()))
     resid = design @ coef - y if offset is None else design @ coef + offset - y
     chi2 = float(resid @ resid if w is None else w @ (resid * resid))
-    outcome = LSQOutcome(values, "converged", "solved directly (linear least squares)", 1, strategy="SVD",
+    outcome = LSQOutcome(values, Status.CONVERGED, "solved directly (linear least squares)", 1, strategy="SVD",
                          factor=factor, residuals=resid)
     outcome.history = [chi2 / (float(np.sum(w)) if w is not None else problem.n)]
     return outcome
+
+
+def _not_finite_linear(space, design: np.ndarray, offset) -> LSQOutcome:
+    """A linear model whose terms are not finite at some data points: nothing to solve."""
+    from ..optim.lm import not_finite_message
+
+    terms = design if offset is None else np.column_stack([design, np.broadcast_to(offset, len(design))])
+    message = not_finite_message(terms, "for any parameter values", "change the formula, or leave out those rows")
+    return LSQOutcome(dict(space.values), Status.NOT_FINITE, message, 0, strategy="SVD")
 
 
 def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None, callback) -> LSQOutcome:
@@ -98,8 +112,9 @@ def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3)
         return values
     space = problem.space
     inputs, y, w = problem.numpy()
-    if chi_square(problem, values) > 1e-20 * float(y @ y if w is None else w @ (y * y)):
-        return values  # residuals well above float64 rounding: nothing to gain
+    chi2 = chi_square(problem, values)
+    if not math.isfinite(chi2) or chi2 > 1e-20 * float(y @ y if w is None else w @ (y * y)):
+        return values  # not finite, or residuals well above float64 rounding: nothing to gain
     current = dict(values)
     r = residuals_mp(expr, inputs, y, w, current)
     _, jacobian = problem.lm_functions()
@@ -111,7 +126,7 @@ def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3)
         trial = dict(current)
         trial.update(zip(space.free, (v + step).tolist()))
         r_new = residuals_mp(expr, inputs, y, w, trial)
-        if float(r_new @ r_new) >= float(r @ r):
+        if not float(r_new @ r_new) < float(r @ r):  # NaN (the model undefined at the trial) too
             break
         current, r = trial, r_new
     return current

@@ -31,8 +31,13 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
     ``factor`` = (s, vt, d) from a linear solve saves refactorizing the Jacobian."""
     space = problem.space
     inputs, y, w = problem.numpy()
-    resid = residuals if residuals is not None else predict_numpy(problem.model, inputs, values) - y
+    if residuals is None:
+        with np.errstate(all="ignore"):  # a model not finite somewhere is handled below
+            residuals = predict_numpy(problem.model, inputs, values) - y
+    resid = residuals
     rss = float(resid @ resid)
+    if not math.isfinite(rss) and not np.isfinite(resid).all():
+        return _undetermined(space, resid, y, w)
     chi2 = _precise_chi2(problem, values, rss if w is None else float(w @ (resid * resid)), y, w)
     stats = fit_statistics(resid, y, w, len(space.free), chisqr=chi2, rss=rss)
     dof = stats["dof"]
@@ -60,6 +65,16 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
     return Uncertainty({n: stderr[n] for n in space.names}, cov.matrix, corr, space.free, stats, degenerate)
 
 
+def _undetermined(space, resid: np.ndarray, y: np.ndarray, w) -> Uncertainty:
+    """Where the model is not finite nothing about the fit is determined: NaN errors,
+    covariance and statistics (standard errors 0 for fixed parameters, as always)."""
+    f = len(space.free)
+    nan = np.full((f, f), math.nan)
+    stats = fit_statistics(resid, y, w, f, chisqr=math.nan, rss=math.nan)
+    stderr = {n: (0.0 if n in space.fixed else math.nan) for n in space.names}
+    return Uncertainty(stderr, nan, nan.copy(), space.free, stats, ())
+
+
 def _safe_correlation(cov: np.ndarray, sd: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return cov / np.outer(sd, sd)
@@ -79,13 +94,14 @@ def _precise_chi2(problem, values, chi2: float, y: np.ndarray, w) -> float:
     if expr is None or problem.n > 20_000:
         return chi2
     scale = float(y @ y if w is None else w @ (y * y))
-    if chi2 > 1e-20 * scale:
+    if not chi2 <= 1e-20 * scale:  # NaN and inf too: nothing for extended precision to do
         return chi2
     from ..formula.precise import residuals_mp
 
     inputs, _, _ = problem.numpy()
     r = residuals_mp(expr, inputs, y, w, values)
-    return float(r @ r)
+    precise = float(r @ r)
+    return precise if math.isfinite(precise) else chi2
 
 
 def _tied_stderr(space, values: dict, cov: np.ndarray) -> dict:

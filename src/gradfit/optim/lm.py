@@ -23,8 +23,9 @@ iteration); :func:`levenberg_marquardt` is init + step until the state has a sta
 
 Stopping is honest: "converged" needs a relative cost reduction below ftol (actual and
 predicted), a trust region below xtol, or a scaled gradient below gtol, and the final point
-must pass a stationarity test; otherwise the status is "max_iterations" or "stalled". The
-caller adds "singular" from the Jacobian's rank at the solution.
+must pass a stationarity test; otherwise the status is "max_iterations" or "stalled"
+("not_finite" when the residuals are not finite at the start: nothing is fitted). The caller
+adds "singular" from the Jacobian's rank at the solution.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import numpy as np
 from ..status import Status
 
 __all__ = ["LMOptions", "LMState", "LMOutcome", "init", "step", "outcome", "levenberg_marquardt",
-           "robust_levenberg_marquardt", "scaled_gradient", "default_tolerances"]
+           "robust_levenberg_marquardt", "scaled_gradient", "default_tolerances", "not_finite_message"]
 
 
 def default_tolerances(dtype=np.float64) -> tuple[float, float, float]:
@@ -68,7 +69,7 @@ class LMOptions:
 class LMOutcome:
     x: object
     cost: float  # 0.5 * ||r||^2
-    status: Status  # converged | max_iterations | stalled | stopped
+    status: Status  # converged | max_iterations | stalled | stopped | not_finite
     iterations: int
     message: str
     history: list = field(default_factory=list)  # cost after each accepted iteration
@@ -250,12 +251,12 @@ def _tolerances(options: LMOptions) -> tuple[float, float, float]:
 def init(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMOptions()) -> LMState:
     """The state at ``x0``: residuals, Jacobian, scaling and the initial trust region
     ``options.factor * ||D x0||``. Residuals that are not finite end the run at once
-    (status stalled)."""
+    (status not_finite, naming the first rows where they are not)."""
     x = np.array(x0, dtype=np.float64)
     r = np.asarray(residual(x), dtype=np.float64)
     if not np.isfinite(r).all():
-        return LMState(x, r, None, None, None, math.inf, math.nan, 0.0, 0.0, n_jacobian=0, status=Status.STALLED,
-                       message="the residuals are not finite at the starting point")
+        return LMState(x, r, None, None, None, math.inf, math.nan, 0.0, 0.0, n_jacobian=0,
+                       status=Status.NOT_FINITE, message=not_finite_message(r))
     fnorm = _norm(r)
     jac = np.asarray(jacobian(x), dtype=np.float64)
     col_norms = _column_norms(jac)
@@ -263,6 +264,18 @@ def init(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMO
     xnorm = _norm(d * x)
     delta = options.factor * xnorm if xnorm > 0 else options.factor
     return LMState(x, r, jac, col_norms, d, fnorm, xnorm, delta, 0.0, history=[0.5 * fnorm**2])
+
+
+def not_finite_message(values: np.ndarray, where: str = "at the starting values",
+                       fix: str = "change the starting values (init), the bounds or the formula so that it "
+                                  "is defined there") -> str:
+    """What to tell the user when the model (through its residuals or terms, one row per data
+    point: ``values`` (n,) or (n, k)) is not finite ``where``: the first rows, 1-based."""
+    bad = ~np.isfinite(np.asarray(values).reshape(len(values), -1)).all(axis=1)
+    rows = np.nonzero(bad)[0]
+    shown = ", ".join(str(i + 1) for i in rows[:8]) + (" ..." if len(rows) > 8 else "")
+    return (f"the model is not finite {where} in {len(rows)} of {len(bad)} data row(s): {shown} (1-based); "
+            f"nothing was fitted: {fix}")
 
 
 def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMOptions = LMOptions(),
@@ -422,7 +435,8 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
     best_name = ""
     total_res = total_jac = 0
     for scaling, factor in plan:
-        if best is not None and best.status in (Status.STOPPED, Status.CONVERGED):
+        # a start where the model is not finite is the same start for every strategy
+        if best is not None and best.status in (Status.STOPPED, Status.CONVERGED, Status.NOT_FINITE):
             break
         out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback, at_bound=at_bound,
                                   options=replace(options, scaling=scaling, factor=factor))

@@ -7,6 +7,8 @@ exactly; the model is stored as its ``spec()`` (plus weights for networks).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -296,7 +298,22 @@ def load(path, *, module=None, function=None) -> FitResult:
     True
     """
     doc, weights = read_document(path)
+    if doc.get("format_version") == 1:
+        doc = _upgrade_version_1(doc)
     try:
         return FitResult.from_document(doc, weights=weights, module=module, function=function)
     except (PersistError, ModelError) as exc:
         raise type(exc)(f"{path}: {exc}") from None
+
+
+def _upgrade_version_1(doc: dict) -> dict:
+    """Format 1 wrote non-finite bounds in ``settings`` as the strings "inf" and "-inf"; turn
+    them into the numbers format 2 stores, so old bounded fits report and refit as new ones."""
+    settings = doc.get("settings")
+    bounds = settings.get("bounds") if isinstance(settings, dict) else None
+    if not isinstance(bounds, dict):
+        return doc
+    numbers = {"inf": math.inf, "-inf": -math.inf}
+    fixed = {name: [numbers.get(v, v) if isinstance(v, str) else v for v in pair] if isinstance(pair, list) else pair
+             for name, pair in bounds.items()}
+    return {**doc, "settings": {**settings, "bounds": fixed}}

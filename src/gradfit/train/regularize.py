@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..errors import ConfigError
+from ..options import SCHEDULE_NAMES
 
-__all__ = ["Penalty", "parse_penalty", "penalty_value", "add_input_noise", "make_schedule", "SCHEDULES"]
-
-SCHEDULES = ("step", "exponential", "cosine", "plateau")
+__all__ = ["Penalty", "parse_penalty", "penalty_value", "add_input_noise", "make_schedule"]
 
 
 @dataclass(frozen=True)
@@ -130,4 +129,4 @@ def make_schedule(spec, optimizer, epochs: int):
             return sched.ReduceLROnPlateau(optimizer, **opts)
     except TypeError as exc:
         raise ConfigError(f"bad option for schedule {name!r}: {exc}") from None
-    raise ConfigError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    raise ConfigError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULE_NAMES)}")
