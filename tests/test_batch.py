@@ -313,7 +313,6 @@ def test_nan_inputs_mask_points():
 
 
 def test_long_table_with_ids():
-    pytest.importorskip("gradfit.data.tables", reason="data/tables.py (long_to_batch) is not written yet")
     pd = pytest.importorskip("pandas")
     x, y, truth, init = _gauss_data(3, noise=False)
     rows = [(well, xv, yv) for well, row in zip(["B2", "A1", "C3"], y) for xv, yv in zip(x[:30], row[:30])]

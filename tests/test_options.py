@@ -204,3 +204,13 @@ def test_cross_validation_folds_run_quiet():
     assert (fold.training.progress, fold.training.log_every, fold.training.warn_overfitting) == (False, 0, False)
     assert fold.checkpoint is None and fold.cv is None
     assert fold.training.lr == opts.training.lr
+
+
+def test_readme_options_example():
+    """README "Typed options": build options, fit with them, and rebuild them from the settings."""
+    opts = gf.FitOptions(training=gf.TrainingOptions(optimizer="adam", lr=0.05, epochs=2000))
+    r = gf.fit("t_c ~ w*t_u + b", data=gf.thermometer(), options=opts)
+    assert gf.FitOptions.from_dict(r.settings["options"]) == opts
+    assert r.method == "adam" and r.epochs_run == 2000
+    with pytest.raises(gf.ConfigError, match="learning rate lr must be a positive number, got -1"):
+        gf.TrainingOptions(lr=-1)

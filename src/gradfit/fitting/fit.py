@@ -5,6 +5,7 @@ torch.optim training, least_squares.py (lsq/) for least squares."""
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
@@ -59,7 +60,7 @@ def resolve_device(device):
     return dev
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs microseconds per fit
 class FitSetup:
     """What one fit needs besides its :class:`~gradfit.options.FitOptions`: the resolved loss,
     dtype and device, the parameter settings (init, bounds, fixed, tie), whether the data are
@@ -187,16 +188,17 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     >>> r.method, round(r.params["w"], 3), round(r.stderr["w"], 3)
     ('linear', 2.1, 0.058)
     """
-    keywords = dict(loss=loss, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, normalize=normalize,
-                    val_fraction=val_fraction, seed=seed, gradient=gradient, dtype=dtype, device=device,
-                    log_every=log_every, progress=progress, absolute_sigma=absolute_sigma, max_iter=max_iter,
-                    optimizer_options=optimizer_options, tol=tol, nan_policy=nan_policy, hidden=hidden,
-                    activation=activation, penalty=penalty, input_noise=input_noise, early_stopping=early_stopping,
-                    schedule=schedule, cv=cv, cv_split=cv_split, checkpoint=checkpoint, resume=resume)
-    if options is None:
-        options = _default_options() if _all_defaults(keywords) else options_from_keywords(**keywords)
+    values = (loss, optimizer, lr, epochs, batch_size, normalize, val_fraction, seed, gradient, dtype, device,
+              log_every, progress, absolute_sigma, max_iter, optimizer_options, tol, nan_policy, hidden, activation,
+              penalty, input_noise, early_stopping, schedule, cv, cv_split, checkpoint, resume)
+    if options is None and all(map(operator.is_, values, _default_values())):
+        options = _default_options()  # the common call: every option left at its default
     else:
-        _refuse_keywords_with(options, keywords)
+        keywords = dict(zip(_OPTION_KEYWORDS, values))
+        if options is None:
+            options = options_from_keywords(**keywords)
+        else:
+            _refuse_keywords_with(options, keywords)
     training = options.training
     weights = weights_from_sigma(weights, sigma)
     loss_fn = resolve_loss(options.loss)
@@ -219,11 +221,17 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     return result
 
 
-def _all_defaults(keywords: dict) -> bool:
-    """Every option keyword left out (the very default objects of fit's signature): the common
-    call, answered without building a cache key."""
-    defaults = fit.__kwdefaults__
-    return all(v is defaults[k] for k, v in keywords.items())
+#: fit's option keywords, in the order fit() collects their values
+_OPTION_KEYWORDS = ("loss", "optimizer", "lr", "epochs", "batch_size", "normalize", "val_fraction", "seed", "gradient",
+                    "dtype", "device", "log_every", "progress", "absolute_sigma", "max_iter", "optimizer_options", "tol",
+                    "nan_policy", "hidden", "activation", "penalty", "input_noise", "early_stopping", "schedule", "cv",
+                    "cv_split", "checkpoint", "resume")
+
+
+@lru_cache(maxsize=1)
+def _default_values() -> tuple:
+    """The default objects of fit's option keywords: a value that *is* one was left out."""
+    return tuple(fit.__kwdefaults__[k] for k in _OPTION_KEYWORDS)
 
 
 @lru_cache(maxsize=1)

@@ -47,13 +47,16 @@ def _solve_linear(problem: LeastSquaresProblem) -> LSQOutcome:
     with np.errstate(all="ignore"):  # a term not finite at some point is reported below
         design = jacobian(model, inputs, at_zero, space.free)
         offset = None if not space.fixed and model.vanishes_at_zero else model.forward_numpy(inputs, at_zero)
-    if not (np.isfinite(design).all() and (offset is None or np.isfinite(offset).all())):
+    try:
+        coef, factor = solve_linear_least_squares(design, y if offset is None else y - offset, w)
+    except np.linalg.LinAlgError:  # LAPACK refuses NaN and inf
         return _not_finite_linear(space, design, offset)
-    coef, factor = solve_linear_least_squares(design, y if offset is None else y - offset, w)
-    values = dict(space.values)
-    values.update(zip(space.free, coef.tolist()))
     resid = design @ coef - y if offset is None else design @ coef + offset - y
     chi2 = float(resid @ resid if w is None else w @ (resid * resid))
+    if not math.isfinite(chi2):  # checked once on the answer instead of on every term up front
+        return _not_finite_linear(space, design, offset)
+    values = dict(space.values)
+    values.update(zip(space.free, coef.tolist()))
     outcome = LSQOutcome(values, Status.CONVERGED, "solved directly (linear least squares)", 1, strategy="SVD",
                          factor=factor, residuals=resid)
     outcome.history = [chi2 / (float(np.sum(w)) if w is not None else problem.n)]
