@@ -172,7 +172,6 @@ def test_batch_of_one_and_shapes():
 @pytest.mark.parametrize("kwargs,err,match", [
     ({"y": np.zeros((2, 3, 4))}, DataError, "shape"),
     ({"init": np.zeros((5, 2))}, DataError, "init must have shape"),
-    ({"init": {"a": 1.0}}, ConfigError, "missing"),
     ({"init": {"a": 1, "mu": 1, "sigma": 1, "c": 1, "zz": 1}}, ConfigError, "unknown parameter 'zz'"),
     ({"bounds": {"q": (0, 1)}}, ConfigError, "unknown parameter 'q'"),
     ({"x": np.arange(7.0)}, DataError, "input 'x' has shape"),
@@ -323,3 +322,35 @@ def test_long_table_with_ids():
     for i, well in enumerate(r.ids):
         j = ["B2", "A1", "C3"].index(well)
         np.testing.assert_allclose(r.params["mu"][i], truth[j, 1], rtol=1e-6)
+
+
+def test_partial_init_is_guessed_and_solver_options_validated_like_fit():
+    """A dict init may leave names out for built-in models (guessed, as in gf.fit); max_iter and tol
+    are checked by the same LeastSquaresOptions as gf.fit, with the same messages."""
+    x, y, truth, init = _gauss_data(4, noise=False)
+    r = gf.fit_many("gaussian", x, y, init={"sigma": truth[:, 2]}, dtype="float64", max_iter=100)
+    assert r.converged.all()
+    np.testing.assert_allclose(r.params["mu"], truth[:, 1], rtol=1e-6)
+    for bad, match in ((dict(max_iter=0), "max_iter must be an integer >= 1, got 0"), (dict(tol=-1.0), "tol")):
+        with pytest.raises(gf.ConfigError, match=match):
+            gf.fit_many("gaussian", x, y, init="guess", **bad)
+        with pytest.raises(gf.ConfigError, match=match):
+            gf.fit("gaussian", x=x, y=y[0], **bad)
+
+
+def test_long_table_formula_in_the_column_names_and_short_repr():
+    pd = pytest.importorskip("pandas")
+    dose = np.logspace(-2, 2, 9)
+    rows = [(w, d, 100 * d / (e + d)) for w, e in (("W1", 0.5), ("W2", 2.0)) for d in dose]
+    df = pd.DataFrame(rows, columns=["well", "dose", "signal"])
+    r = gf.fit_many("top*dose/(ec50 + dose)", data=df, id="well", x="dose", y="signal",
+                    init={"top": 90.0, "ec50": 1.0}, dtype="float64", max_iter=100)
+    np.testing.assert_allclose(r.params["ec50"], [0.5, 2.0], rtol=1e-6)
+    assert repr(r) == "BatchResult(model='top*dose/(ec50 + dose)', fits=2: 2 converged, params=['top', 'ec50'])"
+    with pytest.raises(gf.PersistError, match="reads the .npz files"):
+        gf.BatchResult.load("fits.csv")
+
+
+def test_partial_init_without_a_guess_names_the_missing_parameters():
+    with pytest.raises(gf.ConfigError, match="init is missing b"):
+        gf.fit_many("a*x + b", np.arange(8.0), np.ones((2, 8)), init={"a": 1.0})

@@ -99,7 +99,7 @@ def test_bad_input_exits_2_with_one_line(thermo_csv, tmp_path, args, needle):
 
 def test_argparse_usage_error_exits_2():
     rc, _, err = run("fit")
-    assert rc == 2 and "usage" in err
+    assert rc == 2 and "error:" in err and "--help" in err
 
 
 def test_predict_csv(thermo_csv, tmp_path):
@@ -230,7 +230,7 @@ def test_fit_many_cli_formats(batch_files):
     rc, out, err = run("fit-many", d / "wide.csv", "a*exp(-(x-c)**2/(2*w**2)) + o", "--out", d / "r.csv")
     assert rc == 0 and "40 converged" in out, (out, err)
     rows = list(csv.DictReader((d / "r.csv").open()))
-    assert len(rows) == 40 and {"a", "a_stderr", "status", "chi2"} <= set(rows[0])
+    assert len(rows) == 40 and {"a", "a_stderr", "status", "chisqr", "redchi", "n"} <= set(rows[0])
     rc, out, err = run("fit-many", d / "long.csv", "gaussian", "--id-column", "fit", "--x", "x", "--y", "y",
                        "--init", "guess", "--json")
     assert rc == 0, err and json.loads(out)["fits"] == 40
@@ -267,7 +267,7 @@ def test_main_returns_exit_status_and_uses_only_the_given_streams(capsys, thermo
     code, out, err = cli("--help")
     assert code is ExitStatus.OK and "usage: gradfit" in out and err == ""
     code, out, err = cli("fit")
-    assert code is ExitStatus.USAGE and "usage: gradfit fit" in err and "required" in err and out == ""
+    assert code is ExitStatus.USAGE and "gradfit fit: error:" in err and "required" in err and out == ""
     code, out, err = cli("fit", thermo_csv, "t_c ~ w*t_u + b", "--optimizer", "adam", "--lr", "0.1",
                          "--epochs", "10", "--log-every", "5", "--val-fraction", "0.2")
     assert code is ExitStatus.OK and "status" in out
@@ -344,7 +344,7 @@ def test_fit_many_fix_value_long_table_init_columns_and_ids(tmp_path):
                             "--init", "b=0", "--dtype", "float64", "--out", out)
     assert code == 0, err
     table = list(csv.DictReader(out.open()))
-    assert [float(r["id"]) for r in table] == [10, 11, 12] and [int(r["n_points"]) for r in table] == [9, 7, 5]
+    assert [float(r["id"]) for r in table] == [10, 11, 12] and [int(r["n"]) for r in table] == [9, 7, 5]
     np.testing.assert_allclose([float(r["a"]) for r in table], [2.0, -1.0, 0.5], atol=1e-5)
     np.testing.assert_allclose([float(r["b"]) for r in table], [1.0, 3.0, -2.0], atol=1e-5)
     code, _, err = cli("fit-many", path, "a*x + b", "--id-column", "fit", "--x", "t", "--y", "v",
@@ -360,7 +360,7 @@ def test_fit_many_fix_value_long_table_init_columns_and_ids(tmp_path):
     (("--x", "t", "--y", "v"), "add --id-column COL"),
     (("--id-column", "fit", "--x", "t"), "needs --id-column, --x and --y"),
     (("--id-column", "fit", "--x", "t,u", "--y", "v"), "give one --x column"),
-    (("--id-column", "fit", "--x", "t", "--y", "v", "--init", "guess", "--fix", "b=1"), "not --init guess"),
+    (("--id-column", "fit", "--x", "t", "--y", "v", "--init", "guess", "--fix", "b=1"), "init is missing a"),
     (("--id-column", "fit", "--x", "tt", "--y", "v"), "the x column 'tt' is not in the table (did you mean 't'?)"),
 ])
 def test_fit_many_layout_errors(tmp_path, args, needle):
@@ -376,3 +376,26 @@ def test_predict_to_stdout_in_process(thermo_csv, tmp_path):
     lines = out.splitlines()
     assert code == 0 and lines[0] == "t_u,prediction" and len(lines) == 12, err
     assert lines[1].split(",")[0] == "35.7"
+
+
+def test_fit_many_fix_value_with_guess_like_fit(tmp_path):
+    """--fix NAME=VALUE means the same in fit and fit-many: held at VALUE, the rest guessed."""
+    import numpy as np
+    x = np.arange(32.0)
+    rows = [",".join(f"{v:.6g}" for v in 400 * np.exp(-(x - c) ** 2 / 8) + 20) for c in (12.0, 15.0, 18.0)]
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(f"y_{i}" for i in range(32)) + "\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "r.csv"
+    code, _, err = cli("fit-many", path, "gaussian", "--init", "guess", "--fix", "sigma=2", "--dtype", "float64",
+                       "--max-iter", "100", "--out", out)
+    assert code == 0, err
+    table = list(csv.DictReader(out.open()))
+    assert {float(r["sigma"]) for r in table} == {2.0}
+    np.testing.assert_allclose([float(r["mu"]) for r in table], [12.0, 15.0, 18.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("argv", [["fit", "x.csv", "y ~ a*x", "--dtype", "float16"],
+                                  ["fit-many", "x.csv", "gaussian", "--max-iter", "x"], ["bogus"]])
+def test_usage_errors_are_one_line(argv):
+    code, out, err = cli(*argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "error:" in err and "--help" in err, err

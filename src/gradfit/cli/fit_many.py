@@ -49,10 +49,8 @@ def starting_values(args, names: list[str], per_fit: dict):
     init = parse_init(args.init)
     fixed, fixed_values = parse_fixed(args.fix)
     if init == "guess":
-        if fixed_values:
-            raise ConfigError("--fix NAME=VALUE needs starting values from --init NAME=V or columns, not "
-                              "--init guess; --fix NAME holds the guessed value instead")
-        return "guess", fixed
+        # names not given are guessed by fit_many (built-in models), as with gradfit fit
+        return ({**fixed_values} if fixed_values else "guess"), fixed
     values = {n: fixed_values.get(n, init.get(n, per_fit.get(n))) for n in names}
     missing = [n for n, v in values.items() if v is None]
     if missing:

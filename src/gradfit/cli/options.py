@@ -218,11 +218,19 @@ def _add_gradcheck(sub) -> None:
     add_options(p, ["--loss", "--dtype", "--x", "--y"])
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as ONE line on stderr (the CLI's promise for bad input)
+    instead of the whole usage block; subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``gradfit`` parser with every command (argparse only: nothing heavy is imported)."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gradfit",
         description="Estimate model parameters from data: formulas, built-in curves and neural networks.",
         epilog="Run 'gradfit demo' for a guided tour on the thermometer example.",

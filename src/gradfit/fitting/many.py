@@ -16,6 +16,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import ConfigError, DataError, ModelError
+from ..options import LeastSquaresOptions
 from ..lsq.batched import COMPILE_THRESHOLD
 
 __all__ = ["fit_many", "COMPILE_THRESHOLD"]
@@ -41,8 +42,9 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     data, id : a long table (DataFrame or dict of columns) with one row per point, and the
         column naming each point's fit: ``fit_many(model, data=df, id="well", x="dose",
         y="signal")``. The result's ``ids`` hold each fit's id.
-    init : (B, P) array, dict name -> scalar or (B,) array, or "guess" (built-in models).
-        A given value must lie within its bounds; guessed ones are moved inside.
+    init : (B, P) array, dict name -> scalar or (B,) array, or "guess" (built-in models; a
+        dict may then leave names out, and those are guessed). A given value must lie within
+        its bounds; guessed ones are moved inside.
     bounds : dict name -> (min, max), scalars or (B,) arrays; None for no limit. Steps are
         projected onto the box.
     fixed : names held at their init value.
@@ -81,11 +83,11 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     if tie:
         raise ConfigError("fit_many does not support tie; substitute the tie into the formula (e.g. replace c "
                           "by 2*a) or fit one by one with gf.fit(..., tie=...)")
-    tol = DEFAULT_TOL if tol is None else float(tol)
-    max_iter = DEFAULT_MAX_ITER if max_iter is None else int(max_iter)
-    if not tol > 0 or max_iter < 1:
-        raise ConfigError(f"tol must be > 0 and max_iter >= 1, got tol={tol!r}, max_iter={max_iter!r}")
-    ids = None
+    # the same validation and messages as gf.fit's least-squares options
+    solver = LeastSquaresOptions(max_iter=DEFAULT_MAX_ITER if max_iter is None else max_iter,
+                                 tol=DEFAULT_TOL if tol is None else tol)
+    tol, max_iter = solver.tol, solver.max_iter
+    ids, x_column = None, x
     if data is not None:
         ids, x, y = _long_table(data, id, x, y)
     elif id is not None:
@@ -94,6 +96,8 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
         raise DataError("no data: pass x and y arrays, or data= with id=, x= and y= column names")
     torch_dtype, dev = resolve_dtype(dtype), resolve_device(device)
     spec = resolve_model(model)
+    if ids is not None and _names_input(spec, x_column):
+        x = {x_column: x}  # a formula written in the column's own name ("top*dose/(ec50 + dose)")
     if not getattr(spec, "scalar_params", False):
         raise ModelError("fit_many fits models with named scalar parameters (formulas, built-ins, functions)")
     bound, inputs, y_arr, w_arr = _prepare(spec, x, y, weights, sigma, mask, torch_dtype)
@@ -212,7 +216,13 @@ def _init_values(model, init, inputs: dict, y: np.ndarray, w: np.ndarray) -> tup
         raise ConfigError("fit_many needs init: a (fits, parameters) array, a dict of values, or 'guess' "
                           "for built-in models")
     if isinstance(init, Mapping):
-        return dict(init), {}
+        missing = [n for n in names if n not in init]
+        if not missing or not _can_guess(model):
+            return dict(init), {}  # missing names without a guess: ParameterSpec names them
+        from ..models.batch_guess import batch_guess
+
+        guess = batch_guess(model, inputs, y, w)  # as in gf.fit: values not given are guessed
+        return dict(init), {n: guess[:, j] for j, n in enumerate(names) if n in missing}
     theta = np.asarray(init, dtype=float)
     if theta.shape == (len(names),):
         theta = np.broadcast_to(theta, (n_fits, len(names)))
@@ -220,6 +230,21 @@ def _init_values(model, init, inputs: dict, y: np.ndarray, w: np.ndarray) -> tup
         raise DataError(f"init must have shape ({n_fits}, {len(names)}) for parameters {', '.join(names)}, "
                         f"got {theta.shape}")
     return {n: theta[:, j] for j, n in enumerate(names)}, {}
+
+
+def _can_guess(model) -> bool:
+    from ..models.builtin import BuiltinModel
+
+    return isinstance(model, BuiltinModel)
+
+
+def _names_input(model, name: str) -> bool:
+    """A formula that uses ``name`` (and not "x") as its input."""
+    parsed = getattr(model, "parsed", None)
+    if parsed is None:
+        return False
+    names = parsed.rhs.names()
+    return name in names and "x" not in names
 
 
 # -- the result ---------------------------------------------------------------------------------

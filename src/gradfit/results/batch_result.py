@@ -57,6 +57,10 @@ class BatchResult:
     def __len__(self) -> int:
         return len(self.status)
 
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n} {name}" for name, n in self.status_counts().items())
+        return f"BatchResult(model={self.model_text!r}, fits={len(self)}: {counts}, params={list(self.param_names)})"
+
     # -- aliases and views -----------------------------------------------------------------------
     @property
     def chi2(self) -> np.ndarray:
@@ -130,8 +134,9 @@ class BatchResult:
 
     # -- tables ------------------------------------------------------------------------------------
     def columns(self) -> dict:
-        """One column per quantity: fit, id (if any), <param>, <param>_stderr, chi2, redchi,
-        n_points, dof, aic, bic, iterations, status, converged."""
+        """One column per quantity: fit, id (if any), <param>, <param>_stderr, the statistics
+        under the keys of ``stats`` and of FitResult.stats (n, dof, chisqr, redchi, aic, bic),
+        iterations, status, converged."""
         out = {"fit": np.arange(len(self))}
         if self.ids is not None:
             out["id"] = self.ids
@@ -140,8 +145,8 @@ class BatchResult:
         for n in self.param_names:
             out[f"{n}_stderr"] = self.stderr[n]
         st = self.stats
-        out.update(chi2=st["chisqr"], redchi=st["redchi"], n_points=st["n"], dof=st["dof"], aic=st["aic"],
-                   bic=st["bic"], iterations=self.iterations, status=self.status_text, converged=self.converged)
+        out.update(n=st["n"], dof=st["dof"], chisqr=st["chisqr"], redchi=st["redchi"], aic=st["aic"], bic=st["bic"],
+                   iterations=self.iterations, status=self.status_text, converged=self.converged)
         return out
 
     def to_pandas(self):
@@ -212,6 +217,9 @@ class BatchResult:
         Raises PersistError for a missing or unreadable file.
         """
         path = Path(path)
+        if path.suffix.lower() != ".npz":
+            raise PersistError(f"{path}: BatchResult.load reads the .npz files BatchResult.save writes; "
+                               f".csv and .parquet tables are for other tools (read them with pandas)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
