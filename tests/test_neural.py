@@ -70,7 +70,7 @@ def test_multi_output_mlp():
 
 
 def test_bad_mlp_options():
-    with pytest.raises(ModelError, match="activation"):
+    with pytest.raises(gf.ConfigError, match="activation"):  # an option value: validated by FitOptions
         gf.fit("mlp", x=X, y=Y, activation="swishy", epochs=1)
     with pytest.raises(gf.ConfigError, match="hidden"):  # an option value: validated by FitOptions
         gf.fit("mlp", x=X, y=Y, hidden=(0,), epochs=1)

@@ -214,3 +214,21 @@ def test_readme_options_example():
     assert r.method == "adam" and r.epochs_run == 2000
     with pytest.raises(gf.ConfigError, match="learning rate lr must be a positive number, got -1"):
         gf.TrainingOptions(lr=-1)
+
+
+def test_names_are_checked_when_the_options_are_built():
+    """Optimizer, loss and activation names are validated in the constructors, against the same
+    lists the registry, the losses and the MLP use."""
+    from gradfit.losses import LOSSES
+    from gradfit.models.neural import ACTIVATIONS as MLP_ACTIVATIONS
+    from gradfit.optim.registry import optimizer_names
+    from gradfit.options import ACTIVATIONS, LOSS_NAMES, OPTIMIZERS
+
+    assert tuple(LOSSES) == LOSS_NAMES and MLP_ACTIVATIONS is ACTIVATIONS
+    assert set(optimizer_names()) | {"auto", "lm", "linear"} == set(OPTIMIZERS)
+    with pytest.raises(ConfigError, match="unknown optimizer 'adamm' \\(did you mean 'adam'\\?\\); choose one of"):
+        TrainingOptions(optimizer="adamm")
+    with pytest.raises(ConfigError, match="unknown loss 'mse2'"):
+        FitOptions(loss="mse2")
+    with pytest.raises(ConfigError, match="unknown activation 'relux' \\(did you mean 'relu'\\?\\)"):
+        FitOptions(activation="relux")

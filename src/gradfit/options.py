@@ -36,6 +36,19 @@ __all__ = ["TrainingOptions", "LeastSquaresOptions", "EarlyStoppingOptions", "Re
            "dtype_name", "device_name"]
 
 GRADIENTS = ("autograd", "analytic")
+#: torch.optim optimizers by gradfit name -> class name (every one but SparseAdam, which needs
+#: sparse gradients); optim/registry.py builds them from this table
+TORCH_OPTIMIZERS = {
+    "sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad",
+    "adadelta": "Adadelta", "adamax": "Adamax", "nadam": "NAdam", "radam": "RAdam", "asgd": "ASGD",
+    "rprop": "Rprop", "lbfgs": "LBFGS",
+}
+#: what TrainingOptions.optimizer accepts
+OPTIMIZERS = ("auto", "lm", "linear", *TORCH_OPTIMIZERS)
+#: the built-in losses (losses.py defines them under these names)
+LOSS_NAMES = ("mse", "mae", "huber", "log_cosh")
+#: activations of the built-in MLP (models/neural.py maps them to torch modules)
+ACTIVATIONS = ("tanh", "relu", "gelu", "silu", "sigmoid", "elu", "softplus")
 DTYPES = {"float32": "float32", "float": "float32", "float64": "float64", "double": "float64"}
 NAN_POLICIES = ("raise", "omit")
 SCHEDULE_NAMES = ("step", "exponential", "cosine", "plateau")
@@ -86,6 +99,13 @@ def _choice(label: str, value, choices) -> str:
         hint = did_you_mean(key, choices) if isinstance(key, str) else ""
         raise ConfigError(f"{label} must be one of {', '.join(map(repr, choices))}, got {value!r}{hint}")
     return key
+
+
+def _known(label: str, value: str, choices) -> str:
+    """``value`` if it is one of ``choices``, else a ConfigError that suggests the closest."""
+    if value not in choices:
+        raise ConfigError(f"unknown {label} {value!r}{did_you_mean(value, choices)}; choose one of {', '.join(choices)}")
+    return value
 
 
 def _name(label: str, value) -> str:
@@ -248,7 +268,7 @@ class TrainingOptions(_Options):
     warn_overfitting: bool = True
 
     def __post_init__(self):
-        _set(self, "optimizer", _name("optimizer", self.optimizer))
+        _set(self, "optimizer", _known("optimizer", _name("optimizer", self.optimizer), OPTIMIZERS))
         _set(self, "lr", _positive("learning rate lr", self.lr))
         _set(self, "epochs", _integer("epochs", self.epochs, 1))
         _set(self, "batch_size", _integer("batch_size", self.batch_size, 1, optional=True))
@@ -498,12 +518,12 @@ class FitOptions(_Options):
 
     def __post_init__(self):
         if isinstance(self.loss, str):
-            _set(self, "loss", _name("loss", self.loss).replace("-", "_"))
+            _set(self, "loss", _known("loss", _name("loss", self.loss).replace("-", "_"), LOSS_NAMES))
         elif not callable(self.loss):
             raise ConfigError(f"loss must be a name ('mse', 'mae', 'huber', 'log_cosh') or a callable, got {self.loss!r}")
         _set(self, "nan_policy", _choice("nan_policy", self.nan_policy, NAN_POLICIES))
         _set(self, "hidden", _hidden(self.hidden))
-        _set(self, "activation", _name("activation", self.activation))
+        _set(self, "activation", _known("activation", _name("activation", self.activation), ACTIVATIONS))
         _group(TrainingOptions, "training", self.training)
         _group(LeastSquaresOptions, "least_squares", self.least_squares)
         _group(RegularizationOptions, "regularization", self.regularization)

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from ..errors import ModelError
+from ..options import ACTIVATIONS  # the one list; FitOptions validates against it
 from .base import Model
 
 __all__ = ["ModuleModel", "MLPSpec", "build_mlp", "ACTIVATIONS"]
-
-ACTIVATIONS = ("tanh", "relu", "gelu", "silu", "sigmoid", "elu", "softplus")
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,11 @@ from __future__ import annotations
 from typing import Iterable
 
 from ..errors import ConfigError
+from ..options import TORCH_OPTIMIZERS
 
 __all__ = ["make_optimizer", "optimizer_names"]
 
-# Every torch.optim optimizer except SparseAdam (sparse gradients only).
-_NAMES = {
-    "sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad",
-    "adadelta": "Adadelta", "adamax": "Adamax", "nadam": "NAdam", "radam": "RAdam", "asgd": "ASGD",
-    "rprop": "Rprop", "lbfgs": "LBFGS",
-}
+_NAMES = TORCH_OPTIMIZERS
 
 
 def optimizer_names() -> tuple[str, ...]:
