@@ -27,6 +27,7 @@ import numbers
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Mapping
 
 from .errors import ConfigError, did_you_mean
@@ -381,7 +382,7 @@ class RegularizationOptions(_Options):
         _group(EarlyStoppingOptions, "early_stopping", self.early_stopping, optional=True)
         _set(self, "schedule", _schedule(self.schedule))
 
-    @property
+    @cached_property  # options are immutable; gf.fit asks on every call
     def in_use(self) -> str | None:
         """The first regularization switched on, in words ("a penalty", ...), or None."""
         for on, words in ((self.penalty, "a penalty"), (self.input_noise, "input noise"),

@@ -356,4 +356,4 @@ def _configured_space(model, train_arr, init, bounds, fixed, tie) -> ParameterSp
         fixed = [fixed]
     spec = ParameterSpec.create(model.param_names, init=init, bounds=bounds, fixed=fixed, tie=tie)
     values = spec.start(model.guess(train_arr.inputs, train_arr.y))
-    return ParameterSpace(model.param_names, values, bounds=bounds, fixed=list(fixed or ()), tie=tie)
+    return ParameterSpace.from_spec(spec, values)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -119,19 +120,23 @@ class ParameterSpec:
             raise ConfigError(f"parameter {name!r} is both fixed and tied; choose one")
         # ties before the count of free parameters: a cycle is the error to report
         compiled = _compile_ties(tie, names) if tie else ()
-        spec = cls(names, values, lower, upper, tuple(n for n in names if n in set(fixed)), dict(tie or {}), n_fits,
+        fixed_set = set(fixed)
+        spec = cls(names, values, lower, upper, tuple(n for n in names if n in fixed_set), dict(tie or {}), n_fits,
                    compiled)
         if not spec.free:
             raise ConfigError("every parameter is fixed or tied; nothing left to fit")
         spec.check_within_bounds(values)
         return spec
 
-    @property
+    @cached_property
     def free(self) -> tuple[str, ...]:
         return tuple(n for n in self.names if n not in self.fixed and n not in self.tie)
 
     def bounds(self) -> dict:
         """name -> (min, max) for the parameters with a finite bound."""
+        if self.n_fits is None:  # floats: math is several times cheaper than numpy on scalars
+            return {n: (self.lower[n], self.upper[n]) for n in self.names
+                    if math.isfinite(self.lower[n]) or math.isfinite(self.upper[n])}
         return {n: (self.lower[n], self.upper[n]) for n in self.names
                 if np.any(np.isfinite(self.lower[n])) or np.any(np.isfinite(self.upper[n]))}
 
@@ -172,6 +177,8 @@ class ParameterSpec:
 
 
 def _init_value(name: str, value, n_fits: int | None):
+    if type(value) is float and math.isfinite(value):  # the common case, without numpy
+        return value
     if n_fits is None or np.ndim(value) == 0:
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
             raise ConfigError(f"init value for {name!r} must be a finite number, got {value!r}")
@@ -198,7 +205,16 @@ class ParameterSpace:
 
     def __init__(self, names: Sequence[str], values: Mapping[str, float], *, bounds: Mapping | None = None,
                  fixed: Sequence[str] = (), tie: Mapping[str, str] | None = None):
-        spec = ParameterSpec.create(names, bounds=bounds, fixed=fixed, tie=tie)
+        self._setup(ParameterSpec.create(names, bounds=bounds, fixed=fixed, tie=tie), values)
+
+    @classmethod
+    def from_spec(cls, spec: ParameterSpec, values: Mapping[str, float]) -> "ParameterSpace":
+        """The space of an already validated one-fit :class:`ParameterSpec` (no second validation)."""
+        space = cls.__new__(cls)
+        space._setup(spec, values)
+        return space
+
+    def _setup(self, spec: ParameterSpec, values: Mapping[str, float]) -> None:
         self.ties = spec.compiled_ties
         self.names = spec.names
         self.lower, self.upper = dict(spec.lower), dict(spec.upper)
@@ -318,6 +334,8 @@ def _pair(name: str, pair, *, per_fit: bool = False, n_fits: int | None = None):
         raise ConfigError(f"bounds for {name!r} must be a pair (min, max); use None for no limit") from None
     lo = _bound_value(name, lo, -math.inf, per_fit, n_fits)
     hi = _bound_value(name, hi, math.inf, per_fit, n_fits)
+    if type(lo) is float and type(hi) is float and lo < hi:
+        return lo, hi  # the common case (NaN fails "<"), without numpy
     if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
         raise ConfigError(f"bounds for {name!r} must not be NaN")
     if np.any(lo > hi):
