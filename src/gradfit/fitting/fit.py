@@ -17,7 +17,7 @@ from ..losses import resolve_loss
 from ..lsq.problem import LeastSquaresProblem, linear_reason
 from ..models import FormulaModel, resolve_model
 from ..models.neural import MLPSpec
-from ..models.parameters import ParameterSpace
+from ..models.parameters import ParameterSpace, ParameterSpec
 from ..options import FitOptions, device_name, dtype_name
 from .crossval import cross_validate
 from .first_order import module_objective, scalar_objective, tensors, train_first_order
@@ -350,8 +350,6 @@ def _parameter_space(model, train_arr, n_train, init, bounds, fixed, tie):
 
 
 def _configured_space(model, train_arr, init, bounds, fixed, tie) -> ParameterSpace:
-    from ..models.parameters import ParameterSpec
-
     if isinstance(fixed, str):
         fixed = [fixed]
     spec = ParameterSpec.create(model.param_names, init=init, bounds=bounds, fixed=fixed, tie=tie)

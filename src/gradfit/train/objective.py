@@ -246,12 +246,12 @@ class ScalarObjective(_Objective):
     def _jacobian_t(self, data: TensorData, params):
         """(P, n) partials; cached for the training set when they do not depend on the
         parameters (models linear in their parameters), since then they never change."""
+        if data is self.train and self._jt_cache is not None:
+            return self._jt_cache  # before any import statement: this runs every epoch
         import torch
 
         from ..models.jacobian import partials
 
-        if data is self.train and self._jt_cache is not None:
-            return self._jt_cache
         jt = torch.stack(partials(self.model, data.inputs, params))
         if data is self.train and self.model.linear_in_params:
             self._jt_cache = jt
