@@ -29,7 +29,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _is_formula(model) -> bool:
-    return hasattr(model, "parsed") and hasattr(model, "bind")
+    return getattr(model, "parsed", None) is not None  # formula models (built-ins too) carry their parse
 
 
 def _scalar_params(model) -> bool:

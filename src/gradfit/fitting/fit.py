@@ -36,6 +36,12 @@ def resolve_dtype(dtype):
     return getattr(torch, dtype_name(dtype))
 
 
+@lru_cache(maxsize=8)
+def _resolved(dtype: str, device: str) -> tuple:
+    """(torch dtype, torch device) of the canonical names in TrainingOptions, once per pair."""
+    return resolve_dtype(dtype), resolve_device(device)
+
+
 @lru_cache(maxsize=1)
 def _auto_device():
     import torch
@@ -202,7 +208,7 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     training = options.training
     weights = weights_from_sigma(weights, sigma)
     loss_fn = resolve_loss(options.loss)
-    torch_dtype, dev = resolve_dtype(training.dtype), resolve_device(training.device)
+    torch_dtype, dev = _resolved(training.dtype, training.device)
     spec = resolve_model(model, hidden=options.hidden, activation=options.activation)
     bound, arrays = prepare_arrays(spec, x, y, data=data, weights=weights, nan_policy=options.nan_policy)
     _check_range(arrays, torch_dtype)
