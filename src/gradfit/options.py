@@ -22,7 +22,6 @@ gradfit.errors.ConfigError: learning rate lr must be a positive number, got -1
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 import os
 import re
@@ -30,6 +29,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Mapping
 
+from ._checks import (check_choice, check_flag, check_integer, check_known, check_mapping, check_name,
+                      check_nonnegative, check_plain, check_positive, is_real)
 from .errors import ConfigError, did_you_mean
 
 __all__ = ["TrainingOptions", "LeastSquaresOptions", "EarlyStoppingOptions", "RegularizationOptions",
@@ -60,85 +61,6 @@ _DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:\d+)?")
 
 # -- value checks: each returns the value in canonical form or raises ConfigError naming it. Each
 # starts with a fast path for the plain Python type, since gf.fit builds options on every call.
-def _integer(label: str, value, minimum: int, *, optional: bool = False) -> int | None:
-    if type(value) is int and value >= minimum or value is None and optional:
-        return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigError(f"{label} must be an integer >= {minimum}{' or None' if optional else ''}, got {value!r}")
-    return int(value)
-
-
-def _real(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
-
-
-def _positive(label: str, value, *, optional: bool = False) -> float | None:
-    if type(value) is float and 0 < value < math.inf or value is None and optional:
-        return value
-    if not _real(value) or not value > 0:
-        raise ConfigError(f"{label} must be a positive number{' or None' if optional else ''}, got {value!r}")
-    return float(value)
-
-
-def _nonnegative(label: str, value) -> float:
-    if not _real(value) or value < 0:
-        raise ConfigError(f"{label} must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-def _flag(label: str, value, *, optional: bool = False) -> bool | None:
-    if value is True or value is False or value is None and optional:
-        return value
-    if isinstance(value, int) and value in (0, 1) or type(value).__name__ == "bool_":  # numpy's bool_
-        return bool(value)
-    raise ConfigError(f"{label} must be True or False{' (or None)' if optional else ''}, got {value!r}")
-
-
-def _choice(label: str, value, choices) -> str:
-    key = value.lower() if isinstance(value, str) else value
-    if key not in choices:
-        hint = did_you_mean(key, choices) if isinstance(key, str) else ""
-        raise ConfigError(f"{label} must be one of {', '.join(map(repr, choices))}, got {value!r}{hint}")
-    return key
-
-
-def _known(label: str, value: str, choices) -> str:
-    """``value`` if it is one of ``choices``, else a ConfigError that suggests the closest."""
-    if value not in choices:
-        raise ConfigError(f"unknown {label} {value!r}{did_you_mean(value, choices)}; choose one of {', '.join(choices)}")
-    return value
-
-
-def _name(label: str, value) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{label} must be a name (a non-empty string), got {value!r}")
-    return value.strip().lower()
-
-
-def _plain(label: str, value):
-    """A copy of ``value`` made of JSON types (tuples become lists), or ConfigError."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (numbers.Integral, numbers.Real)):
-        return int(value) if isinstance(value, numbers.Integral) else float(value)
-    if isinstance(value, Mapping):
-        bad = [k for k in value if not isinstance(k, str)]
-        if bad:
-            raise ConfigError(f"{label} keys must be strings, got {bad[0]!r}")
-        return {k: _plain(f"{label}[{k!r}]", v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(f"{label}[{i}]", v) for i, v in enumerate(value)]
-    raise ConfigError(f"{label} must be plain data (numbers, strings, booleans, lists, dicts) so that it can be "
-                      f"saved as JSON, got {value!r}")
-
-
-def _mapping(label: str, value) -> dict | None:
-    """An option dict of keyword arguments (None and {} both mean none)."""
-    if value is not None and not isinstance(value, Mapping):
-        raise ConfigError(f"{label} must be a dict of keyword arguments, got {value!r}")
-    return _plain(label, value) or None
-
-
 def _set(obj, name: str, value) -> None:
     object.__setattr__(obj, name, value)  # the canonical form, inside a frozen dataclass's __post_init__
 
@@ -171,7 +93,7 @@ class _Options:
             elif isinstance(v, tuple):
                 v = list(v)
             elif isinstance(v, (dict, list)):
-                v = _plain(f.name, v)  # a copy: the caller may change it
+                v = check_plain(f.name, v)  # a copy: the caller may change it
             elif f.name == "loss" and callable(v):  # a custom loss is written by its name
                 v = getattr(v, "name", None) or getattr(v, "__name__", None) or "custom"
             out[f.name] = v
@@ -269,23 +191,23 @@ class TrainingOptions(_Options):
     warn_overfitting: bool = True
 
     def __post_init__(self):
-        _set(self, "optimizer", _known("optimizer", _name("optimizer", self.optimizer), OPTIMIZERS))
-        _set(self, "lr", _positive("learning rate lr", self.lr))
-        _set(self, "epochs", _integer("epochs", self.epochs, 1))
-        _set(self, "batch_size", _integer("batch_size", self.batch_size, 1, optional=True))
-        _set(self, "normalize", _flag("normalize", self.normalize))
-        if not _real(self.val_fraction) or not 0 <= self.val_fraction < 1:
+        _set(self, "optimizer", check_known("optimizer", check_name("optimizer", self.optimizer), OPTIMIZERS))
+        _set(self, "lr", check_positive("learning rate lr", self.lr))
+        _set(self, "epochs", check_integer("epochs", self.epochs, 1))
+        _set(self, "batch_size", check_integer("batch_size", self.batch_size, 1, optional=True))
+        _set(self, "normalize", check_flag("normalize", self.normalize))
+        if not is_real(self.val_fraction) or not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be a number in [0, 1), got {self.val_fraction!r}")
         _set(self, "val_fraction", float(self.val_fraction))
-        _set(self, "seed", _integer("seed", self.seed, 0))
-        _set(self, "gradient", _choice("gradient", self.gradient, GRADIENTS))
+        _set(self, "seed", check_integer("seed", self.seed, 0))
+        _set(self, "gradient", check_choice("gradient", self.gradient, GRADIENTS))
         _set(self, "dtype", dtype_name(self.dtype))
         _set(self, "device", device_name(self.device))
-        _set(self, "tol", _positive("tol", self.tol, optional=True))
-        _set(self, "optimizer_options", _mapping("optimizer_options", self.optimizer_options))
-        _set(self, "log_every", _integer("log_every", self.log_every, 0))
-        _set(self, "progress", _flag("progress", self.progress, optional=True))
-        _set(self, "warn_overfitting", _flag("warn_overfitting", self.warn_overfitting))
+        _set(self, "tol", check_positive("tol", self.tol, optional=True))
+        _set(self, "optimizer_options", check_mapping("optimizer_options", self.optimizer_options))
+        _set(self, "log_every", check_integer("log_every", self.log_every, 0))
+        _set(self, "progress", check_flag("progress", self.progress, optional=True))
+        _set(self, "warn_overfitting", check_flag("warn_overfitting", self.warn_overfitting))
 
 
 def dtype_name(value) -> str:
@@ -327,9 +249,9 @@ class LeastSquaresOptions(_Options):
     absolute_sigma: bool = False
 
     def __post_init__(self):
-        _set(self, "max_iter", _integer("max_iter", self.max_iter, 1))
-        _set(self, "tol", _positive("tol", self.tol, optional=True))
-        _set(self, "absolute_sigma", _flag("absolute_sigma", self.absolute_sigma))
+        _set(self, "max_iter", check_integer("max_iter", self.max_iter, 1))
+        _set(self, "tol", check_positive("tol", self.tol, optional=True))
+        _set(self, "absolute_sigma", check_flag("absolute_sigma", self.absolute_sigma))
 
 
 @dataclass(frozen=True)
@@ -347,8 +269,8 @@ class EarlyStoppingOptions(_Options):
     min_delta: float = 0.0
 
     def __post_init__(self):
-        _set(self, "patience", _integer("early_stopping patience", self.patience, 1))
-        _set(self, "min_delta", _nonnegative("early_stopping min_delta", self.min_delta))
+        _set(self, "patience", check_integer("early_stopping patience", self.patience, 1))
+        _set(self, "min_delta", check_nonnegative("early_stopping min_delta", self.min_delta))
 
 
 @dataclass(frozen=True)
@@ -378,7 +300,7 @@ class RegularizationOptions(_Options):
 
     def __post_init__(self):
         _set(self, "penalty", _penalty(self.penalty))
-        _set(self, "input_noise", _nonnegative("input_noise", self.input_noise))
+        _set(self, "input_noise", check_nonnegative("input_noise", self.input_noise))
         _group(EarlyStoppingOptions, "early_stopping", self.early_stopping, optional=True)
         _set(self, "schedule", _schedule(self.schedule))
 
@@ -402,9 +324,9 @@ def _penalty(spec) -> dict | None:
         if kind not in PENALTY_KINDS:
             raise ConfigError(f"unknown penalty {kind!r}{did_you_mean(str(kind), PENALTY_KINDS)}; use 'l1' and/or 'l2'")
         if isinstance(value, Mapping):
-            out[kind] = {str(n): _nonnegative(f"penalty {kind} coefficient of {n!r}", c) for n, c in value.items()}
+            out[kind] = {str(n): check_nonnegative(f"penalty {kind} coefficient of {n!r}", c) for n, c in value.items()}
         else:
-            out[kind] = _nonnegative(f"penalty {kind} coefficient", value)
+            out[kind] = check_nonnegative(f"penalty {kind} coefficient", value)
     return out or None
 
 
@@ -414,7 +336,7 @@ def _schedule(spec):
     if not isinstance(spec, str) and not (isinstance(spec, Mapping) and "name" in spec):
         raise ConfigError(f"schedule must be a name ({', '.join(SCHEDULE_NAMES)}) or a dict with a 'name', "
                           f"got {spec!r}")
-    doc = {"name": spec} if isinstance(spec, str) else _plain("schedule", spec)
+    doc = {"name": spec} if isinstance(spec, str) else check_plain("schedule", spec)
     name = doc["name"].lower() if isinstance(doc["name"], str) else doc["name"]
     if name not in SCHEDULE_NAMES:
         hint = did_you_mean(name, SCHEDULE_NAMES) if isinstance(name, str) else ""
@@ -449,9 +371,9 @@ class CheckpointOptions(_Options):
         if not isinstance(folder, str) or not folder:
             raise ConfigError(f"checkpoint folder must be a path, got {self.folder!r}")
         _set(self, "folder", folder)
-        _set(self, "every_epochs", _integer("checkpoint every_epochs", self.every_epochs, 1, optional=True))
-        _set(self, "every_seconds", _positive("checkpoint every_seconds", self.every_seconds, optional=True))
-        _set(self, "resume", _flag("resume", self.resume))
+        _set(self, "every_epochs", check_integer("checkpoint every_epochs", self.every_epochs, 1, optional=True))
+        _set(self, "every_seconds", check_positive("checkpoint every_seconds", self.every_seconds, optional=True))
+        _set(self, "resume", check_flag("resume", self.resume))
 
 
 @dataclass(frozen=True)
@@ -474,8 +396,8 @@ class CrossValidationOptions(_Options):
     split: str = "random"
 
     def __post_init__(self):
-        _set(self, "folds", _integer("cv (the number of folds)", self.folds, 2))
-        _set(self, "split", _choice("cv_split", self.split, CV_SPLITS))
+        _set(self, "folds", check_integer("cv (the number of folds)", self.folds, 2))
+        _set(self, "split", check_choice("cv_split", self.split, CV_SPLITS))
 
 
 @dataclass(frozen=True)
@@ -519,12 +441,12 @@ class FitOptions(_Options):
 
     def __post_init__(self):
         if isinstance(self.loss, str):
-            _set(self, "loss", _known("loss", _name("loss", self.loss).replace("-", "_"), LOSS_NAMES))
+            _set(self, "loss", check_known("loss", check_name("loss", self.loss).replace("-", "_"), LOSS_NAMES))
         elif not callable(self.loss):
             raise ConfigError(f"loss must be a name ('mse', 'mae', 'huber', 'log_cosh') or a callable, got {self.loss!r}")
-        _set(self, "nan_policy", _choice("nan_policy", self.nan_policy, NAN_POLICIES))
+        _set(self, "nan_policy", check_choice("nan_policy", self.nan_policy, NAN_POLICIES))
         _set(self, "hidden", _hidden(self.hidden))
-        _set(self, "activation", _known("activation", _name("activation", self.activation), ACTIVATIONS))
+        _set(self, "activation", check_known("activation", check_name("activation", self.activation), ACTIVATIONS))
         _group(TrainingOptions, "training", self.training)
         _group(LeastSquaresOptions, "least_squares", self.least_squares)
         _group(RegularizationOptions, "regularization", self.regularization)
