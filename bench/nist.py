@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 import gradfit as gf
+from gradfit.data.nist import lre, read_strd
 from gradfit.formula.compile import compile_tree
 from gradfit.models.formula import FormulaModel
-from gradfit.data.nist import lre, read_strd
+from gradfit.models.jacobian import jacobian
 
 
 def numpy_model(problem):
@@ -106,7 +107,7 @@ def linear_table(paths, markdown: bool) -> None:
         r = gf.fit(p.formula, data=p.columns, dtype="float64")
         model = FormulaModel(p.formula).bind(p.columns)
         inputs = {n: p.columns[n] for n in model.input_names}
-        design = model.jacobian_numpy(inputs, {n: 0.0 for n in model.param_names}, model.param_names)
+        design = jacobian(model, inputs, {n: 0.0 for n in model.param_names}, model.param_names)
         y = model.response_numpy(p.columns)
         coef = np.linalg.lstsq(design, y, rcond=None)[0]
         rows.append([p.name, f"{digits([r.params[n] for n in p.param_names], p):.1f}",

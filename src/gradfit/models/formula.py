@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import Iterable, Mapping
 
 from ..errors import DataError, FormulaError
 from ..formula.compile import compile_tree, numpy_supported
 from ..formula.parse import ParsedFormula, parse_formula
 from ..formula.tree import Node, Var, walk
 from .base import Model
-from .jacobian import formula_program, jacobian, partials, partials_are_constant, torch_to_numpy
-
-if TYPE_CHECKING:
-    import numpy as np
+from .jacobian import formula_program, partials_are_constant, torch_to_numpy
 
 __all__ = ["FormulaModel"]
 
@@ -131,11 +128,6 @@ class FormulaModel(Model):
             self._program = program
         return self._program
 
-    def jacobian_numpy(self, inputs: Mapping, params: Mapping, names) -> "np.ndarray":
-        """(n, len(names)) float64 Fortran-ordered matrix of d prediction / d parameter for
-        the parameters ``names`` in that order: :func:`gradfit.models.jacobian.jacobian`."""
-        return jacobian(self, inputs, params, names)
-
     def response(self, columns: Mapping):
         """Evaluate the response expression (e.g. log(y)) on data columns (tensors)."""
         if self._compiled_response is None:
@@ -167,11 +159,6 @@ class FormulaModel(Model):
     def linear_in_params(self) -> bool:
         """True when no partial derivative depends on a parameter (the Jacobian is constant)."""
         return partials_are_constant(self.parsed.rhs, self.param_names)
-
-    def partials(self, inputs: Mapping, params: Mapping) -> list:
-        """Analytic d(prediction)/d(parameter) for each parameter, torch tensors broadcast to
-        the data: :func:`gradfit.models.jacobian.partials`."""
-        return partials(self, inputs, params)
 
     def spec(self) -> dict:
         spec = {"kind": "formula", "formula": self.text, "inputs": list(self.input_names)}
