@@ -7,6 +7,9 @@ single line a user sees (exit code 2).
 from __future__ import annotations
 
 import difflib
+import os
+import sys
+import warnings
 
 __all__ = [
     "GradfitError",
@@ -18,6 +21,7 @@ __all__ = [
     "PersistError",
     "GradfitWarning",
     "did_you_mean",
+    "warn_user",
 ]
 
 
@@ -67,3 +71,22 @@ def did_you_mean(name: str, choices) -> str:
     """' (did you mean 'x'?)' or '': the hint every unknown-name message ends with."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_user(message: str, category: type[Warning] = GradfitWarning) -> None:
+    """Warn with the location of the first caller outside gradfit (the user's own line).
+
+    A fixed ``stacklevel`` points at gradfit's internals whenever the call path changes
+    (``gf.fit`` -> ``curve_fit`` -> ...); counting frames up to the first one outside the
+    package always lands on the user's line (Python 3.12's ``skip_file_prefixes`` does the
+    same; this works on 3.10+).
+    """
+    level = 2
+    frame = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)

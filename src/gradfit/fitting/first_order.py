@@ -4,10 +4,9 @@ function or network, wire the loop's callbacks, and turn the loop's outcome into
 from __future__ import annotations
 
 import math
-import warnings
 
 from ..callbacks import LogCallback, ProgressCallback, wants_progress
-from ..errors import ConfigError, GradfitWarning
+from ..errors import ConfigError, warn_user
 from ..models.neural import MLPSpec, ModuleModel, build_mlp
 from ..optim.precondition import jacobian, whitening
 from ..optim.registry import make_optimizer
@@ -115,7 +114,7 @@ def train_first_order(objective, model, optimizer, options, setup, *, settings, 
     val_loss = objective.evaluate(objective.val) if objective.val is not None else None
     warning = overfitting_signal(outcome.history["train_loss"], outcome.history["val_loss"])
     if warning and outcome.status != "stopped_early" and training.warn_overfitting:
-        warnings.warn(warning, GradfitWarning, stacklevel=3)
+        warn_user(warning)
         notes = notes + (warning,)
     return FitResult(params=objective.param_values(), loss=final_loss, val_loss=val_loss, status=outcome.status,
                      epochs_run=outcome.epochs_run, history=outcome.history, model=model, message=outcome.message,

@@ -4,11 +4,10 @@ uncertainties and statistics, and build the FitResult."""
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 
-from ..errors import GradfitWarning
+from ..errors import warn_user
 from ..lsq.problem import LeastSquaresProblem, mean_squared_error
 from ..lsq.solve import refine_residuals, solve
 from ..lsq.uncertainty import uncertainty
@@ -94,5 +93,5 @@ def warn_degenerate(groups) -> str:
     names = "; ".join(", ".join(g) for g in groups)
     text = (f"the data cannot determine parameters {names} separately (the Jacobian is rank-deficient: "
             "they appear only in combination, or not at all); fix one of them or reparametrize")
-    warnings.warn(text, GradfitWarning, stacklevel=4)
+    warn_user(text)
     return text
