@@ -37,13 +37,24 @@ def test_npz(tmp_path):
     ("u.csv", b"x,y\n1,\xff\n", "line 2 is not valid UTF-8"),
     ("b.csv", b"\x00\x01\x02binary", "binary"),
     ("r.csv", "x,y\n1,2\n3\n", "row 3 has 1 fields"),
-    ("n.csv", "x,y\n1,abc\n", "row 2 column 'y'"),
     ("d.csv", "x,x\n1,2\n", "duplicate column name 'x'"),
     ("nh.csv", "1,2\n3,4\n", "first row must name the columns"),
 ])
 def test_bad_files(tmp_path, name, content, match):
     with pytest.raises(DataError, match=match):
         read_table(_write(tmp_path, name, content))
+
+
+def test_text_column_is_kept_and_refused_only_when_used(tmp_path):
+    """A non-numeric cell makes a text column; only a caller that uses it gets the DataError,
+    which names the column, the row and the cell."""
+    from gradfit.data.io import numeric_columns
+
+    cols = read_table(_write(tmp_path, "n.csv", "x,y,note\n1,abc,ok\n2,3,\n"))
+    assert cols["y"].tolist() == ["abc", "3"] and cols["x"].dtype == np.int64
+    assert set(numeric_columns(cols, ["x"])) == {"x"}
+    with pytest.raises(DataError, match=r"non-numeric values: row 2 column 'y': 'abc'"):
+        numeric_columns(cols, ["x", "y"], source="n.csv")
 
 
 def test_missing_file_and_directory(tmp_path):

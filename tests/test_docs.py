@@ -9,7 +9,8 @@ MODULES = ["gradfit", "gradfit.fitting.fit", "gradfit.formula.parse", "gradfit.f
            "gradfit.models.formula", "gradfit.models.function", "gradfit.optim.registry", "gradfit.data.split",
            "gradfit.data.examples", "gradfit.fitting.many", "gradfit.optim.linear", "gradfit.optim.lm", "gradfit.fitting.scipy_compat",
            "gradfit.stats", "gradfit.tuning", "gradfit.results.fit_result", "gradfit.data.tables", "gradfit.data.io",
-           "gradfit.options", "gradfit.fitting.keywords"]
+           "gradfit.options", "gradfit.fitting.keywords", "gradfit.tuning.space",
+           "gradfit.models.jacobian"]
 
 
 @pytest.mark.parametrize("name", MODULES)

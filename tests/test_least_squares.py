@@ -12,6 +12,7 @@ from gradfit import ConfigError, DataError
 from gradfit.optim.lm import LMOptions, levenberg_marquardt
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
+scipy_stats = pytest.importorskip("scipy.stats")
 
 RNG = np.random.default_rng(7)
 X = np.linspace(0, 10, 60)
@@ -145,7 +146,9 @@ def test_confidence_intervals_normal_and_profile():
     profile = r.ci(0.95, method="profile", x=X, y=Y)
     for k in "ab":
         lo, hi = normal[k]
-        assert (hi - lo) / 2 == pytest.approx(1.959964 * r.stderr[k], rel=1e-6)
+        # Student t at dof = n - 2 (the scale is estimated), as statsmodels' conf_int
+        t = scipy_stats.t.ppf(0.975, len(X) - 2)
+        assert (hi - lo) / 2 == pytest.approx(t * r.stderr[k], rel=1e-6)
         # for a linear model the profile interval equals the normal one
         assert profile[k][0] == pytest.approx(lo, rel=1e-6) and profile[k][1] == pytest.approx(hi, rel=1e-6)
     nl = gf.fit("a*exp(-k*x) + c", x=X, y=Y, dtype="float64")

@@ -409,7 +409,8 @@ class FitOptions(_Options):
     loss : "mse", "mae", "huber", "log_cosh", or a callable ``f(pred, target)``. A callable is
         written to JSON by its name, so ``from_dict`` gives back the name, not the callable.
     nan_policy : "raise" (name the rows holding NaN/inf) or "omit" (drop them).
-    hidden, activation : layer sizes (each >= 1) and activation of a built-in "mlp" network.
+    hidden, activation : hidden layer widths (each >= 1; an int is one layer: 32 -> (32,)) and
+        activation of a built-in "mlp" network.
     training, least_squares, regularization : the option groups (defaults when left out).
     checkpoint : a :class:`CheckpointOptions`, or None.
     cv : a :class:`CrossValidationOptions`, or None.

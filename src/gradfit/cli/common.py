@@ -13,7 +13,7 @@ from enum import IntEnum
 
 from ..errors import ConfigError
 
-__all__ = ["ExitStatus", "exit_status", "parse_value", "parse_assignments", "parse_init", "parse_fixed",
+__all__ = ["ExitStatus", "STATUS_EXIT", "exit_status", "batch_exit_status", "parse_value", "parse_assignments", "parse_init", "parse_fixed",
            "parse_bounds", "parse_ties", "parse_penalty", "parse_hidden", "fit_kwargs", "library_output",
            "print_table"]
 
@@ -22,10 +22,10 @@ class ExitStatus(IntEnum):
     """The exit status of every ``gradfit`` command."""
 
     OK = 0
-    ERROR = 1  # an unexpected internal error (a bug): traceback shown
+    ERROR = 1  # an unexpected internal error (a bug): one line; GRADFIT_TRACEBACK=1 shows the traceback
     USAGE = 2  # bad usage or input: one line on stderr says what to change
-    # the computation ran but failed: a diverged fit, a model not finite at the start, no complete tune
-    # trial, a gradient mismatch
+    # the computation ran but its numbers are not to be trusted: a fit status that STATUS_EXIT maps here,
+    # no complete tune trial, a gradient mismatch
     FIT_FAILED = 3
     INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2, as shells report it
     TERMINATED = 143  # SIGTERM: 128 + 15
@@ -38,16 +38,36 @@ class ExitStatus(IntEnum):
         return cls.TERMINATED if signum == signal.SIGTERM else cls.INTERRUPTED
 
 
+#: The one table from a fit's status to the command's exit status, for every command that fits
+#: (``fit`` by least squares or first-order training, ``fit-many``; ``predict`` applies it to the
+#: status of the model it loads). OK (0) means the numbers can be used as they are; FIT_FAILED
+#: (3) means a result was produced but is not a solution to trust (the output is still written
+#: and says why).
+STATUS_EXIT = {
+    "converged": ExitStatus.OK,  # the stationarity test passed
+    "max_epochs": ExitStatus.OK,  # first-order training ran the epochs asked for: the user's stopping rule
+    "stopped_early": ExitStatus.OK,  # early stopping restored the best validation epoch, as asked
+    "max_iterations": ExitStatus.FIT_FAILED,  # least squares ran out of iterations before the test passed
+    "stalled": ExitStatus.FIT_FAILED,  # no step reduces the objective, yet the test did not pass
+    "singular": ExitStatus.FIT_FAILED,  # parameters cannot be separated; their values and errors are not unique
+    "diverged": ExitStatus.FIT_FAILED,  # the loss became inf/NaN
+    "not_finite": ExitStatus.FIT_FAILED,  # the model or data is not finite at the start: nothing was fitted
+    "too_few_points": ExitStatus.FIT_FAILED,  # fewer usable points than free parameters: nothing was fitted
+    "stopped": ExitStatus.FIT_FAILED,  # a callback stopped the fit before its own test passed
+}
+
+
 def exit_status(status) -> ExitStatus:
-    """The exit status of one fit: a diverged fit, or one where the model is not finite at
-    the start (nothing was fitted), fails the command.
+    """The exit status of one fit's status (a :class:`~gradfit.status.Status` or its name),
+    from :data:`STATUS_EXIT`; an unknown status fails the command (never a silent OK)."""
+    return STATUS_EXIT.get(str(getattr(status, "value", status)), ExitStatus.FIT_FAILED)
 
-    Fits that stop at the iteration limit or end singular still produced a result the
-    report explains, so scripts get OK and read the status from the output.
-    """
-    from ..status import Status
 
-    return ExitStatus.FIT_FAILED if status in (Status.DIVERGED, Status.NOT_FINITE) else ExitStatus.OK
+def batch_exit_status(statuses) -> ExitStatus:
+    """The exit status of ``fit-many``: OK only when every fit's status is OK in
+    :data:`STATUS_EXIT` (a batch in which some fits are not solutions fails the command; the
+    output table still holds every fit with its status)."""
+    return max((exit_status(s) for s in set(statuses)), default=ExitStatus.OK)
 
 
 def parse_value(text: str):

@@ -8,25 +8,55 @@ from pathlib import Path
 from .common import ExitStatus, exit_status, fit_kwargs, library_output
 
 
-def load_model_and_data(model_text: str, data_path: str, x_cols: str | None, y_col: str | None):
-    """Read the data file and work out (model spec, x, y, data) for gradfit.fit."""
-    from ..data.io import read_table
+def load_model_and_data(model_text: str, data_path: str, x_cols: str | None, y_col: str | None,
+                        extra: tuple = ()):
+    """Read the data file and work out (model spec, x, y, data) for gradfit.fit.
+
+    Column names pass through as they are (``--x "Time (s)"``), never as formula text. Only
+    the columns the fit uses must be numeric; text columns (ids, notes) are left out of
+    ``data``, and a used one is a DataError naming its bad cells. ``extra`` names more used
+    columns (``--sigma``).
+    """
+    from ..data.io import numeric_columns, read_table
     from ..errors import ConfigError
     from ..models import is_builtin_name
 
-    columns = read_table(data_path)
+    table = read_table(data_path)
+    numeric = [n for n, v in table.items() if v.dtype.kind in "iufb"]
     if is_builtin_name(model_text):
-        names = list(columns)
-        y = y_col or names[-1]
+        y = y_col or (numeric[-1] if numeric else list(table)[-1])
         mlp = model_text.strip().lower() == "mlp"
-        # default inputs: every other column for mlp, the first other column for a curve
-        xs = x_cols.split(",") if x_cols else [c for c in names if c != y][: None if mlp else 1]
+        # default inputs: every other numeric column for mlp, the first other one for a curve
+        xs = [x_cols] if x_cols in table else (x_cols.split(",") if x_cols else
+                                                [c for c in numeric if c != y][: None if mlp else 1])
         if not xs:
             raise ConfigError(f"{data_path}: needs an input column and a target column (--x COL --y COL)")
+        for flag, name in [*(("--x", n) for n in xs), ("--y", y)]:
+            if name not in table:
+                from ..errors import DataError, did_you_mean
+
+                listed = ", ".join(list(table)[:10]) + (", ..." if len(table) > 10 else "")
+                raise DataError(f"{data_path}: no column {name!r} for {flag}{did_you_mean(name, table)}; "
+                                f"columns: {listed}")
+        columns = numeric_columns(table, [*xs, y, *extra], source=data_path)
         return model_text, (xs[0] if len(xs) == 1 and not mlp else xs), y, columns
     if "~" not in model_text and y_col is None:
         raise ConfigError("write the formula as 'response ~ expression' (e.g. 't_c ~ w*t_u + b') or pass --y COL")
-    return model_text, None, y_col, columns
+    return model_text, None, y_col, numeric_columns(table, [*_formula_names(model_text, table), *extra],
+                                                    source=data_path)
+
+
+def _formula_names(model_text: str, table: dict) -> list:
+    """The table's columns that the formula names (so a text column it uses is an error, not
+    a name that silently becomes a parameter)."""
+    from ..models import resolve_model
+
+    model = resolve_model(model_text)
+    parsed = getattr(model, "parsed", None)
+    if parsed is None:
+        return []
+    names = set(parsed.rhs.names()) | set(getattr(model, "response_names", ()) or ())
+    return [n for n in table if n in names]
 
 
 def run_fit(args, stdout, stderr) -> ExitStatus:
@@ -35,7 +65,8 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
     from ..errors import ConfigError
     from ..train.checkpoint import Checkpointer, Interrupted
 
-    model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col)
+    model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col,
+                                               extra=(args.sigma,) if args.sigma else ())
     kwargs = fit_kwargs(args)
     if args.sigma:
         from ..errors import DataError, did_you_mean
@@ -74,7 +105,8 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
             print(f"wrote {args.out}/model.json, history.csv, fit.png, loss.png", file=stdout)
     status = exit_status(result.status)
     if status != ExitStatus.OK:
-        print(f"gradfit fit: {result.message}", file=stderr)
+        print(f"gradfit fit: {' '.join(str(result.message).split())} (status {result.status}, exit {int(status)})",
+              file=stderr)
     return status
 
 

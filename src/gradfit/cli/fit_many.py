@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from .common import ExitStatus, library_output, parse_bounds, parse_fixed, parse_init
+from .common import ExitStatus, batch_exit_status, library_output, parse_bounds, parse_fixed, parse_init
 
 
 def run_fit_many(args, stdout, stderr) -> ExitStatus:
@@ -38,7 +38,12 @@ def run_fit_many(args, stdout, stderr) -> ExitStatus:
         print(result.summary(), file=stdout)
         if args.out:
             print(f"wrote {len(result)} rows to {args.out}", file=stdout)
-    return ExitStatus.OK
+    status = batch_exit_status(result.status_text)
+    if status != ExitStatus.OK:
+        counts = ", ".join(f"{n} {k}" for k, n in result.status_counts().items())
+        where = f"; each fit's status is in {args.out}" if args.out else "; pass --out FILE for each fit's status"
+        print(f"gradfit fit-many: not every fit is a solution ({counts}), exit {int(status)}{where}", file=stderr)
+    return status
 
 
 def starting_values(args, names: list[str], per_fit: dict):
@@ -72,10 +77,11 @@ def load_batch(args, names: list[str]):
     if suffix == ".npy":
         y = _read_npy(path)
         return {"x": _x_values(args.x_values, y.shape[1]), "y": y}, {}
-    from ..data.io import read_table
+    from ..data.io import numeric_columns, read_table
 
     columns = read_table(path)
     if suffix == ".npz" and "y" in columns:
+        columns = numeric_columns(columns, [n for n in ("x", "y") if n in columns], source=str(path))
         y = columns["y"]
         if y.ndim != 2:
             raise DataError(f"{path}: array 'y' must be 2-D (fits, points), got shape {y.shape}")
@@ -88,15 +94,25 @@ def load_batch(args, names: list[str]):
             raise ConfigError(f"fit-many fits curves in one input: give one --x column, got {args.x_cols!r}")
         # checked here so that messages name the file
         check_columns(columns, {"id": args.id_column, "x": args.x_cols, "y": args.y_col}, source=str(path))
-        per_fit = per_fit_values(columns, names, id=args.id_column, source=str(path))
-        return {"data": columns, "id": args.id_column, "x": args.x_cols, "y": args.y_col}, per_fit
+        # only the columns used must be numeric; ids keep their type (text, integers) for the output
+        used = numeric_columns(columns, [args.x_cols, args.y_col, *(n for n in names if n in columns)],
+                               source=str(path))
+        table = {args.id_column: columns[args.id_column], args.x_cols: used[args.x_cols], args.y_col: used[args.y_col]}
+        per_fit = per_fit_values({**used, args.id_column: columns[args.id_column]}, names, id=args.id_column,
+                                 source=str(path))
+        return {"data": table, "id": args.id_column, "x": args.x_cols, "y": args.y_col}, per_fit
     if args.x_cols or args.y_col:
         raise ConfigError("--x and --y name the columns of a long table: add --id-column COL, the column "
                           "naming each fit")
-    x, y = wide_to_batch(columns, args.y_prefix, source=str(path))
+    import re
+
+    numbered = re.compile(rf"^({re.escape(args.y_prefix)}|x_)\d+$")
+    x, y = wide_to_batch(numeric_columns(columns, [c for c in columns if numbered.match(c)], source=str(path)),
+                         args.y_prefix, source=str(path))
     if x is None or args.x_values:
         x = _x_values(args.x_values, y.shape[1])
-    return {"x": x, "y": y}, per_fit_values(columns, names, source=str(path))
+    return {"x": x, "y": y}, per_fit_values(numeric_columns(columns, [n for n in names if n in columns],
+                                                            source=str(path)), names, source=str(path))
 
 
 def _read_npy(path: Path):

@@ -1,7 +1,9 @@
 """The ``gradfit`` command: parse arguments, call the API, format the answer.
 
-``main(argv, stdout, stderr) -> ExitStatus`` never raises for user errors: GradfitError ->
-one line on stderr and USAGE (2); a diverged fit -> FIT_FAILED (3). Everything, argparse's
+``main(argv, stdout, stderr) -> ExitStatus`` never raises: GradfitError -> one line on stderr
+and USAGE (2); a fit whose status is not a usable solution -> FIT_FAILED (3), by the one table
+:data:`gradfit.cli.common.STATUS_EXIT`; anything else is a bug -> one "internal error" line
+and ERROR (1) (``GRADFIT_TRACEBACK=1`` prints the traceback). Everything, argparse's
 usage and help included, is written to the streams passed in. Only argparse and the standard
 library are imported at start-up, so ``gradfit --help`` is instant; each command imports what
 it needs when it runs.
@@ -73,6 +75,17 @@ def main(argv=None, stdout=None, stderr=None) -> ExitStatus:
     except KeyboardInterrupt:
         print("gradfit: interrupted", file=stderr)
         return ExitStatus.INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, not a traceback, unless asked for
+        import os
+
+        if os.environ.get("GRADFIT_TRACEBACK"):
+            import traceback
+
+            traceback.print_exc(file=stderr)
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        print(f"gradfit {args.command}: internal error: {message}; please report it with the command "
+              "(GRADFIT_TRACEBACK=1 shows the traceback)", file=stderr)
+        return ExitStatus.ERROR
 
 
 def entry() -> None:

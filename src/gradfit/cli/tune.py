@@ -8,44 +8,40 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
-from .common import ExitStatus, fit_kwargs, library_output, parse_value
+from .common import ExitStatus, fit_kwargs, library_output
 
 
 def parse_space_args(items) -> dict:
-    """lr=log:1e-4:1e-1, epochs=int:100:5000, momentum=float:0:0.99, optimizer=sgd,adam."""
-    space = {}
-    for item in items:
-        name, sep, spec = item.partition("=")
-        if not sep or not name.strip() or not spec.strip():
-            raise ConfigError(f"--space expects NAME=SPEC like lr=log:1e-4:1e-1 or optimizer=sgd,adam, got {item!r}")
-        kind, colon, rest = spec.partition(":")
-        if colon and kind in ("log", "float", "int"):
-            try:
-                lo, hi = (float(v) for v in rest.split(":"))
-            except ValueError:
-                raise ConfigError(f"--space {item!r}: expected {kind}:LOW:HIGH") from None
-            space[name.strip()] = (kind, int(lo) if kind == "int" else lo, int(hi) if kind == "int" else hi)
-        else:
-            space[name.strip()] = [parse_value(v) for v in spec.split(",")]
-    if not space:
-        raise ConfigError("give at least one --space NAME=SPEC")
-    return space
+    """lr=log:1e-4:1e-1, epochs=int:100:5000, momentum=float:0:0.99, optimizer=sgd,adam,
+    hidden=8,32,32-32 (see :func:`gradfit.tuning.space.parse_space_text`)."""
+    from ..tuning.space import parse_space_text
+
+    return parse_space_text(items)
+
+
+def _given(argv, flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv or ())
 
 
 def run_tune(args, stdout, stderr) -> ExitStatus:
-    from ..tuning import open_study, tune, write_outputs
+    from ..tuning import DEFAULT_VAL_FRACTION, check_study_space, open_study, prepare, tune, write_outputs
     from .fit import load_model_and_data
 
     space = parse_space_args(args.space)
     out = Path(args.out or "gradfit-tune")
     storage = args.storage or str(out / "study.journal")
-    if "://" not in storage:
-        Path(storage).parent.mkdir(parents=True, exist_ok=True)
-    model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col)
     kwargs = fit_kwargs(args)
     kwargs.pop("progress", None)
     kwargs.pop("seed", None)
+    if not _given(args.argv, "--val-fraction"):
+        kwargs.pop("val_fraction", None)  # tune's default split for its metric val_loss
+    model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col)
+    # every check before any trial or worker runs: the space, each value it can draw, the study's space
+    parsed, base = prepare(model, space, trials=args.trials, **kwargs)
+    if "://" not in storage:
+        Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    check_study_space(open_study(args.study, storage, args.seed), parsed, f" in {storage}")
+    split = None if "val_fraction" in kwargs else DEFAULT_VAL_FRACTION  # said in the summary
     if args.workers > 1 and not args.worker:
         study = open_study(args.study, storage, args.seed)
         target = len(study.get_trials(deepcopy=False)) + args.trials
@@ -64,7 +60,8 @@ def run_tune(args, stdout, stderr) -> ExitStatus:
             print(f"gradfit tune: a worker exited with {p.returncode}: {p.stderr.read().strip()[-300:]}", file=stderr)
         study = open_study(args.study, storage, args.seed)
         write_outputs(study, out)
-        return _report(study, out, stdout, args.json)
+        return _report(study, out, stdout, args.json, split)
+    del parsed, base  # tune() checks again (it is the API; the checks are cheap)
     with library_output("tune", stderr):
         tune(model, x, y, data=columns, space=space, trials=args.trials, storage=storage, study=args.study,
              seed=args.seed, max_total=args.max_total, **kwargs)
@@ -72,7 +69,7 @@ def run_tune(args, stdout, stderr) -> ExitStatus:
     if args.worker:
         return ExitStatus.OK
     write_outputs(study, out)
-    return _report(study, out, stdout, args.json)
+    return _report(study, out, stdout, args.json, split)
 
 
 def _worker_argv(argv: list, n: int, storage: str) -> list:
@@ -91,14 +88,17 @@ def _worker_argv(argv: list, n: int, storage: str) -> list:
     return [*out, "--trials", str(n), "--workers", "1", "--storage", storage, "--worker"]
 
 
-def _report(study, out: Path, stdout, as_json: bool) -> ExitStatus:
-    """Print the study's summary; FIT_FAILED when no trial completed."""
+def _report(study, out: Path, stdout, as_json: bool, default_split: float | None = None) -> ExitStatus:
+    """Print the study's summary; FIT_FAILED when no trial completed. ``default_split``: the
+    validation share tune chose because --val-fraction was not given (said in the summary)."""
     trials = study.get_trials(deepcopy=False)
     counts: dict = {}
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     doc = {"study": study.study_name, "trials": len(trials), "states": counts, "out": str(out)}
+    if default_split is not None:
+        doc["val_fraction"] = default_split
     if complete:
         doc.update(best_value=study.best_value, best_params=study.best_params)
     if as_json:
@@ -106,6 +106,9 @@ def _report(study, out: Path, stdout, as_json: bool) -> ExitStatus:
     else:
         states = ", ".join(f"{v} {k.lower()}" for k, v in counts.items())
         print(f"study {study.study_name}: {len(trials)} trials ({states})", file=stdout)
+        if default_split is not None:
+            print(f"metric val_loss on a validation split of {default_split:g} of the rows (the default; "
+                  f"set --val-fraction)", file=stdout)
         if complete:
             best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                              for k, v in study.best_params.items())

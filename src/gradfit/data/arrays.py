@@ -19,10 +19,11 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import ConfigError, DataError, did_you_mean
-from .io import columns_from_frame
+from ..formula.tree import constant_names
+from .io import numeric_columns
 
 __all__ = ["Arrays", "prepare_arrays", "as_float_array", "as_batch", "weights_from_sigma", "check_float32_range",
-           "batch_weights", "FLOAT32_MAX"]
+           "float32_lossy", "batch_weights", "FLOAT32_MAX", "FLOAT32_RESOLUTION"]
 
 #: the largest magnitude float32 holds
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -59,8 +60,14 @@ class Arrays:
 
 
 def as_float_array(value, what: str) -> np.ndarray:
-    """Anything array-like (lists, numpy, torch tensors, pandas) -> float64 numpy array."""
-    if type(value) is np.ndarray and value.dtype == np.float64:
+    """Anything array-like (lists, numpy, torch tensors, pandas) -> float64 numpy array.
+
+    The result is writable: pandas (copy-on-write) and memory-mapped files hand out
+    read-only views, and torch warns ("The given NumPy array is not writable") whenever such
+    an array becomes a tensor. A read-only array is therefore copied once, here, and every
+    later ``torch.as_tensor`` of the fit's data is silent.
+    """
+    if type(value) is np.ndarray and value.dtype == np.float64 and value.flags.writeable:
         return value
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
@@ -70,22 +77,56 @@ def as_float_array(value, what: str) -> np.ndarray:
         raise DataError(f"{what} must be numeric, got {type(value).__name__}") from None
     if arr.dtype == object:
         raise DataError(f"{what} must be numeric")
-    return arr
+    return arr if arr.flags.writeable else arr.copy()
 
 
-def _columns(data) -> dict[str, np.ndarray]:
+def _columns(data) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(numeric columns as float64, text columns as given): ids, labels and notes may be text;
+    only a column the fit uses must be numeric (checked in :func:`_refuse_used_text`)."""
     if isinstance(data, Mapping):
-        cols = {str(k): as_float_array(v, f"column {k!r}") for k, v in data.items()}
-        lengths = {k: (len(v) if v.ndim else 0) for k, v in cols.items()}
-        if len(set(lengths.values())) > 1:
-            first = next(iter(lengths))
-            odd = next(k for k, n in lengths.items() if n != lengths[first])
-            raise DataError(f"column {odd!r} has {lengths[odd]} values but column {first!r} has {lengths[first]}; "
-                            "every column needs one value per row")
-        return cols
-    if hasattr(data, "columns") and hasattr(data, "__getitem__"):
-        return columns_from_frame(data)
-    raise DataError(f"data must be a pandas DataFrame or a dict of columns, got {type(data).__name__}")
+        raw = {str(k): v for k, v in data.items()}
+    elif hasattr(data, "columns") and hasattr(data, "__getitem__"):
+        names = [str(c) for c in data.columns]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise DataError(f"data: column {dup!r} appears more than once; rename one of them")
+        raw = {str(c): data[c].to_numpy() for c in data.columns}
+    else:
+        raise DataError(f"data must be a pandas DataFrame or a dict of columns, got {type(data).__name__}")
+    cols, text = {}, {}
+    for k, v in raw.items():
+        try:
+            # pandas hands out read-only views (copy-on-write); see as_float_array
+            cols[k] = as_float_array(v, f"column {k!r}")
+        except DataError:
+            text[k] = np.asarray(v, dtype=object)
+    lengths = {k: (len(v) if np.ndim(v) else 0) for k, v in {**cols, **text}.items()}
+    if len(set(lengths.values())) > 1:
+        first = next(iter(lengths))
+        odd = next(k for k, n in lengths.items() if n != lengths[first])
+        raise DataError(f"column {odd!r} has {lengths[odd]} values but column {first!r} has {lengths[first]}; "
+                        "every column needs one value per row")
+    return cols, text
+
+
+def _refuse_used_text(model, x, y, text: dict) -> None:
+    """A text column the fit would use is a DataError naming its first non-numeric cells
+    (a formula naming it must not silently turn it into a parameter)."""
+    if not text:
+        return
+    used = set()
+    for name in (x, y):
+        if isinstance(name, str):
+            used.add(name)
+        elif isinstance(name, (list, tuple)):
+            used.update(n for n in name if isinstance(n, str))
+    if _is_formula(model):
+        if x is None:
+            used |= _bindable_names(model)
+        if y is None and model.parsed.response is not None:
+            used |= set(model.response_names)
+    for name in used & set(text):
+        numeric_columns(text, [name])
 
 
 def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy: str = "raise"):
@@ -94,9 +135,10 @@ def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy
         raise ConfigError(f"nan_policy must be 'raise' or 'omit', got {nan_policy!r}")
     columns: dict[str, np.ndarray] = {}
     if data is not None:
-        columns = _columns(data)
+        columns, text = _columns(data)
+        _refuse_used_text(model, x, y, text)
         if not columns:
-            raise DataError("data has no columns")
+            raise DataError("data has no numeric columns" if text else "data has no columns")
     inputs, y_arr = _inputs_and_target(model, x, y, columns)
     if _is_formula(model):
         if columns and x is None:
@@ -113,7 +155,23 @@ def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy
         raise DataError(f"y must have one value per point (1-D), got shape {y_arr.shape}; "
                         "for many independent fits use fit_many")
     arrays = _validate(Arrays(inputs, y_arr, w), nan_policy)
+    if columns and x is None and _is_formula(model):
+        note = _binding_note(model)
+        if note:
+            arrays.notes.append(note)
     return model, arrays
+
+
+def _binding_note(model) -> str | None:
+    """Say which names data columns made inputs when that may not be what the user meant:
+    more than one column bound, or a formula whose 'x' is left a parameter. A column named
+    like a parameter (``b`` in ``a*x + b``) is an input; this note keeps that from being silent."""
+    if getattr(model, "kind", "formula") != "formula" or not model.param_names:
+        return None
+    if len(model.input_names) < 2 and "x" not in model.param_names:
+        return None
+    return (f"inputs (data columns): {', '.join(model.input_names)}; parameters: {', '.join(model.param_names)}"
+            " (a name that is a data column is an input)")
 
 
 def _inputs_and_target(model, x, y, columns):
@@ -122,7 +180,7 @@ def _inputs_and_target(model, x, y, columns):
         if x is None:
             inputs = {k: v for k, v in columns.items()}
             if _is_formula(model):
-                used = model.parsed.rhs.names()
+                used = _bindable_names(model)
                 inputs = {k: v for k, v in inputs.items() if k in used}
             else:
                 exclude = {y} if isinstance(y, str) else set()
@@ -148,14 +206,32 @@ def _inputs_and_target(model, x, y, columns):
 
 def _check_column_typos(model, columns, y) -> None:
     """A formula that uses no column at all almost always has a misspelled column name."""
-    used = model.parsed.rhs.names() & set(columns)
+    used = _bindable_names(model) & set(columns)
     if used:
         return
     for name in sorted(model.parsed.rhs.names()):
         hint = did_you_mean(name, columns)
         if hint:
-            raise DataError(f"no column {name!r} in data{hint}; the formula uses no data column")
-    raise DataError(f"the formula uses none of the data's columns ({', '.join(columns)})")
+            raise DataError(f"no column {name!r} in data{hint}; the formula uses no data column"
+                            + _identifier_hint(columns))
+    raise DataError(f"the formula uses none of the data's columns ({', '.join(columns)})" + _identifier_hint(columns))
+
+
+def _identifier_hint(columns) -> str:
+    """Formulas name columns by identifiers; say how to use a column such as 'Time (s)'."""
+    odd = [c for c in columns if not c.isidentifier()]
+    if not odd:
+        return ""
+    return (f"; a formula can only name columns that are identifiers, not {odd[0]!r}: rename it "
+            f"(df.rename(columns={{{odd[0]!r}: 't'}})), pass x={{'t': values}}, or use a built-in curve with "
+            f"x={odd[0]!r}")
+
+
+def _bindable_names(model) -> frozenset[str]:
+    """Names in a formula that a data column can bind: its free names and the named
+    constants (a column called ``e`` or ``pi`` is an input; see FormulaModel)."""
+    rhs = model.parsed.rhs
+    return rhs.names() | constant_names(rhs)
 
 
 def _named_inputs(x: Mapping) -> dict[str, np.ndarray]:
@@ -295,6 +371,38 @@ def check_float32_range(arrays: Mapping[str, np.ndarray], *, batch: bool = False
             where, value = f"row {row + 1}", float(np.abs(v.reshape(len(v), -1)[row]).max())
         raise DataError(f"{name!r} has values beyond float32's range (e.g. {where}: {value:.3g}); "
                         "use dtype='float64' (--dtype float64)")
+
+
+#: float32 rounding larger than this fraction of a column's range counts as losing its values
+FLOAT32_RESOLUTION = 1e-5
+
+
+def float32_lossy(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """Names of the arrays whose values float32 cannot tell apart: rounding to float32 moves
+    some value by more than :data:`FLOAT32_RESOLUTION` of its column's range.
+
+    float32 keeps 24 bits: millisecond timestamps (~1.7e12) round to multiples of 131072, so
+    a few minutes of data collapse to a handful of distinct values, and x in
+    [1e9, 1e9 + 1e3] to steps of 64. Columns that are constant, or already float32, never
+    count. One pass over each array (no sort).
+
+    >>> t = 1.7e12 + np.arange(1000.0)                  # one second of millisecond timestamps
+    >>> float32_lossy({"t": t, "y": np.sin(t - 1.7e12)})
+    ['t']
+    >>> len(np.unique(t.astype(np.float32)))
+    1
+    """
+    out = []
+    for name, v in arrays.items():
+        if v.dtype != np.float64 or v.size < 2:
+            continue
+        flat = v.reshape(len(v), -1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            span = np.ptp(flat, axis=0)
+            err = np.abs(flat - flat.astype(np.float32)).max(axis=0)
+            if np.any((span > 0) & (err > FLOAT32_RESOLUTION * span)):
+                out.append(name)
+    return out
 
 
 def as_batch(a, what: str) -> np.ndarray:

@@ -1,7 +1,14 @@
-"""Files -> named numeric columns. Every failure is a DataError naming file, row or column.
+"""Files -> named columns. Every failure is a DataError naming the file and what to do.
 
-CSV/TSV are read with the standard library so each bad cell can be reported precisely;
-.npz is read with ``allow_pickle=False``; Parquet goes through pandas when it is installed.
+Delimited text (CSV, TSV, semicolon, whitespace; gzip/bz2/xz-compressed too) is read with
+the standard library (:mod:`gradfit.data.delimited`), so each bad cell can be reported
+precisely and no optional package is needed; .npz is read with ``allow_pickle=False``;
+Parquet, Feather and Excel (.xlsx) go through pandas (with pyarrow or openpyxl) when they
+are installed.
+
+Columns come back typed: int64 when every cell is an integer (ids stay integers), float64 for
+numbers with missing values (NaN), and object arrays of str for text. Only the columns a
+fit uses must be numeric: :func:`numeric_columns` checks those and names the bad cells.
 """
 
 from __future__ import annotations
@@ -15,34 +22,93 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .delimited import MISSING, decode_text, infer_column, parse_number, read_delimited
 
-__all__ = ["read_table", "write_csv", "csv_text", "format_number"]
+__all__ = ["read_table", "numeric_columns", "columns_from_frame", "table_from_frame", "write_csv", "csv_text",
+           "format_number", "TABLE_FORMATS"]
 
 _MAX_REPORTED = 5
+#: what read_table reads, by file name ending (other names are read as delimited text)
+TABLE_FORMATS = {
+    ".csv .tsv .txt .dat (and .gz/.bz2/.xz of them)": "delimited text, standard library",
+    ".npz": "numpy arrays, one per column",
+    ".parquet": "pandas + pyarrow",
+    ".feather .arrow": "pandas + pyarrow",
+    ".xlsx .xlsm": "pandas + openpyxl (first sheet)",
+}
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "lzma"}
 
 
 def read_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a CSV/TSV (header row required), .npz or .parquet file into float64 columns.
+    """Read a data file into named 1-D columns.
 
-    Empty cells and 'nan' become NaN; whether NaN is allowed is decided later (nan_policy).
+    Parameters
+    ----------
+    path : str or path-like
+        A delimited text file with a header row (.csv, .tsv, .txt; compressed with gzip, bz2
+        or xz too, e.g. ``data.csv.gz``), .npz, .parquet, .feather or .xlsx.
+
+    Returns
+    -------
+    dict
+        name -> numpy array of N entries: int64 (all integers), float64 (numbers; empty
+        cells, 'nan', 'NA', 'N/A', '#N/A', 'null' are NaN) or object (text). Whether NaN or
+        text is allowed is decided by whoever uses the column (nan_policy,
+        :func:`numeric_columns`).
+
+    Raises
+    ------
+    DataError
+        A missing or unreadable file, a missing header, rows of unequal length, duplicate
+        names, an ambiguous decimal sign, or a format whose reader is not installed; the
+        message names the file and what to do.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "d.csv"
+    >>> _ = p.write_text('well,dose,signal\\nW01,1,"1,012.5"\\n')
+    >>> cols = read_table(p)
+    >>> cols["well"].tolist(), cols["dose"].tolist(), cols["signal"].tolist()
+    (['W01'], [1], [1012.5])
     """
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file")
     if p.is_dir():
         raise DataError(f"{p}: is a directory, expected a data file")
-    suffix = p.suffix.lower()
+    suffixes = [s.lower() for s in p.suffixes]
+    suffix = suffixes[-1] if suffixes else ""
     if suffix == ".npz":
         return _read_npz(p)
-    if suffix == ".parquet":
-        return _read_parquet(p)
-    return _read_csv(p)
+    if suffix in (".parquet", ".feather", ".arrow", ".xlsx", ".xlsm", ".xls", ".ods"):
+        return _read_with_pandas(p, suffix)
+    raw = _decompress(p, p.read_bytes())
+    if not raw.strip():
+        raise DataError(f"{p}: the file is empty; expected a header row and data rows")
+    if raw.startswith(b"PK\x03\x04"):
+        hint = ("an Excel workbook: name it .xlsx" if b"[Content_Types].xml" in raw[:2000] or b"xl/" in raw[:4000]
+                else "a ZIP archive: unzip it first")
+        raise DataError(f"{p}: looks like {hint}")
+    return read_delimited(decode_text(raw, str(p)), str(p))
+
+
+def _decompress(p: Path, raw: bytes) -> bytes:
+    for magic, module in _COMPRESSED.items():
+        if raw.startswith(magic):
+            import importlib
+
+            try:
+                return importlib.import_module(module).decompress(raw)
+            except (OSError, EOFError, ValueError) as exc:
+                raise DataError(f"{p}: a damaged or truncated {module} file ({exc}); compress it again") from None
+    return raw
 
 
 def _read_npz(p: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(p, allow_pickle=False) as z:
-            out = {k: np.asarray(z[k], dtype=float) for k in z.files}
+            out = {k: _typed(np.asarray(z[k]), f"{p}: array {k!r}") for k in z.files}
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{p}: not a readable .npz file ({exc})") from None
     if not out:
@@ -50,16 +116,78 @@ def _read_npz(p: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_parquet(p: Path) -> dict[str, np.ndarray]:
+def _typed(arr: np.ndarray, what: str) -> np.ndarray:
+    if arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype.kind in "fb":
+        return arr.astype(np.float64)
+    if arr.dtype.kind in "US":
+        out = np.empty(arr.shape, dtype=object)
+        out[...] = arr.astype(str)
+        return out
+    raise DataError(f"{what} has dtype {arr.dtype}; save numbers or text")
+
+
+_PANDAS_READERS = {".parquet": ("read_parquet", "pyarrow"), ".feather": ("read_feather", "pyarrow"),
+                   ".arrow": ("read_feather", "pyarrow"), ".xlsx": ("read_excel", "openpyxl"),
+                   ".xlsm": ("read_excel", "openpyxl"), ".xls": ("read_excel", "xlrd"), ".ods": ("read_excel", "odfpy")}
+
+
+def _read_with_pandas(p: Path, suffix: str) -> dict[str, np.ndarray]:
+    reader, engine = _PANDAS_READERS[suffix]
+    if not (_installed("pandas") and _installed(engine)):
+        raise DataError(f"{p}: reading {suffix} files needs pandas and {engine}: pip install pandas {engine} "
+                        "(or save the data as CSV)")
+    import pandas as pd
+
     try:
-        import pandas as pd
-    except ImportError:  # pragma: no cover
-        raise DataError(f"{p}: reading Parquet needs pandas and pyarrow; pip install pandas pyarrow") from None
-    try:
-        frame = pd.read_parquet(p)
+        frame = getattr(pd, reader)(p)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a data problem here
-        raise DataError(f"{p}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
-    return columns_from_frame(frame, str(p))
+        raise DataError(f"{p}: not a readable {suffix} file ({type(exc).__name__}: {exc})") from None
+    if reader == "read_excel":  # rows and columns a spreadsheet shows as empty
+        frame = frame.dropna(how="all")
+        frame = frame.loc[:, [not (str(c).startswith("Unnamed:") and frame[c].isna().all()) for c in frame.columns]]
+    if frame.shape[0] == 0:
+        raise DataError(f"{p}: has a header but no data rows")
+    return table_from_frame(frame, str(p))
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules has no spec
+        return False
+
+
+def table_from_frame(frame, source: str = "data") -> dict[str, np.ndarray]:
+    """A pandas DataFrame -> typed columns (int64, float64 or object arrays of str), the way
+    :func:`read_table` returns them; DataError for a duplicate name."""
+    names = [str(c) for c in frame.columns]
+    _check_duplicates(names, source)
+    out = {}
+    for name, col in zip(names, frame.columns):
+        series = frame[col]
+        kind = getattr(series.dtype, "kind", "O")
+        if kind in "iu":
+            out[name] = np.asarray(series, dtype=np.int64)
+        elif kind in "fb":
+            out[name] = np.asarray(series, dtype=np.float64)
+        else:
+            try:  # nullable integers/floats: NA -> NaN
+                out[name] = np.asarray(series.astype("float64"), dtype=np.float64)
+                continue
+            except (TypeError, ValueError):
+                pass
+            cells = ["" if _is_na(v) else (repr(float(v)) if isinstance(v, float) else str(v)).strip()
+                     for v in series.tolist()]
+            out[name] = infer_column(cells)
+    return out
+
+
+def _is_na(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or type(v).__name__ in ("NAType", "NaTType")
 
 
 def columns_from_frame(frame, source: str = "data") -> dict[str, np.ndarray]:
@@ -76,78 +204,54 @@ def columns_from_frame(frame, source: str = "data") -> dict[str, np.ndarray]:
     return out
 
 
+def numeric_columns(columns, used=(), *, source: str = "data") -> dict[str, np.ndarray]:
+    """The numeric columns of a table as float64; text columns are left out.
+
+    Parameters
+    ----------
+    columns : dict of 1-D arrays (what :func:`read_table` returns)
+    used : iterable of str
+        Columns the caller needs: a text column among them is a DataError naming its first
+        non-numeric cells (rows counted with the header as row 1).
+    source : str
+        How error messages name the table.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> cols = {"well": np.array(["W1", "W2"], dtype=object), "x": np.array([1, 2])}
+    >>> numeric_columns(cols, ["x"])
+    {'x': array([1., 2.])}
+    """
+    out = {}
+    for name, values in columns.items():
+        arr = np.asarray(values)
+        if arr.dtype.kind in "iufb":
+            out[name] = arr.astype(np.float64)
+    for name in used:
+        if name in columns and name not in out:
+            out[name] = _require_numeric(np.asarray(columns[name]), name, source)
+    return out
+
+
+def _require_numeric(values: np.ndarray, name: str, source: str) -> np.ndarray:
+    cells = [str(v).strip() for v in values.reshape(-1)]
+    parsed = np.array([parse_number(c) for c in cells])
+    bad = [i for i, (c, v) in enumerate(zip(cells, parsed)) if math.isnan(v) and c.lower() not in MISSING]
+    if not bad:
+        return parsed.reshape(values.shape)
+    shown = "; ".join(f"row {i + 2} column {name!r}: {cells[i][:20]!r}" for i in bad[:_MAX_REPORTED])
+    more = f" and {len(bad) - _MAX_REPORTED} more" if len(bad) > _MAX_REPORTED else ""
+    raise DataError(f"{source}: non-numeric values: {shown}{more} (the header is row 1); column {name!r} is used, "
+                    "so fix those cells or use another column")
+
+
 def _check_duplicates(names: list[str], source: str) -> None:
     seen = set()
     for n in names:
         if n in seen:
             raise DataError(f"{source}: duplicate column name {n!r}; rename one of them")
         seen.add(n)
-
-
-def _read_csv(p: Path) -> dict[str, np.ndarray]:
-    raw = p.read_bytes()
-    if not raw.strip():
-        raise DataError(f"{p}: the file is empty; expected a header row and data rows")
-    if b"\x00" in raw[:4096]:
-        raise DataError(f"{p}: looks like a binary file, not CSV text")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{p}: line {line} is not valid UTF-8 text; save the file as UTF-8") from None
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if not lines:
-        raise DataError(f"{p}: the file is empty; expected a header row and data rows")
-    delimiter = _sniff_delimiter(lines[0])
-    rows = list(csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter, skipinitialspace=True))
-    header = [h.strip() for h in rows[0]]
-    if any(not h for h in header):
-        raise DataError(f"{p}: the header row has an empty column name (column {header.index('') + 1})")
-    _check_duplicates(header, str(p))
-    if _all_numeric(header):
-        raise DataError(f"{p}: the first row must name the columns, e.g. 'x,y'")
-    body = rows[1:]
-    if not body:
-        raise DataError(f"{p}: has a header but no data rows")
-    values = np.empty((len(body), len(header)))
-    bad: list[str] = []
-    for i, row in enumerate(body, start=2):
-        if delimiter == " ":
-            row = [c for c in row if c != ""]
-        if len(row) != len(header):
-            raise DataError(f"{p}: row {i} has {len(row)} fields, the header has {len(header)}")
-        for j, cell in enumerate(row):
-            values[i - 2, j] = _parse_cell(cell, i, header[j], bad)
-    if bad:
-        more = f" and {len(bad) - _MAX_REPORTED} more" if len(bad) > _MAX_REPORTED else ""
-        raise DataError(f"{p}: non-numeric values: {'; '.join(bad[:_MAX_REPORTED])}{more}")
-    return {h: values[:, j].copy() for j, h in enumerate(header)}
-
-
-def _parse_cell(cell: str, row: int, column: str, bad: list[str]) -> float:
-    s = cell.strip()
-    if s == "" or s.lower() in ("nan", "na", "null"):
-        return math.nan
-    try:
-        return float(s)
-    except ValueError:
-        bad.append(f"row {row} column {column!r}: {s[:20]!r}")
-        return math.nan
-
-
-def _sniff_delimiter(header: str) -> str:
-    for d in (",", "\t", ";"):
-        if d in header:
-            return d
-    return " " if " " in header.strip() else ","
-
-
-def _all_numeric(cells: list[str]) -> bool:
-    try:
-        [float(c) for c in cells]
-    except ValueError:
-        return False
-    return True
 
 
 def write_csv(path, columns: dict[str, np.ndarray]) -> None:

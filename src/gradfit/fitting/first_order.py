@@ -8,14 +8,14 @@ import math
 from ..callbacks import LogCallback, ProgressCallback, wants_progress
 from ..errors import ConfigError, warn_user
 from ..models.neural import MLPSpec, ModuleModel, build_mlp
-from ..optim.precondition import jacobian, whitening
+from ..optim.precondition import MAX_JACOBIAN_ROWS, jacobian, needs_float64, whiten
 from ..optim.registry import make_optimizer
 from ..results.fit_result import FitResult
 from ..status import Status
 from ..train.loop import LoopConfig, run_loop
 from ..train.objective import ModuleObjective, ScalarObjective, TensorData
 
-__all__ = ['train_first_order', 'scalar_objective', 'module_objective', 'tensors', 'json_fingerprint']
+__all__ = ['train_first_order', 'scalar_objective', 'module_objective', 'tensors', 'working_dtype', 'json_fingerprint']
 
 
 def tensors(train_arr, val_arr, dtype, dev):
@@ -24,16 +24,77 @@ def tensors(train_arr, val_arr, dtype, dev):
     return train, val
 
 
-def scalar_objective(model, space, train, val, loss_fn, normalize, gradient, dtype, dev):
+#: an input whose largest magnitude exceeds its range by this factor keeps fewer than ~5 of
+#: float64's 16 digits of variation (e.g. nanosecond timestamps spanning a few seconds)
+FLOAT64_OFFSET_LIMIT = 1e11
+
+
+def working_dtype(dtype, arrays) -> tuple:
+    """The dtype training runs in, and notes saying why it differs from ``dtype``.
+
+    float32 (the default) becomes float64 when float32 cannot tell the data's values apart
+    (:func:`gradfit.data.arrays.float32_lossy`: millisecond timestamps, x in [1e9, 1e9+1e3]);
+    the result's ``settings["dtype"]`` and a note say so. An input whose offset is so large
+    that even float64 keeps few digits of its variation gets a GradfitWarning.
+    """
+    import numpy as np
     import torch
 
+    from ..data.arrays import float32_lossy
+
+    notes = []
+    named = {**arrays.inputs, "y": arrays.y}
+    if dtype == torch.float32:
+        lossy = float32_lossy(named)
+        if lossy:
+            dtype = torch.float64
+            notes.append(f"trained in float64: float32 cannot tell apart the values of {', '.join(lossy)} "
+                         "(rounding exceeds 1e-5 of the range, e.g. timestamps or a large offset)")
+    for name, v in named.items():
+        span = float(np.ptp(v)) if v.size > 1 else 0.0
+        if span > 0 and float(np.abs(v).max()) > FLOAT64_OFFSET_LIMIT * span:
+            message = (f"{name!r} varies over {span:.3g} around {float(np.abs(v).max()):.3g}: even float64 keeps "
+                       f"few digits of that variation; subtract an offset (e.g. {name} - {name}.min()) before fitting")
+            warn_user(message)
+            notes.append(message)
+    return dtype, tuple(notes)
+
+
+def scalar_objective(model, space, train_arr, val_arr, loss_fn, normalize, gradient, dtype, dev):
+    """The :class:`ScalarObjective` of a named-parameter model on numpy arrays (float64), and
+    the dtype it trains in and notes about it: (objective, dtype, notes).
+
+    With ``normalize`` the preconditioner comes from the Jacobian at the start point in
+    float64 (:func:`gradfit.optim.precondition.whiten`); when float32 cannot follow every
+    direction it defines (:func:`gradfit.optim.precondition.needs_float64`) training runs in
+    float64, and directions below float64's floor get a GradfitWarning.
+    """
+    import numpy as np
+    import torch
+
+    notes = []
     precondition = None
     if normalize:
-        inputs64 = {k: v.to(torch.float64) for k, v in train.inputs.items()}
-        z0 = space.internal_start(torch.float64, dev)
-        precondition = whitening(jacobian(model, inputs64, z0, space)).to(dtype)
-    return ScalarObjective(model, train, val, loss_fn, space, dtype=dtype, device=dev, precondition=precondition,
-                           gradient=gradient)
+        n = train_arr.n
+        rows = np.unique(np.linspace(0, n - 1, min(n, MAX_JACOBIAN_ROWS)).round().astype(int))
+        inputs64 = {k: torch.as_tensor(v[rows], dtype=torch.float64, device=dev) for k, v in train_arr.inputs.items()}
+        w = whiten(jacobian(model, inputs64, space.internal_start(torch.float64, dev), space))
+        if dtype == torch.float32 and needs_float64(w):
+            dtype = torch.float64
+            notes.append(f"trained in float64: normalize's coordinates (condition {w.condition:.2g} after scaling "
+                         "each parameter) need more precision than float32")
+        if w.floored:
+            message = (f"normalize cannot equalize {w.floored} direction(s) of the parameters (condition "
+                       f"{w.condition:.2g} after scaling each parameter): the data barely determine them at the start "
+                       "point; subtract a large offset from the inputs (e.g. x - x.min()), or check for redundant "
+                       "parameters")
+            warn_user(message)
+            notes.append(message)
+        precondition = w.matrix.to(dtype=dtype, device=dev)
+    train, val = tensors(train_arr, val_arr, dtype, dev)
+    objective = ScalarObjective(model, train, val, loss_fn, space, dtype=dtype, device=dev, precondition=precondition,
+                                gradient=gradient)
+    return objective, dtype, tuple(notes)
 
 
 def module_objective(spec, train, val, loss_fn, normalize, seed, dtype, dev):
@@ -75,6 +136,8 @@ def train_first_order(objective, model, optimizer, options, setup, *, settings, 
     penalty = parse_penalty(reg.penalty, names)
     noise = InputNoise.for_data(reg.input_noise, objective.train.inputs) if reg.input_noise else None
     objective.regularize(penalty, noise, training.seed)
+    if hasattr(objective, "anchoring"):
+        objective.anchoring = optimizer != "asgd"  # ASGD keeps a running average of absolute positions
     opt = make_optimizer(optimizer, objective.leaves, training.lr, training.optimizer_options,
                          prefer_fused=not model.scalar_params)
     scheduler = make_schedule(reg.schedule, opt, training.epochs)

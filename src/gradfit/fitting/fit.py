@@ -17,10 +17,10 @@ from ..losses import resolve_loss
 from ..lsq.problem import LeastSquaresProblem, linear_reason
 from ..models import FormulaModel, resolve_model
 from ..models.neural import MLPSpec
-from ..models.parameters import ParameterSpace, ParameterSpec
+from ..models.parameters import ParameterSpace, ParameterSpec, refuse_inputs_as_parameters
 from ..options import FitOptions, device_name, dtype_name
 from .crossval import cross_validate
-from .first_order import module_objective, scalar_objective, tensors, train_first_order
+from .first_order import module_objective, scalar_objective, tensors, train_first_order, working_dtype
 from .keywords import FIT_KEYWORDS, options_from_keywords
 from .least_squares import least_squares_fit, with_uncertainty
 
@@ -141,18 +141,30 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     ----------
     model : formula ("t_c ~ w*t_u + b" or "w*x + b"), built-in name ("gaussian", "poly:3",
         "mlp"), a callable ``f(x, **params)`` written with torch operations, or a
-        ``torch.nn.Module``.
+        ``torch.nn.Module``. In a formula, a name that is a data column (or a key of x={...})
+        is an input, every other name a parameter; ``pi`` is the number unless a column is
+        called pi, and a bare ``e`` must be a column (write exp(1) for Euler's number). When
+        columns were bound by name in a way that may surprise (two or more, or x left a
+        parameter) a note lists the inputs and parameters. Built-in curves take any column
+        name (x="Time (s)"); formulas need identifier names.
     x, y : inputs (array, tensor, or dict of named inputs) and targets. With ``data`` (a
         DataFrame or dict of columns) use a "response ~ expression" formula instead.
     init : starting values by name; missing ones come from the model's guess (1.0 for
         formulas, data-driven for built-in curves).
     optimizer : "auto" (default: direct solve or Levenberg-Marquardt for least squares,
         adam otherwise), "lm", "linear", or any torch.optim name ("sgd", "adam", "lbfgs", ...).
+        Full-batch "lbfgs" stops with status "converged" once an epoch ends on L-BFGS's own
+        tolerances (tolerance_grad, tolerance_change).
     bounds, fixed, tie : ``{"w": (0, None)}``, ``["b"]``, ``{"c": "2*a"}``.
     sigma, absolute_sigma : per-point standard deviations (weights 1/sigma^2); with
         absolute_sigma the covariance is not rescaled by the reduced chi-square.
     normalize : precondition the optimizer (see :mod:`gradfit.optim.precondition`); reported
-        parameters keep the formula's meaning and units.
+        parameters keep the formula's meaning and units, at any input scale or offset.
+    dtype : "float32" (default) or "float64" for first-order training (least squares always
+        runs in float64). float32 becomes float64, with a note and ``settings["dtype"]``, when
+        float32 cannot tell the data's values apart (millisecond timestamps, x in
+        [1e9, 1e9 + 1e3]) or normalize's coordinates need more precision; a GradfitWarning
+        says when even float64 cannot resolve the inputs (subtract an offset).
     gradient : "autograd" or "analytic" (symbolic derivatives, formula models only).
     penalty : {"l2": 1e-3} or {"l2": {"w": 1e-3}, "l1": 1e-4} added to the training loss.
     input_noise : Gaussian noise on training inputs, relative to each input's std, fresh
@@ -306,10 +318,12 @@ def _fit_split(bound, train_arr, val_arr, notes, options: FitOptions, setup: Fit
         if setup.bounds or setup.fixed or setup.tie:
             raise ConfigError("bounds, fixed and tie apply to named scalar parameters, not to networks")
         method, reason = choose_method(training.optimizer, bound, loss_fn, training.batch_size, None, regularized)
-        train, val = tensors(train_arr, val_arr, setup.dtype, setup.device)
+        dtype, extra = working_dtype(setup.dtype, train_arr)
+        train, val = tensors(train_arr, val_arr, dtype, setup.device)
         objective, bound = module_objective(bound, train, val, loss_fn, training.normalize, training.seed,
-                                            setup.dtype, setup.device)
-        settings.update(method=method, method_reason=reason)
+                                            dtype, setup.device)
+        settings.update(method=method, method_reason=reason, dtype=str(dtype).removeprefix("torch."))
+        common["notes"] = notes + extra
         return train_first_order(objective, bound, method, options, setup, settings=settings, **common)
     if training.gradient == "analytic" and bound.expression is None:
         raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
@@ -321,9 +335,11 @@ def _fit_split(bound, train_arr, val_arr, notes, options: FitOptions, setup: Fit
         settings.update(dtype="float64", device="cpu")
         return least_squares_fit(bound, space, train_arr, val_arr, method, options, settings=settings,
                                  callbacks=setup.callbacks, **common)
-    train, val = tensors(train_arr, val_arr, setup.dtype, setup.device)
-    objective = scalar_objective(bound, space, train, val, loss_fn, training.normalize, training.gradient,
-                                 setup.dtype, setup.device)
+    dtype, extra = working_dtype(setup.dtype, train_arr)
+    objective, dtype, more = scalar_objective(bound, space, train_arr, val_arr, loss_fn, training.normalize,
+                                              training.gradient, dtype, setup.device)
+    settings["dtype"] = str(dtype).removeprefix("torch.")
+    common["notes"] = notes + extra + more
     result = train_first_order(objective, bound, method, options, setup, settings=settings, **common)
     if loss_fn.least_squares and result.status != "diverged":
         problem = LeastSquaresProblem.from_arrays(bound, space, train_arr)
@@ -358,6 +374,7 @@ def _parameter_space(model, train_arr, n_train, init, bounds, fixed, tie):
 def _configured_space(model, train_arr, init, bounds, fixed, tie) -> ParameterSpace:
     if isinstance(fixed, str):
         fixed = [fixed]
+    refuse_inputs_as_parameters(model, init, bounds, fixed, tie)
     spec = ParameterSpec.create(model.param_names, init=init, bounds=bounds, fixed=fixed, tie=tie)
     values = spec.start(model.guess(train_arr.inputs, train_arr.y))
     return ParameterSpace.from_spec(spec, values)

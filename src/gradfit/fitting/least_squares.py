@@ -75,11 +75,19 @@ def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigm
         if status in ("converged", "max_epochs", "max_iterations"):
             status = "singular"
         message = f"{message}; {text}" if message else text
+    free_se = [unc.stderr[n] for n in unc.free]
+    if status == "converged" and unc.stats["dof"] > 0 and not all(np.isfinite(free_se)):
+        # undetermined errors are never "converged" (the same rule as fit_many)
+        status = "singular"
+        text = "the standard errors are not finite at the end point (the Jacobian is numerically singular)"
+        message = f"{message}; {text}" if message else text
     notes = fields["notes"]
+    # e.g. "finite-difference Jacobian: f is not written with torch" from a numpy-written function
+    notes = notes + tuple(n for n in getattr(problem.model, "notes", ()) if n not in notes)
     at_bound = problem.space.at_bound(fields["params"]) if problem.space.has_bounds else ()
     if at_bound:
-        notes = notes + (f"parameter(s) {', '.join(at_bound)} at a bound: their standard errors assume the "
-                         "bound is not active",)
+        notes = notes + (f"parameter(s) {', '.join(at_bound)} at a bound (the bound is active): their standard "
+                         "errors assume it is not",)
     changes = dict(status=status, message=message, stderr=unc.stderr, covariance=unc.covariance,
                    correlation=unc.correlation, free=unc.free, stats=unc.stats, notes=notes)
     if set_loss:

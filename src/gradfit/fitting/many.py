@@ -51,9 +51,12 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     tie : not supported by fit_many (ConfigError); use :func:`gradfit.fit` per fit.
     weights, sigma : (M,) or (B, M); weights = 1/sigma^2 (sigma must be positive).
     tol, max_iter : a fit converges when an accepted step changes chi-square by less than
-        tol * max(1, chi2) (default 1e-4); at most max_iter iterations (default 25).
-        Converged fits must also be finite and have a full-rank Jacobian (else not_finite
-        or singular), by the same tests as :func:`gradfit.fit`.
+        tol * chi2 (default 1e-4), or its residuals reach the rounding level; at most
+        max_iter iterations (default 25). Converged fits must also pass the end-point tests
+        of :func:`gradfit.fit` (:func:`gradfit.stats.end_point_checks`, in float64): finite
+        (else not_finite), a full-rank Jacobian without negligible columns (else singular),
+        finite standard errors (else singular), and residuals whose cosine with the
+        Jacobian's range is below max(1e-3, sqrt(tol)) (else stalled).
     dtype, device : working precision ("float32" refuses data beyond its range) and device.
     chunk_size : fits per chunk (default: from the free memory).
     compile : "auto" (compile large batches), True or False.
@@ -188,10 +191,11 @@ def _inputs(model, x, n_fits: int, n_points: int) -> dict:
 # -- parameters -------------------------------------------------------------------------------
 def _parameters(model, init, bounds, fixed, inputs, y, w):
     """(theta0 (B, P), lower (B, P), upper (B, P), free (P,)) from one ParameterSpec."""
-    from ..models.parameters import ParameterSpec
+    from ..models.parameters import ParameterSpec, refuse_inputs_as_parameters
 
     names = model.param_names
     n_fits = y.shape[0]
+    refuse_inputs_as_parameters(model, init, bounds, fixed, None)
     given, guess = _init_values(model, init, inputs, y, w)
     spec = ParameterSpec.create(names, init=given, bounds=bounds, fixed=fixed, n_fits=n_fits)
     start = spec.start(guess)

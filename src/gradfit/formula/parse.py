@@ -16,10 +16,15 @@ from functools import lru_cache
 
 from ..errors import FormulaError
 from .functions import USER_FUNCTIONS, canonical_name, fold
-from .tree import BINARY_OPS, CONSTANTS, BinOp, Call, Const, Neg, Node, Num, Var
+from .tree import BINARY_OPS, CONSTANTS, BinOp, Call, Const, Neg, Node, Num, Var, constant_names, substitute
 
 MAX_LENGTH = 10_000
 MAX_DEPTH = 200
+
+#: formulas name data columns by identifiers only; said when someone quotes a column name
+_NAME_HINT = ("; names in a formula must be identifiers (letters, digits, _), and quoting a column name "
+              "with backquotes is not supported: rename the column (e.g. df.rename(columns={'Time (s)': 't'})), "
+              "pass it as x={'t': df['Time (s)']}, or use a built-in curve with x='Time (s)'")
 
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 _HINTS = {
@@ -64,6 +69,8 @@ def _parse_formula_cached(text: str) -> ParsedFormula:
     if "~" in text:
         cut = text.index("~")
         response = parse_expression(text[:cut], offset=0, what="response")
+        # Left of '~' only data columns make sense: 'e ~ a*x' is the column e, never Euler's number.
+        response = substitute(response, constants=constant_names(response))
         rhs = parse_expression(text[cut + 1 :], offset=cut + 1, what="right-hand side")
         return ParsedFormula(text=text, rhs=rhs, response=response)
     return ParsedFormula(text=text, rhs=parse_expression(text, offset=0))
@@ -86,7 +93,8 @@ def parse_expression(text: str, *, offset: int = 0, what: str = "formula") -> No
     except SyntaxError as exc:
         col = max((exc.offset or 1) - 1, 0)
         token = stripped[col : col + 1] or stripped[-1:]
-        raise FormulaError(f"invalid syntax in the {what}", token=token, position=offset + col) from None
+        hint = _NAME_HINT if "`" in stripped else ""
+        raise FormulaError(f"invalid syntax in the {what}{hint}", token=token, position=offset + col) from None
     except (ValueError, RecursionError, MemoryError, OverflowError) as exc:
         raise FormulaError(f"the {what} cannot be parsed ({type(exc).__name__})", position=offset) from None
     _check_depth(tree.body, stripped, offset)

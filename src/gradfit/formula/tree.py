@@ -122,6 +122,42 @@ def walk(node: Node):
             stack.extend(n.args)
 
 
+def constant_names(node: Node) -> frozenset[str]:
+    """The named constants (``pi``, ``e``) written in ``node``."""
+    return frozenset(n.name for n in walk(node) if isinstance(n, Const))
+
+
+def substitute(node: Node, rename: dict[str, str] | None = None, constants: frozenset | set = frozenset()) -> Node:
+    """A copy of ``node`` with variables renamed (``rename``: old name -> new name) and the
+    named constants in ``constants`` turned into variables of the same name.
+
+    The new names are never parsed, so they may be any string, e.g. a data column
+    ``"Time (s)"`` bound to a built-in curve's ``x``. Positions are kept.
+
+    >>> from gradfit.formula.parse import parse_expression
+    >>> to_text(substitute(parse_expression("a*exp(-k*x) + e"), {"x": "Time (s)"}, {"e"}))
+    '((a * exp((-(k) * Time (s)))) + e)'
+    """
+    rename = rename or {}
+    if not rename and not constants:
+        return node
+
+    def sub(n: Node) -> Node:
+        if isinstance(n, Var):
+            return Var(rename[n.name], n.pos) if n.name in rename else n
+        if isinstance(n, Const):
+            return Var(n.name, n.pos) if n.name in constants else n
+        if isinstance(n, Neg):
+            return Neg(sub(n.arg), n.pos)
+        if isinstance(n, BinOp):
+            return BinOp(n.op, sub(n.left), sub(n.right), n.pos)
+        if isinstance(n, Call):
+            return Call(n.func, tuple(sub(a) for a in n.args), n.pos)
+        return n
+
+    return sub(node)
+
+
 def _collect_names(node: Node, out: set[str]) -> None:
     out.update(n.name for n in walk(node) if isinstance(n, Var))
 

@@ -10,15 +10,15 @@ broadcasting, every fit at once); any torch callable takes the general path
 (torch.func.vmap over jacfwd). Large batches run torch.compile'd step functions, cached per
 model (formula text, or the callable itself) and shape in this process.
 
-The end-point checks make "converged" mean what it means for :func:`gradfit.fit`: a
-converged (or max_iterations) fit whose parameters or chi-square are not finite becomes
-not_finite, and one whose Jacobian is rank-deficient by the test of
-:func:`gradfit.stats.covariance` (singular values of the column-scaled, weighted Jacobian
-below ``RANK_TOL`` times the largest) becomes singular. The test runs in float64 on the
-Jacobian at the end point, but only for fits that the working-precision normal matrix
-cannot already prove well conditioned (see :func:`_finish`), so a healthy batch pays almost
-nothing for it; those fits also get their standard errors from the float64 Jacobian, as in
-:func:`gradfit.fit`.
+The end-point checks make "converged" mean what it means for :func:`gradfit.fit`: every
+converged or max_iterations fit is checked in float64 at its end point by
+:func:`gradfit.stats.end_point_checks` (the function gf.fit's statuses use too): not_finite
+where the parameters or chi-square are not finite; singular where the Jacobian is
+rank-deficient (singular values of the column-scaled, weighted Jacobian below ``RANK_TOL``
+times the largest, or a negligible column) or the standard errors are not finite; stalled
+where a converged fit is not stationary (the residuals' cosine with the Jacobian's range above
+:func:`gradfit.stats.stationary_threshold` of ``tol``). Its float64 Gram matrix settles the
+rank of well-conditioned fits without an SVD, and gives every checked fit its standard errors.
 
 This module returns plain arrays; fitting/many.py turns them into a BatchResult.
 """
@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..models.jacobian import batch_residual_and_jacobian
 from ..status import Status
-from ..stats import RANK_TOL, batch_inverse_diagonal
+from ..stats import RANK_TOL, end_point_checks, stationary_threshold
 
 __all__ = ["BatchedSolution", "solve_batched", "COMPILE_THRESHOLD", "COMPACT_FRACTION", "COMPACT_MIN"]
 
@@ -132,8 +132,9 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         st = state.status.cpu().numpy()
         status[sl] = np.where(st < 0, Status.MAX_ITERATIONS.code, st)
         iterations[sl] = state.iterations.cpu().numpy()
-        _check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status,
-                          full_rank.cpu().numpy(), free, device)
+        _check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, free, device,
+                          start=theta0[sl], box=(lower[sl], upper[sl]), tol=tol,
+                          eps=float(torch.finfo(dtype).eps))
         if bar is not None:
             bar.advance(sl.stop - sl.start)
     if bar is not None:
@@ -351,45 +352,65 @@ def _finisher(use_compile: bool):
     return fn
 
 
-def _check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, full_rank, free,
-                      device) -> None:
-    """Finish this chunk's converged and max_iterations fits, in place: not_finite where the
-    parameters or chi-square are not finite; where ``full_rank`` could not vouch for the
-    Jacobian, the float64 Jacobian at the end point decides: singular if rank-deficient,
-    otherwise its standard errors replace the working-precision ones."""
+def _check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, free, device, *,
+                      start, box, tol: float, eps: float) -> None:
+    """Finish this chunk's converged and max_iterations fits, in place, by the end-point tests
+    :func:`gradfit.fit` uses (:func:`gradfit.stats.end_point_checks`, on the float64 Jacobian
+    at the end point): not_finite where the parameters or chi-square are not finite;
+    singular where the Jacobian is rank-deficient (the SVD test, or a negligible column);
+    a converged fit whose scaled (projected) gradient is above
+    :func:`gradfit.stats.stationary_threshold` of ``tol`` becomes stalled; and a converged fit
+    whose standard errors are not finite is singular. Standard errors come from the float64
+    Jacobian."""
     st = status[sl]
     ended = (st == Status.CONVERGED.code) | (st == Status.MAX_ITERATIONS.code)
     finite = np.isfinite(params[sl]).all(axis=1) & np.isfinite(chisqr[sl])
     st[ended & ~finite] = Status.NOT_FINITE.code
-    suspect = np.nonzero(ended & finite & ~full_rank)[0]
-    if suspect.size:
-        rows = sl.start + suspect
-        deficient, var_unit = _inverse_diagonal_at(model, names, fused, inputs, y, w, rows, params[rows], free,
-                                                   device)
-        st[suspect[deficient]] = Status.SINGULAR.code
+    todo = np.nonzero(ended & finite)[0]
+    if todo.size:
+        rows = sl.start + todo
         cols = np.nonzero(free)[0]
+        jac, r = _weighted_at(model, names, fused, inputs, y, w, rows, params[rows], free, device)
+        lower, upper = (b[todo][:, cols] for b in box)
+        values = params[rows][:, cols]
+        g = np.einsum("bmp,bm->bp", jac, r)
+        held = ((values <= lower) & (g > 0)) | ((values >= upper) & (g < 0))
+        ww = np.asarray(w[rows], dtype=float)
+        yw = np.where(ww > 0, y[rows], 0.0) * np.sqrt(ww)
+        data_norm = np.sqrt(np.einsum("bm,bm->b", yw, yw))
+        check = end_point_checks(np.where(np.isfinite(jac), jac, 0.0), r, values, start[todo][:, cols], data_norm,
+                                 eps=eps, held=held)
+        sub = st[todo]
+        sub[check.deficient] = Status.SINGULAR.code
+        moving = (sub == Status.CONVERGED.code) & ~(check.gradient <= stationary_threshold(tol))
+        sub[moving] = Status.STALLED.code
         dof = (w[rows] > 0).sum(axis=1) - len(cols)
         with np.errstate(divide="ignore", invalid="ignore"):
             scale = np.where(dof > 0, chisqr[rows] / dof, np.nan)
-            stderr[rows[:, None], cols[None, :]] = np.sqrt(var_unit * scale[:, None])
+            se = np.sqrt(check.var_unit * scale[:, None])
+        stderr[rows[:, None], cols[None, :]] = se
+        # undetermined standard errors are never "converged"
+        sub[(sub == Status.CONVERGED.code) & (dof > 0) & ~np.isfinite(se).all(axis=1)] = Status.SINGULAR.code
+        st[todo] = sub
     status[sl] = st
 
 
-def _inverse_diagonal_at(model, names, fused, inputs, y, w, rows, theta, free, device):
-    """The rank test and diag((J^T W J)^-1) of :func:`gradfit.stats.covariance`, on the
-    weighted float64 Jacobian of the free parameters at ``theta`` (k, P), for the fits
-    ``rows``: ((k,) bool, (k, F))."""
+def _weighted_at(model, names, fused, inputs, y, w, rows, theta, free, device):
+    """The weighted float64 Jacobian of the free parameters (k, M, F) and weighted residuals
+    (k, M) at ``theta`` (k, P) for the fits ``rows`` (masked points are zero)."""
     import torch
 
     def t(a):
         return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=device)
 
     sub_inputs = {k: t(v[rows] if v.ndim == 2 else v) for k, v in inputs.items()}
-    y_rows = np.where(w[rows] > 0, y[rows], 0.0)
+    used = w[rows] > 0
+    y_rows = np.where(used, y[rows], 0.0)
     fn = batch_residual_and_jacobian(model, names, sub_inputs, t(y_rows), fused=fused)
     with torch.no_grad():
-        _, jac = fn(t(theta))
+        res, jac = fn(t(theta))
     cols = [j for j, f in enumerate(free) if f]
     jac = torch.stack([jac[j] for j in cols], dim=-1).cpu().numpy()  # (k, M, F)
-    weighted = jac * np.sqrt(np.asarray(w[rows], dtype=float))[:, :, None]
-    return batch_inverse_diagonal(np.where(np.isfinite(weighted), weighted, 0.0))
+    sw = np.sqrt(np.asarray(w[rows], dtype=float))
+    res = np.where(used, res.cpu().numpy(), 0.0) * sw
+    return np.where(used[:, :, None], jac, 0.0) * sw[:, :, None], res

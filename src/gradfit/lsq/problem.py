@@ -68,38 +68,54 @@ class LeastSquaresProblem:
     def predict(self, params: dict):
         return self.model.forward(self.inputs, params)
 
-    def residual(self, u):
-        """Weighted residuals as a function of the free parameters in internal coordinates."""
-        return self._weighted(self.predict(self.space.as_dict(u)) - self.y)
+    def residual(self, u, *, internal: bool = True):
+        """Weighted residuals as a function of the free parameters in internal coordinates
+        (or, with ``internal=False``, their values)."""
+        return self._weighted(self.predict(self.space.as_dict(u, internal=internal)) - self.y)
 
-    def lm_functions(self):
+    def lm_functions(self, *, internal: bool = True):
         """(residual, jacobian) of the weighted residuals as float64 numpy functions of the free
-        parameters' internal coordinates. Formula models are evaluated in numpy; other models
-        (and tied parameters) in torch. The Jacobian comes from
+        parameters' internal coordinates (or, with ``internal=False``, their values: the
+        bounded Levenberg-Marquardt works on the box itself). Formula models are evaluated in
+        numpy; other models (and tied parameters) in torch. The Jacobian comes from
         :func:`gradfit.models.jacobian.free_jacobian` (symbolic partials, torch.func.jacfwd or
-        finite differences, by the kind of model)."""
+        finite differences, by the kind of model). Both always return real float64 arrays: a
+        complex model value (a negative base to a fractional power) is NaN there."""
+        from ..optim.lm import as_real
+
         space = self.space
         inputs, y, w = self._numpy
         sw = None if w is None else np.sqrt(w)
-        prediction_jacobian = free_jacobian(self.model, space, inputs)
+        prediction_jacobian = free_jacobian(self.model, space, inputs, internal=internal)
+        n, n_free = len(y), len(space.free)
+
+        def raw_jacobian(u):
+            try:
+                return as_real(prediction_jacobian(u))
+            except ArithmeticError:  # Python-scalar parameter terms overflow or divide by 0
+                return np.full((n, n_free), np.nan)
+
         if sw is None:
-            jacobian = prediction_jacobian
+            jacobian = raw_jacobian
         else:
             def jacobian(u):
-                return prediction_jacobian(u) * sw[:, None]
+                return raw_jacobian(u) * sw[:, None]
 
         if self.numpy_ready:
             model = self.model
-            if space.ties:  # a numpy-only model: the ties are evaluated in torch
+            if space.ties or not internal:  # ties are evaluated in torch
                 def values_of(u):
-                    return free_values(space, u)
+                    return free_values(space, u, internal)
             else:
                 values_of = space.values_from_internal
 
             # No np.errstate here: callers run these under errstate(all="ignore") once (trial
             # steps may overflow; LM rejects them).
             def residual(u):
-                r = model.forward_numpy(inputs, values_of(u)) - y
+                try:
+                    r = as_real(model.forward_numpy(inputs, values_of(u))) - y
+                except ArithmeticError:  # Python-scalar parameter terms overflow or divide by 0:
+                    return np.full(n, np.nan)  # not finite there, like any failed trial
                 return r if sw is None else r * sw
 
             return residual, jacobian
@@ -107,7 +123,8 @@ class LeastSquaresProblem:
 
         def residual(u):
             with torch.no_grad():
-                return self.residual(torch.as_tensor(u, dtype=self.y.dtype)).detach().cpu().numpy()
+                out = self.residual(torch.as_tensor(u, dtype=self.y.dtype), internal=internal)
+                return as_real(out.detach().cpu().numpy())
 
         return residual, jacobian
 
@@ -155,7 +172,12 @@ def mean_squared_error(model, inputs: dict, y: np.ndarray, w: np.ndarray | None,
 def predict_numpy(model, inputs: dict, values: dict) -> np.ndarray:
     """The (n,) float64 prediction at ``values`` (numpy where the model offers it, else torch)."""
     if strategy(model) != "jacfwd":
-        return model.forward_numpy(inputs, values)
+        from ..optim.lm import as_real
+
+        try:
+            return as_real(model.forward_numpy(inputs, values))
+        except ArithmeticError:  # Python-scalar parameter terms overflow or divide by 0
+            return np.full(len(next(iter(inputs.values()))) if inputs else 1, np.nan)
     import torch
 
     t_in = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in inputs.items()}

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from ..errors import ConfigError, DataError, FitError
+from ..stats import t_quantile, z_quantile
 from .problem import LeastSquaresProblem, chi_square
 from .solve import solve
 
@@ -59,13 +60,14 @@ def profile_interval(refit, name: str, value: float, stderr: float, chi2_min: fl
 def profile_intervals(problem: LeastSquaresProblem, values: dict, stderr: dict, stats: dict, level: float,
                       absolute_sigma: bool, names) -> dict:
     """Profile-likelihood intervals for ``names`` (see FitResult.ci)."""
-    from statistics import NormalDist
-
     from ..models.parameters import ParameterSpace
 
-    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    # the same quantile as the Wald interval, so the two agree exactly for a linear model:
+    # z^2 with a known scale; t_dof^2 * redchi (lmfit's F(1, dof) test) with an estimated one
+    p = 0.5 + level / 2.0
+    q = z_quantile(p) if absolute_sigma else t_quantile(p, stats["dof"])
     scale = 1.0 if absolute_sigma else stats["redchi"]
-    delta = z * z * scale
+    delta = q * q * scale
     space = problem.space
 
     def refit(name, v):

@@ -11,6 +11,7 @@ import numpy as np
 from ..models.jacobian import jacobian
 from ..status import Status
 from ..optim.linear import solve_linear_least_squares
+from ..stats import batch_range_cosine, residual_floor, stationary_threshold
 from .problem import LeastSquaresProblem, chi_square
 
 __all__ = ['LSQOutcome', 'solve', 'refine_residuals']
@@ -77,26 +78,35 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
 
     _, y, w = problem.numpy()
     y_norm = float(np.linalg.norm(y if w is None else y * np.sqrt(w)))
-    options = LMOptions(max_iter=max_iter, residual_floor=1e4 * np.finfo(np.float64).eps * y_norm,
+    options = LMOptions(max_iter=max_iter, residual_floor=residual_floor(float(np.finfo(np.float64).eps)) * y_norm,
                         **({"ftol": tol, "xtol": tol} if tol is not None else {}))
     lm_cb = None
     if callback is not None:
         def lm_cb(it, cost):
             return callback(it, problem.mean_loss(cost))
-    residual, jacobian = problem.lm_functions()
-    at_bound = problem.space.bound_mask if problem.space.has_bounds else None
-    u0 = np.array(problem.space.internal_start_values(), dtype=np.float64)
+    space = problem.space
+    # Bounds are a box for Levenberg-Marquardt in the parameters themselves (no transform: a
+    # start on a bound has the model's own slope there); steps are reflected off a bound or
+    # stop short of it, and a converged point moves onto the bounds it pushes against
+    # (gradfit.optim.box).
+    bounds = None
+    if space.has_bounds:
+        bounds = (np.array([space.lower[n] for n in space.free]), np.array([space.upper[n] for n in space.free]))
+    residual, jacobian = problem.lm_functions(internal=False)
+    u0 = np.array([space.values[n] for n in space.free], dtype=np.float64)
     with np.errstate(all="ignore"):  # trial steps may overflow; LM rejects them
         out, strategy = robust_levenberg_marquardt(residual, u0, jacobian=jacobian, options=options,
-                                                   callback=lm_cb, at_bound=at_bound)
-    if problem.space.ties:
+                                                   callback=lm_cb, bounds=bounds)
+    _final_stationarity(out, bounds, options, stationary_threshold(tol))
+    if space.ties:
         import torch
 
         with torch.no_grad():
-            full = problem.space.full(torch.as_tensor(out.x, dtype=torch.float64))
-        values = dict(zip(problem.space.names, full.tolist()))
+            full = space.full(torch.as_tensor(out.x, dtype=torch.float64), internal=False)
+        values = dict(zip(space.names, full.tolist()))
     else:
-        values = problem.space.values_from_internal(out.x)
+        values = dict(space.values)
+        values.update(zip(space.free, out.x.tolist()))
     # Unweighted residuals evaluated in numpy at these very values are exactly what the
     # statistics would recompute: hand them on.
     reuse = w is None and problem.numpy_ready and not problem.space.ties
@@ -105,13 +115,31 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
                       residuals=out.residuals if reuse else None)
 
 
+def _final_stationarity(out, bounds, options, threshold: float) -> None:
+    """The end-point stationarity test fit_many uses too (:func:`gradfit.stats.batch_range_cosine`:
+    the residuals' cosine with the Jacobian's range, projected at active bounds): a converged
+    run above the threshold is stalled. In place."""
+    if out.status != Status.CONVERGED or out.jacobian is None or math.sqrt(2.0 * out.cost) <= options.residual_floor:
+        return
+    jac, r = out.jacobian, out.residuals
+    held = None
+    if bounds is not None:
+        g = jac.T @ r
+        held = (((out.x <= bounds[0]) & (g > 0)) | ((out.x >= bounds[1]) & (g < 0)))[None]
+    measure = float(batch_range_cosine(jac[None], r[None], held)[0])
+    if not measure <= threshold:
+        out.status = Status.STALLED
+        out.message = (f"stopped at a point that is not stationary (the residuals' cosine with the Jacobian's "
+                       f"range is {measure:.2e} > {threshold:.0e}); try another starting point")
+
+
 def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3) -> dict:
     """Gauss-Newton refinement with residuals in 40-digit arithmetic (mixed-precision
     iterative refinement). Only worth it when the residuals sit near float64 rounding."""
     from ..formula.precise import residuals_mp
 
     expr = getattr(problem.model, "expression", None)
-    if expr is None or problem.n > 20_000 or problem.space.has_bounds or problem.space.ties:
+    if expr is None or problem.n > 20_000 or problem.space.ties:
         return values
     space = problem.space
     inputs, y, w = problem.numpy()
@@ -119,17 +147,28 @@ def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3)
     if not math.isfinite(chi2) or chi2 > 1e-20 * float(y @ y if w is None else w @ (y * y)):
         return values  # not finite, or residuals well above float64 rounding: nothing to gain
     current = dict(values)
-    r = residuals_mp(expr, inputs, y, w, current)
-    _, jacobian = problem.lm_functions()
-    for _ in range(steps):
-        v = np.array([current[n] for n in space.free])
-        with np.errstate(all="ignore"):
-            jac = jacobian(v)
-        step = np.linalg.lstsq(jac, -r, rcond=None)[0]
-        trial = dict(current)
-        trial.update(zip(space.free, (v + step).tolist()))
-        r_new = residuals_mp(expr, inputs, y, w, trial)
-        if not float(r_new @ r_new) < float(r @ r):  # NaN (the model undefined at the trial) too
-            break
-        current, r = trial, r_new
+    lower = np.array([space.lower[n] for n in space.free])
+    upper = np.array([space.upper[n] for n in space.free])
+    _, jacobian = problem.lm_functions(internal=False)
+    try:
+        r = residuals_mp(expr, inputs, y, w, current)
+        for _ in range(steps):
+            v = np.array([current[n] for n in space.free])
+            with np.errstate(all="ignore"):
+                jac = jacobian(v)
+            if not (np.isfinite(jac).all() and np.isfinite(r).all()):
+                break
+            step = np.linalg.lstsq(jac, -r, rcond=None)[0]
+            new = v + step
+            if not ((lower <= new) & (new <= upper)).all():  # refinement never leaves the box
+                break
+            trial = dict(current)
+            trial.update(zip(space.free, new.tolist()))
+            r_new = residuals_mp(expr, inputs, y, w, trial)
+            if not float(r_new @ r_new) < float(r @ r):  # NaN (the model undefined at the trial) too
+                break
+            current, r = trial, r_new
+    except (ArithmeticError, TypeError, ValueError, np.linalg.LinAlgError):
+        # mpmath or LAPACK refusing a point where the model is undefined: keep what we have
+        pass
     return current

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..models.jacobian import free_jacobian
-from ..stats import RANK_TOL, covariance, covariance_from_svd, fit_statistics
+from ..stats import RANK_TOL, covariance, covariance_from_svd, fit_statistics, vanishing_columns
 from .problem import LeastSquaresProblem, predict_numpy
 
 __all__ = ['Uncertainty', 'uncertainty']
@@ -35,20 +35,35 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
         with np.errstate(all="ignore"):  # a model not finite somewhere is handled below
             residuals = predict_numpy(problem.model, inputs, values) - y
     resid = residuals
-    rss = float(resid @ resid)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum is not finite: below
+        rss = float(resid @ resid)
+        wrss = rss if w is None else float(w @ (resid * resid))
     if not math.isfinite(rss) and not np.isfinite(resid).all():
         return _undetermined(space, resid, y, w)
-    chi2 = _precise_chi2(problem, values, rss if w is None else float(w @ (resid * resid)), y, w)
+    chi2 = _precise_chi2(problem, values, wrss, y, w)
     stats = fit_statistics(resid, y, w, len(space.free), chisqr=chi2, rss=rss)
     dof = stats["dof"]
     scale = 1.0 if absolute_sigma else (chi2 / dof if dof > 0 else math.nan)
-    if factor is not None and factor[0].size and factor[0][-1] > RANK_TOL * factor[0][0]:
+    free_values = np.array([values[n] for n in space.free], dtype=float)
+    start = np.array([space.values[n] for n in space.free], dtype=float)
+    data_norm = math.sqrt(float(y @ y if w is None else w @ (y * y)))
+    eps = float(np.finfo(np.float64).eps)
+    vanish = None
+    if factor is not None:  # a linear solve: d holds the weighted design matrix's column norms
+        vanish = vanishing_columns(factor[2], free_values, start, data_norm, eps)
+    if factor is not None and factor[0].size and factor[0][-1] > RANK_TOL * factor[0][0] and not vanish.any():
         cov = covariance_from_svd(*factor, scale)
     else:
-        jac = _free_jacobian(problem, values)
+        with np.errstate(all="ignore"):
+            jac = _free_jacobian(problem, values)
         if w is not None:
             jac = jac * np.sqrt(w)[:, None]
-        cov = covariance(jac, scale)
+        if not np.isfinite(jac).all():  # derivatives not finite at the end point: undetermined
+            jac = np.where(np.isfinite(jac), jac, 0.0)
+        # the one rank test of fit and fit_many (stats.end_point_checks): negligible columns
+        # and the SVD of the column-scaled Jacobian
+        vanish = vanishing_columns(np.sqrt(np.einsum("ij,ij->j", jac, jac)), free_values, start, data_norm, eps)
+        cov = covariance(jac, scale, vanishing=vanish)
     diag = cov.matrix.diagonal().tolist()
     sd = [math.sqrt(v) if v >= 0 else math.nan for v in diag]  # NaN for degenerate parameters
     stderr = dict(zip(space.free, sd))

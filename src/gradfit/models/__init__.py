@@ -40,7 +40,7 @@ def resolve_model(spec, *, hidden=(64,), activation="tanh"):
         if key == "mlp":
             from .neural import MLPSpec
 
-            return MLPSpec(hidden=tuple(hidden), activation=activation)
+            return MLPSpec(hidden=hidden, activation=activation)
         if key.startswith("poly:") or key in BUILTIN_NAMES:
             return builtin_model(key)
         if key.isidentifier():

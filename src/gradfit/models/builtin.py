@@ -12,6 +12,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..errors import ModelError
+from ..formula.parse import ParsedFormula, parse_formula
+from ..formula.tree import substitute
 from .formula import FormulaModel
 
 __all__ = ["BuiltinModel", "builtin_model", "BUILTIN_NAMES"]
@@ -132,16 +134,26 @@ _POLY = re.compile(r"^poly:(\d+)$")
 
 
 class BuiltinModel(FormulaModel):
-    """A named curve: its formula in ``x`` and a data-driven :meth:`guess`."""
+    """A named curve: its formula in ``x`` and a data-driven :meth:`guess`.
+
+    The data's input may have any column name (``"Time (s)"``, ``"dose [mg]"``): the name
+    replaces ``x`` in the parsed tree and is never parsed as formula text.
+
+    >>> builtin_model("exp_decay", input_name="Time (s)").input_names
+    ('Time (s)',)
+    """
 
     kind = "builtin"
 
     def __init__(self, name: str, formula: str, guesser: Callable, input_name: str = "x"):
+        parsed = parse_formula(formula)
         if input_name != "x":
-            formula = re.sub(r"\bx\b", input_name, formula)
-        super().__init__(formula, inputs=[input_name], name=name)
-        if input_name in self.param_names or len(self.input_names) != 1:
-            raise ModelError(f"input name {input_name!r} clashes with a parameter of {name}; rename the column")
+            if input_name in parsed.names():
+                raise ModelError(f"input name {input_name!r} clashes with a parameter of {name}; rename the column")
+            # display text only (describe() shows the curve's name); the tree is renamed below
+            text = re.sub(r"\bx\b", input_name, formula) if input_name.isidentifier() else formula
+            parsed = ParsedFormula(text, substitute(parsed.rhs, {"x": input_name}), parsed.response)
+        super().__init__(parsed, inputs=[input_name], name=name)
         self._guesser = guesser
 
     def bind(self, available):

@@ -8,7 +8,7 @@ from typing import Iterable, Mapping
 from ..errors import DataError, FormulaError
 from ..formula.compile import compile_tree, numpy_supported
 from ..formula.parse import ParsedFormula, parse_formula
-from ..formula.tree import Node, Var, walk
+from ..formula.tree import Const, Node, Var, constant_names, substitute, walk
 from .base import Model
 from .jacobian import formula_program, partials_are_constant, torch_to_numpy
 
@@ -25,6 +25,36 @@ def _names_in_order(node: Node) -> tuple[str, ...]:
     return tuple(sorted(seen, key=lambda k: (seen[k], k)))
 
 
+@lru_cache(maxsize=512)
+def _candidates_in_order(node: Node) -> tuple[str, ...]:
+    """Names that data may bind, in order of first appearance: free names and the named
+    constants (a data column called ``e`` or ``pi`` is an input)."""
+    seen: dict[str, int] = {}
+    for n in walk(node):
+        if isinstance(n, (Var, Const)):
+            seen[n.name] = min(seen.get(n.name, n.pos), n.pos)
+    return tuple(sorted(seen, key=lambda k: (seen[k], k)))
+
+
+def _with_constant_inputs(parsed: ParsedFormula, inputs) -> ParsedFormula:
+    """``parsed`` with each named constant that is also an input turned into that input."""
+    clash = constant_names(parsed.rhs) & set(inputs)
+    if not clash:
+        return parsed
+    return ParsedFormula(parsed.text, substitute(parsed.rhs, constants=clash), parsed.response)
+
+
+def _refuse_bare_e(parsed: ParsedFormula) -> None:
+    """A bare ``e`` that no data column claims is ambiguous: Euler's number or a parameter."""
+    for n in walk(parsed.rhs):
+        if isinstance(n, Const) and n.name == "e":
+            raise FormulaError(
+                "'e' is ambiguous in a formula: gradfit does not guess whether it means Euler's number or a "
+                "parameter. For Euler's number write exp(1) (and exp(x) for e**x); for a parameter use another "
+                "name (e.g. e0 or offset). A data column (or x={...} key) named 'e' is used as an input",
+                token="e", position=n.pos)
+
+
 @lru_cache(maxsize=256)
 def _bound(parsed: ParsedFormula, inputs: tuple[str, ...], name: str | None) -> "FormulaModel":
     # A bound model only caches derived, immutable things (compiled partials), so one
@@ -36,19 +66,40 @@ class FormulaModel(Model):
     """A model given by a formula. Names that are inputs are fixed by :meth:`bind`; every
     other free name is a parameter.
 
+    Which name is what:
+
+    * a name that is a data column (or a key of ``x={...}``) is an **input**, even when it
+      looks like a parameter (a column ``b`` makes ``b`` in ``a*x + b`` an input; the result
+      and its report list the inputs and the parameters);
+    * every other name is a **parameter**;
+    * ``pi`` is the number pi unless a data column is called ``pi`` (then it is that input);
+    * a bare ``e`` is the input ``e`` when a data column is called ``e``; otherwise it is
+      ambiguous (Euler's number or a parameter?) and :meth:`bind` raises FormulaError: write
+      ``exp(1)`` for Euler's number, or another name for a parameter;
+    * left of ``~`` every name is a data column (``e ~ a*x`` reads the column ``e``).
+
+    Formula names are identifiers; bind columns such as ``"Time (s)"`` through a built-in
+    curve (``x="Time (s)"``) or rename them.
+
     >>> m = FormulaModel("t_c ~ w*t_u + b").bind(["t_u", "t_c"])
     >>> m.param_names, m.input_names
     (('w', 'b'), ('t_u',))
+    >>> FormulaModel("y ~ a*x + e").bind(["x", "e", "y"]).input_names
+    ('x', 'e')
     """
 
     kind = "formula"
 
     def __init__(self, formula: str | ParsedFormula, inputs: Iterable[str] | None = None, *, name: str | None = None):
         self.parsed = formula if isinstance(formula, ParsedFormula) else parse_formula(formula)
+        if inputs is not None:
+            inputs = tuple(inputs)
+            self.parsed = _with_constant_inputs(self.parsed, inputs)
         self.text = self.parsed.text
         self.name = name
         self.expression = self.parsed.rhs
         self._ordered = _names_in_order(self.parsed.rhs)
+        self._candidates = _candidates_in_order(self.parsed.rhs)
         self._bound = inputs is not None
         self._set_inputs(set(inputs or ()))
         self._compiled = compile_tree(self.parsed.rhs)
@@ -73,14 +124,21 @@ class FormulaModel(Model):
 
     def bind(self, available: Iterable[str]) -> "FormulaModel":
         """Return a copy whose inputs are the formula names found in ``available`` (data
-        columns or named inputs)."""
+        columns or named inputs); the other names are its parameters (see the class notes).
+
+        Raises
+        ------
+        FormulaError
+            when no name is an input, or for a bare ``e`` that is not an input.
+        """
         available = set(available)
-        model = _bound(self.parsed, tuple(n for n in self._ordered if n in available), self.name)
+        model = _bound(self.parsed, tuple(n for n in self._candidates if n in available), self.name)
         if not model.input_names and self._ordered:
             raise FormulaError(
                 f"formula {self.text!r} uses none of the data's names ({', '.join(sorted(available)) or 'none'}); "
                 "name the input x or pass x as a dict {name: values}"
             )
+        _refuse_bare_e(model.parsed)
         return model
 
     def forward(self, inputs: Mapping, params: Mapping):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -14,7 +15,10 @@ __all__ = ["ModuleModel", "MLPSpec", "build_mlp", "ACTIVATIONS"]
 
 @dataclass(frozen=True)
 class MLPSpec:
-    """An MLP to be built once the number of input and output columns is known."""
+    """An MLP to be built once the number of input and output columns is known.
+
+    ``hidden`` holds the widths of the hidden layers; an int is one layer (32 -> (32,)).
+    """
 
     hidden: tuple[int, ...] = (64,)
     activation: str = "tanh"
@@ -22,8 +26,11 @@ class MLPSpec:
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
             raise ModelError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-        if not self.hidden or any(int(h) < 1 for h in self.hidden):
-            raise ModelError(f"hidden sizes must be positive integers, got {self.hidden}")
+        sizes = (self.hidden,) if isinstance(self.hidden, numbers.Integral) else self.hidden
+        if (not isinstance(sizes, (list, tuple)) or not sizes
+                or any(isinstance(h, bool) or not isinstance(h, numbers.Integral) or h < 1 for h in sizes)):
+            raise ModelError(f"hidden sizes must be positive integers, got {self.hidden!r}")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in sizes))
 
 
 def build_mlp(in_features: int, out_features: int, hidden: Sequence[int], activation: str, seed: int | None = None):

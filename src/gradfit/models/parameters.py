@@ -17,7 +17,11 @@ Optimizers see only the free parameters, in *internal* coordinates that have no 
 * two-sided bounds: ``p = lo + (hi - lo) * (sin(u) + 1) / 2``
 * lower bound only: ``p = lo - 1 + sqrt(u^2 + 1)``; upper only: ``p = hi + 1 - sqrt(u^2 + 1)``
 
-(the MINUIT/lmfit transforms: smooth, so Levenberg-Marquardt and torch.optim work unchanged).
+(the MINUIT/lmfit transforms: smooth, so torch.optim works unchanged). Their slope vanishes on
+the bounds, so a start on (or within ~1e-3 of the transform's scale of) a bound is moved just
+inside, to where the slope is :data:`MIN_SLOPE` of its value far from the bounds. Least squares
+does not use the transforms: Levenberg-Marquardt takes projected steps in the box itself
+(:func:`gradfit.optim.lm.step`).
 Fixed parameters are constants; a tied parameter is an expression of others (``c = 2*a``),
 evaluated after the free ones in dependency order. :meth:`ParameterSpace.full` is a torch
 function of the free vector, so autograd and ``torch.func.jacfwd`` see the whole chain.
@@ -374,13 +378,23 @@ def _fit(b: int | None) -> str:
     return "" if b is None else f" (fit {b})"
 
 
+#: smallest slope dp/du (relative to the slope far from the bounds) a start keeps: the
+#: transforms are flat exactly on a bound, so a start there (or closer than ~1e-3 of the
+#: transform's scale) is moved just inside, where the gradient can move it (first-order
+#: training; least squares handles bounds as a box and needs no transform)
+MIN_SLOPE = 0.05
+_U_MIN = MIN_SLOPE / math.sqrt(1.0 - MIN_SLOPE**2)  # one-sided: u/sqrt(u^2+1) = MIN_SLOPE
+_U_MAX = math.acos(MIN_SLOPE)  # two-sided: cos(u) = MIN_SLOPE
+
+
 def _to_internal(v: float, lo: float, hi: float) -> float:
     if math.isfinite(lo) and math.isfinite(hi):
-        return math.asin(max(-1.0, min(1.0, 2.0 * (v - lo) / (hi - lo) - 1.0)))
+        u = math.asin(max(-1.0, min(1.0, 2.0 * (v - lo) / (hi - lo) - 1.0)))
+        return max(-_U_MAX, min(_U_MAX, u))
     if math.isfinite(lo):
-        return math.sqrt((v - lo + 1.0) ** 2 - 1.0)
+        return max(_U_MIN, math.sqrt(max((v - lo + 1.0) ** 2 - 1.0, 0.0)))
     if math.isfinite(hi):
-        return math.sqrt((hi - v + 1.0) ** 2 - 1.0)
+        return max(_U_MIN, math.sqrt(max((hi - v + 1.0) ** 2 - 1.0, 0.0)))
     return v
 
 
@@ -434,3 +448,28 @@ def _compile_ties(tie: Mapping[str, str], names: tuple[str, ...]) -> tuple[_Tie,
     for n in parsed:
         visit(n, [])
     return tuple(_Tie(n, parsed[n][0], compile_tree(parsed[n][1])) for n in order)
+
+
+def refuse_inputs_as_parameters(model, init, bounds, fixed, tie) -> None:
+    """ConfigError when init/bounds/fixed/tie name one of the model's inputs: a name that is a
+    data column (or a key of x={...}) is an input, so the user's parameter settings for it
+    would otherwise be refused as "unknown" without saying why."""
+    from ..formula.parse import parse_expression
+
+    inputs = set(getattr(model, "input_names", ()))
+    if not inputs:
+        return
+    named = [("init", n) for n in (init if isinstance(init, Mapping) else {})] + [("bounds", n) for n in (bounds or {})]
+    named += [("fixed", n) for n in fixed or ()] + [("tie", n) for n in (tie or {})]
+    for target, text in (tie or {}).items():
+        try:
+            named += [(f"tie {target}={text!r}", n) for n in sorted(parse_expression(str(text)).names())]
+        except FormulaError:  # a malformed tie is ParameterSpec's to report
+            pass
+    for what, name in named:
+        if name in inputs:
+            raise ConfigError(
+                f"{what} names {name!r}, but {name!r} is an input of the model, not a parameter: a name that is a data "
+                f"column (or a key of x={{...}}) is an input (inputs: {', '.join(model.input_names)}; parameters: "
+                f"{', '.join(model.param_names) or 'none'}); to fit {name!r} as a parameter, drop or rename the "
+                f"column {name!r}")

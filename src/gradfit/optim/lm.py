@@ -24,8 +24,15 @@ iteration); :func:`levenberg_marquardt` is init + step until the state has a sta
 Stopping is honest: "converged" needs a relative cost reduction below ftol (actual and
 predicted), a trust region below xtol, or a scaled gradient below gtol, and the final point
 must pass a stationarity test; otherwise the status is "max_iterations" or "stalled"
-("not_finite" when the residuals are not finite at the start: nothing is fitted). The caller
-adds "singular" from the Jacobian's rank at the solution.
+("not_finite" when the residuals or the Jacobian are not finite at the start: nothing is
+fitted). Trial points where the residuals or the Jacobian are not finite, or complex, are
+failed steps (the trust region shrinks). Bounds are a box, without a transform (a start on a
+bound is as good as any other): coordinates resting on a bound with the gradient pointing
+outward are held, the others take the step, which is reflected off a bound it crosses or
+stops short of it (:mod:`gradfit.optim.box`: iterates are never projected onto a bound, where
+the model may be flat); a converged point is moved onto the bounds it pushes against, so an
+active bound is reached exactly. The stationarity tests use the projected gradient. The
+caller adds "singular" from the Jacobian's rank at the solution.
 """
 
 from __future__ import annotations
@@ -37,9 +44,13 @@ from typing import Callable
 import numpy as np
 
 from ..status import Status
+from . import box as _box_steps
+from .finite import as_real, not_finite_message
+from .trust_region import GRAM_CONDITION, Subproblem as _Subproblem  # noqa: F401 (re-exported)
 
 __all__ = ["LMOptions", "LMState", "LMOutcome", "init", "step", "outcome", "levenberg_marquardt",
-           "robust_levenberg_marquardt", "scaled_gradient", "default_tolerances", "not_finite_message"]
+           "robust_levenberg_marquardt", "scaled_gradient", "default_tolerances", "not_finite_message",
+           "as_real", "active_set"]
 
 
 def default_tolerances(dtype=np.float64) -> tuple[float, float, float]:
@@ -77,6 +88,8 @@ class LMOutcome:
     n_jacobian: int = 0
     #: the residuals (n,) at ``x``
     residuals: np.ndarray | None = None
+    #: the Jacobian (n, P) at ``x`` (None when the start was not finite)
+    jacobian: np.ndarray | None = None
 
 
 def scaled_gradient(jac: np.ndarray, r: np.ndarray, exempt=None, *, col_norms: np.ndarray | None = None,
@@ -95,101 +108,6 @@ def scaled_gradient(jac: np.ndarray, r: np.ndarray, exempt=None, *, col_norms: n
     if any(c != c for c in cosines):
         return math.nan  # a NaN in the Jacobian: never stationary
     return max(cosines) if cosines else 0.0
-
-
-#: smallest/largest eigenvalue of the scaled Gram matrix above which the subproblem is solved
-#: from it (cond(J D^-1) < 1e5: steps accurate to ~eps * cond^2 < 1e-6, ample for an
-#: iteration that only needs descent); below it, the SVD of J D^-1 itself
-GRAM_CONDITION = 1e-10
-
-
-class _Subproblem:
-    """The trust-region subproblem at one point: the singular values s, right singular
-    vectors V and coordinates c = U^T r of ``A = J D^-1``.
-
-    They come from the eigendecomposition of the P x P matrix ``A^T A`` when A is well
-    conditioned (one pass over the n x P data instead of a factorization of it: several
-    times cheaper for long data), and from the SVD of A otherwise, so that ill-conditioned
-    problems never see a squared condition number. The search for the damping then works on
-    P Python floats (cheaper than numpy calls for the handful of parameters a fit has).
-    """
-
-    def __init__(self, jac: np.ndarray, r: np.ndarray, d: np.ndarray):
-        a = jac / d
-        eig = v = None
-        if a.shape[0] >= 4 * a.shape[1]:  # long data: the Gram matrix is much smaller than A
-            try:
-                eig, v = np.linalg.eigh(a.T @ a)
-            except np.linalg.LinAlgError:  # non-finite entries: the SVD below reports them
-                eig = None
-        if eig is not None and eig[0] > GRAM_CONDITION * eig[-1] and math.isfinite(eig[-1]):
-            s = np.sqrt(eig[::-1])
-            vt = v[:, ::-1].T
-            c = (vt @ (a.T @ r)) / s  # U^T r with U = A V S^-1
-        else:
-            u, s, vt = np.linalg.svd(a, full_matrices=False)
-            c = u.T @ r
-        self.vt = vt
-        self.c = c  # r's coordinates in the range of J
-        self.s = s.tolist()
-        self.c_list = self.c.tolist()
-        self.rank_cut = self.s[0] * max(jac.shape) * _EPS if self.s else 0.0
-        # the Gauss-Newton step (lam = 0) uses the pseudo-inverse: directions with singular
-        # values at rounding level are dropped
-        self.gn_coef = [1.0 / sv if sv > self.rank_cut else 0.0 for sv in self.s]
-        self.gn_norm = math.sqrt(sum((k * c) ** 2 for k, c in zip(self.gn_coef, self.c_list)))
-
-    def coefficients(self, lam: float) -> list[float]:
-        if lam == 0.0:
-            return self.gn_coef
-        return [sv / (sv * sv + lam) for sv in self.s]
-
-    def step(self, lam: float) -> np.ndarray:
-        """The scaled step z = D dx for damping lam (lam = 0: Gauss-Newton, pseudo-inverse)."""
-        return -(self.vt.T @ (np.array(self.coefficients(lam)) * self.c))
-
-    def norm(self, lam: float) -> float:
-        if lam == 0.0:
-            return self.gn_norm
-        return math.sqrt(sum((k * c) ** 2 for k, c in zip(self.coefficients(lam), self.c_list)))
-
-    def damping_for(self, delta: float, lam_hint: float) -> float:
-        """The lam >= 0 with ||step(lam)|| within 10% of delta (0 if the GN step fits).
-
-        Newton's method on 1/||z(lam)|| - 1/delta (nearly linear in lam, Hebden/Moré),
-        safeguarded by a bracket that shrinks every iteration.
-        """
-        if self.gn_norm <= 1.1 * delta:
-            return 0.0
-        s2 = [sv * sv for sv in self.s]
-        s2c2 = [a * c * c for a, c in zip(s2, self.c_list)]
-        lo, hi = 0.0, math.inf
-        lam = max(lam_hint, 1e-12 * s2[0] if s2 else 1e-12)
-        for _ in range(60):
-            q = [a + lam for a in s2]
-            norm2 = sum(b / (qi * qi) for b, qi in zip(s2c2, q))
-            norm = math.sqrt(norm2)
-            if 0.9 * delta <= norm <= 1.1 * delta:
-                return lam
-            if norm > delta:
-                lo = lam
-            else:
-                hi = lam
-            dnorm2 = -2.0 * sum(b / (qi * qi * qi) for b, qi in zip(s2c2, q))  # d ||z||^2 / d lam
-            # Newton step for phi(lam) = 1/||z|| - 1/delta: phi' = -dnorm2 / (2 ||z||^3)
-            phi = 1.0 / norm - 1.0 / delta if norm > 0 else -1.0 / delta
-            dphi = -dnorm2 / (2.0 * norm2 * norm) if norm > 0 else 0.0
-            new = lam - phi / dphi if dphi > 0 else math.nan
-            if not (lo < new < hi) or not math.isfinite(new):
-                new = math.sqrt(lo * hi) if (lo > 0 and math.isfinite(hi)) else (lam * 10.0 if hi == math.inf
-                                                                                  else 0.5 * (lo + hi))
-            lam = new
-            if lam > 1e300:
-                return lam
-        return lam
-
-
-_EPS = float(np.finfo(np.float64).eps)
 
 
 def _column_norms(jac: np.ndarray) -> np.ndarray:
@@ -232,6 +150,8 @@ class LMState:
     message: str = ""
     #: whether the last step moved ``x``
     accepted: bool = False
+    #: how many times converged points were moved onto the bounds (:func:`_onto_bounds`)
+    snaps: int = 0
 
     @property
     def cost(self) -> float:
@@ -248,45 +168,77 @@ def _tolerances(options: LMOptions) -> tuple[float, float, float]:
             options.gtol if options.gtol is not None else gtol_d)
 
 
-def init(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMOptions()) -> LMState:
+def _box(bounds, x: np.ndarray):
+    """(lower, upper) float64 arrays for ``x`` from ``bounds`` (None: no bounds)."""
+    if bounds is None:
+        return None
+    lo, hi = (np.broadcast_to(np.asarray(b, dtype=np.float64), x.shape) for b in bounds)
+    if not (np.isfinite(lo).any() or np.isfinite(hi).any()):
+        return None
+    return lo, hi
+
+
+def active_set(x: np.ndarray, gradient: np.ndarray, box) -> np.ndarray | None:
+    """Coordinates held by their bound: resting on it with the descent direction ``-gradient``
+    pointing out of the box. A coordinate on a bound whose gradient points inward is free
+    (the projected gradient of box-constrained optimization), so a fit stuck on a bound
+    it should leave is never stationary."""
+    if box is None:
+        return None
+    lo, hi = box
+    return ((x <= lo) & (gradient > 0)) | ((x >= hi) & (gradient < 0))
+
+
+def init(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMOptions(), bounds=None) -> LMState:
     """The state at ``x0``: residuals, Jacobian, scaling and the initial trust region
-    ``options.factor * ||D x0||``. Residuals that are not finite end the run at once
-    (status not_finite, naming the first rows where they are not)."""
+    ``options.factor * ||D x0||``. Residuals or a Jacobian that are not finite end the run
+    at once (status not_finite, naming the first rows where they are not). ``bounds`` =
+    (lower, upper) clips ``x0`` into the box."""
     x = np.array(x0, dtype=np.float64)
-    r = np.asarray(residual(x), dtype=np.float64)
+    box = _box(bounds, x)
+    if box is not None:
+        x = np.minimum(np.maximum(x, box[0]), box[1])
+    r = as_real(residual(x))
     if not np.isfinite(r).all():
         return LMState(x, r, None, None, None, math.inf, math.nan, 0.0, 0.0, n_jacobian=0,
                        status=Status.NOT_FINITE, message=not_finite_message(r))
     fnorm = _norm(r)
-    jac = np.asarray(jacobian(x), dtype=np.float64)
+    jac = as_real(jacobian(x))
+    if not np.isfinite(jac).all():
+        return LMState(x, r, None, None, None, fnorm, math.nan, 0.0, 0.0, status=Status.NOT_FINITE,
+                       message=not_finite_message(jac, "in its derivatives at the starting values"))
     col_norms = _column_norms(jac)
+    inside = None if box is None else _box_steps.off_flat_bounds(x, col_norms, box)
+    evaluations = 1
+    if inside is not None:  # a start on a bound where the model is flat there: a saddle
+        evaluations = 2
+        r_in = as_real(residual(inside))
+        jac_in = as_real(jacobian(inside)) if np.isfinite(r_in).all() else None
+        if jac_in is not None and np.isfinite(jac_in).all():
+            x, r, jac, fnorm = inside, r_in, jac_in, _norm(r_in)
+            col_norms = _column_norms(jac)
     d = np.ones_like(x) if options.scaling == "none" else np.where(col_norms > 0, col_norms, 1.0)
     xnorm = _norm(d * x)
     delta = options.factor * xnorm if xnorm > 0 else options.factor
-    return LMState(x, r, jac, col_norms, d, fnorm, xnorm, delta, 0.0, history=[0.5 * fnorm**2])
-
-
-def not_finite_message(values: np.ndarray, where: str = "at the starting values",
-                       fix: str = "change the starting values (init), the bounds or the formula so that it "
-                                  "is defined there") -> str:
-    """What to tell the user when the model (through its residuals or terms, one row per data
-    point: ``values`` (n,) or (n, k)) is not finite ``where``: the first rows, 1-based."""
-    bad = ~np.isfinite(np.asarray(values).reshape(len(values), -1)).all(axis=1)
-    rows = np.nonzero(bad)[0]
-    shown = ", ".join(str(i + 1) for i in rows[:8]) + (" ..." if len(rows) > 8 else "")
-    return (f"the model is not finite {where} in {len(rows)} of {len(bad)} data row(s): {shown} (1-based); "
-            f"nothing was fitted: {fix}")
+    return LMState(x, r, jac, col_norms, d, fnorm, xnorm, delta, 0.0, n_residual=evaluations,
+                   n_jacobian=evaluations, history=[0.5 * fnorm**2])
 
 
 def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMOptions = LMOptions(),
-         at_bound: Callable | None = None) -> LMState:
+         bounds=None) -> LMState:
     """One iteration: the gradient test, then trust-region trials until one is accepted or
     a convergence test passes. Returns a new state (``state`` is not modified; the history
     list is shared). A finished state is returned unchanged.
 
-    ``at_bound(x)`` returns a boolean mask of coordinates resting on a bound; the
-    stationarity tests skip them. A converged state has passed the final stationarity test
-    (else its status is stalled).
+    ``bounds`` = (lower, upper) (P,) arrays (-inf/inf for none) confines the trials to the
+    box: coordinates in the :func:`active_set` are held, the others take the
+    Levenberg-Marquardt step; one that crosses a bound is reflected off it, or after a failed
+    reflection stops short of it and the others' step is solved again
+    (:func:`gradfit.optim.box.trial_point`); the ratio test uses the step taken. A converged
+    point is moved onto the bounds it pushes against when that does not raise the cost, and
+    the run goes on from there. Trial points whose residuals or Jacobian are
+    not finite (or complex) are rejected and the trust region shrinks. A converged state has
+    passed the final stationarity test on the projected gradient (else it is stalled).
     """
     if state.status is not None:
         return state
@@ -297,56 +249,98 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
     xnorm, delta, lam = state.xnorm, state.radius, state.damping
     n_res, n_jac = state.n_residual, state.n_jacobian
     it = state.iteration + 1
-    exempt = at_bound(x) if at_bound is not None else None
-    if fnorm <= options.residual_floor or scaled_gradient(jac, r, exempt, col_norms=col_norms,
+    box = _box(bounds, x)
+    held = active_set(x, jac.T @ r, box)
+    if fnorm <= options.residual_floor or scaled_gradient(jac, r, held, col_norms=col_norms,
                                                           r_norm=fnorm) <= gtol:
         message = ("residuals at working precision" if fnorm <= options.residual_floor
                    else "scaled gradient below gtol")
         new = _copy(state)
         new.iteration = it
-        return _finished(new, Status.CONVERGED, message, options, at_bound)
-    sub = _Subproblem(jac, r, d)
+        return _onto_bounds(residual, jacobian, new, box, options) or _finished(new, Status.CONVERGED, message,
+                                                                                  options, box)
+    if held is not None and held.any():
+        keep = np.nonzero(~held)[0]
+        sub = _Subproblem(jac[:, keep], r, d[keep])
+    else:
+        keep = None
+        sub = _Subproblem(jac, r, d)
     status = None
     message = ""
+    reflect = True  # a step that crosses a bound is reflected off it until a reflection fails
+    theta = _box_steps.THETA
+    if box is not None:  # stop closer to a bound as the fit converges (trf's rule)
+        theta = _box_steps.step_back(x, jac.T @ r, col_norms, fnorm, held, box)
     while True:  # shrink the trust region until a step is accepted
         lam = sub.damping_for(delta, lam)
         z = sub.step(lam)
-        dx = z / d
+        if keep is not None:
+            dx = np.zeros_like(x)
+            dx[keep] = z / d[keep]
+        else:
+            dx = z / d
         pnorm = _norm(z)
+        crossed = reflected = False
+        if box is not None:
+            x_new, how = _box_steps.trial_point(x, dx, box, reflect, theta)
+            crossed, reflected = how is not None, isinstance(how, str)
+            if crossed and not reflected:  # stopped short of the bound: the others' step again
+                x_new = _box_steps.rest_of_step(_Subproblem, jac, r, d, lam, x, x_new, how, keep, box,
+                                                theta)
+                dx = x_new - x
+                pnorm = _norm(d * dx)
+        else:
+            x_new = x + dx
         if it == 1:
             delta = min(delta, pnorm)
-        x_new = x + dx
-        r_new = np.asarray(residual(x_new), dtype=np.float64)
+        r_new = as_real(residual(x_new))
         n_res += 1
         fnorm1 = _norm(r_new)  # NaN and inf propagate into the norm
         if not math.isfinite(fnorm1):
             fnorm1 = math.inf
         actred = 1.0 - (fnorm1 / fnorm) ** 2 if 0.1 * fnorm1 < fnorm else -1.0
-        t1 = _norm(jac @ dx) / fnorm
-        t2 = math.sqrt(lam) * pnorm / fnorm
-        prered = t1**2 + 2.0 * t2**2
-        dirder = -(t1**2 + t2**2)
-        ratio = actred / prered if prered != 0 else 0.0
+        if crossed and not reflected:
+            # the linear model's reduction for the shortened step (Moré's identities hold only
+            # for the Levenberg-Marquardt step itself; a reflected step is that step in the
+            # problem folded at the bound, and keeps its prediction)
+            jd = jac @ dx
+            rjd = float(r @ jd) / fnorm**2
+            prered = -(2.0 * rjd + float(jd @ jd) / fnorm**2)
+            dirder = rjd
+        else:
+            t1 = _norm(jac @ dx) / fnorm
+            t2 = math.sqrt(lam) * pnorm / fnorm
+            prered = t1**2 + 2.0 * t2**2
+            dirder = -(t1**2 + t2**2)
+        ratio = actred / prered if prered > 0 else 0.0
+        jac_new = None
+        if ratio >= 1e-4:
+            jac_new = as_real(jacobian(x_new))
+            n_jac += 1
+            if not np.isfinite(jac_new).all():  # derivatives overflow there: a failed trial
+                ratio, actred, jac_new = 0.0, -1.0, None
+        if reflected and jac_new is None:
+            reflect = False
         if ratio <= 0.25:
-            temp = 0.5 if actred >= 0 else 0.5 * dirder / (dirder + 0.5 * actred)
+            temp = 0.5 if actred >= 0 else (0.5 * dirder / (dirder + 0.5 * actred) if dirder + 0.5 * actred != 0
+                                            else 0.1)
             if 0.1 * fnorm1 >= fnorm or temp < 0.1:
                 temp = 0.1
             delta = temp * min(delta, pnorm / 0.1)
             lam = lam / temp
-        elif lam == 0.0 or ratio >= 0.75:
-            delta = pnorm / 0.5
+        elif lam == 0.0 or ratio >= 0.75:  # (a step shortened at a bound does not shrink it)
+            delta = max(delta, pnorm / 0.5) if crossed and not reflected else pnorm / 0.5
             lam = 0.5 * lam
-        accepted = ratio >= 1e-4
+        accepted = jac_new is not None
         if accepted:
             x, r, fnorm = x_new, r_new, fnorm1
-            jac = np.asarray(jacobian(x), dtype=np.float64)
+            jac = jac_new
             col_norms = _column_norms(jac)
-            n_jac += 1
             if options.scaling != "none":
                 d = np.maximum(d, col_norms)
             xnorm = _norm(d * x)
             state.history.append(0.5 * fnorm**2)
-        if abs(actred) <= ftol and prered <= ftol and 0.5 * ratio <= 1.0:
+        if abs(actred) <= ftol and 0 <= prered <= ftol and 0.5 * ratio <= 1.0:
             status, message = Status.CONVERGED, "relative cost reduction below ftol"
         elif delta <= xtol * xnorm:
             status, message = Status.CONVERGED, "relative step below xtol"
@@ -355,8 +349,38 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
         if status is not None or accepted:
             break
     new = LMState(x, r, jac, col_norms, d, fnorm, xnorm, delta, lam, it, n_res, n_jac, state.history,
-                  accepted=accepted)
-    return new if status is None else _finished(new, status, message, options, at_bound)
+                  accepted=accepted, snaps=state.snaps)
+    if status is None:
+        return new
+    if status == Status.CONVERGED:
+        return _onto_bounds(residual, jacobian, new, box, options) or _finished(new, status, message, options, box)
+    return _finished(new, status, message, options, box)
+
+
+#: how many times one run moves a converged point onto the bounds before it accepts it as is
+MAX_SNAPS = 5
+
+
+def _onto_bounds(residual: Callable, jacobian: Callable, state: LMState, box, options: LMOptions) -> LMState | None:
+    """A converged point next to a bound the gradient pushes against, moved onto it (iterates
+    otherwise stay strictly inside, :mod:`gradfit.optim.box`): the running state at the new
+    point when its cost is not higher, else None (the convergence stands)."""
+    if box is None or state.snaps >= MAX_SNAPS or state.fnorm <= options.residual_floor:
+        return None
+    moved, n_res, n_jac = _box_steps.onto_bounds(residual, jacobian, state.x, state.jacobian.T @ state.residuals,
+                                                 state.col_norms, state.fnorm, box)
+    state.n_residual += n_res
+    state.n_jacobian += n_jac
+    if moved is None:
+        return None
+    x_new, r_new, jac = moved
+    fnorm = _norm(r_new)
+    col_norms = _column_norms(jac)
+    d = state.scale if options.scaling == "none" else np.maximum(state.scale, col_norms)
+    state.history.append(0.5 * fnorm**2)
+    return LMState(x_new, r_new, jac, col_norms, d, fnorm, _norm(d * x_new), state.radius, state.damping,
+                   state.iteration, state.n_residual, state.n_jacobian, state.history, accepted=True,
+                   snaps=state.snaps + 1)
 
 
 def _copy(state: LMState) -> LMState:
@@ -370,13 +394,14 @@ def _with_status(state: LMState, status: Status, message: str) -> LMState:
     return state
 
 
-def _finished(state: LMState, status: Status, message: str, options: LMOptions, at_bound) -> LMState:
+def _finished(state: LMState, status: Status, message: str, options: LMOptions, box) -> LMState:
     """Set the final status of a state ``step`` made; "converged" must pass the
-    stationarity test at the end point."""
+    stationarity test (on the projected gradient when there are bounds) at the end point."""
     if status == Status.CONVERGED and state.fnorm > options.residual_floor:
-        measure = scaled_gradient(state.jacobian, state.residuals, at_bound(state.x) if at_bound is not None else None,
-                                  col_norms=state.col_norms, r_norm=state.fnorm)
-        if measure > options.stationary:
+        held = active_set(state.x, state.jacobian.T @ state.residuals, box)
+        measure = scaled_gradient(state.jacobian, state.residuals, held, col_norms=state.col_norms,
+                                  r_norm=state.fnorm)
+        if not measure <= options.stationary:
             status = Status.STALLED
             message = (f"stopped at a point that is not stationary (scaled gradient {measure:.2e} > "
                        f"{options.stationary:.0e}); try another starting point")
@@ -384,14 +409,15 @@ def _finished(state: LMState, status: Status, message: str, options: LMOptions, 
 
 
 def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMOptions(),
-                        callback: Callable | None = None, at_bound: Callable | None = None) -> LMOutcome:
+                        callback: Callable | None = None, bounds=None) -> LMOutcome:
     """Minimise ``0.5*||residual(x)||^2`` from ``x0``: :func:`init`, then :func:`step` until
     the state has a status. See the module docstring.
 
     ``residual(x)`` returns the (n,) residuals and ``jacobian(x)`` their (n, P) Jacobian, as
-    float64 numpy arrays. ``at_bound(x)`` returns a boolean mask of coordinates resting on a
-    bound (in transformed coordinates their gradient vanishes only in the limit); the
-    stationarity tests skip them. A callback ``callback(iteration, cost)``, called after each
+    float64 numpy arrays. ``bounds`` = (lower, upper), each a number or a (P,) array
+    (-inf/inf for no limit), confines ``x`` to a box (see :func:`step`);
+    a coordinate that ends on a bound with the gradient pointing outward is exempt from the
+    stationarity test. A callback ``callback(iteration, cost)``, called after each
     accepted step, returning True stops the run (status stopped).
 
     >>> t = np.array([0.0, 1.0, 2.0, 3.0])
@@ -400,10 +426,13 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: 
     >>> out = levenberg_marquardt(res, np.array([1.0, 1.0]), jacobian=jac)
     >>> str(out.status), [round(v, 6) for v in out.x.tolist()]
     ('converged', [2.0, 0.5])
+    >>> out = levenberg_marquardt(res, np.array([1.0, 1.0]), jacobian=jac, bounds=([0.0, 0.7], [np.inf, np.inf]))
+    >>> str(out.status), round(float(out.x[1]), 6)
+    ('converged', 0.7)
     """
-    state = init(residual, x0, jacobian=jacobian, options=options)
+    state = init(residual, x0, jacobian=jacobian, options=options, bounds=bounds)
     while state.status is None:
-        state = step(residual, state, jacobian=jacobian, options=options, at_bound=at_bound)
+        state = step(residual, state, jacobian=jacobian, options=options, bounds=bounds)
         if callback is not None and state.accepted and callback(state.iteration, state.history[-1]):
             state = _with_status(_copy(state), Status.STOPPED, f"stopped by a callback at iteration {state.iteration}")
     return outcome(state)
@@ -412,7 +441,7 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: 
 def outcome(state: LMState) -> LMOutcome:
     """The result of a finished run."""
     return LMOutcome(state.x, state.cost, state.status, state.iteration, state.message, state.history,
-                     state.n_residual, state.n_jacobian, state.residuals)
+                     state.n_residual, state.n_jacobian, state.residuals, state.jacobian)
 
 
 #: (scaling, factor) tried in turn by :func:`robust_levenberg_marquardt`
@@ -421,14 +450,15 @@ STRATEGIES = (("jacobian", 100.0), ("none", 100.0), ("jacobian", 1.0), ("none", 
 
 def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
                                options: LMOptions = LMOptions(), callback: Callable | None = None,
-                               restarts: bool = True, at_bound: Callable | None = None) -> tuple[LMOutcome, str]:
+                               restarts: bool = True, bounds=None) -> tuple[LMOutcome, str]:
     """Levenberg-Marquardt from ``x0`` with a small portfolio of strategies.
 
     MINPACK's choices (Jacobian scaling, initial trust region 100*||D x0||) come first; when
     they end without converging (NIST BoxBOD from its first start stalls on a plateau), unscaled
     steps and then cautious initial trust regions (MGH10's first start) are tried in turn. The
     first converged run wins; if none converges, the lowest cost. Returns the outcome and the
-    strategy that produced it, e.g. "scaling=jacobian, factor=100".
+    strategy that produced it, e.g. "scaling=jacobian, factor=100". ``bounds`` as in
+    :func:`levenberg_marquardt`.
     """
     plan = STRATEGIES if restarts else STRATEGIES[:1]
     best: LMOutcome | None = None
@@ -436,9 +466,12 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
     total_res = total_jac = 0
     for scaling, factor in plan:
         # a start where the model is not finite is the same start for every strategy
-        if best is not None and best.status in (Status.STOPPED, Status.CONVERGED, Status.NOT_FINITE):
+        # (a converged point where the model is flat in a parameter, a plateau the first
+        # strategies can jump onto, is not final: the lowest converged cost wins)
+        if best is not None and best.status in (Status.STOPPED, Status.CONVERGED, Status.NOT_FINITE) and not (
+                best.status == Status.CONVERGED and _flat(best)):
             break
-        out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback, at_bound=at_bound,
+        out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback, bounds=bounds,
                                   options=replace(options, scaling=scaling, factor=factor))
         total_res += out.n_residual
         total_jac += out.n_jacobian
@@ -446,6 +479,17 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
             best, best_name = out, f"scaling={scaling}, factor={factor:g}"
     best.n_residual, best.n_jacobian = total_res, total_jac
     return best, best_name
+
+
+def _flat(out: LMOutcome) -> bool:
+    """Whether the model is flat (to rounding) in some parameter at the end point."""
+    if out.jacobian is None or out.jacobian.size == 0:
+        return False
+    cn = _column_norms(out.jacobian)
+    return bool((cn <= _EPS * cn.max()).any())
+
+
+_EPS = float(np.finfo(np.float64).eps)
 
 
 def _better(a: LMOutcome, b: LMOutcome) -> bool:

@@ -1,5 +1,6 @@
 """BatchResult: what fit_many returns. Arrays of one value per fit; reports itself and saves to
-.npz (every field, loadable with :meth:`BatchResult.load`), Parquet or CSV (tables)."""
+.npz (every field), Parquet or CSV (the per-fit table, ids kept with their type); all three
+load back with :meth:`BatchResult.load`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ __all__ = ["BatchResult", "STATUS_NAMES"]
 STATUS_NAMES = {s.code: s.value for s in Status}
 #: the keys of BatchResult.stats (the residual-free keys of FitResult.stats)
 STAT_KEYS = ("n", "dof", "chisqr", "redchi", "aic", "bic")
+_READS = "BatchResult.load reads the .npz files and the .csv/.parquet tables that BatchResult.save writes"
 #: version of the .npz document written by :meth:`BatchResult.save`
 _FORMAT = 2
 
@@ -136,18 +138,22 @@ class BatchResult:
     def columns(self) -> dict:
         """One column per quantity: fit, id (if any), <param>, <param>_stderr, the statistics
         under the keys of ``stats`` and of FitResult.stats (n, dof, chisqr, redchi, aic, bic),
-        iterations, status, converged."""
-        out = {"fit": np.arange(len(self))}
-        if self.ids is not None:
-            out["id"] = self.ids
-        for n in self.param_names:
-            out[n] = self.params[n]
-        for n in self.param_names:
-            out[f"{n}_stderr"] = self.stderr[n]
+        iterations, status, converged.
+
+        Parameters keep their names: a bookkeeping column whose name a parameter (or its
+        ``_stderr``) takes is written as ``result_<name>`` (Hill's ``n`` vs points ``n``).
+        Ids keep their type (text, integers) so the table joins back to the data.
+        """
+        params = {n: self.params[n] for n in self.param_names}
+        params.update({f"{n}_stderr": self.stderr[n] for n in self.param_names})
         st = self.stats
-        out.update(n=st["n"], dof=st["dof"], chisqr=st["chisqr"], redchi=st["redchi"], aic=st["aic"], bic=st["bic"],
-                   iterations=self.iterations, status=self.status_text, converged=self.converged)
-        return out
+        fixed = {"fit": np.arange(len(self))}
+        if self.ids is not None:
+            fixed["id"] = self.ids
+        rest = dict(n=st["n"], dof=st["dof"], chisqr=st["chisqr"], redchi=st["redchi"], aic=st["aic"],
+                    bic=st["bic"], iterations=self.iterations, status=self.status_text, converged=self.converged)
+        rename = (lambda k: f"result_{k}" if k in params else k)
+        return {**{rename(k): v for k, v in fixed.items()}, **params, **{rename(k): v for k, v in rest.items()}}
 
     def to_pandas(self):
         """A pandas DataFrame, one row per fit."""
@@ -176,8 +182,8 @@ class BatchResult:
 
     # -- files -------------------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write .npz (every field, no pickles; read back with :meth:`load`), .parquet or .csv
-        (the table of :meth:`columns`), atomically."""
+        """Write .npz (every field, no pickles; text ids as a unicode array), .parquet or .csv
+        (the table of :meth:`columns`), atomically; :meth:`load` reads each back."""
         from .._files import atomic_write_bytes
 
         path = Path(path)
@@ -204,22 +210,37 @@ class BatchResult:
         doc["param_names"] = np.array(self.param_names, dtype=str)
         doc["model_text"] = np.asarray(self.model_text, dtype=str)
         doc["timings"] = np.asarray(json.dumps(self.timings), dtype=str)
-        if self.ids is not None:
+        if self.ids is not None:  # text ids as a unicode array: no pickles
             ids = np.asarray(self.ids)
-            doc["ids"] = ids.astype(str) if ids.dtype == object else ids
+            doc["ids"] = ids.astype(str) if ids.dtype.kind in "OSU" else ids
         return doc
 
     @classmethod
     def load(cls, path) -> "BatchResult":
-        """Read a BatchResult saved as .npz (also the files of earlier versions, which had
-        chi2, redchi and n_points but no stats, ids or timings).
+        """Read a BatchResult written by :meth:`save`.
+
+        .npz gives back every field (also the files of earlier versions, which had chi2,
+        redchi and n_points but no stats, ids or timings). .csv and .parquet tables give back
+        every per-fit column (parameters, errors, statistics, iterations, status, ids); the
+        model text and timings are not in a table. Text ids come back as str, integer ids as
+        int64.
 
         Raises PersistError for a missing or unreadable file.
+
+        Examples
+        --------
+        >>> import numpy as np, gradfit as gf, tempfile, pathlib
+        >>> r = gf.fit_many("a*x", x=np.arange(3.0), y=[[0.0, 2.0, 4.1], [0.0, 1.0, 2.1]], init={"a": 1})
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "r.csv"
+        >>> r.save(p)
+        >>> bool(np.allclose(BatchResult.load(p).params["a"], r.params["a"]))
+        True
         """
         path = Path(path)
+        if path.suffix.lower() in (".csv", ".parquet"):
+            return _from_table(path)
         if path.suffix.lower() != ".npz":
-            raise PersistError(f"{path}: BatchResult.load reads the .npz files BatchResult.save writes; "
-                               f".csv and .parquet tables are for other tools (read them with pandas)")
+            raise PersistError(f"{path}: not {path.suffix or 'a file without extension'}; {_READS}")
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
@@ -235,7 +256,7 @@ class BatchResult:
         base = cls(param_names=names, params={}, stderr={}, stats={}, status=flat["status"],
                    iterations=flat["iterations"], model_text=str(arrays.get("model_text", "")),
                    timings=json.loads(str(arrays["timings"])) if "timings" in arrays else {},
-                   ids=arrays.get("ids"))
+                   ids=_ids(arrays.get("ids")))
         return base.with_arrays({k: v for k, v in flat.items() if k.startswith(("param:", "stderr:", "stats:",
                                                                                    "status", "iterations"))})
 
@@ -250,6 +271,47 @@ def _stats_of_format1(flat: dict, n_params: int) -> dict:
     n_free = n_free[np.isfinite(n_free)]
     k = int(np.rint(n_free[0])) if n_free.size else n_params
     return {f"stats:{key}": v for key, v in batch_statistics(chi2, n, k).items()}
+
+
+def _from_table(path: Path) -> "BatchResult":
+    """A BatchResult from the table of :meth:`BatchResult.columns` (the inverse of save)."""
+    from ..data.io import read_table
+    from ..errors import DataError
+
+    try:
+        cols = read_table(path)
+    except DataError as exc:
+        raise PersistError(f"cannot read fit_many results from {path} ({exc}); {_READS}") from None
+    names = tuple(k[: -len("_stderr")] for k in cols if k.endswith("_stderr") and k[: -len("_stderr")] in cols)
+
+    taken = {*names, *(f"{n}_stderr" for n in names)}
+
+    def fixed(key):  # bookkeeping columns a parameter's name took are written result_<key>
+        return cols.get(f"result_{key}" if key in taken else key)
+
+    status = fixed("status")
+    if not names or status is None or fixed("iterations") is None:
+        raise PersistError(f"{path} is not a fit_many result table (it needs <param>, <param>_stderr, status and "
+                           "iterations columns)")
+    by_name = {s.value: s.code for s in Status}
+    unknown = sorted({str(v) for v in status} - set(by_name))
+    if unknown:
+        raise PersistError(f"{path}: unknown status {unknown[0]!r} in the status column")
+    stats = {k: np.asarray(fixed(k), dtype=float) for k in STAT_KEYS if fixed(k) is not None}
+    ids = fixed("id")
+    return BatchResult(param_names=names, params={n: np.asarray(cols[n], dtype=float) for n in names},
+                       stderr={n: np.asarray(cols[f"{n}_stderr"], dtype=float) for n in names},
+                       stats=stats, status=np.array([by_name[str(v)] for v in status], dtype=np.int8),
+                       iterations=np.asarray(fixed("iterations")), ids=ids)
+
+
+def _ids(ids):
+    """Saved ids as fit_many returns them: text as an object array of str, numbers as they were."""
+    if ids is None or ids.dtype.kind not in "US":
+        return ids
+    out = np.empty(ids.shape, dtype=object)
+    out[...] = ids.astype(str).tolist()
+    return out
 
 
 def _med(v) -> str:

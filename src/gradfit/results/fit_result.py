@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelError, PersistError
-from ..options import FitOptions
 from ..status import Status
 from .document import (ARRAY, INT, NAMES, NUMBER, NUMBERS, SERIES, STATUS, TEXT, TREE, decode_fields,
                        encode_fields, model_from_spec, optional)
@@ -25,6 +24,12 @@ __all__ = ["FitResult", "load"]
 
 #: parameters shown by repr() before it abbreviates
 _REPR_PARAMS = 6
+
+
+def _short(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis."""
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True, repr=False)
@@ -79,14 +84,20 @@ class FitResult:
             object.__setattr__(self, "status", Status(self.status))
 
     def __repr__(self) -> str:
+        """One line of at most ~300 characters: model, status, loss and the first parameters
+        (never the history, settings or weights; :meth:`report` has the full text)."""
         if self.params:
             shown = list(self.params.items())[:_REPR_PARAMS]
-            params = ", ".join(f"{k}={v:.6g}" for k, v in shown)
-            params = "{" + params + (", ..." if len(self.params) > _REPR_PARAMS else "") + "}"
+            params = ", ".join(f"{_short(k, 20)}={v:.6g}" for k, v in shown)
+            more = len(self.params) - len(shown)
+            params = "{" + params + (f", ... ({more} more)" if more else "") + "}"
         else:
-            params = f"<{sum(p.numel() for p in self.model.module.parameters())} network weights>"
-        return (f"FitResult(model={self.model.describe()!r}, status={self.status.value}, loss={self.loss:.6g}, "
-                f"params={params})")
+            module = getattr(self.model, "module", None)
+            count = sum(p.numel() for p in module.parameters()) if module is not None else 0
+            params = f"<{count} network weights>"
+        loss = f"{self.loss:.6g}" if isinstance(self.loss, (int, float)) else repr(self.loss)
+        return (f"FitResult(model={_short(self.model.describe(), 60)!r}, status={Status(self.status).value}, "
+                f"loss={loss}, params={params})")
 
     @property
     def method(self) -> str:
@@ -104,13 +115,22 @@ class FitResult:
         Parameters
         ----------
         level : confidence level, between 0 and 1.
-        method : "normal": value +/- z*stderr (no data needed). "profile": profile
+        method : "normal" (the Wald interval; no data needed): value +/- q * stderr, where q is
+            the Student t quantile ``t(0.5 + level/2, dof)`` with ``dof = n - n_free`` (the scale
+            is estimated from the residuals, as statsmodels' ``conf_int`` does for OLS and NLS), or
+            the normal quantile z when the fit used ``absolute_sigma=True`` (known scale). At large
+            dof, t tends to z (1.96 at 95%); at dof = 3 it is 3.18. "profile": profile
             likelihood, refitting the other parameters with each one held at trial values until
             chi-square rises by z^2 * (reduced chi-square) (z^2 alone with absolute sigma).
         x, y, data, sigma, weights : for method="profile" only: the data the fit was made with,
             passed as to :func:`gradfit.fit` (a result keeps no data, so this works the same on
             a fresh and on a loaded result). The problem is rebuilt from the model and the
             settings (bounds, fixed, tie, absolute_sigma, validation split).
+
+        Returns
+        -------
+        dict name -> (low, high) floats, in the parameter's units; NaN where dof < 1 or the
+        standard error is undetermined.
 
         Raises
         ------
@@ -121,32 +141,47 @@ class FitResult:
         FitError
             No standard errors (not a least-squares fit), or a profile that never reaches the level.
 
+        Notes
+        -----
+        t quantiles come from ``scipy.stats.t.ppf`` when scipy is installed, else from mpmath
+        (exact to float64 rounding); see :mod:`gradfit.results.intervals`.
+
         Examples
         --------
         >>> import gradfit as gf
         >>> x, y = [0.0, 1.0, 2.0, 3.0], [1.0, 3.1, 4.9, 7.2]
         >>> r = gf.fit("a*x + b", x=x, y=y)
+        >>> lo, hi = r.ci(0.95)["a"]    # a +/- t(0.975, dof=2) * stderr, t = 4.303
+        >>> round((hi - lo) / 2 / r.stderr["a"], 3)
+        4.303
         >>> lo, hi = r.ci(0.95, method="profile", x=x, y=y)["a"]
         >>> bool(lo < r.params["a"] < hi)
         True
         """
         from ..errors import ConfigError, FitError
-        from ..stats import normal_interval
+        from .intervals import wald_interval
 
-        if not 0.0 < level < 1.0:
-            raise ConfigError(f"level must be between 0 and 1, got {level}")
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < level < 1.0:
+            raise ConfigError(f"level must be between 0 and 1, got {level!r}")
         if self.stderr is None:
             raise FitError("no standard errors: uncertainties need a least-squares loss and a scalar-parameter model")
+        absolute = self.absolute_sigma
         if method == "normal":
-            return {n: normal_interval(self.params[n], self.stderr[n], level) for n in self.free}
+            dof = (self.stats or {}).get("dof")
+            return {n: wald_interval(self.params[n], self.stderr[n], level, dof, absolute) for n in self.free}
         if method != "profile":
             raise ConfigError(f"method must be 'normal' or 'profile', got {method!r}")
         from ..lsq.profile import profile_intervals, rebuild_problem
 
         problem = rebuild_problem(self.model, self.params, self.settings, self.stats, x=x, y=y, data=data,
                                   sigma=sigma, weights=weights)
-        absolute = FitOptions.from_dict(self.settings.get("options") or {}).least_squares.absolute_sigma
         return profile_intervals(problem, self.params, self.stderr, self.stats, level, absolute, self.free)
+
+    @property
+    def absolute_sigma(self) -> bool:
+        """Whether the fit treated sigma as absolute (known scale: z intervals, no rescaling)."""
+        least_squares = (self.settings.get("options") or {}).get("least_squares") or {}
+        return bool(least_squares.get("absolute_sigma", False))
 
     # -- prediction ---------------------------------------------------------------------
     def predict(self, x=None, *, data=None):
@@ -172,19 +207,18 @@ class FitResult:
 
     def _inputs_for(self, x, data) -> dict:
         from ..data.arrays import as_float_array
-        from ..errors import did_you_mean
-        from ..data.io import columns_from_frame
-        from ..errors import DataError
+        from ..errors import DataError, did_you_mean
 
         names = self.model.input_names
         if data is not None:
-            cols = columns_from_frame(data) if hasattr(data, "columns") else {
-                str(k): as_float_array(v, str(k)) for k, v in data.items()}
+            cols = [str(c) for c in (data.columns if hasattr(data, "columns") else data.keys())]
             x = {}
             for n in names:
                 if n not in cols:
                     raise DataError(f"no column {n!r} for input {n!r}{did_you_mean(n, cols)}")
-                x[n] = cols[n]
+                # only the model's inputs must be numeric (ids and labels may be text)
+                column = data[n] if hasattr(data, "columns") else data[next(k for k in data if str(k) == n)]
+                x[n] = as_float_array(column.to_numpy() if hasattr(column, "to_numpy") else column, f"column {n!r}")
             return x
         if x is None:
             raise DataError("predict needs x=... or data=...")
@@ -298,22 +332,26 @@ def load(path, *, module=None, function=None) -> FitResult:
     True
     """
     doc, weights = read_document(path)
-    if doc.get("format_version") == 1:
-        doc = _upgrade_version_1(doc)
+    doc = _numeric_bounds(doc)
     try:
         return FitResult.from_document(doc, weights=weights, module=module, function=function)
     except (PersistError, ModelError) as exc:
         raise type(exc)(f"{path}: {exc}") from None
 
 
-def _upgrade_version_1(doc: dict) -> dict:
-    """Format 1 wrote non-finite bounds in ``settings`` as the strings "inf" and "-inf"; turn
-    them into the numbers format 2 stores, so old bounded fits report and refit as new ones."""
+def _numeric_bounds(doc: dict) -> dict:
+    """Bounds in ``settings`` as numbers: format 1 wrote non-finite bounds as the strings "inf"
+    and "-inf" (and a hand-edited file may too); turn them into the floats format 2 stores, so
+    such bounded fits report and refit as new ones. Other strings are left for the report's
+    checks to name."""
     settings = doc.get("settings")
     bounds = settings.get("bounds") if isinstance(settings, dict) else None
     if not isinstance(bounds, dict):
         return doc
-    numbers = {"inf": math.inf, "-inf": -math.inf}
-    fixed = {name: [numbers.get(v, v) if isinstance(v, str) else v for v in pair] if isinstance(pair, list) else pair
-             for name, pair in bounds.items()}
+    numbers = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "infinity": math.inf, "-infinity": -math.inf}
+
+    def number(v):
+        return numbers.get(v.strip().lower(), v) if isinstance(v, str) else v
+
+    fixed = {name: [number(v) for v in pair] if isinstance(pair, list) else pair for name, pair in bounds.items()}
     return {**doc, "settings": {**settings, "bounds": fixed}}

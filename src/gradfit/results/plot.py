@@ -144,8 +144,12 @@ def plot_tuning(study, folder) -> list:
     _save(fig, folder / "history.png")
     written.append(folder / "history.png")
     if len(trials) >= 2 and trials[0].params:
+        import warnings
+
         try:
-            importances = optuna.importance.get_param_importances(study)
+            with warnings.catch_warnings():  # optuna's notes on few trials are not the user's concern
+                warnings.simplefilter("ignore", UserWarning)
+                importances = optuna.importance.get_param_importances(study)
         except (RuntimeError, ValueError, ZeroDivisionError):
             importances = {}
         if importances:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from ..options import FitOptions
+from .intervals import CI_CONVENTION, IC_CONVENTION
 
 __all__ = ["text_report", "STRONG_CORRELATION"]
 
@@ -18,9 +19,23 @@ def _num(v) -> str:
     return f"{v:.6g}"
 
 
+def _bound(v, missing: str) -> str:
+    """A bound as text: numbers with :g, None (no bound) as +/-inf, anything else as it is."""
+    if v is None:
+        return missing
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+
 def text_report(result) -> str:
     s = result.settings
     lines = [f"model      {result.model.describe()}"]
+    # always say which names are data and which are estimated (a column named like a
+    # parameter is an input; this line keeps that from being silent)
+    inputs = tuple(getattr(result.model, "input_names", ()) or ())
+    if inputs:
+        lines.append(f"inputs     {', '.join(inputs)}")
+    if result.params and getattr(result.model, "scalar_params", False):
+        lines.append(f"parameters {', '.join(result.params)}")
     method = result.method
     if method in ("linear", "lm"):
         lines.append(f"method     {method} ({result.method_reason})")
@@ -45,6 +60,10 @@ def text_report(result) -> str:
         lines.append(f"  chi-square {_num(st['chisqr'])}, reduced chi-square {_num(st['redchi'])}, "
                      f"RSS {_num(st['rss'])}, RMSE {_num(st['rmse'])}")
         lines.append(f"  R-squared {_num(st['r2'])}, AIC {_num(st['aic'])}, BIC {_num(st['bic'])}")
+        k = st["n"] - st["dof"]
+        lines.append(f"  {IC_CONVENTION.format(k=k)}")
+        if result.stderr is not None:
+            lines.append(f"  {CI_CONVENTION[result.absolute_sigma].format(dof=st['dof'])}")
     if result.params:
         lines.extend(_parameter_lines(result))
     lines.extend(_correlation_lines(result))
@@ -74,7 +93,7 @@ def _parameter_lines(result) -> list[str]:
             extras.append(f"= {tie[k]}")
         if k in bounds:
             lo, hi = bounds[k]
-            extras.append(f"bounds [{lo:g}, {hi:g}]")
+            extras.append(f"bounds [{_bound(lo, '-inf')}, {_bound(hi, 'inf')}]")
         if k in init and k not in fixed and k not in tie:
             extras.append(f"init {init[k]:g}")
         if extras:

@@ -8,7 +8,8 @@ stops training ends the epoch:
 3. :class:`LRSchedule` — records the learning rate and steps the schedule;
 4. :class:`EarlyStopping` — stops when the validation loss stops improving, keeps the best epoch;
 5. the user's callbacks (logging, progress, anything that returns True to stop);
-6. :class:`ToleranceConvergence` — the ``tol`` test;
+6. :class:`ToleranceConvergence` — the ``tol`` test; :class:`LBFGSConvergence` — L-BFGS's own
+   tolerances (full-batch L-BFGS only);
 7. the :class:`~gradfit.train.checkpoint.Checkpointer`, last, so that a checkpoint holds every
    other callback's state after the epoch.
 
@@ -24,7 +25,7 @@ from ..callbacks import Callback
 from ..status import Status
 
 __all__ = ["DivergenceGuard", "History", "LRSchedule", "EarlyStopping", "ToleranceConvergence",
-           "DIVERGED_HINT", "CONVERGED_WINDOW"]
+           "LBFGSConvergence", "DIVERGED_HINT", "CONVERGED_WINDOW"]
 
 DIVERGED_HINT = ("the loss became inf/nan; lower the learning rate (e.g. 10x smaller) "
                  "or normalize the inputs (normalize=True, --normalize)")
@@ -160,3 +161,39 @@ class ToleranceConvergence(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.calm, self.previous = int(state["calm"]), state["previous"]
+
+
+class LBFGSConvergence(Callback):
+    """Stops with status ``converged`` when a full-batch ``torch.optim.LBFGS`` epoch ended on
+    L-BFGS's own tolerances rather than on its iteration or evaluation budget.
+
+    One epoch is one ``LBFGS.step``: up to ``max_iter`` inner iterations and ``max_eval``
+    function evaluations. The step returns early only when the gradient is at most
+    ``tolerance_grad`` (max-abs), or when it made no progress: a directional derivative, a
+    parameter step or a loss change below ``tolerance_change``. Those are L-BFGS's own
+    stationarity tests, so further epochs would repeat the same evaluation without moving;
+    without this test a converged L-BFGS fit runs on to ``epochs`` and ends ``max_epochs``.
+    The counters compared are torch's own (``state["n_iter"]`` and ``state["func_evals"]``).
+    """
+
+    def __init__(self):
+        self._start = None
+
+    @staticmethod
+    def _counters(optimizer) -> tuple[int, int]:
+        state = optimizer.state[optimizer._params[0]] if optimizer._params else {}
+        return int(state.get("n_iter", 0)), int(state.get("func_evals", 0))
+
+    def before_epoch(self, loop) -> None:
+        self._start = self._counters(loop.optimizer)
+
+    def after_epoch(self, loop) -> None:
+        if self._start is None or loop.stopped:
+            return
+        n_iter, evals = self._counters(loop.optimizer)
+        group = loop.optimizer.param_groups[0]
+        iterations, evaluations = n_iter - self._start[0], evals - self._start[1]
+        if iterations < group["max_iter"] and evaluations < group["max_eval"]:
+            loop.stop(Status.CONVERGED, f"L-BFGS met its tolerances after {iterations} inner iteration(s) "
+                      f"(gradient <= tolerance_grad={group['tolerance_grad']:g} or progress below "
+                      f"tolerance_change={group['tolerance_change']:g})")

@@ -145,6 +145,8 @@ def capture_state(loop) -> tuple[dict, dict]:
     tensors = {f"leaf.{i}": t for i, t in enumerate(objective.leaves)}
     for i, t in enumerate(objective.divergence_state()):
         tensors[f"good.{i}"] = t
+    for k, t in objective.extra_state().items():
+        tensors[f"objective.{k}"] = t
     opt = loop.optimizer.state_dict()
     opt_meta = {"param_groups": opt["param_groups"], "state": {}}
     for pid, st in opt["state"].items():
@@ -177,6 +179,7 @@ def restore_state(resume: tuple, loop) -> None:
         for i, t in enumerate(objective.leaves):
             t.copy_(tensors[f"leaf.{i}"])
     objective.load_divergence_state(_numbered(tensors, "good"))
+    objective.load_extra_state({k[len("objective."):]: v for k, v in tensors.items() if k.startswith("objective.")})
     opt_meta = meta["optimizer"]
     state = {}
     for pid, st in opt_meta["state"].items():

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from ..callbacks import Callback
 from ..status import Status
-from .callbacks import (CONVERGED_WINDOW, DIVERGED_HINT, DivergenceGuard, EarlyStopping, History, LRSchedule,
-                        ToleranceConvergence)
+from .callbacks import (CONVERGED_WINDOW, DIVERGED_HINT, DivergenceGuard, EarlyStopping, History, LBFGSConvergence,
+                        LRSchedule, ToleranceConvergence)
 
 __all__ = ["LoopConfig", "LoopOutcome", "LoopState", "run_loop", "DIVERGED_HINT", "CONVERGED_WINDOW"]
 
@@ -82,7 +82,7 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     with validation data, the validation loss after the epoch's updates. Then the callbacks
     run in the order train/callbacks.py lists: divergence guard, history, ``scheduler``,
     early stopping (``config.early_stopping``), the user's ``callbacks``, the ``config.tol``
-    test and the ``checkpointer``; the first that stops training ends the run.
+    test, L-BFGS's own tolerances (full-batch ``torch.optim.LBFGS``) and the ``checkpointer``; the first that stops training ends the run.
 
     Parameters
     ----------
@@ -111,7 +111,7 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     is_lbfgs = isinstance(optimizer, torch.optim.LBFGS)
     generator = torch.Generator(device=train.y.device).manual_seed(config.seed) if minibatch else None
     loop = LoopState(objective, optimizer, config.epochs, generator,
-                     _callbacks(config, callbacks, scheduler, checkpointer))
+                     _callbacks(config, callbacks, scheduler, checkpointer, is_lbfgs and not minibatch))
     for cb in loop.callbacks:
         cb.before_fit(loop)
     if resume is not None:
@@ -146,7 +146,7 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
                        best_epoch=loop.best_epoch)
 
 
-def _callbacks(config: LoopConfig, user: tuple | list, scheduler, checkpointer) -> list:
+def _callbacks(config: LoopConfig, user: tuple | list, scheduler, checkpointer, lbfgs: bool = False) -> list:
     """The built-in callbacks ``config`` asks for around the user's, in train/callbacks.py's order."""
     cbs = [DivergenceGuard(), History()]
     if scheduler is not None:
@@ -156,6 +156,8 @@ def _callbacks(config: LoopConfig, user: tuple | list, scheduler, checkpointer) 
     cbs.extend(user)
     if config.tol is not None:
         cbs.append(ToleranceConvergence(config.tol))
+    if lbfgs:  # full-batch L-BFGS: its own tolerances say when further epochs cannot move
+        cbs.append(LBFGSConvergence())
     if checkpointer is not None:
         cbs.append(checkpointer)
     return cbs

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TensorData", "ScalarObjective", "ModuleObjective"]
+__all__ = ["TensorData", "ScalarObjective", "ModuleObjective", "ANCHOR_LIMIT"]
+
+#: how far (max-abs, in whitened units) ``theta`` may wander before the origin moves to it
+ANCHOR_LIMIT = 1.0
 
 
 @dataclass
@@ -51,6 +54,13 @@ class _Objective:
     penalty = None
     noise = None
     noise_generator = None
+
+    def extra_state(self) -> dict:
+        """Tensors besides the leaves that a checkpoint must keep (none by default)."""
+        return {}
+
+    def load_extra_state(self, tensors: dict) -> None:
+        pass
 
     def regularize(self, penalty=None, noise=None, seed: int = 0) -> None:
         import torch
@@ -132,7 +142,14 @@ class _Objective:
 
 class ScalarObjective(_Objective):
     """Models with named scalar parameters. The leaf ``theta`` holds the free parameters in
-    the space's internal coordinates (``z = z0 + A @ theta`` when preconditioned)."""
+    the space's internal coordinates (``z = z0 + A @ theta`` when preconditioned).
+
+    With a preconditioner, ``theta``, ``z0`` and ``A`` are float64 whatever ``dtype`` is, and
+    the parameters are rounded to ``dtype`` only when the model is evaluated. ``A`` mixes
+    scales (1/std(x) next to 1 for ``w*x + b`` with x ~ 1e7), so ``z0 + A @ theta`` in float32
+    would cancel away the small parameter (w = 1 - 0.999998 keeps one digit); in float64 it
+    keeps every digit, and the model still runs in the working dtype.
+    """
 
     def __init__(self, model, train: TensorData, val: TensorData | None, loss, space, *, dtype, device,
                  precondition=None, gradient: str = "autograd"):
@@ -141,14 +158,20 @@ class ScalarObjective(_Objective):
         self.model, self.train, self.val, self.loss = model, train, val, loss
         self.space = space
         self.names = tuple(model.param_names)
-        self.z0 = space.internal_start(dtype, device)
-        self.A = precondition
+        self.dtype = dtype
+        # the preconditioned affine map runs in float64 (see the class notes)
+        self.param_dtype = torch.float64 if precondition is not None else dtype
+        self.z0 = space.internal_start(self.param_dtype, device)
+        self.A = None if precondition is None else precondition.to(dtype=self.param_dtype, device=device)
         self.plain = space.is_plain and tuple(space.free) == self.names
         start = torch.zeros_like(self.z0) if precondition is not None else self.z0.clone()
         self.theta = start.requires_grad_(True)
         self.leaves = [self.theta]
         self.gradient = gradient
         self._jt_cache = None
+        #: re-anchor the preconditioned coordinates each epoch (off for optimizers that keep
+        #: absolute positions in their state, e.g. ASGD's running average)
+        self.anchoring = True
         self._theta_view = self.theta.detach()  # shares storage: follows in-place updates
         self._good = self._theta_view.clone()
         self._pending = self._theta_view.clone()
@@ -160,8 +183,13 @@ class ScalarObjective(_Objective):
     def current_params(self):
         z = self.internal()
         if self.plain:
+            if self.param_dtype != self.dtype:
+                z = z.to(self.dtype)
             return dict(zip(self.names, z.unbind()))
-        return self.space.as_dict(z)
+        params = self.space.as_dict(z)
+        if self.param_dtype != self.dtype:
+            params = {k: v.to(self.dtype) for k, v in params.items()}
+        return params
 
     def param_values(self) -> dict[str, float]:
         import torch
@@ -234,6 +262,8 @@ class ScalarObjective(_Objective):
             grad = torch.mv(self._jacobian_t(data, params), dloss)
             if factor != 1.0:
                 grad.mul_(factor)
+        if grad.dtype != self.param_dtype:
+            grad = grad.to(self.param_dtype)
         if self.plain:
             self.theta.grad = grad if self.A is None else self.A.T @ grad
         else:  # chain rule through bounds transforms, fixed and tied parameters
@@ -258,8 +288,55 @@ class ScalarObjective(_Objective):
         return jt
 
     def remember(self) -> None:
-        """Copy the parameters at the start of an epoch; :meth:`accept` keeps them as good."""
+        """Copy the parameters at the start of an epoch; :meth:`accept` keeps them as good.
+        With a preconditioner, first re-anchor (see :meth:`anchor`)."""
+        if self.A is not None and self.anchoring:
+            self.anchor()
         self._pending.copy_(self._theta_view)
+
+    def anchor(self, limit: float = ANCHOR_LIMIT) -> None:
+        """Move the origin of the preconditioned coordinates to the current point once
+        ``theta`` has wandered more than ``limit`` from it: ``z0 += A @ theta``, ``theta = 0``.
+
+        Why: ``z = z0 + A @ theta`` adds terms of size ``|A| |theta|``; from a start far from
+        the optimum (w = 1 for x ~ 1e9 puts the first loss at 1e18) ``theta`` reaches ~1e9,
+        those terms ~1e15, and float64 keeps b = -2e6 only to +-0.2. Anchored each epoch,
+        ``theta`` stays small and every digit survives. A translation of ``theta`` changes
+        nothing the optimizers keep (moments, momentum, L-BFGS's differences); the copies
+        kept for divergence move with it, and early stopping's snapshots hold ``z0`` too.
+        """
+        import torch
+
+        t = self._theta_view
+        if not bool(torch.isfinite(t).all()) or float(t.abs().max()) <= limit:
+            return
+        with torch.no_grad():
+            shift = t.clone()
+            self.z0 = self.z0 + self.A @ shift
+            self._good.sub_(shift)
+            self.theta.zero_()
+
+    def snapshot(self):
+        """A copy of the trainable values (for early stopping's best epoch); with a
+        preconditioner also the origin ``z0`` that ``theta`` is relative to."""
+        snap = [self.theta.detach().clone()]
+        return snap if self.A is None else snap + [self.z0.clone()]
+
+    def restore(self, snap) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.theta.copy_(snap[0])
+            if self.A is not None and len(snap) > 1:
+                self.z0 = snap[1].clone()
+
+    def extra_state(self) -> dict:
+        """Tensors besides the leaves that a checkpoint must keep: the anchor ``z0``."""
+        return {} if self.A is None else {"z0": self.z0}
+
+    def load_extra_state(self, tensors: dict) -> None:
+        if self.A is not None and "z0" in tensors:
+            self.z0 = tensors["z0"].to(dtype=self.z0.dtype, device=self.z0.device)
 
     def accept(self) -> None:
         """The epoch's loss was finite: the parameters it started from are good."""

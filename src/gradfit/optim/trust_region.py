@@ -1,0 +1,106 @@
+"""The trust-region subproblem of Levenberg-Marquardt (optim/lm.py): the damped
+Gauss-Newton step for a given trust-region radius, from the singular system of ``J D^-1``."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["Subproblem", "GRAM_CONDITION"]
+
+#: smallest/largest eigenvalue of the scaled Gram matrix above which the subproblem is solved
+#: from it (cond(J D^-1) < 1e5: steps accurate to ~eps * cond^2 < 1e-6, ample for an
+#: iteration that only needs descent); below it, the SVD of J D^-1 itself
+GRAM_CONDITION = 1e-10
+
+
+class Subproblem:
+    """The trust-region subproblem at one point: the singular values s, right singular
+    vectors V and coordinates c = U^T r of ``A = J D^-1``.
+
+    They come from the eigendecomposition of the P x P matrix ``A^T A`` when A is well
+    conditioned (one pass over the n x P data instead of a factorization of it: several
+    times cheaper for long data), and from the SVD of A otherwise, so that ill-conditioned
+    problems never see a squared condition number. The search for the damping then works on
+    P Python floats (cheaper than numpy calls for the handful of parameters a fit has).
+    """
+
+    def __init__(self, jac: np.ndarray, r: np.ndarray, d: np.ndarray):
+        a = jac / d
+        eig = v = None
+        if a.shape[0] >= 4 * a.shape[1]:  # long data: the Gram matrix is much smaller than A
+            try:
+                eig, v = np.linalg.eigh(a.T @ a)
+            except np.linalg.LinAlgError:  # non-finite entries: the SVD below reports them
+                eig = None
+        if eig is not None and eig[0] > GRAM_CONDITION * eig[-1] and math.isfinite(eig[-1]):
+            s = np.sqrt(eig[::-1])
+            vt = v[:, ::-1].T
+            c = (vt @ (a.T @ r)) / s  # U^T r with U = A V S^-1
+        else:
+            u, s, vt = np.linalg.svd(a, full_matrices=False)
+            c = u.T @ r
+        self.vt = vt
+        self.c = c  # r's coordinates in the range of J
+        self.s = s.tolist()
+        self.c_list = self.c.tolist()
+        self.rank_cut = self.s[0] * max(jac.shape) * _EPS if self.s else 0.0
+        # the Gauss-Newton step (lam = 0) uses the pseudo-inverse: directions with singular
+        # values at rounding level are dropped
+        self.gn_coef = [1.0 / sv if sv > self.rank_cut else 0.0 for sv in self.s]
+        self.gn_norm = math.sqrt(sum((k * c) ** 2 for k, c in zip(self.gn_coef, self.c_list)))
+
+    def coefficients(self, lam: float) -> list[float]:
+        if lam == 0.0:
+            return self.gn_coef
+        return [sv / (sv * sv + lam) for sv in self.s]
+
+    def step(self, lam: float) -> np.ndarray:
+        """The scaled step z = D dx for damping lam (lam = 0: Gauss-Newton, pseudo-inverse)."""
+        return -(self.vt.T @ (np.array(self.coefficients(lam)) * self.c))
+
+    def norm(self, lam: float) -> float:
+        if lam == 0.0:
+            return self.gn_norm
+        return math.sqrt(sum((k * c) ** 2 for k, c in zip(self.coefficients(lam), self.c_list)))
+
+    def damping_for(self, delta: float, lam_hint: float) -> float:
+        """The lam >= 0 with ||step(lam)|| within 10% of delta (0 if the GN step fits).
+
+        Newton's method on 1/||z(lam)|| - 1/delta (nearly linear in lam, Hebden/Moré),
+        safeguarded by a bracket that shrinks every iteration.
+        """
+        if self.gn_norm <= 1.1 * delta:
+            return 0.0
+        s2 = [sv * sv for sv in self.s]
+        s2c2 = [a * c * c for a, c in zip(s2, self.c_list)]
+        lo, hi = 0.0, math.inf
+        lam = max(lam_hint, 1e-12 * s2[0] if s2 else 1e-12)
+        for _ in range(60):
+            q = [a + lam for a in s2]
+            if not all(qi * qi * qi > 0.0 for qi in q):  # lam and s underflow: no usable step
+                return lam if lam > 0 else math.inf
+            norm2 = sum(b / (qi * qi) for b, qi in zip(s2c2, q))
+            norm = math.sqrt(norm2)
+            if 0.9 * delta <= norm <= 1.1 * delta:
+                return lam
+            if norm > delta:
+                lo = lam
+            else:
+                hi = lam
+            dnorm2 = -2.0 * sum(b / (qi * qi * qi) for b, qi in zip(s2c2, q))  # d ||z||^2 / d lam
+            # Newton step for phi(lam) = 1/||z|| - 1/delta: phi' = -dnorm2 / (2 ||z||^3)
+            phi = 1.0 / norm - 1.0 / delta if norm > 0 else -1.0 / delta
+            dphi = -dnorm2 / (2.0 * norm2 * norm) if norm > 0 else 0.0
+            new = lam - phi / dphi if dphi > 0 else math.nan
+            if not (lo < new < hi) or not math.isfinite(new):
+                new = math.sqrt(lo * hi) if (lo > 0 and math.isfinite(hi)) else (lam * 10.0 if hi == math.inf
+                                                                                  else 0.5 * (lo + hi))
+            lam = new
+            if lam > 1e300:
+                return lam
+        return lam
+
+
+_EPS = float(np.finfo(np.float64).eps)
