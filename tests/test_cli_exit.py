@@ -186,3 +186,21 @@ def test_predict_exit_follows_the_saved_fit(decay_csv, tmp_path):
         code, stdout, err = cli("predict", out / "model.json", new)
         assert code == expected, err
         assert stdout.splitlines()[0] == "Time (s),prediction" and len(stdout.splitlines()) == 3
+
+
+def test_a_closed_stdout_pipe_exits_141_quietly(tmp_path):
+    """`gradfit ... | head`: the reader went away; not bad input (2) nor a bug (1)."""
+    import io
+
+    from gradfit.cli.main import main
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    x = np.linspace(0, 3, 30)
+    path = tmp_path / "d.csv"
+    np.savetxt(path, np.c_[x, 2 * np.exp(-1.7 * x)], delimiter=",", header="x,y", comments="")
+    err = io.StringIO()
+    status = main(["fit", str(path), "y ~ A*exp(-k*x)", "--init", "A=1,k=1", "--json"], stdout=ClosedPipe(), stderr=err)
+    assert status == 141 and err.getvalue() == ""

@@ -166,3 +166,29 @@ def test_formula_model_binding_rules_directly():
     m = FormulaModel("y ~ a*x + b*pi + e").bind(["x", "pi", "e", "y"])
     assert m.input_names == ("x", "pi", "e") and m.param_names == ("a", "b")
     assert FormulaModel("y ~ a*sin(pi*x)").bind(["x"]).param_names == ("a",)
+
+
+# -- a transformed response with y= given as values ------------------------------------------
+@pytest.mark.parametrize("formula, transform", [("log(y) ~ a + b*x", np.log), ("sqrt(y) ~ a + b*x", np.sqrt),
+                                                ("2*y ~ a + b*x", lambda v: 2 * v), ("log(z) ~ a + b*x", np.log)])
+@pytest.mark.parametrize("how", ["array", "dict", "columns", "named y"])
+def test_a_transformed_response_applies_to_y_values(formula, transform, how):
+    x = np.linspace(0, 10, 40)
+    y = np.exp(1 + 0.2 * x)
+    name = formula.split("(")[1].split(")")[0] if "(" in formula.split("~")[0] else "y"
+    if how == "array":
+        r = gf.fit(formula, x=x, y=y)
+    elif how == "dict":
+        r = gf.fit(formula, x={"x": x}, y=y)
+    elif how == "columns":
+        r = gf.fit(formula, data={"x": x, name: y})
+    else:
+        r = gf.fit(formula, data={"x": x, name: y}, x="x", y=name)
+    expected = np.polyfit(x, transform(y), 1)  # the least-squares line through the transformed y
+    assert [r.params["b"], r.params["a"]] == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_response_of_two_names_needs_columns():
+    x = np.linspace(0, 1, 10)
+    with pytest.raises(gf.DataError, match="pass them as columns"):
+        gf.fit("y/z ~ a + b*x", x=x, y=x)

@@ -193,8 +193,13 @@ def test_a_trial_failing_on_its_settings_stops_the_search(tmp_path):
 
 
 def test_init_names_are_checked_before_any_trial():
-    with pytest.raises(ConfigError, match=r"space 'init.zz': the model has no parameter 'zz' \(its names: a, x, b\)"):
+    with pytest.raises(ConfigError, match=r"space 'init.zz': the model has no parameter 'zz' \(its parameters: a, b\)"):
         gf.tune("a*x + b", x=X, y=Y, space={"init.zz": ("float", 0, 1)}, trials=2, **FAST)
+    # a name that is a data column is an input, not a parameter: refused before any trial
+    with pytest.raises(ConfigError, match=r"'x' is a data column, so it is an input"):
+        gf.tune("a*x + b", x={"x": X}, y=Y, space={"init.x": ("float", 0, 1)}, trials=2, **FAST)
+    with pytest.raises(ConfigError, match=r"'t_u' is a data column"):
+        gf.tune("t_c ~ w*t_u + b", data=gf.thermometer(), space={"init.t_u": ("float", 0, 1)}, trials=2, **FAST)
     t = gf.tune("a*x + b", x=X, y=Y, space={"init.a": ("float", 0, 1)}, trials=2, **FAST)
     assert 0 <= t.best_params["init.a"] <= 1
 

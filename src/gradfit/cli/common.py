@@ -28,6 +28,7 @@ class ExitStatus(IntEnum):
     # no complete tune trial, a gradient mismatch
     FIT_FAILED = 3
     INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2, as shells report it
+    BROKEN_PIPE = 141  # stdout closed early (`gradfit ... | head`): 128 + SIGPIPE, quietly
     TERMINATED = 143  # SIGTERM: 128 + 15
 
     @classmethod

@@ -69,6 +69,10 @@ def main(argv=None, stdout=None, stderr=None) -> ExitStatus:
         message = " ".join(str(exc).split())
         print(f"gradfit {args.command}: error: {message}", file=stderr)
         return ExitStatus.USAGE
+    except BrokenPipeError:  # the reader went away (`| head`): not an error of the input
+        if stdout is sys.__stdout__:
+            _silence_stdout()
+        return ExitStatus.BROKEN_PIPE
     except OSError as exc:  # e.g. --out in a read-only folder
         print(f"gradfit {args.command}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=stderr)
         return ExitStatus.USAGE
@@ -88,6 +92,24 @@ def main(argv=None, stdout=None, stderr=None) -> ExitStatus:
         return ExitStatus.ERROR
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise again (the
+    recipe of the Python docs for SIGPIPE)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file descriptor (tests pass a StringIO)
+        pass
+
+
 def entry() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    status = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        status = ExitStatus.BROKEN_PIPE
+    sys.exit(status)

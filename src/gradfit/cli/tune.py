@@ -37,7 +37,7 @@ def run_tune(args, stdout, stderr) -> ExitStatus:
         kwargs.pop("val_fraction", None)  # tune's default split for its metric val_loss
     model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col)
     # every check before any trial or worker runs: the space, each value it can draw, the study's space
-    parsed, base = prepare(model, space, trials=args.trials, **kwargs)
+    parsed, base = prepare(model, space, trials=args.trials, x=x, y=y, data=columns, **kwargs)
     if "://" not in storage:
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
     check_study_space(open_study(args.study, storage, args.seed), parsed, f" in {storage}")

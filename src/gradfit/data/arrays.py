@@ -19,7 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import ConfigError, DataError, did_you_mean
-from ..formula.tree import constant_names
+from ..formula.tree import Var, constant_names
 from .io import numeric_columns
 
 __all__ = ["Arrays", "prepare_arrays", "as_float_array", "as_batch", "weights_from_sigma", "check_float32_range",
@@ -201,7 +201,21 @@ def _inputs_and_target(model, x, y, columns):
     inputs = _named_inputs(x) if isinstance(x, Mapping) else {"x": as_float_array(x, "x")}
     if _is_formula(model) and not isinstance(x, Mapping):
         inputs = {_single_input_name(model): inputs["x"]}
-    return inputs, as_float_array(y, "y")
+    return inputs, _transformed_response(model, as_float_array(y, "y"))
+
+
+def _transformed_response(model, y_arr: np.ndarray) -> np.ndarray:
+    """``y=`` given as values for a formula whose response is an expression (``log(y) ~ ...``):
+    the values are the response's one name, and the fit's target is the expression of them
+    (fitting the raw y against ``a + b*x`` would silently ignore what the formula says)."""
+    if not _is_formula(model) or model.parsed.response is None or isinstance(model.parsed.response, Var):
+        return y_arr
+    names = sorted(model.response_names)
+    if len(names) != 1:
+        raise DataError(f"the response {model.text.split('~')[0].strip()!r} uses {len(names)} names "
+                        f"({', '.join(names)}); pass them as columns with data=... instead of y=")
+    value = model.response_numpy({names[0]: y_arr})
+    return np.broadcast_to(np.asarray(value, dtype=float), y_arr.shape).copy()
 
 
 def _check_column_typos(model, columns, y) -> None:
@@ -254,6 +268,8 @@ def _target_from_columns(model, y, columns) -> np.ndarray:
     if isinstance(y, str):
         if y not in columns:
             raise DataError(f"no column {y!r} in data{did_you_mean(y, columns)}")
+        if _is_formula(model) and model.response_names == frozenset({y}):
+            return _transformed_response(model, columns[y])  # y="y" with "log(y) ~ ..."
         return columns[y]
     if y is not None:
         return as_float_array(y, "y")

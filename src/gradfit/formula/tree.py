@@ -123,8 +123,13 @@ def walk(node: Node):
 
 
 def constant_names(node: Node) -> frozenset[str]:
-    """The named constants (``pi``, ``e``) written in ``node``."""
-    return frozenset(n.name for n in walk(node) if isinstance(n, Const))
+    """The named constants (``pi``, ``e``) written in ``node`` (computed once per node: every
+    fit of a cached formula asks)."""
+    cached = node.__dict__.get("_constant_names")
+    if cached is None:
+        cached = frozenset(n.name for n in walk(node) if isinstance(n, Const))
+        object.__setattr__(node, "_constant_names", cached)
+    return cached
 
 
 def substitute(node: Node, rename: dict[str, str] | None = None, constants: frozenset | set = frozenset()) -> Node:

@@ -46,6 +46,8 @@ def _with_constant_inputs(parsed: ParsedFormula, inputs) -> ParsedFormula:
 
 def _refuse_bare_e(parsed: ParsedFormula) -> None:
     """A bare ``e`` that no data column claims is ambiguous: Euler's number or a parameter."""
+    if "e" not in constant_names(parsed.rhs):
+        return
     for n in walk(parsed.rhs):
         if isinstance(n, Const) and n.name == "e":
             raise FormulaError(

@@ -110,9 +110,11 @@ class ParameterSpec:
         names = tuple(names)
         per_fit = n_fits is not None
         fixed = [fixed] if isinstance(fixed, str) else list(fixed or ())
+        # fixed first: a fixed value is also an init value (`--fix c=1`), and the option the user
+        # wrote is the one to name
+        check_names("fixed", fixed, names)
         check_names("init", init or {}, names)
         check_names("bounds", bounds or {}, names)
-        check_names("fixed", fixed, names)
         check_names("tie", tie or {}, names)
         lower = {n: -math.inf for n in names}
         upper = {n: math.inf for n in names}
@@ -459,8 +461,9 @@ def refuse_inputs_as_parameters(model, init, bounds, fixed, tie) -> None:
     inputs = set(getattr(model, "input_names", ()))
     if not inputs:
         return
-    named = [("init", n) for n in (init if isinstance(init, Mapping) else {})] + [("bounds", n) for n in (bounds or {})]
-    named += [("fixed", n) for n in fixed or ()] + [("tie", n) for n in (tie or {})]
+    named = [("fixed", n) for n in ([fixed] if isinstance(fixed, str) else fixed or ())]
+    named += [("init", n) for n in (init if isinstance(init, Mapping) else {})] + [("bounds", n) for n in (bounds or {})]
+    named += [("tie", n) for n in (tie or {})]
     for target, text in (tie or {}).items():
         try:
             named += [(f"tie {target}={text!r}", n) for n in sorted(parse_expression(str(text)).names())]

@@ -13,6 +13,8 @@ def as_real(values) -> np.ndarray:
     (a negative base raised to a fractional power in Python scalars) is NaN wherever its
     imaginary part is not zero, so a trial step there fails like any non-finite one and no
     ComplexWarning escapes."""
+    if type(values) is np.ndarray and values.dtype == np.float64:
+        return values  # the common case, on every residual evaluation
     arr = np.asarray(values)
     if np.iscomplexobj(arr):
         return np.where(arr.imag == 0, arr.real, np.nan).astype(np.float64)

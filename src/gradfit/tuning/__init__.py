@@ -56,7 +56,8 @@ class TuneResult:
         return pd.DataFrame(self.trials)
 
 
-def prepare(model, space: Mapping, *, metric: str = "val_loss", trials: int = 1, **fit_options) -> tuple[dict, dict]:
+def prepare(model, space: Mapping, *, metric: str = "val_loss", trials: int = 1, x=None, y=None, data=None,
+            **fit_options) -> tuple[dict, dict]:
     """Check a search before any trial: the metric, the trial count, the space (names, ranges,
     and every value a trial could draw, against the options' own validation) and the fixed fit
     options. Returns ``(parsed space, fit keywords shared by every trial)``; with metric
@@ -75,7 +76,7 @@ def prepare(model, space: Mapping, *, metric: str = "val_loss", trials: int = 1,
     base = dict(fit_options, progress=False)
     if metric == "val_loss" and base.get("val_fraction") is None:
         base["val_fraction"] = DEFAULT_VAL_FRACTION
-    check_space(model, base, parsed, metric)
+    check_space(model, base, parsed, metric, x=x, y=y, data=data)
     return parsed, base
 
 
@@ -126,7 +127,7 @@ def tune(model, x=None, y=None, *, data=None, space: Mapping, trials: int = 50, 
     from ..callbacks import Callback
     from ..fitting.fit import fit
 
-    parsed, base = prepare(model, space, metric=metric, trials=trials, **fit_options)
+    parsed, base = prepare(model, space, metric=metric, trials=trials, x=x, y=y, data=data, **fit_options)
     st = open_study(study, storage, seed, prune=prune)
     check_study_space(st, parsed, f" in {storage}" if isinstance(storage, str) else "")
     fail_dead_trials(st)

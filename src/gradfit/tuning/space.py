@@ -271,7 +271,7 @@ def fit_keywords(base: Mapping, values: Mapping) -> dict:
     return opts
 
 
-def check_space(model, base: Mapping, space: Mapping, metric: str) -> None:
+def check_space(model, base: Mapping, space: Mapping, metric: str, *, x=None, y=None, data=None) -> None:
     """Build the fit options of every corner of the space (each choice, both ends of each range,
     all combinations while there are at most 64, else one name at a time) and refuse the first
     bad one with the option's own message, so that no trial fails on a setting.
@@ -297,14 +297,13 @@ def check_space(model, base: Mapping, space: Mapping, metric: str) -> None:
             raise ConfigError(f"space {name!r}: only the built-in 'mlp' model has {name}; this model is {model!r}")
     inits = [name.partition(".")[2] for name in space if name.startswith("init.")]
     if inits:
-        try:
-            names = tuple(getattr(resolve_model(model), "param_names", None) or ())
-        except Exception:  # noqa: BLE001 - the fit itself reports a bad model
-            names = ()
+        names = _parameter_names(model, x, y, data)
         unknown = [n for n in inits if names and n not in names]
         if unknown:
-            raise ConfigError(f"space 'init.{unknown[0]}': the model has no parameter {unknown[0]!r}"
-                              f"{did_you_mean(unknown[0], names)} (its names: {', '.join(names)})")
+            what = (f"{unknown[0]!r} is a data column, so it is an input of the model, not a parameter"
+                    if unknown[0] in _input_names(x, data) else
+                    f"the model has no parameter {unknown[0]!r}{did_you_mean(unknown[0], names)}")
+            raise ConfigError(f"space 'init.{unknown[0]}': {what} (its parameters: {', '.join(names)})")
     corners = {name: (list(dim[1]) if dim[0] == "choice" else [dim[1], dim[2]]) for name, dim in space.items()}
     names = list(corners)
     total = math.prod(len(c) for c in corners.values())
@@ -340,3 +339,32 @@ def _check_optimizer(options) -> None:
 
 def _describe(combo: Mapping) -> str:
     return ", ".join(f"{k}={encode_choice(v)}" for k, v in combo.items())
+
+
+def _parameter_names(model, x, y, data) -> tuple[str, ...]:
+    """The model's parameters once bound to the data (a name that is a data column is an
+    input, not a parameter: init.NAME for it is refused); () when that cannot be worked out
+    here (the fit itself then reports the problem)."""
+    from ..data.arrays import prepare_arrays
+    from ..errors import GradfitError
+    from ..models import resolve_model
+
+    try:
+        resolved = resolve_model(model)
+    except Exception:  # noqa: BLE001 - the fit itself reports a bad model
+        return ()
+    if x is not None or data is not None:
+        try:
+            resolved, _ = prepare_arrays(resolved, x, y, data=data)
+        except GradfitError:
+            pass
+    return tuple(getattr(resolved, "param_names", None) or ())
+
+
+def _input_names(x, data) -> set[str]:
+    names = set(map(str, data.keys() if hasattr(data, "keys") else getattr(data, "columns", ()))) if data is not None else set()
+    if isinstance(x, Mapping):
+        names |= set(map(str, x))
+    elif isinstance(x, str):
+        names.add(x)
+    return names
