@@ -72,6 +72,11 @@ def vanishing_columns(col_norms: np.ndarray, values: np.ndarray, start: np.ndarr
     >>> vanishing_columns(np.array([1e-42, 1.0]), np.array([1.0, 0.0]), np.array([1.0, 0.0]), 10.0, 2.2e-16).tolist()
     [True, False]
     """
+    if np.ndim(col_norms) == 1 and np.ndim(data_norm) == 0:  # one fit: P Python floats are faster
+        limit = VANISH_FACTOR * eps * float(data_norm)
+        return np.array([c == 0 or c * max(abs(v), abs(s), 1.0) <= limit
+                         for c, v, s in zip(col_norms.tolist(), np.asarray(values).tolist(), np.asarray(start).tolist())],
+                        dtype=bool)
     size = np.maximum(np.maximum(np.abs(values), np.abs(start)), 1.0)
     limit = VANISH_FACTOR * eps * np.asarray(data_norm, dtype=float)[..., None]
     with np.errstate(invalid="ignore", over="ignore"):
@@ -115,18 +120,56 @@ def batch_range_cosine(jac: np.ndarray, r: np.ndarray, held: np.ndarray | None =
     jac = np.asarray(jac, dtype=float)
     if held is not None:
         jac = np.where(held[:, None, :], 0.0, jac)
+    if len(jac) == 1:  # one fit (gf.fit's end point): 2-D BLAS calls, no batched einsum overhead
+        return np.array([_range_cosine_one(jac[0], np.asarray(r[0], dtype=float), rank_tol)])
     rn = np.sqrt(np.einsum("bm,bm->b", r, r))
     out = np.zeros(len(jac))
     good = np.isfinite(jac).all(axis=(1, 2)) & np.isfinite(r).all(axis=1) & (rn > 0)
     out[~(np.isfinite(jac).all(axis=(1, 2)) & np.isfinite(r).all(axis=1))] = np.nan
     if good.any() and jac.shape[2]:
-        norms = np.sqrt(np.einsum("bmp,bmp->bp", jac[good], jac[good]))
-        a = jac[good] / np.where(norms > 0, norms, 1.0)[:, None, :]
-        u, sv, _ = np.linalg.svd(a, full_matrices=False)
-        keep = sv > rank_tol * np.maximum(sv[:, :1], 1e-300)
-        c = np.einsum("bmk,bm->bk", u, r[good])
-        out[good] = np.sqrt(np.einsum("bk,bk->b", np.where(keep, c, 0.0), np.where(keep, c, 0.0))) / rn[good]
+        idx = np.nonzero(good)[0]
+        norms = np.sqrt(np.einsum("bmp,bmp->bp", jac[idx], jac[idx]))
+        a = jac[idx] / np.where(norms > 0, norms, 1.0)[:, None, :]
+        rg = r[idx]
+        # well-conditioned fits (cond < 1e5, the bound optim/lm uses too) through the P x P Gram
+        # matrix: ||U^T r||^2 = (a^T r)^T (a^T a)^-1 (a^T r), accurate to ~eps*cond of ||r||, far
+        # below any stationarity threshold, and an M x P SVD cheaper; the rest by the SVD
+        g = np.einsum("bmp,bm->bp", a, rg)
+        lam, vec = np.linalg.eigh(np.einsum("bmp,bmq->bpq", a, a))
+        easy = lam[:, 0] > _GRAM_COND ** -2 * np.maximum(lam[:, -1], 1e-300)
+        if easy.any():
+            c = np.einsum("bpk,bp->bk", vec[easy], g[easy]) / np.sqrt(lam[easy])
+            out[idx[easy]] = np.sqrt(np.einsum("bk,bk->b", c, c)) / rn[idx[easy]]
+        hard = ~easy
+        if hard.any():
+            u, sv, _ = np.linalg.svd(a[hard], full_matrices=False)
+            keep = sv > rank_tol * np.maximum(sv[:, :1], 1e-300)
+            c = np.where(keep, np.einsum("bmk,bm->bk", u, rg[hard]), 0.0)
+            out[idx[hard]] = np.sqrt(np.einsum("bk,bk->b", c, c)) / rn[idx[hard]]
     return out
+
+
+#: condition number of the column-scaled Jacobian below which its Gram matrix serves
+_GRAM_COND = 1e5
+
+
+def _range_cosine_one(jac: np.ndarray, r: np.ndarray, rank_tol: float) -> float:
+    """:func:`batch_range_cosine` of one (M, P) Jacobian and (M,) residual."""
+    if not (np.isfinite(jac).all() and np.isfinite(r).all()):
+        return math.nan
+    rn = math.sqrt(float(r @ r))
+    if rn == 0 or not jac.shape[1]:
+        return 0.0
+    norms = np.sqrt(np.einsum("mp,mp->p", jac, jac))
+    a = jac / np.where(norms > 0, norms, 1.0)
+    g = a.T @ r
+    lam, vec = np.linalg.eigh(a.T @ a)
+    if lam[0] > _GRAM_COND ** -2 * max(lam[-1], 1e-300):
+        c = (vec.T @ g) / np.sqrt(lam)
+    else:
+        u, sv, _ = np.linalg.svd(a, full_matrices=False)
+        c = np.where(sv > rank_tol * max(sv[0], 1e-300), u.T @ r, 0.0)
+    return math.sqrt(float(c @ c)) / rn
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """The batched least-squares engine behind fit_many: chunks, compile cache, the LM loop.
 
 Data flow: validated numpy arrays (fits as the leading dimension) -> chunks sized to a
-memory budget -> tensors per chunk -> ``batch_lm.init`` / ``batch_lm.step`` until every fit
+memory budget -> starts on a bound where the model is flat moved inside (as gf.fit moves them)
+-> tensors per chunk -> ``batch_lm.init`` / ``batch_lm.step`` until every fit
 of the chunk has finished (compacting the batch to its running fits as they finish) ->
-standard errors and the end-point checks -> a :class:`BatchedSolution` of numpy arrays.
+standard errors and the end-point checks -> a :class:`BatchedSolution` of numpy arrays (a
+parameter that ended on a bound in the working dtype is reported on the user's float64 bound).
 
 Formulas and built-ins take the fused path (their symbolic partials evaluated with
 broadcasting, every fit at once); any torch callable takes the general path
@@ -61,6 +63,8 @@ class BatchedSolution:
     status : (B,) int8 :class:`~gradfit.status.Status` codes.
     iterations : (B,) int32.
     timings : warm-up and fitting seconds, fits/s, path, compiled, device, chunk size.
+    at_bound : (B, P) bool, a free parameter that ended exactly on one of its bounds (an active
+        bound, as gf.fit reports in its notes).
     """
 
     params: np.ndarray
@@ -70,6 +74,7 @@ class BatchedSolution:
     status: np.ndarray
     iterations: np.ndarray
     timings: dict = field(default_factory=dict)
+    at_bound: np.ndarray | None = None
 
 
 def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray, lower: np.ndarray,
@@ -115,7 +120,8 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     t_fit = time.perf_counter()
     for lo in range(0, n_fits, chunk):
         sl = slice(lo, min(lo + chunk, n_fits))
-        tensors = _chunk_tensors(inputs, y[sl], w[sl], theta0[sl], lower[sl], upper[sl], n_used[sl], free_t,
+        start = _off_flat_bounds(model, names, fused, inputs, y, w, sl, theta0, lower, upper, free, device)
+        tensors = _chunk_tensors(inputs, y[sl], w[sl], start, lower[sl], upper[sl], n_used[sl], free_t,
                                  dtype, device)
         fresh = use_compile and _compile_key(model, names, fused, tensors, tol) not in _COMPILED
 
@@ -126,7 +132,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         if fresh:
             warmup += first_iter_s
         se, full_rank = _finisher(use_compile)(state.a, state.chi2, tensors["n_used"], free_t, floor)
-        params[sl] = state.theta.double().cpu().numpy()
+        params[sl] = _on_bounds(state.theta, tensors, lower[sl], upper[sl])
         stderr[sl] = se.double().cpu().numpy()
         chisqr[sl] = state.chi2.double().cpu().numpy()
         st = state.status.cpu().numpy()
@@ -143,7 +149,8 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     timings = {"warmup_s": warmup, "fit_s": elapsed - warmup, "fits": n_fits,
                "fits_per_s": n_fits / max(elapsed - warmup, 1e-12), "path": "fused" if fused else "general",
                "compiled": use_compile, "device": str(device), "chunk_size": chunk}
-    return BatchedSolution(params, stderr, chisqr, n_used, status, iterations, timings)
+    at_bound = ((params == lower) | (params == upper)) & np.asarray(free, dtype=bool)[None, :]
+    return BatchedSolution(params, stderr, chisqr, n_used, status, iterations, timings, at_bound)
 
 
 # -- chunks and memory ------------------------------------------------------------------------
@@ -193,7 +200,10 @@ def _chunk_tensors(inputs, y, w, theta0, lower, upper, n_used, free, dtype, dev)
     y_t = t(y)
     y_t = torch.where(torch.isfinite(y_t), y_t, torch.zeros_like(y_t))  # NaN points have weight 0
     status0 = np.where(n_used < sum(free), Status.TOO_FEW_POINTS.code, -1).astype(np.int64)
-    return {"y": y_t, "w": t(w), "theta0": t(theta0), "lower": t(lower), "upper": t(upper),
+    # any finite bound on a free parameter: the kernel's box rules (a constant per chunk)
+    cols = np.asarray(free, dtype=bool)
+    bounded = bool(np.isfinite(lower[:, cols]).any() or np.isfinite(upper[:, cols]).any())
+    return {"y": y_t, "w": t(w), "theta0": t(theta0), "lower": t(lower), "upper": t(upper), "bounded": bounded,
             "n_used": t(n_used.astype(float)), "free": free, "status0": torch.as_tensor(status0, device=dev),
             "inputs": {k: t(v) for k, v in inputs.items()}}
 
@@ -231,7 +241,7 @@ def _compile_key(model, names, fused, tensors, tol) -> tuple:
     y, inputs = tensors["y"], tensors["inputs"]
     # the batch size is dynamic: one compiled function serves every chunk and compaction
     return (_model_key(model), tuple(names), fused, y.shape[1], str(y.dtype), str(y.device),
-            tuple((k, v.dim()) for k, v in inputs.items()), tol, tensors["free"])
+            tuple((k, v.dim()) for k, v in inputs.items()), tol, tensors["free"], tensors["bounded"])
 
 
 def _stepper(model, names, fused, use_compile, tensors, tol):
@@ -241,10 +251,10 @@ def _stepper(model, names, fused, use_compile, tensors, tol):
     from ..optim.batch_lm import BatchState, step
 
     inputs, y, w = tensors["inputs"], tensors["y"], tensors["w"]
-    lower, upper, free = tensors["lower"], tensors["upper"], tensors["free"]
+    lower, upper, free, bounded = tensors["lower"], tensors["upper"], tensors["free"], tensors["bounded"]
     if not use_compile:
         rj = batch_residual_and_jacobian(model, names, inputs, y, fused=fused)
-        return lambda state: step(rj, state, y, w, lower, upper, free, tol)
+        return lambda state: step(rj, state, y, w, lower, upper, free, tol, bounded=bounded)
     import torch
 
     key = _compile_key(model, names, fused, tensors, tol)
@@ -254,9 +264,10 @@ def _stepper(model, names, fused, use_compile, tensors, tol):
         if fused:
             model.value_and_partials()
 
-        def flat(theta, trial, lam, chi2, a, g, status, iterations, y, w, lower, upper, *xs):
+        def flat(*args):
+            fields, (y, w, lower, upper), xs = args[:_N_FIELDS], args[_N_FIELDS:_N_FIELDS + 4], args[_N_FIELDS + 4:]
             fn = batch_residual_and_jacobian(model, names, dict(zip(keys, xs)), y, fused=fused)
-            st = step(fn, BatchState(theta, trial, lam, chi2, a, g, status, iterations), y, w, lower, upper, free, tol)
+            st = step(fn, BatchState(*fields), y, w, lower, upper, free, tol, bounded=bounded)
             return _fields(st)
 
         compiled = torch.compile(flat, dynamic=True)
@@ -304,7 +315,11 @@ def _iterate(make_step, tensors, max_iter: int):
 
 
 def _fields(state) -> tuple:
-    return (state.theta, state.trial, state.lam, state.chi2, state.a, state.g, state.status, state.iterations)
+    return (state.theta, state.trial, state.lam, state.chi2, state.a, state.g, state.status, state.iterations,
+            state.snaps, state.probing)
+
+
+_N_FIELDS = 10
 
 
 def _write_back(full, rows, state):
@@ -317,7 +332,57 @@ def _write_back(full, rows, state):
     return full
 
 
+def _off_flat_bounds(model, names, fused, inputs, y, w, sl, theta0, lower, upper, free, device) -> np.ndarray:
+    """This chunk's starts (k, P), with a free coordinate that starts on a bound where the model
+    does not depend on it (a zero Jacobian column, such as ``c**2`` at ``c = 0``: a saddle no
+    gradient step leaves) moved inside by ``START_STEP * max(1, |bound|)``, as gf.fit moves it
+    (:func:`gradfit.optim.box.off_flat_bounds`). Evaluates the Jacobian only where a start is on
+    a bound."""
+    from ..optim.box import START_STEP
+
+    start, lo, hi = theta0[sl], lower[sl], upper[sl]
+    fr = np.asarray(free, dtype=bool)[None, :]
+    on = fr & ((start <= lo) | (start >= hi)) & (lo < hi)
+    todo = np.nonzero(on.any(axis=1))[0]
+    if not todo.size:
+        return start
+    jac, _ = _weighted_at(model, names, fused, inputs, y, w, sl.start + todo, start[todo], free, device)
+    flat = np.zeros(on[todo].shape, dtype=bool)
+    flat[:, np.nonzero(free)[0]] = ~np.any(jac != 0, axis=1)  # a zero column (NaN is not zero)
+    sub, lo_s, hi_s = start[todo], lo[todo], hi[todo]
+    at_lo, at_hi = on[todo] & flat & (sub <= lo_s), on[todo] & flat & (sub >= hi_s)
+    with np.errstate(invalid="ignore"):  # infinite bounds, in the branches not taken
+        new = np.where(at_lo, lo_s + START_STEP * np.maximum(1.0, np.abs(lo_s)),
+                       np.where(at_hi, hi_s - START_STEP * np.maximum(1.0, np.abs(hi_s)), sub))
+        inside = (new > lo_s) & (new < hi_s)
+        moved = at_lo | at_hi
+        new = np.where(moved & ~inside, 0.5 * (lo_s + hi_s), new)  # a box too narrow for the step
+    start = start.copy()
+    start[todo] = new
+    return start
+    start = start.copy()
+    rows = sl.start + todo
+    jac, _ = _weighted_at(model, names, fused, inputs, y, w, rows, start[todo], free, device)
+    norms = np.sqrt(np.einsum("bmp,bmp->bp", jac, jac))
+    for i, row in enumerate(todo):
+        moved = off_flat_bounds(start[row, cols], norms[i], (lo[row, cols], hi[row, cols]))
+        if moved is not None:
+            start[row, cols] = moved
+    return start
+
+
 # -- standard errors and the end-point checks ----------------------------------------------------
+def _on_bounds(theta, tensors, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """The float64 parameters (B, P): a coordinate that ended on a bound in the working dtype
+    is reported on the user's bound exactly (a float32 bound such as 0.1 differs from the
+    float64 one), so that the end-point checks and the result see it as active."""
+    lo_t, hi_t = tensors["lower"], tensors["upper"]
+    values = theta.double().cpu().numpy()
+    at_lo = (theta <= lo_t).cpu().numpy()
+    at_hi = (theta >= hi_t).cpu().numpy()
+    return np.where(at_lo, lower, np.where(at_hi, upper, values))
+
+
 def _finish(a, chi2, n_used, free, floor: float):
     """Standard errors (B, P) and, per fit, whether the working-precision normal matrix
     proves the Jacobian full rank.

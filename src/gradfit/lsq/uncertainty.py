@@ -25,6 +25,10 @@ class Uncertainty:
     degenerate: tuple  # tuples of parameter names the data cannot separate
 
 
+#: float64's machine epsilon (np.finfo is slow to ask on every fit)
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
 def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: bool = False,
                 factor: tuple | None = None, residuals: np.ndarray | None = None) -> Uncertainty:
     """Covariance, standard errors, correlations and fit statistics at ``values``.
@@ -47,7 +51,7 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
     free_values = np.array([values[n] for n in space.free], dtype=float)
     start = np.array([space.values[n] for n in space.free], dtype=float)
     data_norm = math.sqrt(float(y @ y if w is None else w @ (y * y)))
-    eps = float(np.finfo(np.float64).eps)
+    eps = _EPS64
     vanish = None
     if factor is not None:  # a linear solve: d holds the weighted design matrix's column norms
         vanish = vanishing_columns(factor[2], free_values, start, data_norm, eps)

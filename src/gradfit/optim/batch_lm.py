@@ -17,9 +17,25 @@ over the batch (no Python loop over fits), in the scheme Gpufit uses:
    are at the working precision's rounding level (||sqrt(w) r|| <= floor * ||sqrt(w) y||,
    :func:`gradfit.stats.residual_floor`: 2.2e-12 in float64 as in :func:`gradfit.fit`,
    1.2e-5 in float32) and the next step predicts a relative reduction below tol;
-4. the next trial solves (A + lam * diag(A)) d = -g by an unrolled Cholesky; a coordinate
-   that would cross a box bound stops ``STEP_BACK`` of the way to it (iterates are never
-   projected onto a bound: the model can be flat there, a saddle no step leaves).
+4. the next trial solves (A + lam * diag(A)) d = -g by an unrolled Cholesky, with the
+   coordinates resting on a bound that the gradient pushes outward held (the active set of
+   :func:`gradfit.optim.lm.active_set`); a coordinate that would cross a box bound stops
+   ``STEP_BACK`` of the way to it, and, where the stopped coordinate was already next to
+   its bound (closer than ``NEAR`` of its step) and pushed there by its own gradient, the other
+   coordinates' step is solved again with it fixed where it stopped
+   (:func:`gradfit.optim.box.rest_of_step`). Iterates
+   are never projected onto a bound during the run: the model can be flat there, a saddle no
+   step leaves;
+5. a fit that passes the convergence test with a coordinate whose one-dimensional
+   Gauss-Newton minimum ``theta_i - g_i / A_ii`` lies on or beyond a bound
+   (:func:`gradfit.optim.box.pushing`) is moved onto that bound instead
+   (:func:`gradfit.optim.box.onto_bounds`): the move is the next trial; accepted (chi-square
+   not higher) the fit runs on from the bound, where that coordinate is now held; rejected,
+   the convergence at the last point stands (at most ``MAX_SNAPS`` moves per fit). So an
+   optimum on a bound is reached exactly, as :func:`gradfit.fit` reaches it.
+
+Every box rule is elementwise over the batch (masks and ``torch.where``, no Python branch per
+fit), and with no bound crossed or active it takes exactly the unconstrained steps.
 
 Fits that converged (or failed) are frozen: their parameters no longer change, so one fit's
 trouble never disturbs another. Everything is written with broadcasting torch ops, so the
@@ -58,6 +74,10 @@ EPS64 = 2.220446049250313e-16
 STEP_BACK = 0.995
 #: damping beyond which no step can lower chi-square any more (the fit is stalled)
 LAMBDA_MAX = 1e15
+#: how many times one fit is moved onto its bounds at convergence (as optim/lm.py's MAX_SNAPS)
+MAX_SNAPS = 5
+#: a coordinate closer to the bound it crosses than this fraction of its step is 'next to' it
+NEAR = 0.1
 
 
 @dataclass
@@ -70,6 +90,8 @@ class BatchState:
     g: object  # (B, P) gradient J^T W r at theta
     status: object  # (B,) int: RUNNING or a Status code
     iterations: object  # (B,) int
+    snaps: object = None  # (B,) int: moves onto the bounds so far (step 5)
+    probing: object = None  # (B,) bool: ``trial`` is a move onto the bounds of a converged point
 
 
 def init(theta0, status0) -> BatchState:
@@ -84,13 +106,18 @@ def init(theta0, status0) -> BatchState:
                       chi2=torch.full((b,), float("inf"), dtype=theta0.dtype, device=theta0.device),
                       a=torch.zeros(b, p, p, dtype=theta0.dtype, device=theta0.device),
                       g=torch.zeros(b, p, dtype=theta0.dtype, device=theta0.device),
-                      status=status0.clone(), iterations=torch.zeros(b, dtype=torch.int32, device=theta0.device))
+                      status=status0.clone(), iterations=torch.zeros(b, dtype=torch.int32, device=theta0.device),
+                      snaps=torch.zeros(b, dtype=torch.int32, device=theta0.device),
+                      probing=torch.zeros(b, dtype=torch.bool, device=theta0.device))
 
 
-def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol: float) -> BatchState:
+def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol: float, *,
+         bounded: bool = True) -> BatchState:
     """One batched LM iteration (see the module docstring). ``residual_and_jacobian(theta)``
     returns (f - y) (B, M) and the Jacobian as a list of P tensors (B, M) at ``theta``;
-    ``free`` (P,) is 1.0 for parameters that vary and 0.0 for fixed ones.
+    ``free`` (P,) is 1.0 for parameters that vary and 0.0 for fixed ones. ``bounded=False``
+    (a Python constant for the whole batch: every bound infinite) skips the box rules, which
+    then change nothing, and their cost.
 
     The normal equations are sums over points and the P x P solve is an unrolled Cholesky,
     all elementwise over the batch, so torch.compile fuses an iteration into a few loops.
@@ -134,30 +161,103 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
     # a fit whose first evaluation is already not finite cannot start
     status = torch.where(running & first & ~finite, torch.full_like(status, NOT_FINITE), status)
 
-    delta_theta, ok = damped_solve(a_new, g_new, lam, free)
-    # a step that crosses a bound stops short of it (never projected onto it, where the model
-    # can be flat in that parameter: a saddle no step leaves; see gradfit.optim.box)
-    target = theta + delta_theta
-    step_box = torch.where(target < lower, theta + STEP_BACK * (lower - theta),
-                           torch.where(target > upper, theta + STEP_BACK * (upper - theta), target))
+    # a rejected move onto the bounds leaves the convergence at the last point standing
+    status = torch.where(running & state.probing & ~accept, torch.full_like(status, CONVERGED), status)
+
+    if bounded:
+        step_box, ok = _box_step(theta, a_new, g_new, lam, lower, upper, free)
+    else:
+        delta_theta, ok = damped_solve(a_new, g_new, lam, free)
+        step_box = theta + delta_theta
     # converged: a small chi-square change, and the next (projected, nearly Gauss-Newton) step
     # predicts a relative reduction below tol as well (the end-point test of
     # gradfit.stats.end_point_checks, in the kernel: a long valley is not convergence)
-    predicted = -(g_new * (step_box - theta)).sum(-1)
+    # (scaled by 1 + lam: a heavily damped step predicts little although the undamped one,
+    # which decides stationarity, would predict much more)
+    predicted = -(g_new * (step_box - theta)).sum(-1) * (1.0 + lam)
     converged = (status == RUNNING) & (at_floor | (small & ok & (predicted <= tol * chi2_new)))
+    # ... unless a coordinate's own minimum lies on or beyond a bound: try the point on it first
+    if bounded:
+        to_lo, to_hi = _pushing(theta, g_new, a_new, lower, upper, free)
+        snap = converged & ~at_floor & (to_lo | to_hi).any(-1) & (state.snaps < MAX_SNAPS)
+    else:
+        to_lo = to_hi = torch.zeros_like(theta, dtype=torch.bool)
+        snap = torch.zeros_like(converged)
+    converged = converged & ~snap
     status = torch.where(converged, torch.full_like(status, CONVERGED), status)
     # damping so large that no step can be taken: the fit is stuck where it is
     status = torch.where((status == RUNNING) & (lam > LAMBDA_MAX), torch.full_like(status, STALLED), status)
-    status = torch.where((status == RUNNING) & ~ok, torch.full_like(status, SINGULAR), status)
+    status = torch.where((status == RUNNING) & ~ok & ~snap, torch.full_like(status, SINGULAR), status)
     still = (status == RUNNING).unsqueeze(-1)
-    trial = torch.where(still, step_box, theta)
+    onto = torch.where(to_lo, lower, torch.where(to_hi, upper, theta))
+    trial = torch.where(still, torch.where(snap.unsqueeze(-1), onto, step_box), theta)
     iterations = state.iterations + running.to(state.iterations.dtype)
-    return BatchState(theta, trial, lam, chi2_new, a_new, g_new, status, iterations)
+    snaps = state.snaps + snap.to(state.snaps.dtype)
+    return BatchState(theta, trial, lam, chi2_new, a_new, g_new, status, iterations, snaps, snap)
 
 
-def damped_solve(a, g, lam, free):
+def _held(theta, g, lower, upper):
+    """(B, P) coordinates resting on a bound with the descent direction -g pointing out of the
+    box (:func:`gradfit.optim.lm.active_set`): the step leaves them where they are."""
+    return ((theta <= lower) & (g > 0)) | ((theta >= upper) & (g < 0))
+
+
+def _pushing(theta, g, a, lower, upper, free):
+    """Masks (B, P) of the free coordinates inside the box whose one-dimensional Gauss-Newton
+    minimum theta_i - g_i / A_ii lies on or beyond the lower, and the upper bound
+    (:func:`gradfit.optim.box.pushing`)."""
+    import torch
+
+    diag = torch.diagonal(a, dim1=-2, dim2=-1)
+    reach = g.abs() / torch.where(diag > 0, diag, torch.full_like(diag, float("inf")))
+    freem = torch.tensor([bool(v) for v in free], device=theta.device)
+    to_lo = freem & (theta > lower) & (g > 0) & (theta - lower <= reach)
+    to_hi = freem & (theta < upper) & (g < 0) & (upper - theta <= reach)
+    return to_lo, to_hi
+
+
+def _stop_short(theta, target, lower, upper):
+    """``target`` with the coordinates beyond a bound stopped STEP_BACK of the way to it (one
+    resting on that bound stays there), and the mask of those coordinates."""
+    import torch
+
+    below, above = target < lower, target > upper
+    new = torch.where(below, theta + STEP_BACK * (lower - theta),
+                      torch.where(above, theta + STEP_BACK * (upper - theta), target))
+    return torch.minimum(torch.maximum(new, lower), upper), below | above
+
+
+def _box_step(theta, a, g, lam, lower, upper, free):
+    """The next trial point (B, P) from ``theta`` inside the box, and ok (B,) (False where
+    the damped Cholesky fails): the damped step with the active coordinates held; where it
+    crosses a bound, the crossing coordinates stop short of it and the others' step is solved
+    again with them fixed there (the first-order term of the stopped move is added to the
+    gradient: g + A m). With no bound active or crossed it is theta + the unconstrained step."""
+    import torch
+
+    held = _held(theta, g, lower, upper)
+    delta, ok = damped_solve(a, g, lam, free, held)
+    first, crossed = _stop_short(theta, theta + delta, lower, upper)
+    # solved again only for a coordinate already next to the bound it crosses (closer than
+    # NEAR of the step) and whose own gradient drives it there (its 1-D Gauss-Newton minimum
+    # lies on or beyond it): a first long step across a bound keeps the plain stop-short step
+    # (a rejected one raises the damping, where solving the others again can jump to another
+    # basin)
+    to_lo, to_hi = _pushing(theta, g, a, lower, upper, free)
+    dist = torch.where(to_lo, theta - lower, upper - theta)
+    crossed = crossed & (to_lo | to_hi) & (dist <= NEAR * delta.abs())
+    moved = torch.where(crossed, first - theta, torch.zeros_like(theta))
+    g2 = g + (a * moved.unsqueeze(-2)).sum(-1)
+    delta2, ok2 = damped_solve(a, g2, lam, free, held | crossed)
+    second, _ = _stop_short(theta, theta + torch.where(crossed, moved, delta2), lower, upper)
+    any_crossed = crossed.any(-1)
+    return torch.where(any_crossed.unsqueeze(-1), second, first), ok & (ok2 | ~any_crossed)
+
+
+def damped_solve(a, g, lam, free, hold=None):
     """Solve (A + lam diag(A)) d = -g for every fit by an unrolled Cholesky factorization
-    (elementwise over the batch), with fixed parameters held (d = 0). Returns (d, ok)."""
+    (elementwise over the batch), with fixed parameters (``free`` (P,) 0.0) held (d = 0), and
+    per fit the coordinates in ``hold`` (B, P) bool, if given. Returns (d, ok)."""
     import torch
 
     p = a.shape[-1]
@@ -167,10 +267,15 @@ def damped_solve(a, g, lam, free):
         for k in range(i + 1):
             if free_l[i] and free_l[k]:
                 v = a[:, i, k] * (1.0 + lam) if i == k else a[:, i, k]
+                if hold is not None:
+                    out = hold[:, i] | hold[:, k]
+                    v = torch.where(out, torch.ones_like(v) if i == k else torch.zeros_like(v), v)
             else:
                 v = torch.ones_like(lam) if i == k else torch.zeros_like(lam)
             m[i][k] = v
     rhs = [-g[:, i] if free_l[i] else torch.zeros_like(lam) for i in range(p)]
+    if hold is not None:
+        rhs = [torch.where(hold[:, i], torch.zeros_like(t), t) for i, t in enumerate(rhs)]
     low = [[None] * p for _ in range(p)]
     ok = torch.ones_like(lam, dtype=torch.bool)
     for j in range(p):
