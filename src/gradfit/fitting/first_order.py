@@ -8,6 +8,7 @@ import math
 from ..callbacks import LogCallback, ProgressCallback, wants_progress
 from ..errors import ConfigError, warn_user
 from ..models.neural import MLPSpec, ModuleModel, build_mlp
+from ..optim.bounded import bounded_whitening
 from ..optim.precondition import MAX_JACOBIAN_ROWS, jacobian, needs_float64, whiten
 from ..optim.registry import make_optimizer
 from ..results.fit_result import FitResult
@@ -65,7 +66,9 @@ def scalar_objective(model, space, train_arr, val_arr, loss_fn, normalize, gradi
     the dtype it trains in and notes about it: (objective, dtype, notes).
 
     With ``normalize`` the preconditioner comes from the Jacobian at the start point in
-    float64 (:func:`gradfit.optim.precondition.whiten`); when float32 cannot follow every
+    float64 (:func:`gradfit.optim.precondition.whiten`); with bounds, from the Jacobian in the
+    parameters' own units, with bound transforms scaled to match
+    (:func:`gradfit.optim.bounded.bounded_whitening`); when float32 cannot follow every
     direction it defines (:func:`gradfit.optim.precondition.needs_float64`) training runs in
     float64, and directions below float64's floor get a GradfitWarning.
     """
@@ -73,12 +76,18 @@ def scalar_objective(model, space, train_arr, val_arr, loss_fn, normalize, gradi
     import torch
 
     notes = []
-    precondition = None
+    precondition = bounds = None
     if normalize:
         n = train_arr.n
         rows = np.unique(np.linspace(0, n - 1, min(n, MAX_JACOBIAN_ROWS)).round().astype(int))
         inputs64 = {k: torch.as_tensor(v[rows], dtype=torch.float64, device=dev) for k, v in train_arr.inputs.items()}
-        w = whiten(jacobian(model, inputs64, space.internal_start(torch.float64, dev), space))
+        if space.has_bounds:
+            # whitened in the parameters' own units, with bound transforms of their scale (see
+            # gradfit.optim.bounded): whitening the space's own transforms at a start near a bound
+            # would build their 5% slope there into every later step
+            w, bounds = bounded_whitening(model, inputs64, space, _spread(train_arr.y))
+        else:
+            w = whiten(jacobian(model, inputs64, space.internal_start(torch.float64, dev), space))
         if dtype == torch.float32 and needs_float64(w):
             dtype = torch.float64
             notes.append(f"trained in float64: normalize's coordinates (condition {w.condition:.2g} after scaling "
@@ -93,8 +102,21 @@ def scalar_objective(model, space, train_arr, val_arr, loss_fn, normalize, gradi
         precondition = w.matrix.to(dtype=dtype, device=dev)
     train, val = tensors(train_arr, val_arr, dtype, dev)
     objective = ScalarObjective(model, train, val, loss_fn, space, dtype=dtype, device=dev, precondition=precondition,
-                                gradient=gradient)
+                                gradient=gradient, bounds=bounds)
     return objective, dtype, tuple(notes)
+
+
+def _spread(y) -> float:
+    """The target's scale for :func:`gradfit.optim.bounded.bounded_whitening`: its standard
+    deviation, else its RMS, else 1."""
+    import numpy as np
+
+    y = np.asarray(y, dtype=float)
+    y = y[np.isfinite(y)]
+    for value in (float(np.std(y)) if y.size else 0.0, float(np.sqrt(np.mean(y * y))) if y.size else 0.0):
+        if value > 0 and np.isfinite(value):
+            return value
+    return 1.0
 
 
 def module_objective(spec, train, val, loss_fn, normalize, seed, dtype, dev):

@@ -250,7 +250,7 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
     n_res, n_jac = state.n_residual, state.n_jacobian
     it = state.iteration + 1
     box = _box(bounds, x)
-    held = active_set(x, jac.T @ r, box)
+    held = None if box is None else active_set(x, jac.T @ r, box)
     if fnorm <= options.residual_floor or scaled_gradient(jac, r, held, col_norms=col_norms,
                                                           r_norm=fnorm) <= gtol:
         message = ("residuals at working precision" if fnorm <= options.residual_floor
@@ -398,7 +398,7 @@ def _finished(state: LMState, status: Status, message: str, options: LMOptions, 
     """Set the final status of a state ``step`` made; "converged" must pass the
     stationarity test (on the projected gradient when there are bounds) at the end point."""
     if status == Status.CONVERGED and state.fnorm > options.residual_floor:
-        held = active_set(state.x, state.jacobian.T @ state.residuals, box)
+        held = None if box is None else active_set(state.x, state.jacobian.T @ state.residuals, box)
         measure = scaled_gradient(state.jacobian, state.residuals, held, col_norms=state.col_norms,
                                   r_norm=state.fnorm)
         if not measure <= options.stationary:

@@ -142,7 +142,8 @@ class _Objective:
 
 class ScalarObjective(_Objective):
     """Models with named scalar parameters. The leaf ``theta`` holds the free parameters in
-    the space's internal coordinates (``z = z0 + A @ theta`` when preconditioned).
+    the space's internal coordinates (``z = z0 + A @ theta`` when preconditioned), or, with
+    ``bounds`` (normalize with bounds), in the coordinates of those scaled transforms.
 
     With a preconditioner, ``theta``, ``z0`` and ``A`` are float64 whatever ``dtype`` is, and
     the parameters are rounded to ``dtype`` only when the model is evaluated. ``A`` mixes
@@ -152,16 +153,22 @@ class ScalarObjective(_Objective):
     """
 
     def __init__(self, model, train: TensorData, val: TensorData | None, loss, space, *, dtype, device,
-                 precondition=None, gradient: str = "autograd"):
+                 precondition=None, gradient: str = "autograd", bounds=None):
         import torch
 
         self.model, self.train, self.val, self.loss = model, train, val, loss
         self.space = space
+        #: scaled bound transforms (:class:`gradfit.optim.bounded.ScaledBounds`) replacing the
+        #: space's own when normalizing a bounded space; None keeps the space's transforms
+        self.bounds = bounds
         self.names = tuple(model.param_names)
         self.dtype = dtype
         # the preconditioned affine map runs in float64 (see the class notes)
         self.param_dtype = torch.float64 if precondition is not None else dtype
-        self.z0 = space.internal_start(self.param_dtype, device)
+        if bounds is None:
+            self.z0 = space.internal_start(self.param_dtype, device)
+        else:
+            self.z0 = torch.tensor(bounds.start(), dtype=self.param_dtype, device=device)
         self.A = None if precondition is None else precondition.to(dtype=self.param_dtype, device=device)
         self.plain = space.is_plain and tuple(space.free) == self.names
         start = torch.zeros_like(self.z0) if precondition is not None else self.z0.clone()
@@ -180,13 +187,19 @@ class ScalarObjective(_Objective):
         theta = self.theta if theta is None else theta
         return theta if self.A is None else self.z0 + self.A @ theta
 
+    def _full(self, z):
+        """Every parameter (P,) from the coordinates ``z`` (F,), differentiable."""
+        if self.bounds is None:
+            return self.space.full(z)
+        return self.space.full(self.bounds.to_params(z), internal=False)
+
     def current_params(self):
         z = self.internal()
         if self.plain:
             if self.param_dtype != self.dtype:
                 z = z.to(self.dtype)
             return dict(zip(self.names, z.unbind()))
-        params = self.space.as_dict(z)
+        params = dict(zip(self.names, self._full(z).unbind(-1)))
         if self.param_dtype != self.dtype:
             params = {k: v.to(self.dtype) for k, v in params.items()}
         return params
@@ -269,7 +282,7 @@ class ScalarObjective(_Objective):
         else:  # chain rule through bounds transforms, fixed and tied parameters
             with torch.enable_grad():
                 leaf = self.theta.detach().requires_grad_(True)
-                full = self.space.full(self.internal(leaf))
+                full = self._full(self.internal(leaf))
                 (self.theta.grad,) = torch.autograd.grad(full, leaf, grad)
         return value
 
@@ -292,6 +305,8 @@ class ScalarObjective(_Objective):
         With a preconditioner, first re-anchor (see :meth:`anchor`)."""
         if self.A is not None and self.anchoring:
             self.anchor()
+            if self.bounds is not None:
+                self.unfold()
         self._pending.copy_(self._theta_view)
 
     def anchor(self, limit: float = ANCHOR_LIMIT) -> None:
@@ -314,6 +329,27 @@ class ScalarObjective(_Objective):
             shift = t.clone()
             self.z0 = self.z0 + self.A @ shift
             self._good.sub_(shift)
+            self.theta.zero_()
+
+    def unfold(self) -> None:
+        """With scaled bound transforms (:class:`gradfit.optim.bounded.ScaledBounds`): once a
+        step has crossed a bound's fold, move the origin to the same parameters on the
+        principal branch (``z0 = canonical(z)``, ``theta = 0``), where the whitening's signs
+        hold. The parameters, and so the loss, do not change; the copy kept for divergence
+        moves with the origin."""
+        import torch
+
+        t = self._theta_view
+        with torch.no_grad():
+            z = self.z0 + self.A @ t
+            if not bool(torch.isfinite(z).all()):
+                return
+            zc = self.bounds.canonical(z)
+            if bool(torch.equal(zc, z)):
+                return
+            good = self.z0 + self.A @ self._good
+            self.z0 = zc
+            self._good.copy_(torch.linalg.solve(self.A, good - zc))
             self.theta.zero_()
 
     def snapshot(self):
