@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, did_you_mean
 from ..formula.tree import Var, constant_names
+from .delimited import check_duplicate_names
 from .io import numeric_columns
 
 __all__ = ["Arrays", "prepare_arrays", "as_float_array", "as_batch", "weights_from_sigma", "check_float32_range",
@@ -86,10 +87,7 @@ def _columns(data) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     if isinstance(data, Mapping):
         raw = {str(k): v for k, v in data.items()}
     elif hasattr(data, "columns") and hasattr(data, "__getitem__"):
-        names = [str(c) for c in data.columns]
-        if len(set(names)) != len(names):
-            dup = next(n for n in names if names.count(n) > 1)
-            raise DataError(f"data: column {dup!r} appears more than once; rename one of them")
+        check_duplicate_names([str(c) for c in data.columns], "data")
         raw = {str(c): data[c].to_numpy() for c in data.columns}
     else:
         raise DataError(f"data must be a pandas DataFrame or a dict of columns, got {type(data).__name__}")

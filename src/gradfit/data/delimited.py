@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["decode_text", "read_delimited", "infer_column", "parse_number", "MISSING"]
+__all__ = ["decode_text", "check_duplicate_names", "read_delimited", "infer_column", "parse_number", "MISSING"]
 
 #: cell texts (lower case, stripped) read as a missing value (NaN)
 MISSING = frozenset({"", "nan", "na", "n/a", "#n/a", "null", "none"})
@@ -104,7 +104,7 @@ def read_delimited(text: str, source: str) -> dict[str, np.ndarray]:
     header, body = _drop_trailing_delimiter(header, body)
     if any(not h for h in header):
         raise DataError(f"{source}: the header row has an empty column name (column {header.index('') + 1})")
-    _check_duplicates(header, source)
+    check_duplicate_names(header, source)
     if _all_numeric(header):
         raise DataError(f"{source}: the first row must name the columns, e.g. 'x,y'")
     if not body:
@@ -167,7 +167,8 @@ def _sniff_delimiter(lines: list[str]) -> str:
     return " " if len(counts) == 1 and counts.pop() > 1 else ","
 
 
-def _check_duplicates(names: list[str], source: str) -> None:
+def check_duplicate_names(names: list[str], source: str) -> None:
+    """DataError for a column name that appears twice (``source`` names the table)."""
     seen = set()
     for n in names:
         if n in seen:

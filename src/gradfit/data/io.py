@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .delimited import MISSING, decode_text, infer_column, parse_number, read_delimited
+from .delimited import MISSING, check_duplicate_names, decode_text, infer_column, parse_number, read_delimited
 
-__all__ = ["read_table", "numeric_columns", "columns_from_frame", "table_from_frame", "write_csv", "csv_text",
+__all__ = ["read_table", "numeric_columns", "table_from_frame", "write_csv", "csv_text",
            "format_number", "TABLE_FORMATS"]
 
 _MAX_REPORTED = 5
@@ -165,7 +165,7 @@ def table_from_frame(frame, source: str = "data") -> dict[str, np.ndarray]:
     """A pandas DataFrame -> typed columns (int64, float64 or object arrays of str), the way
     :func:`read_table` returns them; DataError for a duplicate name."""
     names = [str(c) for c in frame.columns]
-    _check_duplicates(names, source)
+    check_duplicate_names(names, source)
     out = {}
     for name, col in zip(names, frame.columns):
         series = frame[col]
@@ -188,20 +188,6 @@ def table_from_frame(frame, source: str = "data") -> dict[str, np.ndarray]:
 
 def _is_na(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v)) or type(v).__name__ in ("NAType", "NaTType")
-
-
-def columns_from_frame(frame, source: str = "data") -> dict[str, np.ndarray]:
-    """A pandas DataFrame -> float64 columns by name (str); DataError for a duplicate name or a
-    non-numeric column, prefixed with ``source``."""
-    names = [str(c) for c in frame.columns]
-    _check_duplicates(names, source)
-    out = {}
-    for name, col in zip(names, frame.columns):
-        try:
-            out[name] = np.asarray(frame[col], dtype=float)
-        except (TypeError, ValueError):
-            raise DataError(f"{source}: column {name!r} is not numeric") from None
-    return out
 
 
 def numeric_columns(columns, used=(), *, source: str = "data") -> dict[str, np.ndarray]:
@@ -244,14 +230,6 @@ def _require_numeric(values: np.ndarray, name: str, source: str) -> np.ndarray:
     more = f" and {len(bad) - _MAX_REPORTED} more" if len(bad) > _MAX_REPORTED else ""
     raise DataError(f"{source}: non-numeric values: {shown}{more} (the header is row 1); column {name!r} is used, "
                     "so fix those cells or use another column")
-
-
-def _check_duplicates(names: list[str], source: str) -> None:
-    seen = set()
-    for n in names:
-        if n in seen:
-            raise DataError(f"{source}: duplicate column name {n!r}; rename one of them")
-        seen.add(n)
 
 
 def write_csv(path, columns: dict[str, np.ndarray]) -> None:

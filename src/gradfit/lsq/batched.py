@@ -35,7 +35,8 @@ import numpy as np
 from ..errors import ConfigError
 from ..models.jacobian import batch_residual_and_jacobian
 from ..status import Status
-from ..stats import RANK_TOL, end_point_checks, stationary_threshold
+from ..stats import RANK_TOL, stationary_threshold
+from .end_points import check_end_points, clear_end_points, weighted_at
 
 __all__ = ["BatchedSolution", "solve_batched", "COMPILE_THRESHOLD", "COMPACT_FRACTION", "COMPACT_MIN"]
 
@@ -138,9 +139,11 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         st = state.status.cpu().numpy()
         status[sl] = np.where(st < 0, Status.MAX_ITERATIONS.code, st)
         iterations[sl] = state.iterations.cpu().numpy()
-        _check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, free, device,
-                          start=theta0[sl], box=(lower[sl], upper[sl]), tol=tol,
-                          eps=float(torch.finfo(dtype).eps))
+        eps = float(torch.finfo(dtype).eps)
+        clear = clear_end_points(state, full_rank, params[sl], theta0[sl], lower[sl], upper[sl], y[sl], w[sl],
+                                  free, eps=eps, threshold=stationary_threshold(tol))
+        check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, free, device,
+                          start=theta0[sl], box=(lower[sl], upper[sl]), tol=tol, eps=eps, clear=clear)
         if bar is not None:
             bar.advance(sl.stop - sl.start)
     if bar is not None:
@@ -346,7 +349,7 @@ def _off_flat_bounds(model, names, fused, inputs, y, w, sl, theta0, lower, upper
     todo = np.nonzero(on.any(axis=1))[0]
     if not todo.size:
         return start
-    jac, _ = _weighted_at(model, names, fused, inputs, y, w, sl.start + todo, start[todo], free, device)
+    jac, _ = weighted_at(model, names, fused, inputs, y, w, sl.start + todo, start[todo], free, device)
     flat = np.zeros(on[todo].shape, dtype=bool)
     flat[:, np.nonzero(free)[0]] = ~np.any(jac != 0, axis=1)  # a zero column (NaN is not zero)
     sub, lo_s, hi_s = start[todo], lo[todo], hi[todo]
@@ -359,15 +362,6 @@ def _off_flat_bounds(model, names, fused, inputs, y, w, sl, theta0, lower, upper
         new = np.where(moved & ~inside, 0.5 * (lo_s + hi_s), new)  # a box too narrow for the step
     start = start.copy()
     start[todo] = new
-    return start
-    start = start.copy()
-    rows = sl.start + todo
-    jac, _ = _weighted_at(model, names, fused, inputs, y, w, rows, start[todo], free, device)
-    norms = np.sqrt(np.einsum("bmp,bmp->bp", jac, jac))
-    for i, row in enumerate(todo):
-        moved = off_flat_bounds(start[row, cols], norms[i], (lo[row, cols], hi[row, cols]))
-        if moved is not None:
-            start[row, cols] = moved
     return start
 
 
@@ -415,67 +409,3 @@ def _finisher(use_compile: bool):
 
         fn = _COMPILED["finish"] = torch.compile(_finish, dynamic=True)
     return fn
-
-
-def _check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, free, device, *,
-                      start, box, tol: float, eps: float) -> None:
-    """Finish this chunk's converged and max_iterations fits, in place, by the end-point tests
-    :func:`gradfit.fit` uses (:func:`gradfit.stats.end_point_checks`, on the float64 Jacobian
-    at the end point): not_finite where the parameters or chi-square are not finite;
-    singular where the Jacobian is rank-deficient (the SVD test, or a negligible column);
-    a converged fit whose scaled (projected) gradient is above
-    :func:`gradfit.stats.stationary_threshold` of ``tol`` becomes stalled; and a converged fit
-    whose standard errors are not finite is singular. Standard errors come from the float64
-    Jacobian."""
-    st = status[sl]
-    ended = (st == Status.CONVERGED.code) | (st == Status.MAX_ITERATIONS.code)
-    finite = np.isfinite(params[sl]).all(axis=1) & np.isfinite(chisqr[sl])
-    st[ended & ~finite] = Status.NOT_FINITE.code
-    todo = np.nonzero(ended & finite)[0]
-    if todo.size:
-        rows = sl.start + todo
-        cols = np.nonzero(free)[0]
-        jac, r = _weighted_at(model, names, fused, inputs, y, w, rows, params[rows], free, device)
-        lower, upper = (b[todo][:, cols] for b in box)
-        values = params[rows][:, cols]
-        g = np.einsum("bmp,bm->bp", jac, r)
-        held = ((values <= lower) & (g > 0)) | ((values >= upper) & (g < 0))
-        ww = np.asarray(w[rows], dtype=float)
-        yw = np.where(ww > 0, y[rows], 0.0) * np.sqrt(ww)
-        data_norm = np.sqrt(np.einsum("bm,bm->b", yw, yw))
-        check = end_point_checks(np.where(np.isfinite(jac), jac, 0.0), r, values, start[todo][:, cols], data_norm,
-                                 eps=eps, held=held)
-        sub = st[todo]
-        sub[check.deficient] = Status.SINGULAR.code
-        moving = (sub == Status.CONVERGED.code) & ~(check.gradient <= stationary_threshold(tol))
-        sub[moving] = Status.STALLED.code
-        dof = (w[rows] > 0).sum(axis=1) - len(cols)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            scale = np.where(dof > 0, chisqr[rows] / dof, np.nan)
-            se = np.sqrt(check.var_unit * scale[:, None])
-        stderr[rows[:, None], cols[None, :]] = se
-        # undetermined standard errors are never "converged"
-        sub[(sub == Status.CONVERGED.code) & (dof > 0) & ~np.isfinite(se).all(axis=1)] = Status.SINGULAR.code
-        st[todo] = sub
-    status[sl] = st
-
-
-def _weighted_at(model, names, fused, inputs, y, w, rows, theta, free, device):
-    """The weighted float64 Jacobian of the free parameters (k, M, F) and weighted residuals
-    (k, M) at ``theta`` (k, P) for the fits ``rows`` (masked points are zero)."""
-    import torch
-
-    def t(a):
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=device)
-
-    sub_inputs = {k: t(v[rows] if v.ndim == 2 else v) for k, v in inputs.items()}
-    used = w[rows] > 0
-    y_rows = np.where(used, y[rows], 0.0)
-    fn = batch_residual_and_jacobian(model, names, sub_inputs, t(y_rows), fused=fused)
-    with torch.no_grad():
-        res, jac = fn(t(theta))
-    cols = [j for j, f in enumerate(free) if f]
-    jac = torch.stack([jac[j] for j in cols], dim=-1).cpu().numpy()  # (k, M, F)
-    sw = np.sqrt(np.asarray(w[rows], dtype=float))
-    res = np.where(used, res.cpu().numpy(), 0.0) * sw
-    return np.where(used[:, :, None], jac, 0.0) * sw[:, :, None], res

@@ -1,0 +1,119 @@
+"""The end-point checks of fit_many's fits, after the batched Levenberg-Marquardt loop.
+
+:func:`clear_end_points` certifies, from the working-precision normal equations the kernel
+already holds, the fits that pass every test with a wide margin; :func:`check_end_points`
+runs :func:`gradfit.stats.end_point_checks` (the one definition gf.fit uses too) on the
+float64 Jacobian of the others: not_finite, singular (rank or a vanishing column), stalled
+(the residual's cosine with the Jacobian's range above the threshold), and float64
+standard errors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..models.jacobian import batch_residual_and_jacobian
+from ..status import Status
+from ..stats import end_point_checks, stationary_threshold
+
+__all__ = ["clear_end_points", "check_end_points", "weighted_at"]
+
+
+def clear_end_points(state, full_rank, values: np.ndarray, start: np.ndarray, lower: np.ndarray,
+                      upper: np.ndarray, y: np.ndarray, w: np.ndarray, free, *, eps: float,
+                      threshold: float) -> np.ndarray:
+    """(B,) bool: fits whose working-precision normal equations already pass every end-point
+    test of :func:`gradfit.stats.end_point_checks` with a wide margin, so the float64 re-check
+    cannot change their status (a healthy batch then pays almost nothing for it).
+
+    The range cosine is sqrt(g^T A^-1 g / chi2) from the normal matrix A = J^T W J and gradient
+    g = J^T W r the kernel already holds (the same quantity as ||U^T r|| / ||r||, with error
+    ~eps * cond(A) for a full-rank A, which ``full_rank`` bounds); it must be below half the
+    threshold. Columns must be clearly above the vanishing limit, and no parameter may sit on a
+    bound (the projected test is left to float64)."""
+    import torch
+
+    from ..optim.batch_lm import damped_solve
+    from ..stats import VANISH_FACTOR
+
+    with torch.no_grad():
+        d, ok = damped_solve(state.a, state.g, torch.zeros_like(state.chi2), free)
+        q = -(state.g * d).sum(-1)
+        cos = torch.sqrt(torch.clamp(q, min=0.0) / state.chi2)
+        good = (ok & torch.isfinite(cos) & (cos < 0.5 * threshold)).cpu().numpy()
+        diag = torch.diagonal(state.a, dim1=-2, dim2=-1).double().cpu().numpy()
+    cols = np.asarray(free, dtype=bool)
+    size = np.maximum(np.maximum(np.abs(values), np.abs(start)), 1.0)
+    ww = np.asarray(w, dtype=float)
+    data_norm2 = np.einsum("bm,bm->b", np.where(ww > 0, y, 0.0) ** 2, ww)
+    with np.errstate(over="ignore", invalid="ignore"):
+        # ten times the vanishing limit, on squares: |J_j| size > 10 VANISH eps ||sqrt(w) y||
+        strong = (diag * size * size > (10.0 * VANISH_FACTOR * eps) ** 2 * data_norm2[:, None])[:, cols].all(axis=1)
+    interior = ((values > lower) & (values < upper))[:, cols].all(axis=1)
+    return good & full_rank.cpu().numpy() & strong & interior
+
+
+def check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, free, device, *,
+                      start, box, tol: float, eps: float, clear: np.ndarray | None = None) -> None:
+    """Finish this chunk's converged and max_iterations fits, in place, by the end-point tests
+    :func:`gradfit.fit` uses (:func:`gradfit.stats.end_point_checks`, on the float64 Jacobian
+    at the end point): not_finite where the parameters or chi-square are not finite;
+    singular where the Jacobian is rank-deficient (the SVD test, or a negligible column);
+    a converged fit whose scaled (projected) gradient is above
+    :func:`gradfit.stats.stationary_threshold` of ``tol`` becomes stalled; and a converged fit
+    whose standard errors are not finite is singular. Standard errors come from the float64
+    Jacobian."""
+    st = status[sl]
+    ended = (st == Status.CONVERGED.code) | (st == Status.MAX_ITERATIONS.code)
+    finite = np.isfinite(params[sl]).all(axis=1) & np.isfinite(chisqr[sl])
+    st[ended & ~finite] = Status.NOT_FINITE.code
+    # fits the working-precision normal equations already certify keep their status and
+    # standard errors (see _clear_end_points)
+    todo = np.nonzero(ended & finite & (True if clear is None else ~clear))[0]
+    if todo.size:
+        rows = sl.start + todo
+        cols = np.nonzero(free)[0]
+        jac, r = weighted_at(model, names, fused, inputs, y, w, rows, params[rows], free, device)
+        lower, upper = (b[todo][:, cols] for b in box)
+        values = params[rows][:, cols]
+        g = np.einsum("bmp,bm->bp", jac, r)
+        held = ((values <= lower) & (g > 0)) | ((values >= upper) & (g < 0))
+        ww = np.asarray(w[rows], dtype=float)
+        yw = np.where(ww > 0, y[rows], 0.0) * np.sqrt(ww)
+        data_norm = np.sqrt(np.einsum("bm,bm->b", yw, yw))
+        check = end_point_checks(np.where(np.isfinite(jac), jac, 0.0), r, values, start[todo][:, cols], data_norm,
+                                 eps=eps, held=held)
+        sub = st[todo]
+        sub[check.deficient] = Status.SINGULAR.code
+        moving = (sub == Status.CONVERGED.code) & ~(check.gradient <= stationary_threshold(tol))
+        sub[moving] = Status.STALLED.code
+        dof = (w[rows] > 0).sum(axis=1) - len(cols)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.where(dof > 0, chisqr[rows] / dof, np.nan)
+            se = np.sqrt(check.var_unit * scale[:, None])
+        stderr[rows[:, None], cols[None, :]] = se
+        # undetermined standard errors are never "converged"
+        sub[(sub == Status.CONVERGED.code) & (dof > 0) & ~np.isfinite(se).all(axis=1)] = Status.SINGULAR.code
+        st[todo] = sub
+    status[sl] = st
+
+
+def weighted_at(model, names, fused, inputs, y, w, rows, theta, free, device):
+    """The weighted float64 Jacobian of the free parameters (k, M, F) and weighted residuals
+    (k, M) at ``theta`` (k, P) for the fits ``rows`` (masked points are zero)."""
+    import torch
+
+    def t(a):
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=device)
+
+    sub_inputs = {k: t(v[rows] if v.ndim == 2 else v) for k, v in inputs.items()}
+    used = w[rows] > 0
+    y_rows = np.where(used, y[rows], 0.0)
+    fn = batch_residual_and_jacobian(model, names, sub_inputs, t(y_rows), fused=fused)
+    with torch.no_grad():
+        res, jac = fn(t(theta))
+    cols = [j for j, f in enumerate(free) if f]
+    jac = torch.stack([jac[j] for j in cols], dim=-1).cpu().numpy()  # (k, M, F)
+    sw = np.sqrt(np.asarray(w[rows], dtype=float))
+    res = np.where(used, res.cpu().numpy(), 0.0) * sw
+    return np.where(used[:, :, None], jac, 0.0) * sw[:, :, None], res
