@@ -273,7 +273,7 @@ def _stepper(model, names, fused, use_compile, tensors, tol):
             st = step(fn, BatchState(*fields), y, w, lower, upper, free, tol, bounded=bounded)
             return _fields(st)
 
-        compiled = torch.compile(flat, dynamic=True)
+        compiled = _quiet(torch.compile(flat, dynamic=True))
         _COMPILED[key] = compiled
     xs = [inputs[k] for k in keys]
 
@@ -409,3 +409,18 @@ def _finisher(use_compile: bool):
 
         fn = _COMPILED["finish"] = torch.compile(_finish, dynamic=True)
     return fn
+
+
+def _quiet(compiled):
+    """``compiled`` with the FutureWarning inductor's own lowering raises on the first call
+    (torch._prims_common.check is deprecated: torch's internals, nothing a user can act on)
+    filtered out, so it does not reach the user's console."""
+    import functools
+    import warnings
+
+    @functools.wraps(compiled)
+    def call(*args):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*_prims_common\.check.* is deprecated", category=FutureWarning)
+            return compiled(*args)
+    return call
