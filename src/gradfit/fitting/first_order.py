@@ -154,6 +154,8 @@ def train_first_order(objective, model, optimizer, options, setup, *, settings, 
     from ..train.regularize import InputNoise, make_schedule, parse_penalty
 
     training, reg = options.training, options.regularization
+    if not model.scalar_params:
+        notes = notes + _memory_notes(model, objective.train, training.batch_size)
     names = model.param_names if model.scalar_params else tuple(n for n, _ in model.module.named_parameters())
     penalty = parse_penalty(reg.penalty, names)
     noise = InputNoise.for_data(reg.input_noise, objective.train.inputs) if reg.input_noise else None
@@ -204,6 +206,22 @@ def train_first_order(objective, model, optimizer, options, setup, *, settings, 
     return FitResult(params=objective.param_values(), loss=final_loss, val_loss=val_loss, status=outcome.status,
                      epochs_run=outcome.epochs_run, history=outcome.history, model=model, message=outcome.message,
                      settings=settings, n_train=n_train, n_val=n_val, notes=notes, best_epoch=outcome.best_epoch)
+
+
+def _memory_notes(model, train, batch_size) -> tuple:
+    """Warn (and note) before a full-batch epoch of an MLP would need more than half the free
+    memory, with a batch_size that fits (:mod:`gradfit.train.memory`)."""
+    from ..train.memory import available_bytes, memory_advice
+
+    mlp = getattr(model, "mlp", None)
+    if mlp is None:
+        return ()
+    sizes = [model.in_features, *mlp.hidden, model.out_features]
+    advice = memory_advice(train.n, sizes, train.y.element_size(), batch_size, available_bytes(train.y.device))
+    if advice is None:
+        return ()
+    warn_user(advice)
+    return (advice,)
 
 
 def json_fingerprint(model, settings: dict) -> str:
