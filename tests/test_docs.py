@@ -10,7 +10,7 @@ MODULES = ["gradfit", "gradfit.fitting.fit", "gradfit.formula.parse", "gradfit.f
            "gradfit.data.examples", "gradfit.fitting.many", "gradfit.optim.linear", "gradfit.optim.lm", "gradfit.fitting.scipy_compat",
            "gradfit.stats", "gradfit.tuning", "gradfit.results.fit_result", "gradfit.data.tables", "gradfit.data.io",
            "gradfit.options", "gradfit.fitting.keywords", "gradfit.tuning.space",
-           "gradfit.models.jacobian", "gradfit.train.memory"]
+           "gradfit.models.jacobian", "gradfit.train.memory", "gradfit.results.schema"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -10,7 +10,7 @@ from ..errors import ModelError
 from ..options import ACTIVATIONS  # the one list; FitOptions validates against it
 from .base import Model
 
-__all__ = ["ModuleModel", "MLPSpec", "build_mlp", "ACTIVATIONS"]
+__all__ = ["ModuleModel", "MLPSpec", "build_mlp", "mlp_shapes", "ACTIVATIONS"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,31 @@ def build_mlp(in_features: int, out_features: int, hidden: Sequence[int], activa
             layers += [nn.Linear(a, b), acts[activation]()]
         layers.append(nn.Linear(sizes[-1], out_features))
         return nn.Sequential(*layers)
+
+
+def mlp_shapes(in_features: int, out_features: int, hidden: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of :func:`build_mlp`'s network, computed without building it.
+
+    A model file's layer sizes are checked against its weights' own shapes with this before
+    anything is allocated.
+
+    Returns
+    -------
+    dict
+        ``{"0.weight": (h1, in_features), "0.bias": (h1,), "2.weight": ..., ...}``; Linear
+        layers sit at even indices, activations between them.
+
+    Examples
+    --------
+    >>> mlp_shapes(1, 1, (4,))
+    {'0.weight': (4, 1), '0.bias': (4,), '2.weight': (1, 4), '2.bias': (1,)}
+    """
+    sizes = [int(in_features), *[int(h) for h in hidden], int(out_features)]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        shapes[f"{2 * i}.weight"] = (b, a)
+        shapes[f"{2 * i}.bias"] = (b,)
+    return shapes
 
 
 class ModuleModel(Model):

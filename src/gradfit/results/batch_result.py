@@ -7,12 +7,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, PersistError
+from ..errors import ConfigError, GradfitError, PersistError
 from ..status import Status
 
 __all__ = ["BatchResult", "STATUS_NAMES"]
@@ -241,24 +242,52 @@ class BatchResult:
             return _from_table(path)
         if path.suffix.lower() != ".npz":
             raise PersistError(f"{path}: not {path.suffix or 'a file without extension'}; {_READS}")
+        if not path.is_file():
+            raise PersistError(f"{path}: no such fit_many result file")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise PersistError(f"cannot read fit_many results from {path}: {exc}") from None
-        names = tuple(str(n) for n in arrays.get("param_names", ()))
-        flat = {k.replace("__", ":"): v for k, v in arrays.items()}
-        if "stats:chisqr" not in flat and "chi2" in flat:  # format 1: chi2, redchi, n_points
-            flat.update(_stats_of_format1(flat, len(names)))
-        missing = [k for k in ("status", "iterations", *(f"param:{n}" for n in names)) if k not in flat]
-        if missing or not names:
-            raise PersistError(f"{path} is not a fit_many result file (missing {', '.join(missing) or 'param_names'})")
-        base = cls(param_names=names, params={}, stderr={}, stats={}, status=flat["status"],
-                   iterations=flat["iterations"], model_text=str(arrays.get("model_text", "")),
-                   timings=json.loads(str(arrays["timings"])) if "timings" in arrays else {},
-                   ids=_ids(arrays.get("ids")))
-        return base.with_arrays({k: v for k, v in flat.items() if k.startswith(("param:", "stderr:", "stats:",
-                                                                                   "status", "iterations"))})
+            return _from_npz(cls, path)
+        except PersistError:
+            raise
+        except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError, zipfile.BadZipFile,
+                GradfitError) as exc:  # truncated, damaged or edited: one line, never a traceback
+            raise PersistError(f"cannot read fit_many results from {path} ({type(exc).__name__}: {exc}); "
+                               "the file is truncated or damaged") from None
+
+
+def _from_npz(cls, path: Path) -> "BatchResult":
+    """A BatchResult from the .npz document of :meth:`BatchResult.save` (errors left to load)."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    names = tuple(str(n) for n in arrays.get("param_names", ()))
+    flat = {k.replace("__", ":"): v for k, v in arrays.items()}
+    if "stats:chisqr" not in flat and "chi2" in flat:  # format 1: chi2, redchi, n_points
+        flat.update(_stats_of_format1(flat, len(names)))
+    missing = [k for k in ("status", "iterations", *(f"param:{n}" for n in names)) if k not in flat]
+    if missing or not names:
+        raise PersistError(f"{path} is not a fit_many result file (missing {', '.join(missing) or 'param_names'})")
+    _check_lengths(flat, arrays.get("ids"), path)
+    base = cls(param_names=names, params={}, stderr={}, stats={}, status=flat["status"],
+               iterations=flat["iterations"], model_text=str(arrays.get("model_text", "")),
+               timings=json.loads(str(arrays["timings"])) if "timings" in arrays else {},
+               ids=_ids(arrays.get("ids")))
+    return base.with_arrays({k: v for k, v in flat.items() if k.startswith(("param:", "stderr:", "stats:",
+                                                                               "status", "iterations"))})
+
+
+def _check_lengths(flat: dict, ids, path: Path) -> None:
+    """Every per-fit array is one numeric row per fit, and the status codes are known."""
+    n = np.shape(flat["status"])[0] if np.ndim(flat["status"]) == 1 else -1
+    per_fit = {k: v for k, v in flat.items() if k.startswith(("param:", "stderr:", "stats:", "status", "iterations"))}
+    for key, v in per_fit.items():
+        if v.ndim != 1 or v.shape[0] != n or v.dtype.kind not in "fiub":
+            raise PersistError(f"{path}: the {key!r} array is {v.dtype} of shape {v.shape}, not one number per fit "
+                               f"({n} fits); the file is damaged or was edited")
+    if ids is not None and (ids.ndim != 1 or ids.shape[0] != n):
+        raise PersistError(f"{path}: the ids array has shape {ids.shape}, not one id per fit ({n} fits)")
+    codes = {s.code for s in Status}
+    unknown = sorted(set(np.unique(flat["status"]).tolist()) - codes)
+    if unknown:
+        raise PersistError(f"{path}: unknown status code {unknown[0]!r}; the file is damaged or was edited")
 
 
 def _stats_of_format1(flat: dict, n_params: int) -> dict:

@@ -19,6 +19,7 @@ from ..status import Status
 from .document import (ARRAY, INT, NAMES, NUMBER, NUMBERS, SERIES, STATUS, TEXT, TREE, decode_fields,
                        encode_fields, model_from_spec, optional)
 from .persist import read_document, write_document
+from .schema import check_document, shapes_of
 
 __all__ = ["FitResult", "load"]
 
@@ -263,10 +264,13 @@ class FitResult:
         Raises
         ------
         PersistError
-            An entry is missing or malformed, or the parameters do not match the model.
+            An entry is missing, malformed or beyond the limits of
+            :mod:`gradfit.results.schema` (checked before any network is built: layer sizes
+            must match the weights' shapes), or the parameters do not match the model.
         ModelError
             The model is a custom module or function that was not passed.
         """
+        check_document(doc, shapes_of(weights))
         model = model_from_spec(TREE.decode(doc.get("model")), weights, module=module, function=function)
         values = decode_fields(doc, _DOCUMENT)
         missing = [name for name in _REQUIRED if name not in values]
