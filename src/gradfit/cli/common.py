@@ -15,7 +15,7 @@ from ..errors import ConfigError
 
 __all__ = ["ExitStatus", "STATUS_EXIT", "exit_status", "batch_exit_status", "parse_value", "parse_assignments", "parse_init", "parse_fixed",
            "parse_bounds", "parse_ties", "parse_penalty", "parse_hidden", "fit_kwargs", "library_output",
-           "print_table"]
+           "print_table", "check_out_folder", "check_out_file"]
 
 
 class ExitStatus(IntEnum):
@@ -242,6 +242,57 @@ def library_output(command: str, stderr):
         yield
     for w in caught:
         print(f"gradfit {command}: warning: {w.message}", file=stderr)
+
+
+def check_out_folder(folder, flag: str = "--out") -> None:
+    """Fail before any fitting when ``folder`` cannot hold the command's output.
+
+    The folder is created when missing (with its parents), then a temporary file is created in
+    it and removed: the one test that covers a read-only folder, a folder without permission, a
+    path that is an existing file, and a parent that cannot be created.
+
+    Raises
+    ------
+    ConfigError
+        naming the path and what to do (the CLI turns it into exit 2 and one line).
+
+    Examples
+    --------
+    >>> check_out_folder("results/run1")  # doctest: +SKIP
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: is an existing file, not a folder; give a folder path (or remove the file)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".gradfit-write-check-", dir=path)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{flag} {path}: cannot write there ({reason}); choose a folder you can write to "
+                          "or fix its permissions, before the fit runs") from None
+
+
+def check_out_file(file, flag: str = "--out") -> None:
+    """Fail before any fitting when the output file ``file`` cannot be written: it is an
+    existing folder, or its folder cannot be created or written (see :func:`check_out_folder`).
+
+    Raises
+    ------
+    ConfigError
+        naming the path and what to do.
+    """
+    from pathlib import Path
+
+    path = Path(file)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file path such as {path / 'fits.csv'}")
+    check_out_folder(path.parent if str(path.parent) else Path("."), flag=f"{flag} {path}: its folder")
 
 
 def print_table(stream, title: str | None, columns: list[str], rows: list[list[str]]) -> None:

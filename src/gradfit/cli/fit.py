@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import ExitStatus, exit_status, fit_kwargs, library_output
+from .common import ExitStatus, check_out_folder, exit_status, fit_kwargs, library_output
 
 
 def load_model_and_data(model_text: str, data_path: str, x_cols: str | None, y_col: str | None,
@@ -65,6 +65,8 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
     from ..errors import ConfigError
     from ..train.checkpoint import Checkpointer, Interrupted
 
+    if args.out:
+        check_out_folder(args.out)  # an unwritable --out fails now, not after the training
     model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col,
                                                extra=(args.sigma,) if args.sigma else ())
     kwargs = fit_kwargs(args)
@@ -145,7 +147,10 @@ def _response_column(result, columns):
 
 class _stop_signals:
     """While training, SIGINT and SIGTERM ask the loop to checkpoint and stop (instead of
-    killing it mid-epoch). Without a checkpointer the default behaviour stays."""
+    killing it mid-epoch): it stops at the next minibatch, saves the state of the last complete
+    epoch (the epoch in progress is redone on resume) and exits 130/143. A second signal aborts
+    at once (KeyboardInterrupt, exit 130); the checkpoint last written stays valid. Without a
+    checkpointer the default behaviour stays."""
 
     def __init__(self, checkpointer):
         self.checkpointer = checkpointer
@@ -161,11 +166,19 @@ class _stop_signals:
         return self
 
     def _handle(self, signum, frame):
+        if self.checkpointer.signal is not None:
+            # a second signal: abort at once (the last complete checkpoint on disk stays valid)
+            self._restore()
+            raise KeyboardInterrupt
         self.checkpointer.signal = signum
 
     def __exit__(self, *exc):
+        self._restore()
+        return False
+
+    def _restore(self):
         import signal
 
         for sig, old in self._saved.items():
             signal.signal(sig, old)
-        return False
+        self._saved = {}

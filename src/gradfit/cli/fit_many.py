@@ -10,13 +10,15 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from .common import ExitStatus, batch_exit_status, library_output, parse_bounds, parse_fixed, parse_init
+from .common import ExitStatus, batch_exit_status, check_out_file, library_output, parse_bounds, parse_fixed, parse_init
 
 
 def run_fit_many(args, stdout, stderr) -> ExitStatus:
     import gradfit as gf
     from gradfit.models import resolve_model
 
+    if args.out:
+        check_out_file(args.out)  # an unwritable --out fails now, not after every fit
     model = resolve_model(args.model)
     names = list(model.bind(["x"]).param_names if hasattr(model, "bind") else model.param_names)
     data, per_fit = load_batch(args, names)

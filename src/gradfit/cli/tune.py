@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .common import ExitStatus, fit_kwargs, library_output
+from .common import ExitStatus, check_out_folder, fit_kwargs, library_output
 
 
 def parse_space_args(items) -> dict:
@@ -29,6 +29,8 @@ def run_tune(args, stdout, stderr) -> ExitStatus:
 
     space = parse_space_args(args.space)
     out = Path(args.out or "gradfit-tune")
+    if not args.worker:
+        check_out_folder(out)  # an unwritable --out fails now, not after every trial
     storage = args.storage or str(out / "study.journal")
     kwargs = fit_kwargs(args)
     kwargs.pop("progress", None)

@@ -12,7 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .._files import atomic_write_bytes, atomic_write_text
+from .._files import atomic_write_text, commit_pair
 from ..errors import PersistError
 
 __all__ = ["write_document", "read_document", "FORMAT", "FORMAT_VERSION"]
@@ -31,8 +31,16 @@ def write_document(path, body: dict, weights: dict | None = None) -> None:
     """Write ``body`` (JSON values) to ``path`` with the format header and checksum.
 
     ``weights`` (a torch state dict) go to ``<stem>.safetensors`` beside the file, which names
-    them with their SHA-256. The weights are written first, so the document never points to
-    weights that are not there yet.
+    them with their SHA-256. The document and its weights change as one atomic unit
+    (:func:`gradfit._files.commit_pair`): a crash or a failed write (a full disk) at any moment
+    leaves either the previous complete model or the new one, never a mix.
+
+    Raises
+    ------
+    PersistError
+        The document holds a value JSON cannot hold.
+    OSError
+        The disk is full or the folder not writable; the previous model is left as it was.
     """
     import torch
 
@@ -41,19 +49,26 @@ def write_document(path, body: dict, weights: dict | None = None) -> None:
     path = Path(path)
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "gradfit_version": __version__,
            "torch_version": torch.__version__.split("+")[0], **body}
-    if weights is not None:
-        from safetensors.torch import save as st_save
 
-        blob = st_save({k: v.detach().cpu().contiguous() for k, v in weights.items()})
-        weights_name = path.with_suffix(".safetensors").name
-        atomic_write_bytes(path.parent / weights_name, blob)
-        doc["weights"] = {"file": weights_name, "sha256": hashlib.sha256(blob).hexdigest()}
-    doc["checksum"] = _checksum(doc)
-    try:
-        text = json.dumps(doc, indent=2, allow_nan=False)
-    except ValueError as exc:  # a NaN that a codec did not encode: refuse rather than write non-JSON
-        raise PersistError(f"{path}: cannot write the document ({exc})") from None
-    atomic_write_text(path, text + "\n")
+    def render(weights_name: str | None) -> str:
+        full = dict(doc)
+        if weights_name is not None:
+            full["weights"] = {"file": weights_name, "sha256": digest}
+        full["checksum"] = _checksum(full)
+        try:
+            return json.dumps(full, indent=2, allow_nan=False) + "\n"
+        except ValueError as exc:  # a NaN that a codec did not encode: refuse rather than write non-JSON
+            raise PersistError(f"{path}: cannot write the document ({exc})") from None
+
+    if weights is None:
+        atomic_write_text(path, render(None))
+        return
+    from safetensors.torch import save as st_save
+
+    blob = st_save({k: v.detach().cpu().contiguous() for k, v in weights.items()})
+    digest = hashlib.sha256(blob).hexdigest()
+    render("check")  # refuse a non-JSON document before any file is touched
+    commit_pair(path, blob, path.with_suffix(".safetensors").name, render)
 
 
 def read_document(path) -> tuple[dict, dict | None]:

@@ -1,9 +1,10 @@
 """Checkpoints of a training run: everything needed to continue bit-for-bit.
 
-A checkpoint is two files in the run's folder, each written atomically: ``checkpoint.safetensors``
-(parameters, optimizer tensors, random-generator states, callbacks' tensors such as the
-early-stopping snapshot) and ``checkpoint.json`` (epoch, history, optimizer settings, the other
-callback state, and the SHA-256 of the tensor file). No pickle anywhere.
+A checkpoint is two files in the run's folder that change as one atomic unit
+(:func:`gradfit._files.commit_pair`): ``checkpoint.safetensors`` (parameters, optimizer tensors,
+random-generator states, callbacks' tensors such as the early-stopping snapshot) and
+``checkpoint.json`` (epoch, history, optimizer settings, the other callback state, the name and
+SHA-256 of the tensor file, and the SHA-256 of the training data). No pickle anywhere.
 
 :class:`Checkpointer` is the training loop's checkpoint callback; :func:`capture_state` and
 :func:`restore_state` turn a loop's state (train/loop.py ``LoopState``) into (tensors, meta)
@@ -21,7 +22,7 @@ from ..callbacks import Callback
 from ..errors import PersistError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_state", "restore_state", "Interrupted", "Checkpointer",
-           "CHECKPOINT_VERSION"]
+           "data_fingerprint", "CHECKPOINT_VERSION"]
 
 #: 2: callback state under "callbacks" (version 1 kept loop counters and the scheduler apart)
 CHECKPOINT_VERSION = 2
@@ -56,24 +57,37 @@ def _json_restore(v):
 
 
 def save_checkpoint(folder, tensors: dict, meta: dict) -> None:
+    """Write a checkpoint: ``checkpoint.json`` and the tensor file it names, as one atomic unit
+    (:func:`gradfit._files.commit_pair`), so a SIGKILL or a full disk at any moment leaves the
+    previous complete checkpoint or the new one."""
     from safetensors.torch import save as st_save
 
-    from .._files import atomic_write_bytes, atomic_write_text
+    from .._files import commit_pair
 
     folder = Path(folder)
     blob = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    atomic_write_bytes(folder / "checkpoint.safetensors", blob)
-    doc = {"format": "gradfit.checkpoint", "version": CHECKPOINT_VERSION,
-           "tensors_sha256": hashlib.sha256(blob).hexdigest(), **_json_safe(meta)}
-    atomic_write_text(folder / "checkpoint.json", json.dumps(doc) + "\n")
+    body = {"format": "gradfit.checkpoint", "version": CHECKPOINT_VERSION,
+            "tensors_sha256": hashlib.sha256(blob).hexdigest(), **_json_safe(meta)}
+
+    def render(name: str) -> str:
+        return json.dumps({**body, "tensors_file": name}) + "\n"
+
+    commit_pair(folder / "checkpoint.json", blob, "checkpoint.safetensors", render)
 
 
 def load_checkpoint(folder) -> tuple[dict, dict]:
+    """Read and verify a checkpoint: ``(tensors, meta)``.
+
+    Raises
+    ------
+    PersistError
+        No checkpoint, not a gradfit checkpoint, another version, or damaged.
+    """
     from safetensors.torch import load as st_load
 
     folder = Path(folder)
-    meta_path, blob_path = folder / "checkpoint.json", folder / "checkpoint.safetensors"
-    if not meta_path.exists() or not blob_path.exists():
+    meta_path = folder / "checkpoint.json"
+    if not meta_path.exists():
         raise PersistError(f"{folder}: no checkpoint to resume from (run without --resume first)")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -81,15 +95,46 @@ def load_checkpoint(folder) -> tuple[dict, dict]:
         raise PersistError(f"{meta_path}: damaged checkpoint (not valid JSON)") from None
     if not isinstance(meta, dict) or meta.get("format") != "gradfit.checkpoint":
         raise PersistError(f"{meta_path}: not a gradfit checkpoint")
-    if meta.get("version", 0) > CHECKPOINT_VERSION:
+    version = meta.get("version", 0)
+    if not isinstance(version, int):
+        raise PersistError(f"{meta_path}: damaged checkpoint (version is not an integer)")
+    if version > CHECKPOINT_VERSION:
         raise PersistError(f"{meta_path}: written by a newer gradfit; upgrade to resume")
-    if meta.get("version", 0) < CHECKPOINT_VERSION:
+    if version < CHECKPOINT_VERSION:
         raise PersistError(f"{meta_path}: written by an older gradfit (checkpoint version {meta.get('version')}); "
                            "start afresh without --resume")
+    # files written before the pair was committed as one unit have no "tensors_file"
+    blob_path = folder / Path(str(meta.get("tensors_file", "checkpoint.safetensors"))).name
+    if not blob_path.exists():
+        raise PersistError(f"{blob_path}: the checkpoint's tensor file is missing; start afresh without --resume")
     blob = blob_path.read_bytes()
     if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
         raise PersistError(f"{blob_path}: checksum mismatch; the checkpoint is damaged")
+    meta.pop("tensors_file", None)
     return st_load(blob), _json_restore(meta)
+
+
+def data_fingerprint(objective) -> str:
+    """SHA-256 of the training data an objective fits: the training and validation inputs
+    (by name), targets and weights, with their shapes and dtypes, so that a resumed run refuses
+    other data, other rows, or another train/validation split."""
+    import torch
+
+    h = hashlib.sha256()
+    for part in ("train", "val"):
+        data = getattr(objective, part, None)
+        h.update(f"[{part}]".encode())
+        if data is None:
+            continue
+        items = [(f"x:{k}", v) for k, v in sorted(data.inputs.items())] + [("y", data.y), ("w", data.weights)]
+        for name, t in items:
+            if t is None:
+                h.update(f"{name}=None;".encode())
+                continue
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 class Checkpointer(Callback):
@@ -109,7 +154,12 @@ class Checkpointer(Callback):
         self.every_seconds = every_seconds
         self.signal: int | None = None
         self.fingerprint: str | None = None
+        self.data_sha256: str | None = None
         self._last = time.monotonic()
+
+    def before_fit(self, loop) -> None:
+        # hashed once, before training touches anything: a resumed run compares it (restore_state)
+        self.data_sha256 = data_fingerprint(loop.objective)
 
     def due(self, epoch: int) -> bool:
         import time
@@ -122,7 +172,8 @@ class Checkpointer(Callback):
         import time
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(self.folder, tensors, {**meta, "fingerprint": self.fingerprint})
+        save_checkpoint(self.folder, tensors, {**meta, "fingerprint": self.fingerprint,
+                                               "data_sha256": self.data_sha256})
         self._last = time.monotonic()
 
     def after_epoch(self, loop) -> None:
@@ -175,6 +226,11 @@ def restore_state(resume: tuple, loop) -> None:
 
     tensors, meta = resume
     objective = loop.objective
+    saved_data = meta.get("data_sha256")
+    if saved_data is not None and saved_data != data_fingerprint(objective):
+        raise PersistError("the checkpoint was trained on different data (other rows, values, weights or "
+                           "train/validation split); resume with the same data file, or start afresh "
+                           "without --resume")
     with torch.no_grad():
         for i, t in enumerate(objective.leaves):
             t.copy_(tensors[f"leaf.{i}"])

@@ -121,12 +121,19 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     # bound once: the per-epoch cost of a callback is then one call per hook it overrides
     before_epoch = [cb.before_epoch for cb in loop.callbacks if type(cb).before_epoch is not Callback.before_epoch]
     after_epoch = [cb.after_epoch for cb in loop.callbacks]
+    # a stop signal is checked between minibatches, so Ctrl-C answers within one batch, not one epoch
+    interrupt = _MidEpochStop(checkpointer) if minibatch and checkpointer is not None else None
     for epoch in range(loop.epochs_run + 1, config.epochs + 1):
+        if interrupt is not None:
+            interrupt.start_epoch(loop)
         loop.epoch = epoch
         for hook in before_epoch:
             hook(loop)
         if minibatch:
-            value = _minibatch_epoch(objective, optimizer, train, config.batch_size, generator, is_lbfgs)
+            value = _minibatch_epoch(objective, optimizer, train, config.batch_size, generator, is_lbfgs,
+                                     None if interrupt is None else interrupt.requested)
+            if value is None:  # stopped between two minibatches: the epoch in progress is dropped
+                interrupt.stop(loop)
         elif is_lbfgs:
             value = objective.unscale(optimizer.step(objective.closure(optimizer)).detach())
         else:
@@ -180,13 +187,72 @@ def overfitting_signal(train: list, val: list, rise: float = 0.05, min_stretch: 
     return None
 
 
-def _minibatch_epoch(objective, optimizer, train, batch_size, generator, is_lbfgs):
+class _MidEpochStop:
+    """Stops a long minibatch epoch at the next minibatch once a stop signal arrived, and leaves
+    a checkpoint that resumes bit-identically.
+
+    The checkpoint cannot hold a state in the middle of an epoch (the permutation and the
+    running loss are not saved), so the epoch in progress is dropped and redone on resume. What
+    is saved is the state at the end of the last complete epoch: when epochs are slow (the last
+    one took at least ``SLOW_EPOCH_S``, or none has run yet in this process) a copy of that
+    state is taken before each epoch (its cost is small next to the epoch's); when epochs are
+    fast, no copy is taken and the epoch finishes, so the checkpointer saves at its end as it
+    always did (the wait is under ``SLOW_EPOCH_S``).
+    """
+
+    SLOW_EPOCH_S = 0.5
+
+    def __init__(self, checkpointer):
+        self.checkpointer = checkpointer
+        self.snapshot = None
+        self.last_epoch_s = None
+        self._started = None
+
+    def start_epoch(self, loop) -> None:
+        import time
+
+        now = time.monotonic()
+        if self._started is not None:
+            self.last_epoch_s = now - self._started
+        self._started = now
+        self.snapshot = None
+        if self.last_epoch_s is None or self.last_epoch_s >= self.SLOW_EPOCH_S:
+            self.snapshot = _copy_state(loop)
+
+    def requested(self) -> bool:
+        """True when a stop signal arrived and there is a state to save."""
+        return self.checkpointer.signal is not None and self.snapshot is not None
+
+    def stop(self, loop):
+        """Save the state of the last complete epoch and raise ``Interrupted``."""
+        from .checkpoint import Interrupted
+
+        tensors, meta = self.snapshot
+        self.checkpointer.save(tensors, meta)
+        raise Interrupted(self.checkpointer.signal, meta["counters"]["epoch"])
+
+
+def _copy_state(loop):
+    """A private copy of ``capture_state(loop)`` (its tensors and lists are the live ones)."""
+    import copy
+
+    from .checkpoint import capture_state
+
+    tensors, meta = capture_state(loop)
+    return {k: t.detach().clone() for k, t in tensors.items()}, copy.deepcopy(meta)
+
+
+def _minibatch_epoch(objective, optimizer, train, batch_size, generator, is_lbfgs, stop_requested=None):
+    """One epoch over seeded minibatches: the size-weighted mean loss, or None when
+    ``stop_requested()`` became true between two minibatches (the epoch is then incomplete)."""
     import torch
 
     n = train.n
     perm = torch.randperm(n, generator=generator, device=train.y.device)
     total = torch.zeros((), dtype=train.y.dtype, device=train.y.device)
     for start in range(0, n, batch_size):
+        if stop_requested is not None and start and stop_requested():
+            return None
         idx = perm[start : start + batch_size]
         batch = train.take(idx)
         if is_lbfgs:
