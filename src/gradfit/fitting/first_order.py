@@ -182,8 +182,8 @@ def train_first_order(objective, model, optimizer, options, setup, *, settings, 
 
         resume_state = load_checkpoint(checkpointer.folder)
         if resume_state[1].get("fingerprint") != fingerprint:
-            raise ConfigError(f"{checkpointer.folder}: the checkpoint belongs to a different fit (model, data size "
-                              "or options differ); resume with the same command, or start afresh without --resume")
+            raise ConfigError(f"{checkpointer.folder}: the checkpoint belongs to a different fit (model, data or "
+                              "options differ); resume with the same command, or start afresh without --resume")
     if checkpointer is not None:
         checkpointer.fingerprint = fingerprint
     outcome = run_loop(objective, opt, config, cbs, scheduler=scheduler, checkpointer=checkpointer,
