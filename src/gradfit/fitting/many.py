@@ -11,15 +11,15 @@ the engine (lsq/batched.py: chunks, compile cache, batched Levenberg-Marquardt) 
 from __future__ import annotations
 
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from ..errors import ConfigError, DataError, ModelError
-from ..options import LeastSquaresOptions
 from ..lsq.batched import COMPILE_THRESHOLD
+from ..options import LeastSquaresOptions
 
-__all__ = ["fit_many", "COMPILE_THRESHOLD"]
+__all__ = ["COMPILE_THRESHOLD", "fit_many"]
 
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_ITER = 25
@@ -59,7 +59,11 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
         Jacobian's range is below max(1e-3, sqrt(tol)) (else stalled).
     dtype, device : working precision ("float32" refuses data beyond its range) and device.
     chunk_size : fits per chunk (default: from the free memory).
-    compile : "auto" (compile large batches), True or False.
+    compile : "auto", True or False. "auto" never pays for a compile that eager would not
+        recover: it compiles when this process already holds the compiled kernel for this model
+        and shape, or when the first eager iteration projects more than
+        ``COMPILE_MARGIN * COMPILE_COST_S`` seconds (90 s on the CPU) for the rest. A model
+        torch.compile cannot trace runs eagerly, with the reason in ``timings["compile"]``.
 
     Returns
     -------
@@ -78,8 +82,8 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     >>> np.round(r.params["a"], 4).tolist(), r.converged.tolist()
     ([2.0, -1.0], [True, True])
     """
-    from .fit import resolve_device, resolve_dtype
     from ..models import resolve_model
+    from .fit import resolve_device, resolve_dtype
 
     if loss != "mse" or method != "lm":
         raise ConfigError("fit_many does least squares with Levenberg-Marquardt: use loss='mse', method='lm'")

@@ -9,8 +9,9 @@ parameter that ended on a bound in the working dtype is reported on the user's f
 
 Formulas and built-ins take the fused path (their symbolic partials evaluated with
 broadcasting, every fit at once); any torch callable takes the general path
-(torch.func.vmap over jacfwd). Large batches run torch.compile'd step functions, cached per
-model (formula text, or the callable itself) and shape in this process.
+(torch.func.vmap over jacfwd). Long runs use torch.compile'd step functions, cached per
+model (formula text, or the callable itself) and shape in this process (lsq/compiled.py: the
+cache, the compile="auto" rule, and the eager fallback when torch.compile cannot trace a model).
 
 The end-point checks make "converged" mean what it means for :func:`gradfit.fit`: every
 converged or max_iterations fit is checked in float64 at its end point by
@@ -34,15 +35,24 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..models.jacobian import batch_residual_and_jacobian
-from ..status import Status
 from ..stats import RANK_TOL, stationary_threshold
+from ..status import Status
+from .compiled import (
+    COMPILE_FAILED,
+    COMPILE_THRESHOLD,
+    COMPILED,
+    chunk_mode,
+    compile_key,
+    is_compile_failure,
+    quiet,
+    traceable_residual_and_jacobian,
+    want_compile,
+    worth_compiling,
+)
 from .end_points import check_end_points, clear_end_points, weighted_at
 
-__all__ = ["BatchedSolution", "solve_batched", "COMPILE_THRESHOLD", "COMPACT_FRACTION", "COMPACT_MIN"]
+__all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "COMPILE_THRESHOLD", "BatchedSolution", "solve_batched"]
 
-#: batches at least this large are torch.compile'd when compile="auto" (compiling costs
-#: seconds; below this the eager path finishes first)
-COMPILE_THRESHOLD = {"cpu": 2_000_000, "cuda": 200_000}
 #: compact the batch to its still-running fits when they are at most this fraction of it
 COMPACT_FRACTION = 0.5
 #: ... and the batch is at least this large (below, compaction costs more than it saves)
@@ -50,8 +60,6 @@ COMPACT_MIN = 1024
 #: how far above its rounding level a normal matrix's conditioning must stay for the
 #: working-precision screen to vouch for full rank (the inverse then has a few digits)
 _SCREEN_SAFETY = 1e3
-#: compiled step functions, keyed by model and shape (one per process: compiling costs seconds)
-_COMPILED: dict = {}
 
 
 @dataclass
@@ -93,7 +101,8 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     tol, max_iter : convergence tolerance on the relative chi-square change, iteration cap.
     dtype, device : torch dtype and device of the working tensors.
     chunk_size : fits per chunk (default: from the device's free memory).
-    compile : "auto" (compile batches of at least COMPILE_THRESHOLD fits), True or False.
+    compile : "auto" (see lsq/compiled.py: compiled when the kernel is cached, or when the first
+        eager iteration projects a run long enough to pay for compiling), True or False.
     progress : show a bar over fits (None: when stderr is a terminal and the batch is large).
 
     Raises
@@ -107,7 +116,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     itemsize = torch.finfo(dtype).bits // 8
     chunk = _chunk_size(max(n_fits, 1), n_points, p, itemsize, device, chunk_size)
     fused = getattr(model, "expression", None) is not None
-    use_compile = _want_compile(compile, n_fits, device)
+    use_compile = want_compile(compile, n_fits, device)
     params = np.empty((n_fits, p))
     stderr = np.empty((n_fits, p))
     chisqr = np.empty(n_fits)
@@ -117,6 +126,8 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     free_t = tuple(float(v) for v in free)
     floor = max(RANK_TOL**2, _SCREEN_SAFETY * float(torch.finfo(dtype).eps))
     warmup = 0.0
+    compiled_chunks = 0
+    notes: dict = {}
     bar = _progress(progress, n_fits)
     t_fit = time.perf_counter()
     for lo in range(0, n_fits, chunk):
@@ -124,15 +135,20 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         start = _off_flat_bounds(model, names, fused, inputs, y, w, sl, theta0, lower, upper, free, device)
         tensors = _chunk_tensors(inputs, y[sl], w[sl], start, lower[sl], upper[sl], n_used[sl], free_t,
                                  dtype, device)
-        fresh = use_compile and _compile_key(model, names, fused, tensors, tol) not in _COMPILED
+        key = compile_key(model, names, fused, tensors, tol)
+        mode = chunk_mode(use_compile, key)
+        fresh = key not in COMPILED
 
-        def make_step(t):
-            return _stepper(model, names, fused, use_compile, t, tol)
+        def make_step(t, compiled):
+            return _stepper(model, names, fused, compiled, t, tol)
 
-        state, first_iter_s = _iterate(make_step, tensors, max_iter)
-        if fresh:
+        state, first_iter_s, ran_compiled = _iterate(make_step, tensors, max_iter, mode)
+        if ran_compiled and fresh:
             warmup += first_iter_s
-        se, full_rank = _finisher(use_compile)(state.a, state.chi2, tensors["n_used"], free_t, floor)
+        compiled_chunks += ran_compiled
+        se, full_rank = _finish_chunk(ran_compiled, state, tensors["n_used"], free_t, floor)
+        if ran_compiled and key in COMPILE_FAILED:
+            notes["compile"] = f"torch.compile failed for this model; ran eagerly ({COMPILE_FAILED[key]})"
         params[sl] = _on_bounds(state.theta, tensors, lower[sl], upper[sl])
         stderr[sl] = se.double().cpu().numpy()
         chisqr[sl] = state.chi2.double().cpu().numpy()
@@ -151,7 +167,8 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     elapsed = time.perf_counter() - t_fit
     timings = {"warmup_s": warmup, "fit_s": elapsed - warmup, "fits": n_fits,
                "fits_per_s": n_fits / max(elapsed - warmup, 1e-12), "path": "fused" if fused else "general",
-               "compiled": use_compile, "device": str(device), "chunk_size": chunk}
+               "compiled": compiled_chunks > 0 and "compile" not in notes, "device": str(device), "chunk_size": chunk,
+               **notes}
     at_bound = ((params == lower) | (params == upper)) & np.asarray(free, dtype=bool)[None, :]
     return BatchedSolution(params, stderr, chisqr, n_used, status, iterations, timings, at_bound)
 
@@ -182,16 +199,6 @@ def _chunk_size(n_fits: int, n_points: int, n_params: int, itemsize: int, dev, c
     # room for temporaries
     per_fit = (n_params + 6) * n_points * itemsize * 3 + (n_params * n_params + 4 * n_params) * itemsize * 4
     return max(1, min(n_fits, _memory_budget(dev) // per_fit, 4_000_000))
-
-
-def _want_compile(option, n_fits: int, dev) -> bool:
-    if option in (True, "yes", "true"):
-        return True
-    if option in (False, "no", "false", None):
-        return False
-    if option != "auto":
-        raise ConfigError(f"compile must be 'auto', True or False, got {option!r}")
-    return n_fits >= COMPILE_THRESHOLD.get(dev.type, COMPILE_THRESHOLD["cpu"])
 
 
 def _chunk_tensors(inputs, y, w, theta0, lower, upper, n_used, free, dtype, dev) -> dict:
@@ -231,22 +238,6 @@ def _progress(progress, n_fits: int):
 
 
 # -- the residual, the Jacobian and the step ------------------------------------------------------
-def _model_key(model):
-    """What identifies the model's code: a formula's text, or the Python callable itself (two
-    functions may share a name; a closure's captured values are part of its code)."""
-    func = getattr(model, "func", None)
-    if func is not None:
-        return ("function", func)
-    return ("formula", getattr(model, "text", None) or model.describe())
-
-
-def _compile_key(model, names, fused, tensors, tol) -> tuple:
-    y, inputs = tensors["y"], tensors["inputs"]
-    # the batch size is dynamic: one compiled function serves every chunk and compaction
-    return (_model_key(model), tuple(names), fused, y.shape[1], str(y.dtype), str(y.device),
-            tuple((k, v.dim()) for k, v in inputs.items()), tol, tensors["free"], tensors["bounded"])
-
-
 def _stepper(model, names, fused, use_compile, tensors, tol):
     """The per-iteration function for this chunk: BatchState -> BatchState. Compiled functions
     take a flat tuple of tensors and are cached per model and shape in the process (and by
@@ -260,8 +251,8 @@ def _stepper(model, names, fused, use_compile, tensors, tol):
         return lambda state: step(rj, state, y, w, lower, upper, free, tol, bounded=bounded)
     import torch
 
-    key = _compile_key(model, names, fused, tensors, tol)
-    compiled = _COMPILED.get(key)
+    key = compile_key(model, names, fused, tensors, tol)
+    compiled = COMPILED.get(key)
     keys = list(inputs)
     if compiled is None:
         if fused:
@@ -269,25 +260,44 @@ def _stepper(model, names, fused, use_compile, tensors, tol):
 
         def flat(*args):
             fields, (y, w, lower, upper), xs = args[:_N_FIELDS], args[_N_FIELDS:_N_FIELDS + 4], args[_N_FIELDS + 4:]
-            fn = batch_residual_and_jacobian(model, names, dict(zip(keys, xs)), y, fused=fused)
+            if fused:
+                fn = batch_residual_and_jacobian(model, names, dict(zip(keys, xs)), y, fused=True)
+            else:
+                fn = traceable_residual_and_jacobian(model, names, dict(zip(keys, xs)), y)
             st = step(fn, BatchState(*fields), y, w, lower, upper, free, tol, bounded=bounded)
             return _fields(st)
 
-        compiled = _quiet(torch.compile(flat, dynamic=True))
-        _COMPILED[key] = compiled
+        compiled = quiet(torch.compile(flat, dynamic=True))
+        COMPILED[key] = compiled
     xs = [inputs[k] for k in keys]
+    if key in COMPILE_FAILED:
+        return _stepper(model, names, fused, False, tensors, tol)
 
     def run(state):
-        return BatchState(*compiled(*_fields(state), y, w, lower, upper, *xs))
+        if key in COMPILE_FAILED:
+            return eager(state)
+        try:
+            return BatchState(*compiled(*_fields(state), y, w, lower, upper, *xs))
+        except Exception as exc:  # torch.compile could not trace or lower this model: run it eagerly
+            if not is_compile_failure(exc):
+                raise
+            COMPILE_FAILED[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            return eager(state)
+
+    def eager(state):
+        return _stepper(model, names, fused, False, tensors, tol)(state)
 
     return run
 
 
 # -- the loop -----------------------------------------------------------------------------------
-def _iterate(make_step, tensors, max_iter: int):
+def _iterate(make_step, tensors, max_iter: int, mode):
     """Run up to max_iter iterations. Finished fits are frozen by the kernel; once half of
     the batch has finished, the running ones are gathered into a smaller batch so that
-    finished fits stop costing work. Returns (final state for all fits, first-call seconds)."""
+    finished fits stop costing work. ``mode``: True (compiled), False (eager) or "auto"
+    (eager, switching to compiled after the first iteration when :func:`worth_compiling`
+    says the rest would take long enough to pay for compiling). Returns (final state for all
+    fits, seconds of the first compiled call, whether compiled steps ran)."""
     import torch
 
     from ..optim.batch_lm import RUNNING, BatchState, init
@@ -295,17 +305,22 @@ def _iterate(make_step, tensors, max_iter: int):
     state = init(tensors["theta0"], tensors["status0"])
     full = state
     rows = None  # indices (into the chunk) of the fits in `state`; None = all of them
-    step = make_step(tensors)
-    first = 0.0
+    compiled = mode is True
+    step = make_step(tensors, compiled)
+    first, timing_first = 0.0, compiled
     for it in range(max_iter):
         t0 = time.perf_counter()
         state = step(state)
-        if it == 0:
-            first = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        if timing_first:
+            first, timing_first = elapsed, False
         running = state.status == RUNNING
         n_running = int(running.sum())
         if n_running == 0:
             break
+        if mode == "auto" and not compiled and it == 0 and worth_compiling(elapsed, max_iter, state.theta.device):
+            compiled = timing_first = True
+            step = make_step(tensors, True)
         size = running.shape[0]
         if it + 1 < max_iter and size >= COMPACT_MIN and n_running <= COMPACT_FRACTION * size:
             full = _write_back(full, rows, state)
@@ -313,8 +328,8 @@ def _iterate(make_step, tensors, max_iter: int):
             rows = keep if rows is None else rows[keep]
             state = BatchState(*(t[keep] for t in _fields(state)))
             tensors = _take(tensors, keep)
-            step = make_step(tensors)
-    return _write_back(full, rows, state), first
+            step = make_step(tensors, compiled)
+    return _write_back(full, rows, state), first, compiled
 
 
 def _fields(state) -> tuple:
@@ -400,27 +415,25 @@ def _finish(a, chi2, n_used, free, floor: float):
     return se, full_rank
 
 
+def _finish_chunk(use_compile: bool, state, n_used, free, floor: float):
+    """Standard errors and the full-rank screen of one chunk (compiled when the step is; eager
+    when torch.compile fails on it)."""
+    if use_compile and "finish" not in COMPILE_FAILED:
+        try:
+            return _finisher(True)(state.a, state.chi2, n_used, free, floor)
+        except Exception as exc:
+            if not is_compile_failure(exc):
+                raise
+            COMPILE_FAILED["finish"] = type(exc).__name__
+    return _finish(state.a, state.chi2, n_used, free, floor)
+
+
 def _finisher(use_compile: bool):
     if not use_compile:
         return _finish
-    fn = _COMPILED.get("finish")
+    fn = COMPILED.get("finish")
     if fn is None:
         import torch
 
-        fn = _COMPILED["finish"] = torch.compile(_finish, dynamic=True)
+        fn = COMPILED["finish"] = quiet(torch.compile(_finish, dynamic=True))
     return fn
-
-
-def _quiet(compiled):
-    """``compiled`` with the FutureWarning inductor's own lowering raises on the first call
-    (torch._prims_common.check is deprecated: torch's internals, nothing a user can act on)
-    filtered out, so it does not reach the user's console."""
-    import functools
-    import warnings
-
-    @functools.wraps(compiled)
-    def call(*args):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*_prims_common\.check.* is deprecated", category=FutureWarning)
-            return compiled(*args)
-    return call

@@ -54,8 +54,18 @@ from dataclasses import dataclass
 
 from ..status import Status
 
-__all__ = ["BatchState", "STATUS", "RUNNING", "init", "step", "initial_state", "lm_iteration", "damped_solve",
-           "inverse_diagonal", "standard_errors"]
+__all__ = [
+    "RUNNING",
+    "STATUS",
+    "BatchState",
+    "damped_solve",
+    "init",
+    "initial_state",
+    "inverse_diagonal",
+    "lm_iteration",
+    "standard_errors",
+    "step",
+]
 
 #: status code -> name, for every status (BatchResult.status holds these codes)
 STATUS = {s.code: s.value for s in Status}
@@ -74,6 +84,10 @@ EPS64 = 2.220446049250313e-16
 STEP_BACK = 0.995
 #: damping beyond which no step can lower chi-square any more (the fit is stalled)
 LAMBDA_MAX = 1e15
+#: above this many parameters the normal matrix is built by a batched matrix product and
+#: factored by batched LAPACK (torch.linalg.cholesky_ex); at or below, the unrolled
+#: elementwise Cholesky (fewer, fusable kernels for small P) is used
+UNROLL_MAX = 12
 #: how many times one fit is moved onto its bounds at convergence (as optim/lm.py's MAX_SNAPS)
 MAX_SNAPS = 5
 #: a coordinate closer to the bound it crosses than this fraction of its step is 'next to' it
@@ -120,7 +134,8 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
     then change nothing, and their cost.
 
     The normal equations are sums over points and the P x P solve is an unrolled Cholesky,
-    all elementwise over the batch, so torch.compile fuses an iteration into a few loops.
+    all elementwise over the batch, so torch.compile fuses an iteration into a few loops;
+    above ``UNROLL_MAX`` parameters, a batched matrix product and batched LAPACK Cholesky.
     """
     import torch
 
@@ -131,10 +146,18 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
     p = len(jac)
     wr = w * r
     chi2 = (wr * r).sum(-1)
-    wj = [w * j for j in jac]
-    low = {(i, k): (wj[i] * jac[k]).sum(-1) for i in range(p) for k in range(i + 1)}  # A is symmetric
-    a = torch.stack([torch.stack([low[max(i, k), min(i, k)] for k in range(p)], dim=-1) for i in range(p)], dim=-2)
-    g = torch.stack([(wj[i] * r).sum(-1) for i in range(p)], dim=-1)
+    if p > UNROLL_MAX:  # a batched matrix product: P separate sums cost P^2 kernels
+        jm = torch.stack(jac, dim=-1)  # (B, M, P)
+        wjm = w.unsqueeze(-1) * jm
+        a = wjm.transpose(-1, -2) @ jm
+        a = 0.5 * (a + a.transpose(-1, -2))
+        g = (wjm * r.unsqueeze(-1)).sum(-2)
+    else:
+        wj = [w * j for j in jac]
+        low = {(i, k): (wj[i] * jac[k]).sum(-1) for i in range(p) for k in range(i + 1)}  # A is symmetric
+        a = torch.stack([torch.stack([low[max(i, k), min(i, k)] for k in range(p)], dim=-1) for i in range(p)],
+                        dim=-2)
+        g = torch.stack([(wj[i] * r).sum(-1) for i in range(p)], dim=-1)
 
     running = state.status == RUNNING
     finite = torch.isfinite(chi2) & torch.isfinite(a).flatten(1).all(-1) & torch.isfinite(g).all(-1)
@@ -261,6 +284,8 @@ def damped_solve(a, g, lam, free, hold=None):
     import torch
 
     p = a.shape[-1]
+    if p > UNROLL_MAX:
+        return _factored_solve(a, g, lam, free, hold)
     free_l = [float(v) for v in free]  # a tuple of 0.0/1.0 (a compile-time constant)
     m = [[None] * p for _ in range(p)]
     for i in range(p):
@@ -307,6 +332,42 @@ def damped_solve(a, g, lam, free, hold=None):
     return torch.where(ok.unsqueeze(-1), step, torch.zeros_like(step)), ok
 
 
+def _active_matrix(a, free, hold=None, lam=None):
+    """(A + lam diag(A)) over the active coordinates (free and not held), the identity over
+    the others, and the active mask (B, P)."""
+    import torch
+
+    active = torch.as_tensor([bool(v) for v in free], device=a.device).expand(a.shape[:-1])
+    if hold is not None:
+        active = active & ~hold
+    both = active.unsqueeze(-1) & active.unsqueeze(-2)
+    m = a
+    if lam is not None:
+        m = a + torch.diag_embed(torch.diagonal(a, dim1=-2, dim2=-1) * lam.unsqueeze(-1))
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
+    m = torch.where(both, m, eye)
+    finite = torch.isfinite(m).flatten(1).all(-1)
+    m = torch.where(finite[:, None, None], m, eye)  # LAPACK is not given NaN; such fits fail below
+    return m, active, finite
+
+
+def _factored_solve(a, g, lam, free, hold=None):
+    """damped_solve for many parameters: a batched LAPACK Cholesky (cost P^3 per fit in one
+    call, where the unrolled form costs P^3 separate kernels)."""
+    import torch
+
+    m, active, finite = _active_matrix(a, free, hold, lam)
+    factor, info = torch.linalg.cholesky_ex(m)
+    ok = finite & (info == 0)
+    rhs = torch.where(active, -g, torch.zeros_like(g))
+    rhs = torch.where(ok.unsqueeze(-1) & torch.isfinite(rhs), rhs, torch.zeros_like(rhs))
+    factor = torch.where(ok[:, None, None], factor, torch.eye(a.shape[-1], dtype=a.dtype, device=a.device))
+    step = torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1)
+    ok = ok & torch.isfinite(step).all(-1) & torch.isfinite(g).all(-1)
+    step = torch.where(active, step, torch.zeros_like(step))
+    return torch.where(ok.unsqueeze(-1), step, torch.zeros_like(step)), ok
+
+
 def inverse_diagonal(a, free):
     """diag(A^-1) (B, P) over the free parameters (0 for fixed ones) and ok (B,) (False where
     the Cholesky factorization fails). Elementwise over the batch, like the solver (a batched
@@ -314,6 +375,14 @@ def inverse_diagonal(a, free):
     import torch
 
     p = a.shape[-1]
+    if p > UNROLL_MAX:
+        m, active, finite = _active_matrix(a, free)
+        factor, info = torch.linalg.cholesky_ex(m)
+        ok = finite & (info == 0)
+        factor = torch.where(ok[:, None, None], factor, torch.eye(p, dtype=a.dtype, device=a.device))
+        diag = torch.diagonal(torch.cholesky_inverse(factor), dim1=-2, dim2=-1)
+        ok = ok & torch.isfinite(diag).all(-1)
+        return torch.where(active, diag, torch.zeros_like(diag)), ok
     zero_lam = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
     diag = []
     ok = torch.ones_like(zero_lam, dtype=torch.bool)

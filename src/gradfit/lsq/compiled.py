@@ -1,0 +1,146 @@
+"""torch.compile support for the batched engine (lsq/batched.py): the process-wide cache of
+compiled step functions, keyed by the model itself (a formula's text, or the Python function
+object: two lambdas share a name, not their code), the fallback to eager when torch.compile
+cannot trace a model, and the rule behind ``compile="auto"``.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+
+__all__ = [
+    "COMPILED",
+    "COMPILE_FAILED",
+    "COMPILE_THRESHOLD",
+    "compile_key",
+    "is_compile_failure",
+    "model_key",
+    "quiet",
+    "traceable_residual_and_jacobian",
+    "want_compile",
+]
+
+#: compiled step functions, keyed by compile_key (one cache per process: compiling costs seconds)
+COMPILED: dict = {}
+#: compile keys whose tracing or code generation failed -> the reason (they then run eagerly)
+COMPILE_FAILED: dict = {}
+#: kept for compatibility: compile="auto" now decides from measured times (worth_compiling)
+COMPILE_THRESHOLD = {"cpu": 2_000_000, "cuda": 200_000}
+#: seconds torch.compile takes for a new step kernel (Gaussian formula, torch 2.13, 2-core CPU:
+#: 27 s cold, 9 s with inductor's disk cache warm; a tiny Python callable 9-13 s). CUDA: not
+#: measured; the CPU figure is used (the first call traces the same graph).
+COMPILE_COST_S = {"cpu": 30.0, "cuda": 30.0}
+#: the projected eager time must exceed this many compile costs: compiled steps ran 1.7x
+#: (200k fits) to 15x (1M fits) faster than eager in steady state, so eager time T saves at
+#: least 0.4 T, which pays for the compile when T > 2.5 x cost
+COMPILE_MARGIN = 3.0
+#: LM iterations a typical fit takes after the first (the Gaussian workload's median is ~6-9)
+EXPECTED_ITERATIONS = 8
+
+
+def want_compile(option, n_fits: int, dev):
+    """True, False or "auto" from the user's ``compile`` option (ConfigError otherwise)."""
+    if option in (True, "yes", "true"):
+        return True
+    if option in (False, "no", "false", None):
+        return False
+    if option != "auto":
+        raise ConfigError(f"compile must be 'auto', True or False, got {option!r}")
+    return "auto"
+
+
+def chunk_mode(option, key):
+    """How one chunk runs: True/False as asked; for "auto", compiled when the kernel is already
+    in this process's cache (compiled steps measured no slower than eager at every size, see
+    COMPILE_COST_S) and it did not fail to compile, else "auto" (start eagerly and let
+    worth_compiling decide after the first iteration)."""
+    if option != "auto":
+        return option
+    if key in COMPILE_FAILED:
+        return False
+    return True if key in COMPILED else "auto"
+
+
+def worth_compiling(first_iter_s: float, max_iter: int, dev) -> bool:
+    """compile="auto": compile a fresh kernel only when the projected eager time of the rest
+    of the chunk (the first eager iteration's seconds times EXPECTED_ITERATIONS more, capped by
+    max_iter) exceeds COMPILE_MARGIN times the measured compile cost."""
+    rest = first_iter_s * min(EXPECTED_ITERATIONS, max_iter - 1)
+    cost = COMPILE_COST_S.get(getattr(dev, "type", str(dev)), COMPILE_COST_S["cpu"])
+    return rest > COMPILE_MARGIN * cost
+
+
+def is_compile_failure(exc) -> bool:
+    """An exception raised by torch.compile's tracing or code generation (not by the model)."""
+    module = type(exc).__module__ or ""
+    return module.startswith(("torch._dynamo", "torch._inductor", "torch.fx", "torch._subclasses"))
+
+
+def traceable_residual_and_jacobian(model, names, inputs: dict, y):
+    """The general path's ``theta (B, P) -> (f - y, [J_j (B, M)])`` written so torch.compile
+    can trace it: one ``torch.func.jvp`` per parameter along a unit tangent over the vmapped
+    model (the same forward-mode derivatives as ``jacfwd``, whose own tracing fails in
+    torch.compile on the CPU with an internal assert about ``_fw_primal``)."""
+    import torch
+    from torch.func import jvp, vmap
+
+    keys = list(inputs)
+
+    def single(theta, *xs):
+        return model.forward(dict(zip(keys, xs)), dict(zip(names, theta.unbind())))
+
+    in_dims = (0, *[(0 if inputs[k].dim() == 2 else None) for k in keys])
+    value = vmap(single, in_dims=in_dims)
+
+    def fn(theta):
+        xs = [inputs[k] for k in keys]
+
+        def at(t):
+            return value(t, *xs)
+
+        f, cols = None, []
+        for j in range(len(names)):
+            tangent = torch.zeros_like(theta)  # a dense tangent: an expanded one fails under dynamic shapes
+            tangent[:, j] = 1.0
+            f, d = jvp(at, (theta,), (tangent,))
+            cols.append(d)
+        if f is None:
+            f = at(theta)
+        return f - y, cols
+
+    return fn
+
+
+
+
+def model_key(model):
+    """What identifies the model's code: a formula's text, or the Python callable itself (two
+    functions may share a name; a closure's captured values are part of its code)."""
+    func = getattr(model, "func", None)
+    if func is not None:
+        return ("function", func)
+    return ("formula", getattr(model, "text", None) or model.describe())
+
+
+def compile_key(model, names, fused, tensors, tol) -> tuple:
+    y, inputs = tensors["y"], tensors["inputs"]
+    # the batch size is dynamic: one compiled function serves every chunk and compaction
+    return (model_key(model), tuple(names), fused, y.shape[1], str(y.dtype), str(y.device),
+            tuple((k, v.dim()) for k, v in inputs.items()), tol, tensors["free"], tensors["bounded"])
+
+
+
+
+def quiet(compiled):
+    """``compiled`` with the FutureWarning inductor's own lowering raises on the first call
+    (torch._prims_common.check is deprecated: torch's internals, nothing a user can act on)
+    filtered out, so it does not reach the user's console."""
+    import functools
+    import warnings
+
+    @functools.wraps(compiled)
+    def call(*args):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*_prims_common\.check.* is deprecated", category=FutureWarning)
+            return compiled(*args)
+    return call
