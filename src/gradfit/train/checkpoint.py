@@ -206,7 +206,9 @@ def capture_state(loop) -> tuple[dict, dict]:
             if isinstance(v, torch.Tensor):
                 tensors[f"opt.{pid}.{k}"] = v
             else:
-                opt_meta["state"][str(pid)][k] = v
+                # L-BFGS keeps lists of tensors (and None) in its state: each tensor goes to
+                # the weights file, the list's shape to the JSON
+                opt_meta["state"][str(pid)][k] = _encode_nested(v, f"optlist.{pid}.{k}", tensors)
     tensors["rng.torch"] = torch.get_rng_state()
     if loop.generator is not None:
         tensors["rng.batch"] = loop.generator.get_state()
@@ -239,7 +241,7 @@ def restore_state(resume: tuple, loop) -> None:
     opt_meta = meta["optimizer"]
     state = {}
     for pid, st in opt_meta["state"].items():
-        entry = dict(st)
+        entry = {k: _decode_nested(v, tensors) for k, v in st.items()}
         prefix = f"opt.{pid}."
         entry.update({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         state[int(pid)] = entry
@@ -306,3 +308,28 @@ def _numbered(tensors: dict, prefix: str) -> list:
     while f"{prefix}.{len(out)}" in tensors:
         out.append(tensors[f"{prefix}.{len(out)}"])
     return out
+
+
+def _encode_nested(value, key: str, tensors: dict):
+    """``value`` for the JSON part, with every tensor inside lists or tuples moved to
+    ``tensors`` under ``key.i...`` and left as a pointer ``{"__tensor__": name}``; tensors are
+    cloned so that no two share memory (safetensors refuses shared storage)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        tensors[key] = value.detach().clone().contiguous()
+        return {"__tensor__": key}
+    if isinstance(value, (list, tuple)):
+        return {"__list__": [_encode_nested(v, f"{key}.{i}", tensors) for i, v in enumerate(value)],
+                "tuple": isinstance(value, tuple)}
+    return value
+
+
+def _decode_nested(value, tensors: dict):
+    """The inverse of :func:`_encode_nested`."""
+    if isinstance(value, dict) and set(value) == {"__tensor__"} and isinstance(value["__tensor__"], str):
+        return tensors[value["__tensor__"]]
+    if isinstance(value, dict) and set(value) == {"__list__", "tuple"}:
+        items = [_decode_nested(v, tensors) for v in value["__list__"]]
+        return tuple(items) if value["tuple"] else items
+    return value
