@@ -1,7 +1,6 @@
 """The bad-input matrix: every case is a typed GradfitError in the API and, in the CLI, exit
 status 2 with a single line on stderr that names the file, column or row, and no traceback."""
 
-import io
 import json
 
 import numpy as np
@@ -9,16 +8,10 @@ import pytest
 
 import gradfit as gf
 from gradfit import ConfigError, DataError, GradfitError, PersistError
-from gradfit.cli.main import main
+from _cli import cli
 
 GOOD = "t_u,t_c\n35.7,0.5\n55.9,14.0\n58.2,15.0\n81.9,28.0\n56.3,11.0\n48.9,8.0\n"
 F = "t_c ~ w*t_u + b"
-
-
-def cli(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in argv], stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def write(tmp_path, name, content):

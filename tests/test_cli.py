@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import gradfit as gf
+from _cli import cli
 
 
 def run(*args, cwd=None):
@@ -250,15 +251,6 @@ def test_fit_many_cli_errors(batch_files, args, needle):
 
 # In-process runs: main(argv, stdout, stderr) returns an ExitStatus and writes only to the
 # streams it is given (capsys proves nothing reaches the process's own).
-
-def cli(*argv):
-    import io
-
-    from gradfit.cli.main import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in argv], stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_main_returns_exit_status_and_uses_only_the_given_streams(capsys, thermo_csv):

@@ -14,12 +14,7 @@ import pytest
 from gradfit.cli.common import STATUS_EXIT, ExitStatus, batch_exit_status, exit_status
 from gradfit.cli.main import main
 from gradfit.status import Status
-
-
-def cli(*args):
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in args], stdout=out, stderr=err)
-    return int(code), out.getvalue(), err.getvalue()
+from _cli import cli
 
 
 @pytest.fixture
@@ -190,9 +185,7 @@ def test_predict_exit_follows_the_saved_fit(decay_csv, tmp_path):
 
 def test_a_closed_stdout_pipe_exits_141_quietly(tmp_path):
     """`gradfit ... | head`: the reader went away; not bad input (2) nor a bug (1)."""
-    import io
 
-    from gradfit.cli.main import main
 
     class ClosedPipe(io.StringIO):
         def write(self, text):

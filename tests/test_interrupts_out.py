@@ -1,7 +1,6 @@
 """Issue 12 §7: an unwritable --out fails before any fitting (exit 2, one line naming the
 path); §6: Ctrl-C stops at the next minibatch, exits 130, and the run resumes bit-identically."""
 
-import io
 import json
 import os
 import signal
@@ -13,13 +12,7 @@ import numpy as np
 import pytest
 
 import gradfit
-from gradfit.cli.main import main
-
-
-def cli(*args):
-    out, err = io.StringIO(), io.StringIO()
-    code = main([str(a) for a in args], stdout=out, stderr=err)
-    return int(code), out.getvalue(), err.getvalue()
+from _cli import cli
 
 
 @pytest.fixture

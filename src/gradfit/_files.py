@@ -49,12 +49,26 @@ def atomic_write_bytes(path, payload: bytes) -> None:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException:
+        _remove(tmp)
+        raise
+    _rename_into_place(tmp, target)
+
+
+def _remove(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _rename_into_place(tmp, target: Path) -> None:
+    """Rename a complete temporary file over ``target`` (removing it if that fails) and make
+    the rename durable: the one commit step of every write here."""
+    try:
         os.replace(tmp, target)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _remove(tmp)
         raise
     _fsync_dir(target.parent)
 
@@ -85,15 +99,7 @@ def _link_or_copy(src: Path, target: Path, blob: bytes) -> None:
     except OSError:
         atomic_write_bytes(target, blob)
         return
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(target.parent)
+    _rename_into_place(tmp, target)
 
 
 def staged_name(stable_name: str, blob: bytes) -> str:

@@ -16,10 +16,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import ConfigError, DataError, ModelError
-from ..lsq.batched import COMPILE_THRESHOLD
 from ..options import LeastSquaresOptions
 
-__all__ = ["COMPILE_THRESHOLD", "fit_many"]
+__all__ = ["fit_many"]
 
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_ITER = 25

@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._memory import available_bytes
 from ..errors import ConfigError
 from ..models.jacobian import batch_residual_and_jacobian
 from ..stats import RANK_TOL, stationary_threshold
 from ..status import Status
 from .compiled import (
     COMPILE_FAILED,
-    COMPILE_THRESHOLD,
     COMPILED,
     chunk_mode,
     compile_key,
@@ -51,7 +51,7 @@ from .compiled import (
 )
 from .end_points import check_end_points, clear_end_points, weighted_at
 
-__all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "COMPILE_THRESHOLD", "BatchedSolution", "solve_batched"]
+__all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "BatchedSolution", "solve_batched"]
 
 #: compact the batch to its still-running fits when they are at most this fraction of it
 COMPACT_FRACTION = 0.5
@@ -175,19 +175,12 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
 
 # -- chunks and memory ------------------------------------------------------------------------
 def _memory_budget(dev) -> int:
-    import torch
-
-    if dev.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(dev)
-        return int(free * 0.5)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(int(line.split()[1]) * 1024 * 0.25)
-    except OSError:
-        pass
-    return 2 << 30
+    """Bytes a chunk may use: half the free GPU memory, a quarter of the free CPU memory
+    (2 GiB when it cannot be read)."""
+    free = available_bytes(dev)
+    if free is None:
+        return 2 << 30
+    return int(free * (0.5 if dev.type == "cuda" else 0.25))
 
 
 def _chunk_size(n_fits: int, n_points: int, n_params: int, itemsize: int, dev, chunk_size) -> int:

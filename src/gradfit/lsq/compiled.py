@@ -11,7 +11,6 @@ from ..errors import ConfigError
 __all__ = [
     "COMPILED",
     "COMPILE_FAILED",
-    "COMPILE_THRESHOLD",
     "compile_key",
     "is_compile_failure",
     "model_key",
@@ -24,8 +23,6 @@ __all__ = [
 COMPILED: dict = {}
 #: compile keys whose tracing or code generation failed -> the reason (they then run eagerly)
 COMPILE_FAILED: dict = {}
-#: kept for compatibility: compile="auto" now decides from measured times (worth_compiling)
-COMPILE_THRESHOLD = {"cpu": 2_000_000, "cuda": 200_000}
 #: seconds torch.compile takes for a new step kernel (Gaussian formula, torch 2.13, 2-core CPU:
 #: 27 s cold, 9 s with inductor's disk cache warm; a tiny Python callable 9-13 s). CUDA: not
 #: measured; the CPU figure is used (the first call traces the same graph).

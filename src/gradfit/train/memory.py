@@ -11,30 +11,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from .._memory import available_bytes
+
 __all__ = ["available_bytes", "full_batch_bytes", "memory_advice"]
 
 #: warn when a full-batch epoch would need more than this fraction of the free memory
 WARN_FRACTION = 0.5
 #: the suggested batch keeps an epoch's working set under this fraction
 TARGET_FRACTION = 0.05
-
-
-def available_bytes(device) -> int | None:
-    """Free memory on ``device`` (a torch.device): CUDA's free memory, or the kernel's
-    MemAvailable on the CPU; None where it cannot be read."""
-    if getattr(device, "type", "cpu") == "cuda":
-        import torch
-
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def full_batch_bytes(n_rows: int, sizes: Sequence[int], itemsize: int) -> int:
