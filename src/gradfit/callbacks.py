@@ -22,12 +22,13 @@ A callback whose state must survive a checkpoint defines ``state_dict()`` and
 from __future__ import annotations
 
 import sys
+import time
 from typing import TextIO
 
 from .status import Status
 
 __all__ = ["Callback", "LogCallback", "ProgressBar", "ProgressCallback", "ChunkProgress", "format_loss",
-           "wants_progress"]
+           "wants_progress", "PROGRESS_DELAY"]
 
 
 class Callback:
@@ -86,36 +87,87 @@ class LogCallback(Callback):
             print(line, file=self.stream or sys.stderr, flush=True)
 
 
+#: seconds of work before a progress bar appears: a short fit prints nothing (clean output and
+#: logs), a long one shows its bar from then on. Read when a bar is made; tests set it to 0.
+PROGRESS_DELAY = 2.0
+
+
 class ProgressBar:
     """A transient rich progress bar over ``total`` steps (epochs, iterations or fits) on
     ``stream`` (stderr when None); it redraws a few times a second, not at every step.
 
-    ``show_loss`` adds a 'loss' column that :meth:`update` fills in.
+    Nothing is drawn until :data:`PROGRESS_DELAY` seconds after the bar is made: the bar starts
+    at the first :meth:`update` or :meth:`advance` after that (and not at all when that update
+    already ends the work), so short fits print nothing. Until then an update costs one clock
+    read.
+
+    ``show_loss`` adds a 'loss' column that :meth:`update` fills in. ``eta`` shows the time
+    remaining; without it, the time elapsed (for a total that is only an upper bound, such as
+    Levenberg-Marquardt's maximum iterations).
     """
 
     def __init__(self, total: int, description: str = "fitting", stream: TextIO | None = None,
-                 show_loss: bool = False):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+                 show_loss: bool = False, eta: bool = True):
+        self.total = int(total)
+        self.description = description
+        self.stream = stream
+        self.show_loss = show_loss
+        self.eta = eta
+        self.completed = 0
+        self.loss: float | None = None
+        self._made = time.monotonic()
+        self._show_at = self._made + PROGRESS_DELAY
+        self._progress = None  # a started rich Progress once the delay has passed
+        self._task = None
 
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
-        if show_loss:
-            columns.append(TextColumn("loss {task.fields[loss]}"))
-        # Console(stderr=True) looks sys.stderr up at each write, so captured streams work too
-        console = Console(file=stream) if stream is not None else Console(stderr=True)
-        self._progress = Progress(*columns, TimeRemainingColumn(), console=console, transient=True,
-                                  refresh_per_second=8)
-        self._progress.start()
-        self._task = self._progress.add_task(description, total=total, loss="-")
+    @property
+    def shown(self) -> bool:
+        """Whether the bar has started drawing."""
+        return self._progress is not None
 
     def advance(self, n: int) -> None:
-        self._progress.advance(self._task, n)
+        self.completed += n
+        self._draw()
 
     def update(self, completed: int, loss: float | None = None) -> None:
-        self._progress.update(self._task, completed=completed, loss=format_loss(loss))
+        self.completed, self.loss = completed, loss
+        self._draw()
 
-    def close(self) -> None:
+    def close(self, completed: int | None = None) -> None:
+        """Stop drawing (a transient bar leaves nothing behind); ``completed`` is the final
+        count when the last update was not (it never starts a bar that has not appeared)."""
+        if self._progress is None:
+            return
+        if completed is not None:
+            self.completed = completed
+            self._draw()
         self._progress.stop()
+        self._progress = None
+
+    def _draw(self) -> None:
+        if self._progress is None:
+            if time.monotonic() < self._show_at or self.completed >= self.total:
+                return
+            self._start()
+        self._progress.update(self._task, completed=self.completed, loss=format_loss(self.loss))
+
+    def _start(self) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+        if self.show_loss:
+            columns.append(TextColumn("loss {task.fields[loss]}"))
+        columns.append(TimeRemainingColumn() if self.eta else TimeElapsedColumn())
+        # Console(stderr=True) looks sys.stderr up at each write, so captured streams work too
+        console = Console(file=self.stream) if self.stream is not None else Console(stderr=True)
+        self._progress = Progress(*columns, console=console, transient=True, refresh_per_second=8)
+        self._task = self._progress.add_task(self.description, total=self.total, completed=self.completed,
+                                             loss=format_loss(self.loss))
+        # the elapsed time counts from the start of the work, not from when the bar appeared
+        self._progress.tasks[-1].start_time = self._made
+        self._progress.start()
 
 
 #: fit_many's bar over fits, advanced chunk by chunk: ``ChunkProgress(total).advance(n)``, ``.close()``
@@ -123,22 +175,25 @@ ChunkProgress = ProgressBar
 
 
 class ProgressCallback(Callback):
-    """A progress bar over epochs (or iterations) with the current training loss."""
+    """A progress bar over epochs (or iterations) with the current training loss, drawn once
+    the fit has run :data:`PROGRESS_DELAY` seconds. ``eta=False`` shows the time elapsed instead
+    of the time remaining (for iterations, whose total is only a maximum)."""
 
-    def __init__(self, description: str = "fitting", stream: TextIO | None = None):
+    def __init__(self, description: str = "fitting", stream: TextIO | None = None, eta: bool = True):
         self.description = description
         self.stream = stream
+        self.eta = eta
         self._bar = None
 
     def on_train_begin(self, total_epochs: int) -> None:
-        self._bar = ProgressBar(total_epochs, self.description, self.stream, show_loss=True)
+        self._bar = ProgressBar(total_epochs, self.description, self.stream, show_loss=True, eta=self.eta)
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
         self._bar.update(epoch, logs["train_loss"])
 
     def on_train_end(self, status: str, epochs_run: int) -> None:
         if self._bar is not None:
-            self._bar.close()
+            self._bar.close(completed=epochs_run)
             self._bar = None
 
 

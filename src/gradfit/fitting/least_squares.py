@@ -29,7 +29,8 @@ def least_squares_fit(model, space, train_arr, val_arr, method, options, *, sett
     if training.log_every:
         cbs.append(LogCallback(training.log_every, unit="iteration"))
     if method == "lm" and wants_progress(training.progress):
-        cbs.append(ProgressCallback("least squares"))
+        # iterations of at most max_iter (most fits stop far earlier): time elapsed, not an ETA
+        cbs.append(ProgressCallback("least squares", eta=False))
     for cb in cbs:
         cb.on_train_begin(max_iter)
 

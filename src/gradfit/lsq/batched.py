@@ -103,7 +103,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     chunk_size : fits per chunk (default: from the device's free memory).
     compile : "auto" (see lsq/compiled.py: compiled when the kernel is cached, or when the first
         eager iteration projects a run long enough to pay for compiling), True or False.
-    progress : show a bar over fits (None: when stderr is a terminal and the batch is large).
+    progress : show a bar over fits (None: when stderr is a terminal) once the batch has run 2 s.
 
     Raises
     ------
@@ -220,14 +220,11 @@ def _take(tensors: dict, keep) -> dict:
 
 
 def _progress(progress, n_fits: int):
-    import sys
+    """fit_many's bar over fits, or None. It appears only once the batch has run
+    PROGRESS_DELAY seconds, so small batches print nothing."""
+    from ..callbacks import ChunkProgress, wants_progress
 
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    if not show or n_fits < 100_000:
-        return None
-    from ..callbacks import ChunkProgress
-
-    return ChunkProgress(n_fits)
+    return ChunkProgress(n_fits, "fit_many") if wants_progress(progress) else None
 
 
 # -- the residual, the Jacobian and the step ------------------------------------------------------
