@@ -281,11 +281,12 @@ class FitResult:
             raise PersistError(f"parameters {sorted(params)} do not match the model's {list(model.param_names)}")
         return cls(model=model, **values)
 
-    def save(self, path) -> None:
+    def save(self, path, *, signing_key=None) -> None:
         """Write a JSON model file (plus ``.safetensors`` weights beside it for networks),
-        atomically; :func:`gradfit.load` reads it back with every field unchanged."""
+        atomically; :func:`gradfit.load` reads it back with every field unchanged. With a key
+        (``signing_key``, else ``$GRADFIT_SIGNING_KEY``) the file is signed (HMAC-SHA256)."""
         weights = None if self.model.scalar_params else self.model.module.state_dict()
-        write_document(path, self.to_document(), weights)
+        write_document(path, self.to_document(), weights, signing_key=signing_key)
 
     def plot_fit(self, path, x=None, y=None):
         """PNG of data, fitted curve and residuals (pass the data to show)."""
@@ -311,7 +312,7 @@ _REQUIRED = tuple(f.name for f in fields(FitResult)
                   if f.name in _DOCUMENT and f.default is MISSING and f.default_factory is MISSING)
 
 
-def load(path, *, module=None, function=None) -> FitResult:
+def load(path, *, module=None, function=None, signing_key=None) -> FitResult:
     """Load a FitResult saved with :meth:`FitResult.save`.
 
     Formula and built-in models are rebuilt from their text; MLPs from their description
@@ -319,10 +320,14 @@ def load(path, *, module=None, function=None) -> FitResult:
     be rebuilt from a file (that would mean running stored code): pass ``module=`` (an
     instance of the same architecture) or ``function=``.
 
+    With a key (``signing_key``, else ``$GRADFIT_SIGNING_KEY`` if set) the file must be signed
+    with it: an unsigned file, or one edited after it was signed, is refused.
+
     Raises
     ------
     PersistError
-        Missing, damaged, foreign or newer-format file, or malformed entries.
+        Missing, damaged, foreign or newer-format file, malformed entries, or (with a key) an
+        unsigned file or a bad signature.
     ModelError
         The model is a custom module or function and it was not passed.
 
@@ -335,7 +340,7 @@ def load(path, *, module=None, function=None) -> FitResult:
     >>> gf.load(path).report() == r.report()
     True
     """
-    doc, weights = read_document(path)
+    doc, weights = read_document(path, signing_key=signing_key)
     doc = _numeric_bounds(doc)
     try:
         return FitResult.from_document(doc, weights=weights, module=module, function=function)

@@ -2,6 +2,10 @@
 with a format name, a format version and a SHA-256 checksum, written atomically through
 :mod:`gradfit._files`. Nothing is ever pickled or unpickled.
 
+The checksum is unkeyed: it catches damage, not deliberate edits. With a signing key
+(``signing_key=`` or ``$GRADFIT_SIGNING_KEY``) a document is also signed when written and
+verified when read (:mod:`gradfit.results.signing`).
+
 This module only moves documents between memory and disk; what a document holds is
 declared by the result class (``FitResult.to_document`` / ``FitResult.from_document``).
 """
@@ -14,6 +18,7 @@ from pathlib import Path
 
 from .._files import atomic_write_text, commit_pair
 from ..errors import PersistError
+from .signing import resolve_key, sign, verify
 
 __all__ = ["write_document", "read_document", "FORMAT", "FORMAT_VERSION"]
 
@@ -22,12 +27,21 @@ FORMAT = "gradfit.model"
 FORMAT_VERSION = 2
 
 
+def _canonical(doc: dict, leave_out: tuple[str, ...] = ("checksum",)) -> bytes:
+    """The bytes the checksum (and, leaving out the signature too, the signature) is over."""
+    body = {k: v for k, v in doc.items() if k not in leave_out}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
 def _checksum(doc: dict) -> str:
-    body = {k: v for k, v in doc.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(_canonical(doc)).hexdigest()
 
 
-def write_document(path, body: dict, weights: dict | None = None) -> None:
+def _signed_body(doc: dict) -> bytes:
+    return _canonical(doc, ("checksum", "signature"))
+
+
+def write_document(path, body: dict, weights: dict | None = None, *, signing_key=None) -> None:
     """Write ``body`` (JSON values) to ``path`` with the format header and checksum.
 
     ``weights`` (a torch state dict) go to ``<stem>.safetensors`` beside the file, which names
@@ -35,10 +49,16 @@ def write_document(path, body: dict, weights: dict | None = None) -> None:
     (:func:`gradfit._files.commit_pair`): a crash or a failed write (a full disk) at any moment
     leaves either the previous complete model or the new one, never a mix.
 
+    With a key (``signing_key``, text or bytes, else ``$GRADFIT_SIGNING_KEY`` if set) the
+    document also gets an HMAC-SHA256 ``signature`` of its body (which names the weights'
+    SHA-256, so they are signed too).
+
     Raises
     ------
     PersistError
         The document holds a value JSON cannot hold.
+    ConfigError
+        ``signing_key`` is empty or not text or bytes.
     OSError
         The disk is full or the folder not writable; the previous model is left as it was.
     """
@@ -47,6 +67,7 @@ def write_document(path, body: dict, weights: dict | None = None) -> None:
     from .._version import __version__
 
     path = Path(path)
+    key = resolve_key(signing_key)
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "gradfit_version": __version__,
            "torch_version": torch.__version__.split("+")[0], **body}
 
@@ -54,6 +75,8 @@ def write_document(path, body: dict, weights: dict | None = None) -> None:
         full = dict(doc)
         if weights_name is not None:
             full["weights"] = {"file": weights_name, "sha256": digest}
+        if key is not None:
+            full["signature"] = sign(_signed_body(full), key)
         full["checksum"] = _checksum(full)
         try:
             return json.dumps(full, indent=2, allow_nan=False) + "\n"
@@ -71,17 +94,26 @@ def write_document(path, body: dict, weights: dict | None = None) -> None:
     commit_pair(path, blob, path.with_suffix(".safetensors").name, render)
 
 
-def read_document(path) -> tuple[dict, dict | None]:
+def read_document(path, *, signing_key=None) -> tuple[dict, dict | None]:
     """Read and verify a document: ``(document, weights state dict or None)``.
+
+    With a key (``signing_key``, else ``$GRADFIT_SIGNING_KEY`` if set) the document must carry
+    a valid signature made with that key; without one a signature is not checked.
 
     Raises
     ------
     PersistError
         The file is missing, not JSON, not a gradfit file, from a newer format version, or
-        fails its checksum; or its weights file is missing, damaged or unreadable.
+        fails its checksum; or a key is set and the file is unsigned, signed with another key
+        or edited after it was signed; or its weights file is missing, damaged or unreadable.
+    ConfigError
+        ``signing_key`` is empty or not text or bytes.
     """
     path = Path(path)
+    key = resolve_key(signing_key)
     doc = _read_json(path)
+    # before the weights are read: their SHA-256 is then one the key holder signed
+    verify(doc.get("signature"), _signed_body(doc), key, str(path))
     weights = doc.get("weights")
     if weights is None:
         return doc, None

@@ -10,12 +10,15 @@ normalization vectors against the feature counts, the covariance against the fre
 parameters.
 
 The SHA-256 checksum of :mod:`gradfit.results.persist` catches damage; this schema bounds
-what a deliberately edited file can make gradfit do. Neither authenticates the author.
+what a deliberately edited file can make gradfit do. Neither authenticates the author: the
+keyed signature of :mod:`gradfit.results.signing` does, when a key is set (its entry is
+declared here, ``SIGNATURE_FIELDS``).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +27,8 @@ from ..errors import PersistError
 from ..options import ACTIVATIONS
 from ..status import Status
 
-__all__ = ["Field", "RESULT_FIELDS", "MODEL_FIELDS", "LIMITS", "check_document", "shapes_of"]
+__all__ = ["Field", "RESULT_FIELDS", "MODEL_FIELDS", "SIGNATURE_FIELDS", "SIGNATURE_ALGORITHM", "LIMITS",
+           "check_document", "check_signature", "shapes_of"]
 
 #: the limits of a document (a file within them loads; one beyond them is refused)
 LIMITS = {
@@ -48,7 +52,8 @@ class Field:
     """One entry: its ``kind`` ("int", "number", "text", "list", "object", "tree", "array"),
     whether null is allowed, whether it must be present, bounds for numbers (``low``/``high``),
     the most characters or items (``size``), the schema of list items or object values
-    (``items``), and the allowed values (``choices``)."""
+    (``items``), the allowed values (``choices``), and a regular expression text must match
+    in full (``pattern``)."""
 
     kind: str
     nullable: bool = False
@@ -59,6 +64,7 @@ class Field:
     items: Field | None = None
     choices: tuple | None = None
     min_items: int = 0
+    pattern: str | None = None
 
 
 _NUMBER = Field("number", nullable=True)  # null: format 1 wrote NaN as null
@@ -93,6 +99,16 @@ RESULT_FIELDS: dict[str, Field] = {
     "gradfit_version": Field("text", size=100),
     "torch_version": Field("text", size=100),
     "weights": Field("object", size=16),  # file and sha256; read by persist before this check
+    "signature": Field("object", size=3),  # entries: SIGNATURE_FIELDS
+}
+
+#: the one signature algorithm (see :mod:`gradfit.results.signing`)
+SIGNATURE_ALGORITHM = "hmac-sha256"
+#: the signature entry of a signed document
+SIGNATURE_FIELDS: dict[str, Field] = {
+    "algorithm": Field("text", required=True, size=100, choices=(SIGNATURE_ALGORITHM,)),
+    "key_id": Field("text", required=True, size=8, pattern="[0-9a-f]{8}"),
+    "hmac": Field("text", required=True, size=64, pattern="[0-9a-f]{64}"),
 }
 
 _FEATURES = Field("int", required=True, low=1, high=LIMITS["features"])
@@ -154,6 +170,8 @@ def check_document(doc: Any, weight_shapes: Mapping[str, tuple] | None = None) -
     if not isinstance(doc, dict):
         raise PersistError(f"the document is a {type(doc).__name__}, not an object")
     _check_table(doc, RESULT_FIELDS, "")
+    if "signature" in doc:
+        check_signature(doc["signature"])
     model = doc["model"]
     kind = model.get("kind")
     if kind not in MODEL_FIELDS:
@@ -162,6 +180,19 @@ def check_document(doc: Any, weight_shapes: Mapping[str, tuple] | None = None) -
     _check_relations(doc)
     if kind in ("mlp", "module"):
         _check_network(model, kind, weight_shapes)
+
+
+def check_signature(entry: Any) -> None:
+    """Check a document's ``signature`` entry against ``SIGNATURE_FIELDS`` (its shape only;
+    :func:`gradfit.results.signing.verify` checks it against a key).
+
+    Raises
+    ------
+    PersistError
+        The entry is not an object, lacks a field, or holds a malformed one.
+    """
+    _check(entry, RESULT_FIELDS["signature"], "signature")
+    _check_table(entry, SIGNATURE_FIELDS, "signature.")
 
 
 # -- walking the tables ---------------------------------------------------------------------
@@ -198,6 +229,8 @@ def _check(value, spec: Field, where: str) -> None:
         if spec.choices is not None and value not in spec.choices:
             noun = where.rsplit(".", 1)[-1]
             _fail(where, f"unknown {noun} {_show(value)}; known: {', '.join(spec.choices)}")
+        if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+            _fail(where, f"must match {spec.pattern}, got {_show(value)}")
     elif kind in ("list", "object"):
         expected = list if kind == "list" else dict
         if not isinstance(value, expected):
