@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .common import ExitStatus, check_out_folder, fit_kwargs, library_output
@@ -24,7 +25,9 @@ def _given(argv, flag: str) -> bool:
 
 
 def run_tune(args, stdout, stderr) -> ExitStatus:
-    from ..tuning import DEFAULT_VAL_FRACTION, check_study_space, open_study, prepare, tune, write_outputs
+    from ..tuning import (DEFAULT_VAL_FRACTION, SearchInterrupted, check_study_space, open_study, prepare, run_trials,
+                          write_outputs)
+    from ..tuning.study import fail_dead_trials
     from .fit import load_model_and_data
 
     space = parse_space_args(args.space)
@@ -33,7 +36,7 @@ def run_tune(args, stdout, stderr) -> ExitStatus:
         check_out_folder(out)  # an unwritable --out fails now, not after every trial
     storage = args.storage or str(out / "study.journal")
     kwargs = fit_kwargs(args)
-    kwargs.pop("progress", None)
+    progress = kwargs.pop("progress", None)  # None: on a terminal; the trials' own fits draw none
     kwargs.pop("seed", None)
     if not _given(args.argv, "--val-fraction"):
         kwargs.pop("val_fraction", None)  # tune's default split for its metric val_loss
@@ -45,33 +48,93 @@ def run_tune(args, stdout, stderr) -> ExitStatus:
     check_study_space(open_study(args.study, storage, args.seed), parsed, f" in {storage}")
     split = None if "val_fraction" in kwargs else DEFAULT_VAL_FRACTION  # said in the summary
     if args.workers > 1 and not args.worker:
-        study = open_study(args.study, storage, args.seed)
-        target = len(study.get_trials(deepcopy=False)) + args.trials
-        shares = [args.trials // args.workers + (1 if i < args.trials % args.workers else 0)
-                  for i in range(args.workers)]
-        procs = []
-        for i, n in enumerate(shares):
-            if n == 0:
-                continue
-            cmd = [sys.executable, "-m", "gradfit", *_worker_argv(args.argv, n, storage), "--max-total", str(target),
-                   "--seed", str(args.seed + 1000 * (i + 1))]  # each worker's sampler explores differently
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                          env=dict(os.environ)))
-        failed = [p for p in procs if p.wait() != 0]
-        for p in failed:
-            print(f"gradfit tune: a worker exited with {p.returncode}: {p.stderr.read().strip()[-300:]}", file=stderr)
-        study = open_study(args.study, storage, args.seed)
-        write_outputs(study, out)
-        return _report(study, out, stdout, args.json, split)
-    del parsed, base  # tune() checks again (it is the API; the checks are cheap)
-    with library_output("tune", stderr):
-        tune(model, x, y, data=columns, space=space, trials=args.trials, storage=storage, study=args.study,
-             seed=args.seed, max_total=args.max_total, **kwargs)
+        return _run_workers(args, storage, progress, out, stdout, stderr, split)
+    del parsed, base  # run_trials() checks again (it is the API; the checks are cheap)
+    stop = _StopSignals(worker=args.worker)
+    try:
+        with library_output("tune", stderr), stop:
+            run_trials(model, x, y, data=columns, space=space, trials=args.trials, storage=storage,
+                       study=args.study, seed=args.seed, max_total=args.max_total, progress=progress, stop=stop,
+                       **kwargs)
+    except SearchInterrupted:
+        pass
+    signum = stop.signum
     study = open_study(args.study, storage, args.seed)
+    if signum is not None:  # a signal outside a trial's fit may have left it running
+        fail_dead_trials(study, [os.getpid()], f"was stopped by {signal.Signals(signum).name}")
     if args.worker:
-        return ExitStatus.OK
+        return ExitStatus.OK if signum is None else ExitStatus.from_signal(signum)
     write_outputs(study, out)
-    return _report(study, out, stdout, args.json, split)
+    return _report(study, out, stdout, stderr, args.json, split, signum)
+
+
+def _run_workers(args, storage: str, progress, out: Path, stdout, stderr, split) -> ExitStatus:
+    """``--workers N``: N worker processes on the shared storage, supervised (see
+    :mod:`gradfit.tuning.workers`); the outputs are written from the study they leave."""
+    from ..errors import ConfigError
+    from ..tuning import open_study, write_outputs
+    from ..tuning.progress import TrialProgress
+    from ..tuning.study import failed_trials_warning
+    from ..tuning.workers import run_workers
+
+    study = open_study(args.study, storage, args.seed)
+    before = {t.number for t in study.get_trials(deepcopy=False)}
+
+    def command(n: int, index: int, goal: int) -> list:
+        return [sys.executable, "-m", "gradfit", *_worker_argv(args.argv, n, storage), "--max-total", str(goal),
+                "--seed", str(args.seed + 1000 * (index + 1))]  # each worker's sampler explores differently
+
+    shown = progress if progress is not None else getattr(stderr, "isatty", lambda: False)()
+    bar = TrialProgress(args.trials, stream=stderr) if shown else None
+    outcome = run_workers(study, command, args.trials, args.workers, progress=bar)
+    if outcome.setting_error:
+        raise ConfigError(outcome.setting_error)
+    for line in outcome.errors:
+        print(f"gradfit tune: {line}", file=stderr)
+    warning = failed_trials_warning(study, before) if outcome.signum is None else None  # stopped: said below
+    if warning:
+        print(f"gradfit tune: warning: {warning}", file=stderr)
+    write_outputs(study, out)
+    return _report(study, out, stdout, stderr, args.json, split, outcome.signum)
+
+
+class _StopSignals:
+    """While the trials run, SIGINT and SIGTERM ask the search to stop (``signum``): the
+    running trial ends at its fit's next epoch or iteration, failed as lost (a rerun runs it
+    again), and the outputs are written from what completed. Raising from the handler instead
+    could land inside Optuna's own bookkeeping. A second signal aborts at once
+    (KeyboardInterrupt); a worker ignores it instead: its supervisor forwards a copy of a
+    terminal's Ctrl-C, and kills it if it must."""
+
+    def __init__(self, worker: bool):
+        self.worker = worker
+        self.signum = None
+        self._saved = {}
+
+    def __call__(self):
+        return self.signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # handlers: main thread only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+        elif not self.worker:
+            self._restore()
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+    def _restore(self):
+        for sig, old in self._saved.items():
+            signal.signal(sig, old)
+        self._saved = {}
 
 
 def _worker_argv(argv: list, n: int, storage: str) -> list:
@@ -90,9 +153,11 @@ def _worker_argv(argv: list, n: int, storage: str) -> list:
     return [*out, "--trials", str(n), "--workers", "1", "--storage", storage, "--worker"]
 
 
-def _report(study, out: Path, stdout, as_json: bool, default_split: float | None = None) -> ExitStatus:
-    """Print the study's summary; FIT_FAILED when no trial completed. ``default_split``: the
-    validation share tune chose because --val-fraction was not given (said in the summary)."""
+def _report(study, out: Path, stdout, stderr, as_json: bool, default_split: float | None = None,
+            signum: int | None = None) -> ExitStatus:
+    """Print the study's summary; FIT_FAILED when no trial completed, 130/143 when ``signum``
+    stopped the search. ``default_split``: the validation share tune chose because
+    --val-fraction was not given (said in the summary)."""
     trials = study.get_trials(deepcopy=False)
     counts: dict = {}
     for t in trials:
@@ -103,6 +168,8 @@ def _report(study, out: Path, stdout, as_json: bool, default_split: float | None
         doc["val_fraction"] = default_split
     if complete:
         doc.update(best_value=study.best_value, best_params=study.best_params)
+    if signum is not None:
+        doc["interrupted"] = signal.Signals(signum).name
     if as_json:
         print(json.dumps(doc), file=stdout)
     else:
@@ -118,4 +185,8 @@ def _report(study, out: Path, stdout, as_json: bool, default_split: float | None
         files = [p.name for p in (out / "trials.csv", out / "best.json", out / "history.png", out / "importance.png")
                  if p.exists()]
         print(f"wrote {', '.join(files)} in {out}", file=stdout)
+    if signum is not None:
+        print(f"gradfit tune: interrupted by {signal.Signals(signum).name}; the outputs hold the trials that "
+              f"finished; run the command again to add --trials more", file=stderr)
+        return ExitStatus.from_signal(signum)
     return ExitStatus.OK if complete else ExitStatus.FIT_FAILED

@@ -5,7 +5,9 @@ and returns the best configuration, its fit and the trial table.
 Studies live in a storage several workers can share: Optuna's journal file (an append-only
 log with file locks, safe for parallel writers on one machine; the default next to the
 results) or any Optuna storage URL (e.g. postgresql://...). A trial whose worker died is
-marked failed when the next worker on the same machine starts, and the study goes on.
+marked failed (and lost: it does not count towards the trial count) when the next worker on
+the same machine starts, or at once by the supervisor of ``gradfit tune --workers N``
+(:mod:`.workers`), which starts a worker for the missing trials.
 
 Every value a trial could draw is checked before the first trial (:func:`.space.check_space`),
 a resumed study must have the space it was created with (:func:`.study.check_study_space`),
@@ -20,14 +22,16 @@ import os
 import socket
 import warnings
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 from ..errors import ConfigError, FitError, GradfitError, warn_user
 from .space import check_space, decode_choice, encode_choice, fit_keywords, parse_space, parse_space_text, space_text
-from .study import check_study_space, fail_dead_trials, open_study, trial_rows, write_outputs
+from .progress import TrialProgress
+from .study import (LOST_ATTR, best_value, check_study_space, counted_trials, fail_dead_trials,
+                    failed_trials_warning, open_study, trial_rows, write_outputs)
 
-__all__ = ["tune", "TuneResult", "parse_space", "parse_space_text", "open_study", "lr_find", "LRFinderResult",
-           "prepare", "write_outputs", "fail_dead_trials", "check_study_space", "space_text",
+__all__ = ["tune", "run_trials", "SearchInterrupted", "TuneResult", "parse_space", "parse_space_text", "open_study", "lr_find",
+           "LRFinderResult", "prepare", "write_outputs", "fail_dead_trials", "check_study_space", "space_text",
            "DEFAULT_VAL_FRACTION"]
 
 #: the validation split of tune's default metric "val_loss" when the caller sets none
@@ -82,7 +86,8 @@ def prepare(model, space: Mapping, *, metric: str = "val_loss", trials: int = 1,
 
 def tune(model, x=None, y=None, *, data=None, space: Mapping, trials: int = 50, metric: str = "val_loss",
          storage: str | None = None, study: str | None = None, workers: int = 1, seed: int = 0,
-         max_total: int | None = None, prune: bool = True, **fit_options) -> TuneResult:
+         max_total: int | None = None, prune: bool = True, progress: bool | None = None,
+         **fit_options) -> TuneResult:
     """Search ``space`` for the fit settings that minimise ``metric`` ("val_loss" or "loss").
 
     Parameters
@@ -98,6 +103,9 @@ def tune(model, x=None, y=None, *, data=None, space: Mapping, trials: int = 50, 
         is resumed, and must have been created with the same space.
     workers, seed, max_total, prune : threads, sampler seed, the study's total trial count
         (shared by worker processes), and median pruning on the metric.
+    progress : a transient display of the trials done and the best value so far on stderr;
+        None (default): only when stderr is a terminal, and only once the search has run
+        ``gradfit.callbacks.PROGRESS_DELAY`` seconds. The trials' own fits draw no bar.
     **fit_options : fixed keyword arguments of :func:`gradfit.fit` for every trial.
 
     Returns
@@ -122,18 +130,66 @@ def tune(model, x=None, y=None, *, data=None, space: Mapping, trials: int = 50, 
     >>> len(r.trials), sorted(r.best_params)
     (4, ['lr'])
     """
+    st, parsed, base = _search(model, x, y, data, space, trials, metric, storage, study, workers, seed, max_total,
+                               prune, progress, fit_options)
+    from optuna.trial import TrialState
+
+    from ..fitting.fit import fit
+
+    if not st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise ConfigError("no trial completed (every trial diverged, was pruned or failed); "
+                          "narrow the ranges, lower lr or check the fit options")
+    best = st.best_trial
+    best_values = _drawn(best.params, parsed)
+    best_fit = fit(model, x, y, data=data, **fit_keywords(base, best_values))
+    return TuneResult(best_values, float(best.value), best_fit, trial_rows(st), st.study_name,
+                      storage if isinstance(storage, str) else None, float(base.get("val_fraction") or 0.0))
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """:func:`run_trials` stopped because its ``stop`` asked: ``signum`` is what ``stop``
+    returned (a signal number). A KeyboardInterrupt, so Optuna fails the running trial and
+    lets it through."""
+
+    def __init__(self, signum):
+        super().__init__(f"interrupted{_signal_words(signum)}")
+        self.signum = signum
+
+
+def run_trials(model, x=None, y=None, *, data=None, space: Mapping, trials: int = 50, metric: str = "val_loss",
+               storage: str | None = None, study: str | None = None, workers: int = 1, seed: int = 0,
+               max_total: int | None = None, prune: bool = True, progress: bool | None = None,
+               stop: Callable[[], object] | None = None, **fit_options):
+    """The search of :func:`tune` without its refit of the best configuration: add ``trials``
+    trials to the study and return it (an ``optuna.Study``; it may hold no complete trial).
+    Each trial records its process id and host, so a supervisor can tell which trials a dead
+    worker left running. ``max_total`` caps the study's trial count (lost trials of dead
+    workers not counted, see :func:`.study.counted_trials`): the share of one of several worker
+    processes. ``stop``: called at every epoch (or iteration) of a trial's fit and after each
+    trial; once it returns something true (the CLI's stop signal), the running trial fails as
+    lost and :class:`SearchInterrupted` is raised. Otherwise the same parameters and errors as
+    :func:`tune`.
+    """
+    return _search(model, x, y, data, space, trials, metric, storage, study, workers, seed, max_total, prune,
+                   progress, fit_options, stop)[0]
+
+
+def _search(model, x, y, data, space, trials, metric, storage, study, workers, seed, max_total, prune, progress,
+            fit_options, stop=None):
+    """run_trials -> (study, parsed space, the fit keywords shared by every trial)."""
     import optuna
 
-    from ..callbacks import Callback
+    from ..callbacks import Callback, wants_progress
     from ..fitting.fit import fit
 
     parsed, base = prepare(model, space, metric=metric, trials=trials, x=x, y=y, data=data, **fit_options)
     st = open_study(study, storage, seed, prune=prune)
     check_study_space(st, parsed, f" in {storage}" if isinstance(storage, str) else "")
     fail_dead_trials(st)
-    done = len([t for t in st.get_trials(deepcopy=False) if t.state.is_finished()])
+    before = {t.number for t in st.get_trials(deepcopy=False)}
+    counted = counted_trials(st)
     # several processes on one study share one target, so the study ends with exactly it
-    target = max_total if max_total is not None else done + trials
+    target = max_total if max_total is not None else counted + trials
     setting_errors: list = []
 
     class Pruning(Callback):
@@ -142,6 +198,8 @@ def tune(model, x=None, y=None, *, data=None, space: Mapping, trials: int = 50, 
             self.pruned = False
 
         def on_epoch_end(self, epoch, logs):
+            if stop is not None and stop():
+                raise SearchInterrupted(stop())
             value = logs.get(metric if metric == "val_loss" else "train_loss")
             if value is None or not math.isfinite(value):
                 return None
@@ -162,6 +220,10 @@ def tune(model, x=None, y=None, *, data=None, space: Mapping, trials: int = 50, 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a trial's overfitting is what the search is for
                 r = fit(model, x, y, data=data, callbacks=callbacks, **keywords)
+        except KeyboardInterrupt as interrupt:  # Ctrl-C, or stop() asked
+            trial.set_user_attr("error", f"interrupted{_signal_words(getattr(interrupt, 'signum', None))}")
+            trial.set_user_attr(LOST_ATTR, True)  # not its settings' fault: a rerun runs it again
+            raise
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:500])
             if isinstance(exc, GradfitError) and not isinstance(exc, FitError):
@@ -176,28 +238,41 @@ def tune(model, x=None, y=None, *, data=None, space: Mapping, trials: int = 50, 
             raise optuna.TrialPruned()  # diverged: no usable value, tell the sampler to avoid it
         return value
 
-    stop = optuna.study.MaxTrialsCallback(target, states=None)
-    remaining = max(0, target - len(st.get_trials(deepcopy=False)))
-    before = {t.number for t in st.get_trials(deepcopy=False)}
-    st.optimize(objective, n_trials=min(trials, remaining), n_jobs=max(1, int(workers)), callbacks=[stop],
-                catch=(Exception,))
+    n_trials = min(trials, max(0, target - counted))
+    bar = TrialProgress(n_trials) if wants_progress(progress) else None
+
+    def after_trial(study, trial):
+        if counted_trials(study) >= target or (stop is not None and stop()):
+            study.stop()
+        if bar is not None:
+            finished = [t for t in study.get_trials(deepcopy=False) if t.number not in before and t.state.is_finished()]
+            bar.update(len(finished), best_value(study))
+
+    try:
+        st.optimize(objective, n_trials=n_trials, n_jobs=max(1, int(workers)), callbacks=[after_trial],
+                    catch=(Exception,))
+    finally:
+        if bar is not None:
+            bar.close()
+    if stop is not None and stop():  # it came between trials: the last trial ended by itself
+        raise SearchInterrupted(stop())
     if setting_errors:
         number, values, exc = setting_errors[0]
         raise type(exc)(f"trial {number} ({space_text({k: ('choice', [v]) for k, v in values.items()})}) "
                         f"failed, so the search stopped: {exc}")
-    failed = [t for t in st.get_trials(deepcopy=False) if t.number not in before and t.state.name == "FAIL"]
-    if failed:
-        warn_user(f"{len(failed)} trial(s) failed (see the 'error' column of the trials); "
-                  f"the first: {failed[0].user_attrs.get('error', 'no message')}")
-    complete = [t for t in st.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    if not complete:
-        raise ConfigError("no trial completed (every trial diverged, was pruned or failed); "
-                          "narrow the ranges, lower lr or check the fit options")
-    best = st.best_trial
-    best_values = _drawn(best.params, parsed)
-    best_fit = fit(model, x, y, data=data, **fit_keywords(base, best_values))
-    return TuneResult(best_values, float(best.value), best_fit, trial_rows(st), st.study_name,
-                      storage if isinstance(storage, str) else None, float(base.get("val_fraction") or 0.0))
+    warning = failed_trials_warning(st, before)
+    if warning:
+        warn_user(warning)
+    return st, parsed, base
+
+
+def _signal_words(signum) -> str:
+    import signal
+
+    try:
+        return f" by {signal.Signals(signum).name}"
+    except ValueError:
+        return ""
 
 
 def _suggest(trial, space: dict) -> dict:

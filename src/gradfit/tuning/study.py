@@ -1,5 +1,5 @@
 """Optuna studies of :func:`gradfit.tune`: open or resume one in a shared storage, fail the
-trials of dead workers, refuse a resumed study whose search space changed, and write the
+trials of dead workers (as lost: they are run again), refuse a resumed study whose search space changed, and write the
 trial table, best configuration and plots of a study."""
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ import socket
 
 from ..errors import ConfigError
 
-__all__ = ["open_study", "fail_dead_trials", "check_study_space", "trial_rows", "write_outputs", "SPACE_ATTR"]
+__all__ = ["open_study", "fail_dead_trials", "mark_lost", "counted_trials", "best_value", "failed_trials_warning",
+           "check_study_space", "trial_rows", "write_outputs", "SPACE_ATTR", "LOST_ATTR"]
 
 #: the study's user attribute that records its search space (canonical JSON)
 SPACE_ATTR = "gradfit_space"
+#: a trial's user attribute: it failed because its process died or was stopped, not because of
+#: its settings, so it does not count towards the study's trial count
+LOST_ATTR = "lost"
 
 
 def open_study(study: str | None, storage: str | None, seed: int, direction: str = "minimize", prune: bool = True):
@@ -38,20 +42,69 @@ def open_study(study: str | None, storage: str | None, seed: int, direction: str
                                direction=direction, load_if_exists=True)
 
 
-def fail_dead_trials(study) -> int:
-    """Mark RUNNING trials whose worker process (on this machine) is gone as FAIL."""
+def fail_dead_trials(study, pids=None, reason: str | None = None) -> int:
+    """Mark the RUNNING trials of dead worker processes FAIL, as lost; returns how many.
+
+    ``pids=None``: the trials of every process on this machine that is gone. ``pids``: the
+    trials of these processes, which the caller knows have ended (it reaped them); ``reason``
+    says how (e.g. "killed by SIGKILL"). A lost trial keeps its error in the "error" column
+    and does not count towards a study's trial count (:func:`counted_trials`), so the trial
+    a dead worker was running is run again.
+    """
     from optuna.trial import TrialState
 
     n = 0
     host = socket.gethostname()
+    wanted = None if pids is None else {int(p) for p in pids}
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         pid, where = t.user_attrs.get("pid"), t.user_attrs.get("host")
-        if pid is None or where != host or _alive(int(pid)):
+        if pid is None or where != host:
             continue
-        # another worker starting at the same time may have failed it already
-        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
-        n += 1
+        if (int(pid) not in wanted) if wanted is not None else _alive(int(pid)):
+            continue
+        n += mark_lost(study, t, f"its worker (pid {pid}) {reason or 'died'}")
     return n
+
+
+def mark_lost(study, trial, reason: str) -> bool:
+    """Fail one trial that did not end by itself (its process died or was stopped), with
+    ``reason`` in its "error" column; False when it had finished already (another worker
+    starting at the same time may have failed it)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    try:
+        # the storage API: a trial of another process, by its id (FrozenTrial has no setter)
+        study._storage.set_trial_user_attr(trial._trial_id, "error", reason[:500])
+        study._storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, True)
+    except UpdateFinishedTrialError:
+        return False
+    study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    return True
+
+
+def counted_trials(study) -> int:
+    """The trials that count towards a study's trial count: every trial (running ones too)
+    except those lost with their worker (:func:`fail_dead_trials`)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(LOST_ATTR))
+
+
+def best_value(study) -> float | None:
+    """The best (lowest) value of the study's complete trials; None before the first."""
+    from optuna.trial import TrialState
+
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return min(values) if values else None
+
+
+def failed_trials_warning(study, before) -> str | None:
+    """One line about the trials that failed among those not numbered in ``before`` (the
+    study's trials before a run), or None when none did."""
+    failed = [t for t in study.get_trials(deepcopy=False) if t.number not in before and t.state.name == "FAIL"]
+    if not failed:
+        return None
+    return (f"{len(failed)} trial(s) failed (see the 'error' column of the trials); "
+            f"the first: {failed[0].user_attrs.get('error', 'no message')}")
 
 
 def _alive(pid: int) -> bool:
