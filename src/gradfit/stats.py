@@ -16,7 +16,7 @@ import numpy as np
 
 __all__ = ["Covariance", "covariance", "covariance_from_svd", "fit_statistics", "batch_statistics",
            "rank_deficient", "batch_inverse_diagonal", "t_quantile", "z_quantile", "RANK_TOL", "VANISH_FACTOR",
-           "STATIONARY", "RESIDUAL_FLOOR", "residual_floor", "vanishing_columns", "batch_range_cosine", "stationary_threshold", "batch_scaled_gradient", "EndPoint",
+           "STATIONARY", "RESIDUAL_FLOOR", "covariance_from_gram", "GRAM_COVARIANCE", "residual_floor", "vanishing_columns", "batch_range_cosine", "stationary_threshold", "batch_scaled_gradient", "EndPoint",
            "end_point_checks"]
 
 #: singular values of the column-scaled Jacobian below RANK_TOL * largest count as zero (the
@@ -59,6 +59,29 @@ def covariance_from_svd(s: np.ndarray, vt: np.ndarray, d: np.ndarray, scale: flo
     """``scale * (J^T J)^-1`` from the thin SVD ``J D^-1 = U S V^T`` (full rank)."""
     root = vt.T / (d[:, None] * s)  # D^-1 V S^-1, so (J^T J)^-1 = root @ root.T
     return Covariance((root @ root.T) * scale, len(s), ())
+
+
+#: smallest/largest eigenvalue of the column-scaled Gram matrix above which one fit's
+#: covariance comes from it (cond(J D^-1) < 1e4: the inverse is accurate to ~eps * 1e8,
+#: far below any digit a standard error reports), not from the SVD of the Jacobian
+GRAM_COVARIANCE = 1e-8
+
+
+def covariance_from_gram(gram: np.ndarray, scale: float) -> Covariance | None:
+    """``scale * (J^T J)^-1`` from the Gram matrix ``J^T J`` (P, P) of a well-conditioned
+    Jacobian (full rank by a wide margin: its column-scaled eigenvalues above
+    :data:`GRAM_COVARIANCE` times the largest, so the SVD test of :func:`covariance` would
+    keep every singular value); None when it is not (use :func:`covariance`). One P x P
+    eigendecomposition instead of an SVD of the (n, P) Jacobian."""
+    norms = np.sqrt(np.diagonal(gram))
+    if not (np.isfinite(gram).all() and (norms > 0).all()):
+        return None
+    m = gram / (norms[:, None] * norms)
+    lam, vec = np.linalg.eigh(m)
+    if not lam[0] > GRAM_COVARIANCE * lam[-1]:
+        return None
+    root = vec / (norms[:, None] * np.sqrt(lam))  # D^-1 V L^-1/2, so (J^T J)^-1 = root @ root.T
+    return Covariance((root @ root.T) * scale, len(lam), ())
 
 
 def vanishing_columns(col_norms: np.ndarray, values: np.ndarray, start: np.ndarray, data_norm, eps: float) -> np.ndarray:

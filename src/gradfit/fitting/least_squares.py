@@ -53,8 +53,10 @@ def least_squares_fit(model, space, train_arr, val_arr, method, options, *, sett
                   epochs_run=outcome.iterations, history={"train_loss": outcome.history, "val_loss": []},
                   model=model, message=outcome.message, settings={**settings, "strategy": outcome.strategy},
                   n_train=n_train, n_val=n_val, notes=notes)
+    same = values is outcome.values  # not refined: the solver's residuals and Jacobian hold
     fields.update(uncertainty_fields(fields, problem, lsq.absolute_sigma, set_loss=True, factor=outcome.factor,
-                                     residuals=outcome.residuals if values is outcome.values else None))
+                                     residuals=outcome.residuals if same else None,
+                                     jacobian=outcome.jacobian if same else None))
     return FitResult(**fields)
 
 
@@ -65,11 +67,12 @@ def with_uncertainty(result, problem: LeastSquaresProblem, absolute_sigma: bool)
 
 
 def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigma: bool, *,
-                       set_loss: bool = False, factor: tuple | None = None, residuals=None) -> dict:
+                       set_loss: bool = False, factor: tuple | None = None, residuals=None, jacobian=None) -> dict:
     """FitResult fields for covariance, standard errors, correlations, statistics, and status
     "singular" (plus a warning naming the parameters) for rank-deficient problems. With
     ``set_loss`` the training loss is taken from the statistics (chi2 / sum of weights)."""
-    unc = uncertainty(problem, fields["params"], absolute_sigma=absolute_sigma, factor=factor, residuals=residuals)
+    unc = uncertainty(problem, fields["params"], absolute_sigma=absolute_sigma, factor=factor, residuals=residuals,
+                      jacobian=jacobian)
     status, message = fields["status"], fields["message"]
     if unc.degenerate:
         text = warn_degenerate(unc.degenerate)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..models.jacobian import free_jacobian, free_values, strategy
+from ..models.jacobian import free_jacobian, free_values, strategy, symbolic_value_and_jacobian
 
 __all__ = ['LeastSquaresProblem', 'linear_reason', 'chi_square', 'mean_squared_error', 'predict_numpy']
 
@@ -118,6 +118,11 @@ class LeastSquaresProblem:
                     return np.full(n, np.nan)  # not finite there, like any failed trial
                 return r if sw is None else r * sw
 
+            fused = None
+            if strategy(model) == "symbolic" and not space.ties and not (internal and space.has_bounds):
+                fused = symbolic_value_and_jacobian(model, space.free)
+            if fused is not None:
+                return _fused_functions(fused, residual, jacobian, inputs, y, sw, values_of)
             return residual, jacobian
         import torch
 
@@ -142,6 +147,46 @@ class LeastSquaresProblem:
 
     def is_linear(self) -> bool:
         return linear_reason(self.model, self.space) is None
+
+
+def _fused_functions(fused, residual, jacobian, inputs: dict, y: np.ndarray, sw, values_of):
+    """(residual, jacobian) that evaluate the prediction and its partials in one program
+    (``fused``, :func:`~gradfit.models.jacobian.symbolic_value_and_jacobian`) while
+    Levenberg-Marquardt's steps are being accepted: the Jacobian it then asks for at the same
+    point is already there. After a rejected trial (a residual not followed by a Jacobian
+    there) the next residual is evaluated alone, so failing trials cost no partials."""
+    from ..optim.lm import as_real
+
+    n = len(y)
+    state = {"fuse": True, "at": None, "jac": None, "last": None}
+
+    def fused_residual(u):
+        key = u.tolist()
+        if not state["fuse"]:  # the last trial failed: the value only
+            state["last"], state["at"], state["jac"] = key, None, None
+            return residual(u)
+        state["fuse"], state["last"] = False, key
+        try:
+            value, jac = fused(inputs, values_of(u))
+            value = as_real(value)
+        except ArithmeticError:  # Python-scalar parameter terms overflow or divide by 0
+            state["at"], state["jac"] = None, None
+            return np.full(n, np.nan)
+        if value.shape != (n,):  # a formula that ignores its inputs still predicts n values
+            value = np.broadcast_to(value, (n,))
+        state["at"], state["jac"] = key, jac
+        r = value - y
+        return r if sw is None else r * sw
+
+    def fused_jacobian(u):
+        key = u.tolist()
+        state["fuse"] = key == state["last"]  # a Jacobian where the last trial was: accepted
+        if state["at"] == key:
+            jac, state["at"], state["jac"] = as_real(state["jac"]), None, None
+            return jac if sw is None else jac * sw[:, None]
+        return jacobian(u)
+
+    return fused_residual, fused_jacobian
 
 
 def linear_reason(model, space) -> str | None:

@@ -29,6 +29,8 @@ class LSQOutcome:
     factor: tuple | None = None
     #: unweighted residuals (prediction - y) at the solution, when the solver has them
     residuals: np.ndarray | None = None
+    #: the weighted Jacobian (n, F) over the free parameters at the solution, when the solver has it
+    jacobian: np.ndarray | None = None
 
 
 def solve(problem: LeastSquaresProblem, method: str, *, max_iter: int = 2000, tol: float | None = None,
@@ -112,7 +114,8 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
     reuse = w is None and problem.numpy_ready and not problem.space.ties
     return LSQOutcome(values, out.status, out.message, out.iterations,
                       [problem.mean_loss(c) for c in out.history], strategy,
-                      residuals=out.residuals if reuse else None)
+                      residuals=out.residuals if reuse else None,
+                      jacobian=out.jacobian if not space.ties else None)
 
 
 def _final_stationarity(out, bounds, options, threshold: float) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..models.jacobian import free_jacobian
-from ..stats import RANK_TOL, covariance, covariance_from_svd, fit_statistics, vanishing_columns
+from ..stats import RANK_TOL, covariance, covariance_from_gram, covariance_from_svd, fit_statistics, vanishing_columns
 from .problem import LeastSquaresProblem, predict_numpy
 
 __all__ = ['Uncertainty', 'uncertainty']
@@ -30,9 +30,11 @@ _EPS64 = float(np.finfo(np.float64).eps)
 
 
 def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: bool = False,
-                factor: tuple | None = None, residuals: np.ndarray | None = None) -> Uncertainty:
+                factor: tuple | None = None, residuals: np.ndarray | None = None,
+                jacobian: np.ndarray | None = None) -> Uncertainty:
     """Covariance, standard errors, correlations and fit statistics at ``values``.
-    ``factor`` = (s, vt, d) from a linear solve saves refactorizing the Jacobian."""
+    ``factor`` = (s, vt, d) from a linear solve saves refactorizing the Jacobian;
+    ``jacobian``, the weighted Jacobian (n, F) at ``values`` (the solver's last), recomputing it."""
     space = problem.space
     inputs, y, w = problem.numpy()
     if residuals is None:
@@ -58,16 +60,24 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
     if factor is not None and factor[0].size and factor[0][-1] > RANK_TOL * factor[0][0] and not vanish.any():
         cov = covariance_from_svd(*factor, scale)
     else:
-        with np.errstate(all="ignore"):
-            jac = _free_jacobian(problem, values)
-        if w is not None:
-            jac = jac * np.sqrt(w)[:, None]
+        if jacobian is not None:
+            jac = jacobian
+        else:
+            with np.errstate(all="ignore"):
+                jac = _free_jacobian(problem, values)
+            if w is not None:
+                jac = jac * np.sqrt(w)[:, None]
         if not np.isfinite(jac).all():  # derivatives not finite at the end point: undetermined
             jac = np.where(np.isfinite(jac), jac, 0.0)
         # the one rank test of fit and fit_many (stats.end_point_checks): negligible columns
-        # and the SVD of the column-scaled Jacobian
-        vanish = vanishing_columns(np.sqrt(np.einsum("ij,ij->j", jac, jac)), free_values, start, data_norm, eps)
-        cov = covariance(jac, scale, vanishing=vanish)
+        # and the SVD of the column-scaled Jacobian (its Gram matrix when that proves full
+        # rank by a wide margin, for long data)
+        gram = jac.T @ jac if jac.shape[0] >= 4 * jac.shape[1] else None
+        norms = np.sqrt(np.einsum("ij,ij->j", jac, jac) if gram is None else np.diagonal(gram))
+        vanish = vanishing_columns(norms, free_values, start, data_norm, eps)
+        cov = None if gram is None or vanish.any() else covariance_from_gram(gram, scale)
+        if cov is None:
+            cov = covariance(jac, scale, vanishing=vanish)
     diag = cov.matrix.diagonal().tolist()
     sd = [math.sqrt(v) if v >= 0 else math.nan for v in diag]  # NaN for degenerate parameters
     stderr = dict(zip(space.free, sd))

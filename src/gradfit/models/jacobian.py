@@ -43,7 +43,7 @@ from ..formula.tree import Node
 
 __all__ = ["strategy", "finite_differences", "FINITE_SCHEMES",
            "formula_program", "partials_are_constant", "partials", "jacobian", "free_jacobian",
-           "batch_residual_and_jacobian", "free_values", "torch_to_numpy"]
+           "batch_residual_and_jacobian", "free_values", "torch_to_numpy", "symbolic_value_and_jacobian"]
 
 _EPS = float(np.finfo(np.float64).eps)
 #: relative step of central differences: eps**(1/3) balances truncation (h^2) and rounding (eps/h)
@@ -280,6 +280,33 @@ def _symbolic_numpy(model, wrt: tuple[str, ...]) -> Callable:
         return out.T
 
     return jac
+
+
+@lru_cache(maxsize=512)
+def symbolic_value_and_jacobian(model, wrt: tuple[str, ...]) -> Callable | None:
+    """For a bound formula model: a function (inputs, params) -> (prediction, (n, len(wrt))
+    Fortran-ordered partials) from one program, so the subexpressions the value and its
+    partials share (``exp(-k*x)`` in ``a*exp(-k*x) + c``) are computed once; None when numpy
+    lacks one of the formula's functions. The prediction may be a number where the formula
+    does not depend on its inputs."""
+    names = tuple(model.param_names)
+    rows = [names.index(n) + 1 for n in wrt]
+    run = formula_program(model.expression, names, "numpy", with_value=True)
+    if run is None:
+        return None
+
+    def value_and_jacobian(inputs: Mapping, params: Mapping):
+        outs = run(_env(inputs, params))
+        out = np.empty((len(rows), len(next(iter(inputs.values())))))
+        for j, row in enumerate(rows):
+            v = outs[row]
+            if type(v) is not float and (type(v) is not np.ndarray or v.dtype != np.float64) and np.iscomplexobj(v):
+                # a negative base to a fractional power in parameter terms
+                v = np.where(np.imag(v) == 0, np.real(v), np.nan)
+            out[j] = v  # constants broadcast along the row
+        return outs[0], out.T
+
+    return value_and_jacobian
 
 
 def _symbolic_free(model, space, inputs: Mapping, internal: bool, backend: str) -> Callable:

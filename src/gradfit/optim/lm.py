@@ -46,17 +46,12 @@ import numpy as np
 from ..status import Status
 from . import box as _box_steps
 from .finite import as_real, not_finite_message
+from .lm_tests import active_set, column_norms as _column_norms, default_tolerances, norm as _norm, scaled_gradient
 from .trust_region import GRAM_CONDITION, Subproblem as _Subproblem  # noqa: F401 (re-exported)
 
 __all__ = ["LMOptions", "LMState", "LMOutcome", "init", "step", "outcome", "levenberg_marquardt",
            "robust_levenberg_marquardt", "scaled_gradient", "default_tolerances", "not_finite_message",
            "as_real", "active_set"]
-
-
-def default_tolerances(dtype=np.float64) -> tuple[float, float, float]:
-    """(ftol, xtol, gtol) for a dtype: a little above its rounding level."""
-    eps = float(np.finfo(dtype).eps)
-    return (10 * eps, 100 * eps, 10 * eps)
 
 
 @dataclass(frozen=True)
@@ -92,34 +87,6 @@ class LMOutcome:
     jacobian: np.ndarray | None = None
 
 
-def scaled_gradient(jac: np.ndarray, r: np.ndarray, exempt=None, *, col_norms: np.ndarray | None = None,
-                    r_norm: float | None = None) -> float:
-    """max_j |J_j . r| / (||J_j|| ||r||): the cosine between the residual and each Jacobian
-    column (MINPACK's gtol measure); 0 at a stationary point, scale-free. Columns flagged in
-    ``exempt`` (parameters resting on a bound) are left out. ``col_norms`` and ``r_norm``
-    pass norms the caller already has."""
-    rn = _norm(r) if r_norm is None else r_norm
-    if rn == 0.0:
-        return 0.0
-    cn = (_column_norms(jac) if col_norms is None else col_norms).tolist()
-    g = (jac.T @ r).tolist()
-    skip = [False] * len(cn) if exempt is None else [bool(e) for e in exempt]
-    cosines = [abs(gj) / (cj * rn) for gj, cj, sj in zip(g, cn, skip) if cj > 0 and not sj]
-    if any(c != c for c in cosines):
-        return math.nan  # a NaN in the Jacobian: never stationary
-    return max(cosines) if cosines else 0.0
-
-
-def _column_norms(jac: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.einsum("ij,ij->j", jac, jac))
-
-
-def _norm(v: np.ndarray) -> float:
-    """Euclidean norm of a vector, as numpy.linalg.norm computes it (sqrt of the dot
-    product) without its Python overhead."""
-    return math.sqrt(float(v @ v))
-
-
 @dataclass(slots=True)
 class LMState:
     """Everything one Levenberg-Marquardt run carries from one iteration to the next.
@@ -152,6 +119,8 @@ class LMState:
     accepted: bool = False
     #: how many times converged points were moved onto the bounds (:func:`_onto_bounds`)
     snaps: int = 0
+    #: J^T J (P, P) for long data (n >= 4P), else None (the subproblem computes what it needs)
+    gram: np.ndarray | None = None
 
     @property
     def cost(self) -> float:
@@ -178,17 +147,6 @@ def _box(bounds, x: np.ndarray):
     return lo, hi
 
 
-def active_set(x: np.ndarray, gradient: np.ndarray, box) -> np.ndarray | None:
-    """Coordinates held by their bound: resting on it with the descent direction ``-gradient``
-    pointing out of the box. A coordinate on a bound whose gradient points inward is free
-    (the projected gradient of box-constrained optimization), so a fit stuck on a bound
-    it should leave is never stationary."""
-    if box is None:
-        return None
-    lo, hi = box
-    return ((x <= lo) & (gradient > 0)) | ((x >= hi) & (gradient < 0))
-
-
 def init(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMOptions(), bounds=None) -> LMState:
     """The state at ``x0``: residuals, Jacobian, scaling and the initial trust region
     ``options.factor * ||D x0||``. Residuals or a Jacobian that are not finite end the run
@@ -207,7 +165,7 @@ def init(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMO
     if not np.isfinite(jac).all():
         return LMState(x, r, None, None, None, fnorm, math.nan, 0.0, 0.0, status=Status.NOT_FINITE,
                        message=not_finite_message(jac, "in its derivatives at the starting values"))
-    col_norms = _column_norms(jac)
+    gram, col_norms = _gram(jac)
     inside = None if box is None else _box_steps.off_flat_bounds(x, col_norms, box)
     evaluations = 1
     if inside is not None:  # a start on a bound where the model is flat there: a saddle
@@ -216,12 +174,12 @@ def init(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMO
         jac_in = as_real(jacobian(inside)) if np.isfinite(r_in).all() else None
         if jac_in is not None and np.isfinite(jac_in).all():
             x, r, jac, fnorm = inside, r_in, jac_in, _norm(r_in)
-            col_norms = _column_norms(jac)
+            gram, col_norms = _gram(jac)
     d = np.ones_like(x) if options.scaling == "none" else np.where(col_norms > 0, col_norms, 1.0)
     xnorm = _norm(d * x)
     delta = options.factor * xnorm if xnorm > 0 else options.factor
     return LMState(x, r, jac, col_norms, d, fnorm, xnorm, delta, 0.0, n_residual=evaluations,
-                   n_jacobian=evaluations, history=[0.5 * fnorm**2])
+                   n_jacobian=evaluations, history=[0.5 * fnorm**2], gram=gram)
 
 
 def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMOptions = LMOptions(),
@@ -250,9 +208,10 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
     n_res, n_jac = state.n_residual, state.n_jacobian
     it = state.iteration + 1
     box = _box(bounds, x)
-    held = None if box is None else active_set(x, jac.T @ r, box)
-    if fnorm <= options.residual_floor or scaled_gradient(jac, r, held, col_norms=col_norms,
-                                                          r_norm=fnorm) <= gtol:
+    grad = jac.T @ r
+    held = None if box is None else active_set(x, grad, box)
+    if fnorm <= options.residual_floor or scaled_gradient(jac, r, held, col_norms=col_norms, r_norm=fnorm,
+                                                          grad=grad) <= gtol:
         message = ("residuals at working precision" if fnorm <= options.residual_floor
                    else "scaled gradient below gtol")
         new = _copy(state)
@@ -261,16 +220,17 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
                                                                                   options, box)
     if held is not None and held.any():
         keep = np.nonzero(~held)[0]
-        sub = _Subproblem(jac[:, keep], r, d[keep])
+        sub = _Subproblem(jac[:, keep], r, d[keep], None if state.gram is None else state.gram[np.ix_(keep, keep)],
+                          grad[keep])
     else:
         keep = None
-        sub = _Subproblem(jac, r, d)
+        sub = _Subproblem(jac, r, d, state.gram, grad)
     status = None
     message = ""
     reflect = True  # a step that crosses a bound is reflected off it until a reflection fails
     theta = _box_steps.THETA
     if box is not None:  # stop closer to a bound as the fit converges (trf's rule)
-        theta = _box_steps.step_back(x, jac.T @ r, col_norms, fnorm, held, box)
+        theta = _box_steps.step_back(x, grad, col_norms, fnorm, held, box)
     while True:  # shrink the trust region until a step is accepted
         lam = sub.damping_for(delta, lam)
         z = sub.step(lam)
@@ -308,7 +268,7 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
             prered = -(2.0 * rjd + float(jd @ jd) / fnorm**2)
             dirder = rjd
         else:
-            t1 = _norm(jac @ dx) / fnorm
+            t1 = math.sqrt(sub.predicted_norm2(lam)) / fnorm  # ||J dx||, from the singular system
             t2 = math.sqrt(lam) * pnorm / fnorm
             prered = t1**2 + 2.0 * t2**2
             dirder = -(t1**2 + t2**2)
@@ -335,7 +295,7 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
         if accepted:
             x, r, fnorm = x_new, r_new, fnorm1
             jac = jac_new
-            col_norms = _column_norms(jac)
+            gram, col_norms = _gram(jac)
             if options.scaling != "none":
                 d = np.maximum(d, col_norms)
             xnorm = _norm(d * x)
@@ -349,7 +309,7 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
         if status is not None or accepted:
             break
     new = LMState(x, r, jac, col_norms, d, fnorm, xnorm, delta, lam, it, n_res, n_jac, state.history,
-                  accepted=accepted, snaps=state.snaps)
+                  accepted=accepted, snaps=state.snaps, gram=gram if accepted else state.gram)
     if status is None:
         return new
     if status == Status.CONVERGED:
@@ -386,7 +346,17 @@ def _onto_bounds(residual: Callable, jacobian: Callable, state: LMState, box, op
 def _copy(state: LMState) -> LMState:
     """A shallow copy that has not accepted a step (dataclasses.replace is several times slower)."""
     return LMState(state.x, state.residuals, state.jacobian, state.col_norms, state.scale, state.fnorm, state.xnorm,
-                   state.radius, state.damping, state.iteration, state.n_residual, state.n_jacobian, state.history)
+                   state.radius, state.damping, state.iteration, state.n_residual, state.n_jacobian, state.history,
+                   gram=state.gram)
+
+
+def _gram(jac: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """(J^T J, column norms) for long data, whose subproblem uses the Gram matrix (one pass
+    over the data gives both); (None, column norms) otherwise."""
+    if jac.shape[0] >= 4 * jac.shape[1]:
+        gram = jac.T @ jac
+        return gram, np.sqrt(np.diagonal(gram))
+    return None, _column_norms(jac)
 
 
 def _with_status(state: LMState, status: Status, message: str) -> LMState:

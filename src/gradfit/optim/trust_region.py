@@ -26,30 +26,40 @@ class Subproblem:
     P Python floats (cheaper than numpy calls for the handful of parameters a fit has).
     """
 
-    def __init__(self, jac: np.ndarray, r: np.ndarray, d: np.ndarray):
-        a = jac / d
+    def __init__(self, jac: np.ndarray, r: np.ndarray, d: np.ndarray, gram: np.ndarray | None = None,
+                 grad: np.ndarray | None = None):
+        """``gram`` = J^T J and ``grad`` = J^T r, when the caller has them, save passes over
+        the n x P data."""
         eig = v = None
-        if a.shape[0] >= 4 * a.shape[1]:  # long data: the Gram matrix is much smaller than A
+        long = jac.shape[0] >= 4 * jac.shape[1]  # long data: the Gram matrix is much smaller than A
+        if long:
+            if gram is None:
+                gram = jac.T @ jac
             try:
-                eig, v = np.linalg.eigh(a.T @ a)
+                eig, v = _eigh(gram / (d[:, None] * d))
             except np.linalg.LinAlgError:  # non-finite entries: the SVD below reports them
                 eig = None
         if eig is not None and eig[0] > GRAM_CONDITION * eig[-1] and math.isfinite(eig[-1]):
             s = np.sqrt(eig[::-1])
             vt = v[:, ::-1].T
-            c = (vt @ (a.T @ r)) / s  # U^T r with U = A V S^-1
+            c = (vt @ ((jac.T @ r if grad is None else grad) / d)) / s  # U^T r with U = A V S^-1
         else:
-            u, s, vt = np.linalg.svd(a, full_matrices=False)
+            u, s, vt = np.linalg.svd(jac / d, full_matrices=False)
             c = u.T @ r
         self.vt = vt
         self.c = c  # r's coordinates in the range of J
         self.s = s.tolist()
-        self.c_list = self.c.tolist()
+        self.c_list = c.tolist()
         self.rank_cut = self.s[0] * max(jac.shape) * _EPS if self.s else 0.0
         # the Gauss-Newton step (lam = 0) uses the pseudo-inverse: directions with singular
         # values at rounding level are dropped
         self.gn_coef = [1.0 / sv if sv > self.rank_cut else 0.0 for sv in self.s]
         self.gn_norm = math.sqrt(sum((k * c) ** 2 for k, c in zip(self.gn_coef, self.c_list)))
+
+    def predicted_norm2(self, lam: float) -> float:
+        """||A z||^2 for the step z of damping lam (= ||J dx||^2): from the singular system,
+        without a pass over the data (A z = -U S diag(coefficients) c)."""
+        return sum((sv * k * c) ** 2 for sv, k, c in zip(self.s, self.coefficients(lam), self.c_list))
 
     def coefficients(self, lam: float) -> list[float]:
         if lam == 0.0:
@@ -104,3 +114,26 @@ class Subproblem:
 
 
 _EPS = float(np.finfo(np.float64).eps)
+
+
+def _numpy_eigh():
+    """numpy's symmetric eigensolver gufunc itself: np.linalg.eigh spends several times the
+    LAPACK call on argument checks for a 3 x 3 matrix, once per iteration. It does not
+    raise on a matrix that is not finite (the public function does): checked here."""
+    try:
+        from numpy.linalg import _umath_linalg
+
+        gufunc = _umath_linalg.eigh_lo
+        gufunc(np.eye(2), signature="d->dd")
+    except (ImportError, AttributeError, TypeError):  # another numpy: the public function
+        return np.linalg.eigh
+
+    def eigh(m: np.ndarray):
+        if not math.isfinite(m.sum()):  # inf - inf is NaN: one sum sees any entry
+            raise np.linalg.LinAlgError("the scaled Gram matrix is not finite")
+        return gufunc(m, signature="d->dd")
+
+    return eigh
+
+
+_eigh = _numpy_eigh()
