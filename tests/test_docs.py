@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["gradfit", "gradfit.fitting.fit", "gradfit.formula.parse", "gradfit.formula.compile",
+MODULES = ["gradfit", "gradfit._threads", "gradfit.fitting.fit", "gradfit.formula.parse", "gradfit.formula.compile",
            "gradfit.models.formula", "gradfit.models.function", "gradfit.optim.registry", "gradfit.data.split",
            "gradfit.data.examples", "gradfit.fitting.many", "gradfit.optim.linear", "gradfit.optim.lm", "gradfit.fitting.scipy_compat",
            "gradfit.stats", "gradfit.tuning", "gradfit.results.fit_result", "gradfit.data.tables", "gradfit.data.io",

@@ -31,6 +31,7 @@ from typing import Callable, Mapping
 
 from ._checks import (check_choice, check_flag, check_integer, check_known, check_mapping, check_name,
                       check_nonnegative, check_plain, check_positive, is_real)
+from ._threads import check_threads
 from .errors import ConfigError, did_you_mean
 
 __all__ = ["TrainingOptions", "LeastSquaresOptions", "EarlyStoppingOptions", "RegularizationOptions",
@@ -167,6 +168,8 @@ class TrainingOptions(_Options):
     log_every : log every this many epochs (0: never).
     progress : show a progress bar (None: when the output is a terminal).
     warn_overfitting : warn when the validation loss rises as the training loss falls (not in CV folds).
+    threads : intra-op CPU threads during the fit (>= 1), or None: one thread for small
+        problems, the process's setting otherwise (see :mod:`gradfit._threads`).
 
     Raises
     ------
@@ -189,6 +192,7 @@ class TrainingOptions(_Options):
     log_every: int = 0
     progress: bool | None = None
     warn_overfitting: bool = True
+    threads: int | None = None
 
     def __post_init__(self):
         _set(self, "optimizer", check_known("optimizer", check_name("optimizer", self.optimizer), OPTIMIZERS))
@@ -208,6 +212,7 @@ class TrainingOptions(_Options):
         _set(self, "log_every", check_integer("log_every", self.log_every, 0))
         _set(self, "progress", check_flag("progress", self.progress, optional=True))
         _set(self, "warn_overfitting", check_flag("warn_overfitting", self.warn_overfitting))
+        _set(self, "threads", check_threads(self.threads))
 
 
 def dtype_name(value) -> str:

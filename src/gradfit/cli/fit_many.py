@@ -26,7 +26,7 @@ def run_fit_many(args, stdout, stderr) -> ExitStatus:
     with library_output("fit-many", stderr):
         result = gf.fit_many(args.model, **data, init=init, bounds=parse_bounds(args.bounds) or None,
                              fixed=fixed or None, tol=args.tol, max_iter=args.max_iter, dtype=args.dtype,
-                             device=args.device, chunk_size=args.chunk_size,
+                             device=args.device, threads=args.threads, chunk_size=args.chunk_size,
                              compile={"yes": True, "no": False}.get(args.compile, "auto"),
                              progress=False if args.no_progress or args.json else None)
     if args.out:

@@ -52,6 +52,9 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
     "--dtype": ((), dict(default="float32", choices=["float32", "float64"],
                          help="floating-point precision (default float32)")),
     "--device": ((), dict(default="auto", help="auto, cpu or cuda (default auto)")),
+    "--threads": ((), dict(type=int, default=None, metavar="N",
+                           help="intra-op CPU threads while fitting (default: 1 for small problems, torch's "
+                                "default otherwise); set it when other work shares the cores")),
     # training
     "--optimizer": ((), dict(default="auto",
                              help="auto (default: direct solve or Levenberg-Marquardt for least squares, adam "
@@ -95,7 +98,7 @@ GROUPS = {
     "columns": ("--x", "--y"),
     "parameters": ("--init", "--bounds", "--fix", "--tie"),
     "weights": ("--sigma", "--absolute-sigma"),
-    "solver": ("--tol", "--max-iter", "--dtype", "--device"),
+    "solver": ("--tol", "--max-iter", "--dtype", "--device", "--threads"),
     "training": ("--optimizer", "--lr", "--epochs", "--batch-size", "--loss", "--momentum", "--nesterov", "--opt",
                  "--normalize", "--val-fraction", "--seed", "--gradient", "--log-every", "--nan-policy"),
     "generalization": ("--penalty", "--input-noise", "--early-stopping", "--schedule", "--cv"),

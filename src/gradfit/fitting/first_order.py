@@ -226,11 +226,12 @@ def _memory_notes(model, train, batch_size) -> tuple:
 
 def json_fingerprint(model, settings: dict) -> str:
     """What identifies a training run for resuming: the model and every setting but those a
-    resumed run may change (more epochs, progress display, logging, the checkpoint schedule)."""
+    resumed run may change (more epochs, progress display, logging, threads, the checkpoint schedule)."""
     import hashlib
     import json
 
     options = dict(settings["options"], checkpoint=None)
-    options["training"] = {k: v for k, v in options["training"].items() if k not in ("epochs", "progress", "log_every")}
+    options["training"] = {k: v for k, v in options["training"].items()
+                           if k not in ("epochs", "progress", "log_every", "threads")}
     doc = {"model": model.describe(), "settings": {**settings, "options": options}}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
+from .._threads import choose_threads, intra_op_threads
 from ..data.arrays import check_float32_range, prepare_arrays, weights_from_sigma
 from ..data.split import train_val_indices
 from ..errors import ConfigError, DataError, ModelError
@@ -134,7 +135,7 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         callbacks: Sequence = (), nan_policy: str = "raise", hidden: Sequence[int] = (64,),
         activation: str = "tanh", penalty: Mapping | None = None, input_noise: float = 0.0,
         early_stopping=None, schedule=None, cv: int | None = None, cv_groups=None, cv_split: str = "random",
-        checkpoint=None, resume: bool = False, options: FitOptions | None = None):
+        checkpoint=None, resume: bool = False, threads: int | None = None, options: FitOptions | None = None):
     """Estimate a model's parameters from input/output pairs.
 
     Parameters
@@ -178,6 +179,13 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     checkpoint, resume : a :class:`gradfit.train.checkpoint.Checkpointer` (or a folder) that
         saves the complete training state as it runs; with resume=True training continues from
         the checkpoint in that folder, bit-for-bit on CPU with the same seed.
+    threads : intra-op CPU threads for this fit (``torch.set_num_threads`` while it runs; the
+        previous count is restored afterwards). None (default, "auto"): one thread when the
+        widest tensor of a step (rows per step x the widest layer, input or parameter count)
+        has fewer than :data:`gradfit._threads.SMALL_PROBLEM_ELEMENTS` elements, where extra
+        threads only wait on each other (and on a busy machine make a small fit many times
+        slower); otherwise the process's setting (torch's default or ``OMP_NUM_THREADS``)
+        is kept, never raised. Set it when several fits or processes share the cores.
     options : a :class:`gradfit.options.FitOptions` holding every option at once, for callers
         that build, store or reuse them (``FitOptions.from_dict(result.settings["options"])``
         replays a fit). It replaces the option keywords (loss ... resume above: the names in
@@ -208,7 +216,7 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     """
     values = (loss, optimizer, lr, epochs, batch_size, normalize, val_fraction, seed, gradient, dtype, device,
               log_every, progress, absolute_sigma, max_iter, optimizer_options, tol, nan_policy, hidden, activation,
-              penalty, input_noise, early_stopping, schedule, cv, cv_split, checkpoint, resume)
+              penalty, input_noise, early_stopping, schedule, cv, cv_split, checkpoint, resume, threads)
     if options is None and all(map(operator.is_, values, _default_values())):
         options = _default_options()  # the common call: every option left at its default
     else:
@@ -226,8 +234,18 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     _check_range(arrays, torch_dtype)
     if training.normalize:
         _check_not_constant(arrays)
+    with intra_op_threads(choose_threads(training.threads, _step_elements(bound, arrays, training.batch_size))):
+        return _fit_arrays(bound, arrays, options, loss_fn, torch_dtype, dev, init=init, bounds=bounds, fixed=fixed,
+                           tie=tie, weighted=weights is not None, callbacks=callbacks, checkpoint=checkpoint,
+                           cv_groups=cv_groups)
+
+
+def _fit_arrays(bound, arrays, options, loss_fn, torch_dtype, dev, *, init, bounds, fixed, tie, weighted, callbacks,
+                checkpoint, cv_groups):
+    """The rest of :func:`fit` once the data are checked: split, fit, cross-validate."""
+    training = options.training
     setup = FitSetup(loss_fn, torch_dtype, dev, init=init, bounds=bounds, fixed=fixed, tie=tie,
-                     weighted=weights is not None, callbacks=tuple(callbacks),
+                     weighted=weighted, callbacks=tuple(callbacks),
                      checkpointer=_checkpointer(checkpoint, options.checkpoint))
     train_arr, val_arr = arrays, None
     if training.val_fraction:
@@ -243,7 +261,7 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
 _OPTION_KEYWORDS = ("loss", "optimizer", "lr", "epochs", "batch_size", "normalize", "val_fraction", "seed", "gradient",
                     "dtype", "device", "log_every", "progress", "absolute_sigma", "max_iter", "optimizer_options", "tol",
                     "nan_policy", "hidden", "activation", "penalty", "input_noise", "early_stopping", "schedule", "cv",
-                    "cv_split", "checkpoint", "resume")
+                    "cv_split", "checkpoint", "resume", "threads")
 
 
 @lru_cache(maxsize=1)
@@ -345,6 +363,22 @@ def _fit_split(bound, train_arr, val_arr, notes, options: FitOptions, setup: Fit
         problem = LeastSquaresProblem.from_arrays(bound, space, train_arr)
         result = with_uncertainty(result, problem, options.least_squares.absolute_sigma)
     return result
+
+
+def _step_elements(model, arrays, batch_size) -> int:
+    """Elements in the widest tensor of one step: rows per step x the widest of the input
+    columns, targets, hidden layers (networks) or free parameters (a Jacobian's columns).
+    What decides whether intra-op threads can help (gradfit._threads)."""
+    rows = arrays.n if batch_size is None else min(arrays.n, batch_size)
+    widths = [arrays.y.size // max(arrays.n, 1)]
+    widths += [v.size // max(len(v), 1) for v in arrays.inputs.values()]
+    if _is_module_spec(model):
+        widths += model.hidden
+    elif getattr(model, "module", None) is not None:  # a torch.nn.Module: its widest weight dimension
+        widths += [max(p.shape) for p in model.module.parameters() if p.dim()]
+    else:
+        widths.append(len(getattr(model, "param_names", ())))
+    return rows * max(widths)
 
 
 def _is_module_spec(model) -> bool:

@@ -21,7 +21,7 @@ FIT_KEYWORDS: dict = dict(
     gradient="autograd", dtype="float32", device="auto", log_every=0, progress=None, absolute_sigma=False,
     max_iter=None, optimizer_options=None, tol=None, nan_policy="raise", hidden=(64,), activation="tanh",
     penalty=None, input_noise=0.0, early_stopping=None, schedule=None, cv=None, cv_split="random", checkpoint=None,
-    resume=False)
+    resume=False, threads=None)
 
 
 def options_from_keywords(**keywords: Any) -> FitOptions:
@@ -53,7 +53,7 @@ def _build(keywords: Mapping) -> FitOptions:
         optimizer=kw["optimizer"], lr=kw["lr"], epochs=kw["epochs"], batch_size=kw["batch_size"],
         normalize=kw["normalize"], val_fraction=kw["val_fraction"], seed=kw["seed"], gradient=kw["gradient"],
         dtype=kw["dtype"], device=kw["device"], tol=kw["tol"], optimizer_options=kw["optimizer_options"],
-        log_every=kw["log_every"], progress=kw["progress"])
+        log_every=kw["log_every"], progress=kw["progress"], threads=kw["threads"])
     least_squares = LeastSquaresOptions(tol=kw["tol"], absolute_sigma=kw["absolute_sigma"],
                                         **({} if kw["max_iter"] is None else {"max_iter": kw["max_iter"]}))
     regularization = RegularizationOptions(penalty=kw["penalty"], input_noise=kw["input_noise"],

@@ -27,7 +27,7 @@ DEFAULT_MAX_ITER = 25
 def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Mapping | None = None, fixed=None,
              tie=None, weights=None, sigma=None, mask=None, loss: str = "mse", method: str = "lm",
              tol: float | None = None, max_iter: int | None = None, dtype="float32", device="auto",
-             chunk_size: int | None = None, compile="auto", progress=None):
+             chunk_size: int | None = None, compile="auto", progress=None, threads: int | None = None):
     """Fit one model to each row of ``y`` independently (batched Levenberg-Marquardt).
 
     Parameters
@@ -63,6 +63,9 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
         and shape, or when the first eager iteration projects more than
         ``COMPILE_MARGIN * COMPILE_COST_S`` seconds (90 s on the CPU) for the rest. A model
         torch.compile cannot trace runs eagerly, with the reason in ``timings["compile"]``.
+    threads : intra-op CPU threads while fitting, or None ("auto", as :func:`gradfit.fit`: one
+        thread when a chunk's Jacobian (fits x points x parameters) is small, else the
+        process's setting).
 
     Returns
     -------
@@ -81,6 +84,7 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     >>> np.round(r.params["a"], 4).tolist(), r.converged.tolist()
     ([2.0, -1.0], [True, True])
     """
+    from .._threads import check_threads, choose_threads, intra_op_threads
     from ..models import resolve_model
     from .fit import resolve_device, resolve_dtype
 
@@ -93,6 +97,7 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     solver = LeastSquaresOptions(max_iter=DEFAULT_MAX_ITER if max_iter is None else max_iter,
                                  tol=DEFAULT_TOL if tol is None else tol)
     tol, max_iter = solver.tol, solver.max_iter
+    threads = check_threads(threads)
     ids, x_column = None, x
     if data is not None:
         ids, x, y = _long_table(data, id, x, y)
@@ -117,9 +122,12 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     block = slice(start, stop)
     t0 = time.perf_counter()
     local = {k: (v[block] if v.ndim == 2 else v) for k, v in inputs.items()}
-    solution = solve_batched(bound, names, local, y_arr[block], w_arr[block], theta0[block], lower[block],
-                             upper[block], free, tol=tol, max_iter=max_iter, dtype=torch_dtype, device=dev,
-                             chunk_size=chunk_size, compile=compile, progress=progress)
+    # the widest tensor of a step: a chunk's Jacobian, (fits, points, parameters)
+    elements = min(stop - start, chunk_size or stop - start) * y_arr.shape[1] * max(1, int(free.sum()))
+    with intra_op_threads(choose_threads(threads, elements)):
+        solution = solve_batched(bound, names, local, y_arr[block], w_arr[block], theta0[block], lower[block],
+                                 upper[block], free, tol=tol, max_iter=max_iter, dtype=torch_dtype, device=dev,
+                                 chunk_size=chunk_size, compile=compile, progress=progress)
     result = gather_result(_batch_result(bound, names, solution, free), len(y_arr))
     result.timings["total_s"] = time.perf_counter() - t0
     if ids is not None:

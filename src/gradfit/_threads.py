@@ -1,0 +1,99 @@
+"""Intra-op threads for one fit: small problems run on one thread.
+
+torch's intra-op pool (OpenMP and MKL, sized to the cores) splits an op over its threads and
+waits for all of them. On a tiny tensor there is nothing to split, yet each op can still wait
+at the pool's barrier, and on a loaded machine a descheduled pool thread makes every op wait
+for the scheduler: the README's 11-point MLP fit ran ~70x slower under two busy processes than
+on one thread. Below :data:`SMALL_PROBLEM_ELEMENTS` a fit therefore runs single-threaded;
+bigger ones keep whatever the process has (torch's default, ``OMP_NUM_THREADS``, or the
+caller's ``torch.set_num_threads``), so "auto" never raises the count above what was set.
+``threads=N`` overrides both. Inter-op threads are left alone: torch fixes them at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import threading
+
+from .errors import ConfigError
+
+__all__ = ["SMALL_PROBLEM_ELEMENTS", "check_threads", "choose_threads", "intra_op_threads"]
+
+#: below this many elements in a fit's widest per-step tensor (rows per step x the widest
+#: layer, input or parameter count) "auto" runs on one thread. torch's elementwise kernels do
+#: not split below 32768 elements (at::internal::GRAIN_SIZE); on the 2-core development
+#: machine one thread was as fast or faster up to ~1e5 elements even when quiet, and 18-75x
+#: faster at every size up to 1e5 when loaded (bench/threads.py measures the example).
+SMALL_PROBLEM_ELEMENTS = 65_536
+
+# torch's thread count is one setting of the process: fits running at once in threads
+# (gf.tune with workers > 1) share it, so entering and leaving are counted under one lock and
+# the value found before the first entry comes back when the last one leaves.
+_LOCK = threading.Lock()
+_ACTIVE = {"count": 0, "before": None}
+
+
+def check_threads(value):
+    """``threads=`` in canonical form: None ("auto") or an integer >= 1.
+
+    Raises
+    ------
+    ConfigError
+        for anything else (0, -1, 1.5, "two", True), saying what to pass.
+    """
+    if value is None or type(value) is int and value >= 1:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"threads must be an integer >= 1 (intra-op CPU threads) or None (auto: one thread "
+                          f"for small problems, torch's default otherwise), got {value!r}")
+    return int(value)
+
+
+def choose_threads(requested: int | None, elements: int) -> int | None:
+    """The intra-op thread count a fit runs with: ``requested`` when given, else 1 for a problem
+    whose widest per-step tensor holds fewer than :data:`SMALL_PROBLEM_ELEMENTS` elements, else
+    None (leave the process's setting alone).
+
+    >>> choose_threads(None, 11 * 32), choose_threads(None, 10**6), choose_threads(2, 11)
+    (1, None, 2)
+    """
+    if requested is not None:
+        return requested
+    return 1 if elements < SMALL_PROBLEM_ELEMENTS else None
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None):
+    """Run the body with ``torch.set_num_threads(threads)`` and restore the previous count
+    afterwards, also when the body raises. ``None`` changes nothing.
+
+    >>> import torch
+    >>> before = torch.get_num_threads()
+    >>> with intra_op_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    if threads is None:
+        yield
+        return
+    import torch
+
+    with _LOCK:
+        if _ACTIVE["count"] == 0:
+            _ACTIVE["before"] = torch.get_num_threads()
+        _ACTIVE["count"] += 1
+        previous = torch.get_num_threads()
+        if previous != threads:
+            torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _ACTIVE["count"] -= 1
+            # the last one out restores the process's value; a nested or concurrent one, its own
+            back = _ACTIVE["before"] if _ACTIVE["count"] == 0 else previous
+            if torch.get_num_threads() != back:
+                torch.set_num_threads(back)
