@@ -1,5 +1,6 @@
 """Issue 12 §7: an unwritable --out fails before any fitting (exit 2, one line naming the
-path); §6: Ctrl-C stops at the next minibatch, exits 130, and the run resumes bit-identically."""
+path); §6: Ctrl-C stops at the next minibatch, saves the state there, exits 130, and the run
+resumes from that minibatch bit-identically (in-process cases: tests/test_midepoch_resume.py)."""
 
 import json
 import os
@@ -11,7 +12,6 @@ import time
 import numpy as np
 import pytest
 
-import gradfit
 from _cli import cli
 
 
@@ -108,79 +108,6 @@ def test_writable_out_is_created_and_left_clean(line_csv, tmp_path):
 
 # --- §6: a stop signal is answered at the next minibatch --------------------------------------
 
-RNG = np.random.default_rng(1)
-XS = RNG.uniform(-1, 1, 60)
-YS = 2 * XS + 1 + 0.1 * RNG.normal(size=XS.size)
-KW = dict(x=XS, y=YS, optimizer="adam", lr=1e-2, batch_size=4, seed=5, progress=False)
-
-
-class SignalAfter(__import__("gradfit.train.checkpoint", fromlist=["Checkpointer"]).Checkpointer):
-    """A checkpointer whose stop flag turns on after ``reads`` reads: a Ctrl-C that arrives at
-    a known minibatch, without a clock."""
-
-    def __init__(self, folder, reads, **kw):
-        self._reads_left = reads
-        self._signal = None
-        super().__init__(folder, every_seconds=None, **kw)
-
-    @property
-    def signal(self):
-        if self._signal is None and self._reads_left is not None:
-            self._reads_left -= 1
-            if self._reads_left < 0:
-                self._signal = signal.SIGINT
-        return self._signal
-
-    @signal.setter
-    def signal(self, value):
-        self._signal = value
-
-
-def _read_epoch(folder):
-    from gradfit.train.checkpoint import load_checkpoint
-
-    return load_checkpoint(folder)[1]["counters"]["epoch"]
-
-
-@pytest.mark.parametrize("reads,every", [(3, None), (40, 1), (40, None), (47, 2)])
-def test_stop_mid_epoch_saves_last_complete_epoch_and_resumes_bit_identical(tmp_path, monkeypatch, reads, every):
-    import gradfit.train.loop as loop
-    from gradfit.train.checkpoint import Checkpointer, Interrupted
-
-    monkeypatch.setattr(loop._MidEpochStop, "SLOW_EPOCH_S", 0.0)  # every epoch counts as slow: stop mid-epoch
-    full = gradfit.fit("y ~ a*x + b", epochs=8, **KW)
-    calls = []
-    real = loop._minibatch_epoch
-    monkeypatch.setattr(loop, "_minibatch_epoch", lambda *a: calls.append(r := real(*a)) or r)
-    with pytest.raises(Interrupted) as stop:
-        gradfit.fit("y ~ a*x + b", epochs=8, checkpoint=SignalAfter(tmp_path, reads, every_epochs=every), **KW)
-    assert calls[-1] is None  # the epoch in progress was cut between two minibatches
-    done = sum(c is not None for c in calls)
-    assert stop.value.epoch == done == _read_epoch(tmp_path)  # the last complete epoch is what is saved
-    res = gradfit.fit("y ~ a*x + b", epochs=8, checkpoint=Checkpointer(tmp_path, every_seconds=None), resume=True,
-                      **KW)
-    assert res.params == full.params and res.history == full.history and res.epochs_run == full.epochs_run
-
-
-def test_fast_epochs_finish_the_epoch_then_save(tmp_path, monkeypatch):
-    import gradfit.train.loop as loop
-    from gradfit.train.checkpoint import Checkpointer, Interrupted
-
-    monkeypatch.setattr(loop._MidEpochStop, "SLOW_EPOCH_S", float("inf"))  # only the first epoch is "slow"
-    full = gradfit.fit("y ~ a*x + b", epochs=6, **KW)
-    calls = []
-    real = loop._minibatch_epoch
-    monkeypatch.setattr(loop, "_minibatch_epoch", lambda *a: calls.append(r := real(*a)) or r)
-    # per epoch the flag is read between minibatches (14 times) and once at the end: on inside epoch 2
-    with pytest.raises(Interrupted) as stop:
-        gradfit.fit("y ~ a*x + b", epochs=6, checkpoint=SignalAfter(tmp_path, 15 + 7), **KW)
-    assert None not in calls and len(calls) == 2  # epoch 2 was fast: it ran to its end
-    assert stop.value.epoch == 2 == _read_epoch(tmp_path)
-    res = gradfit.fit("y ~ a*x + b", epochs=6, checkpoint=Checkpointer(tmp_path, every_seconds=None), resume=True,
-                      **KW)
-    assert res.params == full.params and res.history == full.history
-
-
 def test_second_signal_aborts_at_once(tmp_path):
     from gradfit.cli.fit import _stop_signals
     from gradfit.train.checkpoint import Checkpointer
@@ -201,7 +128,10 @@ def test_second_signal_aborts_at_once(tmp_path):
 @pytest.mark.slow
 def test_cli_ctrl_c_stops_mid_epoch_and_resume_matches(tmp_path):
     """batch_size=1 on 4000 rows: an epoch takes seconds; SIGINT after the first checkpoint
-    stops inside epoch 2, exits 130, and --resume ends where an uninterrupted run ends."""
+    stops inside epoch 2 and saves the state at that minibatch, exits 130, and --resume
+    continues from there to where an uninterrupted run ends."""
+    from gradfit.train.checkpoint import load_checkpoint
+
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, 4000)
     data = tmp_path / "d.csv"
@@ -214,10 +144,14 @@ def test_cli_ctrl_c_stops_mid_epoch_and_resume_matches(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and not (cut / "checkpoint.json").exists() and proc.poll() is None:
         time.sleep(0.02)
+    time.sleep(0.5)  # past the end of epoch 1's checkpoint commit; epoch 2 takes seconds
     proc.send_signal(signal.SIGINT)  # inside epoch 2
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
-    assert len(err.strip().splitlines()) == 1 and "--resume" in err and "after epoch 1" in err, err
+    assert len(err.strip().splitlines()) == 1 and "--resume" in err and "interrupted in epoch 2 after " in err, err
+    counters = load_checkpoint(cut)[1]["counters"]
+    assert counters["epoch"] == 1 and 0 < counters["batch_start"] < 4000
+    assert f"after {counters['batch_start']} of 4000 rows" in err
     full = subprocess.run(args + ["--out", str(tmp_path / "full")], capture_output=True, text=True, timeout=600)
     assert full.returncode == 0, full.stderr
     res = subprocess.run(args + ["--out", str(cut), "--resume"], capture_output=True, text=True, timeout=600)

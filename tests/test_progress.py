@@ -155,3 +155,22 @@ def test_bar_waits_for_the_delay_and_never_starts_at_the_end(monkeypatch):
     assert shown.shown
     shown.close(completed=7)
     assert not shown.shown and "7/10" in _frames(stream.getvalue())[-1]
+
+
+def test_an_interrupted_fit_closes_its_bar(terminal, thermo):
+    """Ctrl-C (here a callback raising KeyboardInterrupt at epoch 3) ends the run without
+    after_fit: the bar must still stop, so its refresh thread does not leave a hidden cursor."""
+    import threading
+
+    class Interrupt(gf.Callback):
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 3:
+                raise KeyboardInterrupt
+
+    before = {t.ident for t in threading.enumerate()}
+    with terminal, pytest.raises(KeyboardInterrupt):
+        gf.fit("t_c ~ w*t_u + b", data=thermo, init={"w": 1.0, "b": 0.0}, optimizer="adam", lr=0.1, epochs=25,
+               callbacks=[Interrupt()])
+    assert "fitting" in terminal.getvalue()  # the bar was drawing
+    # rich's refresh thread is gone once the bar stops
+    assert not [t for t in threading.enumerate() if t.ident not in before and t.is_alive() and t.daemon]

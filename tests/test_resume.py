@@ -75,3 +75,26 @@ def test_cli_signal_checkpoints_and_resume_matches(tmp_path, sig, code):
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["loss"] == json.loads(full.stdout)["loss"]
     assert _sha(tmp_path / "cut" / "model.safetensors") == _sha(tmp_path / "full" / "model.safetensors")
+
+
+def _set_version(folder, version):
+    path = folder / "checkpoint.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "version": version}))
+
+
+def test_checkpoint_versions(tmp_path):
+    """Version 2 files (written at an epoch's end, before checkpoints could stop inside one)
+    resume bit-identically; version 1 and versions from a newer gradfit are refused."""
+    from gradfit.train.checkpoint import CHECKPOINT_VERSION
+
+    kw = dict(x=X, y=Y, hidden=(8,), seed=0, progress=False, batch_size=50, optimizer="adam")
+    full = gf.fit("mlp", epochs=6, **kw)
+    gf.fit("mlp", epochs=3, checkpoint=Checkpointer(tmp_path, every_epochs=3, every_seconds=None), **kw)
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["version"] == CHECKPOINT_VERSION == 3
+    _set_version(tmp_path, 2)
+    res = gf.fit("mlp", epochs=6, checkpoint=Checkpointer(tmp_path, every_seconds=None), resume=True, **kw)
+    np.testing.assert_array_equal(res.predict(X), full.predict(X))
+    for version, message in [(1, "older gradfit"), (CHECKPOINT_VERSION + 1, "newer gradfit")]:
+        _set_version(tmp_path, version)
+        with pytest.raises(PersistError, match=message):
+            gf.fit("mlp", epochs=6, checkpoint=tmp_path, resume=True, **kw)

@@ -59,6 +59,10 @@ class Callback:
     def after_fit(self, loop) -> None:
         self.on_train_end(loop.status, loop.epochs_run)
 
+    def after_abort(self, loop) -> None:
+        """The run ends with an exception (a stop signal, an error) instead of :meth:`after_fit`:
+        release what the callback holds on to (a progress bar), nothing more."""
+
 
 def format_loss(v: float | None) -> str:
     if v is None:
@@ -194,6 +198,11 @@ class ProgressCallback(Callback):
     def on_train_end(self, status: str, epochs_run: int) -> None:
         if self._bar is not None:
             self._bar.close(completed=epochs_run)
+            self._bar = None
+
+    def after_abort(self, loop) -> None:
+        if self._bar is not None:  # a transient bar leaves the terminal as it found it
+            self._bar.close()
             self._bar = None
 
 

@@ -90,7 +90,7 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
         import shlex
 
         again = " ".join(shlex.quote(a) for a in ["gradfit", *args.argv] if a != "--resume")
-        print(f"gradfit fit: interrupted after epoch {stop.epoch}; checkpoint saved in {args.out}; "
+        print(f"gradfit fit: interrupted {stop.where}; checkpoint saved in {args.out}; "
               f"resume with: {again} --resume", file=stderr)
         return ExitStatus.from_signal(stop.signum)
     if args.out:
@@ -147,9 +147,9 @@ def _response_column(result, columns):
 
 class _stop_signals:
     """While training, SIGINT and SIGTERM ask the loop to checkpoint and stop (instead of
-    killing it mid-epoch): it stops at the next minibatch, saves the state of the last complete
-    epoch (the epoch in progress is redone on resume) and exits 130/143. A second signal aborts
-    at once (KeyboardInterrupt, exit 130); the checkpoint last written stays valid. Without a
+    killing it mid-epoch): it stops at the next minibatch, saves the state there (``--resume``
+    continues from that minibatch) and exits 130/143. A second signal aborts at once
+    (KeyboardInterrupt, exit 130); the checkpoint last written stays valid. Without a
     checkpointer the default behaviour stays."""
 
     def __init__(self, checkpointer):

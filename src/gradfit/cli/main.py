@@ -112,4 +112,9 @@ def entry() -> None:
     except BrokenPipeError:
         _silence_stdout()
         status = ExitStatus.BROKEN_PIPE
+    # The interpreter's last garbage collections walk every object torch and sympy created
+    # (1-2 s after a fit or a Ctrl-C); frozen, they are skipped and the OS reclaims the memory.
+    import gc
+
+    gc.freeze()
     sys.exit(status)

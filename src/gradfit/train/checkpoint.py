@@ -6,6 +6,12 @@ random-generator states, callbacks' tensors such as the early-stopping snapshot)
 ``checkpoint.json`` (epoch, history, optimizer settings, the other callback state, the name and
 SHA-256 of the tensor file, and the SHA-256 of the training data). No pickle anywhere.
 
+A checkpoint is taken at the end of an epoch, or, when a stop signal arrives during a
+minibatch epoch, between two minibatches. Then ``counters`` also holds ``batch_start`` (the
+permutation index of the next minibatch), ``rng.batch`` is the batch generator's state before
+the epoch's permutation was drawn, ``loop.total`` the epoch's running loss sum and
+``pending.*`` the divergence copy taken when the epoch began.
+
 :class:`Checkpointer` is the training loop's checkpoint callback; :func:`capture_state` and
 :func:`restore_state` turn a loop's state (train/loop.py ``LoopState``) into (tensors, meta)
 and back. Each callback's own state travels through its ``state_dict()``/``load_state_dict()``.
@@ -24,16 +30,30 @@ from ..errors import PersistError
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_state", "restore_state", "Interrupted", "Checkpointer",
            "data_fingerprint", "CHECKPOINT_VERSION"]
 
-#: 2: callback state under "callbacks" (version 1 kept loop counters and the scheduler apart)
-CHECKPOINT_VERSION = 2
+#: 2: callback state under "callbacks" (version 1 kept loop counters and the scheduler apart);
+#: 3: a checkpoint may stop inside an epoch (``counters["batch_start"]``, ``loop.total``, ``pending.*``).
+#: Version 2 files (always at an epoch's end) read as they are.
+CHECKPOINT_VERSION = 3
+OLDEST_READABLE = 2
 
 
 class Interrupted(Exception):
-    """Raised by the loop after it saved a checkpoint because a stop signal arrived."""
+    """Raised by the loop after it saved a checkpoint because a stop signal arrived.
 
-    def __init__(self, signum: int, epoch: int):
-        super().__init__(f"interrupted by signal {signum} after epoch {epoch}")
-        self.signum, self.epoch = signum, epoch
+    ``epoch`` is the last complete epoch; ``rows`` is None at an epoch's end, or
+    ``(done, n)`` when the run stopped inside the next epoch after ``done`` of its ``n`` rows.
+    """
+
+    def __init__(self, signum: int, epoch: int, rows: tuple | None = None):
+        self.signum, self.epoch, self.rows = signum, epoch, rows
+        super().__init__(f"interrupted by signal {signum} {self.where}")
+
+    @property
+    def where(self) -> str:
+        """'after epoch 3', or 'in epoch 4 after 1200 of 4000 rows'."""
+        if self.rows is None:
+            return f"after epoch {self.epoch}"
+        return f"in epoch {self.epoch + 1} after {self.rows[0]} of {self.rows[1]} rows"
 
 
 def _json_safe(v):
@@ -100,7 +120,7 @@ def load_checkpoint(folder) -> tuple[dict, dict]:
         raise PersistError(f"{meta_path}: damaged checkpoint (version is not an integer)")
     if version > CHECKPOINT_VERSION:
         raise PersistError(f"{meta_path}: written by a newer gradfit; upgrade to resume")
-    if version < CHECKPOINT_VERSION:
+    if version < OLDEST_READABLE:
         raise PersistError(f"{meta_path}: written by an older gradfit (checkpoint version {meta.get('version')}); "
                            "start afresh without --resume")
     # files written before the pair was committed as one unit have no "tensors_file"
@@ -111,7 +131,20 @@ def load_checkpoint(folder) -> tuple[dict, dict]:
     if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
         raise PersistError(f"{blob_path}: checksum mismatch; the checkpoint is damaged")
     meta.pop("tensors_file", None)
+    _check_counters(meta.get("counters"), meta_path)
     return st_load(blob), _json_restore(meta)
+
+
+def _check_counters(counters, path) -> None:
+    """``counters`` is ``{"epoch": int >= 0}``, with ``"batch_start": int >= 0`` when the
+    checkpoint stopped inside an epoch."""
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    ok = (isinstance(counters, dict) and count(counters.get("epoch"))
+          and set(counters) <= {"epoch", "batch_start"} and count(counters.get("batch_start", 0)))
+    if not ok:
+        raise PersistError(f"{path}: damaged checkpoint (counters {counters!r}); start afresh without --resume")
 
 
 def data_fingerprint(objective) -> str:
@@ -210,14 +243,21 @@ def capture_state(loop) -> tuple[dict, dict]:
                 # the weights file, the list's shape to the JSON
                 opt_meta["state"][str(pid)][k] = _encode_nested(v, f"optlist.{pid}.{k}", tensors)
     tensors["rng.torch"] = torch.get_rng_state()
-    if loop.generator is not None:
+    counters = {"epoch": loop.epoch}
+    if loop.position is not None:  # between two minibatches of epoch loop.epoch
+        generator_state, start, total = loop.position
+        counters = {"epoch": loop.epoch - 1, "batch_start": start}
+        tensors["rng.batch"], tensors["loop.total"] = generator_state, total
+        for i, t in enumerate(objective.divergence_state(pending=True)):
+            tensors[f"pending.{i}"] = t
+    elif loop.generator is not None:
         tensors["rng.batch"] = loop.generator.get_state()
     if getattr(objective, "noise_generator", None) is not None:
         tensors["rng.noise"] = objective.noise_generator.get_state()
     callbacks = {}
     for key, cb in _stateful(loop.callbacks):
         callbacks[key] = _encode(cb.state_dict(), f"cb.{key}", tensors)
-    meta = {"counters": {"epoch": loop.epoch}, "history": loop.history, "best_epoch": loop.best_epoch,
+    meta = {"counters": counters, "history": loop.history, "best_epoch": loop.best_epoch,
             "optimizer": opt_meta, "callbacks": callbacks}
     return tensors, meta
 
@@ -254,6 +294,9 @@ def restore_state(resume: tuple, loop) -> None:
     loop.history = {k: list(v) for k, v in meta["history"].items()}
     loop.best_epoch = meta.get("best_epoch")
     loop.epoch = loop.epochs_run = meta["counters"]["epoch"]
+    if "batch_start" in meta["counters"]:
+        objective.load_divergence_state(_numbered(tensors, "pending"), pending=True)
+        loop.position = (tensors["rng.batch"], meta["counters"]["batch_start"], tensors["loop.total"])
     saved = meta.get("callbacks", {})
     for key, cb in _stateful(loop.callbacks):
         if key in saved:

@@ -3,6 +3,10 @@
 Minibatches are slices of one seeded on-device permutation per epoch (``x[perm[i:j]]``),
 not a per-sample DataLoader: one gather per batch instead of thousands of Python calls.
 
+A stop signal (the checkpointer's ``signal``) is checked between minibatches: the loop then
+records where the epoch stands (``LoopState.position``), the checkpointer saves it, and a
+resumed run continues from that minibatch, bit-identical to an uninterrupted run.
+
 Divergence, the history, the learning-rate schedule, early stopping, the ``tol`` test and
 checkpoints are the callbacks of train/callbacks.py and train/checkpoint.py; :func:`run_loop`
 builds the ones its :class:`LoopConfig` asks for and runs them with the user's.
@@ -54,10 +58,15 @@ class LoopState:
     epochs_run : epochs completed (a callback may lower it, e.g. for a diverged epoch).
     best_epoch : set by early stopping.
     status, message, stopped : how training ended; set through :meth:`stop`.
+    position : None, or where a minibatch epoch stopped by a signal (or resumed from a
+        checkpoint taken then) stands: ``(generator_state, start, total)``, the batch generator's
+        state before the epoch's permutation was drawn (the permutation is drawn again from
+        it), the permutation index of the next minibatch, and the size-weighted sum of the
+        epoch's batch losses so far (0-d tensor).
     """
 
     __slots__ = ("objective", "optimizer", "generator", "callbacks", "total_epochs", "epoch", "epochs_run", "logs",
-                 "history", "best_epoch", "status", "message", "stopped")
+                 "history", "best_epoch", "status", "message", "stopped", "position")
 
     def __init__(self, objective, optimizer, total_epochs: int, generator=None, callbacks=()):
         self.objective, self.optimizer, self.generator = objective, optimizer, generator
@@ -67,6 +76,7 @@ class LoopState:
         self.history: dict = {"train_loss": [], "val_loss": []}
         self.best_epoch: int | None = None
         self.status, self.message, self.stopped = Status.MAX_EPOCHS, "", False
+        self.position: tuple | None = None
 
     def stop(self, status, message: str) -> None:
         """End training after this epoch with ``status`` (a :class:`Status` or its name)."""
@@ -92,8 +102,10 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     callbacks : gradfit.callbacks.Callback objects (user hooks or loop hooks)
     scheduler : a torch learning-rate scheduler, or None
     checkpointer : train/checkpoint.py ``Checkpointer``, or None; saves the complete state when
-        it is due and when a stop signal arrives
-    resume : (tensors, meta) from ``load_checkpoint``: continue exactly where that run left off
+        it is due, and when a stop signal arrives: at the next minibatch (the state inside the
+        epoch), or at the end of a full-batch epoch
+    resume : (tensors, meta) from ``load_checkpoint``: continue exactly where that run left
+        off, at an epoch's end or between two minibatches
 
     Returns
     -------
@@ -103,6 +115,8 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     ------
     Interrupted
         after the checkpointer saved the state because a stop signal arrived.
+    ConfigError
+        the checkpoint stopped inside an epoch beyond ``config.epochs``.
     """
     import torch
 
@@ -118,35 +132,44 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
         from .checkpoint import restore_state
 
         restore_state(resume, loop)
+        if loop.position is not None and loop.epochs_run >= config.epochs:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"the checkpoint stopped inside epoch {loop.epochs_run + 1}; resume with at least "
+                              f"{loop.epochs_run + 1} epochs")
     # bound once: the per-epoch cost of a callback is then one call per hook it overrides
     before_epoch = [cb.before_epoch for cb in loop.callbacks if type(cb).before_epoch is not Callback.before_epoch]
     after_epoch = [cb.after_epoch for cb in loop.callbacks]
     # a stop signal is checked between minibatches, so Ctrl-C answers within one batch, not one epoch
-    interrupt = _MidEpochStop(checkpointer) if minibatch and checkpointer is not None else None
-    for epoch in range(loop.epochs_run + 1, config.epochs + 1):
-        if interrupt is not None:
-            interrupt.start_epoch(loop)
-        loop.epoch = epoch
-        for hook in before_epoch:
-            hook(loop)
-        if minibatch:
-            value = _minibatch_epoch(objective, optimizer, train, config.batch_size, generator, is_lbfgs,
-                                     None if interrupt is None else interrupt.requested)
-            if value is None:  # stopped between two minibatches: the epoch in progress is dropped
-                interrupt.stop(loop)
-        elif is_lbfgs:
-            value = objective.unscale(optimizer.step(objective.closure(optimizer)).detach())
-        else:
-            value = objective.step(optimizer, train)
-        loop.logs = {"train_loss": value.item(),
-                     "val_loss": objective.evaluate(objective.val) if objective.val is not None else None}
-        loop.epochs_run = epoch
-        for hook in after_epoch:
-            hook(loop)
+    stop_requested = (lambda: checkpointer.signal is not None) if minibatch and checkpointer is not None else None
+    try:
+        for epoch in range(loop.epochs_run + 1, config.epochs + 1):
+            loop.epoch = epoch
+            if loop.position is None:  # a run resumed inside this epoch ran these hooks before it stopped
+                for hook in before_epoch:
+                    hook(loop)
+            if minibatch:
+                value = _minibatch_epoch(objective, optimizer, train, config.batch_size, loop, is_lbfgs,
+                                         stop_requested)
+                if value is None:  # stopped between two minibatches: save the state there
+                    _stop_inside_epoch(loop, checkpointer, train.n)
+            elif is_lbfgs:
+                value = objective.unscale(optimizer.step(objective.closure(optimizer)).detach())
+            else:
+                value = objective.step(optimizer, train)
+            loop.logs = {"train_loss": value.item(),
+                         "val_loss": objective.evaluate(objective.val) if objective.val is not None else None}
+            loop.epochs_run = epoch
+            for hook in after_epoch:
+                hook(loop)
+                if loop.stopped:
+                    break
             if loop.stopped:
                 break
-        if loop.stopped:
-            break
+    except BaseException:  # Ctrl-C's checkpoint, a second signal, an error: release bars and the like
+        for cb in loop.callbacks:
+            cb.after_abort(loop)
+        raise
     for cb in loop.callbacks:
         cb.after_fit(loop)
     return LoopOutcome(status=loop.status, epochs_run=loop.epochs_run, history=loop.history, message=loop.message,
@@ -187,71 +210,34 @@ def overfitting_signal(train: list, val: list, rise: float = 0.05, min_stretch: 
     return None
 
 
-class _MidEpochStop:
-    """Stops a long minibatch epoch at the next minibatch once a stop signal arrived, and leaves
-    a checkpoint that resumes bit-identically.
+def _stop_inside_epoch(loop, checkpointer, n: int):
+    """Save the state between two minibatches (``loop.position`` says where) and raise
+    ``Interrupted``."""
+    from .checkpoint import Interrupted, capture_state
 
-    The checkpoint cannot hold a state in the middle of an epoch (the permutation and the
-    running loss are not saved), so the epoch in progress is dropped and redone on resume. What
-    is saved is the state at the end of the last complete epoch: when epochs are slow (the last
-    one took at least ``SLOW_EPOCH_S``, or none has run yet in this process) a copy of that
-    state is taken before each epoch (its cost is small next to the epoch's); when epochs are
-    fast, no copy is taken and the epoch finishes, so the checkpointer saves at its end as it
-    always did (the wait is under ``SLOW_EPOCH_S``).
-    """
-
-    SLOW_EPOCH_S = 0.5
-
-    def __init__(self, checkpointer):
-        self.checkpointer = checkpointer
-        self.snapshot = None
-        self.last_epoch_s = None
-        self._started = None
-
-    def start_epoch(self, loop) -> None:
-        import time
-
-        now = time.monotonic()
-        if self._started is not None:
-            self.last_epoch_s = now - self._started
-        self._started = now
-        self.snapshot = None
-        if self.last_epoch_s is None or self.last_epoch_s >= self.SLOW_EPOCH_S:
-            self.snapshot = _copy_state(loop)
-
-    def requested(self) -> bool:
-        """True when a stop signal arrived and there is a state to save."""
-        return self.checkpointer.signal is not None and self.snapshot is not None
-
-    def stop(self, loop):
-        """Save the state of the last complete epoch and raise ``Interrupted``."""
-        from .checkpoint import Interrupted
-
-        tensors, meta = self.snapshot
-        self.checkpointer.save(tensors, meta)
-        raise Interrupted(self.checkpointer.signal, meta["counters"]["epoch"])
+    checkpointer.save(*capture_state(loop))
+    raise Interrupted(checkpointer.signal, loop.epoch - 1, (loop.position[1], n))
 
 
-def _copy_state(loop):
-    """A private copy of ``capture_state(loop)`` (its tensors and lists are the live ones)."""
-    import copy
-
-    from .checkpoint import capture_state
-
-    tensors, meta = capture_state(loop)
-    return {k: t.detach().clone() for k, t in tensors.items()}, copy.deepcopy(meta)
-
-
-def _minibatch_epoch(objective, optimizer, train, batch_size, generator, is_lbfgs, stop_requested=None):
+def _minibatch_epoch(objective, optimizer, train, batch_size, loop, is_lbfgs, stop_requested=None):
     """One epoch over seeded minibatches: the size-weighted mean loss, or None when
-    ``stop_requested()`` became true between two minibatches (the epoch is then incomplete)."""
+    ``stop_requested()`` became true between two minibatches; ``loop.position`` then holds
+    where the epoch stands. A ``loop.position`` on entry (a resumed run) continues from there."""
     import torch
 
-    n = train.n
-    perm = torch.randperm(n, generator=generator, device=train.y.device)
-    total = torch.zeros((), dtype=train.y.dtype, device=train.y.device)
-    for start in range(0, n, batch_size):
-        if stop_requested is not None and start and stop_requested():
+    n, generator, device = train.n, loop.generator, train.y.device
+    # the state the permutation is drawn from is all a checkpoint needs to draw it again
+    before = generator.get_state() if stop_requested is not None else None
+    perm = torch.randperm(n, generator=generator, device=device)
+    if loop.position is None:
+        first, total = 0, torch.zeros((), dtype=train.y.dtype, device=device)
+    else:
+        _, first, total = loop.position
+        total = total.to(dtype=train.y.dtype, device=device)
+        loop.position = None
+    for start in range(first, n, batch_size):
+        if stop_requested is not None and stop_requested():
+            loop.position = (before, start, total)
             return None
         idx = perm[start : start + batch_size]
         batch = train.take(idx)

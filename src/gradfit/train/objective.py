@@ -83,19 +83,21 @@ class _Objective:
 
         return penalty_value(self.penalty, self.named_params())
 
-    def divergence_state(self) -> list:
-        """The parameters divergence would fall back to (the start of the current epoch)."""
-        good = self._good
+    def divergence_state(self, pending: bool = False) -> list:
+        """The parameters divergence would fall back to (the start of the current epoch); with
+        ``pending``, the copy taken at the start of the epoch in progress (a mid-epoch checkpoint)."""
+        good = self._pending if pending else self._good
         return list(good) if isinstance(good, list) else [good]
 
-    def load_divergence_state(self, tensors: list) -> None:
+    def load_divergence_state(self, tensors: list, pending: bool = False) -> None:
         if not tensors:
             return
-        if isinstance(self._good, list):
-            for g, t in zip(self._good, tensors):
+        target = self._pending if pending else self._good
+        if isinstance(target, list):
+            for g, t in zip(target, tensors):
                 g.copy_(t)
         else:
-            self._good.copy_(tensors[0])
+            target.copy_(tensors[0])
 
     def snapshot(self):
         """A copy of the trainable values (for early stopping's best epoch)."""
