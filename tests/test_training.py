@@ -153,6 +153,7 @@ def test_float64_and_device_options():
         gf.fit("a*x + b", x=X, y=Y, dtype="float16", epochs=1)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     a = gf.fit("a*x + b", x=X, y=Y, optimizer="sgd", lr=1e-2, epochs=100, dtype="float64", device="cpu")
