@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .optim.trust_region import symmetric_eigh
+
 __all__ = ["Covariance", "covariance", "covariance_from_svd", "fit_statistics", "batch_statistics",
            "rank_deficient", "batch_inverse_diagonal", "t_quantile", "z_quantile", "RANK_TOL", "VANISH_FACTOR",
            "STATIONARY", "RESIDUAL_FLOOR", "covariance_from_gram", "GRAM_COVARIANCE", "residual_floor", "vanishing_columns", "batch_range_cosine", "stationary_threshold", "batch_scaled_gradient", "EndPoint",
-           "end_point_checks"]
+           "end_point_checks", "scaled_gram_eigh", "range_cosine_from_gram"]
 
 #: singular values of the column-scaled Jacobian below RANK_TOL * largest count as zero (the
 #: one rank test of gradfit: one fit, and every fit of fit_many)
@@ -41,9 +43,8 @@ def residual_floor(eps: float) -> float:
     return max(RESIDUAL_FLOOR * _EPS64, 100.0 * eps)
 #: the residuals' cosine with the Jacobian's range (:func:`batch_range_cosine`) below which an
 #: end point is stationary at the default tolerance: a Gauss-Newton step could remove at most
-#: STATIONARY**2 = 1e-6 of chi-square (see :func:`stationary_threshold`). Loose enough for
-#: finite-difference Jacobians in ill-conditioned problems, tight enough to catch a fit that
-#: stopped in a long valley.
+#: STATIONARY**2 = 1e-6 of chi-square (see :func:`stationary_threshold`). Loose enough for finite-difference
+#: Jacobians in ill-conditioned problems, tight enough to catch a fit that stopped in a long valley.
 STATIONARY = 1e-3
 
 
@@ -67,17 +68,24 @@ def covariance_from_svd(s: np.ndarray, vt: np.ndarray, d: np.ndarray, scale: flo
 GRAM_COVARIANCE = 1e-8
 
 
-def covariance_from_gram(gram: np.ndarray, scale: float) -> Covariance | None:
-    """``scale * (J^T J)^-1`` from the Gram matrix ``J^T J`` (P, P) of a well-conditioned
-    Jacobian (full rank by a wide margin: its column-scaled eigenvalues above
-    :data:`GRAM_COVARIANCE` times the largest, so the SVD test of :func:`covariance` would
-    keep every singular value); None when it is not (use :func:`covariance`). One P x P
-    eigendecomposition instead of an SVD of the (n, P) Jacobian."""
-    norms = np.sqrt(np.diagonal(gram))
-    if not (np.isfinite(gram).all() and (norms > 0).all()):
+def scaled_gram_eigh(gram: np.ndarray) -> tuple | None:
+    """(column norms D, ascending eigenvalues, eigenvectors) of ``D^-1 J^T J D^-1`` from ``gram`` = J^T J (None
+    when not finite or a column is zero), for the end-point test and the covariance alike."""
+    diag = gram.diagonal().tolist()  # finite and positive: so is every |G_ij| <= sqrt(G_ii G_jj)
+    if not (diag and 0.0 < min(diag) and math.isfinite(sum(diag))):
         return None
-    m = gram / (norms[:, None] * norms)
-    lam, vec = np.linalg.eigh(m)
+    norms = np.sqrt(gram.diagonal())
+    lam, vec = symmetric_eigh(gram / (norms[:, None] * norms))  # (LinAlgError if not finite after all)
+    return norms, lam, vec
+
+
+def covariance_from_gram(eig: tuple | None, scale: float) -> Covariance | None:
+    """``scale * (J^T J)^-1`` from :func:`scaled_gram_eigh` of a Jacobian full rank by a wide
+    margin (scaled eigenvalues above :data:`GRAM_COVARIANCE` times the largest: the SVD test of
+    :func:`covariance` would keep them all); None otherwise (use :func:`covariance`)."""
+    if eig is None:
+        return None
+    norms, lam, vec = eig
     if not lam[0] > GRAM_COVARIANCE * lam[-1]:
         return None
     root = vec / (norms[:, None] * np.sqrt(lam))  # D^-1 V L^-1/2, so (J^T J)^-1 = root @ root.T
@@ -193,6 +201,18 @@ def _range_cosine_one(jac: np.ndarray, r: np.ndarray, rank_tol: float) -> float:
         u, sv, _ = np.linalg.svd(a, full_matrices=False)
         c = np.where(sv > rank_tol * max(sv[0], 1e-300), u.T @ r, 0.0)
     return math.sqrt(float(c @ c)) / rn
+
+
+def range_cosine_from_gram(eig: tuple | None, jtr: np.ndarray, r_norm: float) -> float | None:
+    """:func:`batch_range_cosine` of one fit (no held columns) from :func:`scaled_gram_eigh` and J^T r,
+    when the Gram matrix serves (cond < 1e5, as there); else None."""
+    if eig is None or not r_norm > 0 or not math.isfinite(r_norm):
+        return None
+    norms, lam, vec = eig
+    if not lam[0] > _GRAM_COND ** -2 * max(lam[-1], 1e-300):
+        return None
+    c = (vec.T @ (jtr / norms)) / np.sqrt(lam)
+    return math.sqrt(float(c @ c)) / r_norm
 
 
 @dataclass

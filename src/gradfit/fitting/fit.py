@@ -392,11 +392,25 @@ def _default_formula_space(model) -> ParameterSpace:
     return ParameterSpace(model.param_names, model.guess(None, None))
 
 
+@lru_cache(maxsize=256)
+def _init_formula_space(model, init_items: tuple) -> ParameterSpace:
+    """The parameter space of a formula fit with only ``init`` (floats): a formula's guess does
+    not look at the data, so it is built once per formula, inputs and start values (a refused
+    init raises and is not cached)."""
+    init = dict(init_items)
+    refuse_inputs_as_parameters(model, init, None, (), None)
+    spec = ParameterSpec.create(model.param_names, init=init)
+    return ParameterSpace.from_spec(spec, spec.start(model.guess(None, None)))
+
+
 def _parameter_space(model, train_arr, n_train, init, bounds, fixed, tie):
     if not model.param_names:
         raise ModelError("the model has no parameters to fit; every name in the formula is a data column")
     if not (init or bounds or fixed or tie) and type(model) is FormulaModel:
         space = _default_formula_space(model)
+    elif (type(model) is FormulaModel and type(init) is dict and not (bounds or fixed or tie)
+          and all(type(v) is float for v in init.values())):
+        space = _init_formula_space(model, tuple(init.items()))
     else:
         space = _configured_space(model, train_arr, init, bounds, fixed, tie)
     if n_train < len(space.free):

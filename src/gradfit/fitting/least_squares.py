@@ -43,7 +43,7 @@ def least_squares_fit(model, space, train_arr, val_arr, method, options, *, sett
     outcome = solve(problem, method, max_iter=max_iter, tol=lsq.tol, callback=on_iteration if cbs else None)
     values = outcome.values
     if method == "lm" and outcome.status == "converged":
-        values = refine_residuals(problem, values)
+        values = refine_residuals(problem, values, chisqr=outcome.chisqr)
     for cb in cbs:
         cb.on_train_end(outcome.status, outcome.iterations)
     val_loss = None
@@ -56,7 +56,8 @@ def least_squares_fit(model, space, train_arr, val_arr, method, options, *, sett
     same = values is outcome.values  # not refined: the solver's residuals and Jacobian hold
     fields.update(uncertainty_fields(fields, problem, lsq.absolute_sigma, set_loss=True, factor=outcome.factor,
                                      residuals=outcome.residuals if same else None,
-                                     jacobian=outcome.jacobian if same else None))
+                                     jacobian=outcome.jacobian if same else None,
+                                     gram_eigh=outcome.gram_eigh if same else None))
     return FitResult(**fields)
 
 
@@ -67,12 +68,13 @@ def with_uncertainty(result, problem: LeastSquaresProblem, absolute_sigma: bool)
 
 
 def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigma: bool, *,
-                       set_loss: bool = False, factor: tuple | None = None, residuals=None, jacobian=None) -> dict:
+                       set_loss: bool = False, factor: tuple | None = None, residuals=None, jacobian=None,
+                       gram_eigh=None) -> dict:
     """FitResult fields for covariance, standard errors, correlations, statistics, and status
     "singular" (plus a warning naming the parameters) for rank-deficient problems. With
     ``set_loss`` the training loss is taken from the statistics (chi2 / sum of weights)."""
     unc = uncertainty(problem, fields["params"], absolute_sigma=absolute_sigma, factor=factor, residuals=residuals,
-                      jacobian=jacobian)
+                      jacobian=jacobian, gram_eigh=gram_eigh)
     status, message = fields["status"], fields["message"]
     if unc.degenerate:
         text = warn_degenerate(unc.degenerate)

@@ -11,10 +11,12 @@ import numpy as np
 from ..models.jacobian import jacobian
 from ..status import Status
 from ..optim.linear import solve_linear_least_squares
-from ..stats import batch_range_cosine, residual_floor, stationary_threshold
+from ..stats import batch_range_cosine, range_cosine_from_gram, residual_floor, scaled_gram_eigh, stationary_threshold
 from .problem import LeastSquaresProblem, chi_square
 
 __all__ = ['LSQOutcome', 'solve', 'refine_residuals']
+
+_EPS64 = float(np.finfo(np.float64).eps)
 
 
 @dataclass
@@ -31,6 +33,10 @@ class LSQOutcome:
     residuals: np.ndarray | None = None
     #: the weighted Jacobian (n, F) over the free parameters at the solution, when the solver has it
     jacobian: np.ndarray | None = None
+    #: :func:`gradfit.stats.scaled_gram_eigh` of that Jacobian, when the end-point test made it
+    gram_eigh: tuple | None = None
+    #: chi-square (weighted) at the solution, when the solver has it
+    chisqr: float | None = None
 
 
 def solve(problem: LeastSquaresProblem, method: str, *, max_iter: int = 2000, tol: float | None = None,
@@ -79,8 +85,9 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
     from ..optim.lm import LMOptions, robust_levenberg_marquardt
 
     _, y, w = problem.numpy()
-    y_norm = float(np.linalg.norm(y if w is None else y * np.sqrt(w)))
-    options = LMOptions(max_iter=max_iter, residual_floor=residual_floor(float(np.finfo(np.float64).eps)) * y_norm,
+    yw = y if w is None else y * np.sqrt(w)
+    y_norm = math.sqrt(float(yw @ yw))  # what np.linalg.norm computes for a vector, without its overhead
+    options = LMOptions(max_iter=max_iter, residual_floor=residual_floor(_EPS64) * y_norm,
                         **({"ftol": tol, "xtol": tol} if tol is not None else {}))
     lm_cb = None
     if callback is not None:
@@ -99,7 +106,7 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
     with np.errstate(all="ignore"):  # trial steps may overflow; LM rejects them
         out, strategy = robust_levenberg_marquardt(residual, u0, jacobian=jacobian, options=options,
                                                    callback=lm_cb, bounds=bounds)
-    _final_stationarity(out, bounds, options, stationary_threshold(tol))
+    gram_eigh = _final_stationarity(out, bounds, options, stationary_threshold(tol))
     if space.ties:
         import torch
 
@@ -115,30 +122,42 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
     return LSQOutcome(values, out.status, out.message, out.iterations,
                       [problem.mean_loss(c) for c in out.history], strategy,
                       residuals=out.residuals if reuse else None,
-                      jacobian=out.jacobian if not space.ties else None)
+                      jacobian=out.jacobian if not space.ties else None, gram_eigh=gram_eigh,
+                      chisqr=2.0 * out.cost)
 
 
-def _final_stationarity(out, bounds, options, threshold: float) -> None:
+def _final_stationarity(out, bounds, options, threshold: float) -> tuple | None:
     """The end-point stationarity test fit_many uses too (:func:`gradfit.stats.batch_range_cosine`:
     the residuals' cosine with the Jacobian's range, projected at active bounds): a converged
-    run above the threshold is stalled. In place."""
+    run above the threshold is stalled. In place. Returns the eigendecomposition of the
+    column-scaled Gram matrix when the test used it (the covariance reuses it), else None."""
     if out.status != Status.CONVERGED or out.jacobian is None or math.sqrt(2.0 * out.cost) <= options.residual_floor:
-        return
+        return None
     jac, r = out.jacobian, out.residuals
+    g = jac.T @ r
     held = None
     if bounds is not None:
-        g = jac.T @ r
-        held = (((out.x <= bounds[0]) & (g > 0)) | ((out.x >= bounds[1]) & (g < 0)))[None]
-    measure = float(batch_range_cosine(jac[None], r[None], held)[0])
+        held = ((out.x <= bounds[0]) & (g > 0)) | ((out.x >= bounds[1]) & (g < 0))
+    eig = measure = None
+    if held is None or not held.any():
+        # one P x P eigendecomposition of J^T J (the solver's last, for long data) instead of
+        # the SVD route; None when the Gram matrix does not serve
+        eig = scaled_gram_eigh(jac.T @ jac if out.gram is None else out.gram)
+        measure = range_cosine_from_gram(eig, g, math.sqrt(2.0 * out.cost))
+    if measure is None:
+        measure = float(batch_range_cosine(jac[None], r[None], None if held is None else held[None])[0])
     if not measure <= threshold:
         out.status = Status.STALLED
         out.message = (f"stopped at a point that is not stationary (the residuals' cosine with the Jacobian's "
                        f"range is {measure:.2e} > {threshold:.0e}); try another starting point")
+    return eig
 
 
-def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3) -> dict:
+def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3, *,
+                     chisqr: float | None = None) -> dict:
     """Gauss-Newton refinement with residuals in 40-digit arithmetic (mixed-precision
-    iterative refinement). Only worth it when the residuals sit near float64 rounding."""
+    iterative refinement). Only worth it when the residuals sit near float64 rounding.
+    ``chisqr``: chi-square at ``values`` when the caller has it (saves evaluating the model)."""
     from ..formula.precise import residuals_mp
 
     expr = getattr(problem.model, "expression", None)
@@ -146,7 +165,7 @@ def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3)
         return values
     space = problem.space
     inputs, y, w = problem.numpy()
-    chi2 = chi_square(problem, values)
+    chi2 = chi_square(problem, values) if chisqr is None else chisqr
     if not math.isfinite(chi2) or chi2 > 1e-20 * float(y @ y if w is None else w @ (y * y)):
         return values  # not finite, or residuals well above float64 rounding: nothing to gain
     current = dict(values)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..models.jacobian import free_jacobian
-from ..stats import RANK_TOL, covariance, covariance_from_gram, covariance_from_svd, fit_statistics, vanishing_columns
+from ..stats import (RANK_TOL, covariance, covariance_from_gram, covariance_from_svd, fit_statistics, scaled_gram_eigh,
+                     vanishing_columns)
 from .problem import LeastSquaresProblem, predict_numpy
 
 __all__ = ['Uncertainty', 'uncertainty']
@@ -31,10 +32,12 @@ _EPS64 = float(np.finfo(np.float64).eps)
 
 def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: bool = False,
                 factor: tuple | None = None, residuals: np.ndarray | None = None,
-                jacobian: np.ndarray | None = None) -> Uncertainty:
+                jacobian: np.ndarray | None = None, gram_eigh: tuple | None = None) -> Uncertainty:
     """Covariance, standard errors, correlations and fit statistics at ``values``.
     ``factor`` = (s, vt, d) from a linear solve saves refactorizing the Jacobian;
-    ``jacobian``, the weighted Jacobian (n, F) at ``values`` (the solver's last), recomputing it."""
+    ``jacobian``, the weighted Jacobian (n, F) at ``values`` (the solver's last), recomputing it;
+    ``gram_eigh``, :func:`gradfit.stats.scaled_gram_eigh` of that Jacobian (the solver's
+    end-point test made it), factorizing its Gram matrix again."""
     space = problem.space
     inputs, y, w = problem.numpy()
     if residuals is None:
@@ -67,15 +70,24 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
                 jac = _free_jacobian(problem, values)
             if w is not None:
                 jac = jac * np.sqrt(w)[:, None]
-        if not np.isfinite(jac).all():  # derivatives not finite at the end point: undetermined
+        # derivatives not finite at the end point: undetermined (a Gram factorization proves them finite)
+        if gram_eigh is None and not np.isfinite(jac).all():
             jac = np.where(np.isfinite(jac), jac, 0.0)
         # the one rank test of fit and fit_many (stats.end_point_checks): negligible columns
         # and the SVD of the column-scaled Jacobian (its Gram matrix when that proves full
         # rank by a wide margin, for long data)
-        gram = jac.T @ jac if jac.shape[0] >= 4 * jac.shape[1] else None
-        norms = np.sqrt(np.einsum("ij,ij->j", jac, jac) if gram is None else np.diagonal(gram))
+        long = jac.shape[0] >= 4 * jac.shape[1]
+        if not long:
+            norms = np.sqrt(np.einsum("ij,ij->j", jac, jac))
+        elif gram_eigh is None:
+            gram = jac.T @ jac
+            norms = np.sqrt(np.diagonal(gram))
+        else:  # the solver's factorization of this very Jacobian's Gram matrix
+            norms = gram_eigh[0]
         vanish = vanishing_columns(norms, free_values, start, data_norm, eps)
-        cov = None if gram is None or vanish.any() else covariance_from_gram(gram, scale)
+        cov = None
+        if long and not vanish.any():
+            cov = covariance_from_gram(gram_eigh if gram_eigh is not None else scaled_gram_eigh(gram), scale)
         if cov is None:
             cov = covariance(jac, scale, vanishing=vanish)
     diag = cov.matrix.diagonal().tolist()

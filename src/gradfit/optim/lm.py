@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -52,6 +53,9 @@ from .trust_region import GRAM_CONDITION, Subproblem as _Subproblem  # noqa: F40
 __all__ = ["LMOptions", "LMState", "LMOutcome", "init", "step", "outcome", "levenberg_marquardt",
            "robust_levenberg_marquardt", "scaled_gradient", "default_tolerances", "not_finite_message",
            "as_real", "active_set"]
+
+
+_DEFAULT_TOLERANCES = default_tolerances()
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,13 @@ class LMOptions:
     #: initial trust region = factor * ||D x0|| (MINPACK's default factor)
     factor: float = 100.0
 
+    @cached_property
+    def tolerances(self) -> tuple[float, float, float]:
+        """(ftol, xtol, gtol), the defaults of float64 filled in (asked once per iteration)."""
+        ftol_d, xtol_d, gtol_d = _DEFAULT_TOLERANCES
+        return (self.ftol if self.ftol is not None else ftol_d, self.xtol if self.xtol is not None else xtol_d,
+                self.gtol if self.gtol is not None else gtol_d)
+
 
 @dataclass
 class LMOutcome:
@@ -85,6 +96,8 @@ class LMOutcome:
     residuals: np.ndarray | None = None
     #: the Jacobian (n, P) at ``x`` (None when the start was not finite)
     jacobian: np.ndarray | None = None
+    #: J^T J (P, P) at ``x`` when the run computed it (long data), else None
+    gram: np.ndarray | None = None
 
 
 @dataclass(slots=True)
@@ -127,16 +140,6 @@ class LMState:
         return 0.5 * self.fnorm**2
 
 
-_DEFAULT_TOLERANCES = default_tolerances()
-
-
-def _tolerances(options: LMOptions) -> tuple[float, float, float]:
-    ftol_d, xtol_d, gtol_d = _DEFAULT_TOLERANCES
-    return (options.ftol if options.ftol is not None else ftol_d,
-            options.xtol if options.xtol is not None else xtol_d,
-            options.gtol if options.gtol is not None else gtol_d)
-
-
 def _box(bounds, x: np.ndarray):
     """(lower, upper) float64 arrays for ``x`` from ``bounds`` (None: no bounds)."""
     if bounds is None:
@@ -157,24 +160,25 @@ def init(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMO
     if box is not None:
         x = np.minimum(np.maximum(x, box[0]), box[1])
     r = as_real(residual(x))
-    if not np.isfinite(r).all():
+    fnorm = _norm(r)  # not finite when r is not (or when it overflows: then every entry is looked at)
+    if not (math.isfinite(fnorm) or np.isfinite(r).all()):
         return LMState(x, r, None, None, None, math.inf, math.nan, 0.0, 0.0, n_jacobian=0,
                        status=Status.NOT_FINITE, message=not_finite_message(r))
-    fnorm = _norm(r)
     jac = as_real(jacobian(x))
-    if not np.isfinite(jac).all():
+    gram, col_norms = _gram(jac)
+    if not _finite(jac, col_norms):
         return LMState(x, r, None, None, None, fnorm, math.nan, 0.0, 0.0, status=Status.NOT_FINITE,
                        message=not_finite_message(jac, "in its derivatives at the starting values"))
-    gram, col_norms = _gram(jac)
     inside = None if box is None else _box_steps.off_flat_bounds(x, col_norms, box)
     evaluations = 1
     if inside is not None:  # a start on a bound where the model is flat there: a saddle
         evaluations = 2
         r_in = as_real(residual(inside))
         jac_in = as_real(jacobian(inside)) if np.isfinite(r_in).all() else None
-        if jac_in is not None and np.isfinite(jac_in).all():
+        moved = None if jac_in is None else _gram(jac_in)
+        if moved is not None and _finite(jac_in, moved[1]):
             x, r, jac, fnorm = inside, r_in, jac_in, _norm(r_in)
-            gram, col_norms = _gram(jac)
+            gram, col_norms = moved
     d = np.ones_like(x) if options.scaling == "none" else np.where(col_norms > 0, col_norms, 1.0)
     xnorm = _norm(d * x)
     delta = options.factor * xnorm if xnorm > 0 else options.factor
@@ -202,7 +206,7 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
         return state
     if state.iteration >= options.max_iter:
         return _with_status(_copy(state), Status.MAX_ITERATIONS, f"stopped after max_iter={options.max_iter} iterations")
-    ftol, xtol, gtol = _tolerances(options)
+    ftol, xtol, gtol = options.tolerances
     x, r, fnorm, jac, col_norms, d = state.x, state.residuals, state.fnorm, state.jacobian, state.col_norms, state.scale
     xnorm, delta, lam = state.xnorm, state.radius, state.damping
     n_res, n_jac = state.n_residual, state.n_jacobian
@@ -277,7 +281,8 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
         if ratio >= 1e-4:
             jac_new = as_real(jacobian(x_new))
             n_jac += 1
-            if not np.isfinite(jac_new).all():  # derivatives overflow there: a failed trial
+            gram_new, norms_new = _gram(jac_new)
+            if not _finite(jac_new, norms_new):  # derivatives overflow there: a failed trial
                 ratio, actred, jac_new = 0.0, -1.0, None
         if reflected and jac_new is None:
             reflect = False
@@ -294,8 +299,7 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
         accepted = jac_new is not None
         if accepted:
             x, r, fnorm = x_new, r_new, fnorm1
-            jac = jac_new
-            gram, col_norms = _gram(jac)
+            jac, gram, col_norms = jac_new, gram_new, norms_new
             if options.scaling != "none":
                 d = np.maximum(d, col_norms)
             xnorm = _norm(d * x)
@@ -355,8 +359,14 @@ def _gram(jac: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     over the data gives both); (None, column norms) otherwise."""
     if jac.shape[0] >= 4 * jac.shape[1]:
         gram = jac.T @ jac
-        return gram, np.sqrt(np.diagonal(gram))
+        return gram, np.sqrt(gram.diagonal())
     return None, _column_norms(jac)
+
+
+def _finite(jac: np.ndarray, col_norms: np.ndarray) -> bool:
+    """Whether the Jacobian is finite: its column norms (sums of squares) see any NaN or inf
+    in it, so only when they are not finite (or overflow) is every entry looked at."""
+    return math.isfinite(sum(col_norms.tolist())) or bool(np.isfinite(jac).all())
 
 
 def _with_status(state: LMState, status: Status, message: str) -> LMState:
@@ -411,7 +421,7 @@ def levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable, options: 
 def outcome(state: LMState) -> LMOutcome:
     """The result of a finished run."""
     return LMOutcome(state.x, state.cost, state.status, state.iteration, state.message, state.history,
-                     state.n_residual, state.n_jacobian, state.residuals, state.jacobian)
+                     state.n_residual, state.n_jacobian, state.residuals, state.jacobian, state.gram)
 
 
 #: (scaling, factor) tried in turn by :func:`robust_levenberg_marquardt`
@@ -441,8 +451,10 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
         if best is not None and best.status in (Status.STOPPED, Status.CONVERGED, Status.NOT_FINITE) and not (
                 best.status == Status.CONVERGED and _flat(best)):
             break
+        if (options.scaling, options.factor) != (scaling, factor):  # (replace costs microseconds)
+            options = replace(options, scaling=scaling, factor=factor)
         out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback, bounds=bounds,
-                                  options=replace(options, scaling=scaling, factor=factor))
+                                  options=options)
         total_res += out.n_residual
         total_jac += out.n_jacobian
         if best is None or _better(out, best):
@@ -455,7 +467,7 @@ def _flat(out: LMOutcome) -> bool:
     """Whether the model is flat (to rounding) in some parameter at the end point."""
     if out.jacobian is None or out.jacobian.size == 0:
         return False
-    cn = _column_norms(out.jacobian)
+    cn = _column_norms(out.jacobian) if out.gram is None else np.sqrt(out.gram.diagonal())
     return bool((cn <= _EPS * cn.max()).any())
 
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-__all__ = ["Subproblem", "GRAM_CONDITION"]
+__all__ = ["Subproblem", "GRAM_CONDITION", "symmetric_eigh", "thin_svd"]
 
 #: smallest/largest eigenvalue of the scaled Gram matrix above which the subproblem is solved
 #: from it (cond(J D^-1) < 1e5: steps accurate to ~eps * cond^2 < 1e-6, ample for an
@@ -36,30 +36,31 @@ class Subproblem:
             if gram is None:
                 gram = jac.T @ jac
             try:
-                eig, v = _eigh(gram / (d[:, None] * d))
+                eig, v = symmetric_eigh(gram / (d[:, None] * d))
             except np.linalg.LinAlgError:  # non-finite entries: the SVD below reports them
                 eig = None
         if eig is not None and eig[0] > GRAM_CONDITION * eig[-1] and math.isfinite(eig[-1]):
-            s = np.sqrt(eig[::-1])
-            vt = v[:, ::-1].T
-            c = (vt @ ((jac.T @ r if grad is None else grad) / d)) / s  # U^T r with U = A V S^-1
+            # descending, as from the SVD; U^T r = S^-1 V^T A^T r with U = A V S^-1
+            vt = v.T[::-1]
+            s = [math.sqrt(e) for e in reversed(eig.tolist())]
+            proj = (vt @ ((jac.T @ r if grad is None else grad) / d)).tolist()
+            c = [pc / sv for pc, sv in zip(proj, s)]
         else:
-            u, s, vt = np.linalg.svd(jac / d, full_matrices=False)
-            c = u.T @ r
+            u, s_arr, vt = thin_svd(jac / d)
+            s, c = s_arr.tolist(), (u.T @ r).tolist()
         self.vt = vt
-        self.c = c  # r's coordinates in the range of J
-        self.s = s.tolist()
-        self.c_list = c.tolist()
-        self.rank_cut = self.s[0] * max(jac.shape) * _EPS if self.s else 0.0
+        self.s = s
+        self.c_list = c  # r's coordinates in the range of J
+        self.rank_cut = s[0] * max(jac.shape) * _EPS if s else 0.0
         # the Gauss-Newton step (lam = 0) uses the pseudo-inverse: directions with singular
         # values at rounding level are dropped
-        self.gn_coef = [1.0 / sv if sv > self.rank_cut else 0.0 for sv in self.s]
-        self.gn_norm = math.sqrt(sum((k * c) ** 2 for k, c in zip(self.gn_coef, self.c_list)))
+        self.gn_coef = [1.0 / sv if sv > self.rank_cut else 0.0 for sv in s]
+        self.gn_norm = math.sqrt(sum([(k * ci) ** 2 for k, ci in zip(self.gn_coef, c)]))
 
     def predicted_norm2(self, lam: float) -> float:
         """||A z||^2 for the step z of damping lam (= ||J dx||^2): from the singular system,
         without a pass over the data (A z = -U S diag(coefficients) c)."""
-        return sum((sv * k * c) ** 2 for sv, k, c in zip(self.s, self.coefficients(lam), self.c_list))
+        return sum([(sv * k * c) ** 2 for sv, k, c in zip(self.s, self.coefficients(lam), self.c_list)])
 
     def coefficients(self, lam: float) -> list[float]:
         if lam == 0.0:
@@ -68,12 +69,12 @@ class Subproblem:
 
     def step(self, lam: float) -> np.ndarray:
         """The scaled step z = D dx for damping lam (lam = 0: Gauss-Newton, pseudo-inverse)."""
-        return -(self.vt.T @ (np.array(self.coefficients(lam)) * self.c))
+        return np.array([-k * ci for k, ci in zip(self.coefficients(lam), self.c_list)]) @ self.vt
 
     def norm(self, lam: float) -> float:
         if lam == 0.0:
             return self.gn_norm
-        return math.sqrt(sum((k * c) ** 2 for k, c in zip(self.coefficients(lam), self.c_list)))
+        return math.sqrt(sum([(k * c) ** 2 for k, c in zip(self.coefficients(lam), self.c_list)]))
 
     def damping_for(self, delta: float, lam_hint: float) -> float:
         """The lam >= 0 with ||step(lam)|| within 10% of delta (0 if the GN step fits).
@@ -89,9 +90,10 @@ class Subproblem:
         lam = max(lam_hint, 1e-12 * s2[0] if s2 else 1e-12)
         for _ in range(60):
             q = [a + lam for a in s2]
-            if not all(qi * qi * qi > 0.0 for qi in q):  # lam and s underflow: no usable step
+            q_min = min(q, default=1.0)  # (list comprehensions below: cheaper than generators for P terms)
+            if not q_min * q_min * q_min > 0.0:  # lam and s underflow: no usable step
                 return lam if lam > 0 else math.inf
-            norm2 = sum(b / (qi * qi) for b, qi in zip(s2c2, q))
+            norm2 = sum([b / (qi * qi) for b, qi in zip(s2c2, q)])
             norm = math.sqrt(norm2)
             if 0.9 * delta <= norm <= 1.1 * delta:
                 return lam
@@ -99,7 +101,7 @@ class Subproblem:
                 lo = lam
             else:
                 hi = lam
-            dnorm2 = -2.0 * sum(b / (qi * qi * qi) for b, qi in zip(s2c2, q))  # d ||z||^2 / d lam
+            dnorm2 = -2.0 * sum([b / (qi * qi * qi) for b, qi in zip(s2c2, q)])  # d ||z||^2 / d lam
             # Newton step for phi(lam) = 1/||z|| - 1/delta: phi' = -dnorm2 / (2 ||z||^3)
             phi = 1.0 / norm - 1.0 / delta if norm > 0 else -1.0 / delta
             dphi = -dnorm2 / (2.0 * norm2 * norm) if norm > 0 else 0.0
@@ -136,4 +138,32 @@ def _numpy_eigh():
     return eigh
 
 
-_eigh = _numpy_eigh()
+#: eigenvalues (ascending) and eigenvectors of a small symmetric matrix; LinAlgError when not finite
+symmetric_eigh = _numpy_eigh()
+
+
+def _numpy_thin_svd():
+    """numpy's thin-SVD gufunc itself, for the ill-conditioned iterations that cannot use
+    the Gram matrix (NIST MGH17 spends most of its hundreds of iterations there): the public
+    np.linalg.svd adds several microseconds of checks and an errstate per call. Anything
+    not finite goes to the public function, which raises as before."""
+    try:
+        from numpy.linalg import _umath_linalg
+
+        gufunc = _umath_linalg.svd_s
+        gufunc(np.eye(2), signature="d->ddd")
+    except (ImportError, AttributeError, TypeError):  # another numpy: the public function
+        return lambda a: np.linalg.svd(a, full_matrices=False)
+
+    def svd(a: np.ndarray):
+        if math.isfinite(a.sum()):
+            u, s, vt = gufunc(a, signature="d->ddd")
+            if math.isfinite(s.sum()):
+                return u, s, vt
+        return np.linalg.svd(a, full_matrices=False)  # not finite, or not converged: raises
+
+    return svd
+
+
+#: (U, s, V^T) of an (n, P) matrix, n >= P or not (np.linalg.svd with full_matrices=False)
+thin_svd = _numpy_thin_svd()
