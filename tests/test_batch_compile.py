@@ -96,6 +96,50 @@ def test_compile_failure_falls_back_to_eager_with_a_note(monkeypatch):
     assert "ran eagerly" in r.timings["compile"]
 
 
+def test_a_failing_compile_prints_nothing_of_torch(monkeypatch, capfd):
+    """What torch's loggers say while a compile fails (dynamo, fake tensors) reaches no handler
+    (torch's own writes to stderr) and no stderr: the user gets gradfit's one note. The stub
+    logs as torch does on such a failure, through the "torch" logger hierarchy, then fails."""
+    import logging
+
+    import torch._dynamo.exc as dexc
+
+    names = ("torch._subclasses.fake_tensor", "torch._dynamo.convert_frame")
+
+    def broken_compile(fn, **kw):
+        def call(*a, **k):
+            for name in names:
+                logging.getLogger(name).error("%s: failed while tracing", name)
+            raise dexc.TorchRuntimeError("simulated tracing failure")
+        return call
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    seen, keep = [], Keep()
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    _fresh_caches(monkeypatch)
+    levels = {n: logging.getLogger(n).level for n in ("torch", "torch._dynamo", *names)}
+    for name in names:
+        logging.getLogger(name).addHandler(keep)
+    try:
+        capfd.readouterr()
+        r = gf.fit_many(lambda x, a, k: a * torch.exp(-k * x), X, _exp_data(), init={"a": 1.0, "k": 1.0},
+                        compile=True)
+        err = capfd.readouterr().err
+        assert seen == [] and "failed while tracing" not in err, (seen, err)
+        np.testing.assert_allclose(r.params["k"], TRUE_EXP[:, 1], rtol=1e-4)
+        assert "ran eagerly" in r.timings["compile"] and "simulated tracing failure" in r.timings["compile"]
+        # the levels are restored: torch logs as before once gradfit's compile attempt is over
+        assert {n: logging.getLogger(n).level for n in levels} == levels
+        logging.getLogger(names[1]).error("after the fit")
+        assert seen == ["after the fit"]
+    finally:
+        for name in names:
+            logging.getLogger(name).removeHandler(keep)
+
+
 def test_auto_does_not_compile_a_short_call(monkeypatch):
     def no_compile(fn, **kw):
         raise AssertionError("compile='auto' compiled a call eager finishes first")

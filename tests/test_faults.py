@@ -3,8 +3,15 @@
 - a model (model.json + model.safetensors) and a checkpoint (checkpoint.json +
   checkpoint.safetensors) change as one atomic unit: an injected ENOSPC at every write, rename
   and link step leaves the old complete pair (or, after the commit point, the new one);
-- SIGKILL at random moments of a run with ``--checkpoint-every 1``: every kill resumes and ends
-  on the uninterrupted run's final parameters;
+- SIGKILL of real ``gradfit fit ... --checkpoint-every 1`` runs (the CLI's main() in os.fork()ed
+  children of this process, so a kill costs a fork, not a Python start). Every killed run
+  resumes, and every chain of resumes ends on the uninterrupted run's exact weights and history;
+  a kill during the final model save leaves no model or the complete final one. Counts:
+    default run: 100 kills at random moments (50 of a minibatch run, 50 of a full-batch run)
+                 + 28 kills at each step of a checkpoint commit and of the model save (7 + 7,
+                 each run), 128 in all;
+    slow (-m slow): 300 more at random moments, and 23 through ``python -m gradfit``
+                 subprocesses (3 + 20);
 - ``--resume`` refuses other data (rows, values, weights, split);
 - files respect the umask.
 """
@@ -17,11 +24,26 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _cli import cli
+from _forking import (
+    COMMIT_POINT,
+    COMMIT_STEPS,
+    STAGED,
+    assert_exit_ok,
+    identity,
+    killed,
+    listing,
+    reap,
+    spawn,
+    wait_for,
+)
 
 import gradfit as gf
 from gradfit import _files
@@ -208,6 +230,235 @@ def test_sigkill_of_a_pair_writer_always_leaves_a_complete_pair(tmp_path):
 
 
 # -- SIGKILL during training runs ------------------------------------------------------------------
+#
+# The children are os.fork()s of this test process, which imported gradfit, torch and matplotlib
+# once (and ran the reference fit): each child runs the real CLI, gradfit.cli.main.main with the
+# argv a user types (`fit DATA mlp --checkpoint-every 1 --out DIR [--resume]`), writing real
+# checkpoints and models, and is SIGKILLed mid-run. A kill costs a fork, not a Python start
+# (~2 s with torch), which is what lets 100 kills run in the default test run.
+
+# (epochs, options): a full-batch epoch is one step, so that run has more of them to be cut in
+RUNS = {"minibatch": (24, ["--batch-size", "16"]), "full_batch": (60, [])}
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks children of the test process")
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """The runs' folder: in memory (/dev/shm) where there is one. A SIGKILL ends a process, not
+    the machine, so what it wrote stays in the page cache either way: the fsyncs (7 a commit)
+    that a disk makes each checkpoint wait for change nothing a kill can leave, only the time."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(dir=shm, prefix="gradfit-test-") as folder:
+        yield Path(folder)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread here and so in the forked children: forking a process whose OpenMP pool
+    is running leaves the child's pool unusable, and one thread keeps every run's numbers alike."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _fit_argv(data, run, out, resume=False):
+    epochs, options = RUNS[run]
+    return ["fit", str(data), "mlp", "--x", "x", "--y", "y", "--hidden", "4", "--epochs", str(epochs), *options,
+            "--no-progress", "--json", "--checkpoint-every", "1", "--out", str(out), *(["--resume"] * resume)]
+
+
+def _kill_at_random(pid, out, rng, timing, counts):
+    """SIGKILL a running child at a random moment and return its wait status.
+
+    ``timing`` is (start-up, one epoch, epochs) of an uninterrupted run, times in seconds. 1 kill in 5 comes
+    at a delay up to the start-up and two epochs from the child's start (start-up, reading the
+    checkpoint, the first epochs); 3 in 4 at a delay up to one epoch after the child's 1st, 2nd
+    or 3rd new checkpoint commit, so that a run is cut about ten times on its way through the
+    epochs, anywhere in an epoch and its commit; 1 in 20 as soon as it commits its model
+    (inside or just after the model's commit).
+    """
+    start_up, epoch, epochs = timing
+    mode = rng.random()
+    checkpoint, model = out / "checkpoint.json", out / "model.json"
+    patience = start_up + epochs * epoch  # a whole run
+    if mode < 0.2:
+        counts["from_the_start"] += 1
+        time.sleep(rng.uniform(0.0, start_up + 2 * epoch))
+    elif mode < 0.95:
+        counts["after_new_checkpoints"] += 1
+        files = [identity(checkpoint)]
+
+        def committed():
+            now = identity(checkpoint)
+            files.extend([now] if now != files[-1] else [])
+            return len(files) > commits
+
+        commits = rng.randint(1, 3)
+        status = wait_for(pid, committed, patience)
+        if status is not None:
+            return status  # it finished first
+        time.sleep(rng.uniform(0.0, epoch))
+    else:
+        counts["at_the_model_save"] += 1
+        old, before = identity(model), listing(out)
+        status = wait_for(pid, lambda: identity(model) != old or any(
+            STAGED["model"].match(n) for n in listing(out) - before), patience)
+        if status is not None:
+            return status
+    os.kill(pid, signal.SIGKILL)
+    return reap(pid)
+
+
+def _final_state(out):
+    """(network weights, history.csv) of a finished run's folder."""
+    weights = gf.load(out / "model.json").model.module.state_dict()
+    return weights, (out / "history.csv").read_bytes()
+
+
+def _assert_same_model(out, want):
+    got = gf.load(out / "model.json").model.module.state_dict()
+    assert got.keys() == want[0].keys() and all(torch.equal(got[k], want[0][k]) for k in got), out
+
+
+def _reference(folder, run):
+    """Write the data, fit uninterrupted in this process (which also imports and warms up all
+    that the forked children use): (data path, final state)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "d.csv"
+    xs = np.random.default_rng(0).uniform(-1, 1, 60)
+    data.write_text("x,y\n" + "".join(f"{a},{np.sin(2 * a)}\n" for a in xs))
+    code, _, err = cli(*_fit_argv(data, run, folder / "reference"))
+    assert code == 0, err
+    return data, _final_state(folder / "reference")
+
+
+def _check_after_kill(out, want, counts):
+    """What a kill may leave: no checkpoint and no model (killed before the first commit), or a
+    checkpoint that loads (its tensor file present, checksum right); a model only if complete
+    and the final one (a run writes its model once, at the end). The checkpoint's epoch, or 0."""
+    epoch = 0
+    if (out / "checkpoint.json").exists():
+        epoch = load_checkpoint(out)[1]["counters"]["epoch"]
+    else:
+        assert not (out / "model.json").exists(), out
+    if (out / "model.json").exists():
+        _assert_same_model(out, want)
+        counts["model_on_disk"] += 1
+    return epoch
+
+
+def _sigkill_campaign(folder, run, kills, seed):
+    """``kills`` SIGKILLs of ``gradfit fit --checkpoint-every 1`` runs at random moments.
+
+    Each chain starts a run in a fresh folder, kills it, resumes it (``--resume``; afresh when no
+    checkpoint was committed yet), kills the resumed run, ... a random number of times (10 to 20),
+    then lets the last resume finish, whose weights and history must equal the uninterrupted
+    run's exactly. A kill that finds the run already finished ends the chain (not counted). The
+    moments are drawn by _kill_at_random, so that over a chain kills land everywhere from
+    start-up through every epoch and its commit to the model save and the plots. Returns the
+    counts, with ``checkpoint_epochs``: how many different epochs the kills left on disk."""
+    from collections import Counter
+
+    rng = random.Random(seed)
+    data, want = _reference(folder, run)
+    # a forked run writes the same model; its start-up and epoch times scale the kill delays
+    forked, log = folder / "forked", folder / "forked.log"
+    start, marks = time.monotonic(), []
+    pid = spawn(_fit_argv(data, run, forked), log)
+    for path in (forked / "checkpoint.json", forked / "model.json"):
+        assert wait_for(pid, path.exists, 120.0) is None, log.read_text() if log.exists() else ""
+        marks.append(time.monotonic() - start)
+    os.kill(pid, signal.SIGKILL)  # its plots are not needed
+    reap(pid)
+    epochs = RUNS[run][0]
+    timing = (marks[0], (marks[1] - marks[0]) / epochs, epochs)
+    _assert_same_model(forked, want)
+    counts, epochs_left = Counter(), set()
+    while counts["kills"] < kills:
+        out, log = folder / f"chain{counts['chains']}", folder / f"chain{counts['chains']}.log"
+        counts["chains"] += 1
+        budget = rng.randint(10, 20)
+        while True:
+            before = listing(out)
+            resume = (out / "checkpoint.json").exists()
+            counts["resumed" if resume else "started_afresh"] += 1
+            pid = spawn(_fit_argv(data, run, out, resume), log)
+            if budget == 0 or counts["kills"] == kills:
+                assert_exit_ok(reap(pid), log)
+                break
+            status = _kill_at_random(pid, out, rng, timing, counts)
+            if not killed(status):
+                assert_exit_ok(status, log)  # it finished before the kill
+                break
+            counts["kills"] += 1
+            budget -= 1
+            # a staged file or a temporary file that the kill left: it landed inside a commit
+            left = {n for n in listing(out) - before if n.endswith(".tmp") or any(p.match(n) for p in STAGED.values())}
+            counts["inside_a_commit"] += bool(left)
+            epochs_left.add(_check_after_kill(out, want, counts))
+        assert _same(_final_state(out), want), f"{out}: resumed run ended elsewhere ({dict(counts)})"
+        counts["resumed_to_the_end"] += 1
+    counts["checkpoint_epochs"] = len(epochs_left - {0})
+    return counts
+
+
+def _same(got, want):
+    return (got[0].keys() == want[0].keys() and all(torch.equal(got[0][k], want[0][k]) for k in got[0])
+            and got[1] == want[1])
+
+
+@needs_fork
+def test_100_sigkills_at_random_moments_all_resume_to_the_same_parameters(scratch, one_thread):
+    counts = {run: _sigkill_campaign(scratch / run, run, kills=50, seed=i) for i, run in enumerate(RUNS)}
+    print({run: dict(c) for run, c in counts.items()})
+    assert sum(c["kills"] for c in counts.values()) >= 100, counts
+    assert all(c["resumed_to_the_end"] == c["chains"] for c in counts.values()), counts
+
+
+@needs_fork
+@pytest.mark.slow
+def test_300_sigkills_at_random_moments_all_resume_to_the_same_parameters(scratch, one_thread):
+    counts = {run: _sigkill_campaign(scratch / run, run, kills=150, seed=10 + i) for i, run in enumerate(RUNS)}
+    print({run: dict(c) for run, c in counts.items()})
+    assert sum(c["kills"] for c in counts.values()) >= 300, counts
+    assert all(c["resumed_to_the_end"] == c["chains"] for c in counts.values()), counts
+
+
+@needs_fork
+@pytest.mark.parametrize("run", list(RUNS))
+def test_sigkill_at_every_step_of_a_checkpoint_and_of_the_model_save(scratch, one_thread, run):
+    """One chain of runs, each SIGKILLed (by itself, at an exact file operation) at the next step
+    of commit_pair: of its second checkpoint (steps 1 to 7), then of the final model save (steps
+    1 to 7). A checkpoint kill leaves the previous checkpoint before the commit point and the new
+    one after it; a model kill leaves no model before the commit point and the complete final
+    model after it. The last resume ends on the uninterrupted run's weights and history."""
+    data, want = _reference(scratch, run)
+    out, log = scratch / "steps", scratch / "steps.log"
+    epoch = 0
+    for step in range(1, COMMIT_STEPS + 1):
+        resume = (out / "checkpoint.json").exists()
+        status = reap(spawn(_fit_argv(data, run, out, resume), log, step_kill=("checkpoint", 2, step)))
+        assert killed(status), (step, status, log.read_text() if log.exists() else "")
+        epoch += 1 if step <= COMMIT_POINT else 2
+        assert load_checkpoint(out)[1]["counters"]["epoch"] == epoch, step
+        assert not (out / "model.json").exists()
+    for step in range(1, COMMIT_STEPS + 1):
+        status = reap(spawn(_fit_argv(data, run, out, resume=True), log, step_kill=("model", 1, step)))
+        assert killed(status), (step, status, log.read_text() if log.exists() else "")
+        assert load_checkpoint(out)[1]["counters"]["epoch"] == RUNS[run][0]
+        if step <= COMMIT_POINT:
+            assert not (out / "model.json").exists(), step
+        else:
+            _assert_same_model(out, want)
+    assert_exit_ok(reap(spawn(_fit_argv(data, run, out, resume=True), log)), log)
+    assert _same(_final_state(out), want)
+
+
+# the same through `python -m gradfit` subprocesses (a fresh interpreter per run: slow)
 
 def _kill_and_resume(tmp_path, kills, seed):
     data = tmp_path / "d.csv"

@@ -6,6 +6,8 @@ cannot trace a model, and the rule behind ``compile="auto"``.
 
 from __future__ import annotations
 
+import contextlib
+
 from ..errors import ConfigError
 
 __all__ = [
@@ -129,15 +131,44 @@ def compile_key(model, names, fused, tensors, tol) -> tuple:
 
 
 def quiet(compiled):
-    """``compiled`` with the FutureWarning inductor's own lowering raises on the first call
-    (torch._prims_common.check is deprecated: torch's internals, nothing a user can act on)
-    filtered out, so it does not reach the user's console."""
+    """``compiled`` with torch's own console output around it silenced: the FutureWarning
+    inductor's lowering raises on the first call (torch._prims_common.check is deprecated), and,
+    until a call has succeeded (the first call traces and compiles), the lines torch's loggers
+    (dynamo, inductor, fake tensors) write to stderr. When that attempt fails, gradfit runs the
+    model eagerly and says so in one note (``timings["compile"]``); torch's internals are
+    nothing a user can act on."""
     import functools
     import warnings
 
+    traced = [False]
+
     @functools.wraps(compiled)
     def call(*args):
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _torch_logs_silenced(not traced[0]):
             warnings.filterwarnings("ignore", message=r".*_prims_common\.check.* is deprecated", category=FutureWarning)
-            return compiled(*args)
+            out = compiled(*args)
+        traced[0] = True
+        return out
     return call
+
+
+@contextlib.contextmanager
+def _torch_logs_silenced(active: bool = True):
+    """Raise torch's loggers above CRITICAL for the block, then restore their levels. Only the
+    loggers with a level of their own are set ("torch" and those torch._logging configured):
+    every other torch logger takes its level from them."""
+    if not active:
+        yield
+        return
+    import logging
+
+    named = [logger for name, logger in list(logging.root.manager.loggerDict.items())
+             if name.startswith("torch.") and isinstance(logger, logging.Logger) and logger.level != logging.NOTSET]
+    saved = [(logger, logger.level) for logger in [logging.getLogger("torch"), *named]]
+    for logger, _ in saved:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
