@@ -513,3 +513,20 @@ def test_written_files_respect_the_umask(tmp_path, umask, mode):
     files = [tmp_path / "a.txt", tmp_path / "m.json", tmp_path / "m.safetensors",
              tmp_path / "ck" / "checkpoint.json", tmp_path / "ck" / "checkpoint.safetensors"]
     assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: oct(mode) for f in files}
+
+
+def test_temporary_files_left_by_a_kill_are_removed_once_stale(tmp_path):
+    """A writer killed mid-write leaves '.<name>.<hex>.tmp'; the next save removes it once it is
+    older than STALE_TEMPORARY_S (a fresh one may be another process's save in progress)."""
+    names = [".checkpoint.json.0123456789ab.tmp", ".checkpoint.safetensors.0123456789ab.tmp",
+             ".checkpoint.0123456789abcdef.safetensors.ba9876543210.tmp"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"partial")
+    (tmp_path / ".other.json.0123456789ab.tmp").write_bytes(b"not ours")
+    old = time.time() - _files.STALE_TEMPORARY_S - 5
+    os.utime(tmp_path / names[0], (old, old))
+    os.utime(tmp_path / names[2], (old, old))
+    save_checkpoint(tmp_path, {"w": torch.ones(2)}, {"counters": {"epoch": 1}})
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([".checkpoint.safetensors.0123456789ab.tmp", ".other.json.0123456789ab.tmp",
+                           "checkpoint.json", "checkpoint.safetensors"])

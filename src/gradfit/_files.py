@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import secrets
+import time
 from pathlib import Path
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "commit_pair"]
@@ -113,6 +114,10 @@ def _staged_pattern(stable_name: str) -> re.Pattern:
     return re.compile(re.escape(stem) + r"\.[0-9a-f]{16}" + re.escape(dot + ext) + r"\Z")
 
 
+#: seconds after which a temporary file no writer renamed is taken as left by a crash
+STALE_TEMPORARY_S = 600.0
+
+
 def commit_pair(doc_path, blob: bytes, stable_name: str, render) -> None:
     """Replace a JSON document and the binary file it names as ONE atomic unit.
 
@@ -139,7 +144,8 @@ def commit_pair(doc_path, blob: bytes, stable_name: str, render) -> None:
        the previous pair complete;
     3. hard-link (or copy) it to ``stable_name``, which the document no longer names;
     4. replace the document by one naming ``stable_name``;
-    5. remove the staged file, and any left by an earlier crash.
+    5. remove the staged file, and any left by an earlier crash (temporary files too, once
+       older than :data:`STALE_TEMPORARY_S`).
 
     A crash after step 2 leaves the new pair; steps 3 to 5 are redone by the next save.
 
@@ -160,9 +166,17 @@ def commit_pair(doc_path, blob: bytes, stable_name: str, render) -> None:
     except OSError:
         return  # the new pair is committed under the staged name; the next save tidies up
     pattern = _staged_pattern(stable_name)
+    # temporary files a killed writer left (.<name>.<hex>.tmp); a recent one may belong to a
+    # save running in another process right now, so only old ones go
+    stem, dot, ext = stable_name.partition(".")
+    names = "|".join([re.escape(doc_path.name), re.escape(stable_name),
+                      re.escape(stem) + r"\.[0-9a-f]{16}" + re.escape(dot + ext)])
+    temporary = re.compile(r"\.(" + names + r")\.[0-9a-f]{12}\.tmp\Z")
+    stale_before = time.time() - STALE_TEMPORARY_S
     for leftover in folder.iterdir():
-        if pattern.match(leftover.name):
-            try:
+        try:
+            if pattern.match(leftover.name) or (temporary.match(leftover.name)
+                                                and leftover.stat().st_mtime < stale_before):
                 leftover.unlink()
-            except OSError:
-                pass
+        except OSError:
+            pass
