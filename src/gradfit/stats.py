@@ -371,17 +371,16 @@ def fit_statistics(residuals: np.ndarray, y: np.ndarray, weights: np.ndarray | N
     ``chisqr`` overrides the float64 sum (e.g. one computed in extended precision); ``rss``
     passes a sum of squared residuals the caller already has.
     """
-    r = np.asarray(residuals, dtype=float)
     y = np.asarray(y, dtype=float)
-    n = r.size
-    rss = float(r @ r) if rss is None else rss
+    n = y.size  # (``residuals`` may be None when ``rss`` and ``chisqr`` are given: a chunked fit)
+    rss = float(np.dot(residuals, residuals)) if rss is None else rss
     if weights is None:
         chi2 = rss if chisqr is None else float(chisqr)
         dev = y - float(np.add.reduce(y)) / n
         tss = float(dev @ dev)
     else:
         w = np.asarray(weights, dtype=float)
-        chi2 = float(w @ (r * r)) if chisqr is None else float(chisqr)
+        chi2 = float(w @ np.square(residuals)) if chisqr is None else float(chisqr)
         dev = y - float(w @ y) / float(w.sum())
         tss = float(w @ (dev * dev))
     dof = n - n_params

@@ -29,6 +29,13 @@ class LeastSquaresProblem:
     def from_arrays(cls, model, space, arrays) -> "LeastSquaresProblem":
         return cls(model, space, arrays.inputs, arrays.y, arrays.weights)
 
+    def rows(self, start: int, stop: int) -> "LeastSquaresProblem":
+        """The same problem on data rows ``start:stop`` (views, no copies): one chunk of a
+        fit too long to hold its Jacobian (:mod:`gradfit.lsq.chunked`)."""
+        inputs, y, w = self._numpy
+        part = {k: (v[start:stop] if np.ndim(v) and len(v) == self.n else v) for k, v in inputs.items()}
+        return LeastSquaresProblem(self.model, self.space, part, y[start:stop], None if w is None else w[start:stop])
+
     def numpy(self) -> tuple[dict, np.ndarray, np.ndarray | None]:
         """(inputs, y, weights) as float64 numpy arrays."""
         return self._numpy

@@ -32,6 +32,7 @@ class LSQOutcome:
     #: unweighted residuals (prediction - y) at the solution, when the solver has them
     residuals: np.ndarray | None = None
     #: the weighted Jacobian (n, F) over the free parameters at the solution, when the solver has it
+    #: (a chunked fit's reduced (F+1, F) one: the same J^T J, :mod:`gradfit.lsq.chunked`)
     jacobian: np.ndarray | None = None
     #: :func:`gradfit.stats.scaled_gram_eigh` of that Jacobian, when the end-point test made it
     gram_eigh: tuple | None = None
@@ -84,9 +85,10 @@ def _not_finite_linear(space, design: np.ndarray, offset) -> LSQOutcome:
 def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None, callback) -> LSQOutcome:
     from ..optim.lm import LMOptions, robust_levenberg_marquardt
 
+    from .chunked import Reducer, not_finite_report, use_chunks
+
     _, y, w = problem.numpy()
-    yw = y if w is None else y * np.sqrt(w)
-    y_norm = math.sqrt(float(yw @ yw))  # what np.linalg.norm computes for a vector, without its overhead
+    y_norm = math.sqrt(float(y @ y if w is None else w @ (y * y)))  # ||sqrt(w) y||
     options = LMOptions(max_iter=max_iter, residual_floor=residual_floor(_EPS64) * y_norm,
                         **({"ftol": tol, "xtol": tol} if tol is not None else {}))
     lm_cb = None
@@ -101,11 +103,18 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
     bounds = None
     if space.has_bounds:
         bounds = (np.array([space.lower[n] for n in space.free]), np.array([space.upper[n] for n in space.free]))
-    residual, jacobian = problem.lm_functions(internal=False)
+    # A Jacobian too large to hold: the exact reduced problem, built in chunks (lsq/chunked.py)
+    chunked = use_chunks(problem)
+    reducer = Reducer(problem) if chunked else None
+    residual, jacobian = reducer.functions() if chunked else problem.lm_functions(internal=False)
     u0 = np.array([space.values[n] for n in space.free], dtype=np.float64)
     with np.errstate(all="ignore"):  # trial steps may overflow; LM rejects them
         out, strategy = robust_levenberg_marquardt(residual, u0, jacobian=jacobian, options=options,
                                                    callback=lm_cb, bounds=bounds)
+        if chunked:
+            strategy += f"; chunked ({'QR' if reducer.qr else 'Gram'})"
+            if out.status == Status.NOT_FINITE and out.iterations == 0:  # name data rows, not reduced ones
+                out.message = not_finite_report(problem, out.x)
     gram_eigh = _final_stationarity(out, bounds, options, stationary_threshold(tol))
     if space.ties:
         import torch
@@ -118,7 +127,7 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
         values.update(zip(space.free, out.x.tolist()))
     # Unweighted residuals evaluated in numpy at these very values are exactly what the
     # statistics would recompute: hand them on.
-    reuse = w is None and problem.numpy_ready and not problem.space.ties
+    reuse = w is None and problem.numpy_ready and not problem.space.ties and not chunked
     return LSQOutcome(values, out.status, out.message, out.iterations,
                       [problem.mean_loss(c) for c in out.history], strategy,
                       residuals=out.residuals if reuse else None,

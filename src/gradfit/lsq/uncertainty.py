@@ -11,6 +11,7 @@ import numpy as np
 from ..models.jacobian import free_jacobian
 from ..stats import (RANK_TOL, covariance, covariance_from_gram, covariance_from_svd, fit_statistics, scaled_gram_eigh,
                      vanishing_columns)
+from .chunked import reduced_jacobian, residual_sums, use_chunks
 from .problem import LeastSquaresProblem, predict_numpy
 
 __all__ = ['Uncertainty', 'uncertainty']
@@ -40,14 +41,18 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
     end-point test made it), factorizing its Gram matrix again."""
     space = problem.space
     inputs, y, w = problem.numpy()
-    if residuals is None:
+    chunked = use_chunks(problem)  # data too long to hold its Jacobian: sums and J^T J in chunks
+    if residuals is None and not chunked:
         with np.errstate(all="ignore"):  # a model not finite somewhere is handled below
             residuals = predict_numpy(problem.model, inputs, values) - y
     resid = residuals
     with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum is not finite: below
-        rss = float(resid @ resid)
-        wrss = rss if w is None else float(w @ (resid * resid))
-    if not math.isfinite(rss) and not np.isfinite(resid).all():
+        if resid is None:
+            rss, wrss = residual_sums(problem, values)
+        else:
+            rss = float(resid @ resid)
+            wrss = rss if w is None else float(w @ (resid * resid))
+    if not math.isfinite(rss) and (resid is None or not np.isfinite(resid).all()):
         return _undetermined(space, resid, y, w)
     chi2 = _precise_chi2(problem, values, wrss, y, w)
     stats = fit_statistics(resid, y, w, len(space.free), chisqr=chi2, rss=rss)
@@ -65,6 +70,9 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
     else:
         if jacobian is not None:
             jac = jacobian
+        elif chunked:  # the reduced (F+1, F) Jacobian: the same J^T J, weights included
+            with np.errstate(all="ignore"):
+                jac = reduced_jacobian(problem, values)
         else:
             with np.errstate(all="ignore"):
                 jac = _free_jacobian(problem, values)
