@@ -16,11 +16,15 @@ def optimizer_names() -> tuple[str, ...]:
     return tuple(_NAMES)
 
 
-def make_optimizer(name: str, leaves: Iterable, lr: float, options: dict | None = None, *, prefer_fused: bool = False):
+def make_optimizer(name: str, leaves: Iterable, lr: float, options: dict | None = None, *, prefer_fused: bool = False,
+                   capturable: bool = False):
     """Build ``torch.optim.<Name>(leaves, lr=lr, **options)``; bad values become ConfigError.
 
     ``prefer_fused`` asks for torch's fused implementation when the optimizer has one and the
     caller set neither ``fused`` nor ``foreach`` (worth it for networks, not for 2 scalars).
+    ``capturable`` (CUDA leaves only) asks for ``capturable=True`` where the optimizer has it
+    and the caller did not set it, so that its step can be captured in a CUDA graph
+    (train/loop.py).
 
     >>> import torch
     >>> p = torch.zeros(2, requires_grad=True)
@@ -40,6 +44,8 @@ def make_optimizer(name: str, leaves: Iterable, lr: float, options: dict | None 
         # Strong-Wolfe line search makes L-BFGS robust at lr=1, torch's default lr for it.
         opts.setdefault("line_search_fn", "strong_wolfe")
     leaves = list(leaves)
+    if capturable and "capturable" in _init_params(cls):
+        opts.setdefault("capturable", True)
     if prefer_fused and "fused" not in opts and "foreach" not in opts and "fused" in _init_params(cls):
         # One fused kernel per step instead of a handful of ops per tensor: ~20% faster
         # minibatch training of small networks on CPU. Falls back where unsupported.

@@ -1,7 +1,9 @@
 """The epoch loop: epochs, shuffled minibatches and validation; everything else is a callback.
 
 Minibatches are slices of one seeded on-device permutation per epoch (``x[perm[i:j]]``),
-not a per-sample DataLoader: one gather per batch instead of thousands of Python calls.
+not a per-sample DataLoader. The rows of many batches are gathered at once (up to
+:data:`GATHER_BYTES`) and each batch is then a contiguous view: the same batches as one
+gather per batch, with fewer calls and no full shuffled copy of a large training set.
 
 A stop signal (the checkpointer's ``signal``) is checked between minibatches: the loop then
 records where the epoch stands (``LoopState.position``), the checkpointer saves it, and a
@@ -20,8 +22,13 @@ from ..callbacks import Callback
 from ..status import Status
 from .callbacks import (CONVERGED_WINDOW, DIVERGED_HINT, DivergenceGuard, EarlyStopping, History, LBFGSConvergence,
                         LRSchedule, ToleranceConvergence)
+from .objective import TensorData
 
-__all__ = ["LoopConfig", "LoopOutcome", "LoopState", "run_loop", "DIVERGED_HINT", "CONVERGED_WINDOW"]
+__all__ = ["LoopConfig", "LoopOutcome", "LoopState", "run_loop", "DIVERGED_HINT", "CONVERGED_WINDOW", "GATHER_BYTES"]
+
+#: the most bytes of training rows a minibatch epoch gathers in one call (whole batches, at
+#: least one): ~5% of a small network's epoch goes to per-batch gathers
+GATHER_BYTES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,7 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     after_epoch = [cb.after_epoch for cb in loop.callbacks]
     # a stop signal is checked between minibatches, so Ctrl-C answers within one batch, not one epoch
     stop_requested = (lambda: checkpointer.signal is not None) if minibatch and checkpointer is not None else None
+    graphed = _captured_step(objective, optimizer, config.batch_size, scheduler) if minibatch and not is_lbfgs else None
     try:
         for epoch in range(loop.epochs_run + 1, config.epochs + 1):
             loop.epoch = epoch
@@ -150,7 +158,7 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
                     hook(loop)
             if minibatch:
                 value = _minibatch_epoch(objective, optimizer, train, config.batch_size, loop, is_lbfgs,
-                                         stop_requested)
+                                         stop_requested, graphed)
                 if value is None:  # stopped between two minibatches: save the state there
                     _stop_inside_epoch(loop, checkpointer, train.n)
             elif is_lbfgs:
@@ -219,7 +227,7 @@ def _stop_inside_epoch(loop, checkpointer, n: int):
     raise Interrupted(checkpointer.signal, loop.epoch - 1, (loop.position[1], n))
 
 
-def _minibatch_epoch(objective, optimizer, train, batch_size, loop, is_lbfgs, stop_requested=None):
+def _minibatch_epoch(objective, optimizer, train, batch_size, loop, is_lbfgs, stop_requested=None, graphed=None):
     """One epoch over seeded minibatches: the size-weighted mean loss, or None when
     ``stop_requested()`` became true between two minibatches; ``loop.position`` then holds
     where the epoch stands. A ``loop.position`` on entry (a resumed run) continues from there."""
@@ -235,17 +243,21 @@ def _minibatch_epoch(objective, optimizer, train, batch_size, loop, is_lbfgs, st
         _, first, total = loop.position
         total = total.to(dtype=train.y.dtype, device=device)
         loop.position = None
-    for start in range(first, n, batch_size):
-        if stop_requested is not None and stop_requested():
-            loop.position = (before, start, total)
-            return None
-        idx = perm[start : start + batch_size]
-        batch = train.take(idx)
-        if is_lbfgs:
-            value = objective.unscale(optimizer.step(_batch_closure(objective, optimizer, batch)).detach())
-        else:
-            value = objective.step(optimizer, batch)
-        total += value.detach() * idx.shape[0]
+    chunk = max(1, GATHER_BYTES // max(1, train.row_bytes() * batch_size)) * batch_size
+    for low in range(first, n, chunk):
+        rows = train.take(perm[low : low + chunk])
+        for offset in range(0, rows.n, batch_size):
+            if stop_requested is not None and stop_requested():
+                loop.position = (before, low + offset, total)
+                return None
+            batch = rows.slice(offset, offset + batch_size)
+            if is_lbfgs:
+                value = objective.unscale(optimizer.step(_batch_closure(objective, optimizer, batch)).detach())
+            elif graphed is not None and batch.n == batch_size:
+                value = graphed(batch)
+            else:
+                value = objective.step(optimizer, batch)
+            total += value.detach() * batch.n
     return total / n
 
 
@@ -257,3 +269,61 @@ def _batch_closure(objective, optimizer, batch):
         return value
 
     return closure
+
+
+def _captured_step(objective, optimizer, batch_size, scheduler):
+    """A :class:`_CapturedStep` when the whole step of a full-size minibatch can be one CUDA
+    graph: CUDA data, a capturable optimizer (optim/registry.py asks for one), no learning-rate
+    schedule (a graph keeps the rate it was captured with), no penalty and no input noise;
+    else None (every step eager, as on CPU)."""
+    if objective.train.y.device.type != "cuda" or scheduler is not None:
+        return None
+    if objective.penalty is not None or objective.noise is not None or objective.train.weights is not None:
+        return None
+    if not all(group.get("capturable", False) for group in optimizer.param_groups):
+        return None
+    return _CapturedStep(objective, optimizer, batch_size)
+
+
+class _CapturedStep:
+    """The step (forward, loss, backward, optimizer) of full-size minibatches as one CUDA graph.
+
+    The first :attr:`WARMUP` batches run eagerly on a side stream (torch's recipe: the
+    optimizer's state and the gradients exist before capture); the next one is captured
+    from static copies of its rows and replayed, and every later full batch is copied into
+    those rows and replayed. The last, shorter batch of an epoch runs eagerly. The loss it
+    returns lives in the graph's memory: use it before the next call.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, objective, optimizer, rows: int):
+        self.objective, self.optimizer, self.rows = objective, optimizer, rows
+        self.graph = self.static = self.value = None
+        self.warm = 0
+
+    def __call__(self, batch):
+        import torch
+
+        if self.graph is None and self.warm < self.WARMUP:
+            self.warm += 1
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                value = self.objective.step(self.optimizer, batch)
+            torch.cuda.current_stream().wait_stream(side)
+            return value
+        if self.graph is None:
+            self.static = TensorData({k: v.clone() for k, v in batch.inputs.items()}, batch.y.clone())
+            # kept alive with the graph: its kernels read and write these addresses
+            kernel = getattr(self.objective, "kernel", None)
+            self._buffers = None if kernel is None else dict(kernel._buffers)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.value = self.objective.step(self.optimizer, self.static)
+        else:
+            for k, v in batch.inputs.items():
+                self.static.inputs[k].copy_(v)
+            self.static.y.copy_(batch.y)
+        self.graph.replay()
+        return self.value

@@ -32,8 +32,25 @@ class TensorData:
         return self.y.shape[0]
 
     def take(self, idx) -> "TensorData":
-        return TensorData({k: v[idx] for k, v in self.inputs.items()}, self.y[idx],
-                          None if self.weights is None else self.weights[idx])
+        """The rows ``idx`` (a 1-D index tensor); ``index_select`` is ``v[idx]`` at a third of
+        the overhead (a minibatch step's gather: 5 us instead of 13 us)."""
+        import torch
+
+        def rows(v):
+            return torch.index_select(v, 0, idx)
+
+        return TensorData({k: rows(v) for k, v in self.inputs.items()}, rows(self.y),
+                          None if self.weights is None else rows(self.weights))
+
+    def slice(self, start: int, stop: int) -> "TensorData":
+        """Rows ``start:stop`` as views."""
+        return TensorData({k: v[start:stop] for k, v in self.inputs.items()}, self.y[start:stop],
+                          None if self.weights is None else self.weights[start:stop])
+
+    def row_bytes(self) -> int:
+        """Bytes of one row over the inputs, target and weights."""
+        tensors = [*self.inputs.values(), self.y] + ([] if self.weights is None else [self.weights])
+        return sum(t[:1].numel() * t.element_size() for t in tensors)
 
     @staticmethod
     def from_arrays(arrays, dtype, device) -> "TensorData":
@@ -395,6 +412,8 @@ class ModuleObjective(_Objective):
         self.model, self.train, self.val, self.loss = model, train, val, loss
         self.loss_scale = float(loss_scale)
         self.leaves = [p for p in model.module.parameters() if p.requires_grad]
+        #: the explicit forward/backward of a plain MLP under MSE (models/neural.py), else None
+        self.kernel = _mlp_kernel(model, loss)
         self._good = [p.detach().clone() for p in self.leaves]
         self._pending = [p.detach().clone() for p in self.leaves]
 
@@ -414,11 +433,30 @@ class ModuleObjective(_Objective):
         return value if self.loss_scale == 1.0 else value / self.loss_scale
 
     def step(self, optimizer, data: TensorData):
-        value = self._loss_value(self.augment(data), None)
-        total = value if self.penalty is None else value + self.penalty_term()
-        optimizer.zero_grad()
-        (total if self.loss_scale == 1.0 else total / self.loss_scale).backward()
+        data = self.augment(data)
+        value = self._explicit_step(data) if self.kernel is not None and self.penalty is None else None
+        if value is None:
+            value = self._loss_value(data, None)
+            total = value if self.penalty is None else value + self.penalty_term()
+            optimizer.zero_grad()
+            (total if self.loss_scale == 1.0 else total / self.loss_scale).backward()
         optimizer.step()
+        return value
+
+    def _explicit_step(self, data: TensorData):
+        """The MSE on ``data`` with the parameters' gradients set by :attr:`kernel`, or None
+        (nothing set) when the prediction's shape or the weights do not fit it."""
+        model = self.model
+        out = self.kernel.forward(model.features(data.inputs))
+        pred = model.outputs(out)
+        if pred.shape != data.y.shape or (data.weights is not None and pred.dim() != 1):
+            self.kernel = None  # the same on every batch: autograd from now on
+            return None
+        value, g, factor = self.loss.value_and_grad(pred, data.y, data.weights)  # d mse / d pred = factor * g
+        g = g.mul_(factor / self.loss_scale)  # a fresh tensor: pred - y (times the weights)
+        if model.y_std is not None:
+            g = g.mul_(model.y_std)
+        self.kernel.backward(g.reshape(out.shape))
         return value
 
     def remember(self) -> None:
@@ -434,3 +472,13 @@ class ModuleObjective(_Objective):
         with torch.no_grad():
             for p, g in zip(self.leaves, self._good):
                 p.copy_(g)
+
+
+def _mlp_kernel(model, loss):
+    """:class:`gradfit.models.neural.MLPGradient` for a plain MLP (:func:`~gradfit.models.neural.mlp_layers`)
+    trained with the built-in MSE, else None."""
+    from ..losses import LOSSES
+    from ..models.neural import MLPGradient, mlp_layers
+
+    layers = mlp_layers(model.module) if loss is LOSSES["mse"] else None
+    return None if layers is None else MLPGradient(*layers)
