@@ -53,13 +53,13 @@ def tiny():
 
 
 def large():
-    # 2048 rows x a 64-wide hidden layer: 131072 elements, twice the threshold
-    x = np.linspace(0, 1, 2048)
+    # 4096 rows x a 64-wide hidden layer: 262144 elements, twice the threshold
+    x = np.linspace(0, 1, 4096)
     return x, np.sin(3 * x)
 
 
 def test_threshold_sits_between_the_two_problems():
-    assert 11 * 64 < SMALL_PROBLEM_ELEMENTS < 2048 * 64
+    assert 1024 * 64 < SMALL_PROBLEM_ELEMENTS < 4096 * 64  # a 1024-row minibatch of 64 units: one thread
 
 
 # -- the context manager ---------------------------------------------------------------------------

@@ -24,8 +24,10 @@ __all__ = ["SMALL_PROBLEM_ELEMENTS", "check_threads", "choose_threads", "intra_o
 #: layer, input or parameter count) "auto" runs on one thread. torch's elementwise kernels do
 #: not split below 32768 elements (at::internal::GRAIN_SIZE); on the 2-core development
 #: machine one thread was as fast or faster up to ~1e5 elements even when quiet, and 18-75x
-#: faster at every size up to 1e5 when loaded (bench/threads.py measures the example).
-SMALL_PROBLEM_ELEMENTS = 65_536
+#: faster at every size up to 1e5 when loaded (bench/threads.py measures the example); the
+#: minibatch benchmark's 1024-row batches of a 64-wide layer (65,536 elements) ran ~3x faster
+#: on one thread (bench/minibatch.py --threads 1), so the bound sits above that.
+SMALL_PROBLEM_ELEMENTS = 131_072
 
 # torch's thread count is one setting of the process: fits running at once in threads
 # (gf.tune with workers > 1) share it, so entering and leaving are counted under one lock and
