@@ -354,3 +354,28 @@ def test_long_table_formula_in_the_column_names_and_short_repr():
 def test_partial_init_without_a_guess_names_the_missing_parameters():
     with pytest.raises(gf.ConfigError, match="init is missing b"):
         gf.fit_many("a*x + b", np.arange(8.0), np.ones((2, 8)), init={"a": 1.0})
+
+
+def test_normal_equations_shortcuts_match_the_products():
+    """unit weights and constant columns (the offset's 1) skip work, not terms: chi2, A and g
+    equal J^T W J and J^T W r formed in float64, and masked points (NaN there) add nothing."""
+    from gradfit.optim.batch_lm import normal_equations
+
+    rng = np.random.default_rng(3)
+    r = rng.normal(size=(5, 7))
+    cols = [rng.normal(size=(5, 7)), np.ones((5, 7)), rng.normal(size=(5, 7))]
+    w = rng.uniform(0.5, 2.0, size=(5, 7))
+    w[0, 3] = 0.0
+    for weights, unit in ((w, False), (np.ones_like(w), True)):
+        jm = np.stack(cols, axis=-1)
+        want_a = np.einsum("bmi,bm,bmj->bij", jm, weights, jm)
+        want_g = np.einsum("bmi,bm,bm->bi", jm, weights, r)
+        want_chi2 = (weights * r * r).sum(-1)
+        r_t = torch.tensor(r)
+        if not unit:
+            r_t[0, 3] = float("nan")  # a masked point: whatever the model gives there
+        chi2, a, g = normal_equations(r_t, [torch.tensor(c) for c in cols], torch.tensor(weights),
+                                      unit_weights=unit, constants=((1, 1.0),))
+        np.testing.assert_allclose(chi2.numpy(), want_chi2, rtol=1e-12)
+        np.testing.assert_allclose(a.numpy(), want_a, rtol=1e-12)
+        np.testing.assert_allclose(g.numpy(), want_g, rtol=1e-12)

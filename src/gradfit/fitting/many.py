@@ -63,9 +63,9 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
         and shape, or when the first eager iteration projects more than
         ``COMPILE_MARGIN * COMPILE_COST_S`` seconds (90 s on the CPU) for the rest. A model
         torch.compile cannot trace runs eagerly, with the reason in ``timings["compile"]``.
-    threads : intra-op CPU threads while fitting, or None ("auto", as :func:`gradfit.fit`: one
-        thread when a chunk's Jacobian (fits x points x parameters) is small, else the
-        process's setting).
+    threads : intra-op CPU threads while fitting, or None ("auto": one thread on the CPU, where
+        the pool's per-operation barrier cost more than a second core gained; the device's
+        own on a GPU).
 
     Returns
     -------
@@ -84,7 +84,7 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     >>> np.round(r.params["a"], 4).tolist(), r.converged.tolist()
     ([2.0, -1.0], [True, True])
     """
-    from .._threads import check_threads, choose_threads, intra_op_threads
+    from .._threads import check_threads, intra_op_threads
     from ..models import resolve_model
     from .fit import resolve_device, resolve_dtype
 
@@ -122,9 +122,11 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     block = slice(start, stop)
     t0 = time.perf_counter()
     local = {k: (v[block] if v.ndim == 2 else v) for k, v in inputs.items()}
-    # the widest tensor of a step: a chunk's Jacobian, (fits, points, parameters)
-    elements = min(stop - start, chunk_size or stop - start) * y_arr.shape[1] * max(1, int(free.sum()))
-    with intra_op_threads(choose_threads(threads, elements)):
+    # a step is many passes over (chunk, points) tensors and more over tiny (chunk,) ones; the
+    # intra-op pool makes each wait at its barrier, which on a busy machine cost 5-10x (100k
+    # Gaussians, 2 shared cores: ~100k fits/s on one thread, 9-24k on two): one CPU thread
+    # unless asked
+    with intra_op_threads(threads if threads is not None else (1 if dev.type == "cpu" else None)):
         solution = solve_batched(bound, names, local, y_arr[block], w_arr[block], theta0[block], lower[block],
                                  upper[block], free, tol=tol, max_iter=max_iter, dtype=torch_dtype, device=dev,
                                  chunk_size=chunk_size, compile=compile, progress=progress)

@@ -63,6 +63,8 @@ __all__ = [
     "initial_state",
     "inverse_diagonal",
     "lm_iteration",
+    "normal_equations",
+    "residual_floor2",
     "standard_errors",
     "step",
 ]
@@ -126,12 +128,18 @@ def init(theta0, status0) -> BatchState:
 
 
 def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol: float, *,
-         bounded: bool = True) -> BatchState:
+         bounded: bool = True, unit_weights: bool = False, constants: tuple = (), floor2=None) -> BatchState:
     """One batched LM iteration (see the module docstring). ``residual_and_jacobian(theta)``
     returns (f - y) (B, M) and the Jacobian as a list of P tensors (B, M) at ``theta``;
     ``free`` (P,) is 1.0 for parameters that vary and 0.0 for fixed ones. ``bounded=False``
     (a Python constant for the whole batch: every bound infinite) skips the box rules, which
     then change nothing, and their cost.
+
+    Facts about the whole batch, as Python constants, let the kernel skip work that would
+    change nothing: ``unit_weights`` (every weight is 1: no point masked, no weighting),
+    ``constants`` ((j, c) pairs: the partial derivative j is the number c everywhere, so its
+    products with the other columns are plain sums), ``floor2`` (the (B,) squared residual
+    floor of step 3, computed once per batch by :func:`residual_floor2`).
 
     The normal equations are sums over points and the P x P solve is an unrolled Cholesky,
     all elementwise over the batch, so torch.compile fuses an iteration into a few loops;
@@ -140,55 +148,36 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
     import torch
 
     r, jac = residual_and_jacobian(state.trial)
-    used = w > 0
-    r = torch.where(used, r, torch.zeros_like(r))
-    jac = [torch.where(used, j, torch.zeros_like(j)) for j in jac]
-    p = len(jac)
-    wr = w * r
-    chi2 = (wr * r).sum(-1)
-    if p > UNROLL_MAX:  # a batched matrix product: P separate sums cost P^2 kernels
-        jm = torch.stack(jac, dim=-1)  # (B, M, P)
-        wjm = w.unsqueeze(-1) * jm
-        a = wjm.transpose(-1, -2) @ jm
-        a = 0.5 * (a + a.transpose(-1, -2))
-        g = (wjm * r.unsqueeze(-1)).sum(-2)
-    else:
-        wj = [w * j for j in jac]
-        low = {(i, k): (wj[i] * jac[k]).sum(-1) for i in range(p) for k in range(i + 1)}  # A is symmetric
-        a = torch.stack([torch.stack([low[max(i, k), min(i, k)] for k in range(p)], dim=-1) for i in range(p)],
-                        dim=-2)
-        g = torch.stack([(wj[i] * r).sum(-1) for i in range(p)], dim=-1)
-
+    chi2, a, g = normal_equations(r, jac, w, unit_weights=unit_weights, constants=constants)
+    if floor2 is None:
+        floor2 = residual_floor2(y, w)
     running = state.status == RUNNING
-    finite = torch.isfinite(chi2) & torch.isfinite(a).flatten(1).all(-1) & torch.isfinite(g).all(-1)
+    finite = torch.isfinite(torch.cat([chi2.unsqueeze(-1), g, a.flatten(1)], dim=-1)).all(-1)
     # "<=": at the optimum, rounding makes every further step cost the same or a hair more;
     # a step that does not raise chi-square is taken (and then converges the fit)
     accept = running & finite & (chi2 <= state.chi2)
     first = torch.isinf(state.chi2)
-    delta = (state.chi2 - chi2).abs()
     # relative to chi-square (scale-free: data in small units converge like any other), or
     # residuals at the rounding level (an exact fit)
-    eps = torch.finfo(chi2.dtype).eps
-    floor2 = max(RESIDUAL_FLOOR * EPS64, 100.0 * eps) ** 2 * (w * y * y).sum(-1)
-    small = accept & ~first & (delta < tol * chi2)
-    at_floor = accept & ~first & (chi2 <= floor2)
+    settled = accept & ~first
+    small = settled & ((state.chi2 - chi2).abs() < tol * chi2)
+    at_floor = settled & (chi2 <= floor2)
 
     acc1 = accept.unsqueeze(-1)
     theta = torch.where(acc1, state.trial, state.theta)
     a_new = torch.where(acc1.unsqueeze(-1), a, state.a)
     g_new = torch.where(acc1, g, state.g)
     chi2_new = torch.where(accept, chi2, state.chi2)
-    lam = torch.where(accept, state.lam * 0.1, state.lam * 10.0)
-    lam = torch.where(running, lam, state.lam)
+    lam = torch.where(accept, state.lam * 0.1, torch.where(running, state.lam * 10.0, state.lam))
     status = state.status
-    # a fit whose first evaluation is already not finite cannot start
-    status = torch.where(running & first & ~finite, torch.full_like(status, NOT_FINITE), status)
-
-    # a rejected move onto the bounds leaves the convergence at the last point standing
-    status = torch.where(running & state.probing & ~accept, torch.full_like(status, CONVERGED), status)
+    # a fit whose first evaluation is already not finite cannot start; a rejected move onto
+    # the bounds leaves the convergence at the last point standing
+    status = torch.where(running & first & ~finite, NOT_FINITE, status)
+    status = torch.where(running & state.probing & ~accept, CONVERGED, status)
 
     if bounded:
         step_box, ok = _box_step(theta, a_new, g_new, lam, lower, upper, free)
+        delta_theta = step_box - theta
     else:
         delta_theta, ok = damped_solve(a_new, g_new, lam, free)
         step_box = theta + delta_theta
@@ -197,26 +186,93 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
     # gradfit.stats.end_point_checks, in the kernel: a long valley is not convergence)
     # (scaled by 1 + lam: a heavily damped step predicts little although the undamped one,
     # which decides stationarity, would predict much more)
-    predicted = -(g_new * (step_box - theta)).sum(-1) * (1.0 + lam)
-    converged = (status == RUNNING) & (at_floor | (small & ok & (predicted <= tol * chi2_new)))
+    predicted = -(g_new * delta_theta).sum(-1) * (1.0 + lam)
+    still_running = status == RUNNING
+    converged = still_running & (at_floor | (small & ok & (predicted <= tol * chi2_new)))
     # ... unless a coordinate's own minimum lies on or beyond a bound: try the point on it first
     if bounded:
         to_lo, to_hi = _pushing(theta, g_new, a_new, lower, upper, free)
         snap = converged & ~at_floor & (to_lo | to_hi).any(-1) & (state.snaps < MAX_SNAPS)
+        converged = converged & ~snap
     else:
-        to_lo = to_hi = torch.zeros_like(theta, dtype=torch.bool)
         snap = torch.zeros_like(converged)
-    converged = converged & ~snap
-    status = torch.where(converged, torch.full_like(status, CONVERGED), status)
-    # damping so large that no step can be taken: the fit is stuck where it is
-    status = torch.where((status == RUNNING) & (lam > LAMBDA_MAX), torch.full_like(status, STALLED), status)
-    status = torch.where((status == RUNNING) & ~ok & ~snap, torch.full_like(status, SINGULAR), status)
+    status = torch.where(converged, CONVERGED, status)
+    # damping so large that no step can be taken: the fit is stuck where it is; a normal
+    # matrix whose damped Cholesky fails: singular
+    still_running = still_running & ~converged
+    status = torch.where(still_running & (lam > LAMBDA_MAX), STALLED, status)
+    status = torch.where((status == RUNNING) & ~ok & ~snap, SINGULAR, status)
     still = (status == RUNNING).unsqueeze(-1)
-    onto = torch.where(to_lo, lower, torch.where(to_hi, upper, theta))
-    trial = torch.where(still, torch.where(snap.unsqueeze(-1), onto, step_box), theta)
+    if bounded:
+        onto = torch.where(to_lo, lower, torch.where(to_hi, upper, theta))
+        step_box = torch.where(snap.unsqueeze(-1), onto, step_box)
+    trial = torch.where(still, step_box, theta)
     iterations = state.iterations + running.to(state.iterations.dtype)
-    snaps = state.snaps + snap.to(state.snaps.dtype)
+    snaps = state.snaps + snap.to(state.snaps.dtype) if bounded else state.snaps
     return BatchState(theta, trial, lam, chi2_new, a_new, g_new, status, iterations, snaps, snap)
+
+
+def residual_floor2(y, w):
+    """(B,) the squared residual floor of step 3: ``max(RESIDUAL_FLOOR * EPS64, 100 eps)^2 *
+    sum(w y^2)`` in the working dtype (a constant of each fit: compute it once per batch)."""
+    import torch
+
+    eps = torch.finfo(y.dtype).eps
+    return max(RESIDUAL_FLOOR * EPS64, 100.0 * eps) ** 2 * (w * y * y).sum(-1)
+
+
+def normal_equations(r, jac, w, *, unit_weights: bool = False, constants: tuple = ()):
+    """chi-square (B,), the normal matrix A = J^T W J (B, P, P) and the gradient g = J^T W r
+    (B, P) from the residuals r (B, M) and the Jacobian's columns ``jac`` (P tensors (B, M)).
+
+    Points with weight 0 contribute nothing, whatever the model gives there (NaN included).
+    With ``unit_weights`` (every weight 1) the weights are not applied at all. A column listed
+    in ``constants`` as (j, c) is the number c at every point: its entries are c times a sum
+    (and c^2 sum(w) on the diagonal) instead of a product summed over the points. Every
+    product of two columns is formed once (A is symmetric)."""
+    import torch
+
+    p = len(jac)
+    const = dict(constants)
+    if not unit_weights:
+        used = w > 0
+        r = torch.where(used, r, 0.0)
+        jac = [j if k in const else torch.where(used, j, 0.0) for k, j in enumerate(jac)]
+    if p > UNROLL_MAX:  # a batched matrix product: P separate sums cost P^2 kernels
+        jm = torch.stack(jac, dim=-1)  # (B, M, P)
+        wjm = jm if unit_weights else w.unsqueeze(-1) * jm
+        a = wjm.transpose(-1, -2) @ jm
+        a = 0.5 * (a + a.transpose(-1, -2))
+        wr = r if unit_weights else w * r
+        return (wr * r).sum(-1), a, (wjm * r.unsqueeze(-1)).sum(-2)
+    wr = r if unit_weights else w * r
+    chi2 = (wr * r).sum(-1)
+    wj = [None if k in const else (j if unit_weights else w * j) for k, j in enumerate(jac)]
+    weight_sum = None
+    if const:
+        weight_sum = (float(r.shape[-1]) if unit_weights else w.sum(-1))
+    column_sums = {}  # sum(w J_k) over the points, for products with a constant column
+
+    def column_sum(k):
+        if k not in column_sums:
+            column_sums[k] = wj[k].sum(-1)
+        return column_sums[k]
+
+    def entry(i, k):
+        if i in const and k in const:
+            return torch.full_like(chi2, const[i] * const[k]) * weight_sum
+        if i in const:
+            return const[i] * column_sum(k)
+        if k in const:
+            return const[k] * column_sum(i)
+        return (wj[i] * jac[k]).sum(-1)
+
+    low = {(i, k): entry(i, k) for i in range(p) for k in range(i + 1)}
+    a = torch.stack([low[max(i, k), min(i, k)] for i in range(p) for k in range(p)], dim=-1)
+    a = a.unflatten(-1, (p, p))
+    wr_sum = wr.sum(-1) if const else None
+    g = torch.stack([const[i] * wr_sum if i in const else (wj[i] * r).sum(-1) for i in range(p)], dim=-1)
+    return chi2, a, g
 
 
 def _held(theta, g, lower, upper):
