@@ -1,10 +1,16 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 # a developer's own signing key would turn every tamper test into a signature refusal
 os.environ.pop("GRADFIT_SIGNING_KEY", None)
+# the symbolic-program cache of this test run, not the developer's ~/.cache/gradfit
+os.environ["GRADFIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="gradfit-test-cache-")
+atexit.register(shutil.rmtree, os.environ["GRADFIT_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture

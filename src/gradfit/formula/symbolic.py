@@ -3,12 +3,18 @@
 sympy expressions are *built* from our parsed tree with sympy constructors; text is never
 handed to sympy (``sympy.parse_expr`` calls eval). Derivatives come back as our own trees so
 the same compiler evaluates them with torch.
+
+The results a fit asks for (CSE programs, :func:`vanishes_at_zero`) are also kept on disk
+(:mod:`gradfit.formula.cache`), checked numerically when loaded, so a later process needs no
+sympy for a formula it has seen.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
+from .cache import cached, decode_tree, encode_tree, evaluate, random_points
 from .functions import FROM_SYMPY, FUNCTIONS
 from .tree import BinOp, Call, Const, Neg, Node, Num, Var
 
@@ -121,6 +127,13 @@ def _derivatives_cached(node: Node, wrt: tuple[str, ...]) -> tuple[Node, ...]:
 def vanishes_at_zero(node: Node, params: tuple[str, ...]) -> bool:
     """True when ``node`` is identically 0 with every name in ``params`` set to 0 (the
     model ``w*x + b`` has no term free of parameters; ``w*x + x**2`` has one)."""
+    params = tuple(params)
+    return cached("vanishes_at_zero", {"node": encode_tree(node), "params": list(params)},
+                  lambda: _vanishes_at_zero(node, params), bool, _decode_bool,
+                  lambda claim: _vanishing_agrees(node, params, claim))
+
+
+def _vanishes_at_zero(node: Node, params: tuple[str, ...]) -> bool:
     import sympy as sp
 
     symbols: dict = {}
@@ -130,6 +143,28 @@ def vanishes_at_zero(node: Node, params: tuple[str, ...]) -> bool:
         return bool(sp.expand(at_zero) == 0)
     except (TypeError, ValueError, ZeroDivisionError):
         return False
+
+
+def _decode_bool(data) -> bool:
+    if not isinstance(data, bool):
+        raise TypeError("expected true or false")
+    return data
+
+
+def _vanishing_agrees(node: Node, params: tuple[str, ...], claim: bool) -> bool:
+    """A stored answer is believed when it is False (the linear solve then computes the
+    offset, which is always right) or when the formula is 0 with the parameters at 0 at
+    the first random point where it has a finite value. A True that no point confirms (a
+    parameter in a denominator) is recomputed; the linear solve, the one caller on the fit
+    path, asks only models linear in their parameters, which are finite there."""
+    if not claim:
+        return True
+    zero = dict.fromkeys(params, 0.0)
+    for point in random_points(node.names()):
+        value = evaluate(node, {**point, **zero})
+        if math.isfinite(value):
+            return abs(value) <= 1e-9 * (1.0 + max((abs(v) for v in point.values()), default=0.0))
+    return False
 
 
 def value_and_partials_program(node: Node, wrt: tuple[str, ...]):
@@ -148,6 +183,12 @@ def partials_program(node: Node, wrt: tuple[str, ...]):
 
 @lru_cache(maxsize=512)
 def _program_cached(node: Node, wrt: tuple[str, ...], with_value: bool = True):
+    return cached("program", {"node": encode_tree(node), "wrt": list(wrt), "with_value": with_value},
+                  lambda: _program(node, wrt, with_value), _encode_program, _decode_program,
+                  lambda program: _program_agrees(node, wrt, with_value, program))
+
+
+def _program(node: Node, wrt: tuple[str, ...], with_value: bool):
     import sympy as sp
 
     symbols: dict = {}
@@ -156,7 +197,71 @@ def _program_cached(node: Node, wrt: tuple[str, ...], with_value: bool = True):
     if with_value:
         exprs.insert(0, expr)
     # temporaries are named so they can never clash with user names (the parser refuses "__")
-    temps = (sp.Symbol(f"__t{i}", real=True) for i in range(10**6))
+    temps = (sp.Symbol(f"{_TEMP_PREFIX}{i}", real=True) for i in range(10**6))
     replacements, reduced = sp.cse(exprs, symbols=temps)
     assignments = tuple((str(sym), from_sympy(sub)) for sym, sub in replacements)
     return assignments, tuple(from_sympy(e) for e in reduced)
+
+
+# -- programs on disk (formula/cache.py) ------------------------------------------------------
+_TEMP_PREFIX = "__t"
+_EPS = 2.220446049250313e-16
+
+
+def _encode_program(program) -> dict:
+    assignments, outputs = program
+    return {"assignments": [[name, encode_tree(tree)] for name, tree in assignments],
+            "outputs": [encode_tree(tree) for tree in outputs]}
+
+
+def _decode_program(data: dict):
+    assignments = []
+    for name, tree in data["assignments"]:
+        if not (isinstance(name, str) and name.startswith(_TEMP_PREFIX) and name[len(_TEMP_PREFIX):].isdigit()):
+            raise ValueError(f"not a temporary's name: {name!r}")
+        assignments.append((name, decode_tree(tree)))
+    return tuple(assignments), tuple(decode_tree(tree) for tree in data["outputs"])
+
+
+def _program_agrees(node: Node, wrt: tuple[str, ...], with_value: bool, program) -> bool:
+    """A loaded program is believed when, at the first random point where the formula and
+    the program are finite, its value equals the formula's and each partial derivative
+    agrees with a central difference of the formula to 1e-4 (relative)."""
+    assignments, outputs = program
+    if len(outputs) != len(wrt) + with_value:
+        return False
+    names = node.names() | set(wrt)
+    temps = set()
+    for name, tree in assignments:  # each temporary is new and reads only what exists before it
+        if name in names or name in temps or not tree.names() <= names | temps:
+            return False
+        temps.add(name)
+    if not all(tree.names() <= names | temps for tree in outputs):
+        return False
+    for point in random_points(names):
+        env = dict(point)
+        for name, tree in assignments:
+            env[name] = evaluate(tree, env)
+        got = [evaluate(tree, env) for tree in outputs]
+        value = evaluate(node, point)
+        if not all(math.isfinite(v) for v in (value, *got)):
+            continue
+        if with_value:
+            if abs(got[0] - value) > 1e-6 * max(1.0, abs(value)):
+                return False
+            got = got[1:]
+        return all(_partial_agrees(node, point, name, value, d) for name, d in zip(wrt, got))
+    return False
+
+
+def _partial_agrees(node: Node, point: dict, name: str, value: float, partial: float) -> bool:
+    x = point[name]
+    h = 1e-5 * max(1.0, abs(x))
+    up = evaluate(node, {**point, name: x + h})
+    down = evaluate(node, {**point, name: x - h})
+    if not (math.isfinite(up) and math.isfinite(down)):
+        return False
+    difference = (up - down) / (2 * h)
+    # relative 1e-4, with a floor well above the central difference's own rounding (eps |f| / h)
+    tol = 1e-4 * max(abs(partial), abs(difference)) + 1e3 * _EPS * (1.0 + abs(value)) / h
+    return abs(partial - difference) <= tol
