@@ -4,6 +4,7 @@ or a person writes it, and read_table must give back the values that were writte
 import bz2
 import gzip
 import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -135,12 +136,15 @@ def test_feather_and_parquet_keep_text_and_integer_columns(tmp_path, suffix):
     np.testing.assert_array_equal(cols["y"], Y)
 
 
-def test_missing_reader_names_the_package(tmp_path, monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openpyxl" else real(name, *a))
+def test_missing_reader_names_the_extra(tmp_path, monkeypatch):
+    from gradfit import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "openpyxl", None)  # `import openpyxl` raises ImportError
     p = _write(tmp_path, "book.xlsx", b"PK\x03\x04")
-    with pytest.raises(DataError, match="needs pandas and openpyxl: pip install pandas openpyxl"):
+    with pytest.raises(MissingDependencyError) as info:
         read_table(p)
+    assert str(info.value) == (f'{p}: reading .xlsx files needs openpyxl: pip install "gradfit[excel]" '
+                               "(or save the data as CSV)")
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".npz"])
@@ -188,14 +192,14 @@ def test_delimited_text_needs_no_pandas(tmp_path):
             "from gradfit.data.io import read_table\n"
             f"c = read_table({str(p)!r}); print(c['well'].tolist(), c['x'].tolist(), c['y'].tolist())\n"
             "assert 'pandas' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
-            "from gradfit import DataError\n"
+            "from gradfit import MissingDependencyError\n"
             "try:\n"
             f"    read_table({str(tmp_path / 'd.parquet')!r})\n"
-            "except DataError as exc:\n"
+            "except MissingDependencyError as exc:\n"
             "    print(exc)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     first, second = proc.stdout.strip().splitlines()
     assert first == "['W1'] [1] [1012.5]"
-    assert second.endswith("d.parquet: reading .parquet files needs pandas and pyarrow: pip install pandas pyarrow "
+    assert second.endswith('d.parquet: reading .parquet files needs pandas: pip install "gradfit[pandas]" '
                            "(or save the data as CSV)")

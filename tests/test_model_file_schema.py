@@ -24,13 +24,22 @@ Y = 2.0 * X + 1.0
 _GONE = object()  # a field deleted instead of changed
 
 
+def _line(x, a, b):
+    return a * x + b
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """{"mlp": path, "formula": path} of valid saved fits."""
+    """{kind: path} of valid saved fits: an MLP of one input and one of two named inputs, a
+    formula, a built-in curve and a Python function."""
     folder = tmp_path_factory.mktemp("valid")
     gf.fit("mlp", x=X, y=Y, hidden=(4, 3), epochs=3, normalize=True, progress=False).save(folder / "mlp.json")
+    gf.fit("mlp", data={"a": X, "b": 1.0 - X, "y": Y}, y="y", hidden=(3,), epochs=2,
+           progress=False).save(folder / "mlp2.json")
     gf.fit("a*x + b", x=X, y=Y + 0.01 * np.sin(40 * X)).save(folder / "formula.json")
-    return {"mlp": folder / "mlp.json", "formula": folder / "formula.json"}
+    gf.fit("exp_decay", x=X, y=np.exp(-X) + 0.5).save(folder / "builtin.json")
+    gf.fit(_line, x=X, y=Y + 0.01 * np.sin(40 * X)).save(folder / "function.json")
+    return {name: folder / f"{name}.json" for name in ("mlp", "mlp2", "formula", "builtin", "function")}
 
 
 def _tampered(source, tmp_path, path: str, value):
@@ -101,7 +110,7 @@ MLP_CASES = {
 }
 FORMULA_CASES = {
     "model.formula": [5, None, "x" * 200_000, _GONE],
-    "model.inputs": ["x", [1], None],
+    "model.inputs": ["x", [1], None, ["x", "x"], ["x", "a"], ["x", "zz"]],
     "model.name": [5],
     "params.a": ["x", [1], {}],
     "covariance": [_array([100000, 100000], []), _array([2, 2], [1.0] * 4, dtype="object"), "x",
@@ -111,11 +120,19 @@ FORMULA_CASES = {
     "stderr.a": ["big", [1.0]],
     "stats.dof": ["x", {}],
     "history.train_loss": ["x", [[0.0]]],
+    "free": [["a", "a"], ["a", "b", "a"]],
 }
+#: names that must be distinct or must agree with the parameters, on the other model kinds
+MLP2_CASES = {"model.input_names": [["a", "a"], ["b", "b"], ["a", "b", "a"]]}
+BUILTIN_CASES = {"model.input": ["k"]}
+FUNCTION_CASES = {"model.params": [["a", "a"], ["a", "c"], ["a"], ["a", "b", "c"]]}
 CASES = [("mlp", field, i, v) for field, vs in MLP_CASES.items() for i, v in enumerate(vs)]
 CASES += [("formula", field, i, v) for field, vs in FORMULA_CASES.items() for i, v in enumerate(vs)]
-#: the number of distinct fields tampered (reported in README's Security section)
-FIELDS_TAMPERED = len(MLP_CASES) + len(FORMULA_CASES)
+CASES += [(kind, field, i, v) for kind, table in (("mlp2", MLP2_CASES), ("builtin", BUILTIN_CASES),
+                                                  ("function", FUNCTION_CASES))
+          for field, vs in table.items() for i, v in enumerate(vs)]
+#: the number of fields tampered, counted per model kind (reported in README's Security section)
+FIELDS_TAMPERED = sum(map(len, (MLP_CASES, FORMULA_CASES, MLP2_CASES, BUILTIN_CASES, FUNCTION_CASES)))
 
 
 @pytest.mark.parametrize("which, field, i, value", CASES, ids=[f"{w}-{f}-{i}" for w, f, i, _ in CASES])
@@ -123,7 +140,7 @@ def test_tampered_field_is_refused(saved, tmp_path, which, field, i, value):
     path = _tampered(saved[which], tmp_path, field, value)
     start = time.perf_counter()
     with pytest.raises(PersistError) as info:
-        gf.load(path)
+        gf.load(path, function=_line if which == "function" else None)
     assert time.perf_counter() - start < 2.0
     message = str(info.value)
     assert len(message.splitlines()) == 1 and str(path) in message
@@ -131,14 +148,38 @@ def test_tampered_field_is_refused(saved, tmp_path, which, field, i, value):
 
 
 def test_fields_tampered_count():
-    assert FIELDS_TAMPERED >= 39 and len(CASES) >= 140
+    """The counts README's Security section states."""
+    assert FIELDS_TAMPERED >= 43 and len(CASES) >= 155
+
+
+def test_readme_states_the_counts():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"{FIELDS_TAMPERED} fields tampered in {len(CASES)} ways" in readme
+
+
+def test_fewer_input_names_than_features_is_one_line_at_predict(saved, tmp_path):
+    """["a"] for a two-input network reads as one matrix input (what fit(x=2-D array) saves),
+    so the file loads; predicting from a one-column input is a DataError, exit 2, never a
+    torch shape error."""
+    from _cli import cli
+
+    path = _tampered(saved["mlp2"], tmp_path, "model.input_names", ["a"])
+    (tmp_path / "in.csv").write_text("a,b\n0.1,0.2\n0.3,0.4\n")
+    code, out, err = cli("predict", path, tmp_path / "in.csv")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "takes 2 input features" in err and "internal error" not in err
+    with pytest.raises(gf.DataError, match="takes 2 input features"):
+        gf.load(path).predict({"a": X})
 
 
 def test_valid_files_still_load(saved):
     """The schema accepts what gradfit writes."""
-    for path in saved.values():
-        again = gf.load(path)
-        assert again.status in ("converged", "max_epochs") and again.predict(X).shape == (20,)
+    for which, path in saved.items():
+        again = gf.load(path, function=_line if which == "function" else None)
+        x = {"a": X, "b": 1.0 - X} if which == "mlp2" else X
+        assert again.status in ("converged", "max_epochs") and again.predict(x).shape == (20,)
 
 
 def test_huge_hidden_sizes_are_refused_before_allocation(saved, tmp_path):

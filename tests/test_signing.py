@@ -190,8 +190,28 @@ def test_malformed_signature_entry_is_refused_with_or_without_a_key(line_fit, tm
     line_fit.save(path, signing_key=KEY)
     _rewrite(path, lambda d: d.__setitem__("signature", entry))
     for key in (None, KEY):
-        with pytest.raises(PersistError, match=message):
+        with pytest.raises(PersistError, match=message) as info:
             gf.load(path, signing_key=key)
+        assert str(info.value).startswith(f"{path}: ")  # named like every other refusal of the file
+
+
+def test_every_signature_refusal_starts_with_the_file_path(line_fit, tmp_path):
+    """Unsigned, another key, edited after signing: each message is "<path>: ...", one line."""
+    path = tmp_path / "model.json"
+    line_fit.save(path)
+    refusals = []
+    for edit, key in ((None, KEY), ("other key", KEY), ("edit", KEY)):
+        if edit == "other key":
+            line_fit.save(path, signing_key="another secret")
+        elif edit == "edit":
+            line_fit.save(path, signing_key=KEY)
+            _rewrite(path, lambda d: d["params"].__setitem__("a", 9.0))
+        with pytest.raises(PersistError) as info:
+            gf.load(path, signing_key=key)
+        refusals.append(str(info.value))
+    assert [m.split(": ", 1)[1].split(" ", 2)[:2] for m in refusals] == [["not", "signed,"], ["signed", "with"],
+                                                                        ["fails", "its"]]
+    assert all(m.startswith(f"{path}: ") and "\n" not in m for m in refusals)
 
 
 def test_cli_predict_refuses_a_tampered_signed_model_in_one_line(thermo, thermo_csv, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import gradfit as gf
-from gradfit._threads import SMALL_PROBLEM_ELEMENTS, check_threads, choose_threads, intra_op_threads
+from gradfit._threads import MAX_THREADS, SMALL_PROBLEM_ELEMENTS, check_threads, choose_threads, intra_op_threads
 from gradfit.callbacks import Callback
 from gradfit.errors import ConfigError
 from gradfit.options import FitOptions, TrainingOptions
@@ -216,6 +216,17 @@ def test_bad_threads_are_config_errors(bad):
     assert torch.get_num_threads() == PROCESS_THREADS
 
 
+@pytest.mark.parametrize("huge", [MAX_THREADS + 1, 100_000, np.int64(10**9)])
+def test_threads_above_the_cap_are_config_errors(huge):
+    """torch.set_num_threads(100000) segfaults: such a count is refused before torch sees it."""
+    with pytest.raises(ConfigError, match=f"threads must be at most {MAX_THREADS}, got {int(huge)}"):
+        TrainingOptions(threads=huge)
+    with pytest.raises(ConfigError, match=f"threads must be at most {MAX_THREADS}"):
+        gf.fit("w*x + b", x=[0.0, 1.0, 2.0], y=[1.0, 3.0, 5.0], threads=huge)
+    assert check_threads(MAX_THREADS) == MAX_THREADS
+    assert torch.get_num_threads() == PROCESS_THREADS
+
+
 def test_check_threads_canonical_and_round_trip():
     assert check_threads(None) is None and check_threads(np.int64(2)) == 2 and type(check_threads(np.int64(2))) is int
     opts = FitOptions(training=TrainingOptions(threads=2))
@@ -224,17 +235,19 @@ def test_check_threads_canonical_and_round_trip():
 
 # -- CLI -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("command", ["fit", "fit-many"])
-def test_cli_threads_zero_exits_2_with_one_line(tmp_path, command):
+@pytest.mark.parametrize("count", ["0", "100000"])
+def test_cli_bad_threads_exit_2_with_one_line(tmp_path, command, count):
     path = tmp_path / "d.csv"
     if command == "fit":
         path.write_text("x,y\n0,1\n1,3\n2,5.1\n3,7\n")
-        code, _, err = cli("fit", path, "y ~ a*x + b", "--threads", "0")
+        code, _, err = cli("fit", path, "y ~ a*x + b", "--threads", count)
     else:
         path.write_text("y_0,y_1,y_2,y_3\n1,3,5,7\n2,4,6,8.1\n")
-        code, _, err = cli("fit-many", path, "a*x + b", "--init", "a=0,b=0", "--threads", "0")
+        code, _, err = cli("fit-many", path, "a*x + b", "--init", "a=0,b=0", "--threads", count)
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and "threads must be an integer >= 1" in lines[0]
+    expected = "threads must be an integer >= 1" if count == "0" else "threads must be at most 1024, got 100000"
+    assert len(lines) == 1 and expected in lines[0]
 
 
 def test_cli_threads_reach_the_fit(tmp_path):

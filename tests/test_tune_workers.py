@@ -3,7 +3,6 @@ killed mid-trial has its trial failed as lost and replaced, so the study ends wi
 asked for; SIGTERM to the parent stops the workers and writes what completed (exit 143); the
 progress display shows trials done and the best value on a terminal."""
 
-import contextlib
 import csv
 import io
 import json
@@ -17,7 +16,6 @@ import time
 import numpy as np
 import pytest
 
-from _cli import cli
 from gradfit import callbacks
 
 optuna = pytest.importorskip("optuna")
@@ -179,6 +177,37 @@ def test_cli_worker_killed_mid_trial_study_still_ends_with_the_trials_asked(sin_
     failed = [r for r in rows if r["state"] == "FAIL"]
     assert len(failed) == 1 and f"pid {victim}" in failed[0]["error"] and "SIGKILL" in failed[0]["error"]
     assert "1 trial(s) failed" in stderr
+
+
+def _running(pid):
+    """True while ``pid`` runs; a zombie (ended, not yet reaped by whoever adopted it) has ended."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers die with their parent on Linux only")
+def test_cli_parent_killed_by_sigkill_takes_its_workers_along(sin_csv, tmp_path):
+    """A supervisor that cannot forward anything (SIGKILL) leaves no orphans running the trials:
+    each worker gets SIGTERM from the kernel, ends its trial as lost and exits."""
+    out = tmp_path / "t"
+    parent = _tune(sin_csv, out, "--optimizer", "adam", "--epochs", "100000", "--trials", "40", "--workers", "2")
+    pids = _wait_for(lambda ts: (lambda r: r if len(r) == 2 else None)(
+        {t.user_attrs["pid"] for t in ts if t.state.name == "RUNNING" and "pid" in t.user_attrs}),
+        out / "study.journal")
+    parent.kill()
+    parent.communicate(timeout=60)
+    deadline = time.monotonic() + 60
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_running(p) for p in pids)
+    trials = _study_trials(out / "study.journal")
+    assert len(trials) < 40 and not [t for t in trials if t.state.name == "RUNNING"]
+    stopped = [t for t in trials if t.state.name == "FAIL"]
+    assert len(stopped) == 2 and all("SIGTERM" in t.user_attrs["error"] and t.user_attrs["lost"] for t in stopped)
 
 
 @pytest.mark.slow

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from .errors import (ConfigError, DataError, FitError, FormulaError, GradfitError, GradfitWarning, ModelError,
-                     PersistError)
+from .errors import (ConfigError, DataError, FitError, FormulaError, GradfitError, GradfitWarning,
+                     MissingDependencyError, ModelError, PersistError)
 
 from ._version import __version__
 
@@ -55,7 +55,7 @@ _LAZY = {
 }
 
 __all__ = sorted([*_LAZY, "GradfitError", "FormulaError", "DataError", "ModelError", "ConfigError", "FitError",
-                  "PersistError", "GradfitWarning", "__version__"])
+                  "PersistError", "MissingDependencyError", "GradfitWarning", "__version__"])
 
 
 def __getattr__(name: str):

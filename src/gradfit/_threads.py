@@ -18,7 +18,13 @@ import threading
 
 from .errors import ConfigError
 
-__all__ = ["SMALL_PROBLEM_ELEMENTS", "check_threads", "choose_threads", "intra_op_threads"]
+__all__ = ["SMALL_PROBLEM_ELEMENTS", "MAX_THREADS", "check_threads", "choose_threads", "intra_op_threads"]
+
+#: the most intra-op threads ``threads=`` accepts. torch.set_num_threads(100000) crashes the
+#: process (a segfault in the OpenMP pool, not an exception), and no CPU comes near: the largest
+#: two-socket servers have 768 hardware threads (2 x 192 cores x 2 SMT). A fixed bound, not a
+#: multiple of os.cpu_count(), so options that pass on one machine pass on every other.
+MAX_THREADS = 1024
 
 #: below this many elements in a fit's widest per-step tensor (rows per step x the widest
 #: layer, input or parameter count) "auto" runs on one thread. torch's elementwise kernels do
@@ -37,18 +43,24 @@ _ACTIVE = {"count": 0, "before": None}
 
 
 def check_threads(value):
-    """``threads=`` in canonical form: None ("auto") or an integer >= 1.
+    """``threads=`` in canonical form: None ("auto") or an integer from 1 to :data:`MAX_THREADS`.
 
     Raises
     ------
     ConfigError
-        for anything else (0, -1, 1.5, "two", True), saying what to pass.
+        for anything else (0, -1, 1.5, "two", True, 100000), saying what to pass.
     """
-    if value is None or type(value) is int and value >= 1:
+    if value is None or type(value) is int and 1 <= value <= MAX_THREADS:
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ConfigError(f"threads must be an integer >= 1 (intra-op CPU threads) or None (auto: one thread "
                           f"for small problems, torch's default otherwise), got {value!r}")
+    if value > MAX_THREADS:
+        import os
+
+        raise ConfigError(f"threads must be at most {MAX_THREADS}, got {int(value)}; this machine has "
+                          f"{os.cpu_count() or 'an unknown number of'} CPUs: pass at most that many, or leave "
+                          "threads unset (auto)")
     return int(value)
 
 

@@ -19,8 +19,10 @@ __all__ = [
     "ConfigError",
     "FitError",
     "PersistError",
+    "MissingDependencyError",
     "GradfitWarning",
     "did_you_mean",
+    "require",
     "warn_user",
 ]
 
@@ -61,6 +63,43 @@ class FitError(GradfitError, RuntimeError):
 
 class PersistError(GradfitError, OSError):
     """A saved file is missing, truncated, tampered with or of an unknown format version."""
+
+
+class MissingDependencyError(GradfitError, ImportError):
+    """A feature needs an optional package that is not installed; the message says what to
+    install (an ImportError too, so ``except ImportError`` keeps working)."""
+
+
+def require(module: str, *, extra: str | None, feature: str, package: str | None = None):
+    """Import and return the optional ``module`` that ``feature`` needs, or raise
+    MissingDependencyError saying what to install: ``pip install "gradfit[EXTRA]"``, or
+    ``pip install PACKAGE`` for a package no extra provides (``extra=None``).
+
+    Every import of an optional dependency (optuna, pandas, pyarrow, openpyxl) goes through
+    here, so a missing one is one line saying what to do, never an internal error.
+
+    Examples
+    --------
+    >>> import sys
+    >>> sys.modules["no_such_pkg"] = None  # as if not installed
+    >>> try:
+    ...     require("no_such_pkg", extra="tune", feature="gradfit tune")
+    ... except MissingDependencyError as exc:
+    ...     print(exc)
+    gradfit tune needs no_such_pkg: pip install "gradfit[tune]"
+    >>> del sys.modules["no_such_pkg"]
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        install = f'"gradfit[{extra}]"' if extra else (package or module)
+        missing = getattr(exc, "name", None)
+        # the package is there but one of its own dependencies is not: name that one too
+        broken = (f" (importing {module} failed: {exc})" if missing and missing.split(".")[0] != module.split(".")[0]
+                  else "")
+        raise MissingDependencyError(f"{feature} needs {package or module}{broken}: pip install {install}") from None
 
 
 class GradfitWarning(UserWarning):

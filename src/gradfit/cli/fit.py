@@ -90,7 +90,7 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
         import shlex
 
         again = " ".join(shlex.quote(a) for a in ["gradfit", *args.argv] if a != "--resume")
-        print(f"gradfit fit: interrupted {stop.where}; checkpoint saved in {args.out}; "
+        print(f"gradfit fit: interrupted {stop.where}; checkpoint saved in {Path(args.out)}; "
               f"resume with: {again} --resume", file=stderr)
         return ExitStatus.from_signal(stop.signum)
     if args.out:
@@ -99,12 +99,13 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
     if args.json:
         doc = result.to_dict()
         if args.out:
-            doc["out"] = str(args.out)
+            doc["out"] = str(Path(args.out))
         print(json.dumps(doc), file=stdout)
     else:
         print(result.report(), file=stdout)
         if args.out:
-            print(f"wrote {args.out}/model.json, history.csv, fit.png, loss.png", file=stdout)
+            # as a path, not text: --out run/ must not print run//model.json
+            print(f"wrote {Path(args.out) / 'model.json'}, history.csv, fit.png, loss.png", file=stdout)
     status = exit_status(result.status)
     if status != ExitStatus.OK:
         print(f"gradfit fit: {' '.join(str(result.message).split())} (status {result.status}, exit {int(status)})",

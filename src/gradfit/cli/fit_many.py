@@ -19,6 +19,11 @@ def run_fit_many(args, stdout, stderr) -> ExitStatus:
 
     if args.out:
         check_out_file(args.out)  # an unwritable --out fails now, not after every fit
+        if str(args.out).lower().endswith(".parquet"):  # so does one whose writer is not installed
+            from ..errors import require
+
+            for module in ("pandas", "pyarrow"):
+                require(module, extra="pandas", feature=f"saving {Path(args.out).name} (Parquet)")
     model = resolve_model(args.model)
     names = list(model.bind(["x"]).param_names if hasattr(model, "bind") else model.param_names)
     data, per_fit = load_batch(args, names)

@@ -13,6 +13,7 @@ def run_predict(args, stdout, stderr) -> ExitStatus:
 
     import gradfit as gf
 
+    from .._files import resolve_target
     from ..data.io import csv_text, numeric_columns, read_table, write_csv
 
     result = gf.load(args.model)
@@ -26,7 +27,8 @@ def run_predict(args, stdout, stderr) -> ExitStatus:
         out.update({f"prediction_{j}": pred[:, j] for j in range(pred.shape[1])})
     if args.out:
         write_csv(args.out, out)
-        print(f"wrote {len(pred)} predictions to {args.out}", file=stdout)
+        if resolve_target(args.out)[1] == "replace":  # -o /dev/stdout or a FIFO: the CSV alone, no trailer
+            print(f"wrote {len(pred)} predictions to {args.out}", file=stdout)
     else:
         stdout.write(csv_text(out))
     status = exit_status(result.status)

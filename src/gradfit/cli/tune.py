@@ -25,6 +25,9 @@ def _given(argv, flag: str) -> bool:
 
 
 def run_tune(args, stdout, stderr) -> ExitStatus:
+    from ..errors import require
+
+    require("optuna", extra="tune", feature="gradfit tune")  # before the data is read or a worker started
     from ..tuning import (DEFAULT_VAL_FRACTION, SearchInterrupted, check_study_space, open_study, prepare, run_trials,
                           write_outputs)
     from ..tuning.study import fail_dead_trials

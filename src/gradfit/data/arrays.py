@@ -66,9 +66,11 @@ def as_float_array(value, what: str) -> np.ndarray:
     The result is writable: pandas (copy-on-write) and memory-mapped files hand out
     read-only views, and torch warns ("The given NumPy array is not writable") whenever such
     an array becomes a tensor. A read-only array is therefore copied once, here, and every
-    later ``torch.as_tensor`` of the fit's data is silent.
+    later ``torch.as_tensor`` of the fit's data is silent. A view with a negative stride
+    (``x[::-1]``) is copied too: torch cannot wrap one.
     """
-    if type(value) is np.ndarray and value.dtype == np.float64 and value.flags.writeable:
+    if (type(value) is np.ndarray and value.dtype == np.float64 and value.flags.writeable
+            and min(value.strides, default=0) >= 0):
         return value
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
@@ -78,7 +80,7 @@ def as_float_array(value, what: str) -> np.ndarray:
         raise DataError(f"{what} must be numeric, got {type(value).__name__}") from None
     if arr.dtype == object:
         raise DataError(f"{what} must be numeric")
-    return arr if arr.flags.writeable else arr.copy()
+    return arr if arr.flags.writeable and min(arr.strides, default=0) >= 0 else arr.copy()
 
 
 def _columns(data) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -1,10 +1,11 @@
-"""Files -> named columns. Every failure is a DataError naming the file and what to do.
+"""Files -> named columns. Every failure is a DataError naming the file and what to do (a
+MissingDependencyError for a format whose optional reader is not installed).
 
 Delimited text (CSV, TSV, semicolon, whitespace; gzip/bz2/xz-compressed too) is read with
 the standard library (:mod:`gradfit.data.delimited`), so each bad cell can be reported
 precisely and no optional package is needed; .npz is read with ``allow_pickle=False``;
-Parquet, Feather and Excel (.xlsx) go through pandas (with pyarrow or openpyxl) when they
-are installed.
+Parquet, Feather and Excel (.xlsx) go through pandas (with pyarrow or openpyxl): the extras
+``gradfit[pandas]`` and ``gradfit[excel]``; without them a MissingDependencyError says so.
 
 Columns come back typed: int64 when every cell is an integer (ids stay integers), float64 for
 numbers with missing values (NaN), and object arrays of str for text. Only the columns a
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, MissingDependencyError, require
 from .delimited import MISSING, check_duplicate_names, decode_text, infer_column, parse_number, read_delimited
 
 __all__ = ["read_table", "numeric_columns", "table_from_frame", "write_csv", "csv_text",
@@ -60,8 +61,10 @@ def read_table(path: str | os.PathLike) -> dict[str, np.ndarray]:
     ------
     DataError
         A missing or unreadable file, a missing header, rows of unequal length, duplicate
-        names, an ambiguous decimal sign, or a format whose reader is not installed; the
-        message names the file and what to do.
+        names or an ambiguous decimal sign; the message names the file and what to do.
+    MissingDependencyError
+        A Parquet, Feather or Excel file without pandas and its reader installed; the message
+        says which extra to install (``pip install "gradfit[pandas]"``).
 
     Examples
     --------
@@ -128,18 +131,23 @@ def _typed(arr: np.ndarray, what: str) -> np.ndarray:
     raise DataError(f"{what} has dtype {arr.dtype}; save numbers or text")
 
 
-_PANDAS_READERS = {".parquet": ("read_parquet", "pyarrow"), ".feather": ("read_feather", "pyarrow"),
-                   ".arrow": ("read_feather", "pyarrow"), ".xlsx": ("read_excel", "openpyxl"),
-                   ".xlsm": ("read_excel", "openpyxl"), ".xls": ("read_excel", "xlrd"), ".ods": ("read_excel", "odfpy")}
+#: suffix -> (pandas reader, engine module, its pip package, the gradfit extra that installs both)
+_PANDAS_READERS = {".parquet": ("read_parquet", "pyarrow", "pyarrow", "pandas"),
+                   ".feather": ("read_feather", "pyarrow", "pyarrow", "pandas"),
+                   ".arrow": ("read_feather", "pyarrow", "pyarrow", "pandas"),
+                   ".xlsx": ("read_excel", "openpyxl", "openpyxl", "excel"),
+                   ".xlsm": ("read_excel", "openpyxl", "openpyxl", "excel"),
+                   ".xls": ("read_excel", "xlrd", "xlrd", None), ".ods": ("read_excel", "odf", "odfpy", None)}
 
 
 def _read_with_pandas(p: Path, suffix: str) -> dict[str, np.ndarray]:
-    reader, engine = _PANDAS_READERS[suffix]
-    if not (_installed("pandas") and _installed(engine)):
-        raise DataError(f"{p}: reading {suffix} files needs pandas and {engine}: pip install pandas {engine} "
-                        "(or save the data as CSV)")
-    import pandas as pd
-
+    reader, engine, package, extra = _PANDAS_READERS[suffix]
+    feature = f"{p}: reading {suffix} files"
+    try:
+        pd = require("pandas", extra=extra or "pandas", feature=feature)
+        require(engine, extra=extra, feature=feature, package=package)
+    except MissingDependencyError as exc:
+        raise MissingDependencyError(f"{exc} (or save the data as CSV)") from None
     try:
         frame = getattr(pd, reader)(p)
     except Exception as exc:  # noqa: BLE001 - any reader failure is a data problem here
@@ -150,15 +158,6 @@ def _read_with_pandas(p: Path, suffix: str) -> dict[str, np.ndarray]:
     if frame.shape[0] == 0:
         raise DataError(f"{p}: has a header but no data rows")
     return table_from_frame(frame, str(p))
-
-
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a module blocked in sys.modules has no spec
-        return False
 
 
 def table_from_frame(frame, source: str = "data") -> dict[str, np.ndarray]:

@@ -172,7 +172,7 @@ def train_first_order(objective, model, optimizer, options, setup, *, settings, 
     import torch
 
     from ..train.loop import overfitting_signal
-    from ..train.regularize import InputNoise, make_schedule, parse_penalty
+    from ..train.regularize import InputNoise, make_schedule, parse_penalty, sized_by_epochs
 
     training, reg = options.training, options.regularization
     if not model.scalar_params:
@@ -208,8 +208,18 @@ def train_first_order(objective, model, optimizer, options, setup, *, settings, 
         if resume_state[1].get("fingerprint") != fingerprint:
             raise ConfigError(f"{checkpointer.folder}: the checkpoint belongs to a different fit (model, data or "
                               "options differ); resume with the same command, or start afresh without --resume")
+        saved_epochs = resume_state[1].get("epochs")
+        if sized_by_epochs(reg.schedule) and saved_epochs is not None and saved_epochs != training.epochs:
+            # more epochs are fine otherwise; here they would stretch the schedule mid-run
+            name = reg.schedule if isinstance(reg.schedule, str) else reg.schedule["name"]
+            raise ConfigError(
+                f"{checkpointer.folder}: the checkpoint's run has {saved_epochs} epochs and its learning-rate "
+                f"schedule {name!r} is sized by them, so resuming with {training.epochs} would "
+                f"make the learning rate jump; resume with the original --epochs {saved_epochs} "
+                f"(epochs={saved_epochs}), or start afresh without --resume")
     if checkpointer is not None:
         checkpointer.fingerprint = fingerprint
+        checkpointer.epochs = training.epochs
     outcome = run_loop(objective, opt, config, cbs, scheduler=scheduler, checkpointer=checkpointer,
                        resume=resume_state)
     minibatch = training.batch_size is not None and training.batch_size < objective.train.n

@@ -6,7 +6,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from ..errors import ModelError
+from ..errors import DataError, ModelError
 from ..options import ACTIVATIONS  # the one list; FitOptions validates against it
 from .base import Model
 
@@ -135,6 +135,11 @@ class ModuleModel(Model):
             x = torch.stack([inputs[n] for n in self.input_names], dim=-1)
         if x.dim() == 1:
             x = x.unsqueeze(-1)
+        if self.in_features is not None and x.shape[-1] != self.in_features:
+            many = len(self.input_names) > 1
+            raise DataError(f"the network takes {self.in_features} input features, but its input{'s' * many} "
+                            f"{', '.join(map(repr, self.input_names))} give{'' if many else 's'} {x.shape[-1]}; "
+                            "pass " + ("one column per input" if many else f"an (n, {self.in_features}) array"))
         if self.x_mean is not None:
             x = (x - self.x_mean) / self.x_std
         return x

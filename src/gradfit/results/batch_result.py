@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import parse_json  # a ValueError (caught by load) for JSON nested too deeply
 from ..errors import ConfigError, GradfitError, PersistError
 from ..status import Status
 
@@ -157,8 +158,10 @@ class BatchResult:
         return {**{rename(k): v for k, v in fixed.items()}, **params, **{rename(k): v for k, v in rest.items()}}
 
     def to_pandas(self):
-        """A pandas DataFrame, one row per fit."""
-        import pandas as pd
+        """A pandas DataFrame, one row per fit (needs pandas: ``pip install "gradfit[pandas]"``)."""
+        from ..errors import require
+
+        pd = require("pandas", extra="pandas", feature="BatchResult.to_pandas")
 
         return pd.DataFrame(self.columns())
 
@@ -194,6 +197,10 @@ class BatchResult:
             np.savez(buf, **self._document())
             atomic_write_bytes(path, buf.getvalue())
         elif suffix == ".parquet":
+            from ..errors import require
+
+            for module in ("pandas", "pyarrow"):
+                require(module, extra="pandas", feature=f"saving {path.name} (Parquet)")
             buf = io.BytesIO()
             self.to_pandas().to_parquet(buf, index=False)
             atomic_write_bytes(path, buf.getvalue())
@@ -268,7 +275,7 @@ def _from_npz(cls, path: Path) -> "BatchResult":
     _check_lengths(flat, arrays.get("ids"), path)
     base = cls(param_names=names, params={}, stderr={}, stats={}, status=flat["status"],
                iterations=flat["iterations"], model_text=str(arrays.get("model_text", "")),
-               timings=json.loads(str(arrays["timings"])) if "timings" in arrays else {},
+               timings=parse_json(str(arrays["timings"])) if "timings" in arrays else {},
                ids=_ids(arrays.get("ids")))
     return base.with_arrays({k: v for k, v in flat.items() if k.startswith(("param:", "stderr:", "stats:",
                                                                                "status", "iterations"))})

@@ -228,7 +228,13 @@ def _model(spec: dict, weights, module, function):
 
     kind = spec["kind"]
     if kind == "formula":
-        return FormulaModel(str(spec["formula"]), inputs=[str(n) for n in spec["inputs"]], name=spec.get("name"))
+        inputs = [str(n) for n in spec["inputs"]]
+        model = FormulaModel(str(spec["formula"]), inputs=inputs, name=spec.get("name"))
+        unused = [n for n in inputs if n not in model.input_names]
+        if unused:  # predict would ask for a column the formula never reads
+            raise PersistError(f"the 'model.inputs' entry is malformed: it names {unused[0]!r}, which the formula "
+                               "does not use")
+        return model
     if kind == "builtin":
         return builtin_model(str(spec["name"]), input_name=str(spec.get("input", "x")))
     if kind == "function":

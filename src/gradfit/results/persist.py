@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
-from .._files import atomic_write_text, commit_pair
+from .._files import TOO_DEEP, atomic_write_text, commit_pair, parse_json, resolve_target
 from ..errors import PersistError
 from .signing import resolve_key, sign, verify
 
@@ -45,7 +46,9 @@ def write_document(path, body: dict, weights: dict | None = None, *, signing_key
     """Write ``body`` (JSON values) to ``path`` with the format header and checksum.
 
     ``weights`` (a torch state dict) go to ``<stem>.safetensors`` beside the file, which names
-    them with their SHA-256. The document and its weights change as one atomic unit
+    them with their SHA-256. A ``path`` that is a symbolic link is followed: the document (and its
+    weights, beside it) replace the file it points to. A document without weights may also be
+    written into a stream (``/dev/stdout``, a FIFO); one with weights needs a file path. The document and its weights change as one atomic unit
     (:func:`gradfit._files.commit_pair`): a crash or a failed write (a full disk) at any moment
     leaves either the previous complete model or the new one, never a mix.
 
@@ -56,7 +59,7 @@ def write_document(path, body: dict, weights: dict | None = None, *, signing_key
     Raises
     ------
     PersistError
-        The document holds a value JSON cannot hold.
+        The document holds a value JSON cannot hold, or it has weights and ``path`` is a stream.
     ConfigError
         ``signing_key`` is empty or not text or bytes.
     OSError
@@ -86,6 +89,11 @@ def write_document(path, body: dict, weights: dict | None = None, *, signing_key
     if weights is None:
         atomic_write_text(path, render(None))
         return
+    target, how, _ = resolve_target(path)
+    if how != "replace":
+        raise PersistError(f"{path}: a network model is two files (the document and its weights beside it); "
+                           "give a file path, not a stream or device")
+    path = target  # a link's target: the weights go beside the document, where read_document looks
     from safetensors.torch import save as st_save
 
     blob = st_save({k: v.detach().cpu().contiguous() for k, v in weights.items()})
@@ -111,15 +119,21 @@ def read_document(path, *, signing_key=None) -> tuple[dict, dict | None]:
     """
     path = Path(path)
     key = resolve_key(signing_key)
-    doc = _read_json(path)
-    # before the weights are read: their SHA-256 is then one the key holder signed
-    verify(doc.get("signature"), _signed_body(doc), key, str(path))
+    try:
+        doc = _read_json(path)
+        # before the weights are read: their SHA-256 is then one the key holder signed
+        verify(doc.get("signature"), _signed_body(doc), key, str(path))
+    except RecursionError:  # parsed, but too deep to hash under this stack
+        raise PersistError(f"{path}: not a gradfit model file ({TOO_DEEP})") from None
     weights = doc.get("weights")
     if weights is None:
         return doc, None
     if not isinstance(weights, dict) or "file" not in weights:
         raise PersistError(f"{path}: the weights entry is malformed")
-    return doc, _read_weights(path.parent / Path(str(weights["file"])).name, weights.get("sha256"), path)
+    # beside the document itself: through a symbolic link, beside the file it points to (where
+    # write_document put them); a bare name, so never a path out of that folder
+    folder = Path(os.path.realpath(path)).parent
+    return doc, _read_weights(folder / Path(str(weights["file"])).name, weights.get("sha256"), path)
 
 
 def _read_json(path: Path) -> dict:
@@ -128,12 +142,16 @@ def _read_json(path: Path) -> dict:
     if path.is_dir():
         raise PersistError(f"{path}: is a directory; pass the model.json inside it")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = parse_json(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
         raise PersistError(f"{path}: not a gradfit model file (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
         raise PersistError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); "
                            "the file is truncated or not a gradfit model") from None
+    except ValueError as exc:  # nested too deeply or too large: parse_json's one line
+        raise PersistError(f"{path}: not a gradfit model file ({exc})") from None
+    except MemoryError:
+        raise PersistError(f"{path}: too large to read in the memory available; not a gradfit model") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise PersistError(f"{path}: not a gradfit model file (no 'format': '{FORMAT}')")
     version = doc.get("format_version")

@@ -123,7 +123,9 @@ def plot_tuning(study, folder) -> list:
     """Optimization history and parameter importances of an Optuna study, as PNGs."""
     from pathlib import Path
 
-    import optuna
+    from ..errors import require
+
+    optuna = require("optuna", extra="tune", feature="plot_tuning")
 
     plt = _pyplot()
     folder = Path(folder)

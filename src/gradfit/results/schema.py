@@ -7,7 +7,8 @@ declared once, as tables of :class:`Field` (``RESULT_FIELDS`` for the result ent
 ties entries together: a network's layer sizes against the weights' own shapes (so
 ``"hidden": [200000, 200000]`` beside a tiny weights file is refused at once, not allocated),
 normalization vectors against the feature counts, the covariance against the free
-parameters.
+parameters, names against each other (a list of inputs or parameters names each once; an input
+is never also a parameter).
 
 The SHA-256 checksum of :mod:`gradfit.results.persist` catches damage; this schema bounds
 what a deliberately edited file can make gradfit do. Neither authenticates the author: the
@@ -52,8 +53,8 @@ class Field:
     """One entry: its ``kind`` ("int", "number", "text", "list", "object", "tree", "array"),
     whether null is allowed, whether it must be present, bounds for numbers (``low``/``high``),
     the most characters or items (``size``), the schema of list items or object values
-    (``items``), the allowed values (``choices``), and a regular expression text must match
-    in full (``pattern``)."""
+    (``items``), the allowed values (``choices``), a regular expression text must match
+    in full (``pattern``), and whether a list's items must be distinct (``unique``: names)."""
 
     kind: str
     nullable: bool = False
@@ -65,13 +66,14 @@ class Field:
     choices: tuple | None = None
     min_items: int = 0
     pattern: str | None = None
+    unique: bool = False
 
 
 _NUMBER = Field("number", nullable=True)  # null: format 1 wrote NaN as null
 _COUNT = Field("int", low=0, high=LIMITS["count"])
 _TEXT = Field("text", size=LIMITS["text"])
 _NAME = Field("text", size=10_000)
-_NAMES = Field("list", size=LIMITS["names"], items=_NAME)
+_NAMES = Field("list", size=LIMITS["names"], items=_NAME, unique=True)
 _NUMBERS = Field("object", size=LIMITS["names"], items=_NUMBER)
 
 #: the result entries (see ``FitResult._DOCUMENT``)
@@ -88,7 +90,7 @@ RESULT_FIELDS: dict[str, Field] = {
     "settings": Field("tree"),
     "n_train": _COUNT,
     "n_val": _COUNT,
-    "notes": Field("list", size=LIMITS["names"], items=_TEXT),
+    "notes": Field("list", size=LIMITS["names"], items=_TEXT),  # may repeat
     "stderr": Field("object", nullable=True, size=LIMITS["names"], items=_NUMBER),
     "covariance": Field("array", nullable=True),
     "correlation": Field("array", nullable=True),
@@ -114,13 +116,13 @@ SIGNATURE_FIELDS: dict[str, Field] = {
 _FEATURES = Field("int", required=True, low=1, high=LIMITS["features"])
 _NETWORK = {
     "class": Field("text", size=1000),
-    "input_names": Field("list", size=LIMITS["features"], items=_NAME, min_items=1),
+    "input_names": Field("list", size=LIMITS["features"], items=_NAME, min_items=1, unique=True),
     "normalization": Field("object", nullable=True, size=4),  # entries: _check_normalization
 }
 #: the model entry, by kind ("kind" itself is checked first)
 MODEL_FIELDS: dict[str, dict[str, Field]] = {
     "formula": {"formula": Field("text", required=True, size=100_000),
-                "inputs": Field("list", required=True, size=LIMITS["names"], items=_NAME),
+                "inputs": Field("list", required=True, size=LIMITS["names"], items=_NAME, unique=True),
                 "name": Field("text", nullable=True, size=10_000)},
     "builtin": {"name": Field("text", required=True, size=1000), "input": _NAME},
     "function": {"name": Field("text", nullable=True, size=10_000), "params": _NAMES},
@@ -178,6 +180,7 @@ def check_document(doc: Any, weight_shapes: Mapping[str, tuple] | None = None) -
         _fail("model.kind", f"unknown model kind {_show(kind)}; known: {', '.join(MODEL_FIELDS)}")
     _check_table(model, MODEL_FIELDS[kind], "model.")
     _check_relations(doc)
+    _check_model_names(model, kind, doc["params"])
     if kind in ("mlp", "module"):
         _check_network(model, kind, weight_shapes)
 
@@ -243,6 +246,8 @@ def _check(value, spec: Field, where: str) -> None:
             entries = enumerate(value) if kind == "list" else value.items()
             for key, item in entries:
                 _check(item, spec.items, f"{where}[{key!r}]" if kind == "object" else f"{where}[{key}]")
+        if spec.unique:
+            _check_distinct(value, where)
     elif kind == "tree":
         if not isinstance(value, dict):
             _fail(where, f"must be an object, got {_show(value)}")
@@ -251,6 +256,14 @@ def _check(value, spec: Field, where: str) -> None:
         _check_array(value, where)
     else:  # pragma: no cover - a schema typo
         raise AssertionError(f"unknown field kind {kind!r}")
+
+
+def _check_distinct(names: list, where: str) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:  # two inputs of one name would read one column twice
+            _fail(where, f"names {_show(name)} twice")
+        seen.add(name)
 
 
 def _check_range(value, spec: Field, where: str) -> None:
@@ -312,6 +325,22 @@ def _check_relations(doc: dict) -> None:
     best = doc.get("best_epoch")
     if best is not None and best > doc["epochs_run"]:
         _fail("best_epoch", f"is {best}, after the last epoch run ({doc['epochs_run']})")
+
+
+def _check_model_names(model: dict, kind: str, params: dict) -> None:
+    """A model's names against the parameters: an input is never also a parameter, and a
+    function's saved parameter names are the parameters stored. (A formula's inputs are checked
+    against the formula when it is parsed, and its parameters against ``params`` once built.)"""
+    inputs = {"formula": model.get("inputs"), "builtin": [model.get("input", "x")]}.get(kind) or []
+    both = [n for n in inputs if n in params]
+    if both:
+        field = "model.inputs" if kind == "formula" else "model.input"
+        _fail(field, f"names {_show(both[0])}, which is also a parameter")
+    saved = model.get("params")
+    if kind == "function" and saved is not None and set(saved) != set(params):
+        odd = sorted(set(saved) ^ set(params))[0]
+        _fail("model.params", f"names {list(saved)[:20]}, but the 'params' entry has {sorted(params)[:20]} "
+              f"({_show(odd)} is in one only)")
 
 
 def _check_network(model: dict, kind: str, shapes) -> None:

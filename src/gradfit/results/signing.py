@@ -79,19 +79,23 @@ def verify(entry, body: bytes, key: SigningKey | None, name: str) -> None:
     ------
     PersistError
         A key is set and the document is unsigned, signed with another key, or edited after
-        it was signed; or the entry is malformed. The message says what to do.
+        it was signed; or the entry is malformed. The message starts with ``name`` and a
+        colon, as every refusal of a file does, and says what to do.
     """
     if key is None:
         return  # no key, no claim: a signed file loads like any other (its checksum still checked)
     if entry is None:
-        raise PersistError(f"{name} is not signed, and {key.source} is set: it was saved without the key, "
-                           "or edited and its signature removed; re-save it with the key, " + _UNVERIFIED)
-    check_signature(entry)
+        raise PersistError(f"{name}: not signed, and {key.source} is set (it was saved without the key, "
+                           "or edited and its signature removed); re-save it with the key, " + _UNVERIFIED)
+    try:
+        check_signature(entry)
+    except PersistError as exc:  # named like every other refusal of the file: "<path>: ..."
+        raise PersistError(f"{name}: {exc}") from None
     if entry["key_id"] != key.key_id:
-        raise PersistError(f"{name} is signed with a different key (key id {entry['key_id']}; {key.source} has "
+        raise PersistError(f"{name}: signed with a different key (key id {entry['key_id']}; {key.source} has "
                            f"key id {key.key_id}); load it with the key it was signed with, " + _UNVERIFIED)
     expected = hmac.new(key.secret, body, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, entry["hmac"]):
-        raise PersistError(f"{name} fails its signature under {key.source}: it was edited after it was signed "
-                           "(its checksum recomputed); do not trust it, re-save the model from its source "
+        raise PersistError(f"{name}: fails its signature under {key.source} (it was edited after it was "
+                           "signed, its checksum recomputed); do not trust it, re-save the model from its source "
                            "with the key, " + _UNVERIFIED)

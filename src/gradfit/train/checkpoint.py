@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 
 from ..callbacks import Callback
@@ -105,14 +106,21 @@ def load_checkpoint(folder) -> tuple[dict, dict]:
     """
     from safetensors.torch import load as st_load
 
+    from .._files import TOO_DEEP, parse_json
+
     folder = Path(folder)
     meta_path = folder / "checkpoint.json"
     if not meta_path.exists():
         raise PersistError(f"{folder}: no checkpoint to resume from (run without --resume first)")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = parse_json(meta_path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise PersistError(f"{meta_path}: damaged checkpoint (not valid JSON)") from None
+    except (ValueError, MemoryError) as exc:  # nested too deeply or too large
+        raise PersistError(f"{meta_path}: damaged checkpoint ({exc or 'too large to read'})") from None
+    # a checkpoint.json that is a symbolic link: its tensor file sits beside the file it points
+    # to (where save_checkpoint put it)
+    folder = Path(os.path.realpath(meta_path)).parent
     if not isinstance(meta, dict) or meta.get("format") != "gradfit.checkpoint":
         raise PersistError(f"{meta_path}: not a gradfit checkpoint")
     version = meta.get("version", 0)
@@ -131,8 +139,12 @@ def load_checkpoint(folder) -> tuple[dict, dict]:
     if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
         raise PersistError(f"{blob_path}: checksum mismatch; the checkpoint is damaged")
     meta.pop("tensors_file", None)
-    _check_counters(meta.get("counters"), meta_path)
-    return st_load(blob), _json_restore(meta)
+    try:
+        _check_counters(meta.get("counters"), meta_path)
+        restored = _json_restore(meta)
+    except RecursionError:  # parsed, but too deep to walk under this stack
+        raise PersistError(f"{meta_path}: damaged checkpoint ({TOO_DEEP})") from None
+    return st_load(blob), restored
 
 
 def _check_counters(counters, path) -> None:
@@ -187,6 +199,8 @@ class Checkpointer(Callback):
         self.every_seconds = every_seconds
         self.signal: int | None = None
         self.fingerprint: str | None = None
+        #: the run's total epochs (set by the caller): a resumed run whose schedule is sized by it must keep it
+        self.epochs: int | None = None
         self.data_sha256: str | None = None
         self._last = time.monotonic()
 
@@ -206,7 +220,7 @@ class Checkpointer(Callback):
 
         self.folder.mkdir(parents=True, exist_ok=True)
         save_checkpoint(self.folder, tensors, {**meta, "fingerprint": self.fingerprint,
-                                               "data_sha256": self.data_sha256})
+                                               "data_sha256": self.data_sha256, "epochs": self.epochs})
         self._last = time.monotonic()
 
     def after_epoch(self, loop) -> None:

@@ -12,7 +12,7 @@ from typing import Mapping
 from ..errors import ConfigError
 from ..options import SCHEDULE_NAMES
 
-__all__ = ["Penalty", "parse_penalty", "penalty_value", "add_input_noise", "make_schedule"]
+__all__ = ["Penalty", "parse_penalty", "penalty_value", "add_input_noise", "make_schedule", "sized_by_epochs"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,25 @@ def add_input_noise(noise: InputNoise, inputs: Mapping, generator) -> dict:
         eps = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
         out[k] = v + eps * (noise.sigma * noise.scale[k])
     return out
+
+
+#: schedule name -> the option that :func:`make_schedule` derives from the total epoch count
+_EPOCH_SIZED = {"step": "step_size", "exponential": "gamma", "cosine": "T_max"}
+
+
+def sized_by_epochs(spec) -> bool:
+    """True when the learning-rate curve of schedule ``spec`` depends on the run's total epochs
+    (step, exponential or cosine without their own step_size, gamma or T_max), so a run resumed
+    with another epoch count would bend it; "plateau" and no schedule do not.
+
+    >>> sized_by_epochs("cosine"), sized_by_epochs({"name": "cosine", "T_max": 50}), sized_by_epochs("plateau")
+    (True, False, False)
+    """
+    if spec is None:
+        return False
+    opts = dict(spec) if isinstance(spec, Mapping) else {"name": spec}
+    option = _EPOCH_SIZED.get(str(opts.get("name", "")).lower())
+    return option is not None and option not in opts
 
 
 def make_schedule(spec, optimizer, epochs: int):

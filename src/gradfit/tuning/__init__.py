@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from ..errors import ConfigError, FitError, GradfitError, warn_user
+from ..errors import ConfigError, FitError, GradfitError, require, warn_user
 from .space import check_space, decode_choice, encode_choice, fit_keywords, parse_space, parse_space_text, space_text
 from .progress import TrialProgress
 from .study import (LOST_ATTR, best_value, check_study_space, counted_trials, fail_dead_trials,
@@ -55,7 +55,8 @@ class TuneResult:
     val_fraction: float = 0.0
 
     def to_pandas(self):
-        import pandas as pd
+        """The trial table as a pandas DataFrame (needs pandas: ``pip install "gradfit[pandas]"``)."""
+        pd = require("pandas", extra="pandas", feature="TuneResult.to_pandas")
 
         return pd.DataFrame(self.trials)
 
@@ -177,7 +178,7 @@ def run_trials(model, x=None, y=None, *, data=None, space: Mapping, trials: int 
 def _search(model, x, y, data, space, trials, metric, storage, study, workers, seed, max_total, prune, progress,
             fit_options, stop=None):
     """run_trials -> (study, parsed space, the fit keywords shared by every trial)."""
-    import optuna
+    optuna = require("optuna", extra="tune", feature="gf.tune")
 
     from ..callbacks import Callback, wants_progress
     from ..fitting.fit import fit

@@ -9,7 +9,7 @@ import math
 import os
 import socket
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingDependencyError, require
 
 __all__ = ["open_study", "fail_dead_trials", "mark_lost", "counted_trials", "best_value", "failed_trials_warning",
            "check_study_space", "trial_rows", "write_outputs", "SPACE_ATTR", "LOST_ATTR"]
@@ -23,7 +23,7 @@ LOST_ATTR = "lost"
 
 def open_study(study: str | None, storage: str | None, seed: int, direction: str = "minimize", prune: bool = True):
     """Create or load a study; ``storage`` is a journal file path or an Optuna storage URL."""
-    import optuna
+    optuna = require("optuna", extra="tune", feature="a tuning study")
 
     # trial failures are counted and reported by tune() in one line each, not as tracebacks
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -38,8 +38,16 @@ def open_study(study: str | None, storage: str | None, seed: int, direction: str
             store = JournalStorage(JournalFileBackend(str(storage)))
     sampler = optuna.samplers.TPESampler(seed=seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=5) if prune else optuna.pruners.NopPruner()
-    return optuna.create_study(study_name=study or "gradfit", storage=store, sampler=sampler, pruner=pruner,
-                               direction=direction, load_if_exists=True)
+    try:
+        return optuna.create_study(study_name=study or "gradfit", storage=store, sampler=sampler, pruner=pruner,
+                                   direction=direction, load_if_exists=True)
+    except ImportError as exc:  # Optuna's words for a storage URL whose database driver is missing
+        if not isinstance(store, str):
+            raise
+        scheme = store.split("://", 1)[0]
+        raise MissingDependencyError(
+            f"the storage {scheme}://... needs its database driver, which is not installed ({exc}); for "
+            f'postgresql:// pip install "gradfit[tune]" (psycopg), for another database its SQLAlchemy driver') from None
 
 
 def fail_dead_trials(study, pids=None, reason: str | None = None) -> int:
@@ -157,8 +165,14 @@ def check_study_space(study, space: dict, where: str = "") -> None:
         study.set_user_attr(SPACE_ATTR, mine)
         return
     if stored != mine:
-        old = {name: (("choice", spec[1]) if spec[0] == "choice" else tuple(spec))
-               for name, spec in json.loads(stored).items()}
+        from .._files import parse_json
+
+        try:  # the study database is shared: its stored space is read as untrusted text
+            old = {name: (("choice", spec[1]) if spec[0] == "choice" else tuple(spec))
+                   for name, spec in parse_json(stored).items()}
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+            raise ConfigError(f"study {study.study_name!r}{where} holds a search space gradfit cannot read; "
+                              f"start a new study (another --out or --study; study= or storage= in Python)") from None
         raise ConfigError(f"study {study.study_name!r}{where} was created with the space {space_text(old)}, not "
                           f"{space_text(space)}; resume it with the same space, or start a new study "
                           f"(another --out or --study; study= or storage= in Python)")

@@ -20,6 +20,11 @@ It then watches them:
 Workers stay in the supervisor's process group, so a terminal's Ctrl-C and job control reach
 them as they reach any pipeline; a worker ignores signals after its first (see
 ``gradfit.cli.tune``), so the forwarded copy does no harm.
+
+A supervisor that dies without forwarding anything (SIGKILL, the OOM killer) must not leave
+orphans running every trial: on Linux each worker asks the kernel for SIGTERM when its parent
+dies (``prctl(PR_SET_PDEATHSIG)``), and stops as it would on a forwarded SIGTERM. Elsewhere
+the orphans run on (their trials still land in the study).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -126,7 +132,8 @@ class _Pool:
     def start(self, n: int) -> None:
         argv = self.command(n, self.outcome.started, self.goal)
         log = tempfile.TemporaryFile()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=dict(os.environ))
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=dict(os.environ),
+                                preexec_fn=_die_with_parent())
         self.live.append(_Worker(proc, n, log))
         self.pids.append(proc.pid)
         self.outcome.started += 1
@@ -231,6 +238,39 @@ class _Pool:
     def done(self) -> int:
         return sum(1 for t in self.study.get_trials(deepcopy=False)
                    if t.number not in self.before and t.state.is_finished() and not t.user_attrs.get(LOST_ATTR))
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send the worker SIGTERM when this process dies
+    (Linux; None elsewhere or when libc cannot be loaded).
+
+    The signal follows the *thread* that started the worker: the supervisor starts every worker
+    from the thread that runs :func:`run_workers`, which outlives them. A parent that died
+    between fork and prctl has already passed its death by, so the child compares its parent
+    with the expected one and exits instead of running orphaned. preexec_fn is not safe with
+    threads that hold locks across fork; the function only calls prctl, getppid and _exit,
+    and libc is loaded here, before the fork.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        # prctl is variadic and reads unsigned longs: pass them as such, not as C ints
+        prctl(ctypes.c_int(_PR_SET_PDEATHSIG), *(ctypes.c_ulong(v) for v in (int(signal.SIGTERM), 0, 0, 0)))
+        if os.getppid() != parent:  # the parent is gone already: do not start orphaned
+            os._exit(128 + int(signal.SIGTERM))
+
+    return preexec
 
 
 def _send(proc: subprocess.Popen, signum: int) -> None:
