@@ -63,9 +63,9 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
         and shape, or when the first eager iteration projects more than
         ``COMPILE_MARGIN * COMPILE_COST_S`` seconds (90 s on the CPU) for the rest. A model
         torch.compile cannot trace runs eagerly, with the reason in ``timings["compile"]``.
-    threads : intra-op CPU threads while fitting, or None ("auto": one thread on the CPU, where
-        the pool's per-operation barrier cost more than a second core gained; the device's
-        own on a GPU).
+    threads : intra-op CPU threads while fitting, or None ("auto": one thread for small batches,
+        as :func:`gradfit.fit`, else the process's setting; on a machine busy with other work,
+        ``threads=1`` avoids waiting at the thread pool's barrier).
 
     Returns
     -------
@@ -84,7 +84,7 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     >>> np.round(r.params["a"], 4).tolist(), r.converged.tolist()
     ([2.0, -1.0], [True, True])
     """
-    from .._threads import check_threads, intra_op_threads
+    from .._threads import check_threads, choose_threads, intra_op_threads
     from ..models import resolve_model
     from .fit import resolve_device, resolve_dtype
 
@@ -122,11 +122,11 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     block = slice(start, stop)
     t0 = time.perf_counter()
     local = {k: (v[block] if v.ndim == 2 else v) for k, v in inputs.items()}
-    # a step is many passes over (chunk, points) tensors and more over tiny (chunk,) ones; the
-    # intra-op pool makes each wait at its barrier, which on a busy machine cost 5-10x (100k
-    # Gaussians, 2 shared cores: ~100k fits/s on one thread, 9-24k on two): one CPU thread
-    # unless asked
-    with intra_op_threads(threads if threads is not None else (1 if dev.type == "cpu" else None)):
+    # a step is many passes over (chunk, points) tensors: auto threads by their size, as gf.fit
+    # (100k Gaussians of 32 points on the quiet 2-core machine: 215k fits/s on two threads,
+    # 126k on one; on a busy machine one thread wins, so threads=1 is the remedy there)
+    elements = min(len(y_arr), chunk_size or 32_768) * y_arr.shape[-1] * max(1, len(names))
+    with intra_op_threads(choose_threads(threads, elements) if dev.type == "cpu" else threads):
         solution = solve_batched(bound, names, local, y_arr[block], w_arr[block], theta0[block], lower[block],
                                  upper[block], free, tol=tol, max_iter=max_iter, dtype=torch_dtype, device=dev,
                                  chunk_size=chunk_size, compile=compile, progress=progress)
