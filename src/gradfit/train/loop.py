@@ -301,10 +301,13 @@ class _CapturedStep:
         self.objective, self.optimizer, self.rows = objective, optimizer, rows
         self.graph = self.static = self.value = None
         self.warm = 0
+        self.failed = False
 
     def __call__(self, batch):
         import torch
 
+        if self.failed:
+            return self.objective.step(self.optimizer, batch)
         if self.graph is None and self.warm < self.WARMUP:
             self.warm += 1
             side = torch.cuda.Stream()
@@ -319,8 +322,15 @@ class _CapturedStep:
             kernel = getattr(self.objective, "kernel", None)
             self._buffers = None if kernel is None else dict(kernel._buffers)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.value = self.objective.step(self.optimizer, self.static)
+            try:
+                with torch.cuda.graph(self.graph):
+                    self.value = self.objective.step(self.optimizer, self.static)
+            except RuntimeError:
+                # something in the step cannot be captured (a host sync, a dynamic shape): a
+                # capture records kernels without running them, so this batch and the rest of
+                # the run simply go eagerly
+                self.failed, self.graph = True, None
+                return self.objective.step(self.optimizer, batch)
         else:
             for k, v in batch.inputs.items():
                 self.static.inputs[k].copy_(v)
