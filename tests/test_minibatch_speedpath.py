@@ -226,3 +226,42 @@ def test_cuda_graph_step_trains_as_eager(monkeypatch, model):
     monkeypatch.setattr(loop_module, "_captured_step", lambda *a: None)
     eager = run()
     np.testing.assert_allclose(graphed.history["train_loss"], eager.history["train_loss"], rtol=1e-4)
+
+
+def _shared_layer_net():
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4)
+    return nn.Sequential(nn.Linear(3, 4), nn.Tanh(), shared, nn.Tanh(), shared, nn.Tanh(), nn.Linear(4, 1)).double()
+
+
+def test_a_layer_used_twice_takes_autograd(monkeypatch):
+    """A shared layer's gradient is the sum over its uses: the hand-written backward writes
+    each once, so such networks must take autograd (an adversarial run found the fast path
+    reporting loss 0.773 where autograd reaches 0.607)."""
+    assert mlp_layers(_shared_layer_net()) is None
+    tied = build_mlp(2, 2, (2,), "tanh")
+    tied[2].weight = tied[0].weight  # a weight tied across layers (2x2 both)
+    assert mlp_layers(tied) is None
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 3))
+    y = np.sin(x[:, 0]) + x[:, 1] * x[:, 2]
+    kw = dict(x=x, y=y, optimizer="adam", lr=0.05, epochs=5, dtype="float64", progress=False)
+    fast = gf.fit(_shared_layer_net(), **kw)
+    monkeypatch.setattr(objective_module, "_mlp_kernel", lambda model, loss: None)
+    autograd = gf.fit(_shared_layer_net(), **kw)
+    assert fast.loss == pytest.approx(autograd.loss, rel=1e-12)
+
+
+def test_concurrent_builds_give_the_same_seeded_network():
+    """nn.Linear draws from the global generator: building networks in threads must not
+    interleave one build's seeding with another's drawing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    expected = [p.detach().clone() for p in build_mlp(3, 2, (16, 16), "tanh", seed=7).parameters()]
+
+    def build(_):
+        return [p.detach() for p in build_mlp(3, 2, (16, 16), "tanh", seed=7).parameters()]
+
+    with ThreadPoolExecutor(8) as pool:
+        for params in pool.map(build, range(400)):
+            assert all(torch.equal(a, b) for a, b in zip(params, expected))

@@ -274,3 +274,31 @@ def test_second_process_does_not_import_sympy(tmp_path):
                            timeout=120).stdout.split() for _ in range(2)]
     assert outs[0] == ["0.7", "True"]  # the first process differentiates with sympy
     assert outs[1] == ["0.7", "False"]  # the second reads the program from disk
+
+
+def test_an_entry_wrong_only_for_negative_values_is_caught(cache_dir, computed):
+    """abs(x) planted as x is right wherever x > 0: the check must meet negative values too
+    (found by an adversarial run: a=0.80, b=2e-9 reported 'converged' instead of 1.5, -0.7)."""
+    x = np.linspace(-2.0, 2.0, 101)
+    y = 1.5 * np.exp(-0.7 * np.abs(x))
+    node = parse_expression("a*exp(b*abs(x))")
+    good = symbolic.value_and_partials_program(node, ("a", "b"))
+    for with_value in (True, False):
+        symbolic.partials_program(node, ("a", "b"))
+
+        def plant(doc):
+            text = json.dumps(doc["result"]).replace('["call", "abs", [["var", "x"]]]', '["var", "x"]')
+            doc["result"] = json.loads(text)
+
+        _rewrite(_entry(cache_dir, "program", with_value=with_value), plant)
+    planted = json.loads(_entry(cache_dir, "program", with_value=True).read_text())["result"]
+    assert '"abs"' not in json.dumps(planted)
+    for _ in range(5):  # fresh random points each time
+        _clear_memory_caches()
+        computed.clear()
+        assert symbolic.value_and_partials_program(node, ("a", "b")) == good
+        assert computed == ["program"]
+        _rewrite(_entry(cache_dir, "program", with_value=True), plant)
+    _clear_memory_caches()
+    r = gf.fit("a*exp(b*abs(x))", x=x, y=y, init={"a": 1.0, "b": -0.3})
+    assert r.params["a"] == pytest.approx(1.5, rel=1e-9) and r.params["b"] == pytest.approx(-0.7, rel=1e-9)

@@ -190,8 +190,12 @@ _RANGES = ((0.2, 0.9), (0.5, 3.0), (-1.0, 1.0), (1.0, 20.0), (-5.0, 5.0), (10.0,
 
 
 def random_points(names):
-    """One random point (name -> float) per range of :data:`_RANGES`, from fresh randomness
-    (a planted entry cannot be tuned to a point known in advance)."""
+    """Random points (name -> float), two per range of :data:`_RANGES`: one as drawn and one
+    with a random sign for each name (so a planted entry wrong only for negative values, such
+    as ``x`` for ``abs(x)``, meets one), from fresh randomness (a planted entry cannot be tuned
+    to a point known in advance)."""
     rng = random.SystemRandom()
+    ordered = sorted(names)
     for low, high in _RANGES:
-        yield {name: rng.uniform(low, high) for name in sorted(names)}
+        yield {name: rng.uniform(low, high) for name in ordered}
+        yield {name: rng.choice((-1.0, 1.0)) * rng.uniform(low, high) for name in ordered}

@@ -224,9 +224,9 @@ def _decode_program(data: dict):
 
 
 def _program_agrees(node: Node, wrt: tuple[str, ...], with_value: bool, program) -> bool:
-    """A loaded program is believed when, at the first random point where the formula and
-    the program are finite, its value equals the formula's and each partial derivative
-    agrees with a central difference of the formula to 1e-4 (relative)."""
+    """A loaded program is believed when, at every random point where the formula and the
+    program are finite (at least one), its value equals the formula's and each partial
+    derivative agrees with a central difference of the formula to 1e-4 (relative)."""
     assignments, outputs = program
     if len(outputs) != len(wrt) + with_value:
         return False
@@ -238,6 +238,7 @@ def _program_agrees(node: Node, wrt: tuple[str, ...], with_value: bool, program)
         temps.add(name)
     if not all(tree.names() <= names | temps for tree in outputs):
         return False
+    checked = 0
     for point in random_points(names):
         env = dict(point)
         for name, tree in assignments:
@@ -250,17 +251,24 @@ def _program_agrees(node: Node, wrt: tuple[str, ...], with_value: bool, program)
             if abs(got[0] - value) > 1e-6 * max(1.0, abs(value)):
                 return False
             got = got[1:]
-        return all(_partial_agrees(node, point, name, value, d) for name, d in zip(wrt, got))
-    return False
+        # every finite point must agree, not only the first: an entry may be wrong on part of
+        # the domain (one sign); a point where the central difference itself is not finite
+        # (an edge of the domain) says nothing
+        for name, d in zip(wrt, got):
+            verdict = _partial_agrees(node, point, name, value, d)
+            if verdict is False:
+                return False
+        checked += 1
+    return checked > 0
 
 
-def _partial_agrees(node: Node, point: dict, name: str, value: float, partial: float) -> bool:
+def _partial_agrees(node: Node, point: dict, name: str, value: float, partial: float) -> bool | None:
     x = point[name]
     h = 1e-5 * max(1.0, abs(x))
     up = evaluate(node, {**point, name: x + h})
     down = evaluate(node, {**point, name: x - h})
     if not (math.isfinite(up) and math.isfinite(down)):
-        return False
+        return None  # at an edge of the domain: no verdict
     difference = (up - down) / (2 * h)
     # relative 1e-4, with a floor well above the central difference's own rounding (eps |f| / h)
     tol = 1e-4 * max(abs(partial), abs(difference)) + 1e3 * _EPS * (1.0 + abs(value)) / h

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import threading
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -33,6 +34,9 @@ class MLPSpec:
         object.__setattr__(self, "hidden", tuple(int(h) for h in sizes))
 
 
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
 def build_mlp(in_features: int, out_features: int, hidden: Sequence[int], activation: str, seed: int | None = None):
     """An ``nn.Sequential`` of Linear layers with ``activation`` between them, seeded."""
     import torch
@@ -42,7 +46,9 @@ def build_mlp(in_features: int, out_features: int, hidden: Sequence[int], activa
             "elu": nn.ELU, "softplus": nn.Softplus}
     sizes = [in_features, *[int(h) for h in hidden]]
     layers: list = []
-    with torch.random.fork_rng(devices=[]):
+    # nn.Linear draws its initial weights from the global generator: seeding it and drawing
+    # must not interleave with another thread's fit, or the same seed gives other weights
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         for a, b in zip(sizes[:-1], sizes[1:]):
@@ -217,6 +223,11 @@ def mlp_layers(module) -> tuple | None:
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
             return None
     if not all(p.requires_grad for p in module.parameters()):
+        return None
+    # a layer (or a weight) used twice needs its gradients summed: autograd does that, the
+    # hand-written backward writes each once
+    slots = [p for _, p in module.named_parameters(remove_duplicate=False)]
+    if len({id(p) for p in slots}) != len(slots):
         return None
     return tuple(linears), tuple(type(a).__name__ for a in acts)
 
