@@ -109,13 +109,13 @@ def test_writable_out_is_created_and_left_clean(line_csv, tmp_path):
 # --- §6: a stop signal is answered at the next minibatch --------------------------------------
 
 def test_second_signal_aborts_at_once(tmp_path):
-    from gradfit.cli.fit import _stop_signals
+    from gradfit.cli.common import StopSignals
     from gradfit.train.checkpoint import Checkpointer
 
     ck = Checkpointer(tmp_path, every_seconds=None)
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
-        with _stop_signals(ck):
+        with StopSignals(lambda signum: setattr(ck, "signal", signum)):  # as `gradfit fit` sets it up
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
             assert ck.signal == signal.SIGINT  # the first asks for a clean stop

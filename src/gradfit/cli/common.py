@@ -309,3 +309,49 @@ def print_table(stream, title: str | None, columns: list[str], rows: list[list[s
     for r in rows:
         table.add_row(*r)
     console.print(table)
+
+
+class StopSignals:
+    """While the body runs, the first SIGINT or SIGTERM asks the work to stop instead of
+    killing it: its number is kept in ``signum`` (also what calling the object returns) and
+    handed to ``on_signal``; the work checks it at its next minibatch, epoch or trial and
+    exits 130/143 after saving what it can. A second signal aborts at once
+    (KeyboardInterrupt) when ``abort_on_second``. Handlers are only installed when ``active``
+    and on the main thread (Python's rule); otherwise the default behaviour stays."""
+
+    def __init__(self, on_signal=None, *, abort_on_second: bool = True, active: bool = True):
+        self.on_signal, self.abort_on_second, self.active = on_signal, abort_on_second, active
+        self.signum = None
+        self._saved: dict = {}
+
+    def __call__(self):
+        return self.signum
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if self.active and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+            if self.on_signal is not None:
+                self.on_signal(signum)
+        elif self.abort_on_second:
+            self._restore()
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        self._restore()
+        return False
+
+    def _restore(self):
+        import signal
+
+        for sig, old in self._saved.items():
+            signal.signal(sig, old)
+        self._saved = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import ExitStatus, check_out_folder, exit_status, fit_kwargs, library_output
+from .common import ExitStatus, StopSignals, check_out_folder, exit_status, fit_kwargs, library_output
 
 
 def load_model_and_data(model_text: str, data_path: str, x_cols: str | None, y_col: str | None,
@@ -84,7 +84,9 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
     elif args.resume:
         raise ConfigError("--resume needs --out DIR, the folder holding the checkpoint")
     try:
-        with library_output("fit", stderr), _stop_signals(checkpointer):
+        # the first signal asks the loop to checkpoint at its next minibatch and stop
+        stop = StopSignals(lambda signum: setattr(checkpointer, "signal", signum), active=checkpointer is not None)
+        with library_output("fit", stderr), stop:
             result = gf.fit(model, x=x, y=y, data=columns, **kwargs)
     except Interrupted as stop:
         import shlex
@@ -144,42 +146,3 @@ def _response_column(result, columns):
     with torch.no_grad():
         v = model.response({n: torch.as_tensor(columns[n], dtype=torch.float64) for n in names})
     return np.asarray(v, dtype=float)
-
-
-class _stop_signals:
-    """While training, SIGINT and SIGTERM ask the loop to checkpoint and stop (instead of
-    killing it mid-epoch): it stops at the next minibatch, saves the state there (``--resume``
-    continues from that minibatch) and exits 130/143. A second signal aborts at once
-    (KeyboardInterrupt, exit 130); the checkpoint last written stays valid. Without a
-    checkpointer the default behaviour stays."""
-
-    def __init__(self, checkpointer):
-        self.checkpointer = checkpointer
-        self._saved = {}
-
-    def __enter__(self):
-        import signal
-
-        if self.checkpointer is None:
-            return self
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._saved[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.checkpointer.signal is not None:
-            # a second signal: abort at once (the last complete checkpoint on disk stays valid)
-            self._restore()
-            raise KeyboardInterrupt
-        self.checkpointer.signal = signum
-
-    def __exit__(self, *exc):
-        self._restore()
-        return False
-
-    def _restore(self):
-        import signal
-
-        for sig, old in self._saved.items():
-            signal.signal(sig, old)
-        self._saved = {}

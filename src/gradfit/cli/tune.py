@@ -6,10 +6,9 @@ import json
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
-from .common import ExitStatus, check_out_folder, fit_kwargs, library_output
+from .common import ExitStatus, StopSignals, check_out_folder, fit_kwargs, library_output
 
 
 def parse_space_args(items) -> dict:
@@ -53,7 +52,10 @@ def run_tune(args, stdout, stderr) -> ExitStatus:
     if args.workers > 1 and not args.worker:
         return _run_workers(args, storage, progress, out, stdout, stderr, split)
     del parsed, base  # run_trials() checks again (it is the API; the checks are cheap)
-    stop = _StopSignals(worker=args.worker)
+    # a second signal aborts, except in a worker: its supervisor forwards a copy of a
+    # terminal's Ctrl-C and kills it if it must; the running trial ends at its fit's next epoch
+    # or iteration (raising from the handler could land inside Optuna's bookkeeping)
+    stop = StopSignals(abort_on_second=not args.worker)
     try:
         with library_output("tune", stderr), stop:
             run_trials(model, x, y, data=columns, space=space, trials=args.trials, storage=storage,
@@ -99,45 +101,6 @@ def _run_workers(args, storage: str, progress, out: Path, stdout, stderr, split)
         print(f"gradfit tune: warning: {warning}", file=stderr)
     write_outputs(study, out)
     return _report(study, out, stdout, stderr, args.json, split, outcome.signum)
-
-
-class _StopSignals:
-    """While the trials run, SIGINT and SIGTERM ask the search to stop (``signum``): the
-    running trial ends at its fit's next epoch or iteration, failed as lost (a rerun runs it
-    again), and the outputs are written from what completed. Raising from the handler instead
-    could land inside Optuna's own bookkeeping. A second signal aborts at once
-    (KeyboardInterrupt); a worker ignores it instead: its supervisor forwards a copy of a
-    terminal's Ctrl-C, and kills it if it must."""
-
-    def __init__(self, worker: bool):
-        self.worker = worker
-        self.signum = None
-        self._saved = {}
-
-    def __call__(self):
-        return self.signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # handlers: main thread only
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._saved[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is None:
-            self.signum = signum
-        elif not self.worker:
-            self._restore()
-            raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        self._restore()
-        return False
-
-    def _restore(self):
-        for sig, old in self._saved.items():
-            signal.signal(sig, old)
-        self._saved = {}
 
 
 def _worker_argv(argv: list, n: int, storage: str) -> list:
