@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import math
 import numbers
-import threading
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -34,9 +34,6 @@ class MLPSpec:
         object.__setattr__(self, "hidden", tuple(int(h) for h in sizes))
 
 
-_GLOBAL_RNG_LOCK = threading.Lock()
-
-
 def build_mlp(in_features: int, out_features: int, hidden: Sequence[int], activation: str, seed: int | None = None):
     """An ``nn.Sequential`` of Linear layers with ``activation`` between them, seeded."""
     import torch
@@ -46,15 +43,21 @@ def build_mlp(in_features: int, out_features: int, hidden: Sequence[int], activa
             "elu": nn.ELU, "softplus": nn.Softplus}
     sizes = [in_features, *[int(h) for h in hidden]]
     layers: list = []
-    # nn.Linear draws its initial weights from the global generator: seeding it and drawing
-    # must not interleave with another thread's fit, or the same seed gives other weights
-    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(a, b), acts[activation]()]
-        layers.append(nn.Linear(sizes[-1], out_features))
-        return nn.Sequential(*layers)
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b, device="meta"), acts[activation]()]
+    layers.append(nn.Linear(sizes[-1], out_features, device="meta"))
+    net = nn.Sequential(*layers).to_empty(device="cpu")
+    # nn.Linear's own initialization (kaiming-uniform weights, uniform biases in +-1/sqrt(fan_in))
+    # drawn from a private generator: seeding and drawing from the global one raced with other
+    # threads' fits (torch.manual_seed elsewhere reset it mid-draw), so the same seed gave other
+    # weights. Same seed, same numbers as the global generator gave.
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in net[0::2]:
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+            bound = 1.0 / math.sqrt(layer.in_features) if layer.in_features else 0.0
+            nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+    return net
 
 
 def mlp_shapes(in_features: int, out_features: int, hidden: Sequence[int]) -> dict[str, tuple[int, ...]]:
