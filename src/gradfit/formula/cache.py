@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from .._files import atomic_write_text
 from .._version import __version__
+from .compile import apply_binop
 from .functions import FUNCTIONS, fold
 from .tree import BINARY_OPS, CONSTANTS, BinOp, Call, Const, Neg, Node, Num, Var
 
@@ -160,28 +160,11 @@ def evaluate(node: Node, env: dict) -> float:
     if isinstance(node, Neg):
         return -evaluate(node.arg, env)
     if isinstance(node, BinOp):
-        return _binop(node.op, evaluate(node.left, env), evaluate(node.right, env))
+        # the compiler's own float arithmetic (its constant folding): NaN where undefined
+        return apply_binop(node.op, evaluate(node.left, env), evaluate(node.right, env))
     if isinstance(node, Call):
         return fold(node.func, [evaluate(a, env) for a in node.args])
     raise TypeError(f"not a formula node: {node!r}")
-
-
-def _binop(op: str, a: float, b: float) -> float:
-    try:
-        if op == "+":
-            return a + b
-        if op == "-":
-            return a - b
-        if op == "*":
-            return a * b
-        if op == "/":
-            return a / b
-        out = a**b
-        return out if isinstance(out, float) else math.nan  # (-8.0)**(1/3) is complex in Python
-    except ZeroDivisionError:
-        return math.nan
-    except OverflowError:
-        return math.inf
 
 
 #: where check points are drawn: small positive values first (log, sqrt, arcsin are defined),

@@ -64,7 +64,10 @@ def _compile(node: Node, backend: str = "torch") -> tuple[str, object]:
     raise TypeError(f"not a formula node: {node!r}")
 
 
-def _apply_binop(op: str, a: Value, b: Value) -> Value:
+def apply_binop(op: str, a: Value, b: Value) -> Value:
+    """``a op b``; on two Python floats (constant folding, the symbolic cache's check) the
+    undefined cases give NaN and an overflowing power +-inf, as numpy would, never an
+    exception."""
     if op == "+":
         return a + b
     if op == "-":
@@ -78,7 +81,10 @@ def _apply_binop(op: str, a: Value, b: Value) -> Value:
     if isinstance(a, float) and isinstance(b, float):
         try:
             return math.pow(a, b)
-        except (OverflowError, ValueError, ZeroDivisionError):
+        except OverflowError:  # the sign of a negative base to an odd integer power survives
+            odd = b.is_integer() and b % 2 == 1
+            return -math.inf if a < 0 and odd else math.inf
+        except (ValueError, ZeroDivisionError):
             return math.nan
     return a ** b
 
@@ -88,7 +94,7 @@ def _compile_binop(node: BinOp, backend: str) -> tuple[str, object]:
     lk, left = _compile(node.left, backend)
     rk, right = _compile(node.right, backend)
     if lk == "const" and rk == "const":
-        return "const", _apply_binop(op, left, right)
+        return "const", apply_binop(op, left, right)
     if lk == "const":
         c = left
         if op == "+":
