@@ -266,3 +266,14 @@ def test_docstring_examples(name):
 
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "formula", "function"])
+@pytest.mark.parametrize("path", ["input_names", "model.extra", "signature_v2"])
+def test_entries_the_format_does_not_declare_are_refused(saved, tmp_path, kind, path):
+    """An undeclared entry is data no code checks (a new-user run added a top-level
+    'input_names' that loaded silently): refused in one line, the document's envelope kept."""
+    target = _tampered(saved[kind], tmp_path, path, ["a"])
+    with pytest.raises(PersistError, match=rf"'{path}' entry is not part of the format"):
+        gf.load(target, function=_line if kind == "function" else None)
+    gf.load(saved[kind], function=_line if kind == "function" else None)  # the untouched file loads

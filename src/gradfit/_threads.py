@@ -58,8 +58,8 @@ def check_threads(value):
         import os
 
         raise ConfigError(f"threads must be at most {MAX_THREADS}, got {int(value)}; this machine has "
-                          f"{os.cpu_count() or 'an unknown number of'} CPUs: pass at most that many, or leave "
-                          "threads unset (auto)")
+                          f"{os.cpu_count() or 'an unknown number of'} CPUs, and more threads than CPUs only wait "
+                          "for each other: pass the CPU count or fewer, or leave threads unset (auto)")
     return int(value)
 
 

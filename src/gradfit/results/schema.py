@@ -142,6 +142,10 @@ def shapes_of(weights: Mapping | None) -> dict[str, tuple[int, ...]] | None:
     return {str(k): tuple(int(n) for n in v.shape) for k, v in weights.items()}
 
 
+#: the file's envelope, which results/persist.py checks before this schema sees the document
+ENVELOPE = ("format", "format_version", "checksum")
+
+
 def check_document(doc: Any, weight_shapes: Mapping[str, tuple] | None = None) -> None:
     """Check a model document against the schema before it is decoded or built.
 
@@ -171,14 +175,14 @@ def check_document(doc: Any, weight_shapes: Mapping[str, tuple] | None = None) -
     """
     if not isinstance(doc, dict):
         raise PersistError(f"the document is a {type(doc).__name__}, not an object")
-    _check_table(doc, RESULT_FIELDS, "")
+    _check_table(doc, RESULT_FIELDS, "", ENVELOPE)
     if "signature" in doc:
         check_signature(doc["signature"])
     model = doc["model"]
     kind = model.get("kind")
     if kind not in MODEL_FIELDS:
         _fail("model.kind", f"unknown model kind {_show(kind)}; known: {', '.join(MODEL_FIELDS)}")
-    _check_table(model, MODEL_FIELDS[kind], "model.")
+    _check_table(model, MODEL_FIELDS[kind], "model.", ("kind",))
     _check_relations(doc)
     _check_model_names(model, kind, doc["params"])
     if kind in ("mlp", "module"):
@@ -199,7 +203,11 @@ def check_signature(entry: Any) -> None:
 
 
 # -- walking the tables ---------------------------------------------------------------------
-def _check_table(obj: dict, table: dict[str, Field], prefix: str) -> None:
+def _check_table(obj: dict, table: dict[str, Field], prefix: str, envelope: tuple = ()) -> None:
+    unknown = [name for name in obj if name not in table and name not in envelope]
+    if unknown:  # a field the schema does not declare is data no code checks: refused, not ignored
+        raise PersistError(f"the '{prefix}{unknown[0]}' entry is not part of the format (an edited or foreign "
+                           "file?); remove it, or save the model again")
     for name, spec in table.items():
         if name not in obj:
             if spec.required:
