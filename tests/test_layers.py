@@ -18,6 +18,7 @@ LAYERS = [
     ["formula"],
     ["data", "models"],
     ["losses"],
+    ["likelihood"],
     ["optim"],
     ["stats"],
     ["lsq"],
