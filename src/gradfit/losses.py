@@ -3,7 +3,9 @@
 Each built-in loss also has its derivative with respect to the prediction, so formula models
 can be trained with fully analytic gradients (symbolic model partials x this derivative)
 without building an autograd graph. With weights, losses are weighted means:
-``sum(w * l(r)) / sum(w)``.
+``sum(w * l(r)) / sum(w)``. "poisson" is a likelihood for counts (its weights are
+frequency weights); for scalar-parameter models gf.fit solves it by Fisher scoring
+(:mod:`gradfit.lsq.likelihood`) rather than with these torch functions.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Callable
 
 from .errors import ConfigError
 
-__all__ = ["Loss", "resolve_loss", "LOSSES"]
+__all__ = ["Loss", "resolve_loss", "LOSSES", "POISSON_MEAN_FLOOR"]
 
 HUBER_DELTA = 1.0
 
@@ -86,6 +88,35 @@ def _log_cosh_grad(pred, target, weights=None):
     return (pred - target).tanh() * _scale(pred, weights)
 
 
+#: below this mean the "poisson" loss continues linearly (with its slope there), so a network or
+#: first-order fit whose prediction is not positive still gets a finite loss and a gradient
+#: pointing back to positive means (the deviance itself has no value at mu <= 0)
+POISSON_MEAN_FLOOR = 1e-6
+
+
+def _poisson_half_deviance(pred, target):
+    """Per element dev_i / 2 = y log(y/mu) - (y - mu), continued linearly below the floor."""
+    import torch
+
+    mu = pred.clamp(min=POISSON_MEAN_FLOOR)
+    half = torch.xlogy(target, target / mu) - (target - mu)
+    below = pred < POISSON_MEAN_FLOOR
+    return torch.where(below, half + (1.0 - target / POISSON_MEAN_FLOOR) * (pred - POISSON_MEAN_FLOOR), half)
+
+
+def poisson(pred, target, weights=None):
+    """Poisson loss for counts: the weighted mean of half the deviance terms,
+    ``y log(y/mu) - (y - mu)`` (0 for a perfect fit), which is the negative log-likelihood
+    per point up to terms free of the model. ``pred`` is the mean mu; see
+    :data:`POISSON_MEAN_FLOOR` for mu <= 0. A network should start at positive means: train it
+    with normalize=True (its output then starts at the mean count)."""
+    return _reduce(_poisson_half_deviance(pred, target), weights)
+
+
+def _poisson_grad(pred, target, weights=None):
+    return (1.0 - target / pred.clamp(min=POISSON_MEAN_FLOOR)) * _scale(pred, weights)
+
+
 @dataclass(frozen=True)
 class Loss:
     """A loss by name: ``value(pred, target, weights)`` and, when known, ``grad_pred``."""
@@ -94,6 +125,8 @@ class Loss:
     value: Callable
     grad_pred: Callable | None = None
     least_squares: bool = False
+    #: a likelihood estimator (gradfit.likelihood): scalar models are solved by Fisher scoring
+    likelihood: bool = False
     #: optional fused (value, d value / d pred), saving a pass over the data
     value_and_grad: Callable | None = None
 
@@ -106,11 +139,12 @@ LOSSES = {
     "mae": Loss("mae", mae, _mae_grad),
     "huber": Loss("huber", huber, _huber_grad),
     "log_cosh": Loss("log_cosh", log_cosh, _log_cosh_grad),
+    "poisson": Loss("poisson", poisson, _poisson_grad, likelihood=True),
 }
 
 
 def resolve_loss(spec) -> Loss:
-    """A loss name ('mse', 'mae', 'huber', 'log_cosh'), a :class:`Loss`, or a callable
+    """A loss name ('mse', 'mae', 'huber', 'log_cosh', 'poisson'), a :class:`Loss`, or a callable
     ``f(pred, target) -> scalar`` (weights are then not supported)."""
     if isinstance(spec, Loss):
         return spec

@@ -49,7 +49,7 @@ TORCH_OPTIMIZERS = {
 #: what TrainingOptions.optimizer accepts
 OPTIMIZERS = ("auto", "lm", "linear", *TORCH_OPTIMIZERS)
 #: the built-in losses (losses.py defines them under these names)
-LOSS_NAMES = ("mse", "mae", "huber", "log_cosh")
+LOSS_NAMES = ("mse", "mae", "huber", "log_cosh", "poisson")
 #: activations of the built-in MLP (models/neural.py maps them to torch modules)
 ACTIVATIONS = ("tanh", "relu", "gelu", "silu", "sigmoid", "elu", "softplus")
 DTYPES = {"float32": "float32", "float": "float32", "float64": "float64", "double": "float64"}
@@ -411,7 +411,7 @@ class FitOptions(_Options):
 
     Parameters
     ----------
-    loss : "mse", "mae", "huber", "log_cosh", or a callable ``f(pred, target)``. A callable is
+    loss : "mse", "mae", "huber", "log_cosh", "poisson", or a callable ``f(pred, target)``. A callable is
         written to JSON by its name, so ``from_dict`` gives back the name, not the callable.
     nan_policy : "raise" (name the rows holding NaN/inf) or "omit" (drop them).
     hidden, activation : hidden layer widths (each >= 1; an int is one layer: 32 -> (32,)) and
@@ -449,7 +449,7 @@ class FitOptions(_Options):
         if isinstance(self.loss, str):
             _set(self, "loss", check_known("loss", check_name("loss", self.loss).replace("-", "_"), LOSS_NAMES))
         elif not callable(self.loss):
-            raise ConfigError(f"loss must be a name ('mse', 'mae', 'huber', 'log_cosh') or a callable, got {self.loss!r}")
+            raise ConfigError(f"loss must be a name ('mse', 'mae', 'huber', 'log_cosh', 'poisson') or a callable, got {self.loss!r}")
         _set(self, "nan_policy", check_choice("nan_policy", self.nan_policy, NAN_POLICIES))
         _set(self, "hidden", _hidden(self.hidden))
         _set(self, "activation", check_known("activation", check_name("activation", self.activation), ACTIVATIONS))

@@ -15,6 +15,7 @@ from ..data.arrays import check_float32_range, prepare_arrays, weights_from_sigm
 from ..data.split import train_val_indices
 from ..errors import ConfigError, DataError, ModelError
 from ..losses import resolve_loss
+from ..lsq.likelihood import POISSON_REASON, PoissonProblem
 from ..lsq.problem import LeastSquaresProblem, linear_reason
 from ..models import FormulaModel, resolve_model
 from ..models.neural import MLPSpec
@@ -23,7 +24,7 @@ from ..options import FitOptions, device_name, dtype_name
 from .crossval import cross_validate
 from .first_order import module_objective, scalar_objective, tensors, train_first_order, working_dtype
 from .keywords import FIT_KEYWORDS, options_from_keywords
-from .least_squares import least_squares_fit, with_uncertainty
+from .least_squares import least_squares_fit, poisson_fit, with_poisson_uncertainty, with_uncertainty
 
 __all__ = ["fit", "resolve_dtype", "resolve_device", "choose_method", "FitSetup"]
 
@@ -91,15 +92,21 @@ class FitSetup:
 
 def choose_method(optimizer: str, model, loss_fn, batch_size, space, training: str | None = None) -> tuple[str, str]:
     """Which optimizer runs, and why. "auto": a direct linear solve or Levenberg-Marquardt for
-    least-squares problems that fit in memory, a first-order optimizer (adam) otherwise."""
+    least-squares problems that fit in memory, Levenberg-Marquardt on the deviance (Fisher
+    scoring) for a likelihood loss ("poisson"), a first-order optimizer (adam) otherwise."""
 
     name = str(optimizer).lower()
     scalar = getattr(model, "scalar_params", False)
+    likelihood = getattr(loss_fn, "likelihood", False)
     if name in _DIRECT:
         if not scalar:
             raise ConfigError(f"optimizer={name!r} needs a model with named scalar parameters, not a network")
-        if not loss_fn.least_squares:
-            raise ConfigError(f"optimizer={name!r} minimises squared errors; loss={loss_fn.name!r} is not least squares")
+        if likelihood and name == "linear":
+            raise ConfigError(f"optimizer='linear' solves least squares directly; loss={loss_fn.name!r} is a "
+                              "likelihood: use 'lm' (Fisher scoring) or 'auto'")
+        if not (loss_fn.least_squares or likelihood):
+            raise ConfigError(f"optimizer={name!r} minimises squared errors; loss={loss_fn.name!r} is not least "
+                              "squares")
         if batch_size is not None:
             raise ConfigError(f"optimizer={name!r} uses all the data at once; drop batch_size")
         if training is not None:
@@ -109,7 +116,7 @@ def choose_method(optimizer: str, model, loss_fn, batch_size, space, training: s
             why = linear_reason(model, space)
             if why is not None:
                 raise ConfigError(f"optimizer='linear' needs a model linear in its parameters ({why}); use 'lm'")
-        return name, "requested"
+        return name, POISSON_REASON if likelihood else "requested"
     if name != "auto":
         return name, "requested"
     if not scalar:
@@ -118,6 +125,8 @@ def choose_method(optimizer: str, model, loss_fn, batch_size, space, training: s
         return "adam", "minibatches requested: first-order optimizer"
     if training is not None:
         return "adam", f"{training} requested: first-order optimizer"
+    if likelihood:
+        return "lm", POISSON_REASON
     if not loss_fn.least_squares:
         return "adam", f"loss {loss_fn.name!r} is not least squares: first-order optimizer"
     why = linear_reason(model, space)
@@ -156,6 +165,12 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         adam otherwise), "lm", "linear", or any torch.optim name ("sgd", "adam", "lbfgs", ...).
         Full-batch "lbfgs" stops with status "converged" once an epoch ends on L-BFGS's own
         tolerances (tolerance_grad, tolerance_change).
+    loss : "mse" (default, least squares), "mae", "huber", "log_cosh", "poisson" or a callable.
+        "poisson": counts y >= 0 with model means mu > 0, fitted by maximum likelihood
+        (Levenberg-Marquardt on the deviance, i.e. Fisher scoring, for scalar models under
+        "auto"); weights= are frequency weights, sigma= is refused; standard errors are the
+        Cramer-Rao bound (inverse Fisher information, never rescaled); ``stats`` holds the
+        deviance, loglike, AIC/BIC from the likelihood and Pearson's chisqr (redchi = chisqr/dof).
     bounds, fixed, tie : ``{"w": (0, None)}``, ``["b"]``, ``{"c": "2*a"}``.
     sigma, absolute_sigma : per-point standard deviations (weights 1/sigma^2); with
         absolute_sigma the covariance is not rescaled by the reduced chi-square.
@@ -226,12 +241,17 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         else:
             _refuse_keywords_with(options, keywords)
     training = options.training
-    weights = weights_from_sigma(weights, sigma)
     loss_fn = resolve_loss(options.loss)
+    if sigma is not None and loss_fn.likelihood:
+        raise ConfigError(f"loss={loss_fn.name!r} takes no sigma: counts carry their own variance (the mean); "
+                          "drop sigma= (weights= are frequency weights)")
+    weights = weights_from_sigma(weights, sigma)
     torch_dtype, dev = _resolved(training.dtype, training.device)
     spec = resolve_model(model, hidden=options.hidden, activation=options.activation)
     bound, arrays = prepare_arrays(spec, x, y, data=data, weights=weights, nan_policy=options.nan_policy)
     _check_range(arrays, torch_dtype)
+    if loss_fn.likelihood:
+        _check_counts(arrays)
     if training.normalize:
         _check_not_constant(arrays)
     with intra_op_threads(choose_threads(training.threads, _step_elements(bound, arrays, training.batch_size))):
@@ -310,6 +330,20 @@ def _check_range(arrays, dtype) -> None:
     check_float32_range({**arrays.inputs, "y": arrays.y})
 
 
+def _check_counts(arrays) -> None:
+    """Poisson counts are >= 0 at every used point (weight > 0); non-integer values are allowed."""
+    import numpy as np
+
+    y = arrays.y.reshape(arrays.n, -1)
+    bad = (y < 0).any(axis=1)
+    if arrays.weights is not None:
+        bad &= arrays.weights > 0
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"count {y[i].min():g} at point {i} is negative: Poisson counts are >= 0; fix the data "
+                        "(or give the point weight 0), or use a least-squares loss for signed data")
+
+
 def _check_not_constant(arrays) -> None:
     import numpy as np
 
@@ -351,6 +385,9 @@ def _fit_split(bound, train_arr, val_arr, notes, options: FitOptions, setup: Fit
     if method in _DIRECT:
         # least squares runs in float64 on the CPU whatever dtype and device ask for training
         settings.update(dtype="float64", device="cpu")
+        if loss_fn.likelihood:
+            return poisson_fit(bound, space, train_arr, val_arr, options, settings=settings,
+                               callbacks=setup.callbacks, **common)
         return least_squares_fit(bound, space, train_arr, val_arr, method, options, settings=settings,
                                  callbacks=setup.callbacks, **common)
     dtype, extra = working_dtype(setup.dtype, train_arr)
@@ -362,6 +399,8 @@ def _fit_split(bound, train_arr, val_arr, notes, options: FitOptions, setup: Fit
     if loss_fn.least_squares and result.status != "diverged":
         problem = LeastSquaresProblem.from_arrays(bound, space, train_arr)
         result = with_uncertainty(result, problem, options.least_squares.absolute_sigma)
+    elif loss_fn.likelihood and result.status != "diverged":
+        result = with_poisson_uncertainty(result, PoissonProblem.from_arrays(bound, space, train_arr))
     return result
 
 

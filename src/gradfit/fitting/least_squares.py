@@ -1,5 +1,6 @@
 """fit() for least-squares problems: solve (linear or Levenberg-Marquardt), then attach
-uncertainties and statistics, and build the FitResult."""
+uncertainties and statistics, and build the FitResult. Poisson likelihood fits run the same
+Levenberg-Marquardt on the deviance residuals (:mod:`gradfit.lsq.likelihood`)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import dataclasses
 import numpy as np
 
 from ..errors import warn_user
-from ..lsq.problem import LeastSquaresProblem, mean_squared_error
+from ..lsq.likelihood import PoissonProblem, mean_half_deviance, poisson_uncertainty, positive_start
+from ..lsq.problem import LeastSquaresProblem, mean_squared_error, predict_numpy
 from ..lsq.solve import refine_residuals, solve
 from ..lsq.uncertainty import uncertainty
 from ..results.fit_result import FitResult
 from ..callbacks import LogCallback, ProgressCallback, wants_progress
 
-__all__ = ["least_squares_fit", "with_uncertainty", "uncertainty_fields", "warn_degenerate"]
+__all__ = ["least_squares_fit", "poisson_fit", "with_uncertainty", "with_poisson_uncertainty", "uncertainty_fields",
+           "warn_degenerate"]
 
 
 def least_squares_fit(model, space, train_arr, val_arr, method, options, *, settings, callbacks, notes, n_train,
@@ -22,25 +25,11 @@ def least_squares_fit(model, space, train_arr, val_arr, method, options, *, sett
     """Solve by ``method`` ("linear" or "lm") under ``options`` (:class:`~gradfit.options.FitOptions`:
     its least_squares group, and the training group's log_every and progress) and build the
     FitResult. dtype/device apply to first-order training; least squares is float64 on the CPU."""
-    lsq, training = options.least_squares, options.training
+    lsq = options.least_squares
     max_iter = lsq.max_iter
     problem = LeastSquaresProblem.from_arrays(model, space, train_arr)
-    cbs = list(callbacks)
-    if training.log_every:
-        cbs.append(LogCallback(training.log_every, unit="iteration"))
-    if method == "lm" and wants_progress(training.progress):
-        # iterations of at most max_iter (most fits stop far earlier): time elapsed, not an ETA
-        cbs.append(ProgressCallback("least squares", eta=False))
-    for cb in cbs:
-        cb.on_train_begin(max_iter)
-
-    def on_iteration(it, mean_loss):
-        stop = False
-        for cb in cbs:
-            stop = bool(cb.on_epoch_end(it, {"train_loss": mean_loss, "val_loss": None})) or stop
-        return stop
-
-    outcome = solve(problem, method, max_iter=max_iter, tol=lsq.tol, callback=on_iteration if cbs else None)
+    cbs, on_iteration = _iteration_callbacks(callbacks, options, method, "least squares")
+    outcome = solve(problem, method, max_iter=max_iter, tol=lsq.tol, callback=on_iteration)
     values = outcome.values
     if method == "lm" and outcome.status == "converged":
         values = refine_residuals(problem, values, chisqr=outcome.chisqr)
@@ -61,6 +50,82 @@ def least_squares_fit(model, space, train_arr, val_arr, method, options, *, sett
     return FitResult(**fields)
 
 
+def _iteration_callbacks(callbacks, options, method: str, what: str) -> tuple[list, object]:
+    """The callbacks of a least-squares run (the caller's, a log and a progress display),
+    begun, and the per-iteration hook for the solver (None without callbacks)."""
+    training = options.training
+    cbs = list(callbacks)
+    if training.log_every:
+        cbs.append(LogCallback(training.log_every, unit="iteration"))
+    if method == "lm" and wants_progress(training.progress):
+        # iterations of at most max_iter (most fits stop far earlier): time elapsed, not an ETA
+        cbs.append(ProgressCallback(what, eta=False))
+    for cb in cbs:
+        cb.on_train_begin(options.least_squares.max_iter)
+
+    def on_iteration(it, mean_loss):
+        stop = False
+        for cb in cbs:
+            stop = bool(cb.on_epoch_end(it, {"train_loss": mean_loss, "val_loss": None})) or stop
+        return stop
+
+    return cbs, (on_iteration if cbs else None)
+
+
+def poisson_fit(model, space, train_arr, val_arr, options, *, settings, callbacks, notes, n_train, n_val):
+    """Poisson maximum likelihood by Levenberg-Marquardt on the deviance residuals (Fisher
+    scoring; :mod:`gradfit.lsq.likelihood`), with Cramer-Rao standard errors and the
+    likelihood statistics, as a FitResult. A start where the model is not positive at a used
+    point starts from the least-squares fit instead (FitError when that is not positive
+    either). The loss is the weighted mean half deviance, the torch loss "poisson"."""
+    lsq = options.least_squares
+    problem = PoissonProblem.from_arrays(model, space, train_arr)
+    start, more = positive_start(problem, max_iter=lsq.max_iter)
+    if more:
+        space = _space_at(space, start)
+        problem = PoissonProblem.from_arrays(model, space, train_arr)
+    cbs, on_iteration = _iteration_callbacks(callbacks, options, "lm", "Poisson fit")
+    outcome = solve(problem, "lm", max_iter=lsq.max_iter, tol=lsq.tol, callback=on_iteration)
+    for cb in cbs:
+        cb.on_train_end(outcome.status, outcome.iterations)
+    values = outcome.values
+    val_loss = None
+    if val_arr is not None:
+        with np.errstate(all="ignore"):
+            mu = predict_numpy(model, val_arr.inputs, values)
+        val_loss = mean_half_deviance(val_arr.y, np.broadcast_to(mu, val_arr.y.shape), val_arr.weights)
+    fields = dict(params=values, loss=float("nan"), val_loss=val_loss, status=outcome.status,
+                  epochs_run=outcome.iterations, history={"train_loss": outcome.history, "val_loss": []},
+                  model=model, message=outcome.message, settings={**settings, "strategy": outcome.strategy},
+                  n_train=n_train, n_val=n_val, notes=notes + more)
+    fields.update(uncertainty_fields(fields, problem, True, unc=poisson_uncertainty(problem, values)))
+    fields["loss"] = fields["stats"]["deviance"] / (2.0 * _weight_sum(problem))
+    return FitResult(**fields)
+
+
+def _space_at(space, values: dict):
+    """``space`` with every parameter's start moved to ``values`` (bounds, fixed and ties kept)."""
+    from ..models.parameters import ParameterSpace
+
+    bounds = {n: (space.lower[n], space.upper[n]) for n in space.names
+              if np.isfinite(space.lower[n]) or np.isfinite(space.upper[n])}
+    return ParameterSpace(space.names, values, bounds=bounds, fixed=list(space.fixed),
+                          tie={t.name: t.text for t in space.ties})
+
+
+def _weight_sum(problem) -> float:
+    w = problem.numpy()[2]
+    return float(np.sum(w)) if w is not None else float(problem.n)
+
+
+def with_poisson_uncertainty(result, problem: PoissonProblem):
+    """A copy of ``result`` (a first-order Poisson fit) with Cramer-Rao standard errors,
+    correlations and the likelihood statistics."""
+    fields = {"params": result.params, "status": result.status, "message": result.message, "notes": result.notes}
+    return dataclasses.replace(result, **uncertainty_fields(fields, problem, True,
+                                                            unc=poisson_uncertainty(problem, result.params)))
+
+
 def with_uncertainty(result, problem: LeastSquaresProblem, absolute_sigma: bool):
     """A copy of ``result`` with covariance, standard errors, correlations and statistics."""
     fields = {"params": result.params, "status": result.status, "message": result.message, "notes": result.notes}
@@ -69,12 +134,14 @@ def with_uncertainty(result, problem: LeastSquaresProblem, absolute_sigma: bool)
 
 def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigma: bool, *,
                        set_loss: bool = False, factor: tuple | None = None, residuals=None, jacobian=None,
-                       gram_eigh=None) -> dict:
+                       gram_eigh=None, unc=None) -> dict:
     """FitResult fields for covariance, standard errors, correlations, statistics, and status
     "singular" (plus a warning naming the parameters) for rank-deficient problems. With
-    ``set_loss`` the training loss is taken from the statistics (chi2 / sum of weights)."""
-    unc = uncertainty(problem, fields["params"], absolute_sigma=absolute_sigma, factor=factor, residuals=residuals,
-                      jacobian=jacobian, gram_eigh=gram_eigh)
+    ``set_loss`` the training loss is taken from the statistics (chi2 / sum of weights).
+    ``unc``: an :class:`~gradfit.lsq.uncertainty.Uncertainty` already computed (a Poisson fit's)."""
+    if unc is None:
+        unc = uncertainty(problem, fields["params"], absolute_sigma=absolute_sigma, factor=factor,
+                          residuals=residuals, jacobian=jacobian, gram_eigh=gram_eigh)
     status, message = fields["status"], fields["message"]
     if unc.degenerate:
         text = warn_degenerate(unc.degenerate)

@@ -1,5 +1,5 @@
 """Profile-likelihood confidence intervals: refit with one parameter held at trial values
-until chi-square rises by the level's threshold.
+until chi-square (a Poisson fit's deviance) rises by the level's threshold.
 
 A result does not keep its training data, so :func:`rebuild_problem` makes the least-squares
 problem again from the model, the fit's settings (bounds, fixed, ties, validation split)
@@ -14,7 +14,9 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, FitError
 from ..stats import t_quantile, z_quantile
-from .problem import LeastSquaresProblem, chi_square
+from ..likelihood import LIKELIHOODS, poisson_deviance
+from .likelihood import PoissonProblem
+from .problem import LeastSquaresProblem, chi_square, predict_numpy
 from .solve import solve
 
 __all__ = ['profile_interval', 'profile_intervals', 'rebuild_problem']
@@ -69,6 +71,9 @@ def profile_intervals(problem: LeastSquaresProblem, values: dict, stderr: dict, 
     scale = 1.0 if absolute_sigma else stats["redchi"]
     delta = q * q * scale
     space = problem.space
+    # a Poisson fit profiles its deviance (-2 log-likelihood up to a constant): the likelihood
+    # ratio interval, where the deviance rises by the chi-square(1) quantile z^2
+    poisson = isinstance(problem, PoissonProblem)
 
     def refit(name, v):
         start = dict(values)
@@ -77,12 +82,23 @@ def profile_intervals(problem: LeastSquaresProblem, values: dict, stderr: dict, 
                   if n != name and (math.isfinite(space.lower[n]) or math.isfinite(space.upper[n]))}
         sub_space = ParameterSpace(space.names, start, bounds=bounds, fixed=[*space.fixed, name],
                                    tie={t.name: t.text for t in space.ties})
-        sub = LeastSquaresProblem(problem.model, sub_space, *problem.numpy())
-        method = "linear" if sub.is_linear() and not sub_space.has_bounds else "lm"
+        sub = type(problem)(problem.model, sub_space, *problem.numpy())
+        method = "linear" if not poisson and sub.is_linear() and not sub_space.has_bounds else "lm"
         out = solve(sub, method)
-        return chi_square(sub, out.values)
+        return _objective(sub, out.values)
 
-    return {n: profile_interval(refit, n, values[n], stderr[n], stats["chisqr"], delta) for n in names}
+    best = stats["deviance"] if poisson else stats["chisqr"]
+    return {n: profile_interval(refit, n, values[n], stderr[n], best, delta) for n in names}
+
+
+def _objective(problem: LeastSquaresProblem, values: dict) -> float:
+    """What a profile holds: the deviance of a Poisson problem, else chi-square."""
+    if isinstance(problem, PoissonProblem):
+        inputs, y, w = problem.numpy()
+        with np.errstate(all="ignore"):
+            mu = predict_numpy(problem.model, inputs, values)
+        return poisson_deviance(y, np.broadcast_to(mu, y.shape), w)
+    return chi_square(problem, values)
 
 
 def rebuild_problem(model, values: dict, settings: dict, stats: dict, *, x=None, y=None, data=None, sigma=None,
@@ -133,12 +149,12 @@ def rebuild_problem(model, values: dict, settings: dict, stats: dict, *, x=None,
         arrays = arrays.take(train_val_indices(arrays.n, options.training.val_fraction, options.training.seed)[0])
     space = ParameterSpace(model.param_names, values, bounds=settings.get("bounds"),
                            fixed=settings.get("fixed") or (), tie=settings.get("tie"))
-    problem = LeastSquaresProblem(model, space, {n: arrays.inputs[n] for n in model.input_names}, arrays.y,
-                                  arrays.weights)
+    kind = PoissonProblem if settings.get("loss") in LIKELIHOODS else LeastSquaresProblem
+    problem = kind(model, space, {n: arrays.inputs[n] for n in model.input_names}, arrays.y, arrays.weights)
     if problem.n != stats["n"]:
         raise DataError(f"the data has {problem.n} training points but the fit used {stats['n']}; "
                         "pass the data the fit was made with")
-    _check_same_data(problem, values, stats["chisqr"])
+    _check_same_data(problem, values, stats["deviance"] if kind is PoissonProblem else stats["chisqr"])
     return problem
 
 
@@ -154,7 +170,7 @@ def _weights(sigma, weights):
 
 
 def _check_same_data(problem: LeastSquaresProblem, values: dict, chisqr: float) -> None:
-    here = chi_square(problem, values)
+    here = _objective(problem, values)
     _, y, w = problem.numpy()
     # chi-square at rounding level (exact fits) is compared on the data's own scale
     scale = max(abs(chisqr), 1e-12 * float(y @ y if w is None else w @ (y * y)))

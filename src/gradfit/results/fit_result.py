@@ -180,7 +180,12 @@ class FitResult:
 
     @property
     def absolute_sigma(self) -> bool:
-        """Whether the fit treated sigma as absolute (known scale: z intervals, no rescaling)."""
+        """Whether the fit treated sigma as absolute (known scale: z intervals, no rescaling);
+        always for a likelihood fit (loss "poisson": its Cramer-Rao covariance is absolute)."""
+        from ..likelihood import LIKELIHOODS
+
+        if self.settings.get("loss") in LIKELIHOODS:
+            return True
         least_squares = (self.settings.get("options") or {}).get("least_squares") or {}
         return bool(least_squares.get("absolute_sigma", False))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..options import FitOptions
-from .intervals import CI_CONVENTION, IC_CONVENTION
+from .intervals import CI_CONVENTION, IC_CONVENTION, LIKELIHOOD_CI_CONVENTION, LIKELIHOOD_IC_CONVENTION
 
 __all__ = ["text_report", "STRONG_CORRELATION"]
 
@@ -53,7 +53,9 @@ def text_report(result) -> str:
                                                              if result.val_loss is not None else ""))
     for note in result.notes:
         lines.append(f"note       {note}")
-    if result.stats:
+    if result.stats and "deviance" in result.stats:
+        lines.extend(_likelihood_lines(result))
+    elif result.stats:
         st = result.stats
         lines.append("statistics")
         lines.append(f"  points {st['n']}, free parameters {st['n'] - st['dof']}, degrees of freedom {st['dof']}")
@@ -68,6 +70,23 @@ def text_report(result) -> str:
         lines.extend(_parameter_lines(result))
     lines.extend(_correlation_lines(result))
     return "\n".join(lines)
+
+
+def _likelihood_lines(result) -> list[str]:
+    """The statistics of a Poisson (likelihood) fit: deviance, log-likelihood, Pearson's
+    chi-square, and how the criteria and errors are defined."""
+    st = result.stats
+    k = st["n"] - st["dof"]
+    lines = ["statistics (Poisson likelihood)",
+             f"  points {st['n']}, free parameters {k}, degrees of freedom {st['dof']}",
+             f"  deviance {_num(st['deviance'])}, log-likelihood {_num(st['loglike'])}, "
+             f"AIC {_num(st['aic'])}, BIC {_num(st['bic'])}",
+             f"  Pearson chi-square {_num(st['chisqr'])}, reduced chi-square {_num(st['redchi'])}, "
+             f"deviance R-squared {_num(st.get('r2'))}, RMSE {_num(st.get('rmse'))}",
+             f"  {LIKELIHOOD_IC_CONVENTION.format(k=k)}"]
+    if result.stderr is not None:
+        lines.append(f"  {LIKELIHOOD_CI_CONVENTION}")
+    return lines
 
 
 def _parameter_lines(result) -> list[str]:
