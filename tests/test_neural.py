@@ -74,3 +74,17 @@ def test_bad_mlp_options():
         gf.fit("mlp", x=X, y=Y, activation="swishy", epochs=1)
     with pytest.raises(gf.ConfigError, match="hidden"):  # an option value: validated by FitOptions
         gf.fit("mlp", x=X, y=Y, hidden=(0,), epochs=1)
+
+
+def test_per_point_weights_apply_to_every_output_of_a_two_output_network():
+    # a weight of 2 is the point given twice, for each of its outputs (full batch: same steps)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3))
+    y = np.stack([x @ [1.0, 2.0, 3.0], x @ [-1.0, 0.5, 2.0]], axis=1)
+    w = np.ones(60)
+    w[:20] = 2.0
+    common = dict(hidden=(4,), epochs=5, seed=0, progress=False, val_fraction=0, normalize=False)
+    for gradient in ("analytic", "autograd"):
+        weighted = gf.fit("mlp", x, y, weights=w, gradient=gradient, **common)
+        doubled = gf.fit("mlp", np.concatenate([x, x[:20]]), np.concatenate([y, y[:20]]), gradient=gradient, **common)
+        assert weighted.loss == pytest.approx(doubled.loss, rel=1e-5)

@@ -21,9 +21,18 @@ __all__ = ["Loss", "resolve_loss", "LOSSES", "POISSON_MEAN_FLOOR"]
 HUBER_DELTA = 1.0
 
 
+def _per_element(weights, like):
+    """Per-point weights (n,) spread over the outputs of a (n, k) prediction: a point's weight
+    applies to each of its outputs, so the weighted mean runs over all n*k elements."""
+    if weights.dim() < like.dim() and weights.shape[0] == like.shape[0]:
+        return weights.reshape(weights.shape + (1,) * (like.dim() - weights.dim())).expand_as(like)
+    return weights
+
+
 def _reduce(elementwise, weights):
     if weights is None:
         return elementwise.mean()
+    weights = _per_element(weights, elementwise)
     return (elementwise * weights).sum() / weights.sum()
 
 
@@ -31,6 +40,7 @@ def _scale(residual, weights):
     """d(mean)/d(element): 1/n without weights, w/sum(w) with them."""
     if weights is None:
         return 1.0 / residual.numel()
+    weights = _per_element(weights, residual)
     return weights / weights.sum()
 
 
@@ -52,7 +62,7 @@ def _mse_value_and_grad(pred, target, weights=None):
     if weights is None:
         n = r.numel()
         return torch.dot(r.reshape(-1), r.reshape(-1)).div_(n), r, 2.0 / n
-    scale = weights / weights.sum()
+    scale = _scale(r, weights)
     return (r**2 * scale).sum(), r * scale, 2.0
 
 
