@@ -31,7 +31,8 @@ import math
 import numpy as np
 
 __all__ = ["LIKELIHOODS", "aic_bic", "deviance_residuals", "fisher_weights", "poisson_deviance",
-           "poisson_deviance_terms", "poisson_log_likelihood", "batch_poisson_deviance"]
+           "poisson_deviance_terms", "poisson_log_likelihood", "batch_poisson_deviance", "batch_poisson_statistics",
+           "batch_poisson_fit_statistics"]
 
 #: the likelihood estimators by name (``loss=`` of gf.fit and gf.fit_many)
 LIKELIHOODS = ("poisson",)
@@ -127,18 +128,62 @@ def batch_poisson_deviance(y, mu, w, *, unit_weights: bool = False):
     """(deviance (B,), fisher weights (B, M)) for counts y, means mu and weights w (B, M),
     torch tensors of one dtype. A fit with a used point (w > 0) whose mean is not positive (or
     not finite) gets deviance +inf; its Fisher weights are 0 there. Points with w = 0 add
-    nothing, whatever their mean."""
+    nothing, whatever their mean.
+
+    Written for the batched LM's inner loop (about a dozen passes over (B, M)): the term
+    r - y log1p(r / y) with r = mu - y, which is y (t - log1p t) for t = r / y (the form of
+    :func:`poisson_deviance_terms`, with the same rounding) and mu itself at y = 0 (where 1
+    stands for y in the quotient); a used mean <= 0 or NaN is caught by one comparison, and a
+    term that is not finite makes the deviance +inf as well."""
     import torch
 
-    used = torch.ones_like(y, dtype=torch.bool) if unit_weights else w > 0
-    ok = mu > 0
-    safe_mu = torch.where(ok, mu, torch.ones_like(mu))
-    pos = y > 0
-    t = torch.where(pos, (safe_mu - y) / torch.where(pos, y, torch.ones_like(y)), torch.zeros_like(y))
-    terms = torch.where(pos, 2.0 * y * (t - torch.log1p(t)), 2.0 * safe_mu).clamp(min=0.0)
-    weighted = terms if unit_weights else w * terms
-    weighted = torch.where(used, weighted, torch.zeros_like(weighted))
-    infeasible = (used & ~(ok & torch.isfinite(mu))).any(-1)
-    dev = torch.where(infeasible, torch.full_like(weighted[..., 0], float("inf")), weighted.sum(-1))
-    fw = torch.where(used & ok, (torch.ones_like(mu) if unit_weights else w) / safe_mu, torch.zeros_like(mu))
+    r = mu - y
+    terms = r - y * torch.log1p(r / torch.where(y > 0, y, 1.0))
+    ok = mu > 0  # False for NaN
+    if unit_weights:
+        infeasible = ~ok.all(-1)
+        total = terms.sum(-1)
+        fw = torch.where(ok, mu.reciprocal(), 0.0)
+    else:
+        used = w > 0
+        infeasible = (used & ~ok).any(-1)
+        total = torch.where(used, w * terms, 0.0).sum(-1)
+        fw = torch.where(used & ok, w / mu, 0.0)
+    dev = 2.0 * total
+    dev = torch.where(infeasible | torch.isnan(dev), torch.full_like(dev, float("inf")), dev)
     return dev, fw
+
+
+def batch_poisson_statistics(y, mu, w) -> dict:
+    """Float64 statistics of B Poisson fits from counts y, means mu and weights w (B, M), torch
+    tensors: (B,) numpy arrays deviance, pearson (sum w (y - mu)^2 / mu, Pearson's chi-square)
+    and loglike (sum w (y log mu - mu - lgamma(y + 1))). Points with w = 0 add nothing; a fit
+    with a used mean that is not positive or not finite gets NaN."""
+    import torch
+
+    used = w > 0
+    ok = ~(used & ~((mu > 0) & torch.isfinite(mu))).any(-1)
+    ww = torch.where(used, w, 0.0)
+    y = torch.where(used, y, 0.0)
+    mu = torch.where(used & (mu > 0) & torch.isfinite(mu), mu, 1.0)
+    r = mu - y
+    deviance = 2.0 * (ww * (r - y * torch.log1p(r / torch.where(y > 0, y, 1.0)))).sum(-1)
+    pearson = (ww * r * r / mu).sum(-1)
+    loglike = (ww * (torch.xlogy(y, mu) - mu - torch.lgamma(y + 1.0))).sum(-1)
+    return {k: torch.where(ok, v, float("nan")).cpu().numpy()
+            for k, v in (("deviance", deviance), ("pearson", pearson), ("loglike", loglike))}
+
+
+def batch_poisson_fit_statistics(deviance, pearson, loglike, n, n_params: int) -> dict:
+    """BatchResult.stats of Poisson fits ((B,) arrays): n, dof, deviance, loglike, aic and bic
+    (2k - 2 logL, k ln n - 2 logL), chisqr (Pearson's) and redchi = chisqr / dof (NaN where
+    dof < 1 or the fit has no likelihood)."""
+    n = np.asarray(n).astype(np.int64)
+    dof = n - int(n_params)
+    loglike = np.asarray(loglike, dtype=float)
+    pearson = np.asarray(pearson, dtype=float)
+    aic, bic = aic_bic(loglike, int(n_params), np.maximum(n, 0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        redchi = np.where(dof > 0, pearson / dof, np.nan)
+    return {"n": n, "dof": dof, "chisqr": pearson, "redchi": redchi, "aic": np.asarray(aic, dtype=float),
+            "bic": np.asarray(bic, dtype=float), "deviance": np.asarray(deviance, dtype=float), "loglike": loglike}

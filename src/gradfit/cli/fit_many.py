@@ -30,16 +30,22 @@ def run_fit_many(args, stdout, stderr) -> ExitStatus:
     init, fixed = starting_values(args, names, per_fit)
     with library_output("fit-many", stderr):
         result = gf.fit_many(args.model, **data, init=init, bounds=parse_bounds(args.bounds) or None,
-                             fixed=fixed or None, tol=args.tol, max_iter=args.max_iter, dtype=args.dtype,
-                             device=args.device, threads=args.threads, chunk_size=args.chunk_size,
+                             fixed=fixed or None, loss=args.loss, tol=args.tol, max_iter=args.max_iter,
+                             dtype=args.dtype, device=args.device, threads=args.threads, chunk_size=args.chunk_size,
                              compile={"yes": True, "no": False}.get(args.compile, "auto"),
-                             progress=False if args.no_progress or args.json else None)
+                             progress=False if args.no_progress or args.json else None,
+                             shared=[n.strip() for s in args.shared for n in s.split(",") if n.strip()] or None)
     if args.out:
         result.save(args.out)
     if args.json:
         doc = {"fits": len(result), "status": result.status_counts(), "converged_fraction": float(result.converged.mean()),
                "fits_per_s": result.timings.get("fits_per_s"), "warmup_s": result.timings.get("warmup_s"),
-               "device": result.timings.get("device"), "out": args.out}
+               "device": result.timings.get("device"), "out": args.out, "loss": result.loss}
+        if "deviance" in result.stats:
+            import numpy as np
+
+            dev = result.stats["deviance"][result.converged]
+            doc["median_deviance"] = float(np.median(dev)) if dev.size else None
         print(json.dumps(doc), file=stdout)
     else:
         print(result.summary(), file=stdout)

@@ -38,6 +38,9 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
                             "comma-separated")),
     "--tie": ((), dict(action="append", default=[], metavar="NAME=EXPR",
                        help="tie a parameter to others, e.g. --tie 'c=2*a'; repeatable")),
+    "--shared": ((), dict(action="append", default=[], metavar="NAME[,NAME]",
+                          help="fit-many: parameters that take one value for every fit (global fitting: one "
+                               "joint least-squares problem); repeatable or comma-separated")),
     # weights
     "--sigma": ((), dict(metavar="COL", help="column of per-point standard deviations (weights 1/sigma^2)")),
     "--absolute-sigma": ((), dict(action="store_true",
@@ -62,7 +65,8 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
     "--lr": ((), dict(type=float, default=1e-2, help="learning rate (default 0.01)")),
     "--epochs": ((), dict(type=int, default=1000, help="epochs of first-order training (default 1000)")),
     "--batch-size": ((), dict(type=int, default=None, help="minibatch size (default: full batch)")),
-    "--loss": ((), dict(default="mse", help="mse, mae, huber, log_cosh (default mse)")),
+    "--loss": ((), dict(default="mse", help="mse, mae, huber, log_cosh, poisson (counts: maximum likelihood); "
+                                            "fit-many: mse or poisson (default mse)")),
     "--momentum": ((), dict(type=float, default=None, help="momentum for sgd/rmsprop")),
     "--nesterov": ((), dict(action="store_true", help="Nesterov momentum for sgd")),
     "--opt": ((), dict(action="append", default=[], metavar="KEY=VALUE",
@@ -179,6 +183,8 @@ def _add_fit_many(sub) -> None:
     _group(p, "columns")
     _group(p, "parameters", skip=("--tie",))
     _group(p, "solver", defaults={"--tol": "1e-4", "--max-iter": "25 Levenberg-Marquardt iterations"})
+    add_options(p.add_argument_group("estimator"), ["--loss"])
+    add_options(p.add_argument_group("global fitting"), ["--shared"])
     batching = p.add_argument_group("batching")
     batching.add_argument("--chunk-size", type=int, default=None, metavar="N", help="fits per batch on the device")
     batching.add_argument("--compile", default="auto", choices=["auto", "yes", "no"],

@@ -22,12 +22,15 @@ __all__ = ["fit_many"]
 
 DEFAULT_TOL = 1e-4
 DEFAULT_MAX_ITER = 25
+#: with shared parameters: iterations of the one joint problem
+GLOBAL_MAX_ITER = 200
 
 
 def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Mapping | None = None, fixed=None,
              tie=None, weights=None, sigma=None, mask=None, loss: str = "mse", method: str = "lm",
              tol: float | None = None, max_iter: int | None = None, dtype="float32", device="auto",
-             chunk_size: int | None = None, compile="auto", progress=None, threads: int | None = None):
+             chunk_size: int | None = None, compile="auto", progress=None, threads: int | None = None,
+             shared=None):
     """Fit one model to each row of ``y`` independently (batched Levenberg-Marquardt).
 
     Parameters
@@ -48,7 +51,26 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
         projected onto the box.
     fixed : names held at their init value.
     tie : not supported by fit_many (ConfigError); use :func:`gradfit.fit` per fit.
+    shared : names (a list, or one comma-separated string) of parameters that take one value
+        for the whole batch (global fitting): the fits are then solved jointly by
+        Levenberg-Marquardt on the block-arrow normal matrix (Schur complement; cost linear in
+        the fits), in float64 (``dtype`` is the evaluation's precision), eagerly (``compile``
+        does not apply), default max_iter 200, ``tol`` relative to one fit's chi-square.
+        ``r.params[name]`` is the shared value repeated per fit; ``r.shared`` and
+        ``r.shared_stderr`` give it by name; every stderr comes from the joint covariance;
+        ``r.joint_stats`` holds the joint fit's n, dof, chisqr, redchi, aic, bic (``r.stats``
+        stays per fit, counting each fit's own parameters). A shared name needs one init
+        value and one pair of bounds; least squares only.
     weights, sigma : (M,) or (B, M); weights = 1/sigma^2 (sigma must be positive).
+    loss : "mse" (least squares) or "poisson": maximum likelihood for counts ``y`` >= 0
+        (the Poisson deviance, Gpufit's MLE estimator, by Fisher scoring). ``weights`` are
+        then frequency weights (``sigma`` is refused); ``stderr`` is the Cramer-Rao bound
+        sqrt(diag(F^-1)) with F the Fisher information (not scaled by the fit's quality);
+        ``stats`` add deviance and loglike, aic/bic are 2k - 2 logL and k ln n - 2 logL, and
+        chisqr is Pearson's sum w (y - mu)^2 / mu. A fit whose start gives a model mean <= 0
+        (or not finite) at a used point starts again from its least-squares fit (as gf.fit);
+        where that has none either, it ends not_finite, with a warning naming it. Trial steps
+        to such means are rejected (the damping rises).
     tol, max_iter : a fit converges when an accepted step changes chi-square by less than
         tol * chi2 (default 1e-4), or its residuals reach the rounding level; at most
         max_iter iterations (default 25). Converged fits must also pass the end-point tests
@@ -88,13 +110,20 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     from ..models import resolve_model
     from .fit import resolve_device, resolve_dtype
 
-    if loss != "mse" or method != "lm":
-        raise ConfigError("fit_many does least squares with Levenberg-Marquardt: use loss='mse', method='lm'")
+    if loss not in ("mse", "poisson") or method != "lm":
+        raise ConfigError(f"fit_many fits with Levenberg-Marquardt (method='lm') by least squares (loss='mse') or "
+                          f"Poisson maximum likelihood (loss='poisson'), got loss={loss!r}, method={method!r}")
+    if loss == "poisson" and sigma is not None:
+        raise ConfigError("loss='poisson' takes no sigma: the counts' variance is their mean; pass weights= "
+                          "(frequency weights) or mask= to weight or exclude points")
     if tie:
         raise ConfigError("fit_many does not support tie; substitute the tie into the formula (e.g. replace c "
                           "by 2*a) or fit one by one with gf.fit(..., tie=...)")
     # the same validation and messages as gf.fit's least-squares options
-    solver = LeastSquaresOptions(max_iter=DEFAULT_MAX_ITER if max_iter is None else max_iter,
+    if shared and loss != "mse":
+        raise ConfigError("shared parameters are fitted by least squares: use loss='mse' with shared=")
+    solver = LeastSquaresOptions(max_iter=(GLOBAL_MAX_ITER if shared else DEFAULT_MAX_ITER) if max_iter is None
+                                 else max_iter,
                                  tol=DEFAULT_TOL if tol is None else tol)
     tol, max_iter = solver.tol, solver.max_iter
     threads = check_threads(threads)
@@ -112,8 +141,21 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     if not getattr(spec, "scalar_params", False):
         raise ModelError("fit_many fits models with named scalar parameters (formulas, built-ins, functions)")
     bound, inputs, y_arr, w_arr = _prepare(spec, x, y, weights, sigma, mask, torch_dtype)
+    likelihood = None if loss == "mse" else loss
+    if likelihood:
+        _check_counts(y_arr, w_arr)
     names = bound.param_names
     theta0, lower, upper, free = _parameters(bound, init, bounds, fixed, inputs, y_arr, w_arr)
+    if shared:  # one joint problem (fitting/global_many.py)
+        from .global_many import fit_shared
+
+        result = fit_shared(bound, names, shared, inputs, y_arr, w_arr, theta0, lower, upper, free, tol=tol,
+                            max_iter=max_iter, dtype=torch_dtype, device=dev, threads=threads, chunk_size=chunk_size)
+        if ids is not None:
+            import dataclasses
+
+            result = dataclasses.replace(result, ids=ids)
+        return result
 
     from ..lsq.batched import solve_batched
     from .parallel import gather_result, shard_range
@@ -129,7 +171,9 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     with intra_op_threads(choose_threads(threads, elements) if dev.type == "cpu" else threads):
         solution = solve_batched(bound, names, local, y_arr[block], w_arr[block], theta0[block], lower[block],
                                  upper[block], free, tol=tol, max_iter=max_iter, dtype=torch_dtype, device=dev,
-                                 chunk_size=chunk_size, compile=compile, progress=progress)
+                                 chunk_size=chunk_size, compile=compile, progress=progress, likelihood=likelihood)
+    if likelihood:
+        _warn_infeasible_starts(solution, start)
     result = gather_result(_batch_result(bound, names, solution, free), len(y_arr))
     result.timings["total_s"] = time.perf_counter() - t0
     if ids is not None:
@@ -269,8 +313,39 @@ def _batch_result(model, names, solution, free):
     from ..results.batch_result import BatchResult
     from ..stats import batch_statistics
 
-    stats = batch_statistics(solution.chisqr, solution.n_used, int(free.sum()))
+    if solution.likelihood is not None:
+        from ..likelihood import batch_poisson_fit_statistics
+
+        stats = batch_poisson_fit_statistics(solution.likelihood["deviance"], solution.likelihood["pearson"],
+                                             solution.likelihood["loglike"], solution.n_used, int(free.sum()))
+    else:
+        stats = batch_statistics(solution.chisqr, solution.n_used, int(free.sum()))
     return BatchResult(param_names=tuple(names), params={n: solution.params[:, j] for j, n in enumerate(names)},
                        stderr={n: solution.stderr[:, j] for j, n in enumerate(names)}, stats=stats,
                        status=solution.status, iterations=solution.iterations, model_text=model.describe(),
-                       timings=solution.timings)
+                       timings=solution.timings, loss="mse" if solution.likelihood is None else "poisson")
+
+
+def _check_counts(y, w) -> None:
+    """loss="poisson": counts at used points must be >= 0 (DataError naming the first)."""
+    with np.errstate(invalid="ignore"):
+        bad = (w > 0) & (y < 0)
+    if bad.any():
+        fit, point = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"loss='poisson' needs counts >= 0: fit {fit}, point {point} has y = {y[fit, point]:g} "
+                        f"({int(bad.sum())} negative value(s) in all); subtract no background from counts, or mask "
+                        "those points (mask=, or NaN)")
+
+
+def _warn_infeasible_starts(solution, offset: int) -> None:
+    """A Poisson fit whose start and least-squares fit both have no likelihood (a model mean
+    <= 0 or not finite at a used point) ends not_finite: say which, and what to do."""
+    from ..errors import warn_user
+    from ..status import Status
+
+    bad = np.nonzero((solution.status == Status.NOT_FINITE.code) & np.isinf(solution.chisqr))[0]
+    if bad.size:
+        first = ", ".join(str(int(i) + offset) for i in bad[:5]) + (", ..." if bad.size > 5 else "")
+        warn_user(f"fit_many(loss='poisson'): {bad.size} fit(s) (fit {first}) start where the model's mean is <= 0 "
+                  "or not finite at a point with data, and so does their least-squares fit; they end not_finite. "
+                  "Start them where the model is positive (e.g. a positive offset), or bound it positive")

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-__all__ = ["world", "shard_range", "gather_result"]
+__all__ = ["world", "shard_range", "gather_result", "reducer", "sum_across"]
 
 
 def world() -> tuple[int, int]:
@@ -84,3 +84,24 @@ def gather_result(local, n_total: int):
     if len(result) != n_total:
         raise RuntimeError(f"gathered {len(result)} fits, expected {n_total}")
     return result
+
+
+def sum_across(tensor):
+    """``tensor`` summed elementwise over every rank (all_reduce), the same on each rank;
+    ``tensor`` itself in one process. The global fit (fit_many's ``shared``) sums its Schur
+    complement pieces with it, so every rank takes the same shared step."""
+    rank, size = world()
+    if size == 1:
+        return tensor
+    import torch
+    import torch.distributed as dist
+
+    nccl = dist.get_backend() == "nccl"
+    out = tensor.to(torch.device("cuda", torch.cuda.current_device()) if nccl else "cpu").clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(tensor.device)
+
+
+def reducer():
+    """:func:`sum_across` under torchrun, None in one process (the engines' "no reduction")."""
+    return sum_across if world()[1] > 1 else None

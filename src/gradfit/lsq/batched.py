@@ -50,7 +50,7 @@ from .compiled import (
     want_compile,
     worth_compiling,
 )
-from .end_points import check_end_points, clear_end_points, weighted_at
+from .end_points import check_end_points, clear_end_points, likelihood_statistics, weighted_at
 
 __all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "CPU_CHUNK_BYTES", "BatchedSolution", "solve_batched"]
 
@@ -79,6 +79,7 @@ class BatchedSolution:
     timings : warm-up and fitting seconds, fits/s, path, compiled, device, chunk size.
     at_bound : (B, P) bool, a free parameter that ended exactly on one of its bounds (an active
         bound, as gf.fit reports in its notes).
+    likelihood : None, or (likelihood="poisson") float64 deviance, pearson, loglike (B,) at params.
     """
 
     params: np.ndarray
@@ -89,11 +90,13 @@ class BatchedSolution:
     iterations: np.ndarray
     timings: dict = field(default_factory=dict)
     at_bound: np.ndarray | None = None
+    likelihood: dict | None = None
 
 
 def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray, lower: np.ndarray,
                   upper: np.ndarray, free: np.ndarray, *, tol: float, max_iter: int, dtype, device,
-                  chunk_size: int | None = None, compile="auto", progress=None) -> BatchedSolution:
+                  chunk_size: int | None = None, compile="auto", progress=None,
+                  likelihood: str | None = None, restart: bool = True) -> BatchedSolution:
     """Fit ``model`` to every row of ``y`` by batched Levenberg-Marquardt.
 
     Parameters
@@ -109,6 +112,11 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     compile : "auto" (see lsq/compiled.py: compiled when the kernel is cached, or when the first
         eager iteration projects a run long enough to pay for compiling), True or False.
     progress : show a bar over fits (None: when stderr is a terminal) once the batch has run 2 s.
+    likelihood : None (least squares) or "poisson": Fisher scoring of the Poisson deviance
+        (``y`` counts, ``w`` frequency weights; see :func:`gradfit.optim.batch_lm.step`);
+        ``chisqr`` is the deviance and ``stderr`` the unscaled Cramer-Rao errors. A fit whose
+        start has no likelihood (a mean <= 0 or not finite at a used point) starts again from its
+        least-squares fit (as gf.fit does); where that has none either, it ends not_finite.
 
     Raises
     ------
@@ -134,12 +142,13 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     compiled_chunks = 0
     notes: dict = {}
     bar = _progress(progress, n_fits)
+    extra = {k: np.full(n_fits, np.nan) for k in ("deviance", "pearson", "loglike")} if likelihood else None
     t_fit = time.perf_counter()
     for lo in range(0, n_fits, chunk):
         sl = slice(lo, min(lo + chunk, n_fits))
         start = _off_flat_bounds(model, names, fused, inputs, y, w, sl, theta0, lower, upper, free, device)
         tensors = _chunk_tensors(inputs, y[sl], w[sl], start, lower[sl], upper[sl], n_used[sl], free_t,
-                                 dtype, device)
+                                 dtype, device, likelihood)
         key = compile_key(model, names, fused, tensors, tol)
         mode = chunk_mode(use_compile, key)
         fresh = key not in COMPILED
@@ -151,7 +160,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         if ran_compiled and fresh:
             warmup += first_iter_s
         compiled_chunks += ran_compiled
-        se, full_rank = _finish_chunk(ran_compiled, state, tensors["n_used"], free_t, floor)
+        se, full_rank = _finish_chunk(ran_compiled, state, tensors["n_used"], free_t, floor, likelihood)
         if ran_compiled and key in COMPILE_FAILED:
             notes["compile"] = f"torch.compile failed for this model; ran eagerly ({COMPILE_FAILED[key]})"
         params[sl] = _on_bounds(state.theta, tensors, lower[sl], upper[sl])
@@ -161,10 +170,16 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         status[sl] = np.where(st < 0, Status.MAX_ITERATIONS.code, st)
         iterations[sl] = state.iterations.cpu().numpy()
         eps = float(torch.finfo(dtype).eps)
-        clear = clear_end_points(state, full_rank, params[sl], theta0[sl], lower[sl], upper[sl], y[sl], w[sl],
-                                  free, eps=eps, threshold=stationary_threshold(tol))
+        y_scale = np.sqrt(np.maximum(np.nan_to_num(y[sl]), 0.0)) if likelihood else y[sl]
+        clear = clear_end_points(state, full_rank, params[sl], theta0[sl], lower[sl], upper[sl], y_scale, w[sl],
+                                  free, eps=eps, threshold=stationary_threshold(tol))  # Poisson: Pearson scale
         check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, free, device,
-                          start=theta0[sl], box=(lower[sl], upper[sl]), tol=tol, eps=eps, clear=clear)
+                          start=theta0[sl], box=(lower[sl], upper[sl]), tol=tol, eps=eps, clear=clear,
+                          likelihood=likelihood)
+        if likelihood:  # float64 statistics at the end points; chisqr is the deviance
+            for k, v in likelihood_statistics(model, names, fused, inputs, y, w, sl, params, device).items():
+                extra[k][sl] = v
+            chisqr[sl] = np.where(np.isfinite(chisqr[sl]), extra["deviance"][sl], chisqr[sl])
         if bar is not None:
             bar.advance(sl.stop - sl.start)
     if bar is not None:
@@ -175,7 +190,28 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
                "compiled": compiled_chunks > 0 and "compile" not in notes, "device": str(device), "chunk_size": chunk,
                **notes}
     at_bound = ((params == lower) | (params == upper)) & np.asarray(free, dtype=bool)[None, :]
-    return BatchedSolution(params, stderr, chisqr, n_used, status, iterations, timings, at_bound)
+    solution = BatchedSolution(params, stderr, chisqr, n_used, status, iterations, timings, at_bound, extra)
+    bad = np.nonzero((status == Status.NOT_FINITE.code) & (iterations <= 1))[0] if likelihood and restart else ()
+    if len(bad):
+        _restart_from_least_squares(solution, bad, model, names, inputs, y, w, theta0, lower, upper, free,
+                                    dict(tol=tol, max_iter=max_iter, dtype=dtype, device=device, chunk_size=chunk_size,
+                                         compile=compile, likelihood=likelihood, progress=False))
+    return solution
+
+
+def _restart_from_least_squares(solution, bad, model, names, inputs, y, w, theta0, lower, upper, free, kw) -> None:
+    """Refit the likelihood fits ``bad`` (infeasible starts) from their least-squares fits, in place."""
+    sub = ({k: (v[bad] if v.ndim == 2 else v) for k, v in inputs.items()}, y[bad], w[bad])
+    box = (lower[bad], upper[bad], free)
+    ls = solve_batched(model, names, *sub, theta0[bad], *box, **{**kw, "likelihood": None})
+    start = np.where(np.isfinite(ls.params), ls.params, theta0[bad])
+    again = solve_batched(model, names, *sub, start, *box, **kw, restart=False)
+    for name in ("params", "stderr", "chisqr", "status", "at_bound"):
+        getattr(solution, name)[bad] = getattr(again, name)
+    solution.iterations[bad] = again.iterations + ls.iterations
+    for k, v in solution.likelihood.items():
+        v[bad] = again.likelihood[k]
+    solution.timings["restarted"] = len(bad)
 
 
 # -- chunks and memory ------------------------------------------------------------------------
@@ -204,7 +240,7 @@ def _chunk_size(n_fits: int, n_points: int, n_params: int, itemsize: int, dev, c
     return max(1, min(n_fits, _memory_budget(dev) // per_fit, cap))
 
 
-def _chunk_tensors(inputs, y, w, theta0, lower, upper, n_used, free, dtype, dev) -> dict:
+def _chunk_tensors(inputs, y, w, theta0, lower, upper, n_used, free, dtype, dev, likelihood=None) -> dict:
     import torch
 
     def t(a):
@@ -221,7 +257,9 @@ def _chunk_tensors(inputs, y, w, theta0, lower, upper, n_used, free, dtype, dev)
     # constant per chunk, like bounded)
     unit = bool((w == 1).all())
     return {"y": y_t, "w": w_t, "theta0": t(theta0), "lower": t(lower), "upper": t(upper), "bounded": bounded,
-            "unit": unit, "floor2": residual_floor2(y_t, w_t),
+            "unit": unit, "likelihood": likelihood,
+            # a Poisson fit's residuals are measured on the Pearson scale, sum(w y^2 / mu) ~ sum(w y)
+            "floor2": residual_floor2(torch.sqrt(y_t.clamp(min=0.0)) if likelihood else y_t, w_t),
             "n_used": t(n_used.astype(float)), "free": free, "status0": torch.as_tensor(status0, device=dev),
             "inputs": {k: t(v) for k, v in inputs.items()}}
 
@@ -252,7 +290,8 @@ def _stepper(model, names, fused, use_compile, tensors, tol):
     inputs, y, w = tensors["inputs"], tensors["y"], tensors["w"]
     lower, upper, free, bounded = tensors["lower"], tensors["upper"], tensors["free"], tensors["bounded"]
     floor2 = tensors["floor2"]
-    facts = {"bounded": bounded, "unit_weights": tensors["unit"], "constants": constant_partials(model, names, fused)}
+    facts = {"bounded": bounded, "unit_weights": tensors["unit"], "constants": constant_partials(model, names, fused),
+             "likelihood": tensors["likelihood"]}
     if not use_compile:
         rj = batch_residual_and_jacobian(model, names, inputs, y, fused=fused)
         return lambda state: step(rj, state, y, w, lower, upper, free, tol, floor2=floor2, **facts)
@@ -412,7 +451,7 @@ def _on_bounds(theta, tensors, lower: np.ndarray, upper: np.ndarray) -> np.ndarr
     return np.where(at_lo, lower, np.where(at_hi, upper, values))
 
 
-def _finish(a, chi2, n_used, free, floor: float):
+def _finish(a, chi2, n_used, free, floor: float, likelihood=None):
     """Standard errors (B, P) and, per fit, whether the working-precision normal matrix
     proves the Jacobian full rank.
 
@@ -427,7 +466,7 @@ def _finish(a, chi2, n_used, free, floor: float):
     from ..optim.batch_lm import inverse_diagonal, standard_errors
 
     var_unit, ok = inverse_diagonal(a, free)
-    se = standard_errors(a, chi2, n_used, free, (var_unit, ok))
+    se = standard_errors(a, chi2, n_used, free, (var_unit, ok), likelihood=likelihood)
     n_free = float(sum(free))
     diag = torch.diagonal(a, dim1=-2, dim2=-1)
     trace_inv = (var_unit * diag).sum(-1)
@@ -435,17 +474,17 @@ def _finish(a, chi2, n_used, free, floor: float):
     return se, full_rank
 
 
-def _finish_chunk(use_compile: bool, state, n_used, free, floor: float):
+def _finish_chunk(use_compile: bool, state, n_used, free, floor: float, likelihood=None):
     """Standard errors and the full-rank screen of one chunk (compiled when the step is; eager
     when torch.compile fails on it)."""
     if use_compile and "finish" not in COMPILE_FAILED:
         try:
-            return _finisher(True)(state.a, state.chi2, n_used, free, floor)
+            return _finisher(True)(state.a, state.chi2, n_used, free, floor, likelihood)
         except Exception as exc:
             if not is_compile_failure(exc):
                 raise
             COMPILE_FAILED["finish"] = type(exc).__name__
-    return _finish(state.a, state.chi2, n_used, free, floor)
+    return _finish(state.a, state.chi2, n_used, free, floor, likelihood)
 
 
 def _finisher(use_compile: bool):

@@ -126,7 +126,7 @@ def compile_key(model, names, fused, tensors, tol) -> tuple:
     # the batch size is dynamic: one compiled function serves every chunk and compaction
     return (model_key(model), tuple(names), fused, y.shape[1], str(y.dtype), str(y.device),
             tuple((k, v.dim()) for k, v in inputs.items()), tol, tensors["free"], tensors["bounded"],
-            tensors["unit"])
+            tensors["unit"], tensors.get("likelihood"))
 
 
 

@@ -6,6 +6,13 @@ runs :func:`gradfit.stats.end_point_checks` (the one definition gf.fit uses too)
 float64 Jacobian of the others: not_finite, singular (rank or a vanishing column), stalled
 (the residual's cosine with the Jacobian's range above the threshold), and float64
 standard errors.
+
+For a Poisson fit (``likelihood="poisson"``) the same tests run on the Fisher-weighted
+Jacobian and Pearson residuals, sqrt(w/mu) J and sqrt(w/mu) (mu - y) at the end point (the
+deviance is stationary exactly where these residuals are orthogonal to the Jacobian's range),
+and the standard errors are sqrt(diag(F^-1)) with F the Fisher information, unscaled;
+:func:`likelihood_statistics` gives the float64 deviance, Pearson chi-square and
+log-likelihood at the end points.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from ..models.jacobian import batch_residual_and_jacobian
 from ..status import Status
 from ..stats import end_point_checks, stationary_threshold
 
-__all__ = ["clear_end_points", "check_end_points", "weighted_at"]
+__all__ = ["clear_end_points", "check_end_points", "likelihood_statistics", "weighted_at"]
 
 
 def clear_end_points(state, full_rank, values: np.ndarray, start: np.ndarray, lower: np.ndarray,
@@ -54,7 +61,8 @@ def clear_end_points(state, full_rank, values: np.ndarray, start: np.ndarray, lo
 
 
 def check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, free, device, *,
-                      start, box, tol: float, eps: float, clear: np.ndarray | None = None) -> None:
+                      start, box, tol: float, eps: float, clear: np.ndarray | None = None,
+                      likelihood: str | None = None) -> None:
     """Finish this chunk's converged and max_iterations fits, in place, by the end-point tests
     :func:`gradfit.fit` uses (:func:`gradfit.stats.end_point_checks`, on the float64 Jacobian
     at the end point): not_finite where the parameters or chi-square are not finite;
@@ -62,7 +70,8 @@ def check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chis
     a converged fit whose scaled (projected) gradient is above
     :func:`gradfit.stats.stationary_threshold` of ``tol`` becomes stalled; and a converged fit
     whose standard errors are not finite is singular. Standard errors come from the float64
-    Jacobian."""
+    Jacobian (with a ``likelihood``: the Fisher-weighted ones, unscaled, see the module
+    docstring; ``chisqr`` then holds deviances and is not changed)."""
     st = status[sl]
     ended = (st == Status.CONVERGED.code) | (st == Status.MAX_ITERATIONS.code)
     finite = np.isfinite(params[sl]).all(axis=1) & np.isfinite(chisqr[sl])
@@ -73,12 +82,11 @@ def check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chis
     if todo.size:
         rows = sl.start + todo
         cols = np.nonzero(free)[0]
-        jac, r = weighted_at(model, names, fused, inputs, y, w, rows, params[rows], free, device)
+        jac, r, ww = _weighted_at(model, names, fused, inputs, y, w, rows, params[rows], free, device, likelihood)
         lower, upper = (b[todo][:, cols] for b in box)
         values = params[rows][:, cols]
         g = np.einsum("bmp,bm->bp", jac, r)
         held = ((values <= lower) & (g > 0)) | ((values >= upper) & (g < 0))
-        ww = np.asarray(w[rows], dtype=float)
         yw = np.where(ww > 0, y[rows], 0.0) * np.sqrt(ww)
         data_norm = np.sqrt(np.einsum("bm,bm->b", yw, yw))
         check = end_point_checks(np.where(np.isfinite(jac), jac, 0.0), r, values, start[todo][:, cols], data_norm,
@@ -89,11 +97,12 @@ def check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chis
         sub[moving] = Status.STALLED.code
         dof = (w[rows] > 0).sum(axis=1) - len(cols)
         with np.errstate(divide="ignore", invalid="ignore"):
-            scale = np.where(dof > 0, chisqr[rows] / dof, np.nan)
+            scale = np.where(dof > 0, chisqr[rows] / dof, np.nan) if likelihood is None else np.ones(len(rows))
             se = np.sqrt(check.var_unit * scale[:, None])
         stderr[rows[:, None], cols[None, :]] = se
         # undetermined standard errors are never "converged"
-        sub[(sub == Status.CONVERGED.code) & (dof > 0) & ~np.isfinite(se).all(axis=1)] = Status.SINGULAR.code
+        sub[(sub == Status.CONVERGED.code) & ((dof > 0) | (likelihood is not None))
+            & ~np.isfinite(se).all(axis=1)] = Status.SINGULAR.code
         st[todo] = sub
     status[sl] = st
 
@@ -101,6 +110,13 @@ def check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chis
 def weighted_at(model, names, fused, inputs, y, w, rows, theta, free, device):
     """The weighted float64 Jacobian of the free parameters (k, M, F) and weighted residuals
     (k, M) at ``theta`` (k, P) for the fits ``rows`` (masked points are zero)."""
+    jac, res, _ = _weighted_at(model, names, fused, inputs, y, w, rows, theta, free, device)
+    return jac, res
+
+
+def _weighted_at(model, names, fused, inputs, y, w, rows, theta, free, device, likelihood=None):
+    """weighted_at, and the weights (k, M) applied: ``w``, or for a Poisson fit the Fisher
+    weights w / mu at ``theta`` (0 where mu <= 0)."""
     import torch
 
     def t(a):
@@ -114,6 +130,41 @@ def weighted_at(model, names, fused, inputs, y, w, rows, theta, free, device):
         res, jac = fn(t(theta))
     cols = [j for j, f in enumerate(free) if f]
     jac = torch.stack([jac[j] for j in cols], dim=-1).cpu().numpy()  # (k, M, F)
-    sw = np.sqrt(np.asarray(w[rows], dtype=float))
-    res = np.where(used, res.cpu().numpy(), 0.0) * sw
-    return np.where(used[:, :, None], jac, 0.0) * sw[:, :, None], res
+    ww = np.asarray(w[rows], dtype=float)
+    res = np.where(used, res.cpu().numpy(), 0.0)
+    if likelihood == "poisson":
+        mu = res + y_rows
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ww = np.where(used & (mu > 0), ww / mu, 0.0)
+    sw = np.sqrt(ww)
+    return np.where(used[:, :, None], jac, 0.0) * sw[:, :, None], res * sw, ww
+
+
+def likelihood_statistics(model, names, fused, inputs, y, w, sl, params, device) -> dict:
+    """The float64 Poisson statistics of the fits ``sl`` at ``params[sl]``: (k,) arrays
+    deviance, pearson (sum w (y - mu)^2 / mu) and loglike (:func:`gradfit.likelihood.
+    batch_poisson_statistics`; NaN where the parameters or a used mean are not finite or the
+    mean is not positive)."""
+    import torch
+
+    from ..likelihood import batch_poisson_statistics
+
+    rows = np.arange(sl.start, sl.stop)
+    theta = params[sl]
+    ok = np.isfinite(theta).all(axis=1)
+
+    def t(a):
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=device)
+
+    sub_inputs = {k: t(v[rows] if v.ndim == 2 else v) for k, v in inputs.items()}
+    w_t = t(w[rows])
+    y_t = torch.where(w_t > 0, t(y[rows]), 0.0)
+    theta_t = t(np.where(ok[:, None], theta, 0.0))
+    with torch.no_grad():
+        if fused:  # the value alone, broadcast over (k, 1) parameters: no partials needed here
+            mu = torch.broadcast_to(model.forward(sub_inputs, {n: theta_t[:, j:j + 1] for j, n in enumerate(names)}),
+                                    y_t.shape)
+        else:
+            mu = batch_residual_and_jacobian(model, names, sub_inputs, y_t, fused=False)(theta_t)[0] + y_t
+        mu = torch.where(t(ok)[:, None] > 0, mu, float("nan"))
+        return batch_poisson_statistics(y_t, mu, w_t)

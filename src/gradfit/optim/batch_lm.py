@@ -128,7 +128,8 @@ def init(theta0, status0) -> BatchState:
 
 
 def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol: float, *,
-         bounded: bool = True, unit_weights: bool = False, constants: tuple = (), floor2=None) -> BatchState:
+         bounded: bool = True, unit_weights: bool = False, constants: tuple = (), floor2=None,
+         likelihood: str | None = None) -> BatchState:
     """One batched LM iteration (see the module docstring). ``residual_and_jacobian(theta)``
     returns (f - y) (B, M) and the Jacobian as a list of P tensors (B, M) at ``theta``;
     ``free`` (P,) is 1.0 for parameters that vary and 0.0 for fixed ones. ``bounded=False``
@@ -139,7 +140,17 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
     change nothing: ``unit_weights`` (every weight is 1: no point masked, no weighting),
     ``constants`` ((j, c) pairs: the partial derivative j is the number c everywhere, so its
     products with the other columns are plain sums), ``floor2`` (the (B,) squared residual
-    floor of step 3, computed once per batch by :func:`residual_floor2`).
+    floor of step 3, computed once per batch by :func:`residual_floor2`), ``likelihood``
+    (None: least squares; "poisson": Fisher scoring of the Poisson deviance, below).
+
+    With ``likelihood="poisson"`` the residuals are mu - y (mu the model means) and the step
+    is the same with the Fisher weights w / mu in place of w
+    (:func:`gradfit.likelihood.batch_poisson_deviance`): A = J^T diag(w/mu) J is the Fisher
+    information and g = J^T diag(w/mu) (mu - y) half the deviance's gradient, and the
+    deviance takes chi-square's place in every test (acceptance, convergence, damping). A
+    trial with a non-positive mean at a used point has deviance +inf: it is rejected and the
+    damping rises; a *first* evaluation there ends the fit as not_finite (an infeasible
+    start). ``floor2`` should then be :func:`residual_floor2` of sqrt(y) (the Pearson scale).
 
     The normal equations are sums over points and the P x P solve is an unrolled Cholesky,
     all elementwise over the batch, so torch.compile fuses an iteration into a few loops;
@@ -148,7 +159,14 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
     import torch
 
     r, jac = residual_and_jacobian(state.trial)
-    chi2, a, g = normal_equations(r, jac, w, unit_weights=unit_weights, constants=constants)
+    if likelihood == "poisson":
+        from ..likelihood import batch_poisson_deviance
+
+        chi2, fisher = batch_poisson_deviance(y, r + y, w, unit_weights=unit_weights)
+        # every point used (unit weights): no masks to apply (a non-positive mean is rejected)
+        _, a, g = normal_equations(r, jac, fisher, constants=constants, masked=not unit_weights)
+    else:
+        chi2, a, g = normal_equations(r, jac, w, unit_weights=unit_weights, constants=constants)
     if floor2 is None:
         floor2 = residual_floor2(y, w)
     running = state.status == RUNNING
@@ -221,12 +239,13 @@ def residual_floor2(y, w):
     return max(RESIDUAL_FLOOR * EPS64, 100.0 * eps) ** 2 * (w * y * y).sum(-1)
 
 
-def normal_equations(r, jac, w, *, unit_weights: bool = False, constants: tuple = ()):
+def normal_equations(r, jac, w, *, unit_weights: bool = False, constants: tuple = (), masked: bool = True):
     """chi-square (B,), the normal matrix A = J^T W J (B, P, P) and the gradient g = J^T W r
     (B, P) from the residuals r (B, M) and the Jacobian's columns ``jac`` (P tensors (B, M)).
 
     Points with weight 0 contribute nothing, whatever the model gives there (NaN included).
-    With ``unit_weights`` (every weight 1) the weights are not applied at all. A column listed
+    With ``unit_weights`` (every weight 1) the weights are not applied at all; ``masked=False``
+    (no weight is 0) applies them without masking. A column listed
     in ``constants`` as (j, c) is the number c at every point: its entries are c times a sum
     (and c^2 sum(w) on the diagonal) instead of a product summed over the points. Every
     product of two columns is formed once (A is symmetric)."""
@@ -234,7 +253,7 @@ def normal_equations(r, jac, w, *, unit_weights: bool = False, constants: tuple 
 
     p = len(jac)
     const = dict(constants)
-    if not unit_weights:
+    if masked and not unit_weights:
         used = w > 0
         r = torch.where(used, r, 0.0)
         jac = [j if k in const else torch.where(used, j, 0.0) for k, j in enumerate(jac)]
@@ -454,12 +473,19 @@ def inverse_diagonal(a, free):
     return torch.stack(diag, dim=-1), ok
 
 
-def standard_errors(a, chi2, n_points, free, inverse=None):
+def standard_errors(a, chi2, n_points, free, inverse=None, *, likelihood: str | None = None):
     """sqrt(diag(A^-1) * chi2 / dof) per fit (NaN where A is singular or dof < 1); fixed
-    parameters get 0. ``inverse``: the (diag, ok) of :func:`inverse_diagonal` if already at hand."""
+    parameters get 0. ``inverse``: the (diag, ok) of :func:`inverse_diagonal` if already at hand.
+    With a ``likelihood`` A is the Fisher information and the errors are sqrt(diag(A^-1)), the
+    Cramer-Rao bound, not scaled by the deviance (NaN only where A is singular or the fit's
+    deviance is not finite)."""
     import torch
 
     var_unit, ok = inverse_diagonal(a, free) if inverse is None else inverse
+    if likelihood is not None:
+        se = torch.sqrt(torch.clamp(var_unit, min=0.0))
+        bad = ~ok | ~torch.isfinite(chi2)
+        return torch.where(bad.unsqueeze(-1), torch.full_like(se, float("nan")), se)
     dof = n_points - float(sum(free))
     scale = chi2 / dof
     se = torch.sqrt(torch.clamp(var_unit * scale.unsqueeze(-1), min=0.0))

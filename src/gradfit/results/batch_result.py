@@ -23,6 +23,8 @@ __all__ = ["BatchResult", "STATUS_NAMES"]
 STATUS_NAMES = {s.code: s.value for s in Status}
 #: the keys of BatchResult.stats (the residual-free keys of FitResult.stats)
 STAT_KEYS = ("n", "dof", "chisqr", "redchi", "aic", "bic")
+#: the further keys of a likelihood fit's stats (fit_many(loss="poisson"))
+_LIKELIHOOD_KEYS = ("deviance", "loglike")
 _READS = "BatchResult.load reads the .npz files and the .csv/.parquet tables that BatchResult.save writes"
 #: version of the .npz document written by :meth:`BatchResult.save`
 _FORMAT = 2
@@ -44,6 +46,9 @@ class BatchResult:
     model_text : the model's description.
     timings : warm-up (compilation) and fitting time, fits per second, path, device.
     ids : None, or (B,) the original ids of the fits (long tables: ``fit_many(data=, id=)``).
+    loss : "mse" (least squares) or "poisson" (maximum likelihood: ``stats`` add deviance and
+        loglike, chisqr is Pearson's, aic/bic come from the log-likelihood and stderr from the
+        Fisher information).
 
     ``chi2``, ``redchi`` and ``n_points`` are read-only aliases of ``stats`` entries.
     """
@@ -57,6 +62,12 @@ class BatchResult:
     model_text: str = ""
     timings: dict = field(default_factory=dict)
     ids: np.ndarray | None = None
+    loss: str = "mse"
+    #: fit_many(shared=...): name -> the shared value, its standard error, and the joint fit's
+    #: statistics (scalars n, dof, chisqr, redchi, aic, bic, n_params); empty otherwise
+    shared: dict = field(default_factory=dict)
+    shared_stderr: dict = field(default_factory=dict)
+    joint_stats: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.status)
@@ -104,6 +115,7 @@ class BatchResult:
                  f"speed      {t.get('fits_per_s', float('nan')):,.0f} fits/s on {t.get('device', '?')} "
                  f"({t.get('path', '?')} path{', compiled' if t.get('compiled') else ''}; "
                  f"warm-up {t.get('warmup_s', 0.0):.2f} s, fitting {t.get('fit_s', 0.0):.3f} s)"]
+        lines.extend(self._shared_lines(max(len(n) for n in self.param_names)))
         ok = self.converged
         for name in self.param_names:
             v = self.params[name][ok]
@@ -118,6 +130,8 @@ class BatchResult:
         converged fits."""
         ok = self.converged
         lines = [f"model      {self.model_text}", self._fits_line()]
+        if self.loss == "poisson":
+            lines.append("loss       poisson (maximum likelihood; standard errors from the Fisher information)")
         if ok.any():
             st = {k: v[ok] for k, v in self.stats.items()}
             lines.append("statistics (median over converged fits)")
@@ -125,13 +139,30 @@ class BatchResult:
                          f"degrees of freedom {_med(st['dof'])}")
             lines.append(f"  chi-square {_med(st['chisqr'])}, reduced chi-square {_med(st['redchi'])}")
             lines.append(f"  AIC {_med(st['aic'])}, BIC {_med(st['bic'])}")
+            if "deviance" in st:
+                lines.append(f"  deviance {_med(st['deviance'])}, log-likelihood {_med(st['loglike'])}")
             width = max(len(n) for n in self.param_names)
+            lines.extend(self._shared_lines(width))
             lines.append("parameters (converged fits)")
             for name in self.param_names:
                 v, se = self.params[name][ok], self.stderr[name][ok]
                 lines.append(f"  {name:<{width}}  median {np.median(v):.6g}  spread {np.percentile(v, 2.5):.4g} .. "
                              f"{np.percentile(v, 97.5):.4g}  stderr median {_med(se)}")
         return "\n".join(lines)
+
+    def _shared_lines(self, width: int) -> list:
+        """The joint fit's statistics and shared parameters (fit_many(shared=...)), or nothing."""
+        if not self.shared:
+            return []
+        js = self.joint_stats
+        lines = [f"joint fit: points {js.get('n', '-')}, free parameters {js.get('n_params', '-')}, degrees of "
+                 f"freedom {js.get('dof', '-')}",
+                 f"  chi-square {js.get('chisqr', float('nan')):.6g}, reduced chi-square "
+                 f"{js.get('redchi', float('nan')):.6g}, AIC {js.get('aic', float('nan')):.6g}, "
+                 f"BIC {js.get('bic', float('nan')):.6g}", "shared parameters (one value for every fit)"]
+        for name, v in self.shared.items():
+            lines.append(f"  {name:<{width}}  {v:.8g} +/- {self.shared_stderr.get(name, float('nan')):.3g}")
+        return lines
 
     def _fits_line(self) -> str:
         return f"fits       {len(self)}: " + ", ".join(f"{v} {k}" for k, v in self.status_counts().items())
@@ -153,7 +184,8 @@ class BatchResult:
         if self.ids is not None:
             fixed["id"] = self.ids
         rest = dict(n=st["n"], dof=st["dof"], chisqr=st["chisqr"], redchi=st["redchi"], aic=st["aic"],
-                    bic=st["bic"], iterations=self.iterations, status=self.status_text, converged=self.converged)
+                    bic=st["bic"], **{k: st[k] for k in _LIKELIHOOD_KEYS if k in st},
+                    iterations=self.iterations, status=self.status_text, converged=self.converged)
         rename = (lambda k: f"result_{k}" if k in params else k)
         return {**{rename(k): v for k, v in fixed.items()}, **params, **{rename(k): v for k, v in rest.items()}}
 
@@ -217,7 +249,14 @@ class BatchResult:
         doc["format"] = np.asarray(_FORMAT)
         doc["param_names"] = np.array(self.param_names, dtype=str)
         doc["model_text"] = np.asarray(self.model_text, dtype=str)
+        doc["loss"] = np.asarray(self.loss, dtype=str)
         doc["timings"] = np.asarray(json.dumps(self.timings), dtype=str)
+        if self.shared:  # global fitting: the shared values and the joint statistics, by name
+            doc["shared_names"] = np.array(list(self.shared), dtype=str)
+            doc["shared_values"] = np.array([self.shared[n] for n in self.shared], dtype=float)
+            doc["shared_stderr"] = np.array([self.shared_stderr.get(n, np.nan) for n in self.shared], dtype=float)
+            doc["joint_stats_keys"] = np.array(list(self.joint_stats), dtype=str)
+            doc["joint_stats_values"] = np.array(list(self.joint_stats.values()), dtype=float)
         if self.ids is not None:  # text ids as a unicode array: no pickles
             ids = np.asarray(self.ids)
             doc["ids"] = ids.astype(str) if ids.dtype.kind in "OSU" else ids
@@ -276,9 +315,22 @@ def _from_npz(cls, path: Path) -> "BatchResult":
     base = cls(param_names=names, params={}, stderr={}, stats={}, status=flat["status"],
                iterations=flat["iterations"], model_text=str(arrays.get("model_text", "")),
                timings=parse_json(str(arrays["timings"])) if "timings" in arrays else {},
-               ids=_ids(arrays.get("ids")))
+               ids=_ids(arrays.get("ids")), loss=_loss(arrays.get("loss"), path), **_shared_of(arrays))
     return base.with_arrays({k: v for k, v in flat.items() if k.startswith(("param:", "stderr:", "stats:",
                                                                                "status", "iterations"))})
+
+
+def _shared_of(arrays: dict) -> dict:
+    """shared, shared_stderr and joint_stats from a saved global fit (empty for other files)."""
+    if "shared_names" not in arrays:
+        return {}
+    names = [str(n) for n in np.atleast_1d(arrays["shared_names"])]
+    keys = [str(k) for k in np.atleast_1d(arrays.get("joint_stats_keys", np.array([], dtype=str)))]
+    stats = {k: float(v) for k, v in zip(keys, np.atleast_1d(arrays.get("joint_stats_values", [])))}
+    stats.update({k: int(stats[k]) for k in ("n", "dof", "n_params") if k in stats})
+    return {"shared": {n: float(v) for n, v in zip(names, np.atleast_1d(arrays["shared_values"]))},
+            "shared_stderr": {n: float(v) for n, v in zip(names, np.atleast_1d(arrays["shared_stderr"]))},
+            "joint_stats": stats}
 
 
 def _check_lengths(flat: dict, ids, path: Path) -> None:
@@ -333,12 +385,21 @@ def _from_table(path: Path) -> "BatchResult":
     unknown = sorted({str(v) for v in status} - set(by_name))
     if unknown:
         raise PersistError(f"{path}: unknown status {unknown[0]!r} in the status column")
-    stats = {k: np.asarray(fixed(k), dtype=float) for k in STAT_KEYS if fixed(k) is not None}
+    stats = {k: np.asarray(fixed(k), dtype=float) for k in (*STAT_KEYS, *_LIKELIHOOD_KEYS) if fixed(k) is not None}
     ids = fixed("id")
     return BatchResult(param_names=names, params={n: np.asarray(cols[n], dtype=float) for n in names},
                        stderr={n: np.asarray(cols[f"{n}_stderr"], dtype=float) for n in names},
                        stats=stats, status=np.array([by_name[str(v)] for v in status], dtype=np.int8),
-                       iterations=np.asarray(fixed("iterations")), ids=ids)
+                       iterations=np.asarray(fixed("iterations")), ids=ids,
+                       loss="poisson" if "deviance" in stats else "mse")
+
+
+def _loss(value, path: Path) -> str:
+    """The saved loss ("mse" when the file predates it); anything else is a damaged file."""
+    loss = "mse" if value is None else str(value)
+    if loss not in ("mse", "poisson"):
+        raise PersistError(f"{path}: unknown loss {loss[:40]!r}; the file is damaged or was edited")
+    return loss
 
 
 def _ids(ids):

@@ -1,0 +1,84 @@
+"""fit_many with ``shared=[...]``: the parameters named there take one value for the whole batch.
+
+Data flow (forward hops only): fit_many (fitting/many.py) has validated the data and built the
+(B, P) starts and bounds -> the shared names are checked here (known, not every parameter,
+one start and one box per shared name) -> this process's block of fits under torchrun
+(fitting/parallel.py, whose ``sum_across`` the engine uses for every sum over fits) -> the
+joint engine (lsq/global_fit.py over optim/global_lm.py) -> a BatchResult whose ``shared``,
+``shared_stderr`` and ``joint_stats`` describe the joint fit, gathered across processes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = ["check_shared", "fit_shared"]
+
+
+def check_shared(shared, names, theta0: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tuple[str, ...]:
+    """The shared names as a tuple, validated: each a parameter (a typo gets a hint), not every
+    parameter, one starting value and one pair of bounds for the whole batch.
+
+    Raises
+    ------
+    ConfigError saying what to change.
+    """
+    from ..errors import did_you_mean
+
+    if isinstance(shared, str):
+        shared = [s.strip() for s in shared.split(",") if s.strip()]
+    shared = tuple(dict.fromkeys(str(s) for s in shared))
+    for s in shared:
+        if s not in names:
+            raise ConfigError(f"shared names unknown parameter {s!r}{did_you_mean(s, names)}; parameters are "
+                              f"{', '.join(names)}")
+    if len(shared) == len(names):
+        raise ConfigError(f"every parameter ({', '.join(names)}) is shared: that is one fit to all the data; "
+                          "use gf.fit on the stacked data, or leave some parameters per fit")
+    for s in shared:
+        j = names.index(s)
+        for what, values in (("init", theta0[:, j]), ("lower bound", lower[:, j]), ("upper bound", upper[:, j])):
+            if values.size and not np.all(values == values[0]):
+                b = int(np.nonzero(values != values[0])[0][0])
+                raise ConfigError(f"shared parameter {s!r} takes one value for every fit, but its {what} differs "
+                                  f"between fits ({values[0]:g} for fit 0, {values[b]:g} for fit {b}); give one "
+                                  f"number for {s!r}")
+    return shared
+
+
+def fit_shared(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray,
+               lower: np.ndarray, upper: np.ndarray, free: np.ndarray, *, tol: float, max_iter: int, dtype, device,
+               threads=None, chunk_size=None):
+    """The joint fit of fit_many(shared=...): a BatchResult (gathered on every rank)."""
+    import time
+
+    from .._threads import choose_threads, intra_op_threads
+    from ..lsq.global_fit import solve_global
+    from ..results.batch_result import BatchResult
+    from ..stats import batch_statistics
+    from .parallel import gather_result, reducer, shard_range
+
+    names = tuple(names)
+    shared = check_shared(shared, names, theta0, lower, upper)
+    start, stop = shard_range(len(y))
+    block = slice(start, stop)
+    local = {k: (v[block] if v.ndim == 2 else v) for k, v in inputs.items()}
+    t0 = time.perf_counter()
+    elements = len(y) * y.shape[-1] * len(names)
+    with intra_op_threads(choose_threads(threads, elements) if device.type == "cpu" else threads):
+        sol = solve_global(model, names, shared, local, y[block], w[block], theta0[block], lower[block], upper[block],
+                           free, tol=tol, max_iter=max_iter, dtype=dtype, device=device, reduce=reducer(),
+                           chunk_size=chunk_size)
+    n_free_local = int(sum(free[j] for j, n in enumerate(names) if n not in shared))
+    # per fit: its own chi-square and points, counting its own free (local) parameters; the
+    # joint fit's statistics (the shared parameters counted once) are in joint_stats
+    stats = batch_statistics(sol.chisqr, sol.n_used, n_free_local)
+    result = BatchResult(param_names=names, params={n: sol.params[:, j] for j, n in enumerate(names)},
+                         stderr={n: sol.stderr[:, j] for j, n in enumerate(names)}, stats=stats, status=sol.status,
+                         iterations=sol.iterations, model_text=model.describe(), timings=sol.timings,
+                         shared=sol.shared, shared_stderr=sol.shared_stderr, joint_stats=sol.joint_stats)
+    result = gather_result(result, len(y))
+    result.timings["total_s"] = time.perf_counter() - t0
+    return result

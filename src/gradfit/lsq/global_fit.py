@@ -1,0 +1,209 @@
+"""The engine behind ``fit_many(..., shared=[...])``: one joint least-squares problem.
+
+Data flow: validated numpy arrays (fits as the leading dimension) -> tensors for the whole
+batch (every iteration needs every fit: no chunks) -> ``global_lm.init`` / ``global_lm.step``
+until the joint problem finishes -> the joint covariance -> a :class:`GlobalSolution` of numpy
+arrays.
+
+The residuals and Jacobian come from :func:`gradfit.models.jacobian.batch_residual_and_jacobian`
+with the shared parameters' values broadcast to every fit; the evaluation runs in the working
+dtype, the normal-equation blocks, the Schur sums and the parameters in float64.
+
+Covariance (the inverse of the undamped joint normal matrix, by blocks, times chi2 / dof):
+the shared block is S0^-1 with S0 = D - sum_b C_b^T A_b^-1 C_b; fit b's local block is
+A_b^-1 + A_b^-1 C_b S0^-1 C_b^T A_b^-1 (only its diagonal is formed). dof = sum of the points
+used - (fits x free local parameters + free shared parameters). A fit whose local block is
+rank-deficient at the end (the rank test of lsq/batched on its scaled normal matrix) is
+reported singular and left out of S0.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..models.jacobian import batch_residual_and_jacobian
+from ..optim.batch_lm import residual_floor2
+from ..stats import RANK_TOL, batch_statistics
+from ..status import Status
+
+__all__ = ["DEFAULT_MAX_ITER", "GlobalSolution", "solve_global"]
+
+#: iterations of the joint problem when the caller gives none (one iteration moves every fit)
+DEFAULT_MAX_ITER = 200
+
+
+@dataclass
+class GlobalSolution:
+    """What the engine found (numpy): per fit as in :class:`~gradfit.lsq.batched.BatchedSolution`
+    (params and stderr (B, P) with the shared columns repeated), plus the shared values and
+    errors by name and the statistics of the joint fit (scalars)."""
+
+    params: np.ndarray
+    stderr: np.ndarray
+    chisqr: np.ndarray
+    n_used: np.ndarray
+    status: np.ndarray
+    iterations: np.ndarray
+    shared: dict
+    shared_stderr: dict
+    joint_stats: dict
+    timings: dict = field(default_factory=dict)
+
+
+def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray,
+                 lower: np.ndarray, upper: np.ndarray, free: np.ndarray, *, tol: float, max_iter: int, dtype, device,
+                 reduce=None, chunk_size: int | None = None) -> GlobalSolution:
+    """Fit ``model`` to every row of ``y`` jointly, the parameters named in ``shared`` taking one
+    value for all fits (this process's fits; ``reduce`` sums float64 tensors over every
+    process's fits under torchrun, None in one process).
+
+    ``theta0``, ``lower``, ``upper`` are (B, P) (the shared columns equal in every row), ``free``
+    (P,) 1.0 for varying parameters; ``chunk_size`` fits are evaluated at a time (default: near
+    the CPU caches, the whole batch on a GPU). Other arguments as
+    :func:`gradfit.lsq.batched.solve_batched`.
+    """
+    import torch
+
+    from ..optim.global_lm import RUNNING, init, normal_blocks, step
+
+    reduce = reduce or (lambda t: t)
+    names = tuple(names)
+    i_s = [names.index(n) for n in shared]
+    i_l = [j for j in range(len(names)) if j not in i_s]
+    order = i_l + i_s
+    n_fits = y.shape[0]
+    n_used = (w > 0).sum(axis=1)
+    free_l = tuple(float(free[j]) for j in i_l)
+    free_s = tuple(float(free[j]) for j in i_s)
+    n_free_l = int(sum(free_l))
+
+    def t(a, dt=dtype):
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=device)
+
+    y_t = t(y)
+    y_t = torch.where(torch.isfinite(y_t), y_t, torch.zeros_like(y_t))  # NaN points have weight 0
+    w_t = t(w)
+    inputs_t = {k: t(v) for k, v in inputs.items()}
+    fused = getattr(model, "expression", None) is not None
+    # the facts lsq/batched gives its kernel: no weights to apply, constant partials (an offset's 1)
+    from .batched import CPU_CHUNK_BYTES, constant_partials
+
+    position = {j: k for k, j in enumerate(order)}
+    facts = {"unit_weights": bool((w == 1).all()),
+             "constants": tuple((position[j], c) for j, c in constant_partials(model, names, fused))}
+    # evaluations by chunks of fits near the CPU caches (as lsq/batched), the whole batch on a GPU
+    itemsize = torch.finfo(dtype).bits // 8
+    size = n_fits if device.type != "cpu" else max(1024, CPU_CHUNK_BYTES // (max(y.shape[1], 1) * itemsize))
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+            raise ConfigError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        size = int(chunk_size)
+    chunks = []
+    for lo in range(0, n_fits, size):
+        sl = slice(lo, min(lo + size, n_fits))
+        x_sl = {k: (v[sl] if v.dim() == 2 else v) for k, v in inputs_t.items()}
+        chunks.append((sl, batch_residual_and_jacobian(model, names, x_sl, y_t[sl], fused=fused)))
+
+    def blocks(local, shared_values):
+        theta = torch.empty((n_fits, len(names)), dtype=dtype, device=device)
+        theta[:, i_l] = local.to(dtype)
+        theta[:, i_s] = shared_values.to(dtype).expand(n_fits, len(i_s))
+        parts = []
+        for sl, rj in chunks:
+            r, jac = rj(theta[sl])
+            parts.append(normal_blocks(r, [jac[j] for j in order], w_t[sl], **facts))
+        return tuple(torch.cat(p) for p in zip(*parts)) if len(parts) > 1 else parts[0]
+
+    status0 = np.where(n_used < max(n_free_l, 1), Status.TOO_FEW_POINTS.code, RUNNING)
+    status0_t = torch.as_tensor(status0, dtype=torch.int64, device=device)
+    cols = np.asarray(free, dtype=bool)
+    box = None
+    if np.isfinite(lower[:, cols]).any() or np.isfinite(upper[:, cols]).any():
+        box = (t(lower[:, i_l], torch.float64), t(upper[:, i_l], torch.float64), t(lower[0, i_s], torch.float64),
+               t(upper[0, i_s], torch.float64))
+    floor2 = torch.where(status0_t == RUNNING, residual_floor2(y_t, w_t).double(), 0.0).sum()
+    floor2 = float(reduce(floor2.reshape(1))[0])
+    state = init(t(theta0[:, i_l], torch.float64), t(theta0[0, i_s], torch.float64), status0_t)
+    t0 = time.perf_counter()
+    for _ in range(max_iter):
+        state = step(blocks, state, box, free_l, free_s, tol, floor2=floor2, reduce=reduce)
+        if state.status != RUNNING:
+            break
+    elapsed = time.perf_counter() - t0
+    joint = Status.MAX_ITERATIONS.code if state.status == RUNNING else state.status
+    se_l, se_s, singular, stats = _covariance(state, free_l, free_s, n_used, reduce)
+    included = state.included.cpu().numpy() & ~singular
+    fit_status = state.fit_status.cpu().numpy()
+    status = np.where(included, joint, np.where(singular, Status.SINGULAR.code, fit_status)).astype(np.int8)
+    params = np.empty((n_fits, len(names)))
+    params[:, i_l] = state.local.cpu().numpy()
+    params[:, i_s] = state.shared.cpu().numpy()[None, :]
+    stderr = np.full((n_fits, len(names)), np.nan)
+    stderr[:, i_l] = np.where(included[:, None], se_l, np.nan)
+    stderr[:, i_s] = se_s[None, :]
+    chisqr = np.where(np.isfinite(state.chi2.cpu().numpy()), state.chi2.cpu().numpy(), np.nan)
+    iterations = np.where(status0 == RUNNING, state.iterations, 0).astype(np.int32)
+    timings = {"fit_s": elapsed, "warmup_s": 0.0, "fits": n_fits, "fits_per_s": n_fits / max(elapsed, 1e-12),
+               "path": ("fused" if fused else "general") + ", global", "compiled": False, "device": str(device),
+               "iterations": state.iterations}
+    return GlobalSolution(params, stderr, chisqr, n_used, status, iterations,
+                          {n: float(state.shared[k]) for k, n in enumerate(shared)},
+                          {n: float(se_s[k]) for k, n in enumerate(shared)}, stats, timings)
+
+
+def _covariance(state, free_l, free_s, n_used, reduce):
+    """Standard errors of the local (B, P_l) and shared (P_s,) parameters from the joint
+    covariance, the fits found singular, and the joint statistics."""
+    import torch
+
+    from ..optim.batch_lm import damped_solve, inverse_diagonal
+
+    a, c, inc = state.a, state.c, state.included
+    b, pl = state.local.shape
+    ps = state.shared.shape[0]
+    zero_lam = torch.zeros(b, dtype=torch.float64, device=a.device)
+    var_l, ok = inverse_diagonal(a, free_l)
+    # the rank screen of lsq/batched: F * trace(M^-1) < 1 / RANK_TOL^2 for the scaled block M
+    trace_inv = (var_l * torch.diagonal(a, dim1=-2, dim2=-1)).sum(-1)
+    ok = ok & torch.isfinite(trace_inv) & (sum(free_l) * trace_inv < 1.0 / RANK_TOL**2)
+    cols = []
+    for j in range(ps):
+        x, good = damped_solve(a, -c[:, :, j], zero_lam, free_l)
+        cols.append(x)
+        ok = ok & good
+    singular = inc & ~ok
+    inc = inc & ok
+    x = torch.where(inc[:, None, None], torch.stack(cols, dim=-1), 0.0)  # A^-1 C
+    cm = torch.where(inc[:, None, None], c, 0.0)
+    n_inc = inc.sum().double()
+    n_pts = torch.where(inc, torch.as_tensor(n_used, dtype=torch.float64, device=a.device), 0.0).sum()
+    chi2 = torch.where(inc, state.chi2, 0.0).sum()
+    parts = [torch.where(inc[:, None, None], state.d, 0.0).sum(0).flatten(), (cm.transpose(1, 2) @ x).sum(0).flatten(),
+             torch.stack([n_inc, n_pts, chi2])]
+    sums = reduce(torch.cat(parts))
+    d_tot, ctx = sums[:ps * ps].reshape(ps, ps), sums[ps * ps:2 * ps * ps].reshape(ps, ps)
+    n_inc, n_pts, chi2 = (float(v) for v in sums[2 * ps * ps:])
+    active = torch.as_tensor([bool(v) for v in free_s], device=a.device)
+    eye = torch.eye(ps, dtype=torch.float64, device=a.device)
+    s0 = torch.where(active[:, None] & active[None, :], d_tot - ctx, eye)
+    k = round(n_inc) * int(sum(free_l)) + int(sum(free_s))
+    stats = {key: v[0].item() for key, v in batch_statistics(np.array([chi2]), np.array([round(n_pts)]), k).items()}
+    stats["n_params"] = k
+    dof = stats["dof"]
+    scale = chi2 / dof if dof > 0 else float("nan")
+    factor, info = torch.linalg.cholesky_ex(s0)
+    if int(info) != 0 or not np.isfinite(scale):
+        nan_l = np.full((b, pl), np.nan)
+        return nan_l, np.where(np.array(free_s) > 0, np.nan, 0.0), singular.cpu().numpy() | (
+            inc.cpu().numpy() if int(info) != 0 else False), stats
+    s_inv = torch.where(active[:, None] & active[None, :], torch.cholesky_inverse(factor), 0.0)
+    var_s = torch.diagonal(s_inv) * scale
+    var_loc = (var_l + ((x @ s_inv) * x).sum(-1)) * scale
+    se_l = torch.sqrt(torch.clamp(var_loc, min=0.0)).cpu().numpy()
+    se_l = np.where(np.array(free_l)[None, :] > 0, se_l, 0.0)
+    se_s = torch.sqrt(torch.clamp(var_s, min=0.0)).cpu().numpy()
+    return se_l, se_s, singular.cpu().numpy(), stats

@@ -1,0 +1,318 @@
+"""Global Levenberg-Marquardt: many fits that share some parameters, solved as one problem.
+
+Shaped like :mod:`gradfit.optim.batch_lm`: :func:`init` builds the explicit
+:class:`GlobalState`, :func:`step` maps a state to the next one; the caller owns the loop.
+
+Fit b has local parameters l_b (P_l,) of its own and every fit has the shared parameters s
+(P_s,). The joint normal matrix has a block-arrow structure::
+
+    [ A_1          C_1 ]        A_b = J_l,b^T W J_l,b    (P_l, P_l)
+    [      ...     ... ]        C_b = J_l,b^T W J_s,b    (P_l, P_s)
+    [          A_B C_B ]        D   = sum_b J_s,b^T W J_s,b
+    [ C_1^T ... C_B^T D]        g_l,b = J_l,b^T W r_b,   g_s = sum_b J_s,b^T W r_b
+
+One iteration (a single damping ``lam``, one accept/reject on the total chi-square):
+
+1. evaluate the residuals and both Jacobians at the trial point; per fit, chi-square and the
+   blocks (:func:`gradfit.optim.batch_lm.normal_equations` over the local then the shared
+   columns);
+2. accept the trial if the total chi-square did not rise (lam / 10), else keep the last point
+   (lam * 10); converged when an accepted step changed the total by less than tol * chi2 / B
+   and the next step predicts a reduction below that as well (batch_lm's test, with tol
+   relative to the mean chi-square of one fit: relative to the total, a large batch would stop
+   many standard errors from its optimum), or the residuals are at the rounding level;
+3. the damped step by the Schur complement: A~_b = A_b + lam diag(A_b) (the batched damped
+   solve of batch_lm), S = D~ - sum_b C_b^T A~_b^-1 C_b, d_s = S^-1 (-g_s + sum_b C_b^T
+   A~_b^-1 g_l,b), d_l,b = A~_b^-1 (-g_l,b - C_b d_s). The cost is O(B P_l^3 + P_s^3): the
+   dense (B P_l + P_s)^2 matrix is never formed. Fixed coordinates, and coordinates resting
+   on a bound that the gradient pushes outward, are held (identity rows, zero right side);
+   a coordinate whose step crosses a bound stops ``STEP_BACK`` of the way to it;
+4. at convergence, a coordinate whose one-dimensional Gauss-Newton minimum lies on or beyond
+   a bound is moved onto it (the move is the next trial; accepted, the fit runs on from
+   there with that coordinate held; rejected, the convergence stands), at most
+   ``MAX_SNAPS`` times, so an optimum on a bound is reached exactly.
+
+Sums over fits go through ``reduce`` (identity in one process; ``torch.distributed``
+all_reduce under torchrun), so every rank holding a block of fits takes the same shared
+step and the same decisions. All the blocks are float64, whatever the evaluation dtype.
+
+A fit that cannot take part leaves the joint problem and gets its own status: a first
+evaluation that is not finite (not_finite), a local block whose damped Cholesky fails (a
+parameter this fit does not depend on: singular). The others go on without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..status import Status
+from .batch_lm import (
+    LAMBDA0,
+    LAMBDA_MAX,
+    MAX_SNAPS,
+    STEP_BACK,
+    damped_solve,
+    normal_equations,
+)
+
+__all__ = ["RUNNING", "GlobalState", "init", "normal_blocks", "step"]
+
+RUNNING = -1
+CONVERGED = Status.CONVERGED.code
+STALLED = Status.STALLED.code
+SINGULAR = Status.SINGULAR.code
+NOT_FINITE = Status.NOT_FINITE.code
+
+
+@dataclass
+class GlobalState:
+    local: object  # (B, P_l) accepted local parameters
+    shared: object  # (P_s,) accepted shared parameters
+    trial_local: object  # (B, P_l) evaluated next
+    trial_shared: object  # (P_s,)
+    lam: float
+    chi2: object  # (B,) float64 chi-square of each fit at the accepted point (inf before the first)
+    a: object  # (B, P_l, P_l) float64
+    c: object  # (B, P_l, P_s)
+    d: object  # (B, P_s, P_s) each fit's part of D
+    g_local: object  # (B, P_l)
+    g_shared: object  # (B, P_s) each fit's part of g_s
+    included: object  # (B,) bool: the fit takes part in the joint problem
+    fit_status: object  # (B,) int: RUNNING, or the code of a fit that left the joint problem
+    status: int = RUNNING  # the joint problem's status
+    iterations: int = 0
+    snaps: int = 0
+    probing: bool = False  # the trial is a move onto the bounds of a converged point
+    total: float = float("inf")  # total chi-square at the accepted point
+
+
+def init(local0, shared0, status0) -> GlobalState:
+    """The state before the first step: local starts (B, P_l), shared starts (P_s,), per-fit
+    statuses (B,) (RUNNING, or a final code for fits that cannot take part)."""
+    import torch
+
+    b, pl = local0.shape
+    ps = shared0.shape[0]
+    z = dict(dtype=torch.float64, device=local0.device)
+    return GlobalState(local=local0.clone(), shared=shared0.clone(), trial_local=local0.clone(),
+                       trial_shared=shared0.clone(), lam=LAMBDA0, chi2=torch.full((b,), float("inf"), **z),
+                       a=torch.zeros(b, pl, pl, **z), c=torch.zeros(b, pl, ps, **z), d=torch.zeros(b, ps, ps, **z),
+                       g_local=torch.zeros(b, pl, **z), g_shared=torch.zeros(b, ps, **z),
+                       included=status0 == RUNNING, fit_status=status0.clone())
+
+
+def _identity(t):
+    return t
+
+
+def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *, floor2: float = 0.0,
+         reduce=None) -> GlobalState:
+    """One global LM iteration (see the module docstring).
+
+    Parameters
+    ----------
+    blocks : ``(local (B, P_l), shared (P_s,)) -> (chi2 (B,), N (B, P, P), g (B, P))``, each
+        fit's chi-square, normal matrix J^T W J and gradient J^T W r over the local then the
+        shared parameters (:func:`normal_blocks` of an evaluation; the caller may build them
+        in chunks of fits).
+    box : (lower_l, upper_l (B, P_l), lower_s, upper_s (P_s,)) bounds (None: no bound at all).
+    free_local, free_shared : (P_l,), (P_s,) 1.0 for parameters that vary, 0.0 for fixed ones.
+    floor2 : the total squared residual floor (an exact fit converges there).
+    reduce : sums a float64 tensor over every process's fits (in place or returned); None in
+        one process.
+    """
+    import torch
+
+    reduce = reduce or _identity
+    pl = state.local.shape[1]
+    chi2, full, gfull = blocks(state.trial_local, state.trial_shared)
+    finite = torch.isfinite(chi2) & torch.isfinite(full).flatten(1).all(-1) & torch.isfinite(gfull).all(-1)
+    first = state.total == float("inf")
+    included, fit_status = state.included, state.fit_status
+    if first:  # a fit whose start is not finite cannot take part
+        fit_status = torch.where(included & ~finite, NOT_FINITE, fit_status)
+        included = included & finite
+    zero = torch.zeros((), dtype=torch.float64, device=chi2.device)
+    trial_total = torch.where(included, chi2, zero).sum()
+    old_total = torch.where(included, state.chi2, zero).sum()
+    n_bad = (included & ~finite).sum().double()
+    totals = reduce(torch.stack([trial_total, torch.where(torch.isfinite(old_total), old_total, zero), n_bad,
+                                 included.sum().double()]))
+    trial_total, old_total, n_bad, n_fits = (float(v) for v in totals)
+    # tol is relative to one fit's chi-square (the total over the fits): the joint problem then
+    # converges as close to its optimum, in standard errors, as one fit does with that tol
+    tol = tol / max(n_fits, 1.0)
+    old_total = float("inf") if first else old_total
+    accept = n_bad == 0 and trial_total <= old_total
+    lam = state.lam * 0.1 if accept else state.lam * 10.0
+    s = state
+    if accept:
+        acc = dict(local=s.trial_local, shared=s.trial_shared, chi2=chi2, a=full[:, :pl, :pl], c=full[:, :pl, pl:],
+                   d=full[:, pl:, pl:], g_local=gfull[:, :pl], g_shared=gfull[:, pl:], total=trial_total)
+    else:
+        acc = dict(local=s.local, shared=s.shared, chi2=s.chi2, a=s.a, c=s.c, d=s.d, g_local=s.g_local,
+                   g_shared=s.g_shared, total=old_total)
+    new = GlobalState(trial_local=acc["local"], trial_shared=acc["shared"], lam=lam, included=included,
+                      fit_status=fit_status, status=RUNNING, iterations=s.iterations + 1, snaps=s.snaps, **acc)
+    if s.probing and not accept:  # the move onto the bounds raised chi-square: the convergence stands
+        new.status = CONVERGED
+        return new
+    settled = accept and not first
+    small = settled and abs(old_total - trial_total) < tol * trial_total
+    at_floor = settled and trial_total <= floor2
+
+    d_local, d_shared, predicted, ok = _joint_step(new, box, free_local, free_shared, reduce)
+    if not ok:
+        new.status = SINGULAR
+        return new
+    converged = at_floor or (small and predicted * (1.0 + lam) <= tol * new.total)
+    if converged:
+        snap = _snap(new, box, free_local, free_shared, reduce) if box is not None and not at_floor else None
+        if snap is None or new.snaps >= MAX_SNAPS:
+            new.status = CONVERGED
+            return new
+        new.trial_local, new.trial_shared = snap
+        new.snaps, new.probing = new.snaps + 1, True
+        return new
+    if lam > LAMBDA_MAX:
+        new.status = STALLED
+        return new
+    new.trial_local, new.trial_shared = _stopped(new, d_local, d_shared, box)
+    return new
+
+
+def normal_blocks(r, jac, w, *, unit_weights: bool = False, constants: tuple = ()):
+    """(chi2 (B,), J^T W J (B, P, P), J^T W r (B, P)) in float64 from residuals r (B, M) and the
+    Jacobian's columns (local ones first): :func:`gradfit.optim.batch_lm.normal_equations`
+    (``unit_weights``: every weight 1; ``constants``: (j, c) for a column that is c everywhere)."""
+    return tuple(t.double() for t in normal_equations(r, jac, w, unit_weights=unit_weights, constants=constants))
+
+
+def _joint_step(state: GlobalState, box, free_local, free_shared, reduce):
+    """The damped joint step (d_local (B, P_l), d_shared (P_s,)), its predicted reduction of
+    the total chi-square, and whether the Schur complement could be factored. Fits whose local
+    block fails are marked singular and leave the joint problem (in ``state``)."""
+    import torch
+
+    b = state.local.shape[0]
+    ps = state.shared.shape[0]
+    lam_b = torch.full((b,), state.lam, dtype=torch.float64, device=state.a.device)
+    held_l = held_s = None
+    if box is not None:
+        lo_l, hi_l, lo_s, hi_s = box
+        g_s_total = reduce(torch.where(state.included[:, None], state.g_shared, 0.0).sum(0))
+        held_l = _held(state.local, state.g_local, lo_l, hi_l)
+        held_s = _held(state.shared, g_s_total, lo_s, hi_s)
+    # X = A~^-1 C column by column and u = -A~^-1 g_l (damped_solve solves A~ d = -rhs, with
+    # fixed and held coordinates held: their rows of X and u are zero)
+    cols, ok = [], state.included.clone()
+    for j in range(ps):
+        x, good = damped_solve(state.a, -state.c[:, :, j], lam_b, free_local, held_l)
+        cols.append(x)
+        ok = ok & good
+    u, good = damped_solve(state.a, state.g_local, lam_b, free_local, held_l)
+    ok = ok & good
+    newly = state.included & ~ok
+    state.fit_status = torch.where(newly, SINGULAR, state.fit_status)
+    state.included = state.included & ok
+    inc = state.included
+    x = torch.stack(cols, dim=-1) if ps else state.c  # (B, P_l, P_s)
+    x = torch.where(inc[:, None, None], x, 0.0)
+    u = torch.where(inc[:, None], u, 0.0)
+    c = torch.where(inc[:, None, None], state.c, 0.0)
+    gl = torch.where(inc[:, None], state.g_local, 0.0)
+    # every sum over fits in one reduction: D, sum C^T X, sum C^T u, g_s, sum g_l.u, sum X^T g_l
+    parts = [torch.where(inc[:, None, None], state.d, 0.0).sum(0).flatten(),
+             (c.transpose(1, 2) @ x).sum(0).flatten(), (c.transpose(1, 2) @ u.unsqueeze(-1)).sum(0).flatten(),
+             torch.where(inc[:, None], state.g_shared, 0.0).sum(0), (gl * u).sum().reshape(1),
+             (x.transpose(1, 2) @ gl.unsqueeze(-1)).sum(0).flatten()]
+    sizes = [p.numel() for p in parts]
+    sums = torch.split(reduce(torch.cat(parts)), sizes)
+    d_tot, ctx, ctu, g_s, gu, xtg = sums
+    d_tot, ctx = d_tot.reshape(ps, ps), ctx.reshape(ps, ps)
+    # S d_s = rhs, with S = D~ - sum C^T A~^-1 C and rhs = -g_s + sum C^T A~^-1 g_l = -g_s - sum C^T u
+    schur = d_tot + torch.diag(torch.diagonal(d_tot) * state.lam) - ctx
+    rhs = -g_s - ctu
+    active = torch.as_tensor([bool(v) for v in free_shared], device=schur.device)
+    if held_s is not None:
+        active = active & ~held_s
+    both = active[:, None] & active[None, :]
+    schur = torch.where(both, schur, torch.eye(ps, dtype=schur.dtype, device=schur.device))
+    rhs = torch.where(active, rhs, 0.0)
+    factor, info = torch.linalg.cholesky_ex(schur)
+    if int(info) != 0 or not bool(torch.isfinite(schur).all()):
+        return None, None, 0.0, False
+    d_s = torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1)
+    d_s = torch.where(active, d_s, 0.0)
+    # d_l = A~^-1 (-g_l - C d_s) = u - X d_s
+    d_l = u - (x @ d_s.unsqueeze(-1)).squeeze(-1)
+    # predicted reduction -(g_l.d_l + g_s.d_s) = -(g_l.u - (X^T g_l).d_s + g_s.d_s)
+    predicted = -(float(gu) - float(xtg @ d_s) + float(g_s @ d_s))
+    return d_l, d_s, predicted, True
+
+
+def _held(theta, g, lower, upper):
+    """Coordinates resting on a bound that the descent direction -g points out of."""
+    return ((theta <= lower) & (g > 0)) | ((theta >= upper) & (g < 0))
+
+
+def _stop_short(theta, target, lower, upper):
+    """``target`` with the coordinates beyond a bound stopped STEP_BACK of the way to it."""
+    import torch
+
+    new = torch.where(target < lower, theta + STEP_BACK * (lower - theta),
+                      torch.where(target > upper, theta + STEP_BACK * (upper - theta), target))
+    return torch.minimum(torch.maximum(new, lower), upper)
+
+
+def _stopped(state: GlobalState, d_local, d_shared, box):
+    """The next trial: the accepted point plus the step, stopped short of the bounds."""
+    local = state.local + _local_step(state, d_local)
+    shared = state.shared + d_shared.to(state.shared.dtype)
+    if box is None:
+        return local, shared
+    lo_l, hi_l, lo_s, hi_s = box
+    return _stop_short(state.local, local, lo_l, hi_l), _stop_short(state.shared, shared, lo_s, hi_s)
+
+
+def _local_step(state: GlobalState, d_local):
+    """The local step in the parameters' dtype, zero for the fits outside the joint problem."""
+    import torch
+
+    d = d_local.to(state.local.dtype)
+    return torch.where(state.included[:, None], d, torch.zeros_like(d))
+
+
+def _snap(state: GlobalState, box, free_local, free_shared, reduce):
+    """At convergence: the point with every free coordinate whose one-dimensional Gauss-Newton
+    minimum theta_i - g_i / H_ii lies on or beyond a bound moved onto it, or None when there
+    is none (in any process)."""
+    import torch
+
+    lo_l, hi_l, lo_s, hi_s = box
+    d_diag = reduce(torch.where(state.included[:, None, None], state.d, 0.0).sum(0).diagonal().clone())
+    g_s = reduce(torch.where(state.included[:, None], state.g_shared, 0.0).sum(0))
+    to_lo_l, to_hi_l = _pushing(state.local, state.g_local, state.a.diagonal(dim1=-2, dim2=-1), lo_l, hi_l,
+                                free_local)
+    to_lo_l, to_hi_l = to_lo_l & state.included[:, None], to_hi_l & state.included[:, None]
+    to_lo_s, to_hi_s = _pushing(state.shared, g_s, d_diag, lo_s, hi_s, free_shared)
+    count = reduce(torch.stack([(to_lo_l | to_hi_l).sum().double(), (to_lo_s | to_hi_s).sum().double()]))
+    if float(count.sum()) == 0:
+        return None
+    local = torch.where(to_lo_l, lo_l, torch.where(to_hi_l, hi_l, state.local))
+    shared = torch.where(to_lo_s, lo_s, torch.where(to_hi_s, hi_s, state.shared))
+    return local, shared
+
+
+def _pushing(theta, g, diag, lower, upper, free):
+    """Masks of the free coordinates inside the box whose 1-D Gauss-Newton minimum lies on or
+    beyond the lower, and the upper bound."""
+    import torch
+
+    theta64 = theta.double()
+    reach = g.abs() / torch.where(diag > 0, diag, torch.full_like(diag, float("inf")))
+    freem = torch.as_tensor([bool(v) for v in free], device=theta.device)
+    lo, hi = lower.double(), upper.double()
+    to_lo = freem & (theta64 > lo) & (g > 0) & (theta64 - lo <= reach)
+    to_hi = freem & (theta64 < hi) & (g < 0) & (hi - theta64 <= reach)
+    return to_lo, to_hi
