@@ -91,3 +91,31 @@ def test_thirty_parameters_match_scipy():
         cov = np.linalg.inv(jac.T @ jac) * (2 * ref.cost) / dof
         se = np.array([r.stderr[n][i] for n in names])
         np.testing.assert_allclose(se, np.sqrt(np.diag(cov)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("p", [3, 14])  # the unrolled Cholesky and batched LAPACK
+def test_damped_solve_takes_several_right_hand_sides_with_one_factorization(p):
+    from gradfit.optim.batch_solve import damped_solve
+
+    rng = np.random.default_rng(p)
+    jac = rng.normal(size=(5, 3 * p, p))
+    a = np.einsum("bmi,bmj->bij", jac, jac)
+    g = rng.normal(size=(5, p, 2))
+    lam = rng.uniform(0.0, 1.0, 5)
+    free = [1.0] * p
+    free[1] = 0.0
+    hold = np.zeros((5, p), dtype=bool)
+    hold[2, 0] = True
+    d, ok = damped_solve(torch.tensor(a), torch.tensor(g), torch.tensor(lam), tuple(free), torch.tensor(hold))
+    assert ok.all()
+    for b in range(5):
+        active = [i for i in range(p) if free[i] and not hold[b, i]]
+        m = a[b][np.ix_(active, active)] + np.diag(lam[b] * np.diag(a[b])[active])
+        expected = np.zeros((p, 2))
+        expected[active] = np.linalg.solve(m, -g[b][active])
+        np.testing.assert_allclose(d[b].numpy(), expected, rtol=1e-9, atol=1e-12)
+        # each column equals the one-right-side solve
+        for k in range(2):
+            one, _ = damped_solve(torch.tensor(a[b:b + 1]), torch.tensor(g[b:b + 1, :, k]),
+                                  torch.tensor(lam[b:b + 1]), tuple(free), torch.tensor(hold[b:b + 1]))
+            np.testing.assert_allclose(one[0].numpy(), d[b, :, k].numpy(), rtol=1e-12, atol=1e-14)

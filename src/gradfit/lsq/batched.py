@@ -463,7 +463,8 @@ def _finish(a, chi2, n_used, free, floor: float, likelihood=None):
     """
     import torch
 
-    from ..optim.batch_lm import inverse_diagonal, standard_errors
+    from ..optim.batch_lm import standard_errors
+    from ..optim.batch_solve import inverse_diagonal
 
     var_unit, ok = inverse_diagonal(a, free)
     se = standard_errors(a, chi2, n_used, free, (var_unit, ok), likelihood=likelihood)

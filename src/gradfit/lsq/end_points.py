@@ -40,7 +40,7 @@ def clear_end_points(state, full_rank, values: np.ndarray, start: np.ndarray, lo
     bound (the projected test is left to float64)."""
     import torch
 
-    from ..optim.batch_lm import damped_solve
+    from ..optim.batch_solve import damped_solve
     from ..stats import VANISH_FACTOR
 
     with torch.no_grad():

@@ -127,10 +127,14 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
                t(upper[0, i_s], torch.float64))
     floor2 = torch.where(status0_t == RUNNING, residual_floor2(y_t, w_t).double(), 0.0).sum()
     floor2 = float(reduce(floor2.reshape(1))[0])
+    # the rounding of the model values in the evaluation dtype (global_lm.step's rounding2)
+    eps = float(torch.finfo(dtype).eps)
+    rounding2 = ((4.0 * eps) ** 2 * (w_t * y_t * y_t).double().sum(-1)
+                 / torch.as_tensor(np.maximum(n_used, 1), dtype=torch.float64, device=device))
     state = init(t(theta0[:, i_l], torch.float64), t(theta0[0, i_s], torch.float64), status0_t)
     t0 = time.perf_counter()
     for _ in range(max_iter):
-        state = step(blocks, state, box, free_l, free_s, tol, floor2=floor2, reduce=reduce)
+        state = step(blocks, state, box, free_l, free_s, tol, floor2=floor2, reduce=reduce, rounding2=rounding2)
         if state.status != RUNNING:
             break
     elapsed = time.perf_counter() - t0
@@ -160,7 +164,7 @@ def _covariance(state, free_l, free_s, n_used, reduce):
     covariance, the fits found singular, and the joint statistics."""
     import torch
 
-    from ..optim.batch_lm import damped_solve, inverse_diagonal
+    from ..optim.batch_solve import damped_solve, inverse_diagonal
 
     a, c, inc = state.a, state.c, state.included
     b, pl = state.local.shape

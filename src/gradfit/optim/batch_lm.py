@@ -53,6 +53,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..status import Status
+from .batch_solve import UNROLL_MAX, damped_solve, inverse_diagonal
 
 __all__ = [
     "RUNNING",
@@ -86,10 +87,6 @@ EPS64 = 2.220446049250313e-16
 STEP_BACK = 0.995
 #: damping beyond which no step can lower chi-square any more (the fit is stalled)
 LAMBDA_MAX = 1e15
-#: above this many parameters the normal matrix is built by a batched matrix product and
-#: factored by batched LAPACK (torch.linalg.cholesky_ex); at or below, the unrolled
-#: elementwise Cholesky (fewer, fusable kernels for small P) is used
-UNROLL_MAX = 12
 #: how many times one fit is moved onto its bounds at convergence (as optim/lm.py's MAX_SNAPS)
 MAX_SNAPS = 5
 #: a coordinate closer to the bound it crosses than this fraction of its step is 'next to' it
@@ -350,127 +347,6 @@ def _box_step(theta, a, g, lam, lower, upper, free):
     second, _ = _stop_short(theta, theta + torch.where(crossed, moved, delta2), lower, upper)
     any_crossed = crossed.any(-1)
     return torch.where(any_crossed.unsqueeze(-1), second, first), ok & (ok2 | ~any_crossed)
-
-
-def damped_solve(a, g, lam, free, hold=None):
-    """Solve (A + lam diag(A)) d = -g for every fit by an unrolled Cholesky factorization
-    (elementwise over the batch), with fixed parameters (``free`` (P,) 0.0) held (d = 0), and
-    per fit the coordinates in ``hold`` (B, P) bool, if given. Returns (d, ok)."""
-    import torch
-
-    p = a.shape[-1]
-    if p > UNROLL_MAX:
-        return _factored_solve(a, g, lam, free, hold)
-    free_l = [float(v) for v in free]  # a tuple of 0.0/1.0 (a compile-time constant)
-    m = [[None] * p for _ in range(p)]
-    for i in range(p):
-        for k in range(i + 1):
-            if free_l[i] and free_l[k]:
-                v = a[:, i, k] * (1.0 + lam) if i == k else a[:, i, k]
-                if hold is not None:
-                    out = hold[:, i] | hold[:, k]
-                    v = torch.where(out, torch.ones_like(v) if i == k else torch.zeros_like(v), v)
-            else:
-                v = torch.ones_like(lam) if i == k else torch.zeros_like(lam)
-            m[i][k] = v
-    rhs = [-g[:, i] if free_l[i] else torch.zeros_like(lam) for i in range(p)]
-    if hold is not None:
-        rhs = [torch.where(hold[:, i], torch.zeros_like(t), t) for i, t in enumerate(rhs)]
-    low = [[None] * p for _ in range(p)]
-    ok = torch.ones_like(lam, dtype=torch.bool)
-    for j in range(p):
-        s = m[j][j]
-        for k in range(j):
-            s = s - low[j][k] * low[j][k]
-        ok = ok & (s > 0)
-        d = torch.sqrt(torch.clamp(s, min=1e-300 if s.dtype == torch.float64 else 1e-30))
-        low[j][j] = d
-        for i in range(j + 1, p):
-            t = m[i][j]
-            for k in range(j):
-                t = t - low[i][k] * low[j][k]
-            low[i][j] = t / d
-    z = [None] * p
-    for i in range(p):
-        t = rhs[i]
-        for k in range(i):
-            t = t - low[i][k] * z[k]
-        z[i] = t / low[i][i]
-    x = [None] * p
-    for i in reversed(range(p)):
-        t = z[i]
-        for k in range(i + 1, p):
-            t = t - low[k][i] * x[k]
-        x[i] = t / low[i][i]
-    step = torch.stack(x, dim=-1)
-    ok = ok & torch.isfinite(step).all(-1)
-    return torch.where(ok.unsqueeze(-1), step, torch.zeros_like(step)), ok
-
-
-def _active_matrix(a, free, hold=None, lam=None):
-    """(A + lam diag(A)) over the active coordinates (free and not held), the identity over
-    the others, and the active mask (B, P)."""
-    import torch
-
-    active = torch.as_tensor([bool(v) for v in free], device=a.device).expand(a.shape[:-1])
-    if hold is not None:
-        active = active & ~hold
-    both = active.unsqueeze(-1) & active.unsqueeze(-2)
-    m = a
-    if lam is not None:
-        m = a + torch.diag_embed(torch.diagonal(a, dim1=-2, dim2=-1) * lam.unsqueeze(-1))
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
-    m = torch.where(both, m, eye)
-    finite = torch.isfinite(m).flatten(1).all(-1)
-    m = torch.where(finite[:, None, None], m, eye)  # LAPACK is not given NaN; such fits fail below
-    return m, active, finite
-
-
-def _factored_solve(a, g, lam, free, hold=None):
-    """damped_solve for many parameters: a batched LAPACK Cholesky (cost P^3 per fit in one
-    call, where the unrolled form costs P^3 separate kernels)."""
-    import torch
-
-    m, active, finite = _active_matrix(a, free, hold, lam)
-    factor, info = torch.linalg.cholesky_ex(m)
-    ok = finite & (info == 0)
-    rhs = torch.where(active, -g, torch.zeros_like(g))
-    rhs = torch.where(ok.unsqueeze(-1) & torch.isfinite(rhs), rhs, torch.zeros_like(rhs))
-    factor = torch.where(ok[:, None, None], factor, torch.eye(a.shape[-1], dtype=a.dtype, device=a.device))
-    step = torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1)
-    ok = ok & torch.isfinite(step).all(-1) & torch.isfinite(g).all(-1)
-    step = torch.where(active, step, torch.zeros_like(step))
-    return torch.where(ok.unsqueeze(-1), step, torch.zeros_like(step)), ok
-
-
-def inverse_diagonal(a, free):
-    """diag(A^-1) (B, P) over the free parameters (0 for fixed ones) and ok (B,) (False where
-    the Cholesky factorization fails). Elementwise over the batch, like the solver (a batched
-    LAPACK inverse of 4x4 matrices costs more than the whole fit)."""
-    import torch
-
-    p = a.shape[-1]
-    if p > UNROLL_MAX:
-        m, active, finite = _active_matrix(a, free)
-        factor, info = torch.linalg.cholesky_ex(m)
-        ok = finite & (info == 0)
-        factor = torch.where(ok[:, None, None], factor, torch.eye(p, dtype=a.dtype, device=a.device))
-        diag = torch.diagonal(torch.cholesky_inverse(factor), dim1=-2, dim2=-1)
-        ok = ok & torch.isfinite(diag).all(-1)
-        return torch.where(active, diag, torch.zeros_like(diag)), ok
-    zero_lam = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
-    diag = []
-    ok = torch.ones_like(zero_lam, dtype=torch.bool)
-    for j in range(p):
-        if not free[j]:
-            diag.append(torch.zeros_like(zero_lam))
-            continue
-        unit = torch.zeros(a.shape[:-1], dtype=a.dtype, device=a.device)
-        unit[:, j] = -1.0  # damped_solve solves A d = -g
-        col, good = damped_solve(a, unit, zero_lam, free)
-        diag.append(col[:, j])
-        ok = ok & good
-    return torch.stack(diag, dim=-1), ok
 
 
 def standard_errors(a, chi2, n_points, free, inverse=None, *, likelihood: str | None = None):

@@ -51,9 +51,9 @@ from .batch_lm import (
     LAMBDA_MAX,
     MAX_SNAPS,
     STEP_BACK,
-    damped_solve,
     normal_equations,
 )
+from .batch_solve import damped_solve
 
 __all__ = ["RUNNING", "GlobalState", "init", "normal_blocks", "step"]
 
@@ -106,7 +106,7 @@ def _identity(t):
 
 
 def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *, floor2: float = 0.0,
-         reduce=None) -> GlobalState:
+         reduce=None, rounding2=None) -> GlobalState:
     """One global LM iteration (see the module docstring).
 
     Parameters
@@ -118,6 +118,11 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
     box : (lower_l, upper_l (B, P_l), lower_s, upper_s (P_s,)) bounds (None: no bound at all).
     free_local, free_shared : (P_l,), (P_s,) 1.0 for parameters that vary, 0.0 for fixed ones.
     floor2 : the total squared residual floor (an exact fit converges there).
+    rounding2 : None, or (B,) float64: per fit, the squared relative rounding of its model
+        values times their mean square, ``(4 eps)^2 sum(w y^2) / n`` in the evaluation dtype.
+        The total chi-square is then known only to about ``sqrt(sum_b rounding2_b chi2_b)``
+        (float32 model values carry ~1e-7 of |y|, not of the residual): a trial within that of
+        the last total is not a rise, and a change below it is as converged as one below tol.
     reduce : sums a float64 tensor over every process's fits (in place or returned); None in
         one process.
     """
@@ -136,14 +141,16 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
     trial_total = torch.where(included, chi2, zero).sum()
     old_total = torch.where(included, state.chi2, zero).sum()
     n_bad = (included & ~finite).sum().double()
+    noise2 = zero if rounding2 is None or first else torch.where(included, rounding2 * state.chi2, zero).sum()
     totals = reduce(torch.stack([trial_total, torch.where(torch.isfinite(old_total), old_total, zero), n_bad,
-                                 included.sum().double()]))
-    trial_total, old_total, n_bad, n_fits = (float(v) for v in totals)
+                                 included.sum().double(), noise2]))
+    trial_total, old_total, n_bad, n_fits, noise2 = (float(v) for v in totals)
+    noise = noise2**0.5
     # tol is relative to one fit's chi-square (the total over the fits): the joint problem then
     # converges as close to its optimum, in standard errors, as one fit does with that tol
     tol = tol / max(n_fits, 1.0)
     old_total = float("inf") if first else old_total
-    accept = n_bad == 0 and trial_total <= old_total
+    accept = n_bad == 0 and trial_total <= old_total + noise
     lam = state.lam * 0.1 if accept else state.lam * 10.0
     s = state
     if accept:
@@ -158,14 +165,14 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
         new.status = CONVERGED
         return new
     settled = accept and not first
-    small = settled and abs(old_total - trial_total) < tol * trial_total
+    small = settled and abs(old_total - trial_total) < max(tol * trial_total, noise)
     at_floor = settled and trial_total <= floor2
 
     d_local, d_shared, predicted, ok = _joint_step(new, box, free_local, free_shared, reduce)
     if not ok:
         new.status = SINGULAR
         return new
-    converged = at_floor or (small and predicted * (1.0 + lam) <= tol * new.total)
+    converged = at_floor or (small and predicted * (1.0 + lam) <= max(tol * new.total, noise))
     if converged:
         snap = _snap(new, box, free_local, free_shared, reduce) if box is not None and not at_floor else None
         if snap is None or new.snaps >= MAX_SNAPS:
@@ -205,18 +212,15 @@ def _joint_step(state: GlobalState, box, free_local, free_shared, reduce):
         held_s = _held(state.shared, g_s_total, lo_s, hi_s)
     # X = A~^-1 C column by column and u = -A~^-1 g_l (damped_solve solves A~ d = -rhs, with
     # fixed and held coordinates held: their rows of X and u are zero)
-    cols, ok = [], state.included.clone()
-    for j in range(ps):
-        x, good = damped_solve(state.a, -state.c[:, :, j], lam_b, free_local, held_l)
-        cols.append(x)
-        ok = ok & good
-    u, good = damped_solve(state.a, state.g_local, lam_b, free_local, held_l)
-    ok = ok & good
+    # (one factorization of each A~ for the P_s + 1 right-hand sides [-C, g_l])
+    both, good = damped_solve(state.a, torch.cat([-state.c, state.g_local.unsqueeze(-1)], dim=-1), lam_b,
+                              free_local, held_l)
+    ok = state.included & good
+    x, u = both[:, :, :ps], both[:, :, ps]
     newly = state.included & ~ok
     state.fit_status = torch.where(newly, SINGULAR, state.fit_status)
     state.included = state.included & ok
     inc = state.included
-    x = torch.stack(cols, dim=-1) if ps else state.c  # (B, P_l, P_s)
     x = torch.where(inc[:, None, None], x, 0.0)
     u = torch.where(inc[:, None], u, 0.0)
     c = torch.where(inc[:, None, None], state.c, 0.0)
