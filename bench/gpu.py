@@ -16,6 +16,9 @@ else; progress lines go to stdout as they happen):
 5. one 10M-point least-squares fit (a*exp(-k*x) + c, float64): gradfit.fit (whose least
    squares runs on the CPU whatever device is asked; the table says where it ran) and
    fit_many with that one fit as a single row on the device, against NLSQ's published 55 ms.
+6. issue 14: fit_many(loss="poisson") against least squares on the Gpufit workload (warm, eager;
+   the goal is >= 0.5x), and a global fit (shared rate, bench/global_fit.py's workload) at 100k
+   and 1M fits.
 
     PYTHONUNBUFFERED=1 python3 bench/gpu.py            # on the GPU machine (~5 minutes)
     python3 bench/gpu.py --cpu-smoke                   # tiny sizes on the CPU: the code paths
@@ -61,11 +64,13 @@ NLSQ_10M_S = 0.055
 FULL = {"fit_sizes": [10_000, 1_000_000, 10_000_000], "fit_always": 1_000_000, "warm_repeats": 3,
         "mb_rows": 500_000, "mb_repeats": 3,
         "lsq_points": 10_000_000, "compile": True,
-        "budget_s": {"tests": 100, "fit_many": 150, "minibatch": 40, "least_squares": 60}}
+        "poisson_fits": 1_000_000, "global_sizes": [100_000, 1_000_000],
+        "budget_s": {"tests": 100, "fit_many": 150, "minibatch": 40, "least_squares": 60, "issue14": 60}}
 SMOKE = {"fit_sizes": [1_000, 4_000, 1_000_000], "fit_always": 4_000, "warm_repeats": 2,
          "mb_rows": 20_480, "mb_repeats": 2,
          "lsq_points": 100_000, "compile": False,
-         "budget_s": {"tests": 60, "fit_many": 20, "minibatch": 15, "least_squares": 15}}
+         "poisson_fits": 4_000, "global_sizes": [1_000, 4_000],
+        "budget_s": {"tests": 60, "fit_many": 20, "minibatch": 15, "least_squares": 15, "issue14": 20}}
 
 
 def log(msg: str) -> None:
@@ -325,6 +330,49 @@ def section_least_squares(dev, cfg, rows, rec, budget):
 
 
 # -- the run -------------------------------------------------------------------------------------
+# -- 6. issue 14: Poisson maximum likelihood and global fits on the device ----------------------
+def section_issue14(dev, cfg, rows, rec, budget):
+    """fit_many(loss="poisson") against least squares on the Gpufit workload (same device, same
+    data, warm calls), and a global fit (1 shared + 3 local parameters, bench/global_fit.py's
+    workload) at growing batch sizes."""
+    from fit_many import workload
+    from global_fit import FORMULA as GLOBAL, INIT as GLOBAL_INIT, workload as global_workload
+
+    n = cfg["poisson_fits"]
+    x, y, truth, init = workload(n)
+    rates = {}
+    for loss in ("mse", "poisson"):
+        def call(loss=loss):
+            return gf.fit_many(GAUSSIAN, x, y, init=init, tol=1e-4, max_iter=25, dtype="float32", device=dev,
+                               loss=loss, compile=False, progress=False)
+
+        timed(call, dev)  # first call: derivative program, kernels
+        warm_s, r = timed(call, dev)
+        rates[loss] = n / warm_s
+        rec[f"{loss}_fits_per_s"] = rates[loss]
+        rec[f"{loss}_converged"] = float(r.converged.mean())
+        rows.append(["issue 14", f"fit_many loss={loss}, {n:,} fits, warm (eager)",
+                     f"{warm_s:.3f} s = {rate(rates[loss])} fits/s, {r.converged.mean():.3%} converged", "-"])
+    rows.append(["issue 14", "Poisson / least-squares throughput", f"{rates['poisson'] / rates['mse']:.2f}x",
+                 ">= 0.5x"])
+    del x, y, truth, init
+    for b in cfg["global_sizes"]:
+        if not budget.allows(5):
+            rows.append(["issue 14", f"global fit, {b:,} fits", "skipped: time budget", "-"])
+            continue
+        xg, yg = global_workload(b)
+
+        def fit_global():
+            return gf.fit_many(GLOBAL, xg, yg, init=GLOBAL_INIT, shared=["k"], device=dev, progress=False)
+
+        timed(fit_global, dev)
+        s, r = timed(fit_global, dev)
+        rec[f"global_{b}_s"] = s
+        rows.append(["issue 14", f"global fit (shared k), {b:,} fits x 32 points, warm",
+                     f"{s:.3f} s ({s / b * 1e6:.2f} us per fit, {r.timings['iterations']} iterations), "
+                     f"k = {r.shared['k']:.5f} +/- {r.shared_stderr['k']:.1g}", "-"])
+
+
 def markdown(title: str, rows: list[list[str]]) -> str:
     head = ["section", "measure", "result", "target / anchor"]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -335,8 +383,8 @@ def markdown(title: str, rows: list[list[str]]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU, to prove the code paths")
-    ap.add_argument("--sections", default="card,tests,fit_many,minibatch,least_squares",
-                    help="comma-separated subset of: card,tests,fit_many,minibatch,least_squares")
+    ap.add_argument("--sections", default="card,tests,fit_many,minibatch,least_squares,issue14",
+                    help="comma-separated subset of: card,tests,fit_many,minibatch,least_squares,issue14")
     ap.add_argument("--out", default=os.environ.get("OUT"), help="folder for gpu.md / gpu.json (default: $OUT)")
     args = ap.parse_args(argv)
     cfg = SMOKE if args.cpu_smoke else FULL
@@ -349,7 +397,8 @@ def main(argv=None) -> int:
         return 2
     log(f"device {dev}, sizes {cfg['fit_sizes']}, budgets {cfg['budget_s']}")
     sections = {"card": section_card, "tests": section_tests, "fit_many": section_fit_many,
-                "minibatch": section_minibatch, "least_squares": section_least_squares}
+                "minibatch": section_minibatch, "least_squares": section_least_squares,
+                "issue14": section_issue14}
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in sections]
     if unknown:
