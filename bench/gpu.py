@@ -342,7 +342,7 @@ def section_issue14(dev, cfg, rows, rec, budget):
     x, y, truth, init = workload(n)
     rates = {}
     for loss in ("mse", "poisson"):
-        def call(loss=loss):
+        def call(loss=loss, x=x, y=y, init=init):
             return gf.fit_many(GAUSSIAN, x, y, init=init, tol=1e-4, max_iter=25, dtype="float32", device=dev,
                                loss=loss, compile=False, progress=False)
 
