@@ -296,7 +296,6 @@ def test_cli_shared(tmp_path):
     (dict(shared=["k"], init={"a": 3.0, "k": np.linspace(0.4, 0.6, 20), "o": 0.5}), "init differs between fits"),
     (dict(shared=["k"], bounds={"k": (np.zeros(20), np.linspace(1, 2, 20))}), "upper bound differs"),
     (dict(shared=["k"], tie={"o": "2*a"}), "does not support tie"),
-    (dict(shared=["k"], loss="poisson"), "least squares"),
 ])
 def test_bad_input(kwargs, match):
     x, y, a, o = _decays()
@@ -346,3 +345,191 @@ def test_linear_cost_in_the_number_of_fits(n_fits):
     print(f"\nglobal fit B={n_fits}: {elapsed:.2f} s, {r.timings['iterations']} iterations")
     assert r.converged.mean() > 0.99
     assert abs(r.shared["k"] - 0.8) < 5 * r.shared_stderr["k"]
+
+
+# -- loss="poisson": joint Poisson maximum likelihood --------------------------------------------
+# references: scipy.optimize.minimize of the joint negative log-likelihood over the stacked
+# vector [k, a_1..a_B, o_1..o_B] (analytic gradient and Hessian, trust-exact), the inverse
+# joint Fisher information as a dense numpy matrix, and scipy.stats.poisson
+
+def _counts(n_fits=12, m=40, seed=5, k=0.9, a=(20, 60), o=(1, 4), t_max=4.0):
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, t_max, m)
+    amp, off = rng.uniform(*a, n_fits), rng.uniform(*o, n_fits)
+    return t, rng.poisson(amp[:, None] * np.exp(-k * t) + off[:, None]).astype(float)
+
+
+def _poisson_reference(t, y, k0, a0, o0):
+    """(k, a (B,), o (B,)) minimizing sum(mu - y log mu) jointly, and the standard errors
+    sqrt(diag(F^-1)) of [k, a, o] with F = J^T diag(1/mu) J (dense, (2B+1)^2)."""
+    n_fits = y.shape[0]
+
+    def parts(v):
+        k, a, o = v[0], v[1:1 + n_fits, None], v[1 + n_fits:, None]
+        e = np.exp(-k * t)[None, :]
+        return k, a, e, a * e + o
+
+    def nll(v):
+        mu = parts(v)[3]
+        return np.inf if (mu <= 0).any() else float((mu - y * np.log(mu)).sum())
+
+    def grad(v):
+        _, a, e, mu = parts(v)
+        f = 1.0 - y / mu
+        return np.concatenate([[(f * -a * t * e).sum()], (f * e).sum(1), f.sum(1)])
+
+    def jac(v):
+        _, a, e, mu = parts(v)
+        j = np.zeros((n_fits, t.size, 2 * n_fits + 1))
+        rows = np.arange(n_fits)
+        j[:, :, 0] = -a * t * e
+        j[rows, :, 1 + rows] = e
+        j[rows, :, 1 + n_fits + rows] = 1.0
+        return j.reshape(-1, 2 * n_fits + 1), mu.ravel()
+
+    def hess(v):
+        _, a, e, mu = parts(v)
+        j, m = jac(v)
+        h = j.T @ (j * (y.ravel() / m**2)[:, None])
+        f = 1.0 - y / mu  # the second derivatives of mu: d2/dk2 = a t^2 e, d2/dk da_b = -t e
+        h[0, 0] += (f * a * t**2 * e).sum()
+        cross = (f * -t * e).sum(1)
+        h[0, 1:1 + n_fits] += cross
+        h[1:1 + n_fits, 0] += cross
+        return h
+
+    v0 = np.concatenate([[k0], np.broadcast_to(a0, n_fits), np.broadcast_to(o0, n_fits)]).astype(float)
+    v = scipy_opt.minimize(nll, v0, jac=grad, hess=hess, method="trust-exact", options={"gtol": 1e-11}).x
+    for _ in range(3):  # Newton polish past the rounding of the function values trust-exact compares
+        v = v - np.linalg.solve(hess(v), grad(v))
+    assert np.abs(np.linalg.solve(hess(v), grad(v))).max() < 1e-10 * (1.0 + np.abs(v).max())
+    j, mu = jac(v)
+    se = np.sqrt(np.diag(np.linalg.inv(j.T @ (j / mu[:, None]))))
+    return (v[0], v[1:1 + n_fits], v[1 + n_fits:]), (se[0], se[1:1 + n_fits], se[1 + n_fits:])
+
+
+def test_poisson_decays_sharing_a_rate_match_joint_scipy_likelihood():
+    t, y = _counts()
+    r = gf.fit_many(DECAY, t, y, init={"a": 30.0, "k": 0.5, "o": 2.0}, shared=["k"], loss="poisson",
+                    dtype="float64", tol=1e-12)
+    assert r.converged.all() and r.loss == "poisson"
+    (k, a, o), (se_k, se_a, se_o) = _poisson_reference(t, y, 0.5, 30.0, 2.0)
+    assert r.shared["k"] == pytest.approx(k, rel=1e-6)
+    np.testing.assert_allclose(r.params["k"], k, rtol=1e-6)
+    np.testing.assert_allclose(r.params["a"], a, rtol=1e-6)
+    np.testing.assert_allclose(r.params["o"], o, rtol=1e-6)
+    # Cramer-Rao: the inverse joint Fisher information, not scaled by the deviance
+    assert r.shared_stderr["k"] == pytest.approx(se_k, rel=1e-5)
+    np.testing.assert_allclose(r.stderr["a"], se_a, rtol=1e-5)
+    np.testing.assert_allclose(r.stderr["o"], se_o, rtol=1e-5)
+
+
+def test_poisson_joint_statistics_match_scipy_stats():
+    poisson = pytest.importorskip("scipy.stats").poisson
+    t, y = _counts(seed=6)
+    r = gf.fit_many(DECAY, t, y, init={"a": 30.0, "k": 0.5, "o": 2.0}, shared=["k"], loss="poisson",
+                    dtype="float64", tol=1e-12)
+    mu = r.params["a"][:, None] * np.exp(-r.shared["k"] * t) + r.params["o"][:, None]
+    loglike = poisson.logpmf(y, mu).sum(1)
+    deviance = 2.0 * (poisson.logpmf(y, y) - poisson.logpmf(y, mu)).sum(1)
+    pearson = ((y - mu) ** 2 / mu).sum(1)
+    js, n, k = r.joint_stats, y.size, 2 * 12 + 1
+    assert (js["n"], js["n_params"], js["dof"]) == (n, k, n - k)
+    assert js["loglike"] == pytest.approx(loglike.sum(), rel=1e-10)
+    assert js["deviance"] == pytest.approx(deviance.sum(), rel=1e-9)
+    assert js["aic"] == pytest.approx(2 * k - 2 * loglike.sum(), rel=1e-10)
+    assert js["bic"] == pytest.approx(k * np.log(n) - 2 * loglike.sum(), rel=1e-10)
+    assert js["chisqr"] == pytest.approx(pearson.sum(), rel=1e-9)
+    assert js["redchi"] == pytest.approx(pearson.sum() / (n - k), rel=1e-9)
+    # per fit, as independent Poisson fits: its own points and free (local) parameters
+    np.testing.assert_allclose(r.stats["loglike"], loglike, rtol=1e-10)
+    np.testing.assert_allclose(r.stats["deviance"], deviance, rtol=1e-9)
+    np.testing.assert_allclose(r.stats["aic"], 2 * 2 - 2 * loglike, rtol=1e-10)
+    np.testing.assert_array_equal(r.stats["dof"], np.full(12, 40 - 2))
+    text = r.report()
+    assert f"deviance {js['deviance']:.6g}, log-likelihood {js['loglike']:.6g}" in text
+
+
+def test_poisson_infeasible_start_restarts_from_least_squares():
+    t, y = _counts(seed=7)
+    init = {"a": 1.0, "k": 0.5, "o": -3.0}  # every mean negative: no likelihood at the start
+    r = gf.fit_many(DECAY, t, y, init=init, shared=["k"], loss="poisson", dtype="float64", tol=1e-12)
+    assert r.converged.all() and r.timings["restarted"] == 12
+    (k, a, o), _ = _poisson_reference(t, y, 0.5, 30.0, 2.0)
+    assert r.shared["k"] == pytest.approx(k, rel=1e-6)
+    np.testing.assert_allclose(r.params["a"], a, rtol=1e-6)
+    np.testing.assert_allclose(r.params["o"], o, rtol=1e-6)
+
+
+def test_poisson_fit_infeasible_everywhere_leaves_the_joint_fit_with_a_warning():
+    t, y = _counts(seed=8)
+    n_fits = y.shape[0]
+    # fit 3 is bounded to negative means (a <= 1, o <= -5): no start has a likelihood for it
+    a_hi = np.full(n_fits, np.inf)
+    a_hi[3] = 1.0
+    o_lo, o_hi, o_0 = np.full(n_fits, -np.inf), np.full(n_fits, np.inf), np.full(n_fits, 2.0)
+    o_lo[3], o_hi[3], o_0[3] = -10.0, -5.0, -6.0
+    a_0 = np.full(n_fits, 30.0)
+    a_0[3] = 0.5
+    with pytest.warns(UserWarning, match=r"1 fit\(s\) \(fit 3\).*not_finite"):
+        r = gf.fit_many(DECAY, t, y, init={"a": a_0, "k": 0.5, "o": o_0}, shared=["k"], loss="poisson",
+                        dtype="float64", tol=1e-12, bounds={"a": (None, a_hi), "o": (o_lo, o_hi)})
+    keep = np.arange(n_fits) != 3
+    assert r.status_counts() == {"converged": n_fits - 1, "not_finite": 1} and not r.converged[3]
+    assert np.isnan(r.stderr["a"][3]) and np.isnan(r.stats["deviance"][3])
+    (k, a, o), (se_k, _, _) = _poisson_reference(t, y[keep], 0.5, 30.0, 2.0)
+    assert r.shared["k"] == pytest.approx(k, rel=1e-6)
+    assert r.shared_stderr["k"] == pytest.approx(se_k, rel=1e-5)
+    np.testing.assert_allclose(r.params["a"][keep], a, rtol=1e-6)
+    assert r.joint_stats["n_params"] == 2 * (n_fits - 1) + 1
+
+
+def test_poisson_trial_into_negative_means_is_rejected_and_the_fit_converges(monkeypatch):
+    import torch
+
+    import gradfit.likelihood as likelihood
+
+    kernel, infeasible = likelihood.batch_poisson_deviance, []
+
+    def spy(y, mu, w, **kw):
+        dev, fisher = kernel(y, mu, w, **kw)
+        infeasible.append(int((~torch.isfinite(dev)).sum()))
+        return dev, fisher
+
+    monkeypatch.setattr(likelihood, "batch_poisson_deviance", spy)
+    # offsets near 0 (0.05..0.3) and a start that overshoots the rate: some trials have means <= 0
+    t, y = _counts(seed=7, a=(5, 20), o=(0.05, 0.3), k=1.2, t_max=6.0)
+    r = gf.fit_many(DECAY, t, y, init={"a": 30.0, "k": 3.0, "o": 0.05}, shared=["k"], loss="poisson",
+                    dtype="float64", tol=1e-14)  # offsets near 0: a tighter tol for 1e-6 relative
+    assert infeasible[0] == 0 and sum(infeasible) > 0  # a feasible start, infeasible trials later
+    assert r.converged.all() and "restarted" not in r.timings
+    (k, a, o), _ = _poisson_reference(t, y, 1.0, 10.0, 0.2)
+    assert r.shared["k"] == pytest.approx(k, rel=1e-6)
+    np.testing.assert_allclose(r.params["o"], o, rtol=1e-6)
+
+
+def test_poisson_refuses_negative_counts_and_sigma():
+    from gradfit.errors import DataError
+
+    t, y = _counts()
+    init = {"a": 30.0, "k": 0.5, "o": 2.0}
+    bad = y.copy()
+    bad[2, 5] = -1.0
+    with pytest.raises(DataError, match="counts >= 0: fit 2, point 5"):
+        gf.fit_many(DECAY, t, bad, init=init, shared=["k"], loss="poisson")
+    with pytest.raises(ConfigError, match="takes no sigma"):
+        gf.fit_many(DECAY, t, y, init=init, shared=["k"], loss="poisson", sigma=np.ones_like(y))
+
+
+def test_cli_shared_poisson(tmp_path):
+    from _cli import cli
+
+    t, y = _counts()
+    np.save(tmp_path / "y.npy", y)
+    code, out, err = cli("fit-many", tmp_path / "y.npy", DECAY, "--x-values", ",".join(map(str, t)),
+                         "--init", "a=30,k=0.5,o=2", "--shared", "k", "--loss", "poisson", "--out", tmp_path / "r.npz")
+    assert code == 0, err
+    r = gf.fit_many(DECAY, t, y, init={"a": 30.0, "k": 0.5, "o": 2.0}, shared=["k"], loss="poisson")
+    back = gf.BatchResult.load(tmp_path / "r.npz")
+    assert back.loss == "poisson" and back.shared["k"] == pytest.approx(r.shared["k"], rel=1e-12)
+    assert back.joint_stats["deviance"] == pytest.approx(r.joint_stats["deviance"], rel=1e-12)

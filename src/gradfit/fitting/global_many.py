@@ -6,6 +6,7 @@ one start and one box per shared name) -> this process's block of fits under tor
 (fitting/parallel.py, whose ``sum_across`` the engine uses for every sum over fits) -> the
 joint engine (lsq/global_fit.py over optim/global_lm.py) -> a BatchResult whose ``shared``,
 ``shared_stderr`` and ``joint_stats`` describe the joint fit, gathered across processes.
+With ``likelihood="poisson"`` the joint problem is Poisson maximum likelihood.
 """
 
 from __future__ import annotations
@@ -50,8 +51,13 @@ def check_shared(shared, names, theta0: np.ndarray, lower: np.ndarray, upper: np
 
 def fit_shared(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray,
                lower: np.ndarray, upper: np.ndarray, free: np.ndarray, *, tol: float, max_iter: int, dtype, device,
-               threads=None, chunk_size=None):
-    """The joint fit of fit_many(shared=...): a BatchResult (gathered on every rank)."""
+               threads=None, chunk_size=None, likelihood: str | None = None):
+    """The joint fit of fit_many(shared=...): a BatchResult (gathered on every rank).
+
+    ``likelihood="poisson"``: joint Poisson maximum likelihood (lsq/global_fit.py). When the
+    start has a model mean <= 0 (or not finite) at a point with data in any fit, every fit
+    starts from the joint least-squares fit; fits still infeasible there end not_finite,
+    outside the joint problem, with a warning naming them."""
     import time
 
     from .._threads import choose_threads, intra_op_threads
@@ -75,15 +81,38 @@ def fit_shared(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarray,
             torch.inference_mode():
         sol = solve_global(model, names, shared, local, y[block], w[block], theta0[block], lower[block], upper[block],
                            free, tol=tol, max_iter=max_iter, dtype=dtype, device=device, reduce=reducer(),
-                           chunk_size=chunk_size)
+                           chunk_size=chunk_size, likelihood=likelihood)
     n_free_local = int(sum(free[j] for j, n in enumerate(names) if n not in shared))
     # per fit: its own chi-square and points, counting its own free (local) parameters; the
     # joint fit's statistics (the shared parameters counted once) are in joint_stats
-    stats = batch_statistics(sol.chisqr, sol.n_used, n_free_local)
+    if likelihood:
+        from ..likelihood import batch_poisson_fit_statistics
+
+        lk = sol.likelihood
+        stats = batch_poisson_fit_statistics(lk["deviance"], lk["pearson"], lk["loglike"], sol.n_used, n_free_local)
+        _warn_infeasible(sol, start)
+    else:
+        stats = batch_statistics(sol.chisqr, sol.n_used, n_free_local)
     result = BatchResult(param_names=names, params={n: sol.params[:, j] for j, n in enumerate(names)},
                          stderr={n: sol.stderr[:, j] for j, n in enumerate(names)}, stats=stats, status=sol.status,
                          iterations=sol.iterations, model_text=model.describe(), timings=sol.timings,
-                         shared=sol.shared, shared_stderr=sol.shared_stderr, joint_stats=sol.joint_stats)
+                         shared=sol.shared, shared_stderr=sol.shared_stderr, joint_stats=sol.joint_stats,
+                         loss="poisson" if likelihood else "mse")
     result = gather_result(result, len(y))
     result.timings["total_s"] = time.perf_counter() - t0
     return result
+
+
+def _warn_infeasible(sol, offset: int) -> None:
+    """Poisson fits left out of the joint problem because their start (the joint least-squares
+    fit, when the given start was infeasible) has a mean <= 0 or not finite at a point with data."""
+    from ..errors import warn_user
+    from ..status import Status
+
+    bad = np.nonzero((sol.status == Status.NOT_FINITE.code) & ~np.isfinite(sol.chisqr))[0]
+    if bad.size:
+        first = ", ".join(str(int(i) + offset) for i in bad[:5]) + (", ..." if bad.size > 5 else "")
+        warn_user(f"fit_many(loss='poisson', shared=...): {bad.size} fit(s) (fit {first}) have a model mean <= 0 "
+                  "or not finite at a point with data, at the start and at the joint least-squares fit; they are "
+                  "left out of the joint fit and end not_finite. Start them where the model is positive (e.g. a "
+                  "positive offset), or bound it positive")

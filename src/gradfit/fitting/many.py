@@ -60,7 +60,10 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
         ``r.shared_stderr`` give it by name; every stderr comes from the joint covariance;
         ``r.joint_stats`` holds the joint fit's n, dof, chisqr, redchi, aic, bic (``r.stats``
         stays per fit, counting each fit's own parameters). A shared name needs one init
-        value and one pair of bounds; least squares only.
+        value and one pair of bounds. With loss="poisson" the joint fit is Poisson maximum
+        likelihood (stderr from the inverse joint Fisher information; joint_stats add deviance
+        and loglike); if the start has a mean <= 0 at a point with data in any fit, every fit
+        starts from the joint least-squares fit.
     weights, sigma : (M,) or (B, M); weights = 1/sigma^2 (sigma must be positive).
     loss : "mse" (least squares) or "poisson": maximum likelihood for counts ``y`` >= 0
         (the Poisson deviance, Gpufit's MLE estimator, by Fisher scoring). ``weights`` are
@@ -120,8 +123,6 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
         raise ConfigError("fit_many does not support tie; substitute the tie into the formula (e.g. replace c "
                           "by 2*a) or fit one by one with gf.fit(..., tie=...)")
     # the same validation and messages as gf.fit's least-squares options
-    if shared and loss != "mse":
-        raise ConfigError("shared parameters are fitted by least squares: use loss='mse' with shared=")
     solver = LeastSquaresOptions(max_iter=(GLOBAL_MAX_ITER if shared else DEFAULT_MAX_ITER) if max_iter is None
                                  else max_iter,
                                  tol=DEFAULT_TOL if tol is None else tol)
@@ -150,7 +151,8 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
         from .global_many import fit_shared
 
         result = fit_shared(bound, names, shared, inputs, y_arr, w_arr, theta0, lower, upper, free, tol=tol,
-                            max_iter=max_iter, dtype=torch_dtype, device=dev, threads=threads, chunk_size=chunk_size)
+                            max_iter=max_iter, dtype=torch_dtype, device=dev, threads=threads, chunk_size=chunk_size,
+                            likelihood=likelihood)
         if ids is not None:
             import dataclasses
 

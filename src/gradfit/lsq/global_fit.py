@@ -1,4 +1,5 @@
-"""The engine behind ``fit_many(..., shared=[...])``: one joint least-squares problem.
+"""The engine behind ``fit_many(..., shared=[...])``: one joint least-squares (or Poisson
+likelihood) problem.
 
 Data flow: validated numpy arrays (fits as the leading dimension) -> tensors for the whole
 batch (every iteration needs every fit: no chunks) -> ``global_lm.init`` / ``global_lm.step``
@@ -15,6 +16,20 @@ A_b^-1 + A_b^-1 C_b S0^-1 C_b^T A_b^-1 (only its diagonal is formed). dof = sum 
 used - (fits x free local parameters + free shared parameters). A fit whose local block is
 rank-deficient at the end (the rank test of lsq/batched on its scaled normal matrix) is
 reported singular and left out of S0.
+
+``likelihood="poisson"`` (joint Poisson maximum likelihood, as lsq/batched for independent
+fits): with r = mu - y, each fit's blocks are those of the Fisher weights w / mu
+(:func:`gradfit.likelihood.batch_poisson_deviance`): A = J^T diag(w/mu) J is the Fisher
+information, g = J^T diag(w/mu) (mu - y) half the deviance's gradient, and the per-fit
+deviance takes chi-square's place in every test of global_lm.step. A trial with a mean <= 0
+at a used point has deviance +inf, so the joint step is rejected and the damping rises; the
+floor and the rounding level are on the Pearson scale sqrt(y). The start: when the given one
+has such a mean in any fit (any process), every fit starts from the joint least-squares fit
+from it (one rule for all, so the shared values stay one); a fit still infeasible there
+leaves the joint problem as not_finite. The covariance is the inverse joint Fisher
+information by the same blocks, not scaled (the Cramer-Rao bound); the joint statistics are
+the deviance, loglike, AIC/BIC (2k - 2 logL, k ln n - 2 logL), Pearson's chisqr and
+redchi = chisqr / dof.
 """
 
 from __future__ import annotations
@@ -52,23 +67,28 @@ class GlobalSolution:
     shared_stderr: dict
     joint_stats: dict
     timings: dict = field(default_factory=dict)
+    #: likelihood="poisson": float64 deviance, pearson, loglike (B,) at params (NaN where none)
+    likelihood: dict | None = None
 
 
 def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray,
                  lower: np.ndarray, upper: np.ndarray, free: np.ndarray, *, tol: float, max_iter: int, dtype, device,
-                 reduce=None, chunk_size: int | None = None) -> GlobalSolution:
+                 reduce=None, chunk_size: int | None = None, likelihood: str | None = None) -> GlobalSolution:
     """Fit ``model`` to every row of ``y`` jointly, the parameters named in ``shared`` taking one
     value for all fits (this process's fits; ``reduce`` sums float64 tensors over every
     process's fits under torchrun, None in one process).
 
     ``theta0``, ``lower``, ``upper`` are (B, P) (the shared columns equal in every row), ``free``
     (P,) 1.0 for varying parameters; ``chunk_size`` fits are evaluated at a time (default: near
-    the CPU caches, the whole batch on a GPU). Other arguments as
+    the CPU caches, the whole batch on a GPU). ``likelihood="poisson"``: joint Poisson maximum
+    likelihood (see the module docstring). Other arguments as
     :func:`gradfit.lsq.batched.solve_batched`.
     """
     import torch
 
+    from ..likelihood import batch_poisson_deviance
     from ..optim.global_lm import RUNNING, init, normal_blocks, step
+    from .end_points import likelihood_statistics
 
     reduce = reduce or (lambda t: t)
     names = tuple(names)
@@ -108,15 +128,24 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
         x_sl = {k: (v[sl] if v.dim() == 2 else v) for k, v in inputs_t.items()}
         chunks.append((sl, batch_residual_and_jacobian(model, names, x_sl, y_t[sl], fused=fused)))
 
-    def blocks(local, shared_values):
-        theta = torch.empty((n_fits, len(names)), dtype=dtype, device=device)
-        theta[:, i_l] = local.to(dtype)
-        theta[:, i_s] = shared_values.to(dtype).expand(n_fits, len(i_s))
-        parts = []
-        for sl, rj in chunks:
-            r, jac = rj(theta[sl])
-            parts.append(normal_blocks(r, [jac[j] for j in order], w_t[sl], **facts))
-        return tuple(torch.cat(p) for p in zip(*parts)) if len(parts) > 1 else parts[0]
+    def make_blocks(poisson: bool):
+        def blocks(local, shared_values):
+            theta = torch.empty((n_fits, len(names)), dtype=dtype, device=device)
+            theta[:, i_l] = local.to(dtype)
+            theta[:, i_s] = shared_values.to(dtype).expand(n_fits, len(i_s))
+            parts = []
+            for sl, rj in chunks:
+                r, jac = rj(theta[sl])
+                cols = [jac[j] for j in order]
+                if poisson:  # Fisher scoring: the weights w / mu, the deviance in chi-square's place
+                    dev, fisher = batch_poisson_deviance(y_t[sl], r + y_t[sl], w_t[sl])
+                    _, n, g = normal_blocks(r, cols, fisher, constants=facts["constants"])
+                    parts.append((dev.double(), n, g))
+                else:
+                    parts.append(normal_blocks(r, cols, w_t[sl], **facts))
+            return tuple(torch.cat(p) for p in zip(*parts)) if len(parts) > 1 else parts[0]
+
+        return blocks
 
     status0 = np.where(n_used < max(n_free_l, 1), Status.TOO_FEW_POINTS.code, RUNNING)
     status0_t = torch.as_tensor(status0, dtype=torch.int64, device=device)
@@ -125,21 +154,45 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     if np.isfinite(lower[:, cols]).any() or np.isfinite(upper[:, cols]).any():
         box = (t(lower[:, i_l], torch.float64), t(upper[:, i_l], torch.float64), t(lower[0, i_s], torch.float64),
                t(upper[0, i_s], torch.float64))
-    floor2 = torch.where(status0_t == RUNNING, residual_floor2(y_t, w_t).double(), 0.0).sum()
-    floor2 = float(reduce(floor2.reshape(1))[0])
-    # the rounding of the model values in the evaluation dtype (global_lm.step's rounding2)
     eps = float(torch.finfo(dtype).eps)
-    rounding2 = ((4.0 * eps) ** 2 * (w_t * y_t * y_t).double().sum(-1)
-                 / torch.as_tensor(np.maximum(n_used, 1), dtype=torch.float64, device=device))
-    state = init(t(theta0[:, i_l], torch.float64), t(theta0[0, i_s], torch.float64), status0_t)
+    n_used_t = torch.as_tensor(np.maximum(n_used, 1), dtype=torch.float64, device=device)
+
+    def run(local0, shared0, poisson: bool):
+        # on the Pearson scale sqrt(y) for the deviance (as lsq/batched): the floor of an exact
+        # fit (deviance 0 lies below it) and the rounding of the means (eps mu / sqrt(mu))
+        scale = torch.sqrt(y_t.clamp(min=0.0)) if poisson else y_t
+        floor2 = torch.where(status0_t == RUNNING, residual_floor2(scale, w_t).double(), 0.0).sum()
+        floor2 = float(reduce(floor2.reshape(1))[0])
+        # the rounding of the model values in the evaluation dtype (global_lm.step's rounding2)
+        rounding2 = (4.0 * eps) ** 2 * (w_t * scale * scale).double().sum(-1) / n_used_t
+        blocks = make_blocks(poisson)
+        state = init(local0, shared0, status0_t)
+        for _ in range(max_iter):
+            state = step(blocks, state, box, free_l, free_s, tol, floor2=floor2, reduce=reduce, rounding2=rounding2)
+            if state.status != RUNNING:
+                break
+        return state
+
+    local0, shared0 = t(theta0[:, i_l], torch.float64), t(theta0[0, i_s], torch.float64)
     t0 = time.perf_counter()
-    for _ in range(max_iter):
-        state = step(blocks, state, box, free_l, free_s, tol, floor2=floor2, reduce=reduce, rounding2=rounding2)
-        if state.status != RUNNING:
-            break
+    restarted, ls_iterations = 0, 0
+    if likelihood:  # an infeasible start anywhere: every fit starts from the joint least-squares fit
+        dev0 = make_blocks(True)(local0, shared0)[0]
+        restarted = int(reduce(((status0_t == RUNNING) & ~torch.isfinite(dev0)).sum().double().reshape(1))[0])
+        if restarted:
+            ls = run(local0, shared0, False)
+            local0, shared0, ls_iterations = ls.local.clone(), ls.shared.clone(), ls.iterations
+    state = run(local0, shared0, bool(likelihood))
     elapsed = time.perf_counter() - t0
     joint = Status.MAX_ITERATIONS.code if state.status == RUNNING else state.status
-    se_l, se_s, singular, stats = _covariance(state, free_l, free_s, n_used, reduce)
+    extra = None
+    if likelihood:  # float64 statistics at the end point (lsq/end_points); chisqr is the deviance
+        at = np.empty((n_fits, len(names)))
+        at[:, i_l], at[:, i_s] = state.local.cpu().numpy(), state.shared.cpu().numpy()[None, :]
+        extra = likelihood_statistics(model, names, fused, inputs, y, w, slice(0, n_fits), at, device)
+        state.chi2 = torch.where(torch.isfinite(state.chi2), t(np.nan_to_num(extra["deviance"], nan=np.inf),
+                                                               torch.float64), state.chi2)
+    se_l, se_s, singular, stats = _covariance(state, free_l, free_s, n_used, reduce, extra)
     included = state.included.cpu().numpy() & ~singular
     fit_status = state.fit_status.cpu().numpy()
     status = np.where(included, joint, np.where(singular, Status.SINGULAR.code, fit_status)).astype(np.int8)
@@ -150,18 +203,22 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     stderr[:, i_l] = np.where(included[:, None], se_l, np.nan)
     stderr[:, i_s] = se_s[None, :]
     chisqr = np.where(np.isfinite(state.chi2.cpu().numpy()), state.chi2.cpu().numpy(), np.nan)
-    iterations = np.where(status0 == RUNNING, state.iterations, 0).astype(np.int32)
+    iterations = np.where(status0 == RUNNING, state.iterations + ls_iterations, 0).astype(np.int32)
     timings = {"fit_s": elapsed, "warmup_s": 0.0, "fits": n_fits, "fits_per_s": n_fits / max(elapsed, 1e-12),
                "path": ("fused" if fused else "general") + ", global", "compiled": False, "device": str(device),
-               "iterations": state.iterations}
+               "iterations": state.iterations + ls_iterations}
+    if restarted:
+        timings["restarted"] = restarted
     return GlobalSolution(params, stderr, chisqr, n_used, status, iterations,
                           {n: float(state.shared[k]) for k, n in enumerate(shared)},
-                          {n: float(se_s[k]) for k, n in enumerate(shared)}, stats, timings)
+                          {n: float(se_s[k]) for k, n in enumerate(shared)}, stats, timings, extra)
 
 
-def _covariance(state, free_l, free_s, n_used, reduce):
+def _covariance(state, free_l, free_s, n_used, reduce, likelihood=None):
     """Standard errors of the local (B, P_l) and shared (P_s,) parameters from the joint
-    covariance, the fits found singular, and the joint statistics."""
+    covariance, the fits found singular, and the joint statistics. ``likelihood``: the per-fit
+    float64 deviance, pearson and loglike of a Poisson fit (its normal matrix is the Fisher
+    information: the covariance is its inverse, unscaled; the statistics are the likelihood's)."""
     import torch
 
     from ..optim.batch_solve import damped_solve, inverse_diagonal
@@ -186,19 +243,28 @@ def _covariance(state, free_l, free_s, n_used, reduce):
     n_inc = inc.sum().double()
     n_pts = torch.where(inc, torch.as_tensor(n_used, dtype=torch.float64, device=a.device), 0.0).sum()
     chi2 = torch.where(inc, state.chi2, 0.0).sum()
+    keys = ("deviance", "pearson", "loglike") if likelihood is not None else ()
+    per_fit = [torch.where(inc, torch.as_tensor(likelihood[key], dtype=torch.float64, device=a.device), 0.0).sum()
+               for key in keys]
     parts = [torch.where(inc[:, None, None], state.d, 0.0).sum(0).flatten(), (cm.transpose(1, 2) @ x).sum(0).flatten(),
-             torch.stack([n_inc, n_pts, chi2])]
+             torch.stack([n_inc, n_pts, chi2, *per_fit])]
     sums = reduce(torch.cat(parts))
     d_tot, ctx = sums[:ps * ps].reshape(ps, ps), sums[ps * ps:2 * ps * ps].reshape(ps, ps)
-    n_inc, n_pts, chi2 = (float(v) for v in sums[2 * ps * ps:])
+    n_inc, n_pts, chi2, *totals = (float(v) for v in sums[2 * ps * ps:])
     active = torch.as_tensor([bool(v) for v in free_s], device=a.device)
     eye = torch.eye(ps, dtype=torch.float64, device=a.device)
     s0 = torch.where(active[:, None] & active[None, :], d_tot - ctx, eye)
     k = round(n_inc) * int(sum(free_l)) + int(sum(free_s))
-    stats = {key: v[0].item() for key, v in batch_statistics(np.array([chi2]), np.array([round(n_pts)]), k).items()}
+    if likelihood is not None:  # Cramer-Rao: the inverse Fisher information, absolute
+        from ..likelihood import batch_poisson_fit_statistics
+
+        joint = batch_poisson_fit_statistics(*(np.array([v]) for v in totals), np.array([round(n_pts)]), k)
+    else:
+        joint = batch_statistics(np.array([chi2]), np.array([round(n_pts)]), k)
+    stats = {key: v[0].item() for key, v in joint.items()}
     stats["n_params"] = k
     dof = stats["dof"]
-    scale = chi2 / dof if dof > 0 else float("nan")
+    scale = 1.0 if likelihood is not None else chi2 / dof if dof > 0 else float("nan")
     factor, info = torch.linalg.cholesky_ex(s0)
     if int(info) != 0 or not np.isfinite(scale):
         nan_l = np.full((b, pl), np.nan)

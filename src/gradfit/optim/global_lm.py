@@ -114,7 +114,9 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
     blocks : ``(local (B, P_l), shared (P_s,)) -> (chi2 (B,), N (B, P, P), g (B, P))``, each
         fit's chi-square, normal matrix J^T W J and gradient J^T W r over the local then the
         shared parameters (:func:`normal_blocks` of an evaluation; the caller may build them
-        in chunks of fits).
+        in chunks of fits). Any per-fit objective on the chi-square scale may stand for chi2
+        (the Poisson deviance, with the Fisher-scoring blocks): a value that is not finite
+        on a later trial rejects the joint step (the damping rises; the fit stays in).
     box : (lower_l, upper_l (B, P_l), lower_s, upper_s (P_s,)) bounds (None: no bound at all).
     free_local, free_shared : (P_l,), (P_s,) 1.0 for parameters that vary, 0.0 for fixed ones.
     floor2 : the total squared residual floor (an exact fit converges there).

@@ -160,6 +160,8 @@ class BatchResult:
                  f"  chi-square {js.get('chisqr', float('nan')):.6g}, reduced chi-square "
                  f"{js.get('redchi', float('nan')):.6g}, AIC {js.get('aic', float('nan')):.6g}, "
                  f"BIC {js.get('bic', float('nan')):.6g}", "shared parameters (one value for every fit)"]
+        if "deviance" in js:  # a joint Poisson fit
+            lines.insert(2, f"  deviance {js['deviance']:.6g}, log-likelihood {js.get('loglike', float('nan')):.6g}")
         for name, v in self.shared.items():
             lines.append(f"  {name:<{width}}  {v:.8g} +/- {self.shared_stderr.get(name, float('nan')):.3g}")
         return lines
