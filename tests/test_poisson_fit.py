@@ -327,3 +327,24 @@ def test_low_counts_with_the_background_on_its_bound():
 
     ref = _scipy_mle(no_background, [8.0, 0.1, 1.2], x, y)
     np.testing.assert_allclose([r.params[n] for n in ("a", "m", "s")], ref, rtol=1e-6, atol=1e-7)
+
+
+def test_first_order_poisson_fits_train_through_zero_counts():
+    # a zero count once made the loss's gradient NaN (xlogy(y, y/mu) at y = 0): the fit
+    # "diverged" at epoch 2 and returned its start
+    import torch
+
+    from gradfit.losses import poisson
+
+    mu = torch.tensor([0.5, 2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0.0, 2.0, 5.0], dtype=torch.float64)
+    poisson(mu, y).backward()
+    np.testing.assert_allclose(mu.grad.numpy(), (1 - y.numpy() / mu.detach().numpy()) / 3, rtol=1e-12)
+    t = np.linspace(0, 6, 30)
+    counts = np.random.default_rng(4).poisson(20 * np.exp(-0.6 * t) + 1)
+    assert (counts == 0).any()
+    lm = gf.fit("a*exp(-k*t) + b", x={"t": t}, y=counts, init={"a": 15, "k": 0.5, "b": 1}, loss="poisson")
+    adam = gf.fit("a*exp(-k*t) + b", x={"t": t}, y=counts, init={"a": 15, "k": 0.5, "b": 1}, loss="poisson",
+                  optimizer="adam", lr=0.2, epochs=300, seed=0)
+    assert adam.status != "diverged"
+    assert adam.params["k"] == pytest.approx(lm.params["k"], rel=5e-3)

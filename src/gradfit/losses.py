@@ -109,7 +109,9 @@ def _poisson_half_deviance(pred, target):
     import torch
 
     mu = pred.clamp(min=POISSON_MEAN_FLOOR)
-    half = torch.xlogy(target, target / mu) - (target - mu)
+    # y log y - y log mu, not xlogy(y, y/mu): the latter's gradient at y = 0 is 0/0 (NaN) and
+    # zero counts are the usual case
+    half = torch.xlogy(target, target) - torch.xlogy(target, mu) - (target - mu)
     below = pred < POISSON_MEAN_FLOOR
     return torch.where(below, half + (1.0 - target / POISSON_MEAN_FLOOR) * (pred - POISSON_MEAN_FLOOR), half)
 
