@@ -146,3 +146,13 @@ def test_nan_policy_omit_reports_how_many(tmp_path):
 def test_matrix_size():
     # the issue asks for at least 30 bad-input cases; count the ones parametrized above
     assert len(FILE_CASES) + len(OPTION_CASES) + len(DAMAGE_CASES) + len(API_CASES) >= 30
+
+
+def test_fit_takes_init_guess_as_the_default_start_and_refuses_other_strings():
+    # the string was once read letter by letter ("init names unknown parameter 'g'")
+    x = np.linspace(0, 5, 30)
+    y = 3 * np.exp(-0.7 * x) + 0.2
+    r = gf.fit("exp_decay", x, y, init="guess")
+    assert r.params["k"] == pytest.approx(0.7, rel=1e-8)
+    with pytest.raises(gf.ConfigError, match="'guess'"):
+        gf.fit("exp_decay", x, y, init="gues")

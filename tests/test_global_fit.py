@@ -533,3 +533,17 @@ def test_cli_shared_poisson(tmp_path):
     back = gf.BatchResult.load(tmp_path / "r.npz")
     assert back.loss == "poisson" and back.shared["k"] == pytest.approx(r.shared["k"], rel=1e-12)
     assert back.joint_stats["deviance"] == pytest.approx(r.joint_stats["deviance"], rel=1e-12)
+
+
+def test_a_guessed_shared_parameter_starts_at_the_median_guess():
+    # init="guess" gives every fit its own guess; a shared parameter takes their median
+    rng = np.random.default_rng(1)
+    x = np.linspace(0, 5, 32)
+    a, o = rng.uniform(2, 5, (20, 1)), rng.uniform(0, 1, (20, 1))
+    y = a * np.exp(-0.8 * x) + o + rng.normal(0, 0.05, (20, 32))
+    guessed = gf.fit_many("exp_decay", x, y, init="guess", shared=["k"], tol=1e-12, dtype="float64")
+    given = gf.fit_many("exp_decay", x, y, init={"k": 0.5}, shared=["k"], tol=1e-12, dtype="float64")
+    assert guessed.converged.all()
+    assert guessed.shared["k"] == pytest.approx(given.shared["k"], rel=1e-8)
+    with pytest.raises(ConfigError, match="differs between fits"):  # values the user gave are still judged
+        gf.fit_many("exp_decay", x, y, init={"k": np.linspace(0.5, 0.9, 20)}, shared=["k"])

@@ -70,6 +70,7 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
     model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col,
                                                extra=(args.sigma,) if args.sigma else ())
     kwargs = fit_kwargs(args)
+    kwargs["starts"] = args.starts
     if args.sigma:
         from ..errors import DataError, did_you_mean
 

@@ -25,7 +25,7 @@ def run_fit_many(args, stdout, stderr) -> ExitStatus:
             for module in ("pandas", "pyarrow"):
                 require(module, extra="pandas", feature=f"saving {Path(args.out).name} (Parquet)")
     model = resolve_model(args.model)
-    names = list(model.bind(["x"]).param_names if hasattr(model, "bind") else model.param_names)
+    names = list(model.bind([_input_name(model, args)]).param_names if hasattr(model, "bind") else model.param_names)
     data, per_fit = load_batch(args, names)
     init, fixed = starting_values(args, names, per_fit)
     with library_output("fit-many", stderr):
@@ -34,13 +34,23 @@ def run_fit_many(args, stdout, stderr) -> ExitStatus:
                              dtype=args.dtype, device=args.device, threads=args.threads, chunk_size=args.chunk_size,
                              compile={"yes": True, "no": False}.get(args.compile, "auto"),
                              progress=False if args.no_progress or args.json else None,
-                             shared=[n.strip() for s in args.shared for n in s.split(",") if n.strip()] or None)
+                             shared=_shared_names(args.shared),
+                             starts=args.starts, seed=args.seed)
     if args.out:
         result.save(args.out)
     if args.json:
         doc = {"fits": len(result), "status": result.status_counts(), "converged_fraction": float(result.converged.mean()),
                "fits_per_s": result.timings.get("fits_per_s"), "warmup_s": result.timings.get("warmup_s"),
                "device": result.timings.get("device"), "out": args.out, "loss": result.loss}
+        if result.shared:  # a global fit: the shared values are its answer
+            doc.update(shared=result.shared, shared_stderr=result.shared_stderr,
+                       joint_stats={k: (v.item() if hasattr(v, "item") else v) for k, v in result.joint_stats.items()})
+        if result.multistart:
+            import numpy as np
+
+            ms = result.multistart
+            doc["multistart"] = {"starts": ms["starts"], "median_reached_best": float(np.median(ms["reached_best"])),
+                                 "median_distinct_minima": float(np.median(ms["distinct_minima"]))}
         if "deviance" in result.stats:
             import numpy as np
 
@@ -57,6 +67,27 @@ def run_fit_many(args, stdout, stderr) -> ExitStatus:
         where = f"; each fit's status is in {args.out}" if args.out else "; pass --out FILE for each fit's status"
         print(f"gradfit fit-many: not every fit is a solution ({counts}), exit {int(status)}{where}", file=stderr)
     return status
+
+
+def _shared_names(values) -> list[str] | None:
+    """--shared k --shared a,b -> ["k", "a", "b"]; None when the option is absent."""
+    if not values:
+        return None
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    if not names:
+        raise ConfigError(f"--shared names no parameter ({', '.join(map(repr, values))}); give names, e.g. --shared k")
+    return names
+
+
+def _input_name(model, args) -> str:
+    """The formula's input: "x", or the long table's x column when the formula is written in
+    its name ("top*dose/(ec50 + dose)" with --x dose), as gf.fit_many reads it."""
+    parsed = getattr(model, "parsed", None)
+    if parsed is not None and args.id_column and args.x_cols:
+        used = parsed.rhs.names()
+        if args.x_cols in used and "x" not in used:
+            return args.x_cols
+    return "x"
 
 
 def starting_values(args, names: list[str], per_fit: dict):

@@ -32,6 +32,8 @@ def _command(name: str):
         from .fit_many import run_fit_many as run
     elif name == "tune":
         from .tune import run_tune as run
+    elif name == "compare":
+        from .compare import run_compare as run
     else:
         from .gradcheck import run_gradcheck as run
     return run

@@ -41,6 +41,12 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
     "--shared": ((), dict(action="append", default=[], metavar="NAME[,NAME]",
                           help="fit-many: parameters that take one value for every fit (global fitting: one "
                                "joint least-squares problem); repeatable or comma-separated")),
+    # model selection
+    "--criterion": ((), dict(default="aicc", choices=["aicc", "aic", "bic"],
+                             help="information criterion that ranks the candidates (default aicc)")),
+    "--starts": ((), dict(type=int, default=None, metavar="K",
+                          help="multistart: fit from K starts (the init or guess and a seeded Sobol design over the "
+                               "bounds, log-spread where a bound is missing) in one batch; keep the best")),
     # weights
     "--sigma": ((), dict(metavar="COL", help="column of per-point standard deviations (weights 1/sigma^2)")),
     "--absolute-sigma": ((), dict(action="store_true",
@@ -159,6 +165,7 @@ def _add_fit(sub) -> None:
     p.add_argument("model", help="formula 'y ~ a*x + b', a built-in name (gaussian, poly:3, ...) or mlp")
     _add_estimation_options(p, out_what="model.json, history.csv, fit.png, loss.png (and checkpoints) into DIR",
                             max_iter=_FIT_MAX_ITER, tol=_FIT_TOL)
+    add_options(p.add_argument_group("multistart"), ["--starts"])
     ck = p.add_argument_group("checkpoints")
     ck.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                     help="with --out: save a checkpoint every N epochs (and every --checkpoint-seconds, and on "
@@ -182,14 +189,30 @@ def _add_fit_many(sub) -> None:
                         help="long table (one row per point): the column naming each fit; needs --x and --y")
     _group(p, "columns")
     _group(p, "parameters", skip=("--tie",))
-    _group(p, "solver", defaults={"--tol": "1e-4", "--max-iter": "25 Levenberg-Marquardt iterations"})
+    _group(p, "solver", defaults={"--tol": "1e-4", "--max-iter": "25 Levenberg-Marquardt iterations per fit; 200 joint "
+                                                           "iterations with --shared"})
     add_options(p.add_argument_group("estimator"), ["--loss"])
     add_options(p.add_argument_group("global fitting"), ["--shared"])
+    add_options(p.add_argument_group("multistart"), ["--starts", "--seed"])
     batching = p.add_argument_group("batching")
     batching.add_argument("--chunk-size", type=int, default=None, metavar="N", help="fits per batch on the device")
     batching.add_argument("--compile", default="auto", choices=["auto", "yes", "no"],
                         help="torch.compile the batched step (default auto: large batches)")
     _group(p, "output", what="the per-fit table to FILE (.csv, .npz or .parquet)", metavar={"--out": "FILE"})
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="fit candidate models to one data file and rank them by AICc, AIC or BIC")
+    p.add_argument("data", help="CSV/TSV (header row), .npz or .parquet")
+    p.add_argument("models", nargs="+", metavar="model",
+                   help="candidate models: formulas 'y ~ a*exp(-k*x)' or built-in names (gaussian, poly:2, ...)")
+    add_options(p.add_argument_group("selection"), ["--criterion"])
+    _group(p, "columns")
+    _group(p, "parameters", skip=("--tie",))
+    _group(p, "weights")
+    _group(p, "solver", defaults={"--tol": _FIT_TOL, "--max-iter": _FIT_MAX_ITER})
+    add_options(p.add_argument_group("estimator"), ["--loss", "--nan-policy"])
+    add_options(p.add_argument_group("output"), ["--json", "--no-progress"])
 
 
 def _add_predict(sub) -> None:
@@ -246,6 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gradfit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_fit, _add_predict, _add_tune, _add_fit_many, _add_gradcheck):
+    for add in (_add_demo, _add_fit, _add_predict, _add_tune, _add_fit_many, _add_compare, _add_gradcheck):
         add(sub)
     return parser

@@ -20,11 +20,13 @@ from ..lsq.problem import LeastSquaresProblem, linear_reason
 from ..models import FormulaModel, resolve_model
 from ..models.neural import MLPSpec
 from ..models.parameters import ParameterSpace, ParameterSpec, refuse_inputs_as_parameters
+from ..models.starts import formula_start_space
 from ..options import FitOptions, device_name, dtype_name
 from .crossval import cross_validate
 from .first_order import module_objective, scalar_objective, tensors, train_first_order, working_dtype
 from .keywords import FIT_KEYWORDS, options_from_keywords
 from .least_squares import least_squares_fit, poisson_fit, with_poisson_uncertainty, with_uncertainty
+from .multistart import best_start, check_starts
 
 __all__ = ["fit", "resolve_dtype", "resolve_device", "choose_method", "FitSetup"]
 
@@ -84,6 +86,7 @@ class FitSetup:
     weighted: bool = False
     callbacks: tuple = ()
     checkpointer: Any = None
+    multistart: tuple = (None, "sobol")  # (starts, design): gf.fit(starts=K)
 
     def for_fold(self) -> "FitSetup":
         """Cross-validation folds run without the caller's callbacks and checkpoints."""
@@ -144,7 +147,8 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         callbacks: Sequence = (), nan_policy: str = "raise", hidden: Sequence[int] = (64,),
         activation: str = "tanh", penalty: Mapping | None = None, input_noise: float = 0.0,
         early_stopping=None, schedule=None, cv: int | None = None, cv_groups=None, cv_split: str = "random",
-        checkpoint=None, resume: bool = False, threads: int | None = None, options: FitOptions | None = None):
+        checkpoint=None, resume: bool = False, threads: int | None = None, options: FitOptions | None = None,
+        starts: int | None = None, start_design: str = "sobol"):
     """Estimate a model's parameters from input/output pairs.
 
     Parameters
@@ -159,8 +163,12 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         name (x="Time (s)"); formulas need identifier names.
     x, y : inputs (array, tensor, or dict of named inputs) and targets. With ``data`` (a
         DataFrame or dict of columns) use a "response ~ expression" formula instead.
-    init : starting values by name; missing ones come from the model's guess (1.0 for
-        formulas, data-driven for built-in curves).
+    init : starting values by name; missing ones come from the model's guess (built-in curves),
+        or the best of 513 candidates by chi-square (a formula's parameter without bounds;
+        :func:`gradfit.models.starts.formula_start`).
+    starts, start_design : multistart: K starts ("sobol" or "lhs", seeded by ``seed``; see
+        :mod:`gradfit.fitting.multistart`) as one batch; the fit finishes from the best, and
+        ``result.multistart`` counts starts converged, reaching the best, and distinct minima.
     optimizer : "auto" (default: direct solve or Levenberg-Marquardt for least squares,
         adam otherwise), "lm", "linear", or any torch.optim name ("sgd", "adam", "lbfgs", ...).
         Full-batch "lbfgs" stops with status "converged" once an epoch ends on L-BFGS's own
@@ -171,7 +179,8 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         "auto"); weights= are frequency weights, sigma= is refused; standard errors are the
         Cramer-Rao bound (inverse Fisher information, never rescaled); ``stats`` holds the
         deviance, loglike, AIC/BIC from the likelihood and Pearson's chisqr (redchi = chisqr/dof).
-    bounds, fixed, tie : ``{"w": (0, None)}``, ``["b"]``, ``{"c": "2*a"}``.
+    bounds, fixed, tie : ``{"w": (0, None)}``, ``["b"]`` (held at its init) or ``{"b": 0.5}`` (held
+        at 0.5, over init), ``{"c": "2*a"}``.
     sigma, absolute_sigma : per-point standard deviations (weights 1/sigma^2); with
         absolute_sigma the covariance is not rescaled by the reduced chi-square.
     normalize : precondition the optimizer (see :mod:`gradfit.optim.precondition`); reported
@@ -229,6 +238,10 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     >>> r.method, round(r.params["w"], 3), round(r.stderr["w"], 3)
     ('linear', 2.1, 0.058)
     """
+    if isinstance(init, str):  # "guess", as fit_many and the CLI take it: the default start
+        if init != "guess":
+            raise ConfigError(f"init must be a dict of starting values or 'guess', got {init!r}")
+        init = None
     values = (loss, optimizer, lr, epochs, batch_size, normalize, val_fraction, seed, gradient, dtype, device,
               log_every, progress, absolute_sigma, max_iter, optimizer_options, tol, nan_policy, hidden, activation,
               penalty, input_noise, early_stopping, schedule, cv, cv_split, checkpoint, resume, threads)
@@ -246,6 +259,7 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         raise ConfigError(f"loss={loss_fn.name!r} takes no sigma: counts carry their own variance (the mean); "
                           "drop sigma= (weights= are frequency weights)")
     weights = weights_from_sigma(weights, sigma)
+    multistart = (check_starts(starts, start_design), start_design)
     torch_dtype, dev = _resolved(training.dtype, training.device)
     spec = resolve_model(model, hidden=options.hidden, activation=options.activation)
     bound, arrays = prepare_arrays(spec, x, y, data=data, weights=weights, nan_policy=options.nan_policy)
@@ -257,16 +271,16 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     with intra_op_threads(choose_threads(training.threads, _step_elements(bound, arrays, training.batch_size))):
         return _fit_arrays(bound, arrays, options, loss_fn, torch_dtype, dev, init=init, bounds=bounds, fixed=fixed,
                            tie=tie, weighted=weights is not None, callbacks=callbacks, checkpoint=checkpoint,
-                           cv_groups=cv_groups)
+                           cv_groups=cv_groups, multistart=multistart)
 
 
 def _fit_arrays(bound, arrays, options, loss_fn, torch_dtype, dev, *, init, bounds, fixed, tie, weighted, callbacks,
-                checkpoint, cv_groups):
+                checkpoint, cv_groups, multistart=(None, "sobol")):
     """The rest of :func:`fit` once the data are checked: split, fit, cross-validate."""
     training = options.training
     setup = FitSetup(loss_fn, torch_dtype, dev, init=init, bounds=bounds, fixed=fixed, tie=tie,
                      weighted=weighted, callbacks=tuple(callbacks),
-                     checkpointer=_checkpointer(checkpoint, options.checkpoint))
+                     checkpointer=_checkpointer(checkpoint, options.checkpoint), multistart=multistart)
     train_arr, val_arr = arrays, None
     if training.val_fraction:
         train_idx, val_idx = train_val_indices(arrays.n, training.val_fraction, training.seed)
@@ -367,8 +381,8 @@ def _fit_split(bound, train_arr, val_arr, notes, options: FitOptions, setup: Fit
     if not scalar:
         if training.gradient == "analytic":
             raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
-        if setup.bounds or setup.fixed or setup.tie:
-            raise ConfigError("bounds, fixed and tie apply to named scalar parameters, not to networks")
+        if setup.bounds or setup.fixed or setup.tie or setup.multistart[0]:
+            raise ConfigError("bounds, fixed, tie and starts apply to named scalar parameters, not to networks")
         method, reason = choose_method(training.optimizer, bound, loss_fn, training.batch_size, None, regularized)
         dtype, extra = working_dtype(setup.dtype, train_arr)
         train, val = tensors(train_arr, val_arr, dtype, setup.device)
@@ -381,6 +395,9 @@ def _fit_split(bound, train_arr, val_arr, notes, options: FitOptions, setup: Fit
         raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
     space = _parameter_space(bound, train_arr, train_arr.n, setup.init, setup.bounds, setup.fixed, setup.tie)
     method, reason = choose_method(training.optimizer, bound, loss_fn, training.batch_size, space, regularized)
+    if setup.multistart[0]:
+        space, settings["multistart"] = best_start(bound, space, train_arr, loss_fn, setup.multistart[0],
+                                                   seed=training.seed, design=setup.multistart[1])
     settings.update(method=method, method_reason=reason, init=dict(space.values), **space.describe())
     if method in _DIRECT:
         # least squares runs in float64 on the CPU whatever dtype and device ask for training
@@ -452,6 +469,8 @@ def _parameter_space(model, train_arr, n_train, init, bounds, fixed, tie):
         space = _init_formula_space(model, tuple(init.items()))
     else:
         space = _configured_space(model, train_arr, init, bounds, fixed, tie)
+    if type(model) is FormulaModel and not model.linear_in_params:
+        space = formula_start_space(model, space, train_arr, init, bounds)
     if n_train < len(space.free):
         raise DataError(f"{n_train} training points cannot determine {len(space.free)} parameters "
                         f"({', '.join(space.free)}); add data or fix parameters")

@@ -49,6 +49,26 @@ def check_shared(shared, names, theta0: np.ndarray, lower: np.ndarray, upper: np
     return shared
 
 
+def shared_guess(theta0: np.ndarray, names, shared, init, fixed) -> np.ndarray:
+    """theta0 with each shared parameter that was guessed per fit (init="guess", or a dict
+    without it, for a built-in model) started at the median of its guesses, one value for
+    the batch; values the user gave are left for :func:`check_shared` to judge."""
+    from collections.abc import Mapping
+
+    if isinstance(shared, str):
+        shared = [s.strip() for s in shared.split(",") if s.strip()]
+    given = set(init) if isinstance(init, Mapping) else set() if isinstance(init, str) else set(names)
+    given |= set(fixed) if isinstance(fixed, (Mapping, list, tuple)) else {fixed} if fixed else set()
+    theta0 = np.array(theta0, dtype=float)
+    for s in shared:
+        if s in names and s not in given:
+            j = names.index(s)
+            finite = theta0[:, j][np.isfinite(theta0[:, j])]
+            if finite.size:
+                theta0[:, j] = np.median(finite)
+    return theta0
+
+
 def fit_shared(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray,
                lower: np.ndarray, upper: np.ndarray, free: np.ndarray, *, tol: float, max_iter: int, dtype, device,
                threads=None, chunk_size=None, likelihood: str | None = None):

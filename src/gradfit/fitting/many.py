@@ -10,6 +10,7 @@ the engine (lsq/batched.py: chunks, compile cache, batched Levenberg-Marquardt) 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 
@@ -26,11 +27,12 @@ DEFAULT_MAX_ITER = 25
 GLOBAL_MAX_ITER = 200
 
 
-def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Mapping | None = None, fixed=None,
+def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bounds: Mapping | None = None, fixed=None,
              tie=None, weights=None, sigma=None, mask=None, loss: str = "mse", method: str = "lm",
              tol: float | None = None, max_iter: int | None = None, dtype="float32", device="auto",
              chunk_size: int | None = None, compile="auto", progress=None, threads: int | None = None,
-             shared=None):
+             shared=None, models=None, criterion: str | None = None, starts: int | None = None,
+             seed: int | None = None, start_design: str = "sobol"):
     """Fit one model to each row of ``y`` independently (batched Levenberg-Marquardt).
 
     Parameters
@@ -49,7 +51,8 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
         its bounds; guessed ones are moved inside.
     bounds : dict name -> (min, max), scalars or (B,) arrays; None for no limit. Steps are
         projected onto the box.
-    fixed : names held at their init value.
+    fixed : names held at their init value, or a dict name -> value (scalar or (B,)) to hold
+        each at (it wins over init).
     tie : not supported by fit_many (ConfigError); use :func:`gradfit.fit` per fit.
     shared : names (a list, or one comma-separated string) of parameters that take one value
         for the whole batch (global fitting): the fits are then solved jointly by
@@ -64,6 +67,10 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
         likelihood (stderr from the inverse joint Fisher information; joint_stats add deviance
         and loglike); if the start has a mean <= 0 at a point with data in any fit, every fit
         starts from the joint least-squares fit.
+    starts, seed, start_design : multistart: every fit runs from K starts (its init, and a
+        "sobol" or "lhs" design seeded by ``seed``, default 0; see :mod:`gradfit.fitting.multistart`),
+        all K x B in one batch; each keeps its best converged start. ``r.multistart`` holds
+        starts (K) and per-fit (B,) converged, reached_best, distinct_minima.
     weights, sigma : (M,) or (B, M); weights = 1/sigma^2 (sigma must be positive).
     loss : "mse" (least squares) or "poisson": maximum likelihood for counts ``y`` >= 0
         (the Poisson deviance, Gpufit's MLE estimator, by Fisher scoring). ``weights`` are
@@ -91,6 +98,12 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     threads : intra-op CPU threads while fitting, or None ("auto": one thread for small batches,
         as :func:`gradfit.fit`, else the process's setting; on a machine busy with other work,
         ``threads=1`` avoids waiting at the thread pool's barrier).
+    models, criterion : instead of ``model``, candidate models (as for :func:`gradfit.compare`):
+        each is fitted to every row (one batch per candidate) and each fit keeps the candidate
+        with the lowest ``criterion`` ("aicc" (default), "aic" or "bic") among those that
+        converged: ``r.model_index`` (B,) (-1 where none converged), ``r.models`` (labels),
+        ``r.criteria`` (B, candidates) and params over the union of names, NaN where the chosen
+        model has no such parameter (fitting/compare_many.py).
 
     Returns
     -------
@@ -109,6 +122,11 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     >>> np.round(r.params["a"], 4).tolist(), r.converged.tolist()
     ([2.0, -1.0], [True, True])
     """
+    if models is not None or criterion is not None:  # the best candidate per fit (fitting/compare_many.py)
+        keywords = {k: v for k, v in locals().items() if k not in ("model", "models", "criterion")}
+        from .compare_many import fit_candidates
+
+        return fit_candidates(fit_many, model, models, criterion, keywords)
     from .._threads import check_threads, choose_threads, intra_op_threads
     from ..models import resolve_model
     from .fit import resolve_device, resolve_dtype
@@ -119,6 +137,11 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     if loss == "poisson" and sigma is not None:
         raise ConfigError("loss='poisson' takes no sigma: the counts' variance is their mean; pass weights= "
                           "(frequency weights) or mask= to weight or exclude points")
+    from .multistart import check_starts, solve_multistart
+
+    starts = check_starts(starts, start_design)
+    if starts and shared:
+        raise ConfigError("starts= does not combine with shared= (one joint fit); fit without shared to find starts")
     if tie:
         raise ConfigError("fit_many does not support tie; substitute the tie into the formula (e.g. replace c "
                           "by 2*a) or fit one by one with gf.fit(..., tie=...)")
@@ -148,8 +171,9 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     names = bound.param_names
     theta0, lower, upper, free = _parameters(bound, init, bounds, fixed, inputs, y_arr, w_arr)
     if shared:  # one joint problem (fitting/global_many.py)
-        from .global_many import fit_shared
+        from .global_many import fit_shared, shared_guess
 
+        theta0 = shared_guess(theta0, names, shared, init, fixed)
         result = fit_shared(bound, names, shared, inputs, y_arr, w_arr, theta0, lower, upper, free, tol=tol,
                             max_iter=max_iter, dtype=torch_dtype, device=dev, threads=threads, chunk_size=chunk_size,
                             likelihood=likelihood)
@@ -171,12 +195,23 @@ def fit_many(model, x=None, y=None, *, data=None, id=None, init=None, bounds: Ma
     # 126k on one; on a busy machine one thread wins, so threads=1 is the remedy there)
     elements = min(len(y_arr), chunk_size or 32_768) * y_arr.shape[-1] * max(1, len(names))
     with intra_op_threads(choose_threads(threads, elements) if dev.type == "cpu" else threads):
-        solution = solve_batched(bound, names, local, y_arr[block], w_arr[block], theta0[block], lower[block],
-                                 upper[block], free, tol=tol, max_iter=max_iter, dtype=torch_dtype, device=dev,
-                                 chunk_size=chunk_size, compile=compile, progress=progress, likelihood=likelihood)
+        solve, multistart = solve_batched, None
+        if starts:
+            solve = functools.partial(solve_multistart, starts=starts, seed=seed or 0, design=start_design)
+        solution = solve(bound, names, local, y_arr[block], w_arr[block], theta0[block], lower[block],
+                         upper[block], free, tol=tol, max_iter=max_iter, dtype=torch_dtype, device=dev,
+                         chunk_size=chunk_size, compile=compile, progress=progress, likelihood=likelihood)
+        if starts:
+            solution, multistart = solution
+            multistart.pop("best_start"), multistart.pop("best_index")
     if likelihood:
         _warn_infeasible_starts(solution, start)
-    result = gather_result(_batch_result(bound, names, solution, free), len(y_arr))
+    result = _batch_result(bound, names, solution, free)
+    if multistart:
+        import dataclasses
+
+        result = dataclasses.replace(result, multistart=multistart)
+    result = gather_result(result, len(y_arr))
     result.timings["total_s"] = time.perf_counter() - t0
     if ids is not None:
         import dataclasses
@@ -325,7 +360,8 @@ def _batch_result(model, names, solution, free):
     return BatchResult(param_names=tuple(names), params={n: solution.params[:, j] for j, n in enumerate(names)},
                        stderr={n: solution.stderr[:, j] for j, n in enumerate(names)}, stats=stats,
                        status=solution.status, iterations=solution.iterations, model_text=model.describe(),
-                       timings=solution.timings, loss="mse" if solution.likelihood is None else "poisson")
+                       timings=solution.timings, loss="mse" if solution.likelihood is None else "poisson",
+                       covariance=solution.covariance, model=model)
 
 
 def _check_counts(y, w) -> None:

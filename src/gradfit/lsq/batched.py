@@ -39,17 +39,8 @@ from ..models.jacobian import batch_residual_and_jacobian
 from ..optim.batch_lm import residual_floor2
 from ..stats import RANK_TOL, stationary_threshold
 from ..status import Status
-from .compiled import (
-    COMPILE_FAILED,
-    COMPILED,
-    chunk_mode,
-    compile_key,
-    is_compile_failure,
-    quiet,
-    traceable_residual_and_jacobian,
-    want_compile,
-    worth_compiling,
-)
+from .compiled import (COMPILE_FAILED, COMPILED, chunk_mode, compile_key, is_compile_failure, quiet,
+                       traceable_residual_and_jacobian, want_compile, worth_compiling)
 from .end_points import check_end_points, clear_end_points, likelihood_statistics, weighted_at
 
 __all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "CPU_CHUNK_BYTES", "BatchedSolution", "solve_batched"]
@@ -80,6 +71,7 @@ class BatchedSolution:
     at_bound : (B, P) bool, a free parameter that ended exactly on one of its bounds (an active
         bound, as gf.fit reports in its notes).
     likelihood : None, or (likelihood="poisson") float64 deviance, pearson, loglike (B,) at params.
+    covariance : (B, P, P) in the working dtype, from the kernel's last normal matrix (0 for fixed).
     """
 
     params: np.ndarray
@@ -91,6 +83,7 @@ class BatchedSolution:
     timings: dict = field(default_factory=dict)
     at_bound: np.ndarray | None = None
     likelihood: dict | None = None
+    covariance: np.ndarray | None = None
 
 
 def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray, lower: np.ndarray,
@@ -132,11 +125,13 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     use_compile = want_compile(compile, n_fits, device)
     params = np.empty((n_fits, p))
     stderr = np.empty((n_fits, p))
+    covariance = np.empty((n_fits, p, p), dtype=np.float64 if itemsize == 8 else np.float32)
     chisqr = np.empty(n_fits)
     status = np.empty(n_fits, dtype=np.int8)
     iterations = np.empty(n_fits, dtype=np.int32)
     n_used = (w > 0).sum(axis=1)
     free_t = tuple(float(v) for v in free)
+    held = ~np.asarray(free, dtype=bool)[None, :]  # fixed parameters keep the user's float64 value
     floor = max(RANK_TOL**2, _SCREEN_SAFETY * float(torch.finfo(dtype).eps))
     warmup = 0.0
     compiled_chunks = 0
@@ -147,7 +142,8 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     for lo in range(0, n_fits, chunk):
         sl = slice(lo, min(lo + chunk, n_fits))
         start = _off_flat_bounds(model, names, fused, inputs, y, w, sl, theta0, lower, upper, free, device)
-        tensors = _chunk_tensors(inputs, y[sl], w[sl], start, lower[sl], upper[sl], n_used[sl], free_t,
+        chunk_inputs = {k: (v[sl] if v.ndim == 2 else v) for k, v in inputs.items()}  # per-fit x: this chunk's rows
+        tensors = _chunk_tensors(chunk_inputs, y[sl], w[sl], start, lower[sl], upper[sl], n_used[sl], free_t,
                                  dtype, device, likelihood)
         key = compile_key(model, names, fused, tensors, tol)
         mode = chunk_mode(use_compile, key)
@@ -160,11 +156,12 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         if ran_compiled and fresh:
             warmup += first_iter_s
         compiled_chunks += ran_compiled
-        se, full_rank = _finish_chunk(ran_compiled, state, tensors["n_used"], free_t, floor, likelihood)
+        se, full_rank, cov = _finish_chunk(ran_compiled, state, tensors["n_used"], free_t, floor, likelihood)
         if ran_compiled and key in COMPILE_FAILED:
             notes["compile"] = f"torch.compile failed for this model; ran eagerly ({COMPILE_FAILED[key]})"
-        params[sl] = _on_bounds(state.theta, tensors, lower[sl], upper[sl])
+        params[sl] = np.where(held, theta0[sl], _on_bounds(state.theta, tensors, lower[sl], upper[sl]))
         stderr[sl] = se.double().cpu().numpy()
+        covariance[sl] = cov.cpu().numpy()
         chisqr[sl] = state.chi2.double().cpu().numpy()
         st = state.status.cpu().numpy()
         status[sl] = np.where(st < 0, Status.MAX_ITERATIONS.code, st)
@@ -190,7 +187,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
                "compiled": compiled_chunks > 0 and "compile" not in notes, "device": str(device), "chunk_size": chunk,
                **notes}
     at_bound = ((params == lower) | (params == upper)) & np.asarray(free, dtype=bool)[None, :]
-    solution = BatchedSolution(params, stderr, chisqr, n_used, status, iterations, timings, at_bound, extra)
+    solution = BatchedSolution(params, stderr, chisqr, n_used, status, iterations, timings, at_bound, extra, covariance)
     bad = np.nonzero((status == Status.NOT_FINITE.code) & (iterations <= 1))[0] if likelihood and restart else ()
     if len(bad):
         _restart_from_least_squares(solution, bad, model, names, inputs, y, w, theta0, lower, upper, free,
@@ -206,7 +203,7 @@ def _restart_from_least_squares(solution, bad, model, names, inputs, y, w, theta
     ls = solve_batched(model, names, *sub, theta0[bad], *box, **{**kw, "likelihood": None})
     start = np.where(np.isfinite(ls.params), ls.params, theta0[bad])
     again = solve_batched(model, names, *sub, start, *box, **kw, restart=False)
-    for name in ("params", "stderr", "chisqr", "status", "at_bound"):
+    for name in ("params", "stderr", "chisqr", "status", "at_bound", "covariance"):
         getattr(solution, name)[bad] = getattr(again, name)
     solution.iterations[bad] = again.iterations + ls.iterations
     for k, v in solution.likelihood.items():
@@ -452,8 +449,8 @@ def _on_bounds(theta, tensors, lower: np.ndarray, upper: np.ndarray) -> np.ndarr
 
 
 def _finish(a, chi2, n_used, free, floor: float, likelihood=None):
-    """Standard errors (B, P) and, per fit, whether the working-precision normal matrix
-    proves the Jacobian full rank.
+    """Standard errors (B, P), per fit whether the working-precision normal matrix proves
+    the Jacobian full rank, and the covariance (B, P, P) (optim/batch_solve.covariance_matrices).
 
     With M = D^-1 A D^-1 over the F free parameters (unit diagonal), lambda_max(M) <= trace(M)
     = F and lambda_min(M) >= 1 / trace(M^-1), and diag(M^-1) = diag(A^-1) * diag(A). So
@@ -464,7 +461,7 @@ def _finish(a, chi2, n_used, free, floor: float, likelihood=None):
     import torch
 
     from ..optim.batch_lm import standard_errors
-    from ..optim.batch_solve import inverse_diagonal
+    from ..optim.batch_solve import covariance_matrices, inverse_diagonal
 
     var_unit, ok = inverse_diagonal(a, free)
     se = standard_errors(a, chi2, n_used, free, (var_unit, ok), likelihood=likelihood)
@@ -472,7 +469,7 @@ def _finish(a, chi2, n_used, free, floor: float, likelihood=None):
     diag = torch.diagonal(a, dim1=-2, dim2=-1)
     trace_inv = (var_unit * diag).sum(-1)
     full_rank = ok & torch.isfinite(trace_inv) & (n_free * trace_inv < 1.0 / floor)
-    return se, full_rank
+    return se, full_rank, covariance_matrices(a, chi2, n_used, free, likelihood=likelihood)
 
 
 def _finish_chunk(use_compile: bool, state, n_used, free, floor: float, likelihood=None):

@@ -109,6 +109,8 @@ class ParameterSpec:
                n_fits: int | None = None) -> "ParameterSpec":
         names = tuple(names)
         per_fit = n_fits is not None
+        if isinstance(fixed, Mapping):  # {"k": 0.8}: held at that value (it wins over init, as `--fix k=0.8`)
+            init = {**(init or {}), **fixed}
         fixed = [fixed] if isinstance(fixed, str) else list(fixed or ())
         # fixed first: a fixed value is also an init value (`--fix c=1`), and the option the user
         # wrote is the one to name

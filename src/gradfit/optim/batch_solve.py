@@ -11,7 +11,7 @@ active bound) are identity rows with a zero right side. Used by :mod:`gradfit.op
 
 from __future__ import annotations
 
-__all__ = ["UNROLL_MAX", "damped_solve", "inverse_diagonal"]
+__all__ = ["UNROLL_MAX", "damped_solve", "inverse_diagonal", "covariance_matrices"]
 
 #: above this many parameters the normal matrix is built by a batched matrix product and
 #: factored by batched LAPACK (torch.linalg.cholesky_ex); at or below, the unrolled
@@ -148,3 +148,26 @@ def inverse_diagonal(a, free):
         diag.append(col[:, j])
         ok = ok & good
     return torch.stack(diag, dim=-1), ok
+
+
+def covariance_matrices(a, chi2, n_points, free, *, likelihood: str | None = None):
+    """Per-fit covariance (B, P, P) of the parameters: A^-1 * chi2 / dof (least squares, the
+    scale :func:`gradfit.optim.batch_lm.standard_errors` uses), or A^-1 unscaled with a
+    ``likelihood`` (A the Fisher information: the Cramer-Rao bound). Rows and columns of fixed
+    parameters are 0; a fit whose A does not factor, whose dof < 1 (least squares) or whose
+    chi-square is not finite is NaN. The inverse is the solve of A X = I by the same Cholesky
+    as :func:`damped_solve` (unrolled up to ``UNROLL_MAX`` parameters, batched LAPACK above)."""
+    import torch
+
+    p = a.shape[-1]
+    eye = torch.eye(p, dtype=a.dtype, device=a.device).expand(a.shape[0], p, p)
+    inverse, ok = damped_solve(a, -eye, torch.zeros_like(chi2), free)  # damped_solve solves A d = -g
+    inverse = 0.5 * (inverse + inverse.transpose(-1, -2))  # exactly symmetric
+    if likelihood is None:
+        scale = chi2 / (n_points - float(sum(free)))
+        ok = ok & (n_points - float(sum(free)) >= 1)
+    else:
+        scale = torch.ones_like(chi2)
+    ok = ok & torch.isfinite(scale) & torch.isfinite(chi2)
+    cov = inverse * scale[:, None, None]
+    return torch.where(ok[:, None, None], cov, torch.full_like(cov, float("nan")))

@@ -68,6 +68,18 @@ class BatchResult:
     shared: dict = field(default_factory=dict)
     shared_stderr: dict = field(default_factory=dict)
     joint_stats: dict = field(default_factory=dict)
+    #: fit_many(starts=K): starts (K) and (B,) converged, reached_best, distinct_minima; else empty
+    multistart: dict = field(default_factory=dict)
+    #: (B, P, P) each fit's parameter covariance (0 for fixed; NaN where undetermined), or None
+    covariance: np.ndarray | None = None
+    #: the fitted model (bound to its inputs); not saved: :meth:`band` rebuilds formulas and built-ins
+    model: object = field(default=None, repr=False, compare=False)
+    #: fit_many(models=...): (B,) the chosen candidate per fit (-1: none converged), the candidates'
+    #: labels, (B, candidates) their criterion values (NaN where not converged), and its name
+    model_index: np.ndarray | None = None
+    models: tuple = ()
+    criteria: np.ndarray | None = None
+    criterion: str = ""
 
     def __len__(self) -> int:
         return len(self.status)
@@ -107,6 +119,13 @@ class BatchResult:
         pairs = sorted(zip(counts.tolist(), codes.tolist()), key=lambda t: (-t[0], t[1]))
         return {STATUS_NAMES.get(c, str(c)): n for n, c in pairs}
 
+    def band(self, x, level: float = 0.95, kind: str = "confidence", *, sigma=None, model=None):
+        """(lower, upper), each (B, M): every fit's confidence or prediction band at ``x`` ((M,)
+        or (B, M), a dict for several inputs); see :func:`gradfit.results.bands.batch_band`."""
+        from .bands import batch_band
+
+        return batch_band(self, x, level, kind, sigma=sigma, model=model)
+
     # -- text --------------------------------------------------------------------------------------
     def summary(self) -> str:
         """Model, status counts, speed and each parameter's median over the converged fits."""
@@ -118,7 +137,7 @@ class BatchResult:
         lines.extend(self._shared_lines(max(len(n) for n in self.param_names)))
         ok = self.converged
         for name in self.param_names:
-            v = self.params[name][ok]
+            v = self.params[name][ok & ~np.isnan(self.params[name])]  # NaN: not in the chosen model (models=)
             if v.size:
                 lines.append(f"  {name:<8} median {np.median(v):.6g}  (2.5%..97.5%: {np.percentile(v, 2.5):.4g} .. "
                              f"{np.percentile(v, 97.5):.4g})")
@@ -145,7 +164,10 @@ class BatchResult:
             lines.extend(self._shared_lines(width))
             lines.append("parameters (converged fits)")
             for name in self.param_names:
-                v, se = self.params[name][ok], self.stderr[name][ok]
+                has = ok & ~np.isnan(self.params[name])  # NaN: not in the chosen model (models=)
+                v, se = self.params[name][has], self.stderr[name][has]
+                if not v.size:
+                    continue
                 lines.append(f"  {name:<{width}}  median {np.median(v):.6g}  spread {np.percentile(v, 2.5):.4g} .. "
                              f"{np.percentile(v, 97.5):.4g}  stderr median {_med(se)}")
         return "\n".join(lines)
@@ -167,7 +189,12 @@ class BatchResult:
         return lines
 
     def _fits_line(self) -> str:
-        return f"fits       {len(self)}: " + ", ".join(f"{v} {k}" for k, v in self.status_counts().items())
+        line = f"fits       {len(self)}: " + ", ".join(f"{v} {k}" for k, v in self.status_counts().items())
+        if self.models:  # fit_many(models=...): how often each candidate won
+            won = [f"{int((self.model_index == j).sum())} {m}" for j, m in enumerate(self.models)]
+            won.append(f"{int((self.model_index < 0).sum())} none")
+            line += f"\nchosen     by {self.criterion.upper()}: " + ", ".join(won)
+        return line
 
     # -- tables ------------------------------------------------------------------------------------
     def columns(self) -> dict:
@@ -188,6 +215,8 @@ class BatchResult:
         rest = dict(n=st["n"], dof=st["dof"], chisqr=st["chisqr"], redchi=st["redchi"], aic=st["aic"],
                     bic=st["bic"], **{k: st[k] for k in _LIKELIHOOD_KEYS if k in st},
                     iterations=self.iterations, status=self.status_text, converged=self.converged)
+        if self.models:  # fit_many(models=...): the chosen candidate's label per fit ("" for none)
+            rest["model"] = np.array([self.models[i] if i >= 0 else "" for i in self.model_index], dtype=object)
         rename = (lambda k: f"result_{k}" if k in params else k)
         return {**{rename(k): v for k, v in fixed.items()}, **params, **{rename(k): v for k, v in rest.items()}}
 
@@ -208,6 +237,9 @@ class BatchResult:
         for n in self.param_names:
             out[f"param:{n}"] = self.params[n]
             out[f"stderr:{n}"] = self.stderr[n]
+        out.update({f"multistart:{k}": v for k, v in self.multistart.items() if k != "starts"})
+        if self.covariance is not None:
+            out["covariance"] = self.covariance
         return out
 
     def with_arrays(self, arrays: dict) -> "BatchResult":
@@ -216,7 +248,9 @@ class BatchResult:
             self, params={n: arrays[f"param:{n}"] for n in self.param_names},
             stderr={n: arrays[f"stderr:{n}"] for n in self.param_names},
             stats={k[len("stats:"):]: v for k, v in arrays.items() if k.startswith("stats:")},
-            status=arrays["status"], iterations=arrays["iterations"], timings=dict(self.timings))
+            status=arrays["status"], iterations=arrays["iterations"], timings=dict(self.timings),
+            multistart={**self.multistart, **{k[11:]: v for k, v in arrays.items() if k.startswith("multistart:")}},
+            covariance=arrays.get("covariance", self.covariance))
 
     # -- files -------------------------------------------------------------------------------------
     def save(self, path) -> None:
@@ -259,6 +293,11 @@ class BatchResult:
             doc["shared_stderr"] = np.array([self.shared_stderr.get(n, np.nan) for n in self.shared], dtype=float)
             doc["joint_stats_keys"] = np.array(list(self.joint_stats), dtype=str)
             doc["joint_stats_values"] = np.array(list(self.joint_stats.values()), dtype=float)
+        if self.models:  # fit_many(models=...): the choice per fit and every candidate's criterion
+            doc.update(models=np.array(self.models, dtype=str), model_index=np.asarray(self.model_index),
+                       criteria=np.asarray(self.criteria, dtype=float), criterion=np.asarray(self.criterion, dtype=str))
+        if self.multistart:
+            doc["multistart_starts"] = np.asarray(self.multistart["starts"])
         if self.ids is not None:  # text ids as a unicode array: no pickles
             ids = np.asarray(self.ids)
             doc["ids"] = ids.astype(str) if ids.dtype.kind in "OSU" else ids
@@ -317,9 +356,12 @@ def _from_npz(cls, path: Path) -> "BatchResult":
     base = cls(param_names=names, params={}, stderr={}, stats={}, status=flat["status"],
                iterations=flat["iterations"], model_text=str(arrays.get("model_text", "")),
                timings=parse_json(str(arrays["timings"])) if "timings" in arrays else {},
-               ids=_ids(arrays.get("ids")), loss=_loss(arrays.get("loss"), path), **_shared_of(arrays))
+               ids=_ids(arrays.get("ids")), loss=_loss(arrays.get("loss"), path), **_shared_of(arrays),
+               **_selection_of(arrays, len(flat["status"])),
+               multistart={"starts": int(arrays["multistart_starts"])} if "multistart_starts" in arrays else {})
     return base.with_arrays({k: v for k, v in flat.items() if k.startswith(("param:", "stderr:", "stats:",
-                                                                               "status", "iterations"))})
+                                                                               "status", "iterations", "covariance",
+                                                                               "multistart:"))})
 
 
 def _shared_of(arrays: dict) -> dict:
@@ -333,6 +375,19 @@ def _shared_of(arrays: dict) -> dict:
     return {"shared": {n: float(v) for n, v in zip(names, np.atleast_1d(arrays["shared_values"]))},
             "shared_stderr": {n: float(v) for n, v in zip(names, np.atleast_1d(arrays["shared_stderr"]))},
             "joint_stats": stats}
+
+
+def _selection_of(arrays: dict, n_fits: int) -> dict:
+    """model_index, models, criteria and criterion of a saved fit_many(models=...) (else nothing)."""
+    if "models" not in arrays:
+        return {}
+    models = tuple(str(m) for m in np.atleast_1d(arrays["models"]))
+    index, criteria = np.asarray(arrays["model_index"]), np.asarray(arrays["criteria"], dtype=float)
+    if index.shape != (n_fits,) or criteria.shape != (n_fits, len(models)) or index.max(initial=-1) >= len(models):
+        raise ValueError(f"the model choice arrays have shapes {index.shape} and {criteria.shape}, not ({n_fits},) "
+                         f"and ({n_fits}, {len(models)})")
+    return {"models": models, "model_index": index.astype(np.int64), "criteria": criteria,
+            "criterion": str(arrays.get("criterion", ""))}
 
 
 def _check_lengths(flat: dict, ids, path: Path) -> None:

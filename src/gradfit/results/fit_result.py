@@ -25,6 +25,15 @@ __all__ = ["FitResult", "load"]
 
 #: parameters shown by repr() before it abbreviates
 _REPR_PARAMS = 6
+#: interval methods that refit, registered by the fitting layer (results/ cannot import fitting/):
+#: name -> function(result, level, *, x, y, data, sigma, weights, **method options) -> {name: (lo, hi)}
+_REFIT_INTERVALS: dict = {}
+
+
+def register_interval_method(name: str, function) -> None:
+    """Make ``FitResult.ci(method=name)`` call ``function`` (fitting/bootstrap.py registers
+    "bootstrap" when :mod:`gradfit.fitting` is imported)."""
+    _REFIT_INTERVALS[name] = function
 
 
 def _short(text: str, limit: int) -> str:
@@ -106,11 +115,16 @@ class FitResult:
         return self.settings.get("method", self.settings.get("optimizer", ""))
 
     @property
+    def multistart(self) -> dict | None:
+        """gf.fit(starts=K): starts, converged, reached_best, distinct_minima, best_start (else None)."""
+        return self.settings.get("multistart")
+
+    @property
     def method_reason(self) -> str:
         return self.settings.get("method_reason", "")
 
     def ci(self, level: float = 0.95, method: str = "normal", *, x=None, y=None, data=None, sigma=None,
-           weights=None) -> dict:
+           weights=None, n: int = 1000, seed=0, kind: str | None = None, interval: str = "percentile") -> dict:
         """Confidence intervals {name: (low, high)} for the free parameters.
 
         Parameters
@@ -123,7 +137,11 @@ class FitResult:
             dof, t tends to z (1.96 at 95%); at dof = 3 it is 3.18. "profile": profile
             likelihood, refitting the other parameters with each one held at trial values until
             chi-square rises by z^2 * (reduced chi-square) (z^2 alone with absolute sigma).
-        x, y, data, sigma, weights : for method="profile" only: the data the fit was made with,
+            "bootstrap": ``n`` resampled refits in one fit_many batch, by
+            :func:`gradfit.bootstrap` (registered by :mod:`gradfit.fitting`, which ``gf.fit``
+            and ``gf.bootstrap`` load); ``seed``, ``kind`` ("residual", "pairs", "parametric")
+            and ``interval`` ("percentile", "basic", "bca") are passed on.
+        x, y, data, sigma, weights : for "profile" and "bootstrap": the data the fit was made with,
             passed as to :func:`gradfit.fit` (a result keeps no data, so this works the same on
             a fresh and on a loaded result). The problem is rebuilt from the model and the
             settings (bounds, fixed, tie, absolute_sigma, validation split).
@@ -170,8 +188,14 @@ class FitResult:
         if method == "normal":
             dof = (self.stats or {}).get("dof")
             return {n: wald_interval(self.params[n], self.stderr[n], level, dof, absolute) for n in self.free}
+        if method in _REFIT_INTERVALS:
+            return _REFIT_INTERVALS[method](self, level, x=x, y=y, data=data, sigma=sigma, weights=weights, n=n,
+                                            seed=seed, kind=kind, interval=interval)
+        if method == "bootstrap":
+            raise ConfigError("bootstrap intervals refit with gradfit.fitting, not loaded yet: call "
+                              "gf.bootstrap(r, x=..., y=...).ci(level), or import gradfit.fitting first")
         if method != "profile":
-            raise ConfigError(f"method must be 'normal' or 'profile', got {method!r}")
+            raise ConfigError(f"method must be 'normal', 'profile' or 'bootstrap', got {method!r}")
         from ..lsq.profile import profile_intervals, rebuild_problem
 
         problem = rebuild_problem(self.model, self.params, self.settings, self.stats, x=x, y=y, data=data,
@@ -210,6 +234,23 @@ class FitResult:
         with torch.no_grad():
             out = model.forward(tensors)
         return out.detach().cpu().double().numpy()
+
+    def band(self, x=None, level: float = 0.95, kind: str = "confidence", *, data=None, sigma=None):
+        """(lower, upper) float64 arrays at new inputs (as :meth:`predict` takes them): the
+        confidence band of the fitted curve, or with ``kind="prediction"`` where a new
+        observation falls (``sigma=``: its noise, for weighted fits). Delta method with the
+        exact Jacobian, t quantiles (z for absolute sigma and Poisson fits); the conventions
+        are in :mod:`gradfit.results.bands`.
+
+        >>> import gradfit as gf
+        >>> r = gf.fit("a*x + b", x=[0.0, 1.0, 2.0, 3.0], y=[1.0, 3.1, 4.9, 7.2])
+        >>> lo, hi = r.band([1.5], 0.95)
+        >>> bool(lo[0] < r.predict([1.5])[0] < hi[0])
+        True
+        """
+        from .bands import fit_band
+
+        return fit_band(self, self._inputs_for(x, data), level, kind, sigma=sigma)
 
     def _inputs_for(self, x, data) -> dict:
         from ..data.arrays import as_float_array
@@ -254,6 +295,8 @@ class FitResult:
             out["best_epoch"] = self.best_epoch
         if self.cv is not None:
             out["cv"] = {k: v for k, v in self.cv.items() if k != "params"}
+        if self.multistart is not None:
+            out["multistart"] = self.multistart
         return out
 
     # -- persistence and plots ----------------------------------------------------------
@@ -293,11 +336,12 @@ class FitResult:
         weights = None if self.model.scalar_params else self.model.module.state_dict()
         write_document(path, self.to_document(), weights, signing_key=signing_key)
 
-    def plot_fit(self, path, x=None, y=None):
-        """PNG of data, fitted curve and residuals (pass the data to show)."""
+    def plot_fit(self, path, x=None, y=None, band_level: float | None = 0.95):
+        """PNG of data, fitted curve (with its ``band_level`` confidence band where the fit has
+        one; None: no band) and residuals (pass the data to show)."""
         from .plot import plot_fit
 
-        return plot_fit(self, path, x, y)
+        return plot_fit(self, path, x, y, band_level)
 
     def plot_loss(self, path):
         """PNG of training (and validation) loss per epoch."""

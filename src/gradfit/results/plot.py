@@ -27,9 +27,11 @@ def _save(fig, path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_fit(result, path, x, y) -> None:
+def plot_fit(result, path, x, y, band_level: float | None = 0.95) -> None:
     """Data and fitted curve (single input) or predicted vs observed (several inputs),
-    with residuals underneath."""
+    with residuals underneath. A single-input fit with a parameter covariance (least squares
+    or a likelihood, named parameters) shows its ``band_level`` confidence band (shaded;
+    :meth:`FitResult.band`); ``band_level=None`` leaves it out. Networks have no band."""
     from ..errors import DataError
 
     plt = _pyplot()
@@ -46,6 +48,11 @@ def plot_fit(result, path, x, y) -> None:
         xv = np.asarray(next(iter(x.values())) if isinstance(x, dict) else x, dtype=float)
         grid = np.linspace(xv.min(), xv.max(), 400)
         curve = result.predict({names[0]: grid} if len(names) == 1 else grid)
+        band = _confidence_band(result, {names[0]: grid} if len(names) == 1 else grid, band_level) if band_level \
+            else None
+        if band is not None:
+            top.fill_between(grid, band[0], band[1], color="C1", alpha=0.25, lw=0,
+                             label=f"{band_level:.0%} confidence band")
         top.plot(xv, y, "o", ms=4, label="data")
         top.plot(grid, curve, "-", lw=2, label="fit")
         top.set_xlabel(names[0])
@@ -66,6 +73,72 @@ def plot_fit(result, path, x, y) -> None:
     bottom.set_ylabel("residual")
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_comparison(path, x, y, candidates, criterion: str) -> None:
+    """Candidate models over the same data: every converged candidate's curve labelled with its
+    criterion difference and Akaike weight (the best drawn boldest, with its confidence band),
+    and each one's residuals underneath. ``candidates``: (label, FitResult, delta, weight),
+    best first. Single-input data draw curves on a grid; several inputs draw predicted vs
+    observed."""
+    from ..errors import DataError
+
+    plt = _pyplot()
+    if x is None or y is None:
+        raise DataError("plotting a comparison needs the data: c.plot(path, x, y)")
+    y = np.asarray(y, dtype=float)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.8, 6.0), gridspec_kw={"height_ratios": [3, 1.4]})
+    single = (not isinstance(x, dict) or len(x) == 1) and y.ndim == 1
+    xv = np.asarray(next(iter(x.values())) if isinstance(x, dict) else x, dtype=float) if single else None
+    if single and xv.ndim == 1:
+        top.plot(xv, y, "o", ms=4, color="black", alpha=0.6, label="data")
+        grid = np.linspace(xv.min(), xv.max(), 400)
+    else:
+        single = False
+        lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
+        top.plot([lo, hi], [lo, hi], "-", color="grey", label="ideal")
+    bottom.axhline(0, color="grey", lw=1)
+    for i, (label, result, delta, weight) in enumerate(candidates):
+        text = f"{label}  (delta {criterion.upper()} {delta:.2f}, weight {weight:.2f})"
+        names = result.model.input_names
+        resid = y - np.asarray(result.predict(x), dtype=float).reshape(y.shape)
+        if single:
+            at = {names[0]: grid} if len(names) == 1 else grid
+            if i == 0:
+                band = _confidence_band(result, at, 0.95)
+                if band is not None:
+                    top.fill_between(grid, band[0], band[1], color="C0", alpha=0.2, lw=0)
+            top.plot(grid, result.predict(at), "-", lw=2.4 if i == 0 else 1.2, color=f"C{i}", label=text)
+            bottom.plot(xv, resid, "o", ms=3, color=f"C{i}", alpha=0.8 if i == 0 else 0.5)
+        else:
+            top.plot(y.ravel(), np.asarray(result.predict(x)).ravel(), "o", ms=3, color=f"C{i}", label=text)
+            bottom.plot(y.ravel(), resid.ravel(), "o", ms=3, color=f"C{i}", alpha=0.6)
+    top.set_title(f"model comparison by {criterion.upper()}", fontsize=10)
+    top.legend(fontsize=8)
+    if single:
+        top.set_xlabel(names[0] if candidates else "x")
+        bottom.set_xlabel(names[0] if candidates else "x")
+    else:
+        top.set_xlabel("observed")
+        top.set_ylabel("predicted")
+        bottom.set_xlabel("observed")
+    bottom.set_ylabel("residual")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _confidence_band(result, grid, level: float):
+    """(lower, upper) on the grid, or None where the fit has no band (no covariance) or it is
+    undetermined (not finite anywhere)."""
+    if not getattr(result.model, "scalar_params", False) or result.covariance is None:
+        return None
+    from ..errors import GradfitError
+
+    try:
+        lower, upper = result.band(grid, level)
+    except GradfitError:
+        return None
+    return (lower, upper) if np.isfinite(lower).any() else None
 
 
 def plot_loss(result, path) -> None:

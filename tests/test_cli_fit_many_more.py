@@ -1,0 +1,45 @@
+"""fit-many on the command line as people use it: a long table whose formula names the x
+column, global fits in --json, and option values that mean nothing."""
+
+import json
+
+import numpy as np
+import pytest
+from _cli import cli
+
+
+def _long_table(path, n_wells=3):
+    rng = np.random.default_rng(0)
+    lines = ["well,time,signal"]
+    for w in range(n_wells):
+        for t in np.linspace(0, 5, 12):
+            lines.append(f"w{w},{t},{(2 + w) * np.exp(-0.7 * t) + rng.normal(0, 0.01)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_long_table_formula_may_name_its_x_column(tmp_path):
+    data = _long_table(tmp_path / "long.csv")
+    code, out, err = cli("fit-many", data, "a*exp(-k*time)", "--id-column", "well", "--x", "time", "--y", "signal",
+                         "--init", "a=1,k=1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["converged_fraction"] == 1.0
+
+
+def test_json_of_a_global_fit_carries_the_shared_values(tmp_path):
+    data = _long_table(tmp_path / "long.csv", n_wells=4)
+    code, out, err = cli("fit-many", data, "a*exp(-k*x)", "--id-column", "well", "--x", "time", "--y", "signal",
+                         "--init", "a=1,k=1", "--shared", "k", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["shared"]["k"] == pytest.approx(0.7, abs=0.01)
+    assert 0 < doc["shared_stderr"]["k"] < 0.01
+    assert doc["joint_stats"]["dof"] == 4 * 12 - (4 + 1)
+
+
+@pytest.mark.parametrize("value", [",", " , "])
+def test_a_shared_option_naming_nothing_is_refused(tmp_path, value):
+    data = _long_table(tmp_path / "long.csv")
+    code, out, err = cli("fit-many", data, "a*exp(-k*x)", "--id-column", "well", "--x", "time", "--y", "signal",
+                         "--init", "a=1,k=1", "--shared", value)
+    assert code == 2 and "--shared" in err and len(err.strip().splitlines()) == 1
