@@ -74,7 +74,7 @@ def main() -> None:
     n = args.n_scipy
     x, y = workload(n)
     gradfit_fit(x, y[:4], args.threads)  # the formula's derivative program, once
-    t_sp, v = best_of(lambda: scipy_fit(x, y), 1)
+    t_sp, v = best_of(lambda: scipy_fit(x, y), 3)
     rows = []
     for dtype in ("float32", "float64"):
         t_gf, r = best_of(lambda: gradfit_fit(x, y, args.threads, dtype), 5)
