@@ -278,3 +278,14 @@ def test_fit_band_after_load_and_with_two_inputs(tmp_path):
     loaded = gf.load(tmp_path / "fit.json")
     np.testing.assert_array_equal(np.array(loaded.band(new, kind="prediction")),
                                   np.array(r.band(new, kind="prediction")))
+
+
+def test_bands_at_no_points_and_of_results_that_have_none():
+    x = np.linspace(0, 4, 40)
+    y = 3 * np.exp(-0.8 * x) + 0.3 + np.random.default_rng(0).normal(0, 0.05, 40)
+    r = gf.fit("a*exp(-k*x) + c", x=x, y=y, init={"a": 1, "k": 1, "c": 0})
+    lo, hi = r.band([])
+    assert lo.shape == hi.shape == (0,)
+    b = gf.fit_many(models=["a*exp(-k*x)", "a*exp(-k*x) + c"], x=x, y=np.stack([y, y]))
+    with pytest.raises(gf.ConfigError, match="models="):
+        b.band([1.0])

@@ -346,14 +346,19 @@ def test_long_table_formula_in_the_column_names_and_short_repr():
     r = gf.fit_many("top*dose/(ec50 + dose)", data=df, id="well", x="dose", y="signal",
                     init={"top": 90.0, "ec50": 1.0}, dtype="float64", max_iter=100)
     np.testing.assert_allclose(r.params["ec50"], [0.5, 2.0], rtol=1e-6)
-    assert repr(r) == "BatchResult(model='top*dose/(ec50 + dose)', fits=2: 2 converged, params=['top', 'ec50'])"
+    assert repr(r) == "BatchResult('top*dose/(ec50 + dose)', 2 fits: 2 converged, median top=100, ec50=1.25)"
     with pytest.raises(gf.PersistError, match="reads the .npz files"):
         gf.BatchResult.load("fits.csv")
 
 
 def test_partial_init_without_a_guess_names_the_missing_parameters():
+    # a Python function has no start of its own: the missing name is named
     with pytest.raises(gf.ConfigError, match="init is missing b"):
-        gf.fit_many("a*x + b", np.arange(8.0), np.ones((2, 8)), init={"a": 1.0})
+        gf.fit_many(lambda x, a, b: a * x + b, np.arange(8.0), np.ones((2, 8)), init={"a": 1.0})
+    # a formula's missing parameters start from the data, as in gf.fit
+    x = np.arange(8.0)
+    r = gf.fit_many("a*x + b", x, np.stack([2 * x + 1, -x + 3]), init={"a": 1.0}, dtype="float64", tol=1e-12)
+    np.testing.assert_allclose(r.params["b"], [1.0, 3.0], atol=1e-9)
 
 
 def test_normal_equations_shortcuts_match_the_products():

@@ -26,6 +26,7 @@ LAYERS = [
     ["results"],
     ["fitting"],
     ["tuning"],
+    ["sklearn"],
     ["cli"],
     ["__main__"],
 ]

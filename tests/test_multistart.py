@@ -6,6 +6,7 @@ the NIST StRD certified values."""
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 import gradfit as gf
@@ -328,3 +329,31 @@ def test_cli_starts(tmp_path):
     assert json.loads(out)["multistart"]["starts"] == 16
     code, out, err = cli("fit", tmp_path / "d.csv", "y ~ a*sin(w*x + p)", "--starts", "0")
     assert code == 2 and "starts" in err
+
+
+def test_fit_many_starts_formulas_from_their_data_without_init():
+    # fit_many once needed init for formulas ("fit_many needs init") even with starts= or models=
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 4, 40)
+    offset = np.where(np.arange(20) < 10, 0.0, 0.3)[:, None]
+    y = 3 * np.exp(-0.8 * x) + offset + rng.normal(0, 0.05, (20, 40))
+    r = gf.fit_many("a*exp(-k*x) + c", x, y, dtype="float64", tol=1e-10)
+    assert r.converged.all()
+    ref = gf.fit_many("a*exp(-k*x) + c", x, y, init={"a": 3.0, "k": 0.8, "c": 0.1}, dtype="float64", tol=1e-10)
+    np.testing.assert_allclose(r.params["k"], ref.params["k"], rtol=1e-6)
+    assert gf.fit_many("a*exp(-k*x)", x, y, starts=4).converged.all()
+    chosen = gf.fit_many(models=["a*exp(-k*x)", "a*exp(-k*x) + c"], x=x, y=y)
+    assert (chosen.model_index[10:] == 1).all()
+    with pytest.raises(gf.ConfigError, match="needs init for a Python function"):
+        gf.fit_many(lambda x, a, k: a * torch.exp(-k * x), x, y)
+
+
+def test_the_report_names_the_users_start_and_the_multistart():
+    rng = np.random.default_rng(1)
+    x = np.linspace(0, 10, 200)
+    y = 2 * np.sin(3.7 * x + 0.5) + rng.normal(0, 0.2, 200)
+    r = gf.fit("a*sin(w*x + p)", x=x, y=y, init={"a": 1, "w": 1, "p": 0}, starts=32)
+    assert r.settings["init"] == {"a": 1.0, "w": 1.0, "p": 0.0}
+    line = next(ln for ln in r.report().splitlines() if ln.startswith("multistart"))
+    assert line.startswith("multistart 32 starts:") and "reached the best" in line
+    assert "(init 1)" in r.report()

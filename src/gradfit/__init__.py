@@ -40,6 +40,8 @@ _LAZY = {
     "load": "gradfit.results.fit_result",
     "FitResult": "gradfit.results.fit_result",
     "Callback": "gradfit.callbacks",
+    "CSVLogger": "gradfit.train.loggers",
+    "TensorBoardLogger": "gradfit.train.loggers",
     "Loss": "gradfit.losses",
     "FormulaModel": "gradfit.models.formula",
     "FunctionModel": "gradfit.models.function",

@@ -356,7 +356,7 @@ def batch_inverse_diagonal(jac: np.ndarray, *, rank_tol: float = RANK_TOL) -> tu
         return np.zeros(0, dtype=bool), np.zeros((0, jac.shape[-1]))
     _, d, s, vt, keep = _scaled_svd(jac, rank_tol)
     deficient = keep.sum(axis=-1) < jac.shape[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         root = vt / (s[..., :, None] * d[..., None, :])  # rows: S^-1 V^T D^-1
         diag = (root**2).sum(axis=-2)
     return deficient, np.where(deficient[:, None], np.nan, diag)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import ExitStatus, StopSignals, check_out_folder, exit_status, fit_kwargs, library_output
+from .common import ExitStatus, StopSignals, check_out_file, check_out_folder, exit_status, fit_kwargs, library_output
 
 
 def load_model_and_data(model_text: str, data_path: str, x_cols: str | None, y_col: str | None,
@@ -67,6 +67,8 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
 
     if args.out:
         check_out_folder(args.out)  # an unwritable --out fails now, not after the training
+    if args.report:
+        check_out_file(args.report, "--report")
     model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col,
                                                extra=(args.sigma,) if args.sigma else ())
     kwargs = fit_kwargs(args)
@@ -96,19 +98,27 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
         print(f"gradfit fit: interrupted {stop.where}; checkpoint saved in {Path(args.out)}; "
               f"resume with: {again} --resume", file=stderr)
         return ExitStatus.from_signal(stop.signum)
-    if args.out:
+    if args.out or args.report:
         target = columns[y] if isinstance(y, str) else _response_column(result, columns)
-        write_outputs(result, Path(args.out), columns, target)
+    if args.out:
+        write_outputs(result, Path(args.out), columns, target, columns[args.sigma] if args.sigma else None)
+    if args.report:
+        inputs, observed = plot_data(result, columns, target)
+        result.to_html(args.report, x=inputs, y=observed)
     if args.json:
         doc = result.to_dict()
         if args.out:
             doc["out"] = str(Path(args.out))
+        if args.report:
+            doc["report"] = str(Path(args.report))
         print(json.dumps(doc), file=stdout)
     else:
         print(result.report(), file=stdout)
         if args.out:
             # as a path, not text: --out run/ must not print run//model.json
             print(f"wrote {Path(args.out) / 'model.json'}, history.csv, fit.png, loss.png", file=stdout)
+        if args.report:
+            print(f"wrote {Path(args.report)}", file=stdout)
     status = exit_status(result.status)
     if status != ExitStatus.OK:
         print(f"gradfit fit: {' '.join(str(result.message).split())} (status {result.status}, exit {int(status)})",
@@ -116,7 +126,7 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
     return status
 
 
-def write_outputs(result, out: Path, columns: dict, target) -> None:
+def write_outputs(result, out: Path, columns: dict, target, sigma=None) -> None:
     import numpy as np
 
     from ..data.io import write_csv
@@ -128,12 +138,26 @@ def write_outputs(result, out: Path, columns: dict, target) -> None:
     write_csv(out / "history.csv", {"epoch": np.arange(1, len(train) + 1), "train_loss": np.asarray(train),
                                     "val_loss": np.asarray(val)})
     result.plot_loss(out / "loss.png")
+    if sigma is not None and target is not None:  # the rows with both (the fit used no others)
+        target, sigma = np.where(np.isfinite(sigma), target, np.nan), np.where(np.isfinite(target), sigma, np.nan)
+    inputs, observed = plot_data(result, columns, target)
+    if inputs is not None:  # error bars and residual / sigma with --sigma
+        sig = None if sigma is None or target is None else plot_data(result, columns, sigma)[1]
+        result.plot_fit(out / "fit.png", inputs, observed, sigma=sig)
+
+
+def plot_data(result, columns: dict, target):
+    """(the model's input columns, the target) over the finite rows, or (None, None) when the
+    file lacks an input or the target."""
+    import numpy as np
+
     inputs = {n: columns[n] for n in result.model.input_names if n in columns}
-    if len(inputs) == len(result.model.input_names) and target is not None:
-        ok = np.isfinite(target)
-        for v in inputs.values():
-            ok &= np.isfinite(v).reshape(len(v), -1).all(axis=1)
-        result.plot_fit(out / "fit.png", {k: v[ok] for k, v in inputs.items()}, target[ok])
+    if len(inputs) != len(result.model.input_names) or target is None:
+        return None, None
+    ok = np.isfinite(target)
+    for v in inputs.values():
+        ok &= np.isfinite(v).reshape(len(v), -1).all(axis=1)
+    return {k: v[ok] for k, v in inputs.items()}, target[ok]
 
 
 def _response_column(result, columns):

@@ -17,6 +17,10 @@ def run_fit_many(args, stdout, stderr) -> ExitStatus:
     import gradfit as gf
     from gradfit.models import resolve_model
 
+    if args.report:
+        check_out_file(args.report, "--report")
+    if args.plot:
+        check_out_file(args.plot, "--plot")
     if args.out:
         check_out_file(args.out)  # an unwritable --out fails now, not after every fit
         if str(args.out).lower().endswith(".parquet"):  # so does one whose writer is not installed
@@ -38,10 +42,15 @@ def run_fit_many(args, stdout, stderr) -> ExitStatus:
                              starts=args.starts, seed=args.seed)
     if args.out:
         result.save(args.out)
+    if args.plot:  # the example grid needs the (fits, points) arrays: histograms only for a long table
+        result.plot(args.plot, *((data["x"], data["y"]) if "data" not in data else ()))
+    if args.report:  # example fits need the (fits, points) arrays: a long table's report has none
+        arrays = "data" not in data
+        result.to_html(args.report, x=data["x"] if arrays else None, y=data["y"] if arrays else None)
     if args.json:
         doc = {"fits": len(result), "status": result.status_counts(), "converged_fraction": float(result.converged.mean()),
                "fits_per_s": result.timings.get("fits_per_s"), "warmup_s": result.timings.get("warmup_s"),
-               "device": result.timings.get("device"), "out": args.out, "loss": result.loss}
+               "device": result.timings.get("device"), "out": args.out, "loss": result.loss, "report": args.report}
         if result.shared:  # a global fit: the shared values are its answer
             doc.update(shared=result.shared, shared_stderr=result.shared_stderr,
                        joint_stats={k: (v.item() if hasattr(v, "item") else v) for k, v in result.joint_stats.items()})
@@ -61,6 +70,10 @@ def run_fit_many(args, stdout, stderr) -> ExitStatus:
         print(result.summary(), file=stdout)
         if args.out:
             print(f"wrote {len(result)} rows to {args.out}", file=stdout)
+        if args.report:
+            print(f"wrote {args.report}", file=stdout)
+        if args.plot:
+            print(f"wrote {args.plot}", file=stdout)
     status = batch_exit_status(result.status_text)
     if status != ExitStatus.OK:
         counts = ", ".join(f"{n} {k}" for k, n in result.status_counts().items())

@@ -99,6 +99,12 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
     "--activation": ((), dict(default="tanh", help="mlp activation (default tanh)")),
     # output
     "--out": ((), dict(default=None, help="write {what}")),
+    "--report": ((), dict(default=None, metavar="FILE",
+                          help="write a self-contained HTML report to FILE (plots, parameters, statistics, settings, "
+                               "versions; inline images, no network references)")),
+    "--plot": ((), dict(default=None, metavar="FILE",
+                        help="fit-many: a PNG of parameter histograms (converged fits) and 9 example fits drawn "
+                             "at random with their data")),
     "--json": ((), dict(action="store_true", help="print one JSON object instead of tables")),
     "--no-progress": ((), dict(action="store_true", help="no progress bar")),
 }
@@ -113,7 +119,7 @@ GROUPS = {
                  "--normalize", "--val-fraction", "--seed", "--gradient", "--log-every", "--nan-policy"),
     "generalization": ("--penalty", "--input-noise", "--early-stopping", "--schedule", "--cv"),
     "neural network": ("--hidden", "--activation"),
-    "output": ("--out", "--json", "--no-progress"),
+    "output": ("--out", "--report", "--json", "--no-progress"),
 }
 
 
@@ -199,6 +205,7 @@ def _add_fit_many(sub) -> None:
     batching.add_argument("--compile", default="auto", choices=["auto", "yes", "no"],
                         help="torch.compile the batched step (default auto: large batches)")
     _group(p, "output", what="the per-fit table to FILE (.csv, .npz or .parquet)", metavar={"--out": "FILE"})
+    add_options(p.add_argument_group("plots"), ["--plot"])
 
 
 def _add_compare(sub) -> None:

@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .common import ExitStatus, StopSignals, check_out_folder, fit_kwargs, library_output
+from .common import ExitStatus, StopSignals, check_out_file, check_out_folder, fit_kwargs, library_output
 
 
 def parse_space_args(items) -> dict:
@@ -36,6 +36,8 @@ def run_tune(args, stdout, stderr) -> ExitStatus:
     out = Path(args.out or "gradfit-tune")
     if not args.worker:
         check_out_folder(out)  # an unwritable --out fails now, not after every trial
+        if args.report:
+            check_out_file(args.report, "--report")
     storage = args.storage or str(out / "study.journal")
     kwargs = fit_kwargs(args)
     progress = kwargs.pop("progress", None)  # None: on a terminal; the trials' own fits draw none
@@ -70,7 +72,9 @@ def run_tune(args, stdout, stderr) -> ExitStatus:
     if args.worker:
         return ExitStatus.OK if signum is None else ExitStatus.from_signal(signum)
     write_outputs(study, out)
-    return _report(study, out, stdout, stderr, args.json, split, signum)
+    code = _report(study, out, stdout, stderr, args.json, split, signum)
+    _html_report(args, study, stdout)
+    return code
 
 
 def _run_workers(args, storage: str, progress, out: Path, stdout, stderr, split) -> ExitStatus:
@@ -100,7 +104,25 @@ def _run_workers(args, storage: str, progress, out: Path, stdout, stderr, split)
     if warning:
         print(f"gradfit tune: warning: {warning}", file=stderr)
     write_outputs(study, out)
-    return _report(study, out, stdout, stderr, args.json, split, outcome.signum)
+    code = _report(study, out, stdout, stderr, args.json, split, outcome.signum)
+    _html_report(args, study, stdout)
+    return code
+
+
+def _html_report(args, study, stdout) -> None:
+    """--report FILE: the study's best trial, trial table and plots as one HTML file."""
+    if not args.report:
+        return
+    from ..results.html_report import tune_report, write_report
+    from ..tuning.study import trial_rows
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    best = (study.best_params, study.best_value) if complete else ({}, None)
+    settings = {"data": args.data, "model": args.model, "space": args.space, "study": study.study_name,
+                "storage": args.storage}
+    write_report(args.report, tune_report(*best, trial_rows(study), study=study, settings=settings))
+    if not args.json:
+        print(f"wrote {Path(args.report)}", file=stdout)
 
 
 def _worker_argv(argv: list, n: int, storage: str) -> list:

@@ -154,6 +154,8 @@ def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy
     if y_arr.ndim != 1 and _scalar_params(model):
         raise DataError(f"y must have one value per point (1-D), got shape {y_arr.shape}; "
                         "for many independent fits use fit_many")
+    if y_arr.ndim == 2 and y_arr.shape[1] == 1:
+        y_arr = y_arr[:, 0]  # one output: a network predicts (n,), so its target is (n,) (not a (n, n) broadcast)
     arrays = _validate(Arrays(inputs, y_arr, w), nan_policy)
     if columns and x is None and _is_formula(model):
         note = _binding_note(model)

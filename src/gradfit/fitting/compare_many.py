@@ -81,5 +81,6 @@ def select_per_fit(labels: list, results: list, criterion: str):
                "candidates": {label: dict(r.timings) for label, r in zip(labels, results)}}
     return BatchResult(param_names=tuple(names), params=params, stderr=stderr, stats=stats, status=status,
                        iterations=iterations, model_text="best of: " + " | ".join(labels), timings=timings,
-                       ids=results[0].ids, loss=results[0].loss, model_index=index.astype(np.int64),
+                       ids=results[0].ids, id_name=results[0].id_name, id_dtype=results[0].id_dtype,
+                       loss=results[0].loss, model_index=index.astype(np.int64),
                        models=tuple(labels), criteria=values, criterion=criterion)

@@ -158,7 +158,7 @@ def module_objective(spec, train, val, loss_fn, normalize, seed, dtype, dev):
     model.to(dev, dtype)
     scale = 1.0
     if normalize:
-        model.standardize(x_train, train.y)
+        model.standardize(x_train, train.y, train.weights)
         with torch.no_grad():
             baseline = loss_fn(torch.zeros_like(train.y) + model.y_mean, train.y, train.weights)
         scale = float(baseline) if float(baseline) > 0 else 1.0

@@ -269,9 +269,12 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     if training.normalize:
         _check_not_constant(arrays)
     with intra_op_threads(choose_threads(training.threads, _step_elements(bound, arrays, training.batch_size))):
-        return _fit_arrays(bound, arrays, options, loss_fn, torch_dtype, dev, init=init, bounds=bounds, fixed=fixed,
-                           tie=tie, weighted=weights is not None, callbacks=callbacks, checkpoint=checkpoint,
-                           cv_groups=cv_groups, multistart=multistart)
+        result = _fit_arrays(bound, arrays, options, loss_fn, torch_dtype, dev, init=init, bounds=bounds,
+                             fixed=fixed, tie=tie, weighted=weights is not None, callbacks=callbacks,
+                             checkpoint=checkpoint, cv_groups=cv_groups, multistart=multistart)
+    if isinstance(y, str):  # the response column's name, for plot labels (a fresh dict: no copy needed)
+        result.settings["response"] = y
+    return result
 
 
 def _fit_arrays(bound, arrays, options, loss_fn, torch_dtype, dev, *, init, bounds, fixed, tie, weighted, callbacks,
@@ -395,10 +398,11 @@ def _fit_split(bound, train_arr, val_arr, notes, options: FitOptions, setup: Fit
         raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
     space = _parameter_space(bound, train_arr, train_arr.n, setup.init, setup.bounds, setup.fixed, setup.tie)
     method, reason = choose_method(training.optimizer, bound, loss_fn, training.batch_size, space, regularized)
+    init_values = dict(space.values)  # the start the user asked for (a multistart's winner is not it)
     if setup.multistart[0]:
         space, settings["multistart"] = best_start(bound, space, train_arr, loss_fn, setup.multistart[0],
                                                    seed=training.seed, design=setup.multistart[1])
-    settings.update(method=method, method_reason=reason, init=dict(space.values), **space.describe())
+    settings.update(method=method, method_reason=reason, init=init_values, **space.describe())
     if method in _DIRECT:
         # least squares runs in float64 on the CPU whatever dtype and device ask for training
         settings.update(dtype="float64", device="cpu")

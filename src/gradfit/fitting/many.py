@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..data.xarray_input import is_dataarray  # by type name: xarray is imported only for a DataArray
 from ..errors import ConfigError, DataError, ModelError
 from ..options import LeastSquaresOptions
 
@@ -32,7 +33,7 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
              tol: float | None = None, max_iter: int | None = None, dtype="float32", device="auto",
              chunk_size: int | None = None, compile="auto", progress=None, threads: int | None = None,
              shared=None, models=None, criterion: str | None = None, starts: int | None = None,
-             seed: int | None = None, start_design: str = "sobol"):
+             seed: int | None = None, start_design: str = "sobol", dim: str | None = None):
     """Fit one model to each row of ``y`` independently (batched Levenberg-Marquardt).
 
     Parameters
@@ -45,7 +46,14 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
         only, so ragged data works by padding with NaN; with ``data``, the y column's name.
     data, id : a long table (DataFrame or dict of columns) with one row per point, and the
         column naming each point's fit: ``fit_many(model, data=df, id="well", x="dose",
-        y="signal")``. The result's ``ids`` hold each fit's id.
+        y="signal")``. The result's ``ids`` hold each fit's id; ``r.to_pandas()`` names their
+        column by ``id`` ("well") and keeps their type (text, integers, Categorical, dates).
+    dim : an xarray DataArray ``y`` (as ``DataArray.curvefit``): the dimension holding each
+        fit's points; every other dimension is a batch dimension (data/xarray_input.py). x is
+        then None (the ``dim`` coordinate), a coordinate's name, an array or a DataArray;
+        ``init``/``fixed`` values and ``bounds`` ends may be DataArrays over batch dimensions,
+        and weights/sigma/mask DataArrays like y. ``r.to_xarray()`` lays the results on y's
+        batch dimensions and coordinates (needs ``gradfit[xarray]``).
     init : (B, P) array, dict name -> scalar or (B,) array, or "guess" (built-in models; a
         dict may then leave names out, and those are guessed). A given value must lie within
         its bounds; guessed ones are moved inside.
@@ -122,6 +130,8 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
     >>> np.round(r.params["a"], 4).tolist(), r.converged.tolist()
     ([2.0, -1.0], [True, True])
     """
+    if dim is not None or is_dataarray(y):  # a DataArray: stacked to (fits, points), results kept on its grid
+        return _fit_dataarray(dict(locals()))
     if models is not None or criterion is not None:  # the best candidate per fit (fitting/compare_many.py)
         keywords = {k: v for k, v in locals().items() if k not in ("model", "models", "criterion")}
         from .compare_many import fit_candidates
@@ -153,7 +163,7 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
     threads = check_threads(threads)
     ids, x_column = None, x
     if data is not None:
-        ids, x, y = _long_table(data, id, x, y)
+        ids, x, y, id_dtype = _long_table(data, id, x, y)
     elif id is not None:
         raise ConfigError("id names the fit column of a long table: pass it with data=...")
     if x is None or y is None:
@@ -180,7 +190,7 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
         if ids is not None:
             import dataclasses
 
-            result = dataclasses.replace(result, ids=ids)
+            result = dataclasses.replace(result, ids=ids, id_name=id, id_dtype=id_dtype)
         return result
 
     from ..lsq.batched import solve_batched
@@ -216,13 +226,37 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
     if ids is not None:
         import dataclasses
 
-        result = dataclasses.replace(result, ids=ids)
+        result = dataclasses.replace(result, ids=ids, id_name=id, id_dtype=id_dtype)
     return result
 
 
 # -- data -----------------------------------------------------------------------------------
+def _fit_dataarray(keywords: dict):
+    """fit_many on an xarray DataArray y: its batch dimensions stacked into fits, the result
+    keeping where each fit sits (``to_xarray``)."""
+    import dataclasses
+
+    from ..data.xarray_input import stack_dataarray
+    from ..models import resolve_model
+
+    if keywords["data"] is not None:
+        raise ConfigError("pass a DataArray as y= (with dim=), or a table as data=, not both")
+    names = ("x", "init", "bounds", "fixed", "weights", "sigma", "mask")
+    stacked, stacking = stack_dataarray(keywords["y"], keywords["dim"], **{k: keywords[k] for k in names})
+    model = resolve_model(keywords["model"]) if keywords["model"] is not None else None
+    x = keywords["x"]
+    if isinstance(stacked["x"], np.ndarray) and (x is None or isinstance(x, str)):
+        coordinate = stacking.dim if x is None else x
+        if model is not None and _names_input(model, coordinate):  # "a*exp(-time/tau)": x named as y's coordinate
+            stacked["x"] = {coordinate: stacked["x"]}
+    result = fit_many(**{**keywords, **stacked, "model": model if model is not None else keywords["model"],
+                         "dim": None})
+    return dataclasses.replace(result, stacking=stacking)
+
+
 def _long_table(data, id, x, y):
-    """(ids (B,), x (B, M), y (B, M)) from a long table, NaN-padded (data/tables.py)."""
+    """(ids (B,), x (B, M), y (B, M), the id column's pandas type if numpy has none) from a long
+    table, NaN-padded (data/tables.py)."""
     if id is None:
         raise ConfigError("with data=, name the column that says which fit a row belongs to: id='...'")
     if not isinstance(x, str) or not isinstance(y, str):
@@ -232,7 +266,10 @@ def _long_table(data, id, x, y):
     if not (isinstance(data, Mapping) or hasattr(data, "columns")):
         raise DataError(f"data must be a pandas DataFrame or a dict of columns, got {type(data).__name__}")
     columns = {str(k): np.asarray(data[k]) for k in data.keys()}
-    return long_to_batch(columns, id, x, y)
+    dtype = getattr(data[id], "dtype", None) if isinstance(id, str) and id in data else None
+    # a Categorical or time-zoned id column: to_pandas puts the type back (results/batch_tables.py)
+    id_dtype = dtype if hasattr(dtype, "categories") or getattr(dtype, "tz", None) is not None else None
+    return (*long_to_batch(columns, id, x, y), id_dtype)
 
 
 def _prepare(model, x, y, weights, sigma, mask, torch_dtype):
@@ -310,9 +347,17 @@ def _init_values(model, init, inputs: dict, y: np.ndarray, w: np.ndarray) -> tup
 
         guess = batch_guess(model, inputs, y, w)
         return {}, {n: guess[:, j] for j, n in enumerate(names)}
-    if init is None:
-        raise ConfigError("fit_many needs init: a (fits, parameters) array, a dict of values, or 'guess' "
-                          "for built-in models")
+    if init is None and _can_guess(model):
+        init = {}
+    if init is None and getattr(model, "parsed", None) is None:
+        raise ConfigError("fit_many needs init for a Python function: a (fits, parameters) array or a dict of "
+                          "values ('guess' works for built-in models, and formulas start from their data)")
+    if init is None or (isinstance(init, Mapping) and not _can_guess(model) and getattr(model, "parsed", None)):
+        given = dict(init or {})
+        missing = [n for n in names if n not in given]
+        # a formula's parameters without init: the chi-square-scored start of gf.fit, on the
+        # batch's mean curve (one start for every fit; starts=K spreads around it)
+        return given, (_formula_batch_start(model, inputs, y, w, given, missing) if missing else {})
     if isinstance(init, Mapping):
         missing = [n for n in names if n not in init]
         if not missing or not _can_guess(model):
@@ -328,6 +373,30 @@ def _init_values(model, init, inputs: dict, y: np.ndarray, w: np.ndarray) -> tup
         raise DataError(f"init must have shape ({n_fits}, {len(names)}) for parameters {', '.join(names)}, "
                         f"got {theta.shape}")
     return {n: theta[:, j] for j, n in enumerate(names)}, {}
+
+
+def _formula_batch_start(model, inputs: dict, y: np.ndarray, w: np.ndarray, given: dict, missing: list) -> dict:
+    """Starting values for a formula's parameters ``missing`` from the batch's mean curve (the
+    first fit's when the inputs differ between fits): :func:`gradfit.models.starts.formula_start`
+    with the given values held (scalars; per-fit arrays enter through their median)."""
+    from ..models.starts import formula_start
+
+    per_fit = any(np.ndim(v) == 2 for v in inputs.values())
+    with np.errstate(all="ignore"):
+        if per_fit:
+            row = {k: (v[0] if np.ndim(v) == 2 else v) for k, v in inputs.items()}
+            curve = np.where(w[0] > 0, y[0], np.nan)
+        else:
+            row = dict(inputs)
+            curve = np.nanmean(np.where(w > 0, y, np.nan), axis=0)
+    used = np.isfinite(curve)
+    if not used.any():
+        return {n: 1.0 for n in missing}
+    row = {k: (np.asarray(v)[used] if np.ndim(v) == 1 else v) for k, v in row.items()}
+    values = {n: (float(np.nanmedian(np.asarray(given[n], dtype=float))) if n in given else 1.0)
+              for n in model.param_names}
+    start = formula_start(model, row, curve[used], None, values, missing)
+    return {n: start[n] for n in missing}
 
 
 def _can_guess(model) -> bool:

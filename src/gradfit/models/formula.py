@@ -64,6 +64,13 @@ def _bound(parsed: ParsedFormula, inputs: tuple[str, ...], name: str | None) -> 
     return FormulaModel(parsed, inputs=inputs, name=name)
 
 
+def _rebuild(text: str, inputs, name):
+    """The FormulaModel that pickle stored as its text, bound inputs and name."""
+    if inputs is None:
+        return FormulaModel(text, name=name)
+    return _bound(parse_formula(text), tuple(inputs), name)
+
+
 class FormulaModel(Model):
     """A model given by a formula. Names that are inputs are fixed by :meth:`bind`; every
     other free name is a parameter.
@@ -115,6 +122,11 @@ class FormulaModel(Model):
         self.input_names = tuple(n for n in self._ordered if n in inputs)
         self.param_names = tuple(n for n in self._ordered if n not in inputs)
         self._param_index = {n: i for i, n in enumerate(self.param_names)}
+
+    def __reduce__(self):
+        # compiled closures do not pickle: rebuild from the text (results inside pickled
+        # scikit-learn estimators, multiprocessing)
+        return _rebuild, (self.text, self.input_names if self._bound else None, self.name)
 
     @property
     def bound(self) -> bool:

@@ -85,6 +85,17 @@ def mlp_shapes(in_features: int, out_features: int, hidden: Sequence[int]) -> di
     return shapes
 
 
+def _moments(v, weights):
+    """Column means and standard deviations (n - 1 in the variance; sum(w) - 1 with weights)."""
+    if weights is None:
+        return v.mean(0), v.std(0)
+    w = weights.reshape(-1, 1).to(v.dtype)
+    total = w.sum()
+    mean = (w * v).sum(0) / total
+    var = (w * (v - mean) ** 2).sum(0) / (total - 1 if total > 1 else total)
+    return mean, var.sqrt()
+
+
 class ModuleModel(Model):
     """Fit the parameters of a ``torch.nn.Module`` mapping x of shape (n, d) to (n,) or (n, k).
 
@@ -110,16 +121,16 @@ class ModuleModel(Model):
         self.param_names = tuple(name for name, _ in module.named_parameters())
         self.x_mean = self.x_std = self.y_mean = self.y_std = None
 
-    def standardize(self, x, y) -> None:
-        """Record mean and std of training x (per column) and y; constant columns keep std 1."""
+    def standardize(self, x, y, weights=None) -> None:
+        """Record mean and std of training x (per column) and y; constant columns keep std 1.
+        With ``weights`` the moments are weighted as frequencies (a point of weight 2 counts
+        twice, weight 0 not at all), so weighting a point equals repeating it."""
         import torch
 
-        x2 = x.reshape(x.shape[0], -1)
-        self.x_mean = x2.mean(0)
-        self.x_std = torch.where(x2.std(0) > 0, x2.std(0), torch.ones_like(self.x_mean))
-        y2 = y.reshape(y.shape[0], -1)
-        self.y_mean = y2.mean(0)
-        self.y_std = torch.where(y2.std(0) > 0, y2.std(0), torch.ones_like(self.y_mean))
+        self.x_mean, x_std = _moments(x.reshape(x.shape[0], -1), weights)
+        self.x_std = torch.where(x_std > 0, x_std, torch.ones_like(self.x_mean))
+        self.y_mean, y_std = _moments(y.reshape(y.shape[0], -1), weights)
+        self.y_std = torch.where(y_std > 0, y_std, torch.ones_like(self.y_mean))
         if y.dim() == 1:
             self.y_mean, self.y_std = self.y_mean[0], self.y_std[0]
 

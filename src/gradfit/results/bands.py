@@ -76,6 +76,8 @@ def fit_band(result, inputs: dict, level: float = 0.95, kind: str = "confidence"
     n = len(next(iter(inputs.values())))
     if any(v.shape != (n,) for v in inputs.values()):
         raise DataError("the new inputs must be 1-D arrays of one length")
+    if n == 0:  # as predict([]) gives []
+        return np.zeros(0), np.zeros(0)
     from ..likelihood import LIKELIHOODS
 
     poisson = result.settings.get("loss") in LIKELIHOODS
@@ -221,6 +223,12 @@ def _batch_covariance(result, names) -> np.ndarray:
     """(B, P, P) float64 covariance: the stored one's correlations, scaled to ``stderr``."""
     cov = result.covariance
     b, k = len(result), len(names)
+    if cov is None and getattr(result, "models", None):
+        raise ConfigError("bands of a fit_many(models=...) result are not built: each fit has its own candidate; "
+                          "fit the chosen candidate's fits with gf.fit_many(model, ...) for their bands")
+    if cov is None and getattr(result, "shared", None):
+        raise ConfigError("bands of a global fit (shared=) are not built yet: they need each fit's joint "
+                          "covariance with the shared parameters")
     if cov is None:
         raise ConfigError("this fit_many result has no per-fit covariance (it was read from a .csv/.parquet table "
                           "or an older .npz file): refit, or save and load it as .npz with this version")

@@ -16,6 +16,8 @@ import numpy as np
 from .._files import parse_json  # a ValueError (caught by load) for JSON nested too deeply
 from ..errors import ConfigError, GradfitError, PersistError
 from ..status import Status
+from .html_report import BatchDisplay
+from .batch_tables import csv_columns, id_document, id_fields, table_frame, table_ids
 
 __all__ = ["BatchResult", "STATUS_NAMES"]
 
@@ -30,8 +32,8 @@ _READS = "BatchResult.load reads the .npz files and the .csv/.parquet tables tha
 _FORMAT = 2
 
 
-@dataclass(frozen=True)
-class BatchResult:
+@dataclass(frozen=True, repr=False)  # repr, notebook blocks and to_html: BatchDisplay
+class BatchResult(BatchDisplay):
     """Per-fit results of :func:`gradfit.fit_many`.
 
     Attributes
@@ -80,13 +82,14 @@ class BatchResult:
     models: tuple = ()
     criteria: np.ndarray | None = None
     criterion: str = ""
+    #: long tables: the id column's name, and its pandas type when numpy has none (a Categorical, zoned
+    #: dates; results/batch_tables.py); a fitted DataArray: where each fit sits on its grid (not saved)
+    id_name: str = ""
+    id_dtype: object = field(default=None, repr=False, compare=False)
+    stacking: object = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.status)
-
-    def __repr__(self) -> str:
-        counts = ", ".join(f"{n} {name}" for name, n in self.status_counts().items())
-        return f"BatchResult(model={self.model_text!r}, fits={len(self)}: {counts}, params={list(self.param_names)})"
 
     # -- aliases and views -----------------------------------------------------------------------
     @property
@@ -125,6 +128,13 @@ class BatchResult:
         from .bands import batch_band
 
         return batch_band(self, x, level, kind, sigma=sigma, model=model)
+
+    def plot(self, path, x=None, y=None, *, examples: int = 9, seed: int = 0) -> None:
+        """PNG of parameter histograms (converged fits) and, given the data, a grid of example
+        fits; see :func:`gradfit.results.plot_batch.batch_figure`."""
+        from .plot_batch import plot_batch
+
+        plot_batch(self, path, x, y, examples=examples, seed=seed)
 
     # -- text --------------------------------------------------------------------------------------
     def summary(self) -> str:
@@ -221,12 +231,16 @@ class BatchResult:
         return {**{rename(k): v for k, v in fixed.items()}, **params, **{rename(k): v for k, v in rest.items()}}
 
     def to_pandas(self):
-        """A pandas DataFrame, one row per fit (needs pandas: ``pip install "gradfit[pandas]"``)."""
-        from ..errors import require
+        """A pandas DataFrame, one row per fit, typed ids under the id's name (results/batch_tables.py)."""
+        from .batch_tables import to_pandas
 
-        pd = require("pandas", extra="pandas", feature="BatchResult.to_pandas")
+        return to_pandas(self)
 
-        return pd.DataFrame(self.columns())
+    def to_xarray(self):
+        """An xarray Dataset per fit, on a fitted DataArray's grid (results/batch_tables.py)."""
+        from .batch_tables import to_xarray
+
+        return to_xarray(self)
 
     # -- the arrays, for gathering across processes ---------------------------------------------------
     def numeric_arrays(self) -> dict:
@@ -270,12 +284,12 @@ class BatchResult:
             for module in ("pandas", "pyarrow"):
                 require(module, extra="pandas", feature=f"saving {path.name} (Parquet)")
             buf = io.BytesIO()
-            self.to_pandas().to_parquet(buf, index=False)
+            table_frame(self).to_parquet(buf, index=False)
             atomic_write_bytes(path, buf.getvalue())
         elif suffix == ".csv":
             from ..data.io import write_csv
 
-            write_csv(path, self.columns())
+            write_csv(path, csv_columns(self))
         else:
             raise ConfigError(f"save to .npz, .parquet or .csv, not {suffix or 'a file without extension'}")
 
@@ -301,6 +315,7 @@ class BatchResult:
         if self.ids is not None:  # text ids as a unicode array: no pickles
             ids = np.asarray(self.ids)
             doc["ids"] = ids.astype(str) if ids.dtype.kind in "OSU" else ids
+            doc.update(id_document(self))
         return doc
 
     @classmethod
@@ -356,7 +371,8 @@ def _from_npz(cls, path: Path) -> "BatchResult":
     base = cls(param_names=names, params={}, stderr={}, stats={}, status=flat["status"],
                iterations=flat["iterations"], model_text=str(arrays.get("model_text", "")),
                timings=parse_json(str(arrays["timings"])) if "timings" in arrays else {},
-               ids=_ids(arrays.get("ids")), loss=_loss(arrays.get("loss"), path), **_shared_of(arrays),
+               **id_fields(arrays, _ids(arrays.get("ids"))), loss=_loss(arrays.get("loss"), path),
+               **_shared_of(arrays),
                **_selection_of(arrays, len(flat["status"])),
                multistart={"starts": int(arrays["multistart_starts"])} if "multistart_starts" in arrays else {})
     return base.with_arrays({k: v for k, v in flat.items() if k.startswith(("param:", "stderr:", "stats:",
@@ -443,11 +459,11 @@ def _from_table(path: Path) -> "BatchResult":
     if unknown:
         raise PersistError(f"{path}: unknown status {unknown[0]!r} in the status column")
     stats = {k: np.asarray(fixed(k), dtype=float) for k in (*STAT_KEYS, *_LIKELIHOOD_KEYS) if fixed(k) is not None}
-    ids = fixed("id")
+    ids, id_dtype = table_ids(path, "result_id" if "id" in taken else "id", fixed("id"))
     return BatchResult(param_names=names, params={n: np.asarray(cols[n], dtype=float) for n in names},
                        stderr={n: np.asarray(cols[f"{n}_stderr"], dtype=float) for n in names},
                        stats=stats, status=np.array([by_name[str(v)] for v in status], dtype=np.int8),
-                       iterations=np.asarray(fixed("iterations")), ids=ids,
+                       iterations=np.asarray(fixed("iterations")), ids=ids, id_dtype=id_dtype,
                        loss="poisson" if "deviance" in stats else "mse")
 
 

@@ -23,8 +23,6 @@ from .schema import check_document, shapes_of
 
 __all__ = ["FitResult", "load"]
 
-#: parameters shown by repr() before it abbreviates
-_REPR_PARAMS = 6
 #: interval methods that refit, registered by the fitting layer (results/ cannot import fitting/):
 #: name -> function(result, level, *, x, y, data, sigma, weights, **method options) -> {name: (lo, hi)}
 _REFIT_INTERVALS: dict = {}
@@ -34,12 +32,6 @@ def register_interval_method(name: str, function) -> None:
     """Make ``FitResult.ci(method=name)`` call ``function`` (fitting/bootstrap.py registers
     "bootstrap" when :mod:`gradfit.fitting` is imported)."""
     _REFIT_INTERVALS[name] = function
-
-
-def _short(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters with an ellipsis."""
-    text = str(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True, repr=False)
@@ -94,20 +86,39 @@ class FitResult:
             object.__setattr__(self, "status", Status(self.status))
 
     def __repr__(self) -> str:
-        """One line of at most ~300 characters: model, status, loss and the first parameters
-        (never the history, settings or weights; :meth:`report` has the full text)."""
-        if self.params:
-            shown = list(self.params.items())[:_REPR_PARAMS]
-            params = ", ".join(f"{_short(k, 20)}={v:.6g}" for k, v in shown)
-            more = len(self.params) - len(shown)
-            params = "{" + params + (f", ... ({more} more)" if more else "") + "}"
-        else:
-            module = getattr(self.model, "module", None)
-            count = sum(p.numel() for p in module.parameters()) if module is not None else 0
-            params = f"<{count} network weights>"
-        loss = f"{self.loss:.6g}" if isinstance(self.loss, (int, float)) else repr(self.loss)
-        return (f"FitResult(model={_short(self.model.describe(), 60)!r}, status={Status(self.status).value}, "
-                f"loss={loss}, params={params})")
+        """One line of at most ~300 characters: model, status, chi-square (or deviance, or loss)
+        and the first parameters with their errors (never the history, settings or weights;
+        :meth:`report` has the full text). See :mod:`gradfit.results.display`."""
+        from .display import fit_repr
+
+        return fit_repr(self)
+
+    def _repr_html_(self) -> str:
+        """The notebook block: parameters, statistics, status, notes, and the loss curve of a
+        trained fit (the fit plot needs the data: :meth:`with_data`)."""
+        from .display import fit_html
+
+        return fit_html(self)
+
+    def _repr_markdown_(self) -> str:
+        from .display import fit_markdown
+
+        return fit_markdown(self)
+
+    def with_data(self, x, y, sigma=None):
+        """This result shown with its data: in a notebook, ``r.with_data(x, y)`` draws the fit
+        plot in the HTML block (a result keeps no data); ``.to_html(path)`` writes the report."""
+        from .display import FitView
+
+        return FitView(self, x, y, sigma)
+
+    def to_html(self, path, x=None, y=None, sigma=None, *, title: str | None = None) -> None:
+        """Write a self-contained HTML report (inline CSS and PNGs, no network references),
+        atomically: data, fit and residuals (when ``x`` and ``y`` are passed), loss curve,
+        parameters, statistics, correlations, warnings, settings and versions."""
+        from .html_report import fit_report, write_report
+
+        write_report(path, fit_report(self, x, y, sigma, title=title))
 
     @property
     def method(self) -> str:
@@ -336,12 +347,15 @@ class FitResult:
         weights = None if self.model.scalar_params else self.model.module.state_dict()
         write_document(path, self.to_document(), weights, signing_key=signing_key)
 
-    def plot_fit(self, path, x=None, y=None, band_level: float | None = 0.95):
-        """PNG of data, fitted curve (with its ``band_level`` confidence band where the fit has
-        one; None: no band) and residuals (pass the data to show)."""
+    def plot_fit(self, path, x=None, y=None, band_level: float | None = 0.95, *, sigma=None, data=None,
+                 xlabel=None, ylabel=None):
+        """PNG of data (error bars with ``sigma``; validation rows marked), fitted curve (with its
+        ``band_level`` confidence band where the fit has one; None: no band) and residuals (per
+        sigma when given); pass the data to show as x, y or ``data=``. See
+        :func:`gradfit.results.plot.fit_figure`."""
         from .plot import plot_fit
 
-        return plot_fit(self, path, x, y, band_level)
+        return plot_fit(self, path, x, y, band_level, sigma=sigma, data=data, xlabel=xlabel, ylabel=ylabel)
 
     def plot_loss(self, path):
         """PNG of training (and validation) loss per epoch."""

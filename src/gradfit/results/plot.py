@@ -1,4 +1,8 @@
-"""Matplotlib figures (Agg backend, no display): fit with residuals, and loss curves."""
+"""Matplotlib figures (Agg backend, no display): fit with residuals, loss curves, model
+comparisons, learning-rate finder and tuning studies. Each ``*_figure`` function returns the
+Figure (notebooks, reports and tests read it); each ``plot_*`` saves one as a PNG. What a fit
+plot shows (labels, scale, validation rows, density) is decided in :mod:`.plot_data`; fit_many's
+figures are in :mod:`.plot_batch`."""
 
 from __future__ import annotations
 
@@ -6,7 +10,10 @@ import io
 
 import numpy as np
 
-__all__ = ["plot_fit", "plot_loss", "plot_histories", "plot_lr_finder", "plot_tuning"]
+from .plot_data import (DENSE_POINTS, axis_names, curve_grid, data_columns, point_style, sigma_of,
+                        validation_mask, x_scale)
+
+__all__ = ["plot_fit", "fit_figure", "loss_figure", "plot_loss", "plot_histories", "plot_lr_finder", "plot_tuning"]
 
 
 def _pyplot():
@@ -27,52 +34,117 @@ def _save(fig, path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_fit(result, path, x, y, band_level: float | None = 0.95) -> None:
-    """Data and fitted curve (single input) or predicted vs observed (several inputs),
-    with residuals underneath. A single-input fit with a parameter covariance (least squares
-    or a likelihood, named parameters) shows its ``band_level`` confidence band (shaded;
-    :meth:`FitResult.band`); ``band_level=None`` leaves it out. Networks have no band."""
+def plot_fit(result, path, x=None, y=None, band_level: float | None = 0.95, *, sigma=None, data=None,
+             xlabel: str | None = None, ylabel: str | None = None) -> None:
+    """PNG of :func:`fit_figure` (the arguments are the same)."""
+    _save(fit_figure(result, x, y, band_level, sigma=sigma, data=data, xlabel=xlabel, ylabel=ylabel), path)
+
+
+def fit_figure(result, x=None, y=None, band_level: float | None = 0.95, *, sigma=None, data=None,
+               xlabel: str | None = None, ylabel: str | None = None):
+    """A matplotlib Figure: data and fitted curve (single input) or predicted vs observed
+    (several inputs), with residuals underneath.
+
+    - Axes are labelled with the data's names: the input column and the response (a
+      "response ~ ..." formula's left side, the column passed as ``y=``, a named pandas Series),
+      units included as the column names carry them ("Time (s)"); ``xlabel``/``ylabel`` override.
+    - ``sigma`` (one number or one per point) draws error bars and normalizes the residuals
+      ("residual / sigma").
+    - Validation rows (a fit with ``val_fraction``, plotted with its own data) get their own
+      marker and colour; the split is recomputed from the fit's seed.
+    - Above :data:`~gradfit.results.plot_data.DENSE_POINTS` points, markers fade so density shows.
+    - Dose-response built-ins (hill, logistic) on log-spaced doses, and positive x spanning
+      more than 2.5 decades, get a log x axis (symlog when a zero dose is present).
+    - A single-input fit with a covariance shows its ``band_level`` confidence band
+      (:meth:`FitResult.band`; None leaves it out). Networks have no band.
+
+    ``data`` (a DataFrame or dict of columns) replaces x and y: the inputs and the response
+    are taken from it by name.
+    """
     from ..errors import DataError
 
     plt = _pyplot()
+    if data is not None:
+        x, y_data = data_columns(result, data)
+        y = y if y is not None else y_data
     if x is None or y is None:
-        raise DataError("plot_fit needs the data: plot_fit(path, x, y)")
+        raise DataError("plot_fit needs the data: plot_fit(path, x, y) or plot_fit(path, data=table)")
+    in_name, out_name = axis_names(result, x, y, xlabel, ylabel)
     y = np.asarray(y, dtype=float)
-    pred = result.predict(x)
-    resid = y - pred.reshape(y.shape)
+    x = {k: np.asarray(v, dtype=float) for k, v in x.items()} if isinstance(x, dict) else np.asarray(x, dtype=float)
+    sig = sigma_of(sigma, y.shape)
+    pred = np.asarray(result.predict(x), dtype=float).reshape(y.shape)
+    resid = y - pred
+    if sig is not None:
+        resid = resid / sig
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=False,
                                       gridspec_kw={"height_ratios": [3, 1.2]})
     names = result.model.input_names
-    single = (not isinstance(x, dict) or len(x) == 1) and np.ndim(next(iter(x.values())) if isinstance(x, dict) else x) == 1
-    if single and y.ndim == 1:
-        xv = np.asarray(next(iter(x.values())) if isinstance(x, dict) else x, dtype=float)
-        grid = np.linspace(xv.min(), xv.max(), 400)
-        curve = result.predict({names[0]: grid} if len(names) == 1 else grid)
-        band = _confidence_band(result, {names[0]: grid} if len(names) == 1 else grid, band_level) if band_level \
-            else None
+    first = next(iter(x.values())) if isinstance(x, dict) else x
+    single = (not isinstance(x, dict) or len(x) == 1) and np.ndim(first) == 1 and y.ndim == 1
+    finite = np.isfinite(y).reshape(len(y), -1).all(axis=1) if y.ndim else np.ones(1, bool)
+    val = validation_mask(result, len(y), finite) if y.ndim else None
+    style = point_style(y.size)
+    if single:
+        xv = first
+        scale = x_scale(result, xv)
+        grid = curve_grid(xv, scale)
+        at = {names[0]: grid} if len(names) == 1 else grid
+        band = _confidence_band(result, at, band_level) if band_level else None
         if band is not None:
             top.fill_between(grid, band[0], band[1], color="C1", alpha=0.25, lw=0,
                              label=f"{band_level:.0%} confidence band")
-        top.plot(xv, y, "o", ms=4, label="data")
-        top.plot(grid, curve, "-", lw=2, label="fit")
-        top.set_xlabel(names[0])
-        bottom.axhline(0, color="grey", lw=1)
-        bottom.plot(xv, resid, "o", ms=3)
-        bottom.set_xlabel(names[0])
+        _points(top, xv, y, val, style, sig if y.size <= DENSE_POINTS else None)
+        top.plot(grid, result.predict(at), "-", color="C1", lw=2, label="fit")
+        _points(bottom, xv, resid, val, style, None, legend=False)
+        for ax in (top, bottom):
+            _set_x_scale(ax, scale)
+            ax.set_xlabel(in_name)
+        top.set_ylabel(out_name)
     else:
-        top.plot(y.ravel(), pred.ravel(), "o", ms=3, label="points")
+        _points(top, y.ravel(), pred.ravel(), _rows_to_values(val, y), style, None)
         lo, hi = float(np.nanmin(y)), float(np.nanmax(y))
         top.plot([lo, hi], [lo, hi], "-", color="grey", label="ideal")
-        top.set_xlabel("observed")
-        top.set_ylabel("predicted")
-        bottom.axhline(0, color="grey", lw=1)
-        bottom.plot(pred.ravel(), resid.ravel(), "o", ms=3)
-        bottom.set_xlabel("predicted")
+        top.set_xlabel(f"observed {out_name}")
+        top.set_ylabel(f"predicted {out_name}")
+        _points(bottom, pred.ravel(), resid.ravel(), _rows_to_values(val, y), style, None, legend=False)
+        bottom.set_xlabel(f"predicted {out_name}")
+    bottom.axhline(0, color="grey", lw=1)
+    bottom.set_ylabel("residual / sigma" if sig is not None else "residual")
     top.set_title(result.model.describe(), fontsize=10)
-    top.legend()
-    bottom.set_ylabel("residual")
+    top.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    return fig
+
+
+def _rows_to_values(val, y):
+    """A row mask repeated over a multi-output row's values (so it matches ``y.ravel()``)."""
+    if val is None or y.ndim == 1:
+        return val
+    return np.repeat(val, y.size // len(y))
+
+
+def _points(ax, xv, yv, val, style, sigma, legend: bool = True) -> None:
+    """Data points: train and validation with distinct markers and colours, error bars when
+    sigma is given."""
+    groups = [("data" if val is None else "train", np.ones(len(xv), bool) if val is None else ~val, "o", "C0")]
+    if val is not None:
+        groups.append(("validation", val, "s", "C2"))
+    for label, mask, marker, color in groups:
+        kw = dict(ms=style["ms"], alpha=style["alpha"], color=color, mew=0,
+                  label=label if legend else None)
+        if sigma is not None:
+            ax.errorbar(xv[mask], yv[mask], yerr=sigma[mask], fmt=marker, elinewidth=0.8, capsize=0, **kw)
+        else:
+            ax.plot(xv[mask], yv[mask], marker, ls="none", **kw)
+
+
+def _set_x_scale(ax, scale) -> None:
+    kind, linthresh = scale
+    if kind == "symlog":
+        ax.set_xscale("symlog", linthresh=linthresh)
+    elif kind == "log":
+        ax.set_xscale("log")
 
 
 def plot_comparison(path, x, y, candidates, criterion: str) -> None:
@@ -142,24 +214,44 @@ def _confidence_band(result, grid, level: float):
 
 
 def plot_loss(result, path) -> None:
-    """Training and validation loss per epoch (log scale when all losses are positive)."""
+    """PNG of :func:`loss_figure`."""
+    _save(loss_figure(result), path)
+
+
+#: what the loss plot says instead of drawing one point: the solve took no iterations
+DIRECT_SOLVE_TEXT = "solved directly (linear least squares): no iterations to plot"
+
+
+def loss_figure(result):
+    """Training and validation loss per epoch (per iteration for Levenberg-Marquardt; log
+    scale when all losses are positive). A direct linear solve has no iterations: the figure
+    says so (:data:`DIRECT_SOLVE_TEXT`, with the final loss) instead of drawing empty axes."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     train = np.asarray(result.history.get("train_loss", []), dtype=float)
     val = np.asarray(result.history.get("val_loss", []) or [], dtype=float)
-    epochs = np.arange(1, len(train) + 1)
-    ax.plot(epochs, train, label="train")
+    ax.set_title(f"{result.model.describe()}: {result.status}", fontsize=10)
+    if result.method == "linear" or len(train) <= 1:
+        text = DIRECT_SOLVE_TEXT if result.method == "linear" else "one evaluation: no iterations to plot"
+        loss = f"{result.loss:.6g}" if isinstance(result.loss, (int, float)) else str(result.loss)
+        ax.text(0.5, 0.5, f"{text}\nloss ({result.settings.get('loss', 'loss')}) = {loss}", ha="center",
+                va="center", transform=ax.transAxes, fontsize=11)
+        ax.set_axis_off()
+        fig.tight_layout()
+        return fig
+    ax.plot(np.arange(1, len(train) + 1), train, label="train", color="C0")
     if len(val):
-        ax.plot(np.arange(1, len(val) + 1), val, label="validation")
+        ax.plot(np.arange(1, len(val) + 1), val, label="validation", color="C2", ls="--")
+    if result.best_epoch is not None:
+        ax.axvline(result.best_epoch, color="grey", ls=":", lw=1, label=f"best epoch {result.best_epoch}")
     both = np.concatenate([train, val]) if len(val) else train
     if len(both) and np.all(both[np.isfinite(both)] > 0):
         ax.set_yscale("log")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("iteration" if result.method == "lm" else "epoch")
     ax.set_ylabel(f"loss ({result.settings.get('loss', 'loss')})")
     ax.legend()
-    ax.set_title(f"{result.model.describe()}: {result.status}", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
 def plot_histories(path, curves: dict, title: str = "training loss") -> None:
@@ -193,12 +285,15 @@ def plot_lr_finder(result, path) -> None:
 
 
 def plot_tuning(study, folder) -> list:
-    """Optimization history and parameter importances of an Optuna study, as PNGs."""
+    """Optimization history and parameter importances of an Optuna study, as PNGs
+    (importances: :func:`gradfit.results.importance.param_importances`, fANOVA over complete and
+    pruned trials on the log objective; the plot's label says which evaluator ran)."""
     from pathlib import Path
 
     from ..errors import require
+    from .importance import param_importances
 
-    optuna = require("optuna", extra="tune", feature="plot_tuning")
+    require("optuna", extra="tune", feature="plot_tuning")
 
     plt = _pyplot()
     folder = Path(folder)
@@ -218,21 +313,21 @@ def plot_tuning(study, folder) -> list:
     fig.tight_layout()
     _save(fig, folder / "history.png")
     written.append(folder / "history.png")
-    if len(trials) >= 2 and trials[0].params:
-        import warnings
-
-        try:
-            with warnings.catch_warnings():  # optuna's notes on few trials are not the user's concern
-                warnings.simplefilter("ignore", UserWarning)
-                importances = optuna.importance.get_param_importances(study)
-        except (RuntimeError, ValueError, ZeroDivisionError):
-            importances = {}
-        if importances:
-            fig, ax = plt.subplots(figsize=(6.4, 0.5 + 0.5 * len(importances)))
-            names = list(importances)[::-1]
-            ax.barh(names, [importances[n] for n in names])
-            ax.set_xlabel("importance (fANOVA)")
-            fig.tight_layout()
-            _save(fig, folder / "importance.png")
-            written.append(folder / "importance.png")
+    importances, how = param_importances(study)
+    if importances:
+        _save(importance_figure(importances, how), folder / "importance.png")
+        written.append(folder / "importance.png")
     return written
+
+
+def importance_figure(importances: dict, how: str = ""):
+    """Horizontal bars of parameter importances, largest on top, each labelled with its value."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 0.8 + 0.5 * len(importances)))
+    names = sorted(importances, key=importances.get)
+    bars = ax.barh(names, [importances[n] for n in names], color="C0")
+    ax.bar_label(bars, fmt="%.2f", padding=2, fontsize=8)
+    ax.set_xlim(0, max(1.0, max(importances.values()) * 1.15))
+    ax.set_xlabel(f"importance ({how})" if how else "importance")
+    fig.tight_layout()
+    return fig

@@ -48,6 +48,10 @@ def text_report(result) -> str:
         lines.append(f"status     {result.status} after {result.epochs_run} epochs")
     if result.message:
         lines.append(f"           {result.message}")
+    ms = s.get("multistart")
+    if ms:
+        lines.append(f"multistart {ms.get('starts')} starts: {ms.get('converged')} converged, {ms.get('reached_best')} "
+                     f"reached the best, {ms.get('distinct_minima')} distinct minima")
     lines.append(f"data       {result.n_train} train" + (f", {result.n_val} validation" if result.n_val else ""))
     lines.append(f"loss       train {_num(result.loss)}" + (f"  val {_num(result.val_loss)}"
                                                              if result.val_loss is not None else ""))

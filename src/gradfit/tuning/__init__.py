@@ -60,6 +60,26 @@ class TuneResult:
 
         return pd.DataFrame(self.trials)
 
+    def __repr__(self) -> str:
+        """One line: the best value and parameters, the trial counts by state."""
+        from ..results.display import tune_repr
+
+        return tune_repr(self)
+
+    def _repr_html_(self) -> str:
+        from ..results.display import tune_html
+
+        return tune_html(self)
+
+    def to_html(self, path, x=None, y=None, *, title: str | None = None) -> None:
+        """Write a self-contained HTML report atomically: best trial, trial table and the best
+        fit (with its data plot when ``x`` and ``y`` are passed)."""
+        from ..results.html_report import tune_report, write_report
+
+        settings = {"study": self.study_name, "storage": self.storage, "val_fraction": self.val_fraction}
+        write_report(path, tune_report(self.best_params, self.best_value, self.trials, best_fit=self.best_fit, x=x, y=y,
+                                       settings=settings, title=title))
+
 
 def prepare(model, space: Mapping, *, metric: str = "val_loss", trials: int = 1, x=None, y=None, data=None,
             **fit_options) -> tuple[dict, dict]:
