@@ -252,6 +252,12 @@ def test_a_loaded_result_bootstraps_and_without_gradfit_fitting_says_what_to_cal
             "except ConfigError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert "gf.bootstrap(r, x=..., y=...)" in out.stdout, out.stderr
+    # gf.load in a fresh process registers the refitting methods itself
+    fresh = ("import gradfit as gf\n"
+             f"print(gf.load({str(path)!r}).ci(0.95, method='bootstrap', x={X_DECAY.tolist()!r}, "
+             f"y={y.tolist()!r}, n=50, seed=3)['k'])\n")
+    out = subprocess.run([sys.executable, "-c", fresh], capture_output=True, text=True, timeout=120, check=False)
+    assert out.stdout.strip() == str(again["k"]), out.stderr
 
 
 def test_fit_many_with_per_fit_x_over_several_chunks():

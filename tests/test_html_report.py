@@ -325,3 +325,10 @@ def test_batch_report_renders_in_chromium(batch, browser, tmp_path):
     medians = [[n, f"{np.median(r.params[n][r.converged]):.6g}"] for n in "akc"]
     page = _check_in_browser(browser, tmp_path / "batch.html", {})
     assert [row[:2] for row in page.tables["gf-params"][1:]] == medians
+
+
+def test_a_report_of_data_that_do_not_line_up_is_refused(tmp_path):
+    r = gf.fit(MODEL, x=X, y=Y, init={"a": 1, "k": 1, "c": 0})
+    with pytest.raises(gf.DataError, match="x has 40 rows and y has 39"):
+        r.to_html(tmp_path / "r.html", x=X, y=Y[:-1])
+    assert not (tmp_path / "r.html").exists()

@@ -315,3 +315,16 @@ def test_cli_fit_many_plot(saved, tmp_path):
     assert out.splitlines()[-1] == f"wrote {tmp_path / 'b.png'}"
     hist_fig, examples_fig = saved["b.png"].subfigs
     assert [ax.get_xlabel() for ax in hist_fig.axes] == ["a", "k", "c"] and len(examples_fig.axes) == 9
+
+
+def test_a_fit_that_is_not_a_solution_says_so_in_its_title(saved, tmp_path):
+    x = np.linspace(-1, 5, 20)
+    y = 2 * np.log(np.abs(x) + 0.1) + 1
+    r = gf.fit("a*log(x) + b", x=x, y=y, init={"a": 1, "b": 1})  # log of negative x: no fit
+    assert r.status != "converged"
+    r.plot_fit(tmp_path / "fit.png", x, y)
+    title = saved["fit.png"].axes[0].get_title()
+    assert title.startswith("a*log(x) + b") and f"[{r.status}: not a solution]" in title
+    good = gf.fit("a*x + b", x=x, y=2 * x + 1)
+    good.plot_fit(tmp_path / "good.png", x, 2 * x + 1)
+    assert saved["good.png"].axes[0].get_title() == "a*x + b"

@@ -31,10 +31,10 @@ T = np.linspace(0.0, 4.0, 40)
 DECAY = 2.0 * np.exp(-1.3 * T) + 0.4 + RNG.normal(0.0, 0.02, T.size)
 EXPR = "a*exp(-k*x) + c"
 
-# NetRegressor under the checks: a small network trained briefly, in float64 because
-# check_sample_weight_equivalence_on_dense_data compares weighted with repeated samples at
-# rtol=1e-7; float32 rounding (summation order differs) cannot meet that, float64 does.
-_CHECKED = [CurveRegressor(), NetRegressor(hidden=(16,), lr=1e-2, epochs=100, dtype="float64", device="cpu")]
+# NetRegressor under the checks: a small network trained briefly, in its default float64
+# (check_sample_weight_equivalence_on_dense_data compares weighted with repeated samples at
+# rtol=1e-7; float32 rounding (summation order differs) cannot meet that, float64 does).
+_CHECKED = [CurveRegressor(), NetRegressor(hidden=(16,), lr=1e-2, epochs=100, device="cpu")]
 
 #: the only expected failure, per estimator, and why
 EXPECTED_FAILURES = {
@@ -238,7 +238,7 @@ def test_net_regressor_is_gf_fit_mlp():
     X = RNG.uniform(-1, 1, (60, 2))
     y = np.sin(2 * X[:, 0]) + X[:, 1]
     net = NetRegressor(hidden=(16,), epochs=50, seed=4, device="cpu").fit(X, y)
-    r = gf.fit("mlp", X, y, hidden=(16,), epochs=50, seed=4, normalize=True, device="cpu")
+    r = gf.fit("mlp", X, y, hidden=(16,), epochs=50, seed=4, normalize=True, device="cpu", dtype="float64")
     np.testing.assert_array_equal(net.predict(X), r.predict(X))
     assert net.predict(X).shape == (60,) and net.n_iter_ == 50 and net.n_outputs_ == 1
 

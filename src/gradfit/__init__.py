@@ -66,6 +66,8 @@ __all__ = sorted([*_LAZY, "GradfitError", "FormulaError", "DataError", "ModelErr
 
 def __getattr__(name: str):
     if name in _LAZY:
+        if name == "load":  # a loaded result's ci(method="bootstrap") refits: register the fitting layer
+            import_module("gradfit.fitting")
         value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value
         return value

@@ -227,7 +227,9 @@ class NetRegressor(_GradfitRegressor):
     val_fraction, penalty, loss, schedule, input_noise, dtype, device :
         as in :func:`gradfit.fit`, with its defaults (``lr=1e-2``, ``epochs=1000``;
         ``batch_size=None``: full batch; ``early_stopping`` needs ``val_fraction > 0``) except
-        ``normalize=True``: inputs and targets standardized (weighted by ``sample_weight``).
+        ``normalize=True``: inputs and targets standardized (weighted by ``sample_weight``), and
+        ``dtype="float64"`` (scikit-learn's working precision: its equivalence checks compare
+        refits to 1e-7, which float32 training misses by rounding; pass "float32" for speed).
     seed : the seed of the weights, the split and the minibatches; None is gradfit's default
         (0), so fits are reproducible.
 
@@ -243,7 +245,7 @@ class NetRegressor(_GradfitRegressor):
 
     def __init__(self, hidden=(64,), *, activation="tanh", optimizer="adam", lr=1e-2, epochs=1000, batch_size=None,
                  early_stopping=None, normalize=True, val_fraction=0.0, seed=None, penalty=None, loss="mse",
-                 schedule=None, input_noise=0.0, dtype="float32", device="auto"):
+                 schedule=None, input_noise=0.0, dtype="float64", device="auto"):
         self.hidden = hidden
         self.activation = activation
         self.optimizer = optimizer

@@ -36,7 +36,7 @@ from .tree import BINARY_OPS, CONSTANTS, BinOp, Call, Const, Neg, Node, Num, Var
 __all__ = ["FORMAT", "cache_dir", "cached", "decode_tree", "encode_tree", "evaluate", "random_points"]
 
 #: bump when what symbolic.py computes (or how it is stored) changes within one gradfit version
-FORMAT = 1
+FORMAT = 2  # 2: x**n * log(x) written xlogy(x**n, x)
 _SUBDIR = "symbolic"
 
 

@@ -61,6 +61,18 @@ def _sign(v: float) -> float:
     return float((v > 0) - (v < 0))
 
 
+def _xlogy(a: float, b: float) -> float:
+    return 0.0 if a == 0 else a * math.log(b)
+
+
+def _numpy_xlogy(np):
+    def xlogy(a, b):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(a == 0, 0.0, a * np.log(b))
+
+    return xlogy
+
+
 def _unary(name: str, math_form, *, torch=None, numpy=None, sympy=None, mpmath=None, sympy_class: str | None = "",
            aliases: tuple[str, ...] = (), internal: bool = False) -> Function:
     """An entry for a one-argument function; each library form defaults to the attribute
@@ -102,6 +114,9 @@ _TABLE = (
              "Min", clamp="upper"),
     Function("maximum", 2, max, lambda t: t.maximum, lambda np: np.maximum, lambda sp: sp.Max, lambda mp: max,
              "Max", clamp="lower"),
+    # a * log(b), 0 where a is 0: d(x**n)/dn = x**n log(x) at a zero-dose x = 0 is 0, not 0 * -inf
+    Function("xlogy", 2, _xlogy, lambda t: t.xlogy, lambda np: _numpy_xlogy(np), lambda sp: (lambda a, b: a * sp.log(b)),
+             lambda mp: (lambda a, b: 0 if a == 0 else a * mp.log(b)), "XLogY", internal=True),
     _unary("sign", _sign, internal=True),
     _unary("heaviside", lambda v: 0.5 * (_sign(v) + 1.0), torch=lambda t: (lambda u: (t.sign(u) + 1.0) * 0.5),
            numpy=lambda np: (lambda u: (np.sign(u) + 1.0) * 0.5),

@@ -91,6 +91,32 @@ def from_sympy(expr) -> Node:
     raise TypeError(f"gradfit cannot evaluate sympy expression {expr}")
 
 
+def _diff(expr, symbol):
+    """d expr / d symbol, each product u**e * log(u) (or u * log(u)) written XLogY(u**e, u)
+    (the tree's xlogy): the derivative of x**n with respect to n is x**n log(x), whose limit at
+    x = 0 (a zero-dose control, n > 0) is 0, where the product evaluates 0 * -inf = NaN."""
+    import sympy as sp
+
+    xlogy = sp.Function("XLogY")
+
+    def has_log(e):
+        return e.is_Mul and any(isinstance(f, sp.log) for f in e.args)
+
+    def rewrite(e):
+        factors, pairs = list(e.args), []
+        for log in [f for f in factors if isinstance(f, sp.log)]:
+            base = log.args[0]
+            power = next((f for f in factors if f is not log and (f == base or (f.is_Pow and f.args[0] == base))),
+                         None)
+            if power is not None:
+                factors.remove(log)
+                factors.remove(power)
+                pairs.append(xlogy(power, base))
+        return sp.Mul(*pairs, *factors)
+
+    return sp.diff(expr, symbol).replace(has_log, rewrite)
+
+
 def _fold_binop(op: str, items: list[Node]) -> Node:
     out = items[0]
     for item in items[1:]:
@@ -119,7 +145,7 @@ def _derivatives_cached(node: Node, wrt: tuple[str, ...]) -> tuple[Node, ...]:
     out = []
     for name in wrt:
         s = symbols.get(name) or sp.Symbol(name, real=True)
-        out.append(from_sympy(sp.diff(expr, s)))
+        out.append(from_sympy(_diff(expr, s)))
     return tuple(out)
 
 
@@ -193,7 +219,7 @@ def _program(node: Node, wrt: tuple[str, ...], with_value: bool):
 
     symbols: dict = {}
     expr = to_sympy(node, symbols)
-    exprs = [sp.diff(expr, symbols.get(n) or sp.Symbol(n, real=True)) for n in wrt]
+    exprs = [_diff(expr, symbols.get(n) or sp.Symbol(n, real=True)) for n in wrt]
     if with_value:
         exprs.insert(0, expr)
     # temporaries are named so they can never clash with user names (the parser refuses "__")

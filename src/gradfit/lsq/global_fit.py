@@ -221,24 +221,23 @@ def _covariance(state, free_l, free_s, n_used, reduce, likelihood=None):
     information: the covariance is its inverse, unscaled; the statistics are the likelihood's)."""
     import torch
 
-    from ..optim.batch_solve import damped_solve, inverse_diagonal
+    from ..optim.batch_solve import damped_solve
 
     a, c, inc = state.a, state.c, state.included
     b, pl = state.local.shape
     ps = state.shared.shape[0]
     zero_lam = torch.zeros(b, dtype=torch.float64, device=a.device)
-    var_l, ok = inverse_diagonal(a, free_l)
+    # one factorization of each local block for [I, C]: A^-1 (its diagonal) and A^-1 C
+    # (damped_solve solves A d = -g; fixed parameters get zero rows)
+    eye_l = torch.eye(pl, dtype=torch.float64, device=a.device).expand(b, pl, pl)
+    both, ok = damped_solve(a, -torch.cat([eye_l, c], dim=-1), zero_lam, free_l)
+    var_l = torch.diagonal(both[:, :, :pl], dim1=-2, dim2=-1)
     # the rank screen of lsq/batched: F * trace(M^-1) < 1 / RANK_TOL^2 for the scaled block M
     trace_inv = (var_l * torch.diagonal(a, dim1=-2, dim2=-1)).sum(-1)
     ok = ok & torch.isfinite(trace_inv) & (sum(free_l) * trace_inv < 1.0 / RANK_TOL**2)
-    cols = []
-    for j in range(ps):
-        x, good = damped_solve(a, -c[:, :, j], zero_lam, free_l)
-        cols.append(x)
-        ok = ok & good
     singular = inc & ~ok
     inc = inc & ok
-    x = torch.where(inc[:, None, None], torch.stack(cols, dim=-1), 0.0)  # A^-1 C
+    x = torch.where(inc[:, None, None], both[:, :, pl:], 0.0)  # A^-1 C
     cm = torch.where(inc[:, None, None], c, 0.0)
     n_inc = inc.sum().double()
     n_pts = torch.where(inc, torch.as_tensor(n_used, dtype=torch.float64, device=a.device), 0.0).sum()

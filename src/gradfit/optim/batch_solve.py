@@ -64,18 +64,19 @@ def damped_solve(a, g, lam, free, hold=None):
             for k in range(j):
                 t = t - low[i][k] * low[j][k]
             low[i][j] = t / d
+    low = [[None if v is None else per_fit(v) for v in row] for row in low]  # each entry shaped once
     z = [None] * p
     for i in range(p):
         t = rhs[i]
         for k in range(i):
-            t = t - per_fit(low[i][k]) * z[k]
-        z[i] = t / per_fit(low[i][i])
+            t = t - low[i][k] * z[k]
+        z[i] = t / low[i][i]
     x = [None] * p
     for i in reversed(range(p)):
         t = z[i]
         for k in range(i + 1, p):
-            t = t - per_fit(low[k][i]) * x[k]
-        x[i] = t / per_fit(low[i][i])
+            t = t - low[k][i] * x[k]
+        x[i] = t / low[i][i]
     step = torch.stack(x, dim=1)
     ok = ok & torch.isfinite(step).flatten(1).all(-1)
     keep = ok.reshape(ok.shape + (1,) * (step.dim() - 1))

@@ -149,8 +149,8 @@ class FitResult:
             likelihood, refitting the other parameters with each one held at trial values until
             chi-square rises by z^2 * (reduced chi-square) (z^2 alone with absolute sigma).
             "bootstrap": ``n`` resampled refits in one fit_many batch, by
-            :func:`gradfit.bootstrap` (registered by :mod:`gradfit.fitting`, which ``gf.fit``
-            and ``gf.bootstrap`` load); ``seed``, ``kind`` ("residual", "pairs", "parametric")
+            :func:`gradfit.bootstrap` (registered by :mod:`gradfit.fitting`, which ``gf.fit``,
+            ``gf.load`` and ``gf.bootstrap`` load); ``seed``, ``kind`` ("residual", "pairs", "parametric")
             and ``interval`` ("percentile", "basic", "bca") are passed on.
         x, y, data, sigma, weights : for "profile" and "bootstrap": the data the fit was made with,
             passed as to :func:`gradfit.fit` (a result keeps no data, so this works the same on

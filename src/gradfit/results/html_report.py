@@ -119,6 +119,17 @@ def _residual_summary(result, x, y) -> str:
                              ("largest |residual|", fmt_number(np.abs(resid).max()))], cls="gf-residuals")
 
 
+def _check_lengths(result, x, y) -> None:
+    """DataError when the data passed for the report do not line up (the fit's prediction at x
+    and y differ in length): a report of other data than the fit's is worse than none."""
+    from ..errors import DataError
+
+    n_y = len(np.atleast_1d(np.asarray(y, dtype=float)))
+    n_x = len(np.asarray(next(iter(x.values())) if isinstance(x, dict) else x))
+    if n_x != n_y:
+        raise DataError(f"the report's x has {n_x} rows and y has {n_y}: pass the data the fit was made with")
+
+
 def fit_report(result, x=None, y=None, sigma=None, *, title: str | None = None) -> str:
     """The HTML document of one fit (see the module docstring); ``x``, ``y`` (and ``sigma``)
     are the data, as :meth:`FitResult.plot_fit` takes them, for the data and residual plots."""
@@ -127,6 +138,7 @@ def fit_report(result, x=None, y=None, sigma=None, *, title: str | None = None) 
     model = result.model.describe()
     subtitle = f"<p><code>{_e(model)}</code> {status_badge(result.status)}</p>"
     if x is not None and y is not None:
+        _check_lengths(result, x, y)
         data = figure_html(result, x, y, sigma, width=None) + _residual_summary(result, x, y)
     else:
         data = "<p>No data were passed: <code>r.to_html(path, x=x, y=y)</code> adds the data, fit and residuals.</p>"
@@ -255,7 +267,7 @@ def tune_report(best_params: dict, best_value, trials: list, *, study=None, best
     rows = [[str(r.get("number")), str(r.get("state", "")), fmt_number(r.get("value")),
              *(param_text(r.get(k, "")) for k in names), str(r.get("epochs") or ""), str(r.get("error") or "")]
             for r in trials]
-    table = html_table(["trial", "state", "value", *(n[len("param_"):] for n in names), "epochs", "error"], rows,
+    table = html_table(["trial", "state", "value", *(n[len("param_"):] for n in names), "epochs run", "error"], rows,
                    cls="gf-trials")
     sections = [("best", "Best trial", best), ("trials", f"Trials ({len(trials)})", table)]
     if study is not None:

@@ -111,7 +111,10 @@ def fit_figure(result, x=None, y=None, band_level: float | None = 0.95, *, sigma
         bottom.set_xlabel(f"predicted {out_name}")
     bottom.axhline(0, color="grey", lw=1)
     bottom.set_ylabel("residual / sigma" if sig is not None else "residual")
-    top.set_title(result.model.describe(), fontsize=10)
+    status = str(result.status)
+    # a fit that is not a solution says so on the figure itself: it may be pasted anywhere
+    top.set_title(result.model.describe() + ("" if status == "converged" else f"  [{status}: not a solution]"),
+                  fontsize=10, color="black" if status == "converged" else "firebrick")
     top.legend(fontsize=8)
     fig.tight_layout()
     return fig
