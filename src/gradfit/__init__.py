@@ -29,6 +29,8 @@ _LAZY = {
     "loss_value": "gradfit.fitting.gradient",
     "curve_fit": "gradfit.fitting.scipy_compat",
     "fit_many": "gradfit.fitting.many",
+    "fit_many_files": "gradfit.fitting.stream",
+    "read_fit_many_files": "gradfit.fitting.stream",
     "bootstrap": "gradfit.fitting.bootstrap",
     "Bootstrap": "gradfit.fitting.bootstrap",
     "compare": "gradfit.fitting.compare",

@@ -98,6 +98,10 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
         print(f"gradfit fit: interrupted {stop.where}; checkpoint saved in {Path(args.out)}; "
               f"resume with: {again} --resume", file=stderr)
         return ExitStatus.from_signal(stop.signum)
+    from ..train.distributed import is_writer
+
+    if not is_writer():  # under torchrun rank 0 writes and prints; the others hold the same result
+        return exit_status(result.status)
     if args.out or args.report:
         target = columns[y] if isinstance(y, str) else _response_column(result, columns)
     if args.out:

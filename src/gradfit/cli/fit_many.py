@@ -17,6 +17,10 @@ def run_fit_many(args, stdout, stderr) -> ExitStatus:
     import gradfit as gf
     from gradfit.models import resolve_model
 
+    if args.stream:  # data larger than memory: chunks in, Parquet parts out (cli/fit_many_stream.py)
+        from .fit_many_stream import run_stream
+
+        return run_stream(args, stdout, stderr, starting_values=starting_values, x_values=_x_values)
     if args.report:
         check_out_file(args.report, "--report")
     if args.plot:

@@ -202,6 +202,11 @@ def _add_fit_many(sub) -> None:
     add_options(p.add_argument_group("multistart"), ["--starts", "--seed"])
     batching = p.add_argument_group("batching")
     batching.add_argument("--chunk-size", type=int, default=None, metavar="N", help="fits per batch on the device")
+    batching.add_argument("--stream", action="store_true",
+                          help="read DATA (.npy memory map, wide .parquet file/folder/glob) and write --out (a folder "
+                               "of Parquet parts) a chunk at a time; a rerun resumes, skipping chunks written")
+    batching.add_argument("--chunk-fits", type=int, default=100_000, metavar="N",
+                          help="with --stream: fits read, fitted and written at a time (default 100000)")
     batching.add_argument("--compile", default="auto", choices=["auto", "yes", "no"],
                         help="torch.compile the batched step (default auto: large batches)")
     _group(p, "output", what="the per-fit table to FILE (.csv, .npz or .parquet)", metavar={"--out": "FILE"})

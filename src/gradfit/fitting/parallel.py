@@ -6,43 +6,37 @@ Nothing happens outside torchrun: a single process gets the whole batch.
 
 from __future__ import annotations
 
-import atexit
+import contextlib
+import contextvars
 import os
 
 import numpy as np
 
-__all__ = ["world", "shard_range", "gather_result", "reducer", "sum_across"]
+__all__ = ["world", "shard_range", "gather_result", "reducer", "sum_across", "this_process_only"]
+
+#: set while a rank fits work it was assigned itself (fit_many_files' chunks): fit_many inside
+#: then neither shards nor gathers
+_LOCAL = contextvars.ContextVar("gradfit_this_process_only", default=False)
+
+
+@contextlib.contextmanager
+def this_process_only():
+    """Within the block, :func:`world` is (0, 1): fit_many fits its whole batch in this process."""
+    token = _LOCAL.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL.reset(token)
 
 
 def world() -> tuple[int, int]:
-    """(rank, world size), initializing the default process group under torchrun."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
+    """(rank, world size), initializing the default process group under torchrun (one
+    mechanism with training: :func:`gradfit.train.distributed.process_group`)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or _LOCAL.get():
         return 0, 1
-    import torch
-    import torch.distributed as dist
+    from ..train.distributed import process_group
 
-    if not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
-        # The group is ours: tear it down at exit, after every rank got there, or gloo's
-        # threads abort the process ("terminate called without an active exception").
-        atexit.register(_shutdown)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _shutdown() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        try:
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
+    return process_group()
 
 
 def shard_range(n: int) -> tuple[int, int]:

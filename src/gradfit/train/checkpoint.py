@@ -218,9 +218,13 @@ class Checkpointer(Callback):
     def save(self, tensors: dict, meta: dict) -> None:
         import time
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(self.folder, tensors, {**meta, "fingerprint": self.fingerprint,
-                                               "data_sha256": self.data_sha256, "epochs": self.epochs})
+        from .distributed import is_writer, process_group
+
+        if is_writer():  # under torchrun rank 0 writes; every rank holds the same state
+            self.folder.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(self.folder, tensors, {**meta, "fingerprint": self.fingerprint,
+                                                   "data_sha256": self.data_sha256, "epochs": self.epochs,
+                                                   "world_size": process_group()[1]})
         self._last = time.monotonic()
 
     def after_epoch(self, loop) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..callbacks import Callback
 from ..errors import ConfigError, require
+from .distributed import is_writer
 
 __all__ = ["CSVLogger", "TensorBoardLogger", "CSV_COLUMNS"]
 
@@ -44,11 +45,14 @@ class _EpochLogger(Callback):
 
     _started: float | None = None
 
-    # loop hooks: first-order training
+    # loop hooks: first-order training; under torchrun only rank 0 writes (train/distributed.py)
     def before_fit(self, loop) -> None:
-        self._start()
+        if is_writer():
+            self._start()
 
     def after_epoch(self, loop) -> None:
+        if not is_writer():
+            return
         lrs = loop.history.get("lr")  # the schedule's value for this epoch (it has stepped already)
         lr = lrs[-1] if lrs else float(loop.optimizer.param_groups[0]["lr"])
         self._record(loop.epoch, loop.logs["train_loss"], loop.logs.get("val_loss"), lr)
@@ -61,9 +65,12 @@ class _EpochLogger(Callback):
 
     # simple hooks: least-squares iterations
     def on_train_begin(self, total_epochs: int) -> None:
-        self._start()
+        if is_writer():
+            self._start()
 
     def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        if not is_writer():
+            return
         self._record(epoch, logs["train_loss"], logs.get("val_loss"), None)
 
     def on_train_end(self, status: str, epochs_run: int) -> None:

@@ -12,6 +12,10 @@ resumed run continues from that minibatch, bit-identical to an uninterrupted run
 Divergence, the history, the learning-rate schedule, early stopping, the ``tol`` test and
 checkpoints are the callbacks of train/callbacks.py and train/checkpoint.py; :func:`run_loop`
 builds the ones its :class:`LoopConfig` asks for and runs them with the user's.
+
+Under torchrun (train/distributed.py) every rank draws the same permutation, steps on its
+share of each global batch, and the objective averages the gradients over the ranks before
+each optimizer step; the epoch's losses are the global ones.
 """
 
 from __future__ import annotations
@@ -127,9 +131,17 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     """
     import torch
 
+    from .distributed import check_resume_world, training_group
+
     train = objective.train
     minibatch = config.batch_size is not None and config.batch_size < train.n
     is_lbfgs = isinstance(optimizer, torch.optim.LBFGS)
+    group = training_group()  # None outside torchrun
+    local = train
+    if group is not None:
+        _join(group, objective, is_lbfgs)
+        if not minibatch:  # a full-batch epoch: this rank's rows, gathered once
+            local = train.take(torch.arange(group.rank, train.n, group.size, device=train.y.device))
     generator = torch.Generator(device=train.y.device).manual_seed(config.seed) if minibatch else None
     loop = LoopState(objective, optimizer, config.epochs, generator,
                      _callbacks(config, callbacks, scheduler, checkpointer, is_lbfgs and not minibatch))
@@ -138,6 +150,7 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     if resume is not None:
         from .checkpoint import restore_state
 
+        check_resume_world(resume[1], group)
         restore_state(resume, loop)
         if loop.position is not None and loop.epochs_run >= config.epochs:
             from ..errors import ConfigError
@@ -149,7 +162,8 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     after_epoch = [cb.after_epoch for cb in loop.callbacks]
     # a stop signal is checked between minibatches, so Ctrl-C answers within one batch, not one epoch
     stop_requested = (lambda: checkpointer.signal is not None) if minibatch and checkpointer is not None else None
-    graphed = _captured_step(objective, optimizer, config.batch_size, scheduler) if minibatch and not is_lbfgs else None
+    graphed = (_captured_step(objective, optimizer, config.batch_size, scheduler)
+               if minibatch and not is_lbfgs and group is None else None)
     try:
         for epoch in range(loop.epochs_run + 1, config.epochs + 1):
             loop.epoch = epoch
@@ -158,15 +172,16 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
                     hook(loop)
             if minibatch:
                 value = _minibatch_epoch(objective, optimizer, train, config.batch_size, loop, is_lbfgs,
-                                         stop_requested, graphed)
+                                         stop_requested, graphed, group)
                 if value is None:  # stopped between two minibatches: save the state there
                     _stop_inside_epoch(loop, checkpointer, train.n)
             elif is_lbfgs:
                 value = objective.unscale(optimizer.step(objective.closure(optimizer)).detach())
+            elif group is not None and local.n == 0:  # fewer training rows than ranks
+                value = group.idle_step(objective.leaves, optimizer, local)
             else:
-                value = objective.step(optimizer, train)
-            loop.logs = {"train_loss": value.item(),
-                         "val_loss": objective.evaluate(objective.val) if objective.val is not None else None}
+                value = objective.step(optimizer, local)
+            loop.logs = {"train_loss": value.item(), "val_loss": _val_loss(objective, group)}
             loop.epochs_run = epoch
             for hook in after_epoch:
                 hook(loop)
@@ -178,6 +193,8 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
         for cb in loop.callbacks:
             cb.after_abort(loop)
         raise
+    finally:
+        objective.sync = None
     for cb in loop.callbacks:
         cb.after_fit(loop)
     return LoopOutcome(status=loop.status, epochs_run=loop.epochs_run, history=loop.history, message=loop.message,
@@ -218,6 +235,26 @@ def overfitting_signal(train: list, val: list, rise: float = 0.05, min_stretch: 
     return None
 
 
+def _join(group, objective, is_lbfgs) -> None:
+    """Train over ``group`` (train/distributed.py): refuse what cannot be split, start every
+    rank from rank 0's parameters, and average the gradients at each step."""
+    from ..errors import ConfigError
+
+    if is_lbfgs:
+        raise ConfigError("optimizer='lbfgs' under torchrun is not supported (its line search would need every "
+                          "loss evaluation reduced over the ranks); use 'adam' or 'sgd', or run in one process")
+    group.check_same_data(objective.train)
+    group.broadcast(objective.leaves)
+    leaves = objective.leaves
+    objective.sync = lambda value, data: group.synchronize(leaves, value, data)
+
+
+def _val_loss(objective, group):
+    if objective.val is None:
+        return None
+    return objective.evaluate(objective.val) if group is None else group.evaluate(objective, objective.val)
+
+
 def _stop_inside_epoch(loop, checkpointer, n: int):
     """Save the state between two minibatches (``loop.position`` says where) and raise
     ``Interrupted``."""
@@ -227,7 +264,8 @@ def _stop_inside_epoch(loop, checkpointer, n: int):
     raise Interrupted(checkpointer.signal, loop.epoch - 1, (loop.position[1], n))
 
 
-def _minibatch_epoch(objective, optimizer, train, batch_size, loop, is_lbfgs, stop_requested=None, graphed=None):
+def _minibatch_epoch(objective, optimizer, train, batch_size, loop, is_lbfgs, stop_requested=None, graphed=None,
+                     group=None):
     """One epoch over seeded minibatches: the size-weighted mean loss, or None when
     ``stop_requested()`` became true between two minibatches; ``loop.position`` then holds
     where the epoch stands. A ``loop.position`` on entry (a resumed run) continues from there."""
@@ -251,13 +289,18 @@ def _minibatch_epoch(objective, optimizer, train, batch_size, loop, is_lbfgs, st
                 loop.position = (before, low + offset, total)
                 return None
             batch = rows.slice(offset, offset + batch_size)
-            if is_lbfgs:
+            rows_in_batch = batch.n  # the global batch: under torchrun this rank steps on its share
+            if group is not None:
+                batch = group.share(batch)
+            if batch.n == 0:  # the epoch's last global batch has fewer rows than there are ranks
+                value = group.idle_step(objective.leaves, optimizer, batch)
+            elif is_lbfgs:
                 value = objective.unscale(optimizer.step(_batch_closure(objective, optimizer, batch)).detach())
             elif graphed is not None and batch.n == batch_size:
                 value = graphed(batch)
             else:
                 value = objective.step(optimizer, batch)
-            total += value.detach() * batch.n
+            total += value.detach() * rows_in_batch
     return total / n
 
 

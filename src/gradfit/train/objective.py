@@ -71,6 +71,9 @@ class _Objective:
     penalty = None
     noise = None
     noise_generator = None
+    #: under torchrun, ``sync(value, data) -> value`` averages the gradients over the ranks
+    #: before each optimizer step and returns the global batch loss (train/distributed.py)
+    sync = None
 
     def extra_state(self) -> dict:
         """Tensors besides the leaves that a checkpoint must keep (none by default)."""
@@ -251,6 +254,8 @@ class ScalarObjective(_Objective):
             total = value if self.penalty is None else value + self.penalty_term()
             # autograd.grad skips the AccumulateGrad bookkeeping of backward() + zero_grad()
             (self.theta.grad,) = torch.autograd.grad(total, self.theta)
+        if self.sync is not None:
+            value = self.sync(value, data)
         optimizer.step()
         return value
 
@@ -440,6 +445,8 @@ class ModuleObjective(_Objective):
             total = value if self.penalty is None else value + self.penalty_term()
             optimizer.zero_grad()
             (total if self.loss_scale == 1.0 else total / self.loss_scale).backward()
+        if self.sync is not None:
+            value = self.sync(value, data)
         optimizer.step()
         return value
 
