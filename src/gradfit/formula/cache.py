@@ -173,12 +173,15 @@ _RANGES = ((0.2, 0.9), (0.5, 3.0), (-1.0, 1.0), (1.0, 20.0), (-5.0, 5.0), (10.0,
 
 
 def random_points(names):
-    """Random points (name -> float), two per range of :data:`_RANGES`: one as drawn and one
-    with a random sign for each name (so a planted entry wrong only for negative values, such
-    as ``x`` for ``abs(x)``, meets one), from fresh randomness (a planted entry cannot be tuned
-    to a point known in advance)."""
+    """Random points (name -> float), three per range of :data:`_RANGES`: one as drawn, one
+    with a random sign for each name, and that one mirrored (every sign flipped), so every name
+    meets both signs in every range (a planted entry wrong only for negative values, such as
+    ``x`` for ``abs(x)``, cannot slip through on lucky signs), from fresh randomness (a
+    planted entry cannot be tuned to a point known in advance)."""
     rng = random.SystemRandom()
     ordered = sorted(names)
     for low, high in _RANGES:
         yield {name: rng.uniform(low, high) for name in ordered}
-        yield {name: rng.choice((-1.0, 1.0)) * rng.uniform(low, high) for name in ordered}
+        signed = {name: rng.choice((-1.0, 1.0)) * rng.uniform(low, high) for name in ordered}
+        yield signed
+        yield {name: -v for name, v in signed.items()}
