@@ -25,6 +25,7 @@ Examples
 
 from __future__ import annotations
 
+import abc
 import csv
 import io
 import time
@@ -40,8 +41,9 @@ __all__ = ["CSVLogger", "TensorBoardLogger", "CSV_COLUMNS"]
 CSV_COLUMNS = ("epoch", "train_loss", "val_loss", "lr", "elapsed_s")
 
 
-class _EpochLogger(Callback):
-    """Maps both kinds of hooks onto ``_begin``, ``_record(epoch, train, val, lr)`` and ``_end``."""
+class _EpochLogger(Callback, abc.ABC):
+    """Maps both kinds of hooks onto ``_begin``, ``_record(epoch, train, val, lr)`` and ``_end``,
+    which each logger defines (the file or the event writer)."""
 
     _started: float | None = None
 
@@ -83,14 +85,17 @@ class _EpochLogger(Callback):
     def _elapsed(self) -> float:
         return time.monotonic() - self._started if self._started is not None else 0.0
 
+    @abc.abstractmethod
     def _begin(self) -> None:
-        raise NotImplementedError
+        """Defined by each logger."""
 
+    @abc.abstractmethod
     def _record(self, epoch: int, train_loss, val_loss, lr) -> None:
-        raise NotImplementedError
+        """Defined by each logger."""
 
+    @abc.abstractmethod
     def _end(self) -> None:
-        raise NotImplementedError
+        """Defined by each logger."""
 
 
 class CSVLogger(_EpochLogger):
