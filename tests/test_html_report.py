@@ -247,6 +247,31 @@ def test_cli_tune_writes_a_report(tmp_path):
     best = dict(tuple(r) for r in page.tables["gf-best"])
     assert float(best["lr"]) == pytest.approx(float(re.search(r"best value \S+ with lr=(\S+)", out).group(1)),
                                               rel=1e-3)
+    shown = _settings((tmp_path / "tune.html").read_text())
+    assert shown["fit options"]["optimizer"] == "adam" and shown["fit options"]["epochs"] == 10
+    assert shown["space"] == ["lr=log:1e-3:1e-1"] and shown["metric"] == "val_loss"
+    assert "val_fraction" not in shown["fit options"]  # the default split is tune's, not a fixed option
+
+
+def _settings(text: str) -> dict:
+    """The JSON of a report's settings block."""
+    import html
+    import json
+
+    block = re.search(r'<pre class="gf-settings">(.*?)</pre>', text, re.S).group(1)
+    return json.loads(html.unescape(block))
+
+
+def test_tune_report_lists_the_fixed_fit_options(tmp_path):
+    pytest.importorskip("optuna")
+    x = np.linspace(0, 1, 40)
+    r = gf.tune("a*x + b", x=x, y=2 * x + 1, space={"lr": ("log", 1e-3, 1e-1)}, trials=2, optimizer="adam",
+                epochs=15, val_fraction=0.25, bounds={"a": (0, None)}, callbacks=[gf.CSVLogger(tmp_path / "l.csv")])
+    r.to_html(tmp_path / "t.html")
+    shown = _settings((tmp_path / "t.html").read_text())
+    assert shown["fit options"] == {"bounds": {"a": [0, None]}, "epochs": 15, "optimizer": "adam",
+                                    "val_fraction": 0.25}
+    assert shown["space"] == "lr=log:0.001:0.1" and shown["metric"] == "val_loss"
 
 
 # -- a real browser -----------------------------------------------------------------------------------

@@ -328,3 +328,23 @@ def test_a_fit_that_is_not_a_solution_says_so_in_its_title(saved, tmp_path):
     good = gf.fit("a*x + b", x=x, y=2 * x + 1)
     good.plot_fit(tmp_path / "good.png", x, 2 * x + 1)
     assert saved["good.png"].axes[0].get_title() == "a*x + b"
+
+
+@pytest.mark.parametrize("center, spread", [(0.8, 1e-6), (0.8, 1e-4), (1234.5, 0.01), (50.0, 1e-7), (3e-5, 1e-9)])
+def test_a_parameter_that_barely_varies_gets_few_short_ticks_that_do_not_overlap(center, spread):
+    # without an axis offset the ticks would read 50.0000001, 50.0000002, ... and overlap
+    rng = np.random.default_rng(1)
+    x = np.arange(32.0)
+    y = _gaussian(x, rng.uniform(300, 700, (30, 1)), 16.0, 3.0, 50.0)
+    b = gf.fit_many("gaussian", x=x, y=y, init={"a": 500.0, "mu": 16.0, "sigma": 3.0, "c": 50.0})
+    b.params["c"] = center + spread * rng.standard_normal(len(b))
+    fig = batch_figure(b)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        low, high = sorted(ax.get_xlim())
+        labels = [t for t, v in zip(ax.get_xticklabels(), ax.get_xticks()) if t.get_text() and low <= v <= high]
+        assert 2 <= len(labels) <= 6
+        assert all(len(t.get_text()) <= 8 for t in labels), [t.get_text() for t in labels]
+        boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda bb: bb.x0)
+        assert all(left.x1 <= right.x0 for left, right in zip(boxes, boxes[1:]))  # no overlap

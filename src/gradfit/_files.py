@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "commit_pair", "parse_json", "resolve_target",
-           "JSONTooDeepError", "TOO_DEEP"]
+           "unwritable", "JSONTooDeepError", "TOO_DEEP"]
 
 _FILE_MODE = 0o666  # before the umask, as open(..., "w") and shell redirections use
 
@@ -119,14 +119,52 @@ def atomic_write_bytes(path, payload: bytes) -> None:
 
     Raises
     ------
-    OSError
-        The disk is full, the folder is not writable, or the links loop; the target is left
+    PersistError
+        (an OSError) The path is a folder, its folder cannot be created or written, the disk is
+        full, or the links loop; the message names the path and what to do. The target is left
         untouched and the temporary file removed.
     """
+    try:
+        _write_bytes(path, payload)
+    except OSError as exc:
+        raise unwritable(path, exc) from None
+
+
+def unwritable(path, exc: OSError):
+    """The :class:`~gradfit.errors.PersistError` for an OSError met while writing ``path``: one
+    line naming the path, the system's reason and what to do (every writer's failures read the
+    same). A PersistError is returned as it is."""
+    # imported here: tests load this module on its own, as a file, in a child process
+    from .errors import PersistError
+
+    if isinstance(exc, PersistError):
+        return exc
+    path = Path(path)
+    reason = exc.strerror or str(exc)
+    if path.is_dir() or exc.errno == errno.EISDIR:
+        return PersistError(f"cannot write {path}: it is a folder; give a file name such as {path / 'out'}")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        return PersistError(f"cannot write {path}: {blocker} is a file, not a folder; choose another path")
+    hint = {errno.ENOSPC: "free some space or choose another disk",
+            errno.EDQUOT: "free some space or choose another disk",
+            errno.EACCES: "choose a folder you may write to",
+            errno.EPERM: "choose a folder you may write to",
+            errno.EROFS: "the file system is read-only; choose another folder",
+            errno.ENOENT: (f"new files cannot be created in {path.parent}" if path.parent.is_dir() else
+                           f"its folder {path.parent} cannot be created") + "; choose another folder",
+            errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+            errno.ELOOP: "the symbolic links on the path form a loop"}.get(exc.errno, "choose another path")
+    return PersistError(f"cannot write {path}: {reason}; {hint}")
+
+
+def _write_bytes(path, payload: bytes) -> None:
     target, how, info = resolve_target(path)
     if how != "replace":
         _write_stream(target, payload, append=how == "append")
         return
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(target.parent, target.name)
     try:
@@ -284,8 +322,8 @@ def commit_pair(doc_path, blob: bytes, stable_name: str, render) -> None:
     A crash after step 2 leaves the new pair; steps 3 to 5 are redone by the next save.
 
     A ``doc_path`` that is a symbolic link is followed: the pair is written beside the file it
-    points to (the link stays a link). A FIFO or device is refused (``OSError``): a pair needs
-    a folder.
+    points to (the link stays a link). A FIFO or device is refused (:class:`PersistError`, an
+    OSError): a pair needs a folder.
 
     Examples
     --------
@@ -296,10 +334,15 @@ def commit_pair(doc_path, blob: bytes, stable_name: str, render) -> None:
     # readers (which resolve the document's path the same way) look for the binary file
     doc_path, how, _ = resolve_target(doc_path)
     if how != "replace":
-        raise OSError(errno.EINVAL, "a document and the file it names need a folder; this is a stream, "
-                      "not a file path", str(doc_path))
+        from .errors import PersistError
+
+        raise PersistError(f"cannot write {doc_path}: a document and the file it names need a folder; "
+                           "this is a stream, not a file path")
     folder = doc_path.parent
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(doc_path, exc) from None
     staged = staged_name(stable_name, blob)
     atomic_write_bytes(folder / staged, blob)
     atomic_write_text(doc_path, render(staged))  # the commit point

@@ -114,12 +114,17 @@ def _html_report(args, study, stdout) -> None:
     if not args.report:
         return
     from ..results.html_report import tune_report, write_report
+    from ..tuning import shown_options
     from ..tuning.study import trial_rows
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     best = (study.best_params, study.best_value) if complete else ({}, None)
-    settings = {"data": args.data, "model": args.model, "space": args.space, "study": study.study_name,
-                "storage": args.storage}
+    options = fit_kwargs(args)
+    options.pop("progress", None)
+    if not _given(args.argv, "--val-fraction"):
+        options.pop("val_fraction", None)  # tune's default split, said in the summary
+    settings = {"data": args.data, "model": args.model, "space": args.space, "metric": "val_loss",
+                "study": study.study_name, "storage": args.storage, "fit options": shown_options(options)}
     write_report(args.report, tune_report(*best, trial_rows(study), study=study, settings=settings))
     if not args.json:
         print(f"wrote {Path(args.report)}", file=stdout)

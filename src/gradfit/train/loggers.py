@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from ..callbacks import Callback
+from .._files import unwritable
 from ..errors import ConfigError, require
 from .distributed import is_writer
 
@@ -127,10 +128,12 @@ class CSVLogger(_EpochLogger):
 
     def _begin(self) -> None:
         self._end()
-        if not self.path.parent.is_dir():
-            raise ConfigError(f"CSVLogger: the folder {self.path.parent} does not exist; create it first")
         fresh = not self.append or not self.path.exists() or self.path.stat().st_size == 0
-        self._file = open(self.path, "a" if self.append else "w", encoding="utf-8", newline="")  # noqa: SIM115
+        try:  # the folder is made as every other writer makes it (gradfit._files)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a" if self.append else "w", encoding="utf-8", newline="")  # noqa: SIM115
+        except OSError as exc:
+            raise unwritable(self.path, exc) from None
         if fresh:
             self._write(CSV_COLUMNS)
 
@@ -184,7 +187,10 @@ class TensorBoardLogger(_EpochLogger):
         self._end()
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        try:
+            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        except OSError as exc:
+            raise unwritable(self.log_dir, exc) from None
         self._last = {}
 
     def _record(self, epoch: int, train_loss, val_loss, lr) -> None:

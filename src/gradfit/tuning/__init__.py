@@ -30,7 +30,7 @@ from .progress import TrialProgress
 from .study import (LOST_ATTR, best_value, check_study_space, counted_trials, fail_dead_trials,
                     failed_trials_warning, open_study, trial_rows, write_outputs)
 
-__all__ = ["tune", "run_trials", "SearchInterrupted", "TuneResult", "parse_space", "parse_space_text", "open_study", "lr_find",
+__all__ = ["tune", "run_trials", "SearchInterrupted", "TuneResult", "shown_options", "parse_space", "parse_space_text", "open_study", "lr_find",
            "LRFinderResult", "prepare", "write_outputs", "fail_dead_trials", "check_study_space", "space_text",
            "DEFAULT_VAL_FRACTION"]
 
@@ -43,7 +43,9 @@ class TuneResult:
     """What :func:`tune` returns: ``best_params`` (search name -> value, ``hidden`` as a tuple of
     widths), ``best_value`` (the metric), ``best_fit`` (the best configuration fitted again),
     ``trials`` (one row per trial: number, state, value, param_NAME, epochs, error),
-    ``study_name``, ``storage`` and ``val_fraction`` (the split the trials held out)."""
+    ``study_name``, ``storage`` and ``val_fraction`` (the split the trials held out), ``metric``,
+    ``space`` (in the command line's syntax) and ``fit_options`` (the fixed fit options every trial
+    shared, as :func:`shown_options` lists them)."""
 
     best_params: dict
     best_value: float
@@ -53,6 +55,9 @@ class TuneResult:
     storage: str | None = None
     #: the validation split the trials used (DEFAULT_VAL_FRACTION when none was given)
     val_fraction: float = 0.0
+    metric: str = "val_loss"
+    space: str = ""
+    fit_options: dict = field(default_factory=dict)
 
     def to_pandas(self):
         """The trial table as a pandas DataFrame (needs pandas: ``pip install "gradfit[pandas]"``)."""
@@ -76,7 +81,8 @@ class TuneResult:
         fit (with its data plot when ``x`` and ``y`` are passed)."""
         from ..results.html_report import tune_report, write_report
 
-        settings = {"study": self.study_name, "storage": self.storage, "val_fraction": self.val_fraction}
+        settings = {"study": self.study_name, "storage": self.storage, "metric": self.metric, "space": self.space,
+                    "val_fraction": self.val_fraction, "fit options": self.fit_options}
         write_report(path, tune_report(self.best_params, self.best_value, self.trials, best_fit=self.best_fit, x=x, y=y,
                                        settings=settings, title=title))
 
@@ -164,7 +170,26 @@ def tune(model, x=None, y=None, *, data=None, space: Mapping, trials: int = 50, 
     best_values = _drawn(best.params, parsed)
     best_fit = fit(model, x, y, data=data, **fit_keywords(base, best_values))
     return TuneResult(best_values, float(best.value), best_fit, trial_rows(st), st.study_name,
-                      storage if isinstance(storage, str) else None, float(base.get("val_fraction") or 0.0))
+                      storage if isinstance(storage, str) else None, float(base.get("val_fraction") or 0.0),
+                      metric=metric, space=space_text(parsed), fit_options=shown_options(base))
+
+
+def shown_options(options: Mapping) -> dict:
+    """The fixed fit options of a search as a report shows them: every option that was given a
+    value (None and empty ones left out), JSON data only; data, starting arrays, callbacks and
+    the progress display are not settings and are left out."""
+    from ..fitting.keywords import FIT_KEYWORDS
+
+    def plain(v):
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return True
+        if isinstance(v, (list, tuple)):
+            return all(map(plain, v))
+        return isinstance(v, Mapping) and all(isinstance(k, str) and plain(w) for k, w in v.items())
+
+    keep = (set(FIT_KEYWORDS) | {"init", "bounds", "fixed", "tie"}) - {"progress"}  # a display, not a setting
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(options.items())
+            if k in keep and v is not None and v != () and v != {} and v != [] and plain(v)}
 
 
 class SearchInterrupted(KeyboardInterrupt):
