@@ -235,9 +235,6 @@ def test_bad_input():
     net = gf.fit("mlp", x=x, y=y, hidden=(4,), epochs=3, progress=False)
     with pytest.raises(ConfigError, match="least-squares or likelihood fit"):
         net.band(X_NEW)
-    shared = gf.fit_many("a*x + b", x, np.stack([y, y + 1.0]), init={"a": 1.0, "b": 0.0}, shared=["a"])
-    with pytest.raises(ConfigError, match="global fits"):
-        shared.band(X_NEW)
 
 
 def test_plot_fit_draws_the_confidence_band(tmp_path, monkeypatch):

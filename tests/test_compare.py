@@ -311,6 +311,31 @@ def test_cli_exit_codes(decay_csv):
     assert code == 2 and "two candidates are labelled" in err
 
 
+def test_cli_starts_finds_the_global_minimum_of_a_candidate(tmp_path):
+    """A sine's frequency from a far start lands in a local minimum, where poly:2 wins; with
+    --starts 16 over the bounds the sine reaches scipy's fit from the true start and wins."""
+    from scipy.optimize import curve_fit
+
+    t = np.linspace(0.0, 4.0, 60)
+    y = 2.0 * np.sin(3.0 * t) + np.random.default_rng(0).normal(0.0, 0.05, 60)
+    path = tmp_path / "sine.csv"
+    path.write_text("t,signal\n" + "\n".join(f"{a:.17g},{b:.17g}" for a, b in zip(t, y)) + "\n")
+    args = ("compare", path, "signal ~ a*sin(w*t)", "poly:2", "--init", "a=1,w=1", "--bounds", "w=0.5:5", "--json")
+    code, out, err = cli(*args)
+    assert code == 0, err
+    assert json.loads(out)["best"] == "poly:2"  # one start: the sine stops in a local minimum
+    code, out, err = cli(*args, "--starts", "16")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["best"] == "signal ~ a*sin(w*t)"
+    popt, _ = curve_fit(lambda t, a, w: a * np.sin(w * t), t, y, p0=[2.0, 3.0])
+    got = doc["params"]["signal ~ a*sin(w*t)"]
+    np.testing.assert_allclose([got["a"], got["w"]], popt, rtol=1e-6)
+    chi2, n, k = float(np.sum((popt[0] * np.sin(popt[1] * t) - y) ** 2)), 60, 2
+    aicc = n * math.log(chi2 / n) + 2 * k + 2 * k * (k + 1) / (n - k - 1)
+    assert doc["models"][0]["aicc"] == pytest.approx(aicc, rel=1e-6)
+
+
 def test_the_comparison_plot_draws_every_converged_candidate_ranked(tmp_path, monkeypatch):
     import gradfit.results.plot as plot
 

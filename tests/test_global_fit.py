@@ -327,6 +327,7 @@ def test_two_processes_match_one(tmp_path):
         np.testing.assert_allclose(b.stderr[n], a.stderr[n], rtol=1e-9)
     np.testing.assert_array_equal(a.status, b.status)
     assert a.joint_stats["dof"] == b.joint_stats["dof"]
+    np.testing.assert_allclose(b.covariance, a.covariance, rtol=1e-8, atol=1e-15)  # each fit's band block
 
 
 @pytest.mark.slow

@@ -125,8 +125,11 @@ def test_read_parquet_without_pyarrow(monkeypatch, tmp_path):
 
 
 def test_cli_fit_on_parquet_without_pandas_exits_2_with_one_line(monkeypatch, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     p = tmp_path / "d.parquet"
-    p.write_bytes(b"PAR1")
+    pq.write_table(pa.table({"x": [0.0, 1.0, 2.0], "y": [1.0, 3.0, 5.0]}), p)
     _absent(monkeypatch, "pandas")
     code, _, err = cli("fit", p, "y ~ a*x + b")
     assert code == 2

@@ -193,7 +193,9 @@ def test_no_feasible_start_is_not_finite_with_a_warning():
 
 def test_trials_with_nonpositive_means_are_rejected_and_the_fit_goes_on(monkeypatch):
     # a narrow, tall start on a small offset: early Fisher steps reach negative means at the
-    # tails; such trials are rejected (damping up) and every fit still reaches the MLE
+    # tails; such trials are rejected (damping up) and every fit still reaches the MLE (steps
+    # stop at the positivity edge of the linearized means, optim/positive_step.py, so only the
+    # model's curvature still carries a few trials past it)
     import torch
 
     from gradfit import likelihood
@@ -213,7 +215,7 @@ def test_trials_with_nonpositive_means_are_rejected_and_the_fit_goes_on(monkeypa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         r = gf.fit_many(FORMULA, X, y, init=far, loss="poisson", dtype="float64", tol=1e-15, max_iter=300)
-    assert sum(int(v.sum()) for v in infeasible) >= 3  # rejected trials did happen (fits 0-2)
+    assert sum(int(v.sum()) for v in infeasible) >= 1  # rejected trials did happen
     assert r.converged.all(), r.status_counts()
     for i in range(len(y)):
         np.testing.assert_allclose(stacked(r)[0][i], scipy_mle(y[i], init[i])[0], rtol=1e-6)

@@ -30,6 +30,7 @@ _LAZY = {
     "curve_fit": "gradfit.fitting.scipy_compat",
     "fit_many": "gradfit.fitting.many",
     "fit_many_files": "gradfit.fitting.stream",
+    "ParquetData": "gradfit.data.parquet_rows",
     "read_fit_many_files": "gradfit.fitting.stream",
     "bootstrap": "gradfit.fitting.bootstrap",
     "Bootstrap": "gradfit.fitting.bootstrap",

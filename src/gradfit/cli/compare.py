@@ -74,7 +74,7 @@ def _fit_kwargs(args) -> dict:
     return dict(init=init or None, bounds=parse_bounds(args.bounds) or None, fixed=fixed,
                 absolute_sigma=args.absolute_sigma, tol=args.tol, max_iter=args.max_iter, dtype=args.dtype,
                 device=args.device, threads=args.threads, loss=args.loss, nan_policy=args.nan_policy,
-                progress=False if args.no_progress or args.json else None)
+                starts=args.starts, progress=False if args.no_progress or args.json else None)
 
 
 def _json(v):

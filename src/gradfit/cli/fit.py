@@ -46,6 +46,53 @@ def load_model_and_data(model_text: str, data_path: str, x_cols: str | None, y_c
                                                     source=data_path)
 
 
+def parquet_source(args):
+    """A :class:`gradfit.ParquetData` (streamed or read whole by gf.fit) for a folder or glob of
+    Parquet files, a ``.parquet`` file too large to read whole, or any of them with --stream or
+    --val-key; None for a file read whole as before (plots, --sigma). --stream and --val-key on
+    other data are a ConfigError."""
+    from ..errors import ConfigError
+
+    text = str(args.data)
+    path = Path(text)
+    if not (path.is_dir() or any(ch in text for ch in "*?[") or path.suffix.lower() == ".parquet"):
+        if args.stream or args.val_key:
+            raise ConfigError("--stream and --val-key read Parquet data: a .parquet file, a folder of them or a "
+                              "quoted glob")
+        return None
+    from ..data.parquet_rows import STREAM_MEMORY_SHARE, ParquetData, RowSource
+
+    if path.is_file() and not (args.stream or args.val_key):
+        from .._memory import available_bytes
+
+        rows, free = RowSource(path), available_bytes(None)
+        if free is None or rows.projected_bytes(rows.schema) <= STREAM_MEMORY_SHARE * free:
+            return None  # one file that fits in memory: read whole as before (plots, --sigma)
+    return ParquetData(text, val_key=args.val_key, stream=True if args.stream else None)
+
+
+def parquet_columns(args, source) -> tuple:
+    """(model, x, y) for Parquet data, with the defaults of :func:`load_model_and_data` for a
+    built-in model (y: the last numeric column; x: the first other one, every other for mlp),
+    read from the files' schema."""
+    from ..data.parquet_rows import RowSource
+    from ..models import is_builtin_name
+
+    x = args.x_cols if args.x_cols is None or "," not in args.x_cols else args.x_cols.split(",")
+    if not is_builtin_name(args.model):
+        return args.model, x, args.y_col
+    rows = RowSource(source.path)
+    numeric = [c for c in rows.schema if rows.numeric(c)]
+    y = args.y_col or (numeric[-1] if numeric else None)
+    mlp = args.model.strip().lower() == "mlp"
+    if x is None:
+        others = [c for c in numeric if c != y]
+        x = others if mlp else (others[:1] or None)
+    elif mlp and isinstance(x, str):
+        x = [x]
+    return args.model, x, y
+
+
 def _formula_names(model_text: str, table: dict) -> list:
     """The table's columns that the formula names (so a text column it uses is an error, not
     a name that silently becomes a parameter)."""
@@ -69,13 +116,19 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
         check_out_folder(args.out)  # an unwritable --out fails now, not after the training
     if args.report:
         check_out_file(args.report, "--report")
-    model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col,
-                                               extra=(args.sigma,) if args.sigma else ())
+    source = parquet_source(args)  # Parquet goes to gf.fit as a ParquetData: streamed or read whole there
+    if source is None:
+        model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col,
+                                                   extra=(args.sigma,) if args.sigma else ())
+    else:
+        (model, x, y), columns = parquet_columns(args, source), {}
     kwargs = fit_kwargs(args)
     kwargs["starts"] = args.starts
     if args.sigma:
         from ..errors import DataError, did_you_mean
 
+        if source is not None:
+            raise ConfigError("--sigma is not supported with Parquet data; fit a CSV, or leave --sigma out")
         if args.sigma not in columns:
             raise DataError(f"{args.data}: no column {args.sigma!r} for --sigma{did_you_mean(args.sigma, columns)}")
         kwargs["sigma"] = columns[args.sigma]
@@ -90,7 +143,7 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
         # the first signal asks the loop to checkpoint at its next minibatch and stop
         stop = StopSignals(lambda signum: setattr(checkpointer, "signal", signum), active=checkpointer is not None)
         with library_output("fit", stderr), stop:
-            result = gf.fit(model, x=x, y=y, data=columns, **kwargs)
+            result = gf.fit(model, x=x, y=y, data=columns if source is None else source, **kwargs)
     except Interrupted as stop:
         import shlex
 
@@ -102,8 +155,8 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
 
     if not is_writer():  # under torchrun rank 0 writes and prints; the others hold the same result
         return exit_status(result.status)
-    if args.out or args.report:
-        target = columns[y] if isinstance(y, str) else _response_column(result, columns)
+    if args.out or args.report:  # Parquet data are not read again for plots: no fit.png
+        target = columns.get(y) if isinstance(y, str) else _response_column(result, columns)
     if args.out:
         write_outputs(result, Path(args.out), columns, target, columns[args.sigma] if args.sigma else None)
     if args.report:

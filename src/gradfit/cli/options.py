@@ -106,6 +106,11 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
                         help="fit-many: a PNG of parameter histograms (converged fits) and 9 example fits drawn "
                              "at random with their data")),
     "--json": ((), dict(action="store_true", help="print one JSON object instead of tables")),
+    # data larger than memory
+    "--stream": ((), dict(action="store_true", help="{what}")),
+    "--val-key": ((), dict(default=None, metavar="COL",
+                           help="with Parquet DATA: hold out --val-fraction of the rows by a stable hash of COL's "
+                                "values (a key's rows all on one side; streams the data)")),
     "--no-progress": ((), dict(action="store_true", help="no progress bar")),
 }
 
@@ -167,11 +172,14 @@ def _add_demo(sub) -> None:
 
 def _add_fit(sub) -> None:
     p = sub.add_parser("fit", help="fit a model to a data file")
-    p.add_argument("data", help="CSV/TSV (header row), .npz or .parquet")
+    p.add_argument("data", help="CSV/TSV (header row), .npz, or .parquet (a file, a folder or a quoted glob)")
     p.add_argument("model", help="formula 'y ~ a*x + b', a built-in name (gaussian, poly:3, ...) or mlp")
     _add_estimation_options(p, out_what="model.json, history.csv, fit.png, loss.png (and checkpoints) into DIR",
                             max_iter=_FIT_MAX_ITER, tol=_FIT_TOL)
     add_options(p.add_argument_group("multistart"), ["--starts"])
+    add_options(p.add_argument_group("data larger than memory"), ["--stream", "--val-key"],
+                what="train on Parquet DATA (file, folder or glob) streamed in minibatches (needs --batch-size); "
+                     "default: streamed when its used columns would take over a quarter of the free memory")
     ck = p.add_argument_group("checkpoints")
     ck.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                     help="with --out: save a checkpoint every N epochs (and every --checkpoint-seconds, and on "
@@ -202,9 +210,8 @@ def _add_fit_many(sub) -> None:
     add_options(p.add_argument_group("multistart"), ["--starts", "--seed"])
     batching = p.add_argument_group("batching")
     batching.add_argument("--chunk-size", type=int, default=None, metavar="N", help="fits per batch on the device")
-    batching.add_argument("--stream", action="store_true",
-                          help="read DATA (.npy memory map, wide .parquet file/folder/glob) and write --out (a folder "
-                               "of Parquet parts) a chunk at a time; a rerun resumes, skipping chunks written")
+    add_options(batching, ["--stream"], what="read DATA (.npy memory map, wide .parquet file/folder/glob) and write "
+                "--out (a folder of Parquet parts) a chunk at a time; a rerun resumes, skipping chunks written")
     batching.add_argument("--chunk-fits", type=int, default=100_000, metavar="N",
                           help="with --stream: fits read, fitted and written at a time (default 100000)")
     batching.add_argument("--compile", default="auto", choices=["auto", "yes", "no"],
@@ -224,6 +231,7 @@ def _add_compare(sub) -> None:
     _group(p, "weights")
     _group(p, "solver", defaults={"--tol": _FIT_TOL, "--max-iter": _FIT_MAX_ITER})
     add_options(p.add_argument_group("estimator"), ["--loss", "--nan-policy"])
+    add_options(p.add_argument_group("multistart"), ["--starts"])
     add_options(p.add_argument_group("output"), ["--json", "--no-progress"])
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import DataError, require
 from .tables import wide_to_batch
 
-__all__ = ["NpySource", "ParquetSource", "block_hash", "open_source"]
+__all__ = ["NpySource", "ParquetSource", "block_hash", "open_source", "open_parquet_files"]
 
 #: rows at each end of a source hashed into its fingerprint
 SAMPLE_ROWS = 16
@@ -78,7 +78,7 @@ class ParquetSource:
         pq = require("pyarrow.parquet", extra="pandas", feature="streaming Parquet input")
         self.files = _parquet_files(source)
         self.y_prefix, self.x_prefix = y_prefix, x_prefix
-        self._files = [pq.ParquetFile(f) for f in self.files]
+        self._files = open_parquet_files(pq, self.files)
         names = list(self._files[0].schema_arrow.names)
         self.y_columns = _numbered(names, y_prefix)
         self.x_columns = _numbered(names, x_prefix)
@@ -170,9 +170,26 @@ def _parquet_files(source) -> list[Path]:
     else:
         raise DataError(f"{source}: stream a .npy array (fits, points), a wide .parquet table, a folder of "
                         ".parquet files or a glob of them")
+    if not files and path.is_dir():
+        raise DataError(f"{source}: is a directory with no .parquet files; give a data file (.csv, .parquet, "
+                        "...) or a folder of .parquet files")
     if not files:
-        raise DataError(f"{source}: no .parquet files there")
+        raise DataError(f"{source}: no files match; give a data file or a glob that matches .parquet files")
     return files
+
+
+def open_parquet_files(pq, files) -> list:
+    """``pyarrow.parquet.ParquetFile`` of each file (metadata only); a file pyarrow cannot read
+    (truncated, not Parquet) is a DataError naming it, not pyarrow's own exception."""
+    opened = []
+    for f in files:
+        try:
+            opened.append(pq.ParquetFile(f))
+        except Exception as exc:  # pyarrow raises ArrowInvalid, ArrowIOError, OSError ...
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"{f}: not a readable Parquet file ({reason}); check that it was written completely"
+                            ) from None
+    return opened
 
 
 def _numbered(names: list[str], prefix: str) -> list[str]:

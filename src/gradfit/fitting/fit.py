@@ -162,7 +162,8 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         parameter) a note lists the inputs and parameters. Built-in curves take any column
         name (x="Time (s)"); formulas need identifier names.
     x, y : inputs (array, tensor, or dict of named inputs) and targets. With ``data`` (a
-        DataFrame or dict of columns) use a "response ~ expression" formula instead.
+        DataFrame or dict of columns) use a "response ~ expression" formula instead. ``data`` may be
+        a path: Parquet (file, folder, glob) streamed when large (:class:`gradfit.ParquetData`), or a table file.
     init : starting values by name; missing ones come from the model's guess (built-in curves),
         or the best of 513 candidates by chi-square (a formula's parameter without bounds;
         :func:`gradfit.models.starts.formula_start`).
@@ -238,6 +239,10 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     >>> r.method, round(r.params["w"], 3), round(r.stderr["w"], 3)
     ('linear', 2.1, 0.058)
     """
+    if isinstance(data, str) or hasattr(data, "__fspath__"):  # a file, folder or glob: fitting/streamed.py
+        from .streamed import fit_path
+
+        return fit_path(fit, dict(locals()))
     if isinstance(init, str):  # "guess", as fit_many and the CLI take it: the default start
         if init != "guess":
             raise ConfigError(f"init must be a dict of starting values or 'guess', got {init!r}")

@@ -117,7 +117,7 @@ def fit_shared(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarray,
                          stderr={n: sol.stderr[:, j] for j, n in enumerate(names)}, stats=stats, status=sol.status,
                          iterations=sol.iterations, model_text=model.describe(), timings=sol.timings,
                          shared=sol.shared, shared_stderr=sol.shared_stderr, joint_stats=sol.joint_stats,
-                         loss="poisson" if likelihood else "mse")
+                         loss="poisson" if likelihood else "mse", covariance=sol.covariance, model=model)
     result = gather_result(result, len(y))
     result.timings["total_s"] = time.perf_counter() - t0
     return result

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 
 from ..errors import warn_user
-from ..lsq.likelihood import PoissonProblem, mean_half_deviance, poisson_uncertainty, positive_start
+from ..lsq.likelihood import PoissonProblem, fisher_polish, mean_half_deviance, poisson_uncertainty, positive_start
 from ..lsq.problem import LeastSquaresProblem, mean_squared_error, predict_numpy
 from ..lsq.solve import refine_residuals, solve
 from ..lsq.uncertainty import uncertainty
@@ -86,6 +86,7 @@ def poisson_fit(model, space, train_arr, val_arr, options, *, settings, callback
         problem = PoissonProblem.from_arrays(model, space, train_arr)
     cbs, on_iteration = _iteration_callbacks(callbacks, options, "lm", "Poisson fit")
     outcome = solve(problem, "lm", max_iter=lsq.max_iter, tol=lsq.tol, callback=on_iteration)
+    outcome = fisher_polish(problem, outcome, tol=lsq.tol, max_iter=lsq.max_iter)  # an optimum at the edge
     for cb in cbs:
         cb.on_train_end(outcome.status, outcome.iterations)
     values = outcome.values

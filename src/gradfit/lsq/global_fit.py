@@ -12,16 +12,19 @@ dtype, the normal-equation blocks, the Schur sums and the parameters in float64.
 
 Covariance (the inverse of the undamped joint normal matrix, by blocks, times chi2 / dof):
 the shared block is S0^-1 with S0 = D - sum_b C_b^T A_b^-1 C_b; fit b's local block is
-A_b^-1 + A_b^-1 C_b S0^-1 C_b^T A_b^-1 (only its diagonal is formed). dof = sum of the points
-used - (fits x free local parameters + free shared parameters). A fit whose local block is
-rank-deficient at the end (the rank test of lsq/batched on its scaled normal matrix) is
-reported singular and left out of S0.
+A_b^-1 + A_b^-1 C_b S0^-1 C_b^T A_b^-1, its cross block with the shared ones -A_b^-1 C_b S0^-1:
+together fit b's (P, P) covariance, which its bands need (f_b depends on (local_b, shared)
+only). dof = sum of the points used - (fits x free local parameters + free shared
+parameters). A fit whose local block is rank-deficient at the end (the rank test of
+lsq/batched on its scaled normal matrix) is reported singular and left out of S0.
 
 ``likelihood="poisson"`` (joint Poisson maximum likelihood, as lsq/batched for independent
 fits): with r = mu - y, each fit's blocks are those of the Fisher weights w / mu
 (:func:`gradfit.likelihood.batch_poisson_deviance`): A = J^T diag(w/mu) J is the Fisher
 information, g = J^T diag(w/mu) (mu - y) half the deviance's gradient, and the per-fit
-deviance takes chi-square's place in every test of global_lm.step. A trial with a mean <= 0
+deviance takes chi-square's place in every test of global_lm.step. A local step that would
+take a zero count's mean through 0 stops short of that edge (optim/positive_step.py: an
+optimum there, a background or amplitude of 0, is reached); any other trial with a mean <= 0
 at a used point has deviance +inf, so the joint step is rejected and the damping rises; the
 floor and the rounding level are on the Pearson scale sqrt(y). The start: when the given one
 has such a mean in any fit (any process), every fit starts from the joint least-squares fit
@@ -69,6 +72,9 @@ class GlobalSolution:
     timings: dict = field(default_factory=dict)
     #: likelihood="poisson": float64 deviance, pearson, loglike (B,) at params (NaN where none)
     likelihood: dict | None = None
+    #: (B, P, P) each fit's block of the joint covariance over its parameters (local and shared, in
+    #: the model's order; 0 for fixed, NaN for fits outside the joint problem): its bands
+    covariance: np.ndarray | None = None
 
 
 def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray,
@@ -88,6 +94,7 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
 
     from ..likelihood import batch_poisson_deviance
     from ..optim.global_lm import RUNNING, init, normal_blocks, step
+    from ..optim.positive_step import edge_rows
     from .end_points import likelihood_statistics
 
     reduce = reduce or (lambda t: t)
@@ -107,14 +114,12 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     y_t = t(y)
     y_t = torch.where(torch.isfinite(y_t), y_t, torch.zeros_like(y_t))  # NaN points have weight 0
     w_t = t(w)
+    zero_t = (y_t == 0) & (w_t > 0)  # Poisson: the counts whose mean may reach 0
     inputs_t = {k: t(v) for k, v in inputs.items()}
     fused = getattr(model, "expression", None) is not None
-    # the facts lsq/batched gives its kernel: no weights to apply, constant partials (an offset's 1)
-    from .batched import CPU_CHUNK_BYTES, constant_partials
+    from .batched import CPU_CHUNK_BYTES
 
-    position = {j: k for k, j in enumerate(order)}
-    facts = {"unit_weights": bool((w == 1).all()),
-             "constants": tuple((position[j], c) for j, c in constant_partials(model, names, fused))}
+    unit_weights = bool((w == 1).all())  # no weights to apply, no point to mask
     # evaluations by chunks of fits near the CPU caches (as lsq/batched), the whole batch on a GPU
     itemsize = torch.finfo(dtype).bits // 8
     size = n_fits if device.type != "cpu" else max(1024, CPU_CHUNK_BYTES // (max(y.shape[1], 1) * itemsize))
@@ -128,22 +133,28 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
         x_sl = {k: (v[sl] if v.dim() == 2 else v) for k, v in inputs_t.items()}
         chunks.append((sl, batch_residual_and_jacobian(model, names, x_sl, y_t[sl], fused=fused)))
 
+    # the parameters in the model's order from [local, shared] (None: that order already)
+    back = None if order == sorted(order) else torch.as_tensor(np.argsort(order), device=device)
+
     def make_blocks(poisson: bool):
         def blocks(local, shared_values):
-            theta = torch.empty((n_fits, len(names)), dtype=dtype, device=device)
-            theta[:, i_l] = local.to(dtype)
-            theta[:, i_s] = shared_values.to(dtype).expand(n_fits, len(i_s))
+            theta = torch.cat([local, shared_values.expand(n_fits, len(i_s))], 1)
+            theta = (theta if back is None else theta.index_select(1, back)).to(dtype)
             parts = []
             for sl, rj in chunks:
                 r, jac = rj(theta[sl])
                 cols = [jac[j] for j in order]
                 if poisson:  # Fisher scoring: the weights w / mu, the deviance in chi-square's place
                     dev, fisher = batch_poisson_deviance(y_t[sl], r + y_t[sl], w_t[sl])
-                    _, n, g = normal_blocks(r, cols, fisher, constants=facts["constants"])
-                    parts.append((dev.double(), n, g))
+                    _, n, g = normal_blocks(r, cols, fisher)
+                    smallest, row = edge_rows(r + y_t[sl], cols, zero_t[sl])  # the positivity edge
+                    parts.append((dev.double(), n, g, (smallest.double(), row.double())))
                 else:
-                    parts.append(normal_blocks(r, cols, w_t[sl], **facts))
-            return tuple(torch.cat(p) for p in zip(*parts)) if len(parts) > 1 else parts[0]
+                    parts.append(normal_blocks(r, cols, w_t[sl], unit_weights=unit_weights))
+            if len(parts) == 1:
+                return parts[0]
+            out = [torch.cat(p) for p in list(zip(*parts))[:3]]
+            return (*out, tuple(torch.cat(p) for p in zip(*(q[3] for q in parts)))) if poisson else tuple(out)
 
         return blocks
 
@@ -192,7 +203,7 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
         extra = likelihood_statistics(model, names, fused, inputs, y, w, slice(0, n_fits), at, device)
         state.chi2 = torch.where(torch.isfinite(state.chi2), t(np.nan_to_num(extra["deviance"], nan=np.inf),
                                                                torch.float64), state.chi2)
-    se_l, se_s, singular, stats = _covariance(state, free_l, free_s, n_used, reduce, extra)
+    se_l, se_s, singular, stats, cov_ls = _covariance(state, free_l, free_s, n_used, reduce, extra)
     included = state.included.cpu().numpy() & ~singular
     fit_status = state.fit_status.cpu().numpy()
     status = np.where(included, joint, np.where(singular, Status.SINGULAR.code, fit_status)).astype(np.int8)
@@ -202,6 +213,8 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     stderr = np.full((n_fits, len(names)), np.nan)
     stderr[:, i_l] = np.where(included[:, None], se_l, np.nan)
     stderr[:, i_s] = se_s[None, :]
+    covariance = np.full((n_fits, len(names), len(names)), np.nan)  # back from (local, shared) to names' order
+    covariance[np.ix_(included, order, order)] = cov_ls[included]
     chisqr = np.where(np.isfinite(state.chi2.cpu().numpy()), state.chi2.cpu().numpy(), np.nan)
     iterations = np.where(status0 == RUNNING, state.iterations + ls_iterations, 0).astype(np.int32)
     timings = {"fit_s": elapsed, "warmup_s": 0.0, "fits": n_fits, "fits_per_s": n_fits / max(elapsed, 1e-12),
@@ -211,7 +224,7 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
         timings["restarted"] = restarted
     return GlobalSolution(params, stderr, chisqr, n_used, status, iterations,
                           {n: float(state.shared[k]) for k, n in enumerate(shared)},
-                          {n: float(se_s[k]) for k, n in enumerate(shared)}, stats, timings, extra)
+                          {n: float(se_s[k]) for k, n in enumerate(shared)}, stats, timings, extra, covariance)
 
 
 def _covariance(state, free_l, free_s, n_used, reduce, likelihood=None):
@@ -237,19 +250,19 @@ def _covariance(state, free_l, free_s, n_used, reduce, likelihood=None):
     ok = ok & torch.isfinite(trace_inv) & (sum(free_l) * trace_inv < 1.0 / RANK_TOL**2)
     singular = inc & ~ok
     inc = inc & ok
-    x = torch.where(inc[:, None, None], both[:, :, pl:], 0.0)  # A^-1 C
-    cm = torch.where(inc[:, None, None], c, 0.0)
-    n_inc = inc.sum().double()
-    n_pts = torch.where(inc, torch.as_tensor(n_used, dtype=torch.float64, device=a.device), 0.0).sum()
-    chi2 = torch.where(inc, state.chi2, 0.0).sum()
+    x, cm, d = both[:, :, pl:], c, state.d  # A^-1 C, C, D over the fits in the joint problem
+    if not bool(inc.all()):
+        x, cm, d = (torch.where(inc[:, None, None], v, 0.0) for v in (x, cm, d))
     keys = ("deviance", "pearson", "loglike") if likelihood is not None else ()
-    per_fit = [torch.where(inc, torch.as_tensor(likelihood[key], dtype=torch.float64, device=a.device), 0.0).sum()
-               for key in keys]
-    parts = [torch.where(inc[:, None, None], state.d, 0.0).sum(0).flatten(), (cm.transpose(1, 2) @ x).sum(0).flatten(),
-             torch.stack([n_inc, n_pts, chi2, *per_fit])]
+    # per fit: 1, points, chi2 (and the likelihood's sums), summed over the fits in the joint problem
+    per_fit = torch.stack([torch.ones_like(state.chi2), torch.as_tensor(n_used, dtype=torch.float64, device=a.device),
+                           state.chi2, *(torch.as_tensor(likelihood[key], dtype=torch.float64, device=a.device)
+                                         for key in keys)], 1)
+    parts = [d.sum(0).flatten(), (cm.transpose(1, 2) @ x).sum(0).flatten(),
+             torch.where(inc[:, None], per_fit, 0.0).sum(0)]
     sums = reduce(torch.cat(parts))
     d_tot, ctx = sums[:ps * ps].reshape(ps, ps), sums[ps * ps:2 * ps * ps].reshape(ps, ps)
-    n_inc, n_pts, chi2, *totals = (float(v) for v in sums[2 * ps * ps:])
+    n_inc, n_pts, chi2, *totals = sums[2 * ps * ps:].tolist()
     active = torch.as_tensor([bool(v) for v in free_s], device=a.device)
     eye = torch.eye(ps, dtype=torch.float64, device=a.device)
     s0 = torch.where(active[:, None] & active[None, :], d_tot - ctx, eye)
@@ -268,11 +281,20 @@ def _covariance(state, free_l, free_s, n_used, reduce, likelihood=None):
     if int(info) != 0 or not np.isfinite(scale):
         nan_l = np.full((b, pl), np.nan)
         return nan_l, np.where(np.array(free_s) > 0, np.nan, 0.0), singular.cpu().numpy() | (
-            inc.cpu().numpy() if int(info) != 0 else False), stats
+            inc.cpu().numpy() if int(info) != 0 else False), stats, np.full((b, pl + ps, pl + ps), np.nan)
     s_inv = torch.where(active[:, None] & active[None, :], torch.cholesky_inverse(factor), 0.0)
+    # fit b's block of the joint covariance over (local_b, shared), all a band needs:
+    # [[A^-1 + X S0^-1 X^T, -X S0^-1], [-S0^-1 X^T, S0^-1]] * scale, with X = A^-1 C
+    xs = x @ s_inv
+    cov = torch.empty((b, pl + ps, pl + ps), dtype=torch.float64, device=a.device)
+    cov[:, :pl, :pl] = both[:, :, :pl] + xs @ x.transpose(1, 2)
+    cov[:, :pl, pl:] = -xs
+    cov[:, pl:, :pl] = -xs.transpose(1, 2)
+    cov[:, pl:, pl:] = s_inv
+    cov = torch.where(inc[:, None, None], cov * scale, float("nan"))
     var_s = torch.diagonal(s_inv) * scale
-    var_loc = (var_l + ((x @ s_inv) * x).sum(-1)) * scale
+    var_loc = (var_l + (xs * x).sum(-1)) * scale
     se_l = torch.sqrt(torch.clamp(var_loc, min=0.0)).cpu().numpy()
     se_l = np.where(np.array(free_l)[None, :] > 0, se_l, 0.0)
     se_s = torch.sqrt(torch.clamp(var_s, min=0.0)).cpu().numpy()
-    return se_l, se_s, singular.cpu().numpy(), stats
+    return se_l, se_s, singular.cpu().numpy(), stats, cov.cpu().numpy()

@@ -22,13 +22,13 @@ import math
 
 import numpy as np
 
-from ..errors import FitError
+from ..errors import FitError, GradfitError
 from ..likelihood import aic_bic, deviance_residuals, fisher_weights, poisson_deviance, poisson_log_likelihood
 from .problem import LeastSquaresProblem, predict_numpy
 from .uncertainty import Uncertainty, uncertainty
 
 __all__ = ["PoissonProblem", "POISSON_REASON", "poisson_uncertainty", "poisson_statistics", "nonpositive_point",
-           "positive_start", "mean_half_deviance"]
+           "positive_start", "mean_half_deviance", "fisher_polish"]
 
 #: the method_reason of a Poisson fit under optimizer="auto"
 POISSON_REASON = "Poisson maximum likelihood: Levenberg-Marquardt on the deviance (Fisher scoring)"
@@ -123,6 +123,61 @@ def positive_start(problem: PoissonProblem, *, max_iter: int) -> tuple[dict, tup
                    "values, and a least-squares fit from them does not make it positive either: a Poisson mean must "
                    "be positive at every point with counts. Give init= where the model is positive at every point "
                    "(e.g. an offset > 0), or bound the parameters that keep it positive (bounds={'b': (1e-9, None)})")
+
+
+def fisher_polish(problem: PoissonProblem, outcome, *, tol: float | None, max_iter: int):
+    """``outcome`` of Levenberg-Marquardt on the deviance residuals, or, where that did not
+    converge, the batched Fisher scoring's from the same start when it converges to a deviance
+    no higher than LM's (the same outcome with its values, status and message). (Not from LM's
+    end point: that can sit on the edge, mu ~ 1e-17, where the Fisher weight w / mu pins it.)
+
+    Why: where zero counts have means near 0 (a background or an amplitude on the positivity
+    edge, :mod:`gradfit.optim.positive_step`), the deviance residuals sqrt(2 w mu) have
+    Jacobians growing like 1 / sqrt(mu) and a Gauss-Newton model with half the Fisher
+    curvature: the trust region shrinks onto the edge and LM stalls short of the optimum.
+    Fisher scoring with steps that stop at the edge converges there. Tied parameters keep the
+    LM outcome (the batched engine has no ties)."""
+    from ..status import Status
+
+    space = problem.space
+    if outcome.status == Status.CONVERGED.value or space.ties or not outcome.values:
+        return outcome
+    inputs, y, w = problem.numpy()
+    names = tuple(space.names)
+    before = poisson_deviance(y, np.broadcast_to(predict_numpy(problem.model, inputs, outcome.values), y.shape), w)
+    try:
+        sol = _batched_poisson(problem, tol=tol if tol is not None else 1e-10, max_iter=max_iter)
+    except GradfitError:  # a model the batched engine does not take: LM's outcome stands
+        return outcome
+    if int(sol.status[0]) != Status.CONVERGED.code or not sol.chisqr[0] <= before:
+        return outcome
+    values = {n: float(v) for n, v in zip(names, sol.params[0])}
+    return dataclasses.replace(outcome, values=values, status=Status.CONVERGED.value, iterations=outcome.iterations
+                               + int(sol.iterations[0]), message=f"{outcome.message}; then converged by Fisher "
+                               "scoring with steps stopping at the positivity edge", residuals=None)
+
+
+def _batched_poisson(problem: PoissonProblem, *, tol: float, max_iter: int):
+    """One fit by lsq/batched's Poisson Fisher scoring, float64 on the CPU, from the problem's
+    start, with its bounds and fixed parameters."""
+    import torch
+
+    from .batched import solve_batched
+
+    space = problem.space
+    inputs, y, w = problem.numpy()
+    names = tuple(space.names)
+
+    def row(values: dict) -> np.ndarray:  # one fit's (1, P) row in the names' order
+        return np.array([[float(values[n]) for n in names]])
+
+    free = np.array([0.0 if n in space.fixed else 1.0 for n in names])
+    with np.errstate(all="ignore"):
+        return solve_batched(problem.model, names, {k: np.asarray(v, dtype=float) for k, v in inputs.items()},
+                             y[None, :], (np.ones_like(y) if w is None else w)[None, :], row(space.values),
+                             row(space.lower), row(space.upper), free, tol=tol, max_iter=max_iter,
+                             dtype=torch.float64, device=torch.device("cpu"), compile=False, progress=False,
+                             likelihood="poisson", restart=False)
 
 
 def poisson_statistics(y: np.ndarray, mu: np.ndarray, w: np.ndarray | None, n_free: int) -> dict:

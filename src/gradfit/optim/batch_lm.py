@@ -145,9 +145,11 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
     (:func:`gradfit.likelihood.batch_poisson_deviance`): A = J^T diag(w/mu) J is the Fisher
     information and g = J^T diag(w/mu) (mu - y) half the deviance's gradient, and the
     deviance takes chi-square's place in every test (acceptance, convergence, damping). A
-    trial with a non-positive mean at a used point has deviance +inf: it is rejected and the
-    damping rises; a *first* evaluation there ends the fit as not_finite (an infeasible
-    start). ``floor2`` should then be :func:`residual_floor2` of sqrt(y) (the Pearson scale).
+    step that would take a zero count's mean through 0 stops short of it
+    (:mod:`gradfit.optim.positive_step`); any other trial with a non-positive mean at a used
+    point has deviance +inf: it is rejected and the damping rises; a *first* evaluation there
+    ends the fit as not_finite (an infeasible start). ``floor2`` should then be
+    :func:`residual_floor2` of sqrt(y) (the Pearson scale).
 
     The normal equations are sums over points and the P x P solve is an unrolled Cholesky,
     all elementwise over the batch, so torch.compile fuses an iteration into a few loops;
@@ -195,6 +197,15 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
         delta_theta = step_box - theta
     else:
         delta_theta, ok = damped_solve(a_new, g_new, lam, free)
+        step_box = theta + delta_theta
+    if likelihood == "poisson":  # a step through the positivity edge stops at it (optim/positive_step.py)
+        from .positive_step import positive_step
+
+        zero = (y == 0) if unit_weights else (y == 0) & (w > 0)
+        hold = _held(theta, g_new, lower, upper) if bounded else None
+        feasible = positive_step(delta_theta, r + y, jac, zero, a_new, lam, free, hold)
+        take = accept if not bounded else accept & ((theta + feasible >= lower) & (theta + feasible <= upper)).all(-1)
+        delta_theta = torch.where(take.unsqueeze(-1), feasible, delta_theta)
         step_box = theta + delta_theta
     # converged: a small chi-square change, and the next (projected, nearly Gauss-Newton) step
     # predicts a relative reduction below tol as well (the end-point test of

@@ -26,7 +26,9 @@ One iteration (a single damping ``lam``, one accept/reject on the total chi-squa
    A~_b^-1 g_l,b), d_l,b = A~_b^-1 (-g_l,b - C_b d_s). The cost is O(B P_l^3 + P_s^3): the
    dense (B P_l + P_s)^2 matrix is never formed. Fixed coordinates, and coordinates resting
    on a bound that the gradient pushes outward, are held (identity rows, zero right side);
-   a coordinate whose step crosses a bound stops ``STEP_BACK`` of the way to it;
+   a coordinate whose step crosses a bound stops ``STEP_BACK`` of the way to it; in a Poisson
+   fit, a local step that would take a zero count's mean through 0 stops it short of the
+   edge instead (:mod:`gradfit.optim.positive_step`, a rank-one correction of d_l);
 4. at convergence, a coordinate whose one-dimensional Gauss-Newton minimum lies on or beyond
    a bound is moved onto it (the move is the next trial; accepted, the fit runs on from
    there with that coordinate held; rejected, the convergence stands), at most
@@ -46,14 +48,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..status import Status
-from .batch_lm import (
-    LAMBDA0,
-    LAMBDA_MAX,
-    MAX_SNAPS,
-    STEP_BACK,
-    normal_equations,
-)
+from .batch_lm import LAMBDA0, LAMBDA_MAX, MAX_SNAPS, STEP_BACK
 from .batch_solve import damped_solve
+from .positive_step import edge_correction
 
 __all__ = ["RUNNING", "GlobalState", "init", "normal_blocks", "step"]
 
@@ -84,6 +81,9 @@ class GlobalState:
     snaps: int = 0
     probing: bool = False  # the trial is a move onto the bounds of a converged point
     total: float = float("inf")  # total chi-square at the accepted point
+    #: Poisson: (smallest (B,), row (B, P)) at the accepted point, each fit's smallest mean of a
+    #: zero count and its partials (optim/positive_step.edge_rows), or None
+    edge: object = None
 
 
 def init(local0, shared0, status0) -> GlobalState:
@@ -116,7 +116,9 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
         shared parameters (:func:`normal_blocks` of an evaluation; the caller may build them
         in chunks of fits). Any per-fit objective on the chi-square scale may stand for chi2
         (the Poisson deviance, with the Fisher-scoring blocks): a value that is not finite
-        on a later trial rejects the joint step (the damping rises; the fit stays in).
+        on a later trial rejects the joint step (the damping rises; the fit stays in). A
+        Poisson ``blocks`` adds a fourth element, :func:`gradfit.optim.positive_step.edge_rows`
+        over the same columns: the local step then stops a zero count's mean short of 0.
     box : (lower_l, upper_l (B, P_l), lower_s, upper_s (P_s,)) bounds (None: no bound at all).
     free_local, free_shared : (P_l,), (P_s,) 1.0 for parameters that vary, 0.0 for fixed ones.
     floor2 : the total squared residual floor (an exact fit converges there).
@@ -132,35 +134,38 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
 
     reduce = reduce or _identity
     pl = state.local.shape[1]
-    chi2, full, gfull = blocks(state.trial_local, state.trial_shared)
-    finite = torch.isfinite(chi2) & torch.isfinite(full).flatten(1).all(-1) & torch.isfinite(gfull).all(-1)
+    chi2, full, gfull, *edge = blocks(state.trial_local, state.trial_shared)
+    # one pass: a NaN or inf anywhere in a fit's blocks makes this sum not finite
+    finite = torch.isfinite(chi2 + full.sum((1, 2)) + gfull.sum(-1))
     first = state.total == float("inf")
     included, fit_status = state.included, state.fit_status
     if first:  # a fit whose start is not finite cannot take part
         fit_status = torch.where(included & ~finite, NOT_FINITE, fit_status)
         included = included & finite
-    zero = torch.zeros((), dtype=torch.float64, device=chi2.device)
-    trial_total = torch.where(included, chi2, zero).sum()
-    old_total = torch.where(included, state.chi2, zero).sum()
-    n_bad = (included & ~finite).sum().double()
-    noise2 = zero if rounding2 is None or first else torch.where(included, rounding2 * state.chi2, zero).sum()
-    totals = reduce(torch.stack([trial_total, torch.where(torch.isfinite(old_total), old_total, zero), n_bad,
-                                 included.sum().double(), noise2]))
-    trial_total, old_total, n_bad, n_fits, noise2 = (float(v) for v in totals)
-    noise = noise2**0.5
+    # per fit: chi-square at the trial and at the accepted point, not finite, taking part, and
+    # the rounding level; summed over the fits taking part (in every process) with one sync
+    old = torch.zeros_like(chi2) if first else state.chi2
+    per_fit = [chi2, old, (~finite).double(), torch.ones_like(chi2)]
+    if rounding2 is not None and not first:
+        per_fit.append(rounding2 * old)
+    totals = reduce(torch.where(included[:, None], torch.stack(per_fit, 1), 0.0).sum(0)).tolist()
+    trial_total, old_total, n_bad, n_fits = totals[:4]
+    noise = totals[4] ** 0.5 if len(totals) > 4 else 0.0
     # tol is relative to one fit's chi-square (the total over the fits): the joint problem then
     # converges as close to its optimum, in standard errors, as one fit does with that tol
     tol = tol / max(n_fits, 1.0)
     old_total = float("inf") if first else old_total
+    # (a trial chi-square that is NaN never passes "<=")
     accept = n_bad == 0 and trial_total <= old_total + noise
     lam = state.lam * 0.1 if accept else state.lam * 10.0
     s = state
     if accept:
         acc = dict(local=s.trial_local, shared=s.trial_shared, chi2=chi2, a=full[:, :pl, :pl], c=full[:, :pl, pl:],
-                   d=full[:, pl:, pl:], g_local=gfull[:, :pl], g_shared=gfull[:, pl:], total=trial_total)
+                   d=full[:, pl:, pl:], g_local=gfull[:, :pl], g_shared=gfull[:, pl:], total=trial_total,
+                   edge=edge[0] if edge else None)
     else:
         acc = dict(local=s.local, shared=s.shared, chi2=s.chi2, a=s.a, c=s.c, d=s.d, g_local=s.g_local,
-                   g_shared=s.g_shared, total=old_total)
+                   g_shared=s.g_shared, total=old_total, edge=s.edge)
     new = GlobalState(trial_local=acc["local"], trial_shared=acc["shared"], lam=lam, included=included,
                       fit_status=fit_status, status=RUNNING, iterations=s.iterations + 1, snaps=s.snaps, **acc)
     if s.probing and not accept:  # the move onto the bounds raised chi-square: the convergence stands
@@ -190,11 +195,25 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
     return new
 
 
-def normal_blocks(r, jac, w, *, unit_weights: bool = False, constants: tuple = ()):
+def normal_blocks(r, jac, w, *, unit_weights: bool = False):
     """(chi2 (B,), J^T W J (B, P, P), J^T W r (B, P)) in float64 from residuals r (B, M) and the
-    Jacobian's columns (local ones first): :func:`gradfit.optim.batch_lm.normal_equations`
-    (``unit_weights``: every weight 1; ``constants``: (j, c) for a column that is c everywhere)."""
-    return tuple(t.double() for t in normal_equations(r, jac, w, unit_weights=unit_weights, constants=constants))
+    Jacobian's columns (local ones first), all three from one batched product of the bordered
+    matrix [J r]^T W [J r] (one kernel where the column products cost P(P+1)/2 + P + 1; the
+    products in the evaluation dtype, as :func:`gradfit.optim.batch_lm.normal_equations`).
+    Points with weight 0 add nothing, whatever the model gives there (``unit_weights``: every
+    weight is 1, nothing to mask)."""
+    import torch
+
+    p = len(jac)
+    jr = torch.stack([*jac, r], dim=1)  # (B, P + 1, M): rows are the summed-over points' columns
+    if unit_weights:
+        n = jr @ jr.transpose(1, 2)
+    else:
+        wb = w.unsqueeze(1)
+        jr = torch.where(wb > 0, jr, 0.0)
+        n = (jr * wb) @ jr.transpose(1, 2)
+    n = n.double()
+    return n[:, p, p], n[:, :p, :p], n[:, :p, p]
 
 
 def _joint_step(state: GlobalState, box, free_local, free_shared, reduce):
@@ -212,49 +231,58 @@ def _joint_step(state: GlobalState, box, free_local, free_shared, reduce):
         g_s_total = reduce(torch.where(state.included[:, None], state.g_shared, 0.0).sum(0))
         held_l = _held(state.local, state.g_local, lo_l, hi_l)
         held_s = _held(state.shared, g_s_total, lo_s, hi_s)
-    # X = A~^-1 C column by column and u = -A~^-1 g_l (damped_solve solves A~ d = -rhs, with
-    # fixed and held coordinates held: their rows of X and u are zero)
-    # (one factorization of each A~ for the P_s + 1 right-hand sides [-C, g_l])
-    both, good = damped_solve(state.a, torch.cat([-state.c, state.g_local.unsqueeze(-1)], dim=-1), lam_b,
-                              free_local, held_l)
+    # e = [C, g_l]; one factorization of each A~ for its P_s + 1 columns: [X, u] = A~^-1 [C, -g_l]
+    # (damped_solve solves A~ d = -rhs, with fixed and held coordinates held: their rows are 0)
+    e = torch.cat([state.c, state.g_local.unsqueeze(-1)], dim=-1)
+    sign = torch.ones(ps + 1, dtype=e.dtype, device=e.device)
+    sign[:ps] = -1.0
+    xu, good = damped_solve(state.a, e * sign, lam_b, free_local, held_l)
     ok = state.included & good
-    x, u = both[:, :, :ps], both[:, :, ps]
     newly = state.included & ~ok
-    state.fit_status = torch.where(newly, SINGULAR, state.fit_status)
-    state.included = state.included & ok
+    if bool(newly.any()):  # a local block that cannot be factored: the fit leaves the joint problem
+        state.fit_status = torch.where(newly, SINGULAR, state.fit_status)
+        state.included = ok
     inc = state.included
-    x = torch.where(inc[:, None, None], x, 0.0)
-    u = torch.where(inc[:, None], u, 0.0)
-    c = torch.where(inc[:, None, None], state.c, 0.0)
-    gl = torch.where(inc[:, None], state.g_local, 0.0)
-    # every sum over fits in one reduction: D, sum C^T X, sum C^T u, g_s, sum g_l.u, sum X^T g_l
-    parts = [torch.where(inc[:, None, None], state.d, 0.0).sum(0).flatten(),
-             (c.transpose(1, 2) @ x).sum(0).flatten(), (c.transpose(1, 2) @ u.unsqueeze(-1)).sum(0).flatten(),
-             torch.where(inc[:, None], state.g_shared, 0.0).sum(0), (gl * u).sum().reshape(1),
-             (x.transpose(1, 2) @ gl.unsqueeze(-1)).sum(0).flatten()]
-    sizes = [p.numel() for p in parts]
-    sums = torch.split(reduce(torch.cat(parts)), sizes)
-    d_tot, ctx, ctu, g_s, gu, xtg = sums
-    d_tot, ctx = d_tot.reshape(ps, ps), ctx.reshape(ps, ps)
+    d, g_s = state.d, state.g_shared
+    if not bool(inc.all()):  # the sums below are over the fits in the joint problem
+        xu = torch.where(inc[:, None, None], xu, 0.0)
+        e = torch.where(inc[:, None, None], e, 0.0)
+        d = torch.where(inc[:, None, None], d, 0.0)
+        g_s = torch.where(inc[:, None], g_s, 0.0)
+    # every sum over fits in one reduction: D, g_s and e^T [X, u] = [[C^T X, C^T u], [g_l^T X, g_l.u]]
+    sums = reduce(torch.cat([d.sum(0).flatten(), g_s.sum(0), (e.transpose(1, 2) @ xu).sum(0).flatten()]))
+    d_tot = sums[:ps * ps].reshape(ps, ps)
+    g_s = sums[ps * ps:ps * ps + ps]
+    m = sums[ps * ps + ps:].reshape(ps + 1, ps + 1)
+    ctx, ctu, xtg, gu = m[:ps, :ps], m[:ps, ps], m[ps, :ps], m[ps, ps]
     # S d_s = rhs, with S = D~ - sum C^T A~^-1 C and rhs = -g_s + sum C^T A~^-1 g_l = -g_s - sum C^T u
-    schur = d_tot + torch.diag(torch.diagonal(d_tot) * state.lam) - ctx
+    schur = d_tot - ctx + torch.diag(torch.diagonal(d_tot) * state.lam)
     rhs = -g_s - ctu
-    active = torch.as_tensor([bool(v) for v in free_shared], device=schur.device)
-    if held_s is not None:
-        active = active & ~held_s
-    both = active[:, None] & active[None, :]
-    schur = torch.where(both, schur, torch.eye(ps, dtype=schur.dtype, device=schur.device))
-    rhs = torch.where(active, rhs, 0.0)
+    active = None
+    if held_s is not None or not all(free_shared):
+        active = torch.as_tensor([bool(v) for v in free_shared], device=schur.device)
+        if held_s is not None:
+            active = active & ~held_s
+        eye = torch.eye(ps, dtype=schur.dtype, device=schur.device)
+        schur = torch.where(active[:, None] & active[None, :], schur, eye)
+        rhs = torch.where(active, rhs, 0.0)
     factor, info = torch.linalg.cholesky_ex(schur)
-    if int(info) != 0 or not bool(torch.isfinite(schur).all()):
-        return None, None, 0.0, False
     d_s = torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1)
-    d_s = torch.where(active, d_s, 0.0)
-    # d_l = A~^-1 (-g_l - C d_s) = u - X d_s
-    d_l = u - (x @ d_s.unsqueeze(-1)).squeeze(-1)
-    # predicted reduction -(g_l.d_l + g_s.d_s) = -(g_l.u - (X^T g_l).d_s + g_s.d_s)
-    predicted = -(float(gu) - float(xtg @ d_s) + float(g_s @ d_s))
-    return d_l, d_s, predicted, True
+    # one sync for the factorization's verdict and the predicted reduction
+    # -(g_l.d_l + g_s.d_s) = -(g_l.u - (X^T g_l).d_s + g_s.d_s), with d_l = u - X d_s
+    predicted = -(gu - xtg @ d_s + g_s @ d_s)
+    verdict = torch.stack([info.double(), torch.isfinite(schur).all().double(), predicted]).tolist()
+    if verdict[0] != 0 or verdict[1] != 1.0:
+        return None, None, 0.0, False
+    if active is not None:
+        d_s = torch.where(active, d_s, 0.0)
+    d_l = xu[:, :, ps] - xu[:, :, :ps] @ d_s
+    if state.edge is not None:  # Poisson: a zero count's mean driven through 0 stops short of it, by d_l
+        smallest, row = state.edge
+        pl = d_l.shape[1]
+        jd = (row[:, :pl] * d_l).sum(-1) + row[:, pl:] @ d_s
+        d_l = edge_correction(d_l, jd, smallest, row[:, :pl], state.a, lam_b, free_local, held_l, state.included)
+    return d_l, d_s, verdict[2], True
 
 
 def _held(theta, g, lower, upper):
@@ -272,21 +300,14 @@ def _stop_short(theta, target, lower, upper):
 
 
 def _stopped(state: GlobalState, d_local, d_shared, box):
-    """The next trial: the accepted point plus the step, stopped short of the bounds."""
-    local = state.local + _local_step(state, d_local)
-    shared = state.shared + d_shared.to(state.shared.dtype)
+    """The next trial: the accepted point plus the step (zero for the fits outside the joint
+    problem, :func:`_joint_step`), stopped short of the bounds."""
+    local = state.local + d_local
+    shared = state.shared + d_shared
     if box is None:
         return local, shared
     lo_l, hi_l, lo_s, hi_s = box
     return _stop_short(state.local, local, lo_l, hi_l), _stop_short(state.shared, shared, lo_s, hi_s)
-
-
-def _local_step(state: GlobalState, d_local):
-    """The local step in the parameters' dtype, zero for the fits outside the joint problem."""
-    import torch
-
-    d = d_local.to(state.local.dtype)
-    return torch.where(state.included[:, None], d, torch.zeros_like(d))
 
 
 def _snap(state: GlobalState, box, free_local, free_shared, reduce):

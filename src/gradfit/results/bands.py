@@ -22,7 +22,10 @@ covariance is absolute (``absolute_sigma=True`` and Poisson fits).
 For a batch (:func:`batch_band`, ``fit_many`` results) each fit's covariance is the one its
 batched Levenberg-Marquardt kernel held at the end (``BatchResult.covariance``, in the working
 precision), rescaled to the reported standard errors (which the float64 end-point checks may
-have recomputed): its correlations with ``stderr`` as the scale.
+have recomputed): its correlations with ``stderr`` as the scale. A global fit's (``shared=``)
+is fit b's block of the joint covariance over (its local parameters, the shared ones), cross
+block included; its noise estimate (prediction bands) and t quantile are the joint fit's
+redchi and dof.
 """
 
 from __future__ import annotations
@@ -154,8 +157,8 @@ def batch_band(result, x, level: float = 0.95, kind: str = "confidence", *, sigm
     Raises
     ------
     ConfigError
-        Bad level or kind, no covariance (a table or an older file), a global fit
-        (``shared=``), or a model that cannot be rebuilt.
+        Bad level or kind, no covariance (a table or an older file), or a model that cannot
+        be rebuilt.
     DataError
         Inputs of the wrong shape or a bad sigma.
     """
@@ -164,10 +167,6 @@ def batch_band(result, x, level: float = 0.95, kind: str = "confidence", *, sigm
     from ..models.jacobian import batch_residual_and_jacobian
 
     p = _check(level, kind)
-    if result.shared:
-        raise ConfigError("bands of global fits (fit_many(shared=...)) are not supported yet: each fit's band "
-                          "needs its joint covariance with the shared parameters; fit one dataset with gf.fit "
-                          "and use its band")
     names = tuple(result.param_names)
     cov = _batch_covariance(result, names)
     b = len(result)
@@ -202,13 +201,21 @@ def batch_band(result, x, level: float = 0.95, kind: str = "confidence", *, sigm
             var = var + f
         else:
             s2 = 1.0 if sigma is None else _sigma_array(sigma, (b, m)) ** 2
-            var = var + np.asarray(result.stats["redchi"], dtype=float)[:, None] * s2
+            var = var + _per_fit(result, "redchi", b)[:, None] * s2
     elif sigma is not None:
         raise ConfigError("sigma= is for prediction bands (the new points' noise); drop it for a confidence band")
-    q = np.full(b, z_quantile(p)) if poisson else _t_quantiles(p, np.asarray(result.stats["dof"], dtype=float))
+    q = np.full(b, z_quantile(p)) if poisson else _t_quantiles(p, _per_fit(result, "dof", b))
     with np.errstate(invalid="ignore"):
         half = q[:, None] * np.sqrt(var)
     return f - half, f + half
+
+
+def _per_fit(result, key: str, b: int) -> np.ndarray:
+    """(B,) redchi or dof of the noise estimate behind each fit's covariance: the fit's own, or
+    for a global fit (shared=) the joint fit's, which scales every block of its covariance."""
+    if result.shared:
+        return np.full(b, float(result.joint_stats.get(key, math.nan)))
+    return np.asarray(result.stats[key], dtype=float)
 
 
 def _t_quantiles(p: float, dof: np.ndarray) -> np.ndarray:
@@ -227,8 +234,8 @@ def _batch_covariance(result, names) -> np.ndarray:
         raise ConfigError("bands of a fit_many(models=...) result are not built: each fit has its own candidate; "
                           "fit the chosen candidate's fits with gf.fit_many(model, ...) for their bands")
     if cov is None and getattr(result, "shared", None):
-        raise ConfigError("bands of a global fit (shared=) are not built yet: they need each fit's joint "
-                          "covariance with the shared parameters")
+        raise ConfigError("this global fit (shared=) has no per-fit covariance (it was read from a table or saved "
+                          "by an older version): refit for its bands")
     if cov is None:
         raise ConfigError("this fit_many result has no per-fit covariance (it was read from a .csv/.parquet table "
                           "or an older .npz file): refit, or save and load it as .npz with this version")

@@ -16,6 +16,9 @@ builds the ones its :class:`LoopConfig` asks for and runs them with the user's.
 Under torchrun (train/distributed.py) every rank draws the same permutation, steps on its
 share of each global batch, and the objective averages the gradients over the ranks before
 each optimizer step; the epoch's losses are the global ones.
+
+An objective with a ``stream`` (rows read from disk a row group at a time, train/streamed.py)
+takes its minibatches and its validation loss from that stream instead of ``objective.train``.
 """
 
 from __future__ import annotations
@@ -131,10 +134,13 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     """
     import torch
 
+    from ..optim.fused_step import fast_stepping
     from .distributed import check_resume_world, training_group
+    from .streamed import streamed_epoch
 
     train = objective.train
-    minibatch = config.batch_size is not None and config.batch_size < train.n
+    stream = getattr(objective, "stream", None)  # rows streamed from disk (train/streamed.py)
+    minibatch = stream is not None or (config.batch_size is not None and config.batch_size < train.n)
     is_lbfgs = isinstance(optimizer, torch.optim.LBFGS)
     group = training_group()  # None outside torchrun
     local = train
@@ -162,16 +168,22 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     after_epoch = [cb.after_epoch for cb in loop.callbacks]
     # a stop signal is checked between minibatches, so Ctrl-C answers within one batch, not one epoch
     stop_requested = (lambda: checkpointer.signal is not None) if minibatch and checkpointer is not None else None
+    # minibatch steps skip Optimizer.step's per-call bookkeeping where that is bit-identical
+    stepping = fast_stepping(optimizer) if minibatch and not is_lbfgs else optimizer
     graphed = (_captured_step(objective, optimizer, config.batch_size, scheduler)
-               if minibatch and not is_lbfgs and group is None else None)
+               if minibatch and not is_lbfgs and group is None and stream is None else None)
     try:
         for epoch in range(loop.epochs_run + 1, config.epochs + 1):
             loop.epoch = epoch
             if loop.position is None:  # a run resumed inside this epoch ran these hooks before it stopped
                 for hook in before_epoch:
                     hook(loop)
-            if minibatch:
-                value = _minibatch_epoch(objective, optimizer, train, config.batch_size, loop, is_lbfgs,
+            if stream is not None:
+                value = streamed_epoch(objective, stepping, stream, loop, stop_requested, group)
+                if value is None:
+                    _stop_inside_epoch(loop, checkpointer, stream.n)
+            elif minibatch:
+                value = _minibatch_epoch(objective, stepping, train, config.batch_size, loop, is_lbfgs,
                                          stop_requested, graphed, group)
                 if value is None:  # stopped between two minibatches: save the state there
                     _stop_inside_epoch(loop, checkpointer, train.n)
@@ -250,6 +262,8 @@ def _join(group, objective, is_lbfgs) -> None:
 
 
 def _val_loss(objective, group):
+    if getattr(objective, "stream", None) is not None:  # every rank reads the whole validation stream
+        return objective.stream.loss(objective, validation=True)[0] if objective.stream.has_val else None
     if objective.val is None:
         return None
     return objective.evaluate(objective.val) if group is None else group.evaluate(objective, objective.val)

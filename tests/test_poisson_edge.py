@@ -1,0 +1,168 @@
+"""Poisson fits whose optimum lies on the positivity edge: zero counts whose best mean is 0 (a
+background or an amplitude with no bound to stop at). gf.fit and gf.fit_many converge there
+(optim/positive_step.py, lsq/likelihood.fisher_polish) and agree with scipy.optimize.minimize
+of the Poisson negative log-likelihood, written here from scratch, at tight tolerances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradfit as gf
+
+scipy_opt = pytest.importorskip("scipy.optimize")
+
+X = np.linspace(0, 5, 33)
+DECAY = "a*exp(-k*x) + b"
+
+
+def _nll(mean, y):
+    """sum(mu - y log mu) as a function of the parameters; +huge outside mu >= 0 (y = 0 points
+    may sit at mu = 0, whose likelihood is 1)."""
+    def objective(p):
+        mu = mean(p)
+        if np.any(mu < 0) or np.any((mu <= 0) & (y > 0)):
+            return 1e300
+        return float(np.sum(mu - np.where(y > 0, y * np.log(np.where(mu > 0, mu, 1.0)), 0.0)))
+
+    return objective
+
+
+def _decay_counts(seed, background=0.0):
+    rng = np.random.default_rng(seed)
+    return rng.poisson(30 * np.exp(-2 * X) + background).astype(float)
+
+
+def _decay_on_edge_reference(y):
+    """(a, k, b) with the mean 0 at the last point, b = -a exp(-k x_max): the optimum over (a, k)
+    on that edge by Nelder-Mead then BFGS (tight), checked to be feasible and the edge to be
+    the constrained optimum (SLSQP with mu >= 0 at every point finds the same objective)."""
+    def mean(p):
+        return p[0] * np.exp(-p[1] * X) + p[2]
+
+    def on_edge(q):
+        return mean([q[0], q[1], -q[0] * np.exp(-q[1] * X[-1])])
+
+    objective = _nll(on_edge, y)
+    q = scipy_opt.minimize(objective, [25.0, 2.0], method="Nelder-Mead",
+                           options={"xatol": 1e-13, "fatol": 1e-15, "maxiter": 20000}).x
+    q = scipy_opt.minimize(objective, q, method="BFGS", options={"gtol": 1e-12}).x
+    p = np.array([q[0], q[1], -q[0] * np.exp(-q[1] * X[-1])])
+    assert mean(p).min() > -1e-12
+    free = scipy_opt.minimize(_nll(mean, y), [25.0, 2.0, 0.01], method="SLSQP",
+                              constraints=[{"type": "ineq", "fun": mean}], options={"ftol": 1e-15, "maxiter": 2000})
+    assert abs(free.fun - objective(q)) < 1e-7 * abs(free.fun)  # the edge is where the optimum is
+    assert free.x[2] < 0  # a background below 0: only the positivity edge stops it
+    return p
+
+
+def _interior_reference(y):
+    p = scipy_opt.minimize(_nll(lambda p: p[0] * np.exp(-p[1] * X) + p[2], y), [25.0, 2.0, 0.5],
+                           method="Nelder-Mead", options={"xatol": 1e-13, "fatol": 1e-15, "maxiter": 40000}).x
+    return scipy_opt.minimize(_nll(lambda p: p[0] * np.exp(-p[1] * X) + p[2], y), p, method="BFGS",
+                              options={"gtol": 1e-12}).x
+
+
+def _assert_params(params, ref, rtol=1e-6):
+    np.testing.assert_allclose([params["a"], params["k"]], ref[:2], rtol=rtol)
+    np.testing.assert_allclose(params["b"], ref[2], rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_single_fit_background_on_the_positivity_edge_matches_scipy(seed):
+    y = _decay_counts(seed)
+    ref = _decay_on_edge_reference(y)
+    r = gf.fit(DECAY, x=X, y=y, init={"a": 25.0, "k": 2.0, "b": 0.01}, loss="poisson")
+    assert r.status == "converged"
+    _assert_params(r.params, ref)
+    mu = r.params["a"] * np.exp(-r.params["k"] * X) + r.params["b"]
+    assert 0 < mu.min() < 1e-6  # on the edge, inside the feasible set
+
+
+def test_fit_many_mixes_edge_and_interior_fits_and_matches_scipy():
+    edge = [_decay_counts(s) for s in range(5)]
+    interior = [_decay_counts(10 + s, background=1.0) for s in range(3)]
+    y = np.stack(edge + interior)
+    r = gf.fit_many(DECAY, X, y, init={"a": 25.0, "k": 2.0, "b": 0.01}, loss="poisson", dtype="float64", tol=1e-12)
+    assert (r.status_text == "converged").all()
+    for i, counts in enumerate(y):
+        ref = _decay_on_edge_reference(counts) if i < 5 else _interior_reference(counts)
+        _assert_params({n: r.params[n][i] for n in ("a", "k", "b")}, ref)
+
+
+def _edge_at_parameter_zero(mean, y, p0):
+    """The optimum when the edge is a parameter at 0 (a mean linear in it, minimum over x at
+    that parameter): L-BFGS-B with that bound, tight."""
+    return scipy_opt.minimize(_nll(mean, y), p0, method="L-BFGS-B", bounds=[(0, None), (0, None)],
+                              options={"ftol": 1e-15, "gtol": 1e-13, "maxiter": 10000}).x
+
+
+@pytest.mark.parametrize("case", ["line", "parabola"])
+def test_zero_counts_where_the_best_mean_is_zero_single_and_many(case):
+    """A line through the origin's counts (zero at small x) and a parabola's (zero around its
+    vertex): the best mean is 0 at x = 0 / the vertex, with b unbounded in gradfit."""
+    x = np.linspace(0, 5, 33)
+    rngs = [np.random.default_rng(seed) for seed in range(3)]
+    if case == "line":
+        text, ys = "a*x + b", [np.r_[np.zeros(16), g.poisson(0.8 * x[16:])].astype(float) for g in rngs]
+
+        def mean(p, x=x):
+            return p[0] * x + p[1]
+    else:
+        text, ys = "a*(x - 2.5)**2 + b", [g.poisson(1.2 * (x - 2.5) ** 2).astype(float) for g in rngs]
+
+        def mean(p, x=x):
+            return p[0] * (x - 2.5) ** 2 + p[1]
+    init = {"a": 1.0, "b": 0.5}
+    many = gf.fit_many(text, x, np.stack(ys), init=init, loss="poisson", dtype="float64", tol=1e-12)
+    assert (many.status_text == "converged").all()
+    for i, y in enumerate(ys):
+        ref = _edge_at_parameter_zero(mean, y, [1.0, 0.5])
+        assert ref[1] == 0.0  # the edge binds
+        one = gf.fit(text, x=x, y=y, init=init, loss="poisson")
+        assert one.status == "converged"
+        for params in (one.params, {n: many.params[n][i] for n in ("a", "b")}):
+            np.testing.assert_allclose(params["a"], ref[0], rtol=1e-6)
+            assert 0 <= params["b"] < 1e-7
+
+
+def test_global_poisson_fit_with_backgrounds_on_the_edge_matches_scipy():
+    """fit_many(shared=["k"], loss="poisson"): four decays sharing k, each background on its
+    positivity edge (b_i = -a_i exp(-k x_max)); the joint optimum over (k, a_1..a_4) on those
+    edges by scipy, checked against SLSQP over all nine parameters with mu >= 0 everywhere."""
+    y = np.stack([_decay_counts(s) for s in range(4)])
+    n = len(y)
+
+    def on_edges(q):
+        k, a = q[0], np.asarray(q[1:])
+        return a[:, None] * (np.exp(-k * X) - np.exp(-k * X[-1]))
+
+    def objective(q):
+        mu = on_edges(q)
+        if np.any(mu < 0):
+            return 1e300
+        return float(np.sum(mu - np.where(y > 0, y * np.log(np.where(mu > 0, mu, 1.0)), 0.0)))
+
+    q = scipy_opt.minimize(objective, [2.0] + [25.0] * n, method="Nelder-Mead",
+                           options={"xatol": 1e-12, "fatol": 1e-15, "maxiter": 40000, "maxfev": 40000}).x
+    q = scipy_opt.minimize(objective, q, method="BFGS", options={"gtol": 1e-11}).x
+
+    def means(v):
+        return v[1:1 + n, None] * np.exp(-v[0] * X) + v[1 + n:, None]
+
+    def joint(v):
+        mu = means(v)
+        if np.any(mu < 0):
+            return 1e300
+        return float(np.sum(mu - np.where(y > 0, y * np.log(np.where(mu > 0, mu, 1.0)), 0.0)))
+
+    free = scipy_opt.minimize(joint, np.r_[2.0, [25.0] * n, [0.01] * n], method="SLSQP",
+                              constraints=[{"type": "ineq", "fun": lambda v: means(v).ravel()}],
+                              options={"ftol": 1e-15, "maxiter": 3000})
+    assert abs(free.fun - objective(q)) < 1e-7 * abs(free.fun)  # every background is on its edge
+    r = gf.fit_many(DECAY, X, y, init={"a": 25.0, "k": 2.0, "b": 0.01}, shared=["k"], loss="poisson",
+                    dtype="float64", tol=1e-12)
+    assert (r.status_text == "converged").all()
+    np.testing.assert_allclose(r.shared["k"], q[0], rtol=1e-6)
+    np.testing.assert_allclose(r.params["a"], q[1:], rtol=1e-6)
+    np.testing.assert_allclose(r.params["b"], -q[1:] * np.exp(-q[0] * X[-1]), rtol=1e-5)
