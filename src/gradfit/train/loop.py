@@ -168,8 +168,8 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
     after_epoch = [cb.after_epoch for cb in loop.callbacks]
     # a stop signal is checked between minibatches, so Ctrl-C answers within one batch, not one epoch
     stop_requested = (lambda: checkpointer.signal is not None) if minibatch and checkpointer is not None else None
-    # minibatch steps skip Optimizer.step's per-call bookkeeping where that is bit-identical
-    stepping = fast_stepping(optimizer) if minibatch and not is_lbfgs else optimizer
+    # steps skip Optimizer.step's per-call bookkeeping where that is bit-identical
+    stepping = optimizer if is_lbfgs else fast_stepping(optimizer)
     graphed = (_captured_step(objective, optimizer, config.batch_size, scheduler)
                if minibatch and not is_lbfgs and group is None and stream is None else None)
     try:
@@ -190,9 +190,9 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
             elif is_lbfgs:
                 value = objective.unscale(optimizer.step(objective.closure(optimizer)).detach())
             elif group is not None and local.n == 0:  # fewer training rows than ranks
-                value = group.idle_step(objective.leaves, optimizer, local)
+                value = group.idle_step(objective.leaves, stepping, local)
             else:
-                value = objective.step(optimizer, local)
+                value = objective.step(stepping, local)
             loop.logs = {"train_loss": value.item(), "val_loss": _val_loss(objective, group)}
             loop.epochs_run = epoch
             for hook in after_epoch:
