@@ -382,6 +382,14 @@ def test_cli_fits_a_parquet_folder(tmp_path):
     assert doc["loss"] < np.var(3 * x - 1) and doc["val_loss"] is not None  # it learned from the stream
     saved = gf.load(tmp_path / "run" / "model.json")
     assert saved.settings["source"]["streamed"] is True and saved.settings["source"]["split"] == "row_hash"
+    assert saved.settings["source"]["sharded"] is False  # one process: nothing to shard
+    from argparse import Namespace
+
+    from gradfit.cli.fit import parquet_source
+
+    for flag in (False, True):  # --no-shard-reads reaches ParquetData
+        args = Namespace(data=str(folder), stream=True, val_key=None, no_shard_reads=flag)
+        assert parquet_source(args).shard_reads is (not flag)
     assert saved.n_train + saved.n_val == 4000 and len(saved.history["train_loss"]) == 2
     code, _, err = cli("fit", tmp_path / "nothing.csv", "y ~ a*x + b", "--stream")
     assert code == 2 and "Parquet" in err
@@ -440,56 +448,6 @@ def test_streaming_a_dataset_keeps_memory_five_times_below_its_size(tmp_path):
     for k, v in TRUTH.items():  # one epoch of 977 steps recovers the synthetic data's truth
         assert doc["params"][k] == pytest.approx(v, abs=0.01)
     assert doc["loss"] == pytest.approx(NOISE**2, rel=0.05)  # the noise floor
-
-
-# -- torchrun ------------------------------------------------------------------------------------------
-
-TORCHRUN_SCRIPT = r"""
-import json, sys
-import numpy as np
-import gradfit as gf
-from gradfit.train.distributed import process_group
-folder, out = sys.argv[1], sys.argv[2]
-data = gf.ParquetData(folder, stream=True)
-kw = dict(batch_size=256, epochs=3, dtype="float64", val_fraction=0.2, device="cpu")
-net = gf.fit("mlp", x=["x1", "x2"], y="y", data=data, hidden=(8,), lr=0.01, normalize=True, **kw)
-line = gf.fit("y ~ a*x1 + b*x2 + c", data=data, lr=0.05, **kw)
-doc = {"world": process_group()[1],
-       "mlp": np.concatenate([p.detach().numpy().ravel() for p in net.model.module.parameters()]).tolist(),
-       "formula": [line.params[k] for k in "abc"],
-       "history": [net.history["train_loss"], net.history["val_loss"], line.history["train_loss"]],
-       "losses": [net.loss, net.val_loss, line.loss, line.val_loss]}
-if process_group()[0] == 0:
-    with open(out, "w") as f:
-        json.dump(doc, f)
-"""
-
-
-@pytest.mark.slow
-def test_two_torchrun_processes_reading_the_same_stream_equal_one(tmp_path):
-    import os
-
-    folder = _write(tmp_path / "ddp", _linear_rows(6000, seed=7), files=2, row_group=250)  # 24 row groups
-    script = tmp_path / "train.py"
-    script.write_text(TORCHRUN_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "GRADFIT_NO_DDP")}
-    env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    one = subprocess.run([sys.executable, str(script), str(folder), str(tmp_path / "one.json")], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(script), str(folder), str(tmp_path / "two.json")], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
-    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
-    assert (a["world"], b["world"]) == (1, 2)
-    # each rank steps on its share of the same global batches; the weighted all-reduce makes the
-    # step the one-process step up to the order of float64 additions
-    for key in ("mlp", "formula"):
-        np.testing.assert_allclose(b[key], a[key], rtol=1e-9, atol=1e-12)
-    for h1, h2 in zip(a["history"], b["history"]):
-        np.testing.assert_allclose(h2, h1, rtol=1e-9)
-    np.testing.assert_allclose(b["losses"], a["losses"], rtol=1e-9)
 
 
 @pytest.mark.parametrize("payload", [b"PAR1", b"not parquet at all", b""])

@@ -68,7 +68,8 @@ def parquet_source(args):
         rows, free = RowSource(path), available_bytes(None)
         if free is None or rows.projected_bytes(rows.schema) <= STREAM_MEMORY_SHARE * free:
             return None  # one file that fits in memory: read whole as before (plots, --sigma)
-    return ParquetData(text, val_key=args.val_key, stream=True if args.stream else None)
+    return ParquetData(text, val_key=args.val_key, stream=True if args.stream else None,
+                       shard_reads=not args.no_shard_reads)
 
 
 def parquet_columns(args, source) -> tuple:

@@ -111,6 +111,9 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
     "--val-key": ((), dict(default=None, metavar="COL",
                            help="with Parquet DATA: hold out --val-fraction of the rows by a stable hash of COL's "
                                 "values (a key's rows all on one side; streams the data)")),
+    "--no-shard-reads": ((), dict(action="store_true",
+                                  help="under torchrun, every rank reads the whole stream (default: each rank reads "
+                                       "only its share of the row groups)")),
     "--no-progress": ((), dict(action="store_true", help="no progress bar")),
 }
 
@@ -177,7 +180,7 @@ def _add_fit(sub) -> None:
     _add_estimation_options(p, out_what="model.json, history.csv, fit.png, loss.png (and checkpoints) into DIR",
                             max_iter=_FIT_MAX_ITER, tol=_FIT_TOL)
     add_options(p.add_argument_group("multistart"), ["--starts"])
-    add_options(p.add_argument_group("data larger than memory"), ["--stream", "--val-key"],
+    add_options(p.add_argument_group("data larger than memory"), ["--stream", "--val-key", "--no-shard-reads"],
                 what="train on Parquet DATA (file, folder or glob) streamed in minibatches (needs --batch-size); "
                      "default: streamed when its used columns would take over a quarter of the free memory")
     ck = p.add_argument_group("checkpoints")

@@ -17,6 +17,12 @@ The scheme, all of it seeded and reproducible (same seed -> the same batches, on
   ``buffer_rows`` rows. Whenever the buffer holds at least that many, it is permuted (same
   generator), every full minibatch is emitted and the remainder stays; at the end of the
   epoch the rest is permuted and emitted, the last batch possibly short.
+- **Sharded reads** (under torchrun, ``shard_reads=True``). Epoch ``e``'s permutation is drawn
+  as above, the same on every rank; rank ``r`` of ``w`` reads only the units ``perm[r::w]``,
+  through its own shuffle buffer seeded by ``(seed, e, r)``, in batches of
+  :func:`rank_batch_size` rows (the ranks' sizes sum to ``batch_size``). Loss passes give rank
+  ``r`` the units ``r::w`` of the fixed unit order. So the ranks' units are disjoint and cover
+  every training unit; how their uneven batch counts stay in lockstep is train/streamed.py's.
 - **The sample.** What needs training arrays to set up (starting values, range checks, a
   network's size) sees the training rows of the row groups that epoch 0's permutation visits
   first, up to :data:`SAMPLE_ROWS` rows.
@@ -51,7 +57,9 @@ __all__ = [
     "concat_arrays",
     "default_buffer_rows",
     "pass_rows",
+    "rank_batch_size",
     "sample_rows",
+    "shard_units",
     "shuffled_batches",
 ]
 
@@ -81,6 +89,9 @@ class ParquetData:
     stream : None (stream when the used columns as float64 would take more than a quarter of
         the free memory, or with ``val_key``), True (always), False (read the used columns whole
         and fit as usual).
+    shard_reads : under torchrun, each rank reads only its share of the row groups (True, the
+        default) instead of every rank reading the whole stream (False: the run then equals a
+        one-process run with the same global batch).
 
     Examples
     --------
@@ -93,6 +104,7 @@ class ParquetData:
     val_key: str | None = None
     buffer_rows: int | None = None
     stream: bool | None = None
+    shard_reads: bool = True
 
     def __post_init__(self):
         if not isinstance(self.path, (str, os.PathLike)):
@@ -109,6 +121,8 @@ class ParquetData:
             raise ConfigError(f"buffer_rows must be a positive integer, got {self.buffer_rows!r}")
         if self.stream not in (None, True, False):
             raise ConfigError(f"stream must be None (auto), True or False, got {self.stream!r}")
+        if self.shard_reads not in (True, False):
+            raise ConfigError(f"shard_reads must be True or False, got {self.shard_reads!r}")
 
     def __fspath__(self) -> str:
         return os.fspath(self.path)
@@ -122,6 +136,23 @@ class ParquetData:
 
 def default_buffer_rows(batch_size: int) -> int:
     return max(16 * int(batch_size), SAMPLE_ROWS)
+
+
+def shard_units(units: list, shard: tuple | None) -> list:
+    """Rank ``r`` of ``w``'s units of ``units``: ``units[r::w]`` (all of them when ``shard`` is None)."""
+    if shard is None:
+        return list(units)
+    rank, world = shard
+    return list(units[rank::world])
+
+
+def rank_batch_size(batch_size: int, shard: tuple | None) -> int:
+    """Rank ``r`` of ``w``'s rows per step of a global ``batch_size``: ``batch_size // w``, one
+    more for the first ``batch_size % w`` ranks, so the ranks' sizes sum to ``batch_size``."""
+    if shard is None:
+        return int(batch_size)
+    rank, world = shard
+    return int(batch_size) // world + (rank < int(batch_size) % world)
 
 
 class RowSource:
@@ -376,11 +407,17 @@ class _Buffer:
         self.held = len(rest)
 
 
-def shuffled_batches(reader: Reader, epoch: int, seed: int, batch_size: int, buffer_rows: int) -> Iterator[Arrays]:
-    """The training minibatches of epoch ``epoch`` (the scheme in the module notes)."""
+def shuffled_batches(reader: Reader, epoch: int, seed: int, batch_size: int, buffer_rows: int,
+                     shard: tuple | None = None) -> Iterator[Arrays]:
+    """The training minibatches of epoch ``epoch`` (the scheme in the module notes); with
+    ``shard=(rank, world)`` rank's batches of its units (sharded reads)."""
     rng = np.random.default_rng([int(seed), int(epoch)])
     units = reader.split.train_units()
     order = [units[i] for i in rng.permutation(len(units))]
+    if shard is not None:
+        order = units = shard_units(order, shard)
+        rng = np.random.default_rng([int(seed), int(epoch), int(shard[0])])
+        batch_size = rank_batch_size(batch_size, shard)
     capacity = buffer_rows + max(reader.source.units[u][3] for u in units) if units else 0
     buffer = None
     for unit in order:
@@ -397,10 +434,11 @@ def shuffled_batches(reader: Reader, epoch: int, seed: int, batch_size: int, buf
         yield from buffer.drain(rng, batch_size, keep_remainder=False)
 
 
-def pass_rows(reader: Reader, validation: bool = False) -> Iterator[Arrays]:
-    """Every training (or validation) row once, a row group at a time, in file order."""
+def pass_rows(reader: Reader, validation: bool = False, shard: tuple | None = None) -> Iterator[Arrays]:
+    """Every training (or validation) row once, a row group at a time, in file order; with
+    ``shard=(rank, world)`` the rows of rank's units ``r::w`` of that order."""
     units = reader.split.val_units_list() if validation else reader.split.train_units()
-    for unit in units:
+    for unit in shard_units(units, shard):
         part = reader.rows(unit, validation)
         if part is not None:
             yield part

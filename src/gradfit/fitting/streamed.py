@@ -14,6 +14,11 @@ column of weights instead, ``weights="w"``, which works streamed and read whole)
 Networks with ``normalize=True`` standardize with the moments of every training row (one
 streaming pass); a scalar model's whitening uses the sample, as an in-memory fit uses at most
 4096 rows for it. Standard errors are not computed for streamed fits.
+
+Under torchrun the training and validation reads are sharded by rank (``shard_reads=True``,
+train/streamed.py); the set-up sample and a network's normalization moments are not: every
+rank reads them once per fit (the same rows on every rank, which the ranks' identical set-up
+needs). ``settings["source"]["sharded"]`` says which it was.
 """
 
 from __future__ import annotations
@@ -69,9 +74,10 @@ def fit_path(fit, call: dict):
     data = call["data"]
     source = data if isinstance(data, ParquetData) else ParquetData(data)
     if not source.is_parquet:
-        if (source.columns, source.val_key, source.buffer_rows, source.stream) != (None, None, None, None):
-            raise ConfigError(f"{source.path}: columns, val_key, buffer_rows and stream apply to Parquet data; "
-                              "drop them for other files")
+        if (source.columns, source.val_key, source.buffer_rows, source.stream, source.shard_reads) != (
+                None, None, None, None, True):
+            raise ConfigError(f"{source.path}: columns, val_key, buffer_rows, stream and shard_reads apply to Parquet "
+                              "data; drop them for other files")
         from ..data.io import read_table
 
         return fit(**{**call, "data": read_table(os.fspath(source.path))})
@@ -244,10 +250,12 @@ def _fit_streamed(spec, x, y, rows, used, source, options, call, described, weig
         if training.normalize:
             _standardize_from_stream(objective, bound, reader, loss_fn)
     settings["dtype"] = str(work_dtype).removeprefix("torch.")
+    group = _shard_group(source, training.batch_size)
     objective.stream = StreamedTraining(reader, seed=training.seed, batch_size=training.batch_size,
                                         buffer_rows=buffer_rows, dtype=work_dtype, device=dev,
-                                        has_val=split.kind != "none")
+                                        has_val=split.kind != "none", group=group)
     settings["source"] = {**described, "buffer_rows": int(buffer_rows), "split": split.kind,
+                          "sharded": group is not None, **({"ranks": group.size} if group is not None else {}),
                           **({"val_key": source.val_key} if source.val_key else {})}
     setup = _Setup(tuple(call["callbacks"] or ()), _checkpointer(call["checkpoint"], options.checkpoint))
     widths = (len(used), len(getattr(bound, "param_names", ())), *getattr(spec, "hidden", ()))
@@ -258,14 +266,28 @@ def _fit_streamed(spec, x, y, rows, used, source, options, call, described, weig
         reader.dropped = 0
         loss, n_train = objective.stream.loss(objective)
         val_loss, n_val = objective.stream.loss(objective, validation=True) if split.kind != "none" else (None, 0)
+        dropped = objective.stream.dropped()
     final_notes = result.notes
-    if reader.dropped:
-        final_notes += (f"dropped {reader.dropped} row(s) with NaN or inf",)
+    if dropped:
+        final_notes += (f"dropped {dropped} row(s) with NaN or inf",)
     status, message = result.status, result.message
     if (loss is None or not math.isfinite(loss)) and status != "diverged":
         status, message = "diverged", "the loss at the final parameters is not finite"
     return dataclasses.replace(result, loss=loss, val_loss=val_loss, n_train=n_train, n_val=n_val,
                                notes=final_notes, status=status, message=message)
+
+
+def _shard_group(source: ParquetData, batch_size: int):
+    """The torchrun Group the reads are sharded over, or None (one process, GRADFIT_NO_DDP=1,
+    or ``shard_reads=False``)."""
+    from ..train.distributed import training_group
+
+    group = training_group() if source.shard_reads else None
+    if group is not None and batch_size < group.size:
+        raise ConfigError(f"batch_size={batch_size} is smaller than the {group.size} ranks sharing each batch's rows; "
+                          f"pass batch_size >= {group.size}, or ParquetData(..., shard_reads=False) "
+                          "(--no-shard-reads)")
+    return group
 
 
 @dataclasses.dataclass

@@ -149,17 +149,20 @@ class Group:
         """The share's weight in a weighted mean loss: its rows, or the sum of its weights."""
         return float(data.n) if data.weights is None else float(data.weights.sum())
 
-    def synchronize(self, leaves, value, data):
+    def synchronize(self, leaves, value, data, extra=None):
         """Average the gradients of ``leaves`` over the ranks, weighted by :meth:`weight` of
         each rank's ``data``, in place; return the global batch loss (weighted mean of each
-        rank's ``value``). A rank with an empty share contributes nothing."""
+        rank's ``value``). A rank with an empty share contributes nothing. ``extra`` (a 1-d
+        tensor, e.g. sharded streaming's "has another batch" flag) is summed over the ranks in
+        place, in the same all-reduce."""
         import torch
 
         w = self.weight(data)
         dtype = leaves[0].dtype
         grads = [p.grad if p.grad is not None and w > 0 else torch.zeros_like(p) for p in leaves]
         loss = value.detach().reshape(1).to(dtype) if w > 0 else torch.zeros(1, dtype=dtype, device=leaves[0].device)
-        flat = torch.cat([g.reshape(-1).to(dtype) * w for g in grads] + [loss * w, loss.new_tensor([w])])
+        tail = [] if extra is None else [extra.to(device=loss.device, dtype=dtype)]
+        flat = torch.cat([g.reshape(-1).to(dtype) * w for g in grads] + tail + [loss * w, loss.new_tensor([w])])
         flat = self._all_reduce(flat)
         total = flat[-1]
         offset = 0
@@ -167,16 +170,19 @@ class Group:
             size = p.numel()
             p.grad = (flat[offset : offset + size] / total).reshape(p.shape).to(p.dtype)
             offset += size
+        if extra is not None:
+            extra.copy_(flat[offset : offset + extra.numel()])
         return (flat[-2] / total).to(value.dtype).reshape(value.shape)
 
-    def idle_step(self, leaves, optimizer, data):
+    def idle_step(self, leaves, optimizer, data, extra=None):
         """The step of a rank whose share of the batch is empty: it adds nothing to the
-        gradient average but must take part in it and in the optimizer step."""
+        gradient average but must take part in it and in the optimizer step (``extra``: as
+        in :meth:`synchronize`)."""
         import torch
 
         for p in leaves:
             p.grad = torch.zeros_like(p)
-        value = self.synchronize(leaves, torch.zeros((), dtype=data.y.dtype, device=data.y.device), data)
+        value = self.synchronize(leaves, torch.zeros((), dtype=data.y.dtype, device=data.y.device), data, extra)
         optimizer.step()
         return value
 

@@ -262,7 +262,7 @@ def _join(group, objective, is_lbfgs) -> None:
 
 
 def _val_loss(objective, group):
-    if getattr(objective, "stream", None) is not None:  # every rank reads the whole validation stream
+    if getattr(objective, "stream", None) is not None:  # reduced over the ranks when reads are sharded
         return objective.stream.loss(objective, validation=True)[0] if objective.stream.has_val else None
     if objective.val is None:
         return None
