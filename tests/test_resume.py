@@ -35,6 +35,17 @@ def test_resume_is_bit_identical(tmp_path, extra):
     assert res.history == full.history and res.epochs_run == full.epochs_run
 
 
+def test_a_finished_run_leaves_a_checkpoint_that_continues_with_more_epochs(tmp_path):
+    # the default schedule (every 60 s) never comes due in a short run: the last epoch saves
+    kw = dict(x=X, y=Y, hidden=(16,), optimizer="adam", lr=1e-2, seed=3, progress=False, val_fraction=0.2)
+    full = gf.fit("mlp", epochs=30, **kw)
+    gf.fit("mlp", epochs=12, checkpoint=tmp_path / "run", **kw)
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["counters"]["epoch"] == 12
+    res = gf.fit("mlp", epochs=30, checkpoint=tmp_path / "run", resume=True, **kw)
+    np.testing.assert_array_equal(res.predict(X), full.predict(X))
+    assert res.history == full.history
+
+
 def test_resume_refuses_a_different_fit_and_damaged_checkpoints(tmp_path):
     kw = dict(x=X, y=Y, hidden=(8,), seed=0, progress=False)
     gf.fit("mlp", epochs=3, checkpoint=Checkpointer(tmp_path, every_epochs=1, every_seconds=None), **kw)

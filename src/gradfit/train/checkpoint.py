@@ -42,7 +42,8 @@ class Interrupted(Exception):
     """Raised by the loop after it saved a checkpoint because a stop signal arrived.
 
     ``epoch`` is the last complete epoch; ``rows`` is None at an epoch's end, or
-    ``(done, n)`` when the run stopped inside the next epoch after ``done`` of its ``n`` rows.
+    ``(done, n)`` when the run stopped inside the next epoch after ``done`` of its ``n`` rows
+    (``(done, n, what)`` names them, e.g. "training rows").
     """
 
     def __init__(self, signum: int, epoch: int, rows: tuple | None = None):
@@ -54,7 +55,7 @@ class Interrupted(Exception):
         """'after epoch 3', or 'in epoch 4 after 1200 of 4000 rows'."""
         if self.rows is None:
             return f"after epoch {self.epoch}"
-        return f"in epoch {self.epoch + 1} after {self.rows[0]} of {self.rows[1]} rows"
+        return f"in epoch {self.epoch + 1} after {self.rows[0]} of {self.rows[1]} {(*self.rows, 'rows')[2]}"
 
 
 def _json_safe(v):
@@ -184,8 +185,9 @@ def data_fingerprint(objective) -> str:
 
 class Checkpointer(Callback):
     """The checkpoint callback: saves the run's complete state every ``every_epochs`` epochs or
-    ``every_seconds`` seconds, and at once when a stop signal arrives (a handler sets ``signal``
-    to its number), after which it raises :class:`Interrupted`.
+    ``every_seconds`` seconds, after the run's last epoch (so a finished run can be continued
+    with more epochs), and at once when a stop signal arrives (a handler sets ``signal`` to its
+    number), after which it raises :class:`Interrupted`.
 
     ``fingerprint`` (set by the caller) identifies the fit, so that resuming refuses another one.
     The loop runs it after every other callback, so a checkpoint holds their state after the epoch.
@@ -228,7 +230,8 @@ class Checkpointer(Callback):
         self._last = time.monotonic()
 
     def after_epoch(self, loop) -> None:
-        if self.signal is None and not self.due(loop.epoch):
+        # the last epoch always saves, so a finished run can be continued with more epochs
+        if self.signal is None and not self.due(loop.epoch) and loop.epoch < loop.total_epochs:
             return
         self.save(*capture_state(loop))
         if self.signal is not None:
