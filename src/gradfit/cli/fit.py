@@ -129,10 +129,11 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
         from ..errors import DataError, did_you_mean
 
         if source is not None:
-            raise ConfigError("--sigma is not supported with Parquet data; fit a CSV, or leave --sigma out")
-        if args.sigma not in columns:
+            kwargs["sigma"] = args.sigma  # a column of the Parquet data, read (or streamed) with the others
+        elif args.sigma not in columns:
             raise DataError(f"{args.data}: no column {args.sigma!r} for --sigma{did_you_mean(args.sigma, columns)}")
-        kwargs["sigma"] = columns[args.sigma]
+        else:
+            kwargs["sigma"] = columns[args.sigma]
     checkpointer = None
     if args.out:
         checkpointer = Checkpointer(args.out, every_epochs=args.checkpoint_every,
@@ -159,12 +160,13 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
     if args.out or args.report:  # Parquet data are not read again for plots: no fit.png
         target = columns.get(y) if isinstance(y, str) else _response_column(result, columns)
     if args.out:
-        write_outputs(result, Path(args.out), columns, target, columns[args.sigma] if args.sigma else None)
+        write_outputs(result, Path(args.out), columns, target, columns.get(args.sigma) if args.sigma else None)
     if args.report:
         inputs, observed = plot_data(result, columns, target)
         result.to_html(args.report, x=inputs, y=observed)
     if args.json:
         doc = result.to_dict()
+        doc.update(n_train=result.n_train, n_val=result.n_val)  # the rows fitted and held out (streamed too)
         if args.out:
             doc["out"] = str(Path(args.out))
         if args.report:

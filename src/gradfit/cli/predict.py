@@ -14,10 +14,10 @@ def run_predict(args, stdout, stderr) -> ExitStatus:
     import gradfit as gf
 
     from .._files import resolve_target
-    from ..data.io import csv_text, numeric_columns, read_table, write_csv
+    from ..data.io import csv_text, numeric_columns, write_csv
 
     result = gf.load(args.model)
-    table = read_table(args.data)
+    table = _read(args.data, result.model.input_names)
     columns = numeric_columns(table, [n for n in result.model.input_names if n in table], source=args.data)
     pred = result.predict(data=columns)
     out = {n: columns[n] for n in result.model.input_names}
@@ -47,3 +47,23 @@ def run_predict(args, stdout, stderr) -> ExitStatus:
               "is row 1)", file=stderr)
         status = ExitStatus.FIT_FAILED
     return status
+
+
+def _read(data, names) -> dict:
+    """The data file's columns; for a folder or glob of Parquet files (as ``gradfit fit`` takes
+    them) the model's input columns, read whole (a file at a time, one row group at a time)."""
+    from pathlib import Path
+
+    from ..data.io import read_table
+
+    text = str(data)
+    if not (Path(text).is_dir() or any(ch in text for ch in "*?[")):
+        return read_table(data)
+    import numpy as np
+
+    from ..data.parquet_rows import RowSource
+
+    rows = RowSource(text)
+    used = [n for n in names if n in rows.schema]
+    parts = [rows.read(u, used) for u in range(len(rows.units))]
+    return {c: np.concatenate([p[c] for p in parts]) for c in used}

@@ -109,12 +109,13 @@ def _columns(data) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     return cols, text
 
 
-def _refuse_used_text(model, x, y, text: dict) -> None:
+def _refuse_used_text(model, x, y, text: dict, named=()) -> None:
     """A text column the fit would use is a DataError naming its first non-numeric cells
-    (a formula naming it must not silently turn it into a parameter)."""
+    (a formula naming it must not silently turn it into a parameter); ``named``: the
+    weights/sigma columns."""
     if not text:
         return
-    used = set()
+    used = set(named)
     for name in (x, y):
         if isinstance(name, str):
             used.add(name)
@@ -129,17 +130,23 @@ def _refuse_used_text(model, x, y, text: dict) -> None:
         numeric_columns(text, [name])
 
 
-def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy: str = "raise"):
-    """Resolve inputs and target for ``model``; returns (model bound to its inputs, Arrays)."""
+def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, sigma=None, nan_policy: str = "raise"):
+    """Resolve inputs and target for ``model``; returns (model bound to its inputs, Arrays).
+
+    ``weights`` and ``sigma`` (weights 1/sigma^2) are values, or the name of a column of
+    ``data``; such a column may also be an input of the model.
+    """
     if nan_policy not in ("raise", "omit"):
         raise ConfigError(f"nan_policy must be 'raise' or 'omit', got {nan_policy!r}")
     columns: dict[str, np.ndarray] = {}
+    named = [v for v in (weights, sigma) if isinstance(v, str)]
     if data is not None:
         columns, text = _columns(data)
-        _refuse_used_text(model, x, y, text)
+        _refuse_used_text(model, x, y, text, named)
         if not columns:
             raise DataError("data has no numeric columns" if text else "data has no columns")
-    inputs, y_arr = _inputs_and_target(model, x, y, columns)
+    weights, sigma = (_named_column(v, columns, what) for v, what in ((weights, "weights"), (sigma, "sigma")))
+    inputs, y_arr = _inputs_and_target(model, x, y, columns, exclude=named)
     if _is_formula(model):
         if columns and x is None:
             _check_column_typos(model, columns, y)
@@ -150,6 +157,7 @@ def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy
         inputs = {n: inputs[n] for n in model.input_names}
     elif _scalar_params(model) and len(inputs) == 1:
         inputs = {model.input_names[0]: next(iter(inputs.values()))}
+    weights = weights_from_sigma(weights, sigma)
     w = None if weights is None else as_float_array(weights, "weights")
     if y_arr.ndim != 1 and _scalar_params(model):
         raise DataError(f"y must have one value per point (1-D), got shape {y_arr.shape}; "
@@ -164,6 +172,18 @@ def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, nan_policy
     return model, arrays
 
 
+def _named_column(value, columns: dict, what: str):
+    """``weights="w"`` / ``sigma="s"``: that column of data= (any other value as it is)."""
+    if not isinstance(value, str):
+        return value
+    if not columns:
+        raise ConfigError(f"{what}={value!r} names a column of data=; pass data=... (a table, a dict of columns or "
+                          f"a file), or {what} as values (one per point)")
+    if value not in columns:
+        raise DataError(f"no column {value!r} in data for {what}{did_you_mean(value, columns)}")
+    return columns[value]
+
+
 def _binding_note(model) -> str | None:
     """Say which names data columns made inputs when that may not be what the user meant:
     more than one column bound, or a formula whose 'x' is left a parameter. A column named
@@ -176,7 +196,7 @@ def _binding_note(model) -> str | None:
             " (a name that is a data column is an input)")
 
 
-def _inputs_and_target(model, x, y, columns):
+def _inputs_and_target(model, x, y, columns, exclude=()):
     if columns:
         y_arr = _target_from_columns(model, y, columns)
         if x is None:
@@ -185,7 +205,7 @@ def _inputs_and_target(model, x, y, columns):
                 used = _bindable_names(model)
                 inputs = {k: v for k, v in inputs.items() if k in used}
             else:
-                exclude = {y} if isinstance(y, str) else set()
+                exclude = {*exclude, *([y] if isinstance(y, str) else [])}  # the target, the weights
                 inputs = {k: v for k, v in inputs.items() if k not in exclude}
         else:
             names = [x] if isinstance(x, str) else list(x)
@@ -338,7 +358,6 @@ def _validate(a: Arrays, nan_policy: str) -> Arrays:
     if a.weights is not None and (a.weights < 0).any():
         raise DataError("weights must be non-negative")
     return a
-
 
 
 # -- shared by one fit and a batch ----------------------------------------------------------

@@ -8,8 +8,8 @@ The scheme, all of it seeded and reproducible (same seed -> the same batches, on
 
 - **Validation split.** ``val_key="col"``: a row is held out when a stable hash of that
   column's value (numbers by their float64 bits, text by blake2b of its UTF-8), mixed with the
-  seed, falls below ``val_fraction``; all rows of a key are on one side, in every run and on
-  every rank. Otherwise, with at least :data:`MIN_GROUPS_FOR_GROUP_SPLIT` row groups, a seeded
+  seed, falls below ``val_fraction``; all rows of a key are on one side, for a given seed in
+  every run and on every rank. Otherwise, with at least :data:`MIN_GROUPS_FOR_GROUP_SPLIT` row groups, a seeded
   choice of ``round(val_fraction * groups)`` whole row groups; with fewer, the same hash of
   each row's global number (file order, then the row in its file).
 - **Shuffling.** Epoch ``e`` visits the training row groups in a permutation drawn from
@@ -418,7 +418,8 @@ def shuffled_batches(reader: Reader, epoch: int, seed: int, batch_size: int, buf
         order = units = shard_units(order, shard)
         rng = np.random.default_rng([int(seed), int(epoch), int(shard[0])])
         batch_size = rank_batch_size(batch_size, shard)
-    capacity = buffer_rows + max(reader.source.units[u][3] for u in units) if units else 0
+    # before a row group is added the buffer holds under buffer_rows rows, or a remainder under a batch
+    capacity = max(buffer_rows, batch_size) + max(reader.source.units[u][3] for u in units) if units else 0
     buffer = None
     for unit in order:
         part = reader.rows(unit)

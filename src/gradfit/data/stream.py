@@ -157,12 +157,21 @@ def open_source(source, *, y_prefix: str = "y_"):
 
 
 def _parquet_files(source) -> list[Path]:
+    """The ``.parquet`` files of a file, a folder (searched recursively, as Hive partitions
+    ``run=1/part.parquet`` are laid out; names starting with "." or "_" skipped, as Spark's
+    ``_temporary``) or a glob (a folder it matches read as a folder), sorted for a stable order."""
     text = str(source)
     path = Path(text)
     if path.is_dir():
-        files = sorted(path.glob("*.parquet"))
+        files = _folder_files(path)
     elif any(ch in text for ch in "*?["):
-        files = sorted(Path(p) for p in globbing.glob(text))
+        matched = sorted(Path(p) for p in globbing.glob(text))  # less markers (_SUCCESS) and hidden folders
+        matched = [m for m in matched if m.name[:1] not in "._" or (m.is_file() and m.suffix.lower() == ".parquet")]
+        files = [f for m in matched for f in (_folder_files(m) if m.is_dir() else [m])]
+        other = [f for f in files if f.suffix.lower() != ".parquet"]
+        if other:
+            raise DataError(f"{source}: a glob takes .parquet files only, and it matches {other[0]}; read a "
+                            "single file of another type by its name (data='file.csv'), or narrow the glob")
     elif path.suffix.lower() == ".parquet":
         if not path.is_file():
             raise DataError(f"{path}: no such file")
@@ -176,6 +185,11 @@ def _parquet_files(source) -> list[Path]:
     if not files:
         raise DataError(f"{source}: no files match; give a data file or a glob that matches .parquet files")
     return files
+
+
+def _folder_files(path: Path) -> list[Path]:
+    return sorted(f for f in path.rglob("*.parquet")
+                  if f.is_file() and not any(p[:1] in "._" for p in f.relative_to(path).parts))
 
 
 def open_parquet_files(pq, files) -> list:

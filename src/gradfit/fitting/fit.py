@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 from .._threads import choose_threads, intra_op_threads
-from ..data.arrays import check_float32_range, prepare_arrays, weights_from_sigma
+from ..data.arrays import check_float32_range, prepare_arrays
 from ..data.split import train_val_indices
 from ..errors import ConfigError, DataError, ModelError
 from ..losses import resolve_loss
@@ -263,11 +263,10 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     if sigma is not None and loss_fn.likelihood:
         raise ConfigError(f"loss={loss_fn.name!r} takes no sigma: counts carry their own variance (the mean); "
                           "drop sigma= (weights= are frequency weights)")
-    weights = weights_from_sigma(weights, sigma)
     multistart = (check_starts(starts, start_design), start_design)
     torch_dtype, dev = _resolved(training.dtype, training.device)
     spec = resolve_model(model, hidden=options.hidden, activation=options.activation)
-    bound, arrays = prepare_arrays(spec, x, y, data=data, weights=weights, nan_policy=options.nan_policy)
+    bound, arrays = prepare_arrays(spec, x, y, data=data, weights=weights, sigma=sigma, nan_policy=options.nan_policy)
     _check_range(arrays, torch_dtype)
     if loss_fn.likelihood:
         _check_counts(arrays)
@@ -275,7 +274,7 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         _check_not_constant(arrays)
     with intra_op_threads(choose_threads(training.threads, _step_elements(bound, arrays, training.batch_size))):
         result = _fit_arrays(bound, arrays, options, loss_fn, torch_dtype, dev, init=init, bounds=bounds,
-                             fixed=fixed, tie=tie, weighted=weights is not None, callbacks=callbacks,
+                             fixed=fixed, tie=tie, weighted=arrays.weights is not None, callbacks=callbacks,
                              checkpoint=checkpoint, cv_groups=cv_groups, multistart=multistart)
     if isinstance(y, str):  # the response column's name, for plot labels (a fresh dict: no copy needed)
         result.settings["response"] = y

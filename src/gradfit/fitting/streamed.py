@@ -87,10 +87,11 @@ def fit_path(fit, call: dict):
         if not (value is None or isinstance(value, str) or (what == "x" and isinstance(value, (list, tuple)))):
             raise ConfigError(f"with data= a path, {what}= names columns of the data (a string or a list of names), "
                               f"not values")
-    weight = call["weights"] if isinstance(call["weights"], str) else None  # a column of weights, by name
+    # weights="w" / sigma="s": columns of the data, read with the rest (they may be inputs too)
+    named = tuple(call[k] for k in ("weights", "sigma") if isinstance(call[k], str))
     options = _options(call)
     spec = resolve_model(call["model"], hidden=options.hidden, activation=options.activation)
-    used = _used_columns(spec, x, y, rows, source, weight)
+    used = _used_columns(spec, x, y, rows, source, named)
     memory = _available()
     stream = source.stream
     if stream is None:
@@ -99,13 +100,11 @@ def fit_path(fit, call: dict):
     described = {**rows.describe(), "columns": list(used), "streamed": bool(stream)}
     if not stream:
         if source.val_key is not None:
-            raise ConfigError("val_key splits streamed data; drop val_key, or stream=True")
-        table = _read_whole(rows, used)
-        weights = table.pop(weight) if weight is not None else call["weights"]
-        result = fit(**{**call, "data": table, "weights": weights})
+            raise ConfigError("val_key splits streamed data; drop val_key (--val-key), or stream=True (--stream)")
+        result = fit(**{**call, "data": _read_whole(rows, used)})
         result.settings["source"] = described
         return result
-    return _fit_streamed(spec, x, y, rows, used, source, options, call, described, weight)
+    return _fit_streamed(spec, x, y, rows, used, source, options, call, described)
 
 
 def _options(call: dict):
@@ -127,9 +126,9 @@ def _read_whole(rows: RowSource, used) -> dict:
     return {c: np.concatenate([p[c] for p in parts]) for c in used}
 
 
-def _used_columns(spec, x, y, rows: RowSource, source: ParquetData, weight: str | None = None) -> tuple:
+def _used_columns(spec, x, y, rows: RowSource, source: ParquetData, named: tuple = ()) -> tuple:
     """The columns the fit reads: ``source.columns``, else those x, y and the formula name, and
-    the ``weight`` column."""
+    the ``named`` weights and sigma columns."""
     if source.columns is not None:
         rows.check_columns(source.columns)
         names = list(source.columns)
@@ -143,7 +142,7 @@ def _used_columns(spec, x, y, rows: RowSource, source: ParquetData, weight: str 
             bindable = spec.parsed.rhs.names() | constant_names(spec.parsed.rhs)
             names += [c for c in rows.schema if c in bindable]
         else:
-            names += [c for c in rows.schema if rows.numeric(c) and c not in (y, weight)]
+            names += [c for c in rows.schema if rows.numeric(c) and c not in (y, *named)]
         if isinstance(y, str):
             rows.check_columns([y], " for y")
             names.append(y)
@@ -153,9 +152,9 @@ def _used_columns(spec, x, y, rows: RowSource, source: ParquetData, weight: str 
             names += response
         elif y is None:
             raise ConfigError("which column is y? write the formula as 'response ~ expression' or pass y='column'")
-    if weight is not None:
-        rows.check_columns([weight], " for weights")
-        names.append(weight)
+    for name in named:
+        rows.check_columns([name], " for weights/sigma")
+        names.append(name)
     names = list(dict.fromkeys(names))
     if source.val_key is not None:
         rows.check_columns([source.val_key], " for val_key")
@@ -169,15 +168,13 @@ def _used_columns(spec, x, y, rows: RowSource, source: ParquetData, weight: str 
 class _Prepare:
     """Columns of some rows -> validated Arrays, by the in-memory rules; keeps the bound model."""
 
-    def __init__(self, spec, x, y, weight=None):
-        self.spec, self.x, self.y, self.weight, self.bound, self.notes = spec, x, y, weight, None, ()
+    def __init__(self, spec, x, y, weights=None, sigma=None):
+        self.spec, self.x, self.y, self.bound, self.notes = spec, x, y, None, ()
+        self.weights, self.sigma = weights, sigma  # column names (prepare_arrays reads them)
 
     def __call__(self, columns: dict):
-        weights = None
-        if self.weight is not None:
-            columns = dict(columns)
-            weights = columns.pop(self.weight)
-        bound, arrays = prepare_arrays(self.spec, self.x, self.y, data=columns, weights=weights)
+        bound, arrays = prepare_arrays(self.spec, self.x, self.y, data=columns, weights=self.weights,
+                                       sigma=self.sigma)
         if self.bound is None:
             self.bound, self.notes = bound, tuple(arrays.notes)
         return arrays
@@ -186,25 +183,28 @@ class _Prepare:
 def _refuse(options, call: dict) -> None:
     training = options.training
     if training.batch_size is None:
-        raise ConfigError("streaming Parquet data trains on minibatches: pass batch_size=... (e.g. 4096; "
-                          "--batch-size), or stream=False to read the used columns whole")
+        raise ConfigError("streaming Parquet data trains on minibatches: pass batch_size= (--batch-size N, e.g. "
+                          "4096), or read the used columns whole: stream=False (drop --stream)")
     name = str(training.optimizer).lower()
     if name in _FULL_DATA:
         raise ConfigError(f"optimizer={name!r} needs every row at each step; streamed data train with a first-order "
-                          "optimizer ('auto' = adam, 'sgd', ...), or pass stream=False to read the data whole")
+                          "optimizer ('auto' = adam, 'sgd', ...), or read the data whole: stream=False (drop --stream)")
     if options.cv is not None:
-        raise ConfigError("cv= refits folds of data held in memory; streamed data cannot do that: drop cv, or "
-                          "stream=False")
+        raise ConfigError("cv= (--cv) refits folds of data held in memory; streamed data cannot do that: drop it, "
+                          "or read the data whole: stream=False (drop --stream)")
     if call.get("starts"):
-        raise ConfigError("starts= (multistart) needs the data in memory; drop it, or stream=False")
-    weights = call.get("weights")
-    if (weights is not None and not isinstance(weights, str)) or call.get("sigma") is not None or (
-            call.get("cv_groups") is not None):
-        raise ConfigError("weights, sigma and cv_groups arrays cannot accompany streamed data (they are not rows of "
-                          "it); name a column of weights (weights='w'), drop them, or stream=False")
+        raise ConfigError("starts= (--starts, multistart) needs the data in memory; drop it, or read the data whole: "
+                          "stream=False (drop --stream)")
+    if call.get("cv_groups") is not None:
+        raise ConfigError("cv_groups= go with cv=, which streamed data cannot do: drop it, or read the data whole: "
+                          "stream=False (drop --stream)")
+    arrays = [k for k in ("weights", "sigma") if call.get(k) is not None and not isinstance(call[k], str)]
+    if arrays:
+        raise ConfigError(f"{arrays[0]} values cannot accompany streamed data (they are not rows of it); name a column "
+                          f"of {arrays[0]} instead ({arrays[0]}='w'), drop them, or read the data whole: stream=False")
 
 
-def _fit_streamed(spec, x, y, rows, used, source, options, call, described, weight=None):
+def _fit_streamed(spec, x, y, rows, used, source, options, call, described):
     import torch
 
     from ..train.streamed import StreamedTraining
@@ -215,10 +215,13 @@ def _fit_streamed(spec, x, y, rows, used, source, options, call, described, weig
         raise ConfigError(f"val_key={source.val_key!r} holds out validation rows by key: also pass val_fraction "
                           "(e.g. 0.2; --val-fraction)")
     loss_fn = resolve_loss(options.loss)
+    if call["sigma"] is not None and loss_fn.likelihood:
+        raise ConfigError(f"loss={loss_fn.name!r} takes no sigma: counts carry their own variance (the mean); "
+                          "drop sigma= (--sigma; weights= are frequency weights)")
     dtype = getattr(torch, dtype_name(training.dtype))
     dev = _device(training.device)
     split = Split(rows, training.val_fraction, training.seed, source.val_key)
-    prepare = _Prepare(spec, x, y, weight)
+    prepare = _Prepare(spec, x, y, *(c if isinstance(c, str) else None for c in (call["weights"], call["sigma"])))
     reader = Reader(rows, split, used, prepare, options.nan_policy)
     sample = sample_rows(reader, training.seed)
     bound = prepare.bound
@@ -227,7 +230,7 @@ def _fit_streamed(spec, x, y, rows, used, source, options, call, described, weig
     buffer_rows = source.buffer_rows or default_buffer_rows(training.batch_size)
     name = str(training.optimizer).lower()
     method, reason = ("adam", "streamed data: first-order optimizer") if name == "auto" else (name, "requested")
-    settings = {"options": options.document(), "loss": loss_fn.name, "device": str(dev), "weighted": weight is not None,
+    settings = {"options": options.document(), "loss": loss_fn.name, "device": str(dev), "weighted": call["weights"] is not None or call["sigma"] is not None,
                 "method": method, "method_reason": reason}
     scalar = getattr(bound, "scalar_params", True) and not isinstance(bound, MLPSpec)
     work_dtype, notes = working_dtype(dtype, sample)

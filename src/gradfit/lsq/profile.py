@@ -136,12 +136,14 @@ def rebuild_problem(model, values: dict, settings: dict, stats: dict, *, x=None,
         raise ConfigError("profile intervals refit the model, so they need the fit's data: pass it, e.g. "
                           "r.ci(0.95, method='profile', x=x, y=y) or data=df, with sigma= or weights= if the "
                           "fit had them")
-    w = _weights(sigma, weights)
-    if "weighted" in settings and bool(settings["weighted"]) != (w is not None):
+    named = isinstance(sigma, str) or isinstance(weights, str)  # a column of data=, resolved there
+    w = None if named else _weights(sigma, weights)
+    if "weighted" in settings and bool(settings["weighted"]) != (named or w is not None):
         raise ConfigError("the fit was weighted: pass the same sigma= or weights=" if settings["weighted"] else
                           "the fit was not weighted: drop sigma= / weights=")
     options = FitOptions.from_dict(settings.get("options") or {})
-    _, arrays = prepare_arrays(model, x, y, data=data, weights=w, nan_policy=options.nan_policy)
+    _, arrays = prepare_arrays(model, x, y, data=data, weights=weights if named else w,
+                               sigma=sigma if named else None, nan_policy=options.nan_policy)
     missing = [n for n in model.input_names if n not in arrays.inputs]
     if missing:
         raise DataError(f"the data has no input {missing[0]!r}; the fit's inputs are {', '.join(model.input_names)}")

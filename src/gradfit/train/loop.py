@@ -181,12 +181,12 @@ def run_loop(objective, optimizer, config: LoopConfig, callbacks=(), scheduler=N
             if stream is not None:
                 value = streamed_epoch(objective, stepping, stream, loop, stop_requested, group)
                 if value is None:
-                    _stop_inside_epoch(loop, checkpointer, stream.n)
+                    _stop_inside_epoch(loop, checkpointer, stream.stop_point())
             elif minibatch:
                 value = _minibatch_epoch(objective, stepping, train, config.batch_size, loop, is_lbfgs,
                                          stop_requested, graphed, group)
                 if value is None:  # stopped between two minibatches: save the state there
-                    _stop_inside_epoch(loop, checkpointer, train.n)
+                    _stop_inside_epoch(loop, checkpointer, (loop.position[1], train.n))
             elif is_lbfgs:
                 value = objective.unscale(optimizer.step(objective.closure(optimizer)).detach())
             elif group is not None and local.n == 0:  # fewer training rows than ranks
@@ -269,13 +269,13 @@ def _val_loss(objective, group):
     return objective.evaluate(objective.val) if group is None else group.evaluate(objective, objective.val)
 
 
-def _stop_inside_epoch(loop, checkpointer, n: int):
+def _stop_inside_epoch(loop, checkpointer, rows: tuple):
     """Save the state between two minibatches (``loop.position`` says where) and raise
-    ``Interrupted``."""
+    ``Interrupted``; ``rows``: (rows done, rows in the epoch[, what they are]) for its message."""
     from .checkpoint import Interrupted, capture_state
 
     checkpointer.save(*capture_state(loop))
-    raise Interrupted(checkpointer.signal, loop.epoch - 1, (loop.position[1], n))
+    raise Interrupted(checkpointer.signal, loop.epoch - 1, rows)
 
 
 def _minibatch_epoch(objective, optimizer, train, batch_size, loop, is_lbfgs, stop_requested=None, graphed=None,

@@ -51,8 +51,10 @@ class StreamedTraining:
         #: the torchrun :class:`~gradfit.train.distributed.Group` the reads are sharded over, or None
         self.group = group
         self.shard = None if group is None else (group.rank, group.size)
-        #: an upper bound on the training rows (for messages): every row of the source
+        #: an upper bound on the training rows: every row of the source
         self.n = reader.source.n_rows
+        #: training rows the epoch had stepped on when a stop signal ended it (for the message)
+        self.rows_done = 0
 
     def _tensors(self, arrays):
         from .objective import TensorData
@@ -88,6 +90,17 @@ class StreamedTraining:
             rows = int(rows)
         return (total / size if size else None), rows
 
+    def stop_point(self) -> tuple:
+        """(training rows the interrupted epoch took, rows in an epoch, what they are): for the
+        interrupt message. The training rows are counted from the metadata (the row-group
+        split) or the row hash, without reading; a key split is known only by reading its
+        key, so the total is then every row."""
+        split = self.reader.split
+        if split.kind == "key":
+            return self.rows_done, self.n, "rows (training and validation rows)"
+        total = sum(int((~split.val_mask(u, {})).sum()) for u in split.train_units())  # no column is read
+        return self.rows_done, total, "training rows"
+
     def dropped(self) -> int:
         """Rows the reader dropped (``nan_policy="omit"``), over every rank's reads."""
         return int(self.reader.dropped if self.group is None else self._summed(self.reader.dropped)[0])
@@ -121,6 +134,7 @@ def streamed_epoch(objective, optimizer, stream: StreamedTraining, loop, stop_re
             continue
         if stop_requested is not None and stop_requested():
             loop.position = (before, i, total)
+            stream.rows_done = rows
             return None
         batch = stream._tensors(part)
         rows_in_batch = batch.n  # the global batch: under torchrun this rank steps on its share
@@ -173,6 +187,7 @@ def _sharded_epoch(objective, optimizer, stream: StreamedTraining, loop, stop_re
                 return total / max(rows, 1)
             if flags[2] > 0:  # some rank was asked to stop: all stop after the same step
                 loop.position = (before, steps, total)
+                stream.rows_done = rows
                 return None
             part = upcoming
     finally:
