@@ -166,3 +166,37 @@ def test_global_poisson_fit_with_backgrounds_on_the_edge_matches_scipy():
     np.testing.assert_allclose(r.shared["k"], q[0], rtol=1e-6)
     np.testing.assert_allclose(r.params["a"], q[1:], rtol=1e-6)
     np.testing.assert_allclose(r.params["b"], -q[1:] * np.exp(-q[0] * X[-1]), rtol=1e-5)
+
+
+# all counts zero: the optimum is mean 0 at every point (deviance 0, analytic). The end-point
+# tests measure a zero deviance against one count per point (before: fit_many ended
+# max_iterations at deviance 1e-76), and the step stops at the zero count it drives through 0
+# first (before: gf.fit crept along the edge to a = -0.097, b = 0.097, deviance 6.8).
+ZEROS = np.zeros(40)
+T40 = np.linspace(0, 10, 40)
+
+
+@pytest.mark.parametrize("formula, init", [("a*exp(-0.5*t) + b", {"a": 3, "b": 1}),
+                                           ("a*exp(-k*t) + b", {"a": 3, "k": 1, "b": 1})])
+def test_single_fit_of_all_zero_counts_reaches_mean_zero(formula, init):
+    r = gf.fit(formula, x={"t": T40}, y=ZEROS, init=init, loss="poisson")
+    assert r.status == "converged"
+    mu = r.predict({"t": T40})
+    assert mu.min() >= 0 and mu.sum() < 1e-9
+    assert r.stats["deviance"] < 1e-9
+    assert min(r.params["a"], r.params["b"]) > -1e-12  # no negative amplitude on the way
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fit_many_of_all_zero_counts_converges_at_mean_zero(dtype):
+    y = np.vstack([np.random.default_rng(0).poisson(5 * np.exp(-0.5 * T40)), ZEROS, ZEROS])
+    f64 = dtype == "float64"
+    m = gf.fit_many("a*exp(-0.5*x) + b", T40, y, init={"a": 3, "b": 1}, loss="poisson", dtype=dtype,
+                    tol=1e-12 if f64 else None)
+    assert [m.status_names[s] for s in m.status] == ["converged"] * 3
+    mu = m.params["a"][1:, None] * np.exp(-0.5 * T40) + m.params["b"][1:, None]
+    assert mu.min() >= 0 and mu.sum(1).max() < (1e-9 if f64 else 1e-5)
+    # the fit with counts is unaffected: scipy's optimum of its likelihood
+    ref = scipy_opt.minimize(_nll(lambda p: p[0] * np.exp(-0.5 * T40) + p[1], y[0]), [3.0, 0.5],
+                             method="Nelder-Mead", options={"xatol": 1e-12, "fatol": 1e-14, "maxiter": 20000}).x
+    np.testing.assert_allclose([m.params["a"][0], m.params["b"][0]], ref, rtol=1e-6 if f64 else 1e-2)

@@ -255,8 +255,8 @@ def _chunk_tensors(inputs, y, w, theta0, lower, upper, n_used, free, dtype, dev,
     unit = bool((w == 1).all())
     return {"y": y_t, "w": w_t, "theta0": t(theta0), "lower": t(lower), "upper": t(upper), "bounded": bounded,
             "unit": unit, "likelihood": likelihood,
-            # a Poisson fit's residuals are measured on the Pearson scale, sum(w y^2 / mu) ~ sum(w y)
-            "floor2": residual_floor2(torch.sqrt(y_t.clamp(min=0.0)) if likelihood else y_t, w_t),
+            # a Poisson fit's residuals on the Pearson scale, sum(w y^2 / mu) ~ sum(w y); one count for a zero one
+            "floor2": residual_floor2(torch.sqrt(y_t.clamp(min=1.0)) if likelihood else y_t, w_t),
             "n_used": t(n_used.astype(float)), "free": free, "status0": torch.as_tensor(status0, device=dev),
             "inputs": {k: t(v) for k, v in inputs.items()}}
 

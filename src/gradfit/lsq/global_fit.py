@@ -170,8 +170,9 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
 
     def run(local0, shared0, poisson: bool):
         # on the Pearson scale sqrt(y) for the deviance (as lsq/batched): the floor of an exact
-        # fit (deviance 0 lies below it) and the rounding of the means (eps mu / sqrt(mu))
-        scale = torch.sqrt(y_t.clamp(min=0.0)) if poisson else y_t
+        # fit (deviance 0 lies below it) and the rounding of the means (eps mu / sqrt(mu)); a zero
+        # count counts as one (all-zero counts: a deviance of 0 still has a scale to reach)
+        scale = torch.sqrt(y_t.clamp(min=1.0)) if poisson else y_t
         floor2 = torch.where(status0_t == RUNNING, residual_floor2(scale, w_t).double(), 0.0).sum()
         floor2 = float(reduce(floor2.reshape(1))[0])
         # the rounding of the model values in the evaluation dtype (global_lm.step's rounding2)

@@ -128,7 +128,8 @@ def positive_start(problem: PoissonProblem, *, max_iter: int) -> tuple[dict, tup
 def fisher_polish(problem: PoissonProblem, outcome, *, tol: float | None, max_iter: int):
     """``outcome`` of Levenberg-Marquardt on the deviance residuals, or, where that did not
     converge, the batched Fisher scoring's from the same start when it converges to a deviance
-    no higher than LM's (the same outcome with its values, status and message). (Not from LM's
+    no higher than LM's (the same outcome with its values, status and message; also when it
+    ends singular there: all-zero counts, whose optimum mean 0 leaves a rate undetermined). (Not from LM's
     end point: that can sit on the edge, mu ~ 1e-17, where the Fisher weight w / mu pins it.)
 
     Why: where zero counts have means near 0 (a background or an amplitude on the positivity
@@ -149,11 +150,15 @@ def fisher_polish(problem: PoissonProblem, outcome, *, tol: float | None, max_it
         sol = _batched_poisson(problem, tol=tol if tol is not None else 1e-10, max_iter=max_iter)
     except GradfitError:  # a model the batched engine does not take: LM's outcome stands
         return outcome
-    if int(sol.status[0]) != Status.CONVERGED.code or not sol.chisqr[0] <= before:
+    # singular: an optimum where a parameter is not determined (all-zero counts: an amplitude of 0
+    # leaves its rate free), still the lower deviance, as LM's end reports it
+    code = int(sol.status[0])
+    if code not in (Status.CONVERGED.code, Status.SINGULAR.code) or not sol.chisqr[0] <= before:
         return outcome
     values = {n: float(v) for n, v in zip(names, sol.params[0])}
-    return dataclasses.replace(outcome, values=values, status=Status.CONVERGED.value, iterations=outcome.iterations
-                               + int(sol.iterations[0]), message=f"{outcome.message}; then converged by Fisher "
+    how = "converged" if code == Status.CONVERGED.code else "ended (singular: a parameter is not determined there)"
+    return dataclasses.replace(outcome, values=values, status=Status.from_code(code).value,
+                               iterations=outcome.iterations + int(sol.iterations[0]), message=f"{outcome.message}; then {how} by Fisher "
                                "scoring with steps stopping at the positivity edge", residuals=None)
 
 

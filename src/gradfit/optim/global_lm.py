@@ -26,7 +26,16 @@ One iteration (a single damping ``lam``, one accept/reject on the total chi-squa
    A~_b^-1 g_l,b), d_l,b = A~_b^-1 (-g_l,b - C_b d_s). The cost is O(B P_l^3 + P_s^3): the
    dense (B P_l + P_s)^2 matrix is never formed. Fixed coordinates, and coordinates resting
    on a bound that the gradient pushes outward, are held (identity rows, zero right side);
-   a coordinate whose step crosses a bound stops ``STEP_BACK`` of the way to it; in a Poisson
+   a coordinate whose step crosses a bound stops ``STEP_BACK`` of the way to it, and where it
+   was already next to that bound (closer than ``NEAR`` of its step: batch_lm's rule), it is
+   held there and the rest of the joint step is solved again on that face, given its move
+   (the gradient g + H m; :func:`_rest_of_step`). Without that, the shared step, computed as
+   if a local coordinate on its bound went on across it, is wrong for as long as the bound is
+   active: the joint fit stalls at the clipped unbounded solution. The predicted reduction
+   -g.d of the convergence test is that of the step on the face, so the test is a KKT test:
+   small only where the free coordinates' gradient vanishes and the held ones' points out of
+   the box (a coordinate held on its bound whose gradient points inward has a full step that
+   moves it inward, not across, so it is free again in the next step); in a Poisson
    fit, a local step that would take a zero count's mean through 0 stops it short of the
    edge instead (:mod:`gradfit.optim.positive_step`, a rank-one correction of d_l);
 4. at convergence, a coordinate whose one-dimensional Gauss-Newton minimum lies on or beyond
@@ -48,7 +57,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..status import Status
-from .batch_lm import LAMBDA0, LAMBDA_MAX, MAX_SNAPS, STEP_BACK
+from .batch_lm import LAMBDA0, LAMBDA_MAX, MAX_SNAPS, NEAR, STEP_BACK
 from .batch_solve import damped_solve
 from .positive_step import edge_correction
 
@@ -176,6 +185,9 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
     at_floor = settled and trial_total <= floor2
 
     d_local, d_shared, predicted, ok = _joint_step(new, box, free_local, free_shared, reduce)
+    if ok and box is not None:  # a coordinate next to a bound the step crosses: solve the rest again
+        d_local, d_shared, predicted, ok = _rest_of_step(new, d_local, d_shared, predicted, box, free_local,
+                                                         free_shared, reduce)
     if not ok:
         new.status = SINGULAR
         return new
@@ -216,24 +228,35 @@ def normal_blocks(r, jac, w, *, unit_weights: bool = False):
     return n[:, p, p], n[:, :p, :p], n[:, :p, p]
 
 
-def _joint_step(state: GlobalState, box, free_local, free_shared, reduce):
+def _joint_step(state: GlobalState, box, free_local, free_shared, reduce, moved=None):
     """The damped joint step (d_local (B, P_l), d_shared (P_s,)), its predicted reduction of
     the total chi-square, and whether the Schur complement could be factored. Fits whose local
-    block fails are marked singular and leave the joint problem (in ``state``)."""
+    block fails are marked singular and leave the joint problem (in ``state``).
+
+    ``moved``: None, or (mask_l (B, P_l), m_l (B, P_l), mask_s (P_s,), m_s (P_s,)): the masked
+    coordinates move by m (zero elsewhere in m) and are held there; the others take the damped step
+    of the quadratic model given that move (the gradient g + H m), which is added to m."""
     import torch
 
     b = state.local.shape[0]
     ps = state.shared.shape[0]
     lam_b = torch.full((b,), state.lam, dtype=torch.float64, device=state.a.device)
     held_l = held_s = None
+    g_local, g_shared = state.g_local, state.g_shared
+    if moved is not None:  # the first-order change of each fit's gradient by the move: H m
+        mask_l, m_l, mask_s, m_s = moved
+        g_local = g_local + (state.a @ m_l.unsqueeze(-1)).squeeze(-1) + state.c @ m_s
+        g_shared = g_shared + (state.c.transpose(1, 2) @ m_l.unsqueeze(-1)).squeeze(-1) + state.d @ m_s
     if box is not None:
         lo_l, hi_l, lo_s, hi_s = box
         g_s_total = reduce(torch.where(state.included[:, None], state.g_shared, 0.0).sum(0))
         held_l = _held(state.local, state.g_local, lo_l, hi_l)
         held_s = _held(state.shared, g_s_total, lo_s, hi_s)
+        if moved is not None:
+            held_l, held_s = held_l | mask_l, held_s | mask_s
     # e = [C, g_l]; one factorization of each A~ for its P_s + 1 columns: [X, u] = A~^-1 [C, -g_l]
     # (damped_solve solves A~ d = -rhs, with fixed and held coordinates held: their rows are 0)
-    e = torch.cat([state.c, state.g_local.unsqueeze(-1)], dim=-1)
+    e = torch.cat([state.c, g_local.unsqueeze(-1)], dim=-1)
     sign = torch.ones(ps + 1, dtype=e.dtype, device=e.device)
     sign[:ps] = -1.0
     xu, good = damped_solve(state.a, e * sign, lam_b, free_local, held_l)
@@ -243,7 +266,7 @@ def _joint_step(state: GlobalState, box, free_local, free_shared, reduce):
         state.fit_status = torch.where(newly, SINGULAR, state.fit_status)
         state.included = ok
     inc = state.included
-    d, g_s = state.d, state.g_shared
+    d, g_s = state.d, g_shared
     if not bool(inc.all()):  # the sums below are over the fits in the joint problem
         xu = torch.where(inc[:, None, None], xu, 0.0)
         e = torch.where(inc[:, None, None], e, 0.0)
@@ -277,12 +300,50 @@ def _joint_step(state: GlobalState, box, free_local, free_shared, reduce):
     if active is not None:
         d_s = torch.where(active, d_s, 0.0)
     d_l = xu[:, :, ps] - xu[:, :, :ps] @ d_s
+    if moved is not None:
+        d_l, d_s = d_l + m_l, d_s + m_s
     if state.edge is not None:  # Poisson: a zero count's mean driven through 0 stops short of it, by d_l
         smallest, row = state.edge
         pl = d_l.shape[1]
         jd = (row[:, :pl] * d_l).sum(-1) + row[:, pl:] @ d_s
         d_l = edge_correction(d_l, jd, smallest, row[:, :pl], state.a, lam_b, free_local, held_l, state.included)
     return d_l, d_s, verdict[2], True
+
+
+def _rest_of_step(state: GlobalState, d_local, d_shared, predicted, box, free_local, free_shared, reduce):
+    """The joint step with every free coordinate that crosses a bound while next to it (closer
+    than ``NEAR`` of its step: resting on it, or approaching it) stopped ``STEP_BACK`` of the
+    way there and held, and the others' step solved again given that move (batch_lm's
+    ``_box_step``, on the block-arrow system): the step on the bound's face, instead of the
+    part of a step that assumed the stopped coordinates would go on; with its predicted
+    reduction -g.d of the total (one more sync). Unchanged (one sync) when no coordinate
+    of any process is such."""
+    import torch
+
+    lo_l, hi_l, lo_s, hi_s = box
+    crossed_l = _next_to_crossed(state.local, d_local, lo_l, hi_l, free_local) & state.included[:, None]
+    crossed_s = _next_to_crossed(state.shared, d_shared, lo_s, hi_s, free_shared)
+    count = reduce(torch.stack([crossed_l.sum().double(), crossed_s.sum().double()]))
+    if float(count.sum()) == 0:
+        return d_local, d_shared, predicted, True
+    m_l = torch.where(crossed_l, _stop_short(state.local, state.local + d_local, lo_l, hi_l) - state.local, 0.0)
+    m_s = torch.where(crossed_s, _stop_short(state.shared, state.shared + d_shared, lo_s, hi_s) - state.shared, 0.0)
+    d_l, d_s, _, ok = _joint_step(state, box, free_local, free_shared, reduce,
+                                  moved=(crossed_l, m_l, crossed_s, m_s))
+    if not ok:  # the face's Schur complement does not factor: the plain stopped step stands
+        return d_local, d_shared, predicted, True
+    gd = torch.where(state.included, (state.g_local * d_l).sum(-1) + state.g_shared @ d_s, 0.0).sum()
+    return d_l, d_s, -float(reduce(gd.reshape(1))[0]), True
+
+
+def _next_to_crossed(theta, d, lower, upper, free):
+    """Free coordinates whose step ``d`` crosses a bound that is closer than ``NEAR`` of it."""
+    import torch
+
+    freem = torch.as_tensor([bool(v) for v in free], device=theta.device)
+    target = theta + d
+    dist = torch.where(target < lower, theta - lower, torch.where(target > upper, upper - theta, float("inf")))
+    return freem & (dist <= NEAR * d.abs())
 
 
 def _held(theta, g, lower, upper):

@@ -8,11 +8,17 @@ w / mu, which the other zero counts' pulls overwhelm. Rejecting the step (the da
 approaches the edge by a few percent per two evaluations, and scaling the whole step back
 slows every other parameter as much.
 
-:func:`positive_step` treats the zero count with the smallest mean, when the step would push
-it through the edge, as an active linear constraint instead: the damped step of the quadratic model subject to
+:func:`positive_step` treats the zero count that the step drives through the edge first (the
+smallest mu_i / -J_i d: with every count zero, not the one of smallest mean) as an active
+linear constraint instead: the damped step of the quadratic model subject to
 ``J_i d = -STEP_BACK mu_i`` (one rank-one correction, ``d + v (c - J_i d) / (J_i v)`` with
 ``v = A~^-1 J_i``), so that point lands ``1 - STEP_BACK`` of the way from the edge while the
-other parameters take their constrained Newton step along it. Once there, the point's Fisher
+other parameters take their constrained Newton step along it; if that step still takes
+another zero count's mean through 0, the whole step stops ``STEP_BACK`` of the way to the first
+such edge (a feasible trial, not a rejected one: all-zero counts reach mean 0 geometrically
+instead of creeping along the edge to negative amplitudes). The global engine (optim/global_lm.py)
+corrects for the zero count of smallest mean at the last point (its rows are kept from the
+evaluation, before the step is known). Once there, the point's Fisher
 weight w / mu pins it, and the usual tests (a small change of the deviance and
 a small predicted reduction of the feasible step: the projected gradient, KKT at the edge)
 converge the fit.
@@ -42,8 +48,26 @@ def positive_step(delta, mu, jac, zero, a, lam, free, hold=None):
     a, lam, free, hold : the damped system's A (B, P, P), damping (B,), free mask (P,) and
         held coordinates (B, P) or None, as :func:`gradfit.optim.batch_solve.damped_solve`.
     """
-    smallest, row = edge_rows(mu, jac, zero)
-    return edge_correction(delta, (row * delta).sum(-1), smallest, row, a, lam, free, hold)
+    import torch
+
+    full = _full_columns(mu, jac)
+    # the zero count the step drives through the edge first (the smallest mu_i / -J_i d): with
+    # every count zero, the one of smallest mean is rarely it, and a step stopped for that one
+    # takes another mean through 0 (rejected: the fit creeps along the edge, amplitudes < 0)
+    jd = sum(j * d.unsqueeze(-1) for j, d in zip(full, delta.unbind(-1)))
+    ratio = torch.where(zero & (jd < 0), mu / -jd, float("inf"))
+    first = ratio.argmin(-1, keepdim=True)
+    smallest = mu.gather(-1, first).squeeze(-1)
+    row = torch.stack([j.gather(-1, first) for j in full], dim=-1).squeeze(1)
+    out = edge_correction(delta, (row * delta).sum(-1), smallest, row, a, lam, free, hold)
+    if out is delta:
+        return delta
+    # a zero count the corrected step still takes through the edge: the whole step stops short of
+    # it (the fraction to the boundary: a feasible trial, every mean of a zero count positive)
+    jd = sum(j * d.unsqueeze(-1) for j, d in zip(full, out.unbind(-1)))
+    reach = torch.where(zero & (jd < 0), mu / -jd, float("inf")).amin(-1)
+    scale = torch.clamp(STEP_BACK * reach, max=1.0)
+    return out * torch.where(torch.isfinite(scale), scale, 1.0).unsqueeze(-1)
 
 
 def edge_rows(mu, jac, zero):
@@ -55,9 +79,16 @@ def edge_rows(mu, jac, zero):
 
     smallest, first = torch.where(zero, mu, float("inf")).min(-1)
     at = first.unsqueeze(-1)
-    full = [j if isinstance(j, torch.Tensor) and j.shape == mu.shape
-            else torch.as_tensor(j, dtype=mu.dtype, device=mu.device).expand_as(mu) for j in jac]
+    full = _full_columns(mu, jac)
     return smallest, torch.stack([j.gather(-1, at) for j in full], dim=-1).squeeze(1)
+
+
+def _full_columns(mu, jac):
+    """The Jacobian's columns, each (B, M) like ``mu`` (a constant column broadcast)."""
+    import torch
+
+    return [j if isinstance(j, torch.Tensor) and j.shape == mu.shape
+            else torch.as_tensor(j, dtype=mu.dtype, device=mu.device).expand_as(mu) for j in jac]
 
 
 def edge_correction(delta, jd, smallest, row, a, lam, free, hold=None, among=None):

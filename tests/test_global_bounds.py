@@ -1,0 +1,145 @@
+"""Global fits (fit_many(shared=...)) whose optimum lies on a bound: a per-fit bound active in
+some fits, a bound on the shared parameter, both, and a Poisson background on its bound.
+optim/global_lm.py holds a coordinate that its step drives across a bound it rests next to and
+solves the rest of the joint step on that face, so the bounded optimum is reached (and only
+then reported converged). References are computed here from scratch: scipy.optimize
+.least_squares with bounds on the stacked residuals, scipy.optimize.minimize (L-BFGS-B) of
+the joint Poisson negative log-likelihood, both at tight tolerances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradfit as gf
+
+scipy_opt = pytest.importorskip("scipy.optimize")
+
+T = np.linspace(0, 10, 40)
+AMPS = np.array([3.0, 8.0, 20.0, 50.0])
+DECAY = "a*exp(-k*x) + b"
+
+
+def _data(offsets, seed=7):
+    rng = np.random.default_rng(seed)
+    return AMPS[:, None] * np.exp(-0.5 * T) + np.asarray(offsets)[:, None] + rng.normal(0, 0.3, (len(AMPS), T.size))
+
+
+def _stacked_reference(y, b_lo=-np.inf, k_bounds=(-np.inf, np.inf)):
+    """The joint least-squares optimum by scipy's bounded trf on the stacked residuals:
+    x = [a_1..a_B, b_1..b_B, k]."""
+    n = len(y)
+
+    def resid(x):
+        a, b, k = x[:n, None], x[n:2 * n, None], x[-1]
+        return (a * np.exp(-k * T) + b - y).ravel()
+
+    def jac(x):
+        a, k = x[:n, None], x[-1]
+        e = np.exp(-k * T)[None, :].repeat(n, 0)
+        j = np.zeros((n, T.size, 2 * n + 1))
+        for i in range(n):
+            j[i, :, i] = e[i]
+            j[i, :, n + i] = 1.0
+        j[:, :, -1] = -a * T * e
+        return j.reshape(n * T.size, -1)
+
+    lo = np.r_[np.full(n, -np.inf), np.full(n, b_lo), k_bounds[0]]
+    hi = np.r_[np.full(n, np.inf), np.full(n, np.inf), k_bounds[1]]
+    x0 = np.clip(np.r_[AMPS, np.full(n, 0.5), 0.6], lo + 1e-3, hi - 1e-3)
+    sol = scipy_opt.least_squares(resid, x0, jac=jac, bounds=(lo, hi), method="trf", x_scale="jac",
+                                  ftol=1e-15, xtol=1e-15, gtol=1e-15, max_nfev=10000)
+    return sol.x[:n], sol.x[n:2 * n], sol.x[-1], 2.0 * sol.cost
+
+
+def _global(y, k0=1.0, **kw):
+    return gf.fit_many(DECAY, T, y, init={"a": 3, "k": k0, "b": 1}, dtype="float64", shared=["k"], **kw)
+
+
+def test_local_bound_active_in_some_fits_reaches_the_bounded_optimum():
+    # two fits want b < 0: before, the joint step stalled at the clipped unbounded solution
+    # (chi2 13.9767, max_iterations); the bounded optimum is 12.6054
+    y = _data([0.2, -0.3, 0.0, 0.5])
+    a_ref, b_ref, k_ref, chi2_ref = _stacked_reference(y, b_lo=0.0)
+    assert (b_ref < 1e-12).sum() == 2  # the bound really is active in two fits
+    r = _global(y, bounds={"b": (0, None)})
+    assert [r.status_names[s] for s in r.status] == ["converged"] * 4  # default max_iter
+    assert r.joint_stats["chisqr"] == pytest.approx(chi2_ref, rel=1e-6)
+    tight = _global(y, bounds={"b": (0, None)}, tol=1e-12)
+    assert tight.shared["k"] == pytest.approx(k_ref, rel=1e-6)
+    np.testing.assert_allclose(tight.params["a"], a_ref, rtol=1e-6)
+    np.testing.assert_allclose(tight.params["b"], b_ref, atol=1e-7)
+    assert (tight.params["b"] >= 0).all() and (tight.params["b"][b_ref < 1e-12] == 0).all()
+
+
+def test_bound_on_the_shared_parameter_active():
+    y = _data([0.2, 0.3, 0.1, 0.5], seed=3)
+    a_ref, b_ref, k_ref, chi2_ref = _stacked_reference(y, k_bounds=(0.0, 0.45))
+    assert k_ref == pytest.approx(0.45, abs=1e-12)  # the unbounded k is ~0.5: the bound is active
+    r = _global(y, k0=0.3, bounds={"k": (0, 0.45)}, tol=1e-12)
+    assert [r.status_names[s] for s in r.status] == ["converged"] * 4
+    assert r.shared["k"] == 0.45
+    assert r.joint_stats["chisqr"] == pytest.approx(chi2_ref, rel=1e-8)
+    np.testing.assert_allclose(r.params["a"], a_ref, rtol=1e-6)
+    np.testing.assert_allclose(r.params["b"], b_ref, rtol=1e-6, atol=1e-8)
+
+
+def test_shared_and_local_bounds_active_together():
+    y = _data([0.2, -0.3, -0.1, 0.5], seed=11)
+    a_ref, b_ref, k_ref, chi2_ref = _stacked_reference(y, b_lo=0.0, k_bounds=(0.0, 0.47))
+    assert k_ref == pytest.approx(0.47, abs=1e-12) and (b_ref < 1e-12).sum() >= 1
+    r = _global(y, k0=0.3, bounds={"b": (0, None), "k": (0, 0.47)})
+    assert [r.status_names[s] for s in r.status] == ["converged"] * 4
+    assert r.joint_stats["chisqr"] == pytest.approx(chi2_ref, rel=1e-6)
+    tight = _global(y, k0=0.3, bounds={"b": (0, None), "k": (0, 0.47)}, tol=1e-12)
+    np.testing.assert_allclose(tight.params["a"], a_ref, rtol=1e-6)
+    np.testing.assert_allclose(tight.params["b"], b_ref, atol=1e-7)
+
+
+def _poisson_reference(y, b_lo=0.0):
+    """The joint Poisson maximum likelihood by L-BFGS-B (analytic gradient) on the negative
+    log-likelihood, x = [a_1..a_B, b_1..b_B, k]."""
+    n = len(y)
+
+    def nll(x):
+        a, b, k = x[:n, None], x[n:2 * n, None], x[-1]
+        e = np.exp(-k * T)
+        mu = a * e + b
+        if (mu <= 0).any():
+            return np.inf, np.zeros_like(x)
+        f = (mu - y * np.log(mu)).sum()
+        dmu = 1.0 - y / mu
+        grad = np.r_[(dmu * e).sum(1), dmu.sum(1), (dmu * (-a * T * e)).sum()]
+        return f, grad
+
+    x0 = np.r_[AMPS, np.full(n, 0.5), 0.5]
+    bounds = [(None, None)] * n + [(b_lo, None)] * n + [(None, None)]
+    sol = scipy_opt.minimize(nll, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                             options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 20000, "maxcor": 30})
+    return sol.x[:n], sol.x[n:2 * n], sol.x[-1], sol.fun
+
+
+def test_poisson_background_on_its_bound():
+    # before: converged at logL -219.8290 (k 0.5111) vs the optimum -219.8282 (k 0.5120)
+    rng = np.random.default_rng(7)
+    y = rng.poisson(AMPS[:, None] * np.exp(-0.5 * T)).astype(float)
+    a_ref, b_ref, k_ref, nll_ref = _poisson_reference(y)
+    assert (b_ref < 1e-9).any()
+    r = gf.fit_many(DECAY, T, y, init={"a": 3, "k": 1, "b": 1}, loss="poisson", dtype="float64", shared=["k"],
+                    bounds={"b": (0, None)}, tol=1e-12)
+    assert [r.status_names[s] for s in r.status] == ["converged"] * 4
+    assert r.shared["k"] == pytest.approx(k_ref, rel=1e-5)
+    np.testing.assert_allclose(r.params["a"], a_ref, rtol=1e-5)
+    np.testing.assert_allclose(r.params["b"], b_ref, atol=1e-5)
+    mu = r.params["a"][:, None] * np.exp(-r.shared["k"] * T) + r.params["b"][:, None]
+    assert (mu - y * np.log(mu)).sum() == pytest.approx(nll_ref, abs=1e-8)
+    assert (r.params["b"] >= 0).all()
+
+
+def test_poisson_global_all_zero_fit():
+    z = np.zeros_like(T)
+    y = np.vstack([np.random.default_rng(0).poisson(5 * np.exp(-0.5 * T)), z])
+    r = gf.fit_many(DECAY, T, y, init={"a": 3, "k": 1, "b": 1}, loss="poisson", dtype="float64", shared=["k"])
+    assert [r.status_names[s] for s in r.status] == ["converged"] * 2
+    mu = r.params["a"][1] * np.exp(-r.shared["k"] * T) + r.params["b"][1]
+    assert (mu >= 0).all() and mu.sum() < 1e-6  # the optimum: mean 0 everywhere
