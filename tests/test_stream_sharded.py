@@ -105,6 +105,7 @@ def test_shard_reads_is_checked(tmp_path, monkeypatch):
 TORCHRUN_SCRIPT = r"""
 import json, sys
 import numpy as np
+import gradfit as gf
 from gradfit.train.distributed import process_group
 folder, out = sys.argv[1], sys.argv[2]
 data = gf.ParquetData(folder, stream=True, shard_reads=False)
@@ -152,6 +153,7 @@ def test_two_torchrun_processes_reading_the_whole_stream_equal_one(tmp_path):
 SHARDED_SCRIPT = r"""
 import json, sys
 import numpy as np
+import gradfit as gf
 import torch.distributed as dist
 from gradfit.callbacks import Callback
 from gradfit.data import parquet_rows
