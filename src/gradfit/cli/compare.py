@@ -13,21 +13,17 @@ def run_compare(args, stdout, stderr) -> ExitStatus:
     :func:`gradfit.compare`, and print one line per candidate; exit 3 when none converged."""
     import gradfit as gf
 
-    from ..errors import DataError, did_you_mean
-    from .fit import load_model_and_data
+    from .fit import load_model_and_data, weight_columns, weight_keywords
 
     y_col = args.y_col or _response(args.models)
     columns, x, y = {}, None, y_col
     for text in args.models:
-        extra = tuple(c for c in (args.sigma, y_col) if c)  # the response, also where a formula names none
+        extra = (*weight_columns(args), *((y_col,) if y_col else ()))  # the response, also where a formula names none
         _, cx, cy, used = load_model_and_data(text, args.data, args.x_cols, y_col, extra=extra)
         columns.update(used)
         x, y = x or cx, y or cy
     kwargs = _fit_kwargs(args)
-    if args.sigma:
-        if args.sigma not in columns:
-            raise DataError(f"{args.data}: no column {args.sigma!r} for --sigma{did_you_mean(args.sigma, columns)}")
-        kwargs["sigma"] = columns[args.sigma]
+    kwargs.update(weight_keywords(args, columns))
     with library_output("compare", stderr):
         comparison = gf.compare(list(args.models), x=x, y=y, data=columns, criterion=args.criterion, **kwargs)
     rows = comparison.rows()

@@ -46,6 +46,36 @@ def load_model_and_data(model_text: str, data_path: str, x_cols: str | None, y_c
                                                     source=data_path)
 
 
+def weight_columns(args) -> tuple:
+    """The columns ``--sigma COL`` / ``--weights COL`` name (read with the fit's columns)."""
+    return tuple(c for c in (args.sigma, args.weights) if c)
+
+
+def weight_keywords(args, columns: dict, *, named: bool = False) -> dict:
+    """``sigma=`` / ``weights=`` of gf.fit from ``--sigma COL`` / ``--weights COL``: the column's
+    values, or (``named``: Parquet data that gf.fit reads itself) the column's name.
+
+    Raises
+    ------
+    ConfigError
+        both flags given.
+    DataError
+        no such column, with a did-you-mean.
+    """
+    from ..errors import ConfigError, DataError, did_you_mean
+
+    if args.sigma and args.weights:
+        raise ConfigError("give --sigma COL or --weights COL, not both (weights = 1/sigma^2)")
+    out = {}
+    for flag, name in (("--sigma", args.sigma), ("--weights", args.weights)):
+        if not name:
+            continue
+        if not named and name not in columns:
+            raise DataError(f"{args.data}: no column {name!r} for {flag}{did_you_mean(name, columns)}")
+        out[flag[2:]] = name if named else columns[name]
+    return out
+
+
 def parquet_source(args):
     """A :class:`gradfit.ParquetData` (streamed or read whole by gf.fit) for a folder or glob of
     Parquet files, a ``.parquet`` file too large to read whole, or any of them with --stream or
@@ -120,20 +150,12 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
     source = parquet_source(args)  # Parquet goes to gf.fit as a ParquetData: streamed or read whole there
     if source is None:
         model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col,
-                                                   extra=(args.sigma,) if args.sigma else ())
+                                                   extra=weight_columns(args))
     else:
         (model, x, y), columns = parquet_columns(args, source), {}
     kwargs = fit_kwargs(args)
     kwargs["starts"] = args.starts
-    if args.sigma:
-        from ..errors import DataError, did_you_mean
-
-        if source is not None:
-            kwargs["sigma"] = args.sigma  # a column of the Parquet data, read (or streamed) with the others
-        elif args.sigma not in columns:
-            raise DataError(f"{args.data}: no column {args.sigma!r} for --sigma{did_you_mean(args.sigma, columns)}")
-        else:
-            kwargs["sigma"] = columns[args.sigma]
+    kwargs.update(weight_keywords(args, columns, named=source is not None))
     checkpointer = None
     if args.out:
         checkpointer = Checkpointer(args.out, every_epochs=args.checkpoint_every,
@@ -160,7 +182,7 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
     if args.out or args.report:  # Parquet data are not read again for plots: no fit.png
         target = columns.get(y) if isinstance(y, str) else _response_column(result, columns)
     if args.out:
-        write_outputs(result, Path(args.out), columns, target, columns.get(args.sigma) if args.sigma else None)
+        write_outputs(result, Path(args.out), columns, target, _plot_sigma(args, columns))
     if args.report:
         inputs, observed = plot_data(result, columns, target)
         result.to_html(args.report, x=inputs, y=observed)
@@ -184,6 +206,19 @@ def run_fit(args, stdout, stderr) -> ExitStatus:
         print(f"gradfit fit: {' '.join(str(result.message).split())} (status {result.status}, exit {int(status)})",
               file=stderr)
     return status
+
+
+def _plot_sigma(args, columns: dict):
+    """The error bars of fit.png: the --sigma column, or 1/sqrt of the --weights column."""
+    if args.sigma:
+        return columns.get(args.sigma)
+    w = columns.get(args.weights) if args.weights else None
+    if w is None:
+        return None
+    import numpy as np
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(w > 0, 1.0 / np.sqrt(w), np.nan)
 
 
 def write_outputs(result, out: Path, columns: dict, target, sigma=None) -> None:

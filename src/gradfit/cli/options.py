@@ -49,6 +49,7 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
                                "bounds, log-spread where a bound is missing) in one batch; keep the best")),
     # weights
     "--sigma": ((), dict(metavar="COL", help="column of per-point standard deviations (weights 1/sigma^2)")),
+    "--weights": ((), dict(metavar="COL", help="column of per-point weights (instead of --sigma)")),
     "--absolute-sigma": ((), dict(action="store_true",
                                   help="sigma is absolute: do not rescale the covariance by the reduced "
                                        "chi-square")),
@@ -121,7 +122,7 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
 GROUPS = {
     "columns": ("--x", "--y"),
     "parameters": ("--init", "--bounds", "--fix", "--tie"),
-    "weights": ("--sigma", "--absolute-sigma"),
+    "weights": ("--sigma", "--weights", "--absolute-sigma"),
     "solver": ("--tol", "--max-iter", "--dtype", "--device", "--threads"),
     "training": ("--optimizer", "--lr", "--epochs", "--batch-size", "--loss", "--momentum", "--nesterov", "--opt",
                  "--normalize", "--val-fraction", "--seed", "--gradient", "--log-every", "--nan-policy"),

@@ -30,7 +30,7 @@ def run_tune(args, stdout, stderr) -> ExitStatus:
     from ..tuning import (DEFAULT_VAL_FRACTION, SearchInterrupted, check_study_space, open_study, prepare, run_trials,
                           write_outputs)
     from ..tuning.study import fail_dead_trials
-    from .fit import load_model_and_data
+    from .fit import load_model_and_data, weight_columns, weight_keywords
 
     space = parse_space_args(args.space)
     out = Path(args.out or "gradfit-tune")
@@ -44,7 +44,9 @@ def run_tune(args, stdout, stderr) -> ExitStatus:
     kwargs.pop("seed", None)
     if not _given(args.argv, "--val-fraction"):
         kwargs.pop("val_fraction", None)  # tune's default split for its metric val_loss
-    model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col)
+    model, x, y, columns = load_model_and_data(args.model, args.data, args.x_cols, args.y_col,
+                                               extra=weight_columns(args))
+    kwargs.update(weight_keywords(args, columns))  # every trial fits with the same weights
     # every check before any trial or worker runs: the space, each value it can draw, the study's space
     parsed, base = prepare(model, space, trials=args.trials, x=x, y=y, data=columns, **kwargs)
     if "://" not in storage:
