@@ -94,7 +94,7 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
 
     from ..likelihood import batch_poisson_deviance
     from ..optim.global_lm import RUNNING, init, normal_blocks, step
-    from ..optim.positive_step import edge_rows
+    from ..optim.positive_step import edge_points
     from .end_points import likelihood_statistics
 
     reduce = reduce or (lambda t: t)
@@ -147,8 +147,8 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
                 if poisson:  # Fisher scoring: the weights w / mu, the deviance in chi-square's place
                     dev, fisher = batch_poisson_deviance(y_t[sl], r + y_t[sl], w_t[sl])
                     _, n, g = normal_blocks(r, cols, fisher)
-                    smallest, row = edge_rows(r + y_t[sl], cols, zero_t[sl])  # the positivity edge
-                    parts.append((dev.double(), n, g, (smallest.double(), row.double())))
+                    edge = edge_points(r + y_t[sl], cols, zero_t[sl], sl.start)  # the positivity edge
+                    parts.append((dev.double(), n, g, edge))
                 else:
                     parts.append(normal_blocks(r, cols, w_t[sl], unit_weights=unit_weights))
             if len(parts) == 1:

@@ -36,8 +36,11 @@ One iteration (a single damping ``lam``, one accept/reject on the total chi-squa
    small only where the free coordinates' gradient vanishes and the held ones' points out of
    the box (a coordinate held on its bound whose gradient points inward has a full step that
    moves it inward, not across, so it is free again in the next step); in a Poisson
-   fit, a local step that would take a zero count's mean through 0 stops it short of the
-   edge instead (:mod:`gradfit.optim.positive_step`, a rank-one correction of d_l);
+   fit, the first zero count's mean that a fit's joint step would take through 0 stops short of
+   the edge instead (:mod:`gradfit.optim.positive_step`, a rank-one correction of d_l), the
+   fit's own step stops short of any other, and the predicted reduction is that of the
+   corrected step before it stops short (a KKT test at the edge, which a step cut short by
+   another zero count would pass while the deviance can still drop);
 4. at convergence, a coordinate whose one-dimensional Gauss-Newton minimum lies on or beyond
    a bound is moved onto it (the move is the next trial; accepted, the fit runs on from
    there with that coordinate held; rejected, the convergence stands), at most
@@ -59,7 +62,7 @@ from dataclasses import dataclass
 from ..status import Status
 from .batch_lm import LAMBDA0, LAMBDA_MAX, MAX_SNAPS, NEAR, STEP_BACK
 from .batch_solve import damped_solve
-from .positive_step import edge_correction
+from .positive_step import global_positive_step
 
 __all__ = ["RUNNING", "GlobalState", "init", "normal_blocks", "step"]
 
@@ -90,8 +93,8 @@ class GlobalState:
     snaps: int = 0
     probing: bool = False  # the trial is a move onto the bounds of a converged point
     total: float = float("inf")  # total chi-square at the accepted point
-    #: Poisson: (smallest (B,), row (B, P)) at the accepted point, each fit's smallest mean of a
-    #: zero count and its partials (optim/positive_step.edge_rows), or None
+    #: Poisson: the fits with a zero count, their means, partials, zero counts and rounding levels
+    #: at the accepted point (optim/positive_step.edge_points), or None
     edge: object = None
 
 
@@ -126,7 +129,7 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
         in chunks of fits). Any per-fit objective on the chi-square scale may stand for chi2
         (the Poisson deviance, with the Fisher-scoring blocks): a value that is not finite
         on a later trial rejects the joint step (the damping rises; the fit stays in). A
-        Poisson ``blocks`` adds a fourth element, :func:`gradfit.optim.positive_step.edge_rows`
+        Poisson ``blocks`` adds a fourth element, :func:`gradfit.optim.positive_step.edge_points`
         over the same columns: the local step then stops a zero count's mean short of 0.
     box : (lower_l, upper_l (B, P_l), lower_s, upper_s (P_s,)) bounds (None: no bound at all).
     free_local, free_shared : (P_l,), (P_s,) 1.0 for parameters that vary, 0.0 for fixed ones.
@@ -302,12 +305,24 @@ def _joint_step(state: GlobalState, box, free_local, free_shared, reduce, moved=
     d_l = xu[:, :, ps] - xu[:, :, :ps] @ d_s
     if moved is not None:
         d_l, d_s = d_l + m_l, d_s + m_s
+    predicted, unstopped = verdict[2], d_l
     if state.edge is not None:  # Poisson: a zero count's mean driven through 0 stops short of it, by d_l
-        smallest, row = state.edge
-        pl = d_l.shape[1]
-        jd = (row[:, :pl] * d_l).sum(-1) + row[:, pl:] @ d_s
-        d_l = edge_correction(d_l, jd, smallest, row[:, :pl], state.a, lam_b, free_local, held_l, state.included)
-    return d_l, d_s, verdict[2], True
+        d_l, unstopped = global_positive_step(d_l, d_s, state.edge, state.a, lam_b, free_local, held_l,
+                                              state.included)
+    # a step on a bound's face or the positivity edge: -g.d of that step (before it stops short
+    # of another zero count's edge, which would predict little where the deviance still drops);
+    # in every Poisson step, whether or not this process corrected one: reduce is collective
+    if moved is not None or state.edge is not None:
+        predicted = _reduction(state, unstopped, d_s, reduce)
+    return d_l, d_s, predicted, True
+
+
+def _reduction(state: GlobalState, d_local, d_shared, reduce):
+    """-g.d of a joint step over the fits taking part: the convergence test's predicted reduction."""
+    import torch
+
+    gd = torch.where(state.included, (state.g_local * d_local).sum(-1) + state.g_shared @ d_shared, 0.0).sum()
+    return -float(reduce(gd.reshape(1))[0])
 
 
 def _rest_of_step(state: GlobalState, d_local, d_shared, predicted, box, free_local, free_shared, reduce):
@@ -328,12 +343,11 @@ def _rest_of_step(state: GlobalState, d_local, d_shared, predicted, box, free_lo
         return d_local, d_shared, predicted, True
     m_l = torch.where(crossed_l, _stop_short(state.local, state.local + d_local, lo_l, hi_l) - state.local, 0.0)
     m_s = torch.where(crossed_s, _stop_short(state.shared, state.shared + d_shared, lo_s, hi_s) - state.shared, 0.0)
-    d_l, d_s, _, ok = _joint_step(state, box, free_local, free_shared, reduce,
-                                  moved=(crossed_l, m_l, crossed_s, m_s))
+    d_l, d_s, face_predicted, ok = _joint_step(state, box, free_local, free_shared, reduce,
+                                               moved=(crossed_l, m_l, crossed_s, m_s))
     if not ok:  # the face's Schur complement does not factor: the plain stopped step stands
         return d_local, d_shared, predicted, True
-    gd = torch.where(state.included, (state.g_local * d_l).sum(-1) + state.g_shared @ d_s, 0.0).sum()
-    return d_l, d_s, -float(reduce(gd.reshape(1))[0]), True
+    return d_l, d_s, face_predicted, True
 
 
 def _next_to_crossed(theta, d, lower, upper, free):

@@ -17,8 +17,13 @@ other parameters take their constrained Newton step along it; if that step still
 another zero count's mean through 0, the whole step stops ``STEP_BACK`` of the way to the first
 such edge (a feasible trial, not a rejected one: all-zero counts reach mean 0 geometrically
 instead of creeping along the edge to negative amplitudes). The global engine (optim/global_lm.py)
-corrects for the zero count of smallest mean at the last point (its rows are kept from the
-evaluation, before the step is known). Once there, the point's Fisher
+does the same per fit with :func:`global_positive_step`: the first zero count the joint step
+drives through the edge (its own and the shared parameters' change) is corrected through the
+fit's own parameters, and the fit's own step stops short of any other (the shared step as it
+is); its points are kept from the evaluation (:func:`edge_points`, only the fits with a zero
+count). There the corrected point stays at or above its rounding level (``ROUNDING`` eps of
+the fit's largest mean): below it, a mean whose terms cancel (a + b with b = -a) rounds to 0
+on the trial, which rejects the joint step of every fit. Once there, the point's Fisher
 weight w / mu pins it, and the usual tests (a small change of the deviance and
 a small predicted reduction of the feasible step: the projected gradient, KKT at the edge)
 converge the fit.
@@ -28,10 +33,13 @@ from __future__ import annotations
 
 from .batch_solve import damped_solve
 
-__all__ = ["edge_correction", "edge_rows", "positive_step"]
+__all__ = ["edge_correction", "edge_points", "global_positive_step", "positive_step"]
 
 #: where a step stops on its way to the edge (as a bound's step back, scipy trf's theta)
 STEP_BACK = 0.995
+#: the global step keeps a zero count's mean at or above this many eps of the fit's largest
+#: mean: a mean at the rounding level of its terms (a + b with b = -a) rounds to <= 0 otherwise
+ROUNDING = 16.0
 
 
 def positive_step(delta, mu, jac, zero, a, lam, free, hold=None):
@@ -70,19 +78,6 @@ def positive_step(delta, mu, jac, zero, a, lam, free, hold=None):
     return out * torch.where(torch.isfinite(scale), scale, 1.0).unsqueeze(-1)
 
 
-def edge_rows(mu, jac, zero):
-    """(smallest (B,), row (B, P)): per fit, the smallest mean of a zero count (inf where the
-    fit has none) and the means' partial derivatives at that point: the one a step drives
-    through the edge (two passes over the points; a crossing elsewhere makes the trial
-    infeasible, and it is rejected with the damping raised, as before)."""
-    import torch
-
-    smallest, first = torch.where(zero, mu, float("inf")).min(-1)
-    at = first.unsqueeze(-1)
-    full = _full_columns(mu, jac)
-    return smallest, torch.stack([j.gather(-1, at) for j in full], dim=-1).squeeze(1)
-
-
 def _full_columns(mu, jac):
     """The Jacobian's columns, each (B, M) like ``mu`` (a constant column broadcast)."""
     import torch
@@ -91,15 +86,17 @@ def _full_columns(mu, jac):
             else torch.as_tensor(j, dtype=mu.dtype, device=mu.device).expand_as(mu) for j in jac]
 
 
-def edge_correction(delta, jd, smallest, row, a, lam, free, hold=None, among=None):
+def edge_correction(delta, jd, smallest, row, a, lam, free, hold=None, among=None, floor=None):
     """``delta`` (B, P) with the rank-one correction of the module docstring where ``jd`` (B,),
     the step's change of the mean ``smallest`` (B,), takes it below ``1 - STEP_BACK`` of
     itself: J_i d = -STEP_BACK mu_i, with J_i = ``row`` (B, P) over the coordinates of
     ``delta`` and A, lam, free, hold the damped system over them. ``among`` (B,) bool: the
-    fits that may be corrected (None: all)."""
+    fits that may be corrected (None: all). ``floor`` (B,): a mean the point is kept at or
+    above, where ``1 - STEP_BACK`` of it is below that (None: 0)."""
     import torch
 
-    crossing = jd < -STEP_BACK * smallest
+    target = -STEP_BACK * smallest if floor is None else torch.maximum(-STEP_BACK * smallest, floor - smallest)
+    crossing = jd < target
     if among is not None:
         crossing = crossing & among
     if not bool(crossing.any()):  # one sync: most iterations of most batches stay clear of the edge
@@ -110,5 +107,69 @@ def edge_correction(delta, jd, smallest, row, a, lam, free, hold=None, among=Non
     v, ok = damped_solve(a[idx], -row, lam[idx], free, None if hold is None else hold[idx])
     den = (row * v).sum(-1)
     fix = ok & (den > 0)
-    nu = torch.where(fix, (-STEP_BACK * smallest[idx] - jd[idx]) / torch.where(fix, den, 1.0), 0.0)
+    nu = torch.where(fix, (target[idx] - jd[idx]) / torch.where(fix, den, 1.0), 0.0)
     return delta.index_add(0, idx, nu.unsqueeze(-1) * v)
+
+
+def edge_points(mu, jac, zero, offset=0):
+    """(fits (K,), mu (K, M), jac (K, M, P), zero (K, M), floor (K,)): the fits (numbered from
+    ``offset``) with a used count of zero, their means, the means' partial derivatives
+    (float64), those counts and the rounding level of their means (``ROUNDING`` eps of the
+    largest: a mean the step takes below it may round to <= 0, an infeasible trial);
+    what :func:`global_positive_step` needs once the step is known."""
+    import torch
+
+    fits = zero.any(-1).nonzero().squeeze(-1)
+    full = _full_columns(mu, jac)
+    jac_k = torch.stack([j[fits] for j in full], dim=-1).double()
+    mu_k = mu[fits]
+    floor = ROUNDING * torch.finfo(mu.dtype).eps * torch.where(torch.isfinite(mu_k), mu_k.abs(), 0.0).amax(-1)
+    return fits + offset, mu_k.double(), jac_k, zero[fits], floor.double()
+
+
+def global_positive_step(d_local, d_shared, edge, a, lam, free, hold=None, among=None):
+    """(d_local made feasible (B, P_l), its unstopped version) for a joint step (see the module
+    docstring): per fit with a zero count, the first one that the step ``(d_local, d_shared)``
+    drives through the edge is corrected through the fit's own parameters
+    (:func:`edge_correction`), and the fit's own step then stops ``STEP_BACK`` of the way to
+    any other such edge, the shared step as it is (a mean that the shared step alone takes
+    below ``1 - STEP_BACK`` of itself stops the own step at 0: that trial may be rejected).
+
+    Parameters
+    ----------
+    d_local, d_shared : (B, P_l), (P_s,) the joint damped step.
+    edge : :func:`edge_points` at the current point over the local then the shared columns.
+    a, lam, free, hold : the local damped systems (B, P_l, P_l), damping (B,), free mask
+        (P_l,), held coordinates (B, P_l) or None (:func:`edge_correction`).
+    among : (B,) bool, the fits that take part (None: all).
+
+    The second value is the corrected step before it stops short of other edges: its
+    predicted reduction is the convergence test's (a step stopped by another zero count
+    predicts little while the deviance can still drop along both edges).
+    """
+    import torch
+
+    fits, mu, jac, zero, floor = edge
+    if fits.numel() == 0:
+        return d_local, d_local
+    pl = d_local.shape[1]
+    own = d_local[fits]
+    shared_jd = jac[..., pl:] @ d_shared  # (K, M)
+    jd = (jac[..., :pl] @ own.unsqueeze(-1)).squeeze(-1) + shared_jd
+    ratio = torch.where(zero & (jd < 0), mu / -jd, float("inf"))
+    first = ratio.argmin(-1, keepdim=True)
+    row = jac.gather(1, first.unsqueeze(-1).expand(-1, 1, jac.shape[-1])).squeeze(1)[:, :pl]
+    out = edge_correction(own, jd.gather(-1, first).squeeze(-1), mu.gather(-1, first).squeeze(-1), row,
+                          a[fits], lam[fits], free, None if hold is None else hold[fits],
+                          None if among is None else among[fits], floor)
+    if out is own:  # no first crossing: no other either
+        return d_local, d_local
+    corrected = d_local.index_copy(0, fits, out)
+    # the fit's own step stops where the first other mean reaches 1 - STEP_BACK of itself
+    own_jd = (jac[..., :pl] @ out.unsqueeze(-1)).squeeze(-1)
+    limit = torch.where(zero & (own_jd < 0), (STEP_BACK * mu + shared_jd).clamp(min=0.0) / -own_jd,
+                        float("inf")).amin(-1)
+    scale = limit.clamp(max=1.0)
+    if among is not None:
+        scale = torch.where(among[fits], scale, 1.0)
+    return d_local.index_copy(0, fits, out * scale.unsqueeze(-1)), corrected
