@@ -233,3 +233,50 @@ def test_profile_intervals_take_sigma_and_weights_by_column_name():
             np.testing.assert_allclose(got[name], want[name], rtol=1e-9)
     with pytest.raises(gf.ConfigError, match="the fit was weighted"):
         by_name.ci(method="profile", data=df)
+
+
+def _hive(root, keys_of, rows=400, seed=0):
+    """Files at root/<key=value>/.../part-0.parquet with x, y = 1.5 x - 0.5 + 0.25 run + noise."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    xs, ys, runs = [], [], []
+    for keys in keys_of:
+        folder = root.joinpath(*(f"{k}={v}" for k, v in keys.items()))
+        folder.mkdir(parents=True)
+        x = rng.uniform(0, 2, rows)
+        run = float(keys.get("run", 0))
+        y = 1.5 * x - 0.5 + 0.25 * run + rng.normal(0, 0.05, rows)
+        pq.write_table(pa.table({"x": x, "y": y}), folder / "part-0.parquet", row_group_size=rows // 2)
+        xs.append(x), ys.append(y), runs.append(np.full(rows, run))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(runs)
+
+
+def test_hive_partition_keys_are_columns(tmp_path):
+    keys = [{"run": r, "site": s} for r in range(4) for s in ("north", "south")]
+    x, y, run = _hive(tmp_path / "hv", keys)
+    want = np.linalg.lstsq(np.c_[x, np.ones_like(x), run], y, rcond=None)[0]
+    whole = gf.fit("y ~ a*x + b + c*run", data=tmp_path / "hv")  # read whole: least squares
+    np.testing.assert_allclose([whole.params[n] for n in "abc"], want, rtol=1e-9)
+    # streamed, held out by the text key: every site's rows on one side
+    streamed = gf.fit("y ~ a*x + b + c*run", data=gf.ParquetData(tmp_path / "hv", stream=True, val_key="site"),
+                      batch_size=128, epochs=20, val_fraction=0.5, lr=0.05, normalize=True)
+    assert (streamed.n_train, streamed.n_val) == (1600, 1600)  # one site's 1,600 rows each side
+    np.testing.assert_allclose([streamed.params[n] for n in "abc"], want, atol=0.02)
+    with pytest.raises(DataError, match="column 'site' holds string, not numbers"):
+        gf.fit("y ~ a*x + b + c*site", data=tmp_path / "hv")
+
+
+def test_a_key_on_some_paths_only_or_inside_the_files_is_not_added(tmp_path):
+    from gradfit.data.hive import partition_columns
+
+    files = [tmp_path / "run=1" / "a.parquet", tmp_path / "run=2" / "day=3" / "b.parquet",
+             tmp_path / "run=x%2Fy" / "c.parquet"]
+    cols = partition_columns(files)
+    assert list(cols) == ["run"] and cols["run"][1] is False  # day is on one path only; x/y is text
+    assert cols["run"][0].tolist() == ["1", "2", "x/y"]  # URL-decoded
+    assert partition_columns(files[:2], existing=("run",)) == {}  # a column inside the files wins
+    nulls = partition_columns([tmp_path / "k=1" / "a.parquet",
+                               tmp_path / "k=__HIVE_DEFAULT_PARTITION__" / "b.parquet"])
+    assert np.isnan(nulls["k"][0][1]) and nulls["k"][1] is True

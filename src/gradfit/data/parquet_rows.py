@@ -46,6 +46,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, did_you_mean, require
 from .arrays import Arrays
+from .hive import fill_partitions, partition_columns, partition_types
 
 __all__ = [
     "MIN_GROUPS_FOR_GROUP_SPLIT",
@@ -181,6 +182,8 @@ class RowSource:
             offset += row
         #: (file index, row group, first row in the file, rows, first global row) per unit
         self.units = units
+        self.partitions = partition_columns(self.files, self.schema)  # Hive keys (run=3/) as columns
+        self.schema.update(partition_types(self.partitions))
         self.n_rows = offset
         if not units:
             raise DataError(f"{path}: the Parquet data have no rows")
@@ -201,7 +204,9 @@ class RowSource:
     def head(self, rows: int = 8) -> dict:
         """The first rows of every column (numbers as float64, text as objects): for checks."""
         table = self._open[0].read_row_group(self.units[0][1]).slice(0, rows)
-        return {name: _to_numpy(table.column(name), self.numeric(name)) for name in table.column_names}
+        out = {name: _to_numpy(table.column(name), self.numeric(name)) for name in table.column_names}
+        out.update({k: np.full(table.num_rows, v[0], dtype=v.dtype) for k, (v, _) in self.partitions.items()})
+        return out
 
     def read(self, unit: int, columns) -> dict:
         """Columns of one unit (row group) as numpy arrays: numeric ones as float64, filled
@@ -211,12 +216,14 @@ class RowSource:
         columns = list(columns)
         out = {c: np.empty(n, dtype=np.float64 if self.numeric(c) else object) for c in columns}
         at = 0
-        for batch in self._open[i].iter_batches(batch_size=RECORD_BATCH_ROWS, row_groups=[g], columns=columns,
+        in_file = [c for c in columns if c not in self.partitions]
+        for batch in self._open[i].iter_batches(batch_size=RECORD_BATCH_ROWS, row_groups=[g], columns=in_file,
                                                 use_threads=False):
             k = batch.num_rows
-            for c in columns:
+            for c in in_file:
                 out[c][at : at + k] = _to_numpy(batch.column(c), self.numeric(c))
             at += k
+        fill_partitions(out, self.partitions, i)
         return out
 
     def where(self, unit: int) -> tuple[Path, int]:
