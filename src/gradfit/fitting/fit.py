@@ -6,27 +6,25 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from .._threads import choose_threads, intra_op_threads
 from ..data.arrays import check_float32_range, prepare_arrays
 from ..data.split import train_val_indices
-from ..errors import ConfigError, DataError, ModelError
+from ..errors import ConfigError, DataError
 from ..losses import resolve_loss
 from ..lsq.likelihood import POISSON_REASON, PoissonProblem
 from ..lsq.problem import LeastSquaresProblem, linear_reason
-from ..models import FormulaModel, resolve_model
+from ..models import resolve_model
 from ..models.neural import MLPSpec
-from ..models.parameters import ParameterSpace, ParameterSpec, refuse_inputs_as_parameters
-from ..models.starts import formula_start_space
-from ..options import FitOptions, device_name, dtype_name
+from ..options import FitOptions, dtype_name
 from .crossval import cross_validate
 from .first_order import module_objective, scalar_objective, tensors, train_first_order, working_dtype
 from .keywords import FIT_KEYWORDS, options_from_keywords
 from .least_squares import least_squares_fit, poisson_fit, with_poisson_uncertainty, with_uncertainty
 from .multistart import best_start, check_starts
+from .setup import FitSetup, make_checkpointer, parameter_space, resolve_device
 
 __all__ = ["fit", "resolve_dtype", "resolve_device", "choose_method", "FitSetup"]
 
@@ -44,53 +42,6 @@ def resolve_dtype(dtype):
 def _resolved(dtype: str, device: str) -> tuple:
     """(torch dtype, torch device) of the canonical names in TrainingOptions, once per pair."""
     return resolve_dtype(dtype), resolve_device(device)
-
-
-@lru_cache(maxsize=1)
-def _auto_device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_device(device):
-    """The torch device of "auto" (CUDA when available), "cpu", "cuda", ...; ConfigError when
-    the device is malformed or CUDA was asked for but is missing."""
-    import torch
-
-    name = device_name(device)
-    if name == "auto":
-        return _auto_device()
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' was requested but no CUDA GPU is available; use device='auto' or 'cpu'")
-    return dev
-
-
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs microseconds per fit
-class FitSetup:
-    """What one fit needs besides its :class:`~gradfit.options.FitOptions`: the resolved loss,
-    dtype and device, the parameter settings (init, bounds, fixed, tie), whether the data are
-    weighted, and live hooks that are not option data (callbacks, a Checkpointer)."""
-
-    loss_fn: Any
-    dtype: Any
-    device: Any
-    init: Mapping | None = None
-    bounds: Mapping | None = None
-    fixed: Sequence[str] = ()
-    tie: Mapping | None = None
-    weighted: bool = False
-    callbacks: tuple = ()
-    checkpointer: Any = None
-    multistart: tuple = (None, "sobol")  # (starts, design): gf.fit(starts=K)
-
-    def for_fold(self) -> "FitSetup":
-        """Cross-validation folds run without the caller's callbacks and checkpoints."""
-        return dataclasses.replace(self, callbacks=(), checkpointer=None)
 
 
 def choose_method(optimizer: str, model, loss_fn, batch_size, space, training: str | None = None) -> tuple[str, str]:
@@ -239,14 +190,14 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     >>> r.method, round(r.params["w"], 3), round(r.stderr["w"], 3)
     ('linear', 2.1, 0.058)
     """
-    if isinstance(data, str) or hasattr(data, "__fspath__"):  # a file, folder or glob: fitting/streamed.py
-        from .streamed import fit_path
-
-        return fit_path(fit, dict(locals()))
     if isinstance(init, str):  # "guess", as fit_many and the CLI take it: the default start
         if init != "guess":
             raise ConfigError(f"init must be a dict of starting values or 'guess', got {init!r}")
         init = None
+    if isinstance(data, str) or hasattr(data, "__fspath__"):  # a file, folder or glob: fitting/streamed.py
+        from .streamed import fit_path
+
+        return fit_path(fit, dict(locals()))
     values = (loss, optimizer, lr, epochs, batch_size, normalize, val_fraction, seed, gradient, dtype, device,
               log_every, progress, absolute_sigma, max_iter, optimizer_options, tol, nan_policy, hidden, activation,
               penalty, input_noise, early_stopping, schedule, cv, cv_split, checkpoint, resume, threads)
@@ -287,7 +238,7 @@ def _fit_arrays(bound, arrays, options, loss_fn, torch_dtype, dev, *, init, boun
     training = options.training
     setup = FitSetup(loss_fn, torch_dtype, dev, init=init, bounds=bounds, fixed=fixed, tie=tie,
                      weighted=weighted, callbacks=tuple(callbacks),
-                     checkpointer=_checkpointer(checkpoint, options.checkpoint), multistart=multistart)
+                     checkpointer=make_checkpointer(checkpoint, options.checkpoint), multistart=multistart)
     train_arr, val_arr = arrays, None
     if training.val_fraction:
         train_idx, val_idx = train_val_indices(arrays.n, training.val_fraction, training.seed)
@@ -330,18 +281,6 @@ def _same(value, default) -> bool:
         return value is default or bool(value == default)
     except (TypeError, ValueError):  # e.g. an array compared elementwise
         return False
-
-
-def _checkpointer(keyword, options):
-    """The live Checkpointer: the one passed as ``checkpoint=`` (a signal handler may hold it),
-    or a new one built from the checkpoint options."""
-    if options is None:
-        return None
-    from ..train.checkpoint import Checkpointer
-
-    if isinstance(keyword, Checkpointer):
-        return keyword
-    return Checkpointer(options.folder, every_epochs=options.every_epochs, every_seconds=options.every_seconds)
 
 
 def _check_range(arrays, dtype) -> None:
@@ -400,7 +339,7 @@ def _fit_split(bound, train_arr, val_arr, notes, options: FitOptions, setup: Fit
         return train_first_order(objective, bound, method, options, setup, settings=settings, **common)
     if training.gradient == "analytic" and bound.expression is None:
         raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
-    space = _parameter_space(bound, train_arr, train_arr.n, setup.init, setup.bounds, setup.fixed, setup.tie)
+    space = parameter_space(bound, train_arr, train_arr.n, setup.init, setup.bounds, setup.fixed, setup.tie)
     method, reason = choose_method(training.optimizer, bound, loss_fn, training.batch_size, space, regularized)
     init_values = dict(space.values)  # the start the user asked for (a multistart's winner is not it)
     if setup.multistart[0]:
@@ -447,48 +386,3 @@ def _step_elements(model, arrays, batch_size) -> int:
 
 def _is_module_spec(model) -> bool:
     return isinstance(model, MLPSpec)
-
-
-@lru_cache(maxsize=256)
-def _default_formula_space(model) -> ParameterSpace:
-    """The parameter space of a formula fit without init, bounds, fixed or ties: it depends
-    only on the (cached, immutable) bound model, so it is built once per formula and inputs."""
-    return ParameterSpace(model.param_names, model.guess(None, None))
-
-
-@lru_cache(maxsize=256)
-def _init_formula_space(model, init_items: tuple) -> ParameterSpace:
-    """The parameter space of a formula fit with only ``init`` (floats): a formula's guess does
-    not look at the data, so it is built once per formula, inputs and start values (a refused
-    init raises and is not cached)."""
-    init = dict(init_items)
-    refuse_inputs_as_parameters(model, init, None, (), None)
-    spec = ParameterSpec.create(model.param_names, init=init)
-    return ParameterSpace.from_spec(spec, spec.start(model.guess(None, None)))
-
-
-def _parameter_space(model, train_arr, n_train, init, bounds, fixed, tie):
-    if not model.param_names:
-        raise ModelError("the model has no parameters to fit; every name in the formula is a data column")
-    if not (init or bounds or fixed or tie) and type(model) is FormulaModel:
-        space = _default_formula_space(model)
-    elif (type(model) is FormulaModel and type(init) is dict and not (bounds or fixed or tie)
-          and all(type(v) is float for v in init.values())):
-        space = _init_formula_space(model, tuple(init.items()))
-    else:
-        space = _configured_space(model, train_arr, init, bounds, fixed, tie)
-    if type(model) is FormulaModel and not model.linear_in_params:
-        space = formula_start_space(model, space, train_arr, init, bounds)
-    if n_train < len(space.free):
-        raise DataError(f"{n_train} training points cannot determine {len(space.free)} parameters "
-                        f"({', '.join(space.free)}); add data or fix parameters")
-    return space
-
-
-def _configured_space(model, train_arr, init, bounds, fixed, tie) -> ParameterSpace:
-    if isinstance(fixed, str):
-        fixed = [fixed]
-    refuse_inputs_as_parameters(model, init, bounds, fixed, tie)
-    spec = ParameterSpec.create(model.param_names, init=init, bounds=bounds, fixed=fixed, tie=tie)
-    values = spec.start(model.guess(train_arr.inputs, train_arr.y))
-    return ParameterSpace.from_spec(spec, values)

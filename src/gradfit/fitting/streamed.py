@@ -43,15 +43,10 @@ from ..data.parquet_rows import (
 from ..errors import ConfigError, DataError
 from ..formula.tree import constant_names
 from ..losses import resolve_loss
-from ..models import FormulaModel, resolve_model
+from ..models import resolve_model
 from ..models.neural import MLPSpec
-from ..models.parameters import (
-    ParameterSpace,
-    ParameterSpec,
-    refuse_inputs_as_parameters,
-)
-from ..models.starts import formula_start_space
-from ..options import device_name, dtype_name
+from ..options import dtype_name
+from .setup import FitSetup, make_checkpointer, parameter_space, resolve_device
 from .first_order import (
     module_objective,
     scalar_objective,
@@ -219,7 +214,7 @@ def _fit_streamed(spec, x, y, rows, used, source, options, call, described):
         raise ConfigError(f"loss={loss_fn.name!r} takes no sigma: counts carry their own variance (the mean); "
                           "drop sigma= (--sigma; weights= are frequency weights)")
     dtype = getattr(torch, dtype_name(training.dtype))
-    dev = _device(training.device)
+    dev = resolve_device(training.device)
     split = Split(rows, training.val_fraction, training.seed, source.val_key)
     prepare = _Prepare(spec, x, y, *(c if isinstance(c, str) else None for c in (call["weights"], call["sigma"])))
     reader = Reader(rows, split, used, prepare, options.nan_policy)
@@ -237,7 +232,8 @@ def _fit_streamed(spec, x, y, rows, used, source, options, call, described):
     if scalar:
         if training.gradient == "analytic" and bound.expression is None:
             raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
-        space = _space(bound, sample, call["init"], call["bounds"], call["fixed"], call["tie"])
+        space = parameter_space(bound, sample, sample.n, call["init"], call["bounds"], call["fixed"],
+                                 call["tie"])
         objective, work_dtype, more = scalar_objective(bound, space, sample, None, loss_fn, training.normalize,
                                                        training.gradient, work_dtype, dev)
         notes += more
@@ -260,7 +256,8 @@ def _fit_streamed(spec, x, y, rows, used, source, options, call, described):
     settings["source"] = {**described, "buffer_rows": int(buffer_rows), "split": split.kind,
                           "sharded": group is not None, **({"ranks": group.size} if group is not None else {}),
                           **({"val_key": source.val_key} if source.val_key else {})}
-    setup = _Setup(tuple(call["callbacks"] or ()), _checkpointer(call["checkpoint"], options.checkpoint))
+    setup = FitSetup(loss_fn, work_dtype, dev, callbacks=tuple(call["callbacks"] or ()),
+                     checkpointer=make_checkpointer(call["checkpoint"], options.checkpoint))
     widths = (len(used), len(getattr(bound, "param_names", ())), *getattr(spec, "hidden", ()))
     with intra_op_threads(choose_threads(training.threads, training.batch_size * max(widths))):
         result = train_first_order(objective, bound, method, options, setup, settings=settings,
@@ -291,53 +288,6 @@ def _shard_group(source: ParquetData, batch_size: int):
                           f"pass batch_size >= {group.size}, or ParquetData(..., shard_reads=False) "
                           "(--no-shard-reads)")
     return group
-
-
-@dataclasses.dataclass
-class _Setup:
-    """What train_first_order reads of :class:`gradfit.fitting.fit.FitSetup`."""
-
-    callbacks: tuple
-    checkpointer: object
-
-
-def _checkpointer(keyword, options):
-    if options is None:
-        return None
-    from ..train.checkpoint import Checkpointer
-
-    if isinstance(keyword, Checkpointer):
-        return keyword
-    return Checkpointer(options.folder, every_epochs=options.every_epochs, every_seconds=options.every_seconds)
-
-
-def _device(device):
-    import torch
-
-    name = device_name(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' was requested but no CUDA GPU is available; use device='auto' or 'cpu'")
-    return torch.device(name)
-
-
-def _space(model, sample, init, bounds, fixed, tie) -> ParameterSpace:
-    """The parameter space as fit builds it, with the sample standing in for the training rows."""
-    from ..errors import ModelError
-
-    if not model.param_names:
-        raise ModelError("the model has no parameters to fit; every name in the formula is a data column")
-    if isinstance(fixed, str):
-        fixed = [fixed]
-    if isinstance(init, str):
-        init = None
-    refuse_inputs_as_parameters(model, init, bounds, fixed, tie)
-    spec = ParameterSpec.create(model.param_names, init=init, bounds=bounds, fixed=fixed or (), tie=tie)
-    space = ParameterSpace.from_spec(spec, spec.start(model.guess(sample.inputs, sample.y)))
-    if type(model) is FormulaModel and not model.linear_in_params:
-        space = formula_start_space(model, space, sample, init, bounds)
-    return space
 
 
 def _standardize_from_stream(objective, model, reader, loss_fn) -> None:
