@@ -208,7 +208,8 @@ def test_result_table_and_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_path_matches_eager():
+def test_compiled_path_matches_eager(monkeypatch):
+    monkeypatch.setenv("GRADFIT_CC", "")  # torch.compile, not the native kernel (tests/test_native_kernel.py)
     x, y, truth, init = _gauss_data(500)
     eager = gf.fit_many("gaussian", x, y, init=init, compile=False)
     compiled = gf.fit_many("gaussian", x, y, init=init, compile=True)

@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "gradfit"
 #: layers listed BEFORE it. Modules in one layer with several entries (data, models) are peers
 #: that must not import each other.
 LAYERS = [
-    ["errors"], ["status"], ["_version"], ["_files"], ["_memory"], ["_threads"], ["callbacks"], ["_checks"], ["options"],
+    ["errors"], ["status"], ["_version"], ["_files"], ["_memory"], ["_threads"], ["_native"], ["callbacks"], ["_checks"], ["options"],
     ["formula"],
     ["data", "models"],
     ["losses"],

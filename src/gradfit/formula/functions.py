@@ -51,6 +51,9 @@ class Function:
     #: for two-argument functions, how a constant argument turns the call into a one-sided
     #: clamp ("upper": minimum(u, c) = clamp(u, max=c); "lower": maximum(u, c) = clamp(u, min=c))
     clamp: str | None = None
+    #: the C expression of the native kernels (formula/c_code.py): a format string over the
+    #: arguments, in <tgmath.h> generic functions or the prelude's gf_* helpers (None: no C form)
+    c: str | None = None
 
 
 def _sigmoid(v: float) -> float:
@@ -74,7 +77,7 @@ def _numpy_xlogy(np):
 
 
 def _unary(name: str, math_form, *, torch=None, numpy=None, sympy=None, mpmath=None, sympy_class: str | None = "",
-           aliases: tuple[str, ...] = (), internal: bool = False) -> Function:
+           aliases: tuple[str, ...] = (), internal: bool = False, c: str | None = None) -> Function:
     """An entry for a one-argument function; each library form defaults to the attribute
     ``name`` of that library (numpy's ``np.exp``, sympy's ``sp.exp`` ...)."""
 
@@ -83,7 +86,7 @@ def _unary(name: str, math_form, *, torch=None, numpy=None, sympy=None, mpmath=N
 
     return Function(name, 1, math_form, torch or attr(name), numpy or attr(name), sympy or attr(name),
                     mpmath or attr(name), sympy_class=name if sympy_class == "" else sympy_class,
-                    aliases=aliases, internal=internal)
+                    aliases=aliases, internal=internal, c=c or name + "({0})")
 
 
 _TABLE = (
@@ -92,36 +95,38 @@ _TABLE = (
     _unary("log10", math.log10, sympy=lambda sp: (lambda u: sp.log(u) / sp.log(10)),
            mpmath=lambda mp: (lambda u: mp.log(u, 10)), sympy_class=None),
     _unary("sqrt", math.sqrt, sympy_class=None),  # sympy writes sqrt(u) as u**(1/2)
-    _unary("abs", abs, mpmath=lambda mp: abs, sympy=lambda sp: sp.Abs, sympy_class="Abs"),
+    _unary("abs", abs, mpmath=lambda mp: abs, sympy=lambda sp: sp.Abs, sympy_class="Abs", c="fabs({0})"),
     _unary("sin", math.sin),
     _unary("cos", math.cos),
     _unary("tan", math.tan),
     _unary("arcsin", math.asin, torch=lambda t: t.asin, sympy=lambda sp: sp.asin, mpmath=lambda mp: mp.asin,
-           sympy_class="asin"),
+           sympy_class="asin", c="asin({0})"),
     _unary("arccos", math.acos, torch=lambda t: t.acos, sympy=lambda sp: sp.acos, mpmath=lambda mp: mp.acos,
-           sympy_class="acos"),
+           sympy_class="acos", c="acos({0})"),
     _unary("arctan", math.atan, torch=lambda t: t.atan, sympy=lambda sp: sp.atan, mpmath=lambda mp: mp.atan,
-           sympy_class="atan", aliases=("atan",)),
+           sympy_class="atan", c="atan({0})", aliases=("atan",)),
     _unary("sinh", math.sinh),
     _unary("cosh", math.cosh),
     _unary("tanh", math.tanh),
     _unary("sigmoid", _sigmoid, numpy=lambda np: (lambda u: 1.0 / (1.0 + np.exp(-u))),
            sympy=lambda sp: (lambda u: 1 / (1 + sp.exp(-u))), mpmath=lambda mp: (lambda u: 1 / (1 + mp.exp(-u))),
-           sympy_class=None),
+           sympy_class=None, c="gf_sigmoid({0})"),
     # numpy has no erf (scipy's would be a heavy import): numpy evaluation falls back to torch
-    Function("erf", 1, math.erf, lambda t: t.special.erf, None, lambda sp: sp.erf, lambda mp: mp.erf, "erf"),
+    Function("erf", 1, math.erf, lambda t: t.special.erf, None, lambda sp: sp.erf, lambda mp: mp.erf, "erf",
+             c="erf({0})"),
     Function("minimum", 2, min, lambda t: t.minimum, lambda np: np.minimum, lambda sp: sp.Min, lambda mp: min,
-             "Min", clamp="upper"),
+             "Min", clamp="upper", c="gf_minimum({0}, {1})"),
     Function("maximum", 2, max, lambda t: t.maximum, lambda np: np.maximum, lambda sp: sp.Max, lambda mp: max,
-             "Max", clamp="lower"),
+             "Max", clamp="lower", c="gf_maximum({0}, {1})"),
     # a * log(b), 0 where a is 0: d(x**n)/dn = x**n log(x) at a zero-dose x = 0 is 0, not 0 * -inf
     Function("xlogy", 2, _xlogy, lambda t: t.xlogy, lambda np: _numpy_xlogy(np), lambda sp: (lambda a, b: a * sp.log(b)),
-             lambda mp: (lambda a, b: 0 if a == 0 else a * mp.log(b)), "XLogY", internal=True),
-    _unary("sign", _sign, internal=True),
+             lambda mp: (lambda a, b: 0 if a == 0 else a * mp.log(b)), "XLogY", internal=True,
+             c="gf_xlogy({0}, {1})"),
+    _unary("sign", _sign, internal=True, c="gf_sign({0})"),
     _unary("heaviside", lambda v: 0.5 * (_sign(v) + 1.0), torch=lambda t: (lambda u: (t.sign(u) + 1.0) * 0.5),
            numpy=lambda np: (lambda u: (np.sign(u) + 1.0) * 0.5),
            sympy=lambda sp: (lambda u: sp.Heaviside(u, sp.Rational(1, 2))),
-           mpmath=lambda mp: (lambda u: (mp.sign(u) + 1) / 2), sympy_class="Heaviside", internal=True),
+           mpmath=lambda mp: (lambda u: (mp.sign(u) + 1) / 2), sympy_class="Heaviside", internal=True, c="gf_heaviside({0})"),
 )
 
 #: tree name -> entry, for every function (internal ones included)

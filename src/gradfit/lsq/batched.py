@@ -39,8 +39,8 @@ from ..models.jacobian import batch_residual_and_jacobian
 from ..optim.batch_lm import residual_floor2
 from ..stats import RANK_TOL, stationary_threshold
 from ..status import Status
-from .compiled import (COMPILE_FAILED, COMPILED, chunk_mode, compile_key, is_compile_failure, quiet,
-                       traceable_residual_and_jacobian, want_compile, worth_compiling)
+from .compiled import (COMPILE_FAILED, COMPILED, chunk_mode, compile_key, is_compile_failure, native_eligible,
+                       quiet, traceable_residual_and_jacobian, want_compile, worth_building, worth_compiling)
 from .end_points import check_end_points, clear_end_points, likelihood_statistics, weighted_at
 
 __all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "CPU_CHUNK_BYTES", "BatchedSolution", "solve_batched"]
@@ -134,7 +134,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     held = ~np.asarray(free, dtype=bool)[None, :]  # fixed parameters keep the user's float64 value
     floor = max(RANK_TOL**2, _SCREEN_SAFETY * float(torch.finfo(dtype).eps))
     warmup = 0.0
-    compiled_chunks = 0
+    compiled_chunks = native_chunks = 0
     notes: dict = {}
     bar = _progress(progress, n_fits)
     extra = {k: np.full(n_fits, np.nan) for k in ("deviance", "pearson", "loglike")} if likelihood else None
@@ -152,11 +152,24 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         def make_step(t, compiled):
             return _stepper(model, names, fused, compiled, t, tol)
 
-        state, first_iter_s, ran_compiled = _iterate(make_step, tensors, max_iter, mode)
+        native = _native_kernel(use_compile, model, names, fused, tensors, dtype, device, likelihood, notes)
+        if native is not None and not callable(native):  # built: the whole loop in C
+            from ..optim.batch_lm import init
+
+            state = native.run(init(tensors["theta0"], tensors["status0"]), tensors, tol, max_iter,
+                               torch.get_num_threads())
+            first_iter_s, ran_compiled, ran_native = 0.0, False, native
+        else:
+            state, first_iter_s, ran_compiled, ran_native = _iterate(make_step, tensors, max_iter, mode, tol, native)
         if ran_compiled and fresh:
             warmup += first_iter_s
         compiled_chunks += ran_compiled
-        se, full_rank, cov = _finish_chunk(ran_compiled, state, tensors["n_used"], free_t, floor, likelihood)
+        native_chunks += ran_native is not None
+        good = None
+        if ran_native is not None:  # the standard errors and the end-point screen in C too
+            se, full_rank, cov, good = ran_native.finish(state, tensors["n_used"], free_t, floor, stationary_threshold(tol))
+        else:
+            se, full_rank, cov = _finish_chunk(ran_compiled, state, tensors["n_used"], free_t, floor, likelihood)
         if ran_compiled and key in COMPILE_FAILED:
             notes["compile"] = f"torch.compile failed for this model; ran eagerly ({COMPILE_FAILED[key]})"
         params[sl] = np.where(held, theta0[sl], _on_bounds(state.theta, tensors, lower[sl], upper[sl]))
@@ -169,7 +182,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         eps = float(torch.finfo(dtype).eps)
         y_scale = np.sqrt(np.maximum(np.nan_to_num(y[sl]), 0.0)) if likelihood else y[sl]
         clear = clear_end_points(state, full_rank, params[sl], theta0[sl], lower[sl], upper[sl], y_scale, w[sl],
-                                  free, eps=eps, threshold=stationary_threshold(tol))  # Poisson: Pearson scale
+                                  free, eps=eps, threshold=stationary_threshold(tol), good=good)  # Poisson: Pearson scale
         check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, free, device,
                           start=theta0[sl], box=(lower[sl], upper[sl]), tol=tol, eps=eps, clear=clear,
                           likelihood=likelihood)
@@ -184,8 +197,8 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     elapsed = time.perf_counter() - t_fit
     timings = {"warmup_s": warmup, "fit_s": elapsed - warmup, "fits": n_fits,
                "fits_per_s": n_fits / max(elapsed - warmup, 1e-12), "path": "fused" if fused else "general",
-               "compiled": compiled_chunks > 0 and "compile" not in notes, "device": str(device), "chunk_size": chunk,
-               **notes}
+               "compiled": compiled_chunks > 0 and "compile" not in notes, "native": native_chunks > 0,
+               "device": str(device), "chunk_size": chunk, **notes}
     at_bound = ((params == lower) | (params == upper)) & np.asarray(free, dtype=bool)[None, :]
     solution = BatchedSolution(params, stderr, chisqr, n_used, status, iterations, timings, at_bound, extra, covariance)
     bad = np.nonzero((status == Status.NOT_FINITE.code) & (iterations <= 1))[0] if likelihood and restart else ()
@@ -346,14 +359,43 @@ def constant_partials(model, names, fused) -> tuple:
     return tuple((j, float(t.value)) for j, t in enumerate(outputs[1:]) if isinstance(t, Num))
 
 
+def _native_kernel(use_compile, model, names, fused, tensors, dtype, device, likelihood, notes: dict):
+    """This chunk's native kernel (optim/native_lm.py): a NativeLM when it runs the chunk from
+    the start (compile=True, or "auto" with the library already built), a function that builds
+    it (compile="auto" with the library not built yet: _iterate decides after one eager
+    iteration), or None (compile=False, a model or batch it does not cover, no compiler).
+    A failed build is noted in ``notes["native"]``."""
+    if use_compile is False or not native_eligible(fused, tensors, device, likelihood):
+        return None
+    from ..optim.native_lm import kernel
+
+    inputs = tuple(tensors["inputs"])
+    found, reason = kernel(model, names, inputs, dtype, build=use_compile is True)
+    if found is not None:
+        return found
+    if reason == "not built yet":
+        def build():
+            built, why = kernel(model, names, inputs, dtype)
+            if built is None:
+                notes["native_kernel"] = why
+            return built
+
+        return build
+    if use_compile is True:
+        notes["native_kernel"] = reason
+    return None
+
+
 # -- the loop -----------------------------------------------------------------------------------
-def _iterate(make_step, tensors, max_iter: int, mode):
+def _iterate(make_step, tensors, max_iter: int, mode, tol: float = 0.0, build_native=None):
     """Run up to max_iter iterations. Finished fits are frozen by the kernel; once half of
     the batch has finished, the running ones are gathered into a smaller batch so that
     finished fits stop costing work. ``mode``: True (compiled), False (eager) or "auto"
-    (eager, switching to compiled after the first iteration when :func:`worth_compiling`
-    says the rest would take long enough to pay for compiling). Returns (final state for all
-    fits, seconds of the first compiled call, whether compiled steps ran)."""
+    (eager, switching after the first iteration, when the rest would take long enough to pay
+    for building it, to the native kernel (``build_native()`` builds it, see
+    :func:`worth_building`) or else to torch.compile (:func:`worth_compiling`)). Returns
+    (final state for all fits, seconds of the first compiled call, whether compiled steps
+    ran, the native kernel if it ran, else None)."""
     import torch
 
     from ..optim.batch_lm import RUNNING, BatchState, init
@@ -374,6 +416,10 @@ def _iterate(make_step, tensors, max_iter: int, mode):
         n_running = int(running.sum())
         if n_running == 0:
             break
+        if mode == "auto" and not compiled and it == 0 and build_native is not None and worth_building(elapsed, max_iter):
+            native = build_native()
+            if native is not None:  # the rest of the loop in C
+                return native.run(state, tensors, tol, max_iter - 1, torch.get_num_threads()), 0.0, False, native
         if mode == "auto" and not compiled and it == 0 and worth_compiling(elapsed, max_iter, state.theta.device):
             compiled = timing_first = True
             step = make_step(tensors, True)
@@ -385,7 +431,7 @@ def _iterate(make_step, tensors, max_iter: int, mode):
             state = BatchState(*(t[keep] for t in _fields(state)))
             tensors = _take(tensors, keep)
             step = make_step(tensors, compiled)
-    return _write_back(full, rows, state), first, compiled
+    return _write_back(full, rows, state), first, compiled, None
 
 
 def _fields(state) -> tuple:

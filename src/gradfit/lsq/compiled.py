@@ -16,6 +16,8 @@ __all__ = [
     "compile_key",
     "is_compile_failure",
     "model_key",
+    "native_eligible",
+    "worth_building",
     "quiet",
     "traceable_residual_and_jacobian",
     "want_compile",
@@ -35,6 +37,25 @@ COMPILE_COST_S = {"cpu": 30.0, "cuda": 30.0}
 COMPILE_MARGIN = 3.0
 #: LM iterations a typical fit takes after the first (the Gaussian workload's median is ~6-9)
 EXPECTED_ITERATIONS = 8
+
+
+#: seconds the C compiler takes to build a new native kernel (optim/native_lm.py; gcc 12,
+#: 2-core CPU, Gaussian formula: see BENCHMARKS.md); compile="auto" builds one only when the
+#: projected eager time of the rest of the chunk exceeds NATIVE_MARGIN times this
+NATIVE_BUILD_S = 0.3
+NATIVE_MARGIN = 2.0
+
+
+def native_eligible(fused: bool, tensors: dict, device, likelihood) -> bool:
+    """True when the native kernel covers this chunk: a formula (or built-in) model, least
+    squares, no finite bound on a free parameter, on the CPU (optim/native_lm.py)."""
+    return fused and likelihood is None and not tensors["bounded"] and getattr(device, "type", str(device)) == "cpu"
+
+
+def worth_building(first_iter_s: float, max_iter: int) -> bool:
+    """compile="auto": build a native kernel when the rest of the chunk, projected from the
+    first eager iteration as in :func:`worth_compiling`, exceeds NATIVE_MARGIN build costs."""
+    return first_iter_s * min(EXPECTED_ITERATIONS, max_iter - 1) > NATIVE_MARGIN * NATIVE_BUILD_S
 
 
 def want_compile(option, n_fits: int, dev):

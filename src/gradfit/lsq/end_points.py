@@ -28,7 +28,7 @@ __all__ = ["clear_end_points", "check_end_points", "likelihood_statistics", "wei
 
 def clear_end_points(state, full_rank, values: np.ndarray, start: np.ndarray, lower: np.ndarray,
                       upper: np.ndarray, y: np.ndarray, w: np.ndarray, free, *, eps: float,
-                      threshold: float) -> np.ndarray:
+                      threshold: float, good: np.ndarray | None = None) -> np.ndarray:
     """(B,) bool: fits whose working-precision normal equations already pass every end-point
     test of :func:`gradfit.stats.end_point_checks` with a wide margin, so the float64 re-check
     cannot change their status (a healthy batch then pays almost nothing for it).
@@ -37,17 +37,19 @@ def clear_end_points(state, full_rank, values: np.ndarray, start: np.ndarray, lo
     g = J^T W r the kernel already holds (the same quantity as ||U^T r|| / ||r||, with error
     ~eps * cond(A) for a full-rank A, which ``full_rank`` bounds); it must be below half the
     threshold. Columns must be clearly above the vanishing limit, and no parameter may sit on a
-    bound (the projected test is left to float64)."""
+    bound (the projected test is left to float64). ``good``: the range-cosine test already
+    computed (the native kernel's finish), else computed here."""
     import torch
 
     from ..optim.batch_solve import damped_solve
     from ..stats import VANISH_FACTOR
 
     with torch.no_grad():
-        d, ok = damped_solve(state.a, state.g, torch.zeros_like(state.chi2), free)
-        q = -(state.g * d).sum(-1)
-        cos = torch.sqrt(torch.clamp(q, min=0.0) / state.chi2)
-        good = (ok & torch.isfinite(cos) & (cos < 0.5 * threshold)).cpu().numpy()
+        if good is None:
+            d, ok = damped_solve(state.a, state.g, torch.zeros_like(state.chi2), free)
+            q = -(state.g * d).sum(-1)
+            cos = torch.sqrt(torch.clamp(q, min=0.0) / state.chi2)
+            good = (ok & torch.isfinite(cos) & (cos < 0.5 * threshold)).cpu().numpy()
         diag = torch.diagonal(state.a, dim1=-2, dim2=-1).double().cpu().numpy()
     cols = np.asarray(free, dtype=bool)
     size = np.maximum(np.maximum(np.abs(values), np.abs(start)), 1.0)

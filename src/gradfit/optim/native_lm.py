@@ -1,0 +1,340 @@
+"""Batched Levenberg-Marquardt as one C loop per fit: the native kernel of fit_many.
+
+The eager kernel (:mod:`gradfit.optim.batch_lm`) makes ~40 passes over (fits x points) arrays
+per iteration, and torch.compile, which fuses them, takes 9-40 s to compile. This kernel runs
+the *same algorithm* (the module docstring of batch_lm, steps 1-4, for fits without finite
+bounds, least squares) with the model and its partial derivatives printed as C from the
+formula's symbolic program (:mod:`gradfit.formula.c_code`): for each fit, every iteration is
+one pass over its points accumulating chi-square, J^T W J and J^T W r in registers, then the
+damped P x P Cholesky solve, the acceptance and convergence tests of batch_lm.step, in the
+same order and the same precision (``real`` is float for float32 batches). The fit's whole
+loop stays in the core's caches, as in Gpufit, where one GPU thread runs one fit.
+
+It takes and returns a :class:`~gradfit.optim.batch_lm.BatchState`, so a run may start eagerly
+and continue here (fit_many's compile="auto" does), and the end-point checks, standard errors
+and results downstream are the ones of the eager path. Fits are split into contiguous blocks
+run by Python threads (ctypes releases the GIL during the call).
+
+The library is built by the system C compiler and cached on disk (:mod:`gradfit._native`);
+:func:`kernel` returns None (and the reason) where there is no compiler or a function has no
+C form, and callers then run the eager kernel. Sums run point by point, where torch sums in
+blocks, so results agree with the eager kernel to rounding, not bit for bit.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from .._native import is_built, load
+from ..status import Status
+from .batch_lm import LAMBDA_MAX, RUNNING, BatchState
+
+__all__ = ["NativeLM", "kernel", "kernel_source"]
+
+_TEMPLATE = r"""
+#define P {p}
+#define NIN {n_inputs}
+#define RUNNING ({running})
+#define CONVERGED {converged}
+#define STALLED {stalled}
+#define SINGULAR {singular}
+#define NOT_FINITE {not_finite}
+static const real TINY = (real){tiny};
+static const real LAMBDA_MAX = (real){lambda_max};
+
+/* The Cholesky factor of (A + lam diag(A)) over the free coordinates (FREE[i] != 0), the identity
+   over fixed ones: batch_solve.damped_solve's unrolled factorization, entry by entry in its order. */
+static int factor(const real *a, real lam, const real *free_, real *low) {{
+    int ok = 1;
+    for (int j = 0; j < P; j++) {{
+        real s = (free_[j] != 0) ? a[j * P + j] * ((real)1 + lam) : (real)1;
+        for (int k = 0; k < j; k++) s = s - low[j * P + k] * low[j * P + k];
+        ok = ok && (s > 0);
+        real dj = sqrt(s > TINY ? s : TINY);
+        low[j * P + j] = dj;
+        for (int i = j + 1; i < P; i++) {{
+            real t = (free_[i] != 0 && free_[j] != 0) ? a[i * P + j] : (real)0;
+            for (int k = 0; k < j; k++) t = t - low[i * P + k] * low[j * P + k];
+            low[i * P + j] = t / dj;
+        }}
+    }}
+    return ok;
+}}
+
+/* d solving L L^T d = rhs (rhs zero over fixed coordinates); 0 where not finite (returns 0). */
+static int solve(const real *low, const real *rhs, const real *free_, real *d) {{
+    real z[P];
+    int ok = 1;
+    for (int i = 0; i < P; i++) {{
+        real t = (free_[i] != 0) ? rhs[i] : (real)0;
+        for (int k = 0; k < i; k++) t = t - low[i * P + k] * z[k];
+        z[i] = t / low[i * P + i];
+    }}
+    for (int i = P - 1; i >= 0; i--) {{
+        real t = z[i];
+        for (int k = i + 1; k < P; k++) t = t - low[k * P + i] * d[k];
+        d[i] = t / low[i * P + i];
+    }}
+    for (int i = 0; i < P; i++) ok = ok && isfinite(d[i]);
+    return ok;
+}}
+
+/* (A + lam diag(A)) d = -g, fixed coordinates held at d = 0 (batch_solve.damped_solve). */
+static int damped_solve(const real *a, const real *g, real lam, const real *free_, real *d) {{
+    real low[P * P], rhs[P];
+    int ok = factor(a, lam, free_, low);
+    for (int i = 0; i < P; i++) rhs[i] = -g[i];
+    ok = solve(low, rhs, free_, d) && ok;
+    if (!ok) for (int i = 0; i < P; i++) d[i] = 0;
+    return ok;
+}}
+
+/* What lsq/batched's _finish and end_points.clear_end_points compute from each fit's final
+   normal equations, from one factorization of A: the standard errors sqrt(diag(A^-1) chi2/dof)
+   (NaN where A does not factor, dof < 1 or the scale is not finite; 0 for fixed parameters),
+   the covariance A^-1 chi2/dof (symmetrized; NaN where it is undetermined), the full-rank
+   screen F trace(M^-1) < 1/floor of the scaled matrix M, and `good`: the range cosine
+   sqrt(g^T A^-1 g / chi2) finite and below half the stationarity threshold. */
+void gf_finish(long n, const real *a_in, const real *g_in, const real *chi2_in, const real *n_used,
+               const real *free_, real floor_, real half_threshold, real *se, real *cov,
+               unsigned char *full_rank, unsigned char *good) {{
+    real n_free = 0;
+    for (int i = 0; i < P; i++) n_free += free_[i];
+    for (long b = 0; b < n; b++) {{
+        const real *a = a_in + b * P * P;
+        real low[P * P], inv[P * P], col[P], unit[P], d[P], rhs[P];
+        int ok = factor(a, (real)0, free_, low);
+        int finite_inv = 1;
+        for (int j = 0; j < P; j++) {{
+            for (int i = 0; i < P; i++) unit[i] = (i == j) ? (real)1 : (real)0;
+            finite_inv = solve(low, unit, free_, col) && finite_inv;
+            for (int i = 0; i < P; i++) inv[i * P + j] = col[i];
+        }}
+        int ok_inv = ok && finite_inv;
+        real chi2 = chi2_in[b];
+        real dof = n_used[b] - n_free;
+        real scale = chi2 / dof;
+        int ok_se = ok_inv && dof >= 1 && isfinite(scale);
+        int ok_cov = ok_se && isfinite(chi2);
+        real trace_inv = 0;
+        for (int j = 0; j < P; j++) {{
+            real var = (free_[j] != 0 && ok_inv) ? inv[j * P + j] : (real)0;
+            trace_inv += var * a[j * P + j];
+            real v = var * scale;
+            se[b * P + j] = ok_se ? sqrt(v > 0 ? v : (real)0) : (real)NAN;
+            for (int i = 0; i < P; i++)
+                cov[b * P * P + j * P + i] = ok_cov ? (real)0.5 * (inv[j * P + i] + inv[i * P + j]) * scale : (real)NAN;
+        }}
+        full_rank[b] = ok_inv && isfinite(trace_inv) && n_free * trace_inv < (real)1 / floor_;
+        for (int i = 0; i < P; i++) rhs[i] = -g_in[b * P + i];
+        int ok_d = solve(low, rhs, free_, d) && ok;
+        real q = 0;
+        for (int i = 0; i < P; i++) q += g_in[b * P + i] * (ok_d ? d[i] : (real)0);
+        q = -q;
+        real c = sqrt((q > 0 ? q : (real)0) / chi2);
+        good[b] = ok_d && isfinite(c) && c < half_threshold;
+    }}
+}}
+
+/* batch_lm.step (unbounded least squares), up to `steps` times for each of the n fits. */
+void gf_lm(long n, long m, const real *const *xs, const long *x_stride, const real *y, const real *w,
+           const real *floor2, const real *free_, real tol, long steps,
+           real *theta, real *trial, real *lam_io, real *chi2_io, real *a_io, real *g_io,
+           long *status_io, int *iterations_io) {{
+    for (long b = 0; b < n; b++) {{
+        real th[P], tr[P], A[P * P], G[P];
+        for (int i = 0; i < P; i++) {{ th[i] = theta[b * P + i]; tr[i] = trial[b * P + i]; G[i] = g_io[b * P + i]; }}
+        for (int i = 0; i < P * P; i++) A[i] = a_io[b * P * P + i];
+        real lam = lam_io[b], chi2 = chi2_io[b];
+        long st = status_io[b];
+        int it = iterations_io[b];
+        const real *yb = y + b * m;
+        const real *wb = w ? w + b * m : 0;
+        for (long step = 0; step < steps && st == RUNNING; step++) {{
+            real c2 = 0, at[P * P], gt[P], in[NIN > 0 ? NIN : 1], out[P + 1], h[GF_NH];
+            gf_invariants(tr, h);
+            for (int i = 0; i < P * P; i++) at[i] = 0;
+            for (int i = 0; i < P; i++) gt[i] = 0;
+            for (long j = 0; j < m; j++) {{
+                real wj = 1;
+                if (wb) {{ wj = wb[j]; if (!(wj > 0)) continue; }}
+                for (int q = 0; q < NIN; q++) in[q] = xs[q][b * x_stride[q] + j];
+                gf_model(in, h, out);
+                real r = out[0] - yb[j];
+                real wr = wb ? wj * r : r;
+                c2 += wr * r;
+                for (int i = 0; i < P; i++) {{
+                    real wji = wb ? wj * out[1 + i] : out[1 + i];
+                    gt[i] += wji * r;
+                    for (int k = 0; k <= i; k++) at[i * P + k] += wji * out[1 + k];
+                }}
+            }}
+            int finite = isfinite(c2);
+            for (int i = 0; i < P; i++) {{
+                finite = finite && isfinite(gt[i]);
+                for (int k = 0; k <= i; k++) {{ at[k * P + i] = at[i * P + k]; finite = finite && isfinite(at[i * P + k]); }}
+            }}
+            int accept = finite && (c2 <= chi2);
+            int first = isinf(chi2);
+            int settled = accept && !first;
+            int small = settled && (fabs(chi2 - c2) < tol * c2);
+            int at_floor = settled && (c2 <= floor2[b]);
+            if (accept) {{
+                for (int i = 0; i < P; i++) {{ th[i] = tr[i]; G[i] = gt[i]; }}
+                for (int i = 0; i < P * P; i++) A[i] = at[i];
+                chi2 = c2;
+                lam = lam * (real)0.1;
+            }} else {{
+                lam = lam * (real)10.0;
+            }}
+            if (first && !finite) st = NOT_FINITE;
+            real d[P];
+            int ok = damped_solve(A, G, lam, free_, d);
+            real predicted = 0;
+            for (int i = 0; i < P; i++) predicted += G[i] * d[i];
+            predicted = -predicted * ((real)1 + lam);
+            int converged = (st == RUNNING) && (at_floor || (small && ok && predicted <= tol * chi2));
+            if (converged) st = CONVERGED;
+            else if (st == RUNNING && lam > LAMBDA_MAX) st = STALLED;
+            if (st == RUNNING && !ok) st = SINGULAR;
+            for (int i = 0; i < P; i++) tr[i] = (st == RUNNING) ? th[i] + d[i] : th[i];
+            it += 1;
+        }}
+        for (int i = 0; i < P; i++) {{ theta[b * P + i] = th[i]; trial[b * P + i] = tr[i]; g_io[b * P + i] = G[i]; }}
+        for (int i = 0; i < P * P; i++) a_io[b * P * P + i] = A[i];
+        lam_io[b] = lam; chi2_io[b] = chi2; status_io[b] = st; iterations_io[b] = it;
+    }}
+}}
+"""
+
+
+@lru_cache(maxsize=256)
+def kernel_source(expression, names: tuple[str, ...], inputs: tuple[str, ...], double: bool) -> str:
+    """The C source of the kernel for this formula (``expression``, a tree), its parameter
+    ``names`` and ``inputs`` in this order, in double or float."""
+    from ..formula.c_code import PRELUDE, model_source
+
+    real = "double" if double else "float"
+    head = f"typedef {real} real;\n{PRELUDE}\n{model_source(expression, inputs, names)}"
+    return head + _TEMPLATE.format(
+        p=len(names), n_inputs=len(inputs), running=RUNNING, converged=Status.CONVERGED.code,
+        stalled=Status.STALLED.code, singular=Status.SINGULAR.code, not_finite=Status.NOT_FINITE.code,
+        tiny="1e-300" if double else "1e-30", lambda_max=repr(float(LAMBDA_MAX)))
+
+
+class NativeLM:
+    """A loaded kernel: :meth:`run` continues a :class:`BatchState` natively."""
+
+    def __init__(self, lib, double: bool, n_params: int, inputs: tuple[str, ...]):
+        import ctypes
+
+        self.real = ctypes.c_double if double else ctypes.c_float
+        self.n_params = n_params
+        self.inputs = inputs
+        fn = lib.gf_lm
+        ptr = ctypes.c_void_p
+        fn.argtypes = [ctypes.c_long, ctypes.c_long, ptr, ptr, ptr, ptr, ptr, ptr, self.real, ctypes.c_long,
+                       ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+        fn.restype = None
+        self.fn = fn
+        fin = lib.gf_finish
+        fin.argtypes = [ctypes.c_long, ptr, ptr, ptr, ptr, ptr, self.real, self.real, ptr, ptr, ptr, ptr]
+        fin.restype = None
+        self.finish_fn = fin
+
+    def finish(self, state: BatchState, n_used, free, floor: float, threshold: float):
+        """What the eager path computes after the loop (lsq/batched._finish and the torch part
+        of lsq/end_points.clear_end_points), from the final normal equations, in C: (standard
+        errors (B, P), full_rank (B,) bool, covariance (B, P, P), good (B,) bool numpy: the range
+        cosine below half ``threshold``)."""
+        import numpy as np
+        import torch
+
+        a, g = state.a.contiguous(), state.g.contiguous()
+        dtype = a.dtype
+        b, p = g.shape
+        chi2 = state.chi2.contiguous()
+        used = n_used.to(dtype).contiguous()
+        free_t = torch.as_tensor(free, dtype=dtype)
+        se = torch.empty((b, p), dtype=dtype)
+        cov = torch.empty((b, p, p), dtype=dtype)
+        full_rank = np.empty(b, dtype=np.uint8)
+        good = np.empty(b, dtype=np.uint8)
+        self.finish_fn(b, a.data_ptr(), g.data_ptr(), chi2.data_ptr(), used.data_ptr(), free_t.data_ptr(), floor,
+                       0.5 * threshold, se.data_ptr(), cov.data_ptr(), full_rank.ctypes.data, good.ctypes.data)
+        return se, torch.from_numpy(full_rank.astype(bool)), cov, good.astype(bool)
+
+    def run(self, state: BatchState, tensors: dict, tol: float, steps: int, threads: int = 1) -> BatchState:
+        """Up to ``steps`` more iterations of every running fit of ``state`` (a new state;
+        ``state`` is not changed). ``tensors`` as lsq/batched's chunk tensors: inputs (M,) or
+        (B, M), y, w (B, M), floor2 (B,), free (P,), unit (every weight 1)."""
+        import ctypes
+        import threading
+
+        import torch
+
+        dtype = state.theta.dtype
+        out = BatchState(*(t.clone().contiguous() if t is not None else None for t in (
+            state.theta, state.trial, state.lam, state.chi2, state.a, state.g)),
+            state.status.to(torch.int64).clone().contiguous(), state.iterations.to(torch.int32).clone().contiguous(),
+            torch.zeros_like(state.iterations), torch.zeros_like(state.status, dtype=torch.bool))
+        n, m = tensors["y"].shape
+        xs = [tensors["inputs"][k].to(dtype).contiguous() for k in self.inputs]
+        y = tensors["y"].contiguous()
+        w = None if tensors["unit"] else tensors["w"].contiguous()
+        floor2 = tensors["floor2"].to(dtype).contiguous()
+        free = torch.as_tensor(tensors["free"], dtype=dtype)
+        p = self.n_params
+        x_stride = (ctypes.c_long * max(len(xs), 1))(*[(m if x.dim() == 2 else 0) for x in xs])
+        size = y.element_size()
+
+        def block(lo: int, hi: int) -> None:
+            k = hi - lo
+            xp = (ctypes.c_void_p * max(len(xs), 1))(*[x.data_ptr() + (lo * m * size if x.dim() == 2 else 0)
+                                                        for x in xs])
+            self.fn(k, m, xp, x_stride, y.data_ptr() + lo * m * size, None if w is None else w.data_ptr() + lo * m * size,
+                    floor2.data_ptr() + lo * size, free.data_ptr(), tol, steps,
+                    out.theta.data_ptr() + lo * p * size, out.trial.data_ptr() + lo * p * size,
+                    out.lam.data_ptr() + lo * size, out.chi2.data_ptr() + lo * size,
+                    out.a.data_ptr() + lo * p * p * size, out.g.data_ptr() + lo * p * size,
+                    out.status.data_ptr() + lo * 8, out.iterations.data_ptr() + lo * 4)
+
+        threads = max(1, min(int(threads), n // 256 or 1))
+        bounds = [round(i * n / threads) for i in range(threads + 1)]
+        # the other blocks on their own threads, the first on this one (ctypes drops the GIL)
+        others = [threading.Thread(target=block, args=(lo, hi)) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+        for t in others:
+            t.start()
+        block(bounds[0], bounds[1])
+        for t in others:
+            t.join()
+        out.status = out.status.to(state.status.dtype)
+        out.iterations = out.iterations.to(state.iterations.dtype)
+        return out
+
+
+def kernel(model, names: tuple[str, ...], inputs: tuple[str, ...], dtype, *, build: bool = True):
+    """The native kernel for this formula model in ``dtype`` (torch.float32 or float64):
+    ``(NativeLM, "")``, or ``(None, reason)`` (no C form, no compiler, a failed build, or
+    ``build=False`` and the library is neither loaded nor in the disk cache)."""
+    import torch
+
+    from ..formula.c_code import c_supported
+
+    expression = getattr(model, "expression", None)
+    if expression is None:
+        return None, "not a formula"
+    if dtype not in (torch.float32, torch.float64):
+        return None, f"no native kernel for {dtype}"
+    if not c_supported(expression):
+        return None, "a function of the formula has no C form"
+    from ..formula.cache import cache_dir
+
+    double = dtype == torch.float64
+    source, folder = kernel_source(expression, tuple(names), tuple(inputs), double), cache_dir()
+    if not build and not is_built(source, folder):
+        return None, "not built yet"
+    lib, reason = load(source, folder)
+    if lib is None:
+        return None, reason
+    return NativeLM(lib, double, len(names), tuple(inputs)), ""
