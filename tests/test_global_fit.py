@@ -19,6 +19,30 @@ from gradfit.errors import ConfigError
 scipy_opt = pytest.importorskip("scipy.optimize")
 
 DECAY = "a*exp(-k*x) + o"
+
+
+@pytest.fixture(params=["torch", "native"])
+def both_kernels(request, monkeypatch):
+    """Run the test with the torch loop (optim/global_lm.py) and with the native C loop
+    (optim/native_global.py), which must give the same answers; the native run must have run."""
+    from gradfit import _native
+    from gradfit.lsq import global_fit
+
+    if request.param == "torch":
+        monkeypatch.setattr(global_fit, "_worth_building", lambda *a: False)
+        monkeypatch.setenv("GRADFIT_CC", "")
+        yield
+        return
+    if _native.compiler() is None:
+        pytest.skip("no C compiler")
+    from gradfit.optim import native_global
+
+    runs = []
+    original = native_global.NativeGlobal.run
+    monkeypatch.setattr(global_fit, "_worth_building", lambda *a: True)
+    monkeypatch.setattr(native_global.NativeGlobal, "run", lambda self, *a, **k: runs.append(1) or original(self, *a, **k))
+    yield
+    assert runs, "the native global kernel did not run"
 GAUSS = "a*exp(-(x-c)**2/(2*s**2)) + o"
 
 
@@ -108,6 +132,7 @@ def _check(r, ref, rtol_p=1e-6, rtol_se=1e-4):
     np.testing.assert_allclose(r.joint_stats["chisqr"], chi2, rtol=1e-9)
 
 
+@pytest.mark.usefixtures("both_kernels")
 def test_decays_sharing_a_rate_match_joint_scipy():
     x, y, a, o = _decays()
     init = {"a": 3.0, "k": 0.5, "o": 0.5}
@@ -121,6 +146,7 @@ def test_decays_sharing_a_rate_match_joint_scipy():
     np.testing.assert_array_equal(r.stats["dof"], np.full(20, 30))
 
 
+@pytest.mark.usefixtures("both_kernels")
 def test_gaussians_sharing_a_width_match_joint_scipy():
     rng = np.random.default_rng(3)
     x = np.arange(32.0)
@@ -133,6 +159,7 @@ def test_gaussians_sharing_a_width_match_joint_scipy():
     _check(r, _reference(_gauss, x, y, np.ones_like(y), {"a": a * 0.9, "c": c + 0.5, "o": o * 1.1}, {"s": 2.5}))
 
 
+@pytest.mark.usefixtures("both_kernels")
 def test_recovers_the_truth():
     x, y, a, o = _decays(n_fits=300, seed=7, noise=0.1)
     r = gf.fit_many(DECAY, x, y, init={"a": 3.0, "k": 0.5, "o": 0.5}, shared=["k"])
@@ -145,6 +172,7 @@ def test_recovers_the_truth():
     assert r.joint_stats["redchi"] == pytest.approx(0.01, rel=0.1)
 
 
+@pytest.mark.usefixtures("both_kernels")
 def test_sigma_and_nan_padding_match_scipy():
     x, y, a, o = _decays(seed=4)
     rng = np.random.default_rng(5)
@@ -160,6 +188,7 @@ def test_sigma_and_nan_padding_match_scipy():
     assert r.stats["n"][3] == 20
 
 
+@pytest.mark.usefixtures("both_kernels")
 def test_fixed_local_parameter_matches_scipy():
     x, y, a, o = _decays(seed=6)
     init = {"a": 3.0, "k": 0.5, "o": o}  # the offsets known exactly, held per fit
@@ -199,6 +228,7 @@ def test_local_bounds_active_in_some_fits_match_scipy():
         np.testing.assert_allclose(r.params[n], loc[n], rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.usefixtures("both_kernels")
 def test_fixed_shared_parameter_is_a_constant():
     x, y, a, o = _decays(seed=13)
     r = gf.fit_many(DECAY, x, y, init={"a": 3.0, "k": 0.8, "o": 0.5}, shared=["k"], fixed=["k"], dtype="float64",
@@ -209,6 +239,7 @@ def test_fixed_shared_parameter_is_a_constant():
     assert r.joint_stats["n_params"] == 40
 
 
+@pytest.mark.usefixtures("both_kernels")
 def test_a_fit_without_points_is_left_out_and_others_unchanged():
     x, y, a, o = _decays(seed=9)
     y_bad = y.copy()
@@ -224,6 +255,7 @@ def test_a_fit_without_points_is_left_out_and_others_unchanged():
     assert r.converged[keep].all()
 
 
+@pytest.mark.usefixtures("both_kernels")
 def test_a_singular_or_not_finite_fit_leaves_the_joint_problem():
     """A fit whose local block is singular (a parameter it does not depend on) ends singular,
     one whose start is not finite ends not_finite; the rest is the fit without them."""
@@ -255,6 +287,7 @@ def test_chunks_of_fits_give_the_same_fit():
     np.testing.assert_allclose(chunked.stderr["a"], whole.stderr["a"], rtol=1e-10)
 
 
+@pytest.mark.usefixtures("both_kernels")
 def test_float32_evaluation_agrees_with_float64():
     x, y, a, o = _decays(seed=2)
     init = {"a": 3.0, "k": 0.5, "o": 0.5}

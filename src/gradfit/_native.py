@@ -8,12 +8,16 @@ about a millisecond, so a later process pays nothing.
 - Compiler: ``$GRADFIT_CC`` (a name or path; ``GRADFIT_CC=""`` turns native kernels off), else
   the first of ``cc``, ``gcc``, ``clang`` on the PATH. No compiler: :func:`load` returns None
   with the reason, and callers run their torch kernels.
-- Flags: ``-O3 -fPIC -shared -fno-math-errno -ffp-contract=off`` (no ``-ffast-math``: NaN and inf
-  keep their IEEE meaning, which the kernels test; no contraction into FMA, so results do not
-  depend on the machine).
+- Flags: ``-O3 -fPIC -shared -fno-math-errno -ffp-contract=off -fopenmp-simd -march=native``
+  (no ``-ffast-math``: NaN and inf keep their IEEE meaning, which the kernels test; no
+  contraction into FMA; ``omp simd`` loops vectorize without a runtime library), linked with
+  glibc's vector math library ``libmvec`` where it exists (SIMD exp/log/sin/cos, within 4 ulp),
+  else plain ``libm`` (and without ``-march=native`` where the compiler refuses it). A library is built for this CPU (``-march=native``), so the CPU's model
+  and flags are part of its cache key: a cache folder shared by different machines holds one
+  library per CPU kind.
 - Cache: ``<folder>/native/<sha256>.so`` (``folder`` is gradfit's cache folder,
   :func:`gradfit.formula.cache.cache_dir`), the hash over the source, the flags, the compiler's
-  path and the machine, with the source kept beside it as ``.c``. A library is built into a
+  path and the CPU, with the source kept beside it as ``.c``. A library is built into a
   temporary file and renamed into place, so concurrent processes never load half a file.
 - Trust: a shared library is code. One is loaded from the cache only when it and its folder
   belong to this user and nobody else may write them (as ssh treats its keys); otherwise, or
@@ -34,7 +38,11 @@ from pathlib import Path
 
 __all__ = ["FLAGS", "compiler", "is_built", "load"]
 
-FLAGS = ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=off")
+FLAGS = ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd")
+#: (compile flags, link flags) tried in order until one builds: for this CPU with glibc's vector
+#: math library (-DGF_VECTOR_MATH makes the C prelude declare SIMD forms of exp, log, sin and
+#: cos), for this CPU alone, then generic code (a compiler without -march=native)
+VARIANTS = ((("-march=native", "-DGF_VECTOR_MATH"), ("-lmvec",)), (("-march=native",), ()), ((), ()))
 #: seconds a compiler run may take before the kernel is given up (then: torch kernels)
 BUILD_TIMEOUT_S = 120
 _LOADED: dict = {}  # key -> ctypes.CDLL (or None and the reason), for this process
@@ -43,14 +51,35 @@ _LOCK = threading.Lock()
 
 def compiler() -> str | None:
     """The C compiler's path, or None (none found, or ``GRADFIT_CC=""``)."""
-    explicit = os.environ.get("GRADFIT_CC")
-    if explicit is not None:
-        return shutil.which(explicit.strip()) if explicit.strip() else None
-    for name in ("cc", "gcc", "clang"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+    explicit, path = os.environ.get("GRADFIT_CC"), os.environ.get("PATH", "")
+    if (explicit, path) not in _COMPILERS:
+        if explicit is not None:
+            found = shutil.which(explicit.strip()) if explicit.strip() else None
+        else:
+            found = next(filter(None, (shutil.which(name) for name in ("cc", "gcc", "clang"))), None)
+        _COMPILERS[(explicit, path)] = found
+    return _COMPILERS[(explicit, path)]
+
+
+_COMPILERS: dict = {}
+
+
+def _cpu() -> str:
+    """What identifies this CPU's instruction set (the libraries are built for it with
+    -march=native): the model and flags lines of /proc/cpuinfo, else the platform's names."""
+    if not _CPU:
+        text = ""
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                lines = [line for line in f.read(1 << 16).splitlines() if line.startswith(("model name", "flags"))]
+            text = "\n".join(lines[:2])
+        except OSError:
+            pass
+        _CPU.append(text or f"{platform.machine()} {platform.processor()}")
+    return _CPU[0]
+
+
+_CPU: list = []
 
 
 def _private(path: Path) -> bool:
@@ -65,7 +94,8 @@ def _private(path: Path) -> bool:
 
 
 def _key(source: str, cc: str) -> str:
-    return hashlib.sha256("\0".join([source, *FLAGS, cc, platform.machine(), platform.system()]).encode()).hexdigest()
+    parts = [source, *FLAGS, repr(VARIANTS), cc, platform.machine(), platform.system(), _cpu()]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def is_built(source: str, folder: Path | None) -> bool:
@@ -127,8 +157,11 @@ def _compile(source: str, key: str, cc: str, folder: Path):
     tmp = src.with_suffix(".so")
     try:
         src.write_text(source, encoding="utf-8")
-        done = subprocess.run([cc, *FLAGS, "-o", str(tmp), str(src), "-lm"], capture_output=True, text=True,
-                              timeout=BUILD_TIMEOUT_S, check=False)
+        for compile_flags, link_flags in VARIANTS:
+            done = subprocess.run([cc, *FLAGS, *compile_flags, "-o", str(tmp), str(src), *link_flags, "-lm"],
+                                  capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+            if done.returncode == 0:
+                break
         if done.returncode != 0:
             lines = (done.stderr or done.stdout or "").strip().splitlines()
             return None, f"the C compiler failed ({cc}): {lines[0] if lines else done.returncode}"

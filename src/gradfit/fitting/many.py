@@ -186,7 +186,7 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
         theta0 = shared_guess(theta0, names, shared, init, fixed)
         result = fit_shared(bound, names, shared, inputs, y_arr, w_arr, theta0, lower, upper, free, tol=tol,
                             max_iter=max_iter, dtype=torch_dtype, device=dev, threads=threads, chunk_size=chunk_size,
-                            likelihood=likelihood)
+                            likelihood=likelihood, compile=compile)
         if ids is not None:
             import dataclasses
 

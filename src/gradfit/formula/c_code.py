@@ -34,8 +34,27 @@ __all__ = ["PRELUDE", "c_supported", "model_source"]
 
 #: helpers every native kernel includes after ``typedef ... real;``
 PRELUDE = r"""
-#include <tgmath.h>
 #include <math.h>
+#ifdef GF_VECTOR_MATH
+/* glibc's vector math library (libmvec) has SIMD forms of these: loops over points vectorize */
+#pragma omp declare simd notinbranch
+double exp(double);
+#pragma omp declare simd notinbranch
+float expf(float);
+#pragma omp declare simd notinbranch
+double log(double);
+#pragma omp declare simd notinbranch
+float logf(float);
+#pragma omp declare simd notinbranch
+double sin(double);
+#pragma omp declare simd notinbranch
+float sinf(float);
+#pragma omp declare simd notinbranch
+double cos(double);
+#pragma omp declare simd notinbranch
+float cosf(float);
+#endif
+#include <tgmath.h>
 static inline real gf_square(real u) { return u * u; }
 static inline real gf_minimum(real a, real b) { return (a != a || b != b) ? (real)NAN : (a < b ? a : b); }
 static inline real gf_maximum(real a, real b) { return (a != a || b != b) ? (real)NAN : (a > b ? a : b); }
@@ -161,7 +180,8 @@ def model_source(node: Node, inputs: tuple[str, ...], params: tuple[str, ...]) -
         body.append(f"    const real t_{k} = {printer.expr(tree)};")
         names[name] = f"t_{k}"
         printer.point.add(name)
-    body += [f"    out[{k}] = {printer.expr(tree)};" for k, tree in enumerate(outputs)]
+    outs = [printer.expr(tree) for tree in outputs]
+    body += [f"    out[{k}] = {text};" for k, text in enumerate(outs)]
     n_p, n_h = len(params), len(printer.invariants)
     lines = [f"#define GF_NH {n_p + n_h}", "static inline void gf_invariants(const real *p, real *h) {"]
     lines += [f"    const real p_{k} = p[{k}];" for k in range(n_p)]
@@ -173,7 +193,22 @@ def model_source(node: Node, inputs: tuple[str, ...], params: tuple[str, ...]) -
     lines += [f"    const real p_{k} = h[{k}];" for k in range(n_p)]
     lines += [f"    const real h_{k} = h[{n_p + k}];" for k in range(n_h)]
     lines += body
-    lines += [f"    (void){v};" for v in (*(f"in_{k}" for k in range(len(inputs))), *(f"p_{k}" for k in range(n_p)),
-                                           *(f"h_{k}" for k in range(n_h)))]
+    unused = [f"    (void){v};" for v in (*(f"p_{k}" for k in range(n_p)), *(f"h_{k}" for k in range(n_h)))]
+    lines += [f"    (void)in_{k};" for k in range(len(inputs))] + unused
     lines.append("}")
+    # the same program over a fit's m points at once, one column per output, as a loop the
+    # compiler vectorizes (scalars only in its body; SIMD exp/log/sin/cos from libmvec where
+    # the prelude declares them)
+    lines += ["static inline void gf_columns(long m, const real *const *xs, const long *offs, const real *h, "
+              "real *cols) {"]
+    lines += [f"    const real *x_{k} = xs[{k}] + offs[{k}];" for k in range(len(inputs))]
+    lines += [f"    const real p_{k} = h[{k}];" for k in range(n_p)]
+    lines += [f"    const real h_{k} = h[{n_p + k}];" for k in range(n_h)]
+    lines += unused
+    lines += ["    #pragma omp simd", "    for (long j = 0; j < m; j++) {"]
+    lines += [f"        const real in_{k} = x_{k}[j];" for k in range(len(inputs))]
+    lines += ["    " + line for line in body if not line.lstrip().startswith("out[")]
+    lines += [f"        cols[{k} * m + j] = {text};" for k, text in enumerate(outs)]
+    lines += [f"        (void)in_{k};" for k in range(len(inputs))]
+    lines += ["    }", "}"]
     return "\n".join(lines) + "\n"

@@ -79,7 +79,8 @@ class GlobalSolution:
 
 def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray,
                  lower: np.ndarray, upper: np.ndarray, free: np.ndarray, *, tol: float, max_iter: int, dtype, device,
-                 reduce=None, chunk_size: int | None = None, likelihood: str | None = None) -> GlobalSolution:
+                 reduce=None, chunk_size: int | None = None, likelihood: str | None = None,
+                 compile="auto") -> GlobalSolution:
     """Fit ``model`` to every row of ``y`` jointly, the parameters named in ``shared`` taking one
     value for all fits (this process's fits; ``reduce`` sums float64 tensors over every
     process's fits under torchrun, None in one process).
@@ -87,8 +88,11 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     ``theta0``, ``lower``, ``upper`` are (B, P) (the shared columns equal in every row), ``free``
     (P,) 1.0 for varying parameters; ``chunk_size`` fits are evaluated at a time (default: near
     the CPU caches, the whole batch on a GPU). ``likelihood="poisson"``: joint Poisson maximum
-    likelihood (see the module docstring). Other arguments as
-    :func:`gradfit.lsq.batched.solve_batched`.
+    likelihood (see the module docstring). ``compile``: "auto" runs the native C kernel
+    (optim/native_global.py) for a formula without bounds, least squares, on the CPU in one
+    process, when its library is already built (in the disk cache), or when the projected torch
+    loop pays for building it; True builds it whenever it applies; False keeps the torch loop.
+    Other arguments as :func:`gradfit.lsq.batched.solve_batched`.
     """
     import torch
 
@@ -97,7 +101,7 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     from ..optim.positive_step import edge_points
     from .end_points import likelihood_statistics
 
-    reduce = reduce or (lambda t: t)
+    reduce = reduce or _no_reduce
     names = tuple(names)
     i_s = [names.index(n) for n in shared]
     i_l = [j for j in range(len(names)) if j not in i_s]
@@ -168,6 +172,14 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     eps = float(torch.finfo(dtype).eps)
     n_used_t = torch.as_tensor(np.maximum(n_used, 1), dtype=torch.float64, device=device)
 
+    native = None  # the whole loop in C (optim/native_global.py) where it applies
+    if compile is not False and not likelihood and box is None and reduce is _no_reduce and fused \
+            and device.type == "cpu":
+        from ..optim.native_global import global_kernel
+
+        native, _ = global_kernel(model, tuple(names[j] for j in order), len(i_s), tuple(inputs_t), dtype,
+                                  build=compile is True or _worth_building(n_fits, y.shape[1], len(names)))
+
     def run(local0, shared0, poisson: bool):
         # on the Pearson scale sqrt(y) for the deviance (as lsq/batched): the floor of an exact
         # fit (deviance 0 lies below it) and the rounding of the means (eps mu / sqrt(mu)); a zero
@@ -177,8 +189,11 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
         floor2 = float(reduce(floor2.reshape(1))[0])
         # the rounding of the model values in the evaluation dtype (global_lm.step's rounding2)
         rounding2 = (4.0 * eps) ** 2 * (w_t * scale * scale).double().sum(-1) / n_used_t
-        blocks = make_blocks(poisson)
         state = init(local0, shared0, status0_t)
+        if native is not None and not poisson:
+            return native.run(state, inputs_t, y_t, None if unit_weights else w_t, free_l, free_s, tol=tol,
+                              max_iter=max_iter, floor2=floor2, rounding2=rounding2)
+        blocks = make_blocks(poisson)
         for _ in range(max_iter):
             state = step(blocks, state, box, free_l, free_s, tol, floor2=floor2, reduce=reduce, rounding2=rounding2)
             if state.status != RUNNING:
@@ -219,13 +234,30 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     chisqr = np.where(np.isfinite(state.chi2.cpu().numpy()), state.chi2.cpu().numpy(), np.nan)
     iterations = np.where(status0 == RUNNING, state.iterations + ls_iterations, 0).astype(np.int32)
     timings = {"fit_s": elapsed, "warmup_s": 0.0, "fits": n_fits, "fits_per_s": n_fits / max(elapsed, 1e-12),
-               "path": ("fused" if fused else "general") + ", global", "compiled": False, "device": str(device),
+               "path": ("fused" if fused else "general") + ", global", "compiled": False, "native": native is not None,
+               "device": str(device),
                "iterations": state.iterations + ls_iterations}
     if restarted:
         timings["restarted"] = restarted
     return GlobalSolution(params, stderr, chisqr, n_used, status, iterations,
                           {n: float(state.shared[k]) for k, n in enumerate(shared)},
                           {n: float(se_s[k]) for k, n in enumerate(shared)}, stats, timings, extra, covariance)
+
+
+def _no_reduce(t):
+    """The sum over processes in one process: the tensor itself."""
+    return t
+
+
+def _worth_building(n_fits: int, n_points: int, n_params: int) -> bool:
+    """compile="auto": build the native global kernel when the torch loop is projected to take
+    longer than NATIVE_MARGIN builds (lsq/compiled.py): ~10 us per fit and iteration at
+    4 parameters and 32 points (the torch loop's measured cost at 1,000-100,000 fits: 1.3 ms
+    per iteration of 1,000 fits, mostly fixed cost; ~3.7 us per fit at 100k), ~8 iterations."""
+    from .compiled import NATIVE_BUILD_S, NATIVE_MARGIN
+
+    projected = 8 * (1.3e-3 + 0.45e-6 * n_fits * n_points * n_params / 128)
+    return projected > NATIVE_MARGIN * NATIVE_BUILD_S
 
 
 def _covariance(state, free_l, free_s, n_used, reduce, likelihood=None):

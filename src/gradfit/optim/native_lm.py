@@ -29,11 +29,68 @@ from .._native import is_built, load
 from ..status import Status
 from .batch_lm import LAMBDA_MAX, RUNNING, BatchState
 
-__all__ = ["NativeLM", "kernel", "kernel_source"]
+__all__ = ["COLUMNS", "NativeLM", "kernel", "kernel_source", "normal_sums_source"]
+
+def normal_sums_source(p: int) -> str:
+    """C ``normal_sums(m, cols, chi2, nmat, g)``: chi-square, N = J^T W J (both triangles) and
+    g = J^T W r from :data:`COLUMNS`' columns in one vectorized pass over the points, the
+    (P + 1)(P + 2) / 2 products of the bordered matrix [J r] accumulated in named scalars (an
+    ``omp simd`` reduction keeps each in a vector register; needs ACC, the accumulator type)."""
+    col = {i: f"(ACC)cols[{i + 1} * m + j]" for i in range(p)}
+    col[p] = "(ACC)cols[j]"
+    pairs = [(i, k) for i in range(p + 1) for k in range(i + 1)]
+    names = [f"s_{i}_{k}" for i, k in pairs]
+    lines = ["static void normal_sums(long m, const real *cols, ACC *chi2, ACC *nmat, ACC *g) {",
+             "    const real *wc = cols + (P + 1) * m;",
+             f"    ACC {', '.join(n + ' = 0' for n in names)};",
+             f"    #pragma omp simd reduction(+:{', '.join(names)})",
+             "    for (long j = 0; j < m; j++) {",
+             "        const ACC wj = (ACC)wc[j];"]
+    lines += [f"        const ACC c_{i} = {col[i]}, wc_{i} = wj * c_{i};" for i in range(p + 1)]
+    lines += [f"        s_{i}_{k} += wc_{i} * c_{k};" for i, k in pairs]
+    lines.append("    }")
+    for i, k in pairs:
+        if i < p:
+            lines.append(f"    nmat[{i * p + k}] = s_{i}_{k}; nmat[{k * p + i}] = s_{i}_{k};")
+        elif k < p:
+            lines.append(f"    g[{k}] = s_{i}_{k};")
+        else:
+            lines.append(f"    *chi2 = s_{i}_{k};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+#: one fit's evaluation, shared by the native kernels (needs P, NIN and ACC, the accumulator
+#: type, defined before it): the model and its partials at every point as columns (a loop the
+#: compiler vectorizes); :func:`normal_sums_source` then forms chi-square, J^T W J and J^T W r
+COLUMNS = r"""
+/* cols (P + 2 rows of m): row 0 the residuals f - y, rows 1..P the partials, row P + 1 the
+   weights; every row 0 at a masked point (weight <= 0 or NaN), whatever the model gives there */
+static void fit_columns(long m, const real *const *xs, const long *x_stride, long b, const real *yb,
+                        const real *wb, const real *p, real *cols) {
+    real h[GF_NH];
+    long offs[NIN > 0 ? NIN : 1];
+    gf_invariants(p, h);
+    for (int q = 0; q < NIN; q++) offs[q] = b * x_stride[q];
+    gf_columns(m, xs, offs, h, cols);
+    real *wc = cols + (P + 1) * m;
+    #pragma omp simd
+    for (long j = 0; j < m; j++) {
+        int used = wb ? (wb[j] > 0) : 1;
+        cols[j] = used ? cols[j] - yb[j] : (real)0;
+        for (int i = 1; i <= P; i++) cols[i * m + j] = used ? cols[i * m + j] : (real)0;
+        wc[j] = used ? (wb ? wb[j] : (real)1) : (real)0;
+    }
+}
+
+"""
 
 _TEMPLATE = r"""
+#include <stdlib.h>
 #define P {p}
 #define NIN {n_inputs}
+#define ACC real
+{columns}
 #define RUNNING ({running})
 #define CONVERGED {converged}
 #define STALLED {stalled}
@@ -136,11 +193,14 @@ void gf_finish(long n, const real *a_in, const real *g_in, const real *chi2_in, 
     }}
 }}
 
-/* batch_lm.step (unbounded least squares), up to `steps` times for each of the n fits. */
-void gf_lm(long n, long m, const real *const *xs, const long *x_stride, const real *y, const real *w,
+/* batch_lm.step (unbounded least squares), up to `steps` times for each of the n fits
+   (returns -2 when its work array cannot be allocated). */
+long gf_lm(long n, long m, const real *const *xs, const long *x_stride, const real *y, const real *w,
            const real *floor2, const real *free_, real tol, long steps,
            real *theta, real *trial, real *lam_io, real *chi2_io, real *a_io, real *g_io,
            long *status_io, int *iterations_io) {{
+    real *cols = malloc(sizeof(real) * (m > 0 ? m : 1) * (P + 2));
+    if (!cols) return -2;
     for (long b = 0; b < n; b++) {{
         real th[P], tr[P], A[P * P], G[P];
         for (int i = 0; i < P; i++) {{ th[i] = theta[b * P + i]; tr[i] = trial[b * P + i]; G[i] = g_io[b * P + i]; }}
@@ -151,28 +211,13 @@ void gf_lm(long n, long m, const real *const *xs, const long *x_stride, const re
         const real *yb = y + b * m;
         const real *wb = w ? w + b * m : 0;
         for (long step = 0; step < steps && st == RUNNING; step++) {{
-            real c2 = 0, at[P * P], gt[P], in[NIN > 0 ? NIN : 1], out[P + 1], h[GF_NH];
-            gf_invariants(tr, h);
-            for (int i = 0; i < P * P; i++) at[i] = 0;
-            for (int i = 0; i < P; i++) gt[i] = 0;
-            for (long j = 0; j < m; j++) {{
-                real wj = 1;
-                if (wb) {{ wj = wb[j]; if (!(wj > 0)) continue; }}
-                for (int q = 0; q < NIN; q++) in[q] = xs[q][b * x_stride[q] + j];
-                gf_model(in, h, out);
-                real r = out[0] - yb[j];
-                real wr = wb ? wj * r : r;
-                c2 += wr * r;
-                for (int i = 0; i < P; i++) {{
-                    real wji = wb ? wj * out[1 + i] : out[1 + i];
-                    gt[i] += wji * r;
-                    for (int k = 0; k <= i; k++) at[i * P + k] += wji * out[1 + k];
-                }}
-            }}
+            real c2, at[P * P], gt[P];
+            fit_columns(m, xs, x_stride, b, yb, wb, tr, cols);
+            normal_sums(m, cols, &c2, at, gt);
             int finite = isfinite(c2);
             for (int i = 0; i < P; i++) {{
                 finite = finite && isfinite(gt[i]);
-                for (int k = 0; k <= i; k++) {{ at[k * P + i] = at[i * P + k]; finite = finite && isfinite(at[i * P + k]); }}
+                for (int k = 0; k <= i; k++) finite = finite && isfinite(at[i * P + k]);
             }}
             int accept = finite && (c2 <= chi2);
             int first = isinf(chi2);
@@ -204,6 +249,8 @@ void gf_lm(long n, long m, const real *const *xs, const long *x_stride, const re
         for (int i = 0; i < P * P; i++) a_io[b * P * P + i] = A[i];
         lam_io[b] = lam; chi2_io[b] = chi2; status_io[b] = st; iterations_io[b] = it;
     }}
+    free(cols);
+    return 0;
 }}
 """
 
@@ -219,7 +266,8 @@ def kernel_source(expression, names: tuple[str, ...], inputs: tuple[str, ...], d
     return head + _TEMPLATE.format(
         p=len(names), n_inputs=len(inputs), running=RUNNING, converged=Status.CONVERGED.code,
         stalled=Status.STALLED.code, singular=Status.SINGULAR.code, not_finite=Status.NOT_FINITE.code,
-        tiny="1e-300" if double else "1e-30", lambda_max=repr(float(LAMBDA_MAX)))
+        tiny="1e-300" if double else "1e-30", lambda_max=repr(float(LAMBDA_MAX)),
+        columns=(COLUMNS + normal_sums_source(len(names))).replace("{", "{{").replace("}", "}}"))
 
 
 class NativeLM:
@@ -235,7 +283,7 @@ class NativeLM:
         ptr = ctypes.c_void_p
         fn.argtypes = [ctypes.c_long, ctypes.c_long, ptr, ptr, ptr, ptr, ptr, ptr, self.real, ctypes.c_long,
                        ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
-        fn.restype = None
+        fn.restype = ctypes.c_long
         self.fn = fn
         fin = lib.gf_finish
         fin.argtypes = [ctypes.c_long, ptr, ptr, ptr, ptr, ptr, self.real, self.real, ptr, ptr, ptr, ptr]
@@ -292,13 +340,15 @@ class NativeLM:
             k = hi - lo
             xp = (ctypes.c_void_p * max(len(xs), 1))(*[x.data_ptr() + (lo * m * size if x.dim() == 2 else 0)
                                                         for x in xs])
-            self.fn(k, m, xp, x_stride, y.data_ptr() + lo * m * size, None if w is None else w.data_ptr() + lo * m * size,
+            codes[lo] = self.fn(k, m, xp, x_stride, y.data_ptr() + lo * m * size,
+                    None if w is None else w.data_ptr() + lo * m * size,
                     floor2.data_ptr() + lo * size, free.data_ptr(), tol, steps,
                     out.theta.data_ptr() + lo * p * size, out.trial.data_ptr() + lo * p * size,
                     out.lam.data_ptr() + lo * size, out.chi2.data_ptr() + lo * size,
                     out.a.data_ptr() + lo * p * p * size, out.g.data_ptr() + lo * p * size,
                     out.status.data_ptr() + lo * 8, out.iterations.data_ptr() + lo * 4)
 
+        codes: dict = {}
         threads = max(1, min(int(threads), n // 256 or 1))
         bounds = [round(i * n / threads) for i in range(threads + 1)]
         # the other blocks on their own threads, the first on this one (ctypes drops the GIL)
@@ -308,6 +358,8 @@ class NativeLM:
         block(bounds[0], bounds[1])
         for t in others:
             t.join()
+        if any(code != 0 for code in codes.values()):
+            raise MemoryError("the native kernel could not allocate its work array")
         out.status = out.status.to(state.status.dtype)
         out.iterations = out.iterations.to(state.iterations.dtype)
         return out

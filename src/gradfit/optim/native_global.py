@@ -1,0 +1,326 @@
+"""Global Levenberg-Marquardt (fits sharing parameters) as one C loop: the native kernel of
+fit_many(shared=...).
+
+The torch implementation (:mod:`gradfit.optim.global_lm`) makes ~200 small tensor calls per
+iteration; at a thousand fits that per-call overhead, not the arithmetic, is its cost. This
+kernel runs the same joint iteration (global_lm's module docstring, steps 1-3, for problems
+without finite bounds, least squares, in one process) in C: each fit's blocks A_b, C_b, D_b,
+g_b in one pass over its points, the joint accept/reject on the total chi-square with the
+rounding allowance, the damped local solves for [C_b, -g_b], the Schur complement and its
+P_s x P_s Cholesky, the back-substitution, the convergence and stall tests and the fits that
+leave the joint problem (not_finite at the start, singular local blocks). The model and its
+partials come from :mod:`gradfit.formula.c_code`; the library is built and cached by
+:mod:`gradfit._native`. Evaluations are in the batch's dtype and the blocks accumulate in
+double (the torch kernel forms the products in the evaluation dtype), so the two agree to the
+evaluation's rounding.
+
+Callers keep the torch kernel for bounds, Poisson likelihoods, torchrun and GPUs.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from .._native import is_built, load
+from ..status import Status
+from .batch_lm import LAMBDA0, LAMBDA_MAX
+from .global_lm import RUNNING, GlobalState
+from .native_lm import COLUMNS, normal_sums_source
+
+__all__ = ["NativeGlobal", "global_kernel", "global_source"]
+
+_TEMPLATE = r"""
+#include <stdlib.h>
+#include <string.h>
+#define PL {pl}
+#define PS {ps}
+#define P (PL + PS)
+#define NIN {n_inputs}
+#define ACC double
+{columns}
+#define RUNNING ({running})
+#define CONVERGED {converged}
+#define STALLED {stalled}
+#define SINGULAR {singular}
+#define NOT_FINITE {not_finite}
+static const double LAMBDA_MAX = {lambda_max};
+
+/* Cholesky of (M + lam diag(M)) over the active coordinates, the identity over the others
+   (batch_solve.damped_solve's unrolled order); m is n x n, row-major. */
+static int factor_n(int n, const double *m, double lam, const int *active, double *low) {{
+    int ok = 1;
+    for (int j = 0; j < n; j++) {{
+        double s = active[j] ? m[j * n + j] * (1.0 + lam) : 1.0;
+        for (int k = 0; k < j; k++) s -= low[j * n + k] * low[j * n + k];
+        ok = ok && (s > 0);
+        double dj = sqrt(s > 1e-300 ? s : 1e-300);
+        low[j * n + j] = dj;
+        for (int i = j + 1; i < n; i++) {{
+            double t = (active[i] && active[j]) ? m[i * n + j] : 0.0;
+            for (int k = 0; k < j; k++) t -= low[i * n + k] * low[j * n + k];
+            low[i * n + j] = t / dj;
+        }}
+    }}
+    return ok;
+}}
+
+static void solve_n(int n, const double *low, const double *rhs, const int *active, double *x) {{
+    double z[PL > PS ? PL : PS];
+    for (int i = 0; i < n; i++) {{
+        double t = active[i] ? rhs[i] : 0.0;
+        for (int k = 0; k < i; k++) t -= low[i * n + k] * z[k];
+        z[i] = t / low[i * n + i];
+    }}
+    for (int i = n - 1; i >= 0; i--) {{
+        double t = z[i];
+        for (int k = i + 1; k < n; k++) t -= low[k * n + i] * x[k];
+        x[i] = t / low[i * n + i];
+    }}
+}}
+
+/* global_lm.step (no bounds, least squares, one process) until the joint problem ends or
+   max_iter iterations. State arrays are read as the start and hold the end point. Returns the
+   joint status (RUNNING: max_iter reached). */
+long gf_global(long n, long m, const real *const *xs, const long *x_stride, const real *y, const real *w,
+               const double *free_l_in, const double *free_s_in, double tol, long max_iter, double floor2,
+               const double *rounding2, double *local, double *shared, double *chi2, double *a, double *c,
+               double *d, double *g_local, double *g_shared, unsigned char *included, long *fit_status,
+               long *iterations_out, double *lam_out) {{
+    int free_l[PL > 0 ? PL : 1], free_s[PS];
+    for (int i = 0; i < PL; i++) free_l[i] = free_l_in[i] != 0;
+    for (int i = 0; i < PS; i++) free_s[i] = free_s_in[i] != 0;
+    double *t_local = malloc(sizeof(double) * n * (PL > 0 ? PL : 1));
+    double *t_chi2 = malloc(sizeof(double) * n);
+    double *t_n = malloc(sizeof(double) * n * P * P);
+    double *t_g = malloc(sizeof(double) * n * P);
+    double *xu = malloc(sizeof(double) * n * (PL > 0 ? PL : 1) * (PS + 1));
+    unsigned char *finite = malloc(n);
+    real *cols = malloc(sizeof(real) * (m > 0 ? m : 1) * (P + 2));
+    long status = RUNNING;
+    if (!t_local || !t_chi2 || !t_n || !t_g || !xu || !finite || !cols) {{ status = -2; goto done; }}
+    double t_shared[PS];
+    memcpy(t_local, local, sizeof(double) * n * PL);
+    memcpy(t_shared, shared, sizeof(double) * PS);
+    double lam = {lambda0}, total = INFINITY;
+    long it = 0;
+    for (; it < max_iter; ) {{
+        /* 1. every fit's blocks at the trial point */
+        for (long b = 0; b < n; b++) {{
+            real p[P];
+            for (int i = 0; i < PL; i++) p[i] = (real)t_local[b * PL + i];
+            for (int i = 0; i < PS; i++) p[PL + i] = (real)t_shared[i];
+            fit_columns(m, xs, x_stride, b, y + b * m, w ? w + b * m : 0, p, cols);
+            normal_sums(m, cols, &t_chi2[b], t_n + b * P * P, t_g + b * P);
+            double s = t_chi2[b];
+            for (int i = 0; i < P * P; i++) s += t_n[b * P * P + i];
+            for (int i = 0; i < P; i++) s += t_g[b * P + i];
+            finite[b] = isfinite(s);
+        }}
+        int first = isinf(total);
+        if (first)
+            for (long b = 0; b < n; b++)
+                if (included[b] && !finite[b]) {{ fit_status[b] = NOT_FINITE; included[b] = 0; }}
+        double trial_total = 0, old_total = 0, n_bad = 0, n_fits = 0, noise2 = 0;
+        for (long b = 0; b < n; b++) {{
+            if (!included[b]) continue;
+            double old = first ? 0.0 : chi2[b];
+            trial_total += t_chi2[b]; old_total += old; n_bad += !finite[b]; n_fits += 1;
+            if (rounding2 && !first) noise2 += rounding2[b] * old;
+        }}
+        double noise = (rounding2 && !first) ? sqrt(noise2) : 0.0;
+        double tol_eff = tol / (n_fits > 1 ? n_fits : 1.0);
+        if (first) old_total = INFINITY;
+        int accept = n_bad == 0 && trial_total <= old_total + noise;
+        lam = accept ? lam * 0.1 : lam * 10.0;
+        if (accept) {{
+            for (long b = 0; b < n; b++) {{
+                const double *nb = t_n + b * P * P;
+                for (int i = 0; i < PL; i++) {{
+                    local[b * PL + i] = t_local[b * PL + i];
+                    g_local[b * PL + i] = t_g[b * P + i];
+                    for (int k = 0; k < PL; k++) a[(b * PL + i) * PL + k] = nb[i * P + k];
+                    for (int k = 0; k < PS; k++) c[(b * PL + i) * PS + k] = nb[i * P + PL + k];
+                }}
+                for (int i = 0; i < PS; i++) {{
+                    g_shared[b * PS + i] = t_g[b * P + PL + i];
+                    for (int k = 0; k < PS; k++) d[(b * PS + i) * PS + k] = nb[(PL + i) * P + PL + k];
+                }}
+                chi2[b] = t_chi2[b];
+            }}
+            memcpy(shared, t_shared, sizeof(double) * PS);
+            total = trial_total;
+        }}
+        it += 1;
+        int settled = accept && !first;
+        double change = fabs(old_total - trial_total);
+        double limit = tol_eff * trial_total > noise ? tol_eff * trial_total : noise;
+        int small = settled && change < limit;
+        int at_floor = settled && trial_total <= floor2;
+        /* 3. the damped joint step by the Schur complement */
+        double dtot[PS * PS], gs[PS], mm[(PS + 1) * (PS + 1)];
+        memset(dtot, 0, sizeof(dtot)); memset(gs, 0, sizeof(gs)); memset(mm, 0, sizeof(mm));
+        for (long b = 0; b < n; b++) {{
+            if (!included[b]) continue;
+            double low[PL * PL > 0 ? PL * PL : 1], e[PL > 0 ? PL : 1][PS + 1];
+            double *xb = xu + b * (PL > 0 ? PL : 1) * (PS + 1);
+            int ok = factor_n(PL, a + b * PL * PL, lam, free_l, low);
+            for (int col = 0; col <= PS; col++) {{
+                double rhs[PL > 0 ? PL : 1], x[PL > 0 ? PL : 1];
+                for (int i = 0; i < PL; i++) {{
+                    e[i][col] = col < PS ? c[(b * PL + i) * PS + col] : g_local[b * PL + i];
+                    rhs[i] = col < PS ? e[i][col] : -e[i][col];
+                }}
+                solve_n(PL, low, rhs, free_l, x);
+                for (int i = 0; i < PL; i++) {{ xb[i * (PS + 1) + col] = x[i]; ok = ok && isfinite(x[i]); }}
+            }}
+            if (!ok) {{ fit_status[b] = SINGULAR; included[b] = 0; continue; }}
+            for (int i = 0; i < PS; i++) {{
+                gs[i] += g_shared[b * PS + i];
+                for (int k = 0; k < PS; k++) dtot[i * PS + k] += d[(b * PS + i) * PS + k];
+            }}
+            for (int i = 0; i <= PS; i++)
+                for (int k = 0; k <= PS; k++) {{
+                    double s = 0;
+                    for (int q = 0; q < PL; q++) s += e[q][i] * xb[q * (PS + 1) + k];
+                    mm[i * (PS + 1) + k] += s;
+                }}
+        }}
+        double schur[PS * PS], rhs_s[PS], low_s[PS * PS], ds[PS];
+        int finite_schur = 1;
+        for (int i = 0; i < PS; i++) {{
+            for (int k = 0; k < PS; k++) {{
+                schur[i * PS + k] = dtot[i * PS + k] - mm[i * (PS + 1) + k] + (i == k ? dtot[i * PS + i] * lam : 0.0);
+                if (free_s[i] && free_s[k]) finite_schur = finite_schur && isfinite(schur[i * PS + k]);
+            }}
+            rhs_s[i] = -gs[i] - mm[i * (PS + 1) + PS];
+        }}
+        int ok_s = factor_n(PS, schur, 0.0, free_s, low_s) && finite_schur;
+        if (!ok_s) {{ status = SINGULAR; break; }}
+        solve_n(PS, low_s, rhs_s, free_s, ds);
+        double predicted = mm[PS * (PS + 1) + PS];
+        for (int i = 0; i < PS; i++) predicted += -mm[PS * (PS + 1) + i] * ds[i] + gs[i] * ds[i];
+        predicted = -predicted;
+        double limit2 = tol_eff * total > noise ? tol_eff * total : noise;
+        if (at_floor || (small && predicted * (1.0 + lam) <= limit2)) {{ status = CONVERGED; break; }}
+        if (lam > LAMBDA_MAX) {{ status = STALLED; break; }}
+        for (long b = 0; b < n; b++) {{
+            double *xb = xu + b * (PL > 0 ? PL : 1) * (PS + 1);
+            for (int i = 0; i < PL; i++) {{
+                double dl = 0;
+                if (included[b]) {{
+                    dl = xb[i * (PS + 1) + PS];
+                    for (int k = 0; k < PS; k++) dl -= xb[i * (PS + 1) + k] * ds[k];
+                }}
+                t_local[b * PL + i] = local[b * PL + i] + dl;
+            }}
+        }}
+        for (int i = 0; i < PS; i++) t_shared[i] = shared[i] + ds[i];
+    }}
+    *iterations_out = it;
+    *lam_out = lam;
+done:
+    free(t_local); free(t_chi2); free(t_n); free(t_g); free(xu); free(finite); free(cols);
+    return status;
+}}
+"""
+
+
+@lru_cache(maxsize=128)
+def global_source(expression, names: tuple[str, ...], n_shared: int, inputs: tuple[str, ...], double: bool) -> str:
+    """The C source of the global kernel: ``names`` are the model's parameters in kernel order
+    (the local ones, then the ``n_shared`` shared ones), evaluated in double or float."""
+    from ..formula.c_code import PRELUDE, model_source
+
+    real = "double" if double else "float"
+    head = f"typedef {real} real;\n{PRELUDE}\n{model_source(expression, inputs, names)}"
+    return head + _TEMPLATE.format(
+        pl=len(names) - n_shared, ps=n_shared, n_inputs=len(inputs), running=RUNNING,
+        converged=Status.CONVERGED.code, stalled=Status.STALLED.code, singular=Status.SINGULAR.code,
+        not_finite=Status.NOT_FINITE.code, lambda_max=repr(float(LAMBDA_MAX)), lambda0=repr(float(LAMBDA0)),
+        columns=(COLUMNS + normal_sums_source(len(names))).replace("{", "{{").replace("}", "}}"))
+
+
+class NativeGlobal:
+    """A loaded global kernel: :meth:`run` solves the joint problem from a :class:`GlobalState`."""
+
+    def __init__(self, lib, double: bool, inputs: tuple[str, ...]):
+        import ctypes
+
+        self.inputs = inputs
+        fn = lib.gf_global
+        ptr = ctypes.c_void_p
+        fn.argtypes = [ctypes.c_long, ctypes.c_long, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_double, ctypes.c_long,
+                       ctypes.c_double, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+        fn.restype = ctypes.c_long
+        self.fn = fn
+
+    def run(self, state: GlobalState, inputs: dict, y, w, free_l, free_s, *, tol: float, max_iter: int,
+            floor2: float, rounding2) -> GlobalState:
+        """The joint loop from ``state`` (as :func:`gradfit.optim.global_lm.init` builds it) to its
+        end: a new GlobalState. ``inputs`` (M,) or (B, M), ``y`` and ``w`` (B, M) (None: every
+        weight 1) are tensors in the evaluation dtype; ``rounding2`` (B,) float64 or None."""
+        import ctypes
+
+        import numpy as np
+        import torch
+
+        b, m = y.shape
+        xs = [inputs[k].contiguous() for k in self.inputs]
+        y = y.contiguous()
+        w = None if w is None else w.contiguous()
+        x_ptrs = (ctypes.c_void_p * max(len(xs), 1))(*[x.data_ptr() for x in xs])
+        x_stride = (ctypes.c_long * max(len(xs), 1))(*[(m if x.dim() == 2 else 0) for x in xs])
+        f64 = dict(dtype=torch.float64)
+        out = GlobalState(local=state.local.clone().contiguous(), shared=state.shared.clone().contiguous(),
+                          trial_local=None, trial_shared=None, lam=state.lam, chi2=state.chi2.clone().contiguous(),
+                          a=state.a.clone().contiguous(), c=state.c.clone().contiguous(), d=state.d.clone().contiguous(),
+                          g_local=state.g_local.clone().contiguous(), g_shared=state.g_shared.clone().contiguous(),
+                          included=state.included.clone(), fit_status=state.fit_status.clone())
+        included = np.ascontiguousarray(out.included.numpy().astype(np.uint8))
+        fit_status = np.ascontiguousarray(out.fit_status.numpy().astype(np.int64))
+        free_l_t = torch.as_tensor(free_l, **f64).reshape(-1)
+        free_s_t = torch.as_tensor(free_s, **f64).reshape(-1)
+        r2 = None if rounding2 is None else rounding2.to(torch.float64).contiguous()
+        iterations = ctypes.c_long(0)
+        lam = ctypes.c_double(0.0)
+        status = self.fn(b, m, x_ptrs, x_stride, y.data_ptr(), None if w is None else w.data_ptr(),
+                         free_l_t.data_ptr(), free_s_t.data_ptr(), tol, max_iter, floor2,
+                         None if r2 is None else r2.data_ptr(), out.local.data_ptr(), out.shared.data_ptr(),
+                         out.chi2.data_ptr(), out.a.data_ptr(), out.c.data_ptr(), out.d.data_ptr(),
+                         out.g_local.data_ptr(), out.g_shared.data_ptr(), included.ctypes.data, fit_status.ctypes.data,
+                         ctypes.byref(iterations), ctypes.byref(lam))
+        if status == -2:
+            raise MemoryError("the native global kernel could not allocate its work arrays")
+        out.included = torch.from_numpy(included.astype(bool))
+        out.fit_status = torch.from_numpy(fit_status).to(state.fit_status.dtype)
+        out.status, out.iterations, out.lam = int(status), int(iterations.value), float(lam.value)
+        out.trial_local, out.trial_shared = out.local, out.shared
+        out.total = float(out.chi2[out.included].sum())
+        return out
+
+
+def global_kernel(model, names: tuple[str, ...], n_shared: int, inputs: tuple[str, ...], dtype, *,
+                  build: bool = True):
+    """The native global kernel for this formula model (``names`` in kernel order: local, then
+    shared): ``(NativeGlobal, "")`` or ``(None, reason)``, as :func:`gradfit.optim.native_lm.kernel`."""
+    import torch
+
+    from ..formula.c_code import c_supported
+
+    expression = getattr(model, "expression", None)
+    if expression is None:
+        return None, "not a formula"
+    if dtype not in (torch.float32, torch.float64):
+        return None, f"no native kernel for {dtype}"
+    if not c_supported(expression):
+        return None, "a function of the formula has no C form"
+    from ..formula.cache import cache_dir
+
+    double = dtype == torch.float64
+    source, folder = global_source(expression, tuple(names), n_shared, tuple(inputs), double), cache_dir()
+    if not build and not is_built(source, folder):
+        return None, "not built yet"
+    lib, reason = load(source, folder)
+    if lib is None:
+        return None, reason
+    return NativeGlobal(lib, double, tuple(inputs)), ""
