@@ -331,3 +331,28 @@ def test_native_finish_equals_the_torch_finish(dtype):
     cos = torch.sqrt(torch.clamp(-(state.g * d).sum(-1), min=0.0) / state.chi2)
     np.testing.assert_array_equal(good, (ok & torch.isfinite(cos) & (cos < 0.5 * threshold)).numpy())
     assert good.any() and not good.all()
+
+
+def test_many_small_calls_build_the_kernel_once_their_torch_time_pays_for_it(monkeypatch, tmp_path):
+    """compile="auto" tiering: a call too small to pay for a build runs in torch, but its time
+    counts; once the model's torch time exceeds NATIVE_MARGIN builds the next call builds it
+    (independent fits and global fits alike)."""
+    from gradfit.lsq import batched, compiled, global_fit
+
+    monkeypatch.setenv("GRADFIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_native, "_LOADED", {})
+    monkeypatch.setattr(compiled, "EAGER_SECONDS", {})
+    monkeypatch.setattr(batched, "worth_building", lambda *a: False)  # no single call pays
+    monkeypatch.setattr(global_fit, "_worth_building", lambda *a: False)
+    monkeypatch.setattr(compiled, "NATIVE_BUILD_S", 1e-9)  # ... but any torch time adds up past it
+    x, y, init = _gauss(40, seed=9)
+    first = gf.fit_many(GAUSS, x, y, init=init, dtype="float64")
+    second = gf.fit_many(GAUSS, x, y, init=init, dtype="float64")
+    assert not first.timings["native"] and second.timings["native"]
+    xs = np.linspace(0, 5, 32)
+    ys = 3.0 * np.exp(-0.8 * xs) + np.random.default_rng(1).normal(0, 0.01, (10, 32))
+    kw = dict(init={"a": 3.0, "k": 0.5}, shared=["k"], dtype="float64")
+    first = gf.fit_many("a*exp(-k*x)", xs, ys, **kw)
+    second = gf.fit_many("a*exp(-k*x)", xs, ys, **kw)
+    assert not first.timings["native"] and second.timings["native"]
+    assert second.shared["k"] == pytest.approx(first.shared["k"], rel=1e-10)

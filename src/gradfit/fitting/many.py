@@ -98,11 +98,20 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
         Jacobian's range is below max(1e-3, sqrt(tol)) (else stalled).
     dtype, device : working precision ("float32" refuses data beyond its range) and device.
     chunk_size : fits per chunk (default: from the free memory).
-    compile : "auto", True or False. "auto" never pays for a compile that eager would not
-        recover: it compiles when this process already holds the compiled kernel for this model
-        and shape, or when the first eager iteration projects more than
-        ``COMPILE_MARGIN * COMPILE_COST_S`` seconds (90 s on the CPU) for the rest. A model
-        torch.compile cannot trace runs eagerly, with the reason in ``timings["compile"]``.
+    compile : "auto", True or False. Formulas and built-ins without finite bounds, least
+        squares, on the CPU run the native C kernel (:mod:`gradfit.optim.native_lm`; with
+        ``shared``, :mod:`gradfit.optim.native_global`), built by the system C compiler and
+        cached on disk; the rest runs torch kernels. "auto" never pays for a build or a compile
+        that eager would not recover: it uses the native kernel when it is already built,
+        builds it after the first eager iteration when the projected rest exceeds two builds
+        (``NATIVE_MARGIN * NATIVE_BUILD_S``), or once this process's eager time on the model
+        exceeds that; for the torch kernels, it compiles when this process already holds the
+        compiled kernel for this model and shape, or when the first eager iteration projects
+        more than ``COMPILE_MARGIN * COMPILE_COST_S`` seconds (90 s on the CPU) for the rest.
+        True builds the native kernel (else torch.compile); False runs eagerly. A model
+        torch.compile cannot trace runs eagerly, with the reason in ``timings["compile"]``; a
+        failed native build is noted in ``timings["native_kernel"]``; ``timings["native"]``
+        says whether the native kernel ran.
     threads : intra-op CPU threads while fitting, or None ("auto": one thread for small batches,
         as :func:`gradfit.fit`, else the process's setting; on a machine busy with other work,
         ``threads=1`` avoids waiting at the thread pool's barrier).

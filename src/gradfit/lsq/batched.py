@@ -39,8 +39,9 @@ from ..models.jacobian import batch_residual_and_jacobian
 from ..optim.batch_lm import residual_floor2
 from ..stats import RANK_TOL, stationary_threshold
 from ..status import Status
-from .compiled import (COMPILE_FAILED, COMPILED, chunk_mode, compile_key, is_compile_failure, native_eligible,
-                       quiet, traceable_residual_and_jacobian, want_compile, worth_building, worth_compiling)
+from .compiled import (COMPILE_FAILED, COMPILED, add_eager_seconds, chunk_mode, compile_key, is_compile_failure,
+                       native_eligible, quiet, spent_enough, traceable_residual_and_jacobian, want_compile,
+                       worth_building, worth_compiling)
 from .end_points import check_end_points, clear_end_points, likelihood_statistics, weighted_at
 
 __all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "CPU_CHUNK_BYTES", "BatchedSolution", "solve_batched"]
@@ -160,7 +161,10 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
                                torch.get_num_threads())
             first_iter_s, ran_compiled, ran_native = 0.0, False, native
         else:
+            t_chunk = time.perf_counter()
             state, first_iter_s, ran_compiled, ran_native = _iterate(make_step, tensors, max_iter, mode, tol, native)
+            if callable(native) and ran_native is None and not ran_compiled:  # torch ran what C could have
+                add_eager_seconds(_native_key(model, names, dtype), time.perf_counter() - t_chunk)
         if ran_compiled and fresh:
             warmup += first_iter_s
         compiled_chunks += ran_compiled
@@ -370,7 +374,8 @@ def _native_kernel(use_compile, model, names, fused, tensors, dtype, device, lik
     from ..optim.native_lm import kernel
 
     inputs = tuple(tensors["inputs"])
-    found, reason = kernel(model, names, inputs, dtype, build=use_compile is True)
+    build_now = use_compile is True or spent_enough(_native_key(model, names, dtype))
+    found, reason = kernel(model, names, inputs, dtype, build=build_now)
     if found is not None:
         return found
     if reason == "not built yet":
@@ -381,9 +386,14 @@ def _native_kernel(use_compile, model, names, fused, tensors, dtype, device, lik
             return built
 
         return build
-    if use_compile is True:
+    if build_now:
         notes["native_kernel"] = reason
     return None
+
+
+def _native_key(model, names, dtype):
+    """The key of a model's torch time in lsq/compiled.EAGER_SECONDS."""
+    return ("batch", getattr(model, "expression", None), tuple(names), str(dtype))
 
 
 # -- the loop -----------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ __all__ = [
     "is_compile_failure",
     "model_key",
     "native_eligible",
+    "add_eager_seconds",
+    "spent_enough",
     "worth_building",
     "quiet",
     "traceable_residual_and_jacobian",
@@ -44,6 +46,22 @@ EXPECTED_ITERATIONS = 8
 #: projected eager time of the rest of the chunk exceeds NATIVE_MARGIN times this
 NATIVE_BUILD_S = 0.3
 NATIVE_MARGIN = 2.0
+
+
+#: seconds the torch loops spent, in this process, on models a native kernel could run
+#: (key: the model's expression, parameter names and dtype); once they exceed NATIVE_MARGIN
+#: builds, compile="auto" builds the kernel however small the next call: many small calls
+#: pay for it as one large one would (a JIT's tiering)
+EAGER_SECONDS: dict = {}
+
+
+def spent_enough(key) -> bool:
+    """True once the torch loops of ``key`` have cost more than NATIVE_MARGIN builds."""
+    return EAGER_SECONDS.get(key, 0.0) > NATIVE_MARGIN * NATIVE_BUILD_S
+
+
+def add_eager_seconds(key, seconds: float) -> None:
+    EAGER_SECONDS[key] = EAGER_SECONDS.get(key, 0.0) + seconds
 
 
 def native_eligible(fused: bool, tensors: dict, device, likelihood) -> bool:

@@ -47,6 +47,7 @@ from ..models.jacobian import batch_residual_and_jacobian
 from ..optim.batch_lm import residual_floor2
 from ..stats import RANK_TOL, batch_statistics
 from ..status import Status
+from .compiled import NATIVE_BUILD_S, NATIVE_MARGIN, add_eager_seconds, spent_enough
 
 __all__ = ["DEFAULT_MAX_ITER", "GlobalSolution", "solve_global"]
 
@@ -173,12 +174,17 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     n_used_t = torch.as_tensor(np.maximum(n_used, 1), dtype=torch.float64, device=device)
 
     native = None  # the whole loop in C (optim/native_global.py) where it applies
+    native_key = t_torch = None
     if compile is not False and not likelihood and box is None and reduce is _no_reduce and fused \
             and device.type == "cpu":
         from ..optim.native_global import global_kernel
 
+        native_key = ("global", model.expression, names, tuple(shared), str(dtype))
         native, _ = global_kernel(model, tuple(names[j] for j in order), len(i_s), tuple(inputs_t), dtype,
-                                  build=compile is True or _worth_building(n_fits, y.shape[1], len(names)))
+                                  build=compile is True or _worth_building(n_fits, y.shape[1], len(names))
+                                  or spent_enough(native_key))
+        if native is None:  # the torch loop's time counts towards building the kernel (lsq/compiled.py)
+            t_torch = time.perf_counter()
 
     def run(local0, shared0, poisson: bool):
         # on the Pearson scale sqrt(y) for the deviance (as lsq/batched): the floor of an exact
@@ -211,6 +217,8 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
             local0, shared0, ls_iterations = ls.local.clone(), ls.shared.clone(), ls.iterations
     state = run(local0, shared0, bool(likelihood))
     elapsed = time.perf_counter() - t0
+    if t_torch is not None:
+        add_eager_seconds(native_key, time.perf_counter() - t_torch)
     joint = Status.MAX_ITERATIONS.code if state.status == RUNNING else state.status
     extra = None
     if likelihood:  # float64 statistics at the end point (lsq/end_points); chisqr is the deviance
@@ -219,7 +227,12 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
         extra = likelihood_statistics(model, names, fused, inputs, y, w, slice(0, n_fits), at, device)
         state.chi2 = torch.where(torch.isfinite(state.chi2), t(np.nan_to_num(extra["deviance"], nan=np.inf),
                                                                torch.float64), state.chi2)
-    se_l, se_s, singular, stats, cov_ls = _covariance(state, free_l, free_s, n_used, reduce, extra)
+    if native is not None and not likelihood:
+        se_l, se_s, singular, stats, cov_ls = native.covariance(
+            state, free_l, free_s, n_used, RANK_TOL,
+            lambda d_tot, ctx, n_inc, n_pts, chi2: _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s))
+    else:
+        se_l, se_s, singular, stats, cov_ls = _covariance(state, free_l, free_s, n_used, reduce, extra)
     included = state.included.cpu().numpy() & ~singular
     fit_status = state.fit_status.cpu().numpy()
     status = np.where(included, joint, np.where(singular, Status.SINGULAR.code, fit_status)).astype(np.int8)
@@ -254,10 +267,41 @@ def _worth_building(n_fits: int, n_points: int, n_params: int) -> bool:
     longer than NATIVE_MARGIN builds (lsq/compiled.py): ~10 us per fit and iteration at
     4 parameters and 32 points (the torch loop's measured cost at 1,000-100,000 fits: 1.3 ms
     per iteration of 1,000 fits, mostly fixed cost; ~3.7 us per fit at 100k), ~8 iterations."""
-    from .compiled import NATIVE_BUILD_S, NATIVE_MARGIN
-
     projected = 8 * (1.3e-3 + 0.45e-6 * n_fits * n_points * n_params / 128)
     return projected > NATIVE_MARGIN * NATIVE_BUILD_S
+
+
+def _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s, likelihood=None, totals=()):
+    """The joint statistics and the shared block of the joint covariance from the sums over the
+    fits in the joint problem: (stats, scale, S0^-1 (P_s, P_s) numpy with zero rows and columns
+    for fixed shared parameters, or None, factored). S0 = D - sum C^T A^-1 C (the Schur complement
+    at lam = 0); ``scale`` is chi2 / dof (1 for a likelihood: the Cramer-Rao bound); S0^-1 is None
+    where S0 does not factor (``factored`` False) or the scale is not finite."""
+    ps = d_tot.shape[0]
+    active = np.array([bool(v) for v in free_s])
+    both = active[:, None] & active[None, :]
+    s0 = np.where(both, d_tot - ctx, np.eye(ps))
+    k = round(n_inc) * int(sum(free_l)) + int(sum(free_s))
+    if likelihood is not None:  # Cramer-Rao: the inverse Fisher information, absolute
+        from ..likelihood import batch_poisson_fit_statistics
+
+        joint = batch_poisson_fit_statistics(*(np.array([v]) for v in totals), np.array([round(n_pts)]), k)
+    else:
+        joint = batch_statistics(np.array([chi2]), np.array([round(n_pts)]), k)
+    stats = {key: v[0].item() for key, v in joint.items()}
+    stats["n_params"] = k
+    dof = stats["dof"]
+    scale = 1.0 if likelihood is not None else chi2 / dof if dof > 0 else float("nan")
+    try:
+        factor = np.linalg.cholesky(s0) if np.isfinite(s0).all() else None
+    except np.linalg.LinAlgError:
+        factor = None
+    if factor is None or not np.isfinite(factor).all():
+        return stats, scale, None, False
+    if not np.isfinite(scale):
+        return stats, scale, None, True
+    inv_factor = np.linalg.inv(factor)
+    return stats, scale, np.where(both, inv_factor.T @ inv_factor, 0.0), True
 
 
 def _covariance(state, free_l, free_s, n_used, reduce, likelihood=None):
@@ -294,28 +338,14 @@ def _covariance(state, free_l, free_s, n_used, reduce, likelihood=None):
     parts = [d.sum(0).flatten(), (cm.transpose(1, 2) @ x).sum(0).flatten(),
              torch.where(inc[:, None], per_fit, 0.0).sum(0)]
     sums = reduce(torch.cat(parts))
-    d_tot, ctx = sums[:ps * ps].reshape(ps, ps), sums[ps * ps:2 * ps * ps].reshape(ps, ps)
+    d_tot, ctx = sums[:ps * ps].reshape(ps, ps).cpu().numpy(), sums[ps * ps:2 * ps * ps].reshape(ps, ps).cpu().numpy()
     n_inc, n_pts, chi2, *totals = sums[2 * ps * ps:].tolist()
-    active = torch.as_tensor([bool(v) for v in free_s], device=a.device)
-    eye = torch.eye(ps, dtype=torch.float64, device=a.device)
-    s0 = torch.where(active[:, None] & active[None, :], d_tot - ctx, eye)
-    k = round(n_inc) * int(sum(free_l)) + int(sum(free_s))
-    if likelihood is not None:  # Cramer-Rao: the inverse Fisher information, absolute
-        from ..likelihood import batch_poisson_fit_statistics
-
-        joint = batch_poisson_fit_statistics(*(np.array([v]) for v in totals), np.array([round(n_pts)]), k)
-    else:
-        joint = batch_statistics(np.array([chi2]), np.array([round(n_pts)]), k)
-    stats = {key: v[0].item() for key, v in joint.items()}
-    stats["n_params"] = k
-    dof = stats["dof"]
-    scale = 1.0 if likelihood is not None else chi2 / dof if dof > 0 else float("nan")
-    factor, info = torch.linalg.cholesky_ex(s0)
-    if int(info) != 0 or not np.isfinite(scale):
+    stats, scale, s_inv, factored = _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s, likelihood, totals)
+    if s_inv is None:
         nan_l = np.full((b, pl), np.nan)
         return nan_l, np.where(np.array(free_s) > 0, np.nan, 0.0), singular.cpu().numpy() | (
-            inc.cpu().numpy() if int(info) != 0 else False), stats, np.full((b, pl + ps, pl + ps), np.nan)
-    s_inv = torch.where(active[:, None] & active[None, :], torch.cholesky_inverse(factor), 0.0)
+            inc.cpu().numpy() if not factored else False), stats, np.full((b, pl + ps, pl + ps), np.nan)
+    s_inv = torch.as_tensor(s_inv, dtype=torch.float64, device=a.device)
     # fit b's block of the joint covariance over (local_b, shared), all a band needs:
     # [[A^-1 + X S0^-1 X^T, -X S0^-1], [-S0^-1 X^T, S0^-1]] * scale, with X = A^-1 C
     xs = x @ s_inv

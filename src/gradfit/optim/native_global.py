@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .._native import is_built, load
+from .._native import compiler, is_built, load
 from ..status import Status
 from .batch_lm import LAMBDA0, LAMBDA_MAX
 from .global_lm import RUNNING, GlobalState
@@ -36,7 +36,7 @@ _TEMPLATE = r"""
 #define PS {ps}
 #define P (PL + PS)
 #define NIN {n_inputs}
-#define ACC double
+#define ACC real
 {columns}
 #define RUNNING ({running})
 #define CONVERGED {converged}
@@ -78,6 +78,84 @@ static void solve_n(int n, const double *low, const double *rhs, const int *acti
     }}
 }}
 
+/* lsq/global_fit._covariance, first half: per fit in the joint problem, A^-1 [I, C] into
+   `both` (n, PL, PL + PS) from one factorization; a fit whose A does not factor, is not finite or
+   fails the rank screen F trace(M^-1) < 1 / rank_tol2 leaves it (singular[b] = 1); the sums
+   over the others: D, C^T A^-1 C, their count, points and chi-square (sums: PS*PS + PS*PS + 3). */
+void gf_cov_sums(long n, const double *a, const double *c, const double *d, const double *chi2,
+                 const double *n_used, const double *free_l_in, double rank_tol2, unsigned char *included,
+                 unsigned char *singular, double *both, double *sums) {{
+    int free_l[PL > 0 ? PL : 1];
+    double n_free = 0;
+    for (int i = 0; i < PL; i++) {{ free_l[i] = free_l_in[i] != 0; n_free += free_l[i]; }}
+    memset(sums, 0, sizeof(double) * (2 * PS * PS + 3));
+    for (long b = 0; b < n; b++) {{
+        singular[b] = 0;
+        if (!included[b]) continue;
+        const double *ab = a + b * PL * PL;
+        double low[PL * PL > 0 ? PL * PL : 1], *bb = both + b * PL * (PL + PS);
+        int ok = factor_n(PL, ab, 0.0, free_l, low);
+        for (int col = 0; col < PL + PS; col++) {{
+            double rhs[PL > 0 ? PL : 1], x[PL > 0 ? PL : 1];
+            for (int i = 0; i < PL; i++) rhs[i] = col < PL ? (i == col ? 1.0 : 0.0) : c[(b * PL + i) * PS + col - PL];
+            solve_n(PL, low, rhs, free_l, x);
+            for (int i = 0; i < PL; i++) {{ bb[i * (PL + PS) + col] = x[i]; ok = ok && isfinite(x[i]); }}
+        }}
+        double trace_inv = 0;
+        for (int i = 0; i < PL; i++) trace_inv += (ok ? bb[i * (PL + PS) + i] : 0.0) * ab[i * PL + i];
+        ok = ok && isfinite(trace_inv) && n_free * trace_inv < 1.0 / rank_tol2;
+        if (!ok) {{ singular[b] = 1; included[b] = 0; continue; }}
+        for (int i = 0; i < PS; i++)
+            for (int k = 0; k < PS; k++) {{
+                double ctx = 0;
+                for (int q = 0; q < PL; q++) ctx += c[(b * PL + q) * PS + i] * bb[q * (PL + PS) + PL + k];
+                sums[i * PS + k] += d[(b * PS + i) * PS + k];
+                sums[PS * PS + i * PS + k] += ctx;
+            }}
+        sums[2 * PS * PS] += 1.0;
+        sums[2 * PS * PS + 1] += n_used[b];
+        sums[2 * PS * PS + 2] += chi2[b];
+    }}
+}}
+
+/* lsq/global_fit._covariance, second half: with S0^-1 (PS x PS, zero over fixed shared ones) and
+   the scale chi2 / dof, each fit's block of the joint covariance over (local, shared),
+   [[A^-1 + X S0^-1 X^T, -X S0^-1], [-S0^-1 X^T, S0^-1]] * scale with X = A^-1 C (NaN outside the
+   joint problem), and its local standard errors (0 for fixed local parameters). */
+void gf_cov_blocks(long n, const double *both, const unsigned char *included, const double *s_inv, double scale,
+                   const double *free_l_in, double *cov, double *se_l) {{
+    for (long b = 0; b < n; b++) {{
+        const double *bb = both + b * PL * (PL + PS);
+        double *cb = cov + b * P * P;
+        if (!included[b]) {{
+            for (int i = 0; i < P * P; i++) cb[i] = NAN;
+            for (int i = 0; i < PL; i++) se_l[b * PL + i] = NAN;
+            continue;
+        }}
+        double xs[PL > 0 ? PL : 1][PS];
+        for (int i = 0; i < PL; i++)
+            for (int k = 0; k < PS; k++) {{
+                double t = 0;
+                for (int q = 0; q < PS; q++) t += bb[i * (PL + PS) + PL + q] * s_inv[q * PS + k];
+                xs[i][k] = t;
+            }}
+        for (int i = 0; i < PL; i++) {{
+            for (int k = 0; k < PL; k++) {{
+                double t = bb[i * (PL + PS) + k];
+                for (int q = 0; q < PS; q++) t += xs[i][q] * bb[k * (PL + PS) + PL + q];
+                cb[i * P + k] = t * scale;
+            }}
+            for (int k = 0; k < PS; k++) {{ cb[i * P + PL + k] = -xs[i][k] * scale; cb[(PL + k) * P + i] = -xs[i][k] * scale; }}
+            double v = bb[i * (PL + PS) + i];
+            for (int q = 0; q < PS; q++) v += xs[i][q] * bb[i * (PL + PS) + PL + q];
+            v *= scale;
+            se_l[b * PL + i] = free_l_in[i] != 0 ? sqrt(v > 0 ? v : 0.0) : 0.0;
+        }}
+        for (int i = 0; i < PS; i++)
+            for (int k = 0; k < PS; k++) cb[(PL + i) * P + PL + k] = s_inv[i * PS + k] * scale;
+    }}
+}}
+
 /* global_lm.step (no bounds, least squares, one process) until the joint problem ends or
    max_iter iterations. State arrays are read as the start and hold the end point. Returns the
    joint status (RUNNING: max_iter reached). */
@@ -109,8 +187,12 @@ long gf_global(long n, long m, const real *const *xs, const long *x_stride, cons
             real p[P];
             for (int i = 0; i < PL; i++) p[i] = (real)t_local[b * PL + i];
             for (int i = 0; i < PS; i++) p[PL + i] = (real)t_shared[i];
+            ACC c2, nn[P * P], gg[P];  /* sums in the evaluation dtype, as the torch loop's products */
             fit_columns(m, xs, x_stride, b, y + b * m, w ? w + b * m : 0, p, cols);
-            normal_sums(m, cols, &t_chi2[b], t_n + b * P * P, t_g + b * P);
+            normal_sums(m, cols, &c2, nn, gg);
+            t_chi2[b] = c2;
+            for (int i = 0; i < P * P; i++) t_n[b * P * P + i] = nn[i];
+            for (int i = 0; i < P; i++) t_g[b * P + i] = gg[i];
             double s = t_chi2[b];
             for (int i = 0; i < P * P; i++) s += t_n[b * P * P + i];
             for (int i = 0; i < P; i++) s += t_g[b * P + i];
@@ -253,6 +335,47 @@ class NativeGlobal:
                        ctypes.c_double, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
         fn.restype = ctypes.c_long
         self.fn = fn
+        self.cov_sums = lib.gf_cov_sums
+        self.cov_sums.argtypes = [ctypes.c_long, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_double, ptr, ptr, ptr, ptr]
+        self.cov_sums.restype = None
+        self.cov_blocks = lib.gf_cov_blocks
+        self.cov_blocks.argtypes = [ctypes.c_long, ptr, ptr, ptr, ctypes.c_double, ptr, ptr, ptr]
+        self.cov_blocks.restype = None
+
+    def covariance(self, state: GlobalState, free_l, free_s, n_used, rank_tol: float, joint_scale):
+        """lsq/global_fit._covariance for least squares in C: (se_l (B, P_l), se_s (P_s,),
+        singular (B,) bool, stats, covariance (B, P, P) over (local, shared)) as numpy arrays.
+        ``joint_scale(d_tot, ctx, n_inc, n_pts, chi2) -> (stats, scale, s_inv or None, factored)``
+        is the Python half shared with the torch path (the joint statistics and the Schur inverse)."""
+        import numpy as np
+
+        b, pl = state.local.shape
+        ps = state.shared.shape[0]
+        f64 = lambda t: np.ascontiguousarray(t.numpy(), dtype=np.float64)  # noqa: E731
+        a, c, d, chi2 = f64(state.a), f64(state.c), f64(state.d), f64(state.chi2)
+        used = np.ascontiguousarray(n_used, dtype=np.float64)
+        fl = np.ascontiguousarray(free_l, dtype=np.float64)
+        included = np.ascontiguousarray(state.included.numpy(), dtype=np.uint8)
+        singular = np.zeros(b, dtype=np.uint8)
+        both = np.empty((b, pl, pl + ps))
+        sums = np.empty(2 * ps * ps + 3)
+        self.cov_sums(b, a.ctypes.data, c.ctypes.data, d.ctypes.data, chi2.ctypes.data, used.ctypes.data,
+                      fl.ctypes.data, rank_tol**2, included.ctypes.data, singular.ctypes.data, both.ctypes.data,
+                      sums.ctypes.data)
+        d_tot, ctx = sums[:ps * ps].reshape(ps, ps), sums[ps * ps:2 * ps * ps].reshape(ps, ps)
+        n_inc, n_pts, total = sums[2 * ps * ps:]
+        stats, scale, s_inv, factored = joint_scale(d_tot, ctx, n_inc, n_pts, total)
+        singular = singular.astype(bool)
+        if s_inv is None:  # the shared block is undetermined: every fit still in the joint problem with it
+            return np.full((b, pl), np.nan), np.where(np.asarray(free_s) > 0, np.nan, 0.0), \
+                singular | (included.astype(bool) if not factored else False), stats, np.full((b, pl + ps, pl + ps), np.nan)
+        s_inv = np.ascontiguousarray(s_inv, dtype=np.float64)
+        cov = np.empty((b, pl + ps, pl + ps))
+        se_l = np.empty((b, pl))
+        self.cov_blocks(b, both.ctypes.data, included.ctypes.data, s_inv.ctypes.data, scale, fl.ctypes.data,
+                        cov.ctypes.data, se_l.ctypes.data)
+        se_s = np.sqrt(np.clip(np.diagonal(s_inv) * scale, 0.0, None))
+        return se_l, se_s, singular, stats, cov
 
     def run(self, state: GlobalState, inputs: dict, y, w, free_l, free_s, *, tol: float, max_iter: int,
             floor2: float, rounding2) -> GlobalState:
@@ -317,10 +440,17 @@ def global_kernel(model, names: tuple[str, ...], n_shared: int, inputs: tuple[st
     from ..formula.cache import cache_dir
 
     double = dtype == torch.float64
-    source, folder = global_source(expression, tuple(names), n_shared, tuple(inputs), double), cache_dir()
-    if not build and not is_built(source, folder):
-        return None, "not built yet"
-    lib, reason = load(source, folder)
-    if lib is None:
-        return None, reason
-    return NativeGlobal(lib, double, tuple(inputs)), ""
+    folder = cache_dir()
+    key = (expression, tuple(names), n_shared, tuple(inputs), double, folder, compiler())
+    if key not in _KERNELS:
+        source = global_source(expression, tuple(names), n_shared, tuple(inputs), double)
+        if not build and not is_built(source, folder):
+            return None, "not built yet"
+        lib, reason = load(source, folder)
+        if lib is None:
+            return None, reason
+        _KERNELS[key] = NativeGlobal(lib, double, tuple(inputs))
+    return _KERNELS[key], ""
+
+
+_KERNELS: dict = {}  # loaded kernels of this process

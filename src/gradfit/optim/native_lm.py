@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .._native import is_built, load
+from .._native import compiler, is_built, load
 from ..status import Status
 from .batch_lm import LAMBDA_MAX, RUNNING, BatchState
 
@@ -383,10 +383,17 @@ def kernel(model, names: tuple[str, ...], inputs: tuple[str, ...], dtype, *, bui
     from ..formula.cache import cache_dir
 
     double = dtype == torch.float64
-    source, folder = kernel_source(expression, tuple(names), tuple(inputs), double), cache_dir()
-    if not build and not is_built(source, folder):
-        return None, "not built yet"
-    lib, reason = load(source, folder)
-    if lib is None:
-        return None, reason
-    return NativeLM(lib, double, len(names), tuple(inputs)), ""
+    folder = cache_dir()
+    key = (expression, tuple(names), tuple(inputs), double, folder, compiler())
+    if key not in _KERNELS:
+        source = kernel_source(expression, tuple(names), tuple(inputs), double)
+        if not build and not is_built(source, folder):
+            return None, "not built yet"
+        lib, reason = load(source, folder)
+        if lib is None:
+            return None, reason
+        _KERNELS[key] = NativeLM(lib, double, len(names), tuple(inputs))
+    return _KERNELS[key], ""
+
+
+_KERNELS: dict = {}  # loaded kernels of this process
