@@ -356,3 +356,31 @@ def test_many_small_calls_build_the_kernel_once_their_torch_time_pays_for_it(mon
     second = gf.fit_many("a*exp(-k*x)", xs, ys, **kw)
     assert not first.timings["native"] and second.timings["native"]
     assert second.shared["k"] == pytest.approx(first.shared["k"], rel=1e-10)
+
+
+def test_many_parameters_and_two_inputs_as_eager():
+    """14 parameters (above the torch kernel's unrolled solve: LAPACK there, unrolled here) and
+    a model of two inputs give the eager kernel's answers."""
+    rng = np.random.default_rng(12)
+    x = np.linspace(-1, 1, 40)
+    terms = " + ".join(f"c{i}*x**{i}" for i in range(14))
+    coef = rng.normal(size=14)
+    y = np.polynomial.polynomial.polyval(x, coef)[None, :] + rng.normal(0, 0.01, (6, 40))
+    init = {f"c{i}": 0.0 for i in range(14)}
+    eager = gf.fit_many(terms, x, y, init=init, dtype="float64", compile=False)
+    native = gf.fit_many(terms, x, y, init=init, dtype="float64", compile=True)
+    assert native.timings["native"]
+    np.testing.assert_array_equal(native.status, eager.status)
+    for k in init:
+        np.testing.assert_allclose(native.params[k], eager.params[k], rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(native.stderr[k], eager.stderr[k], rtol=1e-5)
+    # two inputs, one of them per fit
+    z = rng.uniform(1, 2, (6, 40))
+    y2 = 2.0 * np.exp(-0.5 * x) * z + 0.3 * z**2 + rng.normal(0, 0.01, (6, 40))
+    kw = dict(init={"a": 1.0, "k": 1.0, "b": 0.0}, dtype="float64")
+    eager = gf.fit_many("a*exp(-k*x)*z + b*z**2", {"x": x, "z": z}, y2, compile=False, **kw)
+    native = gf.fit_many("a*exp(-k*x)*z + b*z**2", {"x": x, "z": z}, y2, compile=True, **kw)
+    assert native.timings["native"] and native.converged.all()
+    for k in "akb":
+        np.testing.assert_allclose(native.params[k], eager.params[k], rtol=1e-9)
+    np.testing.assert_allclose(native.params["b"], 0.3, atol=0.02)
