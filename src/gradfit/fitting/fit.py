@@ -18,24 +18,17 @@ from ..lsq.likelihood import POISSON_REASON, PoissonProblem
 from ..lsq.problem import LeastSquaresProblem, linear_reason
 from ..models import resolve_model
 from ..models.neural import MLPSpec
-from ..options import FitOptions, dtype_name
+from ..options import FitOptions
 from .crossval import cross_validate
 from .first_order import module_objective, scalar_objective, tensors, train_first_order, working_dtype
 from .keywords import FIT_KEYWORDS, options_from_keywords
 from .least_squares import least_squares_fit, poisson_fit, with_poisson_uncertainty, with_uncertainty
 from .multistart import best_start, check_starts
-from .setup import FitSetup, make_checkpointer, parameter_space, resolve_device
+from .setup import FitSetup, make_checkpointer, parameter_space, resolve_device, resolve_dtype
 
 __all__ = ["fit", "resolve_dtype", "resolve_device", "choose_method", "FitSetup"]
 
 _DIRECT = ("lm", "linear")
-
-
-def resolve_dtype(dtype):
-    """The torch dtype of "float32"/"float64" (or their aliases, or a torch dtype); ConfigError otherwise."""
-    import torch
-
-    return getattr(torch, dtype_name(dtype))
 
 
 @lru_cache(maxsize=8)

@@ -148,7 +148,7 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
         return fit_candidates(fit_many, model, models, criterion, keywords)
     from .._threads import check_threads, choose_threads, intra_op_threads
     from ..models import resolve_model
-    from .fit import resolve_device, resolve_dtype
+    from .setup import resolve_device, resolve_dtype  # not fit.py: fit_many needs none of gf.fit's imports
 
     if loss not in ("mse", "poisson") or method != "lm":
         raise ConfigError(f"fit_many fits with Levenberg-Marquardt (method='lm') by least squares (loss='mse') or "

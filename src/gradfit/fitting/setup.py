@@ -13,9 +13,9 @@ from ..errors import ConfigError, DataError, ModelError
 from ..models import FormulaModel
 from ..models.parameters import ParameterSpace, ParameterSpec, refuse_inputs_as_parameters
 from ..models.starts import formula_start_space
-from ..options import device_name
+from ..options import device_name, dtype_name
 
-__all__ = ["FitSetup", "resolve_device", "make_checkpointer", "parameter_space"]
+__all__ = ["FitSetup", "resolve_device", "resolve_dtype", "make_checkpointer", "parameter_space"]
 
 
 @lru_cache(maxsize=1)
@@ -23,6 +23,13 @@ def _auto_device():
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype):
+    """The torch dtype of "float32"/"float64" (or their aliases, or a torch dtype); ConfigError otherwise."""
+    import torch
+
+    return getattr(torch, dtype_name(dtype))
 
 
 def resolve_device(device):
