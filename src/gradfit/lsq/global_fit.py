@@ -117,9 +117,9 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
         return torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=device)
 
     y_t = t(y)
-    y_t = torch.where(torch.isfinite(y_t), y_t, torch.zeros_like(y_t))  # NaN points have weight 0
+    y_t = torch.nan_to_num(y_t, nan=0.0, posinf=0.0, neginf=0.0)  # NaN points have weight 0
     w_t = t(w)
-    zero_t = (y_t == 0) & (w_t > 0)  # Poisson: the counts whose mean may reach 0
+    zero_t = (y_t == 0) & (w_t > 0) if likelihood else None  # Poisson: the counts whose mean may reach 0
     inputs_t = {k: t(v) for k, v in inputs.items()}
     fused = getattr(model, "expression", None) is not None
     from .batched import CPU_CHUNK_BYTES
@@ -242,8 +242,9 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     stderr = np.full((n_fits, len(names)), np.nan)
     stderr[:, i_l] = np.where(included[:, None], se_l, np.nan)
     stderr[:, i_s] = se_s[None, :]
-    covariance = np.full((n_fits, len(names), len(names)), np.nan)  # back from (local, shared) to names' order
-    covariance[np.ix_(included, order, order)] = cov_ls[included]
+    back_np = np.argsort(order)  # from (local, shared) back to names' order; NaN outside the joint fit
+    covariance = np.asarray(cov_ls, dtype=np.float64)[:, back_np][:, :, back_np]
+    covariance[~included] = np.nan
     chisqr = np.where(np.isfinite(state.chi2.cpu().numpy()), state.chi2.cpu().numpy(), np.nan)
     iterations = np.where(status0 == RUNNING, state.iterations + ls_iterations, 0).astype(np.int32)
     timings = {"fit_s": elapsed, "warmup_s": 0.0, "fits": n_fits, "fits_per_s": n_fits / max(elapsed, 1e-12),

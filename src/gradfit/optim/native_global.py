@@ -47,7 +47,8 @@ static const double LAMBDA_MAX = {lambda_max};
 
 /* Cholesky of (M + lam diag(M)) over the active coordinates, the identity over the others
    (batch_solve.damped_solve's unrolled order); m is n x n, row-major. */
-static int factor_n(int n, const double *m, double lam, const int *active, double *low) {{
+static inline __attribute__((always_inline)) int factor_n(int n, const double *m, double lam, const int *active,
+                                                            double *low) {{
     int ok = 1;
     for (int j = 0; j < n; j++) {{
         double s = active[j] ? m[j * n + j] * (1.0 + lam) : 1.0;
@@ -64,7 +65,8 @@ static int factor_n(int n, const double *m, double lam, const int *active, doubl
     return ok;
 }}
 
-static void solve_n(int n, const double *low, const double *rhs, const int *active, double *x) {{
+static inline __attribute__((always_inline)) void solve_n(int n, const double *low, const double *rhs,
+                                                           const int *active, double *x) {{
     double z[PL > PS ? PL : PS];
     for (int i = 0; i < n; i++) {{
         double t = active[i] ? rhs[i] : 0.0;
@@ -435,14 +437,14 @@ def global_kernel(model, names: tuple[str, ...], n_shared: int, inputs: tuple[st
         return None, "not a formula"
     if dtype not in (torch.float32, torch.float64):
         return None, f"no native kernel for {dtype}"
-    if not c_supported(expression):
-        return None, "a function of the formula has no C form"
     from ..formula.cache import cache_dir
 
     double = dtype == torch.float64
     folder = cache_dir()
     key = (expression, tuple(names), n_shared, tuple(inputs), double, folder, compiler())
     if key not in _KERNELS:
+        if not c_supported(expression):
+            return None, "a function of the formula has no C form"
         source = global_source(expression, tuple(names), n_shared, tuple(inputs), double)
         if not build and not is_built(source, folder):
             return None, "not built yet"

@@ -378,14 +378,14 @@ def kernel(model, names: tuple[str, ...], inputs: tuple[str, ...], dtype, *, bui
         return None, "not a formula"
     if dtype not in (torch.float32, torch.float64):
         return None, f"no native kernel for {dtype}"
-    if not c_supported(expression):
-        return None, "a function of the formula has no C form"
     from ..formula.cache import cache_dir
 
     double = dtype == torch.float64
     folder = cache_dir()
     key = (expression, tuple(names), tuple(inputs), double, folder, compiler())
     if key not in _KERNELS:
+        if not c_supported(expression):
+            return None, "a function of the formula has no C form"
         source = kernel_source(expression, tuple(names), tuple(inputs), double)
         if not build and not is_built(source, folder):
             return None, "not built yet"
