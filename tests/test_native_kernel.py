@@ -292,9 +292,9 @@ def test_the_cache_loads_only_private_libraries(monkeypatch, tmp_path):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_native_finish_equals_the_torch_finish(dtype):
     """Standard errors, covariance, the full-rank screen and the range-cosine screen in C against
-    lsq/batched._finish and lsq/end_points.clear_end_points, on healthy, singular, non-finite and
+    lsq/end_points.finish and clear_end_points, on healthy, singular, non-finite and
     too-few-points fits, with a fixed parameter."""
-    from gradfit.lsq.batched import _finish
+    from gradfit.lsq.end_points import finish
     from gradfit.optim.batch_lm import BatchState
     from gradfit.optim.native_lm import kernel
 
@@ -319,7 +319,7 @@ def test_native_finish_equals_the_torch_finish(dtype):
     assert lm is not None, reason
     floor, threshold = 1e-10, 1e-3
     se, full_rank, cov, good = lm.finish(state, t(n_used), free, floor, threshold)
-    se_t, full_rank_t, cov_t = _finish(state.a, state.chi2, t(n_used), free, floor)
+    se_t, full_rank_t, cov_t = finish(state.a, state.chi2, t(n_used), free, floor)
     rtol = 1e-10 if dtype == torch.float64 else 2e-4
     np.testing.assert_allclose(se.numpy(), se_t.numpy(), rtol=rtol, equal_nan=True)
     np.testing.assert_allclose(cov.numpy(), cov_t.numpy(), rtol=rtol, atol=1e-12, equal_nan=True)

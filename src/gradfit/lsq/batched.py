@@ -40,9 +40,9 @@ from ..optim.batch_lm import residual_floor2
 from ..stats import RANK_TOL, stationary_threshold
 from ..status import Status
 from .compiled import (COMPILE_FAILED, COMPILED, add_eager_seconds, chunk_mode, compile_key, is_compile_failure,
-                       native_eligible, quiet, spent_enough, traceable_residual_and_jacobian, want_compile,
+                       native_kernel, native_key, quiet, traceable_residual_and_jacobian, want_compile,
                        worth_building, worth_compiling)
-from .end_points import check_end_points, clear_end_points, likelihood_statistics, weighted_at
+from .end_points import check_end_points, clear_end_points, finish_chunk, likelihood_statistics, weighted_at
 
 __all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "CPU_CHUNK_BYTES", "BatchedSolution", "solve_batched"]
 
@@ -153,7 +153,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         def make_step(t, compiled):
             return _stepper(model, names, fused, compiled, t, tol)
 
-        native = _native_kernel(use_compile, model, names, fused, tensors, dtype, device, likelihood, notes)
+        native = native_kernel(use_compile, model, names, fused, tensors, dtype, device, likelihood, notes)
         if native is not None and not callable(native):  # built: the whole loop in C
             from ..optim.batch_lm import init
 
@@ -164,7 +164,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
             t_chunk = time.perf_counter()
             state, first_iter_s, ran_compiled, ran_native = _iterate(make_step, tensors, max_iter, mode, tol, native)
             if callable(native) and ran_native is None and not ran_compiled:  # torch ran what C could have
-                add_eager_seconds(_native_key(model, names, dtype), time.perf_counter() - t_chunk)
+                add_eager_seconds(native_key(model, names, dtype), time.perf_counter() - t_chunk)
         if ran_compiled and fresh:
             warmup += first_iter_s
         compiled_chunks += ran_compiled
@@ -173,7 +173,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         if ran_native is not None:  # the standard errors and the end-point screen in C too
             se, full_rank, cov, good = ran_native.finish(state, tensors["n_used"], free_t, floor, stationary_threshold(tol))
         else:
-            se, full_rank, cov = _finish_chunk(ran_compiled, state, tensors["n_used"], free_t, floor, likelihood)
+            se, full_rank, cov = finish_chunk(ran_compiled, state, tensors["n_used"], free_t, floor, likelihood)
         if ran_compiled and key in COMPILE_FAILED:
             notes["compile"] = f"torch.compile failed for this model; ran eagerly ({COMPILE_FAILED[key]})"
         params[sl] = np.where(held, theta0[sl], _on_bounds(state.theta, tensors, lower[sl], upper[sl]))
@@ -363,39 +363,6 @@ def constant_partials(model, names, fused) -> tuple:
     return tuple((j, float(t.value)) for j, t in enumerate(outputs[1:]) if isinstance(t, Num))
 
 
-def _native_kernel(use_compile, model, names, fused, tensors, dtype, device, likelihood, notes: dict):
-    """This chunk's native kernel (optim/native_lm.py): a NativeLM when it runs the chunk from
-    the start (compile=True, or "auto" with the library already built), a function that builds
-    it (compile="auto" with the library not built yet: _iterate decides after one eager
-    iteration), or None (compile=False, a model or batch it does not cover, no compiler).
-    A failed build is noted in ``notes["native"]``."""
-    if use_compile is False or not native_eligible(fused, tensors, device, likelihood):
-        return None
-    from ..optim.native_lm import kernel
-
-    inputs = tuple(tensors["inputs"])
-    build_now = use_compile is True or spent_enough(_native_key(model, names, dtype))
-    found, reason = kernel(model, names, inputs, dtype, build=build_now)
-    if found is not None:
-        return found
-    if reason == "not built yet":
-        def build():
-            built, why = kernel(model, names, inputs, dtype)
-            if built is None:
-                notes["native_kernel"] = why
-            return built
-
-        return build
-    if build_now:
-        notes["native_kernel"] = reason
-    return None
-
-
-def _native_key(model, names, dtype):
-    """The key of a model's torch time in lsq/compiled.EAGER_SECONDS."""
-    return ("batch", getattr(model, "expression", None), tuple(names), str(dtype))
-
-
 # -- the loop -----------------------------------------------------------------------------------
 def _iterate(make_step, tensors, max_iter: int, mode, tol: float = 0.0, build_native=None):
     """Run up to max_iter iterations. Finished fits are frozen by the kernel; once half of
@@ -502,51 +469,3 @@ def _on_bounds(theta, tensors, lower: np.ndarray, upper: np.ndarray) -> np.ndarr
     at_lo = (theta <= lo_t).cpu().numpy()
     at_hi = (theta >= hi_t).cpu().numpy()
     return np.where(at_lo, lower, np.where(at_hi, upper, values))
-
-
-def _finish(a, chi2, n_used, free, floor: float, likelihood=None):
-    """Standard errors (B, P), per fit whether the working-precision normal matrix proves
-    the Jacobian full rank, and the covariance (B, P, P) (optim/batch_solve.covariance_matrices).
-
-    With M = D^-1 A D^-1 over the F free parameters (unit diagonal), lambda_max(M) <= trace(M)
-    = F and lambda_min(M) >= 1 / trace(M^-1), and diag(M^-1) = diag(A^-1) * diag(A). So
-    F * trace(M^-1) < 1 / floor proves lambda_min / lambda_max > floor >= RANK_TOL**2 (the
-    rank test on singular values, squared), while the floor, far above the rounding level,
-    keeps the computed inverse accurate enough for the bound to hold.
-    """
-    import torch
-
-    from ..optim.batch_lm import standard_errors
-    from ..optim.batch_solve import covariance_matrices, inverse_diagonal
-
-    var_unit, ok = inverse_diagonal(a, free)
-    se = standard_errors(a, chi2, n_used, free, (var_unit, ok), likelihood=likelihood)
-    n_free = float(sum(free))
-    diag = torch.diagonal(a, dim1=-2, dim2=-1)
-    trace_inv = (var_unit * diag).sum(-1)
-    full_rank = ok & torch.isfinite(trace_inv) & (n_free * trace_inv < 1.0 / floor)
-    return se, full_rank, covariance_matrices(a, chi2, n_used, free, likelihood=likelihood)
-
-
-def _finish_chunk(use_compile: bool, state, n_used, free, floor: float, likelihood=None):
-    """Standard errors and the full-rank screen of one chunk (compiled when the step is; eager
-    when torch.compile fails on it)."""
-    if use_compile and "finish" not in COMPILE_FAILED:
-        try:
-            return _finisher(True)(state.a, state.chi2, n_used, free, floor, likelihood)
-        except Exception as exc:
-            if not is_compile_failure(exc):
-                raise
-            COMPILE_FAILED["finish"] = type(exc).__name__
-    return _finish(state.a, state.chi2, n_used, free, floor, likelihood)
-
-
-def _finisher(use_compile: bool):
-    if not use_compile:
-        return _finish
-    fn = COMPILED.get("finish")
-    if fn is None:
-        import torch
-
-        fn = COMPILED["finish"] = quiet(torch.compile(_finish, dynamic=True))
-    return fn

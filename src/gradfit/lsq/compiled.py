@@ -17,6 +17,8 @@ __all__ = [
     "is_compile_failure",
     "model_key",
     "native_eligible",
+    "native_kernel",
+    "native_key",
     "add_eager_seconds",
     "spent_enough",
     "worth_building",
@@ -212,3 +214,36 @@ def _torch_logs_silenced(active: bool = True):
     finally:
         for logger, level in saved:
             logger.setLevel(level)
+
+
+def native_kernel(use_compile, model, names, fused, tensors, dtype, device, likelihood, notes: dict):
+    """This chunk's native kernel (optim/native_lm.py): a NativeLM when it runs the chunk from
+    the start (compile=True, or "auto" with the library already built), a function that builds
+    it (compile="auto" with the library not built yet: _iterate decides after one eager
+    iteration), or None (compile=False, a model or batch it does not cover, no compiler).
+    A failed build is noted in ``notes["native"]``."""
+    if use_compile is False or not native_eligible(fused, tensors, device, likelihood):
+        return None
+    from ..optim.native_lm import kernel
+
+    inputs = tuple(tensors["inputs"])
+    build_now = use_compile is True or spent_enough(native_key(model, names, dtype))
+    found, reason = kernel(model, names, inputs, dtype, build=build_now)
+    if found is not None:
+        return found
+    if reason == "not built yet":
+        def build():
+            built, why = kernel(model, names, inputs, dtype)
+            if built is None:
+                notes["native_kernel"] = why
+            return built
+
+        return build
+    if build_now:
+        notes["native_kernel"] = reason
+    return None
+
+
+def native_key(model, names, dtype):
+    """The key of a model's torch time in lsq/compiled.EAGER_SECONDS."""
+    return ("batch", getattr(model, "expression", None), tuple(names), str(dtype))

@@ -22,8 +22,9 @@ import numpy as np
 from ..models.jacobian import batch_residual_and_jacobian
 from ..status import Status
 from ..stats import end_point_checks, stationary_threshold
+from .compiled import COMPILE_FAILED, COMPILED, is_compile_failure, quiet
 
-__all__ = ["clear_end_points", "check_end_points", "likelihood_statistics", "weighted_at"]
+__all__ = ["clear_end_points", "check_end_points", "finish", "finish_chunk", "likelihood_statistics", "weighted_at"]
 
 
 def clear_end_points(state, full_rank, values: np.ndarray, start: np.ndarray, lower: np.ndarray,
@@ -172,3 +173,51 @@ def likelihood_statistics(model, names, fused, inputs, y, w, sl, params, device)
             mu = batch_residual_and_jacobian(model, names, sub_inputs, y_t, fused=False)(theta_t)[0] + y_t
         mu = torch.where(t(ok)[:, None] > 0, mu, float("nan"))
         return batch_poisson_statistics(y_t, mu, w_t)
+
+
+def finish(a, chi2, n_used, free, floor: float, likelihood=None):
+    """Standard errors (B, P), per fit whether the working-precision normal matrix proves
+    the Jacobian full rank, and the covariance (B, P, P) (optim/batch_solve.covariance_matrices).
+
+    With M = D^-1 A D^-1 over the F free parameters (unit diagonal), lambda_max(M) <= trace(M)
+    = F and lambda_min(M) >= 1 / trace(M^-1), and diag(M^-1) = diag(A^-1) * diag(A). So
+    F * trace(M^-1) < 1 / floor proves lambda_min / lambda_max > floor >= RANK_TOL**2 (the
+    rank test on singular values, squared), while the floor, far above the rounding level,
+    keeps the computed inverse accurate enough for the bound to hold.
+    """
+    import torch
+
+    from ..optim.batch_lm import standard_errors
+    from ..optim.batch_solve import covariance_matrices, inverse_diagonal
+
+    var_unit, ok = inverse_diagonal(a, free)
+    se = standard_errors(a, chi2, n_used, free, (var_unit, ok), likelihood=likelihood)
+    n_free = float(sum(free))
+    diag = torch.diagonal(a, dim1=-2, dim2=-1)
+    trace_inv = (var_unit * diag).sum(-1)
+    full_rank = ok & torch.isfinite(trace_inv) & (n_free * trace_inv < 1.0 / floor)
+    return se, full_rank, covariance_matrices(a, chi2, n_used, free, likelihood=likelihood)
+
+
+def finish_chunk(use_compile: bool, state, n_used, free, floor: float, likelihood=None):
+    """Standard errors and the full-rank screen of one chunk (compiled when the step is; eager
+    when torch.compile fails on it)."""
+    if use_compile and "finish" not in COMPILE_FAILED:
+        try:
+            return _finisher(True)(state.a, state.chi2, n_used, free, floor, likelihood)
+        except Exception as exc:
+            if not is_compile_failure(exc):
+                raise
+            COMPILE_FAILED["finish"] = type(exc).__name__
+    return finish(state.a, state.chi2, n_used, free, floor, likelihood)
+
+
+def _finisher(use_compile: bool):
+    if not use_compile:
+        return finish
+    fn = COMPILED.get("finish")
+    if fn is None:
+        import torch
+
+        fn = COMPILED["finish"] = quiet(torch.compile(finish, dynamic=True))
+    return fn

@@ -146,7 +146,7 @@ static int damped_solve(const real *a, const real *g, real lam, const real *free
     return ok;
 }}
 
-/* What lsq/batched's _finish and end_points.clear_end_points compute from each fit's final
+/* What lsq/end_points.finish and clear_end_points compute from each fit's final
    normal equations, from one factorization of A: the standard errors sqrt(diag(A^-1) chi2/dof)
    (NaN where A does not factor, dof < 1 or the scale is not finite; 0 for fixed parameters),
    the covariance A^-1 chi2/dof (symmetrized; NaN where it is undetermined), the full-rank
@@ -291,7 +291,7 @@ class NativeLM:
         self.finish_fn = fin
 
     def finish(self, state: BatchState, n_used, free, floor: float, threshold: float):
-        """What the eager path computes after the loop (lsq/batched._finish and the torch part
+        """What the eager path computes after the loop (lsq/end_points.finish and the torch part
         of lsq/end_points.clear_end_points), from the final normal equations, in C: (standard
         errors (B, P), full_rank (B,) bool, covariance (B, P, P), good (B,) bool numpy: the range
         cosine below half ``threshold``)."""
