@@ -218,13 +218,13 @@ def test_auto_builds_only_when_the_eager_rest_pays_for_it(monkeypatch, tmp_path)
     small = gf.fit_many(GAUSS, x, y, init=init, dtype="float64")  # ~ms of eager work: no build
     assert not small.timings["native"]
     assert not (tmp_path / "native").exists() or not list((tmp_path / "native").glob("*.so"))
-    monkeypatch.setattr(compiled, "NATIVE_BUILD_S", 0.0)  # now every run pays: built after one iteration
+    monkeypatch.setattr(compiled, "native_build_seconds", lambda p: 0.0)  # every run pays: built after one iteration
     built = gf.fit_many(GAUSS, x, y, init=init, dtype="float64")
     assert built.timings["native"]
     assert len(list((tmp_path / "native").glob("*.so"))) == 1
     for k in "acwo":
         np.testing.assert_allclose(built.params[k], small.params[k], rtol=1e-8)
-    monkeypatch.setattr(compiled, "NATIVE_BUILD_S", 1e9)  # built already: used from the start
+    monkeypatch.setattr(compiled, "native_build_seconds", lambda p: 1e9)  # built already: used from the start
     again = gf.fit_many(GAUSS, x, y, init=init, dtype="float64")
     assert again.timings["native"]
 
@@ -242,7 +242,7 @@ def test_no_compiler_runs_eagerly(monkeypatch):
 def test_a_broken_compiler_is_a_note_not_an_error(monkeypatch, tmp_path):
     from gradfit.lsq import compiled
 
-    monkeypatch.setattr(compiled, "NATIVE_BUILD_S", 0.0)  # "auto" tries to build (and fails) after one iteration
+    monkeypatch.setattr(compiled, "native_build_seconds", lambda p: 0.0)  # "auto" tries to build (and fails)
     fake = tmp_path / "cc"
     fake.write_text("#!/bin/sh\necho 'simulated compiler failure' >&2\nexit 1\n")
     fake.chmod(0o755)
@@ -258,7 +258,7 @@ def test_a_broken_compiler_is_a_note_not_an_error(monkeypatch, tmp_path):
 def test_bounds_and_poisson_keep_the_torch_kernel(monkeypatch):
     from gradfit.lsq import compiled
 
-    monkeypatch.setattr(compiled, "NATIVE_BUILD_S", 0.0)  # would build for any eligible batch
+    monkeypatch.setattr(compiled, "native_build_seconds", lambda p: 0.0)  # would build for any eligible batch
     x, y, init = _gauss(30, seed=8)
     r = gf.fit_many(GAUSS, x, y, init=init, bounds={"w": (0.5, 10)}, dtype="float64")
     assert not r.timings["native"] and r.converged.mean() > 0.9
@@ -344,7 +344,7 @@ def test_many_small_calls_build_the_kernel_once_their_torch_time_pays_for_it(mon
     monkeypatch.setattr(compiled, "EAGER_SECONDS", {})
     monkeypatch.setattr(batched, "worth_building", lambda *a: False)  # no single call pays
     monkeypatch.setattr(global_fit, "_worth_building", lambda *a: False)
-    monkeypatch.setattr(compiled, "NATIVE_BUILD_S", 1e-9)  # ... but any torch time adds up past it
+    monkeypatch.setattr(compiled, "native_build_seconds", lambda p: 1e-9)  # ... but any torch time adds up
     x, y, init = _gauss(40, seed=9)
     first = gf.fit_many(GAUSS, x, y, init=init, dtype="float64")
     second = gf.fit_many(GAUSS, x, y, init=init, dtype="float64")
@@ -384,3 +384,93 @@ def test_many_parameters_and_two_inputs_as_eager():
     for k in "akb":
         np.testing.assert_allclose(native.params[k], eager.params[k], rtol=1e-9)
     np.testing.assert_allclose(native.params["b"], 0.3, atol=0.02)
+
+
+def test_umask_002_keeps_the_cache_usable(monkeypatch, tmp_path):
+    """A group-writable umask must not make every process rebuild: libraries are written 0755."""
+    source = "int gf_umask(void) { return 7; }\n"
+    old = os.umask(0o002)
+    try:
+        lib, _ = _native.load(source, tmp_path)
+    finally:
+        os.umask(old)
+    assert lib.gf_umask() == 7
+    so = next((tmp_path / "native").glob("*.so"))
+    assert not so.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    monkeypatch.setattr(_native, "_LOADED", {})
+    assert _native.is_built(source, tmp_path)  # a later process loads it without the compiler
+
+
+def test_an_unwritable_cache_builds_privately_and_leaves_no_temporary_folder(monkeypatch, tmp_path):
+    import glob
+    import tempfile
+
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "gradfit-native-*")))
+    (tmp_path / "native").write_text("a file where the folder should be")  # the cache cannot be made
+    lib, reason = _native.load("int gf_ro(void) { return 5; }\n", tmp_path)
+    assert lib is not None and lib.gf_ro() == 5, reason
+    real = _native._compile
+
+    def refuse_cache(source, key, cc, folder):  # an existing cache folder that refuses writes
+        if folder == tmp_path / "cache" / "native":
+            raise PermissionError(13, "Permission denied", str(folder))
+        return real(source, key, cc, folder)
+
+    monkeypatch.setattr(_native, "_compile", refuse_cache)
+    lib, reason = _native.load("int gf_ro2(void) { return 6; }\n", tmp_path / "cache")
+    assert lib is not None and lib.gf_ro2() == 6, reason
+    lib, reason = _native.load("int gf_ro3(void) { return 8; }\n", None)  # no cache at all
+    assert lib.gf_ro3() == 8
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "gradfit-native-*"))) == before
+
+
+def test_a_failing_compiler_is_run_once_per_process(monkeypatch, tmp_path):
+    log = tmp_path / "calls"
+    fake = tmp_path / "cc"
+    fake.write_text(f"#!/bin/sh\necho x >> {log}\necho 'boom' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("GRADFIT_CC", str(fake))
+    monkeypatch.setattr(_native, "_LOADED", {})
+    monkeypatch.setattr(_native, "_BROKEN", {})
+    for k in range(3):
+        lib, reason = _native.load(f"int gf_f{k}(void) {{ return {k}; }}\n", tmp_path)
+        assert lib is None and "boom" in reason
+    assert len(log.read_text().split()) == len(_native.VARIANTS)  # one build's variants, not three builds'
+
+
+def test_a_global_fit_says_why_its_native_kernel_did_not_run(monkeypatch, tmp_path):
+    fake = tmp_path / "cc"
+    fake.write_text("#!/bin/sh\necho 'simulated failure' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("GRADFIT_CC", str(fake))
+    monkeypatch.setattr(_native, "_LOADED", {})
+    xs = np.linspace(0, 5, 32)
+    ys = 3.0 * np.exp(-0.8 * xs) + np.random.default_rng(2).normal(0, 0.01, (10, 32))
+    r = gf.fit_many("a*exp(-k*x)", xs, ys, init={"a": 3.0, "k": 0.5}, shared=["k"], compile=True)
+    assert not r.timings["native"] and "simulated failure" in r.timings["native_kernel"]
+    assert r.converged.all() and r.shared["k"] == pytest.approx(0.8, abs=0.01)
+
+
+@pytest.mark.parametrize("shared", [[], ["--shared", "k"]])
+def test_cli_compile_yes_runs_the_native_kernel_and_says_so(tmp_path, shared):
+    import json
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from _cli import cli
+
+    rng = np.random.default_rng(0)
+    lines = ["well,time,signal"]
+    for w in range(4):
+        for t in np.linspace(0, 5, 12):
+            lines.append(f"w{w},{t},{(2 + w) * np.exp(-0.7 * t) + rng.normal(0, 0.01)}")
+    (tmp_path / "long.csv").write_text("\n".join(lines) + "\n")
+    args = ["fit-many", tmp_path / "long.csv", "a*exp(-k*time)", "--id-column", "well", "--x", "time", "--y", "signal",
+            "--init", "a=1,k=1", "--json", *shared]
+    results = {}
+    for flag in ("yes", "no"):
+        code, out, err = cli(*args, "--compile", flag)
+        assert code == 0, err
+        results[flag] = json.loads(out)
+    assert results["yes"]["native"] is True and results["no"]["native"] is False
+    assert results["yes"]["converged_fraction"] == results["no"]["converged_fraction"] == 1.0

@@ -20,8 +20,11 @@ about a millisecond, so a later process pays nothing.
   path and the CPU, with the source kept beside it as ``.c``. A library is built into a
   temporary file and renamed into place, so concurrent processes never load half a file.
 - Trust: a shared library is code. One is loaded from the cache only when it and its folder
-  belong to this user and nobody else may write them (as ssh treats its keys); otherwise, or
-  with no cache folder, the library is built in a private temporary folder for this process.
+  belong to this user and nobody else may write them (as ssh treats its keys); libraries are
+  written with mode 0755 whatever the umask. Otherwise (a shared or read-only cache, or no cache
+  folder) the library is built in a private temporary folder, loaded, and the folder removed.
+- Failure: a compiler that fails or times out (``BUILD_TIMEOUT_S``) is not run again in the
+  process; callers run their torch kernels and say why.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ FLAGS = ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=off", "-fo
 #: cos), for this CPU alone, then generic code (a compiler without -march=native)
 VARIANTS = ((("-march=native", "-DGF_VECTOR_MATH"), ("-lmvec",)), (("-march=native",), ()), ((), ()))
 #: seconds a compiler run may take before the kernel is given up (then: torch kernels)
-BUILD_TIMEOUT_S = 120
+BUILD_TIMEOUT_S = 60
 _LOADED: dict = {}  # key -> ctypes.CDLL (or None and the reason), for this process
+_BROKEN: dict = {}  # compiler -> why it failed: it is not run again in this process
 _LOCK = threading.Lock()
 
 
@@ -127,51 +131,74 @@ def load(source: str, folder: Path | None):
 def _build_or_read(source: str, key: str, cc: str, folder: Path | None):
     import ctypes
 
-    cache = None
-    if folder is not None:
-        cache = folder / "native"
-        try:
-            cache.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError:
-            cache = None
-    if cache is not None and _private(cache):
+    if cc in _BROKEN:  # this compiler failed on an earlier kernel of this process: not again
+        return None, _BROKEN[cc]
+    cache = _private_cache(folder)
+    if cache is not None:
         target = cache / f"{key}.so"
         if _private(target):
             try:
                 return ctypes.CDLL(str(target)), ""
             except OSError:
                 pass  # damaged or foreign: built again below
-        lib, reason = _compile(source, key, cc, cache)
-        if lib is not None:
-            return lib, ""
-        return None, reason
-    private = Path(tempfile.mkdtemp(prefix="gradfit-native-"))
-    return _compile(source, key, cc, private)
+        try:
+            return _compile(source, key, cc, cache)
+        except OSError:
+            pass  # the cache cannot be written (read-only, full): a private build below
+    # no usable cache: build in a private temporary folder, removed once the library is loaded
+    # (the loaded library stays mapped)
+    try:
+        with tempfile.TemporaryDirectory(prefix="gradfit-native-", ignore_cleanup_errors=True) as private:
+            return _compile(source, key, cc, Path(private))
+    except OSError as exc:
+        return None, f"the C kernel could not be built or loaded: {exc}"
+
+
+def _private_cache(folder: Path | None) -> Path | None:
+    """``folder/native``, made if needed, when it belongs to this user and no one else may write
+    it; else None."""
+    if folder is None:
+        return None
+    cache = folder / "native"
+    try:
+        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        return None
+    return cache if _private(cache) else None
 
 
 def _compile(source: str, key: str, cc: str, folder: Path):
-    """Build ``source`` into ``folder/<key>.so`` (a temporary name, then renamed) and load it."""
+    """Build ``source`` into ``folder/<key>.so`` (a temporary name, then renamed) and load it:
+    ``(ctypes.CDLL, "")`` or ``(None, reason)`` when the compiler fails. Raises OSError when
+    ``folder`` cannot be written."""
     import ctypes
 
     src = folder / f".{key}.{os.getpid()}.{threading.get_ident()}.c"
     tmp = src.with_suffix(".so")
     try:
         src.write_text(source, encoding="utf-8")
-        for compile_flags, link_flags in VARIANTS:
-            done = subprocess.run([cc, *FLAGS, *compile_flags, "-o", str(tmp), str(src), *link_flags, "-lm"],
-                                  capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
-            if done.returncode == 0:
-                break
+        try:
+            for compile_flags, link_flags in VARIANTS:
+                done = subprocess.run([cc, *FLAGS, *compile_flags, "-o", str(tmp), str(src), *link_flags, "-lm"],
+                                      capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+                if done.returncode == 0:
+                    break
+        except subprocess.TimeoutExpired:
+            _BROKEN[cc] = f"the C compiler ({cc}) took over {BUILD_TIMEOUT_S} s"
+            return None, _BROKEN[cc]
         if done.returncode != 0:
             lines = (done.stderr or done.stdout or "").strip().splitlines()
-            return None, f"the C compiler failed ({cc}): {lines[0] if lines else done.returncode}"
+            _BROKEN[cc] = f"the C compiler failed ({cc}): {lines[0] if lines else done.returncode}"
+            return None, _BROKEN[cc]
+        # whatever the umask: writable by this user alone (a group-writable file is not trusted)
+        os.chmod(tmp, 0o755)
+        os.chmod(src, 0o644)
         os.replace(tmp, folder / f"{key}.so")
         os.replace(src, folder / f"{key}.c")
-        return ctypes.CDLL(str(folder / f"{key}.so")), ""
-    except subprocess.TimeoutExpired:
-        return None, f"the C compiler ({cc}) took over {BUILD_TIMEOUT_S} s"
-    except OSError as exc:
-        return None, f"the C kernel could not be built or loaded: {exc}"
+        try:
+            return ctypes.CDLL(str(folder / f"{key}.so")), ""
+        except OSError as exc:
+            return None, f"the C kernel could not be loaded: {exc}"
     finally:
         for leftover in (src, tmp):
             try:

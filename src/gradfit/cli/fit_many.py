@@ -54,7 +54,10 @@ def run_fit_many(args, stdout, stderr) -> ExitStatus:
     if args.json:
         doc = {"fits": len(result), "status": result.status_counts(), "converged_fraction": float(result.converged.mean()),
                "fits_per_s": result.timings.get("fits_per_s"), "warmup_s": result.timings.get("warmup_s"),
-               "device": result.timings.get("device"), "out": args.out, "loss": result.loss, "report": args.report}
+               "device": result.timings.get("device"), "native": bool(result.timings.get("native")),
+               "out": args.out, "loss": result.loss, "report": args.report}
+        if result.timings.get("native_kernel"):  # why the native kernel was not used
+            doc["native_kernel"] = result.timings["native_kernel"]
         if result.shared:  # a global fit: the shared values are its answer
             doc.update(shared=result.shared, shared_stderr=result.shared_stderr,
                        joint_stats={k: (v.item() if hasattr(v, "item") else v) for k, v in result.joint_stats.items()})

@@ -393,7 +393,7 @@ def _iterate(make_step, tensors, max_iter: int, mode, tol: float = 0.0, build_na
         n_running = int(running.sum())
         if n_running == 0:
             break
-        if mode == "auto" and not compiled and it == 0 and build_native is not None and worth_building(elapsed, max_iter):
+        if mode == "auto" and not compiled and it == 0 and build_native is not None and worth_building(elapsed, max_iter, tensors["theta0"].shape[1]):
             native = build_native()
             if native is not None:  # the rest of the loop in C
                 return native.run(state, tensors, tol, max_iter - 1, torch.get_num_threads()), 0.0, False, native

@@ -16,6 +16,7 @@ __all__ = [
     "compile_key",
     "is_compile_failure",
     "model_key",
+    "native_build_seconds",
     "native_eligible",
     "native_kernel",
     "native_key",
@@ -43,11 +44,19 @@ COMPILE_MARGIN = 3.0
 EXPECTED_ITERATIONS = 8
 
 
-#: seconds the C compiler takes to build a new native kernel (optim/native_lm.py; gcc 12,
-#: 2-core CPU, Gaussian formula: see BENCHMARKS.md); compile="auto" builds one only when the
-#: projected eager time of the rest of the chunk exceeds NATIVE_MARGIN times this
-NATIVE_BUILD_S = 0.3
+#: seconds the C compiler takes to build a new native kernel (optim/native_lm.py): about
+#: NATIVE_BUILD_S + NATIVE_BUILD_PER_PARAM2 * P^2 for P parameters (gcc 12 -O3, 2-core CPU:
+#: 0.24 s at 2, 0.32 s at 4, 0.9 s at 10, 1.7 s at 14, 3.5 s at 18: the unrolled normal
+#: sums and solves grow as P^2); compile="auto" builds one only when the projected eager time
+#: exceeds NATIVE_MARGIN times this
+NATIVE_BUILD_S = 0.2
+NATIVE_BUILD_PER_PARAM2 = 0.01
 NATIVE_MARGIN = 2.0
+
+
+def native_build_seconds(n_params: int) -> float:
+    """The expected seconds of building a native kernel for ``n_params`` parameters."""
+    return NATIVE_BUILD_S + NATIVE_BUILD_PER_PARAM2 * n_params**2
 
 
 #: seconds the torch loops spent, in this process, on models a native kernel could run
@@ -57,9 +66,9 @@ NATIVE_MARGIN = 2.0
 EAGER_SECONDS: dict = {}
 
 
-def spent_enough(key) -> bool:
+def spent_enough(key, n_params: int) -> bool:
     """True once the torch loops of ``key`` have cost more than NATIVE_MARGIN builds."""
-    return EAGER_SECONDS.get(key, 0.0) > NATIVE_MARGIN * NATIVE_BUILD_S
+    return EAGER_SECONDS.get(key, 0.0) > NATIVE_MARGIN * native_build_seconds(n_params)
 
 
 def add_eager_seconds(key, seconds: float) -> None:
@@ -72,10 +81,11 @@ def native_eligible(fused: bool, tensors: dict, device, likelihood) -> bool:
     return fused and likelihood is None and not tensors["bounded"] and getattr(device, "type", str(device)) == "cpu"
 
 
-def worth_building(first_iter_s: float, max_iter: int) -> bool:
+def worth_building(first_iter_s: float, max_iter: int, n_params: int) -> bool:
     """compile="auto": build a native kernel when the rest of the chunk, projected from the
     first eager iteration as in :func:`worth_compiling`, exceeds NATIVE_MARGIN build costs."""
-    return first_iter_s * min(EXPECTED_ITERATIONS, max_iter - 1) > NATIVE_MARGIN * NATIVE_BUILD_S
+    rest = first_iter_s * min(EXPECTED_ITERATIONS, max_iter - 1)
+    return rest > NATIVE_MARGIN * native_build_seconds(n_params)
 
 
 def want_compile(option, n_fits: int, dev):
@@ -227,7 +237,7 @@ def native_kernel(use_compile, model, names, fused, tensors, dtype, device, like
     from ..optim.native_lm import kernel
 
     inputs = tuple(tensors["inputs"])
-    build_now = use_compile is True or spent_enough(native_key(model, names, dtype))
+    build_now = use_compile is True or spent_enough(native_key(model, names, dtype), len(names))
     found, reason = kernel(model, names, inputs, dtype, build=build_now)
     if found is not None:
         return found

@@ -47,7 +47,7 @@ from ..models.jacobian import batch_residual_and_jacobian
 from ..optim.batch_lm import residual_floor2
 from ..stats import RANK_TOL, batch_statistics
 from ..status import Status
-from .compiled import NATIVE_BUILD_S, NATIVE_MARGIN, add_eager_seconds, spent_enough
+from .compiled import NATIVE_MARGIN, add_eager_seconds, native_build_seconds, spent_enough
 
 __all__ = ["DEFAULT_MAX_ITER", "GlobalSolution", "solve_global"]
 
@@ -174,17 +174,19 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     n_used_t = torch.as_tensor(np.maximum(n_used, 1), dtype=torch.float64, device=device)
 
     native = None  # the whole loop in C (optim/native_global.py) where it applies
-    native_key = t_torch = None
+    native_key = t_torch = native_note = None
     if compile is not False and not likelihood and box is None and reduce is _no_reduce and fused \
             and device.type == "cpu":
         from ..optim.native_global import global_kernel
 
         native_key = ("global", model.expression, names, tuple(shared), str(dtype))
-        native, _ = global_kernel(model, tuple(names[j] for j in order), len(i_s), tuple(inputs_t), dtype,
-                                  build=compile is True or _worth_building(n_fits, y.shape[1], len(names))
-                                  or spent_enough(native_key))
+        build = compile is True or _worth_building(n_fits, y.shape[1], len(names)) or spent_enough(native_key,
+                                                                                                      len(names))
+        native, why = global_kernel(model, tuple(names[j] for j in order), len(i_s), tuple(inputs_t), dtype,
+                                    build=build)
         if native is None:  # the torch loop's time counts towards building the kernel (lsq/compiled.py)
             t_torch = time.perf_counter()
+            native_note = why if build else None
 
     def run(local0, shared0, poisson: bool):
         # on the Pearson scale sqrt(y) for the deviance (as lsq/batched): the floor of an exact
@@ -253,6 +255,8 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
                "iterations": state.iterations + ls_iterations}
     if restarted:
         timings["restarted"] = restarted
+    if native_note:
+        timings["native_kernel"] = native_note
     return GlobalSolution(params, stderr, chisqr, n_used, status, iterations,
                           {n: float(state.shared[k]) for k, n in enumerate(shared)},
                           {n: float(se_s[k]) for k, n in enumerate(shared)}, stats, timings, extra, covariance)
@@ -269,7 +273,7 @@ def _worth_building(n_fits: int, n_points: int, n_params: int) -> bool:
     4 parameters and 32 points (the torch loop's measured cost at 1,000-100,000 fits: 1.3 ms
     per iteration of 1,000 fits, mostly fixed cost; ~3.7 us per fit at 100k), ~8 iterations."""
     projected = 8 * (1.3e-3 + 0.45e-6 * n_fits * n_points * n_params / 128)
-    return projected > NATIVE_MARGIN * NATIVE_BUILD_S
+    return projected > NATIVE_MARGIN * native_build_seconds(n_params)
 
 
 def _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s, likelihood=None, totals=()):

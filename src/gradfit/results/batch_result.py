@@ -142,7 +142,8 @@ class BatchResult(BatchDisplay):
         t = self.timings
         lines = [f"model      {self.model_text}", self._fits_line(),
                  f"speed      {t.get('fits_per_s', float('nan')):,.0f} fits/s on {t.get('device', '?')} "
-                 f"({t.get('path', '?')} path{', compiled' if t.get('compiled') else ''}; "
+                 f"({t.get('path', '?')} path{', compiled' if t.get('compiled') else ''}"
+                 f"{', native kernel' if t.get('native') else ''}; "
                  f"warm-up {t.get('warmup_s', 0.0):.2f} s, fitting {t.get('fit_s', 0.0):.3f} s)"]
         lines.extend(self._shared_lines(max(len(n) for n in self.param_names)))
         ok = self.converged
