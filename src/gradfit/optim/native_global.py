@@ -21,11 +21,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .._native import compiler, is_built, load
 from ..status import Status
 from .batch_lm import LAMBDA0, LAMBDA_MAX
 from .global_lm import RUNNING, GlobalState
-from .native_lm import COLUMNS, normal_sums_source
+from .native_lm import COLUMNS, cached_kernel, normal_sums_source
 
 __all__ = ["NativeGlobal", "global_kernel", "global_source"]
 
@@ -428,31 +427,7 @@ def global_kernel(model, names: tuple[str, ...], n_shared: int, inputs: tuple[st
                   build: bool = True):
     """The native global kernel for this formula model (``names`` in kernel order: local, then
     shared): ``(NativeGlobal, "")`` or ``(None, reason)``, as :func:`gradfit.optim.native_lm.kernel`."""
-    import torch
-
-    from ..formula.c_code import c_supported
-
-    expression = getattr(model, "expression", None)
-    if expression is None:
-        return None, "not a formula"
-    if dtype not in (torch.float32, torch.float64):
-        return None, f"no native kernel for {dtype}"
-    from ..formula.cache import cache_dir
-
-    double = dtype == torch.float64
-    folder = cache_dir()
-    key = (expression, tuple(names), n_shared, tuple(inputs), double, folder, compiler())
-    if key not in _KERNELS:
-        if not c_supported(expression):
-            return None, "a function of the formula has no C form"
-        source = global_source(expression, tuple(names), n_shared, tuple(inputs), double)
-        if not build and not is_built(source, folder):
-            return None, "not built yet"
-        lib, reason = load(source, folder)
-        if lib is None:
-            return None, reason
-        _KERNELS[key] = NativeGlobal(lib, double, tuple(inputs))
-    return _KERNELS[key], ""
-
-
-_KERNELS: dict = {}  # loaded kernels of this process
+    return cached_kernel(model, dtype, ("global", tuple(names), n_shared, tuple(inputs)), build,
+                         lambda expression, double: global_source(expression, tuple(names), n_shared, tuple(inputs),
+                                                                  double),
+                         lambda lib, double: NativeGlobal(lib, double, tuple(inputs)))

@@ -29,7 +29,7 @@ from .._native import compiler, is_built, load
 from ..status import Status
 from .batch_lm import LAMBDA_MAX, RUNNING, BatchState
 
-__all__ = ["COLUMNS", "NativeLM", "kernel", "kernel_source", "normal_sums_source"]
+__all__ = ["COLUMNS", "NativeLM", "cached_kernel", "kernel", "kernel_source", "normal_sums_source"]
 
 def normal_sums_source(p: int) -> str:
     """C ``normal_sums(m, cols, chi2, nmat, g)``: chi-square, N = J^T W J (both triangles) and
@@ -369,6 +369,15 @@ def kernel(model, names: tuple[str, ...], inputs: tuple[str, ...], dtype, *, bui
     """The native kernel for this formula model in ``dtype`` (torch.float32 or float64):
     ``(NativeLM, "")``, or ``(None, reason)`` (no C form, no compiler, a failed build, or
     ``build=False`` and the library is neither loaded nor in the disk cache)."""
+    return cached_kernel(model, dtype, ("batch", tuple(names), tuple(inputs)), build,
+                         lambda expression, double: kernel_source(expression, tuple(names), tuple(inputs), double),
+                         lambda lib, double: NativeLM(lib, double, len(names), tuple(inputs)))
+
+
+def cached_kernel(model, dtype, parts: tuple, build: bool, source, wrap):
+    """A native kernel of this process, loaded or built once: ``source(expression, double)``
+    gives its C, ``wrap(lib, double)`` the object around the library; ``parts`` identify it
+    beside the formula and the dtype. ``(kernel, "")`` or ``(None, reason)``."""
     import torch
 
     from ..formula.c_code import c_supported
@@ -382,17 +391,17 @@ def kernel(model, names: tuple[str, ...], inputs: tuple[str, ...], dtype, *, bui
 
     double = dtype == torch.float64
     folder = cache_dir()
-    key = (expression, tuple(names), tuple(inputs), double, folder, compiler())
+    key = (expression, parts, double, folder, compiler())
     if key not in _KERNELS:
         if not c_supported(expression):
             return None, "a function of the formula has no C form"
-        source = kernel_source(expression, tuple(names), tuple(inputs), double)
-        if not build and not is_built(source, folder):
+        text = source(expression, double)
+        if not build and not is_built(text, folder):
             return None, "not built yet"
-        lib, reason = load(source, folder)
+        lib, reason = load(text, folder)
         if lib is None:
             return None, reason
-        _KERNELS[key] = NativeLM(lib, double, len(names), tuple(inputs))
+        _KERNELS[key] = wrap(lib, double)
     return _KERNELS[key], ""
 
 
