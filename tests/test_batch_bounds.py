@@ -14,6 +14,29 @@ import gradfit as gf
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
+
+@pytest.fixture(params=["torch", "native"], autouse=True)
+def both_kernels(request, monkeypatch):
+    """Every test with the torch kernel (optim/batch_lm.py) and with the native C kernel
+    (optim/native_lm.py, built from the start: its box rules are the same), which must have run."""
+    from gradfit import _native
+    from gradfit.lsq import compiled
+
+    if request.param == "torch":
+        monkeypatch.setenv("GRADFIT_CC", "")
+        yield
+        return
+    if _native.compiler() is None or "compiled_kernel" in request.node.name:
+        pytest.skip("no C compiler" if _native.compiler() is None else "torch.compile's test")
+    from gradfit.optim import native_lm
+
+    runs = []
+    original = native_lm.NativeLM.run
+    monkeypatch.setattr(compiled, "spent_enough", lambda *a: True)
+    monkeypatch.setattr(native_lm.NativeLM, "run", lambda self, *a, **k: runs.append(1) or original(self, *a, **k))
+    yield
+    assert runs, "the native kernel did not run"
+
 X = np.linspace(0.0, 3.0, 30)
 RNG = np.random.default_rng(118)
 Y = 2.0 * np.exp(-1.7 * X) + 0.3 + 0.01 * RNG.standard_normal(X.size)
@@ -129,7 +152,8 @@ def test_interior_batch_takes_the_unconstrained_steps():
 
 
 @pytest.mark.slow
-def test_compiled_kernel_handles_active_bounds():
+def test_compiled_kernel_handles_active_bounds(monkeypatch):
+    monkeypatch.setenv("GRADFIT_CC", "")  # torch.compile (compile=True with a C compiler runs the native kernel)
     case = CASES["lower_active"]
     lo = np.array([2.0, 0.0, 2.0, -INF])
     y = np.stack([Y] * 4)

@@ -255,14 +255,23 @@ def test_a_broken_compiler_is_a_note_not_an_error(monkeypatch, tmp_path):
     assert r.converged.mean() > 0.9
 
 
-def test_bounds_and_poisson_keep_the_torch_kernel(monkeypatch):
+def test_bounds_run_native_and_poisson_keeps_the_torch_kernel(monkeypatch):
     from gradfit.lsq import compiled
 
     monkeypatch.setattr(compiled, "native_build_seconds", lambda p: 0.0)  # would build for any eligible batch
-    x, y, init = _gauss(30, seed=8)
-    r = gf.fit_many(GAUSS, x, y, init=init, bounds={"w": (0.5, 10)}, dtype="float64")
-    assert not r.timings["native"] and r.converged.mean() > 0.9
-    r = gf.fit_many(GAUSS, x, y, init=init, loss="poisson", dtype="float64")
+    x, y, init = _gauss(300, seed=8)
+    init = {**init, "w": np.clip(init["w"], 2.6, 3.4), "c": np.clip(init["c"], 14.1, 16.9)}
+    bounds = {"w": (2.5, 3.5), "c": (14.0, 17.0)}
+    eager = gf.fit_many(GAUSS, x, y, init=init, bounds=bounds, dtype="float64", compile=False)
+    r = gf.fit_many(GAUSS, x, y, init=init, bounds=bounds, dtype="float64", compile=True)
+    assert r.timings["native"] and not eager.timings["native"]
+    np.testing.assert_array_equal(r.status, eager.status)
+    for k in "acwo":  # the box rules as batch_lm's: the same fits end on the same bounds
+        np.testing.assert_allclose(r.params[k], eager.params[k], rtol=1e-8)
+    on = (r.params["w"] == 2.5) | (r.params["w"] == 3.5) | (r.params["c"] == 14.0) | (r.params["c"] == 17.0)
+    assert 10 < on.sum() < 290
+    r = gf.fit_many(GAUSS, x[:], y[:30], init={k: v[:30] for k, v in init.items()}, loss="poisson",
+                    dtype="float64")
     assert not r.timings["native"] and r.converged.mean() > 0.9
 
 

@@ -219,7 +219,7 @@ def _add_fit_many(sub) -> None:
     batching.add_argument("--chunk-fits", type=int, default=100_000, metavar="N",
                           help="with --stream: fits read, fitted and written at a time (default 100000)")
     batching.add_argument("--compile", default="auto", choices=["auto", "yes", "no"],
-                        help="compile the fits: a native C kernel for formulas without bounds (cached on disk), "
+                        help="compile the fits: a native C kernel for formulas (cached on disk), "
                              "else torch.compile (default auto: when it pays for itself; no: eager torch)")
     _group(p, "output", what="the per-fit table to FILE (.csv, .npz or .parquet)", metavar={"--out": "FILE"})
     add_options(p.add_argument_group("plots"), ["--plot"])

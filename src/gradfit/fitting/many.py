@@ -98,7 +98,7 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
         Jacobian's range is below max(1e-3, sqrt(tol)) (else stalled).
     dtype, device : working precision ("float32" refuses data beyond its range) and device.
     chunk_size : fits per chunk (default: from the free memory).
-    compile : "auto", True or False. Formulas and built-ins without finite bounds, least
+    compile : "auto", True or False. Formulas and built-ins (bounds included), least
         squares, on the CPU run the native C kernel (:mod:`gradfit.optim.native_lm`; with
         ``shared``, :mod:`gradfit.optim.native_global`), built by the system C compiler and
         cached on disk; the rest runs torch kernels. "auto" never pays for a build or a compile

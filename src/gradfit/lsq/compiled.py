@@ -77,8 +77,8 @@ def add_eager_seconds(key, seconds: float) -> None:
 
 def native_eligible(fused: bool, tensors: dict, device, likelihood) -> bool:
     """True when the native kernel covers this chunk: a formula (or built-in) model, least
-    squares, no finite bound on a free parameter, on the CPU (optim/native_lm.py)."""
-    return fused and likelihood is None and not tensors["bounded"] and getattr(device, "type", str(device)) == "cpu"
+    squares, on the CPU (optim/native_lm.py; bounds included)."""
+    return fused and likelihood is None and getattr(device, "type", str(device)) == "cpu"
 
 
 def worth_building(first_iter_s: float, max_iter: int, n_params: int) -> bool:

@@ -2,11 +2,12 @@
 
 The eager kernel (:mod:`gradfit.optim.batch_lm`) makes ~40 passes over (fits x points) arrays
 per iteration, and torch.compile, which fuses them, takes 9-40 s to compile. This kernel runs
-the *same algorithm* (the module docstring of batch_lm, steps 1-4, for fits without finite
-bounds, least squares) with the model and its partial derivatives printed as C from the
+the *same algorithm* (the module docstring of batch_lm, steps 1-5: the box rules and the moves
+onto the bounds included; least squares) with the model and its partial derivatives printed as C from the
 formula's symbolic program (:mod:`gradfit.formula.c_code`): for each fit, every iteration is
 one pass over its points accumulating chi-square, J^T W J and J^T W r in registers, then the
-damped P x P Cholesky solve, the acceptance and convergence tests of batch_lm.step, in the
+damped P x P Cholesky solve (with batch_lm's stop-short, re-solve and snap rules where a
+fit has bounds), the acceptance and convergence tests of batch_lm.step, in the
 same order and the same precision (``real`` is float for float32 batches). The fit's whole
 loop stays in the core's caches, as in Gpufit, where one GPU thread runs one fit.
 
@@ -27,7 +28,7 @@ from functools import lru_cache
 
 from .._native import compiler, is_built, load
 from ..status import Status
-from .batch_lm import LAMBDA_MAX, RUNNING, BatchState
+from .batch_lm import LAMBDA_MAX, MAX_SNAPS, NEAR, RUNNING, STEP_BACK, BatchState
 
 __all__ = ["COLUMNS", "NativeLM", "cached_kernel", "kernel", "kernel_source", "normal_sums_source"]
 
@@ -98,6 +99,9 @@ _TEMPLATE = r"""
 #define NOT_FINITE {not_finite}
 static const real TINY = (real){tiny};
 static const real LAMBDA_MAX = (real){lambda_max};
+static const real STEP_BACK = (real){step_back};
+static const real NEAR = (real){near};
+#define MAX_SNAPS {max_snaps}
 
 /* The Cholesky factor of (A + lam diag(A)) over the free coordinates (FREE[i] != 0), the identity
    over fixed ones: batch_solve.damped_solve's unrolled factorization, entry by entry in its order. */
@@ -193,21 +197,92 @@ void gf_finish(long n, const real *a_in, const real *g_in, const real *chi2_in, 
     }}
 }}
 
-/* batch_lm.step (unbounded least squares), up to `steps` times for each of the n fits
-   (returns -2 when its work array cannot be allocated). */
+/* target with the coordinates beyond a bound stopped STEP_BACK of the way to it, clipped into
+   the box, and which crossed (batch_lm._stop_short) */
+static void stop_short(const real *th, const real *target, const real *lo, const real *hi, real *out, int *crossed) {{
+    for (int i = 0; i < P; i++) {{
+        int below = target[i] < lo[i], above = target[i] > hi[i];
+        real v = below ? th[i] + STEP_BACK * (lo[i] - th[i]) : above ? th[i] + STEP_BACK * (hi[i] - th[i]) : target[i];
+        v = v < lo[i] ? lo[i] : v;
+        out[i] = v > hi[i] ? hi[i] : v;
+        crossed[i] = below || above;
+    }}
+}}
+
+/* the free coordinates inside the box whose 1-D Gauss-Newton minimum lies on or beyond the lower
+   (to_lo) or the upper bound (to_hi) (batch_lm._pushing); returns whether any does */
+static int pushing(const real *th, const real *g, const real *a, const real *lo, const real *hi, const real *free_,
+                   int *to_lo, int *to_hi) {{
+    int any = 0;
+    for (int i = 0; i < P; i++) {{
+        real diag = a[i * P + i];
+        real reach = fabs(g[i]) / (diag > 0 ? diag : (real)INFINITY);
+        to_lo[i] = free_[i] != 0 && th[i] > lo[i] && g[i] > 0 && th[i] - lo[i] <= reach;
+        to_hi[i] = free_[i] != 0 && th[i] < hi[i] && g[i] < 0 && hi[i] - th[i] <= reach;
+        any = any || to_lo[i] || to_hi[i];
+    }}
+    return any;
+}}
+
+/* batch_lm._box_step: the damped step with the coordinates held that rest on a bound the
+   gradient pushes outward; where it crosses a bound, the crossing coordinates stop short, and
+   those already next to their bound and pushed there are fixed where they stop while the
+   others' step is solved again (the gradient g + A m of that move) */
+static int box_step(const real *th, const real *a, const real *g, real lam, const real *lo, const real *hi,
+                    const real *free_, real *out) {{
+    real fr[P], d[P], first[P], moved[P];
+    int held[P], crossed[P], to_lo[P], to_hi[P], any = 0;
+    for (int i = 0; i < P; i++) {{
+        held[i] = (th[i] <= lo[i] && g[i] > 0) || (th[i] >= hi[i] && g[i] < 0);
+        fr[i] = (free_[i] != 0 && !held[i]) ? (real)1 : (real)0;
+    }}
+    int ok = damped_solve(a, g, lam, fr, d);
+    real target[P];
+    for (int i = 0; i < P; i++) target[i] = th[i] + d[i];
+    stop_short(th, target, lo, hi, first, crossed);
+    pushing(th, g, a, lo, hi, free_, to_lo, to_hi);
+    for (int i = 0; i < P; i++) {{
+        real dist = to_lo[i] ? th[i] - lo[i] : hi[i] - th[i];
+        crossed[i] = crossed[i] && (to_lo[i] || to_hi[i]) && dist <= NEAR * fabs(d[i]);
+        moved[i] = crossed[i] ? first[i] - th[i] : (real)0;
+        any = any || crossed[i];
+    }}
+    if (!any) {{
+        for (int i = 0; i < P; i++) out[i] = first[i];
+        return ok;
+    }}
+    real g2[P], d2[P], fr2[P];
+    for (int i = 0; i < P; i++) {{
+        real t = 0;
+        for (int k = 0; k < P; k++) t += a[i * P + k] * moved[k];
+        g2[i] = g[i] + t;
+        fr2[i] = (free_[i] != 0 && !held[i] && !crossed[i]) ? (real)1 : (real)0;
+    }}
+    int ok2 = damped_solve(a, g2, lam, fr2, d2);
+    int unused[P];
+    for (int i = 0; i < P; i++) target[i] = th[i] + (crossed[i] ? moved[i] : d2[i]);
+    stop_short(th, target, lo, hi, out, unused);
+    return ok && ok2;
+}}
+
+/* batch_lm.step (least squares; the box rules where lower/upper are given: NULL for a batch
+   without a finite bound), up to `steps` times for each of the n fits (returns -2 when its
+   work array cannot be allocated). */
 long gf_lm(long n, long m, const real *const *xs, const long *x_stride, const real *y, const real *w,
-           const real *floor2, const real *free_, real tol, long steps,
+           const real *floor2, const real *free_, real tol, long steps, const real *lower, const real *upper,
            real *theta, real *trial, real *lam_io, real *chi2_io, real *a_io, real *g_io,
-           long *status_io, int *iterations_io) {{
+           long *status_io, int *iterations_io, int *snaps_io, unsigned char *probing_io) {{
     real *cols = malloc(sizeof(real) * (m > 0 ? m : 1) * (P + 2));
     if (!cols) return -2;
+    const int bounded = lower != 0;
     for (long b = 0; b < n; b++) {{
-        real th[P], tr[P], A[P * P], G[P];
+        real th[P], tr[P], A[P * P], G[P], lo[P], hi[P];
         for (int i = 0; i < P; i++) {{ th[i] = theta[b * P + i]; tr[i] = trial[b * P + i]; G[i] = g_io[b * P + i]; }}
         for (int i = 0; i < P * P; i++) A[i] = a_io[b * P * P + i];
+        if (bounded) for (int i = 0; i < P; i++) {{ lo[i] = lower[b * P + i]; hi[i] = upper[b * P + i]; }}
         real lam = lam_io[b], chi2 = chi2_io[b];
         long st = status_io[b];
-        int it = iterations_io[b];
+        int it = iterations_io[b], snaps = snaps_io[b], probing = probing_io[b];
         const real *yb = y + b * m;
         const real *wb = w ? w + b * m : 0;
         for (long step = 0; step < steps && st == RUNNING; step++) {{
@@ -233,21 +308,39 @@ long gf_lm(long n, long m, const real *const *xs, const long *x_stride, const re
                 lam = lam * (real)10.0;
             }}
             if (first && !finite) st = NOT_FINITE;
-            real d[P];
-            int ok = damped_solve(A, G, lam, free_, d);
+            if (probing && !accept) st = CONVERGED;  /* a rejected move onto the bounds: the convergence stands */
+            real d[P], next[P];
+            int ok;
+            if (bounded) {{
+                ok = box_step(th, A, G, lam, lo, hi, free_, next);
+                for (int i = 0; i < P; i++) d[i] = next[i] - th[i];
+            }} else {{
+                ok = damped_solve(A, G, lam, free_, d);
+                for (int i = 0; i < P; i++) next[i] = th[i] + d[i];
+            }}
             real predicted = 0;
             for (int i = 0; i < P; i++) predicted += G[i] * d[i];
             predicted = -predicted * ((real)1 + lam);
             int converged = (st == RUNNING) && (at_floor || (small && ok && predicted <= tol * chi2));
+            int snap = 0, to_lo[P], to_hi[P];
+            if (bounded) {{  /* a coordinate whose own minimum lies on or beyond a bound: try the point on it */
+                int any = pushing(th, G, A, lo, hi, free_, to_lo, to_hi);
+                snap = converged && !at_floor && any && snaps < MAX_SNAPS;
+                converged = converged && !snap;
+            }}
             if (converged) st = CONVERGED;
             else if (st == RUNNING && lam > LAMBDA_MAX) st = STALLED;
-            if (st == RUNNING && !ok) st = SINGULAR;
-            for (int i = 0; i < P; i++) tr[i] = (st == RUNNING) ? th[i] + d[i] : th[i];
+            if (st == RUNNING && !ok && !snap) st = SINGULAR;
+            if (snap) for (int i = 0; i < P; i++) next[i] = to_lo[i] ? lo[i] : to_hi[i] ? hi[i] : th[i];
+            for (int i = 0; i < P; i++) tr[i] = (st == RUNNING) ? next[i] : th[i];
             it += 1;
+            snaps += snap;
+            probing = snap;
         }}
         for (int i = 0; i < P; i++) {{ theta[b * P + i] = th[i]; trial[b * P + i] = tr[i]; g_io[b * P + i] = G[i]; }}
         for (int i = 0; i < P * P; i++) a_io[b * P * P + i] = A[i];
         lam_io[b] = lam; chi2_io[b] = chi2; status_io[b] = st; iterations_io[b] = it;
+        snaps_io[b] = snaps; probing_io[b] = (unsigned char)probing;
     }}
     free(cols);
     return 0;
@@ -266,8 +359,8 @@ def kernel_source(expression, names: tuple[str, ...], inputs: tuple[str, ...], d
     return head + _TEMPLATE.format(
         p=len(names), n_inputs=len(inputs), running=RUNNING, converged=Status.CONVERGED.code,
         stalled=Status.STALLED.code, singular=Status.SINGULAR.code, not_finite=Status.NOT_FINITE.code,
-        tiny="1e-300" if double else "1e-30", lambda_max=repr(float(LAMBDA_MAX)),
-        columns=(COLUMNS + normal_sums_source(len(names))).replace("{", "{{").replace("}", "}}"))
+        tiny="1e-300" if double else "1e-30", lambda_max=repr(float(LAMBDA_MAX)), step_back=repr(float(STEP_BACK)),
+        near=repr(float(NEAR)), max_snaps=MAX_SNAPS, columns=(COLUMNS + normal_sums_source(len(names))).replace("{", "{{").replace("}", "}}"))
 
 
 class NativeLM:
@@ -282,7 +375,7 @@ class NativeLM:
         fn = lib.gf_lm
         ptr = ctypes.c_void_p
         fn.argtypes = [ctypes.c_long, ctypes.c_long, ptr, ptr, ptr, ptr, ptr, ptr, self.real, ctypes.c_long,
-                       ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+                       ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
         fn.restype = ctypes.c_long
         self.fn = fn
         fin = lib.gf_finish
@@ -322,15 +415,21 @@ class NativeLM:
         import torch
 
         dtype = state.theta.dtype
-        out = BatchState(*(t.clone().contiguous() if t is not None else None for t in (
+        b_fits = state.theta.shape[0]
+        out = BatchState(*(t.clone().contiguous() for t in (
             state.theta, state.trial, state.lam, state.chi2, state.a, state.g)),
             state.status.to(torch.int64).clone().contiguous(), state.iterations.to(torch.int32).clone().contiguous(),
-            torch.zeros_like(state.iterations), torch.zeros_like(state.status, dtype=torch.bool))
+            (state.snaps.to(torch.int32).clone() if state.snaps is not None
+             else torch.zeros(b_fits, dtype=torch.int32)).contiguous(),
+            (state.probing.to(torch.uint8).clone() if state.probing is not None
+             else torch.zeros(b_fits, dtype=torch.uint8)).contiguous())
         n, m = tensors["y"].shape
         xs = [tensors["inputs"][k].to(dtype).contiguous() for k in self.inputs]
         y = tensors["y"].contiguous()
         w = None if tensors["unit"] else tensors["w"].contiguous()
         floor2 = tensors["floor2"].to(dtype).contiguous()
+        lower = tensors["lower"].to(dtype).contiguous() if tensors["bounded"] else None
+        upper = tensors["upper"].to(dtype).contiguous() if tensors["bounded"] else None
         free = torch.as_tensor(tensors["free"], dtype=dtype)
         p = self.n_params
         x_stride = (ctypes.c_long * max(len(xs), 1))(*[(m if x.dim() == 2 else 0) for x in xs])
@@ -343,10 +442,13 @@ class NativeLM:
             codes[lo] = self.fn(k, m, xp, x_stride, y.data_ptr() + lo * m * size,
                     None if w is None else w.data_ptr() + lo * m * size,
                     floor2.data_ptr() + lo * size, free.data_ptr(), tol, steps,
+                    None if lower is None else lower.data_ptr() + lo * p * size,
+                    None if upper is None else upper.data_ptr() + lo * p * size,
                     out.theta.data_ptr() + lo * p * size, out.trial.data_ptr() + lo * p * size,
                     out.lam.data_ptr() + lo * size, out.chi2.data_ptr() + lo * size,
                     out.a.data_ptr() + lo * p * p * size, out.g.data_ptr() + lo * p * size,
-                    out.status.data_ptr() + lo * 8, out.iterations.data_ptr() + lo * 4)
+                    out.status.data_ptr() + lo * 8, out.iterations.data_ptr() + lo * 4,
+                    out.snaps.data_ptr() + lo * 4, out.probing.data_ptr() + lo)
 
         codes: dict = {}
         threads = max(1, min(int(threads), n // 256 or 1))
@@ -362,6 +464,7 @@ class NativeLM:
             raise MemoryError("the native kernel could not allocate its work array")
         out.status = out.status.to(state.status.dtype)
         out.iterations = out.iterations.to(state.iterations.dtype)
+        out.probing = out.probing.to(torch.bool)
         return out
 
 
