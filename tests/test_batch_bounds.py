@@ -18,24 +18,16 @@ scipy_optimize = pytest.importorskip("scipy.optimize")
 @pytest.fixture(params=["torch", "native"], autouse=True)
 def both_kernels(request, monkeypatch):
     """Every test with the torch kernel (optim/batch_lm.py) and with the native C kernel
-    (optim/native_lm.py, built from the start: its box rules are the same), which must have run."""
-    from gradfit import _native
+    (optim/native_lm.py, built from the start: its box rules are the same)."""
+    from _kernels import kernel_variant
+
     from gradfit.lsq import compiled
+    from gradfit.optim.native_lm import NativeLM
 
-    if request.param == "torch":
-        monkeypatch.setenv("GRADFIT_CC", "")
-        yield
-        return
-    if _native.compiler() is None or "compiled_kernel" in request.node.name:
-        pytest.skip("no C compiler" if _native.compiler() is None else "torch.compile's test")
-    from gradfit.optim import native_lm
+    if request.param == "native" and "compiled_kernel" in request.node.name:
+        pytest.skip("torch.compile's test")
+    yield from kernel_variant(request.param, monkeypatch, [(compiled, "spent_enough")], NativeLM)
 
-    runs = []
-    original = native_lm.NativeLM.run
-    monkeypatch.setattr(compiled, "spent_enough", lambda *a: True)
-    monkeypatch.setattr(native_lm.NativeLM, "run", lambda self, *a, **k: runs.append(1) or original(self, *a, **k))
-    yield
-    assert runs, "the native kernel did not run"
 
 X = np.linspace(0.0, 3.0, 30)
 RNG = np.random.default_rng(118)
