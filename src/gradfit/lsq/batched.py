@@ -461,11 +461,19 @@ def _off_flat_bounds(model, names, fused, inputs, y, w, sl, theta0, lower, upper
 
 # -- standard errors and the end-point checks ----------------------------------------------------
 def _on_bounds(theta, tensors, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """The float64 parameters (B, P): a coordinate that ended on a bound in the working dtype
-    is reported on the user's bound exactly (a float32 bound such as 0.1 differs from the
-    float64 one), so that the end-point checks and the result see it as active."""
+    """The float64 parameters (B, P): a coordinate that ended on a bound in the working dtype,
+    or within ``BOUND_ULPS`` units of its rounding (float32 stop-short steps end a few ulps
+    inside a bound the optimum lies on), is reported on the user's bound exactly (a float32
+    bound such as 0.1 differs from the float64 one), so that the end-point checks (which test
+    such a coordinate as active, in float64) and the result see it on the bound."""
     lo_t, hi_t = tensors["lower"], tensors["upper"]
     values = theta.double().cpu().numpy()
-    at_lo = (theta <= lo_t).cpu().numpy()
-    at_hi = (theta >= hi_t).cpu().numpy()
+    ulps = BOUND_ULPS * float(np.finfo(str(theta.dtype).replace("torch.", "")).eps)
+    at_lo = (theta <= lo_t + ulps * lo_t.abs()).cpu().numpy()
+    at_hi = (theta >= hi_t - ulps * hi_t.abs()).cpu().numpy()
     return np.where(at_lo, lower, np.where(at_hi, upper, values))
+
+
+#: units of rounding (eps |bound|) within which a final coordinate counts as on its bound
+BOUND_ULPS = 4.0
+
