@@ -483,3 +483,22 @@ def test_cli_compile_yes_runs_the_native_kernel_and_says_so(tmp_path, shared):
         results[flag] = json.loads(out)
     assert results["yes"]["native"] is True and results["no"]["native"] is False
     assert results["yes"]["converged_fraction"] == results["no"]["converged_fraction"] == 1.0
+
+
+def test_range_cosine_with_held_columns_by_the_gram_matrix_equals_the_svd():
+    """stats.batch_range_cosine leaves held columns out through the Gram matrix (identity in
+    their row and column) instead of an SVD; the cosine is the SVD's of the kept columns."""
+    from gradfit.stats import batch_range_cosine
+
+    rng = np.random.default_rng(0)
+    jac, r = rng.normal(size=(60, 30, 4)), rng.normal(size=(60, 30))
+    held = rng.random((60, 4)) < 0.3
+    held[0] = True  # every column held: nothing left, cosine 0
+    got = batch_range_cosine(jac, r, held)
+    for b in range(60):
+        kept = jac[b][:, ~held[b]]
+        if not kept.shape[1]:
+            assert got[b] == 0.0
+            continue
+        u, _, _ = np.linalg.svd(kept / np.linalg.norm(kept, axis=0), full_matrices=False)
+        assert got[b] == pytest.approx(np.linalg.norm(u.T @ r[b]) / np.linalg.norm(r[b]), abs=1e-13)

@@ -166,7 +166,11 @@ def batch_range_cosine(jac: np.ndarray, r: np.ndarray, held: np.ndarray | None =
         # matrix: ||U^T r||^2 = (a^T r)^T (a^T a)^-1 (a^T r), accurate to ~eps*cond of ||r||, far
         # below any stationarity threshold, and an M x P SVD cheaper; the rest by the SVD
         g = np.einsum("bmp,bm->bp", a, rg)
-        lam, vec = np.linalg.eigh(np.einsum("bmp,bmq->bpq", a, a))
+        gram = np.einsum("bmp,bmq->bpq", a, a)
+        if held is not None:  # a held column is left out: the identity in its row and column (g is 0 there)
+            out_of = held[idx]
+            gram = np.where(out_of[:, :, None] | out_of[:, None, :], np.eye(gram.shape[-1]), gram)
+        lam, vec = np.linalg.eigh(gram)
         easy = lam[:, 0] > _GRAM_COND ** -2 * np.maximum(lam[:, -1], 1e-300)
         if easy.any():
             c = np.einsum("bpk,bp->bk", vec[easy], g[easy]) / np.sqrt(lam[easy])
