@@ -43,3 +43,17 @@ def test_a_shared_option_naming_nothing_is_refused(tmp_path, value):
     code, out, err = cli("fit-many", data, "a*exp(-k*x)", "--id-column", "well", "--x", "time", "--y", "signal",
                          "--init", "a=1,k=1", "--shared", value)
     assert code == 2 and "--shared" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_x_values_from_a_npy_file_without_stream(tmp_path):
+    x = np.linspace(0, 5, 20)
+    np.save(tmp_path / "x.npy", x)
+    y = 2.0 * np.exp(-0.7 * x)[None, :] * np.array([[1.0], [1.5], [2.0]])
+    np.save(tmp_path / "y.npy", y)
+    code, out, err = cli("fit-many", tmp_path / "y.npy", "a*exp(-k*x)", "--x-values", tmp_path / "x.npy",
+                         "--init", "a=1,k=1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["converged_fraction"] == 1.0
+    code, out, err = cli("fit-many", tmp_path / "y.npy", "a*exp(-k*x)", "--x-values", tmp_path / "nope.npy",
+                         "--init", "a=1,k=1")
+    assert code == 2 and "nope.npy" in err

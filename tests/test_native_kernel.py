@@ -502,3 +502,4 @@ def test_range_cosine_with_held_columns_by_the_gram_matrix_equals_the_svd():
             continue
         u, _, _ = np.linalg.svd(kept / np.linalg.norm(kept, axis=0), full_matrices=False)
         assert got[b] == pytest.approx(np.linalg.norm(u.T @ r[b]) / np.linalg.norm(r[b]), abs=1e-13)
+

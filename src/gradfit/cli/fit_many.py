@@ -194,12 +194,18 @@ def _read_npy(path: Path):
 
 
 def _x_values(text: str | None, n_points: int):
-    """--x-values: 'START:STOP[:STEP]' or 'V,V,...' (default 0..M-1), shared by every fit."""
+    """--x-values: 'START:STOP[:STEP]', 'V,V,...' or a .npy file of M values (default 0..M-1),
+    shared by every fit."""
     import numpy as np
 
     if not text:
         return np.arange(n_points, dtype=float)
-    if ":" in text:
+    if text.lower().endswith(".npy"):
+        try:
+            x = np.asarray(np.load(text, allow_pickle=False), dtype=float).reshape(-1)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"--x-values {text!r}: cannot read it as a .npy array of numbers ({exc})") from None
+    elif ":" in text:
         try:
             x = np.arange(*[float(p) for p in text.split(":")])
         except (ValueError, TypeError):

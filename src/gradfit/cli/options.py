@@ -200,8 +200,9 @@ def _add_fit_many(sub) -> None:
                                 "--id-column, or .npy (fits x points) / .npz (y, optional x and init_<name>)")
     p.add_argument("model", help="formula in x (e.g. 'a*exp(-(x-c)**2/(2*w**2)) + o'), or a built-in name")
     layout = p.add_argument_group("table layout")
-    layout.add_argument("--x-values", metavar="START:STOP[:STEP] | V,V,...",
-                        help="x shared by every fit (default 0..M-1, or x_0..x_{M-1} columns per fit)")
+    layout.add_argument("--x-values", metavar="START:STOP[:STEP] | V,V,... | FILE.npy",
+                        help="x shared by every fit: an arange, values, or a .npy file of them (default 0..M-1, "
+                             "or x_0..x_{M-1} columns per fit)")
     layout.add_argument("--y-prefix", default="y_", help="prefix of the y columns in wide format (default y_)")
     layout.add_argument("--id-column", metavar="COL",
                         help="long table (one row per point): the column naming each fit; needs --x and --y")
