@@ -21,8 +21,7 @@ __all__ = ["Covariance", "covariance", "covariance_from_svd", "fit_statistics", 
            "STATIONARY", "RESIDUAL_FLOOR", "covariance_from_gram", "GRAM_COVARIANCE", "residual_floor", "vanishing_columns", "batch_range_cosine", "stationary_threshold", "batch_scaled_gradient", "EndPoint",
            "end_point_checks", "scaled_gram_eigh", "range_cosine_from_gram"]
 
-#: singular values of the column-scaled Jacobian below RANK_TOL * largest count as zero (the
-#: one rank test of gradfit: one fit, and every fit of fit_many)
+#: singular values of the column-scaled Jacobian below RANK_TOL * largest count as zero (fit and fit_many)
 RANK_TOL = 1e-10
 #: a Jacobian column whose parameter, moved by its whole size, changes the (weighted) model by
 #: less than VANISH_FACTOR * eps * ||sqrt(w) y|| is negligible: it counts as rank deficiency
@@ -41,10 +40,9 @@ def residual_floor(eps: float) -> float:
     """The relative residual floor for working precision ``eps`` (see :data:`RESIDUAL_FLOOR`):
     2.2e-12 in float64, 1.2e-5 in float32."""
     return max(RESIDUAL_FLOOR * _EPS64, 100.0 * eps)
-#: the residuals' cosine with the Jacobian's range (:func:`batch_range_cosine`) below which an
-#: end point is stationary at the default tolerance: a Gauss-Newton step could remove at most
-#: STATIONARY**2 = 1e-6 of chi-square (see :func:`stationary_threshold`). Loose enough for finite-difference
-#: Jacobians in ill-conditioned problems, tight enough to catch a fit that stopped in a long valley.
+#: the residuals' cosine with the Jacobian's range (:func:`batch_range_cosine`) below which an end point is
+#: stationary at the default tolerance: a Gauss-Newton step could remove at most STATIONARY**2 = 1e-6 of chi-square
+#: (:func:`stationary_threshold`); loose enough for finite-difference Jacobians, tight enough for a long valley.
 STATIONARY = 1e-3
 
 
@@ -168,8 +166,7 @@ def batch_range_cosine(jac: np.ndarray, r: np.ndarray, held: np.ndarray | None =
         g = np.einsum("bmp,bm->bp", a, rg)
         gram = np.einsum("bmp,bmq->bpq", a, a)
         if held is not None:  # a held column is left out: the identity in its row and column (g is 0 there)
-            out_of = held[idx]
-            gram = np.where(out_of[:, :, None] | out_of[:, None, :], np.eye(gram.shape[-1]), gram)
+            gram = np.where(held[idx][:, :, None] | held[idx][:, None, :], np.eye(gram.shape[-1]), gram)
         lam, vec = np.linalg.eigh(gram)
         easy = lam[:, 0] > _GRAM_COND ** -2 * np.maximum(lam[:, -1], 1e-300)
         if easy.any():

@@ -24,7 +24,7 @@ from functools import lru_cache
 from ..status import Status
 from .batch_lm import LAMBDA0, LAMBDA_MAX
 from .global_lm import RUNNING, GlobalState
-from .native_lm import COLUMNS, cached_kernel, normal_sums_source
+from .native_common import COLUMNS, cached_kernel, normal_sums_source
 
 __all__ = ["NativeGlobal", "global_kernel", "global_source"]
 

@@ -26,65 +26,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .._native import compiler, is_built, load
 from ..status import Status
 from .batch_lm import LAMBDA_MAX, MAX_SNAPS, NEAR, RUNNING, STEP_BACK, BatchState
+from .native_common import COLUMNS, cached_kernel, normal_sums_source
 
-__all__ = ["COLUMNS", "NativeLM", "cached_kernel", "kernel", "kernel_source", "normal_sums_source"]
-
-def normal_sums_source(p: int) -> str:
-    """C ``normal_sums(m, cols, chi2, nmat, g)``: chi-square, N = J^T W J (both triangles) and
-    g = J^T W r from :data:`COLUMNS`' columns in one vectorized pass over the points, the
-    (P + 1)(P + 2) / 2 products of the bordered matrix [J r] accumulated in named scalars (an
-    ``omp simd`` reduction keeps each in a vector register; needs ACC, the accumulator type)."""
-    col = {i: f"(ACC)cols[{i + 1} * m + j]" for i in range(p)}
-    col[p] = "(ACC)cols[j]"
-    pairs = [(i, k) for i in range(p + 1) for k in range(i + 1)]
-    names = [f"s_{i}_{k}" for i, k in pairs]
-    lines = ["static void normal_sums(long m, const real *cols, ACC *chi2, ACC *nmat, ACC *g) {",
-             "    const real *wc = cols + (P + 1) * m;",
-             f"    ACC {', '.join(n + ' = 0' for n in names)};",
-             f"    #pragma omp simd reduction(+:{', '.join(names)})",
-             "    for (long j = 0; j < m; j++) {",
-             "        const ACC wj = (ACC)wc[j];"]
-    lines += [f"        const ACC c_{i} = {col[i]}, wc_{i} = wj * c_{i};" for i in range(p + 1)]
-    lines += [f"        s_{i}_{k} += wc_{i} * c_{k};" for i, k in pairs]
-    lines.append("    }")
-    for i, k in pairs:
-        if i < p:
-            lines.append(f"    nmat[{i * p + k}] = s_{i}_{k}; nmat[{k * p + i}] = s_{i}_{k};")
-        elif k < p:
-            lines.append(f"    g[{k}] = s_{i}_{k};")
-        else:
-            lines.append(f"    *chi2 = s_{i}_{k};")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-#: one fit's evaluation, shared by the native kernels (needs P, NIN and ACC, the accumulator
-#: type, defined before it): the model and its partials at every point as columns (a loop the
-#: compiler vectorizes); :func:`normal_sums_source` then forms chi-square, J^T W J and J^T W r
-COLUMNS = r"""
-/* cols (P + 2 rows of m): row 0 the residuals f - y, rows 1..P the partials, row P + 1 the
-   weights; every row 0 at a masked point (weight <= 0 or NaN), whatever the model gives there */
-static void fit_columns(long m, const real *const *xs, const long *x_stride, long b, const real *yb,
-                        const real *wb, const real *p, real *cols) {
-    real h[GF_NH];
-    long offs[NIN > 0 ? NIN : 1];
-    gf_invariants(p, h);
-    for (int q = 0; q < NIN; q++) offs[q] = b * x_stride[q];
-    gf_columns(m, xs, offs, h, cols);
-    real *wc = cols + (P + 1) * m;
-    #pragma omp simd
-    for (long j = 0; j < m; j++) {
-        int used = wb ? (wb[j] > 0) : 1;
-        cols[j] = used ? cols[j] - yb[j] : (real)0;
-        for (int i = 1; i <= P; i++) cols[i * m + j] = used ? cols[i * m + j] : (real)0;
-        wc[j] = used ? (wb ? wb[j] : (real)1) : (real)0;
-    }
-}
-
-"""
+__all__ = ["NativeLM", "kernel", "kernel_source"]
 
 _TEMPLATE = r"""
 #include <stdlib.h>
@@ -360,7 +306,8 @@ def kernel_source(expression, names: tuple[str, ...], inputs: tuple[str, ...], d
         p=len(names), n_inputs=len(inputs), running=RUNNING, converged=Status.CONVERGED.code,
         stalled=Status.STALLED.code, singular=Status.SINGULAR.code, not_finite=Status.NOT_FINITE.code,
         tiny="1e-300" if double else "1e-30", lambda_max=repr(float(LAMBDA_MAX)), step_back=repr(float(STEP_BACK)),
-        near=repr(float(NEAR)), max_snaps=MAX_SNAPS, columns=(COLUMNS + normal_sums_source(len(names))).replace("{", "{{").replace("}", "}}"))
+        near=repr(float(NEAR)), max_snaps=MAX_SNAPS,
+        columns=(COLUMNS + normal_sums_source(len(names))).replace("{", "{{").replace("}", "}}"))
 
 
 class NativeLM:
@@ -475,37 +422,3 @@ def kernel(model, names: tuple[str, ...], inputs: tuple[str, ...], dtype, *, bui
     return cached_kernel(model, dtype, ("batch", tuple(names), tuple(inputs)), build,
                          lambda expression, double: kernel_source(expression, tuple(names), tuple(inputs), double),
                          lambda lib, double: NativeLM(lib, double, len(names), tuple(inputs)))
-
-
-def cached_kernel(model, dtype, parts: tuple, build: bool, source, wrap):
-    """A native kernel of this process, loaded or built once: ``source(expression, double)``
-    gives its C, ``wrap(lib, double)`` the object around the library; ``parts`` identify it
-    beside the formula and the dtype. ``(kernel, "")`` or ``(None, reason)``."""
-    import torch
-
-    from ..formula.c_code import c_supported
-
-    expression = getattr(model, "expression", None)
-    if expression is None:
-        return None, "not a formula"
-    if dtype not in (torch.float32, torch.float64):
-        return None, f"no native kernel for {dtype}"
-    from ..formula.cache import cache_dir
-
-    double = dtype == torch.float64
-    folder = cache_dir()
-    key = (expression, parts, double, folder, compiler())
-    if key not in _KERNELS:
-        if not c_supported(expression):
-            return None, "a function of the formula has no C form"
-        text = source(expression, double)
-        if not build and not is_built(text, folder):
-            return None, "not built yet"
-        lib, reason = load(text, folder)
-        if lib is None:
-            return None, reason
-        _KERNELS[key] = wrap(lib, double)
-    return _KERNELS[key], ""
-
-
-_KERNELS: dict = {}  # loaded kernels of this process
