@@ -197,10 +197,10 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
         floor2 = float(reduce(floor2.reshape(1))[0])
         # the rounding of the model values in the evaluation dtype (global_lm.step's rounding2)
         rounding2 = (4.0 * eps) ** 2 * (w_t * scale * scale).double().sum(-1) / n_used_t
-        state = init(local0, shared0, status0_t)
         if native is not None and not poisson:
-            return native.run(state, inputs_t, y_t, None if unit_weights else w_t, free_l, free_s, tol=tol,
-                              max_iter=max_iter, floor2=floor2, rounding2=rounding2)
+            return native.run(local0, shared0, status0_t, inputs_t, y_t, None if unit_weights else w_t, free_l, free_s,
+                              tol=tol, max_iter=max_iter, floor2=floor2, rounding2=rounding2)
+        state = init(local0, shared0, status0_t)
         blocks = make_blocks(poisson)
         for _ in range(max_iter):
             state = step(blocks, state, box, free_l, free_s, tol, floor2=floor2, reduce=reduce, rounding2=rounding2)

@@ -164,7 +164,7 @@ long gf_global(long n, long m, const real *const *xs, const long *x_stride, cons
                const double *free_l_in, const double *free_s_in, double tol, long max_iter, double floor2,
                const double *rounding2, double *local, double *shared, double *chi2, double *a, double *c,
                double *d, double *g_local, double *g_shared, unsigned char *included, long *fit_status,
-               long *iterations_out, double *lam_out) {{
+               long *iterations_out, double *lam_out, double *total_out) {{
     int free_l[PL > 0 ? PL : 1], free_s[PS];
     for (int i = 0; i < PL; i++) free_l[i] = free_l_in[i] != 0;
     for (int i = 0; i < PS; i++) free_s[i] = free_s_in[i] != 0;
@@ -301,6 +301,9 @@ long gf_global(long n, long m, const real *const *xs, const long *x_stride, cons
     }}
     *iterations_out = it;
     *lam_out = lam;
+    double sum = 0;  /* the accepted total chi-square of the fits still in the joint problem */
+    for (long b = 0; b < n; b++) if (included[b]) sum += chi2[b];
+    *total_out = sum;
 done:
     free(t_local); free(t_chi2); free(t_n); free(t_g); free(xu); free(finite); free(cols);
     return status;
@@ -333,7 +336,7 @@ class NativeGlobal:
         fn = lib.gf_global
         ptr = ctypes.c_void_p
         fn.argtypes = [ctypes.c_long, ctypes.c_long, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_double, ctypes.c_long,
-                       ctypes.c_double, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+                       ctypes.c_double, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
         fn.restype = ctypes.c_long
         self.fn = fn
         self.cov_sums = lib.gf_cov_sums
@@ -378,49 +381,48 @@ class NativeGlobal:
         se_s = np.sqrt(np.clip(np.diagonal(s_inv) * scale, 0.0, None))
         return se_l, se_s, singular, stats, cov
 
-    def run(self, state: GlobalState, inputs: dict, y, w, free_l, free_s, *, tol: float, max_iter: int,
+    def run(self, local0, shared0, status0, inputs: dict, y, w, free_l, free_s, *, tol: float, max_iter: int,
             floor2: float, rounding2) -> GlobalState:
-        """The joint loop from ``state`` (as :func:`gradfit.optim.global_lm.init` builds it) to its
-        end: a new GlobalState. ``inputs`` (M,) or (B, M), ``y`` and ``w`` (B, M) (None: every
-        weight 1) are tensors in the evaluation dtype; ``rounding2`` (B,) float64 or None."""
+        """The joint loop from the starts ``local0`` (B, P_l) and ``shared0`` (P_s,) (float64) and
+        the per-fit statuses ``status0`` (B,) (RUNNING, or the code of a fit that cannot take part)
+        to its end, as :func:`gradfit.optim.global_lm.init` and ``step`` would go: a GlobalState.
+        ``inputs`` (M,) or (B, M), ``y`` and ``w`` (B, M) (None: every weight 1) are tensors in
+        the evaluation dtype; ``rounding2`` (B,) float64 or None."""
         import ctypes
 
         import numpy as np
         import torch
 
         b, m = y.shape
+        pl, ps = local0.shape[1], shared0.shape[0]
         xs = [inputs[k].contiguous() for k in self.inputs]
         y = y.contiguous()
         w = None if w is None else w.contiguous()
         x_ptrs = (ctypes.c_void_p * max(len(xs), 1))(*[x.data_ptr() for x in xs])
         x_stride = (ctypes.c_long * max(len(xs), 1))(*[(m if x.dim() == 2 else 0) for x in xs])
-        f64 = dict(dtype=torch.float64)
-        out = GlobalState(local=state.local.clone().contiguous(), shared=state.shared.clone().contiguous(),
-                          trial_local=None, trial_shared=None, lam=state.lam, chi2=state.chi2.clone().contiguous(),
-                          a=state.a.clone().contiguous(), c=state.c.clone().contiguous(), d=state.d.clone().contiguous(),
-                          g_local=state.g_local.clone().contiguous(), g_shared=state.g_shared.clone().contiguous(),
-                          included=state.included.clone(), fit_status=state.fit_status.clone())
-        included = np.ascontiguousarray(out.included.numpy().astype(np.uint8))
-        fit_status = np.ascontiguousarray(out.fit_status.numpy().astype(np.int64))
-        free_l_t = torch.as_tensor(free_l, **f64).reshape(-1)
-        free_s_t = torch.as_tensor(free_s, **f64).reshape(-1)
-        r2 = None if rounding2 is None else rounding2.to(torch.float64).contiguous()
-        iterations = ctypes.c_long(0)
-        lam = ctypes.c_double(0.0)
+        arrays = {"local": np.array(local0.cpu().numpy(), dtype=np.float64), "shared": np.array(shared0.cpu().numpy(),
+                  dtype=np.float64), "chi2": np.full(b, np.inf), "a": np.zeros((b, pl, pl)), "c": np.zeros((b, pl, ps)),
+                  "d": np.zeros((b, ps, ps)), "g_local": np.zeros((b, pl)), "g_shared": np.zeros((b, ps))}
+        status0 = status0.cpu().numpy()
+        included = (status0 == RUNNING).astype(np.uint8)
+        fit_status = np.array(status0, dtype=np.int64)
+        free_l_a, free_s_a = np.array(free_l, dtype=np.float64), np.array(free_s, dtype=np.float64)
+        r2 = None if rounding2 is None else np.ascontiguousarray(rounding2.cpu().numpy(), dtype=np.float64)
+        iterations, lam, total = ctypes.c_long(0), ctypes.c_double(0.0), ctypes.c_double(0.0)
+        v = arrays  # written in place by the C loop
         status = self.fn(b, m, x_ptrs, x_stride, y.data_ptr(), None if w is None else w.data_ptr(),
-                         free_l_t.data_ptr(), free_s_t.data_ptr(), tol, max_iter, floor2,
-                         None if r2 is None else r2.data_ptr(), out.local.data_ptr(), out.shared.data_ptr(),
-                         out.chi2.data_ptr(), out.a.data_ptr(), out.c.data_ptr(), out.d.data_ptr(),
-                         out.g_local.data_ptr(), out.g_shared.data_ptr(), included.ctypes.data, fit_status.ctypes.data,
-                         ctypes.byref(iterations), ctypes.byref(lam))
+                         free_l_a.ctypes.data, free_s_a.ctypes.data, tol, max_iter, floor2,
+                         None if r2 is None else r2.ctypes.data, v["local"].ctypes.data, v["shared"].ctypes.data,
+                         v["chi2"].ctypes.data, v["a"].ctypes.data, v["c"].ctypes.data, v["d"].ctypes.data,
+                         v["g_local"].ctypes.data, v["g_shared"].ctypes.data, included.ctypes.data, fit_status.ctypes.data,
+                         ctypes.byref(iterations), ctypes.byref(lam), ctypes.byref(total))
         if status == -2:
             raise MemoryError("the native global kernel could not allocate its work arrays")
-        out.included = torch.from_numpy(included.astype(bool))
-        out.fit_status = torch.from_numpy(fit_status).to(state.fit_status.dtype)
-        out.status, out.iterations, out.lam = int(status), int(iterations.value), float(lam.value)
-        out.trial_local, out.trial_shared = out.local, out.shared
-        out.total = float(out.chi2[out.included].sum())
-        return out
+        t = {k: torch.from_numpy(a) for k, a in arrays.items()}
+        return GlobalState(trial_local=t["local"], trial_shared=t["shared"], lam=float(lam.value),
+                           included=torch.from_numpy(included.astype(bool)),
+                           fit_status=torch.from_numpy(fit_status),
+                           status=int(status), iterations=int(iterations.value), total=float(total.value), **t)
 
 
 def global_kernel(model, names: tuple[str, ...], n_shared: int, inputs: tuple[str, ...], dtype, *,
