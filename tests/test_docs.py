@@ -10,7 +10,7 @@ MODULES = ["gradfit", "gradfit._threads", "gradfit.fitting.fit", "gradfit.formul
            "gradfit.data.examples", "gradfit.fitting.many", "gradfit.optim.linear", "gradfit.optim.lm", "gradfit.fitting.scipy_compat",
            "gradfit.stats", "gradfit.tuning", "gradfit.results.fit_result", "gradfit.data.tables", "gradfit.data.io",
            "gradfit.options", "gradfit.fitting.keywords", "gradfit.tuning.space",
-           "gradfit.models.jacobian", "gradfit.train.memory", "gradfit.results.schema"]
+           "gradfit.models.jacobian", "gradfit.train.memory", "gradfit.results.schema", "gradfit.formula.c_code"]
 
 
 @pytest.mark.parametrize("name", MODULES)

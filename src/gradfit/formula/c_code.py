@@ -1,13 +1,9 @@
 """Formula programs as C source, for the native kernels (:mod:`gradfit.optim.native_lm`).
 
 A formula's value-and-partials program (:func:`gradfit.formula.symbolic.value_and_partials_program`:
-sympy's common subexpressions as a straight-line program of our own trees) is printed as one
-C function that evaluates the model and its P partial derivatives at one data point::
-
-    static inline void gf_model(const real *in, const real *p, real *out)
-
-``in`` holds the point's input values (in ``inputs`` order), ``p`` the P parameters (in
-``params`` order) and ``out`` receives [value, d/dp_0, ...]. ``real`` is ``float`` or
+sympy's common subexpressions as a straight-line program of our own trees) is printed as C that
+evaluates the model and its P partial derivatives at every point of one fit (see
+:func:`model_source`): column 0 the values, column 1 + j the partials d/dp_j. ``real`` is ``float`` or
 ``double``; every function is the <tgmath.h> generic one (or a ``gf_`` helper of
 :data:`PRELUDE`), and every number literal is cast to ``real``, so a float kernel computes in
 float as torch does on float32 tensors (a bare ``1.5`` would promote it to double).
@@ -17,9 +13,9 @@ The semantics follow the torch compiler (:mod:`gradfit.formula.compile`): ``u**2
 give IEEE inf/NaN (the kernels are built without ``-ffast-math``). Each function's C form is
 its entry's ``c`` field in the one table (:mod:`gradfit.formula.functions`).
 
->>> from gradfit.formula.parse import parse
->>> src = model_source(parse("y ~ a*exp(-k*x)").rhs, ("x",), ("a", "k"))
->>> "exp(" in src and "static inline void gf_model" in src
+>>> from gradfit.formula.parse import parse_formula
+>>> src = model_source(parse_formula("y ~ a*exp(-k*x)").rhs, ("x",), ("a", "k"))
+>>> "exp(" in src and "static inline void gf_columns" in src
 True
 """
 
@@ -152,12 +148,15 @@ def model_source(node: Node, inputs: tuple[str, ...], params: tuple[str, ...]) -
     derivatives with respect to ``params``, over the inputs ``inputs``::
 
         static inline void gf_invariants(const real *p, real *h)   /* once per evaluation */
-        static inline void gf_model(const real *in, const real *h, real *out)  /* per point */
+        static inline void gf_columns(long m, const real *const *xs, const long *offs,
+                                      const real *h, real *cols)   /* the m points */
 
     ``h`` (``GF_NH`` values, a ``#define`` before them) holds the parameters and what depends on
-    them alone (``pow(w, -3)`` of a Gaussian's partials), so the per-point function computes only
-    what changes with the point. Names become ``in_k``, ``p_k``, ``t_k`` and ``h_k`` (user
-    names never reach the C source).
+    them alone (``pow(w, -3)`` of a Gaussian's partials), so the point loop computes only what
+    changes with the point. Input q of point j is ``xs[q][offs[q] + j]``; ``cols`` (P + 1 rows
+    of m) receives the values, then each partial. The loop body holds scalars only, so the
+    compiler vectorizes it (SIMD exp/log/sin/cos from libmvec where the prelude declares them).
+    Names become ``in_k``, ``p_k``, ``t_k`` and ``h_k`` (user names never reach the C source).
 
     Raises
     ------
@@ -181,33 +180,21 @@ def model_source(node: Node, inputs: tuple[str, ...], params: tuple[str, ...]) -
         names[name] = f"t_{k}"
         printer.point.add(name)
     outs = [printer.expr(tree) for tree in outputs]
-    body += [f"    out[{k}] = {text};" for k, text in enumerate(outs)]
     n_p, n_h = len(params), len(printer.invariants)
     lines = [f"#define GF_NH {n_p + n_h}", "static inline void gf_invariants(const real *p, real *h) {"]
     lines += [f"    const real p_{k} = p[{k}];" for k in range(n_p)]
     lines += [f"    const real h_{k} = {text};" for k, text in enumerate(printer.invariants)]
     lines += [f"    h[{k}] = p_{k};" for k in range(n_p)]
     lines += [f"    h[{n_p + k}] = h_{k};" for k in range(n_h)]
-    lines += ["}", "static inline void gf_model(const real *in, const real *h, real *out) {"]
-    lines += [f"    const real in_{k} = in[{k}];" for k in range(len(inputs))]
-    lines += [f"    const real p_{k} = h[{k}];" for k in range(n_p)]
-    lines += [f"    const real h_{k} = h[{n_p + k}];" for k in range(n_h)]
-    lines += body
-    unused = [f"    (void){v};" for v in (*(f"p_{k}" for k in range(n_p)), *(f"h_{k}" for k in range(n_h)))]
-    lines += [f"    (void)in_{k};" for k in range(len(inputs))] + unused
-    lines.append("}")
-    # the same program over a fit's m points at once, one column per output, as a loop the
-    # compiler vectorizes (scalars only in its body; SIMD exp/log/sin/cos from libmvec where
-    # the prelude declares them)
-    lines += ["static inline void gf_columns(long m, const real *const *xs, const long *offs, const real *h, "
+    lines += ["}", "static inline void gf_columns(long m, const real *const *xs, const long *offs, const real *h, "
               "real *cols) {"]
     lines += [f"    const real *x_{k} = xs[{k}] + offs[{k}];" for k in range(len(inputs))]
     lines += [f"    const real p_{k} = h[{k}];" for k in range(n_p)]
     lines += [f"    const real h_{k} = h[{n_p + k}];" for k in range(n_h)]
-    lines += unused
+    lines += [f"    (void){v};" for v in (*(f"p_{k}" for k in range(n_p)), *(f"h_{k}" for k in range(n_h)))]
     lines += ["    #pragma omp simd", "    for (long j = 0; j < m; j++) {"]
     lines += [f"        const real in_{k} = x_{k}[j];" for k in range(len(inputs))]
-    lines += ["    " + line for line in body if not line.lstrip().startswith("out[")]
+    lines += ["    " + line for line in body]
     lines += [f"        cols[{k} * m + j] = {text};" for k, text in enumerate(outs)]
     lines += [f"        (void)in_{k};" for k in range(len(inputs))]
     lines += ["    }", "}"]

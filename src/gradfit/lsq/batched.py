@@ -153,8 +153,9 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         def make_step(t, compiled):
             return _stepper(model, names, fused, compiled, t, tol)
 
-        native = native_kernel(use_compile, model, names, fused, tensors, dtype, device, likelihood, notes)
-        if native is not None and not callable(native):  # built: the whole loop in C
+        native, build_native = native_kernel(use_compile, model, names, fused, tensors, dtype, device, likelihood,
+                                             notes)
+        if native is not None:  # built: the whole loop in C
             from ..optim.batch_lm import init
 
             state = native.run(init(tensors["theta0"], tensors["status0"]), tensors, tol, max_iter,
@@ -162,8 +163,9 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
             first_iter_s, ran_compiled, ran_native = 0.0, False, native
         else:
             t_chunk = time.perf_counter()
-            state, first_iter_s, ran_compiled, ran_native = _iterate(make_step, tensors, max_iter, mode, tol, native)
-            if callable(native) and ran_native is None and not ran_compiled:  # torch ran what C could have
+            state, first_iter_s, ran_compiled, ran_native = _iterate(make_step, tensors, max_iter, mode, tol,
+                                                                     build_native)
+            if build_native is not None and ran_native is None and not ran_compiled:  # torch ran what C could have
                 add_eager_seconds(native_key(model, names, dtype), time.perf_counter() - t_chunk)
         if ran_compiled and fresh:
             warmup += first_iter_s
@@ -393,11 +395,12 @@ def _iterate(make_step, tensors, max_iter: int, mode, tol: float = 0.0, build_na
         n_running = int(running.sum())
         if n_running == 0:
             break
-        if mode == "auto" and not compiled and it == 0 and build_native is not None and worth_building(elapsed, max_iter, tensors["theta0"].shape[1]):
+        first_auto = mode == "auto" and not compiled and it == 0
+        if first_auto and build_native is not None and worth_building(elapsed, max_iter, tensors["theta0"].shape[1]):
             native = build_native()
             if native is not None:  # the rest of the loop in C
                 return native.run(state, tensors, tol, max_iter - 1, torch.get_num_threads()), 0.0, False, native
-        if mode == "auto" and not compiled and it == 0 and worth_compiling(elapsed, max_iter, state.theta.device):
+        if first_auto and worth_compiling(elapsed, max_iter, state.theta.device):
             compiled = timing_first = True
             step = make_step(tensors, True)
         size = running.shape[0]
@@ -467,8 +470,10 @@ def _on_bounds(theta, tensors, lower: np.ndarray, upper: np.ndarray) -> np.ndarr
     bound such as 0.1 differs from the float64 one), so that the end-point checks (which test
     such a coordinate as active, in float64) and the result see it on the bound."""
     lo_t, hi_t = tensors["lower"], tensors["upper"]
+    import torch
+
     values = theta.double().cpu().numpy()
-    ulps = BOUND_ULPS * float(np.finfo(str(theta.dtype).replace("torch.", "")).eps)
+    ulps = BOUND_ULPS * torch.finfo(theta.dtype).eps
     at_lo = (theta <= lo_t + ulps * lo_t.abs()).cpu().numpy()
     at_hi = (theta >= hi_t - ulps * hi_t.abs()).cpu().numpy()
     return np.where(at_lo, lower, np.where(at_hi, upper, values))

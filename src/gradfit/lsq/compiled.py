@@ -227,20 +227,21 @@ def _torch_logs_silenced(active: bool = True):
 
 
 def native_kernel(use_compile, model, names, fused, tensors, dtype, device, likelihood, notes: dict):
-    """This chunk's native kernel (optim/native_lm.py): a NativeLM when it runs the chunk from
-    the start (compile=True, or "auto" with the library already built), a function that builds
-    it (compile="auto" with the library not built yet: _iterate decides after one eager
-    iteration), or None (compile=False, a model or batch it does not cover, no compiler).
-    A failed build is noted in ``notes["native"]``."""
+    """This chunk's native kernel (optim/native_lm.py) as ``(kernel, build)``: the NativeLM
+    when it runs the chunk from the start (compile=True, or "auto" with the library already
+    built, or once the model's eager time paid for it); else a function that builds it
+    (compile="auto" with the library not built yet: _iterate decides after one eager
+    iteration) or None (compile=False, a model or batch it does not cover, no compiler).
+    A failed build is noted in ``notes["native_kernel"]``."""
     if use_compile is False or not native_eligible(fused, tensors, device, likelihood):
-        return None
+        return None, None
     from ..optim.native_lm import kernel
 
     inputs = tuple(tensors["inputs"])
     build_now = use_compile is True or spent_enough(native_key(model, names, dtype), len(names))
     found, reason = kernel(model, names, inputs, dtype, build=build_now)
     if found is not None:
-        return found
+        return found, None
     if reason == "not built yet":
         def build():
             built, why = kernel(model, names, inputs, dtype)
@@ -248,10 +249,10 @@ def native_kernel(use_compile, model, names, fused, tensors, dtype, device, like
                 notes["native_kernel"] = why
             return built
 
-        return build
+        return None, build
     if build_now:
         notes["native_kernel"] = reason
-    return None
+    return None, None
 
 
 def native_key(model, names, dtype):
