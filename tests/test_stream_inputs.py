@@ -118,9 +118,9 @@ def test_a_weights_name_without_data_or_not_a_column_says_so(table):
 # -- 3. the interrupt message of a streamed run -----------------------------------------------------
 
 @pytest.mark.parametrize("row_group", [250, 100])  # 8 row groups: a row-hash split; 20: whole groups held out
-def test_a_streamed_interrupt_counts_training_rows(tmp_path, table, row_group):
-    from gradfit.callbacks import Callback
+def test_a_streamed_interrupt_counts_training_rows(tmp_path, table, row_group, monkeypatch):
     from gradfit.train.checkpoint import Checkpointer, Interrupted
+    from gradfit.train.streamed import StreamedTraining
 
     _, cols = table
     folder = _write(tmp_path / "d" / "a.parquet", cols, row_group=row_group).parent
@@ -128,16 +128,20 @@ def test_a_streamed_interrupt_counts_training_rows(tmp_path, table, row_group):
     full = gf.fit("y ~ a*x + c*x2 + b", **kw)
     ckpt = Checkpointer(tmp_path / "ck", every_epochs=None, every_seconds=None)
 
-    class StopAfterFiveBatches(Callback):
-        def before_epoch(self, loop):
-            if loop.epoch == 2:
-                ckpt.signal = 15
+    batches = StreamedTraining.batches
 
+    def stop_after_five_batches(self, epoch):  # the signal arrives during epoch 2, after five batches
+        for k, batch in enumerate(batches(self, epoch)):
+            if epoch == 2 and k == 5:
+                ckpt.signal = 15
+            yield batch
+
+    monkeypatch.setattr(StreamedTraining, "batches", stop_after_five_batches)
     with pytest.raises(Interrupted) as stop:
-        gf.fit("y ~ a*x + c*x2 + b", checkpoint=ckpt, callbacks=[StopAfterFiveBatches()], **kw)
+        gf.fit("y ~ a*x + c*x2 + b", checkpoint=ckpt, **kw)
     done, total, what = stop.value.rows
     assert (total, what) == (full.n_train, "training rows") and full.n_train < 2000
-    assert done % 64 == 0 and done < total  # whole batches of rows, not a count of batches
+    assert done == 5 * 64  # whole batches of rows, not a count of batches
     assert f"in epoch 2 after {done} of {full.n_train} training rows" in str(stop.value)
 
 

@@ -348,22 +348,28 @@ def test_nan_rows_raise_naming_file_and_row_or_are_dropped(tmp_path):
 
 # -- resume, CLI ------------------------------------------------------------------------------------
 
-def test_a_run_stopped_between_minibatches_resumes_bit_identically(linear, tmp_path):
-    from gradfit.callbacks import Callback
+def test_a_run_stopped_between_minibatches_resumes_bit_identically(linear, tmp_path, monkeypatch):
     from gradfit.train.checkpoint import Checkpointer, Interrupted
+    from gradfit.train.streamed import StreamedTraining
 
     folder, _ = linear
     kw = dict(data=ParquetData(folder, stream=True), batch_size=2048, epochs=3, lr=0.05, val_fraction=0.2)
     full = gf.fit("y ~ a*x1 + b*x2 + c", **kw)
     ckpt = Checkpointer(tmp_path / "ck", every_epochs=None, every_seconds=None)
 
-    class SignalMidEpoch(Callback):  # asks to stop during epoch 2, as SIGTERM would
-        def before_epoch(self, loop):
-            if loop.epoch == 2:
-                ckpt.signal = 15
+    batches = StreamedTraining.batches
 
-    with pytest.raises(Interrupted):
-        gf.fit("y ~ a*x1 + b*x2 + c", checkpoint=ckpt, callbacks=[SignalMidEpoch()], **kw)
+    def signal_mid_epoch(self, epoch):  # asks to stop after the first batch of epoch 2, as SIGTERM would
+        for k, batch in enumerate(batches(self, epoch)):
+            if epoch == 2 and k == 1:
+                ckpt.signal = 15
+            yield batch
+
+    monkeypatch.setattr(StreamedTraining, "batches", signal_mid_epoch)
+    with pytest.raises(Interrupted) as stop:
+        gf.fit("y ~ a*x1 + b*x2 + c", checkpoint=ckpt, **kw)
+    assert stop.value.rows[0] == 2048  # stopped inside the epoch: the resume must skip that batch
+    monkeypatch.undo()
     resumed = gf.fit("y ~ a*x1 + b*x2 + c", checkpoint=Checkpointer(tmp_path / "ck"), resume=True, **kw)
     assert resumed.params == full.params and resumed.history == full.history
 

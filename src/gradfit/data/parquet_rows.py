@@ -201,13 +201,6 @@ class RowSource:
         t = self.schema[name]
         return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
 
-    def head(self, rows: int = 8) -> dict:
-        """The first rows of every column (numbers as float64, text as objects): for checks."""
-        table = self._open[0].read_row_group(self.units[0][1]).slice(0, rows)
-        out = {name: _to_numpy(table.column(name), self.numeric(name)) for name in table.column_names}
-        out.update({k: np.full(table.num_rows, v[0], dtype=v.dtype) for k, (v, _) in self.partitions.items()})
-        return out
-
     def read(self, unit: int, columns) -> dict:
         """Columns of one unit (row group) as numpy arrays: numeric ones as float64, filled
         from record batches of :data:`RECORD_BATCH_ROWS` (pyarrow then never holds the whole

@@ -204,7 +204,7 @@ def finish_chunk(use_compile: bool, state, n_used, free, floor: float, likelihoo
     when torch.compile fails on it)."""
     if use_compile and "finish" not in COMPILE_FAILED:
         try:
-            return _finisher(True)(state.a, state.chi2, n_used, free, floor, likelihood)
+            return _compiled_finish()(state.a, state.chi2, n_used, free, floor, likelihood)
         except Exception as exc:
             if not is_compile_failure(exc):
                 raise
@@ -212,9 +212,8 @@ def finish_chunk(use_compile: bool, state, n_used, free, floor: float, likelihoo
     return finish(state.a, state.chi2, n_used, free, floor, likelihood)
 
 
-def _finisher(use_compile: bool):
-    if not use_compile:
-        return finish
+def _compiled_finish():
+    """:func:`finish` torch.compile'd, once per process."""
     fn = COMPILED.get("finish")
     if fn is None:
         import torch

@@ -202,7 +202,7 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
         from .positive_step import positive_step
 
         zero = (y == 0) if unit_weights else (y == 0) & (w > 0)
-        hold = _held(theta, g_new, lower, upper) if bounded else None
+        hold = held_mask(theta, g_new, lower, upper) if bounded else None
         feasible = positive_step(delta_theta, r + y, jac, zero, a_new, lam, free, hold)
         take = accept if not bounded else accept & ((theta + feasible >= lower) & (theta + feasible <= upper)).all(-1)
         delta_theta = torch.where(take.unsqueeze(-1), feasible, delta_theta)
@@ -302,7 +302,7 @@ def normal_equations(r, jac, w, *, unit_weights: bool = False, constants: tuple 
     return chi2, a, g
 
 
-def _held(theta, g, lower, upper):
+def held_mask(theta, g, lower, upper):
     """(B, P) coordinates resting on a bound with the descent direction -g pointing out of the
     box (:func:`gradfit.optim.lm.active_set`): the step leaves them where they are."""
     return ((theta <= lower) & (g > 0)) | ((theta >= upper) & (g < 0))
@@ -322,7 +322,7 @@ def _pushing(theta, g, a, lower, upper, free):
     return to_lo, to_hi
 
 
-def _stop_short(theta, target, lower, upper):
+def stop_short(theta, target, lower, upper):
     """``target`` with the coordinates beyond a bound stopped STEP_BACK of the way to it (one
     resting on that bound stays there), and the mask of those coordinates."""
     import torch
@@ -341,9 +341,9 @@ def _box_step(theta, a, g, lam, lower, upper, free):
     gradient: g + A m). With no bound active or crossed it is theta + the unconstrained step."""
     import torch
 
-    held = _held(theta, g, lower, upper)
+    held = held_mask(theta, g, lower, upper)
     delta, ok = damped_solve(a, g, lam, free, held)
-    first, crossed = _stop_short(theta, theta + delta, lower, upper)
+    first, crossed = stop_short(theta, theta + delta, lower, upper)
     # solved again only for a coordinate already next to the bound it crosses (closer than
     # NEAR of the step) and whose own gradient drives it there (its 1-D Gauss-Newton minimum
     # lies on or beyond it): a first long step across a bound keeps the plain stop-short step
@@ -355,7 +355,7 @@ def _box_step(theta, a, g, lam, lower, upper, free):
     moved = torch.where(crossed, first - theta, torch.zeros_like(theta))
     g2 = g + (a * moved.unsqueeze(-2)).sum(-1)
     delta2, ok2 = damped_solve(a, g2, lam, free, held | crossed)
-    second, _ = _stop_short(theta, theta + torch.where(crossed, moved, delta2), lower, upper)
+    second, _ = stop_short(theta, theta + torch.where(crossed, moved, delta2), lower, upper)
     any_crossed = crossed.any(-1)
     return torch.where(any_crossed.unsqueeze(-1), second, first), ok & (ok2 | ~any_crossed)
 

@@ -60,7 +60,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..status import Status
-from .batch_lm import LAMBDA0, LAMBDA_MAX, MAX_SNAPS, NEAR, STEP_BACK
+from .batch_lm import LAMBDA0, LAMBDA_MAX, MAX_SNAPS, NEAR, held_mask, stop_short
 from .batch_solve import damped_solve
 from .positive_step import global_positive_step
 
@@ -253,8 +253,8 @@ def _joint_step(state: GlobalState, box, free_local, free_shared, reduce, moved=
     if box is not None:
         lo_l, hi_l, lo_s, hi_s = box
         g_s_total = reduce(torch.where(state.included[:, None], state.g_shared, 0.0).sum(0))
-        held_l = _held(state.local, state.g_local, lo_l, hi_l)
-        held_s = _held(state.shared, g_s_total, lo_s, hi_s)
+        held_l = held_mask(state.local, state.g_local, lo_l, hi_l)
+        held_s = held_mask(state.shared, g_s_total, lo_s, hi_s)
         if moved is not None:
             held_l, held_s = held_l | mask_l, held_s | mask_s
     # e = [C, g_l]; one factorization of each A~ for its P_s + 1 columns: [X, u] = A~^-1 [C, -g_l]
@@ -341,8 +341,8 @@ def _rest_of_step(state: GlobalState, d_local, d_shared, predicted, box, free_lo
     count = reduce(torch.stack([crossed_l.sum().double(), crossed_s.sum().double()]))
     if float(count.sum()) == 0:
         return d_local, d_shared, predicted, True
-    m_l = torch.where(crossed_l, _stop_short(state.local, state.local + d_local, lo_l, hi_l) - state.local, 0.0)
-    m_s = torch.where(crossed_s, _stop_short(state.shared, state.shared + d_shared, lo_s, hi_s) - state.shared, 0.0)
+    m_l = torch.where(crossed_l, stop_short(state.local, state.local + d_local, lo_l, hi_l)[0] - state.local, 0.0)
+    m_s = torch.where(crossed_s, stop_short(state.shared, state.shared + d_shared, lo_s, hi_s)[0] - state.shared, 0.0)
     d_l, d_s, face_predicted, ok = _joint_step(state, box, free_local, free_shared, reduce,
                                                moved=(crossed_l, m_l, crossed_s, m_s))
     if not ok:  # the face's Schur complement does not factor: the plain stopped step stands
@@ -360,20 +360,6 @@ def _next_to_crossed(theta, d, lower, upper, free):
     return freem & (dist <= NEAR * d.abs())
 
 
-def _held(theta, g, lower, upper):
-    """Coordinates resting on a bound that the descent direction -g points out of."""
-    return ((theta <= lower) & (g > 0)) | ((theta >= upper) & (g < 0))
-
-
-def _stop_short(theta, target, lower, upper):
-    """``target`` with the coordinates beyond a bound stopped STEP_BACK of the way to it."""
-    import torch
-
-    new = torch.where(target < lower, theta + STEP_BACK * (lower - theta),
-                      torch.where(target > upper, theta + STEP_BACK * (upper - theta), target))
-    return torch.minimum(torch.maximum(new, lower), upper)
-
-
 def _stopped(state: GlobalState, d_local, d_shared, box):
     """The next trial: the accepted point plus the step (zero for the fits outside the joint
     problem, :func:`_joint_step`), stopped short of the bounds."""
@@ -382,7 +368,7 @@ def _stopped(state: GlobalState, d_local, d_shared, box):
     if box is None:
         return local, shared
     lo_l, hi_l, lo_s, hi_s = box
-    return _stop_short(state.local, local, lo_l, hi_l), _stop_short(state.shared, shared, lo_s, hi_s)
+    return stop_short(state.local, local, lo_l, hi_l)[0], stop_short(state.shared, shared, lo_s, hi_s)[0]
 
 
 def _snap(state: GlobalState, box, free_local, free_shared, reduce):

@@ -80,7 +80,8 @@ class StreamedTraining:
             data = self._tensors(part)
             for lo in range(0, data.n, EVAL_ROWS):
                 block = data.slice(lo, lo + EVAL_ROWS)
-                w = float(block.n if block.weights is None else block.weights.sum())
+                # the block's weight from the numpy rows (no device sync)
+                w = float(block.n if part.weights is None else part.weights[lo:lo + EVAL_ROWS].sum())
                 if w > 0:
                     total += objective.evaluate(block) * w
                     size += w
