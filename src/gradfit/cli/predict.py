@@ -59,11 +59,7 @@ def _read(data, names) -> dict:
     text = str(data)
     if not (Path(text).is_dir() or any(ch in text for ch in "*?[")):
         return read_table(data)
-    import numpy as np
-
     from ..data.parquet_rows import RowSource
 
     rows = RowSource(text)
-    used = [n for n in names if n in rows.schema]
-    parts = [rows.read(u, used) for u in range(len(rows.units))]
-    return {c: np.concatenate([p[c] for p in parts]) for c in used}
+    return rows.read_all([n for n in names if n in rows.schema])

@@ -201,6 +201,11 @@ class RowSource:
         t = self.schema[name]
         return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
 
+    def read_all(self, columns) -> dict:
+        """Every row of ``columns`` (numbers as float64, text as objects), unit by unit."""
+        parts = [self.read(u, columns) for u in range(len(self.units))]
+        return {c: np.concatenate([p[c] for p in parts]) for c in columns}
+
     def read(self, unit: int, columns) -> dict:
         """Columns of one unit (row group) as numpy arrays: numeric ones as float64, filled
         from record batches of :data:`RECORD_BATCH_ROWS` (pyarrow then never holds the whole

@@ -45,8 +45,7 @@ from ..formula.tree import constant_names
 from ..losses import resolve_loss
 from ..models import resolve_model
 from ..models.neural import MLPSpec
-from ..options import dtype_name
-from .setup import FitSetup, make_checkpointer, parameter_space, resolve_device
+from .setup import FitSetup, make_checkpointer, parameter_space, resolve_device, resolve_dtype
 from .first_order import (
     module_objective,
     scalar_objective,
@@ -96,7 +95,7 @@ def fit_path(fit, call: dict):
     if not stream:
         if source.val_key is not None:
             raise ConfigError("val_key splits streamed data; drop val_key (--val-key), or stream=True (--stream)")
-        result = fit(**{**call, "data": _read_whole(rows, used)})
+        result = fit(**{**call, "data": rows.read_all(used)})
         result.settings["source"] = described
         return result
     return _fit_streamed(spec, x, y, rows, used, source, options, call, described)
@@ -112,13 +111,6 @@ def _available():
     from .._memory import available_bytes
 
     return available_bytes(None)  # the CPU's: the rows are read into host memory
-
-
-def _read_whole(rows: RowSource, used) -> dict:
-    import numpy as np
-
-    parts = [rows.read(u, used) for u in range(len(rows.units))]
-    return {c: np.concatenate([p[c] for p in parts]) for c in used}
 
 
 def _used_columns(spec, x, y, rows: RowSource, source: ParquetData, named: tuple = ()) -> tuple:
@@ -213,7 +205,7 @@ def _fit_streamed(spec, x, y, rows, used, source, options, call, described):
     if call["sigma"] is not None and loss_fn.likelihood:
         raise ConfigError(f"loss={loss_fn.name!r} takes no sigma: counts carry their own variance (the mean); "
                           "drop sigma= (--sigma; weights= are frequency weights)")
-    dtype = getattr(torch, dtype_name(training.dtype))
+    dtype = resolve_dtype(training.dtype)
     dev = resolve_device(training.device)
     split = Split(rows, training.val_fraction, training.seed, source.val_key)
     prepare = _Prepare(spec, x, y, *(c if isinstance(c, str) else None for c in (call["weights"], call["sigma"])))

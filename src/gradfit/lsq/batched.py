@@ -186,7 +186,8 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         status[sl] = np.where(st < 0, Status.MAX_ITERATIONS.code, st)
         iterations[sl] = state.iterations.cpu().numpy()
         eps = float(torch.finfo(dtype).eps)
-        y_scale = np.sqrt(np.maximum(np.nan_to_num(y[sl]), 0.0)) if likelihood else y[sl]
+        # Poisson: the Pearson scale, a zero count as one (as the kernel's floor and the float64 check)
+        y_scale = np.sqrt(np.maximum(np.nan_to_num(y[sl]), 1.0)) if likelihood else y[sl]
         clear = clear_end_points(state, full_rank, params[sl], theta0[sl], lower[sl], upper[sl], y_scale, w[sl],
                                   free, eps=eps, threshold=stationary_threshold(tol), good=good)  # Poisson: Pearson scale
         check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, free, device,

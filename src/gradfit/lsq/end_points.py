@@ -90,10 +90,11 @@ def check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chis
         values = params[rows][:, cols]
         g = np.einsum("bmp,bm->bp", jac, r)
         held = ((values <= lower) & (g > 0)) | ((values >= upper) & (g < 0))
-        yw = np.where(ww > 0, y[rows], 0.0) * np.sqrt(ww)
-        data_norm = np.sqrt(np.einsum("bm,bm->b", yw, yw))
         if likelihood:  # the Pearson scale sum(w y^2 / mu) ~ sum(w y), a zero count as one (all zeros: a scale)
             data_norm = np.sqrt(np.einsum("bm,bm->b", np.where(w[rows] > 0, np.maximum(y[rows], 1.0), 0.0), w[rows]))
+        else:
+            yw = np.where(ww > 0, y[rows], 0.0) * np.sqrt(ww)
+            data_norm = np.sqrt(np.einsum("bm,bm->b", yw, yw))
         check = end_point_checks(np.where(np.isfinite(jac), jac, 0.0), r, values, start[todo][:, cols], data_norm,
                                  eps=eps, held=held)
         sub = st[todo]

@@ -58,7 +58,7 @@ def positive_step(delta, mu, jac, zero, a, lam, free, hold=None):
     """
     import torch
 
-    full = _full_columns(mu, jac)
+    full = jac  # (B, M) columns, as models/jacobian.batch_residual_and_jacobian gives them
     # the zero count the step drives through the edge first (the smallest mu_i / -J_i d): with
     # every count zero, the one of smallest mean is rarely it, and a step stopped for that one
     # takes another mean through 0 (rejected: the fit creeps along the edge, amplitudes < 0)
@@ -76,14 +76,6 @@ def positive_step(delta, mu, jac, zero, a, lam, free, hold=None):
     reach = torch.where(zero & (jd < 0), mu / -jd, float("inf")).amin(-1)
     scale = torch.clamp(STEP_BACK * reach, max=1.0)
     return out * torch.where(torch.isfinite(scale), scale, 1.0).unsqueeze(-1)
-
-
-def _full_columns(mu, jac):
-    """The Jacobian's columns, each (B, M) like ``mu`` (a constant column broadcast)."""
-    import torch
-
-    return [j if isinstance(j, torch.Tensor) and j.shape == mu.shape
-            else torch.as_tensor(j, dtype=mu.dtype, device=mu.device).expand_as(mu) for j in jac]
 
 
 def edge_correction(delta, jd, smallest, row, a, lam, free, hold=None, among=None, floor=None):
@@ -120,8 +112,7 @@ def edge_points(mu, jac, zero, offset=0):
     import torch
 
     fits = zero.any(-1).nonzero().squeeze(-1)
-    full = _full_columns(mu, jac)
-    jac_k = torch.stack([j[fits] for j in full], dim=-1).double()
+    jac_k = torch.stack([j[fits] for j in jac], dim=-1).double()
     mu_k = mu[fits]
     floor = ROUNDING * torch.finfo(mu.dtype).eps * torch.where(torch.isfinite(mu_k), mu_k.abs(), 0.0).amax(-1)
     return fits + offset, mu_k.double(), jac_k, zero[fits], floor.double()
