@@ -27,8 +27,10 @@ One iteration (a single damping ``lam``, one accept/reject on the total chi-squa
    dense (B P_l + P_s)^2 matrix is never formed. Fixed coordinates, and coordinates resting
    on a bound that the gradient pushes outward, are held (identity rows, zero right side);
    a coordinate whose step crosses a bound stops ``STEP_BACK`` of the way to it, and where it
-   was already next to that bound (closer than ``NEAR`` of its step: batch_lm's rule), it is
-   held there and the rest of the joint step is solved again on that face, given its move
+   was already next to that bound (closer than ``NEAR`` of its step, as in batch_lm, but
+   without batch_lm's second condition that its own 1-D minimum lie beyond the bound: in the
+   joint problem a local coordinate's 1-D curvature ignores the shared step that drives it
+   there), it is held there and the rest of the joint step is solved again on that face, given its move
    (the gradient g + H m; :func:`_rest_of_step`). Without that, the shared step, computed as
    if a local coordinate on its bound went on across it, is wrong for as long as the bound is
    active: the joint fit stalls at the clipped unbounded solution. The predicted reduction
