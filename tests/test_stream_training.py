@@ -5,6 +5,7 @@ shuffling and split scheme, normalization statistics, memory, bad input and the 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -443,13 +444,17 @@ def test_streaming_a_dataset_keeps_memory_five_times_below_its_size(tmp_path):
     folder = tmp_path / "big"
     subprocess.run([sys.executable, "-c", WRITE_SCRIPT, str(folder)], check=True, timeout=600)
     size = 8 * 3 * 8_000_000  # the float64 values: 192 MB (the files hold about as much)
+    # pyarrow's allocator (mimalloc) keeps freed pages resident for its purge delay: with it, the
+    # peak RSS growth was 19-41 MB from run to run (pyarrow's own peak a steady 23 MB); without the
+    # delay 21-22 MB. The test measures what streaming holds, not the allocator's cache.
+    env = {**os.environ, "MIMALLOC_PURGE_DELAY": "0"}
     out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(folder)], capture_output=True, text=True,
-                         timeout=900)
+                         timeout=900, env=env)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout.strip().splitlines()[-1])
     assert doc["n"] == 8_000_000
     # ru_maxrss is the peak whatever happened in between: holding the data (or any fixed share of it
-    # above a fifth) would exceed the cap; streaming measured ~19 MB (buffer, row group, allocator slack)
+    # above a fifth) would exceed the cap; streaming measured 21-22 MB (buffer, row groups, allocator slack)
     assert doc["growth"] < size / 5, doc
     for k, v in TRUTH.items():  # one epoch of 977 steps recovers the synthetic data's truth
         assert doc["params"][k] == pytest.approx(v, abs=0.01)
