@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .optim.trust_region import symmetric_eigh
+from .optim.trust_region import RANGE_GRAM_COND, symmetric_eigh
 
 __all__ = ["Covariance", "covariance", "covariance_from_svd", "fit_statistics", "batch_statistics",
            "rank_deficient", "batch_inverse_diagonal", "t_quantile", "z_quantile", "RANK_TOL", "VANISH_FACTOR",
@@ -182,7 +182,7 @@ def batch_range_cosine(jac: np.ndarray, r: np.ndarray, held: np.ndarray | None =
 
 
 #: condition number of the column-scaled Jacobian below which its Gram matrix serves
-_GRAM_COND = 1e5
+_GRAM_COND = RANGE_GRAM_COND
 
 
 def _range_cosine_one(jac: np.ndarray, r: np.ndarray, rank_tol: float) -> float:

@@ -42,7 +42,19 @@ _SUBDIR = "symbolic"
 
 def cache_dir() -> Path | None:
     """The folder of gradfit's caches, or None when the cache is off (``GRADFIT_CACHE_DIR=""``)
-    or no folder can be named (no home directory)."""
+    or no folder can be named (no home directory). Remembered per value of the environment
+    variables it reads (pathlib's home lookup costs ~20 us, asked on every fit)."""
+    env = os.environ
+    key = (env.get("GRADFIT_CACHE_DIR"), env.get("XDG_CACHE_HOME"), env.get("HOME"))
+    if key not in _CACHE_DIRS:
+        _CACHE_DIRS[key] = _cache_dir()
+    return _CACHE_DIRS[key]
+
+
+_CACHE_DIRS: dict = {}
+
+
+def _cache_dir() -> Path | None:
     explicit = os.environ.get("GRADFIT_CACHE_DIR")
     if explicit is not None:
         return Path(explicit).expanduser() if explicit.strip() else None

@@ -40,6 +40,8 @@ class PoissonProblem(LeastSquaresProblem):
     residuals, so ``sum(r^2)`` is the deviance D and LM's cost ``D / 2`` is the negative
     log-likelihood up to terms free of the parameters. Points with weight 0 add nothing."""
 
+    plain_residuals = False  # deviance residuals: never the native least-squares kernel
+
     def rows(self, start: int, stop: int) -> "PoissonProblem":
         part = super().rows(start, stop)
         return PoissonProblem(part.model, part.space, *part.numpy())

@@ -19,6 +19,10 @@ class LeastSquaresProblem:
     float64 on the CPU (a single fit's dense algebra is small, and precision is the point);
     float64 CPU tensors, for models evaluated with torch, are made on first use."""
 
+    #: the residuals are sqrt(w) (f - y), as the native kernel computes them
+    #: (:mod:`gradfit.optim.native_single`); a subclass with other residuals sets False
+    plain_residuals = True
+
     def __init__(self, model, space, inputs: dict, y: np.ndarray, weights: np.ndarray | None = None):
         self.model, self.space = model, space
         self._numpy = (inputs, y, weights)
@@ -149,8 +153,12 @@ class LeastSquaresProblem:
 
     def mean_loss(self, cost: float) -> float:
         """0.5*||r||^2 -> the weighted mean squared error the rest of gradfit reports."""
+        return 2.0 * cost / self.weight_sum()
+
+    def weight_sum(self) -> float:
+        """The sum of the weights (the number of points without weights): mean_loss's divisor."""
         w = self._numpy[2]
-        return 2.0 * cost / (float(w.sum()) if w is not None else float(self.n))
+        return float(w.sum()) if w is not None else float(self.n)
 
     def is_linear(self) -> bool:
         return linear_reason(self.model, self.space) is None

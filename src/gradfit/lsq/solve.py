@@ -4,14 +4,16 @@ Levenberg-Marquardt (optim/lm.py), plus mixed-precision refinement of a converge
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..models.jacobian import jacobian
+from ..models.jacobian import jacobian, strategy as model_strategy
 from ..status import Status
 from ..optim.linear import solve_linear_least_squares
 from ..stats import batch_range_cosine, range_cosine_from_gram, residual_floor, scaled_gram_eigh, stationary_threshold
+from .compiled import add_eager_seconds, spent_enough
 from .problem import LeastSquaresProblem, chi_square
 
 __all__ = ['LSQOutcome', 'solve', 'refine_residuals']
@@ -106,15 +108,32 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
     # A Jacobian too large to hold: the exact reduced problem, built in chunks (lsq/chunked.py)
     chunked = use_chunks(problem)
     reducer = Reducer(problem) if chunked else None
-    residual, jacobian = reducer.functions() if chunked else problem.lm_functions(internal=False)
+    native, key = (None, None) if bounds is not None or chunked or callback is not None else _native_run(problem)
+    if native is None:
+        residual, jacobian = reducer.functions() if chunked else problem.lm_functions(internal=False)
+    else:  # made only if a strategy needs them (a start the native kernel leaves to lm.py)
+        functions = []
+
+        def residual(u):
+            functions or functions.append(problem.lm_functions(internal=False))
+            return functions[0][0](u)
+
+        def jacobian(u):
+            functions or functions.append(problem.lm_functions(internal=False))
+            return functions[0][1](u)
     u0 = np.array([space.values[n] for n in space.free], dtype=np.float64)
+    started = time.perf_counter()
     with np.errstate(all="ignore"):  # trial steps may overflow; LM rejects them
         out, strategy = robust_levenberg_marquardt(residual, u0, jacobian=jacobian, options=options,
-                                                   callback=lm_cb, bounds=bounds)
-        if chunked:
-            strategy += f"; chunked ({'QR' if reducer.qr else 'Gram'})"
-            if out.status == Status.NOT_FINITE and out.iterations == 0:  # name data rows, not reduced ones
-                out.message = not_finite_report(problem, out.x)
+                                                   callback=lm_cb, bounds=bounds, run=native)
+    if key is not None and native is None:  # what the native kernel would have saved (tiering)
+        add_eager_seconds(key, time.perf_counter() - started)
+    elif native is not None and out.gram_eigh is not None:  # (lm.py ran where it returned None)
+        strategy += "; native kernel"
+    if chunked:
+        strategy += f"; chunked ({'QR' if reducer.qr else 'Gram'})"
+        if out.status == Status.NOT_FINITE and out.iterations == 0:  # name data rows, not reduced ones
+            out.message = not_finite_report(problem, out.x)
     gram_eigh = _final_stationarity(out, bounds, options, stationary_threshold(tol))
     if space.ties:
         import torch
@@ -128,11 +147,42 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
     # Unweighted residuals evaluated in numpy at these very values are exactly what the
     # statistics would recompute: hand them on.
     reuse = w is None and problem.numpy_ready and not problem.space.ties and not chunked
-    return LSQOutcome(values, out.status, out.message, out.iterations,
-                      [problem.mean_loss(c) for c in out.history], strategy,
+    divisor = problem.weight_sum()  # problem.mean_loss's, asked once for the whole history
+    return LSQOutcome(values, out.status, out.message, out.iterations, [2.0 * c / divisor for c in out.history],
+                      strategy,
                       residuals=out.residuals if reuse else None,
                       jacobian=out.jacobian if not space.ties else None, gram_eigh=gram_eigh,
                       chisqr=2.0 * out.cost)
+
+
+def _native_run(problem: LeastSquaresProblem):
+    """(run, key): the native kernel's Levenberg-Marquardt run for this unbounded fit
+    (:mod:`gradfit.optim.native_single`) or None, and the key of its eager time in
+    :data:`gradfit.lsq.compiled.EAGER_SECONDS` (None when no kernel covers it). As fit_many's
+    compile="auto": a kernel already built (in this process or the disk cache) runs at once;
+    one is built once the torch-free eager loop has spent more on this model in this process
+    than two builds would cost (a JIT's tiering), so a single fit never waits for a build."""
+    model, space = problem.model, problem.space
+    expression = getattr(model, "expression", None)
+    if expression is None or space.ties or not problem.plain_residuals or model_strategy(model) != "symbolic":
+        return None, None
+    inputs, _, weights = problem.numpy()
+    n = problem.n
+    if not all(isinstance(v, np.ndarray) and v.shape == (n,) for v in inputs.values()):
+        return None, None
+    from ..optim.native_single import kernel
+
+    names, columns = tuple(space.names), tuple(inputs)
+    key = ("single", expression, names, columns)
+    found, _ = kernel(model, names, columns, build=build_single_now(key, len(space.free)))
+    if found is None:
+        return None, key
+    return found.runner(inputs, problem.numpy()[1], weights, space.values, tuple(space.free)), key
+
+
+def build_single_now(key, n_params: int) -> bool:
+    """Whether to build the single-fit kernel of ``key`` now (tests force it)."""
+    return spent_enough(key, n_params)
 
 
 def _final_stationarity(out, bounds, options, threshold: float) -> tuple | None:
@@ -148,7 +198,9 @@ def _final_stationarity(out, bounds, options, threshold: float) -> tuple | None:
     if bounds is not None:
         held = ((out.x <= bounds[0]) & (g > 0)) | ((out.x >= bounds[1]) & (g < 0))
     eig = measure = None
-    if held is None or not held.any():
+    if held is None and out.gram_eigh is not None:  # the native kernel's, at this very point
+        eig, measure = out.gram_eigh, out.range_cosine
+    elif held is None or not held.any():
         # one P x P eigendecomposition of J^T J (the solver's last, for long data) instead of
         # the SVD route; None when the Gram matrix does not serve
         eig = scaled_gram_eigh(jac.T @ jac if out.gram is None else out.gram)

@@ -98,6 +98,10 @@ class LMOutcome:
     jacobian: np.ndarray | None = None
     #: J^T J (P, P) at ``x`` when the run computed it (long data), else None
     gram: np.ndarray | None = None
+    #: :func:`gradfit.stats.scaled_gram_eigh` at ``x`` and the range cosine from it
+    #: (:func:`gradfit.stats.range_cosine_from_gram`), when the run computed them (the native kernel)
+    gram_eigh: tuple | None = None
+    range_cosine: float | None = None
 
 
 @dataclass(slots=True)
@@ -263,6 +267,11 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
         if not math.isfinite(fnorm1):
             fnorm1 = math.inf
         actred = 1.0 - (fnorm1 / fnorm) ** 2 if 0.1 * fnorm1 < fnorm else -1.0
+        if abs(actred) < SMALL_REDUCTION:
+            # near convergence 1 - (|r1|/|r|)^2 is rounding (a reduction of one part in 1e16 can
+            # come out 0 and reject the step that reaches the minimum); the same reduction from
+            # the residuals' differences, sum((r1 - r)(r1 + r)), is accurate
+            actred = -float((r_new - r) @ (r_new + r)) / fnorm**2
         if crossed and not reflected:
             # the linear model's reduction for the shortened step (Moré's identities hold only
             # for the Levenberg-Marquardt step itself; a reflected step is that step in the
@@ -320,6 +329,9 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
         return _onto_bounds(residual, jacobian, new, box, options) or _finished(new, status, message, options, box)
     return _finished(new, status, message, options, box)
 
+
+#: relative cost reductions below this are recomputed from the residuals' differences (see :func:`step`)
+SMALL_REDUCTION = 1e-8
 
 #: how many times one run moves a converged point onto the bounds before it accepts it as is
 MAX_SNAPS = 5
@@ -430,7 +442,8 @@ STRATEGIES = (("jacobian", 100.0), ("none", 100.0), ("jacobian", 1.0), ("none", 
 
 def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
                                options: LMOptions = LMOptions(), callback: Callable | None = None,
-                               restarts: bool = True, bounds=None) -> tuple[LMOutcome, str]:
+                               restarts: bool = True, bounds=None, run: Callable | None = None
+                               ) -> tuple[LMOutcome, str]:
     """Levenberg-Marquardt from ``x0`` with a small portfolio of strategies.
 
     MINPACK's choices (Jacobian scaling, initial trust region 100*||D x0||) come first; when
@@ -438,7 +451,10 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
     steps and then cautious initial trust regions (MGH10's first start) are tried in turn. The
     first converged run wins; if none converges, the lowest cost. Returns the outcome and the
     strategy that produced it, e.g. "scaling=jacobian, factor=100". ``bounds`` as in
-    :func:`levenberg_marquardt`.
+    :func:`levenberg_marquardt`. ``run(x0, options)``, when given, replaces
+    :func:`levenberg_marquardt` for each strategy (the native kernel of
+    :mod:`gradfit.optim.native_single`, for unbounded fits without a callback); where it returns
+    None (a start that is not finite) the strategy runs here.
     """
     plan = STRATEGIES if restarts else STRATEGIES[:1]
     best: LMOutcome | None = None
@@ -453,8 +469,10 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
             break
         if (options.scaling, options.factor) != (scaling, factor):  # (replace costs microseconds)
             options = replace(options, scaling=scaling, factor=factor)
-        out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback, bounds=bounds,
-                                  options=options)
+        out = None if run is None else run(x0, options)
+        if out is None:
+            out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback, bounds=bounds,
+                                      options=options)
         total_res += out.n_residual
         total_jac += out.n_jacobian
         if best is None or _better(out, best):
@@ -466,6 +484,8 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
 def _flat(out: LMOutcome) -> bool:
     """Whether the model is flat (to rounding) in some parameter at the end point."""
     if out.jacobian is None or out.jacobian.size == 0:
+        return False
+    if out.gram_eigh is not None:  # the native kernel's column norms (all > 0, finite)
         return False
     cn = _column_norms(out.jacobian) if out.gram is None else np.sqrt(out.gram.diagonal())
     return bool((cn <= _EPS * cn.max()).any())

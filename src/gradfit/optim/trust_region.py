@@ -7,12 +7,16 @@ import math
 
 import numpy as np
 
-__all__ = ["Subproblem", "GRAM_CONDITION", "symmetric_eigh", "thin_svd"]
+__all__ = ["Subproblem", "GRAM_CONDITION", "RANGE_GRAM_COND", "symmetric_eigh", "thin_svd"]
 
 #: smallest/largest eigenvalue of the scaled Gram matrix above which the subproblem is solved
 #: from it (cond(J D^-1) < 1e5: steps accurate to ~eps * cond^2 < 1e-6, ample for an
 #: iteration that only needs descent); below it, the SVD of J D^-1 itself
 GRAM_CONDITION = 1e-10
+
+#: condition number of the column-scaled Jacobian below which its Gram matrix serves the
+#: end-point range cosine (:func:`gradfit.stats.batch_range_cosine`)
+RANGE_GRAM_COND = 1e5
 
 
 class Subproblem:
