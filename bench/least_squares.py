@@ -38,8 +38,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=1000)
     args = ap.parse_args()
-    d = gf.thermometer()
-    x, y = np.array(d["t_u"]), np.array(d["t_c"])
+    # the same numpy arrays for both (gf.thermometer() holds Python lists, which each call would
+    # convert; curve_fit is handed arrays)
+    x, y = np.array(gf.thermometer()["t_u"]), np.array(gf.thermometer()["t_c"])
+    d = {"t_u": x, "t_c": y}
     r = gf.fit("t_c ~ w*t_u + b", data=d)  # warm-up (imports, caches)
     popt, _ = curve_fit(lambda x, w, b: w * x + b, x, y)
     t_gf, t_cf = interleaved_medians([lambda: gf.fit("t_c ~ w*t_u + b", data=d),

@@ -11,7 +11,7 @@ about a millisecond, so a later process pays nothing.
 - Flags: ``-O3 -fPIC -shared -fno-math-errno -ffp-contract=off -fopenmp-simd -march=native``
   (no ``-ffast-math``: NaN and inf keep their IEEE meaning, which the kernels test; no
   contraction into FMA; ``omp simd`` loops vectorize without a runtime library), linked with
-  glibc's vector math library ``libmvec`` where it exists (SIMD exp/log/sin/cos, within 4 ulp),
+  glibc's vector math library ``libmvec`` where it exists (SIMD exp/log/sin/cos/pow, within 4 ulp),
   else plain ``libm`` (and without ``-march=native`` where the compiler refuses it). A library is built for this CPU (``-march=native``), so the CPU's model
   and flags are part of its cache key: a cache folder shared by different machines holds one
   library per CPU kind.

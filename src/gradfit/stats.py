@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .optim.trust_region import RANGE_GRAM_COND, symmetric_eigh
+from .optim.trust_region import GRAM_COVARIANCE, RANGE_GRAM_COND, symmetric_eigh
 
 __all__ = ["Covariance", "covariance", "covariance_from_svd", "fit_statistics", "batch_statistics",
            "rank_deficient", "batch_inverse_diagonal", "t_quantile", "z_quantile", "RANK_TOL", "VANISH_FACTOR",
@@ -60,12 +60,6 @@ def covariance_from_svd(s: np.ndarray, vt: np.ndarray, d: np.ndarray, scale: flo
     return Covariance((root @ root.T) * scale, len(s), ())
 
 
-#: smallest/largest eigenvalue of the column-scaled Gram matrix above which one fit's
-#: covariance comes from it (cond(J D^-1) < 1e4: the inverse is accurate to ~eps * 1e8,
-#: far below any digit a standard error reports), not from the SVD of the Jacobian
-GRAM_COVARIANCE = 1e-8
-
-
 def scaled_gram_eigh(gram: np.ndarray) -> tuple | None:
     """(column norms D, ascending eigenvalues, eigenvectors) of ``D^-1 J^T J D^-1`` from ``gram`` = J^T J (None
     when not finite or a column is zero), for the end-point test and the covariance alike."""
@@ -80,10 +74,14 @@ def scaled_gram_eigh(gram: np.ndarray) -> tuple | None:
 def covariance_from_gram(eig: tuple | None, scale: float) -> Covariance | None:
     """``scale * (J^T J)^-1`` from :func:`scaled_gram_eigh` of a Jacobian full rank by a wide
     margin (scaled eigenvalues above :data:`GRAM_COVARIANCE` times the largest: the SVD test of
-    :func:`covariance` would keep them all); None otherwise (use :func:`covariance`)."""
+    :func:`covariance` would keep them all); None otherwise (use :func:`covariance`). ``eig`` may
+    carry the unscaled inverse as a fourth element (the native single-fit kernel computes it where
+    that test passes)."""
     if eig is None:
         return None
-    norms, lam, vec = eig
+    norms, lam, vec = eig[:3]
+    if len(eig) == 4:  # the native kernel's (J^T J)^-1, made only where the test below passes
+        return Covariance(eig[3] * scale, len(lam), ())
     if not lam[0] > GRAM_COVARIANCE * lam[-1]:
         return None
     root = vec / (norms[:, None] * np.sqrt(lam))  # D^-1 V L^-1/2, so (J^T J)^-1 = root @ root.T
@@ -101,7 +99,7 @@ def vanishing_columns(col_norms: np.ndarray, values: np.ndarray, start: np.ndarr
     >>> vanishing_columns(np.array([1e-42, 1.0]), np.array([1.0, 0.0]), np.array([1.0, 0.0]), 10.0, 2.2e-16).tolist()
     [True, False]
     """
-    if np.ndim(col_norms) == 1 and np.ndim(data_norm) == 0:  # one fit: P Python floats are faster
+    if getattr(col_norms, "ndim", None) == 1 and isinstance(data_norm, float):  # one fit: P Python floats are faster
         limit = VANISH_FACTOR * eps * float(data_norm)
         return np.array([c == 0 or c * max(abs(v), abs(s), 1.0) <= limit
                          for c, v, s in zip(col_norms.tolist(), np.asarray(values).tolist(), np.asarray(start).tolist())],
@@ -209,7 +207,7 @@ def range_cosine_from_gram(eig: tuple | None, jtr: np.ndarray, r_norm: float) ->
     when the Gram matrix serves (cond < 1e5, as there); else None."""
     if eig is None or not r_norm > 0 or not math.isfinite(r_norm):
         return None
-    norms, lam, vec = eig
+    norms, lam, vec = eig[:3]
     if not lam[0] > _GRAM_COND ** -2 * max(lam[-1], 1e-300):
         return None
     c = (vec.T @ (jtr / norms)) / np.sqrt(lam)

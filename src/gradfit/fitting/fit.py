@@ -197,11 +197,10 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     if options is None and all(map(operator.is_, values, _default_values())):
         options = _default_options()  # the common call: every option left at its default
     else:
-        keywords = dict(zip(_OPTION_KEYWORDS, values))
         if options is None:
-            options = options_from_keywords(**keywords)
+            options = _options_for(values)
         else:
-            _refuse_keywords_with(options, keywords)
+            _refuse_keywords_with(options, dict(zip(_OPTION_KEYWORDS, values)))
     training = options.training
     loss_fn = resolve_loss(options.loss)
     if sigma is not None and loss_fn.likelihood:
@@ -258,6 +257,25 @@ def _default_values() -> tuple:
 @lru_cache(maxsize=1)
 def _default_options() -> FitOptions:
     return options_from_keywords()
+
+
+def _options_for(values: tuple) -> FitOptions:
+    """options_from_keywords for fit's option values, remembered for hashable ones (a loop of
+    fits with the same keywords builds its FitOptions, frozen, once; ~10 us each)."""
+    try:
+        key = tuple((type(v), v) for v in values)  # (1 and 1.0 and True hash alike)
+        found = _OPTIONS.get(key)
+    except TypeError:  # a dict or list among them
+        return options_from_keywords(**dict(zip(_OPTION_KEYWORDS, values)))
+    if found is None:
+        found = options_from_keywords(**dict(zip(_OPTION_KEYWORDS, values)))
+        if len(_OPTIONS) >= 64:
+            _OPTIONS.clear()
+        _OPTIONS[key] = found
+    return found
+
+
+_OPTIONS: dict = {}
 
 
 def _refuse_keywords_with(options, keywords: dict) -> None:

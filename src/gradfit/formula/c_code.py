@@ -49,6 +49,10 @@ float sinf(float);
 double cos(double);
 #pragma omp declare simd notinbranch
 float cosf(float);
+#pragma omp declare simd notinbranch
+double pow(double, double);
+#pragma omp declare simd notinbranch
+float powf(float, float);
 #endif
 #include <tgmath.h>
 static inline real gf_square(real u) { return u * u; }
@@ -155,7 +159,7 @@ def model_source(node: Node, inputs: tuple[str, ...], params: tuple[str, ...]) -
     them alone (``pow(w, -3)`` of a Gaussian's partials), so the point loop computes only what
     changes with the point. Input q of point j is ``xs[q][offs[q] + j]``; ``cols`` (P + 1 rows
     of m) receives the values, then each partial. The loop body holds scalars only, so the
-    compiler vectorizes it (SIMD exp/log/sin/cos from libmvec where the prelude declares them).
+    compiler vectorizes it (SIMD exp/log/sin/cos/pow from libmvec where the prelude declares them).
     Names become ``in_k``, ``p_k``, ``t_k`` and ``h_k`` (user names never reach the C source).
 
     Raises

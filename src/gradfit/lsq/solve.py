@@ -13,6 +13,8 @@ from ..models.jacobian import jacobian, strategy as model_strategy
 from ..status import Status
 from ..optim.linear import solve_linear_least_squares
 from ..stats import batch_range_cosine, range_cosine_from_gram, residual_floor, scaled_gram_eigh, stationary_threshold
+from ..optim.lm import LMOptions, robust_levenberg_marquardt
+from .chunked import Reducer, not_finite_report, use_chunks
 from .compiled import add_eager_seconds, spent_enough
 from .problem import LeastSquaresProblem, chi_square
 
@@ -85,10 +87,6 @@ def _not_finite_linear(space, design: np.ndarray, offset) -> LSQOutcome:
 
 
 def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None, callback) -> LSQOutcome:
-    from ..optim.lm import LMOptions, robust_levenberg_marquardt
-
-    from .chunked import Reducer, not_finite_report, use_chunks
-
     _, y, w = problem.numpy()
     y_norm = math.sqrt(float(y @ y if w is None else w @ (y * y)))  # ||sqrt(w) y||
     options = LMOptions(max_iter=max_iter, residual_floor=residual_floor(_EPS64) * y_norm,
@@ -219,8 +217,6 @@ def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3,
     """Gauss-Newton refinement with residuals in 40-digit arithmetic (mixed-precision
     iterative refinement). Only worth it when the residuals sit near float64 rounding.
     ``chisqr``: chi-square at ``values`` when the caller has it (saves evaluating the model)."""
-    from ..formula.precise import residuals_mp
-
     expr = getattr(problem.model, "expression", None)
     if expr is None or problem.n > 20_000 or problem.space.ties:
         return values
@@ -229,6 +225,7 @@ def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3,
     chi2 = chi_square(problem, values) if chisqr is None else chisqr
     if not math.isfinite(chi2) or chi2 > 1e-20 * float(y @ y if w is None else w @ (y * y)):
         return values  # not finite, or residuals well above float64 rounding: nothing to gain
+    from ..formula.precise import residuals_mp
     current = dict(values)
     lower = np.array([space.lower[n] for n in space.free])
     upper = np.array([space.upper[n] for n in space.free])

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .trust_region import thin_svd
+
 __all__ = ["solve_linear_least_squares"]
 
 REFINEMENT_STEPS = 4
@@ -45,7 +47,7 @@ def solve_linear_least_squares(design: np.ndarray, target: np.ndarray, weights: 
     # parameters that is several times cheaper than numpy reductions.
     d = norms if all(norms.tolist()) else np.where(norms > 0, norms, 1.0)
     a = x / d
-    u, s, vt = np.linalg.svd(a, full_matrices=False)
+    u, s, vt = thin_svd(a)  # (numpy's gufunc without the public function's checks; LinAlgError as it)
     factor = (s, vt, d)
     s_max, s_min = (float(s[0]), float(s[-1])) if s.size else (0.0, 0.0)
     if not s_min > RANK_TOL * s_max:  # singular values come sorted, largest first

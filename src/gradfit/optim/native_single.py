@@ -32,7 +32,7 @@ from ..status import Status
 from .lm import SMALL_REDUCTION
 from .native_common import cached_kernel
 from .native_subproblem import SUBPROBLEM
-from .trust_region import GRAM_CONDITION, RANGE_GRAM_COND
+from .trust_region import GRAM_CONDITION, GRAM_COVARIANCE, RANGE_GRAM_COND
 
 __all__ = ["NativeSingleLM", "kernel", "kernel_source", "MESSAGES"]
 
@@ -102,23 +102,27 @@ static real scaled_gradient(int nf, const real *g, const real *cn, real rn) {
 
 static real vnorm(long n, const real *v) { return sqrt(dot(n, v, v)); }
 
-/* One Levenberg-Marquardt run (optim/lm.py, unbounded). args (pointers and sizes as integers): n, the
-   inputs (input q of point j at [q * n + j]), y, sqrt(w) or 0, the free parameters' indices (nf int64),
-   nf, two evaluation buffers ((P + 1) * n each), the SVD's work array (nf * n), the tail (9 reals).
+/* One Levenberg-Marquardt run (optim/lm.py, unbounded) on n points with nf free parameters.
+   work (reals): the inputs (input q of point j at [q * n + j]), y, sqrt(w) (when weighted), the
+   free parameters' indices (nf, as reals), two evaluation buffers ((P + 1) * n each), the SVD's
+   work array (nf * n), the tail (9).
    head: opts (8: ftol, xtol, gtol, stationary, residual floor, factor, scaling (0: Jacobian,
    1: none), max_iter), x (nf free parameters, overwritten by the end point), every parameter's
    value (P), then the outputs: the history (max_iter + 1), the end point's Jacobian (n, nf)
    row-major, residuals (n), J^T J (nf, nf), and scaled_gram_eigh's column norms (nf), ascending
-   eigenvalues (nf) and eigenvectors (nf, nf). Returns the status code, or NOT_FINITE_START
-   (nothing done: the caller reports it). The tail receives the iterations, residual and Jacobian
-   evaluations, history length and message code, then ||r||, the stationarity measure of a stalled
-   end, whether the eigendecomposition is there, and the range cosine (NaN: not from the Gram). */
-long gf_single(const long *args, real *head) {
-    const long n = args[0];
-    const int nf = (int)args[5];
-    const real *xbase = (const real *)args[1], *y = (const real *)args[2], *sw = (const real *)args[3];
-    const long *fi = (const long *)args[4];
-    real *cur = (real *)args[6], *trial = (real *)args[7], *work = (real *)args[8], *tail = (real *)args[9];
+   eigenvalues (nf), eigenvectors (nf, nf) and (J^T J)^-1 (nf, nf). Returns the status code, or
+   NOT_FINITE_START (nothing done: the caller reports it). The tail receives the iterations,
+   residual and Jacobian evaluations, history length and message code, then ||r||, the
+   stationarity measure of a stalled end, whether the eigendecomposition is there (2: and the
+   inverse), and the range cosine (NaN: not from the Gram matrix). */
+long gf_single(real *work, long n, long nf_, long weighted, real *head) {
+    const int nf = (int)nf_;
+    const real *xbase = work, *y = work + NIN * n, *sw = weighted ? y + n : 0;
+    const real *fi_real = y + n * (weighted ? 2 : 1);
+    long fi[P];
+    for (int i = 0; i < nf; i++) fi[i] = (long)fi_real[i];
+    real *cur = (real *)fi_real + nf, *trial = cur + (P + 1) * n, *scratch = trial + (P + 1) * n;
+    real *tail = scratch + nf * n;
     const real *opts = head;
     real *x = head + 8, *pfull = x + nf;
     real *history = pfull + P;
@@ -152,7 +156,7 @@ long gf_single(const long *args, real *head) {
         for (int i = 0; i < nf; i++) g[i] = dot(n, cur + (1 + fi[i]) * n, cur);
         if (fnorm <= floor_) { it = it_next; status = CONVERGED; message = 0; break; }
         if (scaled_gradient(nf, g, cn, fnorm) <= gtol) { it = it_next; status = CONVERGED; message = 1; break; }
-        make_subproblem(n, nf, cur, fi, d, long_data, gram, g, work, &sp);
+        make_subproblem(n, nf, cur, fi, d, long_data, gram, g, scratch, &sp);
         int accepted = 0;
         while (1) {
             lam = damping_for(&sp, delta, lam);
@@ -246,6 +250,16 @@ long gf_single(const long *args, real *head) {
             for (int m = 0; m < nf; m++) vec[m * nf + i] = v[(nf - 1 - i) * P + m];
         }
         fout[2] = 1;
+        if (lam_up[0] > GRAM_COVARIANCE * lam_up[nf - 1]) {  /* stats.covariance_from_gram's (J^T J)^-1 */
+            real *inv = vec + nf * nf;
+            for (int i = 0; i < nf; i++)
+                for (int k = 0; k <= i; k++) {
+                    real t = 0;
+                    for (int m = 0; m < nf; m++) t += vec[i * nf + m] * vec[k * nf + m] / lam_up[m];
+                    inv[i * nf + k] = inv[k * nf + i] = t / (norms[i] * norms[k]);
+                }
+            fout[2] = 2;
+        }
         real big = lam_up[nf - 1] > 1e-300 ? lam_up[nf - 1] : 1e-300;
         if (fnorm > 0 && isfinite(fnorm) && lam_up[0] > RANGE_GRAM_LIMIT * big) {
             for (int i = 0; i < nf; i++) g[i] = dot(n, cur + (1 + fi[i]) * n, cur);
@@ -274,7 +288,8 @@ def kernel_source(expression, names: tuple[str, ...], inputs: tuple[str, ...]) -
     head = [f"typedef double real;\n{PRELUDE}", f"#define P {len(names)}", f"#define NIN {len(inputs)}",
             f"#define RUNNING (-2)\n#define CONVERGED {Status.CONVERGED.code}",
             f"#define MAX_ITERATIONS {Status.MAX_ITERATIONS.code}\n#define STALLED {Status.STALLED.code}",
-            f"#define RANGE_GRAM_LIMIT {RANGE_GRAM_COND ** -2!r}", f"#define SMALL_REDUCTION {SMALL_REDUCTION!r}"]
+            f"#define RANGE_GRAM_LIMIT {RANGE_GRAM_COND ** -2!r}", f"#define SMALL_REDUCTION {SMALL_REDUCTION!r}",
+            f"#define GRAM_COVARIANCE {GRAM_COVARIANCE!r}"]
     subproblem = SUBPROBLEM.replace("{gram_condition}", repr(GRAM_CONDITION))
     return "\n".join(head) + "\n" + model_source(expression, inputs, names) + subproblem + _TEMPLATE
 
@@ -286,9 +301,10 @@ class NativeSingleLM:
         import ctypes
 
         self.names, self.inputs = names, inputs
+        self.index = {name: i for i, name in enumerate(names)}
         fn = lib.gf_single
         ptr = ctypes.c_void_p
-        fn.argtypes = [ptr, ptr]
+        fn.argtypes = [ptr, ctypes.c_long, ctypes.c_long, ctypes.c_long, ptr]
         fn.restype = ctypes.c_long
         self.fn = fn
 
@@ -300,11 +316,8 @@ class NativeSingleLM:
         from .lm import LMOutcome
 
         n, nf, p, k = len(y), len(free), len(self.names), len(self.inputs)
-        index = {name: i for i, name in enumerate(self.names)}
         fixed = [float(values[name]) for name in self.names]
-        # one buffer (one pointer to take: each costs ~1 us): the inputs, y, sqrt(w), the free
-        # parameters' indices, the evaluations at the current and the trial point ((P + 1) x n
-        # each), the SVD's copy of J D^-1, the counts and the final norms
+        # one buffer (taking a pointer costs ~1 us), laid out as gf_single reads it
         sizes = (k * n, n, 0 if weights is None else n, nf, (p + 1) * n, (p + 1) * n, nf * n, 9)
         offsets = list(accumulate(sizes, initial=0))
         work = np.empty(offsets[-1])
@@ -313,14 +326,10 @@ class NativeSingleLM:
         work[offsets[1]:offsets[2]] = y
         if weights is not None:
             np.sqrt(weights, out=work[offsets[2]:offsets[3]])
-        work[offsets[3]:offsets[4]].view(np.int64)[:] = [index[name] for name in free]
-        base = work.ctypes.data
-        at = [base + 8 * o for o in offsets]
-        args = np.array([n, at[0], at[1], 0 if weights is None else at[2], at[3], nf, at[4], at[5], at[6], at[7]],
-                        dtype=np.int64)
+        work[offsets[3]:offsets[4]] = [self.index[name] for name in free]
         tail = work[-9:]
         long_data = n >= 4 * nf
-        fn, args_at = self.fn, args.ctypes.data
+        fn, work_at, weighted = self.fn, work.ctypes.data, weights is not None
         o_hist = 8 + nf + p
 
         def run(x0, options):
@@ -331,12 +340,12 @@ class NativeSingleLM:
             o_r = o_jac + n * nf
             o_gram = o_r + n
             o_norms = o_gram + nf * nf
-            head = np.empty(o_norms + 2 * nf + nf * nf)
+            head = np.empty(o_norms + 2 * nf + 2 * nf * nf)
             head[:8] = (ftol, xtol, gtol, options.stationary, options.residual_floor, options.factor,
                         1.0 if options.scaling == "none" else 0.0, float(options.max_iter))
             head[8:8 + nf] = x0
             head[8 + nf:o_hist] = fixed
-            code = fn(args_at, head.ctypes.data)
+            code = fn(work_at, n, nf, weighted, head.ctypes.data)
             if code == -1:
                 return None
             status = Status.from_code(code)
@@ -352,12 +361,15 @@ class NativeSingleLM:
                             head[o_hist:o_hist + int(n_hist)].tolist(), int(n_res), int(n_jac), head[o_r:o_gram],
                             head[o_jac:o_r].reshape(n, nf), head[o_gram:o_norms].reshape(nf, nf) if long_data else None)
             if has_eigh:
-                out.gram_eigh = (head[o_norms:o_norms + nf], head[o_norms + nf:o_norms + 2 * nf],
-                                 head[o_norms + 2 * nf:].reshape(nf, nf))
+                o_vec = o_norms + 2 * nf
+                out.gram_eigh = (head[o_norms:o_norms + nf], head[o_norms + nf:o_vec],
+                                 head[o_vec:o_vec + nf * nf].reshape(nf, nf))
+                if has_eigh == 2:  # and (J^T J)^-1, for stats.covariance_from_gram
+                    out.gram_eigh += (head[o_vec + nf * nf:].reshape(nf, nf),)
                 out.range_cosine = None if cosine != cosine else cosine
             return out
 
-        run.work = (work, args)  # the buffers behind the pointers live as long as the function
+        run.work = work  # the buffer behind the pointer lives as long as the function
         return run
 
 

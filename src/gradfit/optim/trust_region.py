@@ -7,12 +7,18 @@ import math
 
 import numpy as np
 
-__all__ = ["Subproblem", "GRAM_CONDITION", "RANGE_GRAM_COND", "symmetric_eigh", "thin_svd"]
+__all__ = ["Subproblem", "GRAM_CONDITION", "GRAM_COVARIANCE", "RANGE_GRAM_COND", "symmetric_eigh", "thin_svd"]
 
 #: smallest/largest eigenvalue of the scaled Gram matrix above which the subproblem is solved
 #: from it (cond(J D^-1) < 1e5: steps accurate to ~eps * cond^2 < 1e-6, ample for an
 #: iteration that only needs descent); below it, the SVD of J D^-1 itself
 GRAM_CONDITION = 1e-10
+
+#: smallest/largest eigenvalue of the column-scaled Gram matrix above which one fit's
+#: covariance comes from it (cond(J D^-1) < 1e4: the inverse is accurate to ~eps * 1e8,
+#: far below any digit a standard error reports), not from the SVD of the Jacobian
+#: (:func:`gradfit.stats.covariance_from_gram`)
+GRAM_COVARIANCE = 1e-8
 
 #: condition number of the column-scaled Jacobian below which its Gram matrix serves the
 #: end-point range cosine (:func:`gradfit.stats.batch_range_cosine`)
