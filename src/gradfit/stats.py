@@ -16,7 +16,7 @@ import numpy as np
 
 from .optim.trust_region import GRAM_COVARIANCE, RANGE_GRAM_COND, symmetric_eigh
 
-__all__ = ["Covariance", "covariance", "covariance_from_svd", "fit_statistics", "batch_statistics",
+__all__ = ["Covariance", "covariance", "covariance_from_svd", "fit_statistics", "batch_statistics", "scalar_statistics",
            "rank_deficient", "batch_inverse_diagonal", "t_quantile", "z_quantile", "RANK_TOL", "VANISH_FACTOR",
            "STATIONARY", "RESIDUAL_FLOOR", "covariance_from_gram", "GRAM_COVARIANCE", "residual_floor", "vanishing_columns", "batch_range_cosine", "stationary_threshold", "batch_scaled_gradient", "EndPoint",
            "end_point_checks", "scaled_gram_eigh", "range_cosine_from_gram"]
@@ -392,6 +392,24 @@ def fit_statistics(residuals: np.ndarray, y: np.ndarray, weights: np.ndarray | N
         "rss": rss, "rmse": math.sqrt(rss / n), "r2": 1.0 - chi2 / tss if tss > 0 else math.nan,
         "aic": loglike_term + 2 * n_params, "bic": loglike_term + math.log(n) * n_params,
     }
+
+
+def scalar_statistics(chisqr: float, n: int, n_params: int) -> dict:
+    """:func:`batch_statistics` of one fit, as Python numbers (a global fit's joint statistics:
+    numpy's calls on 1-element arrays cost ~20 us more).
+
+    >>> scalar_statistics(2.0, 10, 2)["redchi"], scalar_statistics(0.0, 3, 2)["aic"]
+    (0.25, -inf)
+    """
+    chi2 = float(chisqr) if math.isfinite(chisqr) else math.nan
+    n, k = int(n), int(n_params)
+    dof = n - k
+    if n > 0 and chi2 > 0:
+        term = n * math.log(chi2 / n)
+    else:  # 0 (a perfect fit): -inf; NaN, or no points: NaN
+        term = -math.inf if n > 0 and chi2 == 0 else math.nan
+    return {"n": n, "dof": dof, "chisqr": chi2, "redchi": chi2 / dof if dof > 0 else math.nan,
+            "aic": term + 2 * k, "bic": term + (math.log(n) if n > 0 else math.nan) * k}
 
 
 def batch_statistics(chisqr: np.ndarray, n: np.ndarray, n_params: int) -> dict:

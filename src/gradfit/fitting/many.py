@@ -331,7 +331,7 @@ def _inputs(model, x, n_fits: int, n_points: int) -> dict:
 # -- parameters -------------------------------------------------------------------------------
 def _parameters(model, init, bounds, fixed, inputs, y, w):
     """(theta0 (B, P), lower (B, P), upper (B, P), free (P,)) from one ParameterSpec."""
-    from ..models.parameters import ParameterSpec, refuse_inputs_as_parameters
+    from ..models.parameters import ParameterSpec, columns, refuse_inputs_as_parameters
 
     names = model.param_names
     n_fits = y.shape[0]
@@ -339,7 +339,7 @@ def _parameters(model, init, bounds, fixed, inputs, y, w):
     given, guess = _init_values(model, init, inputs, y, w)
     spec = ParameterSpec.create(names, init=given, bounds=bounds, fixed=fixed, n_fits=n_fits)
     start = spec.start(guess)
-    theta0 = np.stack([np.broadcast_to(np.asarray(start[n], dtype=float), (n_fits,)) for n in names], axis=1)
+    theta0 = columns(start, names, n_fits)
     lower, upper = spec.bound_arrays()
     free = np.array([1.0 if n in spec.free else 0.0 for n in names])
     return theta0, lower, upper, free

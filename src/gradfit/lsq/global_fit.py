@@ -37,6 +37,7 @@ redchi = chisqr / dof.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -45,7 +46,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..models.jacobian import batch_residual_and_jacobian
 from ..optim.batch_lm import residual_floor2
-from ..stats import RANK_TOL, batch_statistics
+from ..stats import RANK_TOL, scalar_statistics
 from ..status import Status
 from .compiled import NATIVE_MARGIN, add_eager_seconds, native_build_seconds, spent_enough
 
@@ -100,7 +101,6 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     from ..likelihood import batch_poisson_deviance
     from ..optim.global_lm import RUNNING, init, normal_blocks, step
     from ..optim.positive_step import edge_points
-    from .end_points import likelihood_statistics
 
     reduce = reduce or _no_reduce
     names = tuple(names)
@@ -112,6 +112,32 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     free_l = tuple(float(free[j]) for j in i_l)
     free_s = tuple(float(free[j]) for j in i_s)
     n_free_l = int(sum(free_l))
+    status0 = np.where(n_used < max(n_free_l, 1), Status.TOO_FEW_POINTS.code, RUNNING)
+    fused = getattr(model, "expression", None) is not None
+    cols = np.asarray(free, dtype=bool)
+    bounded = bool(np.isfinite(lower[:, cols]).any() or np.isfinite(upper[:, cols]).any())
+
+    native = None  # the whole loop in C (optim/native_global.py) where it applies
+    native_key = t_torch = native_note = None
+    if compile is not False and not likelihood and not bounded and reduce is _no_reduce and fused \
+            and device.type == "cpu":
+        from ..optim.native_global import global_kernel
+
+        native_key = ("global", model.expression, names, tuple(shared), str(dtype))
+        build = compile is True or _worth_building(n_fits, y.shape[1], len(names)) or spent_enough(native_key,
+                                                                                                      len(names))
+        native, why = global_kernel(model, tuple(names[j] for j in order), len(i_s), tuple(inputs), dtype,
+                                    build=build)
+        if native is None:  # the torch loop's time counts towards building the kernel (lsq/compiled.py)
+            t_torch = time.perf_counter()
+            native_note = why if build else None
+    if native is not None:  # numpy in, numpy out: none of the torch loop's set-up
+        t0 = time.perf_counter()
+        state = _run_native(native, theta0[:, i_l], theta0[0, i_s], status0, inputs, y, w, free_l, free_s, dtype,
+                            n_used, tol=tol, max_iter=max_iter)
+        return _solution(model, names, shared, inputs, y, w, fused, dtype, device, state, time.perf_counter() - t0,
+                         status0, n_used, free_l, free_s, i_l, i_s, order, reduce, likelihood=None, native=native,
+                         restarted=0, ls_iterations=0, native_note=None, native_key=None, t_torch=None)
 
     def t(a, dt=dtype):
         return torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=device)
@@ -121,7 +147,6 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     w_t = t(w)
     zero_t = (y_t == 0) & (w_t > 0) if likelihood else None  # Poisson: the counts whose mean may reach 0
     inputs_t = {k: t(v) for k, v in inputs.items()}
-    fused = getattr(model, "expression", None) is not None
     from .batched import CPU_CHUNK_BYTES
 
     unit_weights = bool((w == 1).all())  # no weights to apply, no point to mask
@@ -163,30 +188,13 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
 
         return blocks
 
-    status0 = np.where(n_used < max(n_free_l, 1), Status.TOO_FEW_POINTS.code, RUNNING)
     status0_t = torch.as_tensor(status0, dtype=torch.int64, device=device)
-    cols = np.asarray(free, dtype=bool)
     box = None
-    if np.isfinite(lower[:, cols]).any() or np.isfinite(upper[:, cols]).any():
+    if bounded:
         box = (t(lower[:, i_l], torch.float64), t(upper[:, i_l], torch.float64), t(lower[0, i_s], torch.float64),
                t(upper[0, i_s], torch.float64))
     eps = float(torch.finfo(dtype).eps)
     n_used_t = torch.as_tensor(np.maximum(n_used, 1), dtype=torch.float64, device=device)
-
-    native = None  # the whole loop in C (optim/native_global.py) where it applies
-    native_key = t_torch = native_note = None
-    if compile is not False and not likelihood and box is None and reduce is _no_reduce and fused \
-            and device.type == "cpu":
-        from ..optim.native_global import global_kernel
-
-        native_key = ("global", model.expression, names, tuple(shared), str(dtype))
-        build = compile is True or _worth_building(n_fits, y.shape[1], len(names)) or spent_enough(native_key,
-                                                                                                      len(names))
-        native, why = global_kernel(model, tuple(names[j] for j in order), len(i_s), tuple(inputs_t), dtype,
-                                    build=build)
-        if native is None:  # the torch loop's time counts towards building the kernel (lsq/compiled.py)
-            t_torch = time.perf_counter()
-            native_note = why if build else None
 
     def run(local0, shared0, poisson: bool):
         # on the Pearson scale sqrt(y) for the deviance (as lsq/batched): the floor of an exact
@@ -197,9 +205,6 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
         floor2 = float(reduce(floor2.reshape(1))[0])
         # the rounding of the model values in the evaluation dtype (global_lm.step's rounding2)
         rounding2 = (4.0 * eps) ** 2 * (w_t * scale * scale).double().sum(-1) / n_used_t
-        if native is not None and not poisson:
-            return native.run(local0, shared0, status0_t, inputs_t, y_t, None if unit_weights else w_t, free_l, free_s,
-                              tol=tol, max_iter=max_iter, floor2=floor2, rounding2=rounding2)
         state = init(local0, shared0, status0_t)
         blocks = make_blocks(poisson)
         for _ in range(max_iter):
@@ -218,7 +223,52 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
             ls = run(local0, shared0, False)
             local0, shared0, ls_iterations = ls.local.clone(), ls.shared.clone(), ls.iterations
     state = run(local0, shared0, bool(likelihood))
-    elapsed = time.perf_counter() - t0
+    return _solution(model, names, shared, inputs, y, w, fused, dtype, device, state, time.perf_counter() - t0,
+                     status0, n_used, free_l, free_s, i_l, i_s, order, reduce, likelihood=likelihood, native=None,
+                     restarted=restarted, ls_iterations=ls_iterations, native_note=native_note, native_key=native_key,
+                     t_torch=t_torch)
+
+
+def _run_native(native, local0, shared0, status0, inputs: dict, y, w, free_l, free_s, dtype, n_used, *, tol: float,
+                max_iter: int):
+    """The joint loop in C (optim/native_global.py) from numpy data: y with NaN points 0 (their
+    weight is 0), both in the evaluation dtype; the residual floor and the rounding allowance of
+    the torch loop (global_lm.step), computed the same way in numpy."""
+    from ..optim.batch_lm import EPS64, RESIDUAL_FLOOR
+    from ..optim.global_lm import RUNNING
+
+    real = np.float32 if str(dtype) == "torch.float32" else np.float64
+    y64 = np.asarray(y, dtype=np.float64)
+    if not np.isfinite(y64).all():  # (one pass proves the common case clean; a copy only otherwise)
+        y64 = np.where(np.isfinite(y64), y64, 0.0)
+    eps = float(np.finfo(real).eps)
+    # w y^2 per fit in float64 (the torch loop forms it in the evaluation dtype: the same to rounding)
+    wyy = np.einsum("bm,bm,bm->b", w, y64, y64)
+    # (batch_lm.residual_floor2, summed over the fits in the problem)
+    floor2 = max(RESIDUAL_FLOOR * EPS64, 100.0 * eps) ** 2 * float(wyy[status0 == RUNNING].sum())
+    rounding2 = (4.0 * eps) ** 2 * wyy / np.maximum(n_used, 1)
+    unit = bool((w == 1).all())
+    return native.run(np.asarray(local0, dtype=np.float64), np.asarray(shared0, dtype=np.float64), status0,
+                      {k: np.ascontiguousarray(v, dtype=real) for k, v in inputs.items()},
+                      y64.astype(real, copy=False), None if unit else np.ascontiguousarray(w, dtype=real),
+                      free_l, free_s, tol=tol, max_iter=max_iter, floor2=floor2, rounding2=rounding2)
+
+
+def _solution(model, names, shared, inputs, y, w, fused, dtype, device, state, elapsed: float, status0, n_used,
+              free_l, free_s, i_l, i_s, order, reduce, *, likelihood, native, restarted: int, ls_iterations: int,
+              native_note, native_key, t_torch) -> GlobalSolution:
+    """The GlobalSolution of a finished joint loop (native or torch): the covariance and the
+    results in the names' order."""
+    import torch
+
+    from ..optim.global_lm import RUNNING
+    from .end_points import likelihood_statistics
+
+    n_fits = y.shape[0]
+
+    def t(a, dt=dtype):
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=device)
+
     if t_torch is not None:
         add_eager_seconds(native_key, time.perf_counter() - t_torch)
     joint = Status.MAX_ITERATIONS.code if state.status == RUNNING else state.status
@@ -245,7 +295,7 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     stderr[:, i_l] = np.where(included[:, None], se_l, np.nan)
     stderr[:, i_s] = se_s[None, :]
     back_np = np.argsort(order)  # from (local, shared) back to names' order; NaN outside the joint fit
-    covariance = np.asarray(cov_ls, dtype=np.float64)[:, back_np][:, :, back_np]
+    covariance = np.asarray(cov_ls, dtype=np.float64)[:, back_np[:, None], back_np[None, :]]
     covariance[~included] = np.nan
     chisqr = np.where(np.isfinite(state.chi2.cpu().numpy()), state.chi2.cpu().numpy(), np.nan)
     iterations = np.where(status0 == RUNNING, state.iterations + ls_iterations, 0).astype(np.int32)
@@ -257,9 +307,9 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
         timings["restarted"] = restarted
     if native_note:
         timings["native_kernel"] = native_note
-    return GlobalSolution(params, stderr, chisqr, n_used, status, iterations,
-                          {n: float(state.shared[k]) for k, n in enumerate(shared)},
-                          {n: float(se_s[k]) for k, n in enumerate(shared)}, stats, timings, extra, covariance)
+    shared_values = state.shared.cpu().numpy().tolist()
+    return GlobalSolution(params, stderr, chisqr, n_used, status, iterations, dict(zip(shared, shared_values)),
+                          dict(zip(shared, np.asarray(se_s, dtype=float).tolist())), stats, timings, extra, covariance)
 
 
 def _no_reduce(t):
@@ -292,11 +342,18 @@ def _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s, likelihood=None
 
         joint = batch_poisson_fit_statistics(*(np.array([v]) for v in totals), np.array([round(n_pts)]), k)
     else:
-        joint = batch_statistics(np.array([chi2]), np.array([round(n_pts)]), k)
-    stats = {key: v[0].item() for key, v in joint.items()}
+        joint = None
+    stats = scalar_statistics(chi2, round(n_pts), k) if joint is None else {key: v[0].item() for key, v in joint.items()}
     stats["n_params"] = k
     dof = stats["dof"]
     scale = 1.0 if likelihood is not None else chi2 / dof if dof > 0 else float("nan")
+    if ps == 1:  # one shared parameter (the common case): numpy.linalg's checks cost more than the algebra
+        s00 = float(s0[0, 0])
+        if not (s00 > 0 and math.isfinite(s00)):
+            return stats, scale, None, False
+        if not math.isfinite(scale):
+            return stats, scale, None, True
+        return stats, scale, np.where(both, 1.0 / s00, 0.0), True
     try:
         factor = np.linalg.cholesky(s0) if np.isfinite(s0).all() else None
     except np.linalg.LinAlgError:

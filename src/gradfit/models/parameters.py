@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, FormulaError
 
-__all__ = ["ParameterSpace", "ParameterSpec", "feasible_start"]
+__all__ = ["ParameterSpace", "ParameterSpec", "columns", "feasible_start"]
 
 
 def feasible_start(values: Mapping, bounds: Mapping | None) -> dict:
@@ -146,7 +146,7 @@ class ParameterSpec:
             return {n: (self.lower[n], self.upper[n]) for n in self.names
                     if math.isfinite(self.lower[n]) or math.isfinite(self.upper[n])}
         return {n: (self.lower[n], self.upper[n]) for n in self.names
-                if np.any(np.isfinite(self.lower[n])) or np.any(np.isfinite(self.upper[n]))}
+                if _any_finite(self.lower[n]) or _any_finite(self.upper[n])}
 
     def check_within_bounds(self, values: Mapping) -> None:
         """ConfigError for the first free value outside its bounds (ends included)."""
@@ -154,7 +154,7 @@ class ParameterSpec:
             if n not in values:
                 continue
             v, lo, hi = values[n], self.lower[n], self.upper[n]
-            if self.n_fits is None and lo <= v <= hi:
+            if (self.n_fits is None or type(v) is type(lo) is type(hi) is float) and lo <= v <= hi:
                 continue
             inside = (lo <= v) & (v <= hi)
             if np.all(inside):
@@ -178,10 +178,21 @@ class ParameterSpec:
 
     def bound_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper), each (B, P) for a per-fit spec or (P,) otherwise."""
-        shape = (self.n_fits,) if self.n_fits is not None else ()
-        lower = np.stack([np.broadcast_to(np.asarray(self.lower[n], dtype=float), shape) for n in self.names], -1)
-        upper = np.stack([np.broadcast_to(np.asarray(self.upper[n], dtype=float), shape) for n in self.names], -1)
-        return lower, upper
+        return columns(self.lower, self.names, self.n_fits), columns(self.upper, self.names, self.n_fits)
+
+
+def columns(values: Mapping, names: Sequence[str], n_fits: int | None) -> np.ndarray:
+    """``values[name]`` (numbers or (B,) arrays) as the columns of a (B, P) float array, or (P,)
+    when ``n_fits`` is None (column by column: np.broadcast_to costs ~5 us a call)."""
+    out = np.empty((len(names),) if n_fits is None else (n_fits, len(names)))
+    for j, name in enumerate(names):
+        out[..., j] = values[name]
+    return out
+
+
+def _any_finite(value) -> bool:
+    """Whether a bound (a number or a (B,) array) is finite anywhere."""
+    return math.isfinite(value) if type(value) is float else bool(np.isfinite(value).any())
 
 
 def _init_value(name: str, value, n_fits: int | None):

@@ -19,6 +19,8 @@ Callers keep the torch kernel for bounds, Poisson likelihoods, torchrun and GPUs
 
 from __future__ import annotations
 
+import math
+
 from functools import lru_cache
 
 from ..status import Status
@@ -378,16 +380,16 @@ class NativeGlobal:
         se_l = np.empty((b, pl))
         self.cov_blocks(b, both.ctypes.data, included.ctypes.data, s_inv.ctypes.data, scale, fl.ctypes.data,
                         cov.ctypes.data, se_l.ctypes.data)
-        se_s = np.sqrt(np.clip(np.diagonal(s_inv) * scale, 0.0, None))
+        se_s = np.array([math.sqrt(max(v * scale, 0.0)) for v in np.diagonal(s_inv).tolist()])
         return se_l, se_s, singular, stats, cov
 
     def run(self, local0, shared0, status0, inputs: dict, y, w, free_l, free_s, *, tol: float, max_iter: int,
             floor2: float, rounding2) -> GlobalState:
         """The joint loop from the starts ``local0`` (B, P_l) and ``shared0`` (P_s,) (float64) and
         the per-fit statuses ``status0`` (B,) (RUNNING, or the code of a fit that cannot take part)
-        to its end, as :func:`gradfit.optim.global_lm.init` and ``step`` would go: a GlobalState.
-        ``inputs`` (M,) or (B, M), ``y`` and ``w`` (B, M) (None: every weight 1) are tensors in
-        the evaluation dtype; ``rounding2`` (B,) float64 or None."""
+        to its end, as :func:`gradfit.optim.global_lm.init` and ``step`` would go: a GlobalState
+        (of tensors). ``inputs`` (M,) or (B, M), ``y`` and ``w`` (B, M) (None: every weight 1) are
+        numpy arrays in the evaluation dtype; ``rounding2`` (B,) float64 or None."""
         import ctypes
 
         import numpy as np
@@ -395,22 +397,22 @@ class NativeGlobal:
 
         b, m = y.shape
         pl, ps = local0.shape[1], shared0.shape[0]
-        xs = [inputs[k].contiguous() for k in self.inputs]
-        y = y.contiguous()
-        w = None if w is None else w.contiguous()
-        x_ptrs = (ctypes.c_void_p * max(len(xs), 1))(*[x.data_ptr() for x in xs])
-        x_stride = (ctypes.c_long * max(len(xs), 1))(*[(m if x.dim() == 2 else 0) for x in xs])
-        arrays = {"local": np.array(local0.cpu().numpy(), dtype=np.float64), "shared": np.array(shared0.cpu().numpy(),
-                  dtype=np.float64), "chi2": np.full(b, np.inf), "a": np.zeros((b, pl, pl)), "c": np.zeros((b, pl, ps)),
+        xs = [np.ascontiguousarray(inputs[k]) for k in self.inputs]
+        y = np.ascontiguousarray(y)
+        w = None if w is None else np.ascontiguousarray(w)
+        x_ptrs = (ctypes.c_void_p * max(len(xs), 1))(*[x.ctypes.data for x in xs])
+        x_stride = (ctypes.c_long * max(len(xs), 1))(*[(m if x.ndim == 2 else 0) for x in xs])
+        arrays = {"local": np.array(local0, dtype=np.float64, order="C"), "shared": np.array(shared0, dtype=np.float64),
+                  "chi2": np.full(b, np.inf), "a": np.zeros((b, pl, pl)), "c": np.zeros((b, pl, ps)),
                   "d": np.zeros((b, ps, ps)), "g_local": np.zeros((b, pl)), "g_shared": np.zeros((b, ps))}
-        status0 = status0.cpu().numpy()
+        status0 = np.asarray(status0)
         included = (status0 == RUNNING).astype(np.uint8)
         fit_status = np.array(status0, dtype=np.int64)
         free_l_a, free_s_a = np.array(free_l, dtype=np.float64), np.array(free_s, dtype=np.float64)
-        r2 = None if rounding2 is None else np.ascontiguousarray(rounding2.cpu().numpy(), dtype=np.float64)
+        r2 = None if rounding2 is None else np.ascontiguousarray(rounding2, dtype=np.float64)
         iterations, lam, total = ctypes.c_long(0), ctypes.c_double(0.0), ctypes.c_double(0.0)
         v = arrays  # written in place by the C loop
-        status = self.fn(b, m, x_ptrs, x_stride, y.data_ptr(), None if w is None else w.data_ptr(),
+        status = self.fn(b, m, x_ptrs, x_stride, y.ctypes.data, None if w is None else w.ctypes.data,
                          free_l_a.ctypes.data, free_s_a.ctypes.data, tol, max_iter, floor2,
                          None if r2 is None else r2.ctypes.data, v["local"].ctypes.data, v["shared"].ctypes.data,
                          v["chi2"].ctypes.data, v["a"].ctypes.data, v["c"].ctypes.data, v["d"].ctypes.data,
