@@ -263,7 +263,7 @@ def _options_for(values: tuple) -> FitOptions:
     """options_from_keywords for fit's option values, remembered for hashable ones (a loop of
     fits with the same keywords builds its FitOptions, frozen, once; ~10 us each)."""
     try:
-        key = tuple((type(v), v) for v in values)  # (1 and 1.0 and True hash alike)
+        key = values + tuple(map(type, values))  # (1 and 1.0 and True hash alike: their types differ)
         found = _OPTIONS.get(key)
     except TypeError:  # a dict or list among them
         return options_from_keywords(**dict(zip(_OPTION_KEYWORDS, values)))

@@ -121,9 +121,12 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
             return functions[0][1](u)
     u0 = np.array([space.values[n] for n in space.free], dtype=np.float64)
     started = time.perf_counter()
-    with np.errstate(all="ignore"):  # trial steps may overflow; LM rejects them
-        out, strategy = robust_levenberg_marquardt(residual, u0, jacobian=jacobian, options=options,
-                                                   callback=lm_cb, bounds=bounds, run=native)
+    if native is not None:  # (lm.py runs under its own errstate where the kernel leaves a start to it)
+        out, strategy = robust_levenberg_marquardt(residual, u0, jacobian=jacobian, options=options, run=native)
+    else:
+        with np.errstate(all="ignore"):  # trial steps may overflow; LM rejects them
+            out, strategy = robust_levenberg_marquardt(residual, u0, jacobian=jacobian, options=options,
+                                                       callback=lm_cb, bounds=bounds)
     if key is not None and native is None:  # what the native kernel would have saved (tiering)
         add_eager_seconds(key, time.perf_counter() - started)
     elif native is not None and out.gram_eigh is not None:  # (lm.py ran where it returned None)

@@ -470,7 +470,11 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
         if (options.scaling, options.factor) != (scaling, factor):  # (replace costs microseconds)
             options = replace(options, scaling=scaling, factor=factor)
         out = None if run is None else run(x0, options)
-        if out is None:
+        if out is None and run is not None:  # a start the kernel leaves to lm.py (its caller set no errstate)
+            with np.errstate(all="ignore"):
+                out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback, bounds=bounds,
+                                          options=options)
+        elif out is None:
             out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback, bounds=bounds,
                                       options=options)
         total_res += out.n_residual

@@ -341,10 +341,8 @@ class NativeSingleLM:
             o_gram = o_r + n
             o_norms = o_gram + nf * nf
             head = np.empty(o_norms + 2 * nf + 2 * nf * nf)
-            head[:8] = (ftol, xtol, gtol, options.stationary, options.residual_floor, options.factor,
-                        1.0 if options.scaling == "none" else 0.0, float(options.max_iter))
-            head[8:8 + nf] = x0
-            head[8 + nf:o_hist] = fixed
+            head[:o_hist] = [ftol, xtol, gtol, options.stationary, options.residual_floor, options.factor,
+                             1.0 if options.scaling == "none" else 0.0, float(options.max_iter), *x0.tolist(), *fixed]
             code = fn(work_at, n, nf, weighted, head.ctypes.data)
             if code == -1:
                 return None
