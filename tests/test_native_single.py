@@ -222,3 +222,42 @@ def test_tiering_builds_after_enough_eager_time(monkeypatch):
     assert compiled.EAGER_SECONDS[key] > 0
     compiled.EAGER_SECONDS[key] = 100.0  # as if it had run for long
     assert _ran_native(gf.fit(formula, **kw))
+
+
+def test_compile_option(monkeypatch, tmp_path):
+    """compile=True builds the kernel at once (no tiering, empty cache), False never runs it,
+    "yes"/"no" are accepted, anything else is a ConfigError; the CLI's --compile does the same."""
+    import json
+    import subprocess
+    import sys
+
+    from gradfit.errors import ConfigError
+    from gradfit.lsq import compiled
+    from gradfit.optim import native_common, native_single
+
+    monkeypatch.delenv("GRADFIT_CC", raising=False)
+    monkeypatch.setattr(solve, "build_single_now", compiled.spent_enough)
+    monkeypatch.setattr(compiled, "EAGER_SECONDS", {})
+    monkeypatch.setattr(native_single, "_FOUND", {})
+    monkeypatch.setattr(native_common, "_KERNELS", {})
+    monkeypatch.setenv("GRADFIT_CACHE_DIR", str(tmp_path / "cache"))
+    x = np.linspace(0, 10, 40)
+    y = 2.0 * np.exp(-0.3 * x) + 0.5 + 0.01 * np.sin(4 * x)
+    kw = dict(x=x, y=y, init=dict(a=1.0, k=1.0, c=1.0), dtype="float64")
+    formula = "a*exp(-k*x) + c*cos(x/50)"  # (a formula no other test builds in this process)
+    assert not _ran_native(gf.fit(formula, **kw))  # auto: nothing built, nothing spent yet
+    built = gf.fit(formula, compile=True, **kw)
+    assert _ran_native(built) and built.settings["options"]["least_squares"]["compile"] is True
+    assert _ran_native(gf.fit(formula, **kw))  # auto: built now
+    off = gf.fit(formula, compile="no", **kw)
+    assert not _ran_native(off) and off.params["k"] == pytest.approx(built.params["k"], rel=1e-8)
+    assert _ran_native(gf.fit(formula, compile="yes", **kw))
+    with pytest.raises(ConfigError, match="compile must be"):
+        gf.fit(formula, compile="maybe", **kw)
+    data = tmp_path / "d.csv"
+    data.write_text("x,y\n" + "\n".join(f"{float(a)!r},{float(b)!r}" for a, b in zip(x, y)) + "\n")
+    for flag, native in (("yes", True), ("no", False)):
+        out = subprocess.run([sys.executable, "-m", "gradfit", "fit", str(data), f"y ~ {formula}", "--init",
+                              "a=1,k=1,c=1", "--dtype", "float64", "--compile", flag, "--json"],
+                             capture_output=True, text=True, check=True)
+        assert json.loads(out.stdout)["strategy"].endswith("; native kernel") == native

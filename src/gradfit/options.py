@@ -242,6 +242,11 @@ class LeastSquaresOptions(_Options):
     tol : convergence tolerance on the relative change in chi-square or in the parameters
         (None: the solver's default).
     absolute_sigma : sigma is absolute: the covariance is not rescaled by the reduced chi-square.
+    compile : "auto" (default), True or False: whether Levenberg-Marquardt runs as a native C
+        kernel (:mod:`gradfit.optim.native_single`; formulas without bounds or ties). "auto" uses
+        a kernel already built (this process or the disk cache) and builds one once the
+        formula's fits in the process have spent two builds' time; True builds it now (~0.25 s,
+        once per formula and machine); False never (numpy). "yes"/"no" are accepted.
 
     Raises
     ------
@@ -252,11 +257,24 @@ class LeastSquaresOptions(_Options):
     max_iter: int = 2000
     tol: float | None = None
     absolute_sigma: bool = False
+    compile: bool | str = "auto"
 
     def __post_init__(self):
         _set(self, "max_iter", check_integer("max_iter", self.max_iter, 1))
         _set(self, "tol", check_positive("tol", self.tol, optional=True))
         _set(self, "absolute_sigma", check_flag("absolute_sigma", self.absolute_sigma))
+        _set(self, "compile", compile_choice(self.compile))
+
+
+def compile_choice(value) -> bool | str:
+    """``compile=``: True, False or "auto" (also "yes"/"no"; ConfigError otherwise)."""
+    if value is True or (isinstance(value, str) and value in ("yes", "true")):
+        return True
+    if value is False or (isinstance(value, str) and value in ("no", "false")):
+        return False
+    if value == "auto":
+        return "auto"
+    raise ConfigError(f"compile must be 'auto', True or False, got {value!r}")
 
 
 @dataclass(frozen=True)

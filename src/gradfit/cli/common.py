@@ -215,6 +215,7 @@ def fit_kwargs(args) -> dict:
     return dict(init=init or None, bounds=parse_bounds(args.bounds) or None, fixed=fixed,
                 tie=parse_ties(args.tie) or None, absolute_sigma=args.absolute_sigma,
                 tol=args.tol, max_iter=args.max_iter, dtype=args.dtype, device=args.device, threads=args.threads,
+                compile=getattr(args, "compile", "auto"),
                 optimizer=args.optimizer, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                 loss=args.loss, optimizer_options=_optimizer_options(args) or None, normalize=args.normalize,
                 val_fraction=args.val_fraction, seed=args.seed, gradient=args.gradient, log_every=args.log_every,

@@ -62,6 +62,8 @@ OPTIONS: dict[str, tuple[tuple[str, ...], dict]] = {
     "--dtype": ((), dict(default="float32", choices=["float32", "float64"],
                          help="floating-point precision (default float32)")),
     "--device": ((), dict(default="auto", help="auto, cpu or cuda (default auto)")),
+    "--compile": ((), dict(default="auto", choices=["auto", "yes", "no"],
+                           help="{what} (default auto: when it pays for itself; no: never)")),
     "--threads": ((), dict(type=int, default=None, metavar="N",
                            help="intra-op CPU threads while fitting (default: 1 for small problems, torch's "
                                 "default otherwise); set it when other work shares the cores")),
@@ -180,6 +182,9 @@ def _add_fit(sub) -> None:
     p.add_argument("model", help="formula 'y ~ a*x + b', a built-in name (gaussian, poly:3, ...) or mlp")
     _add_estimation_options(p, out_what="model.json, history.csv, fit.png, loss.png (and checkpoints) into DIR",
                             max_iter=_FIT_MAX_ITER, tol=_FIT_TOL)
+    add_options(p.add_argument_group("native kernel"), ["--compile"],
+                what="Levenberg-Marquardt of a formula without bounds or ties as a native C kernel (built by the "
+                     "system C compiler, cached on disk; yes: build it now)")
     add_options(p.add_argument_group("multistart"), ["--starts"])
     add_options(p.add_argument_group("data larger than memory"), ["--stream", "--val-key", "--no-shard-reads"],
                 what="train on Parquet DATA (file, folder or glob) streamed in minibatches (needs --batch-size); "
@@ -219,9 +224,8 @@ def _add_fit_many(sub) -> None:
                 "--out (a folder of Parquet parts) a chunk at a time; a rerun resumes, skipping chunks written")
     batching.add_argument("--chunk-fits", type=int, default=100_000, metavar="N",
                           help="with --stream: fits read, fitted and written at a time (default 100000)")
-    batching.add_argument("--compile", default="auto", choices=["auto", "yes", "no"],
-                        help="compile the fits: a native C kernel for formulas (cached on disk), "
-                             "else torch.compile (default auto: when it pays for itself; no: eager torch)")
+    add_options(batching, ["--compile"], what="compile the fits: a native C kernel for formulas (cached on disk), "
+                                               "else torch.compile; no: eager torch")
     _group(p, "output", what="the per-fit table to FILE (.csv, .npz or .parquet)", metavar={"--out": "FILE"})
     add_options(p.add_argument_group("plots"), ["--plot"])
 

@@ -91,8 +91,8 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         callbacks: Sequence = (), nan_policy: str = "raise", hidden: Sequence[int] = (64,),
         activation: str = "tanh", penalty: Mapping | None = None, input_noise: float = 0.0,
         early_stopping=None, schedule=None, cv: int | None = None, cv_groups=None, cv_split: str = "random",
-        checkpoint=None, resume: bool = False, threads: int | None = None, options: FitOptions | None = None,
-        starts: int | None = None, start_design: str = "sobol"):
+        checkpoint=None, resume: bool = False, threads: int | None = None, compile="auto",
+        options: FitOptions | None = None, starts: int | None = None, start_design: str = "sobol"):
     """Estimate a model's parameters from input/output pairs.
 
     Parameters
@@ -155,6 +155,13 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         threads only wait on each other (and on a busy machine make a small fit many times
         slower); otherwise the process's setting (torch's default or ``OMP_NUM_THREADS``)
         is kept, never raised. Set it when several fits or processes share the cores.
+    compile : "auto" (default), True or False: Levenberg-Marquardt of a formula without bounds
+        or ties as a native C kernel built by the system C compiler and cached on disk
+        (:mod:`gradfit.optim.native_single`; the same algorithm and statuses as numpy's).
+        "auto" uses a kernel already built and builds one once this formula's fits in the
+        process have spent two builds' time (~0.5 s); True builds it now (~0.25 s, once per
+        formula and machine: for a loop of many fits); False never. Without a C compiler the
+        fit runs in numpy. ``result.settings["strategy"]`` ends in "; native kernel" when it ran.
     options : a :class:`gradfit.options.FitOptions` holding every option at once, for callers
         that build, store or reuse them (``FitOptions.from_dict(result.settings["options"])``
         replays a fit). It replaces the option keywords (loss ... resume above: the names in
@@ -193,7 +200,7 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         return fit_path(fit, dict(locals()))
     values = (loss, optimizer, lr, epochs, batch_size, normalize, val_fraction, seed, gradient, dtype, device,
               log_every, progress, absolute_sigma, max_iter, optimizer_options, tol, nan_policy, hidden, activation,
-              penalty, input_noise, early_stopping, schedule, cv, cv_split, checkpoint, resume, threads)
+              penalty, input_noise, early_stopping, schedule, cv, cv_split, checkpoint, resume, threads, compile)
     if options is None and all(map(operator.is_, values, _default_values())):
         options = _default_options()  # the common call: every option left at its default
     else:
@@ -245,7 +252,7 @@ def _fit_arrays(bound, arrays, options, loss_fn, torch_dtype, dev, *, init, boun
 _OPTION_KEYWORDS = ("loss", "optimizer", "lr", "epochs", "batch_size", "normalize", "val_fraction", "seed", "gradient",
                     "dtype", "device", "log_every", "progress", "absolute_sigma", "max_iter", "optimizer_options", "tol",
                     "nan_policy", "hidden", "activation", "penalty", "input_noise", "early_stopping", "schedule", "cv",
-                    "cv_split", "checkpoint", "resume", "threads")
+                    "cv_split", "checkpoint", "resume", "threads", "compile")
 
 
 @lru_cache(maxsize=1)

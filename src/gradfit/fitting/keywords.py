@@ -21,7 +21,7 @@ FIT_KEYWORDS: dict = dict(
     gradient="autograd", dtype="float32", device="auto", log_every=0, progress=None, absolute_sigma=False,
     max_iter=None, optimizer_options=None, tol=None, nan_policy="raise", hidden=(64,), activation="tanh",
     penalty=None, input_noise=0.0, early_stopping=None, schedule=None, cv=None, cv_split="random", checkpoint=None,
-    resume=False, threads=None)
+    resume=False, threads=None, compile="auto")
 
 
 def options_from_keywords(**keywords: Any) -> FitOptions:
@@ -54,7 +54,7 @@ def _build(keywords: Mapping) -> FitOptions:
         normalize=kw["normalize"], val_fraction=kw["val_fraction"], seed=kw["seed"], gradient=kw["gradient"],
         dtype=kw["dtype"], device=kw["device"], tol=kw["tol"], optimizer_options=kw["optimizer_options"],
         log_every=kw["log_every"], progress=kw["progress"], threads=kw["threads"])
-    least_squares = LeastSquaresOptions(tol=kw["tol"], absolute_sigma=kw["absolute_sigma"],
+    least_squares = LeastSquaresOptions(tol=kw["tol"], absolute_sigma=kw["absolute_sigma"], compile=kw["compile"],
                                         **({} if kw["max_iter"] is None else {"max_iter": kw["max_iter"]}))
     regularization = RegularizationOptions(penalty=kw["penalty"], input_noise=kw["input_noise"],
                                            early_stopping=early_stopping_from_spec(kw["early_stopping"]),

@@ -29,7 +29,7 @@ def least_squares_fit(model, space, train_arr, val_arr, method, options, *, sett
     max_iter = lsq.max_iter
     problem = LeastSquaresProblem.from_arrays(model, space, train_arr)
     cbs, on_iteration = _iteration_callbacks(callbacks, options, method, "least squares")
-    outcome = solve(problem, method, max_iter=max_iter, tol=lsq.tol, callback=on_iteration)
+    outcome = solve(problem, method, max_iter=max_iter, tol=lsq.tol, callback=on_iteration, compile=lsq.compile)
     values = outcome.values
     if method == "lm" and outcome.status == "converged":
         values = refine_residuals(problem, values, chisqr=outcome.chisqr)

@@ -45,11 +45,12 @@ class LSQOutcome:
 
 
 def solve(problem: LeastSquaresProblem, method: str, *, max_iter: int = 2000, tol: float | None = None,
-          callback=None) -> LSQOutcome:
-    """Solve by "linear" (direct) or "lm"; returns parameter values and an honest status."""
+          callback=None, compile="auto") -> LSQOutcome:
+    """Solve by "linear" (direct) or "lm"; returns parameter values and an honest status.
+    ``compile`` ("auto", True, False): whether "lm" runs the native kernel (see :func:`_native_run`)."""
     if method == "linear":
         return _solve_linear(problem)
-    return _solve_lm(problem, max_iter=max_iter, tol=tol, callback=callback)
+    return _solve_lm(problem, max_iter=max_iter, tol=tol, callback=callback, compile=compile)
 
 
 def _solve_linear(problem: LeastSquaresProblem) -> LSQOutcome:
@@ -86,7 +87,8 @@ def _not_finite_linear(space, design: np.ndarray, offset) -> LSQOutcome:
     return LSQOutcome(dict(space.values), Status.NOT_FINITE, message, 0, strategy="SVD")
 
 
-def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None, callback) -> LSQOutcome:
+def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None, callback,
+              compile="auto") -> LSQOutcome:
     _, y, w = problem.numpy()
     y_norm = math.sqrt(float(y @ y if w is None else w @ (y * y)))  # ||sqrt(w) y||
     options = LMOptions(max_iter=max_iter, residual_floor=residual_floor(_EPS64) * y_norm,
@@ -106,7 +108,9 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
     # A Jacobian too large to hold: the exact reduced problem, built in chunks (lsq/chunked.py)
     chunked = use_chunks(problem)
     reducer = Reducer(problem) if chunked else None
-    native, key = (None, None) if bounds is not None or chunked or callback is not None else _native_run(problem)
+    native, key = (None, None)
+    if compile is not False and bounds is None and not chunked and callback is None:
+        native, key = _native_run(problem, build=compile is True)
     if native is None:
         residual, jacobian = reducer.functions() if chunked else problem.lm_functions(internal=False)
     else:  # made only if a strategy needs them (a start the native kernel leaves to lm.py)
@@ -156,13 +160,14 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
                       chisqr=2.0 * out.cost)
 
 
-def _native_run(problem: LeastSquaresProblem):
+def _native_run(problem: LeastSquaresProblem, *, build: bool = False):
     """(run, key): the native kernel's Levenberg-Marquardt run for this unbounded fit
     (:mod:`gradfit.optim.native_single`) or None, and the key of its eager time in
     :data:`gradfit.lsq.compiled.EAGER_SECONDS` (None when no kernel covers it). As fit_many's
     compile="auto": a kernel already built (in this process or the disk cache) runs at once;
     one is built once the torch-free eager loop has spent more on this model in this process
-    than two builds would cost (a JIT's tiering), so a single fit never waits for a build."""
+    than two builds would cost (a JIT's tiering), so a single fit never waits for a build;
+    ``build=True`` (compile=True) builds it now."""
     model, space = problem.model, problem.space
     expression = getattr(model, "expression", None)
     if expression is None or space.ties or not problem.plain_residuals or model_strategy(model) != "symbolic":
@@ -175,7 +180,7 @@ def _native_run(problem: LeastSquaresProblem):
 
     names, columns = tuple(space.names), tuple(inputs)
     key = ("single", expression, names, columns)
-    found, _ = kernel(model, names, columns, build=build_single_now(key, len(space.free)))
+    found, _ = kernel(model, names, columns, build=build or build_single_now(key, len(space.free)))
     if found is None:
         return None, key
     return found.runner(inputs, problem.numpy()[1], weights, space.values, tuple(space.free)), key

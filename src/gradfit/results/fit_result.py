@@ -299,6 +299,8 @@ class FitResult:
         out = {"params": dict(self.params), "loss": self.loss, "val_loss": self.val_loss,
                "status": self.status, "epochs_run": self.epochs_run, "message": self.message,
                "method": self.method, "method_reason": self.method_reason}
+        if self.settings.get("strategy"):  # least squares: how it ran ("...; native kernel": in C)
+            out["strategy"] = self.settings["strategy"]
         if self.stderr is not None:
             out["stderr"] = dict(self.stderr)
             out["statistics"] = dict(self.stats)
