@@ -574,7 +574,8 @@ def test_a_guessed_shared_parameter_starts_at_the_median_guess():
 
 
 @pytest.mark.parametrize("chi2,n,k", [(2.0, 10, 2), (0.0, 3, 2), (float("nan"), 5, 1), (float("inf"), 5, 1),
-                                      (3.0, 0, 1), (3.0, 2, 2), (5.5, 100, 4)])
+                                      (3.0, 0, 1), (3.0, 2, 2), (5.5, 100, 4), (0.0, 0, 1), (0.0, 0, 0),
+                                      (2.0, 0, 0), (1.0, 1, 0)])
 def test_joint_statistics_scalar_equals_batch(chi2, n, k):
     """The joint statistics of a global fit (stats.scalar_statistics) are batch_statistics'
     numbers for one fit, edge cases (perfect fit, NaN, no points, no dof) included."""

@@ -261,3 +261,72 @@ def test_compile_option(monkeypatch, tmp_path):
                               "a=1,k=1,c=1", "--dtype", "float64", "--compile", flag, "--json"],
                              capture_output=True, text=True, check=True)
         assert json.loads(out.stdout)["strategy"].endswith("; native kernel") == native
+
+
+def test_a_damaged_cached_library_is_built_again(tmp_path):
+    """A truncated library in the disk cache (a full disk, an interrupted copy) must not reach
+    the loader, which maps it and dies with SIGBUS: its digest no longer matches, so it is built
+    again (in a fresh process, as a later run would find it)."""
+    import subprocess
+    import sys
+
+    script = ("import numpy as np, gradfit as gf\n"
+              "x = np.linspace(0, 5, 60); y = 2*np.exp(-1.3*x) + 0.5 + 0.01*np.cos(7*x)\n"
+              "r = gf.fit('a*exp(-k*x) + c', x=x, y=y, init={'a': 1, 'k': 1, 'c': 0}, compile=True)\n"
+              "print(r.status, r.settings['strategy'].endswith('; native kernel'), round(r.params['k'], 6))\n")
+    env = {**__import__("os").environ, "GRADFIT_CACHE_DIR": str(tmp_path)}
+    env.pop("GRADFIT_CC", None)
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    libraries = list((tmp_path / "native").glob("*.so"))
+    assert len(libraries) == 1 and libraries[0].with_suffix(".sha256").exists()
+    with open(libraries[0], "r+b") as f:
+        f.truncate(3000)
+    again = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, (again.returncode, again.stderr)
+    assert again.stdout == first.stdout and again.stdout.startswith("converged True")
+    assert libraries[0].stat().st_size > 3000  # rebuilt in place
+
+
+def test_review_fixes(native, monkeypatch):
+    """A Poisson fit's history is its mean half deviance (not doubled); max_iter too large for the
+    kernel's history runs lm.py; compile=False reaches the multistart's single fit; a kernel run
+    that ends singular still says so in its strategy."""
+    from gradfit.optim import native_single
+
+    x = np.linspace(0, 10, 40)
+    counts = np.round(9 * np.exp(-0.2 * x)) + 1
+    r = gf.fit("a*exp(-k*x) + c", x=x, y=counts, loss="poisson", init=dict(a=9.0, k=0.2, c=1.0), dtype="float64")
+    assert r.history["train_loss"][-1] == pytest.approx(r.loss, rel=1e-9)
+    y = 2.0 * np.exp(-0.3 * x) + 0.5 + 0.01 * np.sin(4 * x)
+    kw = dict(x=x, y=y, init=dict(a=1.0, k=1.0, c=1.0), dtype="float64")
+    big = gf.fit("a*exp(-k*x) + c", max_iter=native_single.MAX_HISTORY, **kw)
+    assert big.status == "converged" and not _ran_native(big)
+    assert _ran_native(gf.fit("a*exp(-k*x) + c + 0*d", **{**kw, "init": dict(a=1.0, k=1.0, c=1.0, d=1.0)}))
+    runs = []
+    original = native_single.NativeSingleLM.runner
+    monkeypatch.setattr(native_single.NativeSingleLM, "runner",
+                        lambda self, *a, **k: runs.append(1) or original(self, *a, **k))
+    gf.fit("a*exp(-k*x) + c", starts=4, compile=False, **kw)
+    assert not runs
+    gf.fit("a*exp(-k*x) + c", starts=4, **kw)
+    assert runs
+
+
+def test_inputs_callbacks_and_no_dof_messages():
+    """x as an (n, 1) column is one input; (n, 2) is a DataError naming the fix; a function as a
+    callback is a ConfigError; a fit with as many points as parameters says its errors need sigma."""
+    from gradfit.errors import ConfigError, DataError
+
+    x = np.linspace(0, 5, 30)
+    y = 2 * np.exp(-1.3 * x) + 0.5
+    kw = dict(y=y, init={"a": 1, "k": 1, "c": 0})
+    col = gf.fit("a*exp(-k*x) + c", x=x[:, None], **kw)
+    assert col.status == "converged" and col.params["k"] == pytest.approx(1.3, rel=1e-9)
+    with pytest.raises(DataError, match="one value per point"):
+        gf.fit("a*exp(-k*x) + c", x=np.c_[x, x], **kw)
+    with pytest.raises(ConfigError, match="gradfit.Callback"):
+        gf.fit("a*exp(-k*x) + c", x=x, callbacks=[lambda *a: None], **kw)
+    with pytest.warns(gf.GradfitWarning, match="no degrees of freedom"):
+        r = gf.fit("a*exp(-k*x) + c", x=[0.0, 1.0, 2.5], y=[2.5, 1.05, 0.6], init={"a": 1, "k": 1, "c": 0})
+    assert r.status == "converged" and any("absolute_sigma" in n for n in r.notes)

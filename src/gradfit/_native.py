@@ -17,8 +17,11 @@ about a millisecond, so a later process pays nothing.
   library per CPU kind.
 - Cache: ``<folder>/native/<sha256>.so`` (``folder`` is gradfit's cache folder,
   :func:`gradfit.formula.cache.cache_dir`), the hash over the source, the flags, the compiler's
-  path and the CPU, with the source kept beside it as ``.c``. A library is built into a
-  temporary file and renamed into place, so concurrent processes never load half a file.
+  path and the CPU, with the source kept beside it as ``.c`` and the library's sha256 as
+  ``.sha256``. A library is built into a temporary file and renamed into place, so concurrent
+  processes never load half a file, and one whose bytes no longer match its digest (truncated
+  by a full disk or an interrupted copy: loading it would kill the process with SIGBUS) is
+  built again.
 - Trust: a shared library is code. One is loaded from the cache only when it and its folder
   belong to this user and nobody else may write them (as ssh treats its keys); libraries are
   written with mode 0755 whatever the umask. Otherwise (a shared or read-only cache, or no cache
@@ -111,7 +114,9 @@ def is_built(source: str, folder: Path | None) -> bool:
     key = _key(source, cc)
     if key in _LOADED:
         return _LOADED[key][0] is not None
-    return folder is not None and _private(folder / "native") and _private(folder / "native" / f"{key}.so")
+    library = None if folder is None else folder / "native" / f"{key}.so"
+    return library is not None and _private(library.parent) and _private(library) and \
+        library.with_suffix(".sha256").exists()
 
 
 def load(source: str, folder: Path | None):
@@ -136,7 +141,7 @@ def _build_or_read(source: str, key: str, cc: str, folder: Path | None):
     cache = _private_cache(folder)
     if cache is not None:
         target = cache / f"{key}.so"
-        if _private(target):
+        if _private(target) and _intact(target):
             try:
                 return ctypes.CDLL(str(target)), ""
             except OSError:
@@ -152,6 +157,22 @@ def _build_or_read(source: str, key: str, cc: str, folder: Path | None):
             return _compile(source, key, cc, Path(private))
     except OSError as exc:
         return None, f"the C kernel could not be built or loaded: {exc}"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(library: Path) -> bool:
+    """Whether a cached library is the file that was built: its sha256 matches the one written
+    beside it (``<key>.sha256``). A truncated library (a full disk, an interrupted copy) is
+    mapped by the loader and kills the process with SIGBUS when its missing pages are touched,
+    so it must never reach ctypes; one without a digest (an older gradfit's) is rebuilt too."""
+    try:
+        return (library.with_suffix(".sha256").read_text(encoding="ascii").strip()
+                == _digest(library))
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _private_cache(folder: Path | None) -> Path | None:
@@ -193,14 +214,17 @@ def _compile(source: str, key: str, cc: str, folder: Path):
         # whatever the umask: writable by this user alone (a group-writable file is not trusted)
         os.chmod(tmp, 0o755)
         os.chmod(src, 0o644)
+        digest = folder / f".{key}.{os.getpid()}.{threading.get_ident()}.sha256"
+        digest.write_text(_digest(tmp), encoding="ascii")
         os.replace(tmp, folder / f"{key}.so")
+        os.replace(digest, folder / f"{key}.sha256")
         os.replace(src, folder / f"{key}.c")
         try:
             return ctypes.CDLL(str(folder / f"{key}.so")), ""
         except OSError as exc:
             return None, f"the C kernel could not be loaded: {exc}"
     finally:
-        for leftover in (src, tmp):
+        for leftover in (src, tmp, folder / f".{key}.{os.getpid()}.{threading.get_ident()}.sha256"):
             try:
                 leftover.unlink()
             except OSError:

@@ -268,11 +268,13 @@ class LeastSquaresOptions(_Options):
 
 def compile_choice(value) -> bool | str:
     """``compile=``: True, False or "auto" (also "yes"/"no"; ConfigError otherwise)."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy's True and False
+        value = value.item()
     if value is True or (isinstance(value, str) and value in ("yes", "true")):
         return True
     if value is False or (isinstance(value, str) and value in ("no", "false")):
         return False
-    if value == "auto":
+    if isinstance(value, str) and value == "auto":
         return "auto"
     raise ConfigError(f"compile must be 'auto', True or False, got {value!r}")
 

@@ -404,12 +404,13 @@ def scalar_statistics(chisqr: float, n: int, n_params: int) -> dict:
     chi2 = float(chisqr) if math.isfinite(chisqr) else math.nan
     n, k = int(n), int(n_params)
     dof = n - k
-    if n > 0 and chi2 > 0:
-        term = n * math.log(chi2 / n)
-    else:  # 0 (a perfect fit): -inf; NaN, or no points: NaN
-        term = -math.inf if n > 0 and chi2 == 0 else math.nan
+    if chi2 > 0:  # (n * log(chi2 / n): NaN without points, as numpy's 0 * log(inf))
+        term = n * math.log(chi2 / n) if n > 0 else math.nan
+    else:  # 0 (a perfect fit): -inf; NaN stays NaN
+        term = -math.inf if chi2 == 0 else math.nan
+    log_n = math.log(n) if n > 0 else -math.inf
     return {"n": n, "dof": dof, "chisqr": chi2, "redchi": chi2 / dof if dof > 0 else math.nan,
-            "aic": term + 2 * k, "bic": term + (math.log(n) if n > 0 else math.nan) * k}
+            "aic": term + 2 * k, "bic": term + log_n * k}  # (-inf * 0 is NaN, as numpy's)
 
 
 def batch_statistics(chisqr: np.ndarray, n: np.ndarray, n_params: int) -> dict:

@@ -221,9 +221,22 @@ def _inputs_and_target(model, x, y, columns, exclude=()):
             return _named_inputs(x), _target_from_columns(model, None, _named_inputs(x))
         raise DataError("no target: pass y=... or data= with a 'response ~ expression' formula")
     inputs = _named_inputs(x) if isinstance(x, Mapping) else {"x": as_float_array(x, "x")}
-    if _is_formula(model) and not isinstance(x, Mapping):
-        inputs = {_single_input_name(model): inputs["x"]}
+    if _is_formula(model):
+        if not isinstance(x, Mapping):
+            inputs = {_single_input_name(model): inputs["x"]}
+        inputs = {k: _one_column(k, v) for k, v in inputs.items()}
     return inputs, _transformed_response(model, as_float_array(y, "y"))
+
+
+def _one_column(name: str, v: np.ndarray) -> np.ndarray:
+    """A formula's input holds one value per point: an (n, 1) column is taken as (n,); (n, k)
+    with k > 1 is a DataError (several inputs are named)."""
+    if v.ndim == 2 and v.shape[1] == 1:
+        return v[:, 0]
+    if v.ndim > 1:
+        raise DataError(f"input {name!r} has shape {v.shape}, but a formula's input holds one value per point; "
+                        "pass it 1-D, or name each column as an input: x={'u': X[:, 0], 'v': X[:, 1]}")
+    return v
 
 
 def _transformed_response(model, y_arr: np.ndarray) -> np.ndarray:

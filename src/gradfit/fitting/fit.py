@@ -204,16 +204,18 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
     if options is None and all(map(operator.is_, values, _default_values())):
         options = _default_options()  # the common call: every option left at its default
     else:
+        keywords = dict(zip(_OPTION_KEYWORDS, values))
         if options is None:
-            options = _options_for(values)
+            options = options_from_keywords(**keywords)  # (remembered there for simple values)
         else:
-            _refuse_keywords_with(options, dict(zip(_OPTION_KEYWORDS, values)))
+            _refuse_keywords_with(options, keywords)
     training = options.training
     loss_fn = resolve_loss(options.loss)
     if sigma is not None and loss_fn.likelihood:
         raise ConfigError(f"loss={loss_fn.name!r} takes no sigma: counts carry their own variance (the mean); "
                           "drop sigma= (weights= are frequency weights)")
     multistart = (check_starts(starts, start_design), start_design)
+    _check_callbacks(callbacks)
     torch_dtype, dev = _resolved(training.dtype, training.device)
     spec = resolve_model(model, hidden=options.hidden, activation=options.activation)
     bound, arrays = prepare_arrays(spec, x, y, data=data, weights=weights, sigma=sigma, nan_policy=options.nan_policy)
@@ -266,23 +268,12 @@ def _default_options() -> FitOptions:
     return options_from_keywords()
 
 
-def _options_for(values: tuple) -> FitOptions:
-    """options_from_keywords for fit's option values, remembered for hashable ones (a loop of
-    fits with the same keywords builds its FitOptions, frozen, once; ~10 us each)."""
-    try:
-        key = values + tuple(map(type, values))  # (1 and 1.0 and True hash alike: their types differ)
-        found = _OPTIONS.get(key)
-    except TypeError:  # a dict or list among them
-        return options_from_keywords(**dict(zip(_OPTION_KEYWORDS, values)))
-    if found is None:
-        found = options_from_keywords(**dict(zip(_OPTION_KEYWORDS, values)))
-        if len(_OPTIONS) >= 64:
-            _OPTIONS.clear()
-        _OPTIONS[key] = found
-    return found
-
-
-_OPTIONS: dict = {}
+def _check_callbacks(callbacks) -> None:
+    """ConfigError for a callback without the hooks every fit calls (a plain function, say)."""
+    for cb in callbacks or ():
+        if not all(callable(getattr(cb, hook, None)) for hook in ("on_train_begin", "on_epoch_end", "on_train_end")):
+            raise ConfigError(f"callbacks takes gradfit.Callback objects (e.g. gf.CSVLogger('log.csv')), got {cb!r}; "
+                              "to run a function each epoch, subclass gf.Callback and call it from on_epoch_end")
 
 
 def _refuse_keywords_with(options, keywords: dict) -> None:
@@ -362,7 +353,8 @@ def _fit_split(bound, train_arr, val_arr, notes, options: FitOptions, setup: Fit
     init_values = dict(space.values)  # the start the user asked for (a multistart's winner is not it)
     if setup.multistart[0]:
         space, settings["multistart"] = best_start(bound, space, train_arr, loss_fn, setup.multistart[0],
-                                                   seed=training.seed, design=setup.multistart[1])
+                                                   seed=training.seed, design=setup.multistart[1],
+                                                   compile=options.least_squares.compile)
     settings.update(method=method, method_reason=reason, init=init_values, **space.describe())
     if method in _DIRECT:
         # least squares runs in float64 on the CPU whatever dtype and device ask for training

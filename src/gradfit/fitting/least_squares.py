@@ -80,7 +80,7 @@ def poisson_fit(model, space, train_arr, val_arr, options, *, settings, callback
     either). The loss is the weighted mean half deviance, the torch loss "poisson"."""
     lsq = options.least_squares
     problem = PoissonProblem.from_arrays(model, space, train_arr)
-    start, more = positive_start(problem, max_iter=lsq.max_iter)
+    start, more = positive_start(problem, max_iter=lsq.max_iter, compile=lsq.compile)
     if more:
         space = _space_at(space, start)
         problem = PoissonProblem.from_arrays(model, space, train_arr)
@@ -156,6 +156,13 @@ def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigm
         text = "the standard errors are not finite at the end point (the Jacobian is numerically singular)"
         message = f"{message}; {text}" if message else text
     notes = fields["notes"]
+    if unc.stats["dof"] == 0 and not absolute_sigma and not all(np.isfinite(free_se)):
+        # as many points as free parameters: chi-square is 0 to rounding and says nothing of the
+        # noise (scipy warns "Covariance of the parameters could not be estimated")
+        text = ("no degrees of freedom (as many points as free parameters): the standard errors are undetermined; "
+                "give sigma= with absolute_sigma=True, or more points")
+        warn_user(text)
+        notes = notes + (text,)
     # e.g. "finite-difference Jacobian: f is not written with torch" from a numpy-written function
     notes = notes + tuple(n for n in getattr(problem.model, "notes", ()) if n not in notes)
     at_bound = problem.space.at_bound(fields["params"]) if problem.space.has_bounds else ()

@@ -160,7 +160,7 @@ def summarize(chi2: np.ndarray, params: np.ndarray, stderr: np.ndarray, converge
 
 
 def best_start(model, space, arrays, loss_fn, starts: int, *, seed: int = 0,
-               design: str = "sobol") -> tuple:
+               design: str = "sobol", compile="auto") -> tuple:
     """gf.fit's multistart: (a copy of ``space`` starting at the best of ``starts`` starts, the
     summary as JSON values: starts, converged, reached_best, distinct_minima (ints) and
     best_start {name: value}). The K starts run as one float64 batch on the CPU.
@@ -185,7 +185,7 @@ def best_start(model, space, arrays, loss_fn, starts: int, *, seed: int = 0,
     lower = np.array([[space.lower[n] for n in names]])
     upper = np.array([[space.upper[n] for n in names]])
     free = np.array([1.0 if n in space.free else 0.0 for n in names])
-    single = None if likelihood else _single_fit(model, space, arrays)
+    single = None if likelihood else _single_fit(model, space, arrays, compile)
     first = None if single is None else (np.array([single[0]]), np.array([[single[1][n] for n in names]]),
                                          np.array([single[2]]))
     solution, info = solve_multistart(model, names, dict(arrays.inputs), y[None], w[None], theta0, lower, upper, free,
@@ -203,7 +203,7 @@ def best_start(model, space, arrays, loss_fn, starts: int, *, seed: int = 0,
     return out, summary
 
 
-def _single_fit(model, space, arrays) -> tuple | None:
+def _single_fit(model, space, arrays, compile="auto") -> tuple | None:
     """Start 0 fitted by gf.fit's own Levenberg-Marquardt (float64): (chi-square, values,
     converged), so multistart never ends worse than the fit without it (the batched solver
     may leave a basin that the single-fit solver stays in)."""
@@ -212,7 +212,7 @@ def _single_fit(model, space, arrays) -> tuple | None:
 
     problem = LeastSquaresProblem.from_arrays(model, space, arrays)
     try:
-        outcome = solve(problem, "lm", max_iter=FIT_MAX_ITER)
+        outcome = solve(problem, "lm", max_iter=FIT_MAX_ITER, compile=compile)
     except (ArithmeticError, ValueError, RuntimeError, GradfitError):
         return None
     chi2 = chi_square(problem, outcome.values) if outcome.chisqr is None else outcome.chisqr

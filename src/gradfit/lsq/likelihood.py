@@ -98,7 +98,7 @@ def nonpositive_point(problem: LeastSquaresProblem, values: dict) -> tuple[int, 
     return i, float(mu[i])
 
 
-def positive_start(problem: PoissonProblem, *, max_iter: int) -> tuple[dict, tuple]:
+def positive_start(problem: PoissonProblem, *, max_iter: int, compile="auto") -> tuple[dict, tuple]:
     """Starting values where every used mean is positive, and notes on how they were found.
 
     The start itself when it qualifies; else the (frequency-weighted) least-squares fit from
@@ -113,7 +113,7 @@ def positive_start(problem: PoissonProblem, *, max_iter: int) -> tuple[dict, tup
         return start, ()
     lsq = LeastSquaresProblem(problem.model, space, *problem.numpy())
     with np.errstate(all="ignore"):
-        values = solve(lsq, "lm", max_iter=max_iter).values
+        values = solve(lsq, "lm", max_iter=max_iter, compile=compile).values
     if nonpositive_point(problem, values) is None:
         i, mu = bad
         return values, (f"the model is not positive at point {i} (mean {mu:.6g}) at the starting values: the "

@@ -153,12 +153,8 @@ class LeastSquaresProblem:
 
     def mean_loss(self, cost: float) -> float:
         """0.5*||r||^2 -> the weighted mean squared error the rest of gradfit reports."""
-        return 2.0 * cost / self.weight_sum()
-
-    def weight_sum(self) -> float:
-        """The sum of the weights (the number of points without weights): mean_loss's divisor."""
         w = self._numpy[2]
-        return float(w.sum()) if w is not None else float(self.n)
+        return 2.0 * cost / (float(w.sum()) if w is not None else float(self.n))
 
     def is_linear(self) -> bool:
         return linear_reason(self.model, self.space) is None

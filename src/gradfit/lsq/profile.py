@@ -60,8 +60,9 @@ def profile_interval(refit, name: str, value: float, stderr: float, chi2_min: fl
 
 
 def profile_intervals(problem: LeastSquaresProblem, values: dict, stderr: dict, stats: dict, level: float,
-                      absolute_sigma: bool, names) -> dict:
-    """Profile-likelihood intervals for ``names`` (see FitResult.ci)."""
+                      absolute_sigma: bool, names, compile="auto") -> dict:
+    """Profile-likelihood intervals for ``names`` (see FitResult.ci); ``compile`` as the fit's
+    (its refits may run the native kernel)."""
     from ..models.parameters import ParameterSpace
 
     # the same quantile as the Wald interval, so the two agree exactly for a linear model:
@@ -84,7 +85,7 @@ def profile_intervals(problem: LeastSquaresProblem, values: dict, stderr: dict, 
                                    tie={t.name: t.text for t in space.ties})
         sub = type(problem)(problem.model, sub_space, *problem.numpy())
         method = "linear" if not poisson and sub.is_linear() and not sub_space.has_bounds else "lm"
-        out = solve(sub, method)
+        out = solve(sub, method, compile=compile)
         return _objective(sub, out.values)
 
     best = stats["deviance"] if poisson else stats["chisqr"]

@@ -133,7 +133,7 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
                                                        callback=lm_cb, bounds=bounds)
     if key is not None and native is None:  # what the native kernel would have saved (tiering)
         add_eager_seconds(key, time.perf_counter() - started)
-    elif native is not None and out.gram_eigh is not None:  # (lm.py ran where it returned None)
+    elif out.native:  # (not where the kernel left a start that is not finite to lm.py)
         strategy += "; native kernel"
     if chunked:
         strategy += f"; chunked ({'QR' if reducer.qr else 'Gram'})"
@@ -152,8 +152,7 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
     # Unweighted residuals evaluated in numpy at these very values are exactly what the
     # statistics would recompute: hand them on.
     reuse = w is None and problem.numpy_ready and not problem.space.ties and not chunked
-    divisor = problem.weight_sum()  # problem.mean_loss's, asked once for the whole history
-    return LSQOutcome(values, out.status, out.message, out.iterations, [2.0 * c / divisor for c in out.history],
+    return LSQOutcome(values, out.status, out.message, out.iterations, [problem.mean_loss(c) for c in out.history],
                       strategy,
                       residuals=out.residuals if reuse else None,
                       jacobian=out.jacobian if not space.ties else None, gram_eigh=gram_eigh,
@@ -180,7 +179,7 @@ def _native_run(problem: LeastSquaresProblem, *, build: bool = False):
 
     names, columns = tuple(space.names), tuple(inputs)
     key = ("single", expression, names, columns)
-    found, _ = kernel(model, names, columns, build=build or build_single_now(key, len(space.free)))
+    found, _ = kernel(model, names, columns, build=build or build_single_now(key, len(names)))
     if found is None:
         return None, key
     return found.runner(inputs, problem.numpy()[1], weights, space.values, tuple(space.free)), key

@@ -102,6 +102,8 @@ class LMOutcome:
     #: (:func:`gradfit.stats.range_cosine_from_gram`), when the run computed them (the native kernel)
     gram_eigh: tuple | None = None
     range_cosine: float | None = None
+    #: whether the native kernel (optim/native_single.py) produced it
+    native: bool = False
 
 
 @dataclass(slots=True)
@@ -489,9 +491,10 @@ def _flat(out: LMOutcome) -> bool:
     """Whether the model is flat (to rounding) in some parameter at the end point."""
     if out.jacobian is None or out.jacobian.size == 0:
         return False
-    if out.gram_eigh is not None:  # the native kernel's column norms (all > 0, finite)
-        return False
-    cn = _column_norms(out.jacobian) if out.gram is None else np.sqrt(out.gram.diagonal())
+    if out.gram_eigh is not None:  # the native kernel's column norms
+        cn = out.gram_eigh[0]
+    else:
+        cn = _column_norms(out.jacobian) if out.gram is None else np.sqrt(out.gram.diagonal())
     return bool((cn <= _EPS * cn.max()).any())
 
 

@@ -36,6 +36,9 @@ from .trust_region import GRAM_CONDITION, GRAM_COVARIANCE, RANGE_GRAM_COND
 
 __all__ = ["NativeSingleLM", "kernel", "kernel_source", "MESSAGES"]
 
+#: runs with a max_iter this large go to lm.py (the kernel keeps a history entry per iteration)
+MAX_HISTORY = 1_000_000
+
 #: the C kernel's message codes -> lm.py's messages
 MESSAGES = ("residuals at working precision", "scaled gradient below gtol", "relative cost reduction below ftol",
             "relative step below xtol", "no further reduction possible at working precision")
@@ -333,6 +336,8 @@ class NativeSingleLM:
         o_hist = 8 + nf + p
 
         def run(x0, options):
+            if options.max_iter >= MAX_HISTORY:  # the history buffer would be as large: lm.py runs it
+                return None
             ftol, xtol, gtol = options.tolerances
             # one array per run for what the outcome keeps (its own: a portfolio keeps the best run)
             h = options.max_iter + 1
@@ -357,7 +362,8 @@ class NativeSingleLM:
                 text = f"stopped after max_iter={options.max_iter} iterations"
             out = LMOutcome(head[8:8 + nf].copy(), 0.5 * fnorm**2, status, int(iterations), text,
                             head[o_hist:o_hist + int(n_hist)].tolist(), int(n_res), int(n_jac), head[o_r:o_gram],
-                            head[o_jac:o_r].reshape(n, nf), head[o_gram:o_norms].reshape(nf, nf) if long_data else None)
+                            head[o_jac:o_r].reshape(n, nf), head[o_gram:o_norms].reshape(nf, nf) if long_data else None,
+                            native=True)
             if has_eigh:
                 o_vec = o_norms + 2 * nf
                 out.gram_eigh = (head[o_norms:o_norms + nf], head[o_norms + nf:o_vec],

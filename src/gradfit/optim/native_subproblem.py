@@ -64,9 +64,10 @@ static void jacobi_eigh(int nf, real *a, real *evals, real *v) {
             for (int k = i + 1; k < nf; k++) {
                 real aik = a[i * nf + k], aii = a[i * nf + i], akk = a[k * nf + k];
                 if (aik == 0 || fabs(aik) <= EPS * sqrt(fabs(aii)) * sqrt(fabs(akk))) continue;
-                rotated = 1;
                 real theta = (akk - aii) / (2 * aik);
                 real t = (theta >= 0 ? 1 : -1) / (fabs(theta) + sqrt(1 + theta * theta));
+                if (t == 0) continue;  /* a rotation below rounding (theta^2 overflowed) */
+                rotated = 1;
                 real c = 1 / sqrt(1 + t * t), s = t * c;
                 for (int m = 0; m < nf; m++) {  /* columns i, k */
                     real ami = a[m * nf + i], amk = a[m * nf + k];

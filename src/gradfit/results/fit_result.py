@@ -211,7 +211,8 @@ class FitResult:
 
         problem = rebuild_problem(self.model, self.params, self.settings, self.stats, x=x, y=y, data=data,
                                   sigma=sigma, weights=weights)
-        return profile_intervals(problem, self.params, self.stderr, self.stats, level, absolute, self.free)
+        compile = ((self.settings.get("options") or {}).get("least_squares") or {}).get("compile", "auto")
+        return profile_intervals(problem, self.params, self.stderr, self.stats, level, absolute, self.free, compile)
 
     @property
     def absolute_sigma(self) -> bool:
