@@ -20,6 +20,7 @@ LAYERS = [
     ["losses"],
     ["likelihood"],
     ["optim"],
+    ["goodness_of_fit"],
     ["stats"],
     ["lsq"],
     ["train"],

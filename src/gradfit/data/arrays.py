@@ -21,13 +21,12 @@ import numpy as np
 from ..errors import ConfigError, DataError, did_you_mean
 from ..formula.tree import Var, constant_names
 from .delimited import check_duplicate_names
+from .float32 import FLOAT32_MAX_SQUARED, FLOAT32_MAX, FLOAT32_RESOLUTION, check_float32_range, float32_lossy  # noqa: F401
 from .io import numeric_columns
 
 __all__ = ["Arrays", "prepare_arrays", "as_float_array", "as_batch", "weights_from_sigma", "check_float32_range",
            "float32_lossy", "batch_weights", "FLOAT32_MAX", "FLOAT32_RESOLUTION"]
 
-#: the largest magnitude float32 holds
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _is_formula(model) -> bool:
@@ -341,7 +340,6 @@ def _drop_or_name_bad_rows(a: Arrays, n: int, nan_policy: str) -> Arrays:
     return a
 
 
-_FLOAT32_MAX_SQUARED = float(np.finfo(np.float32).max) ** 2
 
 
 def _sum_of_squares(v: np.ndarray) -> float:
@@ -361,7 +359,7 @@ def _validate(a: Arrays, nan_policy: str) -> Arrays:
     if a.weights is not None and (a.weights.shape != (n,)):
         raise DataError(f"weights must have one value per point ({n}), got shape {a.weights.shape}")
     checked = (a.y, *a.inputs.values()) if a.weights is None else (a.y, a.weights, *a.inputs.values())
-    if all(_sum_of_squares(v) <= _FLOAT32_MAX_SQUARED for v in checked):  # False for NaN
+    if all(_sum_of_squares(v) <= FLOAT32_MAX_SQUARED for v in checked):  # False for NaN
         # One BLAS reduction per array proves every value finite and within float32's
         # range (NaN and inf propagate; sum(v^2) bounds every v^2); the row-by-row checks
         # only run when it fails, to name the rows.
@@ -394,69 +392,6 @@ def weights_from_sigma(weights, sigma, *, shape: tuple | None = None):
     if (s <= 0).any() or not (s == s).all():
         raise DataError("sigma must be positive for every point")
     return 1.0 / s**2
-
-
-def check_float32_range(arrays: Mapping[str, np.ndarray], *, batch: bool = False) -> None:
-    """DataError for a finite value beyond float32's range (3.4e38) in any named array, which
-    a float32 fit would turn into inf. One fit names the row (1-based); a batch (arrays with
-    fits as the leading dimension) names the fit and point (0-based). inf and NaN are left to
-    the NaN policy.
-    """
-    for name, v in arrays.items():
-        if v.dtype == np.float32 or v.size == 0:
-            continue  # a float32 array holds nothing beyond the range but inf
-        flat = v.reshape(-1)
-        with np.errstate(over="ignore", invalid="ignore"):
-            if v.dtype.kind == "f" and float(flat @ flat) <= _FLOAT32_MAX_SQUARED:  # one BLAS pass bounds
-                # every |v| (NaN and overflow fail it)
-                continue
-            big = np.abs(v) > FLOAT32_MAX
-        if not big.any():
-            continue
-        big &= np.isfinite(v)
-        if not big.any():
-            continue
-        if batch and v.ndim == 2:
-            b, m = (int(i[0]) for i in np.nonzero(big))
-            where, value = f"fit {b}, point {m}", float(v[b, m])
-        else:
-            rows = big.reshape(len(v), -1)
-            row = int(np.nonzero(rows.any(axis=1))[0][0])
-            where, value = f"row {row + 1}", float(np.abs(v.reshape(len(v), -1)[row]).max())
-        raise DataError(f"{name!r} has values beyond float32's range (e.g. {where}: {value:.3g}); "
-                        "use dtype='float64' (--dtype float64)")
-
-
-#: float32 rounding larger than this fraction of a column's range counts as losing its values
-FLOAT32_RESOLUTION = 1e-5
-
-
-def float32_lossy(arrays: Mapping[str, np.ndarray]) -> list[str]:
-    """Names of the arrays whose values float32 cannot tell apart: rounding to float32 moves
-    some value by more than :data:`FLOAT32_RESOLUTION` of its column's range.
-
-    float32 keeps 24 bits: millisecond timestamps (~1.7e12) round to multiples of 131072, so
-    a few minutes of data collapse to a handful of distinct values, and x in
-    [1e9, 1e9 + 1e3] to steps of 64. Columns that are constant, or already float32, never
-    count. One pass over each array (no sort).
-
-    >>> t = 1.7e12 + np.arange(1000.0)                  # one second of millisecond timestamps
-    >>> float32_lossy({"t": t, "y": np.sin(t - 1.7e12)})
-    ['t']
-    >>> len(np.unique(t.astype(np.float32)))
-    1
-    """
-    out = []
-    for name, v in arrays.items():
-        if v.dtype != np.float64 or v.size < 2:
-            continue
-        flat = v.reshape(len(v), -1)
-        with np.errstate(invalid="ignore", over="ignore"):
-            span = np.ptp(flat, axis=0)
-            err = np.abs(flat - flat.astype(np.float32)).max(axis=0)
-            if np.any((span > 0) & (err > FLOAT32_RESOLUTION * span)):
-                out.append(name)
-    return out
 
 
 def as_batch(a, what: str) -> np.ndarray:

@@ -98,11 +98,10 @@ class LMOutcome:
     jacobian: np.ndarray | None = None
     #: J^T J (P, P) at ``x`` when the run computed it (long data), else None
     gram: np.ndarray | None = None
+    #: the native kernel's (optim/native_single.py) outcomes: ``native`` True, with
     #: :func:`gradfit.stats.scaled_gram_eigh` at ``x`` and the range cosine from it
-    #: (:func:`gradfit.stats.range_cosine_from_gram`), when the run computed them (the native kernel)
     gram_eigh: tuple | None = None
     range_cosine: float | None = None
-    #: whether the native kernel (optim/native_single.py) produced it
     native: bool = False
 
 
@@ -269,10 +268,8 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
         if not math.isfinite(fnorm1):
             fnorm1 = math.inf
         actred = 1.0 - (fnorm1 / fnorm) ** 2 if 0.1 * fnorm1 < fnorm else -1.0
-        if abs(actred) < SMALL_REDUCTION:
-            # near convergence 1 - (|r1|/|r|)^2 is rounding (a reduction of one part in 1e16 can
-            # come out 0 and reject the step that reaches the minimum); the same reduction from
-            # the residuals' differences, sum((r1 - r)(r1 + r)), is accurate
+        if abs(actred) < SMALL_REDUCTION:  # near convergence 1 - (|r1|/|r|)^2 is rounding (a 1e-16
+            # reduction can come out 0 and reject the step to the minimum): sum((r1 - r)(r1 + r)) is not
             actred = -float((r_new - r) @ (r_new + r)) / fnorm**2
         if crossed and not reflected:
             # the linear model's reduction for the shortened step (Moré's identities hold only
@@ -472,13 +469,10 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
         if (options.scaling, options.factor) != (scaling, factor):  # (replace costs microseconds)
             options = replace(options, scaling=scaling, factor=factor)
         out = None if run is None else run(x0, options)
-        if out is None and run is not None:  # a start the kernel leaves to lm.py (its caller set no errstate)
-            with np.errstate(all="ignore"):
+        if out is None:
+            with np.errstate(all="ignore"):  # trial steps may overflow; LM rejects them
                 out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback, bounds=bounds,
                                           options=options)
-        elif out is None:
-            out = levenberg_marquardt(residual, x0, jacobian=jacobian, callback=callback, bounds=bounds,
-                                      options=options)
         total_res += out.n_residual
         total_jac += out.n_jacobian
         if best is None or _better(out, best):
@@ -491,10 +485,8 @@ def _flat(out: LMOutcome) -> bool:
     """Whether the model is flat (to rounding) in some parameter at the end point."""
     if out.jacobian is None or out.jacobian.size == 0:
         return False
-    if out.gram_eigh is not None:  # the native kernel's column norms
-        cn = out.gram_eigh[0]
-    else:
-        cn = _column_norms(out.jacobian) if out.gram is None else np.sqrt(out.gram.diagonal())
+    cn = (out.gram_eigh[0] if out.gram_eigh is not None  # (the native kernel's column norms)
+          else _column_norms(out.jacobian) if out.gram is None else np.sqrt(out.gram.diagonal()))
     return bool((cn <= _EPS * cn.max()).any())
 
 

@@ -1,0 +1,88 @@
+"""Goodness-of-fit statistics of least-squares fits: n, dof, chi-square, reduced chi-square,
+RSS, RMSE, R², AIC and BIC (lmfit's conventions), for one fit from its residuals, for a batch
+of fits from their chi-squares, and for one fit from its chi-square alone. Re-exported by
+:mod:`gradfit.stats`."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["fit_statistics", "scalar_statistics", "batch_statistics"]
+
+
+def fit_statistics(residuals: np.ndarray, y: np.ndarray, weights: np.ndarray | None, n_params: int,
+                   chisqr: float | None = None, rss: float | None = None) -> dict:
+    """n, dof, chi-square, reduced chi-square, RSS, RMSE, R², AIC, BIC.
+
+    ``residuals`` are unweighted (prediction - y); chi-square uses the weights (1/sigma²),
+    RSS does not. AIC/BIC follow lmfit: n*log(chi2/n) + 2k and n*log(chi2/n) + log(n)*k.
+    ``chisqr`` overrides the float64 sum (e.g. one computed in extended precision); ``rss``
+    passes a sum of squared residuals the caller already has.
+    """
+    y = np.asarray(y, dtype=float)
+    n = y.size  # (``residuals`` may be None when ``rss`` and ``chisqr`` are given: a chunked fit)
+    rss = float(np.dot(residuals, residuals)) if rss is None else rss
+    if weights is None:
+        chi2 = rss if chisqr is None else float(chisqr)
+        dev = y - float(np.add.reduce(y)) / n
+        tss = float(dev @ dev)
+    else:
+        w = np.asarray(weights, dtype=float)
+        chi2 = float(w @ np.square(residuals)) if chisqr is None else float(chisqr)
+        dev = y - float(w @ y) / float(w.sum())
+        tss = float(w @ (dev * dev))
+    dof = n - n_params
+    if chi2 > 0:
+        loglike_term = n * math.log(chi2 / n)
+    else:  # a perfect fit; NaN (the model not finite) stays NaN
+        loglike_term = -math.inf if chi2 == 0 else math.nan
+    return {
+        "n": n, "dof": dof, "chisqr": chi2, "redchi": chi2 / dof if dof > 0 else math.nan,
+        "rss": rss, "rmse": math.sqrt(rss / n), "r2": 1.0 - chi2 / tss if tss > 0 else math.nan,
+        "aic": loglike_term + 2 * n_params, "bic": loglike_term + math.log(n) * n_params,
+    }
+
+
+def scalar_statistics(chisqr: float, n: int, n_params: int) -> dict:
+    """:func:`batch_statistics` of one fit, as Python numbers (a global fit's joint statistics:
+    numpy's calls on 1-element arrays cost ~20 us more).
+
+    >>> scalar_statistics(2.0, 10, 2)["redchi"], scalar_statistics(0.0, 3, 2)["aic"]
+    (0.25, -inf)
+    """
+    chi2 = float(chisqr) if math.isfinite(chisqr) else math.nan
+    n, k = int(n), int(n_params)
+    dof = n - k
+    if chi2 > 0:  # (n * log(chi2 / n): NaN without points, as numpy's 0 * log(inf))
+        term = n * math.log(chi2 / n) if n > 0 else math.nan
+    else:  # 0 (a perfect fit): -inf; NaN stays NaN
+        term = -math.inf if chi2 == 0 else math.nan
+    log_n = math.log(n) if n > 0 else -math.inf
+    return {"n": n, "dof": dof, "chisqr": chi2, "redchi": chi2 / dof if dof > 0 else math.nan,
+            "aic": term + 2 * k, "bic": term + log_n * k}  # (-inf * 0 is NaN, as numpy's)
+
+
+def batch_statistics(chisqr: np.ndarray, n: np.ndarray, n_params: int) -> dict:
+    """The statistics of :func:`fit_statistics` that need no residuals, for (B,) fits.
+
+    Same key names and formulas: n, dof, chisqr, redchi (NaN where dof < 1), aic and bic
+    (lmfit's n*log(chi2/n) + 2k and n*log(chi2/n) + log(n)*k; -inf where chi2 = 0, NaN where
+    n = 0). ``chisqr`` is (B,) float (inf/NaN for fits that did not run become NaN); ``n``
+    is (B,) points used; ``n_params`` the number of free parameters. Returns a dict of (B,)
+    arrays (n and dof int64).
+
+    >>> s = batch_statistics(np.array([2.0, 0.0]), np.array([10, 3]), 2)
+    >>> s["dof"].tolist(), s["redchi"].tolist()
+    ([8, 1], [0.25, 0.0])
+    """
+    chi2 = np.asarray(chisqr, dtype=float)
+    chi2 = np.where(np.isfinite(chi2), chi2, np.nan)
+    n = np.asarray(n).astype(np.int64)
+    dof = n - int(n_params)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nf = n.astype(float)
+        loglike_term = np.where(chi2 > 0, nf * np.log(chi2 / nf), np.where(chi2 == 0, -np.inf, np.nan))
+        return {"n": n, "dof": dof, "chisqr": chi2, "redchi": np.where(dof > 0, chi2 / dof, np.nan),
+                "aic": loglike_term + 2 * n_params, "bic": loglike_term + np.log(nf) * n_params}
