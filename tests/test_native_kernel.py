@@ -301,7 +301,7 @@ def test_the_cache_loads_only_private_libraries(monkeypatch, tmp_path):
     assert lib.gf_answer() == 42
     # a damaged library (one never loaded in this process) is rebuilt in place
     other = "int gf_answer(void) { return 43; }\n"
-    damaged = tmp_path / "native" / f"{_native._key(other, _native.compiler())}.so"
+    damaged = tmp_path / "native" / f"{_native._key(other, _native.compiler(), _native.LEVEL)}.so"
     damaged.write_bytes(b"not a library")
     damaged.chmod(0o644)
     lib, _ = _native.load(other, tmp_path)
@@ -438,10 +438,10 @@ def test_an_unwritable_cache_builds_privately_and_leaves_no_temporary_folder(mon
     assert lib is not None and lib.gf_ro() == 5, reason
     real = _native._compile
 
-    def refuse_cache(source, key, cc, folder):  # an existing cache folder that refuses writes
+    def refuse_cache(source, key, cc, folder, level):  # an existing cache folder that refuses writes
         if folder == tmp_path / "cache" / "native":
             raise PermissionError(13, "Permission denied", str(folder))
-        return real(source, key, cc, folder)
+        return real(source, key, cc, folder, level)
 
     monkeypatch.setattr(_native, "_compile", refuse_cache)
     lib, reason = _native.load("int gf_ro2(void) { return 6; }\n", tmp_path / "cache")

@@ -8,7 +8,8 @@ about a millisecond, so a later process pays nothing.
 - Compiler: ``$GRADFIT_CC`` (a name or path; ``GRADFIT_CC=""`` turns native kernels off), else
   the first of ``cc``, ``gcc``, ``clang`` on the PATH. No compiler: :func:`load` returns None
   with the reason, and callers run their torch kernels.
-- Flags: ``-O3 -fPIC -shared -fno-math-errno -ffp-contract=off -fopenmp-simd -march=native``
+- Flags: ``-O3`` (or the ``level`` a caller asks for) ``-fPIC -shared -fno-math-errno
+  -ffp-contract=off -fopenmp-simd -march=native``
   (no ``-ffast-math``: NaN and inf keep their IEEE meaning, which the kernels test; no
   contraction into FMA; ``omp simd`` loops vectorize without a runtime library), linked with
   glibc's vector math library ``libmvec`` where it exists (SIMD exp/log/sin/cos/pow, within 4 ulp),
@@ -44,7 +45,9 @@ from pathlib import Path
 
 __all__ = ["FLAGS", "compiler", "is_built", "load"]
 
-FLAGS = ("-O3", "-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd")
+FLAGS = ("-fPIC", "-shared", "-fno-math-errno", "-ffp-contract=off", "-fopenmp-simd")
+#: the optimization level of a kernel unless its caller asks for another (``level=``)
+LEVEL = "-O3"
 #: (compile flags, link flags) tried in order until one builds: for this CPU with glibc's vector
 #: math library (-DGF_VECTOR_MATH makes the C prelude declare SIMD forms of exp, log, sin and
 #: cos), for this CPU alone, then generic code (a compiler without -march=native)
@@ -100,18 +103,18 @@ def _private(path: Path) -> bool:
     return not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
-def _key(source: str, cc: str) -> str:
-    parts = [source, *FLAGS, repr(VARIANTS), cc, platform.machine(), platform.system(), _cpu()]
+def _key(source: str, cc: str, level: str) -> str:
+    parts = [source, level, *FLAGS, repr(VARIANTS), cc, platform.machine(), platform.system(), _cpu()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def is_built(source: str, folder: Path | None) -> bool:
+def is_built(source: str, folder: Path | None, *, level: str = LEVEL) -> bool:
     """True when :func:`load` would not run the compiler: the library is loaded in this process
     or lies in the cache (cheap: no compiler run, no load)."""
     cc = compiler()
     if cc is None:
         return False
-    key = _key(source, cc)
+    key = _key(source, cc, level)
     if key in _LOADED:
         return _LOADED[key][0] is not None
     library = None if folder is None else folder / "native" / f"{key}.so"
@@ -119,21 +122,21 @@ def is_built(source: str, folder: Path | None) -> bool:
         library.with_suffix(".sha256").exists()
 
 
-def load(source: str, folder: Path | None):
+def load(source: str, folder: Path | None, *, level: str = LEVEL):
     """The library built from ``source``: ``(ctypes.CDLL, "")``, or ``(None, reason)`` when no
     compiler is found or the build fails. ``folder``: gradfit's cache folder (None: no disk
     cache). Each library is built at most once per process and per cache."""
     cc = compiler()
     if cc is None:
         return None, "no C compiler (set GRADFIT_CC, or install cc)"
-    key = _key(source, cc)
+    key = _key(source, cc, level)
     with _LOCK:
         if key not in _LOADED:
-            _LOADED[key] = _build_or_read(source, key, cc, folder)
+            _LOADED[key] = _build_or_read(source, key, cc, folder, level)
         return _LOADED[key]
 
 
-def _build_or_read(source: str, key: str, cc: str, folder: Path | None):
+def _build_or_read(source: str, key: str, cc: str, folder: Path | None, level: str):
     import ctypes
 
     if cc in _BROKEN:  # this compiler failed on an earlier kernel of this process: not again
@@ -147,14 +150,14 @@ def _build_or_read(source: str, key: str, cc: str, folder: Path | None):
             except OSError:
                 pass  # damaged or foreign: built again below
         try:
-            return _compile(source, key, cc, cache)
+            return _compile(source, key, cc, cache, level)
         except OSError:
             pass  # the cache cannot be written (read-only, full): a private build below
     # no usable cache: build in a private temporary folder, removed once the library is loaded
     # (the loaded library stays mapped)
     try:
         with tempfile.TemporaryDirectory(prefix="gradfit-native-", ignore_cleanup_errors=True) as private:
-            return _compile(source, key, cc, Path(private))
+            return _compile(source, key, cc, Path(private), level)
     except OSError as exc:
         return None, f"the C kernel could not be built or loaded: {exc}"
 
@@ -188,7 +191,7 @@ def _private_cache(folder: Path | None) -> Path | None:
     return cache if _private(cache) else None
 
 
-def _compile(source: str, key: str, cc: str, folder: Path):
+def _compile(source: str, key: str, cc: str, folder: Path, level: str):
     """Build ``source`` into ``folder/<key>.so`` (a temporary name, then renamed) and load it:
     ``(ctypes.CDLL, "")`` or ``(None, reason)`` when the compiler fails. Raises OSError when
     ``folder`` cannot be written."""
@@ -200,7 +203,7 @@ def _compile(source: str, key: str, cc: str, folder: Path):
         src.write_text(source, encoding="utf-8")
         try:
             for compile_flags, link_flags in VARIANTS:
-                done = subprocess.run([cc, *FLAGS, *compile_flags, "-o", str(tmp), str(src), *link_flags, "-lm"],
+                done = subprocess.run([cc, level, *FLAGS, *compile_flags, "-o", str(tmp), str(src), *link_flags, "-lm"],
                                       capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
                 if done.returncode == 0:
                     break

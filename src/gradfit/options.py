@@ -245,7 +245,7 @@ class LeastSquaresOptions(_Options):
     compile : "auto" (default), True or False: whether Levenberg-Marquardt runs as a native C
         kernel (:mod:`gradfit.optim.native_single`; formulas without bounds or ties). "auto" uses
         a kernel already built (this process or the disk cache) and builds one once the
-        formula's fits in the process have spent two builds' time; True builds it now (~0.25 s,
+        formula's fits in the process have spent two builds' time; True builds it now (~0.5 s,
         once per formula and machine); False never (numpy). "yes"/"no" are accepted.
 
     Raises

@@ -64,10 +64,11 @@ static void fit_columns(long m, const real *const *xs, const long *x_stride, lon
 """
 
 
-def cached_kernel(model, dtype, parts: tuple, build: bool, source, wrap):
+def cached_kernel(model, dtype, parts: tuple, build: bool, source, wrap, *, level: str = "-O3"):
     """A native kernel of this process, loaded or built once: ``source(expression, double)``
     gives its C, ``wrap(lib, double)`` the object around the library; ``parts`` identify it
-    beside the formula and the dtype. ``(kernel, "")`` or ``(None, reason)``."""
+    beside the formula and the dtype; ``level`` the compiler's optimization flag. ``(kernel, "")``
+    or ``(None, reason)``."""
     import torch
 
     from ..formula.c_code import c_supported
@@ -86,9 +87,9 @@ def cached_kernel(model, dtype, parts: tuple, build: bool, source, wrap):
         if not c_supported(expression):
             return None, "a function of the formula has no C form"
         text = source(expression, double)
-        if not build and not is_built(text, folder):
+        if not build and not is_built(text, folder, level=level):
             return None, "not built yet"
-        lib, reason = load(text, folder)
+        lib, reason = load(text, folder, level=level)
         if lib is None:
             return None, reason
         _KERNELS[key] = wrap(lib, double)
