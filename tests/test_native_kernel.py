@@ -521,3 +521,16 @@ def test_range_cosine_with_held_columns_by_the_gram_matrix_equals_the_svd():
         u, _, _ = np.linalg.svd(kept / np.linalg.norm(kept, axis=0), full_matrices=False)
         assert got[b] == pytest.approx(np.linalg.norm(u.T @ r[b]) / np.linalg.norm(r[b]), abs=1e-13)
 
+
+
+def test_auto_counts_the_later_chunks_of_the_call():
+    """compile="auto" projects the whole call from its first eager iteration: a chunk too small
+    to pay for a build alone builds when the chunks after it (run in C once built) make up the
+    difference (300k Gaussians used to stay eager, one 32k-fit chunk at a time)."""
+    from gradfit.lsq.compiled import native_build_seconds, worth_building
+
+    cost = 2.0 * native_build_seconds(4)
+    per_iteration = 0.8 * cost / 8  # this chunk's rest alone: 80% of what it takes
+    assert not worth_building(per_iteration, 25, 4)
+    assert worth_building(per_iteration, 25, 4, later_chunks=1.0)
+    assert not worth_building(per_iteration, 2, 4, later_chunks=0.05)  # max_iter caps the projection

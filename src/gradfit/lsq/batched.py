@@ -164,7 +164,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         else:
             t_chunk = time.perf_counter()
             state, first_iter_s, ran_compiled, ran_native = _iterate(make_step, tensors, max_iter, mode, tol,
-                                                                     build_native)
+                                                                     build_native, (n_fits - sl.stop) / chunk)
             if build_native is not None and ran_native is None and not ran_compiled:  # torch ran what C could have
                 add_eager_seconds(native_key(model, names, dtype), time.perf_counter() - t_chunk)
         if ran_compiled and fresh:
@@ -367,13 +367,15 @@ def constant_partials(model, names, fused) -> tuple:
 
 
 # -- the loop -----------------------------------------------------------------------------------
-def _iterate(make_step, tensors, max_iter: int, mode, tol: float = 0.0, build_native=None):
+def _iterate(make_step, tensors, max_iter: int, mode, tol: float = 0.0, build_native=None,
+             later_chunks: float = 0.0):
     """Run up to max_iter iterations. Finished fits are frozen by the kernel; once half of
     the batch has finished, the running ones are gathered into a smaller batch so that
     finished fits stop costing work. ``mode``: True (compiled), False (eager) or "auto"
     (eager, switching after the first iteration, when the rest would take long enough to pay
     for building it, to the native kernel (``build_native()`` builds it, see
-    :func:`worth_building`) or else to torch.compile (:func:`worth_compiling`)). Returns
+    :func:`worth_building`, which counts ``later_chunks`` of this call too) or else to
+    torch.compile (:func:`worth_compiling`)). Returns
     (final state for all fits, seconds of the first compiled call, whether compiled steps
     ran, the native kernel if it ran, else None)."""
     import torch
@@ -397,7 +399,8 @@ def _iterate(make_step, tensors, max_iter: int, mode, tol: float = 0.0, build_na
         if n_running == 0:
             break
         first_auto = mode == "auto" and not compiled and it == 0
-        if first_auto and build_native is not None and worth_building(elapsed, max_iter, tensors["theta0"].shape[1]):
+        if first_auto and build_native is not None and worth_building(elapsed, max_iter, tensors["theta0"].shape[1],
+                                                                      later_chunks):
             native = build_native()
             if native is not None:  # the rest of the loop in C
                 return native.run(state, tensors, tol, max_iter - 1, torch.get_num_threads()), 0.0, False, native

@@ -48,7 +48,9 @@ EXPECTED_ITERATIONS = 8
 #: NATIVE_BUILD_S + NATIVE_BUILD_PER_PARAM2 * P^2 for P parameters (gcc 12 -O3, 2-core CPU:
 #: 0.24 s at 2, 0.32 s at 4, 0.9 s at 10, 1.7 s at 14, 3.5 s at 18: the unrolled normal
 #: sums and solves grow as P^2); compile="auto" builds one only when the projected eager time
-#: exceeds NATIVE_MARGIN times this
+#: exceeds NATIVE_MARGIN times this (the kernel runs ~3x faster than eager, so a build plus the
+#: rest in C, cost + T/3, is no slower than T once T >= 1.5 costs; 2 leaves room for the
+#: projection's error: 1.5 made a 100k-fit call ~10% slower than eager in one measurement)
 NATIVE_BUILD_S = 0.2
 NATIVE_BUILD_PER_PARAM2 = 0.01
 NATIVE_MARGIN = 2.0
@@ -81,10 +83,12 @@ def native_eligible(fused: bool, tensors: dict, device, likelihood) -> bool:
     return fused and likelihood is None and getattr(device, "type", str(device)) == "cpu"
 
 
-def worth_building(first_iter_s: float, max_iter: int, n_params: int) -> bool:
-    """compile="auto": build a native kernel when the rest of the chunk, projected from the
-    first eager iteration as in :func:`worth_compiling`, exceeds NATIVE_MARGIN build costs."""
-    rest = first_iter_s * min(EXPECTED_ITERATIONS, max_iter - 1)
+def worth_building(first_iter_s: float, max_iter: int, n_params: int, later_chunks: float = 0.0) -> bool:
+    """compile="auto": build a native kernel when the rest of the call, projected from the
+    first eager iteration as in :func:`worth_compiling` (the rest of this chunk, and
+    ``later_chunks`` more chunks of this size, which would run in the kernel once it is built),
+    exceeds NATIVE_MARGIN build costs."""
+    rest = first_iter_s * (min(EXPECTED_ITERATIONS, max_iter - 1) + later_chunks * min(EXPECTED_ITERATIONS + 1, max_iter))
     return rest > NATIVE_MARGIN * native_build_seconds(n_params)
 
 
