@@ -18,6 +18,7 @@ from gradfit.formula.c_code import PRELUDE, c_supported, model_source
 from gradfit.formula.functions import FUNCTIONS
 from gradfit.formula.parse import parse_formula
 from gradfit.models.formula import FormulaModel
+from gradfit.optim import native_common
 
 pytestmark = pytest.mark.skipif(_native.compiler() is None, reason="no C compiler")
 
@@ -224,6 +225,7 @@ def test_auto_builds_only_when_the_eager_rest_pays_for_it(monkeypatch, tmp_path)
 
     monkeypatch.setenv("GRADFIT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(_native, "_LOADED", {})
+    monkeypatch.setattr(native_common, "_KERNELS", {})  # (kernels of this process, whatever the folder)
     x, y, init = _gauss(200, seed=4)
     small = gf.fit_many(GAUSS, x, y, init=init, dtype="float64")  # ~ms of eager work: no build
     assert not small.timings["native"]
@@ -242,6 +244,7 @@ def test_auto_builds_only_when_the_eager_rest_pays_for_it(monkeypatch, tmp_path)
 def test_no_compiler_runs_eagerly(monkeypatch):
     monkeypatch.setenv("GRADFIT_CC", "")
     monkeypatch.setattr(_native, "_LOADED", {})
+    monkeypatch.setattr(native_common, "_KERNELS", {})  # (kernels of this process, whatever the folder)
     x, y, init = _gauss(50, seed=5)
     r = gf.fit_many(GAUSS, x, y, init=init, dtype="float64", compile="auto")
     assert not r.timings["native"] and r.converged.mean() > 0.9
@@ -258,6 +261,7 @@ def test_a_broken_compiler_is_a_note_not_an_error(monkeypatch, tmp_path):
     fake.chmod(0o755)
     monkeypatch.setenv("GRADFIT_CC", str(fake))
     monkeypatch.setattr(_native, "_LOADED", {})
+    monkeypatch.setattr(native_common, "_KERNELS", {})  # (kernels of this process, whatever the folder)
     x, y, init = _gauss(50, seed=6)
     r = gf.fit_many(GAUSS, x, y, init=init, dtype="float64")
     assert not r.timings["native"]
@@ -295,6 +299,7 @@ def test_the_cache_loads_only_private_libraries(monkeypatch, tmp_path):
     assert _native.is_built(source, tmp_path)
     # a library others may write is not trusted: rebuilt in a private folder, the file untouched
     monkeypatch.setattr(_native, "_LOADED", {})
+    monkeypatch.setattr(native_common, "_KERNELS", {})  # (kernels of this process, whatever the folder)
     so.chmod(so.stat().st_mode | stat.S_IWOTH)
     assert not _native.is_built(source, tmp_path)
     lib, _ = _native.load(source, tmp_path)
@@ -360,6 +365,7 @@ def test_many_small_calls_build_the_kernel_once_their_torch_time_pays_for_it(mon
 
     monkeypatch.setenv("GRADFIT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(_native, "_LOADED", {})
+    monkeypatch.setattr(native_common, "_KERNELS", {})  # (kernels of this process, whatever the folder)
     monkeypatch.setattr(compiled, "EAGER_SECONDS", {})
     monkeypatch.setattr(batched, "worth_building", lambda *a: False)  # no single call pays
     monkeypatch.setattr(global_fit, "_worth_building", lambda *a: False)
@@ -425,6 +431,7 @@ def test_umask_002_keeps_the_cache_usable(monkeypatch, tmp_path):
     so = next((tmp_path / "native").glob("*.so"))
     assert not so.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     monkeypatch.setattr(_native, "_LOADED", {})
+    monkeypatch.setattr(native_common, "_KERNELS", {})  # (kernels of this process, whatever the folder)
     assert _native.is_built(source, tmp_path)  # a later process loads it without the compiler
 
 
@@ -458,6 +465,7 @@ def test_a_failing_compiler_is_run_once_per_process(monkeypatch, tmp_path):
     fake.chmod(0o755)
     monkeypatch.setenv("GRADFIT_CC", str(fake))
     monkeypatch.setattr(_native, "_LOADED", {})
+    monkeypatch.setattr(native_common, "_KERNELS", {})  # (kernels of this process, whatever the folder)
     monkeypatch.setattr(_native, "_BROKEN", {})
     for k in range(3):
         lib, reason = _native.load(f"int gf_f{k}(void) {{ return {k}; }}\n", tmp_path)
@@ -471,6 +479,7 @@ def test_a_global_fit_says_why_its_native_kernel_did_not_run(monkeypatch, tmp_pa
     fake.chmod(0o755)
     monkeypatch.setenv("GRADFIT_CC", str(fake))
     monkeypatch.setattr(_native, "_LOADED", {})
+    monkeypatch.setattr(native_common, "_KERNELS", {})  # (kernels of this process, whatever the folder)
     xs = np.linspace(0, 5, 32)
     ys = 3.0 * np.exp(-0.8 * xs) + np.random.default_rng(2).normal(0, 0.01, (10, 32))
     r = gf.fit_many("a*exp(-k*x)", xs, ys, init={"a": 3.0, "k": 0.5}, shared=["k"], compile=True)

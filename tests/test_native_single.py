@@ -205,12 +205,11 @@ def test_tiering_builds_after_enough_eager_time(monkeypatch):
     """compile="auto" for single fits: lm.py until this formula's fits have spent two builds'
     time in the process, then the kernel (a JIT's tiering)."""
     from gradfit.lsq import compiled
-    from gradfit.optim import native_common, native_single
+    from gradfit.optim import native_common
 
     monkeypatch.delenv("GRADFIT_CC", raising=False)
     monkeypatch.setattr(solve, "build_single_now", compiled.spent_enough)  # (the rule, whatever conftest set)
     monkeypatch.setattr(compiled, "EAGER_SECONDS", {})
-    monkeypatch.setattr(native_single, "_FOUND", {})
     monkeypatch.setattr(native_common, "_KERNELS", {})
     monkeypatch.setenv("GRADFIT_CACHE_DIR", "")  # no disk cache: nothing is built before
     x = np.linspace(0, 10, 50)
@@ -233,12 +232,11 @@ def test_compile_option(monkeypatch, tmp_path):
 
     from gradfit.errors import ConfigError
     from gradfit.lsq import compiled
-    from gradfit.optim import native_common, native_single
+    from gradfit.optim import native_common
 
     monkeypatch.delenv("GRADFIT_CC", raising=False)
     monkeypatch.setattr(solve, "build_single_now", compiled.spent_enough)
     monkeypatch.setattr(compiled, "EAGER_SECONDS", {})
-    monkeypatch.setattr(native_single, "_FOUND", {})
     monkeypatch.setattr(native_common, "_KERNELS", {})
     monkeypatch.setenv("GRADFIT_CACHE_DIR", str(tmp_path / "cache"))
     x = np.linspace(0, 10, 40)

@@ -4,7 +4,7 @@ cache of loaded kernels (built or read by :mod:`gradfit._native`)."""
 
 from __future__ import annotations
 
-from .._native import compiler, is_built, load
+from .._native import is_built, load
 
 __all__ = ["COLUMNS", "cached_kernel", "normal_sums_source"]
 
@@ -68,12 +68,20 @@ def cached_kernel(model, dtype, parts: tuple, build: bool, source, wrap, *, leve
     """A native kernel of this process, loaded or built once: ``source(expression, double)``
     gives its C, ``wrap(lib, double)`` the object around the library; ``parts`` identify it
     beside the formula and the dtype; ``level`` the compiler's optimization flag. ``(kernel, "")``
-    or ``(None, reason)``."""
+    or ``(None, reason)``. Kernels loaded in this process are found by the formula and
+    ``GRADFIT_CC`` alone (which may turn them off): a single fit asks on every call, and the cache
+    folder's and the compiler's paths cost ~10 us to resolve (a loaded library needs neither)."""
+    import os
+
+    expression = getattr(model, "expression", None)
+    key = (expression, parts, dtype, os.environ.get("GRADFIT_CC"))
+    found = _KERNELS.get(key)
+    if found is not None:
+        return found, ""
     import torch
 
     from ..formula.c_code import c_supported
 
-    expression = getattr(model, "expression", None)
     if expression is None:
         return None, "not a formula"
     if dtype not in (torch.float32, torch.float64):
@@ -82,17 +90,15 @@ def cached_kernel(model, dtype, parts: tuple, build: bool, source, wrap, *, leve
 
     double = dtype == torch.float64
     folder = cache_dir()
-    key = (expression, parts, double, folder, compiler())
-    if key not in _KERNELS:
-        if not c_supported(expression):
-            return None, "a function of the formula has no C form"
-        text = source(expression, double)
-        if not build and not is_built(text, folder, level=level):
-            return None, "not built yet"
-        lib, reason = load(text, folder, level=level)
-        if lib is None:
-            return None, reason
-        _KERNELS[key] = wrap(lib, double)
+    if not c_supported(expression):
+        return None, "a function of the formula has no C form"
+    text = source(expression, double)
+    if not build and not is_built(text, folder, level=level):
+        return None, "not built yet"
+    lib, reason = load(text, folder, level=level)
+    if lib is None:
+        return None, reason
+    _KERNELS[key] = wrap(lib, double)
     return _KERNELS[key], ""
 
 

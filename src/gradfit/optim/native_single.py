@@ -386,23 +386,8 @@ def kernel(model, names: tuple[str, ...], inputs: tuple[str, ...], *, build: boo
     """The single-fit kernel for this formula model: ``(NativeSingleLM, "")``, or
     ``(None, reason)`` (no C form, no compiler, a failed build, or ``build=False`` and the
     library is neither loaded nor in the disk cache)."""
-    import os
-
-    # kernels found before, by formula and GRADFIT_CC (which may turn them off); cached_kernel's
-    # own key (the cache folder, the compiler's path) costs ~10 us to form, and every fit asks
-    key = (getattr(model, "expression", None), names, inputs, os.environ.get("GRADFIT_CC"))
-    found = _FOUND.get(key)
-    if found is not None:
-        return found, ""
     import torch
 
-    found, reason = cached_kernel(model, torch.float64, ("single", tuple(names), tuple(inputs)), build,
-                                  lambda expression, double: kernel_source(expression, tuple(names), tuple(inputs)),
-                                  lambda lib, double: NativeSingleLM(lib, tuple(names), tuple(inputs)),
-                                  level=LEVEL)
-    if found is not None:
-        _FOUND[key] = found
-    return found, reason
-
-
-_FOUND: dict = {}
+    return cached_kernel(model, torch.float64, ("single", tuple(names), tuple(inputs)), build,
+                         lambda expression, double: kernel_source(expression, tuple(names), tuple(inputs)),
+                         lambda lib, double: NativeSingleLM(lib, tuple(names), tuple(inputs)), level=LEVEL)
