@@ -328,3 +328,19 @@ def test_inputs_callbacks_and_no_dof_messages():
     with pytest.warns(gf.GradfitWarning, match="no degrees of freedom"):
         r = gf.fit("a*exp(-k*x) + c", x=[0.0, 1.0, 2.5], y=[2.5, 1.05, 0.6], init={"a": 1, "k": 1, "c": 0})
     assert r.status == "converged" and any("absolute_sigma" in n for n in r.notes)
+
+
+def test_fit_many_parses_compile_as_gf_fit_does():
+    """One parser for compile= (options.compile_choice): fit_many's global path refused nothing and
+    took "yes" for "auto"; both now take True/False/"auto"/"yes"/"no" and refuse the rest."""
+    from gradfit.errors import ConfigError
+
+    rng = np.random.default_rng(2)
+    x = np.linspace(0, 5, 16)
+    y = rng.uniform(2, 4, (6, 1)) * np.exp(-0.7 * x) + 0.01 * rng.standard_normal((6, 16))
+    for shared in (None, ["k"]):
+        kw = dict(init={"a": 3.0, "k": 0.5}, dtype="float64", **({"shared": shared} if shared else {}))
+        with pytest.raises(ConfigError, match="compile must be"):
+            gf.fit_many("a*exp(-k*x)", x, y, compile="maybe", **kw)
+        assert gf.fit_many("a*exp(-k*x)", x, y, compile="yes", **kw).timings["native"]
+        assert not gf.fit_many("a*exp(-k*x)", x, y, compile="no", **kw).timings["native"]

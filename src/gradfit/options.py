@@ -267,12 +267,13 @@ class LeastSquaresOptions(_Options):
 
 
 def compile_choice(value) -> bool | str:
-    """``compile=``: True, False or "auto" (also "yes"/"no"; ConfigError otherwise)."""
+    """``compile=``: True, False or "auto" (also "yes"/"no", None for False; ConfigError otherwise),
+    for gf.fit and fit_many alike."""
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy's True and False
         value = value.item()
     if value is True or (isinstance(value, str) and value in ("yes", "true")):
         return True
-    if value is False or (isinstance(value, str) and value in ("no", "false")):
+    if value is False or value is None or (isinstance(value, str) and value in ("no", "false")):
         return False
     if isinstance(value, str) and value == "auto":
         return "auto"

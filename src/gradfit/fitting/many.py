@@ -167,8 +167,8 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
     # the same validation and messages as gf.fit's least-squares options
     solver = LeastSquaresOptions(max_iter=(GLOBAL_MAX_ITER if shared else DEFAULT_MAX_ITER) if max_iter is None
                                  else max_iter,
-                                 tol=DEFAULT_TOL if tol is None else tol)
-    tol, max_iter = solver.tol, solver.max_iter
+                                 tol=DEFAULT_TOL if tol is None else tol, compile=compile)
+    tol, max_iter, compile = solver.tol, solver.max_iter, solver.compile
     threads = check_threads(threads)
     ids, x_column = None, x
     if data is not None:

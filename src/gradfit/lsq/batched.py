@@ -37,10 +37,11 @@ from .._memory import available_bytes
 from ..errors import ConfigError
 from ..models.jacobian import batch_residual_and_jacobian
 from ..optim.batch_lm import residual_floor2
+from ..options import compile_choice
 from ..stats import RANK_TOL, stationary_threshold
 from ..status import Status
 from .compiled import (COMPILE_FAILED, COMPILED, add_eager_seconds, chunk_mode, compile_key, is_compile_failure,
-                       native_kernel, native_key, quiet, traceable_residual_and_jacobian, want_compile,
+                       native_kernel, native_key, quiet, traceable_residual_and_jacobian,
                        worth_building, worth_compiling)
 from .end_points import check_end_points, clear_end_points, finish_chunk, likelihood_statistics, weighted_at
 
@@ -123,7 +124,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     itemsize = torch.finfo(dtype).bits // 8
     chunk = _chunk_size(max(n_fits, 1), n_points, p, itemsize, device, chunk_size)
     fused = getattr(model, "expression", None) is not None
-    use_compile = want_compile(compile, n_fits, device)
+    use_compile = compile_choice(compile)
     params = np.empty((n_fits, p))
     stderr = np.empty((n_fits, p))
     covariance = np.empty((n_fits, p, p), dtype=np.float64 if itemsize == 8 else np.float32)

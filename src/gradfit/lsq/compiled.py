@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 
-from ..errors import ConfigError
 
 __all__ = [
     "COMPILED",
@@ -25,7 +24,6 @@ __all__ = [
     "worth_building",
     "quiet",
     "traceable_residual_and_jacobian",
-    "want_compile",
 ]
 
 #: compiled step functions, keyed by compile_key (one cache per process: compiling costs seconds)
@@ -90,17 +88,6 @@ def worth_building(first_iter_s: float, max_iter: int, n_params: int, later_chun
     exceeds NATIVE_MARGIN build costs."""
     rest = first_iter_s * (min(EXPECTED_ITERATIONS, max_iter - 1) + later_chunks * min(EXPECTED_ITERATIONS + 1, max_iter))
     return rest > NATIVE_MARGIN * native_build_seconds(n_params)
-
-
-def want_compile(option, n_fits: int, dev):
-    """True, False or "auto" from the user's ``compile`` option (ConfigError otherwise)."""
-    if option in (True, "yes", "true"):
-        return True
-    if option in (False, "no", "false", None):
-        return False
-    if option != "auto":
-        raise ConfigError(f"compile must be 'auto', True or False, got {option!r}")
-    return "auto"
 
 
 def chunk_mode(option, key):
