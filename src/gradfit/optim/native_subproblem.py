@@ -53,6 +53,15 @@ static void sort_descending(int nf, real *key, real *other, real *v) {
     }
 }
 
+/* the plane rotation (x, y) <- (c x - s y, s x + c y) of m pairs, ``stride`` apart */
+static void rotate(long m, real *x, real *y, long stride, real c, real s) {
+    for (long j = 0; j < m; j++) {
+        real xj = x[j * stride], yj = y[j * stride];
+        x[j * stride] = c * xj - s * yj;
+        y[j * stride] = s * xj + c * yj;
+    }
+}
+
 /* eigenvalues (descending) and eigenvectors (rows of v) of the symmetric nf x nf matrix a (destroyed):
    cyclic Jacobi, stopped when every off-diagonal entry is below rounding against its diagonal */
 static void jacobi_eigh(int nf, real *a, real *evals, real *v) {
@@ -69,21 +78,9 @@ static void jacobi_eigh(int nf, real *a, real *evals, real *v) {
                 if (t == 0) continue;  /* a rotation below rounding (theta^2 overflowed) */
                 rotated = 1;
                 real c = 1 / sqrt(1 + t * t), s = t * c;
-                for (int m = 0; m < nf; m++) {  /* columns i, k */
-                    real ami = a[m * nf + i], amk = a[m * nf + k];
-                    a[m * nf + i] = c * ami - s * amk;
-                    a[m * nf + k] = s * ami + c * amk;
-                }
-                for (int m = 0; m < nf; m++) {  /* rows i, k */
-                    real aim = a[i * nf + m], akm = a[k * nf + m];
-                    a[i * nf + m] = c * aim - s * akm;
-                    a[k * nf + m] = s * aim + c * akm;
-                }
-                for (int m = 0; m < nf; m++) {  /* eigenvectors: rows of v */
-                    real vi = v[i * P + m], vk = v[k * P + m];
-                    v[i * P + m] = c * vi - s * vk;
-                    v[k * P + m] = s * vi + c * vk;
-                }
+                rotate(nf, a + i, a + k, nf, c, s);                /* columns i, k */
+                rotate(nf, a + i * nf, a + k * nf, 1, c, s);       /* rows i, k */
+                rotate(nf, v + i * P, v + k * P, 1, c, s);         /* eigenvectors: rows of v */
             }
         if (!rotated) break;
     }
@@ -109,16 +106,8 @@ static void jacobi_svd(long n, int nf, real *a, const real *r, subproblem *sp) {
                 if (t == 0) continue;  /* a rotation below rounding */
                 rotated = 1;
                 real c = 1 / sqrt(1 + t * t), s = c * t;
-                for (long j = 0; j < n; j++) {
-                    real x = ai[j], z = ak[j];
-                    ai[j] = c * x - s * z;
-                    ak[j] = s * x + c * z;
-                }
-                for (int m = 0; m < nf; m++) {
-                    real vi = v[i * P + m], vk = v[k * P + m];
-                    v[i * P + m] = c * vi - s * vk;
-                    v[k * P + m] = s * vi + c * vk;
-                }
+                rotate(n, ai, ak, 1, c, s);
+                rotate(nf, v + i * P, v + k * P, 1, c, s);
             }
         if (!rotated) break;
     }
