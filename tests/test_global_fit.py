@@ -571,18 +571,3 @@ def test_a_guessed_shared_parameter_starts_at_the_median_guess():
     assert guessed.shared["k"] == pytest.approx(given.shared["k"], rel=1e-8)
     with pytest.raises(ConfigError, match="differs between fits"):  # values the user gave are still judged
         gf.fit_many("exp_decay", x, y, init={"k": np.linspace(0.5, 0.9, 20)}, shared=["k"])
-
-
-@pytest.mark.parametrize("chi2,n,k", [(2.0, 10, 2), (0.0, 3, 2), (float("nan"), 5, 1), (float("inf"), 5, 1),
-                                      (3.0, 0, 1), (3.0, 2, 2), (5.5, 100, 4), (0.0, 0, 1), (0.0, 0, 0),
-                                      (2.0, 0, 0), (1.0, 1, 0)])
-def test_joint_statistics_scalar_equals_batch(chi2, n, k):
-    """The joint statistics of a global fit (stats.scalar_statistics) are batch_statistics'
-    numbers for one fit, edge cases (perfect fit, NaN, no points, no dof) included."""
-    from gradfit.stats import batch_statistics, scalar_statistics
-
-    got = scalar_statistics(chi2, n, k)
-    ref = {key: v[0].item() for key, v in batch_statistics(np.array([chi2]), np.array([n]), k).items()}
-    assert got.keys() == ref.keys()
-    for key in ref:
-        assert got[key] == ref[key] or (got[key] != got[key] and ref[key] != ref[key]), key

@@ -1,6 +1,6 @@
 """Goodness-of-fit statistics of least-squares fits: n, dof, chi-square, reduced chi-square,
-RSS, RMSE, R², AIC and BIC (lmfit's conventions), for one fit from its residuals, for a batch
-of fits from their chi-squares, and for one fit from its chi-square alone. Re-exported by
+RSS, RMSE, R², AIC and BIC (lmfit's conventions), for one fit from its residuals and for a
+batch of fits from their chi-squares. Re-exported by
 :mod:`gradfit.stats`."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-__all__ = ["fit_statistics", "scalar_statistics", "batch_statistics"]
+__all__ = ["fit_statistics", "batch_statistics"]
 
 
 def fit_statistics(residuals: np.ndarray, y: np.ndarray, weights: np.ndarray | None, n_params: int,
@@ -43,25 +43,6 @@ def fit_statistics(residuals: np.ndarray, y: np.ndarray, weights: np.ndarray | N
         "rss": rss, "rmse": math.sqrt(rss / n), "r2": 1.0 - chi2 / tss if tss > 0 else math.nan,
         "aic": loglike_term + 2 * n_params, "bic": loglike_term + math.log(n) * n_params,
     }
-
-
-def scalar_statistics(chisqr: float, n: int, n_params: int) -> dict:
-    """:func:`batch_statistics` of one fit, as Python numbers (a global fit's joint statistics:
-    numpy's calls on 1-element arrays cost ~20 us more).
-
-    >>> scalar_statistics(2.0, 10, 2)["redchi"], scalar_statistics(0.0, 3, 2)["aic"]
-    (0.25, -inf)
-    """
-    chi2 = float(chisqr) if math.isfinite(chisqr) else math.nan
-    n, k = int(n), int(n_params)
-    dof = n - k
-    if chi2 > 0:  # (n * log(chi2 / n): NaN without points, as numpy's 0 * log(inf))
-        term = n * math.log(chi2 / n) if n > 0 else math.nan
-    else:  # 0 (a perfect fit): -inf; NaN stays NaN
-        term = -math.inf if chi2 == 0 else math.nan
-    log_n = math.log(n) if n > 0 else -math.inf
-    return {"n": n, "dof": dof, "chisqr": chi2, "redchi": chi2 / dof if dof > 0 else math.nan,
-            "aic": term + 2 * k, "bic": term + log_n * k}  # (-inf * 0 is NaN, as numpy's)
 
 
 def batch_statistics(chisqr: np.ndarray, n: np.ndarray, n_params: int) -> dict:

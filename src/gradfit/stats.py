@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .goodness_of_fit import batch_statistics, fit_statistics, scalar_statistics  # noqa: F401 (re-exported)
+from .goodness_of_fit import batch_statistics, fit_statistics  # noqa: F401 (re-exported)
 from .optim.trust_region import GRAM_COVARIANCE, RANGE_GRAM_COND, symmetric_eigh
 
-__all__ = ["Covariance", "covariance", "covariance_from_svd", "fit_statistics", "batch_statistics", "scalar_statistics",
+__all__ = ["Covariance", "covariance", "covariance_from_svd", "fit_statistics", "batch_statistics",
            "rank_deficient", "batch_inverse_diagonal", "t_quantile", "z_quantile", "RANK_TOL", "VANISH_FACTOR",
            "STATIONARY", "RESIDUAL_FLOOR", "covariance_from_gram", "GRAM_COVARIANCE", "residual_floor", "vanishing_columns", "batch_range_cosine", "stationary_threshold", "batch_scaled_gradient", "EndPoint",
            "end_point_checks", "scaled_gram_eigh", "range_cosine_from_gram"]

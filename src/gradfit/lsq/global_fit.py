@@ -46,7 +46,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..models.jacobian import batch_residual_and_jacobian
 from ..optim.batch_lm import residual_floor2
-from ..stats import RANK_TOL, scalar_statistics
+from ..stats import RANK_TOL, batch_statistics
 from ..status import Status
 from .compiled import NATIVE_MARGIN, add_eager_seconds, native_build_seconds, spent_enough
 
@@ -342,8 +342,8 @@ def _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s, likelihood=None
 
         joint = batch_poisson_fit_statistics(*(np.array([v]) for v in totals), np.array([round(n_pts)]), k)
     else:
-        joint = None
-    stats = scalar_statistics(chi2, round(n_pts), k) if joint is None else {key: v[0].item() for key, v in joint.items()}
+        joint = batch_statistics(np.array([chi2]), np.array([round(n_pts)]), k)
+    stats = {key: v[0].item() for key, v in joint.items()}
     stats["n_params"] = k
     dof = stats["dof"]
     scale = 1.0 if likelihood is not None else chi2 / dof if dof > 0 else float("nan")
