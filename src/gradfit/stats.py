@@ -167,7 +167,7 @@ def batch_range_cosine(jac: np.ndarray, r: np.ndarray, held: np.ndarray | None =
         if held is not None:  # a held column is left out: the identity in its row and column (g is 0 there)
             gram = np.where(held[idx][:, :, None] | held[idx][:, None, :], np.eye(gram.shape[-1]), gram)
         lam, vec = np.linalg.eigh(gram)
-        easy = lam[:, 0] > _GRAM_COND ** -2 * np.maximum(lam[:, -1], 1e-300)
+        easy = lam[:, 0] > RANGE_GRAM_COND ** -2 * np.maximum(lam[:, -1], 1e-300)
         if easy.any():
             c = np.einsum("bpk,bp->bk", vec[easy], g[easy]) / np.sqrt(lam[easy])
             out[idx[easy]] = np.sqrt(np.einsum("bk,bk->b", c, c)) / rn[idx[easy]]
@@ -178,10 +178,6 @@ def batch_range_cosine(jac: np.ndarray, r: np.ndarray, held: np.ndarray | None =
             c = np.where(keep, np.einsum("bmk,bm->bk", u, rg[hard]), 0.0)
             out[idx[hard]] = np.sqrt(np.einsum("bk,bk->b", c, c)) / rn[idx[hard]]
     return out
-
-
-#: condition number of the column-scaled Jacobian below which its Gram matrix serves
-_GRAM_COND = RANGE_GRAM_COND
 
 
 def _range_cosine_one(jac: np.ndarray, r: np.ndarray, rank_tol: float) -> float:
@@ -195,7 +191,7 @@ def _range_cosine_one(jac: np.ndarray, r: np.ndarray, rank_tol: float) -> float:
     a = jac / np.where(norms > 0, norms, 1.0)
     g = a.T @ r
     lam, vec = np.linalg.eigh(a.T @ a)
-    if lam[0] > _GRAM_COND ** -2 * max(lam[-1], 1e-300):
+    if lam[0] > RANGE_GRAM_COND ** -2 * max(lam[-1], 1e-300):
         c = (vec.T @ g) / np.sqrt(lam)
     else:
         u, sv, _ = np.linalg.svd(a, full_matrices=False)
@@ -209,7 +205,7 @@ def range_cosine_from_gram(eig: tuple | None, jtr: np.ndarray, r_norm: float) ->
     if eig is None or not r_norm > 0 or not math.isfinite(r_norm):
         return None
     norms, lam, vec = eig[:3]
-    if not lam[0] > _GRAM_COND ** -2 * max(lam[-1], 1e-300):
+    if not lam[0] > RANGE_GRAM_COND ** -2 * max(lam[-1], 1e-300):
         return None
     c = (vec.T @ (jtr / norms)) / np.sqrt(lam)
     return math.sqrt(float(c @ c)) / r_norm

@@ -3,6 +3,7 @@ Levenberg-Marquardt (optim/lm.py), plus mixed-precision refinement of a converge
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -114,15 +115,13 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
     if native is None:
         residual, jacobian = reducer.functions() if chunked else problem.lm_functions(internal=False)
     else:  # made only if a strategy needs them (a start the native kernel leaves to lm.py)
-        functions = []
+        functions = functools.cache(lambda: problem.lm_functions(internal=False))
 
         def residual(u):
-            functions or functions.append(problem.lm_functions(internal=False))
-            return functions[0][0](u)
+            return functions()[0](u)
 
         def jacobian(u):
-            functions or functions.append(problem.lm_functions(internal=False))
-            return functions[0][1](u)
+            return functions()[1](u)
     u0 = np.array([space.values[n] for n in space.free], dtype=np.float64)
     started = time.perf_counter()
     if native is not None:  # (lm.py runs under its own errstate where the kernel leaves a start to it)
@@ -171,7 +170,7 @@ def _native_run(problem: LeastSquaresProblem, *, build: bool = False):
     expression = getattr(model, "expression", None)
     if expression is None or space.ties or not problem.plain_residuals or model_strategy(model) != "symbolic":
         return None, None
-    inputs, _, weights = problem.numpy()
+    inputs, y, weights = problem.numpy()
     n = problem.n
     if not all(isinstance(v, np.ndarray) and v.shape == (n,) for v in inputs.values()):
         return None, None
@@ -182,7 +181,7 @@ def _native_run(problem: LeastSquaresProblem, *, build: bool = False):
     found, _ = kernel(model, names, columns, build=build or build_single_now(key, len(names)))
     if found is None:
         return None, key
-    return found.runner(inputs, problem.numpy()[1], weights, space.values, tuple(space.free)), key
+    return found.runner(inputs, y, weights, space.values, tuple(space.free)), key
 
 
 def build_single_now(key, n_params: int) -> bool:
