@@ -26,7 +26,7 @@ def both_kernels(request, monkeypatch):
 
     if request.param == "native" and "compiled_kernel" in request.node.name:
         pytest.skip("torch.compile's test")
-    yield from kernel_variant(request.param, monkeypatch, [(compiled, "spent_enough")], NativeLM)
+    yield from kernel_variant(request.param, monkeypatch, [(compiled, "spent_enough")], NativeLM, whole_batch=True)
 
 
 X = np.linspace(0.0, 3.0, 30)

@@ -44,6 +44,7 @@ from .compiled import (COMPILE_FAILED, COMPILED, add_eager_seconds, chunk_mode, 
                        native_kernel, native_key, quiet, traceable_residual_and_jacobian,
                        worth_building, worth_compiling)
 from .end_points import check_end_points, clear_end_points, finish_chunk, likelihood_statistics, weighted_at
+from .native_many import solve_native
 
 __all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "CPU_CHUNK_BYTES", "BatchedSolution", "solve_batched"]
 
@@ -139,6 +140,19 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     compiled_chunks = native_chunks = 0
     notes: dict = {}
     bar = _progress(progress, n_fits)
+    if fused and likelihood is None and use_compile is not False:  # the kernel ready: the whole batch in C
+        everything = slice(0, n_fits)
+        start = _off_flat_bounds(model, names, fused, inputs, y, w, everything, theta0, lower, upper, free, device)
+        done = solve_native(model, names, fused, inputs, y, w, theta0, start, lower, upper, free, tol=tol,
+                            max_iter=max_iter, dtype=dtype, device=device, use_compile=use_compile, floor=floor,
+                            bound_ulps=BOUND_ULPS * float(torch.finfo(dtype).eps), threads=torch.get_num_threads(),
+                            bar=bar)
+        if done is not None:
+            if bar is not None:
+                bar.close()
+            at_bound = ((done["params"] == lower) | (done["params"] == upper)) & np.asarray(free, dtype=bool)[None, :]
+            return BatchedSolution(done["params"], done["stderr"], done["chisqr"], done["n_used"], done["status"],
+                                   done["iterations"], done["timings"], at_bound, None, done["covariance"])
     extra = {k: np.full(n_fits, np.nan) for k in ("deviance", "pearson", "loglike")} if likelihood else None
     t_fit = time.perf_counter()
     for lo in range(0, n_fits, chunk):

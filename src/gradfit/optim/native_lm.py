@@ -27,7 +27,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 from ..status import Status
-from .batch_lm import LAMBDA_MAX, MAX_SNAPS, NEAR, RUNNING, STEP_BACK, BatchState
+from .batch_lm import LAMBDA0, LAMBDA_MAX, MAX_SNAPS, NEAR, RUNNING, STEP_BACK, BatchState
+from .native_batch import MANY_SOURCE
 from .native_common import COLUMNS, cached_kernel, normal_sums_source
 
 __all__ = ["NativeLM", "kernel", "kernel_source"]
@@ -45,6 +46,7 @@ _TEMPLATE = r"""
 #define NOT_FINITE {not_finite}
 static const real TINY = (real){tiny};
 static const real LAMBDA_MAX = (real){lambda_max};
+static const real LAMBDA0 = (real){lambda0};
 static const real STEP_BACK = (real){step_back};
 static const real NEAR = (real){near};
 #define MAX_SNAPS {max_snaps}
@@ -96,51 +98,56 @@ static int damped_solve(const real *a, const real *g, real lam, const real *free
     return ok;
 }}
 
-/* What lsq/end_points.finish and clear_end_points compute from each fit's final
-   normal equations, from one factorization of A: the standard errors sqrt(diag(A^-1) chi2/dof)
-   (NaN where A does not factor, dof < 1 or the scale is not finite; 0 for fixed parameters),
-   the covariance A^-1 chi2/dof (symmetrized; NaN where it is undetermined), the full-rank
-   screen F trace(M^-1) < 1/floor of the scaled matrix M, and `good`: the range cosine
+/* What lsq/end_points.finish and clear_end_points compute from one fit's final normal equations
+   A, g, from one factorization of A: the standard errors sqrt(diag(A^-1) chi2/dof) (NaN where A
+   does not factor, dof < 1 or the scale is not finite; 0 for fixed parameters), the covariance
+   A^-1 chi2/dof (symmetrized; NaN where it is undetermined), the full-rank screen
+   F trace(M^-1) < 1/floor of the scaled matrix M, and `good`: the range cosine
    sqrt(g^T A^-1 g / chi2) finite and below half the stationarity threshold. */
+static void finish_one(const real *a, const real *g, real chi2, real n_used, const real *free_, real n_free,
+                       real floor_, real half_threshold, real *se, real *cov, unsigned char *full_rank,
+                       unsigned char *good) {{
+    real low[P * P], inv[P * P], col[P], unit[P], d[P], rhs[P];
+    int ok = factor(a, (real)0, free_, low);
+    int finite_inv = 1;
+    for (int j = 0; j < P; j++) {{
+        for (int i = 0; i < P; i++) unit[i] = (i == j) ? (real)1 : (real)0;
+        finite_inv = solve(low, unit, free_, col) && finite_inv;
+        for (int i = 0; i < P; i++) inv[i * P + j] = col[i];
+    }}
+    int ok_inv = ok && finite_inv;
+    real dof = n_used - n_free;
+    real scale = chi2 / dof;
+    int ok_se = ok_inv && dof >= 1 && isfinite(scale);
+    int ok_cov = ok_se && isfinite(chi2);
+    real trace_inv = 0;
+    for (int j = 0; j < P; j++) {{
+        real var = (free_[j] != 0 && ok_inv) ? inv[j * P + j] : (real)0;
+        trace_inv += var * a[j * P + j];
+        real v = var * scale;
+        se[j] = ok_se ? sqrt(v > 0 ? v : (real)0) : (real)NAN;
+        for (int i = 0; i < P; i++)
+            cov[j * P + i] = ok_cov ? (real)0.5 * (inv[j * P + i] + inv[i * P + j]) * scale : (real)NAN;
+    }}
+    *full_rank = ok_inv && isfinite(trace_inv) && n_free * trace_inv < (real)1 / floor_;
+    for (int i = 0; i < P; i++) rhs[i] = -g[i];
+    int ok_d = solve(low, rhs, free_, d) && ok;
+    real q = 0;
+    for (int i = 0; i < P; i++) q += g[i] * (ok_d ? d[i] : (real)0);
+    q = -q;
+    real c = sqrt((q > 0 ? q : (real)0) / chi2);
+    *good = ok_d && isfinite(c) && c < half_threshold;
+}}
+
+/* finish_one for n fits (A (n, P, P), g (n, P), chi2 and n_used (n,)) */
 void gf_finish(long n, const real *a_in, const real *g_in, const real *chi2_in, const real *n_used,
                const real *free_, real floor_, real half_threshold, real *se, real *cov,
                unsigned char *full_rank, unsigned char *good) {{
     real n_free = 0;
     for (int i = 0; i < P; i++) n_free += free_[i];
-    for (long b = 0; b < n; b++) {{
-        const real *a = a_in + b * P * P;
-        real low[P * P], inv[P * P], col[P], unit[P], d[P], rhs[P];
-        int ok = factor(a, (real)0, free_, low);
-        int finite_inv = 1;
-        for (int j = 0; j < P; j++) {{
-            for (int i = 0; i < P; i++) unit[i] = (i == j) ? (real)1 : (real)0;
-            finite_inv = solve(low, unit, free_, col) && finite_inv;
-            for (int i = 0; i < P; i++) inv[i * P + j] = col[i];
-        }}
-        int ok_inv = ok && finite_inv;
-        real chi2 = chi2_in[b];
-        real dof = n_used[b] - n_free;
-        real scale = chi2 / dof;
-        int ok_se = ok_inv && dof >= 1 && isfinite(scale);
-        int ok_cov = ok_se && isfinite(chi2);
-        real trace_inv = 0;
-        for (int j = 0; j < P; j++) {{
-            real var = (free_[j] != 0 && ok_inv) ? inv[j * P + j] : (real)0;
-            trace_inv += var * a[j * P + j];
-            real v = var * scale;
-            se[b * P + j] = ok_se ? sqrt(v > 0 ? v : (real)0) : (real)NAN;
-            for (int i = 0; i < P; i++)
-                cov[b * P * P + j * P + i] = ok_cov ? (real)0.5 * (inv[j * P + i] + inv[i * P + j]) * scale : (real)NAN;
-        }}
-        full_rank[b] = ok_inv && isfinite(trace_inv) && n_free * trace_inv < (real)1 / floor_;
-        for (int i = 0; i < P; i++) rhs[i] = -g_in[b * P + i];
-        int ok_d = solve(low, rhs, free_, d) && ok;
-        real q = 0;
-        for (int i = 0; i < P; i++) q += g_in[b * P + i] * (ok_d ? d[i] : (real)0);
-        q = -q;
-        real c = sqrt((q > 0 ? q : (real)0) / chi2);
-        good[b] = ok_d && isfinite(c) && c < half_threshold;
-    }}
+    for (long b = 0; b < n; b++)
+        finish_one(a_in + b * P * P, g_in + b * P, chi2_in[b], n_used[b], free_, n_free, floor_, half_threshold,
+                   se + b * P, cov + b * P * P, full_rank + b, good + b);
 }}
 
 /* target with the coordinates beyond a bound stopped STEP_BACK of the way to it, clipped into
@@ -211,82 +218,99 @@ static int box_step(const real *th, const real *a, const real *g, real lam, cons
     return ok && ok2;
 }}
 
-/* batch_lm.step (least squares; the box rules where lower/upper are given: NULL for a batch
-   without a finite bound), up to `steps` times for each of the n fits (returns -2 when its
-   work array cannot be allocated). */
+/* One fit's Levenberg-Marquardt state between iterations (batch_lm.BatchState's row). */
+typedef struct {{
+    real th[P], tr[P], A[P * P], G[P], lam, chi2;
+    long st;
+    int it, snaps, probing;
+}} fit_state;
+
+/* batch_lm.step (least squares; the box rules where lo/hi are given: NULL for a fit without a
+   finite bound), up to `steps` times for one fit (b: its row of the per-fit inputs); cols is
+   work space of (P + 2) m reals. */
+static void iterate(fit_state *s, long m, const real *const *xs, const long *x_stride, long b, const real *yb,
+                    const real *wb, real floor2, const real *free_, real tol, long steps, const real *lo,
+                    const real *hi, real *cols) {{
+    real *th = s->th, *tr = s->tr, *A = s->A, *G = s->G;
+    real lam = s->lam, chi2 = s->chi2;
+    long st = s->st;
+    int it = s->it, snaps = s->snaps, probing = s->probing;
+    const int bounded = lo != 0;
+    for (long step = 0; step < steps && st == RUNNING; step++) {{
+        real c2, at[P * P], gt[P];
+        fit_columns(m, xs, x_stride, b, yb, wb, tr, cols);
+        normal_sums(m, cols, &c2, at, gt);
+        int finite = isfinite(c2);
+        for (int i = 0; i < P; i++) {{
+            finite = finite && isfinite(gt[i]);
+            for (int k = 0; k <= i; k++) finite = finite && isfinite(at[i * P + k]);
+        }}
+        int accept = finite && (c2 <= chi2);
+        int first = isinf(chi2);
+        int settled = accept && !first;
+        int small = settled && (fabs(chi2 - c2) < tol * c2);
+        int at_floor = settled && (c2 <= floor2);
+        if (accept) {{
+            for (int i = 0; i < P; i++) {{ th[i] = tr[i]; G[i] = gt[i]; }}
+            for (int i = 0; i < P * P; i++) A[i] = at[i];
+            chi2 = c2;
+            lam = lam * (real)0.1;
+        }} else {{
+            lam = lam * (real)10.0;
+        }}
+        if (first && !finite) st = NOT_FINITE;
+        if (probing && !accept) st = CONVERGED;  /* a rejected move onto the bounds: the convergence stands */
+        real d[P], next[P];
+        int ok;
+        if (bounded) {{
+            ok = box_step(th, A, G, lam, lo, hi, free_, next);
+            for (int i = 0; i < P; i++) d[i] = next[i] - th[i];
+        }} else {{
+            ok = damped_solve(A, G, lam, free_, d);
+            for (int i = 0; i < P; i++) next[i] = th[i] + d[i];
+        }}
+        real predicted = 0;
+        for (int i = 0; i < P; i++) predicted += G[i] * d[i];
+        predicted = -predicted * ((real)1 + lam);
+        int converged = (st == RUNNING) && (at_floor || (small && ok && predicted <= tol * chi2));
+        int snap = 0, to_lo[P], to_hi[P];
+        if (bounded) {{  /* a coordinate whose own minimum lies on or beyond a bound: try the point on it */
+            int any = pushing(th, G, A, lo, hi, free_, to_lo, to_hi);
+            snap = converged && !at_floor && any && snaps < MAX_SNAPS;
+            converged = converged && !snap;
+        }}
+        if (converged) st = CONVERGED;
+        else if (st == RUNNING && lam > LAMBDA_MAX) st = STALLED;
+        if (st == RUNNING && !ok && !snap) st = SINGULAR;
+        if (snap) for (int i = 0; i < P; i++) next[i] = to_lo[i] ? lo[i] : to_hi[i] ? hi[i] : th[i];
+        for (int i = 0; i < P; i++) tr[i] = (st == RUNNING) ? next[i] : th[i];
+        it += 1;
+        snaps += snap;
+        probing = snap;
+    }}
+    s->lam = lam; s->chi2 = chi2; s->st = st; s->it = it; s->snaps = snaps; s->probing = probing;
+}}
+
+/* iterate for each of n fits, continuing the BatchState in the *_io arrays (lower/upper NULL for
+   a batch without a finite bound); returns -2 when its work array cannot be allocated. */
 long gf_lm(long n, long m, const real *const *xs, const long *x_stride, const real *y, const real *w,
            const real *floor2, const real *free_, real tol, long steps, const real *lower, const real *upper,
            real *theta, real *trial, real *lam_io, real *chi2_io, real *a_io, real *g_io,
            long *status_io, int *iterations_io, int *snaps_io, unsigned char *probing_io) {{
     real *cols = malloc(sizeof(real) * (m > 0 ? m : 1) * (P + 2));
     if (!cols) return -2;
-    const int bounded = lower != 0;
     for (long b = 0; b < n; b++) {{
-        real th[P], tr[P], A[P * P], G[P], lo[P], hi[P];
-        for (int i = 0; i < P; i++) {{ th[i] = theta[b * P + i]; tr[i] = trial[b * P + i]; G[i] = g_io[b * P + i]; }}
-        for (int i = 0; i < P * P; i++) A[i] = a_io[b * P * P + i];
-        if (bounded) for (int i = 0; i < P; i++) {{ lo[i] = lower[b * P + i]; hi[i] = upper[b * P + i]; }}
-        real lam = lam_io[b], chi2 = chi2_io[b];
-        long st = status_io[b];
-        int it = iterations_io[b], snaps = snaps_io[b], probing = probing_io[b];
-        const real *yb = y + b * m;
-        const real *wb = w ? w + b * m : 0;
-        for (long step = 0; step < steps && st == RUNNING; step++) {{
-            real c2, at[P * P], gt[P];
-            fit_columns(m, xs, x_stride, b, yb, wb, tr, cols);
-            normal_sums(m, cols, &c2, at, gt);
-            int finite = isfinite(c2);
-            for (int i = 0; i < P; i++) {{
-                finite = finite && isfinite(gt[i]);
-                for (int k = 0; k <= i; k++) finite = finite && isfinite(at[i * P + k]);
-            }}
-            int accept = finite && (c2 <= chi2);
-            int first = isinf(chi2);
-            int settled = accept && !first;
-            int small = settled && (fabs(chi2 - c2) < tol * c2);
-            int at_floor = settled && (c2 <= floor2[b]);
-            if (accept) {{
-                for (int i = 0; i < P; i++) {{ th[i] = tr[i]; G[i] = gt[i]; }}
-                for (int i = 0; i < P * P; i++) A[i] = at[i];
-                chi2 = c2;
-                lam = lam * (real)0.1;
-            }} else {{
-                lam = lam * (real)10.0;
-            }}
-            if (first && !finite) st = NOT_FINITE;
-            if (probing && !accept) st = CONVERGED;  /* a rejected move onto the bounds: the convergence stands */
-            real d[P], next[P];
-            int ok;
-            if (bounded) {{
-                ok = box_step(th, A, G, lam, lo, hi, free_, next);
-                for (int i = 0; i < P; i++) d[i] = next[i] - th[i];
-            }} else {{
-                ok = damped_solve(A, G, lam, free_, d);
-                for (int i = 0; i < P; i++) next[i] = th[i] + d[i];
-            }}
-            real predicted = 0;
-            for (int i = 0; i < P; i++) predicted += G[i] * d[i];
-            predicted = -predicted * ((real)1 + lam);
-            int converged = (st == RUNNING) && (at_floor || (small && ok && predicted <= tol * chi2));
-            int snap = 0, to_lo[P], to_hi[P];
-            if (bounded) {{  /* a coordinate whose own minimum lies on or beyond a bound: try the point on it */
-                int any = pushing(th, G, A, lo, hi, free_, to_lo, to_hi);
-                snap = converged && !at_floor && any && snaps < MAX_SNAPS;
-                converged = converged && !snap;
-            }}
-            if (converged) st = CONVERGED;
-            else if (st == RUNNING && lam > LAMBDA_MAX) st = STALLED;
-            if (st == RUNNING && !ok && !snap) st = SINGULAR;
-            if (snap) for (int i = 0; i < P; i++) next[i] = to_lo[i] ? lo[i] : to_hi[i] ? hi[i] : th[i];
-            for (int i = 0; i < P; i++) tr[i] = (st == RUNNING) ? next[i] : th[i];
-            it += 1;
-            snaps += snap;
-            probing = snap;
-        }}
-        for (int i = 0; i < P; i++) {{ theta[b * P + i] = th[i]; trial[b * P + i] = tr[i]; g_io[b * P + i] = G[i]; }}
-        for (int i = 0; i < P * P; i++) a_io[b * P * P + i] = A[i];
-        lam_io[b] = lam; chi2_io[b] = chi2; status_io[b] = st; iterations_io[b] = it;
-        snaps_io[b] = snaps; probing_io[b] = (unsigned char)probing;
+        fit_state s;
+        for (int i = 0; i < P; i++) {{ s.th[i] = theta[b * P + i]; s.tr[i] = trial[b * P + i]; s.G[i] = g_io[b * P + i]; }}
+        for (int i = 0; i < P * P; i++) s.A[i] = a_io[b * P * P + i];
+        s.lam = lam_io[b]; s.chi2 = chi2_io[b]; s.st = status_io[b];
+        s.it = iterations_io[b]; s.snaps = snaps_io[b]; s.probing = probing_io[b];
+        iterate(&s, m, xs, x_stride, b, y + b * m, w ? w + b * m : 0, floor2[b], free_, tol, steps,
+                lower ? lower + b * P : 0, upper ? upper + b * P : 0, cols);
+        for (int i = 0; i < P; i++) {{ theta[b * P + i] = s.th[i]; trial[b * P + i] = s.tr[i]; g_io[b * P + i] = s.G[i]; }}
+        for (int i = 0; i < P * P; i++) a_io[b * P * P + i] = s.A[i];
+        lam_io[b] = s.lam; chi2_io[b] = s.chi2; status_io[b] = s.st; iterations_io[b] = s.it;
+        snaps_io[b] = s.snaps; probing_io[b] = (unsigned char)s.probing;
     }}
     free(cols);
     return 0;
@@ -305,9 +329,10 @@ def kernel_source(expression, names: tuple[str, ...], inputs: tuple[str, ...], d
     return head + _TEMPLATE.format(
         p=len(names), n_inputs=len(inputs), running=RUNNING, converged=Status.CONVERGED.code,
         stalled=Status.STALLED.code, singular=Status.SINGULAR.code, not_finite=Status.NOT_FINITE.code,
-        tiny="1e-300" if double else "1e-30", lambda_max=repr(float(LAMBDA_MAX)), step_back=repr(float(STEP_BACK)),
+        tiny="1e-300" if double else "1e-30", lambda_max=repr(float(LAMBDA_MAX)),
+        lambda0=repr(float(LAMBDA0)), step_back=repr(float(STEP_BACK)),
         near=repr(float(NEAR)), max_snaps=MAX_SNAPS,
-        columns=(COLUMNS + normal_sums_source(len(names))).replace("{", "{{").replace("}", "}}"))
+        columns=(COLUMNS + normal_sums_source(len(names))).replace("{", "{{").replace("}", "}}")) + MANY_SOURCE
 
 
 class NativeLM:
@@ -316,6 +341,7 @@ class NativeLM:
     def __init__(self, lib, double: bool, n_params: int, inputs: tuple[str, ...]):
         import ctypes
 
+        self.lib = lib
         self.real = ctypes.c_double if double else ctypes.c_float
         self.n_params = n_params
         self.inputs = inputs
