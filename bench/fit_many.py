@@ -10,14 +10,17 @@ c = 15.5 + U(-4,4), w ~ U(2,4), o ~ U(10,100); y Poisson around the model; init 
     python bench/fit_many.py --device cuda        # GPU: 10k and 1M fits (add --sizes for more)
 
 The first row is fit_many with its default arguments (compile="auto"), one call, timed whole:
-for the first size it is the process's first fit, so it includes building the formula's
-derivative program. Warm-up (torch.compile) is timed separately from steady-state fitting in
+for the first size it is the process's first fit, so it includes importing gradfit's modules,
+reading the formula's derivative program and native kernel from the disk cache (or building them
+when the cache is empty), and its "steady s" column is the median of three more calls. The
+scipy anchor is warmed up and timed twice (the faster pass counts). Warm-up (torch.compile) is timed separately from steady-state fitting in
 the compiled rows (``--no-compiled`` skips them).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 
@@ -72,16 +75,23 @@ def run_scipy(x, y, init, n):
     def f(xx, a, c, w, o):
         return a * np.exp(-(xx - c) ** 2 / (2 * w**2)) + o
 
-    est = np.full((n, 4), np.nan)
-    ok = np.zeros(n, dtype=bool)
-    t0 = time.perf_counter()
-    for i in range(n):
-        try:
-            est[i], _ = curve_fit(f, x, y[i].astype(np.float64), p0=init[i])
-            ok[i] = True
-        except RuntimeError:
-            pass
-    return est, ok, time.perf_counter() - t0
+    def loop(count):
+        est = np.full((count, 4), np.nan)
+        ok = np.zeros(count, dtype=bool)
+        t0 = time.perf_counter()
+        for i in range(count):
+            try:
+                est[i], _ = curve_fit(f, x, y[i].astype(np.float64), p0=init[i])
+                ok[i] = True
+            except RuntimeError:
+                pass
+        return est, ok, time.perf_counter() - t0
+
+    # the anchor at its best: warmed up (its first few hundred fits here ran up to 1.7x slower), then
+    # the faster of two timed passes
+    loop(min(n, 200))
+    first, second = loop(n), loop(n)
+    return min(first, second, key=lambda run: run[2])
 
 
 def main():
@@ -107,15 +117,24 @@ def main():
     rows, records = [], []
     for n in sizes:
         x, y, truth, init = workload(n)
+        # the collection that importing torch leaves pending (~0.1 s over its ~10^6 objects) would
+        # otherwise run inside whichever call comes first
+        gc.collect()
         t0 = time.perf_counter()
         rd = gf.fit_many(FORMULA, x, y, init=init, tol=1e-4, max_iter=25, device=args.device, progress=False)
         once = time.perf_counter() - t0
-        rows.append(["gradfit fused, defaults (one call)", f"{n:,}", f"{once:.2f}", "-", f"{n / once:,.0f}",
+        again = []
+        for _ in range(3):  # the same call again: the process's later calls
+            t0 = time.perf_counter()
+            gf.fit_many(FORMULA, x, y, init=init, tol=1e-4, max_iter=25, device=args.device, progress=False)
+            again.append(time.perf_counter() - t0)
+        later = sorted(again)[1]
+        rows.append(["gradfit fused, defaults (one call)", f"{n:,}", f"{once:.3f}", f"{later:.3f}", f"{n / once:,.0f}",
                      f"{rd.converged.mean():.4%}",
                      " ".join(f"{e:.4f}" for e in median_rel_error(np.column_stack(
                          [rd.params[k] for k in rd.param_names]), truth))])
-        records.append({"path": "defaults", "n": n, "call_s": once, "fits_per_s": n / once,
-                        "converged": float(rd.converged.mean())})
+        records.append({"path": "defaults", "n": n, "call_s": once, "fits_per_s": n / once, "later_s": later,
+                         "converged": float(rd.converged.mean()), "path_taken": rd.timings.get("native")})
         if not args.compiled:
             continue
         r, est, first, steady = run_gradfit(FORMULA, x, y, init, args.device, True)
@@ -148,8 +167,9 @@ def main():
                 ["run", "fits", "first call s", "steady s", "fits/s", "converged", "median |rel err| a c w o"], rows))
     for rec in records:
         if rec["path"] == "defaults":
-            print(f"defaults, one call, {rec['n']:,} fits: {rec['fits_per_s'] / rate_s:,.0f}x the scipy loop "
-                  f"({rec['fits_per_s']:,.0f} vs {rate_s:,.0f} fits/s)")
+            print(f"defaults, first call, {rec['n']:,} fits: {rec['fits_per_s'] / rate_s:,.0f}x the scipy loop "
+                  f"({rec['fits_per_s']:,.0f} vs {rate_s:,.0f} fits/s); later calls "
+                  f"{rec['n'] / rec['later_s'] / rate_s:,.0f}x ({rec['n'] / rec['later_s']:,.0f} fits/s)")
     fused = next((r for r in records if r["path"] == "fused"), None)
     if fused:
         print(f"compiled, steady state: {fused['fits_per_s'] / rate_s:,.0f}x the scipy loop "

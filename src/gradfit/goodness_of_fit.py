@@ -64,6 +64,12 @@ def batch_statistics(chisqr: np.ndarray, n: np.ndarray, n_params: int) -> dict:
     dof = n - int(n_params)
     with np.errstate(divide="ignore", invalid="ignore"):
         nf = n.astype(float)
-        loglike_term = np.where(chi2 > 0, nf * np.log(chi2 / nf), np.where(chi2 == 0, -np.inf, np.nan))
-        return {"n": n, "dof": dof, "chisqr": chi2, "redchi": np.where(dof > 0, chi2 / dof, np.nan),
-                "aic": loglike_term + 2 * n_params, "bic": loglike_term + np.log(nf) * n_params}
+        # n log(chi2 / n) is already -inf at chi2 = 0 (n > 0) and NaN at n = 0 or chi2 NaN
+        loglike_term = np.log(chi2 / nf)
+        loglike_term *= nf
+        redchi = chi2 / dof
+        redchi[dof <= 0] = np.nan
+        bic = np.log(nf)
+        bic *= n_params
+        bic += loglike_term
+        return {"n": n, "dof": dof, "chisqr": chi2, "redchi": redchi, "aic": loglike_term + 2 * n_params, "bic": bic}

@@ -104,7 +104,7 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
         cached on disk; the rest runs torch kernels. "auto" never pays for a build or a compile
         that eager would not recover: it uses the native kernel when it is already built,
         builds it after the first eager iteration when the projected rest exceeds two builds
-        (``NATIVE_MARGIN * native_build_seconds(P)``, ~0.2 + 0.01 P^2 s), or once this process's eager time on the model
+        (``NATIVE_MARGIN * native_build_seconds(P)``, ~0.6 + 0.012 P^2 s), or once this process's eager time on the model
         exceeds that; for the torch kernels, it compiles when this process already holds the
         compiled kernel for this model and shape, or when the first eager iteration projects
         more than ``COMPILE_MARGIN * COMPILE_COST_S`` seconds (90 s on the CPU) for the rest.

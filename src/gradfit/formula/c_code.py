@@ -22,11 +22,12 @@ True
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from .functions import FUNCTIONS
 from .tree import BinOp, Call, Const, Neg, Node, Num, Var
 
-__all__ = ["PRELUDE", "c_supported", "model_source"]
+__all__ = ["PRELUDE", "PointProgram", "c_supported", "model_source", "point_program"]
 
 #: helpers every native kernel includes after ``typedef ... real;``
 PRELUDE = r"""
@@ -147,7 +148,20 @@ class _Printer:
         return self.names[node.name]
 
 
-def model_source(node: Node, inputs: tuple[str, ...], params: tuple[str, ...]) -> str:
+@dataclass(frozen=True)
+class PointProgram:
+    """A formula's value and partials as C pieces, in the names of :func:`model_source`:
+    ``invariants`` (the expressions of h_0, h_1, ... over the parameters p_k alone), ``body``
+    (the lines ``const real t_k = ...;`` over the inputs in_k, p_k and h_k) and ``outputs``
+    (P + 1 expressions: the value, then each partial)."""
+
+    invariants: tuple[str, ...]
+    body: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def model_source(node: Node, inputs: tuple[str, ...], params: tuple[str, ...],
+                 program: PointProgram | None = None) -> str:
     """Two C functions (see the module docstring) of ``node``'s value and its partial
     derivatives with respect to ``params``, over the inputs ``inputs``::
 
@@ -166,6 +180,32 @@ def model_source(node: Node, inputs: tuple[str, ...], params: tuple[str, ...]) -
     ------
     ValueError if a function has no C form (check :func:`c_supported` first).
     """
+    program = program or point_program(node, inputs, params)
+    body, outs, invariants = program.body, program.outputs, program.invariants
+    n_p, n_h = len(params), len(invariants)
+    lines = [f"#define GF_NH {n_p + n_h}", "static inline void gf_invariants(const real *p, real *h) {"]
+    lines += [f"    const real p_{k} = p[{k}];" for k in range(n_p)]
+    lines += [f"    const real h_{k} = {text};" for k, text in enumerate(invariants)]
+    lines += [f"    h[{k}] = p_{k};" for k in range(n_p)]
+    lines += [f"    h[{n_p + k}] = h_{k};" for k in range(n_h)]
+    lines += ["}", "static inline void gf_columns(long m, const real *const *xs, const long *offs, const real *h, "
+              "real *cols) {"]
+    lines += [f"    const real *x_{k} = xs[{k}] + offs[{k}];" for k in range(len(inputs))]
+    lines += [f"    const real p_{k} = h[{k}];" for k in range(n_p)]
+    lines += [f"    const real h_{k} = h[{n_p + k}];" for k in range(n_h)]
+    lines += [f"    (void){v};" for v in (*(f"p_{k}" for k in range(n_p)), *(f"h_{k}" for k in range(n_h)))]
+    lines += ["    #pragma omp simd", "    for (long j = 0; j < m; j++) {"]
+    lines += [f"        const real in_{k} = x_{k}[j];" for k in range(len(inputs))]
+    lines += ["    " + line for line in body]
+    lines += [f"        cols[{k} * m + j] = {text};" for k, text in enumerate(outs)]
+    lines += [f"        (void)in_{k};" for k in range(len(inputs))]
+    lines += ["    }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def point_program(node: Node, inputs: tuple[str, ...], params: tuple[str, ...]) -> PointProgram:
+    """:class:`PointProgram` of ``node`` (sympy's common subexpressions, parameter-only ones
+    hoisted into the invariants). Raises ValueError if a function has no C form."""
     from .symbolic import value_and_partials_program
 
     if not c_supported(node):
@@ -183,23 +223,5 @@ def model_source(node: Node, inputs: tuple[str, ...], params: tuple[str, ...]) -
         body.append(f"    const real t_{k} = {printer.expr(tree)};")
         names[name] = f"t_{k}"
         printer.point.add(name)
-    outs = [printer.expr(tree) for tree in outputs]
-    n_p, n_h = len(params), len(printer.invariants)
-    lines = [f"#define GF_NH {n_p + n_h}", "static inline void gf_invariants(const real *p, real *h) {"]
-    lines += [f"    const real p_{k} = p[{k}];" for k in range(n_p)]
-    lines += [f"    const real h_{k} = {text};" for k, text in enumerate(printer.invariants)]
-    lines += [f"    h[{k}] = p_{k};" for k in range(n_p)]
-    lines += [f"    h[{n_p + k}] = h_{k};" for k in range(n_h)]
-    lines += ["}", "static inline void gf_columns(long m, const real *const *xs, const long *offs, const real *h, "
-              "real *cols) {"]
-    lines += [f"    const real *x_{k} = xs[{k}] + offs[{k}];" for k in range(len(inputs))]
-    lines += [f"    const real p_{k} = h[{k}];" for k in range(n_p)]
-    lines += [f"    const real h_{k} = h[{n_p + k}];" for k in range(n_h)]
-    lines += [f"    (void){v};" for v in (*(f"p_{k}" for k in range(n_p)), *(f"h_{k}" for k in range(n_h)))]
-    lines += ["    #pragma omp simd", "    for (long j = 0; j < m; j++) {"]
-    lines += [f"        const real in_{k} = x_{k}[j];" for k in range(len(inputs))]
-    lines += ["    " + line for line in body]
-    lines += [f"        cols[{k} * m + j] = {text};" for k, text in enumerate(outs)]
-    lines += [f"        (void)in_{k};" for k in range(len(inputs))]
-    lines += ["    }", "}"]
-    return "\n".join(lines) + "\n"
+    outs = tuple(printer.expr(tree) for tree in outputs)
+    return PointProgram(tuple(printer.invariants), tuple(body), outs)

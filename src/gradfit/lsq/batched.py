@@ -132,7 +132,6 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     chisqr = np.empty(n_fits)
     status = np.empty(n_fits, dtype=np.int8)
     iterations = np.empty(n_fits, dtype=np.int32)
-    n_used = (w > 0).sum(axis=1)
     free_t = tuple(float(v) for v in free)
     held = ~np.asarray(free, dtype=bool)[None, :]  # fixed parameters keep the user's float64 value
     floor = max(RANK_TOL**2, _SCREEN_SAFETY * float(torch.finfo(dtype).eps))
@@ -141,19 +140,24 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     notes: dict = {}
     bar = _progress(progress, n_fits)
     if fused and likelihood is None and use_compile is not False:  # the kernel ready: the whole batch in C
-        everything = slice(0, n_fits)
-        start = _off_flat_bounds(model, names, fused, inputs, y, w, everything, theta0, lower, upper, free, device)
-        done = solve_native(model, names, fused, inputs, y, w, theta0, start, lower, upper, free, tol=tol,
+        cols = np.asarray(free, dtype=bool)
+        # any finite bound on a free parameter (two reductions: no (B, P) temporaries)
+        bounded = bool(n_fits) and cols.any() and not (lower[:, cols].max() == -np.inf and upper[:, cols].min() == np.inf)
+        start = theta0 if not bounded else _off_flat_bounds(model, names, fused, inputs, y, w, slice(0, n_fits), theta0,
+                                                            lower, upper, free, device)
+        done = solve_native(model, names, fused, inputs, y, w, theta0, start, lower, upper, free, bounded, tol=tol,
                             max_iter=max_iter, dtype=dtype, device=device, use_compile=use_compile, floor=floor,
                             bound_ulps=BOUND_ULPS * float(torch.finfo(dtype).eps), threads=torch.get_num_threads(),
                             bar=bar)
         if done is not None:
             if bar is not None:
                 bar.close()
-            at_bound = ((done["params"] == lower) | (done["params"] == upper)) & np.asarray(free, dtype=bool)[None, :]
+            at_bound = (((done["params"] == lower) | (done["params"] == upper)) & cols[None, :] if bounded
+                        else np.zeros(done["params"].shape, dtype=bool))
             return BatchedSolution(done["params"], done["stderr"], done["chisqr"], done["n_used"], done["status"],
                                    done["iterations"], done["timings"], at_bound, None, done["covariance"])
     extra = {k: np.full(n_fits, np.nan) for k in ("deviance", "pearson", "loglike")} if likelihood else None
+    n_used = np.count_nonzero(w > 0, axis=1)
     t_fit = time.perf_counter()
     for lo in range(0, n_fits, chunk):
         sl = slice(lo, min(lo + chunk, n_fits))

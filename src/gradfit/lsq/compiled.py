@@ -42,15 +42,16 @@ COMPILE_MARGIN = 3.0
 EXPECTED_ITERATIONS = 8
 
 
-#: seconds the C compiler takes to build a new native kernel (optim/native_lm.py): about
-#: NATIVE_BUILD_S + NATIVE_BUILD_PER_PARAM2 * P^2 for P parameters (gcc 12 -O3, 2-core CPU:
-#: 0.24 s at 2, 0.32 s at 4, 0.9 s at 10, 1.7 s at 14, 3.5 s at 18: the unrolled normal
-#: sums and solves grow as P^2); compile="auto" builds one only when the projected eager time
-#: exceeds NATIVE_MARGIN times this (the kernel runs ~3x faster than eager, so a build plus the
-#: rest in C, cost + T/3, is no slower than T once T >= 1.5 costs; 2 leaves room for the
-#: projection's error: 1.5 made a 100k-fit call ~10% slower than eager in one measurement)
-NATIVE_BUILD_S = 0.2
-NATIVE_BUILD_PER_PARAM2 = 0.01
+#: seconds the C compiler takes to build a new native kernel (optim/native_lm.py with its lanes,
+#: optim/native_lanes.py): about NATIVE_BUILD_S + NATIVE_BUILD_PER_PARAM2 * P^2 for P parameters
+#: (gcc 12 -O3, 2-core CPU: 0.55 s at 2, 0.7-0.9 s at 3-4, 1.0 s at 7, 1.8 s at 10, 2.7 s at 14,
+#: 4.0 s at 18: the unrolled normal sums and solves grow as P^2); compile="auto" builds one only
+#: when the projected eager time exceeds NATIVE_MARGIN times this (the kernel runs several times
+#: faster than eager, so a build plus the rest in C is no slower than eager once the eager time
+#: exceeds ~1.5 builds; 2 leaves room for the projection's error: 1.5 made a 100k-fit call ~10%
+#: slower than eager in one measurement)
+NATIVE_BUILD_S = 0.6
+NATIVE_BUILD_PER_PARAM2 = 0.012
 NATIVE_MARGIN = 2.0
 
 

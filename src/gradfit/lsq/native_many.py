@@ -29,13 +29,14 @@ SLAB = 1 << 18
 
 
 def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray,
-                 start: np.ndarray, lower: np.ndarray, upper: np.ndarray, free, *, tol: float, max_iter: int,
+                 start: np.ndarray, lower: np.ndarray, upper: np.ndarray, free, bounded: bool, *, tol: float,
+                 max_iter: int,
                  dtype, device, use_compile, floor: float, bound_ulps: float, threads: int, bar=None,
                  likelihood=None) -> dict | None:
     """Every fit in C (see the module docstring), or None where the native kernel does not
     cover the batch or is not ready (compile=False; "auto" before the tiering has paid for a
     build: the chunked path then decides). ``start`` is theta0 with starts on flat bounds moved
-    inside. Returns the arrays of a BatchedSolution (params, stderr, chisqr, n_used, status,
+    inside; ``bounded``: a free parameter of some fit has a finite bound. Returns the arrays of a BatchedSolution (params, stderr, chisqr, n_used, status,
     iterations, covariance) and ``timings``."""
     import torch
 
@@ -55,8 +56,6 @@ def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.n
     work = {k: np.ascontiguousarray(v, dtype=np_dtype) for k, v in inputs.items()}
     yw, ww = (np.ascontiguousarray(a, dtype=np_dtype) for a in (y, w))
     theta0, start = (np.ascontiguousarray(a, dtype=np.float64) for a in (theta0, start))
-    cols = np.asarray(free, dtype=bool)
-    bounded = bool(np.isfinite(lower[:, cols]).any() or np.isfinite(upper[:, cols]).any())
     low, high = ((np.ascontiguousarray(a, dtype=np.float64) for a in (lower, upper)) if bounded else (None, None))
     eps = float(torch.finfo(dtype).eps)
     constants = dict(tol=tol, max_iter=max_iter, floor_factor=max(RESIDUAL_FLOOR * EPS64, 100.0 * eps) ** 2,

@@ -24,9 +24,149 @@ __all__ = ["MANY_SOURCE", "OUTPUTS", "allocate", "run_many"]
 
 #: C appended to native_lm's kernel source (needs its fit_state, iterate and finish_one)
 MANY_SOURCE = r"""
+#include <string.h>
+/* above this many points per fit the per-fit loop (vectorized over the points) is used */
+#define LANES_MAX_POINTS 4096
+/* What a fit needs beside its state, from its data, and the batch's arrays and constants. */
+typedef struct {
+    long used;
+    double data_norm2;
+    int bounded;
+    real lo[P], hi[P], floor2;
+} fit_info;
+
+typedef struct {
+    long n, m;
+    const real *const *xs;
+    const long *x_stride;
+    const real *y, *w, *free_;
+    const double *theta0, *start, *lower, *upper;
+    real n_free, tol, floor_factor, floor_, half_threshold, bound_ulps;
+    long steps, max_iter_code, too_few_code;
+    double strong_scale;
+    long *next, block, cursor, last;
+    double *params, *stderr_, *chisqr;
+    real *cov;
+    signed char *status;
+    int *iterations;
+    unsigned char *clear;
+    long *n_used;
+} many_ctx;
+
+/* fit b's points used, residual floor, bounds and start (batch_lm.init; TOO_FEW_POINTS where it
+   has fewer points than free parameters) */
+static void prepare(const many_ctx *c, long b, fit_state *s, fit_info *f) {
+    const real *yb = c->y + b * c->m, *wb = c->w + b * c->m;
+    long used = 0;
+    real sum_wyy = 0;
+    double data_norm2 = 0;
+    for (long j = 0; j < c->m; j++) {
+        int u = wb[j] > 0;
+        used += u;
+        sum_wyy += u ? wb[j] * yb[j] * yb[j] : (real)0;
+        data_norm2 += u ? (double)wb[j] * (double)yb[j] * (double)yb[j] : 0.0;
+    }
+    f->used = used;
+    f->data_norm2 = data_norm2;
+    f->floor2 = c->floor_factor * sum_wyy;
+    f->bounded = 0;
+    if (c->lower) for (int i = 0; i < P; i++) {
+        f->lo[i] = (real)c->lower[b * P + i];
+        f->hi[i] = (real)c->upper[b * P + i];
+        f->bounded = f->bounded || (c->free_[i] != 0 && (isfinite(f->lo[i]) || isfinite(f->hi[i])));
+    }
+    for (int i = 0; i < P; i++) { s->th[i] = s->tr[i] = (real)c->start[b * P + i]; s->G[i] = 0; }
+    for (int i = 0; i < P * P; i++) s->A[i] = 0;
+    s->lam = LAMBDA0; s->chi2 = (real)INFINITY;
+    s->st = used < c->n_free ? c->too_few_code : RUNNING;
+    s->it = 0; s->snaps = 0; s->probing = 0;
+}
+
+/* fit b's outputs from its final state: standard errors, covariance and screens (finish_one),
+   the parameters (on the user's float64 bound where they ended on it), and `clear` */
+static void retire(const many_ctx *c, long b, const fit_state *s, const fit_info *f) {
+    real se[P];
+    unsigned char full_rank, good;
+    finish_one(s->A, s->G, s->chi2, (real)f->used, c->free_, c->n_free, c->floor_, c->half_threshold, se,
+               c->cov + b * P * P, &full_rank, &good);
+    int strong = 1, interior = 1;
+    const double *theta0 = c->theta0 + b * P;
+    for (int i = 0; i < P; i++) {
+        double value;
+        if (c->free_[i] == 0) value = theta0[i];
+        else if (f->bounded && s->th[i] <= f->lo[i] + c->bound_ulps * fabs(f->lo[i])) value = c->lower[b * P + i];
+        else if (f->bounded && s->th[i] >= f->hi[i] - c->bound_ulps * fabs(f->hi[i])) value = c->upper[b * P + i];
+        else value = (double)s->th[i];
+        c->params[b * P + i] = value;
+        c->stderr_[b * P + i] = (double)se[i];
+        if (c->free_[i] == 0) continue;
+        double size = fabs(value) > fabs(theta0[i]) ? fabs(value) : fabs(theta0[i]);
+        size = size > 1.0 ? size : 1.0;
+        strong = strong && ((double)s->A[i * P + i] * size * size > c->strong_scale * f->data_norm2);
+        if (c->lower) interior = interior && value > c->lower[b * P + i] && value < c->upper[b * P + i];
+        else interior = interior && fabs(value) < INFINITY;
+    }
+    c->chisqr[b] = (double)s->chi2;
+    c->status[b] = (signed char)(s->st < 0 ? c->max_iter_code : s->st);
+    c->iterations[b] = s->it;
+    c->clear[b] = good && full_rank && strong && interior;
+    c->n_used[b] = f->used;
+}
+
+/* the next fit of this thread (blocks of c->block claimed from the shared counter), or -1 */
+static long claim(many_ctx *c) {
+    if (c->cursor >= c->last) {
+        long first = __atomic_fetch_add(c->next, c->block, __ATOMIC_RELAXED);
+        if (first >= c->n) return -1;
+        c->cursor = first;
+        c->last = first + c->block < c->n ? first + c->block : c->n;
+    }
+    return c->cursor++;
+}
+
+/* fit b start to end in the per-fit loop (bounded fits, fits that cannot start, long data) */
+static void run_scalar(const many_ctx *c, long b, fit_state *s, const fit_info *f, real *cols) {
+    iterate(s, c->m, c->xs, c->x_stride, b, c->y + b * c->m, c->w + b * c->m, f->floor2, c->free_, c->tol, c->steps,
+            f->bounded ? f->lo : 0, f->bounded ? f->hi : 0, cols);
+    retire(c, b, s, f);
+}
+
+/* lane l takes the next fit that runs in lanes (the others run start to end on the way);
+   returns 0 when this thread has no fits left (the lane stays empty) */
+static int fill(many_ctx *c, lanes_t *S, int l, long *fit_of, fit_info *info, real *const *xl, real *yl, real *wl,
+                real *cols) {
+    for (;;) {
+        long b = claim(c);
+        if (b < 0) { fit_of[l] = -1; return 0; }
+        fit_state s;
+        prepare(c, b, &s, &info[l]);
+        if (info[l].bounded || s.st != RUNNING || c->steps < 1) { run_scalar(c, b, &s, &info[l], cols); continue; }
+        const long m = c->m;
+        const real *yb = c->y + b * m, *wb = c->w + b * m;
+        for (long j = 0; j < m; j++) { yl[j * L + l] = yb[j]; wl[j * L + l] = wb[j]; }
+        for (int q = 0; q < NIN; q++) if (c->x_stride[q])
+            for (long j = 0; j < m; j++) xl[q][j * L + l] = c->xs[q][b * c->x_stride[q] + j];
+        for (int i = 0; i < P; i++) { S->th[i][l] = s.th[i]; S->tr[i][l] = s.tr[i]; S->G[i][l] = 0; }
+        for (int i = 0; i < NTRI; i++) S->A[i][l] = 0;
+        S->lam[l] = s.lam; S->chi2[l] = s.chi2; S->floor2[l] = info[l].floor2; S->st[l] = RUNNING; S->it[l] = 0;
+        fit_of[l] = b;
+        return 1;
+    }
+}
+
+/* lane l's fit, finished (or at its iteration cap), to its outputs */
+static void retire_lane(const many_ctx *c, const lanes_t *S, int l, long b, const fit_info *f) {
+    fit_state s;
+    for (int i = 0; i < P; i++) { s.th[i] = S->th[i][l]; s.tr[i] = S->tr[i][l]; s.G[i] = S->G[i][l]; }
+    for (int i = 0; i < P; i++)
+        for (int k = 0; k <= i; k++) s.A[i * P + k] = s.A[k * P + i] = S->A[i * (i + 1) / 2 + k][l];
+    s.lam = S->lam[l]; s.chi2 = S->chi2[l]; s.st = S->st[l]; s.it = S->it[l]; s.snaps = 0; s.probing = 0;
+    retire(c, b, &s, f);
+}
+
 /* Fits claimed from *next in blocks of `block` until n: every output row written (see the
    module docstring of optim/native_batch.py). theta0, start, lower, upper (n, P) are the user's
-   float64 values (lower/upper NULL when no bound is finite); returns -2 when the work array
+   float64 values (lower/upper NULL when no bound is finite); returns -2 when a work array
    cannot be allocated. */
 long gf_many(long n, long m, const real *const *xs, const long *x_stride, const real *y, const real *w,
              const double *theta0, const double *start, const double *lower, const double *upper,
@@ -34,72 +174,58 @@ long gf_many(long n, long m, const real *const *xs, const long *x_stride, const 
              double strong_scale, real bound_ulps, long max_iter_code, long too_few_code, long *next, long block,
              double *params, double *stderr_, real *cov, double *chisqr, signed char *status, int *iterations,
              unsigned char *clear, long *n_used) {
-    real *cols = malloc(sizeof(real) * (m > 0 ? m : 1) * (P + 2));
-    if (!cols) return -2;
-    real n_free = 0;
-    for (int i = 0; i < P; i++) n_free += free_[i];
-    for (;;) {
-        long first = __atomic_fetch_add(next, block, __ATOMIC_RELAXED);
-        if (first >= n) break;
-        long last = first + block < n ? first + block : n;
-        for (long b = first; b < last; b++) {
-            const real *yb = y + b * m, *wb = w + b * m;
-            long used = 0, unit = 1;
-            real sum_wyy = 0;
-            double data_norm2 = 0;
-            for (long j = 0; j < m; j++) {
-                int u = wb[j] > 0;
-                real v = u ? wb[j] * yb[j] * yb[j] : (real)0;
-                used += u;
-                unit = unit && wb[j] == 1;
-                sum_wyy += v;
-                data_norm2 += u ? (double)wb[j] * (double)yb[j] * (double)yb[j] : 0.0;
-            }
-            real lo[P], hi[P];
-            int bounded = 0;
-            if (lower) for (int i = 0; i < P; i++) {
-                lo[i] = (real)lower[b * P + i];
-                hi[i] = (real)upper[b * P + i];
-                bounded = bounded || (free_[i] != 0 && (isfinite(lo[i]) || isfinite(hi[i])));
-            }
+    many_ctx c = {.n = n, .m = m, .xs = xs, .x_stride = x_stride, .y = y, .w = w, .free_ = free_, .theta0 = theta0,
+                  .start = start, .lower = lower, .upper = upper, .n_free = 0, .tol = tol, .floor_factor = floor_factor,
+                  .floor_ = floor_, .half_threshold = half_threshold, .bound_ulps = bound_ulps, .steps = steps,
+                  .max_iter_code = max_iter_code, .too_few_code = too_few_code, .strong_scale = strong_scale,
+                  .next = next, .block = block, .cursor = 0, .last = 0, .params = params, .stderr_ = stderr_,
+                  .chisqr = chisqr, .cov = cov, .status = status, .iterations = iterations, .clear = clear,
+                  .n_used = n_used};
+    for (int i = 0; i < P; i++) c.n_free += free_[i];
+    const long mm = m > 0 ? m : 1;
+    real *cols = malloc(sizeof(real) * mm * (P + 2));
+    lanes_t *S = 0;
+    real *yl = 0, *wl = 0, *xl[NIN > 0 ? NIN : 1] = {0};
+    int ok = cols != 0;
+    if (ok && m > LANES_MAX_POINTS) {  /* long data: the per-fit loop, vectorized over the points */
+        for (long b = claim(&c); b >= 0; b = claim(&c)) {
             fit_state s;
-            for (int i = 0; i < P; i++) { s.th[i] = s.tr[i] = (real)start[b * P + i]; s.G[i] = 0; }
-            for (int i = 0; i < P * P; i++) s.A[i] = 0;
-            s.lam = (real)LAMBDA0; s.chi2 = (real)INFINITY;
-            s.st = used < n_free ? too_few_code : RUNNING;
-            s.it = 0; s.snaps = 0; s.probing = 0;
-            /* every weight 1: the unweighted columns (the same sums: a product with 1 is exact) */
-            iterate(&s, m, xs, x_stride, b, yb, unit ? 0 : wb, floor_factor * sum_wyy, free_, tol, steps,
-                    bounded ? lo : 0, bounded ? hi : 0, cols);
-            real se[P];
-            unsigned char full_rank, good;
-            finish_one(s.A, s.G, s.chi2, (real)used, free_, n_free, floor_, half_threshold, se,
-                       cov + b * P * P, &full_rank, &good);
-            int strong = 1, interior = 1;
-            for (int i = 0; i < P; i++) {
-                double value;
-                if (free_[i] == 0) value = theta0[b * P + i];
-                else if (bounded && s.th[i] <= lo[i] + bound_ulps * fabs(lo[i])) value = lower[b * P + i];
-                else if (bounded && s.th[i] >= hi[i] - bound_ulps * fabs(hi[i])) value = upper[b * P + i];
-                else value = (double)s.th[i];
-                params[b * P + i] = value;
-                stderr_[b * P + i] = (double)se[i];
-                if (free_[i] == 0) continue;
-                double size = fabs(value) > fabs(theta0[b * P + i]) ? fabs(value) : fabs(theta0[b * P + i]);
-                size = size > 1.0 ? size : 1.0;
-                strong = strong && ((double)s.A[i * P + i] * size * size > strong_scale * data_norm2);
-                if (lower) interior = interior && value > lower[b * P + i] && value < upper[b * P + i];
-                else interior = interior && fabs(value) < INFINITY;
+            fit_info f;
+            prepare(&c, b, &s, &f);
+            run_scalar(&c, b, &s, &f, cols);
+        }
+        free(cols);
+        return 0;
+    }
+    ok = ok && posix_memalign((void **)&S, 64, sizeof(lanes_t)) == 0;
+    ok = ok && posix_memalign((void **)&yl, 64, sizeof(real) * mm * L) == 0;
+    ok = ok && posix_memalign((void **)&wl, 64, sizeof(real) * mm * L) == 0;
+    for (int q = 0; q < NIN; q++) ok = ok && posix_memalign((void **)&xl[q], 64, sizeof(real) * mm * L) == 0;
+    if (ok) {
+        long fit_of[L];
+        fit_info info[L];
+        for (int q = 0; q < NIN; q++)  /* shared inputs: every lane's column once */
+            for (long j = 0; j < m; j++) for (int l = 0; l < L; l++) xl[q][j * L + l] = x_stride[q] ? 0 : xs[q][j];
+        for (long j = 0; j < mm * L; j++) { yl[j] = 0; wl[j] = 0; }
+        memset(S, 0, sizeof(lanes_t));
+        int active = 0;
+        for (int l = 0; l < L; l++) active += fill(&c, S, l, fit_of, info, xl, yl, wl, cols);
+        while (active > 0) {
+            lanes_invariants(S);
+            lanes_sums(m, S, xl, yl, wl);
+            lanes_step(S, free_, tol);
+            for (int l = 0; l < L; l++) {
+                if (fit_of[l] < 0 || (S->st[l] == RUNNING && S->it[l] < steps)) continue;
+                retire_lane(&c, S, l, fit_of[l], &info[l]);
+                active -= 1;
+                active += fill(&c, S, l, fit_of, info, xl, yl, wl, cols);
+                if (fit_of[l] < 0) S->st[l] = RUNNING - 1;  /* an empty lane: its arithmetic is never read */
             }
-            chisqr[b] = (double)s.chi2;
-            status[b] = (signed char)(s.st < 0 ? max_iter_code : s.st);
-            iterations[b] = s.it;
-            clear[b] = good && full_rank && strong && interior;
-            n_used[b] = used;
         }
     }
-    free(cols);
-    return 0;
+    free(cols); free(S); free(yl); free(wl);
+    for (int q = 0; q < NIN; q++) free(xl[q]);
+    return ok ? 0 : -2;
 }
 """
 

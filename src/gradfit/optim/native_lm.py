@@ -322,17 +322,20 @@ long gf_lm(long n, long m, const real *const *xs, const long *x_stride, const re
 def kernel_source(expression, names: tuple[str, ...], inputs: tuple[str, ...], double: bool) -> str:
     """The C source of the kernel for this formula (``expression``, a tree), its parameter
     ``names`` and ``inputs`` in this order, in double or float."""
-    from ..formula.c_code import PRELUDE, model_source
+    from ..formula.c_code import PRELUDE, model_source, point_program
+    from .native_lanes import lanes_source
 
     real = "double" if double else "float"
-    head = f"typedef {real} real;\n{PRELUDE}\n{model_source(expression, inputs, names)}"
+    program = point_program(expression, inputs, names)
+    head = f"typedef {real} real;\n{PRELUDE}\n{model_source(expression, inputs, names, program)}"
     return head + _TEMPLATE.format(
         p=len(names), n_inputs=len(inputs), running=RUNNING, converged=Status.CONVERGED.code,
         stalled=Status.STALLED.code, singular=Status.SINGULAR.code, not_finite=Status.NOT_FINITE.code,
         tiny="1e-300" if double else "1e-30", lambda_max=repr(float(LAMBDA_MAX)),
         lambda0=repr(float(LAMBDA0)), step_back=repr(float(STEP_BACK)),
         near=repr(float(NEAR)), max_snaps=MAX_SNAPS,
-        columns=(COLUMNS + normal_sums_source(len(names))).replace("{", "{{").replace("}", "}}")) + MANY_SOURCE
+        columns=(COLUMNS + normal_sums_source(len(names))).replace("{", "{{").replace("}", "}}")) + lanes_source(
+            program, len(names), len(inputs), double) + MANY_SOURCE
 
 
 class NativeLM:

@@ -1,0 +1,201 @@
+"""fit_many's Levenberg-Marquardt across fits: one SIMD lane per fit.
+
+The per-fit loop of :mod:`gradfit.optim.native_lm` vectorizes over a fit's points; with 32
+points that is two AVX-512 vectors, and the rest of an iteration (the P x P damped Cholesky
+solve, the acceptance and convergence tests) is scalar code with long dependency chains: ~260 ns
+per fit and iteration for a 4-parameter Gaussian. Here L fits (one 64-byte vector: 16 in float,
+8 in double) advance together, each in its own lane, as one GPU warp runs Gpufit's fits: the
+point loop evaluates the model, its partials and the normal sums of all L fits at once (the
+L sums of a pair in one vector register, no horizontal reductions), and the algebra of an
+iteration is straight-line code, printed here for the formula's P, so that every operation is
+one vector instruction for L fits (~20-40 ns per fit and iteration).
+
+A lane whose fit has finished is refilled with the next fit at once (fits take 5 to 25
+iterations), so lanes stay busy until a thread runs out of fits. The iteration is
+:func:`gradfit.optim.batch_lm.step` without bounds, in native_lm's order of operations: only the
+normal sums' order differs (point by point here, blocks of points there), so the two agree to
+rounding. Fits with a finite bound on a free parameter take native_lm's per-fit loop (the box
+rules branch per coordinate).
+
+Functions printed (after native_lm's template; ``P``, ``GF_NH``, ``RUNNING`` and the status codes
+defined there): ``lanes_invariants`` (each lane's parameter-only subexpressions),
+``lanes_sums`` (chi-square, J^T W J and J^T W r of every lane) and ``lanes_step`` (the iteration's
+algebra), over a ``lanes_t`` of structure-of-arrays state, ``[quantity][lane]``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["lanes_source"]
+
+
+def _pairs(p: int) -> list[tuple[int, int]]:
+    """The bordered matrix [J r]'s products (i, k), k <= i, column p the residuals, in the
+    order of native_common.normal_sums_source."""
+    return [(i, k) for i in range(p + 1) for k in range(i + 1)]
+
+
+def _tri(i: int, k: int) -> int:
+    """Index of A[i][k], k <= i, in the packed lower triangle."""
+    return i * (i + 1) // 2 + k
+
+
+def _header(p: int, double: bool) -> str:
+    """lanes_t and the vector helpers: V holds one quantity of the L lanes, VI an integer (or
+    mask: -1 true, 0 false) of the same width per lane (GCC's vector extensions: one AVX-512
+    register, two AVX2 ones, ...)."""
+    mint = "long long" if double else "int"
+    sign = "0x8000000000000000LL" if double else "(int)0x80000000"
+    big = "DBL_MAX" if double else "FLT_MAX"
+    return f"""
+/* ---- fits across SIMD lanes (optim/native_lanes.py) ---- */
+#include <float.h>
+#define L ((int)(64 / sizeof(real)))
+#define NSUMS {(p + 1) * (p + 2) // 2}
+#define NTRI {p * (p + 1) // 2}
+typedef {mint} mint;
+typedef real V __attribute__((vector_size(64)));
+typedef mint VI __attribute__((vector_size(64)));
+typedef struct __attribute__((aligned(64))) {{
+    real th[P][L], tr[P][L], G[P][L], A[NTRI][L], lam[L], chi2[L], floor2[L];
+    real h[GF_NH][L], sums[NSUMS][L];
+    mint st[L], it[L];
+}} lanes_t;
+#define BV(x) ((V){{}} + (real)(x))
+#define BI(x) ((VI){{}} + (mint)(x))
+#define VLOAD(row) (*(const V *)(row))
+#define ILOAD(row) (*(const VI *)(row))
+#define VSTORE(row, v) (*(V *)(row) = (v))
+#define ISTORE(row, v) (*(VI *)(row) = (v))
+/* m ? a : b lane by lane (m a mask) */
+static inline V vsel(VI m, V a, V b) {{ return (V)(((VI)a & m) | ((VI)b & ~m)); }}
+static inline VI isel(VI m, VI a, VI b) {{ return (a & m) | (b & ~m); }}
+static inline V vabs(V x) {{ return (V)((VI)x & ~BI({sign})); }}
+static inline VI vfinite(V x) {{ return vabs(x) <= BV({big}); }}
+static inline V vsqrt(V x) {{ V r; for (int l = 0; l < L; l++) r[l] = sqrt(x[l]); return r; }}
+"""
+
+
+def _invariants(program, p: int) -> str:
+    lines = ["static void lanes_invariants(lanes_t *S) {", "    #pragma omp simd", "    for (int l = 0; l < L; l++) {"]
+    lines += [f"        const real p_{k} = S->tr[{k}][l];" for k in range(p)]
+    lines += [f"        const real h_{k} = {text};" for k, text in enumerate(program.invariants)]
+    lines += [f"        S->h[{k}][l] = p_{k};" for k in range(p)]
+    lines += [f"        S->h[{p + k}][l] = h_{k};" for k in range(len(program.invariants))]
+    lines += ["    }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _sums(program, p: int, n_inputs: int) -> str:
+    """lanes_sums: the points outer, the lanes inner (one vector): each pair's L sums stay in
+    one register; a masked point (weight <= 0) contributes nothing, whatever the model gives."""
+    pairs = _pairs(p)
+    n_h = len(program.invariants)
+    lines = ["static void lanes_sums(long m, lanes_t *S, real *const *xl, const real *yl, const real *wl) {",
+             "    real acc[NSUMS][L];",
+             "    for (int q = 0; q < NSUMS; q++) for (int l = 0; l < L; l++) acc[q][l] = 0;",
+             "    for (long j = 0; j < m; j++) {",
+             "        #pragma omp simd",
+             "        for (int l = 0; l < L; l++) {"]
+    lines += [f"            const real p_{k} = S->h[{k}][l];" for k in range(p)]
+    lines += [f"            const real h_{k} = S->h[{p + k}][l];" for k in range(n_h)]
+    lines += [f"            const real in_{q} = xl[{q}][j * L + l];" for q in range(n_inputs)]
+    lines += ["        " + line for line in program.body]
+    lines += [f"            const real v_{k} = {text};" for k, text in enumerate(program.outputs)]
+    lines += ["            const real wj = wl[j * L + l];",
+              "            const int used = wj > 0;",
+              "            const real w = used ? wj : (real)0;"]
+    lines += [f"            const real c_{i} = used ? v_{i + 1} : (real)0, wc_{i} = w * c_{i};" for i in range(p)]
+    lines += [f"            const real c_{p} = used ? v_0 - yl[j * L + l] : (real)0, wc_{p} = w * c_{p};"]
+    lines += [f"            acc[{q}][l] += wc_{i} * c_{k};" for q, (i, k) in enumerate(pairs)]
+    unused = [f"p_{k}" for k in range(p)] + [f"h_{k}" for k in range(n_h)] + [f"in_{q}" for q in range(n_inputs)]
+    lines += [f"            (void){v};" for v in unused]
+    lines += ["        }", "    }",
+              "    for (int q = 0; q < NSUMS; q++) for (int l = 0; l < L; l++) S->sums[q][l] = acc[q][l];", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _step(p: int) -> str:
+    """lanes_step: native_lm's iterate (no bounds), one iteration, straight-line over vectors of
+    the L lanes (explicit vector code: GCC's vectorizer turns selects on combined conditions
+    into branches and gives up on such a loop)."""
+    pairs = {pk: q for q, pk in enumerate(_pairs(p))}
+    out = []
+
+    def emit(text: str) -> None:
+        out.append("    " + text)
+
+    emit(f"const V c2 = VLOAD(S->sums[{pairs[(p, p)]}]);")
+    for i in range(p):
+        emit(f"const V gt_{i} = VLOAD(S->sums[{pairs[(p, i)]}]);")
+        for k in range(i + 1):
+            emit(f"const V at_{i}_{k} = VLOAD(S->sums[{pairs[(i, k)]}]);")
+    checks = ["vfinite(c2)"] + [f"vfinite(gt_{i})" for i in range(p)] + [
+        f"vfinite(at_{i}_{k})" for i in range(p) for k in range(i + 1)]
+    emit(f"const VI finite = {' & '.join(checks)};")
+    emit("const V chi2_0 = VLOAD(S->chi2), lam_0 = VLOAD(S->lam);")
+    emit("const VI accept = finite & (c2 <= chi2_0);")
+    emit("const VI first = vabs(chi2_0) == BV(INFINITY);")
+    emit("const VI settled = accept & ~first;")
+    emit("const VI small = settled & (vabs(chi2_0 - c2) < tol * c2);")
+    emit("const VI at_floor = settled & (c2 <= VLOAD(S->floor2));")
+    for i in range(p):
+        emit(f"const V th_{i} = vsel(accept, VLOAD(S->tr[{i}]), VLOAD(S->th[{i}]));")
+        emit(f"const V G_{i} = vsel(accept, gt_{i}, VLOAD(S->G[{i}]));")
+        for k in range(i + 1):
+            emit(f"const V A_{i}_{k} = vsel(accept, at_{i}_{k}, VLOAD(S->A[{_tri(i, k)}]));")
+    emit("const V chi2 = vsel(accept, c2, chi2_0);")
+    emit("const V lam = vsel(accept, lam_0 * (real)0.1, lam_0 * (real)10.0);")
+    emit("VI st = isel(first & ~finite, BI(NOT_FINITE), ILOAD(S->st));")
+    # the Cholesky factor of (A + lam diag A) over the free coordinates (native_lm's factor)
+    emit("VI ok = BI(-1);")
+    for j in range(p):
+        emit(f"V s_{j} = fr_{j} ? A_{j}_{j} * ((real)1 + lam) : BV(1);")
+        for k in range(j):
+            emit(f"s_{j} = s_{j} - L_{j}_{k} * L_{j}_{k};")
+        emit(f"ok = ok & (s_{j} > (real)0);")
+        emit(f"const V L_{j}_{j} = vsqrt(vsel(s_{j} > TINY, s_{j}, BV(TINY)));")
+        for i in range(j + 1, p):
+            emit(f"V t_{i}_{j} = (fr_{i} && fr_{j}) ? A_{i}_{j} : BV(0);")
+            for k in range(j):
+                emit(f"t_{i}_{j} = t_{i}_{j} - L_{i}_{k} * L_{j}_{k};")
+            emit(f"const V L_{i}_{j} = t_{i}_{j} / L_{j}_{j};")
+    # L L^T d = -G (native_lm's solve), d = 0 where not finite
+    for i in range(p):
+        emit(f"V z_{i} = fr_{i} ? -G_{i} : BV(0);")
+        for k in range(i):
+            emit(f"z_{i} = z_{i} - L_{i}_{k} * z_{k};")
+        emit(f"z_{i} = z_{i} / L_{i}_{i};")
+    for i in reversed(range(p)):
+        emit(f"V e_{i} = z_{i};")
+        for k in range(i + 1, p):
+            emit(f"e_{i} = e_{i} - L_{k}_{i} * e_{k};")
+        emit(f"e_{i} = e_{i} / L_{i}_{i};")
+    emit(f"ok = {' & '.join(f'vfinite(e_{i})' for i in range(p))} & ok;")
+    emit("V predicted = BV(0);")
+    for i in range(p):
+        emit(f"const V d_{i} = vsel(ok, e_{i}, BV(0));")
+        emit(f"predicted = predicted + G_{i} * d_{i};")
+    emit("predicted = -predicted * ((real)1 + lam);")
+    emit("const VI running_0 = st == BI(RUNNING);")
+    emit("const VI converged = running_0 & (at_floor | (small & ok & (predicted <= tol * chi2)));")
+    emit("const VI stalled = ~converged & running_0 & (lam > LAMBDA_MAX);")
+    emit("st = isel(converged, BI(CONVERGED), isel(stalled, BI(STALLED), st));")
+    emit("st = isel((st == BI(RUNNING)) & ~ok, BI(SINGULAR), st);")
+    emit("const VI running = st == BI(RUNNING);")
+    for i in range(p):
+        emit(f"VSTORE(S->th[{i}], th_{i});")
+        emit(f"VSTORE(S->tr[{i}], vsel(running, th_{i} + d_{i}, th_{i}));")
+        emit(f"VSTORE(S->G[{i}], G_{i});")
+        for k in range(i + 1):
+            emit(f"VSTORE(S->A[{_tri(i, k)}], A_{i}_{k});")
+    emit("VSTORE(S->chi2, chi2); VSTORE(S->lam, lam); ISTORE(S->st, st); ISTORE(S->it, ILOAD(S->it) + 1);")
+    head = ["static void lanes_step(lanes_t *S, const real *fr, real tol) {"]
+    head += [f"    const int fr_{i} = fr[{i}] != 0;" for i in range(p)]
+    return "\n".join(head + out + ["}"]) + "\n"
+
+
+def lanes_source(program, p: int, n_inputs: int, double: bool) -> str:
+    """The C of the lane functions (see the module docstring) for a formula's
+    :class:`~gradfit.formula.c_code.PointProgram` of ``p`` parameters and ``n_inputs`` inputs, in
+    double or float."""
+    return _header(p, double) + _invariants(program, p) + _sums(program, p, n_inputs) + _step(p)
