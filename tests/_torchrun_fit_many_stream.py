@@ -13,7 +13,8 @@ import gradfit as gf
 
 MODEL = "a*exp(-k*x) + c"
 OPTIONS = dict(x=[0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0], chunk_fits=40,
-               init={"a": 1.0, "k": 1.0, "c": 0.0}, dtype="float64", tol=1e-10, threads=1)
+               init={"a": 1.0, "k": 1.0, "c": 0.0}, dtype="float64", tol=1e-10, threads=1,
+               compile=False)  # one kernel throughout: "auto" may switch to C midway, and C sums in another order
 
 
 def main(data: str, out: str, log: str, pause: str = "0") -> None:
