@@ -218,7 +218,7 @@ def test_cli_stream(cube, tmp_path):
     np.save(tmp_path / "x.npy", X)
     args = ["fit-many", str(path), job.MODEL, "--stream", "--out", str(tmp_path / "out"), "--x-values",
             str(tmp_path / "x.npy"), "--chunk-fits", "100", "--init", "a=1,k=1,c=0", "--dtype", "float64",
-            "--tol", "1e-10"]
+            "--compile", "no", "--tol", "1e-10"]  # the kernel of _in_memory (job.OPTIONS)
     code, out, err = cli(*args)
     assert code == 0, err
     assert "230 fits in 3 chunks: fitted 3 here" in out

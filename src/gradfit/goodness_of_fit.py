@@ -58,18 +58,21 @@ def batch_statistics(chisqr: np.ndarray, n: np.ndarray, n_params: int) -> dict:
     >>> s["dof"].tolist(), s["redchi"].tolist()
     ([8, 1], [0.25, 0.0])
     """
-    chi2 = np.asarray(chisqr, dtype=float)
-    chi2 = np.where(np.isfinite(chi2), chi2, np.nan)
-    n = np.asarray(n).astype(np.int64)
+    # few (B,) temporaries: at a million fits each is 8 MB of fresh memory (~10 ms of page faults)
+    chi2 = np.array(chisqr, dtype=float)
+    chi2[~np.isfinite(chi2)] = np.nan
+    n = np.asarray(n, dtype=np.int64)
     dof = n - int(n_params)
     with np.errstate(divide="ignore", invalid="ignore"):
         nf = n.astype(float)
         # n log(chi2 / n) is already -inf at chi2 = 0 (n > 0) and NaN at n = 0 or chi2 NaN
-        loglike_term = np.log(chi2 / nf)
-        loglike_term *= nf
-        redchi = chi2 / dof
+        aic = np.divide(chi2, nf)
+        np.log(aic, out=aic)
+        aic *= nf
+        redchi = np.divide(chi2, dof)
         redchi[dof <= 0] = np.nan
-        bic = np.log(nf)
+        bic = np.log(nf, out=nf)
         bic *= n_params
-        bic += loglike_term
-        return {"n": n, "dof": dof, "chisqr": chi2, "redchi": redchi, "aic": loglike_term + 2 * n_params, "bic": bic}
+        bic += aic
+        aic += 2 * n_params
+        return {"n": n, "dof": dof, "chisqr": chi2, "redchi": redchi, "aic": aic, "bic": bic}

@@ -142,7 +142,8 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     if fused and likelihood is None and use_compile is not False:  # the kernel ready: the whole batch in C
         cols = np.asarray(free, dtype=bool)
         # any finite bound on a free parameter (two reductions: no (B, P) temporaries)
-        bounded = bool(n_fits) and cols.any() and not (lower[:, cols].max() == -np.inf and upper[:, cols].min() == np.inf)
+        bounded = bool(n_fits) and bool(np.isfinite(lower.max(axis=0)[cols]).any() or
+                                         np.isfinite(upper.min(axis=0)[cols]).any())
         start = theta0 if not bounded else _off_flat_bounds(model, names, fused, inputs, y, w, slice(0, n_fits), theta0,
                                                             lower, upper, free, device)
         done = solve_native(model, names, fused, inputs, y, w, theta0, start, lower, upper, free, bounded, tol=tol,

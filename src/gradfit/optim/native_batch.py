@@ -82,13 +82,10 @@ static void prepare(const many_ctx *c, long b, fit_state *s, fit_info *f) {
     s->it = 0; s->snaps = 0; s->probing = 0;
 }
 
-/* fit b's outputs from its final state: standard errors, covariance and screens (finish_one),
-   the parameters (on the user's float64 bound where they ended on it), and `clear` */
-static void retire(const many_ctx *c, long b, const fit_state *s, const fit_info *f) {
-    real se[P];
-    unsigned char full_rank, good;
-    finish_one(s->A, s->G, s->chi2, (real)f->used, c->free_, c->n_free, c->floor_, c->half_threshold, se,
-               c->cov + b * P * P, &full_rank, &good);
+/* fit b's outputs from its final state and its finish (standard errors, screens; the covariance
+   already written): the parameters (on the user's float64 bound where they ended on it) and `clear` */
+static void emit_fit(const many_ctx *c, long b, const fit_state *s, const fit_info *f, const real *se, int full_rank,
+                     int good) {
     int strong = 1, interior = 1;
     const double *theta0 = c->theta0 + b * P;
     for (int i = 0; i < P; i++) {
@@ -111,6 +108,49 @@ static void retire(const many_ctx *c, long b, const fit_state *s, const fit_info
     c->iterations[b] = s->it;
     c->clear[b] = good && full_rank && strong && interior;
     c->n_used[b] = f->used;
+}
+
+/* fit b's finish (finish_one: standard errors, covariance, screens) and outputs */
+static void retire(const many_ctx *c, long b, const fit_state *s, const fit_info *f) {
+    real se[P];
+    unsigned char full_rank, good;
+    finish_one(s->A, s->G, s->chi2, (real)f->used, c->free_, c->n_free, c->floor_, c->half_threshold, se,
+               c->cov + b * P * P, &full_rank, &good);
+    emit_fit(c, b, s, f, se, full_rank, good);
+}
+
+/* lane l of S as one fit's state */
+static void lane_state(const lanes_t *S, int l, fit_state *s) {
+    for (int i = 0; i < P; i++) { s->th[i] = S->th[i][l]; s->tr[i] = S->tr[i][l]; s->G[i] = S->G[i][l]; }
+    for (int i = 0; i < P; i++)
+        for (int k = 0; k <= i; k++) s->A[i * P + k] = s->A[k * P + i] = S->A[i * (i + 1) / 2 + k][l];
+    s->lam = S->lam[l]; s->chi2 = S->chi2[l]; s->st = S->st[l]; s->it = S->it[l]; s->snaps = 0; s->probing = 0;
+}
+
+/* finished fits waiting for their finish, which runs across lanes once L have gathered */
+typedef struct {
+    lanes_t R;
+    long fit[L];
+    fit_info info[L];
+    int n;
+} finish_buffer;
+
+static void flush(const many_ctx *c, finish_buffer *F) {
+#if LANES_FINISH
+    real se[P][L] __attribute__((aligned(64))), cov[P * P][L] __attribute__((aligned(64)));
+    mint full_rank[L] __attribute__((aligned(64))), good[L] __attribute__((aligned(64)));
+    lanes_finish(&F->R, c->free_, c->n_free, c->floor_, c->half_threshold, se, cov, full_rank, good);
+    for (int k = 0; k < F->n; k++) {
+        fit_state s;
+        real sek[P];
+        long b = F->fit[k];
+        lane_state(&F->R, k, &s);
+        for (int i = 0; i < P; i++) sek[i] = se[i][k];
+        for (int q = 0; q < P * P; q++) c->cov[b * P * P + q] = cov[q][k];
+        emit_fit(c, b, &s, &F->info[k], sek, full_rank[k] != 0, good[k] != 0);
+    }
+#endif
+    F->n = 0;
 }
 
 /* the next fit of this thread (blocks of c->block claimed from the shared counter), or -1 */
@@ -154,14 +194,25 @@ static int fill(many_ctx *c, lanes_t *S, int l, long *fit_of, fit_info *info, re
     }
 }
 
-/* lane l's fit, finished (or at its iteration cap), to its outputs */
-static void retire_lane(const many_ctx *c, const lanes_t *S, int l, long b, const fit_info *f) {
+/* lane l's fit, finished (or at its iteration cap), to the finish buffer (its finish alone where
+   the finish does not run across lanes) */
+static void retire_lane(const many_ctx *c, const lanes_t *S, int l, long b, const fit_info *f, finish_buffer *F) {
+#if LANES_FINISH
+    int k = F->n;
+    for (int i = 0; i < P; i++) { F->R.th[i][k] = S->th[i][l]; F->R.tr[i][k] = S->tr[i][l]; F->R.G[i][k] = S->G[i][l]; }
+    for (int i = 0; i < NTRI; i++) F->R.A[i][k] = S->A[i][l];
+    F->R.chi2[k] = S->chi2[l]; F->R.lam[k] = S->lam[l]; F->R.st[k] = S->st[l]; F->R.it[k] = S->it[l];
+    F->R.used[k] = (real)f->used;
+    F->fit[k] = b;
+    F->info[k] = *f;
+    F->n = k + 1;
+    if (F->n == L) flush(c, F);
+#else
     fit_state s;
-    for (int i = 0; i < P; i++) { s.th[i] = S->th[i][l]; s.tr[i] = S->tr[i][l]; s.G[i] = S->G[i][l]; }
-    for (int i = 0; i < P; i++)
-        for (int k = 0; k <= i; k++) s.A[i * P + k] = s.A[k * P + i] = S->A[i * (i + 1) / 2 + k][l];
-    s.lam = S->lam[l]; s.chi2 = S->chi2[l]; s.st = S->st[l]; s.it = S->it[l]; s.snaps = 0; s.probing = 0;
+    (void)F;
+    lane_state(S, l, &s);
     retire(c, b, &s, f);
+#endif
 }
 
 /* Fits claimed from *next in blocks of `block` until n: every output row written (see the
@@ -185,6 +236,7 @@ long gf_many(long n, long m, const real *const *xs, const long *x_stride, const 
     const long mm = m > 0 ? m : 1;
     real *cols = malloc(sizeof(real) * mm * (P + 2));
     lanes_t *S = 0;
+    finish_buffer *F = 0;
     real *yl = 0, *wl = 0, *xl[NIN > 0 ? NIN : 1] = {0};
     int ok = cols != 0;
     if (ok && m > LANES_MAX_POINTS) {  /* long data: the per-fit loop, vectorized over the points */
@@ -198,6 +250,7 @@ long gf_many(long n, long m, const real *const *xs, const long *x_stride, const 
         return 0;
     }
     ok = ok && posix_memalign((void **)&S, 64, sizeof(lanes_t)) == 0;
+    ok = ok && posix_memalign((void **)&F, 64, sizeof(finish_buffer)) == 0;
     ok = ok && posix_memalign((void **)&yl, 64, sizeof(real) * mm * L) == 0;
     ok = ok && posix_memalign((void **)&wl, 64, sizeof(real) * mm * L) == 0;
     for (int q = 0; q < NIN; q++) ok = ok && posix_memalign((void **)&xl[q], 64, sizeof(real) * mm * L) == 0;
@@ -208,6 +261,7 @@ long gf_many(long n, long m, const real *const *xs, const long *x_stride, const 
             for (long j = 0; j < m; j++) for (int l = 0; l < L; l++) xl[q][j * L + l] = x_stride[q] ? 0 : xs[q][j];
         for (long j = 0; j < mm * L; j++) { yl[j] = 0; wl[j] = 0; }
         memset(S, 0, sizeof(lanes_t));
+        memset(F, 0, sizeof(finish_buffer));
         int active = 0;
         for (int l = 0; l < L; l++) active += fill(&c, S, l, fit_of, info, xl, yl, wl, cols);
         while (active > 0) {
@@ -216,14 +270,15 @@ long gf_many(long n, long m, const real *const *xs, const long *x_stride, const 
             lanes_step(S, free_, tol);
             for (int l = 0; l < L; l++) {
                 if (fit_of[l] < 0 || (S->st[l] == RUNNING && S->it[l] < steps)) continue;
-                retire_lane(&c, S, l, fit_of[l], &info[l]);
+                retire_lane(&c, S, l, fit_of[l], &info[l], F);
                 active -= 1;
                 active += fill(&c, S, l, fit_of, info, xl, yl, wl, cols);
                 if (fit_of[l] < 0) S->st[l] = RUNNING - 1;  /* an empty lane: its arithmetic is never read */
             }
         }
+        flush(&c, F);
     }
-    free(cols); free(S); free(yl); free(wl);
+    free(cols); free(S); free(F); free(yl); free(wl);
     for (int q = 0; q < NIN; q++) free(xl[q]);
     return ok ? 0 : -2;
 }

@@ -56,7 +56,7 @@ typedef {mint} mint;
 typedef real V __attribute__((vector_size(64)));
 typedef mint VI __attribute__((vector_size(64)));
 typedef struct __attribute__((aligned(64))) {{
-    real th[P][L], tr[P][L], G[P][L], A[NTRI][L], lam[L], chi2[L], floor2[L];
+    real th[P][L], tr[P][L], G[P][L], A[NTRI][L], lam[L], chi2[L], floor2[L], used[L];
     real h[GF_NH][L], sums[NSUMS][L];
     mint st[L], it[L];
 }} lanes_t;
@@ -194,8 +194,86 @@ def _step(p: int) -> str:
     return "\n".join(head + out + ["}"]) + "\n"
 
 
+#: up to this many parameters the finish runs across lanes too (its straight-line code grows as
+#: P^3: P solves of a triangle); above, each fit's finish runs alone (native_lm's finish_one)
+FINISH_MAX_PARAMS = 12
+
+
+def _finish(p: int) -> str:
+    """lanes_finish: native_lm's finish_one for the L fits of a buffer of finished fits (the
+    standard errors, covariance, full-rank screen and range-cosine test), in its order of
+    operations."""
+    out = []
+
+    def emit(text: str) -> None:
+        out.append("    " + text)
+
+    emit("const V chi2 = VLOAD(R->chi2);")
+    for i in range(p):
+        emit(f"const V G_{i} = VLOAD(R->G[{i}]);")
+        for k in range(i + 1):
+            emit(f"const V A_{i}_{k} = VLOAD(R->A[{_tri(i, k)}]);")
+    emit("VI ok = BI(-1);")
+    for j in range(p):  # factor (no damping)
+        emit(f"V s_{j} = fr_{j} ? A_{j}_{j} * ((real)1 + (real)0) : BV(1);")
+        for k in range(j):
+            emit(f"s_{j} = s_{j} - L_{j}_{k} * L_{j}_{k};")
+        emit(f"ok = ok & (s_{j} > (real)0);")
+        emit(f"const V L_{j}_{j} = vsqrt(vsel(s_{j} > TINY, s_{j}, BV(TINY)));")
+        for i in range(j + 1, p):
+            emit(f"V t_{i}_{j} = (fr_{i} && fr_{j}) ? A_{i}_{j} : BV(0);")
+            for k in range(j):
+                emit(f"t_{i}_{j} = t_{i}_{j} - L_{i}_{k} * L_{j}_{k};")
+            emit(f"const V L_{i}_{j} = t_{i}_{j} / L_{j}_{j};")
+
+    def solve(tag: str, rhs) -> None:
+        for i in range(p):
+            emit(f"V z{tag}_{i} = fr_{i} ? {rhs(i)} : BV(0);")
+            for k in range(i):
+                emit(f"z{tag}_{i} = z{tag}_{i} - L_{i}_{k} * z{tag}_{k};")
+            emit(f"z{tag}_{i} = z{tag}_{i} / L_{i}_{i};")
+        for i in reversed(range(p)):
+            emit(f"V e{tag}_{i} = z{tag}_{i};")
+            for k in range(i + 1, p):
+                emit(f"e{tag}_{i} = e{tag}_{i} - L_{k}_{i} * e{tag}_{k};")
+            emit(f"e{tag}_{i} = e{tag}_{i} / L_{i}_{i};")
+
+    emit("VI finite_inv = BI(-1);")
+    for j in range(p):  # column j of A^-1
+        solve(f"c{j}", lambda i, j=j: "BV(1)" if i == j else "BV(0)")
+        emit(f"finite_inv = {' & '.join(f'vfinite(ec{j}_{i})' for i in range(p))} & finite_inv;")
+    emit("const VI ok_inv = ok & finite_inv;")
+    emit("const V dof = VLOAD(R->used) - n_free;")
+    emit("const V scale = chi2 / dof;")
+    emit("const VI ok_se = ok_inv & (dof >= (real)1) & vfinite(scale);")
+    emit("const VI ok_cov = ok_se & vfinite(chi2);")
+    emit("V trace = BV(0);")
+    for j in range(p):
+        emit(f"const V var_{j} = fr_{j} ? vsel(ok_inv, ec{j}_{j}, BV(0)) : BV(0);")
+        emit(f"trace = trace + var_{j} * A_{j}_{j};")
+        emit(f"const V v_{j} = var_{j} * scale;")
+        emit(f"VSTORE(se[{j}], vsel(ok_se, vsqrt(vsel(v_{j} > (real)0, v_{j}, BV(0))), BV(NAN)));")
+        for i in range(p):
+            emit(f"VSTORE(cov[{j * p + i}], vsel(ok_cov, (real)0.5 * (ec{i}_{j} + ec{j}_{i}) * scale, BV(NAN)));")
+    emit("ISTORE(full_rank, ok_inv & vfinite(trace) & (n_free * trace < (real)1 / floor_));")
+    solve("g", lambda i: f"-G_{i}")
+    emit(f"const VI ok_d = {' & '.join(f'vfinite(eg_{i})' for i in range(p))} & ok;")
+    emit("V q = BV(0);")
+    for i in range(p):
+        emit(f"q = q + G_{i} * vsel(ok_d, eg_{i}, BV(0));")
+    emit("q = -q;")
+    emit("const V c = vsqrt(vsel(q > (real)0, q, BV(0)) / chi2);")
+    emit("ISTORE(good, ok_d & vfinite(c) & (c < half_threshold));")
+    head = ["#define LANES_FINISH 1",
+            "static void lanes_finish(const lanes_t *R, const real *fr, real n_free, real floor_,",
+            "                         real half_threshold, real (*se)[L], real (*cov)[L], mint *full_rank, mint *good) {"]
+    head += [f"    const int fr_{i} = fr[{i}] != 0;" for i in range(p)]
+    return "\n".join(head + out + ["}"]) + "\n"
+
+
 def lanes_source(program, p: int, n_inputs: int, double: bool) -> str:
     """The C of the lane functions (see the module docstring) for a formula's
     :class:`~gradfit.formula.c_code.PointProgram` of ``p`` parameters and ``n_inputs`` inputs, in
     double or float."""
-    return _header(p, double) + _invariants(program, p) + _sums(program, p, n_inputs) + _step(p)
+    finish = _finish(p) if p <= FINISH_MAX_PARAMS else "#define LANES_FINISH 0\n"
+    return _header(p, double) + _invariants(program, p) + _sums(program, p, n_inputs) + _step(p) + finish
