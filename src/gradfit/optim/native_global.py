@@ -39,6 +39,7 @@ _TEMPLATE = r"""
 #define NIN {n_inputs}
 #define ACC real
 {columns}
+{lanes}
 #define RUNNING ({running})
 #define CONVERGED {converged}
 #define STALLED {stalled}
@@ -177,29 +178,60 @@ long gf_global(long n, long m, const real *const *xs, const long *x_stride, cons
     double *xu = malloc(sizeof(double) * n * (PL > 0 ? PL : 1) * (PS + 1));
     unsigned char *finite = malloc(n);
     real *cols = malloc(sizeof(real) * (m > 0 ? m : 1) * (P + 2));
+    /* the fits in blocks of L, each block's data point by point across its lanes (optim/native_lanes.py) */
+    const long mm_ = m > 0 ? m : 1, nblocks = (n + L - 1) / L;
+    lanes_t *S = 0;
+    real *yT = 0, *wT = 0, *xT[NIN > 0 ? NIN : 1] = {{0}};
     long status = RUNNING;
-    if (!t_local || !t_chi2 || !t_n || !t_g || !xu || !finite || !cols) {{ status = -2; goto done; }}
+    int ok_alloc = posix_memalign((void **)&S, 64, sizeof(lanes_t)) == 0;
+    ok_alloc = ok_alloc && posix_memalign((void **)&yT, 64, sizeof(real) * nblocks * mm_ * L) == 0;
+    ok_alloc = ok_alloc && posix_memalign((void **)&wT, 64, sizeof(real) * nblocks * mm_ * L) == 0;
+    for (int q = 0; q < NIN; q++)
+        ok_alloc = ok_alloc && posix_memalign((void **)&xT[q], 64, sizeof(real) * (x_stride[q] ? nblocks : 1) * mm_ * L) == 0;
+    if (!t_local || !t_chi2 || !t_n || !t_g || !xu || !finite || !cols || !ok_alloc) {{ status = -2; goto done; }}
+    memset(S, 0, sizeof(lanes_t));
+    for (long blk = 0; blk < nblocks; blk++)
+        for (long j = 0; j < m; j++)
+            for (int l = 0; l < L; l++) {{
+                long b = blk * L + l, at = (blk * m + j) * L + l;
+                yT[at] = b < n ? y[b * m + j] : (real)0;
+                wT[at] = b < n ? (w ? w[b * m + j] : (real)1) : (real)0;
+                for (int q = 0; q < NIN; q++)
+                    if (x_stride[q]) xT[q][at] = b < n ? xs[q][b * x_stride[q] + j] : (real)0;
+                    else if (blk == 0) xT[q][j * L + l] = xs[q][j];
+            }}
     double t_shared[PS];
     memcpy(t_local, local, sizeof(double) * n * PL);
     memcpy(t_shared, shared, sizeof(double) * PS);
     double lam = {lambda0}, total = INFINITY;
     long it = 0;
     for (; it < max_iter; ) {{
-        /* 1. every fit's blocks at the trial point */
-        for (long b = 0; b < n; b++) {{
-            real p[P];
-            for (int i = 0; i < PL; i++) p[i] = (real)t_local[b * PL + i];
-            for (int i = 0; i < PS; i++) p[PL + i] = (real)t_shared[i];
-            ACC c2, nn[P * P], gg[P];  /* sums in the evaluation dtype, as the torch loop's products */
-            fit_columns(m, xs, x_stride, b, y + b * m, w ? w + b * m : 0, p, cols);
-            normal_sums(m, cols, &c2, nn, gg);
-            t_chi2[b] = c2;
-            for (int i = 0; i < P * P; i++) t_n[b * P * P + i] = nn[i];
-            for (int i = 0; i < P; i++) t_g[b * P + i] = gg[i];
-            double s = t_chi2[b];
-            for (int i = 0; i < P * P; i++) s += t_n[b * P * P + i];
-            for (int i = 0; i < P; i++) s += t_g[b * P + i];
-            finite[b] = isfinite(s);
+        /* 1. every fit's blocks at the trial point, L fits at a time (sums in the evaluation
+           dtype, as the torch loop's products) */
+        for (long blk = 0; blk < nblocks; blk++) {{
+            for (int l = 0; l < L; l++) {{
+                long b = blk * L + l < n ? blk * L + l : blk * L;  /* an empty lane repeats the block's first fit */
+                for (int i = 0; i < PL; i++) S->tr[i][l] = (real)t_local[b * PL + i];
+                for (int i = 0; i < PS; i++) S->tr[PL + i][l] = (real)t_shared[i];
+            }}
+            real *xl[NIN > 0 ? NIN : 1];
+            for (int q = 0; q < NIN; q++) xl[q] = xT[q] + (x_stride[q] ? blk * m * L : 0);
+            lanes_invariants(S);
+            lanes_sums(m, S, xl, yT + blk * m * L, wT + blk * m * L);
+            for (int l = 0; l < L && blk * L + l < n; l++) {{
+                long b = blk * L + l, q = 0;
+                for (int i = 0; i <= P; i++)
+                    for (int k = 0; k <= i; k++, q++) {{
+                        double v = S->sums[q][l];
+                        if (i < P) {{ t_n[b * P * P + i * P + k] = v; t_n[b * P * P + k * P + i] = v; }}
+                        else if (k < P) t_g[b * P + k] = v;
+                        else t_chi2[b] = v;
+                    }}
+                double s = t_chi2[b];
+                for (int i = 0; i < P * P; i++) s += t_n[b * P * P + i];
+                for (int i = 0; i < P; i++) s += t_g[b * P + i];
+                finite[b] = isfinite(s);
+            }}
         }}
         int first = isinf(total);
         if (first)
@@ -308,6 +340,8 @@ long gf_global(long n, long m, const real *const *xs, const long *x_stride, cons
     *total_out = sum;
 done:
     free(t_local); free(t_chi2); free(t_n); free(t_g); free(xu); free(finite); free(cols);
+    free(S); free(yT); free(wT);
+    for (int q = 0; q < NIN; q++) free(xT[q]);
     return status;
 }}
 """
@@ -317,15 +351,18 @@ done:
 def global_source(expression, names: tuple[str, ...], n_shared: int, inputs: tuple[str, ...], double: bool) -> str:
     """The C source of the global kernel: ``names`` are the model's parameters in kernel order
     (the local ones, then the ``n_shared`` shared ones), evaluated in double or float."""
-    from ..formula.c_code import PRELUDE, model_source
+    from ..formula.c_code import PRELUDE, model_source, point_program
+    from .native_lanes import lanes_sums_source
 
     real = "double" if double else "float"
-    head = f"typedef {real} real;\n{PRELUDE}\n{model_source(expression, inputs, names)}"
-    return head + _TEMPLATE.format(
+    program = point_program(expression, inputs, names)
+    head = f"typedef {real} real;\n{PRELUDE}\n{model_source(expression, inputs, names, program)}"
+    lanes = lanes_sums_source(program, len(names), len(inputs), double)
+    return head + _TEMPLATE.format(lanes=lanes,
         pl=len(names) - n_shared, ps=n_shared, n_inputs=len(inputs), running=RUNNING,
         converged=Status.CONVERGED.code, stalled=Status.STALLED.code, singular=Status.SINGULAR.code,
         not_finite=Status.NOT_FINITE.code, lambda_max=repr(float(LAMBDA_MAX)), lambda0=repr(float(LAMBDA0)),
-        columns=(COLUMNS + normal_sums_source(len(names))).replace("{", "{{").replace("}", "}}"))
+        columns=COLUMNS + normal_sums_source(len(names)))
 
 
 class NativeGlobal:

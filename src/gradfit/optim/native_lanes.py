@@ -25,7 +25,7 @@ algebra), over a ``lanes_t`` of structure-of-arrays state, ``[quantity][lane]``.
 
 from __future__ import annotations
 
-__all__ = ["lanes_source"]
+__all__ = ["lanes_source", "lanes_sums_source"]
 
 
 def _pairs(p: int) -> list[tuple[int, int]]:
@@ -277,3 +277,9 @@ def lanes_source(program, p: int, n_inputs: int, double: bool) -> str:
     double or float."""
     finish = _finish(p) if p <= FINISH_MAX_PARAMS else "#define LANES_FINISH 0\n"
     return _header(p, double) + _invariants(program, p) + _sums(program, p, n_inputs) + _step(p) + finish
+
+
+def lanes_sums_source(program, p: int, n_inputs: int, double: bool) -> str:
+    """lanes_t, lanes_invariants and lanes_sums alone (the global kernel's evaluation of its fits,
+    :mod:`gradfit.optim.native_global`)."""
+    return _header(p, double) + _invariants(program, p) + _sums(program, p, n_inputs)

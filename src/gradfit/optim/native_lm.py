@@ -334,7 +334,7 @@ def kernel_source(expression, names: tuple[str, ...], inputs: tuple[str, ...], d
         tiny="1e-300" if double else "1e-30", lambda_max=repr(float(LAMBDA_MAX)),
         lambda0=repr(float(LAMBDA0)), step_back=repr(float(STEP_BACK)),
         near=repr(float(NEAR)), max_snaps=MAX_SNAPS,
-        columns=(COLUMNS + normal_sums_source(len(names))).replace("{", "{{").replace("}", "}}")) + lanes_source(
+        columns=COLUMNS + normal_sums_source(len(names))) + lanes_source(
             program, len(names), len(inputs), double) + MANY_SOURCE
 
 
