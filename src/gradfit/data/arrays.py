@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import ConfigError, DataError, did_you_mean
 from ..formula.tree import Var, constant_names
 from .delimited import check_duplicate_names
-from .float32 import FLOAT32_MAX_SQUARED, FLOAT32_MAX, FLOAT32_RESOLUTION, check_float32_range, float32_lossy  # noqa: F401
+from .float32 import (FLOAT32_MAX_SQUARED, FLOAT32_MAX, FLOAT32_RESOLUTION, check_float32_range,  # noqa: F401
+                      float32_lossy, within_float32_range)
 from .io import numeric_columns
 
 __all__ = ["Arrays", "prepare_arrays", "as_float_array", "as_batch", "weights_from_sigma", "check_float32_range",
@@ -342,9 +343,6 @@ def _drop_or_name_bad_rows(a: Arrays, n: int, nan_policy: str) -> Arrays:
 
 
 
-def _sum_of_squares(v: np.ndarray) -> float:
-    flat = v if v.ndim == 1 else v.reshape(-1)
-    return float(flat @ flat)
 
 
 def _validate(a: Arrays, nan_policy: str) -> Arrays:
@@ -359,10 +357,9 @@ def _validate(a: Arrays, nan_policy: str) -> Arrays:
     if a.weights is not None and (a.weights.shape != (n,)):
         raise DataError(f"weights must have one value per point ({n}), got shape {a.weights.shape}")
     checked = (a.y, *a.inputs.values()) if a.weights is None else (a.y, a.weights, *a.inputs.values())
-    if all(_sum_of_squares(v) <= FLOAT32_MAX_SQUARED for v in checked):  # False for NaN
-        # One BLAS reduction per array proves every value finite and within float32's
-        # range (NaN and inf propagate; sum(v^2) bounds every v^2); the row-by-row checks
-        # only run when it fails, to name the rows.
+    if all(within_float32_range(v) for v in checked):  # False for NaN
+        # One reduction per array proves every value finite and within float32's range
+        # (data/float32.py); the row-by-row checks only run when it fails, to name the rows.
         a.float32_safe = True
     else:
         a = _drop_or_name_bad_rows(a, n, nan_policy)
