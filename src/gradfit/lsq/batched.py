@@ -1,17 +1,19 @@
 """The batched least-squares engine behind fit_many: chunks, compile cache, the LM loop.
 
-Data flow: validated numpy arrays (fits as the leading dimension) -> chunks sized to a
-memory budget -> starts on a bound where the model is flat moved inside (as gf.fit moves them)
--> tensors per chunk -> ``batch_lm.init`` / ``batch_lm.step`` until every fit
-of the chunk has finished (compacting the batch to its running fits as they finish) ->
-standard errors and the end-point checks -> a :class:`BatchedSolution` of numpy arrays (a
-parameter that ended on a bound in the working dtype is reported on the user's float64 bound).
+Where the formula's native kernel is ready when a call starts, the whole batch runs in C
+(lsq/native_many.py) and nothing below is used. Otherwise: validated numpy arrays (fits as the
+leading dimension) -> chunks sized to a memory budget -> starts on a bound where the model is
+flat moved inside (as gf.fit moves them) -> tensors per chunk -> ``batch_lm.init`` /
+``batch_lm.step`` until every fit of the chunk has finished (compacting the batch to its running
+fits as they finish; compile="auto" may move a chunk to torch.compile or the native kernel
+midway) -> standard errors and the end-point checks -> a :class:`BatchedSolution` of numpy
+arrays (a parameter that ended on a bound in the working dtype is reported on the user's
+float64 bound).
 
 Formulas and built-ins take the fused path (their symbolic partials evaluated with
-broadcasting, every fit at once); any torch callable takes the general path
-(torch.func.vmap over jacfwd). Long runs use torch.compile'd step functions, cached per
-model (formula text, or the callable itself) and shape in this process (lsq/compiled.py: the
-cache, the compile="auto" rule, and the eager fallback when torch.compile cannot trace a model).
+broadcasting, every fit at once); any torch callable takes the general path (torch.func.vmap
+over jacfwd); lsq/compiled.py holds the compile cache, the compile="auto" rule and the eager
+fallback when torch.compile cannot trace a model.
 
 The end-point checks make "converged" mean what it means for :func:`gradfit.fit`: every
 converged or max_iterations fit is checked in float64 at its end point by
@@ -20,10 +22,8 @@ where the parameters or chi-square are not finite; singular where the Jacobian i
 rank-deficient (singular values of the column-scaled, weighted Jacobian below ``RANK_TOL``
 times the largest, or a negligible column) or the standard errors are not finite; stalled
 where a converged fit is not stationary (the residuals' cosine with the Jacobian's range above
-:func:`gradfit.stats.stationary_threshold` of ``tol``). Its float64 Gram matrix settles the
-rank of well-conditioned fits without an SVD, and gives every checked fit its standard errors.
-
-This module returns plain arrays; fitting/many.py turns them into a BatchResult.
+:func:`gradfit.stats.stationary_threshold` of ``tol``). This module returns plain arrays;
+fitting/many.py turns them into a BatchResult.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from ..status import Status
 from .compiled import (COMPILE_FAILED, COMPILED, add_eager_seconds, chunk_mode, compile_key, is_compile_failure,
                        native_kernel, native_key, quiet, traceable_residual_and_jacobian,
                        worth_building, worth_compiling)
-from .end_points import check_end_points, clear_end_points, finish_chunk, likelihood_statistics, weighted_at
+from .end_points import check_end_points, clear_end_points, finish_chunk, likelihood_statistics
+from .batch_starts import off_flat_starts
 from .native_many import solve_native
 
 __all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "CPU_CHUNK_BYTES", "BatchedSolution", "solve_batched"]
@@ -140,29 +141,21 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     notes: dict = {}
     bar = _progress(progress, n_fits)
     if fused and likelihood is None and use_compile is not False:  # the kernel ready: the whole batch in C
-        cols = np.asarray(free, dtype=bool)
-        # any finite bound on a free parameter (two reductions: no (B, P) temporaries)
-        bounded = bool(n_fits) and bool(np.isfinite(lower.max(axis=0)[cols]).any() or
-                                         np.isfinite(upper.min(axis=0)[cols]).any())
-        start = theta0 if not bounded else _off_flat_bounds(model, names, fused, inputs, y, w, slice(0, n_fits), theta0,
-                                                            lower, upper, free, device)
-        done = solve_native(model, names, fused, inputs, y, w, theta0, start, lower, upper, free, bounded, tol=tol,
-                            max_iter=max_iter, dtype=dtype, device=device, use_compile=use_compile, floor=floor,
+        done = solve_native(model, names, fused, inputs, y, w, theta0, lower, upper, free, tol=tol, max_iter=max_iter,
+                            dtype=dtype, device=device, use_compile=use_compile, floor=floor,
                             bound_ulps=BOUND_ULPS * float(torch.finfo(dtype).eps), threads=torch.get_num_threads(),
                             bar=bar)
         if done is not None:
             if bar is not None:
                 bar.close()
-            at_bound = (((done["params"] == lower) | (done["params"] == upper)) & cols[None, :] if bounded
-                        else np.zeros(done["params"].shape, dtype=bool))
-            return BatchedSolution(done["params"], done["stderr"], done["chisqr"], done["n_used"], done["status"],
-                                   done["iterations"], done["timings"], at_bound, None, done["covariance"])
+            return BatchedSolution(*(done[k] for k in ("params", "stderr", "chisqr", "n_used", "status", "iterations",
+                                                        "timings", "at_bound")), None, done["covariance"])
     extra = {k: np.full(n_fits, np.nan) for k in ("deviance", "pearson", "loglike")} if likelihood else None
     n_used = np.count_nonzero(w > 0, axis=1)
     t_fit = time.perf_counter()
     for lo in range(0, n_fits, chunk):
         sl = slice(lo, min(lo + chunk, n_fits))
-        start = _off_flat_bounds(model, names, fused, inputs, y, w, sl, theta0, lower, upper, free, device)
+        start = off_flat_starts(model, names, fused, inputs, y, w, sl, theta0, lower, upper, free, device)
         chunk_inputs = {k: (v[sl] if v.ndim == 2 else v) for k, v in inputs.items()}  # per-fit x: this chunk's rows
         tensors = _chunk_tensors(chunk_inputs, y[sl], w[sl], start, lower[sl], upper[sl], n_used[sl], free_t,
                                  dtype, device, likelihood)
@@ -454,36 +447,6 @@ def _write_back(full, rows, state):
     for f, s in zip(_fields(full), _fields(state)):
         f[rows] = s
     return full
-
-
-def _off_flat_bounds(model, names, fused, inputs, y, w, sl, theta0, lower, upper, free, device) -> np.ndarray:
-    """This chunk's starts (k, P), with a free coordinate that starts on a bound where the model
-    does not depend on it (a zero Jacobian column, such as ``c**2`` at ``c = 0``: a saddle no
-    gradient step leaves) moved inside by ``START_STEP * max(1, |bound|)``, as gf.fit moves it
-    (:func:`gradfit.optim.box.off_flat_bounds`). Evaluates the Jacobian only where a start is on
-    a bound."""
-    from ..optim.box import START_STEP
-
-    start, lo, hi = theta0[sl], lower[sl], upper[sl]
-    fr = np.asarray(free, dtype=bool)[None, :]
-    on = fr & ((start <= lo) | (start >= hi)) & (lo < hi)
-    todo = np.nonzero(on.any(axis=1))[0]
-    if not todo.size:
-        return start
-    jac, _ = weighted_at(model, names, fused, inputs, y, w, sl.start + todo, start[todo], free, device)
-    flat = np.zeros(on[todo].shape, dtype=bool)
-    flat[:, np.nonzero(free)[0]] = ~np.any(jac != 0, axis=1)  # a zero column (NaN is not zero)
-    sub, lo_s, hi_s = start[todo], lo[todo], hi[todo]
-    at_lo, at_hi = on[todo] & flat & (sub <= lo_s), on[todo] & flat & (sub >= hi_s)
-    with np.errstate(invalid="ignore"):  # infinite bounds, in the branches not taken
-        new = np.where(at_lo, lo_s + START_STEP * np.maximum(1.0, np.abs(lo_s)),
-                       np.where(at_hi, hi_s - START_STEP * np.maximum(1.0, np.abs(hi_s)), sub))
-        inside = (new > lo_s) & (new < hi_s)
-        moved = at_lo | at_hi
-        new = np.where(moved & ~inside, 0.5 * (lo_s + hi_s), new)  # a box too narrow for the step
-    start = start.copy()
-    start[todo] = new
-    return start
 
 
 # -- standard errors and the end-point checks ----------------------------------------------------

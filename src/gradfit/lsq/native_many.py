@@ -20,6 +20,7 @@ from ..optim.batch_lm import EPS64, RESIDUAL_FLOOR
 from ..stats import VANISH_FACTOR, stationary_threshold
 from ..status import Status
 from . import compiled
+from .batch_starts import off_flat_starts
 from .end_points import check_end_points
 
 __all__ = ["solve_native", "SLAB"]
@@ -29,15 +30,13 @@ SLAB = 1 << 18
 
 
 def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray,
-                 start: np.ndarray, lower: np.ndarray, upper: np.ndarray, free, bounded: bool, *, tol: float,
-                 max_iter: int,
-                 dtype, device, use_compile, floor: float, bound_ulps: float, threads: int, bar=None,
-                 likelihood=None) -> dict | None:
+                 lower: np.ndarray, upper: np.ndarray, free, *, tol: float, max_iter: int, dtype, device, use_compile,
+                 floor: float, bound_ulps: float, threads: int, bar=None, likelihood=None) -> dict | None:
     """Every fit in C (see the module docstring), or None where the native kernel does not
     cover the batch or is not ready (compile=False; "auto" before the tiering has paid for a
-    build: the chunked path then decides). ``start`` is theta0 with starts on flat bounds moved
-    inside; ``bounded``: a free parameter of some fit has a finite bound. Returns the arrays of a BatchedSolution (params, stderr, chisqr, n_used, status,
-    iterations, covariance) and ``timings``."""
+    build: the chunked path then decides). Starts on a bound where the model is flat move inside
+    (lsq/batch_starts.py). Returns the arrays of a BatchedSolution (params, stderr, chisqr, n_used, status, iterations, at_bound,
+    covariance) and ``timings``."""
     import torch
 
     if use_compile is False or not compiled.native_eligible(fused, {}, device, likelihood):
@@ -51,8 +50,14 @@ def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.n
     if native is None:
         return None
     t0 = time.perf_counter()
-    np_dtype = np.float32 if dtype == torch.float32 else np.float64
     n_fits, p = len(y), len(names)
+    cols = np.asarray(free, dtype=bool)
+    # any finite bound on a free parameter (two reductions: no (B, P) temporaries)
+    bounded = bool(n_fits) and bool(np.isfinite(lower.max(axis=0)[cols]).any() or
+                                     np.isfinite(upper.min(axis=0)[cols]).any())
+    start = off_flat_starts(model, names, fused, inputs, y, w, slice(0, n_fits), theta0, lower, upper, free,
+                            device) if bounded else theta0
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
     work = {k: np.ascontiguousarray(v, dtype=np_dtype) for k, v in inputs.items()}
     yw, ww = (np.ascontiguousarray(a, dtype=np_dtype) for a in (y, w))
     theta0, start = (np.ascontiguousarray(a, dtype=np.float64) for a in (theta0, start))
@@ -73,10 +78,11 @@ def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.n
                  {k: v[sl] for k, v in out.items()}, **constants)
         if bar is not None:
             bar.advance(sl.stop - sl.start)
-    everything = slice(0, n_fits)
-    check_end_points(model, names, fused, inputs, y, w, everything, out["params"], out["stderr"], out["chisqr"],
-                     out["status"], free, device, start=theta0, box=(lower, upper), tol=tol, eps=eps,
+    check_end_points(model, names, fused, inputs, y, w, slice(0, n_fits), out["params"], out["stderr"],
+                     out["chisqr"], out["status"], free, device, start=theta0, box=(lower, upper), tol=tol, eps=eps,
                      clear=out["clear"])
+    out["at_bound"] = (((out["params"] == lower) | (out["params"] == upper)) & cols[None, :] if bounded
+                       else np.zeros((n_fits, p), dtype=bool))
     elapsed = time.perf_counter() - t0
     out["timings"] = {"warmup_s": 0.0, "fit_s": elapsed, "fits": n_fits, "fits_per_s": n_fits / max(elapsed, 1e-12),
                       "path": "fused", "compiled": False, "native": True, "device": str(device),
