@@ -114,6 +114,38 @@ def _sums(program, p: int, n_inputs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _emit_factor(emit, p: int, damping: str) -> None:
+    """The lanes' Cholesky factor L_i_k of (A + damping diag A) over the free coordinates, the
+    identity over fixed ones, and the mask ``ok`` of those that factor (native_lm's factor, entry
+    by entry in its order); A_i_k, fr_i and ``damping`` (a V expression) must be defined."""
+    emit("VI ok = BI(-1);")
+    for j in range(p):
+        emit(f"V s_{j} = fr_{j} ? A_{j}_{j} * ((real)1 + {damping}) : BV(1);")
+        for k in range(j):
+            emit(f"s_{j} = s_{j} - L_{j}_{k} * L_{j}_{k};")
+        emit(f"ok = ok & (s_{j} > (real)0);")
+        emit(f"const V L_{j}_{j} = vsqrt(vsel(s_{j} > TINY, s_{j}, BV(TINY)));")
+        for i in range(j + 1, p):
+            emit(f"V t_{i}_{j} = (fr_{i} && fr_{j}) ? A_{i}_{j} : BV(0);")
+            for k in range(j):
+                emit(f"t_{i}_{j} = t_{i}_{j} - L_{i}_{k} * L_{j}_{k};")
+            emit(f"const V L_{i}_{j} = t_{i}_{j} / L_{j}_{j};")
+
+
+def _emit_solve(emit, p: int, tag: str, rhs) -> None:
+    """e{tag}_i solving L L^T e = rhs(i) over the free coordinates (native_lm's solve)."""
+    for i in range(p):
+        emit(f"V z{tag}_{i} = fr_{i} ? {rhs(i)} : BV(0);")
+        for k in range(i):
+            emit(f"z{tag}_{i} = z{tag}_{i} - L_{i}_{k} * z{tag}_{k};")
+        emit(f"z{tag}_{i} = z{tag}_{i} / L_{i}_{i};")
+    for i in reversed(range(p)):
+        emit(f"V e{tag}_{i} = z{tag}_{i};")
+        for k in range(i + 1, p):
+            emit(f"e{tag}_{i} = e{tag}_{i} - L_{k}_{i} * e{tag}_{k};")
+        emit(f"e{tag}_{i} = e{tag}_{i} / L_{i}_{i};")
+
+
 def _step(p: int) -> str:
     """lanes_step: native_lm's iterate (no bounds), one iteration, straight-line over vectors of
     the L lanes (explicit vector code: GCC's vectorizer turns selects on combined conditions
@@ -146,30 +178,9 @@ def _step(p: int) -> str:
     emit("const V chi2 = vsel(accept, c2, chi2_0);")
     emit("const V lam = vsel(accept, lam_0 * (real)0.1, lam_0 * (real)10.0);")
     emit("VI st = isel(first & ~finite, BI(NOT_FINITE), ILOAD(S->st));")
-    # the Cholesky factor of (A + lam diag A) over the free coordinates (native_lm's factor)
-    emit("VI ok = BI(-1);")
-    for j in range(p):
-        emit(f"V s_{j} = fr_{j} ? A_{j}_{j} * ((real)1 + lam) : BV(1);")
-        for k in range(j):
-            emit(f"s_{j} = s_{j} - L_{j}_{k} * L_{j}_{k};")
-        emit(f"ok = ok & (s_{j} > (real)0);")
-        emit(f"const V L_{j}_{j} = vsqrt(vsel(s_{j} > TINY, s_{j}, BV(TINY)));")
-        for i in range(j + 1, p):
-            emit(f"V t_{i}_{j} = (fr_{i} && fr_{j}) ? A_{i}_{j} : BV(0);")
-            for k in range(j):
-                emit(f"t_{i}_{j} = t_{i}_{j} - L_{i}_{k} * L_{j}_{k};")
-            emit(f"const V L_{i}_{j} = t_{i}_{j} / L_{j}_{j};")
-    # L L^T d = -G (native_lm's solve), d = 0 where not finite
-    for i in range(p):
-        emit(f"V z_{i} = fr_{i} ? -G_{i} : BV(0);")
-        for k in range(i):
-            emit(f"z_{i} = z_{i} - L_{i}_{k} * z_{k};")
-        emit(f"z_{i} = z_{i} / L_{i}_{i};")
-    for i in reversed(range(p)):
-        emit(f"V e_{i} = z_{i};")
-        for k in range(i + 1, p):
-            emit(f"e_{i} = e_{i} - L_{k}_{i} * e_{k};")
-        emit(f"e_{i} = e_{i} / L_{i}_{i};")
+    # the Cholesky factor of (A + lam diag A), then L L^T d = -G, d = 0 where not finite
+    _emit_factor(emit, p, "lam")
+    _emit_solve(emit, p, "", lambda i: f"-G_{i}")
     emit(f"ok = {' & '.join(f'vfinite(e_{i})' for i in range(p))} & ok;")
     emit("V predicted = BV(0);")
     for i in range(p):
@@ -213,34 +224,11 @@ def _finish(p: int) -> str:
         emit(f"const V G_{i} = VLOAD(R->G[{i}]);")
         for k in range(i + 1):
             emit(f"const V A_{i}_{k} = VLOAD(R->A[{_tri(i, k)}]);")
-    emit("VI ok = BI(-1);")
-    for j in range(p):  # factor (no damping)
-        emit(f"V s_{j} = fr_{j} ? A_{j}_{j} * ((real)1 + (real)0) : BV(1);")
-        for k in range(j):
-            emit(f"s_{j} = s_{j} - L_{j}_{k} * L_{j}_{k};")
-        emit(f"ok = ok & (s_{j} > (real)0);")
-        emit(f"const V L_{j}_{j} = vsqrt(vsel(s_{j} > TINY, s_{j}, BV(TINY)));")
-        for i in range(j + 1, p):
-            emit(f"V t_{i}_{j} = (fr_{i} && fr_{j}) ? A_{i}_{j} : BV(0);")
-            for k in range(j):
-                emit(f"t_{i}_{j} = t_{i}_{j} - L_{i}_{k} * L_{j}_{k};")
-            emit(f"const V L_{i}_{j} = t_{i}_{j} / L_{j}_{j};")
-
-    def solve(tag: str, rhs) -> None:
-        for i in range(p):
-            emit(f"V z{tag}_{i} = fr_{i} ? {rhs(i)} : BV(0);")
-            for k in range(i):
-                emit(f"z{tag}_{i} = z{tag}_{i} - L_{i}_{k} * z{tag}_{k};")
-            emit(f"z{tag}_{i} = z{tag}_{i} / L_{i}_{i};")
-        for i in reversed(range(p)):
-            emit(f"V e{tag}_{i} = z{tag}_{i};")
-            for k in range(i + 1, p):
-                emit(f"e{tag}_{i} = e{tag}_{i} - L_{k}_{i} * e{tag}_{k};")
-            emit(f"e{tag}_{i} = e{tag}_{i} / L_{i}_{i};")
+    _emit_factor(emit, p, "BV(0)")  # (A itself: (1 + 0) A_jj is A_jj)
 
     emit("VI finite_inv = BI(-1);")
     for j in range(p):  # column j of A^-1
-        solve(f"c{j}", lambda i, j=j: "BV(1)" if i == j else "BV(0)")
+        _emit_solve(emit, p, f"c{j}", lambda i, j=j: "BV(1)" if i == j else "BV(0)")
         emit(f"finite_inv = {' & '.join(f'vfinite(ec{j}_{i})' for i in range(p))} & finite_inv;")
     emit("const VI ok_inv = ok & finite_inv;")
     emit("const V dof = VLOAD(R->used) - n_free;")
@@ -256,7 +244,7 @@ def _finish(p: int) -> str:
         for i in range(p):
             emit(f"VSTORE(cov[{j * p + i}], vsel(ok_cov, (real)0.5 * (ec{i}_{j} + ec{j}_{i}) * scale, BV(NAN)));")
     emit("ISTORE(full_rank, ok_inv & vfinite(trace) & (n_free * trace < (real)1 / floor_));")
-    solve("g", lambda i: f"-G_{i}")
+    _emit_solve(emit, p, "g", lambda i: f"-G_{i}")
     emit(f"const VI ok_d = {' & '.join(f'vfinite(eg_{i})' for i in range(p))} & ok;")
     emit("V q = BV(0);")
     for i in range(p):
