@@ -400,7 +400,10 @@ def as_batch(a, what: str) -> np.ndarray:
         arr = as_float_array(a, what)
     if arr.ndim == 1:
         arr = arr[None, :]
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+    if arr.ndim == 2 and 0 in arr.shape:
+        empty = "no fits" if arr.shape[0] == 0 else "no points"
+        raise DataError(f"{what} has {empty} (shape {arr.shape}); pass at least one fit of at least one point")
+    if arr.ndim != 2:
         raise DataError(f"{what} must have shape (fits, points), got {arr.shape}")
     return arr
 

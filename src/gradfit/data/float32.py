@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import DataError
 
 __all__ = ["BLAS_THREADED", "FLOAT32_MAX", "FLOAT32_RESOLUTION", "check_float32_range", "float32_lossy",
-           "within_float32_range"]
+           "float32_lossy_rows", "within_float32_range"]
 
 #: the largest magnitude float32 holds
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -95,3 +95,21 @@ def float32_lossy(arrays: Mapping[str, np.ndarray]) -> list[str]:
             if np.any((span > 0) & (err > FLOAT32_RESOLUTION * span)):
                 out.append(name)
     return out
+
+
+def float32_lossy_rows(v: np.ndarray, rows: np.ndarray) -> bool:
+    """Whether float32 cannot tell apart the values of some fit ``rows`` of a batch array ``v``
+    ((B, M), or (M,) shared by every fit): rounding moves a value by more than
+    :data:`FLOAT32_RESOLUTION` of that fit's range (a large offset, such as y ~ 1e6 + 5 sin x).
+    float32 arrays never count.
+
+    >>> float32_lossy_rows(1e6 + np.sin(np.arange(8.0)), np.array([0]))
+    True
+    """
+    if v.dtype != np.float64 or v.size < 2:
+        return False
+    part = v[None, :] if v.ndim == 1 else v[rows]
+    with np.errstate(invalid="ignore", over="ignore"):
+        span = np.nanmax(part, axis=1) - np.nanmin(part, axis=1) if np.isfinite(part).any() else np.zeros(1)
+        err = np.nanmax(np.abs(part - part.astype(np.float32)), axis=1) if np.isfinite(part).any() else np.zeros(1)
+        return bool(np.any((span > 0) & (err > FLOAT32_RESOLUTION * span)))

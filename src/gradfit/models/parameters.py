@@ -186,8 +186,9 @@ class ParameterSpec:
 def columns(values: Mapping, names: Sequence[str], n_fits: int | None, *, shared: bool = False) -> np.ndarray:
     """``values[name]`` (numbers or (B,) arrays) as the columns of a (B, P) float array, or (P,)
     when ``n_fits`` is None (column by column: np.broadcast_to costs ~5 us a call). ``shared``:
-    when every value is a number, the (B, P) array is a read-only broadcast of one row."""
-    if shared and n_fits is not None and all(np.ndim(values[name]) == 0 for name in names):
+    when every value is a number, the (B, P) array is a read-only broadcast of one row (B > 1:
+    a copy for torch or C is then made by np.ascontiguousarray, as the view is not contiguous)."""
+    if shared and n_fits is not None and n_fits > 1 and all(np.ndim(values[name]) == 0 for name in names):
         return np.broadcast_to(columns(values, names, None), (n_fits, len(names)))
     out = np.empty((len(names),) if n_fits is None else (n_fits, len(names)))
     for j, name in enumerate(names):
