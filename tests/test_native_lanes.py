@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(_native.compiler() is None, reason="no C compile
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
 RNG = np.random.default_rng(2026)
+F = "a*exp(-(x-c)**2/(2*w**2)) + o"
 
 
 @pytest.fixture
@@ -231,3 +232,58 @@ def test_compile_false_and_no_compiler_never_run_it(monkeypatch, whole_batch_run
     r2 = gf.fit_many("a*exp(-(x-c)**2/(2*w**2)) + o", x, y, init=init, compile=True, progress=False)
     assert not whole_batch_runs and not r.timings["native"] and not r2.timings["native"]
     assert r.converged.all() and torch.get_num_threads() >= 1
+
+
+def _counts(n, amplitude, offset, seed):
+    """Gpufit's workload as counts: Gaussian peaks plus an offset, Poisson noise."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(32.0)
+    truth = np.column_stack([rng.uniform(*amplitude, n), 15.5 + rng.uniform(-4, 4, n), rng.uniform(2, 4, n),
+                             rng.uniform(*offset, n)])
+    mean = truth[:, :1] * np.exp(-(x - truth[:, 1:2]) ** 2 / (2 * truth[:, 2:3] ** 2)) + truth[:, 3:]
+    return x, rng.poisson(mean).astype(np.float64), truth
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_poisson_fits_in_lanes_equal_the_torch_kernel(dtype, whole_batch_runs):
+    """Fisher scoring of the deviance in C (lanes_sums_poisson) against batch_lm's in torch: the same
+    statuses, parameters to rounding, and the float64 deviance, Pearson chi-square and
+    log-likelihood (gf_poisson_statistics against likelihood.batch_poisson_statistics)."""
+    x, y, truth = _counts(200, (200, 1000), (10, 100), seed=4)
+    assert not (y == 0).any()
+    init = {k: truth[:, j] * 1.1 for j, k in enumerate("acwo")}
+    kw = dict(init=init, loss="poisson", dtype=dtype, tol=1e-10 if dtype == "float64" else 1e-4, progress=False)
+    native = gf.fit_many(F, x, y, compile=True, **kw)
+    eager = gf.fit_many(F, x, y, compile=False, **kw)
+    assert whole_batch_runs and native.timings["native"] and "deferred" not in native.timings
+    np.testing.assert_array_equal(native.status, eager.status)
+    ok = native.converged
+    assert ok.mean() > 0.95
+    scale = _stderr(eager)[ok]
+    assert np.all(np.abs(_params(native)[ok] - _params(eager)[ok]) <= (1e-6 if dtype == "float64" else 0.05) * scale)
+    np.testing.assert_allclose(_stderr(native)[ok], scale, rtol=1e-6 if dtype == "float64" else 2e-3)
+    for key in ("deviance", "chisqr", "loglike"):
+        np.testing.assert_allclose(native.stats[key][ok], eager.stats[key][ok], rtol=1e-9 if dtype == "float64" else 1e-4)
+
+
+def test_poisson_fits_with_zero_counts_or_bounds_go_to_the_torch_kernel(monkeypatch):
+    """A zero count (the positivity edge's steps, optim/positive_step.py) or a finite bound: those fits
+    run in torch, the others in C, each as its kernel alone gives them."""
+    from gradfit.lsq import compiled
+
+    monkeypatch.setattr(compiled, "spent_enough", lambda *a: True)  # compile="auto" with the kernel built
+    x, y, truth = _counts(300, (10, 50), (1, 5), seed=6)
+    zero = (y == 0).any(axis=1)
+    assert 30 < zero.sum() < 290
+    init = {k: truth[:, j] * 1.1 for j, k in enumerate("acwo")}
+    kw = dict(init=init, loss="poisson", dtype="float64", tol=1e-10, progress=False)
+    mixed = gf.fit_many(F, x, y, **kw)
+    eager = gf.fit_many(F, x, y, compile=False, **kw)
+    assert mixed.timings["native"] and mixed.timings["deferred"] == zero.sum()
+    np.testing.assert_array_equal(mixed.status, eager.status)
+    np.testing.assert_array_equal(_params(mixed)[zero], _params(eager)[zero])  # the same torch loop
+    ok = mixed.converged & ~zero
+    assert np.all(np.abs(_params(mixed)[ok] - _params(eager)[ok]) <= 1e-6 * _stderr(eager)[ok])
+    bounded = gf.fit_many(F, x[:], y[~zero][:20], init={k: v[~zero][:20] for k, v in init.items()},
+                          bounds={"o": (0.0, None)}, loss="poisson", dtype="float64", progress=False)
+    assert bounded.timings["deferred"] == 20

@@ -54,6 +54,12 @@ float cosf(float);
 double pow(double, double);
 #pragma omp declare simd notinbranch
 float powf(float, float);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 35))
+#pragma omp declare simd notinbranch
+double log1p(double);
+#pragma omp declare simd notinbranch
+float log1pf(float);
+#endif
 #endif
 #include <tgmath.h>
 static inline real gf_square(real u) { return u * u; }

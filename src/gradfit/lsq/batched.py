@@ -93,7 +93,7 @@ class BatchedSolution:
 def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray, lower: np.ndarray,
                   upper: np.ndarray, free: np.ndarray, *, tol: float, max_iter: int, dtype, device,
                   chunk_size: int | None = None, compile="auto", progress=None,
-                  likelihood: str | None = None, restart: bool = True) -> BatchedSolution:
+                  likelihood: str | None = None, restart: bool = True, whole: bool = True) -> BatchedSolution:
     """Fit ``model`` to every row of ``y`` by batched Levenberg-Marquardt.
 
     Parameters
@@ -114,6 +114,8 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         ``chisqr`` is the deviance and ``stderr`` the unscaled Cramer-Rao errors. A fit whose
         start has no likelihood (a mean <= 0 or not finite at a used point) starts again from its
         least-squares fit (as gf.fit does); where that has none either, it ends not_finite.
+    whole : False keeps the batch out of the whole-batch native path (lsq/native_many.py: its
+        deferred Poisson fits come back here).
 
     Raises
     ------
@@ -140,16 +142,28 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     compiled_chunks = native_chunks = 0
     notes: dict = {}
     bar = _progress(progress, n_fits)
-    if fused and likelihood is None and use_compile is not False:  # the kernel ready: the whole batch in C
+    kw = dict(tol=tol, max_iter=max_iter, dtype=dtype, device=device, chunk_size=chunk_size, compile=compile,
+              likelihood=likelihood, progress=False)
+    if whole and fused and use_compile is not False:  # the kernel ready: the whole batch in C
         done = solve_native(model, names, fused, inputs, y, w, theta0, lower, upper, free, tol=tol, max_iter=max_iter,
                             dtype=dtype, device=device, use_compile=use_compile, floor=floor,
                             bound_ulps=BOUND_ULPS * float(torch.finfo(dtype).eps), threads=torch.get_num_threads(),
-                            bar=bar)
+                            bar=bar, likelihood=likelihood)
         if done is not None:
             if bar is not None:
                 bar.close()
-            return BatchedSolution(*(done[k] for k in ("params", "stderr", "chisqr", "n_used", "status", "iterations",
-                                                        "timings", "at_bound")), None, done["covariance"])
+            solution = BatchedSolution(*(done[k] for k in ("params", "stderr", "chisqr", "n_used", "status",
+                                                            "iterations", "timings", "at_bound", "likelihood",
+                                                            "covariance")))
+            rows = done["deferred"]
+            if len(rows):  # Poisson fits with zero counts or bounds: the torch kernel
+                sub = ({k: (v[rows] if v.ndim == 2 else v) for k, v in inputs.items()}, y[rows], w[rows])
+                rest = solve_batched(model, names, *sub, theta0[rows], lower[rows], upper[rows], free, **kw,
+                                     restart=False, whole=False)
+                _merge(solution, rows, rest)
+                solution.timings["deferred"] = len(rows)
+            return _restart_infeasible(solution, likelihood and restart, model, names, inputs, y, w, theta0, lower,
+                                       upper, free, kw)
     extra = {k: np.full(n_fits, np.nan) for k in ("deviance", "pearson", "loglike")} if likelihood else None
     n_used = np.count_nonzero(w > 0, axis=1)
     t_fit = time.perf_counter()
@@ -221,27 +235,33 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
                "device": str(device), "chunk_size": chunk, **notes}
     at_bound = ((params == lower) | (params == upper)) & np.asarray(free, dtype=bool)[None, :]
     solution = BatchedSolution(params, stderr, chisqr, n_used, status, iterations, timings, at_bound, extra, covariance)
-    bad = np.nonzero((status == Status.NOT_FINITE.code) & (iterations <= 1))[0] if likelihood and restart else ()
-    if len(bad):
-        _restart_from_least_squares(solution, bad, model, names, inputs, y, w, theta0, lower, upper, free,
-                                    dict(tol=tol, max_iter=max_iter, dtype=dtype, device=device, chunk_size=chunk_size,
-                                         compile=compile, likelihood=likelihood, progress=False))
-    return solution
+    return _restart_infeasible(solution, likelihood and restart, model, names, inputs, y, w, theta0, lower, upper,
+                               free, kw)
 
 
-def _restart_from_least_squares(solution, bad, model, names, inputs, y, w, theta0, lower, upper, free, kw) -> None:
-    """Refit the likelihood fits ``bad`` (infeasible starts) from their least-squares fits, in place."""
+def _restart_infeasible(solution, restart: bool, model, names, inputs, y, w, theta0, lower, upper, free, kw):
+    """The solution, with each likelihood fit whose start is infeasible (not_finite at its first
+    iteration) refitted from its least-squares fit (``restart``)."""
+    bad = np.nonzero((solution.status == Status.NOT_FINITE.code) & (solution.iterations <= 1))[0] if restart else ()
+    if not len(bad):
+        return solution
     sub = ({k: (v[bad] if v.ndim == 2 else v) for k, v in inputs.items()}, y[bad], w[bad])
     box = (lower[bad], upper[bad], free)
     ls = solve_batched(model, names, *sub, theta0[bad], *box, **{**kw, "likelihood": None})
     start = np.where(np.isfinite(ls.params), ls.params, theta0[bad])
     again = solve_batched(model, names, *sub, start, *box, **kw, restart=False)
-    for name in ("params", "stderr", "chisqr", "status", "at_bound", "covariance"):
-        getattr(solution, name)[bad] = getattr(again, name)
-    solution.iterations[bad] = again.iterations + ls.iterations
-    for k, v in solution.likelihood.items():
-        v[bad] = again.likelihood[k]
+    again.iterations = again.iterations + ls.iterations
+    _merge(solution, bad, again)
     solution.timings["restarted"] = len(bad)
+    return solution
+
+
+def _merge(solution, rows, part) -> None:
+    """The fits ``rows`` of ``solution`` replaced by ``part`` (a solution of just those), in place."""
+    for name in ("params", "stderr", "chisqr", "status", "iterations", "n_used", "at_bound", "covariance"):
+        getattr(solution, name)[rows] = getattr(part, name)
+    for k, v in (solution.likelihood or {}).items():
+        v[rows] = part.likelihood[k]
 
 
 # -- chunks and memory ------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from ..data.float32 import within_float32_range
 from ..optim.batch_lm import EPS64, RESIDUAL_FLOOR
 from ..stats import VANISH_FACTOR, stationary_threshold
 from ..status import Status
@@ -23,7 +24,11 @@ from . import compiled
 from .batch_starts import off_flat_starts
 from .end_points import check_end_points
 
-__all__ = ["solve_native", "SLAB"]
+__all__ = ["DEFERRED", "SLAB", "solve_native"]
+
+#: the status gf_many gives a Poisson fit it leaves to the torch kernel (a zero count, whose
+#: positivity-edge steps are optim/positive_step.py's, or a finite bound)
+DEFERRED = 127
 
 #: fits per gf_many call when a progress bar is shown (it advances between calls)
 SLAB = 1 << 18
@@ -35,13 +40,15 @@ def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.n
     """Every fit in C (see the module docstring), or None where the native kernel does not
     cover the batch or is not ready (compile=False; "auto" before the tiering has paid for a
     build: the chunked path then decides). Starts on a bound where the model is flat move inside
-    (lsq/batch_starts.py). Returns the arrays of a BatchedSolution (params, stderr, chisqr, n_used, status, iterations, at_bound,
-    covariance) and ``timings``."""
+    (lsq/batch_starts.py). ``likelihood="poisson"``: Fisher scoring of the deviance in the lanes;
+    fits with a zero count or a finite bound are left to the caller (``deferred``). Returns the
+    arrays of a BatchedSolution (params, stderr, chisqr, n_used, status, iterations, at_bound,
+    covariance, likelihood), ``deferred`` (indices) and ``timings``."""
     import torch
 
-    if use_compile is False or not compiled.native_eligible(fused, {}, device, likelihood):
+    if use_compile is False or not fused or getattr(device, "type", str(device)) != "cpu":
         return None
-    from ..optim.native_batch import allocate, run_many
+    from ..optim.native_batch import allocate, poisson_statistics, run_many
     from ..optim.native_lm import kernel
 
     input_names = tuple(inputs)
@@ -60,6 +67,8 @@ def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.n
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
     work = {k: np.ascontiguousarray(v, dtype=np_dtype) for k, v in inputs.items()}
     yw, ww = (np.ascontiguousarray(a, dtype=np_dtype) for a in (y, w))
+    if likelihood and not within_float32_range(yw) and not np.isfinite(yw).all():  # (unused points: weight 0)
+        yw = np.where(np.isfinite(yw), yw, np.zeros((), np_dtype))
     theta0, start = (np.ascontiguousarray(a, dtype=np.float64) for a in (theta0, start))
     low, high = ((np.ascontiguousarray(a, dtype=np.float64) for a in (lower, upper)) if bounded else (None, None))
     eps = float(torch.finfo(dtype).eps)
@@ -69,18 +78,25 @@ def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.n
                      max_iter_code=Status.MAX_ITERATIONS.code, too_few_code=Status.TOO_FEW_POINTS.code,
                      threads=threads)
     out = allocate(n_fits, p, np_dtype)
+    poisson = likelihood == "poisson"
     slab = SLAB if bar is not None else max(n_fits, 1)
     for lo in range(0, n_fits, slab):
         sl = slice(lo, min(lo + slab, n_fits))
         rows = {k: (v[sl] if v.ndim == 2 else v) for k, v in work.items()}
         run_many(native.lib, native.real, input_names, rows, yw[sl], ww[sl], theta0[sl], start[sl],
                  None if low is None else low[sl], None if high is None else high[sl], free,
-                 {k: v[sl] for k, v in out.items()}, **constants)
+                 {k: v[sl] for k, v in out.items()}, **constants, poisson=poisson, deferred_code=DEFERRED)
         if bar is not None:
             bar.advance(sl.stop - sl.start)
-    check_end_points(model, names, fused, inputs, y, w, slice(0, n_fits), out["params"], out["stderr"],
-                     out["chisqr"], out["status"], free, device, start=theta0, box=(lower, upper), tol=tol, eps=eps,
-                     clear=out["clear"])
+    everything = slice(0, n_fits)
+    check_end_points(model, names, fused, inputs, y, w, everything, out["params"], out["stderr"], out["chisqr"],
+                     out["status"], free, device, start=theta0, box=(lower, upper), tol=tol, eps=eps,
+                     clear=out["clear"], likelihood=likelihood)
+    out["likelihood"] = None
+    if poisson:  # float64 statistics at the end points; chisqr is the deviance
+        out["likelihood"] = poisson_statistics(native.lib, inputs, input_names, yw, ww, out["params"], threads)
+        out["chisqr"] = np.where(np.isfinite(out["chisqr"]), out["likelihood"]["deviance"], out["chisqr"])
+    out["deferred"] = np.nonzero(out["status"] == DEFERRED)[0]
     out["at_bound"] = (((out["params"] == lower) | (out["params"] == upper)) & cols[None, :] if bounded
                        else np.zeros((n_fits, p), dtype=bool))
     elapsed = time.perf_counter() - t0

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MANY_SOURCE", "OUTPUTS", "allocate", "run_many"]
+__all__ = ["MANY_SOURCE", "OUTPUTS", "allocate", "poisson_statistics", "poisson_statistics_source", "run_many"]
 
 #: C appended to native_lm's kernel source (needs its fit_state, iterate and finish_one)
 MANY_SOURCE = r"""
@@ -42,7 +42,7 @@ typedef struct {
     const real *y, *w, *free_;
     const double *theta0, *start, *lower, *upper;
     real n_free, tol, floor_factor, floor_, half_threshold, bound_ulps;
-    long steps, max_iter_code, too_few_code;
+    long steps, max_iter_code, too_few_code, poisson, deferred_code;
     double strong_scale;
     long *next, block, cursor, last;
     double *params, *stderr_, *chisqr;
@@ -54,17 +54,21 @@ typedef struct {
 } many_ctx;
 
 /* fit b's points used, residual floor, bounds and start (batch_lm.init; TOO_FEW_POINTS where it
-   has fewer points than free parameters) */
-static void prepare(const many_ctx *c, long b, fit_state *s, fit_info *f) {
+   has fewer points than free parameters); Poisson: the Pearson scale sum(w max(y, 1)) for the
+   floor and the screens, and whether a used count is zero (returned) */
+static int prepare(const many_ctx *c, long b, fit_state *s, fit_info *f) {
     const real *yb = c->y + b * c->m, *wb = c->w + b * c->m;
     long used = 0;
+    int zero = 0;
     real sum_wyy = 0;
     double data_norm2 = 0;
     for (long j = 0; j < c->m; j++) {
         int u = wb[j] > 0;
+        real yy = c->poisson ? (yb[j] > 1 ? yb[j] : (real)1) : yb[j] * yb[j];
         used += u;
-        sum_wyy += u ? wb[j] * yb[j] * yb[j] : (real)0;
-        data_norm2 += u ? (double)wb[j] * (double)yb[j] * (double)yb[j] : 0.0;
+        zero = zero || (u && yb[j] == 0);
+        sum_wyy += u ? wb[j] * yy : (real)0;
+        data_norm2 += u ? (double)wb[j] * (c->poisson ? (double)yy : (double)yb[j] * (double)yb[j]) : 0.0;
     }
     f->used = used;
     f->data_norm2 = data_norm2;
@@ -80,6 +84,7 @@ static void prepare(const many_ctx *c, long b, fit_state *s, fit_info *f) {
     s->lam = LAMBDA0; s->chi2 = (real)INFINITY;
     s->st = used < c->n_free ? c->too_few_code : RUNNING;
     s->it = 0; s->snaps = 0; s->probing = 0;
+    return zero;
 }
 
 /* fit b's outputs from its final state and its finish (standard errors, screens; the covariance
@@ -114,8 +119,8 @@ static void emit_fit(const many_ctx *c, long b, const fit_state *s, const fit_in
 static void retire(const many_ctx *c, long b, const fit_state *s, const fit_info *f) {
     real se[P];
     unsigned char full_rank, good;
-    finish_one(s->A, s->G, s->chi2, (real)f->used, c->free_, c->n_free, c->floor_, c->half_threshold, se,
-               c->cov + b * P * P, &full_rank, &good);
+    finish_one(s->A, s->G, s->chi2, (real)f->used, c->free_, c->n_free, c->floor_, c->half_threshold, (int)c->poisson,
+               se, c->cov + b * P * P, &full_rank, &good);
     emit_fit(c, b, s, f, se, full_rank, good);
 }
 
@@ -139,7 +144,7 @@ static void flush(const many_ctx *c, finish_buffer *F) {
 #if LANES_FINISH
     real se[P][L] __attribute__((aligned(64))), cov[P * P][L] __attribute__((aligned(64)));
     mint full_rank[L] __attribute__((aligned(64))), good[L] __attribute__((aligned(64)));
-    lanes_finish(&F->R, c->free_, c->n_free, c->floor_, c->half_threshold, se, cov, full_rank, good);
+    lanes_finish(&F->R, c->free_, c->n_free, c->floor_, c->half_threshold, (int)c->poisson, se, cov, full_rank, good);
     for (int k = 0; k < F->n; k++) {
         fit_state s;
         real sek[P];
@@ -179,7 +184,9 @@ static int fill(many_ctx *c, lanes_t *S, int l, long *fit_of, fit_info *info, re
         long b = claim(c);
         if (b < 0) { fit_of[l] = -1; return 0; }
         fit_state s;
-        prepare(c, b, &s, &info[l]);
+        int zero = prepare(c, b, &s, &info[l]);
+        /* Poisson fits with a bound or a zero count (the positivity edge's steps) are left to the torch kernel */
+        if (c->poisson && (info[l].bounded || zero) && s.st == RUNNING) { c->status[b] = (signed char)c->deferred_code; continue; }
         if (info[l].bounded || s.st != RUNNING || c->steps < 1) { run_scalar(c, b, &s, &info[l], cols); continue; }
         const long m = c->m;
         const real *yb = c->y + b * m, *wb = c->w + b * m;
@@ -222,13 +229,15 @@ static void retire_lane(const many_ctx *c, const lanes_t *S, int l, long b, cons
 long gf_many(long n, long m, const real *const *xs, const long *x_stride, const real *y, const real *w,
              const double *theta0, const double *start, const double *lower, const double *upper,
              const real *free_, real tol, long steps, real floor_factor, real floor_, real half_threshold,
-             double strong_scale, real bound_ulps, long max_iter_code, long too_few_code, long *next, long block,
+             double strong_scale, real bound_ulps, long max_iter_code, long too_few_code, long poisson,
+             long deferred_code, long *next, long block,
              double *params, double *stderr_, real *cov, double *chisqr, signed char *status, int *iterations,
              unsigned char *clear, long *n_used) {
     many_ctx c = {.n = n, .m = m, .xs = xs, .x_stride = x_stride, .y = y, .w = w, .free_ = free_, .theta0 = theta0,
                   .start = start, .lower = lower, .upper = upper, .n_free = 0, .tol = tol, .floor_factor = floor_factor,
                   .floor_ = floor_, .half_threshold = half_threshold, .bound_ulps = bound_ulps, .steps = steps,
-                  .max_iter_code = max_iter_code, .too_few_code = too_few_code, .strong_scale = strong_scale,
+                  .max_iter_code = max_iter_code, .too_few_code = too_few_code, .poisson = poisson,
+                  .deferred_code = deferred_code, .strong_scale = strong_scale,
                   .next = next, .block = block, .cursor = 0, .last = 0, .params = params, .stderr_ = stderr_,
                   .chisqr = chisqr, .cov = cov, .status = status, .iterations = iterations, .clear = clear,
                   .n_used = n_used};
@@ -244,7 +253,8 @@ long gf_many(long n, long m, const real *const *xs, const long *x_stride, const 
             fit_state s;
             fit_info f;
             prepare(&c, b, &s, &f);
-            run_scalar(&c, b, &s, &f, cols);
+            if (poisson && s.st == RUNNING) c.status[b] = (signed char)deferred_code;  /* no per-fit Poisson loop */
+            else run_scalar(&c, b, &s, &f, cols);
         }
         free(cols);
         return 0;
@@ -266,8 +276,9 @@ long gf_many(long n, long m, const real *const *xs, const long *x_stride, const 
         for (int l = 0; l < L; l++) active += fill(&c, S, l, fit_of, info, xl, yl, wl, cols);
         while (active > 0) {
             lanes_invariants(S);
-            lanes_sums(m, S, xl, yl, wl);
-            lanes_step(S, free_, tol);
+            if (poisson) lanes_sums_poisson(m, S, xl, yl, wl);
+            else lanes_sums(m, S, xl, yl, wl);
+            lanes_step(S, free_, tol, (int)poisson);
             for (int l = 0; l < L; l++) {
                 if (fit_of[l] < 0 || (S->st[l] == RUNNING && S->it[l] < steps)) continue;
                 retire_lane(&c, S, l, fit_of[l], &info[l], F);
@@ -305,7 +316,7 @@ def run_many(lib, real, input_names: tuple[str, ...], inputs: dict, y: np.ndarra
              theta0: np.ndarray, start: np.ndarray, lower: np.ndarray | None, upper: np.ndarray | None,
              free: np.ndarray, out: dict, *, tol: float, max_iter: int, floor_factor: float, floor: float,
              half_threshold: float, strong_scale: float, bound_ulps: float, max_iter_code: int,
-             too_few_code: int, threads: int) -> None:
+             too_few_code: int, threads: int, poisson: bool = False, deferred_code: int = 127) -> None:
     """Every fit of the batch through ``gf_many`` of ``lib`` (a native_lm kernel library whose
     ``real`` is the ctypes float type), into ``out`` (:func:`allocate`'s arrays, or row slices
     of them). Arrays as lsq/batched.solve_batched's, C-contiguous: y, w (B, M) and the inputs
@@ -320,7 +331,8 @@ def run_many(lib, real, input_names: tuple[str, ...], inputs: dict, y: np.ndarra
     if fn.restype is not ctypes.c_long:
         ptr = ctypes.c_void_p
         fn.argtypes = [ctypes.c_long, ctypes.c_long, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, real, ctypes.c_long,
-                       real, real, real, ctypes.c_double, real, ctypes.c_long, ctypes.c_long, ptr, ctypes.c_long,
+                       real, real, real, ctypes.c_double, real, ctypes.c_long, ctypes.c_long, ctypes.c_long,
+                       ctypes.c_long, ptr, ctypes.c_long,
                        *[ptr] * len(OUTPUTS)]
         fn.restype = ctypes.c_long
     n, m = y.shape
@@ -336,7 +348,8 @@ def run_many(lib, real, input_names: tuple[str, ...], inputs: dict, y: np.ndarra
     def work() -> None:
         codes.append(fn(n, m, x_ptrs, x_stride, y.ctypes.data, w.ctypes.data, theta0.ctypes.data, start.ctypes.data,
                         *bounds, free_r.ctypes.data, tol, max_iter, floor_factor, floor, half_threshold, strong_scale,
-                        bound_ulps, max_iter_code, too_few_code, counter.ctypes.data, BLOCK, *outputs))
+                        bound_ulps, max_iter_code, too_few_code, int(poisson), deferred_code, counter.ctypes.data,
+                        BLOCK, *outputs))
 
     threads = max(1, min(int(threads), -(-n // BLOCK)))
     # the other threads on their own, this one works too (ctypes drops the GIL during the call)
@@ -348,3 +361,106 @@ def run_many(lib, real, input_names: tuple[str, ...], inputs: dict, y: np.ndarra
         t.join()
     if any(code != 0 for code in codes):
         raise MemoryError("the native kernel could not allocate its work array")
+
+
+def _in_double(text: str) -> str:
+    """A line of the formula's C program (formula/c_code.py) in double: its ``real`` types and
+    casts, and the gf_ helpers as their gfd_ copies."""
+    return text.replace("real", "double").replace("gf_", "gfd_")
+
+
+def poisson_statistics_source(program, p: int, n_inputs: int) -> str:
+    """C ``gf_poisson_statistics``: lsq/end_points.likelihood_statistics in double at each fit's
+    final parameters (the model printed again in double, whatever the kernel's ``real``):
+    deviance and Pearson's chi-square in one pass over the points (vectorized), and the
+    log-likelihood as the saturated log-likelihood sum w (y log y - y - lgamma(y + 1)) (a table
+    of it for integer counts) minus half the deviance; NaN where a parameter or a used
+    mean is not finite, or such a mean is not positive."""
+    from ..formula.c_code import PRELUDE
+
+    helpers = [_in_double(line) for line in PRELUDE.splitlines() if line.startswith("static inline real gf_")]
+    lines = helpers + [
+        "#define LGAMMA_TABLE 1024",
+        "void gf_poisson_statistics(long n, long m, const double *const *xs, const long *x_stride, const real *y,",
+        "                           const real *w, const double *params, double *deviance, double *pearson,",
+        "                           double *loglike) {",
+        "    double table[LGAMMA_TABLE];  /* a count k's saturated term k log k - k - lgamma(k + 1) */",
+        "    for (int k = 0; k < LGAMMA_TABLE; k++) table[k] = (k > 0 ? k * log((double)k) : 0.0) - k - lgamma(k + 1.0);",
+        "    for (long b = 0; b < n; b++) {",
+        "        const real *yb = y + b * m, *wb = w + b * m;",
+        "        int finite = 1;",
+        "        for (int k = 0; k < P; k++) finite = finite && isfinite(params[b * P + k]);",
+        "        if (!finite) { deviance[b] = pearson[b] = loglike[b] = NAN; continue; }"]
+    lines += [f"        const double p_{k} = params[b * P + {k}];" for k in range(p)]
+    lines += [f"        const double h_{k} = {_in_double(text)};" for k, text in enumerate(program.invariants)]
+    lines += [f"        const double *x_{q} = xs[{q}] + b * x_stride[{q}];" for q in range(n_inputs)]
+    lines += ["        double dev = 0, pe = 0, bad = 0, sat = 0;",
+              "        #pragma omp simd reduction(+:dev, pe, bad)",
+              "        for (long j = 0; j < m; j++) {"]
+    lines += [f"            const double in_{q} = x_{q}[j];" for q in range(n_inputs)]
+    lines += ["        " + _in_double(line) for line in program.body]
+    lines += [f"            const double mu0 = {_in_double(program.outputs[0])};",
+              "            /* y finite everywhere (the caller's), w 0 at unused points: no selects on them (gcc",
+              "               gives up on selects of doubles by an int mask feeding further selects) */",
+              "            const double yj = (double)yb[j], wj = (double)wb[j];",
+              "            const int used = wj > 0;",
+              "            const double ok = mu0 > 0 ? 1.0 : 0.0;  /* 0 for NaN; an infinite mean: inf sums, NaN below */",
+              "            const double mu = used ? (ok > 0 ? mu0 : 1.0) : 1.0, r = mu - yj;",
+              "            dev += wj * (r - yj * log1p(r / (yj > 0 ? yj : 1.0)));",
+              "            pe += wj * r * r / mu;",
+              "            bad += used ? 1.0 - ok : 0.0;"]
+    lines += [f"            (void)in_{q};" for q in range(n_inputs)]
+    lines += ["        }",
+              "        for (long j = 0; j < m; j++) {  /* the saturated log-likelihood: the data's alone */",
+              "            double yj = yb[j];",
+              "            if (!(wb[j] > 0)) continue;",
+              "            sat += (double)wb[j] * ((yj < LGAMMA_TABLE && (double)(int)yj == yj) ? table[(int)yj]",
+              "                                    : (yj > 0 ? yj * log(yj) : 0.0) - yj - lgamma(yj + 1.0));",
+              "        }",
+              "        bad += isfinite(dev) && isfinite(pe) ? 0.0 : 1.0;",
+              "        deviance[b] = bad > 0 ? NAN : 2.0 * dev;",
+              "        pearson[b] = bad > 0 ? NAN : pe;",
+              "        loglike[b] = bad > 0 ? NAN : sat - dev;",
+              "    }",
+              "}"]
+    unused = [f"p_{k}" for k in range(p)] + [f"h_{k}" for k in range(len(program.invariants))]
+    lines.insert(lines.index("        double dev = 0, pe = 0, bad = 0, sat = 0;"),
+                 "        " + " ".join(f"(void){v};" for v in unused))
+    return "\n".join(lines) + "\n"
+
+
+def poisson_statistics(lib, inputs: dict, input_names: tuple[str, ...], y: np.ndarray, w: np.ndarray,
+                       params: np.ndarray, threads: int = 1) -> dict:
+    """``gf_poisson_statistics`` of ``lib`` (see :func:`poisson_statistics_source`) for every
+    fit, the rows split over ``threads``: (B,) float64 deviance, pearson and loglike. ``inputs``
+    (M,) or (B, M) are converted to float64; y and w (B, M) are the kernel's arrays (its dtype;
+    integer counts below 2^24 and weights 0 or 1 are exact in float32), y finite everywhere
+    (0 where a point is not used)."""
+    import ctypes
+    import threading
+
+    fn = lib.gf_poisson_statistics
+    if fn.restype is not None:
+        fn.argtypes = [ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 8
+        fn.restype = None
+    n, m = y.shape
+    xs = [np.ascontiguousarray(inputs[k], dtype=np.float64) for k in input_names]
+    x_stride = (ctypes.c_long * max(len(xs), 1))(*[(m if x.ndim == 2 else 0) for x in xs])
+    theta = np.ascontiguousarray(params, dtype=np.float64)
+    out = {k: np.empty(n) for k in ("deviance", "pearson", "loglike")}
+
+    def rows(lo: int, hi: int) -> None:
+        x_ptrs = (ctypes.c_void_p * max(len(xs), 1))(*[x[lo:].ctypes.data if x.ndim == 2 else x.ctypes.data
+                                                        for x in xs])
+        fn(hi - lo, m, x_ptrs, x_stride, y[lo:].ctypes.data, w[lo:].ctypes.data, theta[lo:].ctypes.data,
+           *(out[k][lo:].ctypes.data for k in ("deviance", "pearson", "loglike")))
+
+    threads = max(1, min(int(threads), n // BLOCK or 1))
+    bounds = [round(i * n / threads) for i in range(threads + 1)]
+    others = [threading.Thread(target=rows, args=(lo, hi)) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    for t in others:
+        t.start()
+    rows(bounds[0], bounds[1])
+    for t in others:
+        t.join()
+    return out

@@ -57,7 +57,7 @@ typedef real V __attribute__((vector_size(64)));
 typedef mint VI __attribute__((vector_size(64)));
 typedef struct __attribute__((aligned(64))) {{
     real th[P][L], tr[P][L], G[P][L], A[NTRI][L], lam[L], chi2[L], floor2[L], used[L];
-    real h[GF_NH][L], sums[NSUMS][L];
+    real h[GF_NH][L], sums[NSUMS][L], dev[L];
     mint st[L], it[L];
 }} lanes_t;
 #define BV(x) ((V){{}} + (real)(x))
@@ -85,14 +85,19 @@ def _invariants(program, p: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sums(program, p: int, n_inputs: int) -> str:
+def _sums(program, p: int, n_inputs: int, poisson: bool = False) -> str:
     """lanes_sums: the points outer, the lanes inner (one vector): each pair's L sums stay in
-    one register; a masked point (weight <= 0) contributes nothing, whatever the model gives."""
+    one register; a masked point (weight <= 0) contributes nothing, whatever the model gives.
+    ``poisson``: lanes_sums_poisson, the Fisher-scoring sums of likelihood.batch_poisson_deviance
+    (weights w / mu, residuals mu - y; the deviance in S->dev, +inf where a used mean is not
+    positive)."""
     pairs = _pairs(p)
     n_h = len(program.invariants)
-    lines = ["static void lanes_sums(long m, lanes_t *S, real *const *xl, const real *yl, const real *wl) {",
-             "    real acc[NSUMS][L];",
+    name = "lanes_sums_poisson" if poisson else "lanes_sums"
+    lines = [f"static void {name}(long m, lanes_t *S, real *const *xl, const real *yl, const real *wl) {{",
+             "    real acc[NSUMS][L], dev[L];",
              "    for (int q = 0; q < NSUMS; q++) for (int l = 0; l < L; l++) acc[q][l] = 0;",
+             "    for (int l = 0; l < L; l++) dev[l] = 0;",
              "    for (long j = 0; j < m; j++) {",
              "        #pragma omp simd",
              "        for (int l = 0; l < L; l++) {"]
@@ -102,15 +107,24 @@ def _sums(program, p: int, n_inputs: int) -> str:
     lines += ["        " + line for line in program.body]
     lines += [f"            const real v_{k} = {text};" for k, text in enumerate(program.outputs)]
     lines += ["            const real wj = wl[j * L + l];",
-              "            const int used = wj > 0;",
-              "            const real w = used ? wj : (real)0;"]
+              "            const int used = wj > 0;"]
+    if poisson:  # (single-condition selects: gcc vectorizes those)
+        lines += ["            const real yj = yl[j * L + l], r = v_0 - yj;",
+                  "            const int ok = v_0 > 0;  /* false for NaN */",
+                  "            const real t = r - yj * log1p(r / (yj > 0 ? yj : (real)1)), term = ok ? t : (real)INFINITY;",
+                  "            dev[l] += used ? wj * term : (real)0;  /* +inf: a used mean not positive */",
+                  "            const real wu = used ? wj : (real)0, fisher = wu / v_0, w = ok ? fisher : (real)0;",
+                  f"            const real c_{p} = used ? r : (real)0, wc_{p} = w * c_{p};"]
+    else:
+        lines += ["            const real w = used ? wj : (real)0;",
+                  f"            const real c_{p} = used ? v_0 - yl[j * L + l] : (real)0, wc_{p} = w * c_{p};"]
     lines += [f"            const real c_{i} = used ? v_{i + 1} : (real)0, wc_{i} = w * c_{i};" for i in range(p)]
-    lines += [f"            const real c_{p} = used ? v_0 - yl[j * L + l] : (real)0, wc_{p} = w * c_{p};"]
     lines += [f"            acc[{q}][l] += wc_{i} * c_{k};" for q, (i, k) in enumerate(pairs)]
     unused = [f"p_{k}" for k in range(p)] + [f"h_{k}" for k in range(n_h)] + [f"in_{q}" for q in range(n_inputs)]
     lines += [f"            (void){v};" for v in unused]
     lines += ["        }", "    }",
-              "    for (int q = 0; q < NSUMS; q++) for (int l = 0; l < L; l++) S->sums[q][l] = acc[q][l];", "}"]
+              "    for (int q = 0; q < NSUMS; q++) for (int l = 0; l < L; l++) S->sums[q][l] = acc[q][l];",
+              "    for (int l = 0; l < L; l++) S->dev[l] = dev[l];", "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -156,7 +170,9 @@ def _step(p: int) -> str:
     def emit(text: str) -> None:
         out.append("    " + text)
 
-    emit(f"const V c2 = VLOAD(S->sums[{pairs[(p, p)]}]);")
+    # Poisson: twice the deviance's sum (+inf where a used mean is not positive, and where NaN)
+    emit("const V dev2 = (real)2 * VLOAD(S->dev);")
+    emit(f"const V c2 = poisson ? vsel(dev2 != dev2, BV(INFINITY), dev2) : VLOAD(S->sums[{pairs[(p, p)]}]);")
     for i in range(p):
         emit(f"const V gt_{i} = VLOAD(S->sums[{pairs[(p, i)]}]);")
         for k in range(i + 1):
@@ -200,7 +216,7 @@ def _step(p: int) -> str:
         for k in range(i + 1):
             emit(f"VSTORE(S->A[{_tri(i, k)}], A_{i}_{k});")
     emit("VSTORE(S->chi2, chi2); VSTORE(S->lam, lam); ISTORE(S->st, st); ISTORE(S->it, ILOAD(S->it) + 1);")
-    head = ["static void lanes_step(lanes_t *S, const real *fr, real tol) {"]
+    head = ["static void lanes_step(lanes_t *S, const real *fr, real tol, int poisson) {"]
     head += [f"    const int fr_{i} = fr[{i}] != 0;" for i in range(p)]
     return "\n".join(head + out + ["}"]) + "\n"
 
@@ -232,8 +248,9 @@ def _finish(p: int) -> str:
         emit(f"finite_inv = {' & '.join(f'vfinite(ec{j}_{i})' for i in range(p))} & finite_inv;")
     emit("const VI ok_inv = ok & finite_inv;")
     emit("const V dof = VLOAD(R->used) - n_free;")
-    emit("const V scale = chi2 / dof;")
-    emit("const VI ok_se = ok_inv & (dof >= (real)1) & vfinite(scale);")
+    # a likelihood's errors are the Cramer-Rao bound, unscaled (batch_lm.standard_errors)
+    emit("const V scale = poisson ? BV(1) : chi2 / dof;")
+    emit("const VI ok_se = poisson ? ok_inv & vfinite(chi2) : ok_inv & (dof >= (real)1) & vfinite(scale);")
     emit("const VI ok_cov = ok_se & vfinite(chi2);")
     emit("V trace = BV(0);")
     for j in range(p):
@@ -253,8 +270,8 @@ def _finish(p: int) -> str:
     emit("const V c = vsqrt(vsel(q > (real)0, q, BV(0)) / chi2);")
     emit("ISTORE(good, ok_d & vfinite(c) & (c < half_threshold));")
     head = ["#define LANES_FINISH 1",
-            "static void lanes_finish(const lanes_t *R, const real *fr, real n_free, real floor_,",
-            "                         real half_threshold, real (*se)[L], real (*cov)[L], mint *full_rank, mint *good) {"]
+            "static void lanes_finish(const lanes_t *R, const real *fr, real n_free, real floor_, real half_threshold,",
+            "                         int poisson, real (*se)[L], real (*cov)[L], mint *full_rank, mint *good) {"]
     head += [f"    const int fr_{i} = fr[{i}] != 0;" for i in range(p)]
     return "\n".join(head + out + ["}"]) + "\n"
 
@@ -264,7 +281,8 @@ def lanes_source(program, p: int, n_inputs: int, double: bool) -> str:
     :class:`~gradfit.formula.c_code.PointProgram` of ``p`` parameters and ``n_inputs`` inputs, in
     double or float."""
     finish = _finish(p) if p <= FINISH_MAX_PARAMS else "#define LANES_FINISH 0\n"
-    return _header(p, double) + _invariants(program, p) + _sums(program, p, n_inputs) + _step(p) + finish
+    return (_header(p, double) + _invariants(program, p) + _sums(program, p, n_inputs)
+            + _sums(program, p, n_inputs, poisson=True) + _step(p) + finish)
 
 
 def lanes_sums_source(program, p: int, n_inputs: int, double: bool) -> str:

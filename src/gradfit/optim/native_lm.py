@@ -105,7 +105,7 @@ static int damped_solve(const real *a, const real *g, real lam, const real *free
    F trace(M^-1) < 1/floor of the scaled matrix M, and `good`: the range cosine
    sqrt(g^T A^-1 g / chi2) finite and below half the stationarity threshold. */
 static void finish_one(const real *a, const real *g, real chi2, real n_used, const real *free_, real n_free,
-                       real floor_, real half_threshold, real *se, real *cov, unsigned char *full_rank,
+                       real floor_, real half_threshold, int poisson, real *se, real *cov, unsigned char *full_rank,
                        unsigned char *good) {{
     real low[P * P], inv[P * P], col[P], unit[P], d[P], rhs[P];
     int ok = factor(a, (real)0, free_, low);
@@ -117,8 +117,8 @@ static void finish_one(const real *a, const real *g, real chi2, real n_used, con
     }}
     int ok_inv = ok && finite_inv;
     real dof = n_used - n_free;
-    real scale = chi2 / dof;
-    int ok_se = ok_inv && dof >= 1 && isfinite(scale);
+    real scale = poisson ? (real)1 : chi2 / dof;  /* a likelihood's errors: the Cramer-Rao bound, unscaled */
+    int ok_se = poisson ? ok_inv && isfinite(chi2) : ok_inv && dof >= 1 && isfinite(scale);
     int ok_cov = ok_se && isfinite(chi2);
     real trace_inv = 0;
     for (int j = 0; j < P; j++) {{
@@ -146,7 +146,7 @@ void gf_finish(long n, const real *a_in, const real *g_in, const real *chi2_in, 
     real n_free = 0;
     for (int i = 0; i < P; i++) n_free += free_[i];
     for (long b = 0; b < n; b++)
-        finish_one(a_in + b * P * P, g_in + b * P, chi2_in[b], n_used[b], free_, n_free, floor_, half_threshold,
+        finish_one(a_in + b * P * P, g_in + b * P, chi2_in[b], n_used[b], free_, n_free, floor_, half_threshold, 0,
                    se + b * P, cov + b * P * P, full_rank + b, good + b);
 }}
 
@@ -323,6 +323,7 @@ def kernel_source(expression, names: tuple[str, ...], inputs: tuple[str, ...], d
     """The C source of the kernel for this formula (``expression``, a tree), its parameter
     ``names`` and ``inputs`` in this order, in double or float."""
     from ..formula.c_code import PRELUDE, model_source, point_program
+    from .native_batch import poisson_statistics_source
     from .native_lanes import lanes_source
 
     real = "double" if double else "float"
@@ -335,7 +336,8 @@ def kernel_source(expression, names: tuple[str, ...], inputs: tuple[str, ...], d
         lambda0=repr(float(LAMBDA0)), step_back=repr(float(STEP_BACK)),
         near=repr(float(NEAR)), max_snaps=MAX_SNAPS,
         columns=COLUMNS + normal_sums_source(len(names))) + lanes_source(
-            program, len(names), len(inputs), double) + MANY_SOURCE
+            program, len(names), len(inputs), double) + MANY_SOURCE + poisson_statistics_source(
+            program, len(names), len(inputs))
 
 
 class NativeLM:
