@@ -437,7 +437,8 @@ def poisson_statistics(lib, inputs: dict, input_names: tuple[str, ...], y: np.nd
     integer counts below 2^24 and weights 0 or 1 are exact in float32), y finite everywhere
     (0 where a point is not used)."""
     import ctypes
-    import threading
+
+    from .native_common import in_blocks
 
     fn = lib.gf_poisson_statistics
     if fn.restype is not None:
@@ -455,12 +456,5 @@ def poisson_statistics(lib, inputs: dict, input_names: tuple[str, ...], y: np.nd
         fn(hi - lo, m, x_ptrs, x_stride, y[lo:].ctypes.data, w[lo:].ctypes.data, theta[lo:].ctypes.data,
            *(out[k][lo:].ctypes.data for k in ("deviance", "pearson", "loglike")))
 
-    threads = max(1, min(int(threads), n // BLOCK or 1))
-    bounds = [round(i * n / threads) for i in range(threads + 1)]
-    others = [threading.Thread(target=rows, args=(lo, hi)) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    for t in others:
-        t.start()
-    rows(bounds[0], bounds[1])
-    for t in others:
-        t.join()
+    in_blocks(rows, n, threads, BLOCK)
     return out

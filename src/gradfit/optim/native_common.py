@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .._native import is_built, load
 
-__all__ = ["COLUMNS", "cached_kernel", "normal_sums_source"]
+__all__ = ["COLUMNS", "cached_kernel", "in_blocks", "normal_sums_source"]
 
 
 def normal_sums_source(p: int) -> str:
@@ -103,3 +103,19 @@ def cached_kernel(model, dtype, parts: tuple, build: bool, source, wrap, *, leve
 
 
 _KERNELS: dict = {}  # loaded kernels of this process
+
+
+def in_blocks(work, n: int, threads: int, minimum: int = 256) -> None:
+    """``work(lo, hi)`` over the rows [0, n) split into up to ``threads`` contiguous blocks of at
+    least ``minimum`` rows: the first block on this thread, the others each on its own (a
+    native kernel's ctypes call releases the GIL)."""
+    import threading
+
+    threads = max(1, min(int(threads), n // minimum or 1))
+    bounds = [round(i * n / threads) for i in range(threads + 1)]
+    others = [threading.Thread(target=work, args=(lo, hi)) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    for t in others:
+        t.start()
+    work(bounds[0], bounds[1])
+    for t in others:
+        t.join()

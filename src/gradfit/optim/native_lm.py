@@ -29,7 +29,7 @@ from functools import lru_cache
 from ..status import Status
 from .batch_lm import LAMBDA0, LAMBDA_MAX, MAX_SNAPS, NEAR, RUNNING, STEP_BACK, BatchState
 from .native_batch import MANY_SOURCE
-from .native_common import COLUMNS, cached_kernel, normal_sums_source
+from .native_common import COLUMNS, cached_kernel, in_blocks, normal_sums_source
 
 __all__ = ["NativeLM", "kernel", "kernel_source"]
 
@@ -388,7 +388,6 @@ class NativeLM:
         ``state`` is not changed). ``tensors`` as lsq/batched's chunk tensors: inputs (M,) or
         (B, M), y, w (B, M), floor2 (B,), free (P,), unit (every weight 1)."""
         import ctypes
-        import threading
 
         import torch
 
@@ -429,15 +428,7 @@ class NativeLM:
                     out.snaps.data_ptr() + lo * 4, out.probing.data_ptr() + lo)
 
         codes: dict = {}
-        threads = max(1, min(int(threads), n // 256 or 1))
-        bounds = [round(i * n / threads) for i in range(threads + 1)]
-        # the other blocks on their own threads, the first on this one (ctypes drops the GIL)
-        others = [threading.Thread(target=block, args=(lo, hi)) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-        for t in others:
-            t.start()
-        block(bounds[0], bounds[1])
-        for t in others:
-            t.join()
+        in_blocks(block, n, threads)
         if any(code != 0 for code in codes.values()):
             raise MemoryError("the native kernel could not allocate its work array")
         out.status = out.status.to(state.status.dtype)
