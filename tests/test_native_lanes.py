@@ -287,3 +287,13 @@ def test_poisson_fits_with_zero_counts_or_bounds_go_to_the_torch_kernel(monkeypa
     bounded = gf.fit_many(F, x[:], y[~zero][:20], init={k: v[~zero][:20] for k, v in init.items()},
                           bounds={"o": (0.0, None)}, loss="poisson", dtype="float64", progress=False)
     assert bounded.timings["deferred"] == 20
+    # compile=True builds the native kernel; the few deferred fits run eagerly ("auto"), never
+    # waiting for a torch.compile that only many such fits would pay for
+    import torch
+
+    compiles = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **k: compiles.append(fn) or fn)
+    r = gf.fit_many(F, x, y[:40], init={k: v[:40] for k, v in init.items()}, loss="poisson", compile=True,
+                    progress=False)
+    assert r.timings["native"] and r.timings["deferred"] == zero[:40].sum() and not compiles
+    assert not r.timings["compiled"]

@@ -156,12 +156,15 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
                                                             "iterations", "timings", "at_bound", "likelihood",
                                                             "covariance")))
             rows = done["deferred"]
-            if len(rows):  # Poisson fits with zero counts or bounds: the torch kernel
+            if len(rows):  # Poisson fits with zero counts or bounds: the torch kernel ("auto" for
+                # compile=True: torch.compile pays only for many such fits, and "auto" projects that)
                 sub = ({k: (v[rows] if v.ndim == 2 else v) for k, v in inputs.items()}, y[rows], w[rows])
-                rest = solve_batched(model, names, *sub, theta0[rows], lower[rows], upper[rows], free, **kw,
-                                     restart=False, whole=False)
+                rest = solve_batched(model, names, *sub, theta0[rows], lower[rows], upper[rows], free,
+                                     **{**kw, "compile": "auto" if use_compile is True else compile}, restart=False,
+                                     whole=False)
                 _merge(solution, rows, rest)
-                solution.timings["deferred"] = len(rows)
+                solution.timings.update(deferred=len(rows), compiled=rest.timings["compiled"],
+                                        **{k: rest.timings[k] for k in ("compile",) if k in rest.timings})
             return _restart_infeasible(solution, likelihood and restart, model, names, inputs, y, w, theta0, lower,
                                        upper, free, kw)
     extra = {k: np.full(n_fits, np.nan) for k in ("deviance", "pearson", "loglike")} if likelihood else None
