@@ -297,7 +297,7 @@ def _chunk_tensors(inputs, y, w, theta0, lower, upper, n_used, free, dtype, dev,
     import torch
 
     def t(a):
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=dev)
+        return torch.as_tensor(np.require(a, None, "CW"), dtype=dtype, device=dev)
 
     y_t = t(y)
     y_t = torch.where(torch.isfinite(y_t), y_t, torch.zeros_like(y_t))  # NaN points have weight 0

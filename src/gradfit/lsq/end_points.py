@@ -126,7 +126,7 @@ def _weighted_at(model, names, fused, inputs, y, w, rows, theta, free, device, l
     import torch
 
     def t(a):
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=device)
+        return torch.as_tensor(np.require(a, None, "CW"), dtype=torch.float64, device=device)
 
     sub_inputs = {k: t(v[rows] if v.ndim == 2 else v) for k, v in inputs.items()}
     used = w[rows] > 0
@@ -160,7 +160,7 @@ def likelihood_statistics(model, names, fused, inputs, y, w, sl, params, device)
     ok = np.isfinite(theta).all(axis=1)
 
     def t(a):
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=device)
+        return torch.as_tensor(np.require(a, None, "CW"), dtype=torch.float64, device=device)
 
     sub_inputs = {k: t(v[rows] if v.ndim == 2 else v) for k, v in inputs.items()}
     w_t = t(w[rows])

@@ -140,7 +140,7 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
                          restarted=0, ls_iterations=0, native_note=None, native_key=None, t_torch=None)
 
     def t(a, dt=dtype):
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=device)
+        return torch.as_tensor(np.require(a, None, "CW"), dtype=dt, device=device)
 
     y_t = t(y)
     y_t = torch.nan_to_num(y_t, nan=0.0, posinf=0.0, neginf=0.0)  # NaN points have weight 0
@@ -267,7 +267,7 @@ def _solution(model, names, shared, inputs, y, w, fused, dtype, device, state, e
     n_fits = y.shape[0]
 
     def t(a, dt=dtype):
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=dt, device=device)
+        return torch.as_tensor(np.require(a, None, "CW"), dtype=dt, device=device)
 
     if t_torch is not None:
         add_eager_seconds(native_key, time.perf_counter() - t_torch)

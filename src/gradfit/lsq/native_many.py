@@ -66,7 +66,9 @@ def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.n
                             device) if bounded else theta0
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
     work = {k: np.ascontiguousarray(v, dtype=np_dtype) for k, v in inputs.items()}
-    yw, ww = (np.ascontiguousarray(a, dtype=np_dtype) for a in (y, w))
+    yw = np.ascontiguousarray(y, dtype=np_dtype)
+    # every fit's weights one row (data/arrays.batch_weights' broadcast: nothing masked): that row
+    ww = np.ascontiguousarray(w[0] if w.ndim == 2 and w.strides[0] == 0 else w, dtype=np_dtype)
     if likelihood and not within_float32_range(yw) and not np.isfinite(yw).all():  # (unused points: weight 0)
         yw = np.where(np.isfinite(yw), yw, np.zeros((), np_dtype))
     theta0, start = (np.ascontiguousarray(a, dtype=np.float64) for a in (theta0, start))
@@ -83,8 +85,8 @@ def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.n
     for lo in range(0, n_fits, slab):
         sl = slice(lo, min(lo + slab, n_fits))
         rows = {k: (v[sl] if v.ndim == 2 else v) for k, v in work.items()}
-        run_many(native.lib, native.real, input_names, rows, yw[sl], ww[sl], theta0[sl], start[sl],
-                 None if low is None else low[sl], None if high is None else high[sl], free,
+        run_many(native.lib, native.real, input_names, rows, yw[sl], ww if ww.ndim == 1 else ww[sl], theta0[sl],
+                 start[sl], None if low is None else low[sl], None if high is None else high[sl], free,
                  {k: v[sl] for k, v in out.items()}, **constants, poisson=poisson, deferred_code=DEFERRED)
         if bar is not None:
             bar.advance(sl.stop - sl.start)

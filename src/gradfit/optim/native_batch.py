@@ -36,7 +36,7 @@ typedef struct {
 } fit_info;
 
 typedef struct {
-    long n, m;
+    long n, m, w_stride;
     const real *const *xs;
     const long *x_stride;
     const real *y, *w, *free_;
@@ -57,7 +57,7 @@ typedef struct {
    has fewer points than free parameters); Poisson: the Pearson scale sum(w max(y, 1)) for the
    floor and the screens, and whether a used count is zero (returned) */
 static int prepare(const many_ctx *c, long b, fit_state *s, fit_info *f) {
-    const real *yb = c->y + b * c->m, *wb = c->w + b * c->m;
+    const real *yb = c->y + b * c->m, *wb = c->w + b * c->w_stride;
     long used = 0;
     int zero = 0;
     real sum_wyy = 0;
@@ -171,7 +171,7 @@ static long claim(many_ctx *c) {
 
 /* fit b start to end in the per-fit loop (bounded fits, fits that cannot start, long data) */
 static void run_scalar(const many_ctx *c, long b, fit_state *s, const fit_info *f, real *cols) {
-    iterate(s, c->m, c->xs, c->x_stride, b, c->y + b * c->m, c->w + b * c->m, f->floor2, c->free_, c->tol, c->steps,
+    iterate(s, c->m, c->xs, c->x_stride, b, c->y + b * c->m, c->w + b * c->w_stride, f->floor2, c->free_, c->tol, c->steps,
             f->bounded ? f->lo : 0, f->bounded ? f->hi : 0, cols);
     retire(c, b, s, f);
 }
@@ -189,7 +189,7 @@ static int fill(many_ctx *c, lanes_t *S, int l, long *fit_of, fit_info *info, re
         if (c->poisson && (info[l].bounded || zero) && s.st == RUNNING) { c->status[b] = (signed char)c->deferred_code; continue; }
         if (info[l].bounded || s.st != RUNNING || c->steps < 1) { run_scalar(c, b, &s, &info[l], cols); continue; }
         const long m = c->m;
-        const real *yb = c->y + b * m, *wb = c->w + b * m;
+        const real *yb = c->y + b * m, *wb = c->w + b * c->w_stride;
         for (long j = 0; j < m; j++) { yl[j * L + l] = yb[j]; wl[j * L + l] = wb[j]; }
         for (int q = 0; q < NIN; q++) if (c->x_stride[q])
             for (long j = 0; j < m; j++) xl[q][j * L + l] = c->xs[q][b * c->x_stride[q] + j];
@@ -226,14 +226,14 @@ static void retire_lane(const many_ctx *c, const lanes_t *S, int l, long b, cons
    module docstring of optim/native_batch.py). theta0, start, lower, upper (n, P) are the user's
    float64 values (lower/upper NULL when no bound is finite); returns -2 when a work array
    cannot be allocated. */
-long gf_many(long n, long m, const real *const *xs, const long *x_stride, const real *y, const real *w,
+long gf_many(long n, long m, const real *const *xs, const long *x_stride, const real *y, const real *w, long w_stride,
              const double *theta0, const double *start, const double *lower, const double *upper,
              const real *free_, real tol, long steps, real floor_factor, real floor_, real half_threshold,
              double strong_scale, real bound_ulps, long max_iter_code, long too_few_code, long poisson,
              long deferred_code, long *next, long block,
              double *params, double *stderr_, real *cov, double *chisqr, signed char *status, int *iterations,
              unsigned char *clear, long *n_used) {
-    many_ctx c = {.n = n, .m = m, .xs = xs, .x_stride = x_stride, .y = y, .w = w, .free_ = free_, .theta0 = theta0,
+    many_ctx c = {.n = n, .m = m, .w_stride = w_stride, .xs = xs, .x_stride = x_stride, .y = y, .w = w, .free_ = free_, .theta0 = theta0,
                   .start = start, .lower = lower, .upper = upper, .n_free = 0, .tol = tol, .floor_factor = floor_factor,
                   .floor_ = floor_, .half_threshold = half_threshold, .bound_ulps = bound_ulps, .steps = steps,
                   .max_iter_code = max_iter_code, .too_few_code = too_few_code, .poisson = poisson,
@@ -319,8 +319,8 @@ def run_many(lib, real, input_names: tuple[str, ...], inputs: dict, y: np.ndarra
              too_few_code: int, threads: int, poisson: bool = False, deferred_code: int = 127) -> None:
     """Every fit of the batch through ``gf_many`` of ``lib`` (a native_lm kernel library whose
     ``real`` is the ctypes float type), into ``out`` (:func:`allocate`'s arrays, or row slices
-    of them). Arrays as lsq/batched.solve_batched's, C-contiguous: y, w (B, M) and the inputs
-    ((M,) or (B, M)) in the working dtype; theta0, start, lower, upper (B, P) float64, lower and
+    of them). Arrays as lsq/batched.solve_batched's, C-contiguous: y (B, M), w (B, M) or (M,) (one
+    row for every fit) and the inputs ((M,) or (B, M)) in the working dtype; theta0, start, lower, upper (B, P) float64, lower and
     upper None without a finite bound.
 
     Raises MemoryError where the kernel cannot allocate its work array."""
@@ -330,7 +330,8 @@ def run_many(lib, real, input_names: tuple[str, ...], inputs: dict, y: np.ndarra
     fn = lib.gf_many
     if fn.restype is not ctypes.c_long:
         ptr = ctypes.c_void_p
-        fn.argtypes = [ctypes.c_long, ctypes.c_long, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, real, ctypes.c_long,
+        fn.argtypes = [ctypes.c_long, ctypes.c_long, ptr, ptr, ptr, ptr, ctypes.c_long, ptr, ptr, ptr, ptr, ptr, real,
+                       ctypes.c_long,
                        real, real, real, ctypes.c_double, real, ctypes.c_long, ctypes.c_long, ctypes.c_long,
                        ctypes.c_long, ptr, ctypes.c_long,
                        *[ptr] * len(OUTPUTS)]
@@ -346,7 +347,8 @@ def run_many(lib, real, input_names: tuple[str, ...], inputs: dict, y: np.ndarra
     codes: list = []
 
     def work() -> None:
-        codes.append(fn(n, m, x_ptrs, x_stride, y.ctypes.data, w.ctypes.data, theta0.ctypes.data, start.ctypes.data,
+        codes.append(fn(n, m, x_ptrs, x_stride, y.ctypes.data, w.ctypes.data, 0 if w.ndim == 1 else m,
+                        theta0.ctypes.data, start.ctypes.data,
                         *bounds, free_r.ctypes.data, tol, max_iter, floor_factor, floor, half_threshold, strong_scale,
                         bound_ulps, max_iter_code, too_few_code, int(poisson), deferred_code, counter.ctypes.data,
                         BLOCK, *outputs))
@@ -382,12 +384,12 @@ def poisson_statistics_source(program, p: int, n_inputs: int) -> str:
     lines = helpers + [
         "#define LGAMMA_TABLE 1024",
         "void gf_poisson_statistics(long n, long m, const double *const *xs, const long *x_stride, const real *y,",
-        "                           const real *w, const double *params, double *deviance, double *pearson,",
+        "                           const real *w, long w_stride, const double *params, double *deviance, double *pearson,",
         "                           double *loglike) {",
         "    double table[LGAMMA_TABLE];  /* a count k's saturated term k log k - k - lgamma(k + 1) */",
         "    for (int k = 0; k < LGAMMA_TABLE; k++) table[k] = (k > 0 ? k * log((double)k) : 0.0) - k - lgamma(k + 1.0);",
         "    for (long b = 0; b < n; b++) {",
-        "        const real *yb = y + b * m, *wb = w + b * m;",
+        "        const real *yb = y + b * m, *wb = w + b * w_stride;",
         "        int finite = 1;",
         "        for (int k = 0; k < P; k++) finite = finite && isfinite(params[b * P + k]);",
         "        if (!finite) { deviance[b] = pearson[b] = loglike[b] = NAN; continue; }"]
@@ -442,7 +444,7 @@ def poisson_statistics(lib, inputs: dict, input_names: tuple[str, ...], y: np.nd
 
     fn = lib.gf_poisson_statistics
     if fn.restype is not None:
-        fn.argtypes = [ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 8
+        fn.argtypes = [ctypes.c_long, ctypes.c_long] + [ctypes.c_void_p] * 4 + [ctypes.c_long] + [ctypes.c_void_p] * 4
         fn.restype = None
     n, m = y.shape
     xs = [np.ascontiguousarray(inputs[k], dtype=np.float64) for k in input_names]
@@ -453,7 +455,8 @@ def poisson_statistics(lib, inputs: dict, input_names: tuple[str, ...], y: np.nd
     def rows(lo: int, hi: int) -> None:
         x_ptrs = (ctypes.c_void_p * max(len(xs), 1))(*[x[lo:].ctypes.data if x.ndim == 2 else x.ctypes.data
                                                         for x in xs])
-        fn(hi - lo, m, x_ptrs, x_stride, y[lo:].ctypes.data, w[lo:].ctypes.data, theta[lo:].ctypes.data,
+        fn(hi - lo, m, x_ptrs, x_stride, y[lo:].ctypes.data, (w if w.ndim == 1 else w[lo:]).ctypes.data,
+           0 if w.ndim == 1 else m, theta[lo:].ctypes.data,
            *(out[k][lo:].ctypes.data for k in ("deviance", "pearson", "loglike")))
 
     in_blocks(rows, n, threads, BLOCK)
