@@ -45,9 +45,9 @@ def check_float32_range(arrays: Mapping[str, np.ndarray], *, batch: bool = False
     for name, v in arrays.items():
         if v.dtype == np.float32 or v.size == 0:
             continue  # a float32 array holds nothing beyond the range but inf
-        if v.dtype.kind == "f" and within_float32_range(v):
-            continue
         with np.errstate(over="ignore", invalid="ignore"):
+            if v.dtype.kind == "f" and within_float32_range(v):
+                continue
             big = np.abs(v) > FLOAT32_MAX
         if not big.any():
             continue
