@@ -4,6 +4,7 @@ columns whose values it cannot tell apart (timestamps, offsets far from zero). R
 
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
 import numpy as np
@@ -109,7 +110,9 @@ def float32_lossy_rows(v: np.ndarray, rows: np.ndarray) -> bool:
     if v.dtype != np.float64 or v.size < 2:
         return False
     part = v[None, :] if v.ndim == 1 else v[rows]
-    with np.errstate(invalid="ignore", over="ignore"):
-        span = np.nanmax(part, axis=1) - np.nanmin(part, axis=1) if np.isfinite(part).any() else np.zeros(1)
-        err = np.nanmax(np.abs(part - part.astype(np.float32)), axis=1) if np.isfinite(part).any() else np.zeros(1)
-        return bool(np.any((span > 0) & (err > FLOAT32_RESOLUTION * span)))
+    part = np.where(np.isfinite(part), part, np.nan)  # (missing points and inf count for nothing)
+    with np.errstate(invalid="ignore", over="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a fit of NaN only: nanmax's all-NaN slice
+        span = np.nanmax(part, axis=1) - np.nanmin(part, axis=1)
+        err = np.nanmax(np.abs(part - part.astype(np.float32)), axis=1)
+    return bool(np.any((span > 0) & (err > FLOAT32_RESOLUTION * span)))

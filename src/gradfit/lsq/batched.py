@@ -36,6 +36,7 @@ import numpy as np
 from .._memory import available_bytes
 from ..errors import ConfigError
 from ..models.jacobian import batch_residual_and_jacobian
+from ..models.parameters import any_finite_bound
 from ..optim.batch_lm import residual_floor2
 from ..options import compile_choice
 from ..stats import RANK_TOL, stationary_threshold
@@ -148,7 +149,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         done = solve_native(model, names, fused, inputs, y, w, theta0, lower, upper, free, tol=tol, max_iter=max_iter,
                             dtype=dtype, device=device, use_compile=use_compile, floor=floor,
                             bound_ulps=BOUND_ULPS * float(torch.finfo(dtype).eps), threads=torch.get_num_threads(),
-                            bar=bar, likelihood=likelihood)
+                            bar=bar, likelihood=likelihood, chunk_size=chunk_size)
         if done is not None:
             if bar is not None:
                 bar.close()
@@ -302,9 +303,7 @@ def _chunk_tensors(inputs, y, w, theta0, lower, upper, n_used, free, dtype, dev,
     y_t = t(y)
     y_t = torch.where(torch.isfinite(y_t), y_t, torch.zeros_like(y_t))  # NaN points have weight 0
     status0 = np.where(n_used < sum(free), Status.TOO_FEW_POINTS.code, -1).astype(np.int64)
-    # any finite bound on a free parameter: the kernel's box rules (a constant per chunk)
-    cols = np.asarray(free, dtype=bool)
-    bounded = bool(np.isfinite(lower[:, cols]).any() or np.isfinite(upper[:, cols]).any())
+    bounded = any_finite_bound(lower, upper, free)  # the kernel's box rules (a constant per chunk)
     w_t = t(w)
     # every weight 1 (nothing masked, nothing weighted): the kernel skips the weights (a
     # constant per chunk, like bounded)

@@ -76,10 +76,11 @@ def add_eager_seconds(key, seconds: float) -> None:
     EAGER_SECONDS[key] = EAGER_SECONDS.get(key, 0.0) + seconds
 
 
-def native_eligible(fused: bool, tensors: dict, device, likelihood) -> bool:
-    """True when the native kernel covers this chunk: a formula (or built-in) model, least
-    squares, on the CPU (optim/native_lm.py; bounds included)."""
-    return fused and likelihood is None and getattr(device, "type", str(device)) == "cpu"
+def native_eligible(fused: bool, device, likelihood, *, whole: bool = False) -> bool:
+    """True when the native kernel covers the batch: a formula (or built-in) model on the CPU
+    (optim/native_lm.py; bounds included), least squares, or with ``whole`` (the whole batch in C,
+    lsq/native_many.py) Poisson too (its fits with a zero count or a bound go back to torch)."""
+    return fused and getattr(device, "type", str(device)) == "cpu" and (likelihood is None or whole)
 
 
 def worth_building(first_iter_s: float, max_iter: int, n_params: int, later_chunks: float = 0.0) -> bool:
@@ -225,7 +226,7 @@ def native_kernel(use_compile, model, names, fused, tensors, dtype, device, like
     (compile="auto" with the library not built yet: _iterate decides after one eager
     iteration) or None (compile=False, a model or batch it does not cover, no compiler).
     A failed build is noted in ``notes["native_kernel"]``."""
-    if use_compile is False or not native_eligible(fused, tensors, device, likelihood):
+    if use_compile is False or not native_eligible(fused, device, likelihood):
         return None, None
     from ..optim.native_lm import kernel
 

@@ -45,6 +45,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..models.jacobian import batch_residual_and_jacobian
+from ..models.parameters import any_finite_bound
 from ..optim.batch_lm import residual_floor2
 from ..stats import RANK_TOL, batch_statistics
 from ..status import Status
@@ -114,8 +115,7 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     n_free_l = int(sum(free_l))
     status0 = np.where(n_used < max(n_free_l, 1), Status.TOO_FEW_POINTS.code, RUNNING)
     fused = getattr(model, "expression", None) is not None
-    cols = np.asarray(free, dtype=bool)
-    bounded = bool(np.isfinite(lower[:, cols]).any() or np.isfinite(upper[:, cols]).any())
+    bounded = any_finite_bound(lower, upper, free)
 
     native = None  # the whole loop in C (optim/native_global.py) where it applies
     native_key = t_torch = native_note = None

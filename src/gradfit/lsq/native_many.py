@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from ..data.float32 import within_float32_range
+from ..models.parameters import any_finite_bound
 from ..optim.batch_lm import EPS64, RESIDUAL_FLOOR
 from ..stats import VANISH_FACTOR, stationary_threshold
 from ..status import Status
@@ -36,17 +37,19 @@ SLAB = 1 << 18
 
 def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray,
                  lower: np.ndarray, upper: np.ndarray, free, *, tol: float, max_iter: int, dtype, device, use_compile,
-                 floor: float, bound_ulps: float, threads: int, bar=None, likelihood=None) -> dict | None:
+                 floor: float, bound_ulps: float, threads: int, bar=None, likelihood=None,
+                 chunk_size: int | None = None) -> dict | None:
     """Every fit in C (see the module docstring), or None where the native kernel does not
     cover the batch or is not ready (compile=False; "auto" before the tiering has paid for a
     build: the chunked path then decides). Starts on a bound where the model is flat move inside
     (lsq/batch_starts.py). ``likelihood="poisson"``: Fisher scoring of the deviance in the lanes;
     fits with a zero count or a finite bound are left to the caller (``deferred``). Returns the
     arrays of a BatchedSolution (params, stderr, chisqr, n_used, status, iterations, at_bound,
-    covariance, likelihood), ``deferred`` (indices) and ``timings``."""
+    covariance, likelihood), ``deferred`` (indices) and ``timings``. ``chunk_size``: fits per C call
+    (the user's, else all of them, or :data:`SLAB` between progress updates)."""
     import torch
 
-    if use_compile is False or not fused or getattr(device, "type", str(device)) != "cpu":
+    if use_compile is False or not compiled.native_eligible(fused, device, likelihood, whole=True):
         return None
     from ..optim.native_batch import allocate, poisson_statistics, run_many
     from ..optim.native_lm import kernel
@@ -59,9 +62,7 @@ def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.n
     t0 = time.perf_counter()
     n_fits, p = len(y), len(names)
     cols = np.asarray(free, dtype=bool)
-    # any finite bound on a free parameter (two reductions: no (B, P) temporaries)
-    bounded = bool(n_fits) and bool(np.isfinite(lower.max(axis=0)[cols]).any() or
-                                     np.isfinite(upper.min(axis=0)[cols]).any())
+    bounded = any_finite_bound(lower, upper, free)
     start = off_flat_starts(model, names, fused, inputs, y, w, slice(0, n_fits), theta0, lower, upper, free,
                             device) if bounded else theta0
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
@@ -81,7 +82,7 @@ def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.n
                      threads=threads)
     out = allocate(n_fits, p, np_dtype)
     poisson = likelihood == "poisson"
-    slab = SLAB if bar is not None else max(n_fits, 1)
+    slab = chunk_size or (SLAB if bar is not None else max(n_fits, 1))
     for lo in range(0, n_fits, slab):
         sl = slice(lo, min(lo + slab, n_fits))
         rows = {k: (v[sl] if v.ndim == 2 else v) for k, v in work.items()}
@@ -104,5 +105,5 @@ def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.n
     elapsed = time.perf_counter() - t0
     out["timings"] = {"warmup_s": 0.0, "fit_s": elapsed, "fits": n_fits, "fits_per_s": n_fits / max(elapsed, 1e-12),
                       "path": "fused", "compiled": False, "native": True, "device": str(device),
-                      "chunk_size": n_fits}
+                      "chunk_size": min(slab, n_fits)}
     return out

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, FormulaError
 
-__all__ = ["ParameterSpace", "ParameterSpec", "columns", "feasible_start"]
+__all__ = ["ParameterSpace", "ParameterSpec", "any_finite_bound", "columns", "feasible_start"]
 
 
 def feasible_start(values: Mapping, bounds: Mapping | None) -> dict:
@@ -194,6 +194,16 @@ def columns(values: Mapping, names: Sequence[str], n_fits: int | None, *, shared
     for j, name in enumerate(names):
         out[..., j] = values[name]
     return out
+
+
+def any_finite_bound(lower: np.ndarray, upper: np.ndarray, free) -> bool:
+    """Whether any fit of a batch has a finite bound on a free parameter: ``lower``/``upper`` (B, P)
+    (a broadcast row included), ``free`` (P,) 1/0 or bool. Two reductions over the fits: no (B, P)
+    temporaries (the bounds of a million fits are 64 MB)."""
+    cols = np.asarray(free, dtype=bool)
+    if not len(lower) or not cols.any():
+        return False
+    return bool(np.isfinite(lower.max(axis=0)[cols]).any() or np.isfinite(upper.min(axis=0)[cols]).any())
 
 
 def _any_finite(value) -> bool:
