@@ -101,7 +101,7 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
 
     from ..likelihood import batch_poisson_deviance
     from ..optim.global_lm import RUNNING, init, normal_blocks, step
-    from ..optim.positive_step import edge_points
+    from ..optim.positive_step import EdgePoints, edge_points
 
     reduce = reduce or _no_reduce
     names = tuple(names)
@@ -167,9 +167,16 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     back = None if order == sorted(order) else torch.as_tensor(np.argsort(order), device=device)
 
     def make_blocks(poisson: bool):
-        def blocks(local, shared_values):
-            theta = torch.cat([local, shared_values.expand(n_fits, len(i_s))], 1)
+        def blocks(local, shared_values, fits=None):
+            theta = torch.cat([local, shared_values.expand(local.shape[0], len(i_s))], 1)
             theta = (theta if back is None else theta.index_select(1, back)).to(dtype)
+            if fits is not None:  # these fits alone (global_lm's second-order correction; Poisson)
+                x_k = {k: (v[fits] if v.dim() == 2 else v) for k, v in inputs_t.items()}
+                r, jac = batch_residual_and_jacobian(model, names, x_k, y_t[fits], fused=fused)(theta)
+                cols = [jac[j] for j in order]
+                dev, fisher = batch_poisson_deviance(y_t[fits], r + y_t[fits], w_t[fits])
+                _, n, g = normal_blocks(r, cols, fisher)
+                return dev.double(), n, g, edge_points(r + y_t[fits], cols, zero_t[fits], fisher=fisher)
             parts = []
             for sl, rj in chunks:
                 r, jac = rj(theta[sl])
@@ -177,14 +184,14 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
                 if poisson:  # Fisher scoring: the weights w / mu, the deviance in chi-square's place
                     dev, fisher = batch_poisson_deviance(y_t[sl], r + y_t[sl], w_t[sl])
                     _, n, g = normal_blocks(r, cols, fisher)
-                    edge = edge_points(r + y_t[sl], cols, zero_t[sl], sl.start)  # the positivity edge
+                    edge = edge_points(r + y_t[sl], cols, zero_t[sl], sl.start, fisher)  # the positivity edge
                     parts.append((dev.double(), n, g, edge))
                 else:
                     parts.append(normal_blocks(r, cols, w_t[sl], unit_weights=unit_weights))
             if len(parts) == 1:
                 return parts[0]
             out = [torch.cat(p) for p in list(zip(*parts))[:3]]
-            return (*out, tuple(torch.cat(p) for p in zip(*(q[3] for q in parts)))) if poisson else tuple(out)
+            return (*out, EdgePoints(*(torch.cat(p) for p in zip(*(q[3] for q in parts))))) if poisson else tuple(out)
 
         return blocks
 
@@ -205,7 +212,7 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
         floor2 = float(reduce(floor2.reshape(1))[0])
         # the rounding of the model values in the evaluation dtype (global_lm.step's rounding2)
         rounding2 = (4.0 * eps) ** 2 * (w_t * scale * scale).double().sum(-1) / n_used_t
-        state = init(local0, shared0, status0_t)
+        state = init(local0, shared0, status0_t, per_fit_damping=poisson)
         blocks = make_blocks(poisson)
         for _ in range(max_iter):
             state = step(blocks, state, box, free_l, free_s, tol, floor2=floor2, reduce=reduce, rounding2=rounding2)

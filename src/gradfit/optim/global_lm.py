@@ -39,14 +39,20 @@ One iteration (a single damping ``lam``, one accept/reject on the total chi-squa
    the box (a coordinate held on its bound whose gradient points inward has a full step that
    moves it inward, not across, so it is free again in the next step); in a Poisson
    fit, the first zero count's mean that a fit's joint step would take through 0 stops short of
-   the edge instead (:mod:`gradfit.optim.positive_step`, a rank-one correction of d_l), the
-   fit's own step stops short of any other, and the predicted reduction is that of the
-   corrected step before it stops short (a KKT test at the edge, which a step cut short by
-   another zero count would pass while the deviance can still drop);
+   the edge instead: a linear constraint in the fit's block, a rank-one term of the Schur
+   complement (:func:`gradfit.optim.global_poisson.on_edges`, :mod:`gradfit.optim.positive_step`); the fit's own step
+   stops short of any other, and the predicted reduction is that of the constrained step
+   before it stops short (a KKT test at the edge, which a step cut short by another zero
+   count would pass while the deviance can still drop);
 4. at convergence, a coordinate whose one-dimensional Gauss-Newton minimum lies on or beyond
    a bound is moved onto it (the move is the next trial; accepted, the fit runs on from
    there with that coordinate held; rejected, the convergence stands), at most
    ``MAX_SNAPS`` times, so an optimum on a bound is reached exactly.
+
+Poisson batches (``per_fit_damping``) add three things (:mod:`gradfit.optim.global_poisson`):
+each fit's own damping of its local block (``lam`` damps the shared block and decides
+acceptance), a second-order correction of a trial that took a zero count's mean through 0,
+and a damping that leaves out the Fisher weight of zero counts held at the edge.
 
 Sums over fits go through ``reduce`` (identity in one process; ``torch.distributed``
 all_reduce under torchrun), so every rank holding a block of fits takes the same shared
@@ -64,7 +70,8 @@ from dataclasses import dataclass
 from ..status import Status
 from .batch_lm import LAMBDA0, LAMBDA_MAX, MAX_SNAPS, NEAR, held_mask, stop_short
 from .batch_solve import damped_solve
-from .positive_step import global_positive_step
+from .global_poisson import CORRECTIONS, LAMBDA_MIN, corrected, damped, fit_reductions, local_damping, on_edges
+from .positive_step import stop_at_edges
 
 __all__ = ["RUNNING", "GlobalState", "init", "normal_blocks", "step"]
 
@@ -98,11 +105,16 @@ class GlobalState:
     #: Poisson: the fits with a zero count, their means, partials, zero counts and rounding levels
     #: at the accepted point (optim/positive_step.edge_points), or None
     edge: object = None
+    #: (B,) float64 each fit's own damping of its local block (None: ``lam`` for every fit), and
+    #: each fit's predicted reduction by the trial step (its part of the quadratic model)
+    lam_local: object = None
+    predicted_fit: object = None
 
 
-def init(local0, shared0, status0) -> GlobalState:
+def init(local0, shared0, status0, *, per_fit_damping: bool = False) -> GlobalState:
     """The state before the first step: local starts (B, P_l), shared starts (P_s,), per-fit
-    statuses (B,) (RUNNING, or a final code for fits that cannot take part)."""
+    statuses (B,) (RUNNING, or a final code for fits that cannot take part).
+    ``per_fit_damping``: each fit's local block has a damping of its own (:func:`step`)."""
     import torch
 
     b, pl = local0.shape
@@ -112,7 +124,8 @@ def init(local0, shared0, status0) -> GlobalState:
                        trial_shared=shared0.clone(), lam=LAMBDA0, chi2=torch.full((b,), float("inf"), **z),
                        a=torch.zeros(b, pl, pl, **z), c=torch.zeros(b, pl, ps, **z), d=torch.zeros(b, ps, ps, **z),
                        g_local=torch.zeros(b, pl, **z), g_shared=torch.zeros(b, ps, **z),
-                       included=status0 == RUNNING, fit_status=status0.clone())
+                       included=status0 == RUNNING, fit_status=status0.clone(),
+                       lam_local=torch.full((b,), LAMBDA0, **z) if per_fit_damping else None)
 
 
 def _identity(t):
@@ -148,22 +161,30 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
 
     reduce = reduce or _identity
     pl = state.local.shape[1]
-    chi2, full, gfull, *edge = blocks(state.trial_local, state.trial_shared)
-    # one pass: a NaN or inf anywhere in a fit's blocks makes this sum not finite
-    finite = torch.isfinite(chi2 + full.sum((1, 2)) + gfull.sum(-1))
+    trial_local = state.trial_local
+    chi2, full, gfull, *edge = blocks(trial_local, state.trial_shared)
     first = state.total == float("inf")
     included, fit_status = state.included, state.fit_status
-    if first:  # a fit whose start is not finite cannot take part
-        fit_status = torch.where(included & ~finite, NOT_FINITE, fit_status)
-        included = included & finite
-    # per fit: chi-square at the trial and at the accepted point, not finite, taking part, and
-    # the rounding level; summed over the fits taking part (in every process) with one sync
     old = torch.zeros_like(chi2) if first else state.chi2
-    per_fit = [chi2, old, (~finite).double(), torch.ones_like(chi2)]
-    if rounding2 is not None and not first:
-        per_fit.append(rounding2 * old)
-    totals = reduce(torch.where(included[:, None], torch.stack(per_fit, 1), 0.0).sum(0)).tolist()
-    trial_total, old_total, n_bad, n_fits = totals[:4]
+    finite = None
+    for attempt in range(1 + CORRECTIONS * bool(edge and not first)):
+        if attempt:  # Poisson: a trial that takes a zero count's mean through 0 in some fit
+            trial_local, chi2, full, gfull, edge[0] = corrected(blocks, state, trial_local, chi2, full, gfull,
+                                                                 edge[0], finite, free_local, box)
+        # one pass: a NaN or inf anywhere in a fit's blocks makes this sum not finite
+        finite = torch.isfinite(chi2 + full.sum((1, 2)) + gfull.sum(-1))
+        if first:  # a fit whose start is not finite cannot take part
+            fit_status = torch.where(included & ~finite, NOT_FINITE, fit_status)
+            included = included & finite
+        # per fit: chi-square at the trial and at the accepted point, not finite, taking part, and
+        # the rounding level; summed over the fits taking part (in every process) with one sync
+        per_fit = [chi2, old, (~finite).double(), torch.ones_like(chi2)]
+        if rounding2 is not None and not first:
+            per_fit.append(rounding2 * old)
+        totals = reduce(torch.where(included[:, None], torch.stack(per_fit, 1), 0.0).sum(0)).tolist()
+        trial_total, old_total, n_bad, n_fits = totals[:4]
+        if n_bad == 0:
+            break
     noise = totals[4] ** 0.5 if len(totals) > 4 else 0.0
     # tol is relative to one fit's chi-square (the total over the fits): the joint problem then
     # converges as close to its optimum, in standard errors, as one fit does with that tol
@@ -172,16 +193,22 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
     # (a trial chi-square that is NaN never passes "<=")
     accept = n_bad == 0 and trial_total <= old_total + noise
     lam = state.lam * 0.1 if accept else state.lam * 10.0
+    if state.lam_local is not None:  # (one damping for all: as the C kernel, no floor)
+        lam = max(lam, LAMBDA_MIN)
     s = state
+    lam_local = s.lam_local
+    if lam_local is not None and not first:
+        lam_local = local_damping(s, chi2, finite, accept, rounding2)
     if accept:
-        acc = dict(local=s.trial_local, shared=s.trial_shared, chi2=chi2, a=full[:, :pl, :pl], c=full[:, :pl, pl:],
+        acc = dict(local=trial_local, shared=s.trial_shared, chi2=chi2, a=full[:, :pl, :pl], c=full[:, :pl, pl:],
                    d=full[:, pl:, pl:], g_local=gfull[:, :pl], g_shared=gfull[:, pl:], total=trial_total,
                    edge=edge[0] if edge else None)
     else:
         acc = dict(local=s.local, shared=s.shared, chi2=s.chi2, a=s.a, c=s.c, d=s.d, g_local=s.g_local,
                    g_shared=s.g_shared, total=old_total, edge=s.edge)
     new = GlobalState(trial_local=acc["local"], trial_shared=acc["shared"], lam=lam, included=included,
-                      fit_status=fit_status, status=RUNNING, iterations=s.iterations + 1, snaps=s.snaps, **acc)
+                      fit_status=fit_status, status=RUNNING, iterations=s.iterations + 1, snaps=s.snaps,
+                      lam_local=lam_local, **acc)
     if s.probing and not accept:  # the move onto the bounds raised chi-square: the convergence stands
         new.status = CONVERGED
         return new
@@ -196,7 +223,9 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
     if not ok:
         new.status = SINGULAR
         return new
-    converged = at_floor or (small and predicted * (1.0 + lam) <= max(tol * new.total, noise))
+    # (with per-fit damping the predicted reduction is already scaled fit by fit: _reduction)
+    scale = 1.0 if new.lam_local is not None else 1.0 + lam
+    converged = at_floor or (small and predicted * scale <= max(tol * new.total, noise))
     if converged:
         snap = _snap(new, box, free_local, free_shared, reduce) if box is not None and not at_floor else None
         if snap is None or new.snaps >= MAX_SNAPS:
@@ -209,6 +238,8 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
         new.status = STALLED
         return new
     new.trial_local, new.trial_shared = _stopped(new, d_local, d_shared, box)
+    if new.lam_local is not None:
+        new.predicted_fit = fit_reductions(new, new.trial_local - new.local, new.trial_shared - new.shared)
     return new
 
 
@@ -264,7 +295,9 @@ def _joint_step(state: GlobalState, box, free_local, free_shared, reduce, moved=
     e = torch.cat([state.c, g_local.unsqueeze(-1)], dim=-1)
     sign = torch.ones(ps + 1, dtype=e.dtype, device=e.device)
     sign[:ps] = -1.0
-    xu, good = damped_solve(state.a, e * sign, lam_b, free_local, held_l)
+    a_damped = damped(state)
+    lam_b = torch.zeros_like(lam_b)  # the damping is in a_damped
+    xu, good = damped_solve(a_damped, e * sign, lam_b, free_local, held_l)
     ok = state.included & good
     newly = state.included & ~ok
     if bool(newly.any()):  # a local block that cannot be factored: the fit leaves the joint problem
@@ -278,13 +311,21 @@ def _joint_step(state: GlobalState, box, free_local, free_shared, reduce, moved=
         d = torch.where(inc[:, None, None], d, 0.0)
         g_s = torch.where(inc[:, None], g_s, 0.0)
     # every sum over fits in one reduction: D, g_s and e^T [X, u] = [[C^T X, C^T u], [g_l^T X, g_l.u]]
-    sums = reduce(torch.cat([d.sum(0).flatten(), g_s.sum(0), (e.transpose(1, 2) @ xu).sum(0).flatten()]))
+    # (and, Poisson, the zero counts' Fisher weight above the cap in diag D, left out of its damping)
+    parts = [d.sum(0).flatten(), g_s.sum(0), (e.transpose(1, 2) @ xu).sum(0).flatten()]
+    edge = state.edge
+    if edge is not None:
+        parts.append(torch.where(inc[edge.fits, None], edge.excess[:, state.local.shape[1]:], 0.0).sum(0))
+    sums = reduce(torch.cat(parts))
     d_tot = sums[:ps * ps].reshape(ps, ps)
     g_s = sums[ps * ps:ps * ps + ps]
-    m = sums[ps * ps + ps:].reshape(ps + 1, ps + 1)
+    m = sums[ps * ps + ps:ps * ps + ps + (ps + 1) ** 2].reshape(ps + 1, ps + 1)
     ctx, ctu, xtg, gu = m[:ps, :ps], m[:ps, ps], m[ps, :ps], m[ps, ps]
+    damping = torch.diagonal(d_tot)
+    if edge is not None:
+        damping = (damping - sums[ps * ps + ps + (ps + 1) ** 2:]).clamp(min=0.0)
     # S d_s = rhs, with S = D~ - sum C^T A~^-1 C and rhs = -g_s + sum C^T A~^-1 g_l = -g_s - sum C^T u
-    schur = d_tot - ctx + torch.diag(torch.diagonal(d_tot) * state.lam)
+    schur = d_tot - ctx + torch.diag(damping * state.lam)
     rhs = -g_s - ctu
     active = None
     if held_s is not None or not all(free_shared):
@@ -308,9 +349,11 @@ def _joint_step(state: GlobalState, box, free_local, free_shared, reduce, moved=
     if moved is not None:
         d_l, d_s = d_l + m_l, d_s + m_s
     predicted, unstopped = verdict[2], d_l
-    if state.edge is not None:  # Poisson: a zero count's mean driven through 0 stops short of it, by d_l
-        d_l, unstopped = global_positive_step(d_l, d_s, state.edge, state.a, lam_b, free_local, held_l,
-                                              state.included)
+    if state.edge is not None:  # Poisson: a zero count's mean driven through 0 lands short of it
+        d_l, d_s = on_edges(state, xu, schur, rhs, active, d_l, d_s, moved, a_damped, lam_b, free_local, held_l,
+                             reduce)
+        unstopped = d_l
+        d_l = stop_at_edges(d_l, d_s, state.edge, state.included)
     # a step on a bound's face or the positivity edge: -g.d of that step (before it stops short
     # of another zero count's edge, which would predict little where the deviance still drops);
     # in every Poisson step, whether or not this process corrected one: reduce is collective
@@ -323,7 +366,10 @@ def _reduction(state: GlobalState, d_local, d_shared, reduce):
     """-g.d of a joint step over the fits taking part: the convergence test's predicted reduction."""
     import torch
 
-    gd = torch.where(state.included, (state.g_local * d_local).sum(-1) + state.g_shared @ d_shared, 0.0).sum()
+    gd = (state.g_local * d_local).sum(-1) + state.g_shared @ d_shared
+    if state.lam_local is not None:  # a damped step predicts little where the undamped one would not
+        gd = (state.g_local * d_local).sum(-1) * (1.0 + state.lam_local) + (state.g_shared @ d_shared) * (1.0 + state.lam)
+    gd = torch.where(state.included, gd, 0.0).sum()
     return -float(reduce(gd.reshape(1))[0])
 
 
