@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["FLOAT32_TOL", "warn_float32_limits", "warn_infeasible_starts", "warn_no_dof"]
+__all__ = ["FLOAT32_TOL", "warn_float32_limits", "warn_float32_shared_tol", "warn_infeasible_starts", "warn_no_dof"]
 
 
 def warn_infeasible_starts(solution, offset: int) -> None:
@@ -50,6 +50,18 @@ def warn_float32_limits(solution, arrays: dict, tol: float, offset: int) -> None
 
 #: below this relative change of chi-square, float32 sums over a fit's points are rounding
 FLOAT32_TOL = 1e-6
+
+
+def warn_float32_shared_tol(tol: float) -> None:
+    """A float32 global fit (``shared=``) with ``tol`` below what float32 sums resolve: the joint
+    test then stops at the rounding level of the total chi-square, not at ``tol`` (a warning
+    naming the remedy; the independent fits warn when they run to max_iter instead)."""
+    from ..errors import warn_user
+
+    if tol < FLOAT32_TOL:
+        warn_user(f"fit_many: tol={tol:g} asks for chi-square changes below what float32 sums resolve (~{FLOAT32_TOL:g} "
+                  "of chi-square); the shared fit stops at float32's rounding level instead. Use dtype='float64' "
+                  "(--dtype float64) for a tighter tol")
 
 
 def warn_no_dof(solution, n_free: int, offset: int) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from ..data.xarray_input import is_dataarray  # by type name: xarray is imported only for a DataArray
 from ..errors import ConfigError, DataError, ModelError
 from ..options import LeastSquaresOptions
-from .batch_warnings import warn_float32_limits, warn_infeasible_starts, warn_no_dof
+from .batch_warnings import warn_float32_limits, warn_float32_shared_tol, warn_infeasible_starts, warn_no_dof
 
 __all__ = ["fit_many"]
 
@@ -195,6 +195,8 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
         from .global_many import fit_shared, shared_guess
 
         theta0 = shared_guess(theta0, names, shared, init, fixed)
+        if str(torch_dtype) == "torch.float32":
+            warn_float32_shared_tol(tol)
         result = fit_shared(bound, names, shared, inputs, y_arr, w_arr, theta0, lower, upper, free, tol=tol,
                             max_iter=max_iter, dtype=torch_dtype, device=dev, threads=threads, chunk_size=chunk_size,
                             likelihood=likelihood, compile=compile)
