@@ -1,7 +1,7 @@
 """Run under torchrun by tests/test_parallel.py (independent fits) and tests/test_global_fit.py
 (a global fit: one rate shared by every fit): fit a fixed batch and save it (rank 0).
 
-    python _torchrun_fit_many.py OUT [independent|global]
+    python _torchrun_fit_many.py OUT [independent|global|global_poisson]
 """
 
 import sys
@@ -30,8 +30,19 @@ def shared_rate() -> gf.BatchResult:
                        bounds={"a": (0, None)}, tol=1e-10)
 
 
+def shared_rate_counts() -> gf.BatchResult:
+    """Low counts: a quarter of them zero, many fits' optima on the positivity edge (the edge
+    constraint, the second-order correction and the per-fit damping all reduce across ranks)."""
+    rng = np.random.default_rng(1)
+    x = np.linspace(0, 5, 32)
+    a, o = rng.uniform(5, 20, (41, 1)), rng.uniform(0, 0.3, (41, 1))
+    y = rng.poisson(a * np.exp(-0.8 * x) + o).astype(float)
+    return gf.fit_many("a*exp(-k*x) + o", x, y, init={"a": 10.0, "k": 1.0, "o": 0.5}, shared=["k"], dtype="float64",
+                       loss="poisson", tol=1e-10)
+
+
 def main(out: str, mode: str = "independent") -> None:
-    r = {"independent": independent, "global": shared_rate}[mode]()
+    r = {"independent": independent, "global": shared_rate, "global_poisson": shared_rate_counts}[mode]()
     from gradfit.fitting.parallel import world
 
     rank, size = world()

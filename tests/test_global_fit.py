@@ -331,26 +331,30 @@ SCRIPT = Path(__file__).with_name("_torchrun_fit_many.py")
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("mode", ["global", "global_poisson"])
+def test_two_processes_match_one(tmp_path, mode):
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     one, two = tmp_path / "one.npz", tmp_path / "two.npz"
-    p1 = subprocess.run([sys.executable, str(SCRIPT), str(one), "global"], capture_output=True, text=True,
+    p1 = subprocess.run([sys.executable, str(SCRIPT), str(one), mode], capture_output=True, text=True,
                         timeout=300, env=env)
     assert p1.returncode == 0, p1.stderr[-2000:]
     p2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                         str(SCRIPT), str(two), "global"], capture_output=True, text=True, timeout=300, env=env)
+                         str(SCRIPT), str(two), mode], capture_output=True, text=True, timeout=300, env=env)
     assert p2.returncode == 0, p2.stderr[-2000:]
     assert "world=2 fits=41" in p2.stdout
     a, b = gf.BatchResult.load(one), gf.BatchResult.load(two)
+    # a Poisson fit on the edge holds a mean at its rounding level (~1e-13): its Fisher weight
+    # w / mu, and so its standard errors, carry the sums' order in their 7th digit
+    se_rtol, cov_rtol = (1e-9, 1e-8) if mode == "global" else (1e-6, 1e-5)
     assert b.shared["k"] == pytest.approx(a.shared["k"], rel=1e-12)
-    assert b.shared_stderr["k"] == pytest.approx(a.shared_stderr["k"], rel=1e-9)
+    assert b.shared_stderr["k"] == pytest.approx(a.shared_stderr["k"], rel=se_rtol)
     for n in ("a", "o"):
         np.testing.assert_allclose(b.params[n], a.params[n], rtol=1e-10)
-        np.testing.assert_allclose(b.stderr[n], a.stderr[n], rtol=1e-9)
+        np.testing.assert_allclose(b.stderr[n], a.stderr[n], rtol=se_rtol)
     np.testing.assert_array_equal(a.status, b.status)
     assert a.joint_stats["dof"] == b.joint_stats["dof"]
-    np.testing.assert_allclose(b.covariance, a.covariance, rtol=1e-8, atol=1e-15)  # each fit's band block
+    np.testing.assert_allclose(b.covariance, a.covariance, rtol=cov_rtol, atol=1e-15)  # each fit's band block
 
 
 @pytest.mark.slow

@@ -166,6 +166,12 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     # the parameters in the model's order from [local, shared] (None: that order already)
     back = None if order == sorted(order) else torch.as_tensor(np.argsort(order), device=device)
 
+    def poisson_blocks(r, cols, rows, offset=0):
+        # Fisher scoring: the weights w / mu, the deviance in chi-square's place, the positivity edge
+        dev, fisher = batch_poisson_deviance(y_t[rows], r + y_t[rows], w_t[rows])
+        _, n, g = normal_blocks(r, cols, fisher)
+        return dev.double(), n, g, edge_points(r + y_t[rows], cols, zero_t[rows], offset, fisher)
+
     def make_blocks(poisson: bool):
         def blocks(local, shared_values, fits=None):
             theta = torch.cat([local, shared_values.expand(local.shape[0], len(i_s))], 1)
@@ -173,19 +179,13 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
             if fits is not None:  # these fits alone (global_lm's second-order correction; Poisson)
                 x_k = {k: (v[fits] if v.dim() == 2 else v) for k, v in inputs_t.items()}
                 r, jac = batch_residual_and_jacobian(model, names, x_k, y_t[fits], fused=fused)(theta)
-                cols = [jac[j] for j in order]
-                dev, fisher = batch_poisson_deviance(y_t[fits], r + y_t[fits], w_t[fits])
-                _, n, g = normal_blocks(r, cols, fisher)
-                return dev.double(), n, g, edge_points(r + y_t[fits], cols, zero_t[fits], fisher=fisher)
+                return poisson_blocks(r, [jac[j] for j in order], fits)
             parts = []
             for sl, rj in chunks:
                 r, jac = rj(theta[sl])
                 cols = [jac[j] for j in order]
-                if poisson:  # Fisher scoring: the weights w / mu, the deviance in chi-square's place
-                    dev, fisher = batch_poisson_deviance(y_t[sl], r + y_t[sl], w_t[sl])
-                    _, n, g = normal_blocks(r, cols, fisher)
-                    edge = edge_points(r + y_t[sl], cols, zero_t[sl], sl.start, fisher)  # the positivity edge
-                    parts.append((dev.double(), n, g, edge))
+                if poisson:
+                    parts.append(poisson_blocks(r, cols, sl, sl.start))
                 else:
                     parts.append(normal_blocks(r, cols, w_t[sl], unit_weights=unit_weights))
             if len(parts) == 1:

@@ -193,7 +193,7 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
     # (a trial chi-square that is NaN never passes "<=")
     accept = n_bad == 0 and trial_total <= old_total + noise
     lam = state.lam * 0.1 if accept else state.lam * 10.0
-    if state.lam_local is not None:  # (one damping for all: as the C kernel, no floor)
+    if state.lam_local is not None:  # the shared block's damping, floored as each fit's
         lam = max(lam, LAMBDA_MIN)
     s = state
     lam_local = s.lam_local
@@ -295,8 +295,9 @@ def _joint_step(state: GlobalState, box, free_local, free_shared, reduce, moved=
     e = torch.cat([state.c, g_local.unsqueeze(-1)], dim=-1)
     sign = torch.ones(ps + 1, dtype=e.dtype, device=e.device)
     sign[:ps] = -1.0
-    a_damped = damped(state)
-    lam_b = torch.zeros_like(lam_b)  # the damping is in a_damped
+    a_damped = state.a
+    if state.lam_local is not None:  # Poisson: each fit's own damping, without the edge's spring
+        a_damped, lam_b = damped(state), torch.zeros_like(lam_b)
     xu, good = damped_solve(a_damped, e * sign, lam_b, free_local, held_l)
     ok = state.included & good
     newly = state.included & ~ok
@@ -366,10 +367,10 @@ def _reduction(state: GlobalState, d_local, d_shared, reduce):
     """-g.d of a joint step over the fits taking part: the convergence test's predicted reduction."""
     import torch
 
-    gd = (state.g_local * d_local).sum(-1) + state.g_shared @ d_shared
+    local, shared = (state.g_local * d_local).sum(-1), state.g_shared @ d_shared
     if state.lam_local is not None:  # a damped step predicts little where the undamped one would not
-        gd = (state.g_local * d_local).sum(-1) * (1.0 + state.lam_local) + (state.g_shared @ d_shared) * (1.0 + state.lam)
-    gd = torch.where(state.included, gd, 0.0).sum()
+        local, shared = local * (1.0 + state.lam_local), shared * (1.0 + state.lam)
+    gd = torch.where(state.included, local + shared, 0.0).sum()
     return -float(reduce(gd.reshape(1))[0])
 
 

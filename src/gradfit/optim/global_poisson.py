@@ -132,14 +132,12 @@ def on_edges(state, xu, schur, rhs, active, d_local, d_shared, moved, a_damped, 
     from the fit's constrained local problem gives d_l = u' - X' d_s with
     u' = u + v tau / den, X' = X + v w^T / den (v = A~^-1 r, den = r . v, w = s - X^T r,
     tau = target - r . u): the fit's term of the Schur complement gains w w^T / den and the
-    right side w tau / den. Unchanged (one sync) when no process has such a fit."""
+    right side w tau / den. One reduction (and sync) for the count and both sums; unchanged
+    when no process has such a fit."""
     import torch
 
     ps = d_shared.shape[0]
     fits, r, s, target = edge_rows(d_local, d_shared, state.edge, state.included)
-    count = reduce(torch.tensor([float(fits.numel())], dtype=torch.float64, device=schur.device))
-    if float(count[0]) == 0:
-        return d_local, d_shared
     x, u = xu[fits, :, :ps], xu[fits, :, ps]
     if moved is not None:  # the constraint is on the whole step: the part solved for is the rest of it
         target = target - (r * moved[1][fits]).sum(-1) - s @ moved[3]
@@ -152,10 +150,13 @@ def on_edges(state, xu, schur, rhs, active, d_local, d_shared, moved, a_damped, 
         w = torch.where(active, w, 0.0)
     w = torch.where(use[:, None], w, 0.0)
     tau = torch.where(use, target - (r * u).sum(-1), 0.0)
-    sums = reduce(torch.cat([(w.unsqueeze(-1) * w.unsqueeze(-2) / den[:, None, None]).sum(0).flatten(),
+    count = torch.full((1,), float(fits.numel()), dtype=torch.float64, device=schur.device)
+    sums = reduce(torch.cat([count, (w.unsqueeze(-1) * w.unsqueeze(-2) / den[:, None, None]).sum(0).flatten(),
                              (w * (tau / den)[:, None]).sum(0)]))
-    factor, info = torch.linalg.cholesky_ex(schur + sums[:ps * ps].reshape(ps, ps))
-    d_s = torch.cholesky_solve((rhs + sums[ps * ps:]).unsqueeze(-1), factor).squeeze(-1)
+    if float(sums[0]) == 0:
+        return d_local, d_shared
+    factor, info = torch.linalg.cholesky_ex(schur + sums[1:1 + ps * ps].reshape(ps, ps))
+    d_s = torch.cholesky_solve((rhs + sums[1 + ps * ps:]).unsqueeze(-1), factor).squeeze(-1)
     if int(info) != 0 or not bool(torch.isfinite(d_s).all()):  # cannot happen for a positive rank-one term
         return d_local, d_shared
     if active is not None:

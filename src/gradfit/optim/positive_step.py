@@ -84,19 +84,15 @@ def positive_step(delta, mu, jac, zero, a, lam, free, hold=None):
     return out * torch.where(torch.isfinite(scale), scale, 1.0).unsqueeze(-1)
 
 
-def edge_correction(delta, jd, smallest, row, a, lam, free, hold=None, among=None, floor=None):
+def edge_correction(delta, jd, smallest, row, a, lam, free, hold=None):
     """``delta`` (B, P) with the rank-one correction of the module docstring where ``jd`` (B,),
     the step's change of the mean ``smallest`` (B,), takes it below ``1 - STEP_BACK`` of
     itself: J_i d = -STEP_BACK mu_i, with J_i = ``row`` (B, P) over the coordinates of
-    ``delta`` and A, lam, free, hold the damped system over them. ``among`` (B,) bool: the
-    fits that may be corrected (None: all). ``floor`` (B,): a mean the point is kept at or
-    above, where ``1 - STEP_BACK`` of it is below that (None: 0)."""
+    ``delta`` and A, lam, free, hold the damped system over them."""
     import torch
 
-    target = -STEP_BACK * smallest if floor is None else torch.maximum(-STEP_BACK * smallest, floor - smallest)
+    target = -STEP_BACK * smallest
     crossing = jd < target
-    if among is not None:
-        crossing = crossing & among
     if not bool(crossing.any()):  # one sync: most iterations of most batches stay clear of the edge
         return delta
     # only the crossing fits (few, in a few iterations) solve for v = A~^-1 J_i^T
