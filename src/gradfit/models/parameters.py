@@ -37,6 +37,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError, FormulaError
+from .internal import MIN_SLOPE, from_internal, from_internal_float, to_internal  # noqa: F401 (MIN_SLOPE: re-export)
 
 __all__ = ["ParameterSpace", "ParameterSpec", "any_finite_bound", "columns", "feasible_start"]
 
@@ -281,16 +282,16 @@ class ParameterSpace:
         mask = []
         for n, ui in zip(self.free, [float(v) for v in u]):
             lo, hi = self.lower[n], self.upper[n]
-            v = _from_internal_float(ui, lo, hi)
+            v = from_internal_float(ui, lo, hi)
             span = (hi - lo) if math.isfinite(lo) and math.isfinite(hi) else max(1.0, abs(v))
             mask.append(any(math.isfinite(b) and abs(v - b) <= rtol * span for b in (lo, hi)))
         return mask
 
     # -- float (numpy) coordinates, for the least-squares kernels -----------------------------
     def internal_start_values(self) -> list[float]:
-        return [_to_internal(self.values[n], self.lower[n], self.upper[n]) for n in self.free]
+        return [to_internal(self.values[n], self.lower[n], self.upper[n]) for n in self.free]
 
-    def values_from_internal(self, u) -> dict:
+    def valuesfrom_internal(self, u) -> dict:
         """Every parameter as a float from internal free coordinates (no ties: see
         :meth:`full` for those)."""
         out = dict(self.values)
@@ -299,7 +300,7 @@ class ParameterSpace:
             out.update(zip(self.free, values))
             return out
         for n, ui in zip(self.free, values):
-            out[n] = _from_internal_float(ui, self.lower[n], self.upper[n])
+            out[n] = from_internal_float(ui, self.lower[n], self.upper[n])
         return out
 
     def internal_derivative_values(self, u) -> list[float]:
@@ -332,7 +333,7 @@ class ParameterSpace:
         values: dict = {}
         parts = u.unbind(-1) if u.dim() else (u,)
         for name, ui in zip(self.free, parts):
-            values[name] = _from_internal(ui, self.lower[name], self.upper[name]) if internal else ui
+            values[name] = from_internal(ui, self.lower[name], self.upper[name]) if internal else ui
         ref = u
         for name in self.fixed:
             values[name] = torch.full(u.shape[:-1], self.values[name], dtype=ref.dtype, device=ref.device)
@@ -407,43 +408,6 @@ def _at(v, b: int | None) -> float:
 
 def _fit(b: int | None) -> str:
     return "" if b is None else f" (fit {b})"
-
-
-#: smallest slope dp/du (relative to the slope far from the bounds) a start keeps: the
-#: transforms are flat exactly on a bound, so a start there (or closer than ~1e-3 of the
-#: transform's scale) is moved just inside, where the gradient can move it (first-order
-#: training; least squares handles bounds as a box and needs no transform)
-MIN_SLOPE = 0.05
-_U_MIN = MIN_SLOPE / math.sqrt(1.0 - MIN_SLOPE**2)  # one-sided: u/sqrt(u^2+1) = MIN_SLOPE
-_U_MAX = math.acos(MIN_SLOPE)  # two-sided: cos(u) = MIN_SLOPE
-
-
-def _to_internal(v: float, lo: float, hi: float) -> float:
-    if math.isfinite(lo) and math.isfinite(hi):
-        u = math.asin(max(-1.0, min(1.0, 2.0 * (v - lo) / (hi - lo) - 1.0)))
-        return max(-_U_MAX, min(_U_MAX, u))
-    if math.isfinite(lo):
-        return max(_U_MIN, math.sqrt(max((v - lo + 1.0) ** 2 - 1.0, 0.0)))
-    if math.isfinite(hi):
-        return max(_U_MIN, math.sqrt(max((hi - v + 1.0) ** 2 - 1.0, 0.0)))
-    return v
-
-
-def _from_internal(u, lo: float, hi: float, lib=None):
-    """Internal coordinate -> parameter value; ``lib`` is math (floats) or torch (tensors)."""
-    if lib is None:
-        import torch as lib
-    if math.isfinite(lo) and math.isfinite(hi):
-        return lo + (hi - lo) * (lib.sin(u) + 1.0) / 2.0
-    if math.isfinite(lo):
-        return lo - 1.0 + lib.sqrt(u * u + 1.0)
-    if math.isfinite(hi):
-        return hi + 1.0 - lib.sqrt(u * u + 1.0)
-    return u
-
-
-def _from_internal_float(u: float, lo: float, hi: float) -> float:
-    return _from_internal(u, lo, hi, math)
 
 
 def _compile_ties(tie: Mapping[str, str], names: tuple[str, ...]) -> tuple[_Tie, ...]:

@@ -43,13 +43,12 @@ from __future__ import annotations
 
 import math
 
-from ..models.parameters import MIN_SLOPE
+from ..models.internal import MIN_SLOPE, U_MIN
 from .precondition import whiten
 
 __all__ = ["ScaledBounds", "bounded_whitening"]
 
 _FREE, _LOWER, _UPPER, _BOX = 0, 1, 2, 3
-_U_MIN = MIN_SLOPE / math.sqrt(1.0 - MIN_SLOPE**2)  # v/sqrt(v^2+s^2) = MIN_SLOPE at v = s*_U_MIN
 _EPS_MAX = 0.5
 _EPS_MIN = 1e-200
 #: a parameter's flat region, in units of its natural scale (the change that moves the
@@ -111,7 +110,7 @@ class ScaledBounds:
                 out.append(p)
             elif kind in (_LOWER, _UPPER):
                 d = max(p - lo if kind == _LOWER else hi - p, 0.0)
-                v = max(s * _U_MIN, math.sqrt(d * (d + 2.0 * s)))
+                v = max(s * U_MIN, math.sqrt(d * (d + 2.0 * s)))
                 out.append(v if kind == _LOWER else -v)
             else:
                 out.append(self._box_start(p, i))
