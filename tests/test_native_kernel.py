@@ -230,13 +230,13 @@ def test_auto_builds_only_when_the_eager_rest_pays_for_it(monkeypatch, tmp_path)
     small = gf.fit_many(GAUSS, x, y, init=init, dtype="float64")  # ~ms of eager work: no build
     assert not small.timings["native"]
     assert not (tmp_path / "native").exists() or not list((tmp_path / "native").glob("*.so"))
-    monkeypatch.setattr(compiled, "native_build_seconds", lambda p: 0.0)  # every run pays: built after one iteration
+    monkeypatch.setattr(compiled, "native_build_seconds", lambda p, kind="many": 0.0)  # every run pays: built after one iteration
     built = gf.fit_many(GAUSS, x, y, init=init, dtype="float64")
     assert built.timings["native"]
     assert len(list((tmp_path / "native").glob("*.so"))) == 1
     for k in "acwo":
         np.testing.assert_allclose(built.params[k], small.params[k], rtol=1e-8)
-    monkeypatch.setattr(compiled, "native_build_seconds", lambda p: 1e9)  # built already: used from the start
+    monkeypatch.setattr(compiled, "native_build_seconds", lambda p, kind="many": 1e9)  # built already: used from the start
     again = gf.fit_many(GAUSS, x, y, init=init, dtype="float64")
     assert again.timings["native"]
 
@@ -255,7 +255,7 @@ def test_no_compiler_runs_eagerly(monkeypatch):
 def test_a_broken_compiler_is_a_note_not_an_error(monkeypatch, tmp_path):
     from gradfit.lsq import compiled
 
-    monkeypatch.setattr(compiled, "native_build_seconds", lambda p: 0.0)  # "auto" tries to build (and fails)
+    monkeypatch.setattr(compiled, "native_build_seconds", lambda p, kind="many": 0.0)  # "auto" tries to build (and fails)
     fake = tmp_path / "cc"
     fake.write_text("#!/bin/sh\necho 'simulated compiler failure' >&2\nexit 1\n")
     fake.chmod(0o755)
@@ -272,7 +272,7 @@ def test_a_broken_compiler_is_a_note_not_an_error(monkeypatch, tmp_path):
 def test_bounds_and_poisson_run_native_as_the_torch_kernel(monkeypatch):
     from gradfit.lsq import compiled
 
-    monkeypatch.setattr(compiled, "native_build_seconds", lambda p: 0.0)  # would build for any eligible batch
+    monkeypatch.setattr(compiled, "native_build_seconds", lambda p, kind="many": 0.0)  # would build for any eligible batch
     x, y, init = _gauss(300, seed=8)
     init = {**init, "w": np.clip(init["w"], 2.6, 3.4), "c": np.clip(init["c"], 14.1, 16.9)}
     bounds = {"w": (2.5, 3.5), "c": (14.0, 17.0)}
@@ -373,7 +373,7 @@ def test_many_small_calls_build_the_kernel_once_their_torch_time_pays_for_it(mon
     monkeypatch.setattr(compiled, "EAGER_SECONDS", {})
     monkeypatch.setattr(batched, "worth_building", lambda *a: False)  # no single call pays
     monkeypatch.setattr(global_fit, "_worth_building", lambda *a: False)
-    monkeypatch.setattr(compiled, "native_build_seconds", lambda p: 1e-9)  # ... but any torch time adds up
+    monkeypatch.setattr(compiled, "native_build_seconds", lambda p, kind="many": 1e-9)  # ... but any torch time adds up
     x, y, init = _gauss(40, seed=9)
     first = gf.fit_many(GAUSS, x, y, init=init, dtype="float64")
     second = gf.fit_many(GAUSS, x, y, init=init, dtype="float64")
@@ -547,3 +547,18 @@ def test_auto_counts_the_later_chunks_of_the_call():
     assert not worth_building(per_iteration, 25, 4)
     assert worth_building(per_iteration, 25, 4, later_chunks=1.0)
     assert not worth_building(per_iteration, 2, 4, later_chunks=0.05)  # max_iter caps the projection
+
+
+def test_each_kernel_kind_has_its_own_build_cost():
+    # measured (lsq/compiled.py): one fit's kernel builds in ~0.4 s, fit_many's with its lanes in
+    # ~0.8 s at 4 parameters: 1 s of eager single fits pays for the first, not for the second
+    from gradfit.lsq import compiled
+
+    key = ("test-kind", "a*x", ("a",), "float64")
+    compiled.EAGER_SECONDS[key] = 1.0
+    try:
+        assert compiled.spent_enough(key, 4, "single") and not compiled.spent_enough(key, 4, "many")
+        assert compiled.native_build_seconds(4, "single") < compiled.native_build_seconds(4, "global") \
+            < compiled.native_build_seconds(4, "many")
+    finally:
+        del compiled.EAGER_SECONDS[key]

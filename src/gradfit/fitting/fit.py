@@ -159,7 +159,7 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         or ties as a native C kernel built by the system C compiler and cached on disk
         (:mod:`gradfit.optim.native_single`; the same algorithm and statuses as numpy's).
         "auto" uses a kernel already built and builds one once this formula's fits in the
-        process have spent two builds' time (~0.6 s); True builds it now (~0.5 s, once per
+        process have spent two builds' time (~0.7 s); True builds it now (~0.4 s, once per
         formula and machine: for a loop of many fits); False never. Without a C compiler the
         fit runs in numpy. ``result.settings["strategy"]`` ends in "; native kernel" when it ran.
     options : a :class:`gradfit.options.FitOptions` holding every option at once, for callers

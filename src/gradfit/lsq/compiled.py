@@ -42,22 +42,28 @@ COMPILE_MARGIN = 3.0
 EXPECTED_ITERATIONS = 8
 
 
-#: seconds the C compiler takes to build a new native kernel (optim/native_lm.py with its lanes,
-#: optim/native_lanes.py): about NATIVE_BUILD_S + NATIVE_BUILD_PER_PARAM2 * P^2 for P parameters
-#: (gcc 12 -O3, 2-core CPU: 0.55 s at 2, 0.7-0.9 s at 3-4, 1.0 s at 7, 1.8 s at 10, 2.7 s at 14,
-#: 4.0 s at 18: the unrolled normal sums and solves grow as P^2); compile="auto" builds one only
-#: when the projected eager time exceeds NATIVE_MARGIN times this (the kernel runs several times
-#: faster than eager, so a build plus the rest in C is no slower than eager once the eager time
-#: exceeds ~1.5 builds; 2 leaves room for the projection's error: 1.5 made a 100k-fit call ~10%
-#: slower than eager in one measurement)
-NATIVE_BUILD_S = 0.6
-NATIVE_BUILD_PER_PARAM2 = 0.012
+#: seconds the C compiler (gcc 12, 2-core CPU) takes to build a new native kernel, about
+#: BUILD_S[kind] + BUILD_PER_PARAM2[kind] * P^2 for P parameters (the unrolled normal sums and
+#: solves grow as P^2), by kind:
+#: - "many": fit_many's kernel with its lanes (optim/native_lm.py, optim/native_lanes.py; -O3):
+#:   0.55 s at 2, 0.7-0.9 s at 3-4, 1.0 s at 7, 1.8 s at 10, 2.7 s at 14, 4.0 s at 18;
+#: - "global": the joint loop with the lanes' sums (optim/native_global.py): 0.7-0.75 s at 4,
+#:   0.8-0.95 s at 7;
+#: - "single": one fit's trust-region loop (optim/native_single.py, -O2): 0.36-0.39 s at 4,
+#:   0.38-0.41 s at 7.
+#: compile="auto" builds one only when the projected eager time exceeds NATIVE_MARGIN times
+#: this (the kernel runs several times faster than eager, so a build plus the rest in C is no
+#: slower than eager once the eager time exceeds ~1.5 builds; 2 leaves room for the
+#: projection's error: 1.5 made a 100k-fit call ~10% slower than eager in one measurement)
+BUILD_S = {"many": 0.6, "global": 0.6, "single": 0.3}
+BUILD_PER_PARAM2 = {"many": 0.012, "global": 0.006, "single": 0.002}
 NATIVE_MARGIN = 2.0
 
 
-def native_build_seconds(n_params: int) -> float:
-    """The expected seconds of building a native kernel for ``n_params`` parameters."""
-    return NATIVE_BUILD_S + NATIVE_BUILD_PER_PARAM2 * n_params**2
+def native_build_seconds(n_params: int, kind: str = "many") -> float:
+    """The expected seconds of building a native kernel of ``kind`` ("many", "global" or
+    "single") for ``n_params`` parameters."""
+    return BUILD_S[kind] + BUILD_PER_PARAM2[kind] * n_params**2
 
 
 #: seconds the torch loops spent, in this process, on models a native kernel could run
@@ -67,9 +73,9 @@ def native_build_seconds(n_params: int) -> float:
 EAGER_SECONDS: dict = {}
 
 
-def spent_enough(key, n_params: int) -> bool:
-    """True once the torch loops of ``key`` have cost more than NATIVE_MARGIN builds."""
-    return EAGER_SECONDS.get(key, 0.0) > NATIVE_MARGIN * native_build_seconds(n_params)
+def spent_enough(key, n_params: int, kind: str = "many") -> bool:
+    """True once the torch loops of ``key`` have cost more than NATIVE_MARGIN builds of ``kind``."""
+    return EAGER_SECONDS.get(key, 0.0) > NATIVE_MARGIN * native_build_seconds(n_params, kind)
 
 
 def add_eager_seconds(key, seconds: float) -> None:

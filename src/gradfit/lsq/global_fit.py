@@ -49,7 +49,7 @@ from ..models.parameters import any_finite_bound
 from ..optim.batch_lm import residual_floor2
 from ..stats import RANK_TOL, batch_statistics
 from ..status import Status
-from .compiled import NATIVE_MARGIN, add_eager_seconds, spent_enough
+from .compiled import NATIVE_MARGIN, add_eager_seconds, native_build_seconds, spent_enough
 
 __all__ = ["DEFAULT_MAX_ITER", "GlobalSolution", "solve_global"]
 
@@ -124,8 +124,8 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
         from ..optim.native_global import global_kernel
 
         native_key = ("global", model.expression, names, tuple(shared), str(dtype))
-        build = compile is True or _worth_building(n_fits, y.shape[1], len(names)) or spent_enough(native_key,
-                                                                                                      len(names))
+        build = compile is True or _worth_building(n_fits, y.shape[1], len(names)) or spent_enough(
+            native_key, len(names), "global")
         native, why = global_kernel(model, tuple(names[j] for j in order), len(i_s), tuple(inputs), dtype,
                                     build=build)
         if native is None:  # the torch loop's time counts towards building the kernel (lsq/compiled.py)
@@ -330,13 +330,7 @@ def _worth_building(n_fits: int, n_points: int, n_params: int) -> bool:
     4 parameters and 32 points (the torch loop's measured cost at 1,000-100,000 fits: 1.3 ms
     per iteration of 1,000 fits, mostly fixed cost; ~3.7 us per fit at 100k), ~8 iterations."""
     projected = 8 * (1.3e-3 + 0.45e-6 * n_fits * n_points * n_params / 128)
-    return projected > NATIVE_MARGIN * (GLOBAL_BUILD_S + GLOBAL_BUILD_PER_PARAM2 * n_params**2)
-
-
-#: seconds gcc 12 -O3 takes to build the global kernel (optim/native_global.py, which has no
-#: lanes): 0.24 s at 2 parameters, 0.32 s at 4, 0.9 s at 10
-GLOBAL_BUILD_S = 0.2
-GLOBAL_BUILD_PER_PARAM2 = 0.01
+    return projected > NATIVE_MARGIN * native_build_seconds(n_params, "global")
 
 
 def _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s, likelihood=None, totals=()):

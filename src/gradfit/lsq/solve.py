@@ -186,7 +186,7 @@ def _native_run(problem: LeastSquaresProblem, *, build: bool = False):
 
 def build_single_now(key, n_params: int) -> bool:
     """Whether to build the single-fit kernel of ``key`` now (tests force it)."""
-    return spent_enough(key, n_params)
+    return spent_enough(key, n_params, "single")
 
 
 def _final_stationarity(out, bounds, options, threshold: float) -> tuple | None:
