@@ -52,6 +52,17 @@ def test_a_shared_fit_names_a_tolerance_below_float32_resolution(loss):
         assert gf.fit_many(F, X, y, init=init, shared=["w"], loss=loss).converged.all()
 
 
+def test_poisson_fits_without_degrees_of_freedom_keep_their_cramer_rao_errors():
+    # an exact fit of counts 4 and 9 at x = 0, 1: F = J^T diag(1/mu) J with J = [[1, 0], [1, 1]]
+    # gives F^-1 = [[4, -4], [-4, 13]]: errors 2 and sqrt(13), with no dof and no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = gf.fit_many("a + b*x", np.array([0.0, 1.0]), np.array([[4.0, 9.0]]), init={"a": 3.0, "b": 3.0},
+                        loss="poisson", dtype="float64")
+    np.testing.assert_allclose([r.params["a"][0], r.params["b"][0]], [4.0, 5.0], rtol=1e-6)
+    np.testing.assert_allclose([r.stderr["a"][0], r.stderr["b"][0]], [2.0, np.sqrt(13.0)], rtol=1e-5)
+
+
 def test_no_degrees_of_freedom_warns_and_gives_nan_errors():
     with pytest.warns(gf.GradfitWarning, match="no degrees of freedom"):
         r = gf.fit_many("a*x + b", np.arange(2.0), np.array([[1.0, 3.0], [2.0, 2.0]]), progress=False)

@@ -231,7 +231,8 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
         warn_infeasible_starts(solution, start)
     if str(torch_dtype) == "torch.float32":
         warn_float32_limits(solution, {**local, "y": y_arr[block]}, tol, start)
-    warn_no_dof(solution, int(free.sum()), start)
+    if not likelihood:  # Poisson errors (Cramer-Rao) need no degrees of freedom
+        warn_no_dof(solution, int(free.sum()), start)
     result = _batch_result(bound, names, solution, free)
     if multistart:
         import dataclasses

@@ -70,7 +70,7 @@ from dataclasses import dataclass
 from ..status import Status
 from .batch_lm import LAMBDA0, LAMBDA_MAX, MAX_SNAPS, NEAR, held_mask, stop_short
 from .batch_solve import damped_solve
-from .global_poisson import CORRECTIONS, LAMBDA_MIN, corrected, damped, fit_reductions, local_damping, on_edges
+from .global_poisson import CORRECTIONS, LAMBDA_MIN, corrected, damped, local_damping, on_edges
 from .positive_step import stop_at_edges
 
 __all__ = ["RUNNING", "GlobalState", "init", "normal_blocks", "step"]
@@ -105,10 +105,8 @@ class GlobalState:
     #: Poisson: the fits with a zero count, their means, partials, zero counts and rounding levels
     #: at the accepted point (optim/positive_step.edge_points), or None
     edge: object = None
-    #: (B,) float64 each fit's own damping of its local block (None: ``lam`` for every fit), and
-    #: each fit's predicted reduction by the trial step (its part of the quadratic model)
+    #: (B,) float64 each fit's own damping of its local block (None: ``lam`` for every fit)
     lam_local: object = None
-    predicted_fit: object = None
 
 
 def init(local0, shared0, status0, *, per_fit_damping: bool = False) -> GlobalState:
@@ -167,8 +165,11 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
     included, fit_status = state.included, state.fit_status
     old = torch.zeros_like(chi2) if first else state.chi2
     finite = None
-    for attempt in range(1 + CORRECTIONS * bool(edge and not first)):
-        if attempt:  # Poisson: a trial that takes a zero count's mean through 0 in some fit
+    correctable = bool(edge and not first)  # Poisson: a trial can take a zero count's mean through 0
+    if correctable:
+        with_zero = torch.zeros_like(included).index_fill(0, edge[0].fits, True)
+    for attempt in range(1 + CORRECTIONS * correctable):
+        if attempt:
             trial_local, chi2, full, gfull, edge[0] = corrected(blocks, state, trial_local, chi2, full, gfull,
                                                                  edge[0], finite, free_local, box)
         # one pass: a NaN or inf anywhere in a fit's blocks makes this sum not finite
@@ -176,16 +177,19 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
         if first:  # a fit whose start is not finite cannot take part
             fit_status = torch.where(included & ~finite, NOT_FINITE, fit_status)
             included = included & finite
-        # per fit: chi-square at the trial and at the accepted point, not finite, taking part, and
-        # the rounding level; summed over the fits taking part (in every process) with one sync
+        # per fit: chi-square at the trial and at the accepted point, not finite, taking part, the
+        # rounding level and (Poisson) not finite with a zero count: summed over the fits taking
+        # part (in every process) with one sync
         per_fit = [chi2, old, (~finite).double(), torch.ones_like(chi2)]
         if rounding2 is not None and not first:
             per_fit.append(rounding2 * old)
+        if correctable:
+            per_fit.append((~finite & with_zero).double())
         totals = reduce(torch.where(included[:, None], torch.stack(per_fit, 1), 0.0).sum(0)).tolist()
         trial_total, old_total, n_bad, n_fits = totals[:4]
-        if n_bad == 0:
+        if n_bad == 0 or (correctable and totals[-1] == 0):  # nothing a correction could mend
             break
-    noise = totals[4] ** 0.5 if len(totals) > 4 else 0.0
+    noise = totals[4] ** 0.5 if rounding2 is not None and not first else 0.0
     # tol is relative to one fit's chi-square (the total over the fits): the joint problem then
     # converges as close to its optimum, in standard errors, as one fit does with that tol
     tol = tol / max(n_fits, 1.0)
@@ -198,7 +202,7 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
     s = state
     lam_local = s.lam_local
     if lam_local is not None and not first:
-        lam_local = local_damping(s, chi2, finite, accept, rounding2)
+        lam_local = local_damping(s, trial_local, chi2, finite, accept, rounding2)
     if accept:
         acc = dict(local=trial_local, shared=s.trial_shared, chi2=chi2, a=full[:, :pl, :pl], c=full[:, :pl, pl:],
                    d=full[:, pl:, pl:], g_local=gfull[:, :pl], g_shared=gfull[:, pl:], total=trial_total,
@@ -238,8 +242,6 @@ def step(blocks, state: GlobalState, box, free_local, free_shared, tol: float, *
         new.status = STALLED
         return new
     new.trial_local, new.trial_shared = _stopped(new, d_local, d_shared, box)
-    if new.lam_local is not None:
-        new.predicted_fit = fit_reductions(new, new.trial_local - new.local, new.trial_shared - new.shared)
     return new
 
 

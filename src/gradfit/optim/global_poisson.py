@@ -29,7 +29,7 @@ LAMBDA_MIN = 1e-15
 CORRECTIONS = 2
 
 
-def local_damping(state, chi2, finite, accept: bool, rounding2):
+def local_damping(state, trial_local, chi2, finite, accept: bool, rounding2):
     """Each fit's damping after its trial (per-fit damping: a Poisson batch). A fit whose
     deviance fell by at least a quarter of its predicted reduction (rose by at most 1.75 times
     its predicted rise; within its rounding) has a good model: its damping falls tenfold if
@@ -39,7 +39,8 @@ def local_damping(state, chi2, finite, accept: bool, rounding2):
     import torch
 
     actual = state.chi2 - chi2
-    pred = torch.nan_to_num(state.predicted_fit, nan=0.0) if state.predicted_fit is not None else torch.zeros_like(chi2)
+    # the prediction for the trial as evaluated (a corrected fit's, a move onto the bounds)
+    pred = torch.nan_to_num(fit_reductions(state, trial_local - state.local, state.trial_shared - state.shared), nan=0.0)
     # a change within a few times the deviance's rounding cannot be judged (a fit held on the
     # edge predicts almost nothing): it is not a bad model
     slack = 1e-12 * state.chi2.abs()
@@ -95,9 +96,15 @@ def corrected(blocks, state, trial_local, chi2, full, gfull, edge, finite, free_
     v, ok = damped_solve(damped(state, idx), -r, torch.zeros(idx.numel(), dtype=r.dtype, device=r.device),
                          free_local)
     den = (r * v).sum(-1)
-    use = ok & (den > 0) & torch.isfinite(den)
-    move = torch.where(use, (level - mu_k.gather(-1, worst).squeeze(-1)) / torch.where(use, den, 1.0), 0.0)
-    local = trial_local[idx] + move.unsqueeze(-1) * v
+    short = level - mu_k.gather(-1, worst).squeeze(-1)
+    # only a mean below its level is moved up (a fit not finite for another reason, a positive
+    # count's mean <= 0, is left to the rejection; NaN fails the test)
+    use = ok & (den > 0) & torch.isfinite(den) & (short > 0)
+    keep = use.nonzero().squeeze(-1)
+    if keep.numel() == 0:
+        return trial_local, chi2, full, gfull, edge
+    rows, idx = rows[keep], idx[keep]
+    local = trial_local[idx] + (short[keep] / den[keep]).unsqueeze(-1) * v[keep]
     if box is not None:
         local = torch.minimum(torch.maximum(local, box[0][idx]), box[1][idx])
     c2, n, g, again = blocks(local, state.trial_shared, idx)
@@ -157,7 +164,7 @@ def on_edges(state, xu, schur, rhs, active, d_local, d_shared, moved, a_damped, 
         return d_local, d_shared
     factor, info = torch.linalg.cholesky_ex(schur + sums[1:1 + ps * ps].reshape(ps, ps))
     d_s = torch.cholesky_solve((rhs + sums[1 + ps * ps:]).unsqueeze(-1), factor).squeeze(-1)
-    if int(info) != 0 or not bool(torch.isfinite(d_s).all()):  # cannot happen for a positive rank-one term
+    if bool((info != 0) | ~torch.isfinite(d_s).all()):  # cannot happen for a positive rank-one term
         return d_local, d_shared
     if active is not None:
         d_s = torch.where(active, d_s, 0.0)

@@ -71,7 +71,8 @@ def positive_step(delta, mu, jac, zero, a, lam, free, hold=None):
     jd = sum(j * d.unsqueeze(-1) for j, d in zip(full, delta.unbind(-1)))
     ratio = torch.where(zero & (jd < 0), mu / -jd, float("inf"))
     first = ratio.argmin(-1, keepdim=True)
-    smallest = mu.gather(-1, first).squeeze(-1)
+    # (no zero count's mean falling: argmin names point 0, whatever it is; inf leaves it alone)
+    smallest = torch.where(torch.isfinite(ratio.gather(-1, first)), mu.gather(-1, first), float("inf")).squeeze(-1)
     row = torch.stack([j.gather(-1, first) for j in full], dim=-1).squeeze(1)
     out = edge_correction(delta, (row * delta).sum(-1), smallest, row, a, lam, free, hold)
     if out is delta:
@@ -175,7 +176,8 @@ def edge_rows(d_local, d_shared, edge, among=None):
     row = jac.gather(1, first.unsqueeze(-1).expand(-1, 1, jac.shape[-1])).squeeze(1)
     smallest = mu.gather(-1, first).squeeze(-1)
     target = torch.maximum(-STEP_BACK * smallest, floor - smallest)
-    crossing = jd.gather(-1, first).squeeze(-1) < target
+    # (no zero count's mean falling: argmin names point 0, whatever it is, which is no edge)
+    crossing = (jd.gather(-1, first).squeeze(-1) < target) & torch.isfinite(ratio.gather(-1, first)).squeeze(-1)
     if among is not None:
         crossing = crossing & among[fits]
     keep = crossing.nonzero().squeeze(-1)
