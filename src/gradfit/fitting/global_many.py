@@ -71,7 +71,8 @@ def shared_guess(theta0: np.ndarray, names, shared, init, fixed) -> np.ndarray:
 
 def fit_shared(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray,
                lower: np.ndarray, upper: np.ndarray, free: np.ndarray, *, tol: float, max_iter: int, dtype, device,
-               threads=None, chunk_size=None, likelihood: str | None = None, compile="auto"):
+               threads=None, chunk_size=None, likelihood: str | None = None, compile="auto",
+               absolute_sigma: bool = False):
     """The joint fit of fit_many(shared=...): a BatchResult (gathered on every rank).
 
     ``likelihood="poisson"``: joint Poisson maximum likelihood (lsq/global_fit.py). When the
@@ -101,7 +102,8 @@ def fit_shared(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarray,
             torch.inference_mode():
         sol = solve_global(model, names, shared, local, y[block], w[block], theta0[block], lower[block], upper[block],
                            free, tol=tol, max_iter=max_iter, dtype=dtype, device=device, reduce=reducer(),
-                           chunk_size=chunk_size, likelihood=likelihood, compile=compile)
+                           chunk_size=chunk_size, likelihood=likelihood, compile=compile,
+                           absolute_sigma=absolute_sigma)
     n_free_local = int(sum(free[j] for j, n in enumerate(names) if n not in shared))
     # per fit: its own chi-square and points, counting its own free (local) parameters; the
     # joint fit's statistics (the shared parameters counted once) are in joint_stats

@@ -30,7 +30,8 @@ GLOBAL_MAX_ITER = 200
 
 
 def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bounds: Mapping | None = None, fixed=None,
-             tie=None, weights=None, sigma=None, mask=None, loss: str = "mse", method: str = "lm",
+             tie=None, weights=None, sigma=None, absolute_sigma: bool = False, mask=None, loss: str = "mse",
+             method: str = "lm",
              tol: float | None = None, max_iter: int | None = None, dtype="float32", device="auto",
              chunk_size: int | None = None, compile="auto", progress=None, threads: int | None = None,
              shared=None, models=None, criterion: str | None = None, starts: int | None = None,
@@ -82,6 +83,12 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
         all K x B in one batch; each keeps its best converged start. ``r.multistart`` holds
         starts (K) and per-fit (B,) converged, reached_best, distinct_minima.
     weights, sigma : (M,) or (B, M); weights = 1/sigma^2 (sigma must be positive).
+    absolute_sigma : False (default): each fit's standard errors and covariance are scaled by its
+        reduced chi-square (only the weights' relative sizes matter, as scipy's curve_fit by
+        default); True: sigma is the data's true standard deviation and the errors are
+        sqrt(diag(A^-1)) unscaled, finite even for a fit without degrees of freedom (curve_fit's
+        absolute_sigma=True). With ``shared=`` it applies to the joint covariance. Poisson errors
+        are never scaled (the Cramer-Rao bound).
     loss : "mse" (least squares) or "poisson": maximum likelihood for counts ``y`` >= 0
         (the Poisson deviance, Gpufit's MLE estimator, by Fisher scoring). ``weights`` are
         then frequency weights (``sigma`` is refused); ``stderr`` is the Cramer-Rao bound
@@ -155,6 +162,8 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
     if loss not in ("mse", "poisson") or method != "lm":
         raise ConfigError(f"fit_many fits with Levenberg-Marquardt (method='lm') by least squares (loss='mse') or "
                           f"Poisson maximum likelihood (loss='poisson'), got loss={loss!r}, method={method!r}")
+    if not isinstance(absolute_sigma, (bool, np.bool_)):
+        raise ConfigError(f"absolute_sigma must be True or False, got {absolute_sigma!r}")
     if loss == "poisson" and sigma is not None:
         raise ConfigError("loss='poisson' takes no sigma: the counts' variance is their mean; pass weights= "
                           "(frequency weights) or mask= to weight or exclude points")
@@ -199,7 +208,7 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
             warn_float32_shared_tol(tol)
         result = fit_shared(bound, names, shared, inputs, y_arr, w_arr, theta0, lower, upper, free, tol=tol,
                             max_iter=max_iter, dtype=torch_dtype, device=dev, threads=threads, chunk_size=chunk_size,
-                            likelihood=likelihood, compile=compile)
+                            likelihood=likelihood, compile=compile, absolute_sigma=bool(absolute_sigma))
         if ids is not None:
             import dataclasses
 
@@ -223,7 +232,8 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
             solve = functools.partial(solve_multistart, starts=starts, seed=seed or 0, design=start_design)
         solution = solve(bound, names, local, y_arr[block], w_arr[block], theta0[block], lower[block],
                          upper[block], free, tol=tol, max_iter=max_iter, dtype=torch_dtype, device=dev,
-                         chunk_size=chunk_size, compile=compile, progress=progress, likelihood=likelihood)
+                         chunk_size=chunk_size, compile=compile, progress=progress, likelihood=likelihood,
+                         absolute_sigma=bool(absolute_sigma))
         if starts:
             solution, multistart = solution
             multistart.pop("best_start"), multistart.pop("best_index")
@@ -231,7 +241,7 @@ def fit_many(model=None, x=None, y=None, *, data=None, id=None, init=None, bound
         warn_infeasible_starts(solution, start)
     if str(torch_dtype) == "torch.float32":
         warn_float32_limits(solution, {**local, "y": y_arr[block]}, tol, start)
-    if not likelihood:  # Poisson errors (Cramer-Rao) need no degrees of freedom
+    if not likelihood and not absolute_sigma:  # unscaled errors need no degrees of freedom
         warn_no_dof(solution, int(free.sum()), start)
     result = _batch_result(bound, names, solution, free)
     if multistart:

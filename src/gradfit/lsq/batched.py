@@ -94,7 +94,8 @@ class BatchedSolution:
 def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray, lower: np.ndarray,
                   upper: np.ndarray, free: np.ndarray, *, tol: float, max_iter: int, dtype, device,
                   chunk_size: int | None = None, compile="auto", progress=None,
-                  likelihood: str | None = None, restart: bool = True, whole: bool = True) -> BatchedSolution:
+                  likelihood: str | None = None, restart: bool = True, whole: bool = True,
+                  absolute_sigma: bool = False) -> BatchedSolution:
     """Fit ``model`` to every row of ``y`` by batched Levenberg-Marquardt.
 
     Parameters
@@ -117,6 +118,8 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         least-squares fit (as gf.fit does); where that has none either, it ends not_finite.
     whole : False keeps the batch out of the whole-batch native path (lsq/native_many.py: its
         deferred Poisson fits come back here).
+    absolute_sigma : standard errors and covariance not scaled by chi2 / dof (the weights are
+        the data's true variances; scipy's curve_fit(absolute_sigma=True)).
 
     Raises
     ------
@@ -144,12 +147,12 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
     notes: dict = {}
     bar = _progress(progress, n_fits)
     kw = dict(tol=tol, max_iter=max_iter, dtype=dtype, device=device, chunk_size=chunk_size, compile=compile,
-              likelihood=likelihood, progress=False)
+              likelihood=likelihood, progress=False, absolute_sigma=absolute_sigma)
     if whole and fused and use_compile is not False:  # the kernel ready: the whole batch in C
         done = solve_native(model, names, fused, inputs, y, w, theta0, lower, upper, free, tol=tol, max_iter=max_iter,
                             dtype=dtype, device=device, use_compile=use_compile, floor=floor,
                             bound_ulps=BOUND_ULPS * float(torch.finfo(dtype).eps), threads=torch.get_num_threads(),
-                            bar=bar, likelihood=likelihood, chunk_size=chunk_size)
+                            bar=bar, likelihood=likelihood, chunk_size=chunk_size, absolute_sigma=absolute_sigma)
         if done is not None:
             if bar is not None:
                 bar.close()
@@ -204,9 +207,11 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         native_chunks += ran_native is not None
         good = None
         if ran_native is not None:  # the standard errors and the end-point screen in C too
-            se, full_rank, cov, good = ran_native.finish(state, tensors["n_used"], free_t, floor, stationary_threshold(tol))
+            se, full_rank, cov, good = ran_native.finish(state, tensors["n_used"], free_t, floor, stationary_threshold(tol),
+                                                         absolute_sigma)
         else:
-            se, full_rank, cov = finish_chunk(ran_compiled, state, tensors["n_used"], free_t, floor, likelihood)
+            se, full_rank, cov = finish_chunk(ran_compiled, state, tensors["n_used"], free_t, floor, likelihood,
+                                              absolute_sigma)
         if ran_compiled and key in COMPILE_FAILED:
             notes["compile"] = f"torch.compile failed for this model; ran eagerly ({COMPILE_FAILED[key]})"
         params[sl] = np.where(held, theta0[sl], _on_bounds(state.theta, tensors, lower[sl], upper[sl]))
@@ -223,7 +228,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
                                   free, eps=eps, threshold=stationary_threshold(tol), good=good)  # Poisson: Pearson scale
         check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, free, device,
                           start=theta0[sl], box=(lower[sl], upper[sl]), tol=tol, eps=eps, clear=clear,
-                          likelihood=likelihood)
+                          likelihood=likelihood, absolute_sigma=absolute_sigma)
         if likelihood:  # float64 statistics at the end points; chisqr is the deviance
             for k, v in likelihood_statistics(model, names, fused, inputs, y, w, sl, params, device).items():
                 extra[k][sl] = v

@@ -65,7 +65,7 @@ def clear_end_points(state, full_rank, values: np.ndarray, start: np.ndarray, lo
 
 def check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, free, device, *,
                       start, box, tol: float, eps: float, clear: np.ndarray | None = None,
-                      likelihood: str | None = None) -> None:
+                      likelihood: str | None = None, absolute_sigma: bool = False) -> None:
     """Finish this chunk's converged and max_iterations fits, in place, by the end-point tests
     :func:`gradfit.fit` uses (:func:`gradfit.stats.end_point_checks`, on the float64 Jacobian
     at the end point): not_finite where the parameters or chi-square are not finite;
@@ -74,7 +74,8 @@ def check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chis
     :func:`gradfit.stats.stationary_threshold` of ``tol`` becomes stalled; and a converged fit
     whose standard errors are not finite is singular. Standard errors come from the float64
     Jacobian (with a ``likelihood``: the Fisher-weighted ones, unscaled, see the module
-    docstring; ``chisqr`` then holds deviances and is not changed)."""
+    docstring; ``chisqr`` then holds deviances and is not changed; with ``absolute_sigma`` not
+    scaled by chi2 / dof either)."""
     st = status[sl]
     ended = (st == Status.CONVERGED.code) | (st == Status.MAX_ITERATIONS.code)
     finite = np.isfinite(params[sl]).all(axis=1) & np.isfinite(chisqr[sl])
@@ -103,11 +104,12 @@ def check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chis
         sub[moving] = Status.STALLED.code
         dof = (w[rows] > 0).sum(axis=1) - len(cols)
         with np.errstate(divide="ignore", invalid="ignore"):
-            scale = np.where(dof > 0, chisqr[rows] / dof, np.nan) if likelihood is None else np.ones(len(rows))
+            unscaled = likelihood is not None or absolute_sigma
+            scale = np.ones(len(rows)) if unscaled else np.where(dof > 0, chisqr[rows] / dof, np.nan)
             se = np.sqrt(check.var_unit * scale[:, None])
         stderr[rows[:, None], cols[None, :]] = se
         # undetermined standard errors are never "converged"
-        sub[(sub == Status.CONVERGED.code) & ((dof > 0) | (likelihood is not None))
+        sub[(sub == Status.CONVERGED.code) & ((dof > 0) | unscaled)
             & ~np.isfinite(se).all(axis=1)] = Status.SINGULAR.code
         st[todo] = sub
     status[sl] = st
@@ -176,7 +178,7 @@ def likelihood_statistics(model, names, fused, inputs, y, w, sl, params, device)
         return batch_poisson_statistics(y_t, mu, w_t)
 
 
-def finish(a, chi2, n_used, free, floor: float, likelihood=None):
+def finish(a, chi2, n_used, free, floor: float, likelihood=None, absolute_sigma: bool = False):
     """Standard errors (B, P), per fit whether the working-precision normal matrix proves
     the Jacobian full rank, and the covariance (B, P, P) (optim/batch_solve.covariance_matrices).
 
@@ -192,25 +194,26 @@ def finish(a, chi2, n_used, free, floor: float, likelihood=None):
     from ..optim.batch_solve import covariance_matrices, inverse_diagonal
 
     var_unit, ok = inverse_diagonal(a, free)
-    se = standard_errors(a, chi2, n_used, free, (var_unit, ok), likelihood=likelihood)
+    se = standard_errors(a, chi2, n_used, free, (var_unit, ok), likelihood=likelihood, absolute_sigma=absolute_sigma)
     n_free = float(sum(free))
     diag = torch.diagonal(a, dim1=-2, dim2=-1)
     trace_inv = (var_unit * diag).sum(-1)
     full_rank = ok & torch.isfinite(trace_inv) & (n_free * trace_inv < 1.0 / floor)
-    return se, full_rank, covariance_matrices(a, chi2, n_used, free, likelihood=likelihood)
+    return se, full_rank, covariance_matrices(a, chi2, n_used, free, likelihood=likelihood,
+                                              absolute_sigma=absolute_sigma)
 
 
-def finish_chunk(use_compile: bool, state, n_used, free, floor: float, likelihood=None):
+def finish_chunk(use_compile: bool, state, n_used, free, floor: float, likelihood=None, absolute_sigma: bool = False):
     """Standard errors and the full-rank screen of one chunk (compiled when the step is; eager
     when torch.compile fails on it)."""
     if use_compile and "finish" not in COMPILE_FAILED:
         try:
-            return _compiled_finish()(state.a, state.chi2, n_used, free, floor, likelihood)
+            return _compiled_finish()(state.a, state.chi2, n_used, free, floor, likelihood, absolute_sigma)
         except Exception as exc:
             if not is_compile_failure(exc):
                 raise
             COMPILE_FAILED["finish"] = type(exc).__name__
-    return finish(state.a, state.chi2, n_used, free, floor, likelihood)
+    return finish(state.a, state.chi2, n_used, free, floor, likelihood, absolute_sigma)
 
 
 def _compiled_finish():

@@ -83,7 +83,7 @@ class GlobalSolution:
 def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray,
                  lower: np.ndarray, upper: np.ndarray, free: np.ndarray, *, tol: float, max_iter: int, dtype, device,
                  reduce=None, chunk_size: int | None = None, likelihood: str | None = None,
-                 compile="auto") -> GlobalSolution:
+                 compile="auto", absolute_sigma: bool = False) -> GlobalSolution:
     """Fit ``model`` to every row of ``y`` jointly, the parameters named in ``shared`` taking one
     value for all fits (this process's fits; ``reduce`` sums float64 tensors over every
     process's fits under torchrun, None in one process).
@@ -137,7 +137,8 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
                             n_used, tol=tol, max_iter=max_iter)
         return _solution(model, names, shared, inputs, y, w, fused, dtype, device, state, time.perf_counter() - t0,
                          status0, n_used, free_l, free_s, i_l, i_s, order, reduce, likelihood=None, native=native,
-                         restarted=0, ls_iterations=0, native_note=None, native_key=None, t_torch=None)
+                         restarted=0, ls_iterations=0, native_note=None, native_key=None, t_torch=None,
+                         absolute_sigma=absolute_sigma)
 
     def t(a, dt=dtype):
         return torch.as_tensor(np.require(a, None, "CW"), dtype=dt, device=device)
@@ -233,7 +234,7 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     return _solution(model, names, shared, inputs, y, w, fused, dtype, device, state, time.perf_counter() - t0,
                      status0, n_used, free_l, free_s, i_l, i_s, order, reduce, likelihood=likelihood, native=None,
                      restarted=restarted, ls_iterations=ls_iterations, native_note=native_note, native_key=native_key,
-                     t_torch=t_torch)
+                     t_torch=t_torch, absolute_sigma=absolute_sigma)
 
 
 def _run_native(native, local0, shared0, status0, inputs: dict, y, w, free_l, free_s, dtype, n_used, *, tol: float,
@@ -263,7 +264,7 @@ def _run_native(native, local0, shared0, status0, inputs: dict, y, w, free_l, fr
 
 def _solution(model, names, shared, inputs, y, w, fused, dtype, device, state, elapsed: float, status0, n_used,
               free_l, free_s, i_l, i_s, order, reduce, *, likelihood, native, restarted: int, ls_iterations: int,
-              native_note, native_key, t_torch) -> GlobalSolution:
+              native_note, native_key, t_torch, absolute_sigma: bool = False) -> GlobalSolution:
     """The GlobalSolution of a finished joint loop (native or torch): the covariance and the
     results in the names' order."""
     import torch
@@ -289,9 +290,11 @@ def _solution(model, names, shared, inputs, y, w, fused, dtype, device, state, e
     if native is not None and not likelihood:
         se_l, se_s, singular, stats, cov_ls = native.covariance(
             state, free_l, free_s, n_used, RANK_TOL,
-            lambda d_tot, ctx, n_inc, n_pts, chi2: _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s))
+            lambda d_tot, ctx, n_inc, n_pts, chi2: _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s,
+                                                                absolute_sigma=absolute_sigma))
     else:
-        se_l, se_s, singular, stats, cov_ls = _covariance(state, free_l, free_s, n_used, reduce, extra)
+        se_l, se_s, singular, stats, cov_ls = _covariance(state, free_l, free_s, n_used, reduce, extra,
+                                                          absolute_sigma)
     included = state.included.cpu().numpy() & ~singular
     fit_status = state.fit_status.cpu().numpy()
     status = np.where(included, joint, np.where(singular, Status.SINGULAR.code, fit_status)).astype(np.int8)
@@ -333,7 +336,8 @@ def _worth_building(n_fits: int, n_points: int, n_params: int) -> bool:
     return projected > NATIVE_MARGIN * native_build_seconds(n_params, "global")
 
 
-def _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s, likelihood=None, totals=()):
+def _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s, likelihood=None, totals=(),
+                 absolute_sigma: bool = False):
     """The joint statistics and the shared block of the joint covariance from the sums over the
     fits in the joint problem: (stats, scale, S0^-1 (P_s, P_s) numpy with zero rows and columns
     for fixed shared parameters, or None, factored). S0 = D - sum C^T A^-1 C (the Schur complement
@@ -353,7 +357,7 @@ def _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s, likelihood=None
     stats = {key: v[0].item() for key, v in joint.items()}
     stats["n_params"] = k
     dof = stats["dof"]
-    scale = 1.0 if likelihood is not None else chi2 / dof if dof > 0 else float("nan")
+    scale = 1.0 if likelihood is not None or absolute_sigma else chi2 / dof if dof > 0 else float("nan")
     if ps == 1:  # one shared parameter (the common case): numpy.linalg's checks cost more than the algebra
         s00 = float(s0[0, 0])
         if not (s00 > 0 and math.isfinite(s00)):
@@ -373,7 +377,7 @@ def _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s, likelihood=None
     return stats, scale, np.where(both, inv_factor.T @ inv_factor, 0.0), True
 
 
-def _covariance(state, free_l, free_s, n_used, reduce, likelihood=None):
+def _covariance(state, free_l, free_s, n_used, reduce, likelihood=None, absolute_sigma: bool = False):
     """Standard errors of the local (B, P_l) and shared (P_s,) parameters from the joint
     covariance, the fits found singular, and the joint statistics. ``likelihood``: the per-fit
     float64 deviance, pearson and loglike of a Poisson fit (its normal matrix is the Fisher
@@ -409,7 +413,8 @@ def _covariance(state, free_l, free_s, n_used, reduce, likelihood=None):
     sums = reduce(torch.cat(parts))
     d_tot, ctx = sums[:ps * ps].reshape(ps, ps).cpu().numpy(), sums[ps * ps:2 * ps * ps].reshape(ps, ps).cpu().numpy()
     n_inc, n_pts, chi2, *totals = sums[2 * ps * ps:].tolist()
-    stats, scale, s_inv, factored = _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s, likelihood, totals)
+    stats, scale, s_inv, factored = _joint_scale(d_tot, ctx, n_inc, n_pts, chi2, free_l, free_s, likelihood, totals,
+                                                 absolute_sigma)
     if s_inv is None:
         nan_l = np.full((b, pl), np.nan)
         return nan_l, np.where(np.array(free_s) > 0, np.nan, 0.0), singular.cpu().numpy() | (

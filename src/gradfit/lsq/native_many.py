@@ -38,7 +38,7 @@ SLAB = 1 << 18
 def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.ndarray, theta0: np.ndarray,
                  lower: np.ndarray, upper: np.ndarray, free, *, tol: float, max_iter: int, dtype, device, use_compile,
                  floor: float, bound_ulps: float, threads: int, bar=None, likelihood=None,
-                 chunk_size: int | None = None) -> dict | None:
+                 chunk_size: int | None = None, absolute_sigma: bool = False) -> dict | None:
     """Every fit in C (see the module docstring), or None where the native kernel does not
     cover the batch or is not ready (compile=False; "auto" before the tiering has paid for a
     build: the chunked path then decides). Starts on a bound where the model is flat move inside
@@ -88,13 +88,14 @@ def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.n
         rows = {k: (v[sl] if v.ndim == 2 else v) for k, v in work.items()}
         run_many(native.lib, native.real, input_names, rows, yw[sl], ww if ww.ndim == 1 else ww[sl], theta0[sl],
                  start[sl], None if low is None else low[sl], None if high is None else high[sl], free,
-                 {k: v[sl] for k, v in out.items()}, **constants, poisson=poisson, deferred_code=DEFERRED)
+                 {k: v[sl] for k, v in out.items()}, **constants, poisson=poisson, absolute_sigma=absolute_sigma,
+                 deferred_code=DEFERRED)
         if bar is not None:
             bar.advance(sl.stop - sl.start)
     everything = slice(0, n_fits)
     check_end_points(model, names, fused, inputs, y, w, everything, out["params"], out["stderr"], out["chisqr"],
                      out["status"], free, device, start=theta0, box=(lower, upper), tol=tol, eps=eps,
-                     clear=out["clear"], likelihood=likelihood)
+                     clear=out["clear"], likelihood=likelihood, absolute_sigma=absolute_sigma)
     out["likelihood"] = None
     if poisson:  # float64 statistics at the end points; chisqr is the deviance
         out["likelihood"] = poisson_statistics(native.lib, inputs, input_names, yw, ww, out["params"], threads)

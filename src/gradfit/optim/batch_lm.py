@@ -360,16 +360,18 @@ def _box_step(theta, a, g, lam, lower, upper, free):
     return torch.where(any_crossed.unsqueeze(-1), second, first), ok & (ok2 | ~any_crossed)
 
 
-def standard_errors(a, chi2, n_points, free, inverse=None, *, likelihood: str | None = None):
+def standard_errors(a, chi2, n_points, free, inverse=None, *, likelihood: str | None = None,
+                    absolute_sigma: bool = False):
     """sqrt(diag(A^-1) * chi2 / dof) per fit (NaN where A is singular or dof < 1); fixed
     parameters get 0. ``inverse``: the (diag, ok) of :func:`inverse_diagonal` if already at hand.
     With a ``likelihood`` A is the Fisher information and the errors are sqrt(diag(A^-1)), the
     Cramer-Rao bound, not scaled by the deviance (NaN only where A is singular or the fit's
-    deviance is not finite)."""
+    deviance is not finite); so are they with ``absolute_sigma`` (the weights 1/sigma^2 are
+    the data's true variances, scipy's curve_fit(absolute_sigma=True))."""
     import torch
 
     var_unit, ok = inverse_diagonal(a, free) if inverse is None else inverse
-    if likelihood is not None:
+    if likelihood is not None or absolute_sigma:
         se = torch.sqrt(torch.clamp(var_unit, min=0.0))
         bad = ~ok | ~torch.isfinite(chi2)
         return torch.where(bad.unsqueeze(-1), torch.full_like(se, float("nan")), se)

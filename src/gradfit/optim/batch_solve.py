@@ -151,10 +151,10 @@ def inverse_diagonal(a, free):
     return torch.stack(diag, dim=-1), ok
 
 
-def covariance_matrices(a, chi2, n_points, free, *, likelihood: str | None = None):
+def covariance_matrices(a, chi2, n_points, free, *, likelihood: str | None = None, absolute_sigma: bool = False):
     """Per-fit covariance (B, P, P) of the parameters: A^-1 * chi2 / dof (least squares, the
     scale :func:`gradfit.optim.batch_lm.standard_errors` uses), or A^-1 unscaled with a
-    ``likelihood`` (A the Fisher information: the Cramer-Rao bound). Rows and columns of fixed
+    ``likelihood`` (A the Fisher information: the Cramer-Rao bound) or ``absolute_sigma``. Rows and columns of fixed
     parameters are 0; a fit whose A does not factor, whose dof < 1 (least squares) or whose
     chi-square is not finite is NaN. The inverse is the solve of A X = I by the same Cholesky
     as :func:`damped_solve` (unrolled up to ``UNROLL_MAX`` parameters, batched LAPACK above)."""
@@ -164,7 +164,7 @@ def covariance_matrices(a, chi2, n_points, free, *, likelihood: str | None = Non
     eye = torch.eye(p, dtype=a.dtype, device=a.device).expand(a.shape[0], p, p)
     inverse, ok = damped_solve(a, -eye, torch.zeros_like(chi2), free)  # damped_solve solves A d = -g
     inverse = 0.5 * (inverse + inverse.transpose(-1, -2))  # exactly symmetric
-    if likelihood is None:
+    if likelihood is None and not absolute_sigma:
         scale = chi2 / (n_points - float(sum(free)))
         ok = ok & (n_points - float(sum(free)) >= 1)
     else:

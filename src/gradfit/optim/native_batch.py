@@ -42,7 +42,7 @@ typedef struct {
     const real *y, *w, *free_;
     const double *theta0, *start, *lower, *upper;
     real n_free, tol, floor_factor, floor_, half_threshold, bound_ulps;
-    long steps, max_iter_code, too_few_code, poisson, deferred_code;
+    long steps, max_iter_code, too_few_code, poisson, absolute, deferred_code;
     double strong_scale;
     long *next, block, cursor, last;
     double *params, *stderr_, *chisqr;
@@ -119,7 +119,8 @@ static void emit_fit(const many_ctx *c, long b, const fit_state *s, const fit_in
 static void retire(const many_ctx *c, long b, const fit_state *s, const fit_info *f) {
     real se[P];
     unsigned char full_rank, good;
-    finish_one(s->A, s->G, s->chi2, (real)f->used, c->free_, c->n_free, c->floor_, c->half_threshold, (int)c->poisson,
+    finish_one(s->A, s->G, s->chi2, (real)f->used, c->free_, c->n_free, c->floor_, c->half_threshold,
+               (int)(c->poisson || c->absolute),
                se, c->cov + b * P * P, &full_rank, &good);
     emit_fit(c, b, s, f, se, full_rank, good);
 }
@@ -144,7 +145,8 @@ static void flush(const many_ctx *c, finish_buffer *F) {
 #if LANES_FINISH
     real se[P][L] __attribute__((aligned(64))), cov[P * P][L] __attribute__((aligned(64)));
     mint full_rank[L] __attribute__((aligned(64))), good[L] __attribute__((aligned(64)));
-    lanes_finish(&F->R, c->free_, c->n_free, c->floor_, c->half_threshold, (int)c->poisson, se, cov, full_rank, good);
+    lanes_finish(&F->R, c->free_, c->n_free, c->floor_, c->half_threshold, (int)(c->poisson || c->absolute), se, cov,
+                 full_rank, good);
     for (int k = 0; k < F->n; k++) {
         fit_state s;
         real sek[P];
@@ -230,14 +232,14 @@ long gf_many(long n, long m, const real *const *xs, const long *x_stride, const 
              const double *theta0, const double *start, const double *lower, const double *upper,
              const real *free_, real tol, long steps, real floor_factor, real floor_, real half_threshold,
              double strong_scale, real bound_ulps, long max_iter_code, long too_few_code, long poisson,
-             long deferred_code, long *next, long block,
+             long absolute, long deferred_code, long *next, long block,
              double *params, double *stderr_, real *cov, double *chisqr, signed char *status, int *iterations,
              unsigned char *clear, long *n_used) {
     many_ctx c = {.n = n, .m = m, .w_stride = w_stride, .xs = xs, .x_stride = x_stride, .y = y, .w = w, .free_ = free_, .theta0 = theta0,
                   .start = start, .lower = lower, .upper = upper, .n_free = 0, .tol = tol, .floor_factor = floor_factor,
                   .floor_ = floor_, .half_threshold = half_threshold, .bound_ulps = bound_ulps, .steps = steps,
                   .max_iter_code = max_iter_code, .too_few_code = too_few_code, .poisson = poisson,
-                  .deferred_code = deferred_code, .strong_scale = strong_scale,
+                  .absolute = absolute, .deferred_code = deferred_code, .strong_scale = strong_scale,
                   .next = next, .block = block, .cursor = 0, .last = 0, .params = params, .stderr_ = stderr_,
                   .chisqr = chisqr, .cov = cov, .status = status, .iterations = iterations, .clear = clear,
                   .n_used = n_used};
@@ -316,12 +318,14 @@ def run_many(lib, real, input_names: tuple[str, ...], inputs: dict, y: np.ndarra
              theta0: np.ndarray, start: np.ndarray, lower: np.ndarray | None, upper: np.ndarray | None,
              free: np.ndarray, out: dict, *, tol: float, max_iter: int, floor_factor: float, floor: float,
              half_threshold: float, strong_scale: float, bound_ulps: float, max_iter_code: int,
-             too_few_code: int, threads: int, poisson: bool = False, deferred_code: int = 127) -> None:
+             too_few_code: int, threads: int, poisson: bool = False, absolute_sigma: bool = False,
+             deferred_code: int = 127) -> None:
     """Every fit of the batch through ``gf_many`` of ``lib`` (a native_lm kernel library whose
     ``real`` is the ctypes float type), into ``out`` (:func:`allocate`'s arrays, or row slices
     of them). Arrays as lsq/batched.solve_batched's, C-contiguous: y (B, M), w (B, M) or (M,) (one
     row for every fit) and the inputs ((M,) or (B, M)) in the working dtype; theta0, start, lower, upper (B, P) float64, lower and
-    upper None without a finite bound.
+    upper None without a finite bound. ``absolute_sigma``: standard errors and covariance not
+    scaled by chi2 / dof (Poisson's never are).
 
     Raises MemoryError where the kernel cannot allocate its work array."""
     import ctypes
@@ -333,7 +337,7 @@ def run_many(lib, real, input_names: tuple[str, ...], inputs: dict, y: np.ndarra
         fn.argtypes = [ctypes.c_long, ctypes.c_long, ptr, ptr, ptr, ptr, ctypes.c_long, ptr, ptr, ptr, ptr, ptr, real,
                        ctypes.c_long,
                        real, real, real, ctypes.c_double, real, ctypes.c_long, ctypes.c_long, ctypes.c_long,
-                       ctypes.c_long, ptr, ctypes.c_long,
+                       ctypes.c_long, ctypes.c_long, ptr, ctypes.c_long,
                        *[ptr] * len(OUTPUTS)]
         fn.restype = ctypes.c_long
     n, m = y.shape
@@ -350,7 +354,8 @@ def run_many(lib, real, input_names: tuple[str, ...], inputs: dict, y: np.ndarra
         codes.append(fn(n, m, x_ptrs, x_stride, y.ctypes.data, w.ctypes.data, 0 if w.ndim == 1 else m,
                         theta0.ctypes.data, start.ctypes.data,
                         *bounds, free_r.ctypes.data, tol, max_iter, floor_factor, floor, half_threshold, strong_scale,
-                        bound_ulps, max_iter_code, too_few_code, int(poisson), deferred_code, counter.ctypes.data,
+                        bound_ulps, max_iter_code, too_few_code, int(poisson), int(absolute_sigma), deferred_code,
+                        counter.ctypes.data,
                         BLOCK, *outputs))
 
     threads = max(1, min(int(threads), -(-n // BLOCK)))

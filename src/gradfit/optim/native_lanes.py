@@ -248,9 +248,9 @@ def _finish(p: int) -> str:
         emit(f"finite_inv = {' & '.join(f'vfinite(ec{j}_{i})' for i in range(p))} & finite_inv;")
     emit("const VI ok_inv = ok & finite_inv;")
     emit("const V dof = VLOAD(R->used) - n_free;")
-    # a likelihood's errors are the Cramer-Rao bound, unscaled (batch_lm.standard_errors)
-    emit("const V scale = poisson ? BV(1) : chi2 / dof;")
-    emit("const VI ok_se = poisson ? ok_inv & vfinite(chi2) : ok_inv & (dof >= (real)1) & vfinite(scale);")
+    # unscaled: a likelihood's errors (the Cramer-Rao bound) or absolute sigma's (batch_lm.standard_errors)
+    emit("const V scale = unscaled ? BV(1) : chi2 / dof;")
+    emit("const VI ok_se = unscaled ? ok_inv & vfinite(chi2) : ok_inv & (dof >= (real)1) & vfinite(scale);")
     emit("const VI ok_cov = ok_se & vfinite(chi2);")
     emit("V trace = BV(0);")
     for j in range(p):
@@ -271,7 +271,7 @@ def _finish(p: int) -> str:
     emit("ISTORE(good, ok_d & vfinite(c) & (c < half_threshold));")
     head = ["#define LANES_FINISH 1",
             "static void lanes_finish(const lanes_t *R, const real *fr, real n_free, real floor_, real half_threshold,",
-            "                         int poisson, real (*se)[L], real (*cov)[L], mint *full_rank, mint *good) {"]
+            "                         int unscaled, real (*se)[L], real (*cov)[L], mint *full_rank, mint *good) {"]
     head += [f"    const int fr_{i} = fr[{i}] != 0;" for i in range(p)]
     return "\n".join(head + out + ["}"]) + "\n"
 

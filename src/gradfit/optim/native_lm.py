@@ -105,7 +105,7 @@ static int damped_solve(const real *a, const real *g, real lam, const real *free
    F trace(M^-1) < 1/floor of the scaled matrix M, and `good`: the range cosine
    sqrt(g^T A^-1 g / chi2) finite and below half the stationarity threshold. */
 static void finish_one(const real *a, const real *g, real chi2, real n_used, const real *free_, real n_free,
-                       real floor_, real half_threshold, int poisson, real *se, real *cov, unsigned char *full_rank,
+                       real floor_, real half_threshold, int unscaled, real *se, real *cov, unsigned char *full_rank,
                        unsigned char *good) {{
     real low[P * P], inv[P * P], col[P], unit[P], d[P], rhs[P];
     int ok = factor(a, (real)0, free_, low);
@@ -117,8 +117,9 @@ static void finish_one(const real *a, const real *g, real chi2, real n_used, con
     }}
     int ok_inv = ok && finite_inv;
     real dof = n_used - n_free;
-    real scale = poisson ? (real)1 : chi2 / dof;  /* a likelihood's errors: the Cramer-Rao bound, unscaled */
-    int ok_se = poisson ? ok_inv && isfinite(chi2) : ok_inv && dof >= 1 && isfinite(scale);
+    /* unscaled: a likelihood's errors (the Cramer-Rao bound) or absolute sigma's, sqrt(diag(A^-1)) */
+    real scale = unscaled ? (real)1 : chi2 / dof;
+    int ok_se = unscaled ? ok_inv && isfinite(chi2) : ok_inv && dof >= 1 && isfinite(scale);
     int ok_cov = ok_se && isfinite(chi2);
     real trace_inv = 0;
     for (int j = 0; j < P; j++) {{
@@ -141,12 +142,12 @@ static void finish_one(const real *a, const real *g, real chi2, real n_used, con
 
 /* finish_one for n fits (A (n, P, P), g (n, P), chi2 and n_used (n,)) */
 void gf_finish(long n, const real *a_in, const real *g_in, const real *chi2_in, const real *n_used,
-               const real *free_, real floor_, real half_threshold, real *se, real *cov,
+               const real *free_, real floor_, real half_threshold, int unscaled, real *se, real *cov,
                unsigned char *full_rank, unsigned char *good) {{
     real n_free = 0;
     for (int i = 0; i < P; i++) n_free += free_[i];
     for (long b = 0; b < n; b++)
-        finish_one(a_in + b * P * P, g_in + b * P, chi2_in[b], n_used[b], free_, n_free, floor_, half_threshold, 0,
+        finish_one(a_in + b * P * P, g_in + b * P, chi2_in[b], n_used[b], free_, n_free, floor_, half_threshold, unscaled,
                    se + b * P, cov + b * P * P, full_rank + b, good + b);
 }}
 
@@ -357,15 +358,15 @@ class NativeLM:
         fn.restype = ctypes.c_long
         self.fn = fn
         fin = lib.gf_finish
-        fin.argtypes = [ctypes.c_long, ptr, ptr, ptr, ptr, ptr, self.real, self.real, ptr, ptr, ptr, ptr]
+        fin.argtypes = [ctypes.c_long, ptr, ptr, ptr, ptr, ptr, self.real, self.real, ctypes.c_int, ptr, ptr, ptr, ptr]
         fin.restype = None
         self.finish_fn = fin
 
-    def finish(self, state: BatchState, n_used, free, floor: float, threshold: float):
+    def finish(self, state: BatchState, n_used, free, floor: float, threshold: float, absolute_sigma: bool = False):
         """What the eager path computes after the loop (lsq/end_points.finish and the torch part
         of lsq/end_points.clear_end_points), from the final normal equations, in C: (standard
         errors (B, P), full_rank (B,) bool, covariance (B, P, P), good (B,) bool numpy: the range
-        cosine below half ``threshold``)."""
+        cosine below half ``threshold``). ``absolute_sigma``: errors not scaled by chi2 / dof."""
         import numpy as np
         import torch
 
@@ -380,7 +381,8 @@ class NativeLM:
         full_rank = np.empty(b, dtype=np.uint8)
         good = np.empty(b, dtype=np.uint8)
         self.finish_fn(b, a.data_ptr(), g.data_ptr(), chi2.data_ptr(), used.data_ptr(), free_t.data_ptr(), floor,
-                       0.5 * threshold, se.data_ptr(), cov.data_ptr(), full_rank.ctypes.data, good.ctypes.data)
+                       0.5 * threshold, int(absolute_sigma), se.data_ptr(), cov.data_ptr(), full_rank.ctypes.data,
+                       good.ctypes.data)
         return se, torch.from_numpy(full_rank.astype(bool)), cov, good.astype(bool)
 
     def run(self, state: BatchState, tensors: dict, tol: float, steps: int, threads: int = 1) -> BatchState:
