@@ -291,7 +291,7 @@ class ParameterSpace:
     def internal_start_values(self) -> list[float]:
         return [to_internal(self.values[n], self.lower[n], self.upper[n]) for n in self.free]
 
-    def valuesfrom_internal(self, u) -> dict:
+    def values_from_internal(self, u) -> dict:
         """Every parameter as a float from internal free coordinates (no ties: see
         :meth:`full` for those)."""
         out = dict(self.values)
