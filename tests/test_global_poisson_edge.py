@@ -170,3 +170,17 @@ def test_no_edge_constraint_without_a_falling_zero_count():
     a = torch.tensor([[[2.0]]], dtype=torch.float64)
     out = positive_step(d, mu, [jac[..., 0]], zero, a, torch.zeros(1, dtype=torch.float64), (1.0,))
     assert torch.equal(out, d)  # the independent fits' step: the same rule
+
+
+def test_the_fits_left_out_at_an_infeasible_start_are_all_named():
+    # a start with negative means everywhere: the joint least-squares start leaves some fits
+    # with a mean < 0 where they have counts; the warning counts every fit that ends
+    # not_finite (it counted only those whose final deviance was not finite: 23 of 27)
+    c = _counts(300, 1, (5, 20), (0.0, 0.3))
+    with pytest.warns(gf.GradfitWarning, match=r"(\d+) fit\(s\)") as record:
+        r = gf.fit_many(DECAY, X, c, init={"a": -5.0, "k": 0.3, "o": -1.0}, shared=["k"], loss="poisson")
+    import re
+
+    said = [int(re.search(r"(\d+) fit\(s\) \(fit", str(m.message)).group(1)) for m in record
+            if "left out of the joint fit" in str(m.message)]
+    assert said == [int((r.status_text == "not_finite").sum())] and said[0] > 0

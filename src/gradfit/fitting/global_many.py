@@ -131,7 +131,9 @@ def _warn_infeasible(sol, offset: int) -> None:
     from ..errors import warn_user
     from ..status import Status
 
-    bad = np.nonzero((sol.status == Status.NOT_FINITE.code) & ~np.isfinite(sol.chisqr))[0]
+    # by status alone: a fit left out at the start may have finite means at the final shared
+    # values (its chi-square finite), and it is still not fitted
+    bad = np.nonzero(sol.status == Status.NOT_FINITE.code)[0]
     if bad.size:
         first = ", ".join(str(int(i) + offset) for i in bad[:5]) + (", ..." if bad.size > 5 else "")
         warn_user(f"fit_many(loss='poisson', shared=...): {bad.size} fit(s) (fit {first}) have a model mean <= 0 "
