@@ -199,13 +199,21 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
         delta_theta, ok = damped_solve(a_new, g_new, lam, free)
         step_box = theta + delta_theta
     if likelihood == "poisson":  # a step through the positivity edge stops at it (optim/positive_step.py)
-        from .positive_step import positive_step
+        from .positive_step import edge_return, positive_step
 
         zero = (y == 0) if unit_weights else (y == 0) & (w > 0)
         hold = held_mask(theta, g_new, lower, upper) if bounded else None
         feasible = positive_step(delta_theta, r + y, jac, zero, a_new, lam, free, hold)
         take = accept if not bounded else accept & ((theta + feasible >= lower) & (theta + feasible <= upper)).all(-1)
         delta_theta = torch.where(take.unsqueeze(-1), feasible, delta_theta)
+        # a trial rejected because the edge's curvature took a zero count's mean through 0: the
+        # next trial is that trial moved back onto the feasible side (its means and partials are
+        # the ones just evaluated), not a shorter step that meets the same edge
+        back, fix = edge_return(state.trial, theta, r + y, jac, zero, a_new, lam, free, hold)
+        fix = fix & running & ~accept & ~first & ~finite
+        if bounded:
+            fix = fix & ((back >= lower) & (back <= upper)).all(-1)
+        delta_theta = torch.where(fix.unsqueeze(-1), back - theta, delta_theta)
         step_box = theta + delta_theta
     # converged: a small chi-square change, and the next (projected, nearly Gauss-Newton) step
     # predicts a relative reduction below tol as well (the end-point test of

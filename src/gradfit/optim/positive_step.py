@@ -39,7 +39,8 @@ from typing import NamedTuple
 
 from .batch_solve import damped_solve
 
-__all__ = ["EdgePoints", "edge_correction", "edge_points", "edge_rows", "positive_step", "stop_at_edges"]
+__all__ = ["EdgePoints", "edge_correction", "edge_points", "edge_return", "edge_rows", "positive_step",
+           "stop_at_edges"]
 
 #: where a step stops on its way to the edge (as a bound's step back, scipy trf's theta)
 STEP_BACK = 0.995
@@ -83,6 +84,36 @@ def positive_step(delta, mu, jac, zero, a, lam, free, hold=None):
     reach = torch.where(zero & (jd < 0), mu / -jd, float("inf")).amin(-1)
     scale = torch.clamp(STEP_BACK * reach, max=1.0)
     return out * torch.where(torch.isfinite(scale), scale, 1.0).unsqueeze(-1)
+
+
+def edge_return(trial, theta, mu, jac, zero, a, lam, free, hold=None):
+    """(trial (B, P), use (B,) bool): a second-order correction (Nocedal & Wright, Numerical
+    Optimization, sec. 15.6) of each fit whose ``trial`` the model's curvature took through the
+    positivity edge. A step whose linear model stops a zero count's mean short of 0 can still
+    cross it where the edge is curved (a decay whose last mean is 0 moves with its rate): the
+    trial has no likelihood and is rejected, and the next damped step from ``theta`` meets the
+    same edge; the fit crept along it and ended stalled short of the maximum. The failed trial
+    is moved back instead, by the least change in the damped metric that puts its most negative
+    zero-count mean at ``1 - STEP_BACK`` of where the linear model put it (at least its rounding
+    level): ``trial + v t / (J_i v)``, ``v = A~^-1 J_i^T`` with J_i that point's partials at the
+    trial. ``mu``, ``jac`` are the means and partials at the trial, ``zero`` the used zero
+    counts; a, lam, free, hold the damped system (:func:`gradfit.optim.batch_solve.damped_solve`).
+    """
+    import torch
+
+    mu_z = torch.where(zero & torch.isfinite(mu), mu, float("inf"))
+    worst = mu_z.argmin(-1, keepdim=True)
+    m = mu_z.gather(-1, worst).squeeze(-1)
+    row = torch.stack([torch.broadcast_to(j, mu.shape).gather(-1, worst).squeeze(-1) for j in jac], dim=-1)
+    # where the linear model put the point (its mean before the step, plus the step's change)
+    planned = m - (row * (trial - theta)).sum(-1)
+    floor = ROUNDING * torch.finfo(mu.dtype).eps * torch.where(torch.isfinite(mu), mu.abs(), 0.0).amax(-1)
+    level = torch.maximum(floor, (1.0 - STEP_BACK) * planned.clamp(min=0.0))
+    v, ok = damped_solve(a, -row, lam, free, hold)
+    den = (row * v).sum(-1)
+    use = (m <= 0) & ok & (den > 0) & torch.isfinite(den)
+    move = torch.where(use, (level - m) / torch.where(use, den, 1.0), 0.0)
+    return trial + move.unsqueeze(-1) * v, use
 
 
 def edge_correction(delta, jd, smallest, row, a, lam, free, hold=None):
