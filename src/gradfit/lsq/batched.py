@@ -452,7 +452,7 @@ def _iterate(make_step, tensors, max_iter: int, mode, tol: float = 0.0, build_na
             full = _write_back(full, rows, state)
             keep = torch.nonzero(running).squeeze(-1)
             rows = keep if rows is None else rows[keep]
-            state = BatchState(*(t[keep] for t in _fields(state)))
+            state = BatchState(*(None if t is None else t[keep] for t in _fields(state)))
             tensors = _take(tensors, keep)
             step = make_step(tensors, compiled)
     return _write_back(full, rows, state), first, compiled, None
@@ -460,10 +460,10 @@ def _iterate(make_step, tensors, max_iter: int, mode, tol: float = 0.0, build_na
 
 def _fields(state) -> tuple:
     return (state.theta, state.trial, state.lam, state.chi2, state.a, state.g, state.status, state.iterations,
-            state.snaps, state.probing)
+            state.snaps, state.probing, state.damping)
 
 
-_N_FIELDS = 10
+_N_FIELDS = 11
 
 
 def _write_back(full, rows, state):
@@ -472,7 +472,8 @@ def _write_back(full, rows, state):
     if rows is None:
         return state
     for f, s in zip(_fields(full), _fields(state)):
-        f[rows] = s
+        if f is not None:
+            f[rows] = s
     return full
 
 

@@ -60,6 +60,7 @@ __all__ = [
     "STATUS",
     "BatchState",
     "damped_solve",
+    "damping_share",
     "init",
     "initial_state",
     "inverse_diagonal",
@@ -105,6 +106,10 @@ class BatchState:
     iterations: object  # (B,) int
     snaps: object = None  # (B,) int: moves onto the bounds so far (step 5)
     probing: object = None  # (B,) bool: ``trial`` is a move onto the bounds of a converged point
+    #: (B, P) Poisson: the share of diag(A) that the damping scales at theta (1 less the zero
+    #: counts' Fisher weight above the fit's largest other weight, :func:`damping_share`); None:
+    #: all of it
+    damping: object = None
 
 
 def init(theta0, status0) -> BatchState:
@@ -163,7 +168,9 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
 
         chi2, fisher = batch_poisson_deviance(y, r + y, w, unit_weights=unit_weights)
         # every point used (unit weights): no masks to apply (a non-positive mean is rejected)
-        _, a, g = normal_equations(r, jac, fisher, constants=constants, masked=not unit_weights)
+        pearson, a, g = normal_equations(r, jac, fisher, constants=constants, masked=not unit_weights)
+        zero = (y == 0) if unit_weights else (y == 0) & (w > 0)
+        share = damping_share(a, fisher, jac, zero)
     else:
         chi2, a, g = normal_equations(r, jac, w, unit_weights=unit_weights, constants=constants)
     if floor2 is None:
@@ -186,6 +193,12 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
     g_new = torch.where(acc1, g, state.g)
     chi2_new = torch.where(accept, chi2, state.chi2)
     lam = torch.where(accept, state.lam * 0.1, torch.where(running, state.lam * 10.0, state.lam))
+    if likelihood == "poisson":  # the damping of each coordinate at theta (a (B, P) lam)
+        kept = torch.ones_like(theta) if state.damping is None else state.damping
+        share_new = torch.where(acc1, share, kept)
+        lam_d = lam.unsqueeze(-1) * share_new
+    else:
+        share_new, lam_d = state.damping, lam
     status = state.status
     # a fit whose first evaluation is already not finite cannot start; a rejected move onto
     # the bounds leaves the convergence at the last point standing
@@ -193,23 +206,22 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
     status = torch.where(running & state.probing & ~accept, CONVERGED, status)
 
     if bounded:
-        step_box, ok = _box_step(theta, a_new, g_new, lam, lower, upper, free)
+        step_box, ok = _box_step(theta, a_new, g_new, lam_d, lower, upper, free)
         delta_theta = step_box - theta
     else:
-        delta_theta, ok = damped_solve(a_new, g_new, lam, free)
+        delta_theta, ok = damped_solve(a_new, g_new, lam_d, free)
         step_box = theta + delta_theta
     if likelihood == "poisson":  # a step through the positivity edge stops at it (optim/positive_step.py)
         from .positive_step import edge_return, positive_step
 
-        zero = (y == 0) if unit_weights else (y == 0) & (w > 0)
         hold = held_mask(theta, g_new, lower, upper) if bounded else None
-        feasible = positive_step(delta_theta, r + y, jac, zero, a_new, lam, free, hold)
+        feasible = positive_step(delta_theta, r + y, jac, zero, a_new, lam_d, free, hold)
         take = accept if not bounded else accept & ((theta + feasible >= lower) & (theta + feasible <= upper)).all(-1)
         delta_theta = torch.where(take.unsqueeze(-1), feasible, delta_theta)
         # a trial rejected because the edge's curvature took a zero count's mean through 0: the
         # next trial is that trial moved back onto the feasible side (its means and partials are
         # the ones just evaluated), not a shorter step that meets the same edge
-        back, fix = edge_return(state.trial, theta, r + y, jac, zero, a_new, lam, free, hold)
+        back, fix = edge_return(state.trial, theta, r + y, jac, zero, a_new, lam_d, free, hold)
         fix = fix & running & ~accept & ~first & ~finite
         if bounded:
             fix = fix & ((back >= lower) & (back <= upper)).all(-1)
@@ -222,7 +234,15 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
     # which decides stationarity, would predict much more)
     predicted = -(g_new * delta_theta).sum(-1) * (1.0 + lam)
     still_running = status == RUNNING
-    converged = still_running & (at_floor | (small & ok & (predicted <= tol * chi2_new)))
+    small_step = predicted <= tol * chi2_new
+    if likelihood == "poisson":
+        # ... and the step's predicted reduction is small on the Pearson scale as well, with the
+        # margin of the end-point test's screen (lsq/end_points.clear_end_points: half its
+        # threshold max(1e-3, sqrt(tol)) on the range cosine, whose square this is): along a
+        # curved positivity edge the deviance changes little per step long before the
+        # gradient test passes, and a fit stopped there ended stalled
+        small_step = small_step & (predicted <= 0.25 * max(tol, 1e-6) * pearson)
+    converged = still_running & (at_floor | (small & ok & small_step))
     # ... unless a coordinate's own minimum lies on or beyond a bound: try the point on it first
     if bounded:
         to_lo, to_hi = _pushing(theta, g_new, a_new, lower, upper, free)
@@ -243,7 +263,26 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
     trial = torch.where(still, step_box, theta)
     iterations = state.iterations + running.to(state.iterations.dtype)
     snaps = state.snaps + snap.to(state.snaps.dtype) if bounded else state.snaps
-    return BatchState(theta, trial, lam, chi2_new, a_new, g_new, status, iterations, snaps, snap)
+    return BatchState(theta, trial, lam, chi2_new, a_new, g_new, status, iterations, snaps, snap, share_new)
+
+
+def damping_share(a, fisher, jac, zero):
+    """(B, P) the share of each diagonal entry of the Poisson normal matrix ``a`` (B, P, P) that
+    Marquardt's damping scales: 1 less the part from zero counts' Fisher weights above the
+    fit's largest weight elsewhere (``fisher`` (B, M), ``jac`` P columns (B, M), ``zero`` (B, M)
+    the used zero counts; :func:`gradfit.optim.positive_step.edge_points` gives the same
+    excess to the global fit's damping). A zero count held at the positivity edge has a Fisher
+    weight w / mu of ~1e13 that rightly pins its mean there, but a damping scaled by it would
+    freeze every parameter that mean depends on: the fit stalls on the edge short of its
+    maximum."""
+    import torch
+
+    cap = torch.where(zero, 0.0, fisher).amax(-1, keepdim=True)  # fisher is 0 at unused points
+    over = torch.where(zero & (cap > 0), (fisher - cap).clamp(min=0.0), 0.0)
+    diag = torch.diagonal(a, dim1=-2, dim2=-1)
+    excess = torch.stack([(over * j * j).sum(-1) for j in jac], dim=-1)
+    share = 1.0 - excess / torch.where(diag > 0, diag, 1.0)
+    return torch.where(torch.isfinite(share), share.clamp(0.0, 1.0), 1.0)
 
 
 def residual_floor2(y, w):

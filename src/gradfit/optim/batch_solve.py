@@ -23,8 +23,9 @@ def damped_solve(a, g, lam, free, hold=None):
     """Solve (A + lam diag(A)) d = -g for every fit by an unrolled Cholesky factorization
     (elementwise over the batch), with fixed parameters (``free`` (P,) 0.0) held (d = 0), and
     per fit the coordinates in ``hold`` (B, P) bool, if given. ``g`` is (B, P), or (B, P, K)
-    for K right-hand sides sharing one factorization. Returns (d, ok): d shaped like ``g``,
-    zero where ok (B,) is False (the factorization failed or the solution is not finite)."""
+    for K right-hand sides sharing one factorization. ``lam`` is (B,), or (B, P) for a damping
+    of its own per coordinate (A_ii (1 + lam_i)). Returns (d, ok): d shaped like ``g``, zero
+    where ok (B,) is False (the factorization failed or the solution is not finite)."""
     import torch
 
     p = a.shape[-1]
@@ -36,11 +37,14 @@ def damped_solve(a, g, lam, free, hold=None):
         return t.unsqueeze(-1) if many else t
 
     free_l = [float(v) for v in free]  # a tuple of 0.0/1.0 (a compile-time constant)
+    per_coordinate = lam.dim() == 2
+    lam_i = lam.unbind(-1) if per_coordinate else [lam] * p
+    lam = lam[:, 0] if per_coordinate else lam  # (B,): the shape of a factor entry
     m = [[None] * p for _ in range(p)]
     for i in range(p):
         for k in range(i + 1):
             if free_l[i] and free_l[k]:
-                v = a[:, i, k] * (1.0 + lam) if i == k else a[:, i, k]
+                v = a[:, i, k] * (1.0 + lam_i[i]) if i == k else a[:, i, k]
                 if hold is not None:
                     out = hold[:, i] | hold[:, k]
                     v = torch.where(out, torch.ones_like(v) if i == k else torch.zeros_like(v), v)
@@ -94,7 +98,7 @@ def _active_matrix(a, free, hold=None, lam=None):
     both = active.unsqueeze(-1) & active.unsqueeze(-2)
     m = a
     if lam is not None:
-        m = a + torch.diag_embed(torch.diagonal(a, dim1=-2, dim2=-1) * lam.unsqueeze(-1))
+        m = a + torch.diag_embed(torch.diagonal(a, dim1=-2, dim2=-1) * (lam if lam.dim() == 2 else lam.unsqueeze(-1)))
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
     m = torch.where(both, m, eye)
     finite = torch.isfinite(m).flatten(1).all(-1)

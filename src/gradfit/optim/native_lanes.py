@@ -204,7 +204,11 @@ def _step(p: int) -> str:
         emit(f"predicted = predicted + G_{i} * d_{i};")
     emit("predicted = -predicted * ((real)1 + lam);")
     emit("const VI running_0 = st == BI(RUNNING);")
-    emit("const VI converged = running_0 & (at_floor | (small & ok & (predicted <= tol * chi2)));")
+    # Poisson: the predicted reduction small on the Pearson scale too (batch_lm.step's test;
+    # the (p, p) sum is Pearson's chi-square there, and a convergence needs an accepted trial)
+    emit(f"const VI pearson_ok = BI(poisson ? 0 : -1) | (predicted <= (real)0.25 * (tol > (real)1e-6 ? tol : (real)1e-6)"
+         f" * VLOAD(S->sums[{pairs[(p, p)]}]));")
+    emit("const VI converged = running_0 & (at_floor | (small & ok & (predicted <= tol * chi2) & pearson_ok));")
     emit("const VI stalled = ~converged & running_0 & (lam > LAMBDA_MAX);")
     emit("st = isel(converged, BI(CONVERGED), isel(stalled, BI(STALLED), st));")
     emit("st = isel((st == BI(RUNNING)) & ~ok, BI(SINGULAR), st);")
