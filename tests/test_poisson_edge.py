@@ -286,3 +286,15 @@ def test_low_count_fits_reach_the_maximum_along_the_edge():
     assert rm.converged.all()
     gaps = [_edge_nll(p, y) for p, y in zip(np.column_stack([rm.params[n] for n in "ako"]), EDGE_COUNTS)] - ref
     assert np.abs(gaps).max() < 1e-6
+
+
+def test_a_long_path_along_the_edge_is_taken_as_far_as_it_goes():
+    # the maximum (a = 15.4, k = 0.040, o = -11.3, last mean 0) lies far along the edge from the
+    # start: Levenberg-Marquardt on the deviance residuals stalled 0.76 below it; Fisher scoring
+    # creeps along the edge and runs out of iterations 1e-4 below it, and that end is reported,
+    # not converged
+    y = np.array([2, 6, 2, 3, 2, 3, 5, 4, 3, 3, 3, 4, 5, 2, 2, 2, 1, 1, 0, 2, 4, 2, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0.0])
+    r = gf.fit("a*exp(-k*x) + o", x={"x": EDGE_X}, y=y, init={"a": 5.0, "k": 0.3, "o": 0.1}, loss="poisson")
+    assert str(r.status) == "max_iterations"
+    assert "raise max_iter" in r.message
+    assert _edge_nll([r.params[n] for n in "ako"], y) - _edge_maximum(y) < 1e-3
