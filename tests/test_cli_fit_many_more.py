@@ -57,3 +57,32 @@ def test_cli_x_values_from_a_npy_file_without_stream(tmp_path):
     code, out, err = cli("fit-many", tmp_path / "y.npy", "a*exp(-k*x)", "--x-values", tmp_path / "nope.npy",
                          "--init", "a=1,k=1")
     assert code == 2 and "nope.npy" in err
+
+
+def _wide_table(path):
+    rng = np.random.default_rng(1)
+    x = np.arange(10) * 0.5
+    lines = ["sample," + ",".join(f"y_{j}" for j in range(10))]
+    for i, name in enumerate(["liver", "kidney", "lung"]):
+        y = (2 + i) * np.exp(-0.6 * x) + rng.normal(0, 0.01, x.size)
+        lines.append(name + "," + ",".join(map(str, y)))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_wide_table_names_its_fits_with_id_column(tmp_path):
+    # before: a text column of a wide table was dropped without a word (the output said fit 0..2)
+    data = _wide_table(tmp_path / "wide.csv")
+    code, out, err = cli("fit-many", data, "a*exp(-k*x)", "--init", "a=1,k=1", "--x-values", "0:5:0.5",
+                         "--out", tmp_path / "fits.csv")
+    assert code == 0, err
+    assert err.count("\n") == 1 and "warning" in err and "sample not used" in err and "--id-column sample" in err
+    code, out, err = cli("fit-many", data, "a*exp(-k*x)", "--init", "a=1,k=1", "--x-values", "0:5:0.5",
+                         "--id-column", "sample", "--out", tmp_path / "fits.csv")
+    assert code == 0 and err == ""
+    table = (tmp_path / "fits.csv").read_text().splitlines()
+    assert [row.split(",")[1] for row in table[1:]] == ["liver", "kidney", "lung"]
+    a = [float(row.split(",")[2]) for row in table[1:]]
+    np.testing.assert_allclose(a, [2, 3, 4], rtol=0.02)
+    code, out, err = cli("fit-many", data, "a*exp(-k*x)", "--init", "a=1,k=1", "--id-column", "tissue")
+    assert code == 2 and "tissue" in err and err.count("\n") == 1

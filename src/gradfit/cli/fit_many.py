@@ -34,7 +34,9 @@ def run_fit_many(args, stdout, stderr) -> ExitStatus:
                 require(module, extra="pandas", feature=f"saving {Path(args.out).name} (Parquet)")
     model = resolve_model(args.model)
     names = list(model.bind([_input_name(model, args)]).param_names if hasattr(model, "bind") else model.param_names)
-    data, per_fit = load_batch(args, names)
+    with library_output("fit-many", stderr):  # (a warning of the table's columns, as one line)
+        data, per_fit = load_batch(args, names)
+    wide_ids = data.pop(WIDE_IDS, None)
     init, fixed = starting_values(args, names, per_fit)
     with library_output("fit-many", stderr):
         result = gf.fit_many(args.model, **data, init=init, bounds=parse_bounds(args.bounds) or None,
@@ -44,6 +46,12 @@ def run_fit_many(args, stdout, stderr) -> ExitStatus:
                              progress=False if args.no_progress or args.json else None,
                              shared=_shared_names(args.shared),
                              starts=args.starts, seed=args.seed)
+    if wide_ids is not None:
+        import dataclasses
+
+        import numpy as np
+
+        result = dataclasses.replace(result, ids=np.asarray(wide_ids), id_name=args.id_column)
     if args.out:
         result.save(args.out)
     if args.plot:  # the example grid needs the (fits, points) arrays: histograms only for a long table
@@ -128,6 +136,10 @@ def starting_values(args, names: list[str], per_fit: dict):
     return values, fixed
 
 
+#: load_batch's key for a wide table's ids (not a fit_many keyword: the CLI sets them on the result)
+WIDE_IDS = "wide_ids"
+
+
 def load_batch(args, names: list[str]):
     """(the data keywords of fit_many, per-fit values {name: (K,)}) from the data file.
 
@@ -151,7 +163,7 @@ def load_batch(args, names: list[str]):
             raise DataError(f"{path}: array 'y' must be 2-D (fits, points), got shape {y.shape}")
         x = columns["x"] if "x" in columns else _x_values(args.x_values, y.shape[1])
         return {"x": x, "y": y}, {n: columns[f"init_{n}"] for n in names if f"init_{n}" in columns}
-    if args.id_column:
+    if args.id_column and (args.x_cols or args.y_col):
         if not (args.x_cols and args.y_col):
             raise ConfigError("a long table needs --id-column, --x and --y (the fit, input and target columns)")
         if "," in args.x_cols:
@@ -175,8 +187,18 @@ def load_batch(args, names: list[str]):
                          args.y_prefix, source=str(path))
     if x is None or args.x_values:
         x = _x_values(args.x_values, y.shape[1])
-    return {"x": x, "y": y}, per_fit_values(numeric_columns(columns, [n for n in names if n in columns],
-                                                            source=str(path)), names, source=str(path))
+    batch = {"x": x, "y": y}
+    if args.id_column:  # a wide table's fit ids (one row per fit), set on the result (run)
+        check_columns(columns, {"id": args.id_column}, source=str(path))
+        batch[WIDE_IDS] = columns[args.id_column]
+    unused = [c for c in columns if not numbered.match(c) and c not in names and c != args.id_column]
+    if unused:
+        from ..errors import warn_user
+
+        warn_user(f"{path}: column(s) {', '.join(unused)} not used (a wide table reads {args.y_prefix}0.., x_0.. and "
+                  f"per-fit starting values named as parameters); name the fit ids with --id-column {unused[0]}")
+    return batch, per_fit_values(numeric_columns(columns, [n for n in names if n in columns], source=str(path)),
+                                 names, source=str(path))
 
 
 def _read_npy(path: Path):

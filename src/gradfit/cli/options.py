@@ -210,7 +210,8 @@ def _add_fit_many(sub) -> None:
                              "or x_0..x_{M-1} columns per fit)")
     layout.add_argument("--y-prefix", default="y_", help="prefix of the y columns in wide format (default y_)")
     layout.add_argument("--id-column", metavar="COL",
-                        help="long table (one row per point): the column naming each fit; needs --x and --y")
+                        help="the column naming each fit: with --x and --y a long table (one row per point); "
+                             "alone, a wide table's id column (its values name the fits in the output)")
     _group(p, "columns")
     _group(p, "parameters", skip=("--tie",))
     _group(p, "solver", defaults={"--tol": "1e-4", "--max-iter": "25 Levenberg-Marquardt iterations per fit; 200 joint "

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 
 from ..errors import warn_user
+from ..stats import undetermined
 from ..lsq.likelihood import PoissonProblem, fisher_polish, mean_half_deviance, poisson_uncertainty, positive_start
 from ..lsq.problem import LeastSquaresProblem, mean_squared_error, predict_numpy
 from ..lsq.solve import refine_residuals, solve
@@ -155,6 +156,17 @@ def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigm
         status = "singular"
         text = "the standard errors are not finite at the end point (the Jacobian is numerically singular)"
         message = f"{message}; {text}" if message else text
+    if status == "converged" and unc.free:
+        space = problem.space
+        values = np.array([fields["params"][n] for n in unc.free])
+        loose = undetermined(free_se, values, np.array([space.values[n] for n in unc.free]))
+        if loose.any():  # a finite error that dwarfs the parameter: the data do not determine it
+            status = "singular"
+            named = ", ".join(f"{n} ({s:.2g} against a value of {v:.4g})"
+                              for n, s, v, bad in zip(unc.free, free_se, values, loose) if bad)
+            text = (f"the data do not determine {named}: its standard error exceeds 2^26 times its size; fix it, "
+                    "or give data that depend on it")
+            message = f"{message}; {text}" if message else text
     notes = fields["notes"]
     if unc.stats["dof"] == 0 and not absolute_sigma and not all(np.isfinite(free_se)):
         # as many points as free parameters: chi-square is 0 to rounding and says nothing of the

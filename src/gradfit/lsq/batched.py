@@ -229,6 +229,7 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, free, device,
                           start=theta0[sl], box=(lower[sl], upper[sl]), tol=tol, eps=eps, clear=clear,
                           likelihood=likelihood, absolute_sigma=absolute_sigma)
+        undetermined_fits(status, stderr, params, theta0, sl, eps)
         if likelihood:  # float64 statistics at the end points; chisqr is the deviance
             for k, v in likelihood_statistics(model, names, fused, inputs, y, w, sl, params, device).items():
                 extra[k][sl] = v
@@ -297,6 +298,19 @@ def _chunk_size(n_fits: int, n_points: int, n_params: int, itemsize: int, dev, c
         # they run several times faster than from main memory
         cap = max(COMPACT_MIN, CPU_CHUNK_BYTES // (n_points * itemsize))
     return max(1, min(n_fits, _memory_budget(dev) // per_fit, cap))
+
+
+def undetermined_fits(status, stderr, params, start, sl, eps: float) -> None:
+    """Converged fits of ``sl`` with a parameter whose standard error dwarfs it
+    (:func:`gradfit.stats.undetermined`, ``eps`` of the working precision) become singular, in
+    place (gf.fit's rule)."""
+    from ..stats import undetermined
+
+    with np.errstate(invalid="ignore"):
+        loose = undetermined(stderr[sl], params[sl], start[sl], eps).any(axis=1)
+    st = status[sl]
+    st[loose & (st == Status.CONVERGED.code)] = Status.SINGULAR.code
+    status[sl] = st
 
 
 def _chunk_tensors(inputs, y, w, theta0, lower, upper, n_used, free, dtype, dev, likelihood=None) -> dict:

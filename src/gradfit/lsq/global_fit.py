@@ -47,7 +47,7 @@ from ..errors import ConfigError
 from ..models.jacobian import batch_residual_and_jacobian
 from ..models.parameters import any_finite_bound
 from ..optim.batch_lm import residual_floor2
-from ..stats import RANK_TOL, batch_statistics
+from ..stats import RANK_TOL, batch_statistics, undetermined
 from ..status import Status
 from .compiled import NATIVE_MARGIN, add_eager_seconds, native_build_seconds, spent_enough
 
@@ -138,7 +138,7 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
         return _solution(model, names, shared, inputs, y, w, fused, dtype, device, state, time.perf_counter() - t0,
                          status0, n_used, free_l, free_s, i_l, i_s, order, reduce, likelihood=None, native=native,
                          restarted=0, ls_iterations=0, native_note=None, native_key=None, t_torch=None,
-                         absolute_sigma=absolute_sigma)
+                         absolute_sigma=absolute_sigma, start=theta0)
 
     def t(a, dt=dtype):
         return torch.as_tensor(np.require(a, None, "CW"), dtype=dt, device=device)
@@ -234,7 +234,7 @@ def solve_global(model, names, shared, inputs: dict, y: np.ndarray, w: np.ndarra
     return _solution(model, names, shared, inputs, y, w, fused, dtype, device, state, time.perf_counter() - t0,
                      status0, n_used, free_l, free_s, i_l, i_s, order, reduce, likelihood=likelihood, native=None,
                      restarted=restarted, ls_iterations=ls_iterations, native_note=native_note, native_key=native_key,
-                     t_torch=t_torch, absolute_sigma=absolute_sigma)
+                     t_torch=t_torch, absolute_sigma=absolute_sigma, start=theta0)
 
 
 def _run_native(native, local0, shared0, status0, inputs: dict, y, w, free_l, free_s, dtype, n_used, *, tol: float,
@@ -264,7 +264,7 @@ def _run_native(native, local0, shared0, status0, inputs: dict, y, w, free_l, fr
 
 def _solution(model, names, shared, inputs, y, w, fused, dtype, device, state, elapsed: float, status0, n_used,
               free_l, free_s, i_l, i_s, order, reduce, *, likelihood, native, restarted: int, ls_iterations: int,
-              native_note, native_key, t_torch, absolute_sigma: bool = False) -> GlobalSolution:
+              native_note, native_key, t_torch, absolute_sigma: bool = False, start) -> GlobalSolution:
     """The GlobalSolution of a finished joint loop (native or torch): the covariance and the
     results in the names' order."""
     import torch
@@ -295,6 +295,14 @@ def _solution(model, names, shared, inputs, y, w, fused, dtype, device, state, e
     else:
         se_l, se_s, singular, stats, cov_ls = _covariance(state, free_l, free_s, n_used, reduce, extra,
                                                           absolute_sigma)
+    if stats.get("n", 1) == 0:  # no fit has a usable point: nothing determines the shared parameters
+        from ..errors import warn_user
+
+        warn_user("no fit has a usable point (every fit ends too_few_points): the shared parameters are "
+                  "undetermined (NaN)")
+        state.shared = torch.full_like(state.shared, float("nan"))
+        se_s = np.full(len(free_s), np.nan)
+        stats = {k: (v if k in ("n", "n_params") else float("nan")) for k, v in stats.items()}
     included = state.included.cpu().numpy() & ~singular
     fit_status = state.fit_status.cpu().numpy()
     status = np.where(included, joint, np.where(singular, Status.SINGULAR.code, fit_status)).astype(np.int8)
@@ -304,6 +312,10 @@ def _solution(model, names, shared, inputs, y, w, fused, dtype, device, state, e
     stderr = np.full((n_fits, len(names)), np.nan)
     stderr[:, i_l] = np.where(included[:, None], se_l, np.nan)
     stderr[:, i_s] = se_s[None, :]
+    with np.errstate(invalid="ignore"):  # an error that dwarfs its parameter: not determined (gf.fit's rule)
+        loose = undetermined(stderr, params, start, float(torch.finfo(dtype).eps))
+    loose = loose[:, i_l].any(axis=1) | loose[:, i_s].any()
+    status = np.where(loose & (status == Status.CONVERGED.code), Status.SINGULAR.code, status).astype(np.int8)
     back_np = np.argsort(order)  # from (local, shared) back to names' order; NaN outside the joint fit
     covariance = np.asarray(cov_ls, dtype=np.float64)[:, back_np[:, None], back_np[None, :]]
     covariance[~included] = np.nan
