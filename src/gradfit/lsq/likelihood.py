@@ -163,10 +163,10 @@ def fisher_polish(problem: PoissonProblem, outcome, *, tol: float | None, max_it
     values = {n: float(v) for n, v in zip(names, sol.params[0])}
     how = {Status.CONVERGED.code: "converged",
            Status.SINGULAR.code: "ended singular (a parameter is not determined there)"}.get(
-        code, f"ended {Status.from_code(code).value}, not converged but further on (raise max_iter, or give a "
-              "start nearer the maximum),")
-    message = (f"{how} by Fisher scoring with steps stopping at the positivity edge, from the start "
-               f"(Levenberg-Marquardt on the deviance residuals had ended {outcome.status}: {outcome.message})")
+        code, f"ended {Status.from_code(code).value} (raise max_iter, or start nearer the maximum)")
+    message = (f"{how}: Fisher scoring with steps stopping at the positivity edge, from the start "
+               f"(Levenberg-Marquardt on the deviance residuals had ended {outcome.status}, "
+               f"{before / 2.0 - float(sol.chisqr[0]) / 2.0:.3g} lower in log-likelihood)")
     return dataclasses.replace(outcome, values=values, status=Status.from_code(code).value,
                                iterations=outcome.iterations + int(sol.iterations[0]), message=message, residuals=None)
 
