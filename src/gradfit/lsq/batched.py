@@ -44,7 +44,7 @@ from ..status import Status
 from .compiled import (COMPILE_FAILED, COMPILED, add_eager_seconds, chunk_mode, compile_key, is_compile_failure,
                        native_kernel, native_key, quiet, traceable_residual_and_jacobian,
                        worth_building, worth_compiling)
-from .end_points import check_end_points, clear_end_points, finish_chunk, likelihood_statistics
+from .end_points import check_end_points, clear_end_points, finish_chunk, likelihood_statistics, undetermined_fits
 from .batch_starts import off_flat_starts
 from .native_many import solve_native
 
@@ -298,19 +298,6 @@ def _chunk_size(n_fits: int, n_points: int, n_params: int, itemsize: int, dev, c
         # they run several times faster than from main memory
         cap = max(COMPACT_MIN, CPU_CHUNK_BYTES // (n_points * itemsize))
     return max(1, min(n_fits, _memory_budget(dev) // per_fit, cap))
-
-
-def undetermined_fits(status, stderr, params, start, sl, eps: float) -> None:
-    """Converged fits of ``sl`` with a parameter whose standard error dwarfs it
-    (:func:`gradfit.stats.undetermined`, ``eps`` of the working precision) become singular, in
-    place (gf.fit's rule)."""
-    from ..stats import undetermined
-
-    with np.errstate(invalid="ignore"):
-        loose = undetermined(stderr[sl], params[sl], start[sl], eps).any(axis=1)
-    st = status[sl]
-    st[loose & (st == Status.CONVERGED.code)] = Status.SINGULAR.code
-    status[sl] = st
 
 
 def _chunk_tensors(inputs, y, w, theta0, lower, upper, n_used, free, dtype, dev, likelihood=None) -> dict:

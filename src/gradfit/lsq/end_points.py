@@ -21,10 +21,11 @@ import numpy as np
 
 from ..models.jacobian import batch_residual_and_jacobian
 from ..status import Status
-from ..stats import end_point_checks, stationary_threshold
+from ..stats import end_point_checks, stationary_threshold, undetermined
 from .compiled import COMPILE_FAILED, COMPILED, is_compile_failure, quiet
 
-__all__ = ["clear_end_points", "check_end_points", "finish", "finish_chunk", "likelihood_statistics", "weighted_at"]
+__all__ = ["clear_end_points", "check_end_points", "finish", "finish_chunk", "likelihood_statistics", "undetermined_fits",
+           "weighted_at"]
 
 
 def clear_end_points(state, full_rank, values: np.ndarray, start: np.ndarray, lower: np.ndarray,
@@ -224,3 +225,14 @@ def _compiled_finish():
 
         fn = COMPILED["finish"] = quiet(torch.compile(finish, dynamic=True))
     return fn
+
+
+def undetermined_fits(status, stderr, params, start, sl, eps: float) -> None:
+    """Converged fits of ``sl`` with a parameter whose standard error dwarfs it
+    (:func:`gradfit.stats.undetermined`, ``eps`` of the working precision) become singular, in
+    place (gf.fit's rule)."""
+    with np.errstate(invalid="ignore"):
+        loose = undetermined(stderr[sl], params[sl], start[sl], eps).any(axis=1)
+    st = status[sl]
+    st[loose & (st == Status.CONVERGED.code)] = Status.SINGULAR.code
+    status[sl] = st
