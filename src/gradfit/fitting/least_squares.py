@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 
 from ..errors import warn_user
-from ..stats import undetermined
+from ..stats import UNDETERMINED
 from ..lsq.likelihood import PoissonProblem, fisher_polish, mean_half_deviance, poisson_uncertainty, positive_start
 from ..lsq.problem import LeastSquaresProblem, mean_squared_error, predict_numpy
 from ..lsq.solve import refine_residuals, solve
@@ -157,10 +157,11 @@ def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigm
         text = "the standard errors are not finite at the end point (the Jacobian is numerically singular)"
         message = f"{message}; {text}" if message else text
     if status == "converged" and unc.free:
-        space = problem.space
-        values = np.array([fields["params"][n] for n in unc.free])
-        loose = undetermined(free_se, values, np.array([space.values[n] for n in unc.free]))
-        if loose.any():  # a finite error that dwarfs the parameter: the data do not determine it
+        # (a few Python floats: cheaper than numpy for the common handful of parameters)
+        start = problem.space.values
+        values = [fields["params"][n] for n in unc.free]
+        loose = [se > UNDETERMINED * max(abs(v), abs(start[n]), 1.0) for se, v, n in zip(free_se, values, unc.free)]
+        if any(loose):  # a finite error that dwarfs the parameter: the data do not determine it
             status = "singular"
             named = ", ".join(f"{n} ({s:.2g} against a value of {v:.4g})"
                               for n, s, v, bad in zip(unc.free, free_se, values, loose) if bad)
