@@ -120,8 +120,10 @@ def undetermined(stderr, values, start, eps: float = _EPS64) -> np.ndarray:
     :func:`vanishing_columns`)? Moving it by its whole size then changes chi-square (or the
     deviance) by less than ``eps``: its value is not determined by the data, finite error or not
     (all-zero counts leave a rate that way: the amplitude sits at 0 to rounding, and the rate's
-    Fisher information with it). Arrays (..., P); NaN is False (undetermined errors are ruled
-    on elsewhere).
+    Fisher information with it). For likelihood fits (Cramer-Rao errors, on the counts' absolute
+    scale): a least-squares error scales with the data's units, and a parameter near 0 in large
+    units would be flagged. Arrays (..., P); NaN is False (undetermined errors are ruled on
+    elsewhere).
 
     >>> undetermined(np.array([4.2e11, 0.1]), np.array([0.486, 3.0]), np.array([0.5, 1.0])).tolist()
     [True, False]

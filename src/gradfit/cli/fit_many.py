@@ -183,6 +183,9 @@ def load_batch(args, names: list[str]):
     import re
 
     numbered = re.compile(rf"^({re.escape(args.y_prefix)}|x_)\d+$")
+    if args.id_column and not any(re.match(rf"^{re.escape(args.y_prefix)}\d+$", c) for c in columns):
+        raise ConfigError(f"{path}: no {args.y_prefix}0.. columns: a long table needs --id-column, --x and --y (the fit, "
+                          "input and target columns); a wide table, y_0.. columns and --id-column alone")
     x, y = wide_to_batch(numeric_columns(columns, [c for c in columns if numbered.match(c)], source=str(path)),
                          args.y_prefix, source=str(path))
     if x is None or args.x_values:
@@ -195,8 +198,9 @@ def load_batch(args, names: list[str]):
     if unused:
         from ..errors import warn_user
 
+        hint = "" if args.id_column else f"; name the fit ids with --id-column {unused[0]}"
         warn_user(f"{path}: column(s) {', '.join(unused)} not used (a wide table reads {args.y_prefix}0.., x_0.. and "
-                  f"per-fit starting values named as parameters); name the fit ids with --id-column {unused[0]}")
+                  f"per-fit starting values named as parameters){hint}")
     return batch, per_fit_values(numeric_columns(columns, [n for n in names if n in columns], source=str(path)),
                                  names, source=str(path))
 

@@ -156,8 +156,9 @@ def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigm
         status = "singular"
         text = "the standard errors are not finite at the end point (the Jacobian is numerically singular)"
         message = f"{message}; {text}" if message else text
-    if status == "converged" and unc.free:
-        # (a few Python floats: cheaper than numpy for the common handful of parameters)
+    if status == "converged" and unc.free and isinstance(problem, PoissonProblem):
+        # a Cramer-Rao error that dwarfs its parameter (counts give it an absolute scale; least
+        # squares' errors scale with the user's units); a few Python floats, cheaper than numpy
         start = problem.space.values
         values = [fields["params"][n] for n in unc.free]
         loose = [se > UNDETERMINED * max(abs(v), abs(start[n]), 1.0) for se, v, n in zip(free_se, values, unc.free)]

@@ -229,8 +229,8 @@ def solve_batched(model, names, inputs: dict, y: np.ndarray, w: np.ndarray, thet
         check_end_points(model, names, fused, inputs, y, w, sl, params, stderr, chisqr, status, free, device,
                           start=theta0[sl], box=(lower[sl], upper[sl]), tol=tol, eps=eps, clear=clear,
                           likelihood=likelihood, absolute_sigma=absolute_sigma)
-        undetermined_fits(status, stderr, params, theta0, sl, eps)
         if likelihood:  # float64 statistics at the end points; chisqr is the deviance
+            undetermined_fits(status, stderr, params, theta0, sl, eps)
             for k, v in likelihood_statistics(model, names, fused, inputs, y, w, sl, params, device).items():
                 extra[k][sl] = v
             chisqr[sl] = np.where(np.isfinite(chisqr[sl]), extra["deviance"][sl], chisqr[sl])
@@ -424,6 +424,8 @@ def _iterate(make_step, tensors, max_iter: int, mode, tol: float = 0.0, build_na
     from ..optim.batch_lm import RUNNING, BatchState, init
 
     state = init(tensors["theta0"], tensors["status0"])
+    if tensors["likelihood"]:  # (the step's per-coordinate damping: one shape for torch.compile from the start)
+        state.damping = torch.ones_like(state.theta)
     full = state
     rows = None  # indices (into the chunk) of the fits in `state`; None = all of them
     compiled = mode is True

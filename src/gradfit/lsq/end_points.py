@@ -228,9 +228,10 @@ def _compiled_finish():
 
 
 def undetermined_fits(status, stderr, params, start, sl, eps: float) -> None:
-    """Converged fits of ``sl`` with a parameter whose standard error dwarfs it
+    """Converged Poisson fits of ``sl`` with a parameter whose Cramer-Rao error dwarfs it
     (:func:`gradfit.stats.undetermined`, ``eps`` of the working precision) become singular, in
-    place (gf.fit's rule)."""
+    place (gf.fit's rule; counts give the errors an absolute scale, which least squares' units
+    do not)."""
     with np.errstate(invalid="ignore"):
         loose = undetermined(stderr[sl], params[sl], start[sl], eps).any(axis=1)
     st = status[sl]

@@ -312,10 +312,11 @@ def _solution(model, names, shared, inputs, y, w, fused, dtype, device, state, e
     stderr = np.full((n_fits, len(names)), np.nan)
     stderr[:, i_l] = np.where(included[:, None], se_l, np.nan)
     stderr[:, i_s] = se_s[None, :]
-    with np.errstate(invalid="ignore"):  # an error that dwarfs its parameter: not determined (gf.fit's rule)
-        loose = undetermined(stderr, params, start, float(torch.finfo(dtype).eps))
-    loose = loose[:, i_l].any(axis=1) | loose[:, i_s].any()
-    status = np.where(loose & (status == Status.CONVERGED.code), Status.SINGULAR.code, status).astype(np.int8)
+    if likelihood:  # a Cramer-Rao error that dwarfs its parameter: not determined (gf.fit's rule)
+        with np.errstate(invalid="ignore"):
+            loose = undetermined(stderr, params, start, float(torch.finfo(dtype).eps))
+        loose = loose[:, i_l].any(axis=1) | loose[:, i_s].any()
+        status = np.where(loose & (status == Status.CONVERGED.code), Status.SINGULAR.code, status).astype(np.int8)
     back_np = np.argsort(order)  # from (local, shared) back to names' order; NaN outside the joint fit
     covariance = np.asarray(cov_ls, dtype=np.float64)[:, back_np[:, None], back_np[None, :]]
     covariance[~included] = np.nan

@@ -131,8 +131,9 @@ def fisher_polish(problem: PoissonProblem, outcome, *, tol: float | None, max_it
     """``outcome`` of Levenberg-Marquardt on the deviance residuals, or, where that did not
     converge, the batched Fisher scoring's from the same start when it converges to a deviance
     no higher than LM's (the same outcome with its values, status and message; also when it
-    ends singular there: all-zero counts, whose optimum mean 0 leaves a rate undetermined). (Not from LM's
-    end point: that can sit on the edge, mu ~ 1e-17, where the Fisher weight w / mu pins it.)
+    ends singular there: all-zero counts, whose optimum mean 0 leaves a rate undetermined), or
+    ends otherwise at a strictly lower deviance (its status then). (Not from LM's end point:
+    that can sit on the edge, mu ~ 1e-17, where the Fisher weight w / mu pins it.)
 
     Why: where zero counts have means near 0 (a background or an amplitude on the positivity
     edge, :mod:`gradfit.optim.positive_step`), the deviance residuals sqrt(2 w mu) have
@@ -162,8 +163,9 @@ def fisher_polish(problem: PoissonProblem, outcome, *, tol: float | None, max_it
         return outcome
     values = {n: float(v) for n, v in zip(names, sol.params[0])}
     how = {Status.CONVERGED.code: "converged",
-           Status.SINGULAR.code: "ended singular (a parameter is not determined there)"}.get(
-        code, f"ended {Status.from_code(code).value} (raise max_iter, or start nearer the maximum)")
+           Status.SINGULAR.code: "ended singular (a parameter is not determined there)",
+           Status.MAX_ITERATIONS.code: "ran out of iterations, not converged (raise max_iter)"}.get(
+        code, f"ended {Status.from_code(code).value}, not converged (start nearer the maximum)")
     message = (f"{how}: Fisher scoring with steps stopping at the positivity edge, from the start "
                f"(Levenberg-Marquardt on the deviance residuals had ended {outcome.status}, "
                f"{before / 2.0 - float(sol.chisqr[0]) / 2.0:.3g} lower in log-likelihood)")

@@ -23,7 +23,7 @@ from ..stats import VANISH_FACTOR, stationary_threshold
 from ..status import Status
 from . import compiled
 from .batch_starts import off_flat_starts
-from .end_points import check_end_points
+from .end_points import check_end_points, undetermined_fits
 
 __all__ = ["DEFERRED", "SLAB", "solve_native"]
 
@@ -98,6 +98,7 @@ def solve_native(model, names, fused: bool, inputs: dict, y: np.ndarray, w: np.n
                      clear=out["clear"], likelihood=likelihood, absolute_sigma=absolute_sigma)
     out["likelihood"] = None
     if poisson:  # float64 statistics at the end points; chisqr is the deviance
+        undetermined_fits(out["status"], out["stderr"], out["params"], theta0, everything, eps)
         out["likelihood"] = poisson_statistics(native.lib, inputs, input_names, yw, ww, out["params"], threads)
         out["chisqr"] = np.where(np.isfinite(out["chisqr"]), out["likelihood"]["deviance"], out["chisqr"])
     out["deferred"] = np.nonzero(out["status"] == DEFERRED)[0]

@@ -278,11 +278,13 @@ def damping_share(a, fisher, jac, zero):
     import torch
 
     cap = torch.where(zero, 0.0, fisher).amax(-1, keepdim=True)  # fisher is 0 at unused points
-    over = torch.where(zero & (cap > 0), (fisher - cap).clamp(min=0.0), 0.0)
+    # the kept part summed directly (1 - excess / diag loses it to rounding where the spring
+    # dominates, as in float32)
+    kept_w = torch.where(zero & (cap > 0), torch.minimum(fisher, cap), fisher)
+    kept = torch.stack([(kept_w * j * j).sum(-1) for j in jac], dim=-1)
     diag = torch.diagonal(a, dim1=-2, dim2=-1)
-    excess = torch.stack([(over * j * j).sum(-1) for j in jac], dim=-1)
-    share = 1.0 - excess / torch.where(diag > 0, diag, 1.0)
-    return torch.where(torch.isfinite(share), share.clamp(0.0, 1.0), 1.0)
+    share = kept / torch.where(diag > 0, diag, 1.0)
+    return torch.where(torch.isfinite(share) & (diag > 0), share.clamp(0.0, 1.0), 1.0)
 
 
 def residual_floor2(y, w):
