@@ -423,9 +423,7 @@ def _iterate(make_step, tensors, max_iter: int, mode, tol: float = 0.0, build_na
 
     from ..optim.batch_lm import RUNNING, BatchState, init
 
-    state = init(tensors["theta0"], tensors["status0"])
-    if tensors["likelihood"]:  # (the step's per-coordinate damping: one shape for torch.compile from the start)
-        state.damping = torch.ones_like(state.theta)
+    state = init(tensors["theta0"], tensors["status0"], tensors["likelihood"])
     full = state
     rows = None  # indices (into the chunk) of the fits in `state`; None = all of them
     compiled = mode is True

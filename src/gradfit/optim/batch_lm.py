@@ -112,10 +112,11 @@ class BatchState:
     damping: object = None
 
 
-def init(theta0, status0) -> BatchState:
+def init(theta0, status0, likelihood: str | None = None) -> BatchState:
     """The state before the first step: parameters ``theta0`` (B, P), statuses ``status0`` (B,)
     (RUNNING, or a final code for fits that cannot start). The first evaluation is always
-    accepted."""
+    accepted. ``likelihood="poisson"``: with the step's per-coordinate damping share (all of
+    diag(A) until the first evaluation), so that every state has one shape (torch.compile)."""
     import torch
 
     b, p = theta0.shape
@@ -126,7 +127,8 @@ def init(theta0, status0) -> BatchState:
                       g=torch.zeros(b, p, dtype=theta0.dtype, device=theta0.device),
                       status=status0.clone(), iterations=torch.zeros(b, dtype=torch.int32, device=theta0.device),
                       snaps=torch.zeros(b, dtype=torch.int32, device=theta0.device),
-                      probing=torch.zeros(b, dtype=torch.bool, device=theta0.device))
+                      probing=torch.zeros(b, dtype=torch.bool, device=theta0.device),
+                      damping=torch.ones_like(theta0) if likelihood == "poisson" else None)
 
 
 def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol: float, *,
@@ -194,8 +196,7 @@ def step(residual_and_jacobian, state: BatchState, y, w, lower, upper, free, tol
     chi2_new = torch.where(accept, chi2, state.chi2)
     lam = torch.where(accept, state.lam * 0.1, torch.where(running, state.lam * 10.0, state.lam))
     if likelihood == "poisson":  # the damping of each coordinate at theta (a (B, P) lam)
-        kept = torch.ones_like(theta) if state.damping is None else state.damping
-        share_new = torch.where(acc1, share, kept)
+        share_new = torch.where(acc1, share, torch.ones_like(theta) if state.damping is None else state.damping)
         lam_d = lam.unsqueeze(-1) * share_new
     else:
         share_new, lam_d = state.damping, lam
