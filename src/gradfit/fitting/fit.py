@@ -128,6 +128,11 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
         at 0.5, over init), ``{"c": "2*a"}``.
     sigma, absolute_sigma : per-point standard deviations (weights 1/sigma^2); with
         absolute_sigma the covariance is not rescaled by the reduced chi-square.
+    max_iter, tol : Levenberg-Marquardt's iteration limit (default 2000) and tolerance (default:
+        near float64 rounding, 10 eps). A given tol stops at relative changes of the cost (and
+        steps) below it, and "converged" then asks the end point's residual cosine with each
+        Jacobian column to be below sqrt(tol) (at least 1e-6), the stationarity such a stop
+        leaves; else "stalled".
     normalize : precondition the optimizer (see :mod:`gradfit.optim.precondition`); reported
         parameters keep the formula's meaning and units, at any input scale or offset.
     dtype : "float32" (default) or "float64" for first-order training (least squares always
