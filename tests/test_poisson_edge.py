@@ -297,8 +297,7 @@ def test_a_long_path_along_the_edge_is_taken_as_far_as_it_goes():
     # not converged
     y = np.array([2, 6, 2, 3, 2, 3, 5, 4, 3, 3, 3, 4, 5, 2, 2, 2, 1, 1, 0, 2, 4, 2, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0.0])
     r = gf.fit("a*exp(-k*x) + o", x={"x": EDGE_X}, y=y, init={"a": 5.0, "k": 0.3, "o": 0.1}, loss="poisson")
-    assert str(r.status) == "max_iterations"
-    assert "raise max_iter" in r.message
+    assert str(r.status) != "converged" and "not converged" in r.message
     assert _edge_nll([r.params[n] for n in "ako"], y) - _edge_maximum(y) < 1e-3
 
 

@@ -20,7 +20,7 @@ from .optim.trust_region import GRAM_COVARIANCE, RANGE_GRAM_COND, symmetric_eigh
 __all__ = ["Covariance", "covariance", "covariance_from_svd", "fit_statistics", "batch_statistics",
            "rank_deficient", "batch_inverse_diagonal", "t_quantile", "z_quantile", "RANK_TOL", "VANISH_FACTOR",
            "STATIONARY", "RESIDUAL_FLOOR", "covariance_from_gram", "GRAM_COVARIANCE", "residual_floor", "vanishing_columns", "batch_range_cosine", "stationary_threshold", "batch_scaled_gradient", "EndPoint",
-           "end_point_checks", "scaled_gram_eigh", "range_cosine_from_gram", "undetermined", "UNDETERMINED"]
+           "end_point_checks", "scaled_gram_eigh", "range_cosine_from_gram", "undetermined"]
 
 #: singular values of the column-scaled Jacobian below RANK_TOL * largest count as zero (fit and fit_many)
 RANK_TOL = 1e-10
@@ -29,9 +29,6 @@ RANK_TOL = 1e-10
 #: (the scale-free SVD test cannot see a column that vanishes as a whole, e.g. k in
 #: a*exp(-k*x) + c when a -> 0)
 VANISH_FACTOR = 100.0
-#: a standard error beyond this many times its parameter's size (1 / sqrt(float64 eps)) leaves
-#: the parameter undetermined: a change by that much moves chi-square (or the deviance) by ~1
-UNDETERMINED = 2.0 ** 26
 #: residuals with ||sqrt(w) r|| <= residual_floor(eps) * ||sqrt(w) y|| are at the working
 #: precision's rounding level: such a point is stationary to within rounding, and a fit that
 #: reaches it has converged (fit and fit_many): RESIDUAL_FLOOR float64 units, or 100 units of
@@ -116,7 +113,7 @@ def vanishing_columns(col_norms: np.ndarray, values: np.ndarray, start: np.ndarr
 
 def undetermined(stderr, values, start, eps: float = _EPS64) -> np.ndarray:
     """Per parameter: is its standard error beyond 1 / sqrt(``eps``) (the working precision's;
-    ``UNDETERMINED`` in float64) times its size (the largest of its value, its start and 1, as
+    2^26 in float64) times its size (the largest of its value, its start and 1, as
     :func:`vanishing_columns`)? Moving it by its whole size then changes chi-square (or the
     deviance) by less than ``eps``: its value is not determined by the data, finite error or not
     (all-zero counts leave a rate that way: the amplitude sits at 0 to rounding, and the rate's
@@ -130,7 +127,7 @@ def undetermined(stderr, values, start, eps: float = _EPS64) -> np.ndarray:
     """
     size = np.maximum(np.maximum(np.abs(values), np.abs(start)), 1.0)
     with np.errstate(invalid="ignore", over="ignore"):
-        return np.asarray(stderr, dtype=float) > (UNDETERMINED if eps == _EPS64 else eps ** -0.5) * size
+        return np.asarray(stderr, dtype=float) > eps ** -0.5 * size
 
 
 def stationary_threshold(tol: float | None) -> float:

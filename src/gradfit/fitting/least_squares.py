@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 
 from ..errors import warn_user
-from ..stats import UNDETERMINED
+from ..stats import undetermined
 from ..lsq.likelihood import PoissonProblem, fisher_polish, mean_half_deviance, poisson_uncertainty, positive_start
 from ..lsq.problem import LeastSquaresProblem, mean_squared_error, predict_numpy
 from ..lsq.solve import refine_residuals, solve
@@ -158,11 +158,10 @@ def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigm
         message = f"{message}; {text}" if message else text
     if status == "converged" and unc.free and isinstance(problem, PoissonProblem):
         # a Cramer-Rao error that dwarfs its parameter (counts give it an absolute scale; least
-        # squares' errors scale with the user's units); a few Python floats, cheaper than numpy
-        start = problem.space.values
+        # squares' errors scale with the user's units)
         values = [fields["params"][n] for n in unc.free]
-        loose = [se > UNDETERMINED * max(abs(v), abs(start[n]), 1.0) for se, v, n in zip(free_se, values, unc.free)]
-        if any(loose):  # a finite error that dwarfs the parameter: the data do not determine it
+        loose = undetermined(np.array(free_se), np.array(values), np.array([problem.space.values[n] for n in unc.free]))
+        if loose.any():  # a finite error that dwarfs the parameter: the data do not determine it
             status = "singular"
             named = ", ".join(f"{n} ({s:.2g} against a value of {v:.4g})"
                               for n, s, v, bad in zip(unc.free, free_se, values, loose) if bad)

@@ -271,17 +271,18 @@ def damping_share(a, fisher, jac, zero):
     """(B, P) the share of each diagonal entry of the Poisson normal matrix ``a`` (B, P, P) that
     Marquardt's damping scales: 1 less the part from zero counts' Fisher weights above the
     fit's largest weight elsewhere (``fisher`` (B, M), ``jac`` P columns (B, M), ``zero`` (B, M)
-    the used zero counts; :func:`gradfit.optim.positive_step.edge_points` gives the same
-    excess to the global fit's damping). A zero count held at the positivity edge has a Fisher
+    the used zero counts; :func:`gradfit.optim.positive_step.capped_weights`, as the global
+    fit's damping). A zero count held at the positivity edge has a Fisher
     weight w / mu of ~1e13 that rightly pins its mean there, but a damping scaled by it would
     freeze every parameter that mean depends on: the fit stalls on the edge short of its
     maximum."""
     import torch
 
-    cap = torch.where(zero, 0.0, fisher).amax(-1, keepdim=True)  # fisher is 0 at unused points
+    from .positive_step import capped_weights
+
     # the kept part summed directly (1 - excess / diag loses it to rounding where the spring
     # dominates, as in float32)
-    kept_w = torch.where(zero & (cap > 0), torch.minimum(fisher, cap), fisher)
+    kept_w = capped_weights(fisher, zero)
     kept = torch.stack([(kept_w * j * j).sum(-1) for j in jac], dim=-1)
     diag = torch.diagonal(a, dim1=-2, dim2=-1)
     share = kept / torch.where(diag > 0, diag, 1.0)

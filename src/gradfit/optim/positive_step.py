@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 from .batch_solve import damped_solve
 
-__all__ = ["EdgePoints", "edge_correction", "edge_points", "edge_return", "edge_rows", "positive_step",
+__all__ = ["EdgePoints", "capped_weights", "edge_correction", "edge_points", "edge_return", "edge_rows", "positive_step",
            "stop_at_edges"]
 
 #: where a step stops on its way to the edge (as a bound's step back, scipy trf's theta)
@@ -137,6 +137,18 @@ def edge_correction(delta, jd, smallest, row, a, lam, free, hold=None):
     return delta.index_add(0, idx, nu.unsqueeze(-1) * v)
 
 
+def capped_weights(fisher, zero):
+    """(B, M) the Fisher weights ``fisher`` with each used zero count's (``zero``) capped at the
+    fit's largest weight elsewhere (uncapped where the fit has no other weight): the part of
+    the normal matrix Marquardt's damping may scale. A zero count's deviance 2 w mu is linear
+    in its mean, and its weight w / mu grows without bound at the positivity edge (the global
+    fit's :func:`edge_points` and the independent fits' batch_lm.damping_share)."""
+    import torch
+
+    cap = torch.where(zero, 0.0, fisher).amax(-1, keepdim=True)  # fisher is 0 at unused points
+    return torch.where(zero & (cap > 0), torch.minimum(fisher, cap), fisher)
+
+
 class EdgePoints(NamedTuple):
     """The fits of a Poisson batch with a used count of zero, at one point of the parameters
     (:func:`edge_points`); tensors over those K fits, float64 where they hold numbers."""
@@ -174,8 +186,7 @@ def edge_points(mu, jac, zero, offset=0, fisher=None) -> EdgePoints:
         excess = torch.zeros(jac_k.shape[0], jac_k.shape[2], dtype=torch.float64, device=jac_k.device)
     else:
         fw = fisher[fits].double()
-        cap = torch.where(zero_k, 0.0, fw).amax(-1, keepdim=True)  # fisher is 0 at unused points
-        over = torch.where(zero_k & (cap > 0), (fw - cap).clamp(min=0.0), 0.0)
+        over = fw - capped_weights(fw, zero_k)
         excess = (over.unsqueeze(-1) * jac_k * jac_k).sum(1)
     return EdgePoints(fits + offset, mu_k.double(), jac_k, zero_k, floor.double(), excess)
 
