@@ -2,8 +2,9 @@
 MLP, Adam, 200 epochs, 3 of 11 points held out) timed on a quiet machine and again while
 ``--busy`` processes (default two) spin on the CPU, with gradfit's threads="auto" (one thread
 for a problem this small) and with the intra-op thread count forced to the process's
-default (the behaviour before threads= existed: torch uses one thread per core). The target
-is auto's loaded/quiet ratio <= 2x.
+default (the behaviour before threads= existed: torch uses one thread per core), beside a
+pure-Python one-thread reference of the same quiet length (what the machine gives any
+one-thread job under that load). The target is auto's loaded/quiet ratio <= 2x.
 
     python bench/threads.py [--repeats 3] [--busy 2] [--epochs 200]
 
@@ -43,15 +44,41 @@ def spin(stop) -> None:
             x = (x + i * i) % 1_000_003
 
 
-def timed(modes: dict, epochs: int, repeats: int) -> dict:
-    """Median seconds of each mode, the modes called in turn so drifting load hits all alike."""
-    times = {name: [] for name in modes}
+def reference_work(n: int) -> int:
+    """The floor: ``n`` steps of single-threaded pure-Python arithmetic (no torch, no numpy, no
+    memory traffic), whose loaded/quiet ratio is what the machine gives any one-thread job
+    under the same load. Three runnable processes on two cores leave each 2/3 of a core (1.5x
+    at best); two vCPUs that are hyperthreads of one core, or share its caches, make it more."""
+    x = 0
+    for i in range(n):
+        x = (x + i * i) % 1_000_003
+    return x
+
+
+def timed(modes: dict, epochs: int, repeats: int, reference_steps: int) -> dict:
+    """Median seconds of each mode and of the reference, called in turn so drifting load hits
+    all alike."""
+    times = {name: [] for name in [*modes, REFERENCE]}
     for _ in range(repeats):
         for name, threads in modes.items():
             t0 = time.perf_counter()
             readme_mlp(threads, epochs)
             times[name].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        reference_work(reference_steps)
+        times[REFERENCE].append(time.perf_counter() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+REFERENCE = "pure-Python reference, one thread (the machine's floor)"
+
+
+def calibrated_steps(seconds: float) -> int:
+    """Steps of :func:`reference_work` that take about ``seconds`` on this machine, now."""
+    n = 100_000
+    t0 = time.perf_counter()
+    reference_work(n)
+    return max(1, int(n * seconds / (time.perf_counter() - t0)))
 
 
 def main():
@@ -63,7 +90,10 @@ def main():
     default = torch.get_num_threads()
     modes = {"auto (threads=None)": None, f"forced threads={default} (old behaviour)": default}
     readme_mlp(None, 5)  # warm-up: imports, first-call caches
-    quiet = timed(modes, args.epochs, args.repeats)
+    t0 = time.perf_counter()
+    readme_mlp(None, args.epochs)
+    steps = calibrated_steps(time.perf_counter() - t0)  # the reference lasts as long as the fit
+    quiet = timed(modes, args.epochs, args.repeats, steps)
 
     ctx = mp.get_context("spawn")  # fresh interpreters: no copy of this process's torch thread pool
     stop = ctx.Event()
@@ -72,19 +102,19 @@ def main():
         w.start()
     time.sleep(1.0)  # let them start spinning
     try:
-        loaded = timed(modes, args.epochs, args.repeats)
+        loaded = timed(modes, args.epochs, args.repeats, steps)
     finally:
         stop.set()
         for w in workers:
             w.join(10)
     rows = [[name, f"{quiet[name]:.3f}", f"{loaded[name]:.3f}", f"{loaded[name] / quiet[name]:.1f}x"]
-            for name in modes]
+            for name in [*modes, REFERENCE]]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(table(f"README 11-point MLP, {args.epochs} epochs: quiet vs {args.busy} busy processes "
                 f"(median of {args.repeats}; {os.cpu_count()} cores, torch default {default} threads, "
                 f"load average {load:.1f} at the end)",
                 ["threads", "quiet s", "loaded s", "loaded/quiet"], rows))
-    print("target: auto loaded/quiet <= 2x")
+    print("target: auto loaded/quiet <= 2x; the reference row is what the machine allows any one-thread job")
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def test_extended_precision_skips_values_that_are_not_finite():
     assert np.isnan(r[0]) and np.allclose(r[1:], np.log(X4[1:]))  # log(-1) is complex in mpmath
     space = ParameterSpace(model.param_names, {"a": 1.0, "b": 0.0})
     problem = LeastSquaresProblem(model, space, {"x": X4}, np.zeros(4))
-    assert np.isnan(_precise_chi2(problem, {"a": 1.0, "b": 0.0}, float("nan"), np.zeros(4), None))
+    assert np.isnan(_precise_chi2(problem, {"a": 1.0, "b": 0.0}, float("nan"), 0.0))
 
 
 def test_float32_overflow_refused_alike():

@@ -209,5 +209,15 @@ class ProgressCallback(Callback):
 def wants_progress(progress) -> bool:
     """progress=None means: show a bar only when stderr is a terminal."""
     if progress is None:
-        return sys.stderr.isatty()
+        return _is_terminal(sys.stderr)
     return bool(progress)
+
+
+#: (stream, isatty) of the stream last asked: every fit asks, and isatty is a system call
+_LAST_TERMINAL: list = [None, False]
+
+
+def _is_terminal(stream) -> bool:
+    if stream is not _LAST_TERMINAL[0]:  # another stream (a test's, a redirected one): ask it
+        _LAST_TERMINAL[:] = [stream, bool(stream.isatty())]
+    return _LAST_TERMINAL[1]

@@ -94,7 +94,8 @@ def vanishing_columns(col_norms: np.ndarray, values: np.ndarray, start: np.ndarr
     parameter's size (the largest of its value, its start and 1: a parameter near zero is
     moved by a unit) is compared with the data's rounding level
     ``VANISH_FACTOR * eps * ||sqrt(w) y||`` (``eps`` of the working precision); an all-zero
-    column is always negligible. Arrays (..., P) (``data_norm`` (...,)); returns a bool
+    column is always negligible. Arrays (..., P) (``data_norm`` (...,); one fit may pass
+    ``values`` and ``start`` as lists); returns a bool
     array of the same shape. The one definition for fit and fit_many.
 
     >>> vanishing_columns(np.array([1e-42, 1.0]), np.array([1.0, 0.0]), np.array([1.0, 0.0]), 10.0, 2.2e-16).tolist()
@@ -102,9 +103,9 @@ def vanishing_columns(col_norms: np.ndarray, values: np.ndarray, start: np.ndarr
     """
     if getattr(col_norms, "ndim", None) == 1 and isinstance(data_norm, float):  # one fit: P Python floats are faster
         limit = VANISH_FACTOR * eps * float(data_norm)
+        values, start = (a if type(a) is list else np.asarray(a).tolist() for a in (values, start))
         return np.array([c == 0 or c * max(abs(v), abs(s), 1.0) <= limit
-                         for c, v, s in zip(col_norms.tolist(), np.asarray(values).tolist(), np.asarray(start).tolist())],
-                        dtype=bool)
+                         for c, v, s in zip(col_norms.tolist(), values, start)], dtype=bool)
     size = np.maximum(np.maximum(np.abs(values), np.abs(start)), 1.0)
     limit = VANISH_FACTOR * eps * np.asarray(data_norm, dtype=float)[..., None]
     with np.errstate(invalid="ignore", over="ignore"):

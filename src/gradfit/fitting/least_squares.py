@@ -5,6 +5,7 @@ Levenberg-Marquardt on the deviance residuals (:mod:`gradfit.lsq.likelihood`).""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -151,7 +152,7 @@ def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigm
             status = "singular"
         message = f"{message}; {text}" if message else text
     free_se = [unc.stderr[n] for n in unc.free]
-    if status == "converged" and unc.stats["dof"] > 0 and not all(np.isfinite(free_se)):
+    if status == "converged" and unc.stats["dof"] > 0 and not all(map(math.isfinite, free_se)):
         # undetermined errors are never "converged" (the same rule as fit_many)
         status = "singular"
         text = "the standard errors are not finite at the end point (the Jacobian is numerically singular)"
@@ -169,7 +170,7 @@ def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigm
                     "or give data that depend on it")
             message = f"{message}; {text}" if message else text
     notes = fields["notes"]
-    if unc.stats["dof"] == 0 and not absolute_sigma and not all(np.isfinite(free_se)):
+    if unc.stats["dof"] == 0 and not absolute_sigma and not all(map(math.isfinite, free_se)):
         # as many points as free parameters: chi-square is 0 to rounding and says nothing of the
         # noise (scipy warns "Covariance of the parameters could not be estimated")
         text = ("no degrees of freedom (as many points as free parameters): the standard errors are undetermined; "

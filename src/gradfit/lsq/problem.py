@@ -28,6 +28,7 @@ class LeastSquaresProblem:
         self._numpy = (inputs, y, weights)
         self.n = len(y)
         self._tensors = None
+        self._data_squared = None
 
     @classmethod
     def from_arrays(cls, model, space, arrays) -> "LeastSquaresProblem":
@@ -43,6 +44,14 @@ class LeastSquaresProblem:
     def numpy(self) -> tuple[dict, np.ndarray, np.ndarray | None]:
         """(inputs, y, weights) as float64 numpy arrays."""
         return self._numpy
+
+    def data_squared(self) -> float:
+        """||sqrt(w) y||^2, the data's weighted sum of squares: the scale of chi-square's
+        rounding (asked by the solver, the refinement and the statistics; computed once)."""
+        if self._data_squared is None:
+            _, y, w = self.numpy()
+            self._data_squared = float(np.vdot(y, y) if w is None else np.vdot(w, y * y))
+        return self._data_squared
 
     def _tensor_data(self):
         if self._tensors is None:

@@ -3,7 +3,6 @@ Levenberg-Marquardt (optim/lm.py), plus mixed-precision refinement of a converge
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from ..status import Status
 from ..optim.linear import solve_linear_least_squares
 from ..stats import batch_range_cosine, range_cosine_from_gram, residual_floor, scaled_gram_eigh, stationary_threshold
 from ..optim.lm import LMOptions, robust_levenberg_marquardt
+from ..optim.native_single import kernel
 from .chunked import Reducer, not_finite_report, use_chunks
 from .compiled import add_eager_seconds, spent_enough
 from .problem import LeastSquaresProblem, chi_square
@@ -90,8 +90,8 @@ def _not_finite_linear(space, design: np.ndarray, offset) -> LSQOutcome:
 
 def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None, callback,
               compile="auto") -> LSQOutcome:
-    _, y, w = problem.numpy()
-    y_norm = math.sqrt(float(y @ y if w is None else w @ (y * y)))  # ||sqrt(w) y||
+    w = problem.numpy()[2]
+    y_norm = math.sqrt(problem.data_squared())  # ||sqrt(w) y||
     # a stop at a relative cost change tol leaves a residual cosine with the Jacobian's columns of
     # ~sqrt(tol): a given tol asks that much stationarity (before: tol=1e-4 ended 21 of 30 decays
     # "stalled" at the optimum, the test wanting 1e-6 whatever tol)
@@ -118,7 +118,12 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
     if native is None:
         residual, jacobian = reducer.functions() if chunked else problem.lm_functions(internal=False)
     else:  # made only if a strategy needs them (a start the native kernel leaves to lm.py)
-        functions = functools.cache(lambda: problem.lm_functions(internal=False))
+        made = []  # (a list, not functools.cache: wrapping a function costs microseconds per fit)
+
+        def functions():
+            if not made:
+                made.extend(problem.lm_functions(internal=False))
+            return made
 
         def residual(u):
             return functions()[0](u)
@@ -177,8 +182,6 @@ def _native_run(problem: LeastSquaresProblem, *, build: bool = False):
     n = problem.n
     if not all(isinstance(v, np.ndarray) and v.shape == (n,) for v in inputs.values()):
         return None, None
-    from ..optim.native_single import kernel
-
     names, columns = tuple(space.names), tuple(inputs)
     key = ("single", expression, names, columns)
     found, _ = kernel(model, names, columns, build=build or build_single_now(key, len(names)))
@@ -200,14 +203,15 @@ def _final_stationarity(out, bounds, options, threshold: float) -> tuple | None:
     if out.status != Status.CONVERGED or out.jacobian is None or math.sqrt(2.0 * out.cost) <= options.residual_floor:
         return None
     jac, r = out.jacobian, out.residuals
-    g = jac.T @ r
     held = None
-    if bounds is not None:
-        held = ((out.x <= bounds[0]) & (g > 0)) | ((out.x >= bounds[1]) & (g < 0))
     eig = measure = None
-    if held is None and out.gram_eigh is not None:  # the native kernel's, at this very point
-        eig, measure = out.gram_eigh, out.range_cosine
-    elif held is None or not held.any():
+    if bounds is None and out.gram_eigh is not None:  # the native kernel's, at this very point
+        eig, measure = out.gram_eigh, out.range_cosine  # (no J^T r needed)
+    else:
+        g = jac.T @ r
+        if bounds is not None:
+            held = ((out.x <= bounds[0]) & (g > 0)) | ((out.x >= bounds[1]) & (g < 0))
+    if eig is None and (held is None or not held.any()):
         # one P x P eigendecomposition of J^T J (the solver's last, for long data) instead of
         # the SVD route; None when the Gram matrix does not serve
         eig = scaled_gram_eigh(jac.T @ jac if out.gram is None else out.gram)
@@ -232,7 +236,7 @@ def refine_residuals(problem: LeastSquaresProblem, values: dict, steps: int = 3,
     space = problem.space
     inputs, y, w = problem.numpy()
     chi2 = chi_square(problem, values) if chisqr is None else chisqr
-    if not math.isfinite(chi2) or chi2 > 1e-20 * float(y @ y if w is None else w @ (y * y)):
+    if not math.isfinite(chi2) or chi2 > 1e-20 * problem.data_squared():
         return values  # not finite, or residuals well above float64 rounding: nothing to gain
     from ..formula.precise import residuals_mp
     current = dict(values)

@@ -46,26 +46,31 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
         with np.errstate(all="ignore"):  # a model not finite somewhere is handled below
             residuals = predict_numpy(problem.model, inputs, values) - y
     resid = residuals
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum is not finite: below
-        if resid is None:
-            rss, wrss = residual_sums(problem, values)
-        else:
-            rss = float(resid @ resid)
-            wrss = rss if w is None else float(w @ (resid * resid))
+    if resid is not None and w is None:  # (vdot raises no floating-point flags: no errstate)
+        rss = wrss = float(np.vdot(resid, resid))
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum is not finite: below
+            if resid is None:
+                rss, wrss = residual_sums(problem, values)
+            else:
+                rss = float(np.vdot(resid, resid))
+                wrss = float(np.vdot(w, resid * resid))
     if not math.isfinite(rss) and (resid is None or not np.isfinite(resid).all()):
         return _undetermined(space, resid, y, w)
-    chi2 = _precise_chi2(problem, values, wrss, y, w)
+    data_squared = problem.data_squared()  # ||sqrt(w) y||^2
+    chi2 = _precise_chi2(problem, values, wrss, data_squared)
     stats = fit_statistics(resid, y, w, len(space.free), chisqr=chi2, rss=rss)
     dof = stats["dof"]
     scale = 1.0 if absolute_sigma else (chi2 / dof if dof > 0 else math.nan)
-    free_values = np.array([values[n] for n in space.free], dtype=float)
-    start = np.array([space.values[n] for n in space.free], dtype=float)
-    data_norm = math.sqrt(float(y @ y if w is None else w @ (y * y)))
+    # (lists: P Python floats; vanishing_columns takes them as they are)
+    free_values = [float(values[n]) for n in space.free]
+    start = [float(space.values[n]) for n in space.free]
+    data_norm = math.sqrt(data_squared)
     eps = _EPS64
     vanish = None
     if factor is not None:  # a linear solve: d holds the weighted design matrix's column norms
         vanish = vanishing_columns(factor[2], free_values, start, data_norm, eps)
-    if factor is not None and factor[0].size and factor[0][-1] > RANK_TOL * factor[0][0] and not vanish.any():
+    if factor is not None and factor[0].size and factor[0][-1] > RANK_TOL * factor[0][0] and not _any(vanish):
         cov = covariance_from_svd(*factor, scale)
     else:
         if jacobian is not None:
@@ -94,7 +99,7 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
             norms = gram_eigh[0]
         vanish = vanishing_columns(norms, free_values, start, data_norm, eps)
         cov = None
-        if long and not vanish.any():
+        if long and not _any(vanish):
             cov = covariance_from_gram(gram_eigh if gram_eigh is not None else scaled_gram_eigh(gram), scale)
         if cov is None:
             cov = covariance(jac, scale, vanishing=vanish)
@@ -136,18 +141,23 @@ def _free_jacobian(problem: LeastSquaresProblem, values: dict) -> np.ndarray:
     return free_jacobian(problem.model, space, problem.numpy()[0], internal=False)(z)
 
 
-def _precise_chi2(problem, values, chi2: float, y: np.ndarray, w) -> float:
+def _any(flags: np.ndarray) -> bool:
+    """Whether any of a few booleans is set (numpy's any() costs ~1 us through its wrappers)."""
+    return True in flags.tolist()
+
+
+def _precise_chi2(problem, values, chi2: float, data_squared: float) -> float:
     """Recompute chi-square in 40-digit arithmetic when float64 rounding dominates it
-    (residuals within ~5 orders of magnitude of the data's rounding level)."""
+    (residuals within ~5 orders of magnitude of the data's rounding level ``data_squared``,
+    the weighted sum of squares of y)."""
     expr = getattr(problem.model, "expression", None)
     if expr is None or problem.n > 20_000:
         return chi2
-    scale = float(y @ y if w is None else w @ (y * y))
-    if not chi2 <= 1e-20 * scale:  # NaN and inf too: nothing for extended precision to do
+    if not chi2 <= 1e-20 * data_squared:  # NaN and inf too: nothing for extended precision to do
         return chi2
     from ..formula.precise import residuals_mp
 
-    inputs, _, _ = problem.numpy()
+    inputs, y, w = problem.numpy()
     r = residuals_mp(expr, inputs, y, w, values)
     precise = float(r @ r)
     return precise if math.isfinite(precise) else chi2

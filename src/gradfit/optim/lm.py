@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from typing import Callable
 
 import numpy as np
@@ -74,12 +73,15 @@ class LMOptions:
     #: initial trust region = factor * ||D x0|| (MINPACK's default factor)
     factor: float = 100.0
 
-    @cached_property
-    def tolerances(self) -> tuple[float, float, float]:
-        """(ftol, xtol, gtol), the defaults of float64 filled in (asked once per iteration)."""
+    #: (ftol, xtol, gtol), the defaults of float64 filled in (asked once per iteration; made
+    #: with the options, as functools.cached_property takes a lock on every first use)
+    tolerances: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
         ftol_d, xtol_d, gtol_d = _DEFAULT_TOLERANCES
-        return (self.ftol if self.ftol is not None else ftol_d, self.xtol if self.xtol is not None else xtol_d,
-                self.gtol if self.gtol is not None else gtol_d)
+        object.__setattr__(self, "tolerances", (self.ftol if self.ftol is not None else ftol_d,
+                                                self.xtol if self.xtol is not None else xtol_d,
+                                                self.gtol if self.gtol is not None else gtol_d))
 
 
 @dataclass
@@ -437,6 +439,7 @@ def outcome(state: LMState) -> LMOutcome:
 
 #: (scaling, factor) tried in turn by :func:`robust_levenberg_marquardt`
 STRATEGIES = (("jacobian", 100.0), ("none", 100.0), ("jacobian", 1.0), ("none", 1.0))
+_STRATEGY_NAMES = {(s, f): f"scaling={s}, factor={f:g}" for s, f in STRATEGIES}
 
 
 def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
@@ -476,7 +479,7 @@ def robust_levenberg_marquardt(residual: Callable, x0, *, jacobian: Callable,
         total_res += out.n_residual
         total_jac += out.n_jacobian
         if best is None or _better(out, best):
-            best, best_name = out, f"scaling={scaling}, factor={factor:g}"
+            best, best_name = out, _STRATEGY_NAMES[scaling, factor]
     best.n_residual, best.n_jacobian = total_res, total_jac
     return best, best_name
 
@@ -486,8 +489,11 @@ def _flat(out: LMOutcome) -> bool:
     if out.jacobian is None or out.jacobian.size == 0:
         return False
     cn = (out.gram_eigh[0] if out.gram_eigh is not None  # (the native kernel's column norms)
-          else _column_norms(out.jacobian) if out.gram is None else np.sqrt(out.gram.diagonal()))
-    return bool((cn <= _EPS * cn.max()).any())
+          else _column_norms(out.jacobian) if out.gram is None else np.sqrt(out.gram.diagonal())).tolist()
+    if any(c != c for c in cn):  # NaN: nothing to say (as numpy's max would propagate it)
+        return False
+    limit = _EPS * max(cn)  # (a few Python floats: numpy's max and any cost ~5 us on every fit)
+    return any(c <= limit for c in cn)
 
 
 _EPS = float(np.finfo(np.float64).eps)

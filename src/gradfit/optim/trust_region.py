@@ -166,7 +166,7 @@ def _numpy_thin_svd():
         return lambda a: np.linalg.svd(a, full_matrices=False)
 
     def svd(a: np.ndarray):
-        if math.isfinite(a.sum()):
+        if math.isfinite(np.vdot(a, a)):  # (all finite, short of an overflow: the public function then)
             u, s, vt = gufunc(a, signature="d->ddd")
             if math.isfinite(s.sum()):
                 return u, s, vt
