@@ -25,9 +25,10 @@ import dataclasses
 import numbers
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Mapping
+from typing import Callable
 
 from ._checks import (check_choice, check_flag, check_integer, check_known, check_mapping, check_name,
                       check_nonnegative, check_plain, check_positive, is_real)

@@ -13,8 +13,8 @@ with ``parsed`` and ``bind``; ``scalar_params`` tells named-scalar models from n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 

@@ -21,7 +21,7 @@ from ..models.neural import MLPSpec
 from ..options import FitOptions
 from .crossval import cross_validate
 from .first_order import module_objective, scalar_objective, tensors, train_first_order, working_dtype
-from .keywords import FIT_KEYWORDS, options_from_keywords
+from .keywords import FIT_KEYWORDS, options_from_keywords, options_from_values
 from .least_squares import least_squares_fit, poisson_fit, with_poisson_uncertainty, with_uncertainty
 from .multistart import best_start, check_starts
 from .setup import FitSetup, make_checkpointer, parameter_space, resolve_device, resolve_dtype
@@ -208,12 +208,10 @@ def fit(model, x=None, y=None, *, data=None, init: Mapping | None = None, loss="
               penalty, input_noise, early_stopping, schedule, cv, cv_split, checkpoint, resume, threads, compile)
     if options is None and all(map(operator.is_, values, _default_values())):
         options = _default_options()  # the common call: every option left at its default
+    elif options is None:
+        options = options_from_values(_OPTION_KEYWORDS, values)  # (remembered there for simple values)
     else:
-        keywords = dict(zip(_OPTION_KEYWORDS, values))
-        if options is None:
-            options = options_from_keywords(**keywords)  # (remembered there for simple values)
-        else:
-            _refuse_keywords_with(options, keywords)
+        _refuse_keywords_with(options, dict(zip(_OPTION_KEYWORDS, values)))
     training = options.training
     loss_fn = resolve_loss(options.loss)
     if sigma is not None and loss_fn.likelihood:

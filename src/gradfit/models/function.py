@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Callable, Mapping
+from collections.abc import Mapping
+from typing import Callable
 
 import numpy as np
 

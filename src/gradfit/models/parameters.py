@@ -30,9 +30,10 @@ function of the free vector, so autograd and ``torch.func.jacfwd`` see the whole
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -29,7 +29,7 @@ from itertools import accumulate
 import numpy as np
 
 from ..status import Status
-from .lm import SMALL_REDUCTION
+from .lm import SMALL_REDUCTION, LMOutcome
 from .native_common import cached_kernel
 from .native_subproblem import SUBPROBLEM
 from .trust_region import GRAM_CONDITION, GRAM_COVARIANCE, RANGE_GRAM_COND
@@ -321,8 +321,6 @@ class NativeSingleLM:
         from the free parameters ``x0`` with :class:`gradfit.optim.lm.LMOptions` (None: the model
         or its derivatives are not finite at the start; lm.py reports that). ``values`` gives the
         fixed parameters."""
-        from .lm import LMOutcome
-
         n, nf, p, k = len(y), len(free), len(self.names), len(self.inputs)
         fixed = [float(values[name]) for name in self.names]
         # one buffer (taking a pointer costs ~1 us), laid out as gf_single reads it

@@ -6,8 +6,8 @@ asks them for values, nothing here trains.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from ..errors import ConfigError
 from ..options import SCHEDULE_NAMES

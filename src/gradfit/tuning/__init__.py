@@ -21,8 +21,9 @@ import math
 import os
 import socket
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable
 
 from ..errors import ConfigError, FitError, GradfitError, require, warn_user
 from .space import check_space, decode_choice, encode_choice, fit_keywords, parse_space, parse_space_text, space_text

@@ -23,7 +23,7 @@ import json
 import math
 import numbers
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from ..errors import ConfigError, did_you_mean
 
