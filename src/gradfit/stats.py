@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,8 +48,10 @@ def residual_floor(eps: float) -> float:
 STATIONARY = 1e-3
 
 
-@dataclass(frozen=True)
-class Covariance:
+class Covariance(NamedTuple):
+    """A covariance matrix with its rank (a named tuple: made on every fit, where a frozen
+    dataclass's constructor costs microseconds)."""
+
     matrix: np.ndarray  # (P, P); NaN rows/columns for parameters in a rank-deficient group
     rank: int
     #: groups of parameter indices that the data cannot separate (null-space directions)
