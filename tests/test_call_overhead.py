@@ -108,3 +108,37 @@ def test_lm_options_fill_in_their_tolerances():
     assert o.tolerances[0] == 1e-3 and o.tolerances[1] == LMOptions().tolerances[1]
     assert replace(o, xtol=1e-5).tolerances[:2] == (1e-3, 1e-5)
     assert o == LMOptions(ftol=1e-3)
+
+
+def _gauss(x, a, m, s, c):
+    return a * np.exp(-(x - m) ** 2 / (2 * s**2)) + c
+
+
+@pytest.mark.parametrize("zero_weight", [False, True])
+@pytest.mark.parametrize("compile_", [True, False])
+def test_weighted_statistics_from_the_solvers_residuals(zero_weight, compile_):
+    # the statistics of a weighted fit come from the solver's residuals divided by sqrt(w) (or,
+    # with a zero weight, from the model evaluated again): both must match the definitions
+    rng = np.random.default_rng(3)
+    x = np.linspace(-5, 5, 120)
+    sigma = 0.02 + 0.01 * np.abs(x)
+    y = _gauss(x, 2.5, 0.7, 0.9, 0.3) + sigma * rng.standard_normal(x.size)
+    w = 1.0 / sigma**2
+    if zero_weight:
+        w[5] = 0.0
+    r = gf.fit("a*exp(-(x-m)**2/(2*s**2)) + c", x=x, y=y, weights=w, dtype="float64", compile=compile_,
+               init={"a": 2.0, "m": 0.5, "s": 1.0, "c": 0.0})
+    assert r.status == "converged"
+    resid = _gauss(x, *(r.params[n] for n in "amsc")) - y
+    chi2 = float(np.sum(w * resid**2))
+    mean = np.sum(w * y) / np.sum(w)
+    assert r.stats["chisqr"] == pytest.approx(chi2, rel=1e-10)
+    assert r.stats["rss"] == pytest.approx(float(resid @ resid), rel=1e-10)
+    assert r.stats["r2"] == pytest.approx(1.0 - chi2 / float(np.sum(w * (y - mean) ** 2)), rel=1e-12)
+    assert r.loss == pytest.approx(chi2 / float(np.sum(w)), rel=1e-10)
+
+
+@pytest.mark.parametrize("sigma", [[1.0, 0.0, 1.0, 1.0], [1.0, -1.0, 1.0, 1.0], [1.0, np.nan, 1.0, 1.0]])
+def test_sigma_must_be_positive(sigma):
+    with pytest.raises(gf.DataError, match="sigma must be positive"):
+        gf.fit("a*x + b", x=[0.0, 1.0, 2.0, 3.0], y=[1.0, 2.0, 2.9, 4.1], sigma=sigma)

@@ -386,7 +386,7 @@ def weights_from_sigma(weights, sigma, *, shape: tuple | None = None):
             raise DataError(f"sigma must be one value per point, got shape {s.shape}")
     else:
         s = _broadcast(s, shape, "sigma")
-    if (s <= 0).any() or not (s == s).all():
+    if s.size and not s.min() > 0:  # (NaN propagates through min)
         raise DataError("sigma must be positive for every point")
     return 1.0 / s**2
 

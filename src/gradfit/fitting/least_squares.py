@@ -102,7 +102,7 @@ def poisson_fit(model, space, train_arr, val_arr, options, *, settings, callback
                   model=model, message=outcome.message, settings={**settings, "strategy": outcome.strategy},
                   n_train=n_train, n_val=n_val, notes=notes + more)
     fields.update(uncertainty_fields(fields, problem, True, unc=poisson_uncertainty(problem, values)))
-    fields["loss"] = fields["stats"]["deviance"] / (2.0 * _weight_sum(problem))
+    fields["loss"] = fields["stats"]["deviance"] / (2.0 * problem.weight_total())
     return FitResult(**fields)
 
 
@@ -114,11 +114,6 @@ def _space_at(space, values: dict):
               if np.isfinite(space.lower[n]) or np.isfinite(space.upper[n])}
     return ParameterSpace(space.names, values, bounds=bounds, fixed=list(space.fixed),
                           tie={t.name: t.text for t in space.ties})
-
-
-def _weight_sum(problem) -> float:
-    w = problem.numpy()[2]
-    return float(np.sum(w)) if w is not None else float(problem.n)
 
 
 def with_poisson_uncertainty(result, problem: PoissonProblem):
@@ -186,8 +181,7 @@ def uncertainty_fields(fields: dict, problem: LeastSquaresProblem, absolute_sigm
     changes = dict(status=status, message=message, stderr=unc.stderr, covariance=unc.covariance,
                    correlation=unc.correlation, free=unc.free, stats=unc.stats, notes=notes)
     if set_loss:
-        w = problem.numpy()[2]
-        changes["loss"] = unc.stats["chisqr"] / (float(np.sum(w)) if w is not None else unc.stats["n"])
+        changes["loss"] = unc.stats["chisqr"] / problem.weight_total()
     return changes
 
 

@@ -73,8 +73,7 @@ class PoissonProblem(LeastSquaresProblem):
 
     def mean_loss(self, cost: float) -> float:
         """LM's cost D/2 -> the weighted mean of the half deviance terms (the torch loss "poisson")."""
-        w = self._numpy[2]
-        return cost / (float(w.sum()) if w is not None else float(self.n))
+        return cost / self.weight_total()
 
 
 def mean_half_deviance(y: np.ndarray, mu: np.ndarray, w: np.ndarray | None) -> float:

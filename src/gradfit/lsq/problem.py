@@ -29,6 +29,7 @@ class LeastSquaresProblem:
         self.n = len(y)
         self._tensors = None
         self._data_squared = None
+        self._weight_total = None
 
     @classmethod
     def from_arrays(cls, model, space, arrays) -> "LeastSquaresProblem":
@@ -52,6 +53,14 @@ class LeastSquaresProblem:
             _, y, w = self.numpy()
             self._data_squared = float(np.vdot(y, y) if w is None else np.vdot(w, y * y))
         return self._data_squared
+
+    def weight_total(self) -> float:
+        """The sum of the weights (the number of points when unweighted): what a mean loss
+        divides by (asked for every history entry; computed once)."""
+        if self._weight_total is None:
+            w = self.numpy()[2]
+            self._weight_total = float(w.sum()) if w is not None else float(self.n)
+        return self._weight_total
 
     def _tensor_data(self):
         if self._tensors is None:
@@ -162,8 +171,7 @@ class LeastSquaresProblem:
 
     def mean_loss(self, cost: float) -> float:
         """0.5*||r||^2 -> the weighted mean squared error the rest of gradfit reports."""
-        w = self._numpy[2]
-        return 2.0 * cost / (float(w.sum()) if w is not None else float(self.n))
+        return 2.0 * cost / self.weight_total()
 
     def is_linear(self) -> bool:
         return linear_reason(self.model, self.space) is None

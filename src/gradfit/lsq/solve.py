@@ -156,14 +156,27 @@ def _solve_lm(problem: LeastSquaresProblem, *, max_iter: int, tol: float | None,
     else:
         values = dict(space.values)
         values.update(zip(space.free, out.x.tolist()))
-    # Unweighted residuals evaluated in numpy at these very values are exactly what the
-    # statistics would recompute: hand them on.
-    reuse = w is None and problem.numpy_ready and not problem.space.ties and not chunked
+    # The residuals at these very values are what the statistics would recompute: hand them on
+    # (unweighted: divided by sqrt(w), to rounding, where no weight is near underflow)
+    residuals = None
+    if problem.numpy_ready and not space.ties and not chunked:
+        residuals = out.residuals if w is None else _unweighted(out.residuals, w, problem.plain_residuals)
     return LSQOutcome(values, out.status, out.message, out.iterations, [problem.mean_loss(c) for c in out.history],
                       strategy,
-                      residuals=out.residuals if reuse else None,
+                      residuals=residuals,
                       jacobian=out.jacobian if not space.ties else None, gram_eigh=gram_eigh,
                       chisqr=2.0 * out.cost)
+
+
+def _unweighted(residuals: np.ndarray | None, w: np.ndarray, plain: bool) -> np.ndarray | None:
+    """f - y from the weighted residuals sqrt(w) (f - y), or None (not plain residuals, or a
+    weight of 0 or below 1e-300 that the division cannot undo: the statistics evaluate the model)."""
+    if residuals is None or not plain:
+        return None
+    sw = np.sqrt(w)
+    if not float(sw.min()) > 1e-150:
+        return None
+    return residuals / sw
 
 
 def _native_run(problem: LeastSquaresProblem, *, build: bool = False):
