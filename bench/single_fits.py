@@ -4,6 +4,8 @@ same start values, same run (issue 13, target 1).
 * exponential decay ``a*exp(-k*x) + c`` at 100, 1,000 and 100,000 points;
 * a Gaussian peak ``a*exp(-(x-m)**2/(2*s**2)) + c`` (200 points);
 * a 4-parameter Hill curve ``bottom + (top-bottom)/(1 + (ec50/x)**n)`` (48 points);
+* Michaelis-Menten ``vmax*x/(km + x)`` (2 parameters, 20 points: the small end of the class);
+* the Gaussian peak with per-point sigma (120 points; curve_fit given the same sigma);
 * every NIST StRD nonlinear problem from both certified starts (54 fits; total time).
 
     python bench/single_fits.py [--repeats 50] [--nist-repeats 3] [--only decay1k,...] [--clock cpu]
@@ -99,6 +101,20 @@ def _workloads():
                        names=("bottom", "top", "ec50", "n"),
                        f=lambda x, b, t, e, n: b + (t - b) / (1 + (e / x) ** n), jac=hill_jac, x=x, y=y,
                        p0=(0.0, 2.0, 1.0, 1.0))
+    # the small end of the class (a new user's cases, ninth session): 2 parameters at 20 points,
+    # where curve_fit is cheapest, and per-point sigma (weights); their own generator, so the
+    # data above stay as they were
+    rng = np.random.default_rng(1)
+    x = np.linspace(0.2, 20, 20)
+    y = 3.0 * x / (2.0 + x) + 0.05 * rng.standard_normal(x.size)
+    out["mm"] = dict(label="Michaelis-Menten (2 parameters), 20 points", formula="vmax*x/(km + x)",
+                     names=("vmax", "km"), f=lambda x, v, k: v * x / (k + x),
+                     jac=lambda p, x: np.column_stack([x / (p[1] + x), -p[0] * x / (p[1] + x) ** 2]),
+                     x=x, y=y, p0=(1.0, 1.0))
+    x = np.linspace(-5, 5, 120)
+    sigma = 0.02 + 0.01 * np.abs(x)
+    y = 2.5 * np.exp(-(x - 0.7) ** 2 / (2 * 0.9**2)) + 0.3 + sigma * rng.standard_normal(x.size)
+    out["gauss_sigma"] = dict(out["gauss"], label="Gaussian peak, 120 points, sigma=", x=x, y=y, sigma=sigma)
     return out
 
 
@@ -110,11 +126,13 @@ def _reference(w) -> np.ndarray:
     floor, least_squares included; the stationarity condition J^T r = 0 pins the minimum down
     far better, and extended precision evaluates it."""
     x, y, f, jac = w["x"], w["y"], w["f"], w["jac"]
-    p = least_squares(lambda p: f(x, *p) - y, w["p0"], jac=lambda p: jac(p, x), method="lm",
-                      ftol=1e-15, xtol=1e-15, gtol=1e-15).x.astype(np.longdouble)
+    sigma = w.get("sigma", np.ones_like(y))
+    p = least_squares(lambda p: (f(x, *p) - y) / sigma, w["p0"], jac=lambda p: jac(p, x) / sigma[:, None],
+                      method="lm", ftol=1e-15, xtol=1e-15, gtol=1e-15).x.astype(np.longdouble)
     xl, yl = np.asarray(x, dtype=np.longdouble), np.asarray(y, dtype=np.longdouble)
+    sl = np.asarray(sigma, dtype=np.longdouble)
     for _ in range(4):
-        r, j = f(xl, *p) - yl, jac(p, xl)
+        r, j = (f(xl, *p) - yl) / sl, jac(p, xl) / sl[:, None]
         a, g = j.T @ j, j.T @ r
         step = np.linalg.solve(a.astype(np.float64), g.astype(np.float64)).astype(np.longdouble)
         step += np.linalg.solve(a.astype(np.float64), (g - a @ step).astype(np.float64))  # one refinement
@@ -128,19 +146,19 @@ def _rel(values, ref) -> float:
 
 
 def bench_workload(w, repeats: int, clock):
-    x, y, p0 = w["x"], w["y"], w["p0"]
+    x, y, p0, sigma = w["x"], w["y"], w["p0"], w.get("sigma")
     init = dict(zip(w["names"], p0))
 
     def run_gf():
-        return gf.fit(w["formula"], x=x, y=y, init=init, dtype="float64")
+        return gf.fit(w["formula"], x=x, y=y, init=init, sigma=sigma, dtype="float64")
 
     def run_cf():
-        return curve_fit(w["f"], x, y, p0=p0)
+        return curve_fit(w["f"], x, y, p0=p0, sigma=sigma)
 
     r, (popt, _) = warm_up(run_gf), run_cf()  # warm-up (imports, caches, the native kernel)
     t_gf, t_cf = interleaved_medians([run_gf, run_cf], repeats, clock)
     ref = _reference(w)
-    _, _, info, _, _ = curve_fit(w["f"], x, y, p0=p0, full_output=True)
+    _, _, info, _, _ = curve_fit(w["f"], x, y, p0=p0, sigma=sigma, full_output=True)
     return [w["label"], f"{t_cf * 1e3:.3f}", f"{t_gf * 1e3:.3f}", f"{t_gf / t_cf:.2f}",
             f"{_rel([r.params[n] for n in w['names']], ref):.1e}", f"{_rel(popt, ref):.1e}",
             f"{r.epochs_run} / {info['nfev']}", _path(r)]
@@ -229,7 +247,7 @@ def main():
                          "an empty cache; eager: no C compiler")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--nist-repeats", type=int, default=3)
-    ap.add_argument("--only", default="", help="comma-separated: decay100,decay1k,decay100k,gauss,hill,nist")
+    ap.add_argument("--only", default="", help="comma-separated: decay100,decay1k,decay100k,gauss,hill,mm,gauss_sigma,nist")
     ap.add_argument("--clock", choices=tuple(CLOCK), default="wall",
                     help="cpu: this process's CPU time, for a machine shared with other work")
     ap.add_argument("--per-fit", action="store_true", help="also list the NIST fits one by one")
