@@ -14,7 +14,7 @@ from ..status import Status
 from ..optim.linear import solve_linear_least_squares
 from ..stats import batch_range_cosine, range_cosine_from_gram, residual_floor, scaled_gram_eigh, stationary_threshold
 from ..optim.lm import LMOptions, robust_levenberg_marquardt
-from ..optim.native_single import kernel
+from ..optim.native_single import kernel, loaded_kernel
 from .chunked import Reducer, not_finite_report, use_chunks
 from .compiled import add_eager_seconds, spent_enough
 from .problem import LeastSquaresProblem, chi_square
@@ -197,7 +197,9 @@ def _native_run(problem: LeastSquaresProblem, *, build: bool = False):
         return None, None
     names, columns = tuple(space.names), tuple(inputs)
     key = ("single", expression, names, columns)
-    found, _ = kernel(model, names, columns, build=build or build_single_now(key, len(names)))
+    found = loaded_kernel(model, names, columns)
+    if found is None:
+        found, _ = kernel(model, names, columns, build=build or build_single_now(key, len(names)))
     if found is None:
         return None, key
     return found.runner(inputs, y, weights, space.values, tuple(space.free)), key

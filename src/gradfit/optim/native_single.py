@@ -23,6 +23,7 @@ strategy. The library is built by the system C compiler and cached on disk
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from itertools import accumulate
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from ..status import Status
 from .lm import SMALL_REDUCTION, LMOutcome
+from . import native_common
 from .native_common import cached_kernel
 from .native_subproblem import SUBPROBLEM
 from .trust_region import GRAM_CONDITION, GRAM_COVARIANCE, RANGE_GRAM_COND
@@ -386,6 +388,22 @@ def kernel(model, names: tuple[str, ...], inputs: tuple[str, ...], *, build: boo
     library is neither loaded nor in the disk cache)."""
     import torch
 
-    return cached_kernel(model, torch.float64, ("single", tuple(names), tuple(inputs)), build,
-                         lambda expression, double: kernel_source(expression, tuple(names), tuple(inputs)),
-                         lambda lib, double: NativeSingleLM(lib, tuple(names), tuple(inputs)), level=LEVEL)
+    _FLOAT64[:] = [torch.float64]
+    names, inputs = tuple(names), tuple(inputs)
+    return cached_kernel(model, torch.float64, ("single", names, inputs), build,
+                         lambda expression, double: kernel_source(expression, names, inputs),
+                         lambda lib, double: NativeSingleLM(lib, names, inputs), level=LEVEL)
+
+
+def loaded_kernel(model, names: tuple[str, ...], inputs: tuple[str, ...]) -> NativeSingleLM | None:
+    """The kernel already loaded in this process for this formula, names and inputs (and the same
+    ``GRADFIT_CC``; :func:`gradfit.optim.native_common.cached_kernel`'s own key), or None: a loop
+    of fits asks on every call, before the tiering's bookkeeping."""
+    if not _FLOAT64:
+        return None
+    key = (getattr(model, "expression", None), ("single", names, inputs), _FLOAT64[0], os.environ.get("GRADFIT_CC"))
+    return native_common._KERNELS.get(key)
+
+
+#: torch.float64 once :func:`kernel` has imported torch (the kernel cache's keys hold it)
+_FLOAT64: list = []
