@@ -133,12 +133,16 @@ def test_weighted_statistics_from_the_solvers_residuals(zero_weight, compile_):
     chi2 = float(np.sum(w * resid**2))
     mean = np.sum(w * y) / np.sum(w)
     assert r.stats["chisqr"] == pytest.approx(chi2, rel=1e-10)
-    assert r.stats["rss"] == pytest.approx(float(resid @ resid), rel=1e-10)
+    used = w > 0  # a point of weight 0 is left out (n, rss)
+    assert r.stats["n"] == int(used.sum())
+    assert r.stats["rss"] == pytest.approx(float(resid[used] @ resid[used]), rel=1e-10)
     assert r.stats["r2"] == pytest.approx(1.0 - chi2 / float(np.sum(w * (y - mean) ** 2)), rel=1e-12)
     assert r.loss == pytest.approx(chi2 / float(np.sum(w)), rel=1e-10)
 
 
-@pytest.mark.parametrize("sigma", [[1.0, 0.0, 1.0, 1.0], [1.0, -1.0, 1.0, 1.0], [1.0, np.nan, 1.0, 1.0]])
-def test_sigma_must_be_positive(sigma):
-    with pytest.raises(gf.DataError, match="sigma must be positive"):
+@pytest.mark.parametrize("sigma, message", [([1.0, 0.0, 1.0, 1.0], "sigma must be positive: 0 at row 2"),
+                                            ([1.0, -1.0, 1.0, 1.0], "sigma must be positive: -1 at row 2"),
+                                            ([1.0, np.nan, 1.0, 1.0], "NaN or inf in 1 data row")])
+def test_sigma_must_be_positive(sigma, message):
+    with pytest.raises(gf.DataError, match=message):
         gf.fit("a*x + b", x=[0.0, 1.0, 2.0, 3.0], y=[1.0, 2.0, 2.9, 4.1], sigma=sigma)

@@ -19,10 +19,21 @@ def fit_statistics(residuals: np.ndarray, y: np.ndarray, weights: np.ndarray | N
     ``residuals`` are unweighted (prediction - y); chi-square uses the weights (1/sigma²),
     RSS does not. AIC/BIC follow lmfit: n*log(chi2/n) + 2k and n*log(chi2/n) + log(n)*k.
     ``chisqr`` overrides the float64 sum (e.g. one computed in extended precision); ``rss``
-    passes a sum of squared residuals the caller already has.
+    passes a sum of squared residuals the caller already has. With weights, n counts the points
+    of weight > 0: a point of weight 0 carries no information and is not one of the fit's
+    points (R's ``lm`` and gradfit's fit_many count so), so n, dof, RSS, RMSE, AIC and BIC are
+    those of the fit with such points left out.
     """
     y = np.asarray(y, dtype=float)
     n = y.size  # (``residuals`` may be None when ``rss`` and ``chisqr`` are given: a chunked fit)
+    if weights is not None:
+        used = np.asarray(weights) > 0
+        n_used = int(np.count_nonzero(used))
+        if n_used < n:
+            n = n_used
+            if residuals is not None:  # the RSS of the points used (a left-out point may be far off)
+                kept = np.asarray(residuals)[used]
+                rss = float(np.vdot(kept, kept))
     rss = float(np.dot(residuals, residuals)) if rss is None else rss
     if weights is None:
         chi2 = rss if chisqr is None else float(chisqr)

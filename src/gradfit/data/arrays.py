@@ -157,14 +157,17 @@ def prepare_arrays(model, x=None, y=None, *, data=None, weights=None, sigma=None
         inputs = {n: inputs[n] for n in model.input_names}
     elif _scalar_params(model) and len(inputs) == 1:
         inputs = {model.input_names[0]: next(iter(inputs.values()))}
+    weights_name = "weights" if sigma is None else "sigma"
     weights = weights_from_sigma(weights, sigma)
-    w = None if weights is None else as_float_array(weights, "weights")
+    w = None if weights is None else as_float_array(weights, weights_name)
+    if w is not None and w.ndim == 0:  # one value for every point
+        w = np.full(len(y_arr) if y_arr.ndim else 0, float(w))
     if y_arr.ndim != 1 and _scalar_params(model):
         raise DataError(f"y must have one value per point (1-D), got shape {y_arr.shape}; "
                         "for many independent fits use fit_many")
     if y_arr.ndim == 2 and y_arr.shape[1] == 1:
         y_arr = y_arr[:, 0]  # one output: a network predicts (n,), so its target is (n,) (not a (n, n) broadcast)
-    arrays = _validate(Arrays(inputs, y_arr, w), nan_policy)
+    arrays = _validate(Arrays(inputs, y_arr, w), nan_policy, weights_name)
     if columns and x is None and _is_formula(model):
         note = _binding_note(model)
         if note:
@@ -345,7 +348,7 @@ def _drop_or_name_bad_rows(a: Arrays, n: int, nan_policy: str) -> Arrays:
 
 
 
-def _validate(a: Arrays, nan_policy: str) -> Arrays:
+def _validate(a: Arrays, nan_policy: str, weights_name: str = "weights") -> Arrays:
     n = len(a.y) if a.y.ndim else 0
     if a.y.ndim == 0 or n == 0:
         raise DataError("y is empty; at least one data point is needed")
@@ -355,7 +358,8 @@ def _validate(a: Arrays, nan_policy: str) -> Arrays:
         if v.ndim == 0 or len(v) != n:
             raise DataError(f"input {name!r} has {v.size if v.ndim == 0 else len(v)} values but y has {n}")
     if a.weights is not None and (a.weights.shape != (n,)):
-        raise DataError(f"weights must have one value per point ({n}), got shape {a.weights.shape}")
+        shape = a.weights.shape
+        raise DataError(f"{weights_name} must have one value per point ({n}), got shape {shape}")
     checked = (a.y, *a.inputs.values()) if a.weights is None else (a.y, a.weights, *a.inputs.values())
     if all(within_float32_range(v) for v in checked):  # False for NaN
         # One reduction per array proves every value finite and within float32's range
@@ -363,8 +367,13 @@ def _validate(a: Arrays, nan_policy: str) -> Arrays:
         a.float32_safe = True
     else:
         a = _drop_or_name_bad_rows(a, n, nan_policy)
-    if a.weights is not None and (a.weights < 0).any():
-        raise DataError("weights must be non-negative")
+    if a.weights is not None:
+        if (a.weights < 0).any():
+            raise DataError("weights must be non-negative")
+        if not a.weights.max() > 0:  # (every row dropped is refused above)
+            given = "sigma is inf at every point" if weights_name == "sigma" else "every weight is 0"
+            raise DataError(f"{given}: no point is left to fit (a weight of 0 leaves a point out); give some "
+                            "points a positive weight (a finite sigma)")
     return a
 
 
@@ -372,9 +381,11 @@ def _validate(a: Arrays, nan_policy: str) -> Arrays:
 def weights_from_sigma(weights, sigma, *, shape: tuple | None = None):
     """Weights 1/sigma^2 from ``sigma`` (or ``weights`` unchanged when sigma is None).
 
-    One fit: sigma is one value per point (M,). A batch (``shape`` = (B, M)): sigma is (M,)
-    or (B, M) and is broadcast to ``shape``. Raises ConfigError when both are given and
-    DataError for a wrong shape or a sigma that is not positive (or NaN) at some point.
+    One fit: sigma is one value per point (M,), or one value for every point (a scalar); a NaN
+    becomes a NaN weight, which the fit's ``nan_policy`` names or drops with its row. A batch
+    (``shape`` = (B, M)): sigma is (M,) or (B, M) and is broadcast to ``shape``; NaN is refused.
+    Raises ConfigError when both are given and DataError for a wrong shape or a sigma that is
+    not positive at some point (named). An infinite sigma is a weight of 0.
     """
     if sigma is None:
         return weights
@@ -382,13 +393,30 @@ def weights_from_sigma(weights, sigma, *, shape: tuple | None = None):
         raise ConfigError("pass either sigma or weights, not both (weights = 1/sigma**2)")
     s = as_float_array(sigma, "sigma")
     if shape is None:
-        if s.ndim != 1:
-            raise DataError(f"sigma must be one value per point, got shape {s.shape}")
+        if s.ndim > 1:
+            raise DataError(f"sigma must be one value per point (or one value for all points), got shape {s.shape}")
     else:
         s = _broadcast(s, shape, "sigma")
-    if s.size and not s.min() > 0:  # (NaN propagates through min)
-        raise DataError("sigma must be positive for every point")
+    if s.size and not s.min() > 0:  # (NaN propagates through min): find which, and where
+        _refuse_sigma(s, batch=shape is not None)
     return 1.0 / s**2
+
+
+def _refuse_sigma(s: np.ndarray, *, batch: bool) -> None:
+    """DataError naming the first sigma that is not positive (0-based fit and point in a batch,
+    1-based row in one fit); NaN too in a batch. One fit's NaN passes (the NaN policy's)."""
+    with np.errstate(invalid="ignore"):
+        bad = ~(s > 0) if batch else (s <= 0)
+    if not bad.any():
+        return
+    first = tuple(int(i[0]) for i in np.nonzero(bad)) if s.ndim else ()
+    value = float(s[first])
+    if batch:
+        where = f"fit {first[0]}, point {first[1]}"
+    else:
+        where = f"row {first[0] + 1}" if first else "for every point"
+    raise DataError(f"sigma must be positive: {value:g} at {where}; give each point's standard deviation (> 0), or "
+                    "weights= instead (a weight of 0 leaves a point out)")
 
 
 def as_batch(a, what: str) -> np.ndarray:

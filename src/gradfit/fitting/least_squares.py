@@ -30,11 +30,12 @@ def least_squares_fit(model, space, train_arr, val_arr, method, options, *, sett
     lsq = options.least_squares
     max_iter = lsq.max_iter
     problem = LeastSquaresProblem.from_arrays(model, space, train_arr)
+    solver = problem.well_scaled()  # (weights far from 1 divided by their largest: the same minimizer)
     cbs, on_iteration = _iteration_callbacks(callbacks, options, method, "least squares")
-    outcome = solve(problem, method, max_iter=max_iter, tol=lsq.tol, callback=on_iteration, compile=lsq.compile)
+    outcome = solve(solver, method, max_iter=max_iter, tol=lsq.tol, callback=on_iteration, compile=lsq.compile)
     values = outcome.values
     if method == "lm" and outcome.status == "converged":
-        values = refine_residuals(problem, values, chisqr=outcome.chisqr)
+        values = refine_residuals(solver, values, chisqr=outcome.chisqr)
     for cb in cbs:
         cb.on_train_end(outcome.status, outcome.iterations)
     val_loss = None
@@ -44,8 +45,10 @@ def least_squares_fit(model, space, train_arr, val_arr, method, options, *, sett
                   epochs_run=outcome.iterations, history={"train_loss": outcome.history, "val_loss": []},
                   model=model, message=outcome.message, settings={**settings, "strategy": outcome.strategy},
                   n_train=n_train, n_val=n_val, notes=notes)
-    same = values is outcome.values  # not refined: the solver's residuals and Jacobian hold
-    fields.update(uncertainty_fields(fields, problem, lsq.absolute_sigma, set_loss=True, factor=outcome.factor,
+    # not refined and not rescaled: the solver's residuals, Jacobian and factorization hold
+    same = values is outcome.values and solver is problem
+    fields.update(uncertainty_fields(fields, problem, lsq.absolute_sigma, set_loss=True,
+                                     factor=outcome.factor if same else None,
                                      residuals=outcome.residuals if same else None,
                                      jacobian=outcome.jacobian if same else None,
                                      gram_eigh=outcome.gram_eigh if same else None))

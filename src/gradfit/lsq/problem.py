@@ -54,6 +54,19 @@ class LeastSquaresProblem:
             self._data_squared = float(np.vdot(y, y) if w is None else np.vdot(w, y * y))
         return self._data_squared
 
+    def well_scaled(self) -> "LeastSquaresProblem":
+        """This problem, or, when its largest weight is below 1e-100 or above 1e100, the same
+        problem with the weights divided by their largest: the same minimizer, with chi-square
+        and its derivatives away from float64's underflow and overflow (the trust region's
+        algebra takes their cubes: weights of 1e-200 made a numpy fit divide by zero)."""
+        w = self._numpy[2]
+        if w is None:
+            return self
+        top = float(w.max())
+        if 1e-100 <= top <= 1e100 or not top > 0:
+            return self
+        return type(self)(self.model, self.space, self._numpy[0], self._numpy[1], w / top)
+
     def weight_total(self) -> float:
         """The sum of the weights (the number of points when unweighted): what a mean loss
         divides by (asked for every history entry; computed once)."""

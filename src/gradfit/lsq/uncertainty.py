@@ -38,7 +38,13 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
     ``factor`` = (s, vt, d) from a linear solve saves refactorizing the Jacobian;
     ``jacobian``, the weighted Jacobian (n, F) at ``values`` (the solver's last), recomputing it;
     ``gram_eigh``, :func:`gradfit.stats.scaled_gram_eigh` of that Jacobian (the solver's
-    end-point test made it), factorizing its Gram matrix again."""
+    end-point test made it), factorizing its Gram matrix again. Weights far from 1 (below
+    1e-100 or above 1e100) are divided by their largest first and the results scaled back
+    (:meth:`LeastSquaresProblem.well_scaled`; the solver's arrays are then not reused)."""
+    scaled = problem.well_scaled()
+    if scaled is not problem:
+        top = float(problem.numpy()[2].max())
+        return _scaled_back(uncertainty(scaled, values, absolute_sigma=absolute_sigma), top, absolute_sigma)
     space = problem.space
     inputs, y, w = problem.numpy()
     chunked = use_chunks(problem)  # data too long to hold its Jacobian: sums and J^T J in chunks
@@ -117,6 +123,23 @@ def uncertainty(problem: LeastSquaresProblem, values: dict, *, absolute_sigma: b
         stderr.update(_tied_stderr(space, values, cov.matrix))
     degenerate = tuple(tuple(space.free[i] for i in group) for group in cov.degenerate)
     return Uncertainty({n: stderr[n] for n in space.names}, cov.matrix, corr, space.free, stats, degenerate)
+
+
+def _scaled_back(unc: Uncertainty, top: float, absolute_sigma: bool) -> Uncertainty:
+    """``unc`` of a problem whose weights were divided by ``top``, for the weights themselves:
+    chi-square (and its reduced form, AIC, BIC) times top; with absolute_sigma the covariance
+    (J^T W J)^-1 over top and the standard errors over sqrt(top) (without it they are the
+    same: the reduced chi-square scales the other way)."""
+    stats = dict(unc.stats)
+    if stats["chisqr"] > 0:  # n log(chi2 / n) moves by n log(top) (0 and NaN keep their -inf and NaN)
+        shift = stats["n"] * math.log(top)
+        stats.update(aic=stats["aic"] + shift, bic=stats["bic"] + shift)
+    stats.update(chisqr=stats["chisqr"] * top, redchi=stats["redchi"] * top)
+    if not absolute_sigma:
+        return Uncertainty(unc.stderr, unc.covariance, unc.correlation, unc.free, stats, unc.degenerate)
+    root = math.sqrt(top)
+    stderr = {k: v / root for k, v in unc.stderr.items()}
+    return Uncertainty(stderr, unc.covariance / top, unc.correlation, unc.free, stats, unc.degenerate)
 
 
 def _undetermined(space, resid: np.ndarray, y: np.ndarray, w) -> Uncertainty:

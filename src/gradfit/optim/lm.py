@@ -73,15 +73,13 @@ class LMOptions:
     #: initial trust region = factor * ||D x0|| (MINPACK's default factor)
     factor: float = 100.0
 
-    #: (ftol, xtol, gtol), the defaults of float64 filled in (asked once per iteration; made
-    #: with the options, as functools.cached_property takes a lock on every first use)
+    #: (ftol, xtol, gtol), float64's defaults filled in (asked every iteration; made with the
+    #: options: functools.cached_property takes a lock on every first use)
     tolerances: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        ftol_d, xtol_d, gtol_d = _DEFAULT_TOLERANCES
-        object.__setattr__(self, "tolerances", (self.ftol if self.ftol is not None else ftol_d,
-                                                self.xtol if self.xtol is not None else xtol_d,
-                                                self.gtol if self.gtol is not None else gtol_d))
+        given = (self.ftol, self.xtol, self.gtol)
+        object.__setattr__(self, "tolerances", tuple(d if v is None else v for v, d in zip(given, _DEFAULT_TOLERANCES)))
 
 
 @dataclass
@@ -490,13 +488,8 @@ def _flat(out: LMOutcome) -> bool:
         return False
     cn = (out.gram_eigh[0] if out.gram_eigh is not None  # (the native kernel's column norms)
           else _column_norms(out.jacobian) if out.gram is None else np.sqrt(out.gram.diagonal())).tolist()
-    if any(c != c for c in cn):  # NaN: nothing to say (as numpy's max would propagate it)
-        return False
-    limit = _EPS * max(cn)  # (a few Python floats: numpy's max and any cost ~5 us on every fit)
-    return any(c <= limit for c in cn)
-
-
-_EPS = float(np.finfo(np.float64).eps)
+    limit = math.ulp(1.0) * max(cn)  # (float64's eps; Python floats: numpy's max and any cost ~5 us)
+    return all(c == c for c in cn) and any(c <= limit for c in cn)  # (NaN: nothing to say)
 
 
 def _better(a: LMOutcome, b: LMOutcome) -> bool:

@@ -1,0 +1,106 @@
+"""Weights at their edges (a new user's trial, issue 13's ninth session): weights far from 1,
+points of weight 0, sigma's checks and messages. Reference values come from refits with the
+weights normalized, from the rows dropped, and from scipy's curve_fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.optimize import curve_fit
+
+import gradfit as gf
+
+X = np.linspace(0, 5, 30)
+Y = 3 * np.exp(-0.7 * X) + 0.5 + 0.05 * np.cos(13 * X)
+F = "a*exp(-k*x)+c"
+INIT = {"a": 2.0, "k": 1.0, "c": 0.1}
+W = np.random.default_rng(1).uniform(0.5, 2.0, X.size)
+
+
+def _decay(x, a, k, c):
+    return a * np.exp(-k * x) + c
+
+
+def _decay_jac(x, a, k, c):
+    e = np.exp(-k * x)
+    return np.column_stack([e, -a * x * e, np.ones_like(x)])
+
+
+def _scipy(x, y, sigma, absolute_sigma=False):
+    """curve_fit at tight tolerances with the exact Jacobian: the reference."""
+    return curve_fit(_decay, x, y, p0=[2.0, 1.0, 0.1], sigma=sigma, absolute_sigma=absolute_sigma, jac=_decay_jac,
+                     ftol=1e-15, xtol=1e-15, gtol=1e-15)
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e-250, 1e-300, 1e200, 1e300])
+@pytest.mark.parametrize("compile_", [False, True])
+@pytest.mark.parametrize("absolute_sigma", [False, True])
+def test_weights_far_from_one(scale, compile_, absolute_sigma):
+    # weights of 1e-200 made numpy's trust region divide by zero; the fit is the fit with the
+    # weights normalized, its chi-square and (absolute) errors scaled back
+    w = W * scale
+    r = gf.fit(F, x=X, y=Y, init=INIT, weights=w, compile=compile_, absolute_sigma=absolute_sigma)
+    ref = gf.fit(F, x=X, y=Y, init=INIT, weights=w / w.max(), compile=compile_, absolute_sigma=absolute_sigma)
+    assert r.status == "converged"
+    root = np.sqrt(w.max()) if absolute_sigma else 1.0
+    for k in "akc":
+        assert r.params[k] == pytest.approx(ref.params[k], rel=1e-12)
+        assert r.stderr[k] * root == pytest.approx(ref.stderr[k], rel=1e-12)
+    assert r.stats["chisqr"] / w.max() == pytest.approx(ref.stats["chisqr"], rel=1e-12)
+    assert r.stats["aic"] - X.size * np.log(w.max()) == pytest.approx(ref.stats["aic"], abs=1e-9)
+    assert r.loss == pytest.approx(ref.loss, rel=1e-12)
+    # and scipy's weighted fit (sigma = 1/sqrt(w)) agrees
+    p, cov = _scipy(X, Y, 1 / np.sqrt(W))
+    assert [r.params[k] for k in "akc"] == pytest.approx(p, rel=1e-8)
+
+
+@pytest.mark.parametrize("compile_", [False, True])
+def test_zero_weights_are_points_left_out(compile_):
+    w = W.copy()
+    w[[1, 4, 9]] = 0.0
+    kept = w > 0
+    r = gf.fit(F, x=X, y=Y, init=INIT, weights=w, compile=compile_)
+    dropped = gf.fit(F, x=X[kept], y=Y[kept], init=INIT, weights=w[kept], compile=compile_)
+    assert r.stats["n"] == 27 and r.stats["dof"] == 24
+    for key in ("chisqr", "redchi", "rss", "rmse", "r2", "aic", "bic"):
+        assert r.stats[key] == pytest.approx(dropped.stats[key], rel=1e-9), key
+    p, cov = _scipy(X[kept], Y[kept], 1 / np.sqrt(w[kept]))
+    assert [r.stderr[k] for k in "akc"] == pytest.approx(np.sqrt(np.diag(cov)), rel=1e-7)
+    # a far-off point of weight 0 does not enter the RSS
+    y = Y.copy()
+    y[4] = 1e3
+    assert gf.fit(F, x=X, y=y, init=INIT, weights=w, compile=compile_).stats["rss"] == pytest.approx(
+        dropped.stats["rss"], rel=1e-9)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"weights": np.zeros(30)}, "every weight is 0"),
+    ({"sigma": np.full(30, np.inf)}, "sigma is inf at every point"),
+    ({"sigma": np.r_[np.ones(3), 0.0, np.ones(26)]}, r"sigma must be positive: 0 at row 4"),
+    ({"sigma": np.r_[np.ones(29), -2.0]}, r"sigma must be positive: -2 at row 30"),
+    ({"sigma": np.ones(29)}, r"sigma must have one value per point \(30\)"),
+    ({"sigma": np.ones((30, 2))}, "sigma must be one value per point"),
+    ({"sigma": np.r_[np.nan, np.ones(29)]}, r"NaN or inf in 1 data row\(s\): 1 "),
+])
+def test_weight_errors_say_what_and_where(kw, message):
+    with pytest.raises(gf.DataError, match=message):
+        gf.fit(F, x=X, y=Y, init=INIT, **kw)
+
+
+def test_a_nan_sigma_row_is_dropped_with_omit():
+    sigma = np.full(30, 0.05)
+    sigma[7] = np.nan
+    keep = np.arange(30) != 7
+    r = gf.fit(F, x=X, y=Y, init=INIT, sigma=sigma, nan_policy="omit")
+    ref = gf.fit(F, x=X[keep], y=Y[keep], init=INIT, sigma=sigma[keep])
+    assert r.stats["n"] == 29 and "dropped 1 row(s)" in r.notes[0]
+    assert [r.params[k] for k in "akc"] == pytest.approx([ref.params[k] for k in "akc"], rel=1e-12)
+
+
+@pytest.mark.parametrize("absolute_sigma", [False, True])
+def test_one_sigma_for_every_point(absolute_sigma):
+    r = gf.fit(F, x=X, y=Y, init=INIT, sigma=0.05, absolute_sigma=absolute_sigma)
+    ref = gf.fit(F, x=X, y=Y, init=INIT, sigma=np.full(30, 0.05), absolute_sigma=absolute_sigma)
+    assert r.stderr == pytest.approx(ref.stderr, rel=1e-12)
+    p, cov = _scipy(X, Y, np.full(30, 0.05), absolute_sigma)
+    assert [r.stderr[k] for k in "akc"] == pytest.approx(np.sqrt(np.diag(cov)), rel=1e-7)
