@@ -104,3 +104,66 @@ def test_one_sigma_for_every_point(absolute_sigma):
     assert r.stderr == pytest.approx(ref.stderr, rel=1e-12)
     p, cov = _scipy(X, Y, np.full(30, 0.05), absolute_sigma)
     assert [r.stderr[k] for k in "akc"] == pytest.approx(np.sqrt(np.diag(cov)), rel=1e-7)
+
+
+def test_profile_intervals_of_a_fit_with_zero_weights():
+    w = W.copy()
+    w[[2, 11]] = 0.0
+    kept = w > 0
+    r = gf.fit(F, x=X, y=Y, init=INIT, weights=w)
+    ref = gf.fit(F, x=X[kept], y=Y[kept], init=INIT, weights=w[kept])
+    got = r.ci(0.95, method="profile", x=X, y=Y, weights=w)["k"]
+    want = ref.ci(0.95, method="profile", x=X[kept], y=Y[kept], weights=w[kept])["k"]
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_profile_intervals_take_one_sigma_for_all():
+    r = gf.fit(F, x=X, y=Y, init=INIT, sigma=0.05)
+    ref = gf.fit(F, x=X, y=Y, init=INIT, sigma=np.full(30, 0.05))
+    assert r.ci(0.95, method="profile", x=X, y=Y, sigma=0.05)["k"] == pytest.approx(
+        ref.ci(0.95, method="profile", x=X, y=Y, sigma=np.full(30, 0.05))["k"], rel=1e-9)
+
+
+def test_chunked_statistics_leave_zero_weights_out(monkeypatch):
+    from gradfit.lsq import chunked
+
+    w = np.ones(30)
+    w[4] = 0.0
+    y = Y.copy()
+    y[4] = 1e3  # far off, and left out
+    dense = gf.fit(F, x=X, y=y, init=INIT, weights=w)
+    monkeypatch.setattr(chunked, "CHUNKED_BYTES", 0)
+    monkeypatch.setattr(chunked, "CHUNK_ROWS", 7)
+    r = gf.fit(F, x=X, y=y, init=INIT, weights=w)
+    assert "chunked" in r.settings["strategy"]
+    assert r.stats["n"] == dense.stats["n"] == 29
+    for key in ("rss", "rmse", "chisqr", "aic"):
+        assert r.stats[key] == pytest.approx(dense.stats[key], rel=1e-8), key
+
+
+def test_a_weight_the_rescaling_takes_to_zero_stays_a_point():
+    w = np.full(30, 1e150)
+    w[5] = 1e-200  # 1e-350 after dividing by the largest: below float64's range
+    assert gf.fit(F, x=X, y=Y, init=INIT, weights=w).stats["n"] == 30
+
+
+def test_no_positive_weight_left_for_training():
+    from gradfit.data.split import train_val_indices
+
+    w = np.zeros(30)
+    w[[0, 1]] = 1.0
+    seed = next(s for s in range(1000) if not {0, 1} & set(train_val_indices(30, 0.5, s)[0].tolist()))
+    with pytest.raises(gf.DataError, match="every training point has weight 0"):
+        gf.fit(F, x=X, y=Y, init=INIT, weights=w, val_fraction=0.5, seed=seed)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: gf.fit(F, x=X, y=Y, init=INIT, sigma=0.0), "sigma must be positive: 0 for every point"),
+    (lambda: gf.fit(F, x=X, y=Y, init=INIT, sigma=np.r_[np.ones(5), np.nan, np.ones(24)]),
+     r"data row\(s\): 6 \(1-based\), in sigma"),
+    (lambda: gf.fit_many(F, X, np.vstack([Y, Y]), init=INIT, sigma=np.r_[np.nan, np.ones(29)]),
+     "sigma is NaN at fit 0, point 0"),
+])
+def test_sigma_messages_name_sigma(call, message):
+    with pytest.raises(gf.DataError, match=message):
+        call()

@@ -323,18 +323,24 @@ def _target_from_columns(model, y, columns) -> np.ndarray:
     return np.broadcast_to(np.asarray(value, dtype=float), shape).copy()
 
 
-def _drop_or_name_bad_rows(a: Arrays, n: int, nan_policy: str) -> Arrays:
-    """Rows with NaN or inf: named in an error ("raise") or dropped with a note ("omit")."""
-    bad = ~np.isfinite(a.y).reshape(n, -1).all(axis=1)
-    for v in a.inputs.values():
-        bad |= ~np.isfinite(v).reshape(n, -1).all(axis=1)
+def _drop_or_name_bad_rows(a: Arrays, n: int, nan_policy: str, weights_name: str = "weights") -> Arrays:
+    """Rows with NaN or inf: named in an error ("raise", with the arrays they are in) or dropped
+    with a note ("omit")."""
+    bad = np.zeros(n, dtype=bool)
+    where = []
+    arrays = {"y": a.y, **{f"input {k!r}": v for k, v in a.inputs.items()}}
     if a.weights is not None:
-        bad |= ~np.isfinite(a.weights)
+        arrays[weights_name] = a.weights
+    for name, v in arrays.items():
+        here = ~np.isfinite(v).reshape(n, -1).all(axis=1)
+        if here.any():
+            bad |= here
+            where.append(name)
     if bad.any():
         rows = np.nonzero(bad)[0]
         if nan_policy == "raise":
             shown = ", ".join(str(r + 1) for r in rows[:8]) + (" ..." if len(rows) > 8 else "")
-            raise DataError(f"NaN or inf in {len(rows)} data row(s): {shown} (1-based); "
+            raise DataError(f"NaN or inf in {len(rows)} data row(s): {shown} (1-based), in {', '.join(where)}; "
                             "clean them or use nan_policy='omit' (--nan-policy omit) to drop them")
         keep = ~bad
         a = a.take(np.nonzero(keep)[0])
@@ -366,7 +372,7 @@ def _validate(a: Arrays, nan_policy: str, weights_name: str = "weights") -> Arra
         # (data/float32.py); the row-by-row checks only run when it fails, to name the rows.
         a.float32_safe = True
     else:
-        a = _drop_or_name_bad_rows(a, n, nan_policy)
+        a = _drop_or_name_bad_rows(a, n, nan_policy, weights_name)
     if a.weights is not None:
         if (a.weights < 0).any():
             raise DataError("weights must be non-negative")
@@ -412,11 +418,12 @@ def _refuse_sigma(s: np.ndarray, *, batch: bool) -> None:
     first = tuple(int(i[0]) for i in np.nonzero(bad)) if s.ndim else ()
     value = float(s[first])
     if batch:
-        where = f"fit {first[0]}, point {first[1]}"
+        where = f"at fit {first[0]}, point {first[1]}"
     else:
-        where = f"row {first[0] + 1}" if first else "for every point"
-    raise DataError(f"sigma must be positive: {value:g} at {where}; give each point's standard deviation (> 0), or "
-                    "weights= instead (a weight of 0 leaves a point out)")
+        where = f"at row {first[0] + 1}" if first else "for every point"
+    what = "sigma is NaN" if value != value else f"sigma must be positive: {value:g}"
+    raise DataError(f"{what} {where}; give each point's standard deviation (> 0), or weights= instead (a weight "
+                    "of 0 leaves a point out)")
 
 
 def as_batch(a, what: str) -> np.ndarray:

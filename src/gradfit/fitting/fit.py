@@ -247,6 +247,9 @@ def _fit_arrays(bound, arrays, options, loss_fn, torch_dtype, dev, *, init, boun
     if training.val_fraction:
         train_idx, val_idx = train_val_indices(arrays.n, training.val_fraction, training.seed)
         train_arr, val_arr = arrays.take(train_idx), arrays.take(val_idx)
+        if train_arr.weights is not None and not train_arr.weights.max() > 0:
+            raise DataError("every training point has weight 0 (the points of positive weight all fell in the "
+                            "validation split): lower val_fraction, change seed, or give more points a weight")
     result = _fit_split(bound, train_arr, val_arr, tuple(arrays.notes), options, setup)
     if options.cv is not None:
         result = dataclasses.replace(result, cv=cross_validate(bound, arrays, cv_groups, options, setup, _fit_split))

@@ -182,13 +182,14 @@ def reduced_jacobian(problem: LeastSquaresProblem, values: dict) -> np.ndarray:
 
 
 def residual_sums(problem: LeastSquaresProblem, values: dict) -> tuple[float, float]:
-    """(sum (f - y)^2, sum w (f - y)^2) at ``values``, in chunks."""
+    """(sum (f - y)^2, sum w (f - y)^2) at ``values``, in chunks; the first over the points of
+    weight > 0 (a point of weight 0 is left out: :func:`gradfit.stats.fit_statistics`)."""
     rss = chi2 = 0.0
     for a, b in spans(problem.n):
         part = problem.rows(a, b)
         p_in, p_y, p_w = part.numpy()
         r = predict_numpy(problem.model, p_in, values) - p_y
-        rr = _sum_of_squares(r)
+        rr = _sum_of_squares(r if p_w is None else r[p_w > 0])
         rss += rr
         chi2 += rr if p_w is None else float(np.einsum("i,i,i->", p_w, r, r))
     return rss, chi2

@@ -65,7 +65,10 @@ class LeastSquaresProblem:
         top = float(w.max())
         if 1e-100 <= top <= 1e100 or not top > 0:
             return self
-        return type(self)(self.model, self.space, self._numpy[0], self._numpy[1], w / top)
+        scaled = w / top
+        # a positive weight the division takes to 0 stays a point of the fit (n counts w > 0)
+        scaled[(scaled == 0) & (w > 0)] = np.finfo(np.float64).tiny
+        return type(self)(self.model, self.space, self._numpy[0], self._numpy[1], scaled)
 
     def weight_total(self) -> float:
         """The sum of the weights (the number of points when unweighted): what a mean loss

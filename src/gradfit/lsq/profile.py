@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from ..data.arrays import weights_from_sigma
 from ..errors import ConfigError, DataError, FitError
 from ..stats import t_quantile, z_quantile
 from ..likelihood import LIKELIHOODS, poisson_deviance
@@ -154,22 +155,17 @@ def rebuild_problem(model, values: dict, settings: dict, stats: dict, *, x=None,
                            fixed=settings.get("fixed") or (), tie=settings.get("tie"))
     kind = PoissonProblem if settings.get("loss") in LIKELIHOODS else LeastSquaresProblem
     problem = kind(model, space, {n: arrays.inputs[n] for n in model.input_names}, arrays.y, arrays.weights)
-    if problem.n != stats["n"]:
-        raise DataError(f"the data has {problem.n} training points but the fit used {stats['n']}; "
+    used = problem.n if arrays.weights is None else int(np.count_nonzero(arrays.weights > 0))
+    if used != stats["n"]:  # (points of weight 0 are not among the fit's points)
+        raise DataError(f"the data has {used} training points but the fit used {stats['n']}; "
                         "pass the data the fit was made with")
     _check_same_data(problem, values, stats["deviance"] if kind is PoissonProblem else stats["chisqr"])
     return problem
 
 
 def _weights(sigma, weights):
-    if sigma is None:
-        return weights
-    if weights is not None:
-        raise ConfigError("pass either sigma or weights, not both (weights = 1/sigma**2)")
-    s = np.asarray(sigma, dtype=float)
-    if s.ndim != 1 or (s <= 0).any() or not np.isfinite(s).all():
-        raise DataError("sigma must be one positive value per point")
-    return 1.0 / s**2
+    """The fit's weights from sigma= or weights=, by the fit's own rules (data/arrays.py)."""
+    return weights_from_sigma(weights, sigma)
 
 
 def _check_same_data(problem: LeastSquaresProblem, values: dict, chisqr: float) -> None:

@@ -114,8 +114,8 @@ class Subproblem:
             dnorm2 = -2.0 * sum([b / (qi * qi * qi) for b, qi in zip(s2c2, q)])  # d ||z||^2 / d lam
             # Newton step for phi(lam) = 1/||z|| - 1/delta: phi' = -dnorm2 / (2 ||z||^3)
             phi = 1.0 / norm - 1.0 / delta if norm > 0 else -1.0 / delta
-            # (-dnorm2 / norm2 first: ||z||^3 underflows for tiny residuals, as with weights of 1e-200)
-            dphi = (-dnorm2 / norm2) / (2.0 * norm) if norm > 0 else 0.0
+            cube = 2.0 * norm2 * norm  # (underflows for tiny residuals, as with weights of 1e-200: divide in turn)
+            dphi = -dnorm2 / cube if cube > 0 else (-dnorm2 / norm2) / (2.0 * norm) if norm > 0 else 0.0
             new = lam - phi / dphi if dphi > 0 else math.nan
             if not (lo < new < hi) or not math.isfinite(new):
                 new = math.sqrt(lo * hi) if (lo > 0 and math.isfinite(hi)) else (lam * 10.0 if hi == math.inf
