@@ -167,3 +167,30 @@ def test_no_positive_weight_left_for_training():
 def test_sigma_messages_name_sigma(call, message):
     with pytest.raises(gf.DataError, match=message):
         call()
+
+
+def test_too_few_points_of_positive_weight():
+    w = np.zeros(30)
+    w[:2] = 1.0  # two points for three parameters, as if the other rows were dropped
+    with pytest.raises(gf.DataError, match=r"2 training points cannot determine 3 parameters .*weight 0 do not count"):
+        gf.fit(F, x=X, y=Y, init=INIT, weights=w)
+
+
+def test_negative_weight_named():
+    w = np.ones(30)
+    w[6] = -1.0
+    with pytest.raises(gf.DataError, match="weights must be non-negative: -1 at row 7"):
+        gf.fit(F, x=X, y=Y, init=INIT, weights=w)
+
+
+def test_profile_refuses_a_rise_below_rounding():
+    # sigma understated 1e7-fold with absolute_sigma: chi-square ~1e16, a rise of 3.84 is noise
+    sigma = np.full(30, 0.05 * 1e-7)
+    r = gf.fit(F, x=X, y=Y, init=INIT, sigma=sigma, absolute_sigma=True)
+    with pytest.raises(gf.FitError, match="below what float64 resolves.*absolute_sigma=False"):
+        r.ci(0.95, method="profile", x=X, y=Y, sigma=sigma)
+    # a sigma that fits the scatter profiles as before: its interval brackets the Wald one's centre
+    sigma = np.full(30, 0.05)
+    r = gf.fit(F, x=X, y=Y, init=INIT, sigma=sigma, absolute_sigma=True)
+    lo, hi = r.ci(0.95, method="profile", x=X, y=Y, sigma=sigma)["k"]
+    assert lo < r.params["k"] < hi

@@ -55,6 +55,11 @@ class Arrays:
     def n(self) -> int:
         return len(self.y)
 
+    @property
+    def n_used(self) -> int:
+        """The points a fit uses: those of weight > 0 (all without weights)."""
+        return self.n if self.weights is None else int(np.count_nonzero(self.weights > 0))
+
     def take(self, idx: np.ndarray) -> "Arrays":
         return Arrays({k: v[idx] for k, v in self.inputs.items()}, self.y[idx],
                       None if self.weights is None else self.weights[idx], list(self.notes), self.float32_safe)
@@ -374,8 +379,11 @@ def _validate(a: Arrays, nan_policy: str, weights_name: str = "weights") -> Arra
     else:
         a = _drop_or_name_bad_rows(a, n, nan_policy, weights_name)
     if a.weights is not None:
-        if (a.weights < 0).any():
-            raise DataError("weights must be non-negative")
+        negative = a.weights < 0
+        if negative.any():
+            row = int(np.argmax(negative))
+            raise DataError(f"weights must be non-negative: {a.weights[row]:g} at row {row + 1}; give each point's "
+                            "weight (1/sigma^2; 0 leaves a point out)")
         if not a.weights.max() > 0:  # (every row dropped is refused above)
             given = "sigma is inf at every point" if weights_name == "sigma" else "every weight is 0"
             raise DataError(f"{given}: no point is left to fit (a weight of 0 leaves a point out); give some "

@@ -354,7 +354,7 @@ def _fit_split(bound, train_arr, val_arr, notes, options: FitOptions, setup: Fit
         return train_first_order(objective, bound, method, options, setup, settings=settings, **common)
     if training.gradient == "analytic" and bound.expression is None:
         raise ConfigError("analytic gradients need a formula model; use gradient='autograd'")
-    space = parameter_space(bound, train_arr, train_arr.n, setup.init, setup.bounds, setup.fixed, setup.tie)
+    space = parameter_space(bound, train_arr, train_arr.n_used, setup.init, setup.bounds, setup.fixed, setup.tie)
     method, reason = choose_method(training.optimizer, bound, loss_fn, training.batch_size, space, regularized)
     init_values = dict(space.values)  # the start the user asked for (a multistart's winner is not it)
     if setup.multistart[0]:

@@ -60,6 +60,10 @@ def profile_interval(refit, name: str, value: float, stderr: float, chi2_min: fl
     return bounds[0], bounds[1]
 
 
+#: the smallest chi-square rise, relative to chi-square, a profile resolves
+_RESOLVED_RISE = 1e-10
+
+
 def profile_intervals(problem: LeastSquaresProblem, values: dict, stderr: dict, stats: dict, level: float,
                       absolute_sigma: bool, names, compile="auto") -> dict:
     """Profile-likelihood intervals for ``names`` (see FitResult.ci); ``compile`` as the fit's
@@ -72,6 +76,14 @@ def profile_intervals(problem: LeastSquaresProblem, values: dict, stderr: dict, 
     q = z_quantile(p) if absolute_sigma else t_quantile(p, stats["dof"])
     scale = 1.0 if absolute_sigma else stats["redchi"]
     delta = q * q * scale
+    floor = stats.get("deviance", stats["chisqr"])
+    if not delta > _RESOLVED_RISE * abs(floor):
+        # the refits' chi-square carries ~1e-14 of its size in rounding and stopping: a rise far
+        # below that comes out as noise (too narrow an interval, or "unbounded")
+        raise FitError(f"the profile's rise of {delta:.3g} in chi-square is below what float64 resolves at "
+                       f"chi-square {floor:.3g}" + (f" (reduced chi-square {stats['redchi']:.3g}: the given sigma "
+                       "understates the scatter; fit with absolute_sigma=False)" if absolute_sigma else "")
+                       + "; use r.ci(level) (Wald) instead")
     space = problem.space
     # a Poisson fit profiles its deviance (-2 log-likelihood up to a constant): the likelihood
     # ratio interval, where the deviance rises by the chi-square(1) quantile z^2

@@ -147,7 +147,8 @@ class FitResult:
             the normal quantile z when the fit used ``absolute_sigma=True`` (known scale). At large
             dof, t tends to z (1.96 at 95%); at dof = 3 it is 3.18. "profile": profile
             likelihood, refitting the other parameters with each one held at trial values until
-            chi-square rises by z^2 * (reduced chi-square) (z^2 alone with absolute sigma).
+            chi-square rises by t^2 * (reduced chi-square), t the Wald interval's quantile at the fit's
+            dof (z^2 alone with absolute sigma).
             "bootstrap": ``n`` resampled refits in one fit_many batch, by
             :func:`gradfit.bootstrap` (registered by :mod:`gradfit.fitting`, which ``gf.fit``,
             ``gf.load`` and ``gf.bootstrap`` load); ``seed``, ``kind`` ("residual", "pairs", "parametric")
