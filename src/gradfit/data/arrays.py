@@ -29,7 +29,6 @@ __all__ = ["Arrays", "prepare_arrays", "as_float_array", "as_batch", "weights_fr
            "float32_lossy", "batch_weights", "FLOAT32_MAX", "FLOAT32_RESOLUTION"]
 
 
-
 def _is_formula(model) -> bool:
     return getattr(model, "parsed", None) is not None  # formula models (built-ins too) carry their parse
 
@@ -353,10 +352,6 @@ def _drop_or_name_bad_rows(a: Arrays, n: int, nan_policy: str, weights_name: str
         if a.n == 0:
             raise DataError("every row has NaN or inf; nothing left to fit")
     return a
-
-
-
-
 
 
 def _validate(a: Arrays, nan_policy: str, weights_name: str = "weights") -> Arrays:
