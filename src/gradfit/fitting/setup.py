@@ -115,7 +115,7 @@ def parameter_space(model, train_arr, n_train, init, bounds, fixed, tie):
     if type(model) is FormulaModel and not model.linear_in_params:
         space = formula_start_space(model, space, train_arr, init, bounds)
     if n_train < len(space.free):
-        zeros = " (points of weight 0 do not count)" if n_train < getattr(train_arr, "n", n_train) else ""
+        zeros = " (points of weight 0 do not count)" if n_train < train_arr.n else ""
         raise DataError(f"{n_train} training points cannot determine {len(space.free)} parameters "
                         f"({', '.join(space.free)}){zeros}; add data or fix parameters")
     return space

@@ -30,6 +30,7 @@ class LeastSquaresProblem:
         self._tensors = None
         self._data_squared = None
         self._weight_total = None
+        self._well_scaled = None
 
     @classmethod
     def from_arrays(cls, model, space, arrays) -> "LeastSquaresProblem":
@@ -59,16 +60,17 @@ class LeastSquaresProblem:
         problem with the weights divided by their largest: the same minimizer, with chi-square
         and its derivatives away from float64's underflow and overflow (the trust region's
         algebra takes their cubes: weights of 1e-200 made a numpy fit divide by zero)."""
-        w = self._numpy[2]
-        if w is None:
-            return self
-        top = float(w.max())
-        if 1e-100 <= top <= 1e100 or not top > 0:
-            return self
-        scaled = w / top
-        # a positive weight the division takes to 0 stays a point of the fit (n counts w > 0)
-        scaled[(scaled == 0) & (w > 0)] = np.finfo(np.float64).tiny
-        return type(self)(self.model, self.space, self._numpy[0], self._numpy[1], scaled)
+        if self._well_scaled is None:  # (asked by the solver and the statistics: made once)
+            w = self._numpy[2]
+            top = 1.0 if w is None else float(w.max())
+            if 1e-100 <= top <= 1e100 or not top > 0:
+                self._well_scaled = False  # (not self: a reference to itself would wait for the GC)
+            else:
+                scaled = w / top
+                # a positive weight the division takes to 0 stays a point of the fit (n counts w > 0)
+                scaled[(scaled == 0) & (w > 0)] = np.finfo(np.float64).tiny
+                self._well_scaled = type(self)(self.model, self.space, self._numpy[0], self._numpy[1], scaled)
+        return self._well_scaled or self
 
     def weight_total(self) -> float:
         """The sum of the weights (the number of points when unweighted): what a mean loss

@@ -151,7 +151,7 @@ def rebuild_problem(model, values: dict, settings: dict, stats: dict, *, x=None,
                           "r.ci(0.95, method='profile', x=x, y=y) or data=df, with sigma= or weights= if the "
                           "fit had them")
     named = isinstance(sigma, str) or isinstance(weights, str)  # a column of data=, resolved there
-    w = None if named else _weights(sigma, weights)
+    w = None if named else weights_from_sigma(weights, sigma)  # (the fit's own rules)
     if "weighted" in settings and bool(settings["weighted"]) != (named or w is not None):
         raise ConfigError("the fit was weighted: pass the same sigma= or weights=" if settings["weighted"] else
                           "the fit was not weighted: drop sigma= / weights=")
@@ -167,17 +167,11 @@ def rebuild_problem(model, values: dict, settings: dict, stats: dict, *, x=None,
                            fixed=settings.get("fixed") or (), tie=settings.get("tie"))
     kind = PoissonProblem if settings.get("loss") in LIKELIHOODS else LeastSquaresProblem
     problem = kind(model, space, {n: arrays.inputs[n] for n in model.input_names}, arrays.y, arrays.weights)
-    used = problem.n if arrays.weights is None else int(np.count_nonzero(arrays.weights > 0))
-    if used != stats["n"]:  # (points of weight 0 are not among the fit's points)
-        raise DataError(f"the data has {used} training points but the fit used {stats['n']}; "
+    if arrays.n_used != stats["n"]:  # (points of weight 0 are not among the fit's points)
+        raise DataError(f"the data has {arrays.n_used} training points but the fit used {stats['n']}; "
                         "pass the data the fit was made with")
     _check_same_data(problem, values, stats["deviance"] if kind is PoissonProblem else stats["chisqr"])
     return problem
-
-
-def _weights(sigma, weights):
-    """The fit's weights from sigma= or weights=, by the fit's own rules (data/arrays.py)."""
-    return weights_from_sigma(weights, sigma)
 
 
 def _check_same_data(problem: LeastSquaresProblem, values: dict, chisqr: float) -> None:

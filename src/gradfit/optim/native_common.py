@@ -4,9 +4,11 @@ cache of loaded kernels (built or read by :mod:`gradfit._native`)."""
 
 from __future__ import annotations
 
+import os
+
 from .._native import is_built, load
 
-__all__ = ["COLUMNS", "cached_kernel", "in_blocks", "normal_sums_source"]
+__all__ = ["COLUMNS", "cached_kernel", "loaded_kernel", "in_blocks", "normal_sums_source"]
 
 
 def normal_sums_source(p: int) -> str:
@@ -71,10 +73,8 @@ def cached_kernel(model, dtype, parts: tuple, build: bool, source, wrap, *, leve
     or ``(None, reason)``. Kernels loaded in this process are found by the formula and
     ``GRADFIT_CC`` alone (which may turn them off): a single fit asks on every call, and the cache
     folder's and the compiler's paths cost ~10 us to resolve (a loaded library needs neither)."""
-    import os
-
     expression = getattr(model, "expression", None)
-    key = (expression, parts, dtype, os.environ.get("GRADFIT_CC"))
+    key = _key(model, parts, dtype)
     found = _KERNELS.get(key)
     if found is not None:
         return found, ""
@@ -103,6 +103,18 @@ def cached_kernel(model, dtype, parts: tuple, build: bool, source, wrap, *, leve
 
 
 _KERNELS: dict = {}  # loaded kernels of this process
+
+
+def loaded_kernel(model, dtype, parts: tuple):
+    """The kernel :func:`cached_kernel` has loaded in this process for these arguments, or None
+    (no disk, no build): for callers that ask on every fit before deciding whether to build."""
+    return _KERNELS.get(_key(model, parts, dtype))
+
+
+def _key(model, parts: tuple, dtype) -> tuple:
+    """A loaded kernel's key: the formula, the caller's parts, the dtype and ``GRADFIT_CC``
+    (which may turn native kernels off)."""
+    return getattr(model, "expression", None), parts, dtype, os.environ.get("GRADFIT_CC")
 
 
 def in_blocks(work, n: int, threads: int, minimum: int = 256) -> None:

@@ -23,7 +23,6 @@ strategy. The library is built by the system C compiler and cached on disk
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from itertools import accumulate
 
@@ -388,7 +387,6 @@ def kernel(model, names: tuple[str, ...], inputs: tuple[str, ...], *, build: boo
     library is neither loaded nor in the disk cache)."""
     import torch
 
-    _FLOAT64[:] = [torch.float64]
     names, inputs = tuple(names), tuple(inputs)
     return cached_kernel(model, torch.float64, ("single", names, inputs), build,
                          lambda expression, double: kernel_source(expression, names, inputs),
@@ -396,14 +394,8 @@ def kernel(model, names: tuple[str, ...], inputs: tuple[str, ...], *, build: boo
 
 
 def loaded_kernel(model, names: tuple[str, ...], inputs: tuple[str, ...]) -> NativeSingleLM | None:
-    """The kernel already loaded in this process for this formula, names and inputs (and the same
-    ``GRADFIT_CC``; :func:`gradfit.optim.native_common.cached_kernel`'s own key), or None: a loop
-    of fits asks on every call, before the tiering's bookkeeping."""
-    if not _FLOAT64:
-        return None
-    key = (getattr(model, "expression", None), ("single", names, inputs), _FLOAT64[0], os.environ.get("GRADFIT_CC"))
-    return native_common._KERNELS.get(key)
+    """:func:`kernel` when it is loaded in this process already, else None (no disk, no build):
+    a loop of fits asks on every call, before the tiering's bookkeeping."""
+    import torch
 
-
-#: torch.float64 once :func:`kernel` has imported torch (the kernel cache's keys hold it)
-_FLOAT64: list = []
+    return native_common.loaded_kernel(model, torch.float64, ("single", names, inputs))
