@@ -210,3 +210,37 @@ def test_profile_refuses_a_rise_below_rounding():
     r = gf.fit(F, x=X, y=Y, init=INIT, sigma=sigma, absolute_sigma=True)
     lo, hi = r.ci(0.95, method="profile", x=X, y=Y, sigma=sigma)["k"]
     assert lo < r.params["k"] < hi
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("compile_", [False, True])
+def test_profile_of_noisy_data_is_an_honest_error(compile_):
+    # trial fits far out overflowed Python floats in the trust region (OverflowError from
+    # x ** 2) and flooded numpy's overflow warnings; the interval is unbounded, and says so
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 5, 40)
+    y = 2 * np.exp(-0.8 * x) + 0.3 + 3.0 * rng.standard_normal(40)
+    r = gf.fit(F, x=x, y=y, init={"a": 1.0, "k": 1.0, "c": 0.0}, compile=compile_)
+    with pytest.raises(gf.FitError, match="does not reach the confidence level"):
+        r.ci(0.95, method="profile", x=x, y=y)
+
+
+def test_trust_region_norms_overflow_to_inf():
+    from gradfit.optim.trust_region import Subproblem
+
+    jac = np.array([[1.0, 0.0], [0.0, 1e-160], [1.0, 1.0]])
+    r = np.array([1e160, 1e160, 0.0])
+    sub = Subproblem(jac, r, np.ones(2))  # Gauss-Newton step ~1e320: beyond float64
+    assert sub.gn_norm == np.inf
+    assert sub.norm(1.0) == np.inf  # (raised OverflowError before)
+    lam = 1e170  # a damping that brings the step back into range
+    assert sub.norm(lam) == pytest.approx(float(np.linalg.norm(sub.step(lam))), rel=1e-12)
+    assert sub.predicted_norm2(lam) == pytest.approx(float(np.sum((jac @ sub.step(lam)) ** 2)), rel=1e-9)
+
+
+@pytest.mark.filterwarnings("error")
+def test_model_not_finite_at_a_point_of_weight_zero():
+    x = np.linspace(0, 5, 30)
+    r = gf.fit("a*log(x) + c", x=x, y=2 * np.log(x + 0.1) + 1, weights=np.r_[0.0, np.ones(29)])
+    assert r.status == "not_finite" and "row(s): 1" in r.message
+    assert np.isnan(r.stats["rss"]) and np.isnan(r.stats["chisqr"])

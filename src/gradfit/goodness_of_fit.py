@@ -31,7 +31,8 @@ def fit_statistics(residuals: np.ndarray, y: np.ndarray, weights: np.ndarray | N
         n_used = int(np.count_nonzero(used))
         if n_used < n:
             n = n_used
-            if residuals is not None:  # the RSS of the points used (a left-out point may be far off)
+            if residuals is not None and rss == rss:  # the RSS of the points used (a left-out point may be
+                # far off; a NaN RSS, nothing determined, stays NaN)
                 kept = np.asarray(residuals)[used]
                 rss = float(np.vdot(kept, kept))
     rss = float(np.dot(residuals, residuals)) if rss is None else rss

@@ -207,7 +207,7 @@ def _range_cosine_one(jac: np.ndarray, r: np.ndarray, rank_tol: float) -> float:
     """:func:`batch_range_cosine` of one (M, P) Jacobian and (M,) residual."""
     if not (np.isfinite(jac).all() and np.isfinite(r).all()):
         return math.nan
-    rn = math.sqrt(float(r @ r))
+    rn = math.sqrt(float(np.vdot(r, r)))  # (inf on overflow, without a warning)
     if rn == 0 or not jac.shape[1]:
         return 0.0
     norms = np.sqrt(np.einsum("mp,mp->p", jac, jac))

@@ -247,10 +247,12 @@ def linear_reason(model, space) -> str | None:
 
 
 def chi_square(problem: LeastSquaresProblem, values: dict) -> float:
-    """sum(w * (prediction - y)^2) at ``values``, in float64."""
+    """sum(w * (prediction - y)^2) at ``values``, in float64 (inf where it overflows, NaN where
+    the model is not finite: no warning, the caller rules on the value)."""
     inputs, y, w = problem.numpy()
-    r = predict_numpy(problem.model, inputs, values) - y
-    return float(r @ r if w is None else w @ (r * r))
+    with np.errstate(all="ignore"):
+        r = predict_numpy(problem.model, inputs, values) - y
+        return float(r @ r if w is None else w @ (r * r))
 
 
 def mean_squared_error(model, inputs: dict, y: np.ndarray, w: np.ndarray | None, values: dict) -> float:

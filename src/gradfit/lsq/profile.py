@@ -98,7 +98,8 @@ def profile_intervals(problem: LeastSquaresProblem, values: dict, stderr: dict, 
                                    tie={t.name: t.text for t in space.ties})
         sub = type(problem)(problem.model, sub_space, *problem.numpy())
         method = "linear" if not poisson and sub.is_linear() and not sub_space.has_bounds else "lm"
-        out = solve(sub, method, compile=compile)
+        with np.errstate(all="ignore"):  # trial fits far out may overflow: their chi-square says so
+            out = solve(sub, method, compile=compile)
         return _objective(sub, out.values)
 
     best = stats["deviance"] if poisson else stats["chisqr"]

@@ -64,7 +64,8 @@ def _solve_linear(problem: LeastSquaresProblem) -> LSQOutcome:
         design = jacobian(model, inputs, at_zero, space.free)
         offset = None if not space.fixed and model.vanishes_at_zero else model.forward_numpy(inputs, at_zero)
     try:
-        coef, factor = solve_linear_least_squares(design, y if offset is None else y - offset, w)
+        with np.errstate(all="ignore"):  # (a term not finite at a point of weight 0: NaN, reported below)
+            coef, factor = solve_linear_least_squares(design, y if offset is None else y - offset, w)
     except np.linalg.LinAlgError:  # LAPACK refuses NaN and inf
         return _not_finite_linear(space, design, offset)
     resid = design @ coef - y if offset is None else design @ coef + offset - y

@@ -142,7 +142,7 @@ class LMState:
 
     @property
     def cost(self) -> float:
-        return 0.5 * self.fnorm**2
+        return 0.5 * self.fnorm * self.fnorm
 
 
 def _box(bounds, x: np.ndarray):
@@ -188,7 +188,7 @@ def init(residual: Callable, x0, *, jacobian: Callable, options: LMOptions = LMO
     xnorm = _norm(d * x)
     delta = options.factor * xnorm if xnorm > 0 else options.factor
     return LMState(x, r, jac, col_norms, d, fnorm, xnorm, delta, 0.0, n_residual=evaluations,
-                   n_jacobian=evaluations, history=[0.5 * fnorm**2], gram=gram)
+                   n_jacobian=evaluations, history=[0.5 * fnorm * fnorm], gram=gram)
 
 
 def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMOptions = LMOptions(),
@@ -267,23 +267,23 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
         fnorm1 = _norm(r_new)  # NaN and inf propagate into the norm
         if not math.isfinite(fnorm1):
             fnorm1 = math.inf
-        actred = 1.0 - (fnorm1 / fnorm) ** 2 if 0.1 * fnorm1 < fnorm else -1.0
+        actred = 1.0 - (fnorm1 / fnorm) * (fnorm1 / fnorm) if 0.1 * fnorm1 < fnorm else -1.0
         if abs(actred) < SMALL_REDUCTION:  # near convergence 1 - (|r1|/|r|)^2 is rounding (a 1e-16
             # reduction can come out 0 and reject the step to the minimum): sum((r1 - r)(r1 + r)) is not
-            actred = -float((r_new - r) @ (r_new + r)) / fnorm**2
+            actred = -float((r_new - r) @ (r_new + r)) / (fnorm * fnorm)
         if crossed and not reflected:
             # the linear model's reduction for the shortened step (Moré's identities hold only
             # for the Levenberg-Marquardt step itself; a reflected step is that step in the
             # problem folded at the bound, and keeps its prediction)
             jd = jac @ dx
-            rjd = float(r @ jd) / fnorm**2
-            prered = -(2.0 * rjd + float(jd @ jd) / fnorm**2)
+            rjd = float(r @ jd) / (fnorm * fnorm)
+            prered = -(2.0 * rjd + float(jd @ jd) / (fnorm * fnorm))
             dirder = rjd
         else:
             t1 = math.sqrt(sub.predicted_norm2(lam)) / fnorm  # ||J dx||, from the singular system
             t2 = math.sqrt(lam) * pnorm / fnorm
-            prered = t1**2 + 2.0 * t2**2
-            dirder = -(t1**2 + t2**2)
+            prered = t1 * t1 + 2.0 * t2 * t2
+            dirder = -(t1 * t1 + t2 * t2)
         ratio = actred / prered if prered > 0 else 0.0
         jac_new = None
         if ratio >= 1e-4:
@@ -311,7 +311,7 @@ def step(residual: Callable, state: LMState, *, jacobian: Callable, options: LMO
             if options.scaling != "none":
                 d = np.maximum(d, col_norms)
             xnorm = _norm(d * x)
-            state.history.append(0.5 * fnorm**2)
+            state.history.append(0.5 * fnorm * fnorm)
         if abs(actred) <= ftol and 0 <= prered <= ftol and 0.5 * ratio <= 1.0:
             status, message = Status.CONVERGED, "relative cost reduction below ftol"
         elif delta <= xtol * xnorm:
@@ -352,7 +352,7 @@ def _onto_bounds(residual: Callable, jacobian: Callable, state: LMState, box, op
     fnorm = _norm(r_new)
     col_norms = _column_norms(jac)
     d = state.scale if options.scaling == "none" else np.maximum(state.scale, col_norms)
-    state.history.append(0.5 * fnorm**2)
+    state.history.append(0.5 * fnorm * fnorm)
     return LMState(x_new, r_new, jac, col_norms, d, fnorm, _norm(d * x_new), state.radius, state.damping,
                    state.iteration, state.n_residual, state.n_jacobian, state.history, accepted=True,
                    snaps=state.snaps + 1)

@@ -65,12 +65,12 @@ class Subproblem:
         # the Gauss-Newton step (lam = 0) uses the pseudo-inverse: directions with singular
         # values at rounding level are dropped
         self.gn_coef = [1.0 / sv if sv > self.rank_cut else 0.0 for sv in s]
-        self.gn_norm = math.sqrt(sum([(k * ci) ** 2 for k, ci in zip(self.gn_coef, c)]))
+        self.gn_norm = math.sqrt(sum([(k * ci) * (k * ci) for k, ci in zip(self.gn_coef, c)]))
 
     def predicted_norm2(self, lam: float) -> float:
         """||A z||^2 for the step z of damping lam (= ||J dx||^2): from the singular system,
         without a pass over the data (A z = -U S diag(coefficients) c)."""
-        return sum([(sv * k * c) ** 2 for sv, k, c in zip(self.s, self.coefficients(lam), self.c_list)])
+        return sum([(sv * k * c) * (sv * k * c) for sv, k, c in zip(self.s, self.coefficients(lam), self.c_list)])
 
     def coefficients(self, lam: float) -> list[float]:
         if lam == 0.0:
@@ -84,7 +84,7 @@ class Subproblem:
     def norm(self, lam: float) -> float:
         if lam == 0.0:
             return self.gn_norm
-        return math.sqrt(sum([(k * c) ** 2 for k, c in zip(self.coefficients(lam), self.c_list)]))
+        return math.sqrt(sum([(k * c) * (k * c) for k, c in zip(self.coefficients(lam), self.c_list)]))
 
     def damping_for(self, delta: float, lam_hint: float) -> float:
         """The lam >= 0 with ||step(lam)|| within 10% of delta (0 if the GN step fits).
